@@ -1,0 +1,221 @@
+using System.Collections.Concurrent;
+using System.Data.Common;
+using System.Net.Sockets;
+using Microsoft.Extensions.Options;
+using Npgsql;
+using Polly;
+using Polly.Retry;
+using Registry.Operations;
+using Registry.Storage;
+
+namespace Registry.ChangeFeed;
+
+/// <summary>
+/// The node's LISTEN session. Each notification names an application that changed; the
+/// loader reloads it. When the connection breaks the node LISTENs again and then reloads
+/// everything, since notifications sent meanwhile are lost; consumers keep being served the
+/// last snapshot in between.
+/// </summary>
+internal sealed partial class ChangeFeedListener : BackgroundService
+{
+    /// <summary>Payload prefix of readiness round trips; application names cannot contain '!'.</summary>
+    private const string PingPrefix = "!ping:";
+
+    private readonly RegistryDatabase _database;
+    private readonly RegistryLoader _loader;
+    private readonly RegistryMetrics _metrics;
+    private readonly ChangeFeedOptions _options;
+    private readonly TimeProvider _time;
+    private readonly ILogger<ChangeFeedListener> _logger;
+    private readonly ResiliencePipeline _reconnect;
+    private readonly ConcurrentDictionary<string, TaskCompletionSource> _pings = new(StringComparer.Ordinal);
+    private NpgsqlConnection? _connection;
+    private DateTimeOffset? _lostAt;
+    private DateTimeOffset _lastRoundTrip;
+
+    public ChangeFeedListener(
+        RegistryDatabase database,
+        RegistryLoader loader,
+        RegistryMetrics metrics,
+        IOptions<ChangeFeedOptions> options,
+        TimeProvider time,
+        ILogger<ChangeFeedListener> logger)
+    {
+        _database = database;
+        _loader = loader;
+        _metrics = metrics;
+        _options = options.Value;
+        _time = time;
+        _logger = logger;
+        _reconnect = new ResiliencePipelineBuilder { TimeProvider = time }
+            .AddRetry(new RetryStrategyOptions
+            {
+                ShouldHandle = new PredicateBuilder().Handle<DbException>().Handle<TimeoutException>().Handle<SocketException>().Handle<IOException>(),
+                MaxRetryAttempts = int.MaxValue,
+                BackoffType = DelayBackoffType.Exponential,
+                UseJitter = true,
+                Delay = TimeSpan.FromMilliseconds(100),
+                MaxDelay = _options.MaxReconnectDelay,
+                OnRetry = args =>
+                {
+                    LogReconnectFailed(_logger, args.AttemptNumber + 1, args.RetryDelay, args.Outcome.Exception);
+                    return ValueTask.CompletedTask;
+                },
+            })
+            .Build();
+    }
+
+    /// <summary>Whether the node is listening now (so its snapshot is current).</summary>
+    public bool IsListening => _lostAt is null && _connection is not null;
+
+    /// <summary>Since when the feed has been down, if it is.</summary>
+    public DateTimeOffset? LostAt => _lostAt;
+
+    /// <summary>The last time the listening connection proved itself alive.</summary>
+    public DateTimeOffset LastRoundTrip => _lastRoundTrip;
+
+    /// <summary>Connects, LISTENs and loads the registry before the node serves anything.</summary>
+    public override async Task StartAsync(CancellationToken cancellationToken)
+    {
+        _connection = await ConnectAsync(cancellationToken);
+        await base.StartAsync(cancellationToken);
+    }
+
+    /// <summary>
+    /// Proves the feed end to end: a NOTIFY sent through the pool must come back on the
+    /// listening connection within the timeout.
+    /// </summary>
+    public async Task<bool> RoundTripAsync(CancellationToken cancellationToken)
+    {
+        if (!IsListening)
+        {
+            return false;
+        }
+
+        var nonce = Guid.NewGuid().ToString("N");
+        var echoed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _pings[nonce] = echoed;
+        try
+        {
+            await using var command = _database.DataSource.CreateCommand("SELECT pg_notify(@channel, @payload)");
+            command.Parameters.AddWithValue("channel", Schema.ChangeChannel);
+            command.Parameters.AddWithValue("payload", PingPrefix + nonce);
+            await command.ExecuteNonQueryAsync(cancellationToken);
+            await echoed.Task.WaitAsync(_options.CheckTimeout, _time, cancellationToken);
+            return true;
+        }
+        catch (Exception e) when (e is DbException or TimeoutException)
+        {
+            return false;
+        }
+        finally
+        {
+            _pings.TryRemove(nonce, out _);
+        }
+    }
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                await ListenAsync(_connection!, stoppingToken);
+            }
+            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+            {
+                break;
+            }
+            catch (Exception e) when (e is DbException or TimeoutException or IOException or SocketException or InvalidOperationException)
+            {
+                _lostAt = _time.GetUtcNow();
+                _metrics.DatabaseError("change_feed");
+                LogLost(_logger, e);
+            }
+
+            await _connection!.DisposeAsync();
+            _connection = null;
+            _connection = await _reconnect.ExecuteAsync(ConnectAsync, stoppingToken);
+            _metrics.Reconnected();
+        }
+    }
+
+    public override async Task StopAsync(CancellationToken cancellationToken)
+    {
+        await base.StopAsync(cancellationToken);
+        if (_connection is not null)
+        {
+            await _connection.DisposeAsync();
+        }
+    }
+
+    private async ValueTask<NpgsqlConnection> ConnectAsync(CancellationToken cancellationToken)
+    {
+        var connection = new NpgsqlConnection(_database.ListenerConnectionString);
+        try
+        {
+            await connection.OpenAsync(cancellationToken);
+            connection.Notification += OnNotification;
+            await using (var listen = new NpgsqlCommand($"LISTEN {Schema.ChangeChannel}", connection))
+            {
+                await listen.ExecuteNonQueryAsync(cancellationToken);
+            }
+
+            // LISTEN first, then load: a change committed in between is both loaded and
+            // announced, never neither.
+            await _loader.ReloadAllAsync().WaitAsync(cancellationToken);
+            _lostAt = null;
+            _lastRoundTrip = _time.GetUtcNow();
+            LogListening(_logger, connection.ProcessID);
+            return connection;
+        }
+        catch
+        {
+            await connection.DisposeAsync();
+            throw;
+        }
+    }
+
+    private async Task ListenAsync(NpgsqlConnection connection, CancellationToken stoppingToken)
+    {
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            if (await connection.WaitAsync(_options.IdleCheckInterval, stoppingToken))
+            {
+                _lastRoundTrip = _time.GetUtcNow();
+                continue;
+            }
+
+            // Quiet for a while: a query that does not come back in time means a dead connection.
+            await using var probe = new NpgsqlCommand("SELECT 1", connection) { CommandTimeout = (int)Math.Ceiling(_options.CheckTimeout.TotalSeconds) };
+            await probe.ExecuteScalarAsync(stoppingToken);
+            _lastRoundTrip = _time.GetUtcNow();
+        }
+    }
+
+    /// <summary>Runs on Npgsql's reading path, where exceptions are swallowed: it only hands the payload on.</summary>
+    private void OnNotification(object sender, NpgsqlNotificationEventArgs e)
+    {
+        if (e.Payload.StartsWith(PingPrefix, StringComparison.Ordinal))
+        {
+            if (_pings.TryGetValue(e.Payload[PingPrefix.Length..], out var echoed))
+            {
+                echoed.TrySetResult();
+            }
+
+            return;
+        }
+
+        _metrics.NotificationReceived();
+        _loader.Enqueue(e.Payload);
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Change feed listening (backend {ProcessId}); registry loaded")]
+    private static partial void LogListening(ILogger logger, int processId);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Change feed connection lost; serving the last snapshot while reconnecting")]
+    private static partial void LogLost(ILogger logger, Exception exception);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Change feed reconnect attempt {Attempt} failed; next in {Delay}")]
+    private static partial void LogReconnectFailed(ILogger logger, int attempt, TimeSpan delay, Exception? exception);
+}

@@ -1,0 +1,249 @@
+using System.Data.Common;
+using System.Threading.Channels;
+using Microsoft.Extensions.Options;
+using Npgsql;
+using Registry.Model;
+using Registry.Operations;
+using Registry.Storage;
+using Registry.Subscription;
+
+namespace Registry.ChangeFeed;
+
+/// <summary>
+/// The one writer of <see cref="RegistryState"/>: reloads applications from the database when
+/// they are announced (bursts coalesce into one query), the whole registry after the change
+/// feed (re)connects, and compares per-application counts and revisions with the database
+/// now and then to catch a lost notification. Running every load through one loop means two
+/// loads of an application can never be applied out of order.
+/// </summary>
+internal sealed partial class RegistryLoader(
+    RegistryDatabase database,
+    RegistryState state,
+    SubscriptionHub hub,
+    RegistryMetrics metrics,
+    IOptions<ChangeFeedOptions> options,
+    TimeProvider time,
+    ILogger<RegistryLoader> logger) : BackgroundService
+{
+    private const string SelectColumns = "SELECT application, protocol, addr, meta::text, ttl_seconds, expires_at, revision FROM instances";
+
+    private readonly Channel<Reload> _requests = Channel.CreateUnbounded<Reload>(new UnboundedChannelOptions { SingleReader = true });
+
+    /// <summary>A request to reload one application, or everything when <see cref="Application"/> is null.</summary>
+    private sealed record Reload(string? Application, TaskCompletionSource? Done);
+
+    /// <summary>Schedules a reload of an application (from a notification); never blocks, never throws.</summary>
+    public void Enqueue(string application) => _requests.Writer.TryWrite(new Reload(application, null));
+
+    /// <summary>Reloads the applications and completes once the new snapshots are in place.</summary>
+    public Task ReloadAsync(IEnumerable<string> applications)
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var any = false;
+        foreach (var application in applications)
+        {
+            any = true;
+            _requests.Writer.TryWrite(new Reload(application, done));
+        }
+
+        if (!any)
+        {
+            done.TrySetResult();
+        }
+
+        return done.Task;
+    }
+
+    /// <summary>Reloads the whole registry; fails when the database cannot be read.</summary>
+    public Task ReloadAllAsync()
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _requests.Writer.TryWrite(new Reload(null, done));
+        return done.Task;
+    }
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        var reader = _requests.Reader;
+        var nextCheck = time.GetUtcNow() + options.Value.ConsistencyCheckInterval;
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            var due = nextCheck - time.GetUtcNow();
+            if (due <= TimeSpan.Zero)
+            {
+                nextCheck = time.GetUtcNow() + options.Value.ConsistencyCheckInterval;
+                await CheckConsistencyAsync(stoppingToken);
+                continue;
+            }
+
+            using (var wait = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken))
+            {
+                wait.CancelAfter(due);
+                try
+                {
+                    await reader.WaitToReadAsync(wait.Token);
+                }
+                catch (OperationCanceledException) when (!stoppingToken.IsCancellationRequested)
+                {
+                    continue;
+                }
+            }
+
+            var batch = new List<Reload>();
+            while (reader.TryRead(out var request))
+            {
+                batch.Add(request);
+            }
+
+            await ApplyAsync(batch, stoppingToken);
+        }
+    }
+
+    private async Task ApplyAsync(List<Reload> batch, CancellationToken cancellationToken)
+    {
+        var all = batch.Any(r => r.Application is null);
+        var applications = all ? [] : batch.Select(r => r.Application!).Distinct(StringComparer.Ordinal).ToArray();
+        Exception? failure = null;
+        try
+        {
+            if (all)
+            {
+                await LoadAllAsync(cancellationToken);
+            }
+            else
+            {
+                await LoadApplicationsAsync(applications, cancellationToken);
+            }
+        }
+        catch (DbException e)
+        {
+            failure = e;
+            metrics.DatabaseError("reload");
+            LogReloadFailed(logger, e);
+            // Keep the request: it is retried with the next batch (the feed reconnects and
+            // reloads everything anyway if the database was lost).
+            if (!all)
+            {
+                foreach (var application in applications)
+                {
+                    Enqueue(application);
+                }
+            }
+        }
+
+        foreach (var done in batch.Select(r => r.Done).OfType<TaskCompletionSource>().Distinct())
+        {
+            if (failure is null)
+            {
+                done.TrySetResult();
+            }
+            else
+            {
+                done.TrySetException(failure);
+            }
+        }
+
+        if (failure is not null)
+        {
+            await Task.Delay(TimeSpan.FromMilliseconds(500), time, cancellationToken);
+        }
+    }
+
+    private async Task LoadAllAsync(CancellationToken cancellationToken)
+    {
+        var loaded = await QueryAsync(SelectColumns, null, cancellationToken);
+        var before = state.Applications;
+        state.ReplaceAll(loaded.Values);
+        metrics.Reloaded(all: true);
+        var changed = before.Keys.Union(loaded.Keys, StringComparer.Ordinal)
+            .Where(a => !(loaded.TryGetValue(a, out var now) && now.SameContentAs(before.GetValueOrDefault(a))))
+            .ToArray();
+        hub.ApplicationsChanged(changed);
+        LogLoadedAll(logger, loaded.Count, loaded.Values.Sum(s => s.Instances.Length));
+    }
+
+    private async Task LoadApplicationsAsync(string[] applications, CancellationToken cancellationToken)
+    {
+        var loaded = await QueryAsync(SelectColumns + " WHERE application = ANY(@applications)", applications, cancellationToken);
+        var snapshots = applications.Select(a => loaded.GetValueOrDefault(a) ?? new ApplicationSnapshot(a, [])).ToArray();
+        var changed = snapshots
+            .Where(s => !(s.SameContentAs(state.Get(s.Application)) || (s.Instances.Length == 0 && state.Get(s.Application) is null)))
+            .Select(s => s.Application)
+            .ToArray();
+        state.Replace(snapshots);
+        metrics.Reloaded(all: false);
+        hub.ApplicationsChanged(changed);
+    }
+
+    private async Task<Dictionary<string, ApplicationSnapshot>> QueryAsync(string sql, string[]? applications, CancellationToken cancellationToken)
+    {
+        await using var command = database.DataSource.CreateCommand(sql);
+        if (applications is not null)
+        {
+            command.Parameters.Add(new NpgsqlParameter<string[]>("applications", applications));
+        }
+
+        var rows = new Dictionary<string, List<Instance>>(StringComparer.Ordinal);
+        await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
+        {
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                var key = new InstanceKey(reader.GetString(0), reader.GetString(1), reader.GetString(2));
+                var instance = new Instance(key, MetaJson.Parse(reader.GetString(3)), reader.GetInt32(4),
+                    new DateTimeOffset(reader.GetDateTime(5), TimeSpan.Zero), reader.GetInt64(6));
+                if (!rows.TryGetValue(key.Application, out var list))
+                {
+                    rows[key.Application] = list = [];
+                }
+
+                list.Add(instance);
+            }
+        }
+
+        return rows.ToDictionary(p => p.Key, p => new ApplicationSnapshot(p.Key, p.Value.ToArray()), StringComparer.Ordinal);
+    }
+
+    /// <summary>NOTIFY is a hint, not a log: compare count and max(revision) per application and reload what differs.</summary>
+    private async Task CheckConsistencyAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            await using var command = database.DataSource.CreateCommand(
+                "SELECT application, count(*)::int, max(revision) FROM instances GROUP BY application");
+            var inDatabase = new Dictionary<string, (int Count, long Revision)>(StringComparer.Ordinal);
+            await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
+            {
+                while (await reader.ReadAsync(cancellationToken))
+                {
+                    inDatabase[reader.GetString(0)] = (reader.GetInt32(1), reader.GetInt64(2));
+                }
+            }
+
+            var memory = state.Applications;
+            var stale = inDatabase
+                .Where(p => !memory.TryGetValue(p.Key, out var s) || s.Instances.Length != p.Value.Count || s.MaxRevision != p.Value.Revision)
+                .Select(p => p.Key)
+                .Concat(memory.Keys.Where(a => !inDatabase.ContainsKey(a)))
+                .ToArray();
+            if (stale.Length > 0)
+            {
+                LogInconsistent(logger, stale.Length);
+                await LoadApplicationsAsync(stale, cancellationToken);
+            }
+        }
+        catch (DbException e)
+        {
+            metrics.DatabaseError("consistency_check");
+            LogReloadFailed(logger, e);
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Loaded the whole registry: {Applications} applications, {Instances} instances")]
+    private static partial void LogLoadedAll(ILogger logger, int applications, int instances);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Reloading from the database failed; serving the last snapshot and retrying")]
+    private static partial void LogReloadFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Consistency check found {Applications} applications out of date (a notification was lost); reloaded them")]
+    private static partial void LogInconsistent(ILogger logger, int applications);
+}

@@ -1,0 +1,154 @@
+using System.Data.Common;
+using Microsoft.Extensions.Options;
+using Npgsql;
+using Registry.Operations;
+using Registry.Storage;
+
+namespace Registry.Leases;
+
+/// <summary>
+/// Evicts expired leases. Every node runs it; a transaction-scoped advisory lock lets one
+/// sweep at a time, but correctness does not depend on it: the delete re-checks expiry
+/// under <c>FOR UPDATE SKIP LOCKED</c> on <c>clock_timestamp()</c>, in bounded batches, and
+/// announces each affected application once in the same transaction.
+/// </summary>
+internal sealed partial class Sweeper(
+    RegistryDatabase database,
+    LeaseGrace grace,
+    SelfPreservation selfPreservation,
+    RegistryMetrics metrics,
+    IOptions<LeaseOptions> options,
+    TimeProvider time,
+    ILogger<Sweeper> logger) : BackgroundService
+{
+    /// <summary>The advisory lock key: "registry" in ASCII.</summary>
+    private const long LockKey = 0x7265676973747279;
+
+    private bool _failing;
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        using var timer = new PeriodicTimer(options.Value.SweepInterval, time);
+        while (await timer.WaitForNextTickAsync(stoppingToken))
+        {
+            try
+            {
+                await SweepAsync(stoppingToken);
+                if (_failing)
+                {
+                    _failing = false;
+                    LogRecovered(logger);
+                }
+            }
+            catch (DbException e)
+            {
+                metrics.DatabaseError("sweep");
+                grace.Require();
+                if (!_failing)
+                {
+                    _failing = true;
+                    LogFailing(logger, e);
+                }
+            }
+        }
+    }
+
+    /// <summary>One sweep; returns how many instances it evicted.</summary>
+    internal async Task<int> SweepAsync(CancellationToken cancellationToken)
+    {
+        await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
+        if (grace.Owed)
+        {
+            // Not under the lock: the debt is this node's, and extending is harmless to repeat.
+            await grace.ExtendAsync(connection, cancellationToken);
+            return 0;
+        }
+
+        await using var transaction = await connection.BeginTransactionAsync(cancellationToken);
+        await using (var tryLock = new NpgsqlCommand("SELECT pg_try_advisory_xact_lock(@key)", connection, transaction))
+        {
+            tryLock.Parameters.AddWithValue("key", LockKey);
+            if (!(bool)(await tryLock.ExecuteScalarAsync(cancellationToken))!)
+            {
+                return 0;
+            }
+        }
+
+        int live, expired;
+        await using (var count = new NpgsqlCommand(
+            "SELECT count(*)::int, (count(*) FILTER (WHERE expires_at < clock_timestamp()))::int FROM instances", connection, transaction))
+        await using (var reader = await count.ExecuteReaderAsync(cancellationToken))
+        {
+            await reader.ReadAsync(cancellationToken);
+            live = reader.GetInt32(0);
+            expired = reader.GetInt32(1);
+        }
+
+        if (expired == 0)
+        {
+            selfPreservation.Budget(live, 0);
+            return 0;
+        }
+
+        var budget = selfPreservation.Budget(live, expired);
+        var evicted = 0;
+        while (budget - evicted > 0)
+        {
+            var batch = await EvictBatchAsync(connection, transaction, Math.Min(options.Value.SweepBatchSize, budget - evicted), cancellationToken);
+            evicted += batch;
+            if (batch < options.Value.SweepBatchSize)
+            {
+                break;
+            }
+        }
+
+        await transaction.CommitAsync(cancellationToken);
+        selfPreservation.Evicted(evicted);
+        metrics.Evicted(evicted);
+        if (evicted > 0)
+        {
+            LogSwept(logger, evicted, expired);
+        }
+
+        return evicted;
+    }
+
+    private static async Task<int> EvictBatchAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, int limit, CancellationToken cancellationToken)
+    {
+        await using var command = new NpgsqlCommand(
+            """
+            WITH victims AS (
+                SELECT application, protocol, addr FROM instances
+                 WHERE expires_at < clock_timestamp()
+                 ORDER BY expires_at
+                 LIMIT @limit
+                   FOR UPDATE SKIP LOCKED),
+            gone AS (
+                DELETE FROM instances i USING victims v
+                 WHERE i.application = v.application AND i.protocol = v.protocol AND i.addr = v.addr
+                   AND i.expires_at < clock_timestamp()
+                RETURNING i.application),
+            counted AS (SELECT application, count(*)::int AS n FROM gone GROUP BY application)
+            SELECT n, pg_notify(@channel, application) FROM counted
+            """, connection, transaction);
+        command.Parameters.AddWithValue("limit", limit);
+        command.Parameters.AddWithValue("channel", Schema.ChangeChannel);
+        var evicted = 0;
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            evicted += reader.GetInt32(0);
+        }
+
+        return evicted;
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Swept {Evicted} expired instances ({Expired} were expired)")]
+    private static partial void LogSwept(ILogger logger, int evicted, int expired);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Sweeper cannot reach the database; leases get a grace period once it is back")]
+    private static partial void LogFailing(ILogger logger, Exception exception);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Sweeper reaches the database again")]
+    private static partial void LogRecovered(ILogger logger);
+}

@@ -1,0 +1,46 @@
+using System.Buffers;
+using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.Extensions.Options;
+
+namespace Registry.Model;
+
+/// <summary>Reads a request body within the configured limit; past it, 413.</summary>
+internal sealed class RequestBody(IOptions<LimitsOptions> limits)
+{
+    public async Task<(ReadOnlyMemory<byte> Body, ProblemHttpResult? TooLarge)> ReadAsync(HttpRequest request, CancellationToken cancellationToken)
+    {
+        var limit = limits.Value.MaxBodyBytes;
+        if (request.ContentLength > limit)
+        {
+            return (default, TooLarge(limit));
+        }
+
+        var body = new ArrayBufferWriter<byte>((int)Math.Min(request.ContentLength ?? 1024, limit));
+        var reader = request.BodyReader;
+        while (true)
+        {
+            var read = await reader.ReadAsync(cancellationToken);
+            if (body.WrittenCount + read.Buffer.Length > limit)
+            {
+                reader.AdvanceTo(read.Buffer.End);
+                return (default, TooLarge(limit));
+            }
+
+            foreach (var segment in read.Buffer)
+            {
+                body.Write(segment.Span);
+            }
+
+            reader.AdvanceTo(read.Buffer.End);
+            if (read.IsCompleted)
+            {
+                return (body.WrittenMemory, null);
+            }
+        }
+    }
+
+    private static ProblemHttpResult TooLarge(int limit) => TypedResults.Problem(
+        statusCode: StatusCodes.Status413PayloadTooLarge,
+        title: "Request body too large",
+        detail: $"The request body is larger than {limit} bytes.");
+}

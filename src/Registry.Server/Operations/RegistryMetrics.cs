@@ -1,0 +1,85 @@
+using System.Diagnostics.Metrics;
+
+namespace Registry.Operations;
+
+/// <summary>
+/// The registry's instruments (meter <c>Registry</c>), exported at <c>/metrics</c>.
+/// Counting is a few atomic adds; nothing here allocates per parked poll.
+/// </summary>
+internal sealed class RegistryMetrics
+{
+    public const string MeterName = "Registry";
+
+    private readonly Counter<long> _registrations;
+    private readonly Counter<long> _unregistrations;
+    private readonly Counter<long> _heartbeatsReceived;
+    private readonly Counter<long> _heartbeatsWritten;
+    private readonly Counter<long> _evictions;
+    private readonly UpDownCounter<long> _parkedPolls;
+    private readonly Counter<long> _wakeUps;
+    private readonly Histogram<double> _deliveryDelay;
+    private readonly Counter<long> _notifications;
+    private readonly Counter<long> _reloads;
+    private readonly Counter<long> _reconnects;
+    private readonly Counter<long> _databaseErrors;
+    private readonly Counter<long> _answersChanged;
+    private readonly Counter<long> _writeBatches;
+    private int _views;
+    private int _selfPreservation;
+
+    public RegistryMetrics(IMeterFactory meters)
+    {
+        var meter = meters.Create(MeterName);
+        _registrations = meter.CreateCounter<long>("registry.registrations", "{registration}", "Registrations committed, by result (created, replaced).");
+        _unregistrations = meter.CreateCounter<long>("registry.unregistrations", "{unregistration}", "Unregistrations, by result (removed, not_found).");
+        _heartbeatsReceived = meter.CreateCounter<long>("registry.heartbeats.received", "{heartbeat}", "Heartbeats answered, by result (renewed, unknown).");
+        _heartbeatsWritten = meter.CreateCounter<long>("registry.heartbeats.written", "{renewal}", "Lease renewals written to the database.");
+        _evictions = meter.CreateCounter<long>("registry.evictions", "{instance}", "Instances removed because their lease ran out.");
+        _parkedPolls = meter.CreateUpDownCounter<long>("registry.polls.parked", "{poll}", "Long polls held open now.");
+        _wakeUps = meter.CreateCounter<long>("registry.polls.completed", "{poll}", "Long polls answered, by reason (changed, timeout, shutdown).");
+        _deliveryDelay = meter.CreateHistogram<double>("registry.polls.delivery_delay", "ms", "From a parked poll's wake-up signal to its answer being written.",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000] });
+        _notifications = meter.CreateCounter<long>("registry.changefeed.notifications", "{notification}", "Change notifications received.");
+        _reloads = meter.CreateCounter<long>("registry.changefeed.reloads", "{reload}", "Reloads from the database, by scope (application, all).");
+        _reconnects = meter.CreateCounter<long>("registry.changefeed.reconnects", "{reconnect}", "Times the change feed connected again after losing its connection.");
+        _databaseErrors = meter.CreateCounter<long>("registry.database.errors", "{error}", "Database operations that failed, by operation.");
+        _answersChanged = meter.CreateCounter<long>("registry.answers.changed", "{answer}", "Subscription answers recomputed with a new version.");
+        _writeBatches = meter.CreateCounter<long>("registry.writes.batches", "{transaction}", "Group-committed write transactions.");
+        meter.CreateObservableGauge("registry.subscriptions.distinct", () => Volatile.Read(ref _views), "{subscription}", "Distinct subscriptions held in memory.");
+        meter.CreateObservableGauge("registry.selfpreservation.engaged", () => Volatile.Read(ref _selfPreservation), "1", "1 while self-preservation rate-limits evictions.");
+    }
+
+    public void Registered(bool created) => _registrations.Add(1, new KeyValuePair<string, object?>("result", created ? "created" : "replaced"));
+
+    public void Unregistered(bool removed) => _unregistrations.Add(1, new KeyValuePair<string, object?>("result", removed ? "removed" : "not_found"));
+
+    public void HeartbeatReceived(bool known) => _heartbeatsReceived.Add(1, new KeyValuePair<string, object?>("result", known ? "renewed" : "unknown"));
+
+    public void HeartbeatsWritten(int count) => _heartbeatsWritten.Add(count);
+
+    public void Evicted(int count) => _evictions.Add(count);
+
+    public void PollParked() => _parkedPolls.Add(1);
+
+    public void PollUnparked() => _parkedPolls.Add(-1);
+
+    public void PollCompleted(string reason) => _wakeUps.Add(1, new KeyValuePair<string, object?>("reason", reason));
+
+    public void DeliveryDelay(TimeSpan delay) => _deliveryDelay.Record(delay.TotalMilliseconds);
+
+    public void NotificationReceived() => _notifications.Add(1);
+
+    public void Reloaded(bool all) => _reloads.Add(1, new KeyValuePair<string, object?>("scope", all ? "all" : "application"));
+
+    public void Reconnected() => _reconnects.Add(1);
+
+    public void DatabaseError(string operation) => _databaseErrors.Add(1, new KeyValuePair<string, object?>("operation", operation));
+
+    public void AnswerChanged() => _answersChanged.Add(1);
+
+    public void WriteBatch() => _writeBatches.Add(1);
+
+    public void SubscriptionViews(int count) => Volatile.Write(ref _views, count);
+
+    public void SelfPreservation(bool engaged) => Volatile.Write(ref _selfPreservation, engaged ? 1 : 0);
+}

@@ -1,0 +1,172 @@
+using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.AspNetCore.Mvc;
+using Microsoft.Extensions.Options;
+using Registry.Leases;
+using Registry.Model;
+using Registry.Operations;
+using Registry.Subscription;
+
+namespace Registry.Registration;
+
+/// <summary>Register, heartbeat and unregister: what providers call.</summary>
+internal static class RegistrationApi
+{
+    public static IEndpointRouteBuilder MapRegistration(this IEndpointRouteBuilder endpoints)
+    {
+        var group = endpoints.MapGroup("/v1").WithTags("Providers");
+
+        group.MapPost("/register", Register)
+            .WithName("Register")
+            .WithSummary("Register a provider instance and start or renew its lease")
+            .WithDescription("Upserts the instance identified by (application, protocol, addr): a new instance answers 201, " +
+                "an existing one has its meta replaced and its lease renewed and answers 200. The lease lasts `ttl` seconds " +
+                "(clamped to the configured bounds); renew it with heartbeats. Consumers see the change within milliseconds.")
+            .Accepts<ProviderDocument>("application/json", "*/*")
+            .Produces<LeaseDocument>(StatusCodes.Status201Created)
+            .Produces<LeaseDocument>(StatusCodes.Status200OK)
+            .ProducesValidationProblem()
+            .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
+            .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+
+        group.MapPost("/heartbeat", Heartbeat)
+            .WithName("Heartbeat")
+            .WithSummary("Renew an instance's lease")
+            .WithDescription("Renews the lease of (application, protocol, addr) with the TTL granted at registration. `meta` may be " +
+                "omitted and is never applied. 404 means the instance is not registered (never was, unregistered, or expired): register again.")
+            .Accepts<ProviderDocument>("application/json", "*/*")
+            .Produces<LeaseDocument>(StatusCodes.Status200OK)
+            .ProducesValidationProblem()
+            .ProducesProblem(StatusCodes.Status404NotFound)
+            .ProducesProblem(StatusCodes.Status413PayloadTooLarge);
+
+        group.MapPost("/unregister", Unregister)
+            .WithName("Unregister")
+            .WithSummary("Remove an instance")
+            .WithDescription("Removes (application, protocol, addr) at once; `meta` may be omitted. 404 when it is not registered.")
+            .Accepts<ProviderDocument>("application/json", "*/*")
+            .Produces(StatusCodes.Status204NoContent)
+            .ProducesValidationProblem()
+            .ProducesProblem(StatusCodes.Status404NotFound)
+            .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
+            .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+
+        return endpoints;
+    }
+
+    private static async Task<Results<Created<LeaseDocument>, Ok<LeaseDocument>, ValidationProblem, ProblemHttpResult>> Register(
+        HttpContext http,
+        [FromQuery(Name = "ttl")] string? ttl,
+        RequestBody body,
+        RequestReader reader,
+        WriteBatcher writes,
+        IOptions<LeaseOptions> leases,
+        IOptions<WriteOptions> writeOptions,
+        CancellationToken cancellationToken)
+    {
+        var (json, tooLarge) = await body.ReadAsync(http.Request, cancellationToken);
+        if (tooLarge is not null)
+        {
+            return tooLarge;
+        }
+
+        var errors = new Errors();
+        var requestedTtl = QueryNumber.Read(ttl, "ttl", 1, errors);
+        var provider = reader.ReadProvider(json, errors);
+        if (provider is null || errors.Any)
+        {
+            return Problems.Invalid(errors);
+        }
+
+        var granted = (int)Math.Clamp(requestedTtl ?? leases.Value.DefaultTtlSeconds, leases.Value.MinTtlSeconds, leases.Value.MaxTtlSeconds);
+        WriteResult result;
+        try
+        {
+            result = await writes.SubmitAsync(new RegisterCommand(provider, granted), cancellationToken);
+        }
+        catch (WriteUnavailableException e)
+        {
+            return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds, e.Message);
+        }
+
+        var lease = Lease(provider.Key, provider.Meta, granted, result.ExpiresAt);
+        return result.Status == WriteStatus.Created
+            ? TypedResults.Created($"/v1/services/{Uri.EscapeDataString(provider.Application)}", lease)
+            : TypedResults.Ok(lease);
+    }
+
+    private static async Task<Results<Ok<LeaseDocument>, ValidationProblem, ProblemHttpResult>> Heartbeat(
+        HttpContext http,
+        RequestBody body,
+        RequestReader reader,
+        RegistryState state,
+        LeaseRenewer renewer,
+        RegistryMetrics metrics,
+        CancellationToken cancellationToken)
+    {
+        var (json, tooLarge) = await body.ReadAsync(http.Request, cancellationToken);
+        if (tooLarge is not null)
+        {
+            return tooLarge;
+        }
+
+        var errors = new Errors();
+        var provider = reader.ReadProvider(json, errors);
+        if (provider is null)
+        {
+            return Problems.Invalid(errors);
+        }
+
+        var instance = state.Find(provider.Key);
+        metrics.HeartbeatReceived(instance is not null);
+        if (instance is null)
+        {
+            return Problems.NotRegistered(provider.Key);
+        }
+
+        var expiresAt = renewer.Renew(instance);
+        return TypedResults.Ok(Lease(instance.Key, instance.Meta, instance.TtlSeconds, expiresAt));
+    }
+
+    private static async Task<Results<NoContent, ValidationProblem, ProblemHttpResult>> Unregister(
+        HttpContext http,
+        RequestBody body,
+        RequestReader reader,
+        WriteBatcher writes,
+        IOptions<WriteOptions> writeOptions,
+        CancellationToken cancellationToken)
+    {
+        var (json, tooLarge) = await body.ReadAsync(http.Request, cancellationToken);
+        if (tooLarge is not null)
+        {
+            return tooLarge;
+        }
+
+        var errors = new Errors();
+        var provider = reader.ReadProvider(json, errors);
+        if (provider is null)
+        {
+            return Problems.Invalid(errors);
+        }
+
+        try
+        {
+            var result = await writes.SubmitAsync(new UnregisterCommand(provider.Key), cancellationToken);
+            return result.Status == WriteStatus.Removed ? TypedResults.NoContent() : Problems.NotRegistered(provider.Key);
+        }
+        catch (WriteUnavailableException e)
+        {
+            return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds, e.Message);
+        }
+    }
+
+    private static LeaseDocument Lease(InstanceKey key, Meta meta, int ttlSeconds, DateTimeOffset expiresAt) => new()
+    {
+        Application = key.Application,
+        Protocol = key.Protocol,
+        Addr = key.Addr,
+        Meta = meta.ToDictionary(),
+        Ttl = ttlSeconds,
+        // RFC 3339 in UTC, to the millisecond.
+        Expires = new DateTime(expiresAt.UtcTicks - (expiresAt.UtcTicks % TimeSpan.TicksPerMillisecond), DateTimeKind.Utc),
+    };
+}

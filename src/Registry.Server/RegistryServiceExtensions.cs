@@ -1,0 +1,110 @@
+using System.Text.Encodings.Web;
+using Microsoft.AspNetCore.Diagnostics;
+using Microsoft.EntityFrameworkCore;
+using Registry.ChangeFeed;
+using Registry.Leases;
+using Registry.Model;
+using Registry.Operations;
+using Registry.Registration;
+using Registry.Storage;
+using Registry.Subscription;
+
+namespace Registry;
+
+/// <summary>Wires the registry into a host.</summary>
+internal static class RegistryServiceExtensions
+{
+    /// <summary>
+    /// When no connection string is configured, starts a private PostgreSQL cluster from the
+    /// local server binaries and points the registry at it; the caller disposes it (stopping
+    /// the cluster) after the host has stopped. Returns null when a database is configured.
+    /// </summary>
+    public static async Task<LocalPostgres?> AddLocalPostgresIfUnconfiguredAsync(this WebApplicationBuilder builder, ILogger logger)
+    {
+        if (!string.IsNullOrWhiteSpace(builder.Configuration.GetConnectionString(RegistryDatabase.ConnectionStringName)))
+        {
+            return null;
+        }
+
+        var options = builder.Configuration.GetSection("Registry:Database").Get<DatabaseOptions>() ?? new DatabaseOptions();
+        var dataDirectory = string.IsNullOrEmpty(options.LocalDataDirectory) ? LocalPostgres.DefaultDataDirectory : options.LocalDataDirectory;
+        logger.LogInformation("No ConnectionStrings:Registry configured: starting a private PostgreSQL cluster in {DataDirectory}", dataDirectory);
+        var postgres = await LocalPostgres.StartAsync(dataDirectory, options.LocalBinDirectory, durable: true, CancellationToken.None);
+        logger.LogInformation("Private PostgreSQL listening on 127.0.0.1:{Port} (data in {DataDirectory}); it stops with the registry", postgres.Port, dataDirectory);
+        builder.Configuration[$"ConnectionStrings:{RegistryDatabase.ConnectionStringName}"] = postgres.ConnectionString;
+        return postgres;
+    }
+
+    public static WebApplicationBuilder AddRegistry(this WebApplicationBuilder builder)
+    {
+        var services = builder.Services;
+        services.AddOptions<LimitsOptions>().BindConfiguration("Registry:Limits").ValidateDataAnnotations().ValidateOnStart();
+        services.AddOptions<LeaseOptions>().BindConfiguration("Registry:Leases").ValidateDataAnnotations()
+            .Validate(o => o.MinTtlSeconds <= o.DefaultTtlSeconds && o.DefaultTtlSeconds <= o.MaxTtlSeconds, "Registry:Leases needs MinTtlSeconds <= DefaultTtlSeconds <= MaxTtlSeconds.")
+            .Validate(o => o.RenewalInterval > TimeSpan.Zero && o.SweepInterval > TimeSpan.Zero && o.SelfPreservationWindow > TimeSpan.Zero, "Registry:Leases intervals must be positive.")
+            .ValidateOnStart();
+        services.AddOptions<SubscriptionOptions>().BindConfiguration("Registry:Subscriptions").ValidateDataAnnotations()
+            .Validate(o => o.DefaultWaitSeconds <= o.MaxWaitSeconds, "Registry:Subscriptions needs DefaultWaitSeconds <= MaxWaitSeconds.")
+            .ValidateOnStart();
+        services.AddOptions<WriteOptions>().BindConfiguration("Registry:Writes").ValidateDataAnnotations().ValidateOnStart();
+        services.AddOptions<ChangeFeedOptions>().BindConfiguration("Registry:ChangeFeed").ValidateDataAnnotations()
+            .Validate(o => o.IdleCheckInterval > TimeSpan.Zero && o.CheckTimeout > TimeSpan.Zero && o.MaxReconnectDelay > TimeSpan.Zero && o.ConsistencyCheckInterval > TimeSpan.Zero, "Registry:ChangeFeed intervals must be positive.")
+            .ValidateOnStart();
+        services.AddOptions<DatabaseOptions>().BindConfiguration("Registry:Database").ValidateDataAnnotations().ValidateOnStart();
+
+        services.AddSingleton(TimeProvider.System);
+        services.AddSingleton<RegistryDatabase>();
+        services.AddPooledDbContextFactory<RegistryDbContext>((provider, options) => options.UseNpgsql(
+            provider.GetRequiredService<RegistryDatabase>().DataSource,
+            npgsql => npgsql.MigrationsAssembly("Registry.Migrations")));
+
+        services.AddSingleton<RegistryMetrics>();
+        services.AddSingleton<RegistryState>();
+        services.AddSingleton<SubscriptionHub>();
+        services.AddSingleton<LongPoll>();
+        services.AddSingleton<RequestReader>();
+        services.AddSingleton<RequestBody>();
+        services.AddSingleton<DatabaseClock>();
+        services.AddSingleton<LeaseGrace>();
+        services.AddSingleton<SelfPreservation>();
+
+        // Start order matters: migrate, start the loader, LISTEN and load, then take writes.
+        services.AddHostedService<DatabaseMigrator>();
+        services.AddSingletonHostedService<RegistryLoader>();
+        services.AddSingletonHostedService<ChangeFeedListener>();
+        services.AddSingletonHostedService<LeaseRenewer>();
+        services.AddSingletonHostedService<WriteBatcher>();
+        services.AddHostedService<Sweeper>();
+
+        services.ConfigureHttpJsonOptions(json => json.SerializerOptions.Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping);
+        services.AddProblemDetails();
+        services.AddEndpointsApiExplorer();
+        services.AddSwaggerGen(swagger => swagger.IncludeXmlComments(typeof(RegistryServiceExtensions).Assembly));
+        return builder;
+    }
+
+    public static WebApplication UseRegistry(this WebApplication app)
+    {
+        app.UseExceptionHandler(new ExceptionHandlerOptions
+        {
+            // Framework rejections of what a client sent (bad framing, oversized) are 4xx, not 500.
+            StatusCodeSelector = e => e is BadHttpRequestException bad ? bad.StatusCode : StatusCodes.Status500InternalServerError,
+        });
+        app.UseStatusCodePages();
+        app.UseSwagger(swagger => swagger.RouteTemplate = "openapi/{documentName}.json");
+        app.UseSwaggerUI(ui =>
+        {
+            ui.SwaggerEndpoint("/openapi/v1.json", "Registry v1");
+            ui.RoutePrefix = "swagger";
+        });
+        return app;
+    }
+
+    private static IServiceCollection AddSingletonHostedService<T>(this IServiceCollection services)
+        where T : class, IHostedService
+    {
+        services.AddSingleton<T>();
+        services.AddHostedService(provider => provider.GetRequiredService<T>());
+        return services;
+    }
+}

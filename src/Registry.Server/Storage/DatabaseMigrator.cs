@@ -1,0 +1,37 @@
+using Microsoft.EntityFrameworkCore;
+using Npgsql;
+using Registry.Leases;
+
+namespace Registry.Storage;
+
+/// <summary>
+/// Applies the EF Core migrations before anything else starts (EF takes a database lock, so
+/// nodes starting together do not race) and learns the database clock.
+/// </summary>
+internal sealed partial class DatabaseMigrator(
+    IDbContextFactory<RegistryDbContext> contexts,
+    RegistryDatabase database,
+    DatabaseClock clock,
+    ILogger<DatabaseMigrator> logger) : IHostedService
+{
+    public async Task StartAsync(CancellationToken cancellationToken)
+    {
+        await using (var context = await contexts.CreateDbContextAsync(cancellationToken))
+        {
+            var pending = (await context.Database.GetPendingMigrationsAsync(cancellationToken)).ToList();
+            if (pending.Count > 0)
+            {
+                LogMigrating(logger, pending.Count, string.Join(", ", pending));
+                await context.Database.MigrateAsync(cancellationToken);
+            }
+        }
+
+        await using var now = database.DataSource.CreateCommand("SELECT clock_timestamp()");
+        clock.Observe(new DateTimeOffset((DateTime)(await now.ExecuteScalarAsync(cancellationToken))!, TimeSpan.Zero));
+    }
+
+    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Applying {Count} migrations: {Migrations}")]
+    private static partial void LogMigrating(ILogger logger, int count, string migrations);
+}

@@ -1,0 +1,52 @@
+using Microsoft.Extensions.Options;
+using Npgsql;
+
+namespace Registry.Storage;
+
+/// <summary>
+/// The node's connections to PostgreSQL: a pooled data source for writes, loads and sweeps
+/// (EF Core shares it), and the settings for the change feed's one dedicated connection.
+/// </summary>
+internal sealed class RegistryDatabase : IAsyncDisposable
+{
+    public const string ConnectionStringName = "Registry";
+
+    public RegistryDatabase(IConfiguration configuration, IOptions<DatabaseOptions> options)
+    {
+        var configured = configuration.GetConnectionString(ConnectionStringName);
+        if (string.IsNullOrWhiteSpace(configured))
+        {
+            throw new InvalidOperationException("ConnectionStrings:Registry is not set.");
+        }
+
+        var pooled = new NpgsqlConnectionStringBuilder(configured)
+        {
+            Timeout = options.Value.ConnectTimeoutSeconds,
+            CommandTimeout = options.Value.CommandTimeoutSeconds,
+        };
+        if (string.IsNullOrEmpty(pooled.ApplicationName))
+        {
+            pooled.ApplicationName = "registry";
+        }
+
+        DataSource = NpgsqlDataSource.Create(pooled);
+
+        // LISTEN needs its own long-lived session on the primary, watched by TCP keepalives.
+        ListenerConnectionString = new NpgsqlConnectionStringBuilder(pooled.ConnectionString)
+        {
+            Pooling = false,
+            KeepAlive = 15,
+            TcpKeepAlive = true,
+            ApplicationName = ChangeFeedApplicationName,
+        }.ConnectionString;
+    }
+
+    /// <summary>The application_name of every node's LISTEN session (operators and tests find it by this).</summary>
+    public const string ChangeFeedApplicationName = "registry-changefeed";
+
+    public NpgsqlDataSource DataSource { get; }
+
+    public string ListenerConnectionString { get; }
+
+    public ValueTask DisposeAsync() => DataSource.DisposeAsync();
+}

@@ -1,0 +1,130 @@
+using System.Diagnostics;
+using Microsoft.Extensions.Options;
+using Registry.Model;
+using Registry.Operations;
+
+namespace Registry.Subscription;
+
+/// <summary>How a poll ended.</summary>
+internal enum PollEnd
+{
+    /// <summary>The caller's version was not current: answered at once.</summary>
+    Immediate,
+
+    /// <summary>The answer changed while the poll was parked.</summary>
+    Changed,
+
+    /// <summary>The wait ran out with the caller's version still current.</summary>
+    TimedOut,
+
+    /// <summary>The node is shutting down and released the poll.</summary>
+    Shutdown,
+
+    /// <summary>The client went away; nothing is to be written.</summary>
+    ClientGone,
+}
+
+internal readonly record struct PollOutcome(Answer Answer, PollEnd End);
+
+/// <summary>
+/// Parks a long poll on its subscription's change signal (never a loop, never a database
+/// query) until the answer moves away from the caller's version, the wait runs out, the
+/// client leaves or the node shuts down.
+/// </summary>
+internal sealed class LongPoll(
+    SubscriptionHub hub,
+    IOptions<SubscriptionOptions> options,
+    TimeProvider time,
+    IHostApplicationLifetime lifetime,
+    RegistryMetrics metrics)
+{
+    private readonly SubscriptionOptions _options = options.Value;
+
+    /// <summary>The hold for a requested wait: defaulted, clamped to the cap, plus up to wait/16 of jitter.</summary>
+    public TimeSpan HoldFor(long? waitSeconds)
+    {
+        var wait = TimeSpan.FromSeconds(Math.Min(waitSeconds ?? _options.DefaultWaitSeconds, _options.MaxWaitSeconds));
+        var jitter = wait / _options.JitterDivisor * Random.Shared.NextDouble();
+        return wait + jitter;
+    }
+
+    public async Task<PollOutcome> PollAsync(
+        IReadOnlyList<SubscriptionEntry> entries, string? version, long? waitSeconds, CancellationToken requestAborted)
+    {
+        var view = hub.Acquire(entries);
+        try
+        {
+            var (answer, changed) = view.Current;
+            if (version is null || !string.Equals(version, answer.Version, StringComparison.Ordinal))
+            {
+                return new(answer, PollEnd.Immediate);
+            }
+
+            var hold = HoldFor(waitSeconds);
+            if (hold <= TimeSpan.Zero)
+            {
+                return new(answer, PollEnd.TimedOut);
+            }
+
+            return await ParkAsync(view, changed, hold, requestAborted);
+        }
+        finally
+        {
+            hub.Release(view);
+        }
+    }
+
+    private async Task<PollOutcome> ParkAsync(SubscriptionView view, Task changed, TimeSpan hold, CancellationToken requestAborted)
+    {
+        metrics.PollParked();
+        try
+        {
+            using (var stop = CancellationTokenSource.CreateLinkedTokenSource(requestAborted, lifetime.ApplicationStopping))
+            {
+                var timeout = Task.Delay(hold, time, stop.Token);
+                await Task.WhenAny(changed, timeout);
+                // Disposing the timer now matters with thousands of polls parked.
+                await stop.CancelAsync();
+            }
+
+            if (requestAborted.IsCancellationRequested)
+            {
+                return new(view.Current.Answer, PollEnd.ClientGone);
+            }
+
+            if (changed.IsCompleted)
+            {
+                var answer = view.Current.Answer;
+                metrics.DeliveryDelay(Stopwatch.GetElapsedTime(answer.ComputedAt));
+                return new(answer, PollEnd.Changed);
+            }
+
+            if (lifetime.ApplicationStopping.IsCancellationRequested)
+            {
+                return await ReleaseOnShutdownAsync(view, requestAborted);
+            }
+
+            return new(view.Current.Answer, PollEnd.TimedOut);
+        }
+        finally
+        {
+            metrics.PollUnparked();
+        }
+    }
+
+    /// <summary>Answers a poll released by shutdown after a random part of the spread, so consumers do not all reconnect at once.</summary>
+    private async Task<PollOutcome> ReleaseOnShutdownAsync(SubscriptionView view, CancellationToken requestAborted)
+    {
+        var delay = _options.ShutdownSpread * Random.Shared.NextDouble();
+        try
+        {
+            await Task.Delay(delay, time, requestAborted);
+        }
+        catch (OperationCanceledException)
+        {
+            return new(view.Current.Answer, PollEnd.ClientGone);
+        }
+
+        return new(view.Current.Answer, PollEnd.Shutdown);
+    }
+}

@@ -1,0 +1,105 @@
+using System.Collections.Immutable;
+using Registry.Model;
+
+namespace Registry.Subscription;
+
+/// <summary>One registered instance as a node holds it in memory.</summary>
+internal sealed record Instance(InstanceKey Key, Meta Meta, int TtlSeconds, DateTimeOffset ExpiresAt, long Revision);
+
+/// <summary>An immutable picture of one application's instances, sorted by (protocol, addr) byte-wise.</summary>
+internal sealed class ApplicationSnapshot
+{
+    public ApplicationSnapshot(string application, Instance[] instances)
+    {
+        Array.Sort(instances, static (a, b) => InstanceKey.CompareOrdinal(a.Key, b.Key));
+        Application = application;
+        Instances = instances;
+        MaxRevision = instances.Length == 0 ? 0 : instances.Max(i => i.Revision);
+    }
+
+    public string Application { get; }
+
+    public Instance[] Instances { get; }
+
+    /// <summary>With the count, what the periodic consistency check compares with the database.</summary>
+    public long MaxRevision { get; }
+
+    /// <summary>Whether the other snapshot shows consumers the same thing (same rows at the same revisions).</summary>
+    public bool SameContentAs(ApplicationSnapshot? other) =>
+        other is not null && other.Instances.Length == Instances.Length && other.MaxRevision == MaxRevision;
+
+    public Instance? Find(InstanceKey key)
+    {
+        int lo = 0, hi = Instances.Length - 1;
+        while (lo <= hi)
+        {
+            var mid = (lo + hi) >>> 1;
+            var c = InstanceKey.CompareOrdinal(Instances[mid].Key, key);
+            if (c == 0)
+            {
+                return Instances[mid];
+            }
+
+            if (c < 0)
+            {
+                lo = mid + 1;
+            }
+            else
+            {
+                hi = mid - 1;
+            }
+        }
+
+        return null;
+    }
+}
+
+/// <summary>
+/// The whole registry in memory: what every read is served from. Only the
+/// <see cref="ChangeFeed.RegistryLoader"/> replaces snapshots (one writer), so readers see
+/// an immutable map swapped atomically and never take a lock.
+/// </summary>
+internal sealed class RegistryState
+{
+    private ImmutableSortedDictionary<string, ApplicationSnapshot> _applications =
+        ImmutableSortedDictionary.Create<string, ApplicationSnapshot>(StringComparer.Ordinal);
+
+    /// <summary>All applications with at least one instance, sorted by name (ordinal).</summary>
+    public ImmutableSortedDictionary<string, ApplicationSnapshot> Applications => Volatile.Read(ref _applications);
+
+    public ApplicationSnapshot? Get(string application) =>
+        Applications.TryGetValue(application, out var snapshot) ? snapshot : null;
+
+    public Instance? Find(InstanceKey key) => Get(key.Application)?.Find(key);
+
+    /// <summary>Replaces the given applications' snapshots (an empty one removes the application).</summary>
+    public void Replace(IEnumerable<ApplicationSnapshot> snapshots)
+    {
+        var builder = Applications.ToBuilder();
+        foreach (var snapshot in snapshots)
+        {
+            if (snapshot.Instances.Length == 0)
+            {
+                builder.Remove(snapshot.Application);
+            }
+            else
+            {
+                builder[snapshot.Application] = snapshot;
+            }
+        }
+
+        Volatile.Write(ref _applications, builder.ToImmutable());
+    }
+
+    /// <summary>Replaces everything (after a full load).</summary>
+    public void ReplaceAll(IEnumerable<ApplicationSnapshot> snapshots)
+    {
+        var builder = ImmutableSortedDictionary.CreateBuilder<string, ApplicationSnapshot>(StringComparer.Ordinal);
+        foreach (var snapshot in snapshots.Where(s => s.Instances.Length > 0))
+        {
+            builder[snapshot.Application] = snapshot;
+        }
+
+        Volatile.Write(ref _applications, builder.ToImmutable());
+    }
+}

@@ -1,0 +1,192 @@
+using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.AspNetCore.Mvc;
+using Microsoft.Net.Http.Headers;
+using Registry.ChangeFeed;
+using Registry.Model;
+using Registry.Operations;
+
+namespace Registry.Subscription;
+
+/// <summary>Subscribe (long polling) and the read-only views of the registry: what consumers and operators call.</summary>
+internal static class SubscriptionApi
+{
+    private const string VersionDescription = "The version the caller holds. When it is the current version the request is held until the answer changes or `wait` runs out.";
+    private const string WaitDescription = "Seconds to hold the request (default 30; values above the configured cap, 55 by default, are clamped; up to wait/16 of jitter is added).";
+
+    public static IEndpointRouteBuilder MapSubscription(this IEndpointRouteBuilder endpoints)
+    {
+        var group = endpoints.MapGroup("/v1").WithTags("Consumers");
+
+        group.MapPost("/subscribe", Subscribe)
+            .WithName("Subscribe")
+            .WithSummary("Get the instances matching a subscription, long-polling for changes")
+            .WithDescription("Answers at once without `version`, or when `version` is not current. When it is current the request " +
+                "is held until the answer changes or `wait` runs out; on timeout the same, unchanged answer comes back, so a client " +
+                "loop is simply: send the version you hold, take what comes back. Every answer carries `ETag: \"<version>\"`.")
+            .Accepts<SubscriptionDocument>("application/json", "*/*")
+            .Produces<AnswerDocument>(StatusCodes.Status200OK)
+            .ProducesValidationProblem()
+            .ProducesProblem(StatusCodes.Status413PayloadTooLarge);
+
+        group.MapGet("/services", ListServices)
+            .WithName("ListServices")
+            .WithSummary("List the applications registered now")
+            .WithDescription("Each application with its number of instances, sorted by name.");
+
+        group.MapGet("/services/{application}", GetService)
+            .WithName("GetService")
+            .WithSummary("Get one application's instances, long-polling for changes")
+            .WithDescription("The one-provider subscription for curl and runbooks: filter with `protocol` and `meta.KEY=VALUE` " +
+                "parameters; `version` and `wait` hold as for subscribe. As a conditional GET, `If-None-Match: \"<version>\"` " +
+                "holds the same way and answers 304 with no body when the wait runs out unchanged. An unknown application is an empty answer.")
+            .Produces<AnswerDocument>(StatusCodes.Status200OK)
+            .Produces(StatusCodes.Status304NotModified)
+            .ProducesValidationProblem();
+
+        return endpoints;
+    }
+
+    private static async Task<Results<AnswerResult, EmptyHttpResult, ValidationProblem, ProblemHttpResult>> Subscribe(
+        HttpContext http,
+        [FromQuery(Name = "version")] string? version,
+        [FromQuery(Name = "wait")] string? wait,
+        RequestBody body,
+        RequestReader reader,
+        LongPoll poll,
+        ChangeFeedListener feed,
+        RegistryMetrics metrics)
+    {
+        var (json, tooLarge) = await body.ReadAsync(http.Request, http.RequestAborted);
+        if (tooLarge is not null)
+        {
+            return tooLarge;
+        }
+
+        var errors = new Errors();
+        var heldVersion = reader.CheckVersion(version, errors);
+        var waitSeconds = QueryNumber.Read(wait, "wait", 0, errors);
+        var entries = reader.ReadSubscription(json, errors);
+        if (entries is null || errors.Any)
+        {
+            return Problems.Invalid(errors);
+        }
+
+        var outcome = await poll.PollAsync(entries, heldVersion, waitSeconds, http.RequestAborted);
+        return Respond(outcome, notModifiedOnTimeout: false, feed, metrics);
+    }
+
+    private static Ok<ServicesDocument> ListServices(RegistryState state) => TypedResults.Ok(new ServicesDocument
+    {
+        Services = state.Applications.Values
+            .Select(s => new ServiceSummary { Application = s.Application, Instances = s.Instances.Length })
+            .ToList(),
+    });
+
+    private static async Task<Results<AnswerResult, EmptyHttpResult, ValidationProblem>> GetService(
+        HttpContext http,
+        string application,
+        [FromQuery(Name = "protocol")] string? protocol,
+        [FromQuery(Name = "version")] string? version,
+        [FromQuery(Name = "wait")] string? wait,
+        RequestReader reader,
+        LongPoll poll,
+        ChangeFeedListener feed,
+        RegistryMetrics metrics)
+    {
+        var errors = new Errors();
+        reader.CheckName(application, "application", errors);
+        if (protocol is not null)
+        {
+            reader.CheckProtocol(protocol, "protocol", errors);
+        }
+
+        var pairs = new List<KeyValuePair<string, string>>();
+        foreach (var (name, values) in http.Request.Query)
+        {
+            if (!name.StartsWith("meta.", StringComparison.Ordinal))
+            {
+                continue;
+            }
+
+            var key = name["meta.".Length..];
+            if (values.Count != 1)
+            {
+                errors.Add(name, "must be given once");
+            }
+            else if (reader.CheckMetaPair(key, values[0] ?? "", name, errors))
+            {
+                pairs.Add(new(key, values[0] ?? ""));
+            }
+        }
+
+        reader.CheckMetaCount(pairs.Count, "meta", errors);
+        var conditional = EntityTag(http.Request.Headers.IfNoneMatch);
+        var heldVersion = reader.CheckVersion(conditional ?? version, errors);
+        var waitSeconds = QueryNumber.Read(wait, "wait", 0, errors);
+        if (errors.Any)
+        {
+            return Problems.Invalid(errors);
+        }
+
+        var entries = new[] { new SubscriptionEntry(application, protocol, Meta.From(pairs)) };
+        var outcome = await poll.PollAsync(entries, heldVersion, waitSeconds, http.RequestAborted);
+        return outcome.End == PollEnd.ClientGone
+            ? TypedResults.Empty
+            : Answer(outcome, notModifiedOnTimeout: conditional is not null, feed, metrics);
+    }
+
+    private static Results<AnswerResult, EmptyHttpResult, ValidationProblem, ProblemHttpResult> Respond(
+        PollOutcome outcome, bool notModifiedOnTimeout, ChangeFeedListener feed, RegistryMetrics metrics) =>
+        outcome.End == PollEnd.ClientGone ? TypedResults.Empty : Answer(outcome, notModifiedOnTimeout, feed, metrics);
+
+    private static AnswerResult Answer(PollOutcome outcome, bool notModifiedOnTimeout, ChangeFeedListener feed, RegistryMetrics metrics)
+    {
+        if (outcome.End is PollEnd.Changed or PollEnd.TimedOut or PollEnd.Shutdown)
+        {
+            metrics.PollCompleted(outcome.End.ToString().ToLowerInvariant());
+        }
+
+        var notModified = notModifiedOnTimeout && outcome.End is PollEnd.TimedOut or PollEnd.Shutdown;
+        return new AnswerResult(outcome.Answer, notModified, feed.LostAt);
+    }
+
+    /// <summary>The first entity tag of If-None-Match, unquoted (weak tags compare the same for GET).</summary>
+    private static string? EntityTag(Microsoft.Extensions.Primitives.StringValues header)
+    {
+        if (header.Count == 0 || !EntityTagHeaderValue.TryParseList(header, out var tags) || tags.Count == 0 || tags[0].Tag.Length < 2)
+        {
+            return null;
+        }
+
+        var tag = tags[0].Tag.Value!;
+        return tag[1..^1];
+    }
+}
+
+/// <summary>Writes a pre-serialised answer with its ETag; 304 with no body when asked for.</summary>
+internal sealed class AnswerResult(Answer answer, bool notModified, DateTimeOffset? staleSince) : IResult
+{
+    public async Task ExecuteAsync(HttpContext httpContext)
+    {
+        var response = httpContext.Response;
+        response.Headers.ETag = answer.ETag;
+        response.Headers.CacheControl = "no-cache";
+        if (staleSince is { } since)
+        {
+            // Served from memory while the change feed is down: say so, and for how long.
+            response.Headers["X-Registry-Stale"] = "true";
+            response.Headers.Age = ((long)Math.Max(0, (DateTimeOffset.UtcNow - since).TotalSeconds)).ToString(System.Globalization.CultureInfo.InvariantCulture);
+        }
+
+        if (notModified)
+        {
+            response.StatusCode = StatusCodes.Status304NotModified;
+            return;
+        }
+
+        response.StatusCode = StatusCodes.Status200OK;
+        response.ContentType = "application/json";
+        response.ContentLength = answer.Body.Length;
+        await response.Body.WriteAsync(answer.Body, httpContext.RequestAborted);
+    }
+}

@@ -1,0 +1,33 @@
+namespace Registry.Storage;
+
+/// <summary>One registered provider instance: a row of <c>instances</c>.</summary>
+public sealed class InstanceRow
+{
+    /// <summary>The application the instance belongs to (part of the key).</summary>
+    public required string Application { get; set; }
+
+    /// <summary>The protocol it serves (part of the key).</summary>
+    public required string Protocol { get; set; }
+
+    /// <summary>Its <c>host:port</c> (part of the key).</summary>
+    public required string Addr { get; set; }
+
+    /// <summary>The instance's metadata as a JSON object of strings.</summary>
+    public required string Meta { get; set; }
+
+    /// <summary>The lease granted at registration, in seconds.</summary>
+    public int TtlSeconds { get; set; }
+
+    /// <summary>When the lease runs out, on the database clock.</summary>
+    public DateTime ExpiresAt { get; set; }
+
+    /// <summary>When the instance was first registered.</summary>
+    public DateTime RegisteredAt { get; set; }
+
+    /// <summary>
+    /// Taken from a sequence whenever what a consumer sees of the row changes, so that
+    /// a node can compare <c>count</c> and <c>max(revision)</c> per application with what
+    /// it holds in memory and catch a lost notification.
+    /// </summary>
+    public long Revision { get; set; }
+}

@@ -1,0 +1,53 @@
+using Microsoft.EntityFrameworkCore;
+
+namespace Registry.Storage;
+
+/// <summary>
+/// Owns the schema. Hot statements (group-committed writes, renewals, the sweep, loads)
+/// are plain SQL through the same data source; see <see cref="Schema"/> for the names.
+/// </summary>
+public sealed class RegistryDbContext(DbContextOptions<RegistryDbContext> options) : DbContext(options)
+{
+    /// <summary>The registered instances.</summary>
+    public DbSet<InstanceRow> Instances => Set<InstanceRow>();
+
+    /// <inheritdoc />
+    protected override void OnModelCreating(ModelBuilder modelBuilder)
+    {
+        ArgumentNullException.ThrowIfNull(modelBuilder);
+        modelBuilder.HasSequence<long>(Schema.RevisionSequence);
+
+        modelBuilder.Entity<InstanceRow>(instance =>
+        {
+            instance.ToTable(Schema.InstancesTable);
+            // Room on each page so that lease renewals are HOT updates (no index churn).
+            instance.HasStorageParameter("fillfactor", 70);
+            instance.HasKey(i => new { i.Application, i.Protocol, i.Addr });
+            // "C" collation: keys compare byte-wise, as the API promises, whatever the
+            // database's default collation is.
+            instance.Property(i => i.Application).HasColumnName("application").UseCollation("C");
+            instance.Property(i => i.Protocol).HasColumnName("protocol").UseCollation("C");
+            instance.Property(i => i.Addr).HasColumnName("addr").UseCollation("C");
+            instance.Property(i => i.Meta).HasColumnName("meta").HasColumnType("jsonb");
+            instance.Property(i => i.TtlSeconds).HasColumnName("ttl_seconds");
+            // expires_at is deliberately in no index: renewals then stay HOT updates.
+            instance.Property(i => i.ExpiresAt).HasColumnName("expires_at").HasColumnType("timestamptz");
+            instance.Property(i => i.RegisteredAt).HasColumnName("registered_at").HasColumnType("timestamptz");
+            instance.Property(i => i.Revision).HasColumnName("revision")
+                .HasDefaultValueSql($"nextval('{Schema.RevisionSequence}')");
+        });
+    }
+}
+
+/// <summary>Names that the hand-written SQL shares with the model.</summary>
+public static class Schema
+{
+    /// <summary>The table of registered instances.</summary>
+    public const string InstancesTable = "instances";
+
+    /// <summary>The sequence that stamps content changes.</summary>
+    public const string RevisionSequence = "instance_revision";
+
+    /// <summary>The channel every committed change is announced on.</summary>
+    public const string ChangeChannel = "registry_changes";
+}
