@@ -1,0 +1,193 @@
+using System.Net;
+using System.Text.Json.Nodes;
+using Registry.Tests.Infrastructure;
+
+namespace Registry.Tests;
+
+/// <summary>The three JSON documents of API.md, exactly as written, and the status codes around them.</summary>
+public sealed class ApiDocumentTests(RegistryCluster cluster) : RegistryTest(cluster)
+{
+    private const string SpecProvider = """
+        {
+          "application": "provider_test",
+          "protocol": "http",
+          "addr": "127.0.0.1:8080",
+          "meta": { "cluster": "small", "idc": "shanghai", "tag": "read" }
+        }
+        """;
+
+    private const string SpecSubscription = """
+        {
+          "subscribes": [
+            { "provider": "test_provider1", "protocol": "http",
+              "meta": { "cluster": "small", "idc": "shanghai", "tag": "read" } },
+            { "provider": "test_provider2", "protocol": "http",
+              "meta": { "cluster": "small", "tag": "read" } }
+          ]
+        }
+        """;
+
+    [Fact]
+    public async Task RegisteringTheSpecProviderAnswersCreatedWithTheProviderDocumentAndItsLease()
+    {
+        var before = DateTime.UtcNow;
+        using var response = await Client.PostJsonAsync("/v1/register?ttl=60", SpecProvider);
+
+        Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        var body = (JsonObject)await response.ReadJsonAsync();
+        Assert.Equal(["application", "protocol", "addr", "meta", "ttl", "expires"], body.Select(p => p.Key));
+        Assert.Equal("provider_test", (string?)body["application"]);
+        Assert.Equal("http", (string?)body["protocol"]);
+        Assert.Equal("127.0.0.1:8080", (string?)body["addr"]);
+        Assert.True(JsonNode.DeepEquals(JsonNode.Parse("""{"cluster":"small","idc":"shanghai","tag":"read"}"""), body["meta"]));
+        Assert.Equal(60, (int)body["ttl"]!);
+        var expires = (string)body["expires"]!;
+        Assert.EndsWith("Z", expires, StringComparison.Ordinal);
+        var at = DateTime.Parse(expires, System.Globalization.CultureInfo.InvariantCulture, System.Globalization.DateTimeStyles.AdjustToUniversal);
+        Assert.InRange(at, before.AddSeconds(55), DateTime.UtcNow.AddSeconds(65));
+    }
+
+    [Fact]
+    public async Task TheSpecSubscriptionAnswersWithTheSpecAnswerDocument()
+    {
+        await Client.PostJsonAsync("/v1/register", SpecProvider.Replace("provider_test", "test_provider1", StringComparison.Ordinal));
+        await Client.PostJsonAsync("/v1/register", Http.Provider("test_provider2", "10.0.0.2:80", """{"cluster":"small","tag":"read"}"""));
+        await Client.PostJsonAsync("/v1/register", Http.Provider("test_provider2", "10.0.0.3:80", """{"cluster":"big","tag":"read"}"""));
+
+        using var response = await Client.PostJsonAsync("/v1/subscribe", SpecSubscription);
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal("application/json", response.Content.Headers.ContentType?.MediaType);
+        var body = (JsonObject)await response.ReadJsonAsync();
+        Assert.Equal(["version", "endpoints"], body.Select(p => p.Key));
+        var version = (string)body["version"]!;
+        Assert.Matches("^[\\x21-\\x7e]+$", version);
+        Assert.Equal($"\"{version}\"", response.Headers.ETag?.Tag);
+        var expected = JsonNode.Parse("""
+            [
+              { "application": "test_provider1", "protocol": "http", "addr": "127.0.0.1:8080",
+                "meta": { "cluster": "small", "idc": "shanghai", "tag": "read" } },
+              { "application": "test_provider2", "protocol": "http", "addr": "10.0.0.2:80",
+                "meta": { "cluster": "small", "tag": "read" } }
+            ]
+            """);
+        Assert.True(JsonNode.DeepEquals(expected, body["endpoints"]), body.ToJsonString());
+        Assert.All(body["endpoints"]!.AsArray(), e => Assert.Equal(["application", "protocol", "addr", "meta"], e!.AsObject().Select(p => p.Key)));
+    }
+
+    [Fact]
+    public async Task RegisteringTheSameInstanceAgainReplacesItsMetaWithoutADuplicate()
+    {
+        using var first = await Client.PostJsonAsync("/v1/register", Http.Provider("app", "10.0.0.1:80", """{"v":"1"}"""));
+        using var second = await Client.PostJsonAsync("/v1/register", Http.Provider("app", "10.0.0.1:80", """{"v":"2"}"""));
+
+        Assert.Equal(HttpStatusCode.Created, first.StatusCode);
+        Assert.Equal(HttpStatusCode.OK, second.StatusCode);
+        var (_, _, body) = await Client.SubscribeAsync(Http.Subscription(Http.Entry("app")));
+        var endpoint = Assert.Single(body!["endpoints"]!.AsArray());
+        Assert.Equal("2", (string?)endpoint!["meta"]!["v"]);
+    }
+
+    [Fact]
+    public async Task UnregisterAnswersNoContentThenNotFound()
+    {
+        await Client.PostJsonAsync("/v1/register", Http.Provider("app", "10.0.0.1:80"));
+
+        using var removed = await Client.PostJsonAsync("/v1/unregister", """{"application":"app","protocol":"http","addr":"10.0.0.1:80"}""");
+        using var again = await Client.PostJsonAsync("/v1/unregister", """{"application":"app","protocol":"http","addr":"10.0.0.1:80"}""");
+
+        Assert.Equal(HttpStatusCode.NoContent, removed.StatusCode);
+        Assert.Equal(HttpStatusCode.NotFound, again.StatusCode);
+        Assert.Equal("application/problem+json", again.Content.Headers.ContentType?.MediaType);
+        var (_, _, body) = await Client.SubscribeAsync(Http.Subscription(Http.Entry("app")));
+        Assert.Empty(body!["endpoints"]!.AsArray());
+    }
+
+    [Fact]
+    public async Task HeartbeatAnswersTheStoredLeaseAndNotFoundForAnUnknownInstance()
+    {
+        await Client.PostJsonAsync("/v1/register?ttl=40", Http.Provider("app", "10.0.0.1:80", """{"k":"v"}"""));
+
+        using var known = await Client.PostJsonAsync("/v1/heartbeat", """{"application":"app","protocol":"http","addr":"10.0.0.1:80","meta":{"ignored":"yes"}}""");
+        using var unknown = await Client.PostJsonAsync("/v1/heartbeat", """{"application":"app","protocol":"http","addr":"10.0.0.9:80"}""");
+
+        Assert.Equal(HttpStatusCode.OK, known.StatusCode);
+        var body = await known.ReadJsonAsync();
+        Assert.Equal(40, (int)body["ttl"]!);
+        Assert.True(JsonNode.DeepEquals(JsonNode.Parse("""{"k":"v"}"""), body["meta"]));
+        Assert.Equal(HttpStatusCode.NotFound, unknown.StatusCode);
+        Assert.Equal("application/problem+json", unknown.Content.Headers.ContentType?.MediaType);
+    }
+
+    [Theory]
+    [InlineData(null, 30)]
+    [InlineData("0", -1)]
+    [InlineData("5", 5)]
+    [InlineData("999999", 86400)]
+    [InlineData("99999999999999999999999", 86400)]
+    public async Task TtlIsDefaultedAndClampedOrRefused(string? ttl, int granted)
+    {
+        using var response = await Client.PostJsonAsync(ttl is null ? "/v1/register" : $"/v1/register?ttl={ttl}", Http.Provider("app", "10.0.0.1:80"));
+
+        if (granted < 0)
+        {
+            Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+            Assert.Contains("ttl", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        }
+        else
+        {
+            Assert.Equal(granted, (int)(await response.ReadJsonAsync())["ttl"]!);
+        }
+    }
+
+    [Fact]
+    public async Task TheServicesListCountsInstancesPerApplicationSortedByName()
+    {
+        await Client.PostJsonAsync("/v1/register", Http.Provider("provider_test", "10.0.0.1:80"));
+        await Client.PostJsonAsync("/v1/register", Http.Provider("provider_test", "10.0.0.2:80"));
+        await Client.PostJsonAsync("/v1/register", Http.Provider("Alpha", "10.0.0.3:80"));
+
+        using var response = await Client.GetAsync("/v1/services");
+
+        var expected = JsonNode.Parse("""{"services":[{"application":"Alpha","instances":1},{"application":"provider_test","instances":2}]}""");
+        Assert.True(JsonNode.DeepEquals(expected, await response.ReadJsonAsync()));
+    }
+
+    [Fact]
+    public async Task ServiceGetIsTheOneProviderSubscriptionWithFilters()
+    {
+        await Client.PostJsonAsync("/v1/register", Http.Provider("app", "10.0.0.1:80", """{"idc":"sh","tag":"read"}"""));
+        await Client.PostJsonAsync("/v1/register", Http.Provider("app", "10.0.0.2:80", """{"idc":"bj"}"""));
+        await Client.PostJsonAsync("/v1/register", Http.Provider("app", "10.0.0.3:81", """{"idc":"sh"}""", protocol: "grpc"));
+
+        using var response = await Client.GetAsync("/v1/services/app?protocol=http&meta.idc=sh");
+        var (_, _, viaSubscribe) = await Client.SubscribeAsync(Http.Subscription(Http.Entry("app", "http", """{"idc":"sh"}""")));
+
+        var body = await response.ReadJsonAsync();
+        Assert.Equal("10.0.0.1:80", (string?)Assert.Single(body["endpoints"]!.AsArray())!["addr"]);
+        Assert.True(JsonNode.DeepEquals(viaSubscribe, body));
+        Assert.Equal($"\"{(string?)body["version"]}\"", response.Headers.ETag?.Tag);
+    }
+
+    [Fact]
+    public async Task AnUnknownApplicationIsAnEmptyAnswer()
+    {
+        using var response = await Client.GetAsync("/v1/services/nobody");
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Empty((await response.ReadJsonAsync())["endpoints"]!.AsArray());
+    }
+
+    [Fact]
+    public async Task HealthAndReadinessAnswer()
+    {
+        using var health = await Client.GetAsync("/healthz");
+        using var ready = await Client.GetAsync("/readyz");
+
+        Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+        Assert.Equal(HttpStatusCode.OK, ready.StatusCode);
+        var body = await ready.ReadJsonAsync();
+        Assert.Equal("ready", (string?)body["status"]);
+        Assert.True((bool)body["checks"]!["changeFeed"]!["ok"]!);
+    }
+}

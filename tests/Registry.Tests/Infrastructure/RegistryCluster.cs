@@ -1,0 +1,115 @@
+using Npgsql;
+using Respawn;
+
+namespace Registry.Tests.Infrastructure;
+
+/// <summary>
+/// The suite's shared fixture: one database, migrated once by the first node, and two nodes
+/// on it. <see cref="ResetAsync"/> empties the tables with Respawn and makes both nodes
+/// reload, so each test starts from an empty registry.
+/// </summary>
+public sealed class RegistryCluster : IAsyncLifetime
+{
+    private TestDatabase? _database;
+    private Respawner? _respawner;
+    private RegistryNode? _nodeB;
+
+    public TestDatabase Database => _database ?? throw new InvalidOperationException("Not started.");
+
+    public string ConnectionString => Database.ConnectionString;
+
+    /// <summary>The first node; most tests talk to it.</summary>
+    public RegistryNode NodeA { get; private set; } = null!;
+
+    /// <summary>A second node on the same database, started on first use.</summary>
+    public RegistryNode NodeB
+    {
+        get
+        {
+            if (_nodeB is null)
+            {
+                _nodeB = new RegistryNode(ConnectionString);
+                _ = _nodeB.Server;
+            }
+
+            return _nodeB;
+        }
+    }
+
+    public async Task InitializeAsync()
+    {
+        _database = await TestDatabase.StartAsync();
+        NodeA = new RegistryNode(ConnectionString);
+        _ = NodeA.Server; // starts the host: migrates, listens, loads
+        await using var connection = new NpgsqlConnection(ConnectionString);
+        await connection.OpenAsync();
+        _respawner = await Respawner.CreateAsync(connection, new RespawnerOptions
+        {
+            DbAdapter = DbAdapter.Postgres,
+            SchemasToInclude = ["public"],
+            TablesToIgnore = ["__EFMigrationsHistory"],
+        });
+    }
+
+    public async Task ResetAsync()
+    {
+        await using (var connection = new NpgsqlConnection(ConnectionString))
+        {
+            await connection.OpenAsync();
+            await _respawner!.ResetAsync(connection);
+        }
+
+        await NodeA.ReloadAsync();
+        if (_nodeB is not null)
+        {
+            await _nodeB.ReloadAsync();
+        }
+    }
+
+    /// <summary>Opens a connection for assertions in SQL.</summary>
+    public async Task<NpgsqlConnection> OpenAsync()
+    {
+        var connection = new NpgsqlConnection(ConnectionString);
+        await connection.OpenAsync();
+        return connection;
+    }
+
+    public async Task DisposeAsync()
+    {
+        if (_nodeB is not null)
+        {
+            await _nodeB.DisposeAsync();
+        }
+
+        await NodeA.DisposeAsync();
+        if (_database is not null)
+        {
+            await _database.DisposeAsync();
+        }
+    }
+}
+
+[CollectionDefinition(Name)]
+public sealed class RegistryTestsDefinition : ICollectionFixture<RegistryCluster>
+{
+    public const string Name = "registry";
+}
+
+/// <summary>Base of the integration tests: starts every test from an empty registry.</summary>
+[Collection(RegistryTestsDefinition.Name)]
+public abstract class RegistryTest(RegistryCluster cluster) : IAsyncLifetime
+{
+    protected RegistryCluster Cluster { get; } = cluster;
+
+    protected RegistryNode Node => Cluster.NodeA;
+
+    protected HttpClient Client { get; } = cluster.NodeA.CreateClient();
+
+    public virtual Task InitializeAsync() => Cluster.ResetAsync();
+
+    public virtual Task DisposeAsync()
+    {
+        Client.Dispose();
+        return Task.CompletedTask;
+    }
+}

@@ -1,0 +1,53 @@
+using System.Net.Http.Json;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Mvc.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Registry.ChangeFeed;
+
+namespace Registry.Tests.Infrastructure;
+
+/// <summary>One real host of the service (its own change feed, memory and sweeper) on the shared database.</summary>
+public sealed class RegistryNode : WebApplicationFactory<Program>
+{
+    /// <summary>Settings that keep the suite fast: short intervals, no shutdown spread.</summary>
+    public static readonly IReadOnlyDictionary<string, string?> FastSettings = new Dictionary<string, string?>
+    {
+        ["Registry:Leases:RenewalInterval"] = "00:00:00.100",
+        ["Registry:Leases:SweepInterval"] = "00:00:00.200",
+        ["Registry:Subscriptions:ShutdownSpread"] = "00:00:00",
+        ["Registry:ChangeFeed:IdleCheckInterval"] = "00:00:02",
+        ["Registry:ChangeFeed:MaxReconnectDelay"] = "00:00:01",
+        ["Logging:LogLevel:Default"] = "Warning",
+    };
+
+    private readonly Dictionary<string, string?> _settings;
+
+    public RegistryNode(string connectionString, IReadOnlyDictionary<string, string?>? overrides = null)
+    {
+        _settings = new Dictionary<string, string?>(FastSettings)
+        {
+            ["ConnectionStrings:Registry"] = connectionString,
+        };
+        foreach (var (key, value) in overrides ?? new Dictionary<string, string?>())
+        {
+            _settings[key] = value;
+        }
+    }
+
+    protected override void ConfigureWebHost(IWebHostBuilder builder)
+    {
+        foreach (var (key, value) in _settings)
+        {
+            builder.UseSetting(key, value);
+        }
+    }
+
+    /// <summary>Makes the node forget what it holds and load the database again (after a reset).</summary>
+    internal Task ReloadAsync() => Services.GetRequiredService<RegistryLoader>().ReloadAllAsync();
+
+    internal T Get<T>()
+        where T : notnull => Services.GetRequiredService<T>();
+
+    public Task<HttpResponseMessage> RegisterAsync(object provider, int? ttl = null) =>
+        CreateClient().PostAsJsonAsync(ttl is null ? "/v1/register" : $"/v1/register?ttl={ttl}", provider);
+}

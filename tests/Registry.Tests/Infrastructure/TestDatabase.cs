@@ -1,0 +1,88 @@
+using Registry.Storage;
+using Testcontainers.PostgreSql;
+
+namespace Registry.Tests.Infrastructure;
+
+/// <summary>
+/// A real PostgreSQL for the suite, taken in this order: the connection string in
+/// <c>REGISTRY_TEST_CONNECTION_STRING</c>; a Testcontainers PostgreSQL when a Docker engine
+/// answers; otherwise a private cluster from the local server binaries.
+/// </summary>
+public sealed class TestDatabase : IAsyncDisposable
+{
+    public const string EnvironmentVariable = "REGISTRY_TEST_CONNECTION_STRING";
+
+    private readonly IAsyncDisposable? _owned;
+
+    private TestDatabase(string connectionString, string source, IAsyncDisposable? owned)
+    {
+        ConnectionString = connectionString;
+        Source = source;
+        _owned = owned;
+    }
+
+    public string ConnectionString { get; }
+
+    /// <summary>Where the database came from (for the test log).</summary>
+    public string Source { get; }
+
+    public static async Task<TestDatabase> StartAsync()
+    {
+        var configured = Environment.GetEnvironmentVariable(EnvironmentVariable);
+        if (!string.IsNullOrWhiteSpace(configured))
+        {
+            return new TestDatabase(configured, EnvironmentVariable, null);
+        }
+
+        if (DockerAnswers())
+        {
+            var container = new PostgreSqlBuilder("postgres:16-alpine").Build();
+            await container.StartAsync();
+            return new TestDatabase(container.GetConnectionString(), "Testcontainers", container);
+        }
+
+        var folder = Path.Combine(Path.GetTempPath(), $"registry-tests-{Environment.ProcessId}-{Guid.NewGuid():N}"[..40]);
+        var local = await LocalPostgres.StartAsync(folder, null, durable: false, CancellationToken.None);
+        return new TestDatabase(local.ConnectionString, $"local cluster in {folder}", new DeleteAfter(local, folder));
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_owned is not null)
+        {
+            await _owned.DisposeAsync();
+        }
+    }
+
+    /// <summary>Testcontainers is tried only when an engine can be reached; otherwise it would time out first.</summary>
+    private static bool DockerAnswers()
+    {
+        var host = Environment.GetEnvironmentVariable("DOCKER_HOST");
+        if (!string.IsNullOrEmpty(host))
+        {
+            return true;
+        }
+
+        return File.Exists("/var/run/docker.sock");
+    }
+
+    private sealed class DeleteAfter(LocalPostgres postgres, string folder) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync()
+        {
+            await postgres.DisposeAsync();
+            try
+            {
+                Directory.Delete(folder, recursive: true);
+            }
+            catch (IOException)
+            {
+                // Left for the system's temporary-folder cleanup.
+            }
+            catch (UnauthorizedAccessException)
+            {
+                // Left for the system's temporary-folder cleanup.
+            }
+        }
+    }
+}
