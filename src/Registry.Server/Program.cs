@@ -17,6 +17,7 @@ try
     app.MapRegistration();
     app.MapSubscription();
     app.MapOperations();
+    app.MapMetrics();
     await app.RunAsync();
 }
 catch (Exception e) when (e is LocalPostgresException or Npgsql.NpgsqlException or Microsoft.Extensions.Options.OptionsValidationException)

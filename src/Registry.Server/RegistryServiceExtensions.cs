@@ -59,6 +59,7 @@ internal static class RegistryServiceExtensions
             npgsql => npgsql.MigrationsAssembly("Registry.Migrations")));
 
         services.AddSingleton<RegistryMetrics>();
+        services.AddRegistryMetricsExport();
         services.AddSingleton<RegistryState>();
         services.AddSingleton<SubscriptionHub>();
         services.AddSingleton<LongPoll>();
