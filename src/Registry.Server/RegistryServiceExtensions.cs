@@ -81,6 +81,7 @@ internal static class RegistryServiceExtensions
         services.AddProblemDetails();
         services.AddEndpointsApiExplorer();
         services.AddSwaggerGen(swagger => swagger.IncludeXmlComments(typeof(RegistryServiceExtensions).Assembly));
+        services.AddRegistryOpenApiDocumentation();
         return builder;
     }
 

@@ -1,0 +1,277 @@
+using System.Text.Json.Nodes;
+using Microsoft.OpenApi;
+using Swashbuckle.AspNetCore.SwaggerGen;
+
+namespace Registry.Operations;
+
+/// <summary>
+/// What the OpenAPI document says beyond what the endpoints declare: the three documents of
+/// API.md as examples, a problem+json schema and a reason on every error status, every query
+/// parameter described, the wire headers, and <c>/metrics</c>. Kept apart from the endpoint
+/// definitions so the API files stay about behaviour.
+/// </summary>
+internal static class OpenApiDocumentation
+{
+    public const string DocumentName = "v1";
+
+    public static IServiceCollection AddRegistryOpenApiDocumentation(this IServiceCollection services)
+    {
+        services.Configure<SwaggerGenOptions>(swagger =>
+        {
+            swagger.SwaggerDoc(DocumentName, new OpenApiInfo
+            {
+                Title = "Registry",
+                Version = DocumentName,
+                Description = "A service registry: providers register `(application, protocol, addr, meta)` under a lease and renew it " +
+                    "with heartbeats; consumers subscribe and learn of every change by HTTP long polling. Any node answers any call; " +
+                    "PostgreSQL is the one source of truth. Errors are `application/problem+json` (RFC 9457).",
+            });
+
+            // The liveness body is an anonymous type; give its schema a name a reader understands.
+            var defaultIds = swagger.SchemaGeneratorOptions.SchemaIdSelector;
+            swagger.SchemaGeneratorOptions.SchemaIdSelector = type =>
+                type.Name.Contains("AnonymousType", StringComparison.Ordinal) ? "Liveness" : defaultIds(type);
+
+            swagger.OperationFilter<RegistryOperationFilter>();
+            swagger.DocumentFilter<RegistryDocumentFilter>();
+        });
+        return services;
+    }
+
+    /// <summary>The provider document of API.md.</summary>
+    internal const string ProviderExample = """
+        {
+          "application": "provider_test",
+          "protocol": "http",
+          "addr": "127.0.0.1:8080",
+          "meta": { "cluster": "small", "idc": "shanghai", "tag": "read" }
+        }
+        """;
+
+    /// <summary>The subscription document of API.md.</summary>
+    internal const string SubscriptionExample = """
+        {
+          "subscribes": [
+            { "provider": "test_provider1", "protocol": "http",
+              "meta": { "cluster": "small", "idc": "shanghai", "tag": "read" } },
+            { "provider": "test_provider2", "protocol": "http",
+              "meta": { "cluster": "small", "tag": "read" } }
+          ]
+        }
+        """;
+
+    /// <summary>The answer document of API.md.</summary>
+    internal const string AnswerExample = """
+        {
+          "version": "23des4f",
+          "endpoints": [
+            { "application": "provider_test", "protocol": "http", "addr": "127.0.0.1:8080",
+              "meta": { "cluster": "small", "idc": "shanghai", "tag": "read" } }
+          ]
+        }
+        """;
+
+    internal const string LeaseExample = """
+        {
+          "application": "provider_test",
+          "protocol": "http",
+          "addr": "127.0.0.1:8080",
+          "meta": { "cluster": "small", "idc": "shanghai", "tag": "read" },
+          "ttl": 30,
+          "expires": "2026-01-01T12:00:30.000Z"
+        }
+        """;
+
+    internal const string ServicesExample = """
+        { "services": [ { "application": "provider_test", "instances": 2 } ] }
+        """;
+
+    internal const string ValidationProblemExample = """
+        {
+          "type": "https://tools.ietf.org/html/rfc9110#section-15.5.1",
+          "title": "The request is invalid",
+          "status": 400,
+          "detail": "addr: must be host:port with a port from 1 to 65535",
+          "errors": { "addr": [ "must be host:port with a port from 1 to 65535" ] }
+        }
+        """;
+
+    private static readonly Dictionary<string, string> QueryParameters = new(StringComparer.Ordinal)
+    {
+        ["ttl"] = "Lease length in seconds, a positive integer. Values outside the configured bounds (1 to 86400 by default) are clamped; absent, the configured default (30 s). The granted value is in the answer's `ttl`.",
+        ["version"] = "The version the caller holds (from a previous answer or its ETag). When it is the current version the request is held until the answer changes or `wait` runs out; otherwise the answer comes at once.",
+        ["wait"] = "Seconds to hold the request when `version` is current: a non-negative integer, default 30; values above the configured cap (55 by default, below common 60 s proxy idle timeouts) are clamped, and up to wait/16 of random jitter is added.",
+        ["protocol"] = "Only instances serving this protocol (e.g. `http`); absent matches any.",
+        ["application"] = "The application's name; it must match `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$` (400 otherwise). An unknown application is an empty answer.",
+    };
+
+    /// <summary>Why each status is answered, by operation where it differs.</summary>
+    private static string ResponseDescription(string? operationId, string status) => (operationId, status) switch
+    {
+        ("Register", "201") => "A new instance was registered; its lease is in the body.",
+        ("Register", "200") => "The instance existed: its meta was replaced and its lease renewed.",
+        ("Heartbeat", "200") => "The lease was renewed with the TTL granted at registration; the body shows the stored meta.",
+        ("Heartbeat", "404") or ("Unregister", "404") => "The instance is not registered (never registered, unregistered, or its lease ran out); a provider must register again.",
+        ("Unregister", "204") => "The instance was removed; subscribers are woken.",
+        ("Subscribe", "200") or ("GetService", "200") => "The answer: the matching instances and their version. Also the answer when the wait ran out unchanged. `ETag` carries the version.",
+        ("GetService", "304") => "With `If-None-Match`: the wait ran out and the answer is unchanged. No body.",
+        ("ListServices", "200") => "The applications registered now, sorted by name, with their number of instances.",
+        ("Health", "200") => "The process is alive.",
+        ("Ready", "200") => "The node can serve: database reachable, migrations applied, change feed listening.",
+        ("Ready", "503") => "The node cannot serve yet or any more; the body names the failing check.",
+        (_, "400") => "The request is malformed or invalid; `errors` names each field and the reason.",
+        (_, "404") => "Not found.",
+        (_, "413") => "The body is larger than the configured limit (64 KiB by default).",
+        (_, "503") => "The database cannot take the write now; retry after `Retry-After` seconds. Reads keep being served from memory.",
+        _ => "",
+    };
+
+    internal sealed class RegistryOperationFilter : IOperationFilter
+    {
+        public void Apply(OpenApiOperation operation, OperationFilterContext context)
+        {
+            foreach (var parameter in operation.Parameters?.OfType<OpenApiParameter>() ?? [])
+            {
+                if (parameter.Name is { } name && QueryParameters.TryGetValue(name, out var description))
+                {
+                    parameter.Description = description;
+                    parameter.Schema = name switch
+                    {
+                        "ttl" => new OpenApiSchema { Type = JsonSchemaType.Integer, Format = "int32", Minimum = "1" },
+                        "wait" => new OpenApiSchema { Type = JsonSchemaType.Integer, Format = "int32", Minimum = "0" },
+                        "version" => new OpenApiSchema { Type = JsonSchemaType.String, MaxLength = 128 },
+                        _ => parameter.Schema,
+                    };
+                }
+            }
+
+            var id = operation.OperationId;
+            if (id == "GetService")
+            {
+                operation.Parameters ??= [];
+                operation.Parameters.Add(new OpenApiParameter
+                {
+                    Name = "If-None-Match",
+                    In = ParameterLocation.Header,
+                    Description = "`\"<version>\"`: a conditional GET (RFC 9110). Held like `version`; answers 304 with no body when the wait runs out unchanged.",
+                    Schema = new OpenApiSchema { Type = JsonSchemaType.String },
+                });
+                operation.Description += " Example: `?protocol=http&meta.idc=shanghai&meta.tag=read` (subset match, case-sensitive). " +
+                    "The `meta.KEY` family is not listed among the parameters because OpenAPI 3.0 cannot name one.";
+            }
+
+            var example = id switch
+            {
+                "Register" or "Heartbeat" or "Unregister" => ProviderExample,
+                "Subscribe" => SubscriptionExample,
+                _ => null,
+            };
+            foreach (var media in operation.RequestBody?.Content?.Values ?? [])
+            {
+                media.Example = example is null ? null : JsonNode.Parse(example);
+            }
+
+            foreach (var (status, response) in operation.Responses ?? [])
+            {
+                if (response is not OpenApiResponse concrete)
+                {
+                    continue;
+                }
+
+                var description = ResponseDescription(id, status);
+                if (description.Length > 0)
+                {
+                    concrete.Description = description;
+                }
+
+                Describe(concrete, id, status, context);
+            }
+        }
+
+        private static void Describe(OpenApiResponse response, string? id, string status, OperationFilterContext context)
+        {
+            if (status is "200" or "304" && id is "Subscribe" or "GetService")
+            {
+                response.Headers ??= new Dictionary<string, IOpenApiHeader>();
+                response.Headers["ETag"] = new OpenApiHeader
+                {
+                    Description = "`\"<version>\"`: the answer's version as an entity tag.",
+                    Schema = new OpenApiSchema { Type = JsonSchemaType.String },
+                };
+            }
+
+            if (status == "503" && id is "Register" or "Unregister")
+            {
+                response.Headers ??= new Dictionary<string, IOpenApiHeader>();
+                response.Headers["Retry-After"] = new OpenApiHeader
+                {
+                    Description = "Seconds to wait before retrying the write.",
+                    Schema = new OpenApiSchema { Type = JsonSchemaType.Integer },
+                };
+            }
+
+            var example = (id, status) switch
+            {
+                ("Register" or "Heartbeat", "200" or "201") => LeaseExample,
+                ("Subscribe" or "GetService", "200") => AnswerExample,
+                ("ListServices", "200") => ServicesExample,
+                (_, "400") => ValidationProblemExample,
+                _ => null,
+            };
+
+            // Every error is a problem document: make sure the schema says so even where an
+            // endpoint declared only the status.
+            if (status.Length == 3 && status[0] is '4' or '5' && id != "Ready")
+            {
+                var schemaName = status == "400" ? "HttpValidationProblemDetails" : "ProblemDetails";
+                response.Content = new Dictionary<string, OpenApiMediaType>(StringComparer.Ordinal)
+                {
+                    ["application/problem+json"] = new OpenApiMediaType { Schema = new OpenApiSchemaReference(schemaName, context.Document) },
+                };
+            }
+
+            if (example is not null)
+            {
+                foreach (var media in response.Content?.Values ?? [])
+                {
+                    media.Example = JsonNode.Parse(example);
+                }
+            }
+        }
+    }
+
+    /// <summary>Adds <c>/metrics</c>, which is mapped as middleware and so unseen by the API explorer.</summary>
+    internal sealed class RegistryDocumentFilter : IDocumentFilter
+    {
+        public void Apply(OpenApiDocument swaggerDoc, DocumentFilterContext context)
+        {
+            swaggerDoc.Paths ??= [];
+            swaggerDoc.Paths[MetricsEndpoint.Path] = new OpenApiPathItem
+            {
+                Operations = new Dictionary<HttpMethod, OpenApiOperation>
+                {
+                    [HttpMethod.Get] = new OpenApiOperation
+                    {
+                        Tags = new HashSet<OpenApiTagReference> { new("Operations", swaggerDoc) },
+                        OperationId = "Metrics",
+                        Summary = "Metrics in Prometheus text format",
+                        Description = "The registry's instruments (meter `Registry`: registrations, heartbeats, evictions, parked and " +
+                            "completed long polls, delivery delay, change-feed notifications and reconnects, database errors) and " +
+                            "ASP.NET Core's request and connection meters, for a Prometheus scrape.",
+                        Responses = new OpenApiResponses
+                        {
+                            ["200"] = new OpenApiResponse
+                            {
+                                Description = "The current values, in Prometheus text exposition format 0.0.4.",
+                                Content = new Dictionary<string, OpenApiMediaType>(StringComparer.Ordinal)
+                                {
+                                    ["text/plain"] = new OpenApiMediaType { Schema = new OpenApiSchema { Type = JsonSchemaType.String } },
+                                },
+                            },
+                        },
+                    },
+                },
+            };
+        }
+    }
+}
