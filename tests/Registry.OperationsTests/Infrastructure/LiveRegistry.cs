@@ -2,6 +2,7 @@ using System.Net;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.Extensions.DependencyInjection;
+using Npgsql;
 using Registry.Tests.Infrastructure;
 
 namespace Registry.OperationsTests.Infrastructure;
@@ -10,9 +11,16 @@ namespace Registry.OperationsTests.Infrastructure;
 /// One registry node on a real Kestrel port (127.0.0.1, chosen by the system) over its own
 /// test database: what a browser, curl or bash can reach, unlike the in-memory test server.
 /// </summary>
+/// <remarks>
+/// The node gets a database of its own on the test server, because a shared server (CI's
+/// REGISTRY_TEST_CONNECTION_STRING) also serves the main suite, whose Respawn resets would
+/// empty the tables under these tests when the two assemblies run in parallel.
+/// </remarks>
 public sealed class LiveRegistry : IAsyncLifetime
 {
     private TestDatabase? _database;
+    private string? _serverConnectionString;
+    private string? _databaseName;
 
     public RegistryNode Node { get; private set; } = null!;
 
@@ -22,7 +30,11 @@ public sealed class LiveRegistry : IAsyncLifetime
     public async Task InitializeAsync()
     {
         _database = await TestDatabase.StartAsync();
-        Node = new RegistryNode(_database.ConnectionString);
+        _serverConnectionString = _database.ConnectionString;
+        _databaseName = $"registry_operations_{Guid.NewGuid():N}";
+        await ExecuteAsync($"CREATE DATABASE {_databaseName}");
+        var own = new NpgsqlConnectionStringBuilder(_serverConnectionString) { Database = _databaseName };
+        Node = new RegistryNode(own.ConnectionString);
         Node.UseKestrel(kestrel => kestrel.Listen(IPAddress.Loopback, 0));
         Node.StartServer(); // migrates, listens and loads before Kestrel accepts
         var addresses = Node.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses;
@@ -31,11 +43,25 @@ public sealed class LiveRegistry : IAsyncLifetime
 
     public HttpClient CreateClient() => new() { BaseAddress = new Uri(BaseAddress) };
 
+    private async Task ExecuteAsync(string sql)
+    {
+        await using var connection = new NpgsqlConnection(_serverConnectionString);
+        await connection.OpenAsync();
+        await using var command = new NpgsqlCommand(sql, connection);
+        await command.ExecuteNonQueryAsync();
+    }
+
     public async Task DisposeAsync()
     {
         if (Node is not null)
         {
             await Node.DisposeAsync();
+        }
+
+        if (_databaseName is not null)
+        {
+            NpgsqlConnection.ClearAllPools();
+            await ExecuteAsync($"DROP DATABASE IF EXISTS {_databaseName} WITH (FORCE)");
         }
 
         if (_database is not null)
