@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using Microsoft.AspNetCore.Http.Metadata;
 using Microsoft.OpenApi;
 using Swashbuckle.AspNetCore.SwaggerGen;
 
@@ -31,6 +32,15 @@ internal static class OpenApiDocumentation
             var defaultIds = swagger.SchemaGeneratorOptions.SchemaIdSelector;
             swagger.SchemaGeneratorOptions.SchemaIdSelector = type =>
                 type.Name.Contains("AnonymousType", StringComparison.Ordinal) ? "Liveness" : defaultIds(type);
+
+            // A reader meets the API in a provider's order of business: register first, then
+            // subscribe, then operate. Within a tag the endpoints keep their mapping order.
+            swagger.OrderActionsBy(api => api.ActionDescriptor.EndpointMetadata.OfType<ITagsMetadata>().SelectMany(t => t.Tags).FirstOrDefault() switch
+            {
+                "Providers" => "1",
+                "Consumers" => "2",
+                _ => "3",
+            });
 
             swagger.OperationFilter<RegistryOperationFilter>();
             swagger.DocumentFilter<RegistryDocumentFilter>();
