@@ -51,6 +51,22 @@ public sealed class SwaggerUiTests(LiveRegistry registry) : IAsyncLifetime
         var application = $"swagger_ui_{Guid.NewGuid():N}"[..24];
         var page = await _browser!.NewPageAsync();
         page.SetDefaultTimeout(Timeout);
+        try
+        {
+            await RegisterAndSubscribeAsync(page, application);
+        }
+        catch
+        {
+            // What the page showed is the fastest way to see why a UI step failed.
+            var screenshot = Path.Combine(Path.GetTempPath(), $"swagger-ui-failure-{Guid.NewGuid():N}.png");
+            await page.ScreenshotAsync(new PageScreenshotOptions { Path = screenshot, FullPage = true });
+            Console.Error.WriteLine($"Swagger UI screenshot: {screenshot}");
+            throw;
+        }
+    }
+
+    private async Task RegisterAndSubscribeAsync(IPage page, string application)
+    {
         await page.GotoAsync($"{registry.BaseAddress}/swagger/index.html");
 
         // Register: the request body is prefilled with API.md's provider document.
