@@ -15,7 +15,7 @@ public sealed class ClusterTests(RegistryCluster cluster) : RegistryTest(cluster
     {
         using var nodeB = Cluster.NodeB.CreateClient();
         var (_, version, _) = await nodeB.SubscribeAsync(Subscription);
-        using var parked = new ParkedPolls(Cluster.NodeB);
+        using var parked = ParkedPolls.On(Cluster.NodeB);
 
         var poll = nodeB.SubscribeAsync(Subscription, version, wait: 30);
         await parked.WaitForAsync(1);
@@ -78,7 +78,7 @@ public sealed class ClusterTests(RegistryCluster cluster) : RegistryTest(cluster
         Assert.NotEqual(version, afterFirst);
 
         // And notifications flow again afterwards.
-        using var parked = new ParkedPolls(Node);
+        using var parked = ParkedPolls.On(Node);
         var poll = Client.SubscribeAsync(Subscription, afterFirst, wait: 30);
         await parked.WaitForAsync(1);
         using (var response = await nodeB.PostJsonAsync("/v1/register", Http.Provider("app", "10.0.0.2:80")))

@@ -21,7 +21,7 @@ public sealed class LongPollTests(RegistryCluster cluster) : RegistryTest(cluste
     {
         await RegisterAsync("app", "10.0.0.1:80");
         var (_, version, _) = await Client.SubscribeAsync(Subscription);
-        using var parked = new ParkedPolls(Node);
+        using var parked = ParkedPolls.On(Node);
 
         var poll = Client.SubscribeAsync(Subscription, version, wait: 30);
         await parked.WaitForAsync(1);
@@ -54,7 +54,7 @@ public sealed class LongPollTests(RegistryCluster cluster) : RegistryTest(cluste
     {
         await RegisterAsync("app", "10.0.0.1:80");
         var (_, version, _) = await Client.SubscribeAsync(Subscription);
-        using var parked = new ParkedPolls(Node);
+        using var parked = ParkedPolls.On(Node);
 
         var clock = Stopwatch.StartNew();
         var poll = Client.SubscribeAsync(Subscription, version, wait: 1);
@@ -116,7 +116,7 @@ public sealed class LongPollTests(RegistryCluster cluster) : RegistryTest(cluste
     {
         await RegisterAsync("app", "10.0.0.1:80");
         using var first = await Client.GetAsync("/v1/services/app");
-        using var parked = new ParkedPolls(Node);
+        using var parked = ParkedPolls.On(Node);
 
         using var request = new HttpRequestMessage(HttpMethod.Get, "/v1/services/app?wait=30");
         request.Headers.IfNoneMatch.Add(first.Headers.ETag!);
@@ -134,7 +134,7 @@ public sealed class LongPollTests(RegistryCluster cluster) : RegistryTest(cluste
     {
         await RegisterAsync("app", "10.0.0.1:80");
         var (_, version, _) = await Client.SubscribeAsync(Subscription);
-        using var parked = new ParkedPolls(Node);
+        using var parked = ParkedPolls.On(Node);
         using var leave = new CancellationTokenSource();
 
         var poll = Client.SubscribeAsync(Subscription, version, wait: 30, leave.Token);
@@ -144,7 +144,7 @@ public sealed class LongPollTests(RegistryCluster cluster) : RegistryTest(cluste
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => poll);
         await parked.WaitForNoneAsync();
 
-        Assert.Equal(0, parked.Count);
+        Assert.Equal(0, parked.Total);
     }
 
     [Fact]
@@ -152,7 +152,7 @@ public sealed class LongPollTests(RegistryCluster cluster) : RegistryTest(cluste
     {
         await RegisterAsync("app", "10.0.0.1:80");
         var (_, version, _) = await Client.SubscribeAsync(Subscription);
-        using var parked = new ParkedPolls(Node);
+        using var parked = ParkedPolls.On(Node);
 
         var polls = Enumerable.Range(0, 50).Select(_ => Client.SubscribeAsync(Subscription, version, wait: 30)).ToArray();
         await parked.WaitForAsync(50);
