@@ -20,7 +20,7 @@ public sealed class MigrationScriptTests
         var generated = context.GetService<IMigrator>()
             .GenerateScript(options: MigrationsSqlGenerationOptions.Idempotent)
             .ReplaceLineEndings("\n");
-        var path = Path.Combine(RepositoryRoot(), "migrations", "registry.sql");
+        var path = Path.Combine(ConfigurationTests.RepositoryRoot(), "migrations", "registry.sql");
 
         if (Environment.GetEnvironmentVariable(UpdateVariable) == "1")
         {
@@ -30,16 +30,5 @@ public sealed class MigrationScriptTests
         Assert.True(File.Exists(path), $"{path} is missing; run: {UpdateVariable}=1 dotnet test --filter {nameof(MigrationScriptTests)}");
         Assert.True(generated == File.ReadAllText(path).ReplaceLineEndings("\n"),
             $"migrations/registry.sql is out of date; run: {UpdateVariable}=1 dotnet test --filter {nameof(MigrationScriptTests)}");
-    }
-
-    private static string RepositoryRoot()
-    {
-        var folder = new DirectoryInfo(AppContext.BaseDirectory);
-        while (folder is not null && !File.Exists(Path.Combine(folder.FullName, "Registry.sln")))
-        {
-            folder = folder.Parent;
-        }
-
-        return folder?.FullName ?? throw new InvalidOperationException("Registry.sln not found above " + AppContext.BaseDirectory);
     }
 }
