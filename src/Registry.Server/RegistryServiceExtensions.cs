@@ -78,6 +78,7 @@ internal static class RegistryServiceExtensions
 
         services.ConfigureHttpJsonOptions(json => json.SerializerOptions.Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping);
         services.AddProblemDetails();
+        services.AddRegistryRateLimiting();
         services.AddEndpointsApiExplorer();
         services.AddSwaggerGen(swagger => swagger.IncludeXmlComments(typeof(RegistryServiceExtensions).Assembly));
         return builder;
@@ -91,6 +92,7 @@ internal static class RegistryServiceExtensions
             StatusCodeSelector = e => e is BadHttpRequestException bad ? bad.StatusCode : StatusCodes.Status500InternalServerError,
         });
         app.UseStatusCodePages();
+        app.UseRateLimiter();
         app.UseSwagger(swagger => swagger.RouteTemplate = "openapi/{documentName}.json");
         app.UseSwaggerUI(ui =>
         {

@@ -158,6 +158,32 @@ public sealed class BadInputTests(RegistryCluster cluster) : RegistryTest(cluste
         Assert.Equal(HttpStatusCode.Created, response.StatusCode);
     }
 
+    [Fact]
+    public async Task AClientOverTheRateLimitGetsTooManyRequestsWithRetryAfter()
+    {
+        await using var node = new RegistryNode(Cluster.ConnectionString, new Dictionary<string, string?>
+        {
+            ["Registry:RateLimit:PermitsPerSecond"] = "1",
+            ["Registry:RateLimit:Burst"] = "2",
+        });
+        using var client = node.CreateClient();
+
+        var statuses = new List<HttpStatusCode>();
+        HttpResponseMessage? limited = null;
+        for (var i = 0; i < 3; i++)
+        {
+            var response = await client.GetAsync("/v1/services");
+            statuses.Add(response.StatusCode);
+            limited = response;
+        }
+
+        Assert.Equal([HttpStatusCode.OK, HttpStatusCode.OK, HttpStatusCode.TooManyRequests], statuses);
+        Assert.NotNull(limited!.Headers.RetryAfter);
+        await AssertProblemAsync(limited, HttpStatusCode.TooManyRequests, null);
+        using var health = await client.GetAsync("/healthz");
+        Assert.Equal(HttpStatusCode.OK, health.StatusCode); // operations endpoints are never limited
+    }
+
     private static async Task AssertProblemAsync(HttpResponseMessage response, HttpStatusCode status, string? field)
     {
         var text = await response.Content.ReadAsStringAsync();

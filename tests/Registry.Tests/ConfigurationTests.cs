@@ -13,6 +13,7 @@ public sealed class ConfigurationTests
         { "Registry:Subscriptions", typeof(SubscriptionOptions) },
         { "Registry:Writes", typeof(WriteOptions) },
         { "Registry:ChangeFeed", typeof(ChangeFeedOptions) },
+        { "Registry:RateLimit", typeof(RateLimitOptions) },
     };
 
     [Theory]
