@@ -181,4 +181,28 @@ public sealed class LongPollTests(RegistryCluster cluster) : RegistryTest(cluste
         // 1 s clamped, plus at most 1/16 s of jitter, plus scheduling on a busy machine.
         Assert.InRange(clock.Elapsed, TimeSpan.FromMilliseconds(950), TimeSpan.FromSeconds(3));
     }
+
+    [Fact]
+    public async Task ShutdownReleasesParkedPollsWithTheCurrentAnswer()
+    {
+        await RegisterAsync("app", "10.0.0.1:80");
+        await using var node = new RegistryNode(Cluster.ConnectionString, new Dictionary<string, string?>
+        {
+            ["Registry:Subscriptions:ShutdownSpread"] = "00:00:00.500",
+        });
+        using var client = node.CreateClient();
+        var (_, version, first) = await client.SubscribeAsync(Subscription);
+        using var parked = ParkedPolls.On(node);
+        var polls = Enumerable.Range(0, 5).Select(_ => client.SubscribeAsync(Subscription, version, wait: 30)).ToArray();
+        await parked.WaitForAsync(5);
+
+        node.Get<Microsoft.Extensions.Hosting.IHostApplicationLifetime>().StopApplication();
+        var answers = await Task.WhenAll(polls).WaitAsync(TimeSpan.FromSeconds(10));
+
+        Assert.All(answers, a =>
+        {
+            Assert.Equal(200, a.Status);
+            Assert.Equal(first!.ToJsonString(), a.Body!.ToJsonString());
+        });
+    }
 }
