@@ -154,6 +154,8 @@ public sealed class LongPollTests(RegistryCluster cluster) : RegistryTest(cluste
         var (_, version, _) = await Client.SubscribeAsync(Subscription);
         using var parked = ParkedPolls.On(Node);
 
+        using var recomputed = MeterWatch.Node(Node, "registry.answers.changed");
+
         var polls = Enumerable.Range(0, 50).Select(_ => Client.SubscribeAsync(Subscription, version, wait: 30)).ToArray();
         await parked.WaitForAsync(50);
         await RegisterAsync("app", "10.0.0.2:80");
@@ -161,6 +163,8 @@ public sealed class LongPollTests(RegistryCluster cluster) : RegistryTest(cluste
 
         Assert.All(answers, a => Assert.NotEqual(version, a.Version));
         Assert.Single(answers.Select(a => a.Version).Distinct());
+        // One recomputation for the one distinct subscription, not one per consumer.
+        Assert.Equal(1, recomputed.Total);
     }
 
     [Fact]
