@@ -9,7 +9,7 @@ using var startupLog = LoggerFactory.Create(logging => logging.AddConsole());
 var logger = startupLog.CreateLogger("Registry");
 try
 {
-    await using var localPostgres = await builder.AddLocalPostgresIfUnconfiguredAsync(logger);
+    await using var localPostgres = await builder.EnsureDatabaseAsync(logger);
     builder.AddRegistry();
 
     var app = builder.Build();

@@ -15,18 +15,23 @@ namespace Registry;
 internal static class RegistryServiceExtensions
 {
     /// <summary>
-    /// When no connection string is configured, starts a private PostgreSQL cluster from the
-    /// local server binaries and points the registry at it; the caller disposes it (stopping
-    /// the cluster) after the host has stopped. Returns null when a database is configured.
+    /// Makes sure there is a database before the host is built: when no connection string is
+    /// configured, starts a private PostgreSQL cluster from the local server binaries (the
+    /// caller disposes it, stopping the cluster, after the host has stopped); otherwise proves
+    /// the configured one answers, so a wrong one fails in one sentence rather than a stack trace.
     /// </summary>
-    public static async Task<LocalPostgres?> AddLocalPostgresIfUnconfiguredAsync(this WebApplicationBuilder builder, ILogger logger)
+    public static async Task<LocalPostgres?> EnsureDatabaseAsync(this WebApplicationBuilder builder, ILogger logger)
     {
-        if (!string.IsNullOrWhiteSpace(builder.Configuration.GetConnectionString(RegistryDatabase.ConnectionStringName)))
+        var options = builder.Configuration.GetSection("Registry:Database").Get<DatabaseOptions>() ?? new DatabaseOptions();
+        var configured = builder.Configuration.GetConnectionString(RegistryDatabase.ConnectionStringName);
+        if (!string.IsNullOrWhiteSpace(configured))
         {
+            var probe = new Npgsql.NpgsqlConnectionStringBuilder(configured) { Timeout = options.ConnectTimeoutSeconds, Pooling = false };
+            await using var connection = new Npgsql.NpgsqlConnection(probe.ConnectionString);
+            await connection.OpenAsync();
             return null;
         }
 
-        var options = builder.Configuration.GetSection("Registry:Database").Get<DatabaseOptions>() ?? new DatabaseOptions();
         var dataDirectory = string.IsNullOrEmpty(options.LocalDataDirectory) ? LocalPostgres.DefaultDataDirectory : options.LocalDataDirectory;
         logger.LogInformation("No ConnectionStrings:Registry configured: starting a private PostgreSQL cluster in {DataDirectory}", dataDirectory);
         var postgres = await LocalPostgres.StartAsync(dataDirectory, options.LocalBinDirectory, durable: true, CancellationToken.None);
@@ -79,6 +84,7 @@ internal static class RegistryServiceExtensions
 
         services.ConfigureHttpJsonOptions(json => json.SerializerOptions.Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping);
         services.AddProblemDetails();
+        services.AddRegistryRateLimiting();
         services.AddEndpointsApiExplorer();
         services.AddSwaggerGen(swagger => swagger.IncludeXmlComments(typeof(RegistryServiceExtensions).Assembly));
         services.AddRegistryOpenApiDocumentation();
@@ -93,6 +99,7 @@ internal static class RegistryServiceExtensions
             StatusCodeSelector = e => e is BadHttpRequestException bad ? bad.StatusCode : StatusCodes.Status500InternalServerError,
         });
         app.UseStatusCodePages();
+        app.UseRateLimiter();
         app.UseSwagger(swagger => swagger.RouteTemplate = "openapi/{documentName}.json");
         app.UseSwaggerUI(ui =>
         {

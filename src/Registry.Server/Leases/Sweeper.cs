@@ -61,6 +61,7 @@ internal sealed partial class Sweeper(
         {
             // Not under the lock: the debt is this node's, and extending is harmless to repeat.
             await grace.ExtendAsync(connection, cancellationToken);
+            metrics.Swept("grace");
             return 0;
         }
 
@@ -70,6 +71,7 @@ internal sealed partial class Sweeper(
             tryLock.Parameters.AddWithValue("key", LockKey);
             if (!(bool)(await tryLock.ExecuteScalarAsync(cancellationToken))!)
             {
+                metrics.Swept("locked_out");
                 return 0;
             }
         }
@@ -87,6 +89,7 @@ internal sealed partial class Sweeper(
         if (expired == 0)
         {
             selfPreservation.Budget(live, 0);
+            metrics.Swept("swept");
             return 0;
         }
 
@@ -105,6 +108,7 @@ internal sealed partial class Sweeper(
         await transaction.CommitAsync(cancellationToken);
         selfPreservation.Evicted(evicted);
         metrics.Evicted(evicted);
+        metrics.Swept("swept");
         if (evicted > 0)
         {
             LogSwept(logger, evicted, expired);

@@ -15,7 +15,7 @@ internal sealed class RequestBody(IOptions<LimitsOptions> limits)
             return (default, TooLarge(limit));
         }
 
-        var body = new ArrayBufferWriter<byte>((int)Math.Min(request.ContentLength ?? 1024, limit));
+        var body = new ArrayBufferWriter<byte>((int)Math.Clamp(request.ContentLength ?? 1024, 1, limit));
         var reader = request.BodyReader;
         while (true)
         {

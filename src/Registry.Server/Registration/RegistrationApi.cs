@@ -13,7 +13,9 @@ internal static class RegistrationApi
 {
     public static IEndpointRouteBuilder MapRegistration(this IEndpointRouteBuilder endpoints)
     {
-        var group = endpoints.MapGroup("/v1").WithTags("Providers");
+        var group = endpoints.MapGroup("/v1").WithTags("Providers")
+            .RequireRateLimiting(RateLimiting.PolicyName)
+            .ProducesProblem(StatusCodes.Status429TooManyRequests);
 
         group.MapPost("/register", Register)
             .WithName("Register")

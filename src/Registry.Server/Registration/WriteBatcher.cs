@@ -139,20 +139,25 @@ internal sealed partial class WriteBatcher(
             renewer.Committed(key, expiresAt);
         }
 
-        // Reflect our own acknowledged writes before acknowledging them.
+        // Not awaited: the next batch commits while this one's applications reload.
+        _ = AcknowledgeAsync(batch.ToArray(), committed, cancellationToken);
+    }
+
+    /// <summary>Answers a committed batch once the node's memory reflects it (a node reflects its own acknowledged writes at once).</summary>
+    private async Task AcknowledgeAsync(WriteCommand[] batch, Committed committed, CancellationToken cancellationToken)
+    {
         try
         {
             await loader.ReloadAsync(committed.ChangedApplications).WaitAsync(cancellationToken);
         }
-        catch (DbException)
+        catch (Exception e) when (e is DbException or OperationCanceledException)
         {
             // Committed all the same; the notification brings the reload once the database answers.
         }
 
-        for (var i = 0; i < batch.Count; i++)
+        for (var i = 0; i < batch.Length; i++)
         {
             var status = committed.Statuses[i];
-            var expiresAt = committed.Expiries.GetValueOrDefault(batch[i].Key);
             if (batch[i] is RegisterCommand)
             {
                 metrics.Registered(status == WriteStatus.Created);
@@ -162,7 +167,7 @@ internal sealed partial class WriteBatcher(
                 metrics.Unregistered(status == WriteStatus.Removed);
             }
 
-            batch[i].Done.TrySetResult(new WriteResult(status, expiresAt));
+            batch[i].Done.TrySetResult(new WriteResult(status, committed.Expiries.GetValueOrDefault(batch[i].Key)));
         }
     }
 

@@ -15,7 +15,9 @@ internal static class SubscriptionApi
 
     public static IEndpointRouteBuilder MapSubscription(this IEndpointRouteBuilder endpoints)
     {
-        var group = endpoints.MapGroup("/v1").WithTags("Consumers");
+        var group = endpoints.MapGroup("/v1").WithTags("Consumers")
+            .RequireRateLimiting(RateLimiting.PolicyName)
+            .ProducesProblem(StatusCodes.Status429TooManyRequests);
 
         group.MapPost("/subscribe", Subscribe)
             .WithName("Subscribe")

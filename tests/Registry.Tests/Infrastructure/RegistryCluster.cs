@@ -66,6 +66,28 @@ public sealed class RegistryCluster : IAsyncLifetime
         }
     }
 
+    /// <summary>
+    /// A fresh, empty database on the same server, for tests that need nodes of their own
+    /// (sweeper and outage tests must not share a database with the fixture's nodes).
+    /// </summary>
+    public async Task<string> CreateDatabaseAsync(string? applicationName = null)
+    {
+        var name = $"registry_{Guid.NewGuid():N}";
+        await using (var connection = await OpenAsync())
+        await using (var create = new NpgsqlCommand($"CREATE DATABASE {name}", connection))
+        {
+            await create.ExecuteNonQueryAsync();
+        }
+
+        var builder = new NpgsqlConnectionStringBuilder(ConnectionString) { Database = name };
+        if (applicationName is not null)
+        {
+            builder.ApplicationName = applicationName;
+        }
+
+        return builder.ConnectionString;
+    }
+
     /// <summary>Opens a connection for assertions in SQL.</summary>
     public async Task<NpgsqlConnection> OpenAsync()
     {

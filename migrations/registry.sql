@@ -1,0 +1,42 @@
+CREATE TABLE IF NOT EXISTS "__EFMigrationsHistory" (
+    "MigrationId" character varying(150) NOT NULL,
+    "ProductVersion" character varying(32) NOT NULL,
+    CONSTRAINT "PK___EFMigrationsHistory" PRIMARY KEY ("MigrationId")
+);
+
+START TRANSACTION;
+
+DO $EF$
+BEGIN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261125160939_InitialSchema') THEN
+    CREATE SEQUENCE instance_revision START WITH 1 INCREMENT BY 1 NO CYCLE;
+    END IF;
+END $EF$;
+
+DO $EF$
+BEGIN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261125160939_InitialSchema') THEN
+    CREATE TABLE instances (
+        application text COLLATE "C" NOT NULL,
+        protocol text COLLATE "C" NOT NULL,
+        addr text COLLATE "C" NOT NULL,
+        meta jsonb NOT NULL,
+        ttl_seconds integer NOT NULL,
+        expires_at timestamptz NOT NULL,
+        registered_at timestamptz NOT NULL,
+        revision bigint NOT NULL DEFAULT (nextval('instance_revision')),
+        CONSTRAINT "PK_instances" PRIMARY KEY (application, protocol, addr)
+    )
+    WITH (fillfactor=70);
+    END IF;
+END $EF$;
+
+DO $EF$
+BEGIN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261125160939_InitialSchema') THEN
+    INSERT INTO "__EFMigrationsHistory" ("MigrationId", "ProductVersion")
+    VALUES ('20261125160939_InitialSchema', '10.0.15');
+    END IF;
+END $EF$;
+COMMIT;
+

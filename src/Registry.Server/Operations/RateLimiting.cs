@@ -1,0 +1,52 @@
+using System.Globalization;
+using System.Threading.RateLimiting;
+using Microsoft.AspNetCore.RateLimiting;
+using Microsoft.Extensions.Options;
+
+namespace Registry.Operations;
+
+/// <summary>
+/// A token bucket per client address in front of the <c>/v1</c> API, for registries shared
+/// by teams that may loop too fast. Rejections are 429 problem documents with Retry-After.
+/// </summary>
+internal static class RateLimiting
+{
+    public const string PolicyName = "per-client";
+
+    public static IServiceCollection AddRegistryRateLimiting(this IServiceCollection services)
+    {
+        services.AddOptions<RateLimitOptions>().BindConfiguration("Registry:RateLimit").ValidateDataAnnotations().ValidateOnStart();
+        services.AddRateLimiter(limiter =>
+        {
+            limiter.AddPolicy(PolicyName, http =>
+            {
+                var options = http.RequestServices.GetRequiredService<IOptions<RateLimitOptions>>().Value;
+                if (options.PermitsPerSecond == 0)
+                {
+                    return RateLimitPartition.GetNoLimiter("off");
+                }
+
+                return RateLimitPartition.GetTokenBucketLimiter(http.Connection.RemoteIpAddress?.ToString() ?? "unknown", _ => new TokenBucketRateLimiterOptions
+                {
+                    TokenLimit = options.Burst,
+                    TokensPerPeriod = options.PermitsPerSecond,
+                    ReplenishmentPeriod = TimeSpan.FromSeconds(1),
+                    QueueLimit = 0,
+                    AutoReplenishment = true,
+                });
+            });
+            limiter.OnRejected = async (context, cancellationToken) =>
+            {
+                var http = context.HttpContext;
+                var retryAfter = context.Lease.TryGetMetadata(MetadataName.RetryAfter, out var wait) ? Math.Max(1, (int)Math.Ceiling(wait.TotalSeconds)) : 1;
+                http.Response.StatusCode = StatusCodes.Status429TooManyRequests;
+                http.Response.Headers.RetryAfter = retryAfter.ToString(CultureInfo.InvariantCulture);
+                await TypedResults.Problem(
+                    statusCode: StatusCodes.Status429TooManyRequests,
+                    title: "Too many requests",
+                    detail: $"This client sent more than the configured rate; retry after {retryAfter} s.").ExecuteAsync(http);
+            };
+        });
+        return services;
+    }
+}

@@ -1,0 +1,201 @@
+using System.Net;
+using System.Text;
+using System.Text.Json.Nodes;
+using Registry.Tests.Infrastructure;
+
+namespace Registry.Tests;
+
+/// <summary>Bad input is a 4xx problem document naming the field and the reason: never a 5xx, never a hang.</summary>
+public sealed class BadInputTests(RegistryCluster cluster) : RegistryTest(cluster)
+{
+    private const string Good = """{"application":"app","protocol":"http","addr":"10.0.0.1:80"}""";
+
+    public static TheoryData<string, string, string> BadProviders => new()
+    {
+        { "/v1/register", "{", "$" },
+        { "/v1/register", "", "$" },
+        { "/v1/register", "[]", "$" },
+        { "/v1/register", "null", "$" },
+        { "/v1/register", """{"protocol":"http","addr":"10.0.0.1:80"}""", "application" },
+        { "/v1/register", """{"application":"","protocol":"http","addr":"10.0.0.1:80"}""", "application" },
+        { "/v1/register", """{"application":null,"protocol":"http","addr":"10.0.0.1:80"}""", "application" },
+        { "/v1/register", """{"application":42,"protocol":"http","addr":"10.0.0.1:80"}""", "application" },
+        { "/v1/register", """{"application":"-app","protocol":"http","addr":"10.0.0.1:80"}""", "application" },
+        { "/v1/register", """{"application":"a b","protocol":"http","addr":"10.0.0.1:80"}""", "application" },
+        { "/v1/register", $$"""{"application":"{{new string('a', 129)}}","protocol":"http","addr":"10.0.0.1:80"}""", "application" },
+        { "/v1/register", """{"application":"app","protocol":"HTTP","addr":"10.0.0.1:80"}""", "protocol" },
+        { "/v1/register", """{"application":"app","addr":"10.0.0.1:80"}""", "protocol" },
+        { "/v1/register", """{"application":"app","protocol":"http"}""", "addr" },
+        { "/v1/register", """{"application":"app","protocol":"http","addr":"10.0.0.1"}""", "addr" },
+        { "/v1/register", """{"application":"app","protocol":"http","addr":"10.0.0.1:0"}""", "addr" },
+        { "/v1/register", """{"application":"app","protocol":"http","addr":"10.0.0.1:65536"}""", "addr" },
+        { "/v1/register", """{"application":"app","protocol":"http","addr":"10.0.0.256:80"}""", "addr" },
+        { "/v1/register", """{"application":"app","protocol":"http","addr":"::1:80"}""", "addr" },
+        { "/v1/register", """{"application":"app","protocol":"http","addr":"[zz]:80"}""", "addr" },
+        { "/v1/register", """{"application":"app","protocol":"http","addr":"host name:80"}""", "addr" },
+        { "/v1/register", """{"application":"app","protocol":"http","addr":"10.0.0.1:80","meta":[]}""", "meta" },
+        { "/v1/register", """{"application":"app","protocol":"http","addr":"10.0.0.1:80","meta":null}""", "meta" },
+        { "/v1/register", """{"application":"app","protocol":"http","addr":"10.0.0.1:80","meta":{"k":1}}""", "meta.k" },
+        { "/v1/register", """{"application":"app","protocol":"http","addr":"10.0.0.1:80","meta":{"k":null}}""", "meta.k" },
+        { "/v1/register", """{"application":"app","protocol":"http","addr":"10.0.0.1:80","meta":{"k":{"x":"y"}}}""", "meta.k" },
+        { "/v1/register", """{"application":"app","protocol":"http","addr":"10.0.0.1:80","meta":{"":"v"}}""", "meta." },
+        { "/v1/register", """{"application":"app","protocol":"http","addr":"10.0.0.1:80","meta":{"a b":"v"}}""", "meta.a b" },
+        { "/v1/register", """{"application":"app","protocol":"http","addr":"10.0.0.1:80","meta":{"k":"a\u0001b"}}""", "meta.k" },
+        { "/v1/register", $$$"""{"application":"app","protocol":"http","addr":"10.0.0.1:80","meta":{"k":"{{{new string('v', 513)}}}"}}""", "meta.k" },
+        { "/v1/register", """{"application":"app","protocol":"http","addr":"10.0.0.1:80","extra":"x"}""", "extra" },
+        { "/v1/register", """{"application":"app","application":"app","protocol":"http","addr":"10.0.0.1:80"}""", "application" },
+        { "/v1/register", """{"application":"app\ud800","protocol":"http","addr":"10.0.0.1:80"}""", "application" },
+        { "/v1/register?ttl=0", Good, "ttl" },
+        { "/v1/register?ttl=-5", Good, "ttl" },
+        { "/v1/register?ttl=abc", Good, "ttl" },
+        { "/v1/register?ttl=1.5", Good, "ttl" },
+        { "/v1/heartbeat", """{"application":"app","protocol":"http"}""", "addr" },
+        { "/v1/unregister", """{"application":"app","addr":"10.0.0.1:80"}""", "protocol" },
+    };
+
+    public static TheoryData<string, string, string> BadSubscriptions => new()
+    {
+        { "/v1/subscribe", "{}", "subscribes" },
+        { "/v1/subscribe", """{"subscribes":[]}""", "subscribes" },
+        { "/v1/subscribe", """{"subscribes":null}""", "subscribes" },
+        { "/v1/subscribe", """{"subscribes":{}}""", "subscribes" },
+        { "/v1/subscribe", """{"subscribes":[{}]}""", "subscribes[0].provider" },
+        { "/v1/subscribe", """{"subscribes":[{"provider":"a"},{"provider":""}]}""", "subscribes[1].provider" },
+        { "/v1/subscribe", """{"subscribes":[{"provider":"a","protocol":null}]}""", "subscribes[0].protocol" },
+        { "/v1/subscribe", """{"subscribes":[{"provider":"a","meta":{"k":2}}]}""", "subscribes[0].meta.k" },
+        { "/v1/subscribe", """{"subscribes":[{"provider":"a","extra":1}]}""", "subscribes[0].extra" },
+        { "/v1/subscribe", """{"subscribes":[1]}""", "subscribes[0]" },
+        { "/v1/subscribe", """{"subscribes":[{"provider":"a"}],"more":true}""", "more" },
+        { "/v1/subscribe?wait=-1", """{"subscribes":[{"provider":"a"}]}""", "wait" },
+        { "/v1/subscribe?wait=soon", """{"subscribes":[{"provider":"a"}]}""", "wait" },
+        { "/v1/subscribe?version=" + new string('v', 129), """{"subscribes":[{"provider":"a"}]}""", "version" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadProviders))]
+    [MemberData(nameof(BadSubscriptions))]
+    public async Task BadInputIsABadRequestNamingTheField(string path, string body, string field)
+    {
+        using var response = await Client.PostAsync(path, new StringContent(body, Encoding.UTF8, "application/json"))
+            .WaitAsync(TimeSpan.FromSeconds(10));
+
+        await AssertProblemAsync(response, HttpStatusCode.BadRequest, field);
+    }
+
+    [Fact]
+    public async Task TooManyMetaPairsIsABadRequest()
+    {
+        var meta = "{" + string.Join(",", Enumerable.Range(0, 65).Select(i => $"\"k{i}\":\"v\"")) + "}";
+
+        using var response = await Client.PostJsonAsync("/v1/register", Http.Provider("app", "10.0.0.1:80", meta));
+
+        await AssertProblemAsync(response, HttpStatusCode.BadRequest, "meta");
+    }
+
+    [Fact]
+    public async Task TooManySubscriptionEntriesIsABadRequest()
+    {
+        var entries = Enumerable.Range(0, 65).Select(i => Http.Entry($"app{i}")).ToArray();
+
+        using var response = await Client.PostJsonAsync("/v1/subscribe", Http.Subscription(entries));
+
+        await AssertProblemAsync(response, HttpStatusCode.BadRequest, "subscribes");
+    }
+
+    [Fact]
+    public async Task AnOversizedBodyIsPayloadTooLarge()
+    {
+        var meta = "{\"k\":\"" + new string('v', 70 * 1024) + "\"}";
+
+        using var declared = await Client.PostJsonAsync("/v1/register", Http.Provider("app", "10.0.0.1:80", meta));
+        using var chunked = new StringContent(Http.Provider("app", "10.0.0.1:80", meta), Encoding.UTF8, "application/json");
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/subscribe") { Content = new StreamContent(new MemoryStream(Encoding.UTF8.GetBytes(meta))) };
+        using var streamed = await Client.SendAsync(request);
+
+        await AssertProblemAsync(declared, HttpStatusCode.RequestEntityTooLarge, null);
+        await AssertProblemAsync(streamed, HttpStatusCode.RequestEntityTooLarge, null);
+    }
+
+    [Theory]
+    [InlineData("/v1/services/-bad")]
+    [InlineData("/v1/services/app?protocol=HTTP")]
+    [InlineData("/v1/services/app?wait=-3")]
+    [InlineData("/v1/services/app?meta.=x")]
+    public async Task BadQueriesOnTheServiceGetAreBadRequests(string path)
+    {
+        using var response = await Client.GetAsync(path);
+
+        await AssertProblemAsync(response, HttpStatusCode.BadRequest, null);
+    }
+
+    [Fact]
+    public async Task UnknownRoutesAndMethodsAreProblemDocuments()
+    {
+        using var missing = await Client.GetAsync("/v1/nothing");
+        using var wrongMethod = await Client.GetAsync("/v1/register");
+
+        await AssertProblemAsync(missing, HttpStatusCode.NotFound, null);
+        await AssertProblemAsync(wrongMethod, HttpStatusCode.MethodNotAllowed, null);
+    }
+
+    [Theory]
+    [InlineData("""{"application":"app","protocol":"http","addr":"[::1]:8080"}""")]
+    [InlineData("""{"application":"app","protocol":"http","addr":"my-host.example.com:443"}""")]
+    [InlineData("""{"application":"a.b_c-D9","protocol":"h2+tls.v-1","addr":"localhost:1"}""")]
+    [InlineData("""{"application":"app","protocol":"http","addr":"10.0.0.1:65535","meta":{}}""")]
+    public async Task WellFormedEdgeCasesAreAccepted(string body)
+    {
+        using var response = await Client.PostJsonAsync("/v1/register", body);
+
+        Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+    }
+
+    [Fact]
+    public async Task AFormEncodedContentTypeIsReadAsJsonForCurlUsers()
+    {
+        using var response = await Client.PostAsync("/v1/register", new StringContent(Good, Encoding.UTF8, "application/x-www-form-urlencoded"));
+
+        Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+    }
+
+    [Fact]
+    public async Task AClientOverTheRateLimitGetsTooManyRequestsWithRetryAfter()
+    {
+        await using var node = new RegistryNode(Cluster.ConnectionString, new Dictionary<string, string?>
+        {
+            ["Registry:RateLimit:PermitsPerSecond"] = "1",
+            ["Registry:RateLimit:Burst"] = "2",
+        });
+        using var client = node.CreateClient();
+
+        var statuses = new List<HttpStatusCode>();
+        HttpResponseMessage? limited = null;
+        for (var i = 0; i < 3; i++)
+        {
+            var response = await client.GetAsync("/v1/services");
+            statuses.Add(response.StatusCode);
+            limited = response;
+        }
+
+        Assert.Equal([HttpStatusCode.OK, HttpStatusCode.OK, HttpStatusCode.TooManyRequests], statuses);
+        Assert.NotNull(limited!.Headers.RetryAfter);
+        await AssertProblemAsync(limited, HttpStatusCode.TooManyRequests, null);
+        using var health = await client.GetAsync("/healthz");
+        Assert.Equal(HttpStatusCode.OK, health.StatusCode); // operations endpoints are never limited
+    }
+
+    private static async Task AssertProblemAsync(HttpResponseMessage response, HttpStatusCode status, string? field)
+    {
+        var text = await response.Content.ReadAsStringAsync();
+        Assert.True(status == response.StatusCode, $"expected {(int)status}, got {(int)response.StatusCode}: {text}");
+        Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+        var problem = JsonNode.Parse(text)!;
+        Assert.Equal((int)status, (int)problem["status"]!);
+        if (field is not null)
+        {
+            var errors = problem["errors"]?.AsObject();
+            Assert.True(errors is not null && errors.ContainsKey(field), $"no error for '{field}' in {text}");
+            Assert.False(string.IsNullOrWhiteSpace((string?)errors[field]![0]));
+        }
+    }
+}

@@ -1,0 +1,290 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Net;
+using Npgsql;
+using Registry.Tests.Infrastructure;
+
+namespace Registry.Tests;
+
+/// <summary>Leases: heartbeats, one sweeper at a time, grace after an outage, self-preservation, coalesced renewals.</summary>
+public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
+{
+    private static string Instance(string application, int i) => Http.Provider(application, $"10.0.{i / 250}.{i % 250 + 1}:80");
+
+    [Fact]
+    public async Task HeartbeatsEveryThirdOfTheTtlKeepAnInstanceAliveAcrossFiveTtls()
+    {
+        using (var response = await Client.PostJsonAsync("/v1/register?ttl=1", Instance("app", 0)))
+        {
+            response.EnsureSuccessStatusCode();
+        }
+
+        var subscription = Http.Subscription(Http.Entry("app"));
+        var (_, version, _) = await Client.SubscribeAsync(subscription);
+        var poll = Client.SubscribeAsync(subscription, version, wait: 5);
+
+        var clock = Stopwatch.StartNew();
+        var statuses = new List<HttpStatusCode>();
+        while (!poll.IsCompleted)
+        {
+            // The provider's own cadence: this delay is the behaviour under test.
+            await Task.Delay(TimeSpan.FromMilliseconds(333));
+            using var heartbeat = await Client.PostJsonAsync("/v1/heartbeat", Instance("app", 0));
+            statuses.Add(heartbeat.StatusCode);
+        }
+
+        var (_, after, body) = await poll;
+        Assert.True(clock.Elapsed >= TimeSpan.FromSeconds(5));
+        Assert.Equal(version, after);
+        Assert.Single(body!["endpoints"]!.AsArray());
+        Assert.All(statuses, s => Assert.Equal(HttpStatusCode.OK, s));
+    }
+
+    [Fact]
+    public async Task TwoNodesSweepingOneDatabaseEvictEachExpiredInstanceExactlyOnce()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var first = new RegistryNode(database);
+        await using var second = new RegistryNode(database);
+        using var sweepsFirst = MeterWatch.Node(first, "registry.sweeps");
+        using var sweepsSecond = MeterWatch.Node(second, "registry.sweeps");
+        using var evictedFirst = MeterWatch.Node(first, "registry.evictions");
+        using var evictedSecond = MeterWatch.Node(second, "registry.evictions");
+        await Task.WhenAll(sweepsFirst.WaitForAsync(2), sweepsSecond.WaitForAsync(2)); // past the start-up grace
+        await using var listener = await NotificationListener.StartAsync(database);
+
+        await using (var connection = new NpgsqlConnection(database))
+        {
+            await connection.OpenAsync();
+            await using var insert = new NpgsqlCommand(
+                """
+                INSERT INTO instances (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
+                SELECT 'swept', 'http', '10.0.0.' || i || ':80', '{}', 1, clock_timestamp() - interval '1 second', clock_timestamp()
+                  FROM generate_series(1, 10) AS i
+                """, connection);
+            await insert.ExecuteNonQueryAsync();
+        }
+
+        await listener.WaitForAsync("swept");
+        var swept = (sweepsFirst.Total, sweepsSecond.Total);
+        // Two more rounds on each node: time for a double eviction to show if there were one.
+        await Task.WhenAll(sweepsFirst.WaitForAsync(swept.Item1 + 2), sweepsSecond.WaitForAsync(swept.Item2 + 2));
+
+        Assert.Equal(10, evictedFirst.Total + evictedSecond.Total);
+        Assert.Equal(1, listener.Count("swept"));
+        await using var check = new NpgsqlConnection(database);
+        await check.OpenAsync();
+        await using var count = new NpgsqlCommand("SELECT count(*) FROM instances", check);
+        Assert.Equal(0L, (long)(await count.ExecuteScalarAsync())!);
+    }
+
+    [Fact]
+    public async Task LeasesGetAGracePeriodAfterTheDatabaseWasUnreachable()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var proxy = new TcpProxy(database);
+        await using var node = new RegistryNode(proxy.ConnectionString);
+        using var client = node.CreateClient();
+        using var reconnects = MeterWatch.Node(node, "registry.changefeed.reconnects");
+        using var graces = MeterWatch.Node(node, "registry.sweeps", "outcome", "grace");
+        await graces.WaitForAsync(1); // the start-up grace is behind us
+        using (var response = await client.PostJsonAsync("/v1/register?ttl=2", Instance("app", 0)))
+        {
+            response.EnsureSuccessStatusCode();
+        }
+
+        var subscription = Http.Subscription(Http.Entry("app"));
+        var (_, version, _) = await client.SubscribeAsync(subscription);
+
+        // The database goes away for longer than the lease; the provider dies meanwhile.
+        await proxy.CutAsync();
+        var outage = Stopwatch.StartNew();
+        using (var refused = await client.PostJsonAsync("/v1/register", Instance("app", 1)))
+        {
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, refused.StatusCode);
+            Assert.NotNull(refused.Headers.RetryAfter);
+            Assert.Equal("application/problem+json", refused.Content.Headers.ContentType?.MediaType);
+        }
+
+        using (var read = await client.PostJsonAsync("/v1/subscribe", subscription))
+        {
+            Assert.Equal(HttpStatusCode.OK, read.StatusCode); // reads go on from memory
+        }
+
+        await Task.Delay(TimeSpan.FromSeconds(3) - outage.Elapsed); // the outage itself
+        proxy.Start();
+        await reconnects.WaitForAsync(1, TimeSpan.FromSeconds(15));
+        await graces.WaitForAsync(2, TimeSpan.FromSeconds(15));
+
+        // Expired during the outage, yet not evicted: the grace extended it by its TTL...
+        var (_, held, _) = await client.SubscribeAsync(subscription, version, wait: 1);
+        Assert.Equal(version, held);
+
+        // ...and with no heartbeat it goes when that grace runs out.
+        var (_, after, body) = await client.SubscribeAsync(subscription, version, wait: 10);
+        Assert.NotEqual(version, after);
+        Assert.Empty(body!["endpoints"]!.AsArray());
+    }
+
+    [Fact]
+    public async Task SelfPreservationRateLimitsAMassExpiryAndReleasesWhenItIsOver()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:Leases:SelfPreservationShare"] = "0.2",
+            ["Registry:Leases:SelfPreservationMinInstances"] = "2",
+            ["Registry:Leases:SelfPreservationWindow"] = "00:00:02",
+        });
+        using var client = node.CreateClient();
+        using var graces = MeterWatch.Node(node, "registry.sweeps", "outcome", "grace");
+        await graces.WaitForAsync(1);
+        for (var i = 0; i < 20; i++)
+        {
+            // Half the fleet dies (TTL 1 s, no heartbeats); the other half lives.
+            using var response = await client.PostJsonAsync(i < 10 ? "/v1/register?ttl=1" : "/v1/register?ttl=600", Instance("fleet", i));
+            response.EnsureSuccessStatusCode();
+        }
+
+        var subscription = Http.Subscription(Http.Entry("fleet"));
+        var (_, version, _) = await client.SubscribeAsync(subscription);
+        var counts = new List<int>();
+        var engagedSeen = false;
+        var clock = Stopwatch.StartNew();
+        while (counts.LastOrDefault(20) > 10 && clock.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            var (_, next, body) = await client.SubscribeAsync(subscription, version, wait: 30);
+            version = next;
+            counts.Add(body!["endpoints"]!.AsArray().Count);
+            using var ready = await client.GetAsync("/readyz");
+            engagedSeen |= (bool)(await ready.ReadJsonAsync())["selfPreservation"]!["engaged"]!;
+        }
+
+        // 20 live, 10 expiring: 4 (20%) per 2 s window at most, never all at once...
+        Assert.True(counts[0] >= 16, $"first eviction wave left {counts[0]}: {string.Join(",", counts)}");
+        Assert.True(engagedSeen);
+        // ...yet every dead instance goes within a bounded time, and the healthy ones stay.
+        Assert.Equal(10, counts[^1]);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(20), $"took {clock.Elapsed}");
+        using var readyAfter = await client.GetAsync("/readyz");
+        var state = (await readyAfter.ReadJsonAsync())["selfPreservation"]!;
+        // The sweep that evicts the last one sees 1 expired: below the minimum, released.
+        Assert.False((bool)state["engaged"]!, state.ToJsonString());
+    }
+
+    [Fact]
+    public async Task RenewalsFromManyInstancesWithinOneIntervalCostOneStatement()
+    {
+        const string ApplicationName = "registry-renewal-test";
+        const int Instances = 300;
+        var database = await Cluster.CreateDatabaseAsync(ApplicationName);
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            // Keep the node's other statements out of the window.
+            ["Registry:Leases:SweepInterval"] = "01:00:00",
+            ["Registry:Leases:RenewalInterval"] = "00:00:00.500",
+            ["Registry:ChangeFeed:ConsistencyCheckInterval"] = "01:00:00",
+        });
+        using var client = node.CreateClient();
+        await using (var connection = new NpgsqlConnection(database))
+        {
+            // Leases close to their end, so that every heartbeat must be written.
+            await connection.OpenAsync();
+            await using var insert = new NpgsqlCommand(
+                $$"""
+                INSERT INTO instances (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
+                SELECT 'busy', 'http', '10.0.' || (i / 250) || '.' || (i % 250 + 1) || ':80', '{}', 60, clock_timestamp() + interval '20 seconds', clock_timestamp()
+                  FROM generate_series(0, {{Instances - 1}}) AS i
+                """, connection);
+            await insert.ExecuteNonQueryAsync();
+        }
+
+        await node.ReloadAsync();
+        using var written = MeterWatch.Node(node, "registry.heartbeats.written");
+        using var statements = MeterWatch.NpgsqlStatements(ApplicationName);
+
+        var heartbeats = await Task.WhenAll(Enumerable.Range(0, Instances).Select(async i =>
+        {
+            using var response = await client.PostJsonAsync("/v1/heartbeat", Instance("busy", i));
+            return response.StatusCode;
+        }));
+        await written.WaitForAsync(Instances);
+
+        Assert.All(heartbeats, s => Assert.Equal(HttpStatusCode.OK, s));
+        // One UPDATE per interval; the heartbeats may straddle two intervals.
+        Assert.InRange(statements.Total, 1, 2);
+        await using var check = new NpgsqlConnection(database);
+        await check.OpenAsync();
+        await using var renewed = new NpgsqlCommand("SELECT count(*) FROM instances WHERE expires_at > clock_timestamp() + interval '50 seconds'", check);
+        Assert.Equal((long)Instances, (long)(await renewed.ExecuteScalarAsync())!);
+    }
+
+    /// <summary>A LISTEN session of the test's own on the change channel.</summary>
+    private sealed class NotificationListener : IAsyncDisposable
+    {
+        private readonly NpgsqlConnection _connection;
+        private readonly CancellationTokenSource _stop = new();
+        private readonly ConcurrentQueue<string> _payloads = new();
+        private readonly ConcurrentDictionary<string, TaskCompletionSource> _waiting = new();
+        private Task _loop = Task.CompletedTask;
+
+        private NotificationListener(NpgsqlConnection connection) => _connection = connection;
+
+        public static async Task<NotificationListener> StartAsync(string connectionString)
+        {
+            var listener = new NotificationListener(new NpgsqlConnection(connectionString));
+            await listener._connection.OpenAsync();
+            listener._connection.Notification += (_, e) =>
+            {
+                listener._payloads.Enqueue(e.Payload);
+                if (listener._waiting.TryGetValue(e.Payload, out var waiter))
+                {
+                    waiter.TrySetResult();
+                }
+            };
+            await using (var listen = new NpgsqlCommand("LISTEN registry_changes", listener._connection))
+            {
+                await listen.ExecuteNonQueryAsync();
+            }
+
+            listener._loop = listener.RunAsync();
+            return listener;
+        }
+
+        public int Count(string payload) => _payloads.Count(p => p == payload);
+
+        public Task WaitForAsync(string payload)
+        {
+            var waiter = _waiting.GetOrAdd(payload, _ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
+            if (_payloads.Contains(payload))
+            {
+                waiter.TrySetResult();
+            }
+
+            return waiter.Task.WaitAsync(TimeSpan.FromSeconds(10));
+        }
+
+        private async Task RunAsync()
+        {
+            try
+            {
+                while (!_stop.IsCancellationRequested)
+                {
+                    await _connection.WaitAsync(_stop.Token);
+                }
+            }
+            catch (OperationCanceledException)
+            {
+                // Stopped.
+            }
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await _stop.CancelAsync();
+            await _loop;
+            await _connection.DisposeAsync();
+            _stop.Dispose();
+        }
+    }
+}

@@ -1,0 +1,212 @@
+using System.Diagnostics;
+using System.Net;
+using Registry.Tests.Infrastructure;
+
+namespace Registry.Tests;
+
+/// <summary>Long polls park until the answer changes or the wait runs out.</summary>
+public sealed class LongPollTests(RegistryCluster cluster) : RegistryTest(cluster)
+{
+    private static readonly string Subscription = Http.Subscription(Http.Entry("app"));
+
+    private async Task RegisterAsync(string application, string addr, RegistryNode? node = null)
+    {
+        using var client = (node ?? Node).CreateClient();
+        using var response = await client.PostJsonAsync("/v1/register", Http.Provider(application, addr));
+        response.EnsureSuccessStatusCode();
+    }
+
+    [Fact]
+    public async Task AParkedPollWakesWhenTheAnswerChanges()
+    {
+        await RegisterAsync("app", "10.0.0.1:80");
+        var (_, version, _) = await Client.SubscribeAsync(Subscription);
+        using var parked = ParkedPolls.On(Node);
+
+        var poll = Client.SubscribeAsync(Subscription, version, wait: 30);
+        await parked.WaitForAsync(1);
+        Assert.False(poll.IsCompleted);
+        await RegisterAsync("app", "10.0.0.2:80");
+        var (status, newVersion, body) = await poll.WaitAsync(TimeSpan.FromSeconds(10));
+
+        Assert.Equal(200, status);
+        Assert.NotEqual(version, newVersion);
+        Assert.Equal(2, body!["endpoints"]!.AsArray().Count);
+    }
+
+    [Fact]
+    public async Task APollThatTimesOutAnswersTheUnchangedDocument()
+    {
+        await RegisterAsync("app", "10.0.0.1:80");
+        var (_, version, first) = await Client.SubscribeAsync(Subscription);
+
+        var clock = Stopwatch.StartNew();
+        var (status, again, body) = await Client.SubscribeAsync(Subscription, version, wait: 1);
+
+        Assert.InRange(clock.Elapsed, TimeSpan.FromMilliseconds(950), TimeSpan.FromSeconds(5));
+        Assert.Equal(200, status);
+        Assert.Equal(version, again);
+        Assert.Equal(first!.ToJsonString(), body!.ToJsonString());
+    }
+
+    [Fact]
+    public async Task AChangeToAnotherApplicationWakesNobody()
+    {
+        await RegisterAsync("app", "10.0.0.1:80");
+        var (_, version, _) = await Client.SubscribeAsync(Subscription);
+        using var parked = ParkedPolls.On(Node);
+
+        var clock = Stopwatch.StartNew();
+        var poll = Client.SubscribeAsync(Subscription, version, wait: 1);
+        await parked.WaitForAsync(1);
+        await RegisterAsync("other", "10.0.0.2:80");
+        var (_, after, _) = await poll;
+
+        Assert.Equal(version, after);
+        Assert.True(clock.Elapsed >= TimeSpan.FromMilliseconds(950), $"answered after {clock.Elapsed}");
+    }
+
+    [Fact]
+    public async Task AStaleOrMissingVersionIsAnsweredAtOnce()
+    {
+        await RegisterAsync("app", "10.0.0.1:80");
+
+        var clock = Stopwatch.StartNew();
+        var (_, current, _) = await Client.SubscribeAsync(Subscription, "not-the-version", wait: 30);
+        var (_, again, _) = await Client.SubscribeAsync(Subscription, wait: 30);
+
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(5));
+        Assert.Equal(current, again);
+    }
+
+    [Fact]
+    public async Task WaitZeroAnswersAtOnceWithTheCurrentVersion()
+    {
+        await RegisterAsync("app", "10.0.0.1:80");
+        var (_, version, _) = await Client.SubscribeAsync(Subscription);
+
+        var clock = Stopwatch.StartNew();
+        var (status, again, _) = await Client.SubscribeAsync(Subscription, version, wait: 0);
+
+        Assert.Equal(200, status);
+        Assert.Equal(version, again);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(2));
+    }
+
+    [Fact]
+    public async Task AConditionalGetHoldsAndAnswersNotModifiedWhenUnchanged()
+    {
+        await RegisterAsync("app", "10.0.0.1:80");
+        using var first = await Client.GetAsync("/v1/services/app");
+        var etag = first.Headers.ETag!;
+
+        using var request = new HttpRequestMessage(HttpMethod.Get, "/v1/services/app?wait=1");
+        request.Headers.IfNoneMatch.Add(etag);
+        var clock = Stopwatch.StartNew();
+        using var response = await Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.NotModified, response.StatusCode);
+        Assert.True(clock.Elapsed >= TimeSpan.FromMilliseconds(950));
+        Assert.Equal(etag, response.Headers.ETag);
+        Assert.Empty(await response.Content.ReadAsByteArrayAsync());
+    }
+
+    [Fact]
+    public async Task AConditionalGetWakesWithTheNewAnswer()
+    {
+        await RegisterAsync("app", "10.0.0.1:80");
+        using var first = await Client.GetAsync("/v1/services/app");
+        using var parked = ParkedPolls.On(Node);
+
+        using var request = new HttpRequestMessage(HttpMethod.Get, "/v1/services/app?wait=30");
+        request.Headers.IfNoneMatch.Add(first.Headers.ETag!);
+        var poll = Client.SendAsync(request);
+        await parked.WaitForAsync(1);
+        await RegisterAsync("app", "10.0.0.2:80");
+        using var response = await poll.WaitAsync(TimeSpan.FromSeconds(10));
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.NotEqual(first.Headers.ETag, response.Headers.ETag);
+    }
+
+    [Fact]
+    public async Task AConsumerThatLeavesIsUnparked()
+    {
+        await RegisterAsync("app", "10.0.0.1:80");
+        var (_, version, _) = await Client.SubscribeAsync(Subscription);
+        using var parked = ParkedPolls.On(Node);
+        using var leave = new CancellationTokenSource();
+
+        var poll = Client.SubscribeAsync(Subscription, version, wait: 30, leave.Token);
+        await parked.WaitForAsync(1);
+        await leave.CancelAsync();
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => poll);
+        await parked.WaitForNoneAsync();
+
+        Assert.Equal(0, parked.Total);
+    }
+
+    [Fact]
+    public async Task ManyConsumersOfOneSubscriptionAreAllWokenByOneChange()
+    {
+        await RegisterAsync("app", "10.0.0.1:80");
+        var (_, version, _) = await Client.SubscribeAsync(Subscription);
+        using var parked = ParkedPolls.On(Node);
+
+        using var recomputed = MeterWatch.Node(Node, "registry.answers.changed");
+
+        var polls = Enumerable.Range(0, 50).Select(_ => Client.SubscribeAsync(Subscription, version, wait: 30)).ToArray();
+        await parked.WaitForAsync(50);
+        await RegisterAsync("app", "10.0.0.2:80");
+        var answers = await Task.WhenAll(polls).WaitAsync(TimeSpan.FromSeconds(10));
+
+        Assert.All(answers, a => Assert.NotEqual(version, a.Version));
+        Assert.Single(answers.Select(a => a.Version).Distinct());
+        // One recomputation for the one distinct subscription, not one per consumer.
+        Assert.Equal(1, recomputed.Total);
+    }
+
+    [Fact]
+    public async Task AWaitAboveTheCapIsClamped()
+    {
+        await using var node = new RegistryNode(Cluster.ConnectionString, new Dictionary<string, string?>
+        {
+            ["Registry:Subscriptions:MaxWaitSeconds"] = "1",
+            ["Registry:Subscriptions:DefaultWaitSeconds"] = "1",
+        });
+        using var client = node.CreateClient();
+        var (_, version, _) = await client.SubscribeAsync(Subscription);
+
+        var clock = Stopwatch.StartNew();
+        var (status, _, _) = await client.SubscribeAsync(Subscription, version, wait: 3600);
+
+        Assert.Equal(200, status);
+        // 1 s clamped, plus at most 1/16 s of jitter, plus scheduling on a busy machine.
+        Assert.InRange(clock.Elapsed, TimeSpan.FromMilliseconds(950), TimeSpan.FromSeconds(3));
+    }
+
+    [Fact]
+    public async Task ShutdownReleasesParkedPollsWithTheCurrentAnswer()
+    {
+        await RegisterAsync("app", "10.0.0.1:80");
+        await using var node = new RegistryNode(Cluster.ConnectionString, new Dictionary<string, string?>
+        {
+            ["Registry:Subscriptions:ShutdownSpread"] = "00:00:00.500",
+        });
+        using var client = node.CreateClient();
+        var (_, version, first) = await client.SubscribeAsync(Subscription);
+        using var parked = ParkedPolls.On(node);
+        var polls = Enumerable.Range(0, 5).Select(_ => client.SubscribeAsync(Subscription, version, wait: 30)).ToArray();
+        await parked.WaitForAsync(5);
+
+        node.Get<Microsoft.Extensions.Hosting.IHostApplicationLifetime>().StopApplication();
+        var answers = await Task.WhenAll(polls).WaitAsync(TimeSpan.FromSeconds(10));
+
+        Assert.All(answers, a =>
+        {
+            Assert.Equal(200, a.Status);
+            Assert.Equal(first!.ToJsonString(), a.Body!.ToJsonString());
+        });
+    }
+}

@@ -1,0 +1,87 @@
+using Registry.Tests.Infrastructure;
+
+namespace Registry.Tests;
+
+/// <summary>Versions are content hashes: they move exactly when what the subscriber sees moves.</summary>
+public sealed class VersionTests(RegistryCluster cluster) : RegistryTest(cluster)
+{
+    private static readonly string Subscription = Http.Subscription(Http.Entry("app", meta: """{"tier":"web"}"""));
+
+    private async Task<string> VersionAsync(HttpClient? client = null, string? subscription = null)
+    {
+        var (_, version, _) = await (client ?? Client).SubscribeAsync(subscription ?? Subscription);
+        return version!;
+    }
+
+    private async Task RegisterAsync(string application, string addr, string meta)
+    {
+        using var response = await Client.PostJsonAsync("/v1/register", Http.Provider(application, addr, meta));
+        response.EnsureSuccessStatusCode();
+    }
+
+    [Fact]
+    public async Task TheVersionIsStableWhileNothingChanges()
+    {
+        await RegisterAsync("app", "10.0.0.1:80", """{"tier":"web"}""");
+
+        Assert.Equal(await VersionAsync(), await VersionAsync());
+    }
+
+    [Fact]
+    public async Task UnrelatedApplicationsHeartbeatsAndIdenticalReRegistrationsLeaveItUnchanged()
+    {
+        await RegisterAsync("app", "10.0.0.1:80", """{"tier":"web"}""");
+        var before = await VersionAsync();
+
+        await RegisterAsync("other", "10.0.0.2:80", """{"tier":"web"}""");
+        await RegisterAsync("app", "10.0.0.3:80", """{"tier":"db"}""");
+        using (var heartbeat = await Client.PostJsonAsync("/v1/heartbeat", Http.Provider("app", "10.0.0.1:80")))
+        {
+            heartbeat.EnsureSuccessStatusCode();
+        }
+
+        await RegisterAsync("app", "10.0.0.1:80", """{"tier":"web"}""");
+
+        Assert.Equal(before, await VersionAsync());
+    }
+
+    [Fact]
+    public async Task AMetaChangeChangesItAndUndoingTheChangeBringsTheOldVersionBack()
+    {
+        await RegisterAsync("app", "10.0.0.1:80", """{"tier":"web","v":"1"}""");
+        var original = await VersionAsync();
+
+        await RegisterAsync("app", "10.0.0.1:80", """{"tier":"web","v":"2"}""");
+        var changed = await VersionAsync();
+        await RegisterAsync("app", "10.0.0.1:80", """{"tier":"web","v":"1"}""");
+
+        Assert.NotEqual(original, changed);
+        Assert.Equal(original, await VersionAsync());
+    }
+
+    [Fact]
+    public async Task EqualContentHasEqualVersionsWhateverTheSubscriptionAndOnEveryNode()
+    {
+        await RegisterAsync("app", "10.0.0.1:80", """{"tier":"web"}""");
+        using var nodeB = Cluster.NodeB.CreateClient();
+
+        var viaMeta = await VersionAsync();
+        var viaProtocol = await VersionAsync(subscription: Http.Subscription(Http.Entry("app", "http")));
+        var viaPath = (await Client.GetAsync("/v1/services/app")).Headers.ETag!.Tag;
+        var onB = await VersionAsync(nodeB);
+
+        Assert.Equal(viaMeta, viaProtocol);
+        Assert.Equal($"\"{viaMeta}\"", viaPath);
+        Assert.Equal(viaMeta, onB);
+    }
+
+    [Fact]
+    public async Task AnEmptyAnswerHasAVersionToo()
+    {
+        var (status, version, body) = await Client.SubscribeAsync(Subscription);
+
+        Assert.Equal(200, status);
+        Assert.False(string.IsNullOrEmpty(version));
+        Assert.Empty(body!["endpoints"]!.AsArray());
+    }
+}
