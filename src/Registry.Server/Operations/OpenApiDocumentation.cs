@@ -132,6 +132,7 @@ internal static class OpenApiDocumentation
         (_, "400") => "The request is malformed or invalid; `errors` names each field and the reason.",
         (_, "404") => "Not found.",
         (_, "413") => "The body is larger than the configured limit (64 KiB by default).",
+        (_, "429") => "This client sent more requests than its rate limit allows (when rate limiting is configured); retry after `Retry-After` seconds.",
         (_, "503") => "The database cannot take the write now; retry after `Retry-After` seconds. Reads keep being served from memory.",
         _ => "",
     };
@@ -196,6 +197,17 @@ internal static class OpenApiDocumentation
 
                 Describe(concrete, id, status, context);
             }
+
+            // Group-level declarations (rate limiting) land first; a reader expects status order.
+            if (operation.Responses is { Count: > 1 } responses)
+            {
+                var ordered = responses.OrderBy(r => r.Key, StringComparer.Ordinal).ToList();
+                responses.Clear();
+                foreach (var (status, response) in ordered)
+                {
+                    responses.Add(status, response);
+                }
+            }
         }
 
         private static void Describe(OpenApiResponse response, string? id, string status, OperationFilterContext context)
@@ -210,12 +222,12 @@ internal static class OpenApiDocumentation
                 };
             }
 
-            if (status == "503" && id is "Register" or "Unregister")
+            if (status is "503" or "429")
             {
                 response.Headers ??= new Dictionary<string, IOpenApiHeader>();
                 response.Headers["Retry-After"] = new OpenApiHeader
                 {
-                    Description = "Seconds to wait before retrying the write.",
+                    Description = "Seconds to wait before retrying.",
                     Schema = new OpenApiSchema { Type = JsonSchemaType.Integer },
                 };
             }
