@@ -1,0 +1,80 @@
+using System.Text.Json;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Registry.Client;
+
+/// <summary>
+/// The registry client: registers this process's instances and subscribes to providers.
+/// One instance per process is enough; it is thread-safe. With dependency injection use
+/// <c>services.AddRegistryClient(...)</c>; otherwise construct it with an <see cref="HttpClient"/>.
+/// </summary>
+public sealed class RegistryClient
+{
+    private readonly RegistryTransport _transport;
+    private readonly RegistryClientOptions _options;
+    private readonly TimeProvider _time;
+    private readonly ILoggerFactory _loggers;
+    private readonly ILogger _logger;
+
+    /// <summary>Creates a client.</summary>
+    /// <param name="httpClient">
+    /// The client to send with. Its <see cref="HttpClient.Timeout"/> must exceed <see cref="RegistryClientOptions.PollWait"/>
+    /// plus a margin (the default 100 s does); the registry client applies its own per-request timeouts.
+    /// </param>
+    /// <param name="options">The settings; validated here.</param>
+    /// <param name="loggerFactory">Where to log; none when <see langword="null"/>.</param>
+    /// <param name="timeProvider">The clock for delays; the system clock when <see langword="null"/>.</param>
+    public RegistryClient(HttpClient httpClient, RegistryClientOptions options, ILoggerFactory? loggerFactory = null, TimeProvider? timeProvider = null)
+    {
+        ArgumentNullException.ThrowIfNull(httpClient);
+        ArgumentNullException.ThrowIfNull(options);
+        RegistryClientOptionsValidator.ThrowIfInvalid(options);
+        _options = options;
+        _time = timeProvider ?? TimeProvider.System;
+        _loggers = loggerFactory ?? NullLoggerFactory.Instance;
+        _logger = _loggers.CreateLogger<RegistryClient>();
+        _transport = new RegistryTransport(httpClient, options.Servers, _time, _loggers.CreateLogger<RegistryTransport>());
+    }
+
+    /// <summary>
+    /// Registers an instance and keeps it registered until the returned lease is disposed. The first
+    /// attempt is made before this returns: a refusal (e.g. invalid input) throws
+    /// <see cref="RegistryClientException"/>; an unreachable registry does not throw — the lease keeps trying in the background.
+    /// </summary>
+    public async Task<RegistrationLease> RegisterAsync(ProviderInstance instance, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(instance);
+        var lease = new RegistrationLease(_transport, instance, _options, _time, _loggers.CreateLogger<RegistrationLease>());
+        await lease.StartAsync(cancellationToken);
+        return lease;
+    }
+
+    /// <summary>
+    /// Starts a subscription to the union of the entries' matches. Returns at once, with the cached answer when
+    /// <see cref="RegistryClientOptions.CacheDirectory"/> holds one; await <see cref="RegistrySubscription.WaitForFirstAnswerAsync"/>
+    /// for the first answer. Dispose the subscription to stop it.
+    /// </summary>
+    public async Task<RegistrySubscription> SubscribeAsync(IEnumerable<SubscriptionEntry> subscribes, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(subscribes);
+        var entries = subscribes.ToArray();
+        if (entries.Length == 0)
+        {
+            throw new ArgumentException("A subscription needs at least one entry.", nameof(subscribes));
+        }
+
+        var document = new SubscriptionDocument(entries);
+        var body = JsonSerializer.SerializeToUtf8Bytes(document, ClientJson.Default.SubscriptionDocument);
+        var cache = string.IsNullOrEmpty(_options.CacheDirectory)
+            ? null
+            : new AnswerCache(AnswerCache.PathFor(_options.CacheDirectory, body), _logger);
+        var subscription = new RegistrySubscription(_transport, document, body, _options, cache, _time, _loggers.CreateLogger<RegistrySubscription>());
+        await subscription.StartAsync(cancellationToken);
+        return subscription;
+    }
+
+    /// <summary>Starts a subscription to one provider; see <see cref="SubscribeAsync(IEnumerable{SubscriptionEntry}, CancellationToken)"/>.</summary>
+    public Task<RegistrySubscription> SubscribeAsync(SubscriptionEntry entry, CancellationToken cancellationToken = default) =>
+        SubscribeAsync([entry], cancellationToken);
+}
