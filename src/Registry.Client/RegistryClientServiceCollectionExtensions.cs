@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -23,7 +24,10 @@ public static class RegistryClientServiceCollectionExtensions
     public static IServiceCollection AddRegistryClient(this IServiceCollection services, Action<RegistryClientOptions>? configure = null)
     {
         ArgumentNullException.ThrowIfNull(services);
-        var options = services.AddOptions<RegistryClientOptions>().BindConfiguration(RegistryClientOptions.SectionName).ValidateOnStart();
+        // Bound only when the container has a configuration: a plain ServiceCollection (tools, tests) has none.
+        var options = services.AddOptions<RegistryClientOptions>()
+            .Configure<IServiceProvider>((o, provider) => provider.GetService<IConfiguration>()?.GetSection(RegistryClientOptions.SectionName).Bind(o))
+            .ValidateOnStart();
         if (configure is not null)
         {
             options.Configure(configure);

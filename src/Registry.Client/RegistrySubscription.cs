@@ -171,7 +171,8 @@ public sealed class RegistrySubscription : IAsyncDisposable
 
             if (Accept(answer) && _cache is not null)
             {
-                await _cache.TryWriteAsync(_document, answer, stop);
+                // Not cancelled by a dispose that arrives meanwhile: a short local write that a later cold start depends on.
+                await _cache.TryWriteAsync(_document, answer, CancellationToken.None);
             }
         }
     }
