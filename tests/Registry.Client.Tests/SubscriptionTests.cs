@@ -1,9 +1,10 @@
 using Microsoft.Extensions.Logging;
 using Registry.Client.Tests.Infrastructure;
+using Xunit.Abstractions;
 
 namespace Registry.Client.Tests;
 
-public sealed class SubscriptionTests(ClientFixture fixture) : ClientTest(fixture)
+public sealed class SubscriptionTests(ClientFixture fixture, ITestOutputHelper output) : ClientTest(fixture)
 {
     [Fact]
     public async Task ASubscriptionSeesRegistrationsAndExpiries()
@@ -45,16 +46,21 @@ public sealed class SubscriptionTests(ClientFixture fixture) : ClientTest(fixtur
 
         await node.DisposeAsync();
         var outageStart = handler.Total;
+        var outageBegan = DateTimeOffset.UtcNow;
         // This test is about time: how often the client knocks on a dead registry.
         var outage = TimeSpan.FromSeconds(3);
         await Task.Delay(outage);
         var sent = handler.Total - outageStart;
+        output.WriteLine($"{sent} requests in a {outage.TotalSeconds} s outage with a {cap.TotalMilliseconds} ms cap");
 
         Assert.Same(before, subscription.Current);
         Assert.Equal(0, changes);
         // The backoff ramps up from 50 ms (about 50+100+200+400 ms) and then holds at the cap.
         var bound = (int)(outage / cap) + 6;
         Assert.InRange(sent, 2, bound);
+        // Once the ramp is over (well within 1.5 s), consecutive requests are a whole cap apart.
+        var late = handler.Requests.Where(r => r.At >= outageBegan + TimeSpan.FromSeconds(1.5)).Select(r => r.At).Order().ToList();
+        Assert.All(late.Zip(late.Skip(1)), pair => Assert.True(pair.Second - pair.First >= cap * 0.9, $"two requests {pair.Second - pair.First} apart"));
         var warnings = Logs.Entries.Count(e => e.Level >= LogLevel.Warning && e.Category.EndsWith(nameof(RegistrySubscription), StringComparison.Ordinal));
         Assert.Equal(1, warnings);
 
@@ -65,6 +71,7 @@ public sealed class SubscriptionTests(ClientFixture fixture) : ClientTest(fixtur
         await RegisterOnceAsync(other, ttlSeconds: 3600);
         await subscription.WaitForAsync(a => a.Has(other), cap + TimeSpan.FromSeconds(3));
         var firstAnswered = handler.Requests.First(r => r.At >= back && r.Status == 200).At;
+        output.WriteLine($"resumed {(firstAnswered - back).TotalMilliseconds:F0} ms after the node came back");
         Assert.True(firstAnswered - back <= cap + TimeSpan.FromSeconds(1), $"resumed after {firstAnswered - back}");
         Assert.Contains(Logs.Entries, e => e.Message.Contains("reachable again", StringComparison.Ordinal));
     }
