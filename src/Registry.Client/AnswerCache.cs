@@ -42,6 +42,13 @@ internal sealed class AnswerCache(string path, ILogger logger)
             return null;
         }
 
+        // The version goes back to the registry in a query string; one it would refuse (400) must not stop the subscription.
+        if (document.Answer.Version.Length is 0 or > 128 || document.Answer.Version.Any(c => c is < '!' or > '~'))
+        {
+            Log.CacheIgnored(logger, Path, "its version is not one the registry gives");
+            return null;
+        }
+
         var owner = JsonSerializer.SerializeToUtf8Bytes(document.Subscription, ClientJson.Default.SubscriptionDocument);
         if (!owner.AsSpan().SequenceEqual(subscriptionBody))
         {

@@ -17,7 +17,7 @@ public sealed class RegistryClient
     private readonly ILoggerFactory _loggers;
     private readonly ILogger _logger;
 
-    /// <summary>Creates a client.</summary>
+    /// <summary>Creates a client that sends with a plain <see cref="HttpClient"/>.</summary>
     /// <param name="httpClient">
     /// The client to send with. Its <see cref="HttpClient.Timeout"/> must exceed <see cref="RegistryClientOptions.PollWait"/>
     /// plus a margin (the default 100 s does); the registry client applies its own per-request timeouts.
@@ -26,15 +26,31 @@ public sealed class RegistryClient
     /// <param name="loggerFactory">Where to log; none when <see langword="null"/>.</param>
     /// <param name="timeProvider">The clock for delays; the system clock when <see langword="null"/>.</param>
     public RegistryClient(HttpClient httpClient, RegistryClientOptions options, ILoggerFactory? loggerFactory = null, TimeProvider? timeProvider = null)
+        : this(Fixed(httpClient), options, loggerFactory, timeProvider)
     {
-        ArgumentNullException.ThrowIfNull(httpClient);
+    }
+
+    /// <summary>Creates a client that sends with <paramref name="httpClientFactory"/>'s client named <paramref name="httpClientName"/>, created per request.</summary>
+    /// <param name="httpClientFactory">The factory; its pooled handlers rotate, so the registry's DNS changes are seen.</param>
+    /// <param name="httpClientName">The named client; set its <see cref="HttpClient.Timeout"/> as for the other constructor.</param>
+    /// <param name="options">The settings; validated here.</param>
+    /// <param name="loggerFactory">Where to log; none when <see langword="null"/>.</param>
+    /// <param name="timeProvider">The clock for delays; the system clock when <see langword="null"/>.</param>
+    public RegistryClient(
+        IHttpClientFactory httpClientFactory, string httpClientName, RegistryClientOptions options, ILoggerFactory? loggerFactory = null, TimeProvider? timeProvider = null)
+        : this(Named(httpClientFactory, httpClientName), options, loggerFactory, timeProvider)
+    {
+    }
+
+    private RegistryClient(Func<HttpClient> http, RegistryClientOptions options, ILoggerFactory? loggerFactory, TimeProvider? timeProvider)
+    {
         ArgumentNullException.ThrowIfNull(options);
         RegistryClientOptionsValidator.ThrowIfInvalid(options);
         _options = options;
         _time = timeProvider ?? TimeProvider.System;
         _loggers = loggerFactory ?? NullLoggerFactory.Instance;
         _logger = _loggers.CreateLogger<RegistryClient>();
-        _transport = new RegistryTransport(httpClient, options.Servers, _time, _loggers.CreateLogger<RegistryTransport>());
+        _transport = new RegistryTransport(http, options.Servers, _time, _loggers.CreateLogger<RegistryTransport>());
     }
 
     /// <summary>
@@ -77,4 +93,17 @@ public sealed class RegistryClient
     /// <summary>Starts a subscription to one provider; see <see cref="SubscribeAsync(IEnumerable{SubscriptionEntry}, CancellationToken)"/>.</summary>
     public Task<RegistrySubscription> SubscribeAsync(SubscriptionEntry entry, CancellationToken cancellationToken = default) =>
         SubscribeAsync([entry], cancellationToken);
+
+    private static Func<HttpClient> Fixed(HttpClient httpClient)
+    {
+        ArgumentNullException.ThrowIfNull(httpClient);
+        return () => httpClient;
+    }
+
+    private static Func<HttpClient> Named(IHttpClientFactory httpClientFactory, string httpClientName)
+    {
+        ArgumentNullException.ThrowIfNull(httpClientFactory);
+        ArgumentNullException.ThrowIfNull(httpClientName);
+        return () => httpClientFactory.CreateClient(httpClientName);
+    }
 }

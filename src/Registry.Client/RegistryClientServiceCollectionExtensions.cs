@@ -38,7 +38,8 @@ public static class RegistryClientServiceCollectionExtensions
         services.AddHttpClient(HttpClientName, http => http.Timeout = Timeout.InfiniteTimeSpan);
         services.TryAddSingleton(TimeProvider.System);
         services.TryAddSingleton(provider => new RegistryClient(
-            provider.GetRequiredService<IHttpClientFactory>().CreateClient(HttpClientName),
+            provider.GetRequiredService<IHttpClientFactory>(),
+            HttpClientName,
             provider.GetRequiredService<IOptions<RegistryClientOptions>>().Value,
             provider.GetService<ILoggerFactory>(),
             provider.GetRequiredService<TimeProvider>()));

@@ -18,6 +18,7 @@ public sealed class RegistrySubscription : IAsyncDisposable
     private readonly SubscriptionDocument _document;
     private readonly byte[] _body;
     private readonly TimeSpan _wait;
+    private readonly TimeSpan _pause;
     private readonly AnswerCache? _cache;
     private readonly TimeProvider _time;
     private readonly ILogger _logger;
@@ -32,6 +33,8 @@ public sealed class RegistrySubscription : IAsyncDisposable
     private bool _failing;
     private Task _loop = Task.CompletedTask;
     private int _disposed;
+    private string? _sentVersion;
+    private long _sentAt;
 
     internal RegistrySubscription(
         RegistryTransport transport, SubscriptionDocument document, byte[] body, RegistryClientOptions options,
@@ -41,6 +44,7 @@ public sealed class RegistrySubscription : IAsyncDisposable
         _document = document;
         _body = body;
         _wait = options.PollWait;
+        _pause = options.RetryBaseDelay;
         _cache = cache;
         _time = time;
         _logger = logger;
@@ -142,10 +146,7 @@ public sealed class RegistrySubscription : IAsyncDisposable
             RegistryAnswer answer;
             try
             {
-                answer = await _retry.ExecuteAsync(
-                    static (self, ct) => new ValueTask<RegistryAnswer>(self._transport.SubscribeAsync(self._body, self.Current?.Version, self._wait, ct)),
-                    this,
-                    stop);
+                answer = await _retry.ExecuteAsync(static (self, ct) => new ValueTask<RegistryAnswer>(self.PollOnceAsync(ct)), this, stop);
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
             {
@@ -169,12 +170,33 @@ public sealed class RegistrySubscription : IAsyncDisposable
                 }
             }
 
+            if (string.Equals(answer.Version, _sentVersion, StringComparison.Ordinal) && _time.GetElapsedTime(_sentAt) < _wait / 2)
+            {
+                // The registry holds a poll whose version is current, so an unchanged answer at once means something
+                // in between did not (a node shutting down, a proxy dropping the query): pause rather than spin.
+                try
+                {
+                    await Task.Delay(_pause, _time, stop);
+                }
+                catch (OperationCanceledException) when (stop.IsCancellationRequested)
+                {
+                    return;
+                }
+            }
+
             if (Accept(answer) && _cache is not null)
             {
                 // Not cancelled by a dispose that arrives meanwhile: a short local write that a later cold start depends on.
                 await _cache.TryWriteAsync(_document, answer, CancellationToken.None);
             }
         }
+    }
+
+    private Task<RegistryAnswer> PollOnceAsync(CancellationToken cancellationToken)
+    {
+        _sentVersion = Current?.Version;
+        _sentAt = _time.GetTimestamp();
+        return _transport.SubscribeAsync(_body, _sentVersion, _wait, cancellationToken);
     }
 
     private ValueTask OnRetry(OnRetryArguments<object> args)

@@ -16,13 +16,15 @@ internal sealed partial class RegistryTransport
 {
     private static readonly MediaTypeHeaderValue JsonType = new("application/json") { CharSet = "utf-8" };
 
-    private readonly HttpClient _http;
+    private readonly Func<HttpClient> _http;
     private readonly Uri[] _servers;
     private readonly TimeProvider _time;
     private readonly ILogger _logger;
     private int _preferred;
 
-    public RegistryTransport(HttpClient http, IEnumerable<Uri> servers, TimeProvider time, ILogger logger)
+    // http gives the client for each request: a fixed one, or IHttpClientFactory.CreateClient, whose pooled
+    // handlers rotate so that a long-lived registry client still sees DNS changes of the registry's names.
+    public RegistryTransport(Func<HttpClient> http, IEnumerable<Uri> servers, TimeProvider time, ILogger logger)
     {
         _http = http;
         // A base URL without a trailing slash would lose its last segment when combined with a relative path.
@@ -100,7 +102,7 @@ internal sealed partial class RegistryTransport
             try
             {
                 // The body is read within the timeout (ResponseContentRead), so a node that stalls mid-answer counts as failed.
-                response = await _http.SendAsync(request, HttpCompletionOption.ResponseContentRead, linked.Token);
+                response = await _http().SendAsync(request, HttpCompletionOption.ResponseContentRead, linked.Token);
             }
             catch (HttpRequestException e)
             {
