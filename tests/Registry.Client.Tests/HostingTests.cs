@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Registry.Client.Tests.Infrastructure;
@@ -11,13 +12,22 @@ public sealed class HostingTests(ClientFixture fixture) : ClientTest(fixture)
     {
         var instance = new ProviderInstance(UniqueName(), "http", "127.0.0.1:9001");
         var builder = Host.CreateApplicationBuilder();
-        builder.Services.AddRegistryClient(o => Configure(o));
+        // Through configuration, as an application's appsettings.json would give it.
+        builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["RegistryClient:Servers:0"] = Fixture.Node.Url.ToString(),
+            ["RegistryClient:Ttl"] = "00:00:01",
+            ["RegistryClient:RetryBaseDelay"] = "00:00:00.050",
+            ["RegistryClient:RetryMaxDelay"] = "00:00:00.500",
+        });
+        builder.Services.AddRegistryClient();
         builder.Services.AddRegistryRegistration(instance);
         using var host = builder.Build();
         await using var subscription = await NewClient().SubscribeAsync(new SubscriptionEntry(instance.Application));
 
         await host.StartAsync();
         await subscription.WaitForAsync(a => a.Has(instance));
+        Assert.Equal(TimeSpan.FromSeconds(1), host.Services.GetRequiredService<Microsoft.Extensions.Options.IOptions<RegistryClientOptions>>().Value.Ttl);
 
         await host.StopAsync();
         await subscription.WaitForAsync(a => !a.Has(instance));

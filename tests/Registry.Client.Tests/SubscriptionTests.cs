@@ -77,6 +77,31 @@ public sealed class SubscriptionTests(ClientFixture fixture, ITestOutputHelper o
     }
 
     [Fact]
+    public async Task A503WithRetryAfterIsHonouredAboveTheBackoffCap()
+    {
+        var handler = new CountingHandler { UnavailablePathSuffix = "/v1/subscribe", RetryAfter = TimeSpan.FromSeconds(1) };
+        await using var subscription = await NewClient(handler, o => o.RetryMaxDelay = TimeSpan.FromMilliseconds(200))
+            .SubscribeAsync(new SubscriptionEntry(UniqueName()));
+
+        // This test is about time: the registry asked for a second between attempts, five times the cap.
+        using (var deadline = new CancellationTokenSource(Patience))
+        {
+            while (handler.Count("/v1/subscribe") < 3)
+            {
+                await Task.Delay(20, deadline.Token);
+            }
+        }
+
+        var attempts = handler.Requests.Select(r => r.At).Order().ToList();
+        Assert.All(attempts.Zip(attempts.Skip(1)), pair => Assert.True(pair.Second - pair.First >= TimeSpan.FromSeconds(0.95), $"two attempts {pair.Second - pair.First} apart"));
+        Assert.Null(subscription.Current);
+
+        handler.UnavailablePathSuffix = null;
+        var first = await subscription.WaitForFirstAnswerAsync().WaitAsync(Patience);
+        Assert.Empty(first.Endpoints);
+    }
+
+    [Fact]
     public async Task RequestsFailOverFromADeadUrlToALiveOne()
     {
         var dead = new Uri($"http://127.0.0.1:{RegistryServer.FreePort()}/");

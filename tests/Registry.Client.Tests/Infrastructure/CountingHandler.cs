@@ -12,6 +12,11 @@ public sealed class CountingHandler() : DelegatingHandler(new SocketsHttpHandler
     /// <summary>Requests whose path ends with this fail with an HttpRequestException; null lets everything through.</summary>
     public string? FailPathSuffix { get; set; }
 
+    /// <summary>Requests whose path ends with this are answered 503 with <see cref="RetryAfter"/> by the handler itself, as a registry whose database is down.</summary>
+    public string? UnavailablePathSuffix { get; set; }
+
+    public TimeSpan RetryAfter { get; set; } = TimeSpan.FromSeconds(1);
+
     public int Total => Volatile.Read(ref _total);
 
     public int Count(string pathSuffix) => _byPath.Where(p => p.Key.EndsWith(pathSuffix, StringComparison.Ordinal)).Sum(p => p.Value);
@@ -28,6 +33,18 @@ public sealed class CountingHandler() : DelegatingHandler(new SocketsHttpHandler
         {
             _log.Enqueue((DateTimeOffset.UtcNow, request.RequestUri, null));
             throw new HttpRequestException("Dropped by the test.");
+        }
+
+        if (UnavailablePathSuffix is { } unavailable && path.EndsWith(unavailable, StringComparison.Ordinal))
+        {
+            _log.Enqueue((DateTimeOffset.UtcNow, request.RequestUri, 503));
+            var problem = new HttpResponseMessage(System.Net.HttpStatusCode.ServiceUnavailable)
+            {
+                RequestMessage = request,
+                Content = new StringContent("""{"title":"The database cannot take a write","status":503}""", System.Text.Encoding.UTF8, "application/problem+json"),
+            };
+            problem.Headers.RetryAfter = new System.Net.Http.Headers.RetryConditionHeaderValue(RetryAfter);
+            return problem;
         }
 
         try
