@@ -62,7 +62,17 @@ public sealed class RegistryClient
     {
         ArgumentNullException.ThrowIfNull(instance);
         var lease = new RegistrationLease(_transport, instance, _options, _time, _loggers.CreateLogger<RegistrationLease>());
-        await lease.StartAsync(cancellationToken);
+        try
+        {
+            await lease.StartAsync(cancellationToken);
+        }
+        catch
+        {
+            // Refused or cancelled before it started: nothing to unregister, but its resources are released.
+            await lease.DisposeAsync();
+            throw;
+        }
+
         return lease;
     }
 
@@ -86,7 +96,16 @@ public sealed class RegistryClient
             ? null
             : new AnswerCache(AnswerCache.PathFor(_options.CacheDirectory, body), _logger);
         var subscription = new RegistrySubscription(_transport, document, body, _options, cache, _time, _loggers.CreateLogger<RegistrySubscription>());
-        await subscription.StartAsync(cancellationToken);
+        try
+        {
+            await subscription.StartAsync(cancellationToken);
+        }
+        catch
+        {
+            await subscription.DisposeAsync();
+            throw;
+        }
+
         return subscription;
     }
 
