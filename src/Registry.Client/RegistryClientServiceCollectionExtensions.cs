@@ -34,7 +34,8 @@ public static class RegistryClientServiceCollectionExtensions
         }
 
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<RegistryClientOptions>, RegistryClientOptionsValidator>());
-        // The client applies its own per-request timeouts (a long poll outlives HttpClient's default 100 s only with a long wait, but a fixed timeout must never cut one).
+        // Timeouts are the client's own, per request: the wait plus a margin for a long poll, RequestTimeout for the rest.
+        // One fixed HttpClient.Timeout cannot fit both, and must never be the one that cuts a poll.
         services.AddHttpClient(HttpClientName, http => http.Timeout = Timeout.InfiniteTimeSpan);
         services.TryAddSingleton(TimeProvider.System);
         services.TryAddSingleton(provider => new RegistryClient(
