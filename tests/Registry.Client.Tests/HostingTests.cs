@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.ServiceDiscovery;
 using Registry.Client.Tests.Infrastructure;
 
 namespace Registry.Client.Tests;
@@ -52,6 +53,34 @@ public sealed class HostingTests(ClientFixture fixture) : ClientTest(fixture)
         // Only the registry node knows this application: the name was resolved to it.
         Assert.Equal(System.Net.HttpStatusCode.OK, response.StatusCode);
         Assert.Contains(application, await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task TheServiceDiscoveryProviderFollowsTheRegistryAndKeepsToTheScheme()
+    {
+        var application = UniqueName("provider_test");
+        await RegisterOnceAsync(new ProviderInstance(application, "http", "127.0.0.1:9101"), ttlSeconds: 3600);
+        await RegisterOnceAsync(new ProviderInstance(application, "grpc", "127.0.0.1:9103"), ttlSeconds: 3600);
+        var services = new ServiceCollection();
+        services.AddLogging();
+        services.AddRegistryClient(o => Configure(o));
+        services.AddRegistryServiceEndpointProvider();
+        await using var provider = services.BuildServiceProvider();
+        var resolver = provider.GetRequiredService<ServiceEndpointResolver>();
+        using var deadline = new CancellationTokenSource(Patience);
+
+        var endpoints = await resolver.GetEndpointsAsync($"http://{application}", deadline.Token);
+        Assert.Equal(["127.0.0.1:9101"], endpoints.Endpoints.Select(e => e.EndPoint.ToString()));
+
+        // The subscription's change token makes the resolver refresh; it does so in the background, hence the loop.
+        await RegisterOnceAsync(new ProviderInstance(application, "http", "127.0.0.1:9102"), ttlSeconds: 3600);
+        while (endpoints.Endpoints.Count < 2)
+        {
+            await Task.Delay(20, deadline.Token);
+            endpoints = await resolver.GetEndpointsAsync($"http://{application}", deadline.Token);
+        }
+
+        Assert.Equal(["127.0.0.1:9101", "127.0.0.1:9102"], endpoints.Endpoints.Select(e => e.EndPoint.ToString()));
     }
 
     private void Configure(RegistryClientOptions options)
