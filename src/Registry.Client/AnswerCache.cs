@@ -1,0 +1,92 @@
+using System.Security.Cryptography;
+using System.Text.Json;
+using Microsoft.Extensions.Logging;
+
+namespace Registry.Client;
+
+/// <summary>
+/// The last answer of one subscription on disk, so that a consumer that starts while every
+/// registry node is down still begins from the endpoints it last knew. The file names the
+/// subscription it belongs to; a corrupt file or one of another subscription is ignored.
+/// </summary>
+internal sealed class AnswerCache(string path, ILogger logger)
+{
+    public string Path { get; } = path;
+
+    /// <summary>One file per distinct subscription, named by a hash of its canonical body.</summary>
+    public static string PathFor(string directory, byte[] subscriptionBody) =>
+        System.IO.Path.Combine(directory, $"registry-subscription-{Convert.ToHexString(SHA256.HashData(subscriptionBody))[..16].ToLowerInvariant()}.json");
+
+    public async Task<RegistryAnswer?> TryLoadAsync(byte[] subscriptionBody, CancellationToken cancellationToken)
+    {
+        if (!File.Exists(Path))
+        {
+            return null;
+        }
+
+        CacheDocument? document;
+        try
+        {
+            var bytes = await File.ReadAllBytesAsync(Path, cancellationToken);
+            document = JsonSerializer.Deserialize(bytes, ClientJson.Default.CacheDocument);
+        }
+        catch (Exception e) when (e is JsonException or IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            Log.CacheIgnored(logger, Path, $"unreadable ({e.Message})");
+            return null;
+        }
+
+        if (document?.Answer?.Endpoints is null || document.Subscription?.Subscribes is null || document.Format != CacheDocument.CurrentFormat)
+        {
+            Log.CacheIgnored(logger, Path, $"not a {CacheDocument.CurrentFormat} file");
+            return null;
+        }
+
+        // The version goes back to the registry in a query string; one it would refuse (400) must not stop the subscription.
+        if (document.Answer.Version.Length is 0 or > 128 || document.Answer.Version.Any(c => c is < '!' or > '~'))
+        {
+            Log.CacheIgnored(logger, Path, "its version is not one the registry gives");
+            return null;
+        }
+
+        var owner = JsonSerializer.SerializeToUtf8Bytes(document.Subscription, ClientJson.Default.SubscriptionDocument);
+        if (!owner.AsSpan().SequenceEqual(subscriptionBody))
+        {
+            Log.CacheIgnored(logger, Path, "it belongs to another subscription");
+            return null;
+        }
+
+        Log.CacheLoaded(logger, document.Answer.Version, Path, document.Answer.Endpoints.Count);
+        return document.Answer;
+    }
+
+    public async Task TryWriteAsync(SubscriptionDocument subscription, RegistryAnswer answer, CancellationToken cancellationToken)
+    {
+        // Written aside and moved into place, so a crash mid-write never leaves a torn file.
+        var temporary = $"{Path}.{Guid.NewGuid():N}.tmp";
+        try
+        {
+            Directory.CreateDirectory(System.IO.Path.GetDirectoryName(Path)!);
+            var bytes = JsonSerializer.SerializeToUtf8Bytes(new CacheDocument(CacheDocument.CurrentFormat, subscription, answer), ClientJson.Default.CacheDocument);
+            await File.WriteAllBytesAsync(temporary, bytes, cancellationToken);
+            File.Move(temporary, Path, overwrite: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            Log.CacheWriteFailed(logger, Path, e.Message);
+            TryDelete(temporary);
+        }
+    }
+
+    private static void TryDelete(string file)
+    {
+        try
+        {
+            File.Delete(file);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Nothing more to do: the next write uses another temporary name.
+        }
+    }
+}

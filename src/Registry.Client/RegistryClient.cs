@@ -1,0 +1,128 @@
+using System.Text.Json;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Registry.Client;
+
+/// <summary>
+/// The registry client: registers this process's instances and subscribes to providers.
+/// One instance per process is enough; it is thread-safe. With dependency injection use
+/// <c>services.AddRegistryClient(...)</c>; otherwise construct it with an <see cref="HttpClient"/>.
+/// </summary>
+public sealed class RegistryClient
+{
+    private readonly RegistryTransport _transport;
+    private readonly RegistryClientOptions _options;
+    private readonly TimeProvider _time;
+    private readonly ILoggerFactory _loggers;
+    private readonly ILogger _logger;
+
+    /// <summary>Creates a client that sends with a plain <see cref="HttpClient"/>.</summary>
+    /// <param name="httpClient">
+    /// The client to send with. Its <see cref="HttpClient.Timeout"/> must exceed <see cref="RegistryClientOptions.PollWait"/>
+    /// plus a margin (the default 100 s does); the registry client applies its own per-request timeouts.
+    /// </param>
+    /// <param name="options">The settings; validated here.</param>
+    /// <param name="loggerFactory">Where to log; none when <see langword="null"/>.</param>
+    /// <param name="timeProvider">The clock for delays; the system clock when <see langword="null"/>.</param>
+    public RegistryClient(HttpClient httpClient, RegistryClientOptions options, ILoggerFactory? loggerFactory = null, TimeProvider? timeProvider = null)
+        : this(Fixed(httpClient), options, loggerFactory, timeProvider)
+    {
+    }
+
+    /// <summary>Creates a client that sends with <paramref name="httpClientFactory"/>'s client named <paramref name="httpClientName"/>, created per request.</summary>
+    /// <param name="httpClientFactory">The factory; its pooled handlers rotate, so the registry's DNS changes are seen.</param>
+    /// <param name="httpClientName">The named client; set its <see cref="HttpClient.Timeout"/> as for the other constructor.</param>
+    /// <param name="options">The settings; validated here.</param>
+    /// <param name="loggerFactory">Where to log; none when <see langword="null"/>.</param>
+    /// <param name="timeProvider">The clock for delays; the system clock when <see langword="null"/>.</param>
+    public RegistryClient(
+        IHttpClientFactory httpClientFactory, string httpClientName, RegistryClientOptions options, ILoggerFactory? loggerFactory = null, TimeProvider? timeProvider = null)
+        : this(Named(httpClientFactory, httpClientName), options, loggerFactory, timeProvider)
+    {
+    }
+
+    private RegistryClient(Func<HttpClient> http, RegistryClientOptions options, ILoggerFactory? loggerFactory, TimeProvider? timeProvider)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        RegistryClientOptionsValidator.ThrowIfInvalid(options);
+        _options = options;
+        _time = timeProvider ?? TimeProvider.System;
+        _loggers = loggerFactory ?? NullLoggerFactory.Instance;
+        _logger = _loggers.CreateLogger<RegistryClient>();
+        _transport = new RegistryTransport(http, options.Servers, _time, _loggers.CreateLogger<RegistryTransport>());
+    }
+
+    /// <summary>
+    /// Registers an instance and keeps it registered until the returned lease is disposed. The first
+    /// attempt is made before this returns: a refusal (e.g. invalid input) throws
+    /// <see cref="RegistryClientException"/>; an unreachable registry does not throw — the lease keeps trying in the background.
+    /// </summary>
+    public async Task<RegistrationLease> RegisterAsync(ProviderInstance instance, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(instance);
+        var lease = new RegistrationLease(_transport, instance, _options, _time, _loggers.CreateLogger<RegistrationLease>());
+        try
+        {
+            await lease.StartAsync(cancellationToken);
+        }
+        catch
+        {
+            // Refused or cancelled before it started: nothing to unregister, but its resources are released.
+            await lease.DisposeAsync();
+            throw;
+        }
+
+        return lease;
+    }
+
+    /// <summary>
+    /// Starts a subscription to the union of the entries' matches. Returns at once, with the cached answer when
+    /// <see cref="RegistryClientOptions.CacheDirectory"/> holds one; await <see cref="RegistrySubscription.WaitForFirstAnswerAsync"/>
+    /// for the first answer. Dispose the subscription to stop it.
+    /// </summary>
+    public async Task<RegistrySubscription> SubscribeAsync(IEnumerable<SubscriptionEntry> subscribes, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(subscribes);
+        var entries = subscribes.ToArray();
+        if (entries.Length == 0)
+        {
+            throw new ArgumentException("A subscription needs at least one entry.", nameof(subscribes));
+        }
+
+        var document = new SubscriptionDocument(entries);
+        var body = JsonSerializer.SerializeToUtf8Bytes(document, ClientJson.Default.SubscriptionDocument);
+        var cache = string.IsNullOrEmpty(_options.CacheDirectory)
+            ? null
+            : new AnswerCache(AnswerCache.PathFor(_options.CacheDirectory, body), _logger);
+        var subscription = new RegistrySubscription(_transport, document, body, _options, cache, _time, _loggers.CreateLogger<RegistrySubscription>());
+        try
+        {
+            await subscription.StartAsync(cancellationToken);
+        }
+        catch
+        {
+            await subscription.DisposeAsync();
+            throw;
+        }
+
+        return subscription;
+    }
+
+    /// <summary>Starts a subscription to one provider; see <see cref="SubscribeAsync(IEnumerable{SubscriptionEntry}, CancellationToken)"/>.</summary>
+    public Task<RegistrySubscription> SubscribeAsync(SubscriptionEntry entry, CancellationToken cancellationToken = default) =>
+        SubscribeAsync([entry], cancellationToken);
+
+    private static Func<HttpClient> Fixed(HttpClient httpClient)
+    {
+        ArgumentNullException.ThrowIfNull(httpClient);
+        return () => httpClient;
+    }
+
+    private static Func<HttpClient> Named(IHttpClientFactory httpClientFactory, string httpClientName)
+    {
+        ArgumentNullException.ThrowIfNull(httpClientFactory);
+        ArgumentNullException.ThrowIfNull(httpClientName);
+        return () => httpClientFactory.CreateClient(httpClientName);
+    }
+}

@@ -1,0 +1,101 @@
+using Microsoft.Extensions.Options;
+
+namespace Registry.Client;
+
+/// <summary>Settings of the registry client (configuration section <c>RegistryClient</c> with <c>AddRegistryClient</c>).</summary>
+public sealed class RegistryClientOptions
+{
+    /// <summary>The configuration section bound by <c>AddRegistryClient</c>.</summary>
+    public const string SectionName = "RegistryClient";
+
+    /// <summary>
+    /// Base URLs of the registry nodes, e.g. <c>http://registry-a:5080</c>. Requests go to the node
+    /// that answered last and fail over to the next on a connection error, a timeout or a <c>5xx</c>.
+    /// </summary>
+    public IList<Uri> Servers { get; } = [];
+
+    /// <summary>The lease asked for at registration; heartbeats are sent at about a third of it. Default 30 s.</summary>
+    public TimeSpan Ttl { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>How long the registry may hold a long poll when nothing changes. Default 30 s; the registry caps it at 55 s.</summary>
+    public TimeSpan PollWait { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Most time one register, heartbeat or unregister request may take on one node before the next is tried. Default 5 s.</summary>
+    public TimeSpan RequestTimeout { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>The first retry delay after a failure; later ones grow with decorrelated jitter. Default 1 s.</summary>
+    public TimeSpan RetryBaseDelay { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>The cap of the retry delay: during an outage a loop sends at most one request per cap. Default 30 s.</summary>
+    public TimeSpan RetryMaxDelay { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// A folder where each subscription keeps its last answer, so that a consumer that starts while the
+    /// registry is down begins from it. Empty (the default) keeps answers in memory only.
+    /// </summary>
+    public string? CacheDirectory { get; set; }
+
+    /// <summary>How long the service-discovery endpoint provider waits for a first answer before resolving nothing. Default 10 s.</summary>
+    public TimeSpan DiscoveryTimeout { get; set; } = TimeSpan.FromSeconds(10);
+}
+
+/// <summary>Checks every setting and reports all that are wrong at once.</summary>
+internal sealed class RegistryClientOptionsValidator : IValidateOptions<RegistryClientOptions>
+{
+    public ValidateOptionsResult Validate(string? name, RegistryClientOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var errors = new List<string>();
+        if (options.Servers.Count == 0)
+        {
+            errors.Add("Servers: at least one registry base URL is required.");
+        }
+
+        foreach (var server in options.Servers)
+        {
+            if (server is null || !server.IsAbsoluteUri || (server.Scheme != Uri.UriSchemeHttp && server.Scheme != Uri.UriSchemeHttps))
+            {
+                errors.Add($"Servers: '{server}' is not an absolute http or https URL.");
+            }
+        }
+
+        Positive(options.RequestTimeout, nameof(options.RequestTimeout), errors);
+        Positive(options.RetryBaseDelay, nameof(options.RetryBaseDelay), errors);
+        Positive(options.RetryMaxDelay, nameof(options.RetryMaxDelay), errors);
+        Positive(options.DiscoveryTimeout, nameof(options.DiscoveryTimeout), errors);
+        if (options.Ttl < TimeSpan.FromSeconds(1))
+        {
+            errors.Add($"Ttl: {options.Ttl} is shorter than the registry's 1 s minimum.");
+        }
+
+        if (options.PollWait < TimeSpan.Zero || options.PollWait > TimeSpan.FromSeconds(55))
+        {
+            errors.Add($"PollWait: {options.PollWait} must be between 0 and 55 s (the registry's cap).");
+        }
+
+        if (options.RetryMaxDelay < options.RetryBaseDelay)
+        {
+            errors.Add($"RetryMaxDelay: {options.RetryMaxDelay} is shorter than RetryBaseDelay {options.RetryBaseDelay}.");
+        }
+
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+
+    /// <summary>Throws with every error when the options are invalid (for the plain, non-DI constructor).</summary>
+    public static void ThrowIfInvalid(RegistryClientOptions options)
+    {
+        var result = new RegistryClientOptionsValidator().Validate(null, options);
+        if (result.Failed)
+        {
+            throw new OptionsValidationException(Options.DefaultName, typeof(RegistryClientOptions), result.Failures);
+        }
+    }
+
+    private static void Positive(TimeSpan value, string name, List<string> errors)
+    {
+        if (value <= TimeSpan.Zero)
+        {
+            errors.Add($"{name}: {value} must be positive.");
+        }
+    }
+}

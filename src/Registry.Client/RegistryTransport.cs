@@ -1,0 +1,180 @@
+using System.Globalization;
+using System.Net;
+using System.Net.Http.Headers;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Serialization.Metadata;
+using Microsoft.Extensions.Logging;
+
+namespace Registry.Client;
+
+/// <summary>
+/// Sends one request of the API to the registry nodes in turn: first the node that answered
+/// last, then the others, so one dead node costs one failed connection, not an outage.
+/// </summary>
+internal sealed partial class RegistryTransport
+{
+    private static readonly MediaTypeHeaderValue JsonType = new("application/json") { CharSet = "utf-8" };
+
+    private readonly Func<HttpClient> _http;
+    private readonly Uri[] _servers;
+    private readonly TimeProvider _time;
+    private readonly ILogger _logger;
+    private int _preferred;
+
+    // http gives the client for each request: a fixed one, or IHttpClientFactory.CreateClient, whose pooled
+    // handlers rotate so that a long-lived registry client still sees DNS changes of the registry's names.
+    public RegistryTransport(Func<HttpClient> http, IEnumerable<Uri> servers, TimeProvider time, ILogger logger)
+    {
+        _http = http;
+        // A base URL without a trailing slash would lose its last segment when combined with a relative path.
+        _servers = servers.Select(s => s.AbsoluteUri.EndsWith('/') ? s : new Uri(s.AbsoluteUri + "/")).ToArray();
+        _time = time;
+        _logger = logger;
+    }
+
+    public async Task<LeaseDocument> RegisterAsync(ProviderInstance provider, int ttlSeconds, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var body = JsonSerializer.SerializeToUtf8Bytes(provider, ClientJson.Default.ProviderInstance);
+        using var response = await SendAsync(string.Create(CultureInfo.InvariantCulture, $"v1/register?ttl={ttlSeconds}"), body, timeout, cancellationToken);
+        await EnsureSuccessAsync(response, "register", cancellationToken);
+        return await ReadAsync(response, ClientJson.Default.LeaseDocument, cancellationToken);
+    }
+
+    /// <summary>Renews the lease; <see langword="null"/> when the registry does not know the instance (it must register again).</summary>
+    public async Task<LeaseDocument?> HeartbeatAsync(ProviderInstance provider, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var body = JsonSerializer.SerializeToUtf8Bytes(provider, ClientJson.Default.ProviderInstance);
+        using var response = await SendAsync("v1/heartbeat", body, timeout, cancellationToken);
+        if (response.StatusCode == HttpStatusCode.NotFound)
+        {
+            return null;
+        }
+
+        await EnsureSuccessAsync(response, "heartbeat", cancellationToken);
+        return await ReadAsync(response, ClientJson.Default.LeaseDocument, cancellationToken);
+    }
+
+    /// <summary>Removes the instance; <see langword="false"/> when it was not registered.</summary>
+    public async Task<bool> UnregisterAsync(ProviderInstance provider, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var body = JsonSerializer.SerializeToUtf8Bytes(provider, ClientJson.Default.ProviderInstance);
+        using var response = await SendAsync("v1/unregister", body, timeout, cancellationToken);
+        if (response.StatusCode == HttpStatusCode.NotFound)
+        {
+            return false;
+        }
+
+        await EnsureSuccessAsync(response, "unregister", cancellationToken);
+        return true;
+    }
+
+    /// <summary>One long poll: sends the version held and takes what comes back.</summary>
+    public async Task<RegistryAnswer> SubscribeAsync(byte[] subscription, string? version, TimeSpan wait, CancellationToken cancellationToken)
+    {
+        var waitSeconds = (int)Math.Ceiling(wait.TotalSeconds);
+        var path = version is null
+            ? "v1/subscribe"
+            : string.Create(CultureInfo.InvariantCulture, $"v1/subscribe?version={Uri.EscapeDataString(version)}&wait={waitSeconds}");
+        // The registry adds up to wait/16 of jitter; the rest of the margin is for the network.
+        var timeout = TimeSpan.FromSeconds(waitSeconds + (waitSeconds / 16.0) + 10);
+        using var response = await SendAsync(path, subscription, timeout, cancellationToken);
+        await EnsureSuccessAsync(response, "subscribe", cancellationToken);
+        return await ReadAsync(response, ClientJson.Default.RegistryAnswer, cancellationToken);
+    }
+
+    private async Task<HttpResponseMessage> SendAsync(string path, byte[] body, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        Exception? last = null;
+        TimeSpan? retryAfter = null;
+        var first = Volatile.Read(ref _preferred);
+        for (var i = 0; i < _servers.Length; i++)
+        {
+            var index = (first + i) % _servers.Length;
+            var server = _servers[index];
+            using var request = new HttpRequestMessage(HttpMethod.Post, new Uri(server, path))
+            {
+                Content = new ByteArrayContent(body) { Headers = { ContentType = JsonType } },
+            };
+            using var timeoutSource = new CancellationTokenSource(timeout, _time);
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeoutSource.Token);
+            HttpResponseMessage response;
+            try
+            {
+                // The body is read within the timeout (ResponseContentRead), so a node that stalls mid-answer counts as failed.
+                response = await _http().SendAsync(request, HttpCompletionOption.ResponseContentRead, linked.Token);
+            }
+            catch (HttpRequestException e)
+            {
+                last = e;
+                LogServerFailed(_logger, server, e.Message);
+                continue;
+            }
+            catch (OperationCanceledException e) when (!cancellationToken.IsCancellationRequested)
+            {
+                last = new TimeoutException($"{server} did not answer within {timeout}.", e);
+                LogServerFailed(_logger, server, last.Message);
+                continue;
+            }
+
+            if ((int)response.StatusCode >= 500 || response.StatusCode == HttpStatusCode.TooManyRequests)
+            {
+                var after = RetryAfter(response);
+                retryAfter = after > retryAfter || retryAfter is null ? after : retryAfter;
+                last = new HttpRequestException($"{server} answered {(int)response.StatusCode} {response.ReasonPhrase}.", null, response.StatusCode);
+                LogServerFailed(_logger, server, last.Message);
+                response.Dispose();
+                continue;
+            }
+
+            Volatile.Write(ref _preferred, index);
+            return response;
+        }
+
+        throw new RegistryUnavailableException($"No registry server could serve {path}: {last?.Message}", retryAfter, last);
+    }
+
+    private TimeSpan? RetryAfter(HttpResponseMessage response) => response.Headers.RetryAfter switch
+    {
+        { Delta: { } delta } => delta,
+        { Date: { } date } => date - _time.GetUtcNow() is var wait && wait > TimeSpan.Zero ? wait : TimeSpan.Zero,
+        _ => null,
+    };
+
+    private static async Task EnsureSuccessAsync(HttpResponseMessage response, string operation, CancellationToken cancellationToken)
+    {
+        if (response.IsSuccessStatusCode)
+        {
+            return;
+        }
+
+        // A problem document names the field and the reason: worth carrying into the exception.
+        var detail = await response.Content.ReadAsStringAsync(cancellationToken);
+        var message = new StringBuilder()
+            .Append(CultureInfo.InvariantCulture, $"The registry refused {operation}: {(int)response.StatusCode} {response.ReasonPhrase}")
+            .Append(detail.Length > 0 ? $" {detail}" : "")
+            .ToString();
+        throw new RegistryClientException(message, response.StatusCode);
+    }
+
+    private static async Task<T> ReadAsync<T>(HttpResponseMessage response, JsonTypeInfo<T> type, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var stream = await response.Content.ReadAsStreamAsync(cancellationToken);
+            await using (stream)
+            {
+                return await JsonSerializer.DeserializeAsync(stream, type, cancellationToken)
+                    ?? throw new JsonException("The body is JSON null.");
+            }
+        }
+        catch (Exception e) when (e is JsonException or ArgumentException)
+        {
+            // Something that is not the registry (a proxy's error page) answered 2xx: transient, try again later.
+            throw new RegistryUnavailableException($"The registry's answer could not be read: {e.Message}", null, e);
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Debug, Message = "Registry server {Server} failed: {Reason}")]
+    private static partial void LogServerFailed(ILogger logger, Uri server, string reason);
+}
