@@ -73,6 +73,7 @@ internal static class RegistryServiceExtensions
         services.AddSingleton<DatabaseClock>();
         services.AddSingleton<LeaseGrace>();
         services.AddSingleton<SelfPreservation>();
+        services.AddSingleton<SweepSchedule>();
 
         // Start order matters: migrate, start the loader, LISTEN and load, then take writes.
         services.AddHostedService<DatabaseMigrator>();

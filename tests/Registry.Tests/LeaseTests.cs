@@ -51,20 +51,35 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
         using var evictedFirst = MeterWatch.Node(first, "registry.evictions");
         using var evictedSecond = MeterWatch.Node(second, "registry.evictions");
         await Task.WhenAll(sweepsFirst.WaitForAsync(2), sweepsSecond.WaitForAsync(2)); // past the start-up grace
-        await using var listener = await NotificationListener.StartAsync(database);
 
         await using (var connection = new NpgsqlConnection(database))
         {
+            // As a registration would: rows and their announcement in one transaction, so both
+            // nodes load them (and know when to sweep). They run out two seconds later.
             await connection.OpenAsync();
             await using var insert = new NpgsqlCommand(
                 """
                 INSERT INTO instances (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
-                SELECT 'swept', 'http', '10.0.0.' || i || ':80', '{}', 1, clock_timestamp() - interval '1 second', clock_timestamp()
-                  FROM generate_series(1, 10) AS i
+                SELECT 'swept', 'http', '10.0.0.' || i || ':80', '{}', 1, clock_timestamp() + interval '2 seconds', clock_timestamp()
+                  FROM generate_series(1, 10) AS i;
+                SELECT pg_notify('registry_changes', 'swept');
                 """, connection);
             await insert.ExecuteNonQueryAsync();
         }
 
+        using var firstClient = first.CreateClient();
+        using var secondClient = second.CreateClient();
+        var subscription = Http.Subscription(Http.Entry("swept"));
+        foreach (var client in new[] { firstClient, secondClient })
+        {
+            var (_, version, body) = await client.SubscribeAsync(subscription);
+            if (body!["endpoints"]!.AsArray().Count == 0)
+            {
+                await client.SubscribeAsync(subscription, version, wait: 10); // loaded from the notification
+            }
+        }
+
+        await using var listener = await NotificationListener.StartAsync(database);
         await listener.WaitForAsync("swept");
         var swept = (sweepsFirst.Total, sweepsSecond.Total);
         // Two more rounds on each node: time for a double eviction to show if there were one.
@@ -217,6 +232,39 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
         await check.OpenAsync();
         await using var renewed = new NpgsqlCommand("SELECT count(*) FROM instances WHERE expires_at > clock_timestamp() + interval '50 seconds'", check);
         Assert.Equal((long)Instances, (long)(await renewed.ExecuteScalarAsync())!);
+    }
+
+    [Fact]
+    public async Task AnIdleNodeWithParkedPollsExecutesNoStatements()
+    {
+        const string ApplicationName = "registry-idle-test";
+        var database = await Cluster.CreateDatabaseAsync(ApplicationName);
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:ChangeFeed:ConsistencyCheckInterval"] = "01:00:00",
+        });
+        using var client = node.CreateClient();
+        using var graces = MeterWatch.Node(node, "registry.sweeps", "outcome", "grace");
+        await graces.WaitForAsync(1);
+        using (var response = await client.PostJsonAsync("/v1/register?ttl=600", Instance("app", 0)))
+        {
+            response.EnsureSuccessStatusCode();
+        }
+
+        var subscription = Http.Subscription(Http.Entry("app"));
+        var (_, version, _) = await client.SubscribeAsync(subscription);
+        using var parked = ParkedPolls.On(node);
+        var polls = Enumerable.Range(0, 100).Select(_ => client.SubscribeAsync(subscription, version, wait: 30)).ToArray();
+        await parked.WaitForAsync(100);
+        using var idleSweeps = MeterWatch.Node(node, "registry.sweeps", "outcome", "idle");
+        await idleSweeps.WaitForAsync(1);
+
+        using var statements = MeterWatch.NpgsqlStatements(ApplicationName);
+        await idleSweeps.WaitForAsync(idleSweeps.Total + 5);
+
+        // Five sweeper rounds with 100 polls parked, and not one statement.
+        Assert.Equal(0, statements.Total);
+        Assert.All(polls, p => Assert.False(p.IsCompleted));
     }
 
     /// <summary>A LISTEN session of the test's own on the change channel.</summary>

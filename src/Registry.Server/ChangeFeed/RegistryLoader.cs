@@ -2,6 +2,7 @@ using System.Data.Common;
 using System.Threading.Channels;
 using Microsoft.Extensions.Options;
 using Npgsql;
+using Registry.Leases;
 using Registry.Model;
 using Registry.Operations;
 using Registry.Storage;
@@ -20,6 +21,7 @@ internal sealed partial class RegistryLoader(
     RegistryDatabase database,
     RegistryState state,
     SubscriptionHub hub,
+    SweepSchedule sweeps,
     RegistryMetrics metrics,
     IOptions<ChangeFeedOptions> options,
     TimeProvider time,
@@ -200,7 +202,13 @@ internal sealed partial class RegistryLoader(
             }
         }
 
-        return rows.ToDictionary(p => p.Key, p => new ApplicationSnapshot(p.Key, p.Value.ToArray()), StringComparer.Ordinal);
+        var snapshots = rows.ToDictionary(p => p.Key, p => new ApplicationSnapshot(p.Key, p.Value.ToArray()), StringComparer.Ordinal);
+        foreach (var snapshot in snapshots.Values)
+        {
+            sweeps.Consider(snapshot.EarliestExpiry);
+        }
+
+        return snapshots;
     }
 
     /// <summary>NOTIFY is a hint, not a log: compare count and max(revision) per application and reload what differs.</summary>

@@ -16,6 +16,8 @@ internal sealed partial class Sweeper(
     RegistryDatabase database,
     LeaseGrace grace,
     SelfPreservation selfPreservation,
+    SweepSchedule schedule,
+    DatabaseClock clock,
     RegistryMetrics metrics,
     IOptions<LeaseOptions> options,
     TimeProvider time,
@@ -56,6 +58,13 @@ internal sealed partial class Sweeper(
     /// <summary>One sweep; returns how many instances it evicted.</summary>
     internal async Task<int> SweepAsync(CancellationToken cancellationToken)
     {
+        if (!grace.Owed && !schedule.Due(clock.UtcNow))
+        {
+            // Nothing this node knows of can have expired: not even a statement.
+            metrics.Swept("idle");
+            return 0;
+        }
+
         await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
         if (grace.Owed)
         {
@@ -76,19 +85,28 @@ internal sealed partial class Sweeper(
             }
         }
 
+        schedule.SweepStarting();
         int live, expired;
+        DateTimeOffset? nextExpiry;
         await using (var count = new NpgsqlCommand(
-            "SELECT count(*)::int, (count(*) FILTER (WHERE expires_at < clock_timestamp()))::int FROM instances", connection, transaction))
+            """
+            SELECT count(*)::int,
+                   (count(*) FILTER (WHERE expires_at < clock_timestamp()))::int,
+                   min(expires_at) FILTER (WHERE expires_at >= clock_timestamp())
+              FROM instances
+            """, connection, transaction))
         await using (var reader = await count.ExecuteReaderAsync(cancellationToken))
         {
             await reader.ReadAsync(cancellationToken);
             live = reader.GetInt32(0);
             expired = reader.GetInt32(1);
+            nextExpiry = reader.IsDBNull(2) ? null : new DateTimeOffset(reader.GetDateTime(2), TimeSpan.Zero);
         }
 
         if (expired == 0)
         {
             selfPreservation.Budget(live, 0);
+            schedule.SweepFinished(nextExpiry);
             metrics.Swept("swept");
             return 0;
         }
@@ -107,6 +125,13 @@ internal sealed partial class Sweeper(
 
         await transaction.CommitAsync(cancellationToken);
         selfPreservation.Evicted(evicted);
+        if (evicted >= expired)
+        {
+            schedule.SweepFinished(nextExpiry);
+            // Nothing expired is left: release self-preservation now, not at the next due sweep.
+            selfPreservation.Budget(live - evicted, 0);
+        }
+
         metrics.Evicted(evicted);
         metrics.Swept("swept");
         if (evicted > 0)

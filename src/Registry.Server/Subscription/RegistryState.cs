@@ -15,6 +15,7 @@ internal sealed class ApplicationSnapshot
         Application = application;
         Instances = instances;
         MaxRevision = instances.Length == 0 ? 0 : instances.Max(i => i.Revision);
+        EarliestExpiry = instances.Length == 0 ? DateTimeOffset.MaxValue : instances.Min(i => i.ExpiresAt);
     }
 
     public string Application { get; }
@@ -23,6 +24,9 @@ internal sealed class ApplicationSnapshot
 
     /// <summary>With the count, what the periodic consistency check compares with the database.</summary>
     public long MaxRevision { get; }
+
+    /// <summary>When the first of these leases runs out, as loaded.</summary>
+    public DateTimeOffset EarliestExpiry { get; }
 
     /// <summary>Whether the other snapshot shows consumers the same thing (same rows at the same revisions).</summary>
     public bool SameContentAs(ApplicationSnapshot? other) =>
