@@ -26,6 +26,7 @@ public sealed class Benchmark
 
     public async Task<BenchmarkResult> RunAsync(CancellationToken cancellationToken)
     {
+        var ownsWork = _options.WorkDirectory is null;
         var work = _options.WorkDirectory ?? Path.Combine(Path.GetTempPath(), $"registry-bench-{Environment.ProcessId}-{DateTime.UtcNow:HHmmss}");
         Directory.CreateDirectory(work);
         await _log.WriteLineAsync($"Work folder: {work}");
@@ -46,6 +47,18 @@ public sealed class Benchmark
             };
             await RunPhasesAsync(result, database, work, cancellationToken);
             Targets.Evaluate(result);
+            if (database is not null)
+            {
+                await database.DisposeAsync();
+                database = null;
+            }
+
+            // A failed run keeps its folder: the node logs and the cluster's log say why.
+            if (ownsWork)
+            {
+                DeleteQuietly(work);
+            }
+
             return result;
         }
         finally
@@ -54,6 +67,22 @@ public sealed class Benchmark
             {
                 await database.DisposeAsync();
             }
+        }
+    }
+
+    private static void DeleteQuietly(string folder)
+    {
+        try
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+        catch (IOException)
+        {
+            // Left for the system's temporary-folder cleanup.
+        }
+        catch (UnauthorizedAccessException)
+        {
+            // Left for the system's temporary-folder cleanup.
         }
     }
 
@@ -106,6 +135,9 @@ public sealed class Benchmark
             // Warm both nodes and the generator (JIT, connection pools) before anything is timed.
             await RegisterManyAsync(httpA, 200, i => RegistryHttp.Provider($"{BenchDatabase.Prefix}warm-{i % 10}", Addr(i)), 3600, 16, cancellationToken);
             await httpB.SubscribeAsync($"{BenchDatabase.Prefix}warm-0", null, 0, null, cancellationToken);
+
+            // A small fan-out first, so the wake-up path is compiled before it is timed.
+            await FanOutAsync(httpA, a, database, 50, new BenchmarkResult { StartedAt = result.StartedAt, Machine = result.Machine, Settings = result.Settings }, measureIdle: false, cancellationToken);
 
             var fanOuts = _options.FanOutConsumers.Order().ToArray();
             foreach (var consumers in fanOuts)
@@ -298,6 +330,7 @@ public sealed class Benchmark
         var polls = new Task<RegistryHttp.PollAnswer>[consumers];
         // Open the connections in waves so the listen backlog never overflows.
         const int Wave = 250;
+        var rampStarted = Stopwatch.GetTimestamp();
         for (var i = 0; i < consumers; i++)
         {
             polls[i] = http.SubscribeAsync(application, version, PollWaitSeconds, () => Interlocked.Increment(ref sent), giveUp.Token);
@@ -307,11 +340,12 @@ public sealed class Benchmark
             }
         }
 
-        var waitedFor = Stopwatch.GetTimestamp();
-        while (Volatile.Read(ref sent) < consumers && Stopwatch.GetElapsedTime(waitedFor) < TimeSpan.FromSeconds(60))
+        while (Volatile.Read(ref sent) < consumers && Stopwatch.GetElapsedTime(rampStarted) < TimeSpan.FromSeconds(60))
         {
             await Task.Delay(TimeSpan.FromMilliseconds(20), cancellationToken);
         }
+
+        var secondsToPark = Stopwatch.GetElapsedTime(rampStarted).TotalSeconds;
 
         // The last bodies are on the wire; give the node a moment to park them.
         await Task.Delay(TimeSpan.FromMilliseconds(Math.Clamp(consumers / 10, 200, 2000)), cancellationToken);
@@ -340,8 +374,11 @@ public sealed class Benchmark
         }
 
         // The change: a second instance of the application.
+        var nodeCpu = node.Sample();
+        var generatorCpu = Process.GetCurrentProcess().TotalProcessorTime;
         var changeSent = Stopwatch.GetTimestamp();
         var status = await http.RegisterAsync(RegistryHttp.Provider(application, "10.255.0.2:8080"), 3600, cancellationToken);
+        var acknowledged = Stopwatch.GetElapsedTime(changeSent).TotalMilliseconds;
         if (status is not (HttpStatusCode.OK or HttpStatusCode.Created))
         {
             throw new InvalidOperationException($"The fan-out change answered {(int)status}.");
@@ -361,6 +398,8 @@ public sealed class Benchmark
             // Counted as errors below.
         }
 
+        var nodeCpuMs = nodeCpu is null || node.Sample() is not { } after ? (double?)null : Math.Round((after.CpuSeconds - nodeCpu.CpuSeconds) * 1000, 1);
+        var generatorCpuMs = Math.Round((Process.GetCurrentProcess().TotalProcessorTime - generatorCpu).TotalMilliseconds, 1);
         var delays = new List<double>(consumers);
         int missed = 0, errors = 0;
         foreach (var poll in polls)
@@ -384,7 +423,12 @@ public sealed class Benchmark
             result.Notes.Add($"{early} of {consumers} fan-out polls were answered before the change.");
         }
 
-        return new FanOutResult(consumers, delays.Count, missed + errors, errors, Distribution.Of(delays), Histogram.Render(delays)) { Delays = delays };
+        return new FanOutResult(
+            consumers, delays.Count, missed + errors, errors, Distribution.Of(delays), delays.Count == 0 ? 0 : Distribution.Round(delays.Min()),
+            Distribution.Round(acknowledged), nodeCpuMs, generatorCpuMs, Math.Round(secondsToPark, 3), Histogram.Render(delays))
+        {
+            Delays = delays,
+        };
     }
 
     /// <summary>Each round: consumers parked on B, one registration on A, time until B answers them.</summary>

@@ -29,15 +29,19 @@ internal sealed partial class PgBench(string binary, BenchDatabase database, str
     }
 
     /// <summary>The table, with <paramref name="rows"/> rows for the update script.</summary>
-    public Task PrepareAsync(int rows, CancellationToken cancellationToken) => database.ExecuteAsync(
+    public async Task PrepareAsync(int rows, CancellationToken cancellationToken)
+    {
+        await database.ExecuteAsync(
         $"""
         DROP TABLE IF EXISTS {Table};
         CREATE TABLE {Table} (LIKE instances INCLUDING ALL) WITH (fillfactor = 70);
         INSERT INTO {Table} (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
         SELECT 'pgbench-hb', 'http', '10.1.0.0:' || g, '{"{"}"zone": "a"{"}"}', 10, clock_timestamp() + interval '10 seconds', clock_timestamp()
           FROM generate_series(1, {rows}) AS g;
-        VACUUM ANALYZE {Table};
         """, cancellationToken);
+        // VACUUM cannot share a multi-statement command.
+        await database.ExecuteAsync($"VACUUM ANALYZE {Table}", cancellationToken);
+    }
 
     public Task DropAsync(CancellationToken cancellationToken) => database.ExecuteAsync($"DROP TABLE IF EXISTS {Table}", cancellationToken);
 

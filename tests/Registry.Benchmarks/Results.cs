@@ -53,7 +53,14 @@ public sealed record RegistrationResult(int Count, int Errors, int Concurrency, 
 public sealed record HeartbeatResult(
     int Instances, int Sent, int Errors, int Concurrency, double Seconds, double PerSecond, Distribution LatencyMs, DatabaseWork Database);
 
-public sealed record FanOutResult(int Consumers, int Answered, int Missed, int Errors, Distribution DelayMs, string Histogram)
+/// <summary>
+/// One fan-out. <c>ChangeAcknowledgedMs</c> is the change's own request (group commit, reload);
+/// <c>NodeCpuMs</c> and <c>GeneratorCpuMs</c> are the CPU the node and this tool used from the
+/// change until the last answer: on a small machine they show who the answers waited for.
+/// </summary>
+public sealed record FanOutResult(
+    int Consumers, int Answered, int Missed, int Errors, Distribution DelayMs, double MinDelayMs, double ChangeAcknowledgedMs,
+    double? NodeCpuMs, double GeneratorCpuMs, double SecondsToPark, string Histogram)
 {
     /// <summary>Kept for the chart; not serialised (thousands of numbers).</summary>
     [System.Text.Json.Serialization.JsonIgnore]
