@@ -102,6 +102,38 @@ internal sealed class BenchDatabase : IAsyncDisposable
         return new Counters(statements, reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2), reader.GetInt64(3), System.Diagnostics.Stopwatch.GetTimestamp());
     }
 
+    /// <summary>Calls per statement text (pg_stat_statements), to say which statements ran in a window.</summary>
+    public async Task<Dictionary<string, long>> ReadByStatementAsync(CancellationToken cancellationToken)
+    {
+        var calls = new Dictionary<string, long>(StringComparer.Ordinal);
+        if (!StatementsAvailable)
+        {
+            return calls;
+        }
+
+        await using var command = new NpgsqlCommand(
+            """
+            SELECT regexp_replace(query, '\s+', ' ', 'g'), calls FROM pg_stat_statements
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND query NOT LIKE '%pg_stat_%'
+            """, _probe);
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            var text = reader.GetString(0);
+            calls[text] = calls.GetValueOrDefault(text) + reader.GetInt64(1);
+        }
+
+        return calls;
+    }
+
+    /// <summary>The statements that ran between two readings, most frequent first, each text cut short.</summary>
+    public static List<StatementCalls> Difference(Dictionary<string, long> before, Dictionary<string, long> after) =>
+        after.Select(p => new StatementCalls(p.Key.Length > 100 ? p.Key[..100] + "…" : p.Key, p.Value - before.GetValueOrDefault(p.Key)))
+            .Where(s => s.Calls > 0)
+            .OrderByDescending(s => s.Calls)
+            .ToList();
+
     public static DatabaseWork Between(Counters before, Counters after) => new(
         after.Statements - before.Statements,
         after.Transactions - before.Transactions,

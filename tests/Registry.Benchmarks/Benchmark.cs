@@ -44,8 +44,10 @@ public sealed class Benchmark
                 StartedAt = DateTimeOffset.UtcNow,
                 Machine = MachineInfo.Read(database?.Version),
                 Settings = Settings(database),
+                LoadAverageAtStart = LoadAverage(),
             };
             await RunPhasesAsync(result, database, work, cancellationToken);
+            result.LoadAverageAtEnd = LoadAverage();
             Targets.Evaluate(result);
             if (database is not null)
             {
@@ -69,6 +71,9 @@ public sealed class Benchmark
             }
         }
     }
+
+    private static string? LoadAverage() =>
+        File.Exists("/proc/loadavg") ? string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : null;
 
     private static void DeleteQuietly(string folder)
     {
@@ -355,8 +360,10 @@ public sealed class Benchmark
         {
             var parkedAt = node.Sample();
             var start = await CountersAsync(database, cancellationToken);
+            var statementsBefore = database is null ? [] : await database.ReadByStatementAsync(cancellationToken);
             await Task.Delay(_options.IdleDuration, cancellationToken);
             var parked = await MeasureAsync(database, start, cancellationToken);
+            var statementsAfter = database is null ? [] : await database.ReadByStatementAsync(cancellationToken);
             var parkedEnd = node.Sample();
             var seconds = _options.IdleDuration.TotalSeconds;
             var rss = Math.Max(parkedAt?.RssBytes ?? 0, parkedEnd?.RssBytes ?? 0);
@@ -370,7 +377,7 @@ public sealed class Benchmark
                 parkedAt is null || parkedEnd is null ? 0 : Math.Round(100 * (parkedEnd.CpuSeconds - parkedAt.CpuSeconds) / seconds, 2),
                 baseline ?? Empty(seconds),
                 parked ?? Empty(seconds),
-                baseline?.Statements is { } b && parked?.Statements is { } p ? p - b : null);
+                BenchDatabase.Difference(statementsBefore, statementsAfter));
         }
 
         // The change: a second instance of the application.

@@ -23,7 +23,7 @@ public static class Report
         var machine = result.Machine;
         var text = new StringBuilder();
         text.Append(CultureInfo.InvariantCulture, $"Measured {result.StartedAt:yyyy-MM-dd HH:mm} UTC on {machine.Cpu}, {machine.Cores} cores, {machine.MemoryBytes / 1073741824.0:0} GiB, {machine.Os}, {machine.Runtime}, PostgreSQL {machine.PostgreSql}");
-        text.Append(CultureInfo.InvariantCulture, $"; database: {result.Settings.Database}, fsync {(result.Settings.Fsync ? "on" : "off")}; load generator on the same machine; statements counted with {result.Settings.StatementSource}.\n\n");
+        text.Append(CultureInfo.InvariantCulture, $"; database: {result.Settings.Database}, fsync {(result.Settings.Fsync ? "on" : "off")}; load generator on the same machine; load average {result.LoadAverageAtStart} at the start, {result.LoadAverageAtEnd} at the end; statements counted with {result.Settings.StatementSource}.\n\n");
         text.Append("| Figure | Target | Measured | Met |\n|---|---|---|---|\n");
         foreach (var target in result.Targets)
         {

@@ -9,6 +9,11 @@ public sealed record BenchmarkResult
 
     public required RunSettings Settings { get; init; }
 
+    /// <summary>/proc/loadavg when the run started and ended: other work on the machine skews every figure.</summary>
+    public string? LoadAverageAtStart { get; init; }
+
+    public string? LoadAverageAtEnd { get; set; }
+
     public RegistrationResult? Registration { get; set; }
 
     public HeartbeatResult? Heartbeats { get; set; }
@@ -72,7 +77,10 @@ public sealed record ProcessSample(long RssBytes, double CpuSeconds);
 public sealed record IdleResult(
     int Consumers, double Seconds, long RssBeforeBytes, long RssParkedBytes, double BytesPerPoll,
     double CpuPercentOfOneCoreBaseline, double CpuPercentOfOneCoreParked, DatabaseWork Baseline, DatabaseWork Parked,
-    long? StatementsAttributableToPolls);
+    IReadOnlyList<StatementCalls> ParkedStatements);
+
+/// <summary>How often one statement (normalised by pg_stat_statements) ran in a window.</summary>
+public sealed record StatementCalls(string Statement, long Calls);
 
 public sealed record CrossNodeResult(int Rounds, int Samples, int Missed, Distribution DelayMs);
 

@@ -37,7 +37,9 @@ internal static class Targets
                 "0",
                 F($"{statements} (same window with none parked: {baseline})"),
                 atScale is null ? null : statements == 0,
-                F($"attributable to the polls: {statements - baseline}; the rest is each node's own background work (sweeper, change-feed liveness, consistency check)")));
+                idle.ParkedStatements.Count == 0
+                    ? ""
+                    : "what ran: " + string.Join("; ", idle.ParkedStatements.Take(6).Select(s => F($"{s.Calls}× `{Short(s.Statement)}`")))));
             targets.Add(new TargetCheck(
                 F($"Idle: node CPU with {idle.Consumers:N0} parked"),
                 "(no target)",
@@ -89,6 +91,13 @@ internal static class Targets
                 cold.Instances == 100_000 ? cold.SecondsToServeAll <= 3 : null,
                 "from process start (includes .NET start-up and JIT)"));
         }
+    }
+
+    /// <summary>The first words of a statement, enough to recognise it in a table cell.</summary>
+    private static string Short(string statement)
+    {
+        var text = statement.Replace("|", "\\|", StringComparison.Ordinal);
+        return text.Length > 60 ? text[..60] + "…" : text;
     }
 
     private static string Mib(long bytes) => (bytes / 1048576.0).ToString("0", CultureInfo.InvariantCulture);
