@@ -171,7 +171,7 @@ public sealed class Benchmark
             }
 
             await _log.WriteLineAsync($"Registrations: {_options.Registrations} at concurrency {_options.Concurrency}…");
-            result.Registration = await RegistrationAsync(httpA, database, cancellationToken);
+            result.Registration = await RegistrationAsync(httpA, database, [a, b], cancellationToken);
             await _log.WriteLineAsync($"  {result.Registration.PerSecond}/s, p99 {result.Registration.LatencyMs.P99} ms");
             if (pgbench is not null)
             {
@@ -180,7 +180,7 @@ public sealed class Benchmark
             }
 
             await _log.WriteLineAsync($"Heartbeats: {_options.HeartbeatInstances} instances for {_options.HeartbeatDuration.TotalSeconds:0} s…");
-            result.Heartbeats = await HeartbeatsAsync(httpA, database, cancellationToken);
+            result.Heartbeats = await HeartbeatsAsync(httpA, database, [a, b], cancellationToken);
             await _log.WriteLineAsync($"  {result.Heartbeats.PerSecond}/s, database {result.Heartbeats.Database.StatementsPerSecond} statements/s");
             if (pgbench is not null)
             {
@@ -245,8 +245,9 @@ public sealed class Benchmark
         return (latencies, errors, Stopwatch.GetElapsedTime(began).TotalSeconds);
     }
 
-    private async Task<RegistrationResult> RegistrationAsync(RegistryHttp http, BenchDatabase? database, CancellationToken cancellationToken)
+    private async Task<RegistrationResult> RegistrationAsync(RegistryHttp http, BenchDatabase? database, ServerNode[] nodes, CancellationToken cancellationToken)
     {
+        var cpu = CpuSeconds(nodes);
         var before = await CountersAsync(database, cancellationToken);
         var (latencies, errors, seconds) = await RegisterManyAsync(
             http,
@@ -258,12 +259,18 @@ public sealed class Benchmark
         var work = await MeasureAsync(database, before, cancellationToken);
         return new RegistrationResult(
             _options.Registrations, errors, _options.Concurrency, Math.Round(seconds, 3), Math.Round(_options.Registrations / seconds, 1),
-            Distribution.Of(latencies), work ?? Empty(seconds));
+            Distribution.Of(latencies), work ?? Empty(seconds), CpuSince(nodes, cpu));
     }
+
+    private static double? CpuSeconds(ServerNode[] nodes) =>
+        nodes.All(n => n.HasProcess) ? nodes.Distinct().Sum(n => n.Sample()!.CpuSeconds) : null;
+
+    private static double? CpuSince(ServerNode[] nodes, double? before) =>
+        before is { } start && CpuSeconds(nodes) is { } now ? Math.Round(now - start, 2) : null;
 
     private static DatabaseWork Empty(double seconds) => new(null, 0, 0, 0, 0, seconds);
 
-    private async Task<HeartbeatResult> HeartbeatsAsync(RegistryHttp http, BenchDatabase? database, CancellationToken cancellationToken)
+    private async Task<HeartbeatResult> HeartbeatsAsync(RegistryHttp http, BenchDatabase? database, ServerNode[] nodes, CancellationToken cancellationToken)
     {
         var instances = _options.HeartbeatInstances;
         string Body(int i) => RegistryHttp.Provider($"{BenchDatabase.Prefix}hb-{i % 100}", Addr(i));
@@ -277,6 +284,7 @@ public sealed class Benchmark
         var latencies = new List<double>[_options.Concurrency];
         var errors = 0;
         var next = -1;
+        var cpu = CpuSeconds(nodes);
         var before = await CountersAsync(database, cancellationToken);
         var began = Stopwatch.GetTimestamp();
         var duration = _options.HeartbeatDuration;
@@ -301,7 +309,7 @@ public sealed class Benchmark
         var all = latencies.SelectMany(l => l).ToArray();
         return new HeartbeatResult(
             instances, all.Length, errors, _options.Concurrency, Math.Round(seconds, 3), Math.Round(all.Length / seconds, 1),
-            Distribution.Of(all), work ?? Empty(seconds));
+            Distribution.Of(all), work ?? Empty(seconds), CpuSince(nodes, cpu));
     }
 
     /// <summary>

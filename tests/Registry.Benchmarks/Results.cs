@@ -53,10 +53,12 @@ public sealed record DatabaseWork(long? Statements, long Transactions, long Rows
     public double TransactionsPerSecond => Seconds > 0 ? Math.Round(Transactions / Seconds, 1) : 0;
 }
 
-public sealed record RegistrationResult(int Count, int Errors, int Concurrency, double Seconds, double PerSecond, Distribution LatencyMs, DatabaseWork Database);
+/// <summary><c>NodesCpuSeconds</c>: CPU both nodes used meanwhile (each node reloads what changed).</summary>
+public sealed record RegistrationResult(
+    int Count, int Errors, int Concurrency, double Seconds, double PerSecond, Distribution LatencyMs, DatabaseWork Database, double? NodesCpuSeconds);
 
 public sealed record HeartbeatResult(
-    int Instances, int Sent, int Errors, int Concurrency, double Seconds, double PerSecond, Distribution LatencyMs, DatabaseWork Database);
+    int Instances, int Sent, int Errors, int Concurrency, double Seconds, double PerSecond, Distribution LatencyMs, DatabaseWork Database, double? NodesCpuSeconds);
 
 /// <summary>
 /// One fan-out. <c>ChangeAcknowledgedMs</c> is the change's own request (group commit, reload);

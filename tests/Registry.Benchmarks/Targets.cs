@@ -56,7 +56,7 @@ internal static class Targets
                 "≥ pgbench single-row upsert rate",
                 F($"{registration.PerSecond:N0}/s, p99 {registration.LatencyMs.P99} ms") + (ceiling is { } c && c > 0 ? F($"; pgbench {c:N0}/s; ratio {registration.PerSecond / c:0.00}×") : ""),
                 ceiling is { } upsert && upsert > 0 ? registration.PerSecond >= upsert : null,
-                registration.Errors > 0 ? F($"{registration.Errors} errors") : ""));
+                F($"database {registration.Database.StatementsPerSecond ?? registration.Database.TransactionsPerSecond:N0} statements/s; both nodes used {registration.NodesCpuSeconds} CPU-s in {registration.Seconds:0.0} s") + (registration.Errors > 0 ? F($"; {registration.Errors} errors") : "")));
         }
 
         if (result.Heartbeats is { } heartbeats)
