@@ -65,6 +65,9 @@ public sealed record BenchmarkOptions
     /// <summary>Private cluster without fsync (faster, not what production runs).</summary>
     public bool NoFsync { get; init; }
 
+    /// <summary>Extra environment for the nodes this tool starts (KEY=VALUE), e.g. runtime settings to compare.</summary>
+    public IReadOnlyDictionary<string, string> NodeEnvironment { get; init; } = new Dictionary<string, string>();
+
     /// <summary>Where the JSON results go.</summary>
     public string? OutputJson { get; init; }
 
@@ -96,7 +99,7 @@ public sealed record BenchmarkOptions
                             [--server-dll PATH] [--concurrency N] [--registrations N] [--heartbeat-instances N]
                             [--heartbeat-seconds S] [--fanout W[,W…]] [--idle-seconds S] [--cross-node-rounds N]
                             [--cold-start-instances N] [--pgbench-seconds S] [--no-pgbench] [--pgbench PATH]
-                            [--no-fsync] [--out results.json] [--markdown results.md] [--work-dir DIR]
+                            [--no-fsync] [--node-env KEY=VALUE]… [--out results.json] [--markdown results.md] [--work-dir DIR]
         """;
 
     /// <summary>Reads the command line; <c>--smoke</c> first sets the smoke defaults, later flags override them.</summary>
@@ -136,6 +139,7 @@ public sealed record BenchmarkOptions
                 "--no-pgbench" => options with { PgBench = false },
                 "--pgbench" => options with { PgBenchPath = Value() },
                 "--no-fsync" => options with { NoFsync = true },
+                "--node-env" => options with { NodeEnvironment = WithVariable(options.NodeEnvironment, Value()) },
                 "--out" => options with { OutputJson = Value() },
                 "--markdown" => options with { OutputMarkdown = Value() },
                 "--work-dir" => options with { WorkDirectory = Value() },
@@ -144,5 +148,16 @@ public sealed record BenchmarkOptions
         }
 
         return options;
+    }
+
+    private static Dictionary<string, string> WithVariable(IReadOnlyDictionary<string, string> variables, string assignment)
+    {
+        var equals = assignment.IndexOf('=', StringComparison.Ordinal);
+        if (equals <= 0)
+        {
+            throw new ArgumentException($"--node-env needs KEY=VALUE, not {assignment}.");
+        }
+
+        return new Dictionary<string, string>(variables, StringComparer.Ordinal) { [assignment[..equals]] = assignment[(equals + 1)..] };
     }
 }

@@ -38,7 +38,8 @@ public sealed record BenchmarkResult
 public sealed record RunSettings(
     bool Smoke, string Target, string Database, int Concurrency, int Registrations, int HeartbeatInstances,
     int HeartbeatTtlSeconds, double HeartbeatSeconds, IReadOnlyList<int> FanOutConsumers, double IdleSeconds,
-    int CrossNodeRounds, int CrossNodeConsumers, int ColdStartInstances, bool Fsync, string StatementSource);
+    int CrossNodeRounds, int CrossNodeConsumers, int ColdStartInstances, bool Fsync, string StatementSource,
+    IReadOnlyDictionary<string, string> NodeEnvironment);
 
 /// <summary>
 /// Database work in a window. <c>Statements</c> is the sum of pg_stat_statements <c>calls</c>
@@ -64,10 +65,12 @@ public sealed record HeartbeatResult(
 /// One fan-out. <c>ChangeAcknowledgedMs</c> is the change's own request (group commit, reload);
 /// <c>NodeCpuMs</c> and <c>GeneratorCpuMs</c> are the CPU the node and this tool used from the
 /// change until the last answer: on a small machine they show who the answers waited for.
+/// <c>GeneratorGcPauseMs</c>: this tool's own GC pauses meanwhile, during which it could not
+/// take answers (their delays then include the pause).
 /// </summary>
 public sealed record FanOutResult(
     int Consumers, int Answered, int Missed, int Errors, Distribution DelayMs, double MinDelayMs, double ChangeAcknowledgedMs,
-    double? NodeCpuMs, double GeneratorCpuMs, double SecondsToPark, string Histogram)
+    double? NodeCpuMs, double GeneratorCpuMs, double GeneratorGcPauseMs, double SecondsToPark, string Histogram)
 {
     /// <summary>Kept for the chart; not serialised (thousands of numbers).</summary>
     [System.Text.Json.Serialization.JsonIgnore]

@@ -39,7 +39,7 @@ internal sealed class ServerNode : IAsyncDisposable
         new(name, url, pid is { } id ? Process.GetProcessById(id) : null, owned: false, log: null, DateTimeOffset.UtcNow);
 
     /// <summary>Starts <c>dotnet Registry.Server.dll</c> on a free loopback port against the database.</summary>
-    public static ServerNode Start(string name, string serverDll, string connectionString, string logFolder)
+    public static ServerNode Start(string name, string serverDll, string connectionString, string logFolder, IReadOnlyDictionary<string, string> environment)
     {
         var port = FreePort();
         var url = new Uri($"http://127.0.0.1:{port}");
@@ -58,6 +58,10 @@ internal sealed class ServerNode : IAsyncDisposable
         start.Environment["Logging__LogLevel__Default"] = "Warning";
         // Released polls need not be spread when the tool stops a node.
         start.Environment["Registry__Subscriptions__ShutdownSpread"] = "00:00:00";
+        foreach (var (key, value) in environment)
+        {
+            start.Environment[key] = value;
+        }
 
         Directory.CreateDirectory(logFolder);
         var log = new StreamWriter(Path.Combine(logFolder, $"{name}.log"), append: true) { AutoFlush = true };
