@@ -211,6 +211,10 @@ public sealed class Benchmark
         {
             await database.DeleteBenchRowsAsync(cancellationToken);
         }
+        else
+        {
+            result.Notes.Add($"Without a database connection the tool cannot delete its {BenchDatabase.Prefix}* instances: they leave when their leases run out (up to an hour).");
+        }
     }
 
     private static string Addr(int i) => string.Create(CultureInfo.InvariantCulture, $"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}:8080");

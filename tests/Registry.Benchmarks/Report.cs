@@ -43,7 +43,7 @@ public static class Report
 
         foreach (var fanOut in result.FanOut)
         {
-            text.Append(CultureInfo.InvariantCulture, $"\nFan-out delay to {fanOut.Consumers:N0} parked consumers (from the change's request to each answer; first answer {fanOut.MinDelayMs} ms, the change itself acknowledged in {fanOut.ChangeAcknowledgedMs} ms; CPU from the change to the last answer: node {fanOut.NodeCpuMs} ms, load generator {fanOut.GeneratorCpuMs} ms, of which {fanOut.GeneratorGcPauseMs} ms in its own GC pauses):\n\n```\n{fanOut.Histogram}```\n");
+            text.Append(CultureInfo.InvariantCulture, $"\nFan-out delay to {fanOut.Consumers:N0} parked consumers (from the change's request to each answer; first answer {fanOut.MinDelayMs} ms, the change itself acknowledged in {fanOut.ChangeAcknowledgedMs} ms; CPU from the change to the last answer: node {(fanOut.NodeCpuMs is { } nodeCpu ? nodeCpu.ToString(CultureInfo.InvariantCulture) + " ms" : "not measured")}, load generator {fanOut.GeneratorCpuMs} ms, of which {fanOut.GeneratorGcPauseMs} ms in its own GC pauses):\n\n```\n{fanOut.Histogram}```\n");
         }
 
         foreach (var note in result.Notes)

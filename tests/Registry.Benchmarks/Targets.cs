@@ -20,30 +20,32 @@ internal static class Targets
                 ""));
         }
 
+        var noDatabase = result.Settings.StatementSource == "none";
         if (result.Idle is { } idle)
         {
             var atScale = idle.Consumers == 10_000 ? (bool?)true : null;
             var kib = idle.BytesPerPoll / 1024;
+            var noProcess = idle.RssParkedBytes == 0;
             targets.Add(new TargetCheck(
                 F($"Idle: memory per parked poll ({idle.Consumers:N0} parked)"),
                 "≤ 10 KiB",
-                F($"{kib:0.0} KiB (server RSS {Mib(idle.RssBeforeBytes)} → {Mib(idle.RssParkedBytes)} MiB)"),
-                atScale is null ? null : kib <= 10,
-                "resident set of the node process, which includes garbage the GC has not collected yet"));
+                noProcess ? "not measured: no node process to read (with --url, pass --server-pid)" : F($"{kib:0.0} KiB (server RSS {Mib(idle.RssBeforeBytes)} → {Mib(idle.RssParkedBytes)} MiB)"),
+                atScale is null || noProcess ? null : kib <= 10,
+                noProcess ? "" : "resident set of the node process, which includes garbage the GC has not collected yet"));
             var statements = idle.Parked.Statements ?? idle.Parked.Transactions;
             var baseline = idle.Baseline.Statements ?? idle.Baseline.Transactions;
             targets.Add(new TargetCheck(
                 F($"Idle: database statements while {idle.Consumers:N0} polls are parked for {idle.Seconds:0} s"),
                 "0",
-                F($"{statements} (same window with none parked: {baseline})"),
-                atScale is null ? null : statements == 0,
+                noDatabase ? "not measured: no database to read (with --url, pass --connection-string)" : F($"{statements} (same window with none parked: {baseline})"),
+                atScale is null || noDatabase ? null : statements == 0,
                 idle.ParkedStatements.Count == 0
                     ? ""
                     : "what ran: " + string.Join("; ", idle.ParkedStatements.Take(6).Select(s => F($"{s.Calls}× `{Short(s.Statement)}`")))));
             targets.Add(new TargetCheck(
                 F($"Idle: node CPU with {idle.Consumers:N0} parked"),
                 "(no target)",
-                F($"{idle.CpuPercentOfOneCoreParked:0.00}% of one core (none parked: {idle.CpuPercentOfOneCoreBaseline:0.00}%)"),
+                noProcess ? "not measured" : F($"{idle.CpuPercentOfOneCoreParked:0.00}% of one core (none parked: {idle.CpuPercentOfOneCoreBaseline:0.00}%)"),
                 null,
                 ""));
         }
@@ -56,17 +58,21 @@ internal static class Targets
                 "≥ pgbench single-row upsert rate",
                 F($"{registration.PerSecond:N0}/s, p99 {registration.LatencyMs.P99} ms") + (ceiling is { } c && c > 0 ? F($"; pgbench {c:N0}/s; ratio {registration.PerSecond / c:0.00}×") : ""),
                 ceiling is { } upsert && upsert > 0 ? registration.PerSecond >= upsert : null,
-                F($"database {registration.Database.StatementsPerSecond ?? registration.Database.TransactionsPerSecond:N0} statements/s; both nodes used {registration.NodesCpuSeconds} CPU-s in {registration.Seconds:0.0} s") + (registration.Errors > 0 ? F($"; {registration.Errors} errors") : "")));
+                (noDatabase ? "" : F($"database {registration.Database.StatementsPerSecond ?? registration.Database.TransactionsPerSecond:N0} statements/s; "))
+                    + (registration.NodesCpuSeconds is { } cpu ? F($"both nodes used {cpu} CPU-s in {registration.Seconds:0.0} s") : "") + (registration.Errors > 0 ? F($"; {registration.Errors} errors") : "")));
         }
 
         if (result.Heartbeats is { } heartbeats)
         {
             var ceiling = result.PgBenchUpdate?.TransactionsPerSecond;
-            var statements = heartbeats.Database.StatementsPerSecond is { } s ? F($"{s:N1} statements/s") : F($"{heartbeats.Database.TransactionsPerSecond:N1} transactions/s");
+            var statements = noDatabase
+                ? "not measured"
+                : heartbeats.Database.StatementsPerSecond is { } s ? F($"{s:N1} statements/s") : F($"{heartbeats.Database.TransactionsPerSecond:N1} transactions/s");
             targets.Add(new TargetCheck(
                 F($"Heartbeats ({heartbeats.Instances:N0} instances, concurrency {heartbeats.Concurrency})"),
                 "≥ 20,000/s",
-                F($"{heartbeats.PerSecond:N0}/s, p99 {heartbeats.LatencyMs.P99} ms; database {statements}, {heartbeats.Database.RowsUpdated / heartbeats.Database.Seconds:N0} rows updated/s")
+                F($"{heartbeats.PerSecond:N0}/s, p99 {heartbeats.LatencyMs.P99} ms; database ")
+                    + (noDatabase ? statements : F($"{statements}, {heartbeats.Database.RowsUpdated / heartbeats.Database.Seconds:N0} rows updated/s"))
                     + (ceiling is { } c && c > 0 ? F($"; pgbench single-row update {c:N0}/s; ratio {heartbeats.PerSecond / c:0.00}×") : ""),
                 result.Settings.Smoke ? null : heartbeats.PerSecond >= 20_000,
                 heartbeats.Errors > 0 ? F($"{heartbeats.Errors} errors") : ""));
