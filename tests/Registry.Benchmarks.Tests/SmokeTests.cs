@@ -1,0 +1,62 @@
+using System.Text.Json;
+
+namespace Registry.Benchmarks.Tests;
+
+/// <summary>
+/// Runs the benchmark's smoke mode in-process (two child nodes, a private PostgreSQL, tiny
+/// loads): the tool itself must keep working, whatever the figures on this machine are.
+/// </summary>
+public sealed class SmokeTests
+{
+    [Fact]
+    public async Task SmokeRunAnswersEveryParkedConsumerAndWritesItsResults()
+    {
+        var folder = Path.Combine(Path.GetTempPath(), $"registry-bench-test-{Guid.NewGuid():N}"[..36]);
+        var options = BenchmarkOptions.SmokeDefaults with { WorkDirectory = Path.Combine(folder, "work") };
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(90));
+        try
+        {
+            var result = await new Benchmark(options, TextWriter.Null).RunAsync(timeout.Token);
+            await Report.WriteAsync(result, Path.Combine(folder, "latest.json"), Path.Combine(folder, "latest.md"), timeout.Token);
+
+            var fanOut = Assert.Single(result.FanOut);
+            Assert.Equal(options.FanOutConsumers[0], fanOut.Answered);
+            Assert.Equal(0, fanOut.Missed);
+            Assert.InRange(fanOut.DelayMs.Max, 0.01, 20_000);
+            Assert.Equal(options.Registrations, result.Registration!.Count);
+            Assert.Equal(0, result.Registration.Errors);
+            Assert.True(result.Registration.PerSecond > 0);
+            Assert.Equal(0, result.Heartbeats!.Errors);
+            Assert.True(result.Heartbeats.Sent > 0);
+            Assert.Equal(0, result.CrossNode!.Missed);
+            Assert.Equal(options.CrossNodeRounds * options.CrossNodeConsumers, result.CrossNode.Samples);
+            Assert.True(result.Idle!.RssParkedBytes > 0);
+            Assert.NotNull(result.Idle.Parked.Statements);
+            Assert.True(result.ColdStart!.SecondsToServeAll > 0);
+
+            using var json = JsonDocument.Parse(await File.ReadAllTextAsync(Path.Combine(folder, "latest.json")));
+            Assert.Equal(options.FanOutConsumers[0], json.RootElement.GetProperty("fanOut")[0].GetProperty("answered").GetInt32());
+            Assert.Contains("| Figure | Target | Measured | Met |", await File.ReadAllTextAsync(Path.Combine(folder, "latest.md")), StringComparison.Ordinal);
+        }
+        finally
+        {
+            DeleteQuietly(folder);
+        }
+    }
+
+    private static void DeleteQuietly(string folder)
+    {
+        try
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+        catch (IOException)
+        {
+            // Left for the system's temporary-folder cleanup.
+        }
+        catch (UnauthorizedAccessException)
+        {
+            // The cluster's files belong to the postgres user when run as root.
+        }
+    }
+}

@@ -1,0 +1,184 @@
+using Npgsql;
+using Registry.Storage;
+
+namespace Registry.Benchmarks;
+
+/// <summary>
+/// The database under test: a private cluster this tool starts (with pg_stat_statements
+/// preloaded, so statements can be counted) or one given by connection string. Also reads
+/// PostgreSQL's own statistics and seeds rows for the cold start.
+/// </summary>
+internal sealed class BenchDatabase : IAsyncDisposable
+{
+    /// <summary>Applications this tool creates start with it, so cleanup touches nothing else.</summary>
+    public const string Prefix = "bench-";
+
+    private readonly LocalPostgres? _local;
+    private readonly NpgsqlConnection _probe;
+
+    private BenchDatabase(string connectionString, LocalPostgres? local, NpgsqlConnection probe, bool statementsAvailable, string version)
+    {
+        ConnectionString = connectionString;
+        _local = local;
+        _probe = probe;
+        StatementsAvailable = statementsAvailable;
+        Version = version;
+    }
+
+    public string ConnectionString { get; }
+
+    public bool StatementsAvailable { get; }
+
+    public string Version { get; }
+
+    public string Description => _local is null ? "given by connection string" : $"private cluster on 127.0.0.1:{_local.Port} ({_local.DataDirectory})";
+
+    public static async Task<BenchDatabase> OpenAsync(string? connectionString, string workDirectory, bool durable, TextWriter log, CancellationToken cancellationToken)
+    {
+        LocalPostgres? local = null;
+        if (string.IsNullOrWhiteSpace(connectionString))
+        {
+            var folder = Path.Combine(workDirectory, "postgres");
+            local = await LocalPostgres.StartAsync(folder, null, durable, cancellationToken);
+            // pg_stat_statements must be preloaded: set it, restart, and the setting stays in postgresql.auto.conf.
+            await using (var setup = new NpgsqlConnection(local.ConnectionString))
+            {
+                await setup.OpenAsync(cancellationToken);
+                await using var alter = new NpgsqlCommand("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'", setup);
+                await alter.ExecuteNonQueryAsync(cancellationToken);
+            }
+
+            await local.DisposeAsync();
+            local = await LocalPostgres.StartAsync(folder, null, durable, cancellationToken);
+            connectionString = local.ConnectionString;
+            await log.WriteLineAsync($"Started a private PostgreSQL cluster in {folder} (fsync {(durable ? "on" : "off")}).");
+        }
+
+        var probe = new NpgsqlConnection(new NpgsqlConnectionStringBuilder(connectionString) { Pooling = false, ApplicationName = "registry-benchmark-probe" }.ConnectionString);
+        await probe.OpenAsync(cancellationToken);
+        var statements = false;
+        try
+        {
+            await using var create = new NpgsqlCommand("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", probe);
+            await create.ExecuteNonQueryAsync(cancellationToken);
+            await using var check = new NpgsqlCommand("SELECT count(*) FROM pg_stat_statements", probe);
+            await check.ExecuteScalarAsync(cancellationToken);
+            statements = true;
+        }
+        catch (PostgresException e)
+        {
+            await log.WriteLineAsync($"pg_stat_statements is not available ({e.MessageText}); statement counts fall back to transactions.");
+        }
+
+        await using var versionCommand = new NpgsqlCommand("SHOW server_version", probe);
+        var version = (string?)await versionCommand.ExecuteScalarAsync(cancellationToken) ?? "?";
+        return new BenchDatabase(connectionString, local, probe, statements, version);
+    }
+
+    public readonly record struct Counters(long? Statements, long Transactions, long Inserted, long Updated, long Deleted, long Timestamp);
+
+    /// <summary>Reads the counters; the probe's own statements (they name pg_stat_*) are left out.</summary>
+    public async Task<Counters> ReadAsync(CancellationToken cancellationToken)
+    {
+        long? statements = null;
+        if (StatementsAvailable)
+        {
+            await using var count = new NpgsqlCommand(
+                """
+                SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements
+                 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND query NOT LIKE '%pg_stat_%'
+                """, _probe);
+            statements = (long)(await count.ExecuteScalarAsync(cancellationToken))!;
+        }
+
+        await using var command = new NpgsqlCommand(
+            """
+            SELECT xact_commit + xact_rollback, tup_inserted, tup_updated, tup_deleted
+              FROM pg_stat_database WHERE datname = current_database()
+            """, _probe);
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        await reader.ReadAsync(cancellationToken);
+        return new Counters(statements, reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2), reader.GetInt64(3), System.Diagnostics.Stopwatch.GetTimestamp());
+    }
+
+    /// <summary>Calls per statement text (pg_stat_statements), to say which statements ran in a window.</summary>
+    public async Task<Dictionary<string, long>> ReadByStatementAsync(CancellationToken cancellationToken)
+    {
+        var calls = new Dictionary<string, long>(StringComparer.Ordinal);
+        if (!StatementsAvailable)
+        {
+            return calls;
+        }
+
+        await using var command = new NpgsqlCommand(
+            """
+            SELECT regexp_replace(query, '\s+', ' ', 'g'), calls FROM pg_stat_statements
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND query NOT LIKE '%pg_stat_%'
+            """, _probe);
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            var text = reader.GetString(0);
+            calls[text] = calls.GetValueOrDefault(text) + reader.GetInt64(1);
+        }
+
+        return calls;
+    }
+
+    /// <summary>The statements that ran between two readings, most frequent first, each text cut short.</summary>
+    public static List<StatementCalls> Difference(Dictionary<string, long> before, Dictionary<string, long> after) =>
+        after.Select(p => new StatementCalls(p.Key.Length > 100 ? p.Key[..100] + "…" : p.Key, p.Value - before.GetValueOrDefault(p.Key)))
+            .Where(s => s.Calls > 0)
+            .OrderByDescending(s => s.Calls)
+            .ToList();
+
+    public static DatabaseWork Between(Counters before, Counters after) => new(
+        after.Statements - before.Statements,
+        after.Transactions - before.Transactions,
+        after.Inserted - before.Inserted,
+        after.Updated - before.Updated,
+        after.Deleted - before.Deleted,
+        Math.Round(System.Diagnostics.Stopwatch.GetElapsedTime(before.Timestamp, after.Timestamp).TotalSeconds, 3));
+
+    public async Task ExecuteAsync(string sql, CancellationToken cancellationToken)
+    {
+        await using var command = new NpgsqlCommand(sql, _probe) { CommandTimeout = 600 };
+        await command.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    /// <summary>
+    /// Inserts <paramref name="count"/> instances over 1,000 applications straight into the
+    /// table (no notification: the nodes that load them are started afterwards).
+    /// </summary>
+    public Task SeedColdStartAsync(int count, CancellationToken cancellationToken) => ExecuteAsync(
+        $"""
+        INSERT INTO instances (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
+        SELECT '{Prefix}cold-' || (g % 1000), 'http',
+               '10.' || (g / 65536 % 256) || '.' || (g / 256 % 256) || '.' || (g % 256) || ':8080',
+               jsonb_build_object('zone', 'z' || (g % 3), 'tag', 'read', 'version', '1.' || (g % 7)),
+               3600, clock_timestamp() + interval '1 hour', clock_timestamp()
+          FROM generate_series(1, {count}) AS g;
+        ANALYZE instances;
+        """, cancellationToken);
+
+    /// <summary>Deletes this tool's rows and tells running nodes, as the sweeper would.</summary>
+    public Task DeleteBenchRowsAsync(CancellationToken cancellationToken) => ExecuteAsync(
+        $"""
+        WITH gone AS (DELETE FROM instances WHERE application LIKE '{Prefix}%' RETURNING application)
+        SELECT pg_notify('{Schema.ChangeChannel}', application) FROM (SELECT DISTINCT application FROM gone) AS changed
+        """, cancellationToken);
+
+    /// <summary>What pgbench needs to reach the same database.</summary>
+    public NpgsqlConnectionStringBuilder Connection => new(ConnectionString);
+
+    public async ValueTask DisposeAsync()
+    {
+        await _probe.DisposeAsync();
+        if (_local is not null)
+        {
+            await _local.DisposeAsync();
+        }
+    }
+}

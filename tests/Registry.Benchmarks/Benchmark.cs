@@ -1,0 +1,598 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Text;
+
+namespace Registry.Benchmarks;
+
+/// <summary>
+/// Runs every phase against one or two nodes and one database and collects the figures.
+/// Phases run one after another so that they do not disturb each other's numbers; the
+/// ceiling (pgbench) runs right after the registry figure it is compared with.
+/// </summary>
+public sealed class Benchmark
+{
+    private const string InitialAddr = "10.255.0.1:8080";
+    private const int PollWaitSeconds = 55;
+
+    private readonly BenchmarkOptions _options;
+    private readonly TextWriter _log;
+
+    public Benchmark(BenchmarkOptions options, TextWriter log)
+    {
+        _options = options;
+        _log = log;
+    }
+
+    public async Task<BenchmarkResult> RunAsync(CancellationToken cancellationToken)
+    {
+        var ownsWork = _options.WorkDirectory is null;
+        var work = _options.WorkDirectory ?? Path.Combine(Path.GetTempPath(), $"registry-bench-{Environment.ProcessId}-{DateTime.UtcNow:HHmmss}");
+        Directory.CreateDirectory(work);
+        await _log.WriteLineAsync($"Work folder: {work}");
+
+        BenchDatabase? database = null;
+        if (_options.Url is null || !string.IsNullOrWhiteSpace(_options.ConnectionString))
+        {
+            database = await BenchDatabase.OpenAsync(_options.ConnectionString, work, durable: !_options.NoFsync, _log, cancellationToken);
+        }
+
+        try
+        {
+            var result = new BenchmarkResult
+            {
+                StartedAt = DateTimeOffset.UtcNow,
+                Machine = MachineInfo.Read(database?.Version),
+                Settings = Settings(database),
+                LoadAverageAtStart = LoadAverage(),
+            };
+            await RunPhasesAsync(result, database, work, cancellationToken);
+            result.LoadAverageAtEnd = LoadAverage();
+            Targets.Evaluate(result);
+            if (database is not null)
+            {
+                await database.DisposeAsync();
+                database = null;
+            }
+
+            // A failed run keeps its folder: the node logs and the cluster's log say why.
+            if (ownsWork)
+            {
+                DeleteQuietly(work);
+            }
+
+            return result;
+        }
+        finally
+        {
+            if (database is not null)
+            {
+                await database.DisposeAsync();
+            }
+        }
+    }
+
+    private static string? LoadAverage() =>
+        File.Exists("/proc/loadavg") ? string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : null;
+
+    private static void DeleteQuietly(string folder)
+    {
+        try
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+        catch (IOException)
+        {
+            // Left for the system's temporary-folder cleanup.
+        }
+        catch (UnauthorizedAccessException)
+        {
+            // Left for the system's temporary-folder cleanup.
+        }
+    }
+
+    private RunSettings Settings(BenchDatabase? database) => new(
+        _options.Smoke,
+        _options.Url is null ? "two child nodes started by the tool" : $"running node {_options.Url}" + (_options.UrlB is null ? "" : $" and {_options.UrlB}"),
+        database?.Description ?? "not reachable (no --connection-string): database figures skipped",
+        _options.Concurrency,
+        _options.Registrations,
+        _options.HeartbeatInstances,
+        _options.HeartbeatTtlSeconds,
+        _options.HeartbeatDuration.TotalSeconds,
+        _options.FanOutConsumers,
+        _options.IdleDuration.TotalSeconds,
+        _options.CrossNodeRounds,
+        _options.CrossNodeConsumers,
+        _options.ColdStartInstances,
+        !_options.NoFsync,
+        database is null ? "none" : database.StatementsAvailable ? "pg_stat_statements calls" : "pg_stat_database transactions",
+        _options.NodeEnvironment);
+
+    private async Task RunPhasesAsync(BenchmarkResult result, BenchDatabase? database, string work, CancellationToken cancellationToken)
+    {
+        string? serverDll = null;
+        ServerNode a, b;
+        if (_options.Url is null)
+        {
+            serverDll = ServerLocator.Find(_options.ServerDll);
+            await _log.WriteLineAsync($"Starting two nodes from {serverDll}");
+            a = ServerNode.Start("node-a", serverDll, database!.ConnectionString, work, _options.NodeEnvironment);
+            b = ServerNode.Start("node-b", serverDll, database.ConnectionString, work, _options.NodeEnvironment);
+        }
+        else
+        {
+            a = ServerNode.Existing("node-a", _options.Url, _options.ServerPid);
+            b = ServerNode.Existing("node-b", _options.UrlB ?? _options.Url, null);
+            if (_options.UrlB is null)
+            {
+                result.Notes.Add("Cross-node propagation measured on a single node (no --url-b): it is the same-node figure.");
+            }
+        }
+
+        using var httpA = new RegistryHttp(a.Url);
+        using var httpB = new RegistryHttp(b.Url);
+        try
+        {
+            await a.WaitForAsync(httpA.Client, "/readyz", TimeSpan.FromSeconds(90), cancellationToken);
+            await b.WaitForAsync(httpB.Client, "/readyz", TimeSpan.FromSeconds(90), cancellationToken);
+            await _log.WriteLineAsync($"Nodes ready: {a.Url} and {b.Url}");
+
+            // Warm both nodes and the generator (JIT, connection pools) before anything is timed.
+            await RegisterManyAsync(httpA, 200, i => RegistryHttp.Provider($"{BenchDatabase.Prefix}warm-{i % 10}", Addr(i)), 3600, 16, cancellationToken);
+            await httpB.SubscribeAsync($"{BenchDatabase.Prefix}warm-0", null, 0, null, cancellationToken);
+
+            // A small fan-out first, so the wake-up path is compiled before it is timed.
+            await FanOutAsync(httpA, a, database, 50, new BenchmarkResult { StartedAt = result.StartedAt, Machine = result.Machine, Settings = result.Settings }, measureIdle: false, cancellationToken);
+
+            var fanOuts = _options.FanOutConsumers.Order().ToArray();
+            foreach (var consumers in fanOuts)
+            {
+                var measureIdle = consumers == fanOuts[^1];
+                await _log.WriteLineAsync($"Fan-out to {consumers} parked consumers{(measureIdle ? $", idle cost over {_options.IdleDuration.TotalSeconds:0} s" : "")}…");
+                var fanOut = await FanOutAsync(httpA, a, database, consumers, result, measureIdle, cancellationToken);
+                result.FanOut.Add(fanOut);
+                await _log.WriteLineAsync($"  p50 {fanOut.DelayMs.P50} ms, p99 {fanOut.DelayMs.P99} ms, max {fanOut.DelayMs.Max} ms, missed {fanOut.Missed}");
+            }
+
+            await _log.WriteLineAsync("Cross-node propagation…");
+            result.CrossNode = await CrossNodeAsync(httpA, httpB, cancellationToken);
+            await _log.WriteLineAsync($"  p50 {result.CrossNode.DelayMs.P50} ms, p99 {result.CrossNode.DelayMs.P99} ms");
+
+            var pgbenchBinary = _options.PgBench && database is not null ? PgBench.Find(_options.PgBenchPath) : null;
+            var pgbench = pgbenchBinary is null ? null : new PgBench(pgbenchBinary, database!, work);
+            if (_options.PgBench && pgbench is null)
+            {
+                result.Notes.Add("pgbench was not found (or no database): the ceiling was not measured.");
+            }
+
+            if (pgbench is not null)
+            {
+                await pgbench.PrepareAsync(_options.HeartbeatInstances, cancellationToken);
+            }
+
+            await _log.WriteLineAsync($"Registrations: {_options.Registrations} at concurrency {_options.Concurrency}…");
+            result.Registration = await RegistrationAsync(httpA, database, [a, b], cancellationToken);
+            await _log.WriteLineAsync($"  {result.Registration.PerSecond}/s, p99 {result.Registration.LatencyMs.P99} ms");
+            if (pgbench is not null)
+            {
+                result.PgBenchUpsert = await pgbench.UpsertAsync(_options.Concurrency, _options.PgBenchDuration, cancellationToken);
+                await _log.WriteLineAsync($"  pgbench single-row upsert: {result.PgBenchUpsert.TransactionsPerSecond} tps");
+            }
+
+            await _log.WriteLineAsync($"Heartbeats: {_options.HeartbeatInstances} instances for {_options.HeartbeatDuration.TotalSeconds:0} s…");
+            result.Heartbeats = await HeartbeatsAsync(httpA, database, [a, b], cancellationToken);
+            await _log.WriteLineAsync($"  {result.Heartbeats.PerSecond}/s, database {result.Heartbeats.Database.StatementsPerSecond} statements/s");
+            if (pgbench is not null)
+            {
+                result.PgBenchUpdate = await pgbench.UpdateAsync(_options.HeartbeatInstances, _options.Concurrency, _options.PgBenchDuration, cancellationToken);
+                await _log.WriteLineAsync($"  pgbench single-row update: {result.PgBenchUpdate.TransactionsPerSecond} tps");
+                await pgbench.DropAsync(cancellationToken);
+            }
+        }
+        finally
+        {
+            await a.DisposeAsync();
+            await b.DisposeAsync();
+        }
+
+        if (serverDll is not null && database is not null)
+        {
+            await _log.WriteLineAsync($"Cold start with {_options.ColdStartInstances} instances…");
+            result.ColdStart = await ColdStartAsync(serverDll, database, work, cancellationToken);
+            await _log.WriteLineAsync($"  serving after {result.ColdStart.SecondsToServeAll} s, RSS {result.ColdStart.RssBytesServing / 1048576.0:0} MiB");
+        }
+        else
+        {
+            result.Notes.Add("Cold start needs the tool to start a node (not --url) and a database: skipped.");
+        }
+
+        if (database is not null)
+        {
+            await database.DeleteBenchRowsAsync(cancellationToken);
+        }
+        else
+        {
+            result.Notes.Add($"Without a database connection the tool cannot delete its {BenchDatabase.Prefix}* instances: they leave when their leases run out (up to an hour).");
+        }
+    }
+
+    private static string Addr(int i) => string.Create(CultureInfo.InvariantCulture, $"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}:8080");
+
+    private static async Task<DatabaseWork?> MeasureAsync(BenchDatabase? database, BenchDatabase.Counters? before, CancellationToken cancellationToken) =>
+        database is null || before is not { } start ? null : BenchDatabase.Between(start, await database.ReadAsync(cancellationToken));
+
+    private static async Task<BenchDatabase.Counters?> CountersAsync(BenchDatabase? database, CancellationToken cancellationToken) =>
+        database is null ? null : await database.ReadAsync(cancellationToken);
+
+    /// <summary>Registers <paramref name="count"/> providers with <paramref name="concurrency"/> workers; returns each latency (ms) and the errors.</summary>
+    private static async Task<(double[] Latencies, int Errors, double Seconds)> RegisterManyAsync(
+        RegistryHttp http, int count, Func<int, string> body, int ttl, int concurrency, CancellationToken cancellationToken)
+    {
+        var latencies = new double[count];
+        var next = -1;
+        var errors = 0;
+        var began = Stopwatch.GetTimestamp();
+        await Task.WhenAll(Enumerable.Range(0, concurrency).Select(async _ =>
+        {
+            await Task.Yield();
+            for (var i = Interlocked.Increment(ref next); i < count; i = Interlocked.Increment(ref next))
+            {
+                var sent = Stopwatch.GetTimestamp();
+                var status = await http.RegisterAsync(body(i), ttl, cancellationToken);
+                latencies[i] = Stopwatch.GetElapsedTime(sent).TotalMilliseconds;
+                if (status is not (HttpStatusCode.OK or HttpStatusCode.Created))
+                {
+                    Interlocked.Increment(ref errors);
+                }
+            }
+        }));
+        return (latencies, errors, Stopwatch.GetElapsedTime(began).TotalSeconds);
+    }
+
+    private async Task<RegistrationResult> RegistrationAsync(RegistryHttp http, BenchDatabase? database, ServerNode[] nodes, CancellationToken cancellationToken)
+    {
+        var cpu = CpuSeconds(nodes);
+        var before = await CountersAsync(database, cancellationToken);
+        var (latencies, errors, seconds) = await RegisterManyAsync(
+            http,
+            _options.Registrations,
+            i => RegistryHttp.Provider($"{BenchDatabase.Prefix}reg-{i % 100}", Addr(i), new Dictionary<string, string> { ["zone"] = $"z{i % 3}" }),
+            3600,
+            _options.Concurrency,
+            cancellationToken);
+        var work = await MeasureAsync(database, before, cancellationToken);
+        return new RegistrationResult(
+            _options.Registrations, errors, _options.Concurrency, Math.Round(seconds, 3), Math.Round(_options.Registrations / seconds, 1),
+            Distribution.Of(latencies), work ?? Empty(seconds), CpuSince(nodes, cpu));
+    }
+
+    private static double? CpuSeconds(ServerNode[] nodes) =>
+        nodes.All(n => n.HasProcess) ? nodes.Distinct().Sum(n => n.Sample()!.CpuSeconds) : null;
+
+    private static double? CpuSince(ServerNode[] nodes, double? before) =>
+        before is { } start && CpuSeconds(nodes) is { } now ? Math.Round(now - start, 2) : null;
+
+    private static DatabaseWork Empty(double seconds) => new(null, 0, 0, 0, 0, seconds);
+
+    private async Task<HeartbeatResult> HeartbeatsAsync(RegistryHttp http, BenchDatabase? database, ServerNode[] nodes, CancellationToken cancellationToken)
+    {
+        var instances = _options.HeartbeatInstances;
+        string Body(int i) => RegistryHttp.Provider($"{BenchDatabase.Prefix}hb-{i % 100}", Addr(i));
+        var (_, registerErrors, _) = await RegisterManyAsync(http, instances, Body, _options.HeartbeatTtlSeconds, _options.Concurrency, cancellationToken);
+        if (registerErrors > 0)
+        {
+            throw new InvalidOperationException($"{registerErrors} of the heartbeating instances could not be registered.");
+        }
+
+        var bodies = Enumerable.Range(0, instances).Select(i => Encoding.UTF8.GetBytes(Body(i))).ToArray();
+        var latencies = new List<double>[_options.Concurrency];
+        var errors = 0;
+        var next = -1;
+        var cpu = CpuSeconds(nodes);
+        var before = await CountersAsync(database, cancellationToken);
+        var began = Stopwatch.GetTimestamp();
+        var duration = _options.HeartbeatDuration;
+        await Task.WhenAll(Enumerable.Range(0, _options.Concurrency).Select(async worker =>
+        {
+            await Task.Yield();
+            var mine = latencies[worker] = new List<double>(1 << 14);
+            while (Stopwatch.GetElapsedTime(began) < duration)
+            {
+                var i = (int)((uint)Interlocked.Increment(ref next) % (uint)instances);
+                var sent = Stopwatch.GetTimestamp();
+                var status = await http.HeartbeatAsync(bodies[i], cancellationToken);
+                mine.Add(Stopwatch.GetElapsedTime(sent).TotalMilliseconds);
+                if (status != HttpStatusCode.OK)
+                {
+                    Interlocked.Increment(ref errors);
+                }
+            }
+        }));
+        var seconds = Stopwatch.GetElapsedTime(began).TotalSeconds;
+        var work = await MeasureAsync(database, before, cancellationToken);
+        var all = latencies.SelectMany(l => l).ToArray();
+        return new HeartbeatResult(
+            instances, all.Length, errors, _options.Concurrency, Math.Round(seconds, 3), Math.Round(all.Length / seconds, 1),
+            Distribution.Of(all), work ?? Empty(seconds), CpuSince(nodes, cpu));
+    }
+
+    /// <summary>
+    /// Parks <paramref name="consumers"/> polls on one application, optionally measures what
+    /// holding them costs, then makes one change and times every consumer's answer from the
+    /// moment the change's request was sent.
+    /// </summary>
+    private async Task<FanOutResult> FanOutAsync(
+        RegistryHttp http, ServerNode node, BenchDatabase? database, int consumers, BenchmarkResult result, bool measureIdle, CancellationToken cancellationToken)
+    {
+        var application = $"{BenchDatabase.Prefix}fanout-{consumers}";
+        await http.RegisterAsync(RegistryHttp.Provider(application, InitialAddr), 3600, cancellationToken);
+        var version = (await http.SubscribeAsync(application, null, 0, null, cancellationToken)).Version
+            ?? throw new InvalidOperationException("The subscribe answer carried no ETag.");
+
+        DatabaseWork? baseline = null;
+        ProcessSample? cpuBefore = null, cpuAfter = null;
+        if (measureIdle)
+        {
+            // The same window with nothing parked: what the nodes do anyway (sweeper, liveness, consistency checks).
+            cpuBefore = node.Sample();
+            var start = await CountersAsync(database, cancellationToken);
+            await Task.Delay(_options.IdleDuration, cancellationToken);
+            baseline = await MeasureAsync(database, start, cancellationToken);
+            cpuAfter = node.Sample();
+        }
+
+        var rssBefore = node.Sample();
+        using var giveUp = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var sent = 0;
+        var polls = new Task<RegistryHttp.PollAnswer>[consumers];
+        // Open the connections in waves so the listen backlog never overflows.
+        const int Wave = 250;
+        var rampStarted = Stopwatch.GetTimestamp();
+        for (var i = 0; i < consumers; i++)
+        {
+            polls[i] = http.SubscribeAsync(application, version, PollWaitSeconds, () => Interlocked.Increment(ref sent), giveUp.Token);
+            if ((i + 1) % Wave == 0)
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(25), cancellationToken);
+            }
+        }
+
+        while (Volatile.Read(ref sent) < consumers && Stopwatch.GetElapsedTime(rampStarted) < TimeSpan.FromSeconds(60))
+        {
+            await Task.Delay(TimeSpan.FromMilliseconds(20), cancellationToken);
+        }
+
+        var secondsToPark = Stopwatch.GetElapsedTime(rampStarted).TotalSeconds;
+
+        // The last bodies are on the wire; give the node a moment to park them.
+        await Task.Delay(TimeSpan.FromMilliseconds(Math.Clamp(consumers / 10, 200, 2000)), cancellationToken);
+        var early = polls.Count(p => p.IsCompleted);
+
+        if (measureIdle)
+        {
+            var parkedAt = node.Sample();
+            var start = await CountersAsync(database, cancellationToken);
+            var statementsBefore = database is null ? [] : await database.ReadByStatementAsync(cancellationToken);
+            await Task.Delay(_options.IdleDuration, cancellationToken);
+            var parked = await MeasureAsync(database, start, cancellationToken);
+            var statementsAfter = database is null ? [] : await database.ReadByStatementAsync(cancellationToken);
+            var parkedEnd = node.Sample();
+            var seconds = _options.IdleDuration.TotalSeconds;
+            var rss = Math.Max(parkedAt?.RssBytes ?? 0, parkedEnd?.RssBytes ?? 0);
+            result.Idle = new IdleResult(
+                consumers,
+                seconds,
+                rssBefore?.RssBytes ?? 0,
+                rss,
+                rssBefore is null ? 0 : Math.Round((rss - rssBefore.RssBytes) / (double)consumers, 1),
+                cpuBefore is null || cpuAfter is null ? 0 : Math.Round(100 * (cpuAfter.CpuSeconds - cpuBefore.CpuSeconds) / seconds, 2),
+                parkedAt is null || parkedEnd is null ? 0 : Math.Round(100 * (parkedEnd.CpuSeconds - parkedAt.CpuSeconds) / seconds, 2),
+                baseline ?? Empty(seconds),
+                parked ?? Empty(seconds),
+                BenchDatabase.Difference(statementsBefore, statementsAfter));
+        }
+
+        // The generator's own GC pauses would delay the timestamps of answers that have already
+        // arrived (a 100 ms gen1 pause with 10,000 connections open was seen), so the timed window
+        // runs without GC when the runtime can promise it; pauses that still happen are reported.
+        var noGc = StartNoGcRegion();
+
+        // The change: a second instance of the application.
+        var nodeCpu = node.Sample();
+        var generatorCpu = Process.GetCurrentProcess().TotalProcessorTime;
+        var generatorPauses = GC.GetTotalPauseDuration();
+        var changeSent = Stopwatch.GetTimestamp();
+        var status = await http.RegisterAsync(RegistryHttp.Provider(application, "10.255.0.2:8080"), 3600, cancellationToken);
+        var acknowledged = Stopwatch.GetElapsedTime(changeSent).TotalMilliseconds;
+        if (status is not (HttpStatusCode.OK or HttpStatusCode.Created))
+        {
+            throw new InvalidOperationException($"The fan-out change answered {(int)status}.");
+        }
+
+        giveUp.CancelAfter(TimeSpan.FromSeconds(20));
+        try
+        {
+            await Task.WhenAll(polls);
+        }
+        catch (OperationCanceledException)
+        {
+            // Counted as missed below.
+        }
+        catch (HttpRequestException)
+        {
+            // Counted as errors below.
+        }
+
+        var nodeCpuMs = nodeCpu is null || node.Sample() is not { } after ? (double?)null : Math.Round((after.CpuSeconds - nodeCpu.CpuSeconds) * 1000, 1);
+        var generatorCpuMs = Math.Round((Process.GetCurrentProcess().TotalProcessorTime - generatorCpu).TotalMilliseconds, 1);
+        var generatorPauseMs = Math.Round((GC.GetTotalPauseDuration() - generatorPauses).TotalMilliseconds, 1);
+        if (noGc && System.Runtime.GCSettings.LatencyMode == System.Runtime.GCLatencyMode.NoGCRegion)
+        {
+            GC.EndNoGCRegion();
+        }
+
+        var delays = new List<double>(consumers);
+        int missed = 0, errors = 0;
+        foreach (var poll in polls)
+        {
+            if (poll.IsCompletedSuccessfully && poll.Result.Status == HttpStatusCode.OK && poll.Result.Version != version)
+            {
+                delays.Add(Stopwatch.GetElapsedTime(changeSent, poll.Result.AnsweredAt).TotalMilliseconds);
+            }
+            else if (poll.IsFaulted)
+            {
+                errors++;
+            }
+            else
+            {
+                missed++;
+            }
+        }
+
+        if (early > 0)
+        {
+            result.Notes.Add($"{early} of {consumers} fan-out polls were answered before the change.");
+        }
+
+        return new FanOutResult(
+            consumers, delays.Count, missed + errors, errors, Distribution.Of(delays), delays.Count == 0 ? 0 : Distribution.Round(delays.Min()),
+            Distribution.Round(acknowledged), nodeCpuMs, generatorCpuMs, generatorPauseMs, Math.Round(secondsToPark, 3), Histogram.Render(delays))
+        {
+            Delays = delays,
+        };
+    }
+
+    /// <summary>Asks the runtime for a window without GC (it collects first, before anything is timed); false when it cannot promise one.</summary>
+    private static bool StartNoGcRegion()
+    {
+        foreach (var megabytes in new long[] { 240, 120, 60 })
+        {
+            try
+            {
+                return GC.TryStartNoGCRegion(megabytes * 1024 * 1024);
+            }
+            catch (ArgumentOutOfRangeException)
+            {
+                // More than this GC mode can set aside: ask for less.
+            }
+            catch (InvalidOperationException)
+            {
+                return false;
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>Each round: consumers parked on B, one registration on A, time until B answers them.</summary>
+    private async Task<CrossNodeResult> CrossNodeAsync(RegistryHttp httpA, RegistryHttp httpB, CancellationToken cancellationToken)
+    {
+        var application = $"{BenchDatabase.Prefix}xnode";
+        await httpA.RegisterAsync(RegistryHttp.Provider(application, InitialAddr), 3600, cancellationToken);
+        // B learns of it through the change feed; wait until it has.
+        string? version = null;
+        for (var attempt = 0; attempt < 100 && version is null; attempt++)
+        {
+            var answer = await httpB.SubscribeAsync(application, null, 0, null, cancellationToken);
+            var probe = await httpA.SubscribeAsync(application, null, 0, null, cancellationToken);
+            version = answer.Version == probe.Version ? answer.Version : null;
+            if (version is null)
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(20), cancellationToken);
+            }
+        }
+
+        if (version is null)
+        {
+            throw new InvalidOperationException("Node B never caught up with node A.");
+        }
+
+        var delays = new List<double>();
+        var missed = 0;
+        for (var round = 0; round < _options.CrossNodeRounds; round++)
+        {
+            using var giveUp = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            var sent = 0;
+            var polls = Enumerable.Range(0, _options.CrossNodeConsumers)
+                .Select(_ => httpB.SubscribeAsync(application, version, PollWaitSeconds, () => Interlocked.Increment(ref sent), giveUp.Token))
+                .ToArray();
+            for (var wait = 0; wait < 250 && Volatile.Read(ref sent) < polls.Length; wait++)
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(2), cancellationToken);
+            }
+
+            await Task.Delay(TimeSpan.FromMilliseconds(20), cancellationToken);
+            var changeSent = Stopwatch.GetTimestamp();
+            await httpA.RegisterAsync(RegistryHttp.Provider(application, $"10.254.{round / 250}.{round % 250 + 1}:8080"), 3600, cancellationToken);
+            giveUp.CancelAfter(TimeSpan.FromSeconds(10));
+            try
+            {
+                await Task.WhenAll(polls);
+            }
+            catch (OperationCanceledException)
+            {
+                // Counted as missed below.
+            }
+
+            string? newVersion = null;
+            foreach (var poll in polls)
+            {
+                if (poll.IsCompletedSuccessfully && poll.Result.Version is { } v && v != version)
+                {
+                    delays.Add(Stopwatch.GetElapsedTime(changeSent, poll.Result.AnsweredAt).TotalMilliseconds);
+                    newVersion = v;
+                }
+                else
+                {
+                    missed++;
+                }
+            }
+
+            version = newVersion ?? (await httpB.SubscribeAsync(application, null, 0, null, cancellationToken)).Version;
+        }
+
+        return new CrossNodeResult(_options.CrossNodeRounds, delays.Count, missed, Distribution.Of(delays));
+    }
+
+    /// <summary>A fresh node against a database of N instances: time until it answers with all of them, and its memory.</summary>
+    private async Task<ColdStartResult> ColdStartAsync(string serverDll, BenchDatabase database, string work, CancellationToken cancellationToken)
+    {
+        await database.DeleteBenchRowsAsync(cancellationToken);
+        await database.SeedColdStartAsync(_options.ColdStartInstances, cancellationToken);
+        await using var node = ServerNode.Start("node-cold", serverDll, database.ConnectionString, work, _options.NodeEnvironment);
+        using var http = new RegistryHttp(node.Url);
+        await node.WaitForAsync(http.Client, "/healthz", TimeSpan.FromSeconds(120), cancellationToken);
+        var listening = Stopwatch.GetElapsedTime(node.StartTimestamp).TotalSeconds;
+        var prefix = $"{BenchDatabase.Prefix}cold-";
+        TimeSpan? serving = null;
+        for (var attempt = 0; attempt < 6000 && serving is null; attempt++)
+        {
+            using var response = await http.Client.GetAsync(new Uri("/v1/services", UriKind.Relative), cancellationToken);
+            if (response.IsSuccessStatusCode)
+            {
+                using var document = System.Text.Json.JsonDocument.Parse(await response.Content.ReadAsStringAsync(cancellationToken));
+                var loaded = document.RootElement.GetProperty("services").EnumerateArray()
+                    .Where(s => s.GetProperty("application").GetString()!.StartsWith(prefix, StringComparison.Ordinal))
+                    .Sum(s => s.GetProperty("instances").GetInt32());
+                if (loaded >= _options.ColdStartInstances)
+                {
+                    serving = Stopwatch.GetElapsedTime(node.StartTimestamp);
+                    break;
+                }
+            }
+
+            await Task.Delay(TimeSpan.FromMilliseconds(10), cancellationToken);
+        }
+
+        if (serving is null)
+        {
+            throw new TimeoutException("The cold node never served all the seeded instances.");
+        }
+
+        var rssServing = node.Sample()?.RssBytes ?? 0;
+        await Task.Delay(TimeSpan.FromSeconds(_options.Smoke ? 0.2 : 3), cancellationToken);
+        var rssSettled = node.Sample()?.RssBytes ?? 0;
+        return new ColdStartResult(_options.ColdStartInstances, Math.Round(listening, 3), Math.Round(serving.Value.TotalSeconds, 3), rssServing, rssSettled);
+    }
+}

@@ -1,0 +1,163 @@
+using System.Globalization;
+
+namespace Registry.Benchmarks;
+
+/// <summary>What to measure and how hard; <see cref="Parse"/> reads the command line.</summary>
+public sealed record BenchmarkOptions
+{
+    /// <summary>A seconds-long run for the test suite: tiny loads, no pgbench.</summary>
+    public bool Smoke { get; init; }
+
+    /// <summary>Targets a running node instead of starting nodes (node B optional).</summary>
+    public Uri? Url { get; init; }
+
+    /// <summary>A second running node for the cross-node figure (with <see cref="Url"/>).</summary>
+    public Uri? UrlB { get; init; }
+
+    /// <summary>The database the nodes use; empty starts a private cluster. Needed with --url for database figures.</summary>
+    public string? ConnectionString { get; init; }
+
+    /// <summary>With --url: the node's process id, so its memory and CPU can be read from /proc.</summary>
+    public int? ServerPid { get; init; }
+
+    /// <summary>The built Registry.Server.dll; empty finds it beside the repository's sources.</summary>
+    public string? ServerDll { get; init; }
+
+    /// <summary>Concurrent requests for registrations and heartbeats (and pgbench clients).</summary>
+    public int Concurrency { get; init; } = 64;
+
+    /// <summary>Registrations measured (each a new instance).</summary>
+    public int Registrations { get; init; } = 20_000;
+
+    /// <summary>Instances that heartbeat.</summary>
+    public int HeartbeatInstances { get; init; } = 10_000;
+
+    /// <summary>Lease of the heartbeating instances: short, so renewals really reach the database during the run.</summary>
+    public int HeartbeatTtlSeconds { get; init; } = 10;
+
+    /// <summary>How long heartbeats are sent.</summary>
+    public TimeSpan HeartbeatDuration { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Parked consumers in each fan-out run; the largest is also the idle-cost run.</summary>
+    public IReadOnlyList<int> FanOutConsumers { get; init; } = [1_000, 10_000];
+
+    /// <summary>How long the parked polls are held for the idle-cost figures (and the baseline before them).</summary>
+    public TimeSpan IdleDuration { get; init; } = TimeSpan.FromSeconds(15);
+
+    /// <summary>Cross-node rounds (write on A, consumers parked on B).</summary>
+    public int CrossNodeRounds { get; init; } = 100;
+
+    /// <summary>Consumers parked on B in each cross-node round.</summary>
+    public int CrossNodeConsumers { get; init; } = 10;
+
+    /// <summary>Instances in the database a cold node loads.</summary>
+    public int ColdStartInstances { get; init; } = 100_000;
+
+    /// <summary>Seconds each pgbench run lasts.</summary>
+    public TimeSpan PgBenchDuration { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Runs pgbench for the ceiling.</summary>
+    public bool PgBench { get; init; } = true;
+
+    /// <summary>The pgbench binary; empty searches /usr/lib/postgresql/*/bin and PATH.</summary>
+    public string? PgBenchPath { get; init; }
+
+    /// <summary>Private cluster without fsync (faster, not what production runs).</summary>
+    public bool NoFsync { get; init; }
+
+    /// <summary>Extra environment for the nodes this tool starts (KEY=VALUE), e.g. runtime settings to compare.</summary>
+    public IReadOnlyDictionary<string, string> NodeEnvironment { get; init; } = new Dictionary<string, string>();
+
+    /// <summary>Where the JSON results go.</summary>
+    public string? OutputJson { get; init; }
+
+    /// <summary>Where the Markdown table and histogram go.</summary>
+    public string? OutputMarkdown { get; init; }
+
+    /// <summary>Folder for the private cluster and node logs; empty makes one under the temporary folder.</summary>
+    public string? WorkDirectory { get; init; }
+
+    public static BenchmarkOptions SmokeDefaults => new()
+    {
+        Smoke = true,
+        Concurrency = 8,
+        Registrations = 300,
+        HeartbeatInstances = 100,
+        HeartbeatTtlSeconds = 10,
+        HeartbeatDuration = TimeSpan.FromSeconds(1),
+        FanOutConsumers = [20],
+        IdleDuration = TimeSpan.FromSeconds(1),
+        CrossNodeRounds = 5,
+        CrossNodeConsumers = 2,
+        ColdStartInstances = 1_000,
+        PgBench = false,
+        NoFsync = true,
+    };
+
+    public const string Usage = """
+        Registry.Benchmarks [--smoke] [--url URL [--url-b URL] [--server-pid PID]] [--connection-string CS]
+                            [--server-dll PATH] [--concurrency N] [--registrations N] [--heartbeat-instances N]
+                            [--heartbeat-seconds S] [--fanout W[,W…]] [--idle-seconds S] [--cross-node-rounds N]
+                            [--cold-start-instances N] [--pgbench-seconds S] [--no-pgbench] [--pgbench PATH]
+                            [--no-fsync] [--node-env KEY=VALUE]… [--out results.json] [--markdown results.md] [--work-dir DIR]
+        """;
+
+    /// <summary>Reads the command line; <c>--smoke</c> first sets the smoke defaults, later flags override them.</summary>
+    /// <exception cref="ArgumentException">An unknown flag or a bad value.</exception>
+    public static BenchmarkOptions Parse(IReadOnlyList<string> args)
+    {
+        ArgumentNullException.ThrowIfNull(args);
+        var options = args.Contains("--smoke") ? SmokeDefaults : new BenchmarkOptions();
+        for (var i = 0; i < args.Count; i++)
+        {
+            var flag = args[i];
+            string Value() => i + 1 < args.Count ? args[++i] : throw new ArgumentException($"{flag} needs a value.");
+            int Int() => int.TryParse(Value(), NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n > 0
+                ? n
+                : throw new ArgumentException($"{flag} needs a positive integer.");
+            TimeSpan Seconds() => TimeSpan.FromSeconds(Int());
+            options = flag switch
+            {
+                "--smoke" => options,
+                "--url" => options with { Url = new Uri(Value()) },
+                "--url-b" => options with { UrlB = new Uri(Value()) },
+                "--server-pid" => options with { ServerPid = Int() },
+                "--connection-string" => options with { ConnectionString = Value() },
+                "--server-dll" => options with { ServerDll = Value() },
+                "--concurrency" => options with { Concurrency = Int() },
+                "--registrations" => options with { Registrations = Int() },
+                "--heartbeat-instances" => options with { HeartbeatInstances = Int() },
+                "--heartbeat-seconds" => options with { HeartbeatDuration = Seconds() },
+                "--fanout" => options with
+                {
+                    FanOutConsumers = Value().Split(',').Select(w => int.Parse(w, NumberStyles.None, CultureInfo.InvariantCulture)).ToArray(),
+                },
+                "--idle-seconds" => options with { IdleDuration = Seconds() },
+                "--cross-node-rounds" => options with { CrossNodeRounds = Int() },
+                "--cold-start-instances" => options with { ColdStartInstances = Int() },
+                "--pgbench-seconds" => options with { PgBenchDuration = Seconds() },
+                "--no-pgbench" => options with { PgBench = false },
+                "--pgbench" => options with { PgBenchPath = Value() },
+                "--no-fsync" => options with { NoFsync = true },
+                "--node-env" => options with { NodeEnvironment = WithVariable(options.NodeEnvironment, Value()) },
+                "--out" => options with { OutputJson = Value() },
+                "--markdown" => options with { OutputMarkdown = Value() },
+                "--work-dir" => options with { WorkDirectory = Value() },
+                _ => throw new ArgumentException($"Unknown argument {flag}."),
+            };
+        }
+
+        return options;
+    }
+
+    private static Dictionary<string, string> WithVariable(IReadOnlyDictionary<string, string> variables, string assignment)
+    {
+        var equals = assignment.IndexOf('=', StringComparison.Ordinal);
+        if (equals <= 0)
+        {
+            throw new ArgumentException($"--node-env needs KEY=VALUE, not {assignment}.");
+        }
+
+        return new Dictionary<string, string>(variables, StringComparer.Ordinal) { [assignment[..equals]] = assignment[(equals + 1)..] };
+    }
+}

@@ -1,0 +1,118 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.Http.Headers;
+using System.Text;
+
+namespace Registry.Benchmarks;
+
+/// <summary>The calls the benchmark makes, over one connection pool per node.</summary>
+internal sealed class RegistryHttp : IDisposable
+{
+    private static readonly MediaTypeHeaderValue Json = new("application/json");
+    private readonly HttpClient _client;
+
+    public RegistryHttp(Uri baseAddress)
+    {
+        // One connection per parked poll (HTTP/1.1): the pool must not cap them, and idle
+        // connections are kept between phases so ten thousand are not opened twice.
+        var handler = new SocketsHttpHandler
+        {
+            MaxConnectionsPerServer = int.MaxValue,
+            PooledConnectionLifetime = Timeout.InfiniteTimeSpan,
+            PooledConnectionIdleTimeout = TimeSpan.FromMinutes(5),
+            ConnectTimeout = TimeSpan.FromSeconds(15),
+            UseProxy = false,
+            UseCookies = false,
+            AutomaticDecompression = DecompressionMethods.None,
+        };
+        _client = new HttpClient(handler) { BaseAddress = baseAddress, Timeout = TimeSpan.FromSeconds(120) };
+    }
+
+    public HttpClient Client => _client;
+
+    public static string Provider(string application, string addr, IReadOnlyDictionary<string, string>? meta = null)
+    {
+        var text = new StringBuilder();
+        text.Append(CultureInfo.InvariantCulture, $"{{\"application\":\"{application}\",\"protocol\":\"http\",\"addr\":\"{addr}\"");
+        if (meta is not null)
+        {
+            text.Append(",\"meta\":{");
+            text.AppendJoin(',', meta.Select(p => $"\"{p.Key}\":\"{p.Value}\""));
+            text.Append('}');
+        }
+
+        return text.Append('}').ToString();
+    }
+
+    public async Task<HttpStatusCode> RegisterAsync(string body, int ttlSeconds, CancellationToken cancellationToken)
+    {
+        using var content = Content(body);
+        using var response = await _client.PostAsync(new Uri($"/v1/register?ttl={ttlSeconds}", UriKind.Relative), content, cancellationToken);
+        return response.StatusCode;
+    }
+
+    public async Task<HttpStatusCode> HeartbeatAsync(byte[] body, CancellationToken cancellationToken)
+    {
+        using var content = new ByteArrayContent(body);
+        content.Headers.ContentType = Json;
+        using var response = await _client.PostAsync(new Uri("/v1/heartbeat", UriKind.Relative), content, cancellationToken);
+        return response.StatusCode;
+    }
+
+    public readonly record struct PollAnswer(HttpStatusCode Status, string? Version, long AnsweredAt);
+
+    /// <summary>
+    /// Subscribes to one application; with <paramref name="version"/> the node holds the poll.
+    /// <paramref name="sent"/> runs once the request body has gone out (the poll is then about to park).
+    /// </summary>
+    public async Task<PollAnswer> SubscribeAsync(string application, string? version, int waitSeconds, Action? sent, CancellationToken cancellationToken)
+    {
+        var query = version is null ? "/v1/subscribe" : $"/v1/subscribe?version={Uri.EscapeDataString(version)}&wait={waitSeconds}";
+        using var content = new SignallingContent(Encoding.UTF8.GetBytes($"{{\"subscribes\":[{{\"provider\":\"{application}\",\"protocol\":\"http\"}}]}}"), sent);
+        using var response = await _client.PostAsync(new Uri(query, UriKind.Relative), content, cancellationToken);
+        var answeredAt = Stopwatch.GetTimestamp();
+        // The body must be read so the connection goes back to the pool.
+        await response.Content.LoadIntoBufferAsync(cancellationToken);
+        return new PollAnswer(response.StatusCode, response.Headers.ETag?.Tag.Trim('"'), answeredAt);
+    }
+
+    public void Dispose() => _client.Dispose();
+
+    private static ByteArrayContent Content(string body)
+    {
+        var content = new ByteArrayContent(Encoding.UTF8.GetBytes(body));
+        content.Headers.ContentType = Json;
+        return content;
+    }
+
+    /// <summary>A JSON body that says when it has been written to the connection.</summary>
+    private sealed class SignallingContent : HttpContent
+    {
+        private readonly byte[] _body;
+        private Action? _sent;
+
+        public SignallingContent(byte[] body, Action? sent)
+        {
+            _body = body;
+            _sent = sent;
+            Headers.ContentType = Json;
+        }
+
+        protected override async Task SerializeToStreamAsync(Stream stream, TransportContext? context, CancellationToken cancellationToken)
+        {
+            await stream.WriteAsync(_body, cancellationToken);
+            await stream.FlushAsync(cancellationToken);
+            Interlocked.Exchange(ref _sent, null)?.Invoke();
+        }
+
+        protected override Task SerializeToStreamAsync(Stream stream, TransportContext? context) =>
+            SerializeToStreamAsync(stream, context, CancellationToken.None);
+
+        protected override bool TryComputeLength(out long length)
+        {
+            length = _body.Length;
+            return true;
+        }
+    }
+}

@@ -1,0 +1,96 @@
+namespace Registry.Benchmarks;
+
+/// <summary>Everything one run measured; serialised as the results JSON.</summary>
+public sealed record BenchmarkResult
+{
+    public required DateTimeOffset StartedAt { get; init; }
+
+    public required MachineInfo Machine { get; init; }
+
+    public required RunSettings Settings { get; init; }
+
+    /// <summary>/proc/loadavg when the run started and ended: other work on the machine skews every figure.</summary>
+    public string? LoadAverageAtStart { get; init; }
+
+    public string? LoadAverageAtEnd { get; set; }
+
+    public RegistrationResult? Registration { get; set; }
+
+    public HeartbeatResult? Heartbeats { get; set; }
+
+    public List<FanOutResult> FanOut { get; } = [];
+
+    public IdleResult? Idle { get; set; }
+
+    public CrossNodeResult? CrossNode { get; set; }
+
+    public ColdStartResult? ColdStart { get; set; }
+
+    public PgBenchResult? PgBenchUpsert { get; set; }
+
+    public PgBenchResult? PgBenchUpdate { get; set; }
+
+    public List<TargetCheck> Targets { get; } = [];
+
+    public List<string> Notes { get; } = [];
+}
+
+public sealed record RunSettings(
+    bool Smoke, string Target, string Database, int Concurrency, int Registrations, int HeartbeatInstances,
+    int HeartbeatTtlSeconds, double HeartbeatSeconds, IReadOnlyList<int> FanOutConsumers, double IdleSeconds,
+    int CrossNodeRounds, int CrossNodeConsumers, int ColdStartInstances, bool Fsync, string StatementSource,
+    IReadOnlyDictionary<string, string> NodeEnvironment);
+
+/// <summary>
+/// Database work in a window. <c>Statements</c> is the sum of pg_stat_statements <c>calls</c>
+/// (every top-level statement, the probe's own excluded), null when the extension is not
+/// loaded; <c>Transactions</c> is pg_stat_database xact_commit + xact_rollback, which
+/// backends report with up to a second's delay (longer when idle).
+/// </summary>
+public sealed record DatabaseWork(long? Statements, long Transactions, long RowsInserted, long RowsUpdated, long RowsDeleted, double Seconds)
+{
+    public double? StatementsPerSecond => Statements is { } s && Seconds > 0 ? Math.Round(s / Seconds, 1) : null;
+
+    public double TransactionsPerSecond => Seconds > 0 ? Math.Round(Transactions / Seconds, 1) : 0;
+}
+
+/// <summary><c>NodesCpuSeconds</c>: CPU both nodes used meanwhile (each node reloads what changed).</summary>
+public sealed record RegistrationResult(
+    int Count, int Errors, int Concurrency, double Seconds, double PerSecond, Distribution LatencyMs, DatabaseWork Database, double? NodesCpuSeconds);
+
+public sealed record HeartbeatResult(
+    int Instances, int Sent, int Errors, int Concurrency, double Seconds, double PerSecond, Distribution LatencyMs, DatabaseWork Database, double? NodesCpuSeconds);
+
+/// <summary>
+/// One fan-out. <c>ChangeAcknowledgedMs</c> is the change's own request (group commit, reload);
+/// <c>NodeCpuMs</c> and <c>GeneratorCpuMs</c> are the CPU the node and this tool used from the
+/// change until the last answer: on a small machine they show who the answers waited for.
+/// <c>GeneratorGcPauseMs</c>: this tool's own GC pauses meanwhile, during which it could not
+/// take answers (their delays then include the pause).
+/// </summary>
+public sealed record FanOutResult(
+    int Consumers, int Answered, int Missed, int Errors, Distribution DelayMs, double MinDelayMs, double ChangeAcknowledgedMs,
+    double? NodeCpuMs, double GeneratorCpuMs, double GeneratorGcPauseMs, double SecondsToPark, string Histogram)
+{
+    /// <summary>Kept for the chart; not serialised (thousands of numbers).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public IReadOnlyList<double> Delays { get; init; } = [];
+}
+
+public sealed record ProcessSample(long RssBytes, double CpuSeconds);
+
+public sealed record IdleResult(
+    int Consumers, double Seconds, long RssBeforeBytes, long RssParkedBytes, double BytesPerPoll,
+    double CpuPercentOfOneCoreBaseline, double CpuPercentOfOneCoreParked, DatabaseWork Baseline, DatabaseWork Parked,
+    IReadOnlyList<StatementCalls> ParkedStatements);
+
+/// <summary>How often one statement (normalised by pg_stat_statements) ran in a window.</summary>
+public sealed record StatementCalls(string Statement, long Calls);
+
+public sealed record CrossNodeResult(int Rounds, int Samples, int Missed, Distribution DelayMs);
+
+public sealed record ColdStartResult(int Instances, double SecondsToListen, double SecondsToServeAll, long RssBytesServing, long RssBytesSettled);
+
+public sealed record PgBenchResult(string Script, int Clients, double Seconds, double TransactionsPerSecond, double LatencyAverageMs, long Failed);
+
+public sealed record TargetCheck(string Figure, string Target, string Measured, bool? Met, string Note);

@@ -1,0 +1,112 @@
+using System.Globalization;
+
+namespace Registry.Benchmarks;
+
+/// <summary>The targets, checked against what was measured. A target is judged only at its own scale.</summary>
+internal static class Targets
+{
+    public static void Evaluate(BenchmarkResult result)
+    {
+        var targets = result.Targets;
+        foreach (var fanOut in result.FanOut)
+        {
+            var limit = fanOut.Consumers switch { 1_000 => 50, 10_000 => 300, _ => (double?)null };
+            var measured = F($"p99 {fanOut.DelayMs.P99} ms (p50 {fanOut.DelayMs.P50}, max {fanOut.DelayMs.Max}), missed {fanOut.Missed}");
+            targets.Add(new TargetCheck(
+                F($"Fan-out to {fanOut.Consumers:N0} parked consumers"),
+                limit is { } l ? F($"p99 ≤ {l} ms, none missed") : "(targets are for 1,000 and 10,000)",
+                measured,
+                limit is { } max ? fanOut.DelayMs.P99 <= max && fanOut.Missed == 0 : null,
+                ""));
+        }
+
+        var noDatabase = result.Settings.StatementSource == "none";
+        if (result.Idle is { } idle)
+        {
+            var atScale = idle.Consumers == 10_000 ? (bool?)true : null;
+            var kib = idle.BytesPerPoll / 1024;
+            var noProcess = idle.RssParkedBytes == 0;
+            targets.Add(new TargetCheck(
+                F($"Idle: memory per parked poll ({idle.Consumers:N0} parked)"),
+                "≤ 10 KiB",
+                noProcess ? "not measured: no node process to read (with --url, pass --server-pid)" : F($"{kib:0.0} KiB (server RSS {Mib(idle.RssBeforeBytes)} → {Mib(idle.RssParkedBytes)} MiB)"),
+                atScale is null || noProcess ? null : kib <= 10,
+                noProcess ? "" : "resident set of the node process, which includes garbage the GC has not collected yet"));
+            var statements = idle.Parked.Statements ?? idle.Parked.Transactions;
+            var baseline = idle.Baseline.Statements ?? idle.Baseline.Transactions;
+            targets.Add(new TargetCheck(
+                F($"Idle: database statements while {idle.Consumers:N0} polls are parked for {idle.Seconds:0} s"),
+                "0",
+                noDatabase ? "not measured: no database to read (with --url, pass --connection-string)" : F($"{statements} (same window with none parked: {baseline})"),
+                atScale is null || noDatabase ? null : statements == 0,
+                idle.ParkedStatements.Count == 0
+                    ? ""
+                    : "what ran: " + string.Join("; ", idle.ParkedStatements.Take(6).Select(s => F($"{s.Calls}× `{Short(s.Statement)}`")))));
+            targets.Add(new TargetCheck(
+                F($"Idle: node CPU with {idle.Consumers:N0} parked"),
+                "(no target)",
+                noProcess ? "not measured" : F($"{idle.CpuPercentOfOneCoreParked:0.00}% of one core (none parked: {idle.CpuPercentOfOneCoreBaseline:0.00}%)"),
+                null,
+                ""));
+        }
+
+        if (result.Registration is { } registration)
+        {
+            var ceiling = result.PgBenchUpsert?.TransactionsPerSecond;
+            targets.Add(new TargetCheck(
+                F($"Registrations (concurrency {registration.Concurrency})"),
+                "≥ pgbench single-row upsert rate",
+                F($"{registration.PerSecond:N0}/s, p99 {registration.LatencyMs.P99} ms") + (ceiling is { } c && c > 0 ? F($"; pgbench {c:N0}/s; ratio {registration.PerSecond / c:0.00}×") : ""),
+                ceiling is { } upsert && upsert > 0 ? registration.PerSecond >= upsert : null,
+                (noDatabase ? "" : F($"database {registration.Database.StatementsPerSecond ?? registration.Database.TransactionsPerSecond:N0} statements/s; "))
+                    + (registration.NodesCpuSeconds is { } cpu ? F($"both nodes used {cpu} CPU-s in {registration.Seconds:0.0} s") : "") + (registration.Errors > 0 ? F($"; {registration.Errors} errors") : "")));
+        }
+
+        if (result.Heartbeats is { } heartbeats)
+        {
+            var ceiling = result.PgBenchUpdate?.TransactionsPerSecond;
+            var statements = noDatabase
+                ? "not measured"
+                : heartbeats.Database.StatementsPerSecond is { } s ? F($"{s:N1} statements/s") : F($"{heartbeats.Database.TransactionsPerSecond:N1} transactions/s");
+            targets.Add(new TargetCheck(
+                F($"Heartbeats ({heartbeats.Instances:N0} instances, concurrency {heartbeats.Concurrency})"),
+                "≥ 20,000/s",
+                F($"{heartbeats.PerSecond:N0}/s, p99 {heartbeats.LatencyMs.P99} ms; database ")
+                    + (noDatabase ? statements : F($"{statements}, {heartbeats.Database.RowsUpdated / heartbeats.Database.Seconds:N0} rows updated/s"))
+                    + (ceiling is { } c && c > 0 ? F($"; pgbench single-row update {c:N0}/s; ratio {heartbeats.PerSecond / c:0.00}×") : ""),
+                result.Settings.Smoke ? null : heartbeats.PerSecond >= 20_000,
+                heartbeats.Errors > 0 ? F($"{heartbeats.Errors} errors") : ""));
+        }
+
+        if (result.CrossNode is { } cross)
+        {
+            targets.Add(new TargetCheck(
+                "Cross-node propagation (write on A, parked on B)",
+                "p99 ≤ 50 ms",
+                F($"p50 {cross.DelayMs.P50} ms, p99 {cross.DelayMs.P99} ms, max {cross.DelayMs.Max} ms over {cross.Samples} consumers"),
+                result.Settings.Smoke ? null : cross.DelayMs.P99 <= 50 && cross.Missed == 0,
+                cross.Missed > 0 ? F($"{cross.Missed} missed") : ""));
+        }
+
+        if (result.ColdStart is { } cold)
+        {
+            targets.Add(new TargetCheck(
+                F($"Cold start with {cold.Instances:N0} instances"),
+                "≤ 3 s",
+                F($"{cold.SecondsToServeAll:0.00} s to serve all (HTTP up at {cold.SecondsToListen:0.00} s); RSS {Mib(cold.RssBytesServing)} MiB, {Mib(cold.RssBytesSettled)} MiB settled"),
+                cold.Instances == 100_000 ? cold.SecondsToServeAll <= 3 : null,
+                "from process start (includes .NET start-up and JIT)"));
+        }
+    }
+
+    /// <summary>The first words of a statement, enough to recognise it in a table cell.</summary>
+    private static string Short(string statement)
+    {
+        var text = statement.Replace("|", "\\|", StringComparison.Ordinal);
+        return text.Length > 60 ? text[..60] + "…" : text;
+    }
+
+    private static string Mib(long bytes) => (bytes / 1048576.0).ToString("0", CultureInfo.InvariantCulture);
+
+    private static string F(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
+}
