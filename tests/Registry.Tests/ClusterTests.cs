@@ -94,6 +94,40 @@ public sealed class ClusterTests(RegistryCluster cluster) : RegistryTest(cluster
     }
 
     [Fact]
+    public async Task MetaChangesAndUnregistrationsOnNodeAReachNodeB()
+    {
+        using var nodeB = Cluster.NodeB.CreateClient();
+        using (var response = await Client.PostJsonAsync("/v1/register", Http.Provider("app", "10.0.0.1:80", """{"v":"1"}""")))
+        {
+            response.EnsureSuccessStatusCode();
+        }
+
+        var (_, version, body) = await nodeB.SubscribeAsync(Subscription);
+        if (body!["endpoints"]!.AsArray().Count == 0)
+        {
+            (_, version, _) = await nodeB.SubscribeAsync(Subscription, version, wait: 10); // the notification's reload
+        }
+
+        using (var response = await Client.PostJsonAsync("/v1/register", Http.Provider("app", "10.0.0.1:80", """{"v":"2"}""")))
+        {
+            Assert.Equal(System.Net.HttpStatusCode.OK, response.StatusCode);
+        }
+
+        var (_, afterMeta, changed) = await nodeB.SubscribeAsync(Subscription, version, wait: 10);
+        Assert.NotEqual(version, afterMeta);
+        Assert.Equal("2", (string?)Assert.Single(changed!["endpoints"]!.AsArray())!["meta"]!["v"]);
+
+        using (var response = await Client.PostJsonAsync("/v1/unregister", Http.Provider("app", "10.0.0.1:80")))
+        {
+            Assert.Equal(System.Net.HttpStatusCode.NoContent, response.StatusCode);
+        }
+
+        var (_, afterRemoval, empty) = await nodeB.SubscribeAsync(Subscription, afterMeta, wait: 10);
+        Assert.NotEqual(afterMeta, afterRemoval);
+        Assert.Empty(empty!["endpoints"]!.AsArray());
+    }
+
+    [Fact]
     public async Task ANodeReflectsItsOwnWritesAtOnce()
     {
         using var nodeB = Cluster.NodeB.CreateClient();

@@ -284,8 +284,10 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
             await listener._connection.OpenAsync();
             listener._connection.Notification += (_, e) =>
             {
-                listener._payloads.Enqueue(e.Payload);
-                if (listener._waiting.TryGetValue(e.Payload, out var waiter))
+                // The application is the payload's first line; changed instances may follow.
+                var application = e.Payload.Split('\n')[0];
+                listener._payloads.Enqueue(application);
+                if (listener._waiting.TryGetValue(application, out var waiter))
                 {
                     waiter.TrySetResult();
                 }
@@ -299,12 +301,13 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
             return listener;
         }
 
-        public int Count(string payload) => _payloads.Count(p => p == payload);
+        /// <summary>Notifications received for the application.</summary>
+        public int Count(string application) => _payloads.Count(p => p == application);
 
-        public Task WaitForAsync(string payload)
+        public Task WaitForAsync(string application)
         {
-            var waiter = _waiting.GetOrAdd(payload, _ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
-            if (_payloads.Contains(payload))
+            var waiter = _waiting.GetOrAdd(application, _ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
+            if (_payloads.Contains(application))
             {
                 waiter.TrySetResult();
             }

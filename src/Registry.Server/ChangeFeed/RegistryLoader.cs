@@ -11,11 +11,12 @@ using Registry.Subscription;
 namespace Registry.ChangeFeed;
 
 /// <summary>
-/// The one writer of <see cref="RegistryState"/>: reloads applications from the database when
-/// they are announced (bursts coalesce into one query), the whole registry after the change
-/// feed (re)connects, and compares per-application counts and revisions with the database
-/// now and then to catch a lost notification. Running every load through one loop means two
-/// loads of an application can never be applied out of order.
+/// The one writer of <see cref="RegistryState"/>: reloads what a notification announces
+/// (the listed instances, or the whole application; bursts coalesce into one query per kind),
+/// the whole registry after the change feed (re)connects, and compares per-application counts
+/// and revisions with the database now and then to catch a lost notification. Every load runs
+/// through this one loop and reads the database afresh, so two loads of the same rows can
+/// never be applied out of order.
 /// </summary>
 internal sealed partial class RegistryLoader(
     RegistryDatabase database,
@@ -27,25 +28,41 @@ internal sealed partial class RegistryLoader(
     TimeProvider time,
     ILogger<RegistryLoader> logger) : BackgroundService
 {
-    private const string SelectColumns = "SELECT application, protocol, addr, meta::text, ttl_seconds, expires_at, revision FROM instances";
+    private const string SelectColumns = "SELECT i.application, i.protocol, i.addr, i.meta::text, i.ttl_seconds, i.expires_at, i.revision FROM instances i";
 
     private readonly Channel<Reload> _requests = Channel.CreateUnbounded<Reload>(new UnboundedChannelOptions { SingleReader = true });
 
-    /// <summary>A request to reload one application, or everything when <see cref="Application"/> is null.</summary>
-    private sealed record Reload(string? Application, TaskCompletionSource? Done);
+    /// <summary>
+    /// A request to reload one instance (<see cref="Key"/>), one application
+    /// (<see cref="Application"/>), or everything (neither).
+    /// </summary>
+    private sealed record Reload(string? Application, InstanceKey? Key, TaskCompletionSource? Done);
 
-    /// <summary>Schedules a reload of an application (from a notification); never blocks, never throws.</summary>
-    public void Enqueue(string application) => _requests.Writer.TryWrite(new Reload(application, null));
+    /// <summary>Schedules what a notification announces; never blocks, never throws.</summary>
+    public void Announced(string payload)
+    {
+        var (application, keys) = Announcement.Parse(payload);
+        if (keys is null)
+        {
+            _requests.Writer.TryWrite(new Reload(application, null, null));
+            return;
+        }
 
-    /// <summary>Reloads the applications and completes once the new snapshots are in place.</summary>
-    public Task ReloadAsync(IEnumerable<string> applications)
+        foreach (var key in keys)
+        {
+            _requests.Writer.TryWrite(new Reload(null, key, null));
+        }
+    }
+
+    /// <summary>Reloads the instances and completes once the new snapshots are in place.</summary>
+    public Task ReloadAsync(IEnumerable<InstanceKey> keys)
     {
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var any = false;
-        foreach (var application in applications)
+        foreach (var key in keys)
         {
             any = true;
-            _requests.Writer.TryWrite(new Reload(application, done));
+            _requests.Writer.TryWrite(new Reload(null, key, done));
         }
 
         if (!any)
@@ -60,7 +77,7 @@ internal sealed partial class RegistryLoader(
     public Task ReloadAllAsync()
     {
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        _requests.Writer.TryWrite(new Reload(null, done));
+        _requests.Writer.TryWrite(new Reload(null, null, done));
         return done.Task;
     }
 
@@ -103,8 +120,9 @@ internal sealed partial class RegistryLoader(
 
     private async Task ApplyAsync(List<Reload> batch, CancellationToken cancellationToken)
     {
-        var all = batch.Any(r => r.Application is null);
-        var applications = all ? [] : batch.Select(r => r.Application!).Distinct(StringComparer.Ordinal).ToArray();
+        var all = batch.Any(r => r.Application is null && r.Key is null);
+        var applications = batch.Where(r => r.Application is not null).Select(r => r.Application!).ToHashSet(StringComparer.Ordinal);
+        var keys = batch.Where(r => r.Key is { } key && !applications.Contains(key.Application)).Select(r => r.Key!.Value).Distinct().ToArray();
         Exception? failure = null;
         try
         {
@@ -114,7 +132,15 @@ internal sealed partial class RegistryLoader(
             }
             else
             {
-                await LoadApplicationsAsync(applications, cancellationToken);
+                if (applications.Count > 0)
+                {
+                    await LoadApplicationsAsync(applications.ToArray(), cancellationToken);
+                }
+
+                if (keys.Length > 0)
+                {
+                    await LoadInstancesAsync(keys, cancellationToken);
+                }
             }
         }
         catch (DbException e)
@@ -126,9 +152,9 @@ internal sealed partial class RegistryLoader(
             // reloads everything anyway if the database was lost).
             if (!all)
             {
-                foreach (var application in applications)
+                foreach (var request in batch)
                 {
-                    Enqueue(application);
+                    _requests.Writer.TryWrite(request with { Done = null });
                 }
             }
         }
@@ -166,7 +192,8 @@ internal sealed partial class RegistryLoader(
 
     private async Task LoadApplicationsAsync(string[] applications, CancellationToken cancellationToken)
     {
-        var loaded = await QueryAsync(SelectColumns + " WHERE application = ANY(@applications)", applications, cancellationToken);
+        var loaded = await QueryAsync(SelectColumns + " WHERE i.application = ANY(@applications)", command =>
+            command.Parameters.Add(new NpgsqlParameter<string[]>("applications", applications)), cancellationToken);
         var snapshots = applications.Select(a => loaded.GetValueOrDefault(a) ?? new ApplicationSnapshot(a, [])).ToArray();
         var changed = snapshots
             .Where(s => !(s.SameContentAs(state.Get(s.Application)) || (s.Instances.Length == 0 && state.Get(s.Application) is null)))
@@ -177,13 +204,40 @@ internal sealed partial class RegistryLoader(
         hub.ApplicationsChanged(changed);
     }
 
-    private async Task<Dictionary<string, ApplicationSnapshot>> QueryAsync(string sql, string[]? applications, CancellationToken cancellationToken)
+    /// <summary>Reloads single rows and merges them into their applications' snapshots.</summary>
+    private async Task LoadInstancesAsync(InstanceKey[] keys, CancellationToken cancellationToken)
+    {
+        var loaded = await QueryAsync(
+            SelectColumns + """
+                 JOIN unnest(@applications, @protocols, @addrs) AS k(application, protocol, addr)
+                   ON i.application = k.application AND i.protocol = k.protocol AND i.addr = k.addr
+                """,
+            command => InstanceKeys.AddParameters(command.Parameters, keys),
+            cancellationToken);
+        var snapshots = new List<ApplicationSnapshot>();
+        var changed = new List<string>();
+        foreach (var group in keys.GroupBy(k => k.Application, StringComparer.Ordinal))
+        {
+            var before = state.Get(group.Key) ?? new ApplicationSnapshot(group.Key, []);
+            var rows = loaded.GetValueOrDefault(group.Key)?.Instances ?? [];
+            var after = before.With(group.ToHashSet(), rows);
+            snapshots.Add(after);
+            // Revisions move exactly when what a consumer sees (or the TTL) changes.
+            if (group.Any(key => before.Find(key)?.Revision != after.Find(key)?.Revision))
+            {
+                changed.Add(group.Key);
+            }
+        }
+
+        state.Replace(snapshots);
+        metrics.Reloaded(all: false);
+        hub.ApplicationsChanged(changed);
+    }
+
+    private async Task<Dictionary<string, ApplicationSnapshot>> QueryAsync(string sql, Action<NpgsqlCommand>? parameters, CancellationToken cancellationToken)
     {
         await using var command = database.DataSource.CreateCommand(sql);
-        if (applications is not null)
-        {
-            command.Parameters.Add(new NpgsqlParameter<string[]>("applications", applications));
-        }
+        parameters?.Invoke(command);
 
         var rows = new Dictionary<string, List<Instance>>(StringComparer.Ordinal);
         await using (var reader = await command.ExecuteReaderAsync(cancellationToken))

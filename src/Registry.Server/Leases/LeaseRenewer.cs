@@ -96,9 +96,7 @@ internal sealed partial class LeaseRenewer(
                  WHERE i.application = k.application AND i.protocol = k.protocol AND i.addr = k.addr
                 RETURNING i.application, i.protocol, i.addr, i.expires_at, clock_timestamp()
                 """, connection);
-            command.Parameters.Add(new NpgsqlParameter<string[]>("applications", keys.Select(k => k.Application).ToArray()));
-            command.Parameters.Add(new NpgsqlParameter<string[]>("protocols", keys.Select(k => k.Protocol).ToArray()));
-            command.Parameters.Add(new NpgsqlParameter<string[]>("addrs", keys.Select(k => k.Addr).ToArray()));
+            InstanceKeys.AddParameters(command.Parameters, keys);
             var renewed = 0;
             await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
             {

@@ -156,9 +156,14 @@ internal sealed partial class Sweeper(
                 DELETE FROM instances i USING victims v
                  WHERE i.application = v.application AND i.protocol = v.protocol AND i.addr = v.addr
                    AND i.expires_at < clock_timestamp()
-                RETURNING i.application),
-            counted AS (SELECT application, count(*)::int AS n FROM gone GROUP BY application)
-            SELECT n, pg_notify(@channel, application) FROM counted
+                RETURNING i.application, i.protocol, i.addr),
+            counted AS (
+                SELECT application, count(*)::int AS n, string_agg(protocol || ' ' || addr, E'\n') AS keys
+                  FROM gone GROUP BY application)
+            -- The payload names the evicted instances when they fit (see Announcement).
+            SELECT n, pg_notify(@channel, CASE WHEN octet_length(application) + octet_length(keys) < 7900
+                                               THEN application || E'\n' || keys ELSE application END)
+              FROM counted
             """, connection, transaction);
         command.Parameters.AddWithValue("limit", limit);
         command.Parameters.AddWithValue("channel", Schema.ChangeChannel);

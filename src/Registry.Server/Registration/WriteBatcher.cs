@@ -148,7 +148,7 @@ internal sealed partial class WriteBatcher(
     {
         try
         {
-            await loader.ReloadAsync(committed.ChangedApplications).WaitAsync(cancellationToken);
+            await loader.ReloadAsync(committed.Changed).WaitAsync(cancellationToken);
         }
         catch (Exception e) when (e is DbException or OperationCanceledException)
         {
@@ -171,7 +171,7 @@ internal sealed partial class WriteBatcher(
         }
     }
 
-    private sealed record Committed(WriteStatus[] Statuses, Dictionary<InstanceKey, DateTimeOffset> Expiries, List<string> ChangedApplications);
+    private sealed record Committed(WriteStatus[] Statuses, Dictionary<InstanceKey, DateTimeOffset> Expiries, InstanceKey[] Changed);
 
     private readonly record struct Stored(Meta Meta, int TtlSeconds);
 
@@ -210,9 +210,7 @@ internal sealed partial class WriteBatcher(
                 var has = current.TryGetValue(k, out var after);
                 return had != has || (had && !Same(before, after));
             })
-            .Select(k => k.Application)
-            .Distinct(StringComparer.Ordinal)
-            .ToList();
+            .ToArray();
 
         var expiries = new Dictionary<InstanceKey, DateTimeOffset>();
         await using (var statements = new NpgsqlBatch(connection, transaction))
@@ -227,11 +225,13 @@ internal sealed partial class WriteBatcher(
                 statements.BatchCommands.Add(Delete(deletes));
             }
 
-            if (changed.Count > 0)
+            if (changed.Length > 0)
             {
-                var notify = new NpgsqlBatchCommand("SELECT pg_notify(@channel, a) FROM unnest(@applications) AS a");
+                // One notification per changed application, naming the changed instances.
+                var payloads = changed.GroupBy(k => k.Application, StringComparer.Ordinal).Select(g => Announcement.For(g.Key, g)).ToArray();
+                var notify = new NpgsqlBatchCommand("SELECT pg_notify(@channel, p) FROM unnest(@payloads) AS p");
                 notify.Parameters.AddWithValue("channel", Schema.ChangeChannel);
-                notify.Parameters.Add(new NpgsqlParameter<string[]>("applications", changed.ToArray()));
+                notify.Parameters.Add(new NpgsqlParameter<string[]>("payloads", payloads));
                 statements.BatchCommands.Add(notify);
             }
 
@@ -268,7 +268,7 @@ internal sealed partial class WriteBatcher(
              ORDER BY i.application, i.protocol, i.addr
                FOR UPDATE OF i
             """, connection, transaction);
-        AddKeys(command.Parameters, keys);
+        InstanceKeys.AddParameters(command.Parameters, keys);
         var stored = new Dictionary<InstanceKey, Stored>();
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
@@ -296,7 +296,7 @@ internal sealed partial class WriteBatcher(
                                    THEN i.revision ELSE excluded.revision END
             RETURNING i.application, i.protocol, i.addr, i.expires_at
             """);
-        AddKeys(command.Parameters, keys);
+        InstanceKeys.AddParameters(command.Parameters, keys);
         command.Parameters.Add(new NpgsqlParameter<string[]>("metas", keys.Select(k => MetaJson.Serialize(rows[k].Meta)).ToArray()));
         command.Parameters.Add(new NpgsqlParameter<int[]>("ttls", keys.Select(k => rows[k].TtlSeconds).ToArray()));
         return command;
@@ -310,15 +310,8 @@ internal sealed partial class WriteBatcher(
              USING unnest(@applications, @protocols, @addrs) AS k(application, protocol, addr)
              WHERE i.application = k.application AND i.protocol = k.protocol AND i.addr = k.addr
             """);
-        AddKeys(command.Parameters, keys);
+        InstanceKeys.AddParameters(command.Parameters, keys);
         return command;
-    }
-
-    private static void AddKeys(NpgsqlParameterCollection parameters, InstanceKey[] keys)
-    {
-        parameters.Add(new NpgsqlParameter<string[]>("applications", keys.Select(k => k.Application).ToArray()));
-        parameters.Add(new NpgsqlParameter<string[]>("protocols", keys.Select(k => k.Protocol).ToArray()));
-        parameters.Add(new NpgsqlParameter<string[]>("addrs", keys.Select(k => k.Addr).ToArray()));
     }
 
     [LoggerMessage(Level = LogLevel.Error, Message = "A batch of {Count} writes failed; answered 503")]

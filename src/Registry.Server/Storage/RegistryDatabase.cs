@@ -23,6 +23,8 @@ internal sealed class RegistryDatabase : IAsyncDisposable
         {
             Timeout = options.Value.ConnectTimeoutSeconds,
             CommandTimeout = options.Value.CommandTimeoutSeconds,
+            // Pooled sessions keep no state (LISTEN has its own connection): skip DISCARD ALL.
+            NoResetOnClose = true,
         };
         if (string.IsNullOrEmpty(pooled.ApplicationName))
         {

@@ -10,8 +10,17 @@ internal sealed record Instance(InstanceKey Key, Meta Meta, int TtlSeconds, Date
 internal sealed class ApplicationSnapshot
 {
     public ApplicationSnapshot(string application, Instance[] instances)
+        : this(application, instances, sorted: false)
     {
-        Array.Sort(instances, static (a, b) => InstanceKey.CompareOrdinal(a.Key, b.Key));
+    }
+
+    private ApplicationSnapshot(string application, Instance[] instances, bool sorted)
+    {
+        if (!sorted)
+        {
+            Array.Sort(instances, static (a, b) => InstanceKey.CompareOrdinal(a.Key, b.Key));
+        }
+
         Application = application;
         Instances = instances;
         MaxRevision = instances.Length == 0 ? 0 : instances.Max(i => i.Revision);
@@ -31,6 +40,37 @@ internal sealed class ApplicationSnapshot
     /// <summary>Whether the other snapshot shows consumers the same thing (same rows at the same revisions).</summary>
     public bool SameContentAs(ApplicationSnapshot? other) =>
         other is not null && other.Instances.Length == Instances.Length && other.MaxRevision == MaxRevision;
+
+    /// <summary>
+    /// This snapshot with the given instances reloaded: each of <paramref name="reloaded"/> is
+    /// replaced by its row in <paramref name="rows"/>, or removed when it has none. A linear
+    /// merge, since a large application changes a few rows at a time.
+    /// </summary>
+    public ApplicationSnapshot With(IReadOnlySet<InstanceKey> reloaded, Instance[] rows)
+    {
+        Array.Sort(rows, static (a, b) => InstanceKey.CompareOrdinal(a.Key, b.Key));
+        var merged = new List<Instance>(Instances.Length + rows.Length);
+        var next = 0;
+        foreach (var instance in Instances)
+        {
+            while (next < rows.Length && InstanceKey.CompareOrdinal(rows[next].Key, instance.Key) < 0)
+            {
+                merged.Add(rows[next++]);
+            }
+
+            if (!reloaded.Contains(instance.Key))
+            {
+                merged.Add(instance);
+            }
+        }
+
+        while (next < rows.Length)
+        {
+            merged.Add(rows[next++]);
+        }
+
+        return new ApplicationSnapshot(Application, merged.ToArray(), sorted: true);
+    }
 
     public Instance? Find(InstanceKey key)
     {
