@@ -76,40 +76,39 @@ internal sealed class LongPoll(
 
     private async Task<PollOutcome> ParkAsync(SubscriptionView view, Task changed, TimeSpan hold, CancellationToken requestAborted)
     {
+        if (lifetime.ApplicationStopping.IsCancellationRequested)
+        {
+            return await ReleaseOnShutdownAsync(view, requestAborted);
+        }
+
         metrics.PollParked();
         try
         {
-            using (var stop = CancellationTokenSource.CreateLinkedTokenSource(requestAborted, lifetime.ApplicationStopping))
-            {
-                var timeout = Task.Delay(hold, time, stop.Token);
-                await Task.WhenAny(changed, timeout);
-                // Disposing the timer now matters with thousands of polls parked.
-                await stop.CancelAsync();
-            }
-
-            if (requestAborted.IsCancellationRequested)
-            {
-                return new(view.Current.Answer, PollEnd.ClientGone);
-            }
-
-            if (changed.IsCompleted)
-            {
-                var answer = view.Current.Answer;
-                metrics.DeliveryDelay(Stopwatch.GetElapsedTime(answer.ComputedAt));
-                return new(answer, PollEnd.Changed);
-            }
-
-            if (lifetime.ApplicationStopping.IsCancellationRequested)
-            {
-                return await ReleaseOnShutdownAsync(view, requestAborted);
-            }
-
+            // One timer and one cancellation registration per parked poll; the change signal
+            // is shared by every consumer of the subscription (and is also raised on shutdown).
+            await changed.WaitAsync(hold, time, requestAborted);
+        }
+        catch (TimeoutException)
+        {
             return new(view.Current.Answer, PollEnd.TimedOut);
+        }
+        catch (OperationCanceledException) when (requestAborted.IsCancellationRequested)
+        {
+            return new(view.Current.Answer, PollEnd.ClientGone);
         }
         finally
         {
             metrics.PollUnparked();
         }
+
+        if (lifetime.ApplicationStopping.IsCancellationRequested)
+        {
+            return await ReleaseOnShutdownAsync(view, requestAborted);
+        }
+
+        var answer = view.Current.Answer;
+        metrics.DeliveryDelay(Stopwatch.GetElapsedTime(answer.ComputedAt));
+        return new(answer, PollEnd.Changed);
     }
 
     /// <summary>Answers a poll released by shutdown after a random part of the spread, so consumers do not all reconnect at once.</summary>

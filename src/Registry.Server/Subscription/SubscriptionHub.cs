@@ -43,6 +43,19 @@ internal sealed class SubscriptionView
         }
     }
 
+    /// <summary>Wakes the parked consumers without a new answer (the node is shutting down).</summary>
+    public void Interrupt()
+    {
+        TaskCompletionSource wake;
+        lock (_gate)
+        {
+            wake = _changed;
+            _changed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        }
+
+        wake.TrySetResult();
+    }
+
     /// <summary>Publishes a recomputed answer; wakes the parked consumers only when the version moved.</summary>
     public bool Publish(Answer answer)
     {
@@ -69,15 +82,25 @@ internal sealed class SubscriptionView
 /// Views nobody holds are kept until a change touches them (so a consumer that comes straight
 /// back finds its view) and then dropped instead of recomputed.
 /// </summary>
-internal sealed class SubscriptionHub(RegistryState state, RegistryMetrics metrics)
+internal sealed class SubscriptionHub
 {
     /// <summary>Unheld views kept at most; beyond it they are dropped at the next acquire.</summary>
     private const int MaxIdleViews = 10_000;
 
+    private readonly RegistryState _state;
+    private readonly RegistryMetrics _metrics;
     private readonly Lock _gate = new();
     private readonly Dictionary<string, SubscriptionView> _views = new(StringComparer.Ordinal);
     private readonly Dictionary<string, HashSet<SubscriptionView>> _byApplication = new(StringComparer.Ordinal);
     private int _idle;
+
+    public SubscriptionHub(RegistryState state, RegistryMetrics metrics, IHostApplicationLifetime lifetime)
+    {
+        _state = state;
+        _metrics = metrics;
+        // Parked polls are released when the node stops (LongPoll spreads their answers).
+        lifetime.ApplicationStopping.Register(InterruptAll);
+    }
 
     /// <summary>Takes a reference to the view of these entries, creating it from the current state.</summary>
     public SubscriptionView Acquire(IReadOnlyList<SubscriptionEntry> entries)
@@ -100,7 +123,7 @@ internal sealed class SubscriptionHub(RegistryState state, RegistryMetrics metri
                 DropIdleViews();
             }
 
-            view = new SubscriptionView(key, entries, Answer.Compute(state, entries)) { References = 1 };
+            view = new SubscriptionView(key, entries, Answer.Compute(_state, entries)) { References = 1 };
             _views.Add(key, view);
             foreach (var application in view.Applications)
             {
@@ -112,7 +135,7 @@ internal sealed class SubscriptionHub(RegistryState state, RegistryMetrics metri
                 views.Add(view);
             }
 
-            metrics.SubscriptionViews(_views.Count);
+            _metrics.SubscriptionViews(_views.Count);
             return view;
         }
     }
@@ -163,15 +186,29 @@ internal sealed class SubscriptionHub(RegistryState state, RegistryMetrics metri
                 }
             }
 
-            metrics.SubscriptionViews(_views.Count);
+            _metrics.SubscriptionViews(_views.Count);
         }
 
         foreach (var view in affected)
         {
-            if (view.Publish(Answer.Compute(state, view.Entries)))
+            if (view.Publish(Answer.Compute(_state, view.Entries)))
             {
-                metrics.AnswerChanged();
+                _metrics.AnswerChanged();
             }
+        }
+    }
+
+    private void InterruptAll()
+    {
+        SubscriptionView[] views;
+        lock (_gate)
+        {
+            views = _views.Values.ToArray();
+        }
+
+        foreach (var view in views)
+        {
+            view.Interrupt();
         }
     }
 
