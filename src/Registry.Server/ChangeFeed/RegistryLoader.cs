@@ -220,7 +220,7 @@ internal sealed partial class RegistryLoader(
         {
             var before = state.Get(group.Key) ?? new ApplicationSnapshot(group.Key, []);
             var rows = loaded.GetValueOrDefault(group.Key)?.Instances ?? [];
-            var after = before.With(group.ToHashSet(), rows);
+            var after = before.With(group, rows);
             snapshots.Add(after);
             // Revisions move exactly when what a consumer sees (or the TTL) changes.
             if (group.Any(key => before.Find(key)?.Revision != after.Find(key)?.Revision))

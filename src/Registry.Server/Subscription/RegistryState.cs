@@ -43,45 +43,55 @@ internal sealed class ApplicationSnapshot
 
     /// <summary>
     /// This snapshot with the given instances reloaded: each of <paramref name="reloaded"/> is
-    /// replaced by its row in <paramref name="rows"/>, or removed when it has none. A linear
-    /// merge, since a large application changes a few rows at a time.
+    /// replaced by its row in <paramref name="rows"/>, or removed when it has none. A large
+    /// application changes a few rows at a time, so this finds them by binary search and copies
+    /// the ranges in between: no per-instance hashing or comparing.
     /// </summary>
-    public ApplicationSnapshot With(IReadOnlySet<InstanceKey> reloaded, Instance[] rows)
+    public ApplicationSnapshot With(IEnumerable<InstanceKey> reloaded, Instance[] rows)
     {
+        var removed = reloaded.Select(IndexOf).Where(i => i >= 0).Distinct().Order().ToArray();
+        var kept = new Instance[Instances.Length - removed.Length];
+        var from = 0;
+        var to = 0;
+        foreach (var index in removed)
+        {
+            Array.Copy(Instances, from, kept, to, index - from);
+            to += index - from;
+            from = index + 1;
+        }
+
+        Array.Copy(Instances, from, kept, to, Instances.Length - from);
+
         Array.Sort(rows, static (a, b) => InstanceKey.CompareOrdinal(a.Key, b.Key));
-        var merged = new List<Instance>(Instances.Length + rows.Length);
-        var next = 0;
-        foreach (var instance in Instances)
+        var merged = new Instance[kept.Length + rows.Length];
+        var source = 0;
+        var target = 0;
+        foreach (var row in rows)
         {
-            while (next < rows.Length && InstanceKey.CompareOrdinal(rows[next].Key, instance.Key) < 0)
-            {
-                merged.Add(rows[next++]);
-            }
-
-            if (!reloaded.Contains(instance.Key))
-            {
-                merged.Add(instance);
-            }
+            var at = ~BinarySearch(kept, row.Key); // absent from kept: it was removed above
+            Array.Copy(kept, source, merged, target, at - source);
+            target += at - source;
+            source = at;
+            merged[target++] = row;
         }
 
-        while (next < rows.Length)
-        {
-            merged.Add(rows[next++]);
-        }
-
-        return new ApplicationSnapshot(Application, merged.ToArray(), sorted: true);
+        Array.Copy(kept, source, merged, target, kept.Length - source);
+        return new ApplicationSnapshot(Application, merged, sorted: true);
     }
 
-    public Instance? Find(InstanceKey key)
+    private int IndexOf(InstanceKey key) => BinarySearch(Instances, key);
+
+    /// <summary>The index of the key, or the bitwise complement of where it would go.</summary>
+    private static int BinarySearch(Instance[] instances, InstanceKey key)
     {
-        int lo = 0, hi = Instances.Length - 1;
+        int lo = 0, hi = instances.Length - 1;
         while (lo <= hi)
         {
             var mid = (lo + hi) >>> 1;
-            var c = InstanceKey.CompareOrdinal(Instances[mid].Key, key);
+            var c = InstanceKey.CompareOrdinal(instances[mid].Key, key);
             if (c == 0)
             {
-                return Instances[mid];
+                return mid;
             }
 
             if (c < 0)
@@ -94,7 +104,13 @@ internal sealed class ApplicationSnapshot
             }
         }
 
-        return null;
+        return ~lo;
+    }
+
+    public Instance? Find(InstanceKey key)
+    {
+        var index = IndexOf(key);
+        return index >= 0 ? Instances[index] : null;
     }
 }
 
