@@ -128,6 +128,57 @@ public sealed class ClusterTests(RegistryCluster cluster) : RegistryTest(cluster
     }
 
     [Fact]
+    public async Task ConcurrentMixedWritesLeaveEveryNodeEqualToTheDatabase()
+    {
+        using var nodeB = Cluster.NodeB.CreateClient();
+        var random = new Random(20261125);
+        var operations = Enumerable.Range(0, 300).Select(_ =>
+        {
+            var addr = $"10.0.{random.Next(3)}.{random.Next(1, 12)}:80";
+            return random.Next(3) == 0
+                ? ("/v1/unregister", Http.Provider("mixed", addr))
+                : ("/v1/register", Http.Provider("mixed", addr, $$"""{"v":"{{random.Next(4)}}"}"""));
+        }).ToArray();
+
+        // Sent together so that batches mix inserts, replacements and deletions of the same rows.
+        await Task.WhenAll(operations.Select(async (operation, i) =>
+        {
+            using var response = await (i % 2 == 0 ? Client : nodeB).PostJsonAsync(operation.Item1, operation.Item2);
+            Assert.True((int)response.StatusCode is 200 or 201 or 204 or 404, $"{operation.Item1}: {response.StatusCode}");
+        }));
+
+        string[] truth;
+        await using (var connection = await Cluster.OpenAsync())
+        await using (var select = new NpgsqlCommand("SELECT addr || '=' || (meta->>'v') FROM instances WHERE application = 'mixed' ORDER BY addr COLLATE \"C\"", connection))
+        await using (var reader = await select.ExecuteReaderAsync())
+        {
+            var rows = new List<string>();
+            while (await reader.ReadAsync())
+            {
+                rows.Add(reader.GetString(0));
+            }
+
+            truth = rows.ToArray();
+        }
+
+        var subscription = Http.Subscription(Http.Entry("mixed"));
+        foreach (var client in new[] { Client, nodeB })
+        {
+            var (_, version, body) = await client.SubscribeAsync(subscription);
+            var clock = Stopwatch.StartNew();
+            while (!Seen(body!).SequenceEqual(truth) && clock.Elapsed < TimeSpan.FromSeconds(10))
+            {
+                (_, version, body) = await client.SubscribeAsync(subscription, version, wait: 5); // the other node's notifications
+            }
+
+            Assert.Equal(truth, Seen(body!));
+        }
+
+        static string[] Seen(System.Text.Json.Nodes.JsonNode answer) => answer["endpoints"]!.AsArray()
+            .Select(e => $"{(string?)e!["addr"]}={(string?)e["meta"]!["v"]}").ToArray();
+    }
+
+    [Fact]
     public async Task ANodeReflectsItsOwnWritesAtOnce()
     {
         using var nodeB = Cluster.NodeB.CreateClient();

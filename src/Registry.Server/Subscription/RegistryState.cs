@@ -50,33 +50,38 @@ internal sealed class ApplicationSnapshot
     public ApplicationSnapshot With(IEnumerable<InstanceKey> reloaded, Instance[] rows)
     {
         var removed = reloaded.Select(IndexOf).Where(i => i >= 0).Distinct().Order().ToArray();
-        var kept = new Instance[Instances.Length - removed.Length];
-        var from = 0;
-        var to = 0;
-        foreach (var index in removed)
-        {
-            Array.Copy(Instances, from, kept, to, index - from);
-            to += index - from;
-            from = index + 1;
-        }
-
-        Array.Copy(Instances, from, kept, to, Instances.Length - from);
-
         Array.Sort(rows, static (a, b) => InstanceKey.CompareOrdinal(a.Key, b.Key));
-        var merged = new Instance[kept.Length + rows.Length];
-        var source = 0;
+        var merged = new Instance[Instances.Length - removed.Length + rows.Length];
+        var source = 0; // next instance of this snapshot to copy
         var target = 0;
+        var skip = 0; // next removed index
         foreach (var row in rows)
         {
-            var at = ~BinarySearch(kept, row.Key); // absent from kept: it was removed above
-            Array.Copy(kept, source, merged, target, at - source);
-            target += at - source;
-            source = at;
+            // Where the row goes among the old instances (it is never one of the kept ones).
+            var at = IndexOf(row.Key);
+            CopyKept(at < 0 ? ~at : at);
             merged[target++] = row;
         }
 
-        Array.Copy(kept, source, merged, target, kept.Length - source);
+        CopyKept(Instances.Length);
         return new ApplicationSnapshot(Application, merged, sorted: true);
+
+        // Copies the old instances before index `end`, leaving out the removed ones.
+        void CopyKept(int end)
+        {
+            while (source < end)
+            {
+                var stop = skip < removed.Length && removed[skip] < end ? removed[skip] : end;
+                Array.Copy(Instances, source, merged, target, stop - source);
+                target += stop - source;
+                source = stop;
+                if (stop < end)
+                {
+                    source++;
+                    skip++;
+                }
+            }
+        }
     }
 
     private int IndexOf(InstanceKey key) => BinarySearch(Instances, key);
