@@ -207,7 +207,7 @@ internal sealed partial class ChangeFeedListener : BackgroundService
         }
 
         _metrics.NotificationReceived();
-        _loader.Announced(e.Payload);
+        _loader.Announced(e.Payload, e.PID);
     }
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Change feed listening (backend {ProcessId}); registry loaded")]

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Data.Common;
 using System.Threading.Channels;
 using Microsoft.Extensions.Options;
@@ -32,25 +33,74 @@ internal sealed partial class RegistryLoader(
 
     private readonly Channel<Reload> _requests = Channel.CreateUnbounded<Reload>(new UnboundedChannelOptions { SingleReader = true });
 
+    /// <summary>This node's committed batches awaiting their own notifications, per backend, in commit order.</summary>
+    private readonly ConcurrentDictionary<int, ConcurrentQueue<OwnCommit>> _own = new();
+
     /// <summary>
     /// A request to reload one instance (<see cref="Key"/>), one application
-    /// (<see cref="Application"/>), or everything (neither).
+    /// (<see cref="Application"/>), or everything (neither). <see cref="Backend"/> is set on
+    /// one request per notification: the backend that sent it.
     /// </summary>
-    private sealed record Reload(string? Application, InstanceKey? Key, TaskCompletionSource? Done);
+    private sealed record Reload(string? Application, InstanceKey? Key, TaskCompletionSource? Done, int? Backend = null);
 
     /// <summary>Schedules what a notification announces; never blocks, never throws.</summary>
-    public void Announced(string payload)
+    public void Announced(string payload, int backend)
     {
         var (application, keys) = Announcement.Parse(payload);
         if (keys is null)
         {
-            _requests.Writer.TryWrite(new Reload(application, null, null));
+            _requests.Writer.TryWrite(new Reload(application, null, null, backend));
             return;
         }
 
-        foreach (var key in keys)
+        for (var i = 0; i < keys.Length; i++)
         {
-            _requests.Writer.TryWrite(new Reload(null, key, null));
+            _requests.Writer.TryWrite(new Reload(null, keys[i], null, i == 0 ? backend : null));
+        }
+    }
+
+    /// <summary>
+    /// Registers a batch about to commit on <paramref name="backend"/> that will send
+    /// <paramref name="notifications"/> notifications: <see cref="OwnCommit.Applied"/> completes
+    /// once they have been loaded, so the writer acknowledges its writes without reloading the
+    /// same rows a second time. Notifications from one backend arrive in commit order.
+    /// </summary>
+    public OwnCommit Expect(int backend, int notifications)
+    {
+        var commit = new OwnCommit(notifications);
+        _own.GetOrAdd(backend, _ => new ConcurrentQueue<OwnCommit>()).Enqueue(commit);
+        return commit;
+    }
+
+    /// <summary>Counts a loaded notification against the oldest batch its backend committed.</summary>
+    private void Loaded(int backend)
+    {
+        if (!_own.TryGetValue(backend, out var queue))
+        {
+            return; // another node's
+        }
+
+        while (queue.TryPeek(out var head) && head.Abandoned)
+        {
+            queue.TryDequeue(out _);
+        }
+
+        if (queue.TryPeek(out var oldest) && --oldest.Remaining == 0)
+        {
+            queue.TryDequeue(out _);
+            oldest.Applied.TrySetResult();
+        }
+    }
+
+    /// <summary>After a full load everything committed so far is in memory.</summary>
+    private void LoadedEverything()
+    {
+        foreach (var queue in _own.Values)
+        {
+            while (queue.TryDequeue(out var commit))
+            {
+                commit.Applied.TrySetResult();
+            }
         }
     }
 
@@ -159,6 +209,17 @@ internal sealed partial class RegistryLoader(
             }
         }
 
+        if (failure is null)
+        {
+            foreach (var request in batch)
+            {
+                if (request.Backend is { } backend)
+                {
+                    Loaded(backend);
+                }
+            }
+        }
+
         foreach (var done in batch.Select(r => r.Done).OfType<TaskCompletionSource>().Distinct())
         {
             if (failure is null)
@@ -182,6 +243,7 @@ internal sealed partial class RegistryLoader(
         var loaded = await QueryAsync(SelectColumns, null, cancellationToken);
         var before = state.Applications;
         state.ReplaceAll(loaded.Values);
+        LoadedEverything();
         metrics.Reloaded(all: true);
         var changed = before.Keys.Union(loaded.Keys, StringComparer.Ordinal)
             .Where(a => !(loaded.TryGetValue(a, out var now) && now.SameContentAs(before.GetValueOrDefault(a))))
@@ -308,4 +370,16 @@ internal sealed partial class RegistryLoader(
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Consistency check found {Applications} applications out of date (a notification was lost); reloaded them")]
     private static partial void LogInconsistent(ILogger logger, int applications);
+}
+
+/// <summary>A batch this node committed, until the loader has applied its own notifications.</summary>
+internal sealed class OwnCommit(int notifications)
+{
+    /// <summary>Notifications not yet loaded; only the loader's loop touches it.</summary>
+    public int Remaining { get; set; } = notifications;
+
+    /// <summary>Set when the batch did not commit, so it sends nothing.</summary>
+    public bool Abandoned { get; set; }
+
+    public TaskCompletionSource Applied { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 }

@@ -50,12 +50,17 @@ internal sealed class WriteUnavailableException(string message, Exception? inner
 internal sealed partial class WriteBatcher(
     RegistryDatabase database,
     RegistryLoader loader,
+    ChangeFeedListener feed,
+    TimeProvider time,
     LeaseRenewer renewer,
     RegistryMetrics metrics,
     IOptions<WriteOptions> options,
     ILogger<WriteBatcher> logger) : BackgroundService
 {
     private const int MaxAttempts = 3;
+
+    /// <summary>How long an acknowledgement waits for the batch's own notifications before reloading its rows itself.</summary>
+    private static readonly TimeSpan OwnNotificationWait = TimeSpan.FromSeconds(1);
 
     private readonly Channel<WriteCommand> _queue = Channel.CreateBounded<WriteCommand>(
         new BoundedChannelOptions(options.Value.MaxQueueLength) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
@@ -148,7 +153,7 @@ internal sealed partial class WriteBatcher(
     {
         try
         {
-            await loader.ReloadAsync(committed.Changed).WaitAsync(cancellationToken);
+            await ReflectAsync(committed, cancellationToken);
         }
         catch (Exception e) when (e is DbException or OperationCanceledException)
         {
@@ -171,7 +176,29 @@ internal sealed partial class WriteBatcher(
         }
     }
 
-    private sealed record Committed(WriteStatus[] Statuses, Dictionary<InstanceKey, DateTimeOffset> Expiries, InstanceKey[] Changed);
+    /// <summary>
+    /// Waits until memory reflects the batch: normally through the batch's own notifications
+    /// (so its rows are loaded once on this node, not twice), else by reloading them directly.
+    /// </summary>
+    private async Task ReflectAsync(Committed committed, CancellationToken cancellationToken)
+    {
+        if (committed.Own is { } own && feed.IsListening)
+        {
+            try
+            {
+                await own.Applied.Task.WaitAsync(OwnNotificationWait, time, cancellationToken);
+                return;
+            }
+            catch (TimeoutException)
+            {
+                // Slow or lost (the feed may be reconnecting): load the rows directly.
+            }
+        }
+
+        await loader.ReloadAsync(committed.Changed).WaitAsync(cancellationToken);
+    }
+
+    private sealed record Committed(WriteStatus[] Statuses, Dictionary<InstanceKey, DateTimeOffset> Expiries, InstanceKey[] Changed, OwnCommit? Own);
 
     private readonly record struct Stored(Meta Meta, int TtlSeconds);
 
@@ -212,45 +239,76 @@ internal sealed partial class WriteBatcher(
             })
             .ToArray();
 
-        var expiries = new Dictionary<InstanceKey, DateTimeOffset>();
-        await using (var statements = new NpgsqlBatch(connection, transaction))
+        var payloads = changed.GroupBy(k => k.Application, StringComparer.Ordinal).Select(g => Announcement.For(g.Key, g)).ToArray();
+        var own = payloads.Length > 0 ? loader.Expect(connection.ProcessID, payloads.Length) : null;
+        Dictionary<InstanceKey, DateTimeOffset> expiries;
+        try
         {
-            if (upserts.Length > 0)
+            expiries = await WriteAsync(connection, transaction, upserts, deletes, current, payloads, cancellationToken);
+        }
+        catch
+        {
+            if (own is not null)
             {
-                statements.BatchCommands.Add(Upsert(upserts, current));
+                own.Abandoned = true; // rolled back: it sends no notification
             }
 
-            if (deletes.Length > 0)
-            {
-                statements.BatchCommands.Add(Delete(deletes));
-            }
+            throw;
+        }
 
-            if (changed.Length > 0)
-            {
-                // One notification per changed application, naming the changed instances.
-                var payloads = changed.GroupBy(k => k.Application, StringComparer.Ordinal).Select(g => Announcement.For(g.Key, g)).ToArray();
-                var notify = new NpgsqlBatchCommand("SELECT pg_notify(@channel, p) FROM unnest(@payloads) AS p");
-                notify.Parameters.AddWithValue("channel", Schema.ChangeChannel);
-                notify.Parameters.Add(new NpgsqlParameter<string[]>("payloads", payloads));
-                statements.BatchCommands.Add(notify);
-            }
+        // A failure from here on may or may not have committed, so the batch's entry stays; a
+        // connection that fails at commit is broken and not reused, so nothing else waits behind it.
+        await transaction.CommitAsync(cancellationToken);
+        return new Committed(statuses, expiries, changed, own);
+    }
 
-            if (statements.BatchCommands.Count > 0)
+    /// <summary>The batch's upserts, deletions and notifications as one round trip; returns the new expiries.</summary>
+    private static async Task<Dictionary<InstanceKey, DateTimeOffset>> WriteAsync(
+        NpgsqlConnection connection,
+        NpgsqlTransaction transaction,
+        InstanceKey[] upserts,
+        InstanceKey[] deletes,
+        Dictionary<InstanceKey, Stored> rows,
+        string[] payloads,
+        CancellationToken cancellationToken)
+    {
+        var expiries = new Dictionary<InstanceKey, DateTimeOffset>();
+        await using var statements = new NpgsqlBatch(connection, transaction);
+        if (upserts.Length > 0)
+        {
+            statements.BatchCommands.Add(Upsert(upserts, rows));
+        }
+
+        if (deletes.Length > 0)
+        {
+            statements.BatchCommands.Add(Delete(deletes));
+        }
+
+        if (payloads.Length > 0)
+        {
+            // One notification per changed application, naming the changed instances.
+            var notify = new NpgsqlBatchCommand("SELECT pg_notify(@channel, p) FROM unnest(@payloads) AS p");
+            notify.Parameters.AddWithValue("channel", Schema.ChangeChannel);
+            notify.Parameters.Add(new NpgsqlParameter<string[]>("payloads", payloads));
+            statements.BatchCommands.Add(notify);
+        }
+
+        if (statements.BatchCommands.Count == 0)
+        {
+            return expiries;
+        }
+
+        await using var reader = await statements.ExecuteReaderAsync(cancellationToken);
+        if (upserts.Length > 0)
+        {
+            while (await reader.ReadAsync(cancellationToken))
             {
-                await using var reader = await statements.ExecuteReaderAsync(cancellationToken);
-                if (upserts.Length > 0)
-                {
-                    while (await reader.ReadAsync(cancellationToken))
-                    {
-                        var key = new InstanceKey(reader.GetString(0), reader.GetString(1), reader.GetString(2));
-                        expiries[key] = new DateTimeOffset(reader.GetDateTime(3), TimeSpan.Zero);
-                    }
-                }
+                var key = new InstanceKey(reader.GetString(0), reader.GetString(1), reader.GetString(2));
+                expiries[key] = new DateTimeOffset(reader.GetDateTime(3), TimeSpan.Zero);
             }
         }
 
-        await transaction.CommitAsync(cancellationToken);
-        return new Committed(statuses, expiries, changed);
+        return expiries;
     }
 
     private static bool Same(Stored before, Stored after) => before.TtlSeconds == after.TtlSeconds && before.Meta.Equals(after.Meta);
