@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Mvc.Testing;
+using Registry.Tests.Infrastructure;
 
 namespace Registry.Client.Tests.Infrastructure;
 
@@ -12,16 +13,6 @@ namespace Registry.Client.Tests.Infrastructure;
 /// </summary>
 public sealed class RegistryServer : WebApplicationFactory<Program>
 {
-    private static readonly Dictionary<string, string?> FastSettings = new()
-    {
-        ["Registry:Leases:RenewalInterval"] = "00:00:00.100",
-        ["Registry:Leases:SweepInterval"] = "00:00:00.200",
-        ["Registry:Subscriptions:ShutdownSpread"] = "00:00:00",
-        ["Registry:ChangeFeed:IdleCheckInterval"] = "00:00:02",
-        ["Registry:ChangeFeed:MaxReconnectDelay"] = "00:00:01",
-        ["Logging:LogLevel:Default"] = "Warning",
-    };
-
     private readonly string _connectionString;
 
     private RegistryServer(string connectionString, int port)
@@ -54,7 +45,7 @@ public sealed class RegistryServer : WebApplicationFactory<Program>
 
     protected override void ConfigureWebHost(IWebHostBuilder builder)
     {
-        foreach (var (key, value) in FastSettings)
+        foreach (var (key, value) in TestSettings.Fast)
         {
             builder.UseSetting(key, value);
         }

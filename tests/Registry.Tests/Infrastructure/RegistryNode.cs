@@ -9,22 +9,11 @@ namespace Registry.Tests.Infrastructure;
 /// <summary>One real host of the service (its own change feed, memory and sweeper) on the shared database.</summary>
 public sealed class RegistryNode : WebApplicationFactory<Program>
 {
-    /// <summary>Settings that keep the suite fast: short intervals, no shutdown spread.</summary>
-    public static readonly IReadOnlyDictionary<string, string?> FastSettings = new Dictionary<string, string?>
-    {
-        ["Registry:Leases:RenewalInterval"] = "00:00:00.100",
-        ["Registry:Leases:SweepInterval"] = "00:00:00.200",
-        ["Registry:Subscriptions:ShutdownSpread"] = "00:00:00",
-        ["Registry:ChangeFeed:IdleCheckInterval"] = "00:00:02",
-        ["Registry:ChangeFeed:MaxReconnectDelay"] = "00:00:01",
-        ["Logging:LogLevel:Default"] = "Warning",
-    };
-
     private readonly Dictionary<string, string?> _settings;
 
     public RegistryNode(string connectionString, IReadOnlyDictionary<string, string?>? overrides = null)
     {
-        _settings = new Dictionary<string, string?>(FastSettings)
+        _settings = new Dictionary<string, string?>(TestSettings.Fast)
         {
             ["ConnectionStrings:Registry"] = connectionString,
         };

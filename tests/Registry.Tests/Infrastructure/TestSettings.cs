@@ -1,0 +1,16 @@
+namespace Registry.Tests.Infrastructure;
+
+/// <summary>Node settings shared by every test suite that hosts the service.</summary>
+public static class TestSettings
+{
+    /// <summary>Short intervals and no shutdown spread, so the suites stay fast.</summary>
+    public static IReadOnlyDictionary<string, string?> Fast { get; } = new Dictionary<string, string?>
+    {
+        ["Registry:Leases:RenewalInterval"] = "00:00:00.100",
+        ["Registry:Leases:SweepInterval"] = "00:00:00.200",
+        ["Registry:Subscriptions:ShutdownSpread"] = "00:00:00",
+        ["Registry:ChangeFeed:IdleCheckInterval"] = "00:00:02",
+        ["Registry:ChangeFeed:MaxReconnectDelay"] = "00:00:01",
+        ["Logging:LogLevel:Default"] = "Warning",
+    };
+}
