@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Registry.Tests.Infrastructure;
 
 namespace Registry.Benchmarks.Tests;
 
@@ -13,6 +14,16 @@ public sealed class SmokeTests
     {
         var folder = Path.Combine(Path.GetTempPath(), $"registry-bench-test-{Guid.NewGuid():N}"[..36]);
         var options = BenchmarkOptions.SmokeDefaults with { WorkDirectory = Path.Combine(folder, "work") };
+        // Where the suite is given a PostgreSQL server (CI's service container), use a database
+        // of our own there; otherwise the tool starts its private cluster.
+        await using var database = Environment.GetEnvironmentVariable(TestDatabase.EnvironmentVariable) is null
+            ? null
+            : await TestDatabase.StartAsync();
+        if (database is not null)
+        {
+            options = options with { ConnectionString = database.ConnectionString };
+        }
+
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(90));
         try
         {
@@ -31,7 +42,12 @@ public sealed class SmokeTests
             Assert.Equal(0, result.CrossNode!.Missed);
             Assert.Equal(options.CrossNodeRounds * options.CrossNodeConsumers, result.CrossNode.Samples);
             Assert.True(result.Idle!.RssParkedBytes > 0);
-            Assert.NotNull(result.Idle.Parked.Statements);
+            if (database is null)
+            {
+                // Counted through pg_stat_statements, which only the private cluster preloads.
+                Assert.NotNull(result.Idle.Parked.Statements);
+            }
+
             Assert.True(result.ColdStart!.SecondsToServeAll > 0);
 
             using var json = JsonDocument.Parse(await File.ReadAllTextAsync(Path.Combine(folder, "latest.json")));

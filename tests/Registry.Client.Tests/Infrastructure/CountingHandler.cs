@@ -26,18 +26,20 @@ public sealed class CountingHandler() : DelegatingHandler(new SocketsHttpHandler
 
     protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
     {
+        // When the request was sent (not answered): a long poll may be held for seconds.
+        var sent = DateTimeOffset.UtcNow;
         Interlocked.Increment(ref _total);
         var path = request.RequestUri!.AbsolutePath;
         _byPath.AddOrUpdate(path, 1, (_, n) => n + 1);
         if (FailPathSuffix is { } suffix && path.EndsWith(suffix, StringComparison.Ordinal))
         {
-            _log.Enqueue((DateTimeOffset.UtcNow, request.RequestUri, null));
+            _log.Enqueue((sent, request.RequestUri, null));
             throw new HttpRequestException("Dropped by the test.");
         }
 
         if (UnavailablePathSuffix is { } unavailable && path.EndsWith(unavailable, StringComparison.Ordinal))
         {
-            _log.Enqueue((DateTimeOffset.UtcNow, request.RequestUri, 503));
+            _log.Enqueue((sent, request.RequestUri, 503));
             var problem = new HttpResponseMessage(System.Net.HttpStatusCode.ServiceUnavailable)
             {
                 RequestMessage = request,
@@ -50,12 +52,12 @@ public sealed class CountingHandler() : DelegatingHandler(new SocketsHttpHandler
         try
         {
             var response = await base.SendAsync(request, cancellationToken);
-            _log.Enqueue((DateTimeOffset.UtcNow, request.RequestUri, (int)response.StatusCode));
+            _log.Enqueue((sent, request.RequestUri, (int)response.StatusCode));
             return response;
         }
         catch (HttpRequestException)
         {
-            _log.Enqueue((DateTimeOffset.UtcNow, request.RequestUri, null));
+            _log.Enqueue((sent, request.RequestUri, null));
             throw;
         }
     }

@@ -13,6 +13,7 @@ public sealed class RegistryCluster : IAsyncLifetime
     private TestDatabase? _database;
     private Respawner? _respawner;
     private RegistryNode? _nodeB;
+    private readonly List<string> _databases = [];
 
     public TestDatabase Database => _database ?? throw new InvalidOperationException("Not started.");
 
@@ -79,6 +80,7 @@ public sealed class RegistryCluster : IAsyncLifetime
             await create.ExecuteNonQueryAsync();
         }
 
+        _databases.Add(name);
         var builder = new NpgsqlConnectionStringBuilder(ConnectionString) { Database = name };
         if (applicationName is not null)
         {
@@ -104,6 +106,16 @@ public sealed class RegistryCluster : IAsyncLifetime
         }
 
         await NodeA.DisposeAsync();
+        NpgsqlConnection.ClearAllPools();
+        await using (var connection = await OpenAsync())
+        {
+            foreach (var name in _databases)
+            {
+                await using var drop = new NpgsqlCommand($"DROP DATABASE IF EXISTS {name} WITH (FORCE)", connection);
+                await drop.ExecuteNonQueryAsync();
+            }
+        }
+
         if (_database is not null)
         {
             await _database.DisposeAsync();

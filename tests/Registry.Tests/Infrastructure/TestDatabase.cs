@@ -31,7 +31,10 @@ public sealed class TestDatabase : IAsyncDisposable
         var configured = Environment.GetEnvironmentVariable(EnvironmentVariable);
         if (!string.IsNullOrWhiteSpace(configured))
         {
-            return new TestDatabase(configured, EnvironmentVariable, null);
+            // A database of this suite's own on that server: suites run in parallel, and one
+            // suite's resets must not empty another's tables.
+            var owned = await OwnDatabase.CreateAsync(configured);
+            return new TestDatabase(owned.ConnectionString, $"{EnvironmentVariable} (database {owned.Name})", owned);
         }
 
         if (DockerAnswers())
@@ -64,6 +67,43 @@ public sealed class TestDatabase : IAsyncDisposable
         }
 
         return File.Exists("/var/run/docker.sock");
+    }
+
+    private sealed class OwnDatabase : IAsyncDisposable
+    {
+        private readonly string _server;
+
+        private OwnDatabase(string server, string name, string connectionString)
+        {
+            _server = server;
+            Name = name;
+            ConnectionString = connectionString;
+        }
+
+        public string Name { get; }
+
+        public string ConnectionString { get; }
+
+        public static async Task<OwnDatabase> CreateAsync(string server)
+        {
+            var name = $"registry_test_{Guid.NewGuid():N}";
+            await ExecuteAsync(server, $"CREATE DATABASE {name}");
+            return new OwnDatabase(server, name, new Npgsql.NpgsqlConnectionStringBuilder(server) { Database = name }.ConnectionString);
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            Npgsql.NpgsqlConnection.ClearAllPools();
+            await ExecuteAsync(_server, $"DROP DATABASE IF EXISTS {Name} WITH (FORCE)");
+        }
+
+        private static async Task ExecuteAsync(string server, string sql)
+        {
+            await using var connection = new Npgsql.NpgsqlConnection(server);
+            await connection.OpenAsync();
+            await using var command = new Npgsql.NpgsqlCommand(sql, connection);
+            await command.ExecuteNonQueryAsync();
+        }
     }
 
     private sealed class DeleteAfter(LocalPostgres postgres, string folder) : IAsyncDisposable
