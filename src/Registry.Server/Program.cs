@@ -5,6 +5,7 @@ using Registry.Subscription;
 using Registry.Operations;
 
 var builder = WebApplication.CreateBuilder(args);
+builder.AddSettingsBesideTheBinaries();
 using var startupLog = LoggerFactory.Create(logging => logging.AddConsole());
 var logger = startupLog.CreateLogger("Registry");
 try

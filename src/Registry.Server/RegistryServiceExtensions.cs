@@ -40,6 +40,28 @@ internal static class RegistryServiceExtensions
         return postgres;
     }
 
+    /// <summary>
+    /// Reads appsettings.json from beside the binaries when the process was started from
+    /// another folder (<c>dotnet path/to/Registry.Server.dll</c>), where the content root holds
+    /// none; otherwise such a node would run without its settings (and, for one, log every
+    /// request). It goes first, so everything else configured still overrides it.
+    /// </summary>
+    public static WebApplicationBuilder AddSettingsBesideTheBinaries(this WebApplicationBuilder builder)
+    {
+        var beside = Path.Combine(AppContext.BaseDirectory, "appsettings.json");
+        if (!File.Exists(Path.Combine(builder.Environment.ContentRootPath, "appsettings.json")) && File.Exists(beside))
+        {
+            builder.Configuration.Sources.Insert(0, new Microsoft.Extensions.Configuration.Json.JsonConfigurationSource
+            {
+                Path = "appsettings.json",
+                Optional = true,
+                FileProvider = new Microsoft.Extensions.FileProviders.PhysicalFileProvider(AppContext.BaseDirectory),
+            });
+        }
+
+        return builder;
+    }
+
     public static WebApplicationBuilder AddRegistry(this WebApplicationBuilder builder)
     {
         var services = builder.Services;
