@@ -31,7 +31,6 @@ internal sealed partial class ChangeFeedListener : BackgroundService
     private readonly ConcurrentDictionary<string, TaskCompletionSource> _pings = new(StringComparer.Ordinal);
     private NpgsqlConnection? _connection;
     private DateTimeOffset? _lostAt;
-    private DateTimeOffset _lastRoundTrip;
 
     public ChangeFeedListener(
         RegistryDatabase database,
@@ -70,9 +69,6 @@ internal sealed partial class ChangeFeedListener : BackgroundService
 
     /// <summary>Since when the feed has been down, if it is.</summary>
     public DateTimeOffset? LostAt => _lostAt;
-
-    /// <summary>The last time the listening connection proved itself alive.</summary>
-    public DateTimeOffset LastRoundTrip => _lastRoundTrip;
 
     /// <summary>Connects, LISTENs and loads the registry before the node serves anything.</summary>
     public override async Task StartAsync(CancellationToken cancellationToken)
@@ -165,7 +161,6 @@ internal sealed partial class ChangeFeedListener : BackgroundService
             // announced, never neither.
             await _loader.ReloadAllAsync().WaitAsync(cancellationToken);
             _lostAt = null;
-            _lastRoundTrip = _time.GetUtcNow();
             LogListening(_logger, connection.ProcessID);
             return connection;
         }
@@ -182,14 +177,12 @@ internal sealed partial class ChangeFeedListener : BackgroundService
         {
             if (await connection.WaitAsync(_options.IdleCheckInterval, stoppingToken))
             {
-                _lastRoundTrip = _time.GetUtcNow();
                 continue;
             }
 
             // Quiet for a while: a query that does not come back in time means a dead connection.
             await using var probe = new NpgsqlCommand("SELECT 1", connection) { CommandTimeout = (int)Math.Ceiling(_options.CheckTimeout.TotalSeconds) };
             await probe.ExecuteScalarAsync(stoppingToken);
-            _lastRoundTrip = _time.GetUtcNow();
         }
     }
 
