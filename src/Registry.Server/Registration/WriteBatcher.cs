@@ -159,6 +159,12 @@ internal sealed partial class WriteBatcher(
         {
             // Committed all the same; the notification brings the reload once the database answers.
         }
+#pragma warning disable CA1031 // The batch committed: its requests are answered whatever went wrong here.
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            LogReflectFailed(logger, e);
+        }
 
         for (var i = 0; i < batch.Length; i++)
         {
@@ -371,6 +377,9 @@ internal sealed partial class WriteBatcher(
         InstanceKeys.AddParameters(command.Parameters, keys);
         return command;
     }
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "A committed batch could not be loaded into memory; answering it anyway (the consistency check catches up)")]
+    private static partial void LogReflectFailed(ILogger logger, Exception exception);
 
     [LoggerMessage(Level = LogLevel.Error, Message = "A batch of {Count} writes failed; answered 503")]
     private static partial void LogWriteFailed(ILogger logger, int count, Exception exception);
