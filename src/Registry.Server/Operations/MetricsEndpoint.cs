@@ -15,8 +15,12 @@ internal static class MetricsEndpoint
 {
     public const string Path = "/metrics";
 
-    /// <summary>The meters ASP.NET Core publishes for requests and connections; cheap, already measured.</summary>
-    private static readonly string[] FrameworkMeters = ["Microsoft.AspNetCore.Hosting", "Microsoft.AspNetCore.Server.Kestrel"];
+    /// <summary>
+    /// The meters ASP.NET Core publishes for requests and connections, and the runtime's own
+    /// (GC heap sizes and pauses, thread-pool queue length): cheap, already measured, and what
+    /// tells a memory or latency problem in the registry from one in the runtime.
+    /// </summary>
+    private static readonly string[] FrameworkMeters = ["Microsoft.AspNetCore.Hosting", "Microsoft.AspNetCore.Server.Kestrel", "System.Runtime"];
 
     public static IServiceCollection AddRegistryMetricsExport(this IServiceCollection services)
     {
