@@ -45,7 +45,18 @@ public sealed class TestDatabase : IAsyncDisposable
         }
 
         var folder = Path.Combine(Path.GetTempPath(), $"registry-tests-{Environment.ProcessId}-{Guid.NewGuid():N}"[..40]);
-        var local = await LocalPostgres.StartAsync(folder, null, durable: false, CancellationToken.None);
+        LocalPostgres local;
+        try
+        {
+            local = await LocalPostgres.StartAsync(folder, null, durable: false, CancellationToken.None);
+        }
+        catch (LocalPostgresException e)
+        {
+            throw new InvalidOperationException(
+                $"The tests need PostgreSQL: set {EnvironmentVariable}, run a Docker engine, or install the 'postgresql' package " +
+                $"(.ci/run installs it). {e.Message}", e);
+        }
+
         return new TestDatabase(local.ConnectionString, $"local cluster in {folder}", new DeleteAfter(local, folder));
     }
 
