@@ -9,6 +9,10 @@ internal sealed record Instance(InstanceKey Key, Meta Meta, int TtlSeconds, Date
 /// <summary>An immutable picture of one application's instances, sorted by (protocol, addr) byte-wise.</summary>
 internal sealed class ApplicationSnapshot
 {
+    // Only the loader loop reads these (one thread at a time), so the lazy caches need no lock.
+    private long? _maxRevision;
+    private DateTimeOffset? _earliestExpiry;
+
     public ApplicationSnapshot(string application, Instance[] instances)
         : this(application, instances, sorted: false)
     {
@@ -23,8 +27,6 @@ internal sealed class ApplicationSnapshot
 
         Application = application;
         Instances = instances;
-        MaxRevision = instances.Length == 0 ? 0 : instances.Max(i => i.Revision);
-        EarliestExpiry = instances.Length == 0 ? DateTimeOffset.MaxValue : instances.Min(i => i.ExpiresAt);
     }
 
     public string Application { get; }
@@ -32,10 +34,14 @@ internal sealed class ApplicationSnapshot
     public Instance[] Instances { get; }
 
     /// <summary>With the count, what the periodic consistency check compares with the database.</summary>
-    public long MaxRevision { get; }
+    /// <remarks>
+    /// Computed on first use, not per reload: a busy application is re-snapshotted for every
+    /// batch that touches it, and scanning all its instances each time showed in profiles.
+    /// </remarks>
+    public long MaxRevision => _maxRevision ??= Instances.Length == 0 ? 0 : Instances.Max(i => i.Revision);
 
     /// <summary>When the first of these leases runs out, as loaded.</summary>
-    public DateTimeOffset EarliestExpiry { get; }
+    public DateTimeOffset EarliestExpiry => _earliestExpiry ??= Instances.Length == 0 ? DateTimeOffset.MaxValue : Instances.Min(i => i.ExpiresAt);
 
     /// <summary>Whether the other snapshot shows consumers the same thing (same rows at the same revisions).</summary>
     public bool SameContentAs(ApplicationSnapshot? other) =>
