@@ -23,7 +23,7 @@ public sealed class RegistrationLease : IAsyncDisposable
     private Task _loop = Task.CompletedTask;
     private bool _registered;
     private bool _everRegistered;
-    private bool _failing;
+    private readonly OutageLog _outage;
     private TimeSpan _ttl;
     private DateTimeOffset? _expiresAt;
     private int _disposed;
@@ -40,7 +40,8 @@ public sealed class RegistrationLease : IAsyncDisposable
         _logger = logger;
         // While down, retry at least every third of the TTL, so a registry that comes back sees the renewal before the lease runs out.
         var cap = TimeSpan.FromTicks(Math.Max(options.RetryBaseDelay.Ticks, Math.Min(options.RetryMaxDelay.Ticks, _ttl.Ticks / 3)));
-        _retry = Backoff.Create(options.RetryBaseDelay, cap, time, OnRetry);
+        _outage = new OutageLog(_logger, "registration");
+        _retry = Backoff.Create(options.RetryBaseDelay, cap, time, _outage.OnRetry);
     }
 
     /// <summary>The registered instance.</summary>
@@ -92,10 +93,7 @@ public sealed class RegistrationLease : IAsyncDisposable
         catch (RegistryUnavailableException e)
         {
             Log.RegisterDeferred(_logger, Instance, e.Message);
-            lock (_gate)
-            {
-                _failing = true;
-            }
+            _outage.Failed();
         }
 
         _loop = Task.Run(() => RunAsync(_stop.Token), CancellationToken.None);
@@ -113,7 +111,7 @@ public sealed class RegistrationLease : IAsyncDisposable
                         static (self, ct) => new ValueTask<LeaseDocument>(self._transport.RegisterAsync(self.Instance, self._requestedTtl, self._requestTimeout, ct)),
                         this,
                         stop);
-                    Reached();
+                    _outage.Reached();
                     Accept(lease);
                     continue;
                 }
@@ -123,7 +121,7 @@ public sealed class RegistrationLease : IAsyncDisposable
                     static (self, ct) => new ValueTask<LeaseDocument?>(self._transport.HeartbeatAsync(self.Instance, self._requestTimeout, ct)),
                     this,
                     stop);
-                Reached();
+                _outage.Reached();
                 if (renewed is null)
                 {
                     Log.HeartbeatNotFound(_logger, Instance);
@@ -185,38 +183,6 @@ public sealed class RegistrationLease : IAsyncDisposable
         {
             Log.Registered(_logger, Instance, lease.Ttl);
         }
-    }
-
-    private void Reached()
-    {
-        lock (_gate)
-        {
-            if (!_failing)
-            {
-                return;
-            }
-
-            _failing = false;
-        }
-
-        Log.OutageEnded(_logger, "registration");
-    }
-
-    private ValueTask OnRetry(OnRetryArguments<object> args)
-    {
-        var reason = args.Outcome.Exception?.Message ?? "";
-        lock (_gate)
-        {
-            if (!_failing)
-            {
-                _failing = true;
-                Log.OutageStarted(_logger, "registration", reason);
-                return default;
-            }
-        }
-
-        Log.Retrying(_logger, args.AttemptNumber, "registration", args.RetryDelay, reason);
-        return default;
     }
 
     /// <summary>Stops heartbeating and unregisters (one attempt over every node; if it fails, the lease expires on its own).</summary>

@@ -30,7 +30,7 @@ public sealed class RegistrySubscription : IAsyncDisposable
     private CancellationTokenSource _changed = new();
     private RegistryAnswer? _current;
     private DateTimeOffset? _lastContact;
-    private bool _failing;
+    private readonly OutageLog _outage;
     private Task _loop = Task.CompletedTask;
     private int _disposed;
     private string? _sentVersion;
@@ -48,7 +48,8 @@ public sealed class RegistrySubscription : IAsyncDisposable
         _cache = cache;
         _time = time;
         _logger = logger;
-        _retry = Backoff.Create(options.RetryBaseDelay, options.RetryMaxDelay, time, OnRetry);
+        _outage = new OutageLog(_logger, "subscribe");
+        _retry = Backoff.Create(options.RetryBaseDelay, options.RetryMaxDelay, time, _outage.OnRetry);
     }
 
     /// <summary>Raised on the loop's thread after each new answer (the first one too). A handler's exception is logged and ignored.</summary>
@@ -163,12 +164,9 @@ public sealed class RegistrySubscription : IAsyncDisposable
             lock (_gate)
             {
                 _lastContact = _time.GetUtcNow();
-                if (_failing)
-                {
-                    _failing = false;
-                    Log.OutageEnded(_logger, "subscribe");
-                }
             }
+
+            _outage.Reached();
 
             if (string.Equals(answer.Version, _sentVersion, StringComparison.Ordinal) && _time.GetElapsedTime(_sentAt) < _wait / 2)
             {
@@ -197,23 +195,6 @@ public sealed class RegistrySubscription : IAsyncDisposable
         _sentVersion = Current?.Version;
         _sentAt = _time.GetTimestamp();
         return _transport.SubscribeAsync(_body, _sentVersion, _wait, cancellationToken);
-    }
-
-    private ValueTask OnRetry(OnRetryArguments<object> args)
-    {
-        var reason = args.Outcome.Exception?.Message ?? "";
-        lock (_gate)
-        {
-            if (!_failing)
-            {
-                _failing = true;
-                Log.OutageStarted(_logger, "subscribe", reason);
-                return default;
-            }
-        }
-
-        Log.Retrying(_logger, args.AttemptNumber, "subscribe", args.RetryDelay, reason);
-        return default;
     }
 
     /// <summary>Takes an answer; <see langword="true"/> when it is new.</summary>
