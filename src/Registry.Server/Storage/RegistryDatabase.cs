@@ -26,6 +26,19 @@ internal sealed class RegistryDatabase : IAsyncDisposable
             // Pooled sessions keep no state (LISTEN has its own connection): skip DISCARD ALL.
             NoResetOnClose = true,
         };
+        // The hot statements run thousands of times a second: prepared, PostgreSQL parses them
+        // once per connection. It still plans each run for its arguments: a cached generic plan
+        // is costed once, often on a nearly empty table, and turned key lookups into scans.
+        if (!Specified(configured, "Max Auto Prepare"))
+        {
+            pooled.MaxAutoPrepare = 20;
+        }
+
+        if (pooled.MaxAutoPrepare > 0 && pooled.Options?.Contains("plan_cache_mode", StringComparison.Ordinal) != true)
+        {
+            pooled.Options = $"{pooled.Options} -c plan_cache_mode=force_custom_plan".TrimStart();
+        }
+
         if (string.IsNullOrEmpty(pooled.ApplicationName))
         {
             pooled.ApplicationName = "registry";
@@ -51,4 +64,11 @@ internal sealed class RegistryDatabase : IAsyncDisposable
     public string ListenerConnectionString { get; }
 
     public ValueTask DisposeAsync() => DataSource.DisposeAsync();
+
+    /// <summary>Whether the connection string sets <paramref name="keyword"/> (spaces and case aside).</summary>
+    private static bool Specified(string connectionString, string keyword)
+    {
+        var builder = new System.Data.Common.DbConnectionStringBuilder { ConnectionString = connectionString };
+        return builder.Keys.Cast<string>().Any(k => k.Replace(" ", "", StringComparison.Ordinal).Equals(keyword.Replace(" ", "", StringComparison.Ordinal), StringComparison.OrdinalIgnoreCase));
+    }
 }
