@@ -1,4 +1,3 @@
-using System.Text;
 using Registry.Model;
 
 namespace Registry.ChangeFeed;
@@ -8,27 +7,12 @@ namespace Registry.ChangeFeed;
 /// (<c>protocol addr</c>, one a line) when they fit, so that nodes reload those rows instead
 /// of the whole application. Without the lines a node reloads the whole application. Names,
 /// protocols and addresses cannot contain spaces or line breaks, so the format is unambiguous.
+/// The statements that change rows build it in SQL (the write batch and the sweeper).
 /// </summary>
 internal static class Announcement
 {
     /// <summary>Below PostgreSQL's 8,000-byte payload limit, with room to spare.</summary>
-    private const int MaxPayloadBytes = 7_900;
-
-    public static string For(string application, IEnumerable<InstanceKey> keys)
-    {
-        var payload = new StringBuilder(application);
-        foreach (var key in keys)
-        {
-            payload.Append('\n').Append(key.Protocol).Append(' ').Append(key.Addr);
-            if (payload.Length > MaxPayloadBytes)
-            {
-                // Too many to list (all ASCII, so characters are bytes): announce the application.
-                return application;
-            }
-        }
-
-        return payload.ToString();
-    }
+    public const int MaxPayloadBytes = 7_900;
 
     /// <summary>The application and, when listed, the changed instances.</summary>
     public static (string Application, InstanceKey[]? Keys) Parse(string payload)

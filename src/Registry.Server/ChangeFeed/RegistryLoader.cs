@@ -33,93 +33,102 @@ internal sealed partial class RegistryLoader(
 
     private readonly Channel<Reload> _requests = Channel.CreateUnbounded<Reload>(new UnboundedChannelOptions { SingleReader = true });
 
-    /// <summary>This node's committed batches awaiting their own notifications, per backend, in commit order.</summary>
+    /// <summary>This node's batches, per backend in commit order, until their notifications are loaded.</summary>
     private readonly ConcurrentDictionary<int, ConcurrentQueue<OwnCommit>> _own = new();
 
     /// <summary>
-    /// A request to reload one instance (<see cref="Key"/>), one application
-    /// (<see cref="Application"/>), or everything (neither). <see cref="Backend"/> is set on
-    /// one request per notification: the backend that sent it.
+    /// A request to reload some instances (<see cref="Keys"/>), one whole application
+    /// (<see cref="Application"/> without keys), or everything (neither). <see cref="Backend"/>
+    /// is set on a notification: the backend that sent it.
     /// </summary>
-    private sealed record Reload(string? Application, InstanceKey? Key, TaskCompletionSource? Done, int? Backend = null);
+    private sealed record Reload(string? Application, InstanceKey[]? Keys, TaskCompletionSource? Done, int? Backend = null)
+    {
+        /// <summary>Loads nothing; makes the loop look at this node's own batches again.</summary>
+        public static readonly Reload Bookkeeping = new(null, [], null);
+
+        public bool Everything => Application is null && Keys is null;
+    }
 
     /// <summary>Schedules what a notification announces; never blocks, never throws.</summary>
     public void Announced(string payload, int backend)
     {
         var (application, keys) = Announcement.Parse(payload);
-        if (keys is null)
-        {
-            _requests.Writer.TryWrite(new Reload(application, null, null, backend));
-            return;
-        }
-
-        for (var i = 0; i < keys.Length; i++)
-        {
-            _requests.Writer.TryWrite(new Reload(null, keys[i], null, i == 0 ? backend : null));
-        }
+        _requests.Writer.TryWrite(new Reload(application, keys, null, backend));
     }
 
     /// <summary>
-    /// Registers a batch about to commit on <paramref name="backend"/> that will send
-    /// <paramref name="notifications"/> notifications: <see cref="OwnCommit.Applied"/> completes
-    /// once they have been loaded, so the writer acknowledges its writes without reloading the
-    /// same rows a second time. Notifications from one backend arrive in commit order.
+    /// Registers a batch about to run on <paramref name="backend"/>. Once it is
+    /// <see cref="Settled"/>, its own notifications apply the rows it returned instead of
+    /// reading them again, and <see cref="OwnCommit.Applied"/> completes when all are in
+    /// memory. Notifications from one backend arrive in commit order.
     /// </summary>
-    public OwnCommit Expect(int backend, int notifications)
+    public OwnCommit Expect(int backend)
     {
-        var commit = new OwnCommit(notifications);
+        var commit = new OwnCommit();
         _own.GetOrAdd(backend, _ => new ConcurrentQueue<OwnCommit>()).Enqueue(commit);
         return commit;
     }
 
-    /// <summary>Counts a loaded notification against the oldest batch its backend committed.</summary>
-    private void Loaded(int backend)
+    /// <summary>Records what the batch changed (one notification per application), or null when it failed.</summary>
+    public void Settled(OwnCommit commit, Dictionary<string, Changes>? changes)
     {
-        if (!_own.TryGetValue(backend, out var queue))
+        commit.Settle(changes);
+        _requests.Writer.TryWrite(Reload.Bookkeeping);
+    }
+
+    /// <summary>Counts each notification from this node's own backends against the batch that sent it.</summary>
+    private Dictionary<Reload, OwnCommit> Owners(List<Reload> batch)
+    {
+        var owners = new Dictionary<Reload, OwnCommit>(ReferenceEqualityComparer.Instance);
+        foreach (var request in batch)
         {
-            return; // another node's
+            if (request.Backend is { } backend && _own.TryGetValue(backend, out var queue)
+                && queue.FirstOrDefault(c => c.Expected is not { } expected || c.Received < expected) is { } commit)
+            {
+                commit.Received++;
+                owners[request] = commit;
+            }
         }
 
-        while (queue.TryPeek(out var head) && head.Abandoned)
-        {
-            queue.TryDequeue(out _);
-        }
+        return owners;
+    }
 
-        if (queue.TryPeek(out var oldest) && --oldest.Remaining == 0)
+    /// <summary>Completes this node's batches whose notifications have all been loaded.</summary>
+    private void CompleteOwn()
+    {
+        foreach (var queue in _own.Values)
         {
-            queue.TryDequeue(out _);
-            oldest.Applied.TrySetResult();
+            while (queue.TryPeek(out var head) && head.Expected is { } expected && head.Received >= expected)
+            {
+                queue.TryDequeue(out _);
+                head.Applied.TrySetResult();
+            }
         }
     }
 
-    /// <summary>After a full load everything committed so far is in memory.</summary>
+    /// <summary>After a full load every settled batch is in memory.</summary>
     private void LoadedEverything()
     {
         foreach (var queue in _own.Values)
         {
-            while (queue.TryDequeue(out var commit))
+            while (queue.TryPeek(out var head) && head.Expected is not null)
             {
-                commit.Applied.TrySetResult();
+                queue.TryDequeue(out _);
+                head.Applied.TrySetResult();
             }
         }
     }
 
     /// <summary>Reloads the instances and completes once the new snapshots are in place.</summary>
-    public Task ReloadAsync(IEnumerable<InstanceKey> keys)
+    public Task ReloadAsync(InstanceKey[] keys)
     {
+        if (keys.Length == 0)
+        {
+            return Task.CompletedTask;
+        }
+
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var any = false;
-        foreach (var key in keys)
-        {
-            any = true;
-            _requests.Writer.TryWrite(new Reload(null, key, done));
-        }
-
-        if (!any)
-        {
-            done.TrySetResult();
-        }
-
+        _requests.Writer.TryWrite(new Reload(null, keys, done));
         return done.Task;
     }
 
@@ -170,9 +179,34 @@ internal sealed partial class RegistryLoader(
 
     private async Task ApplyAsync(List<Reload> batch, CancellationToken cancellationToken)
     {
-        var all = batch.Any(r => r.Application is null && r.Key is null);
-        var applications = batch.Where(r => r.Application is not null).Select(r => r.Application!).ToHashSet(StringComparer.Ordinal);
-        var keys = batch.Where(r => r.Key is { } key && !applications.Contains(key.Application)).Select(r => r.Key!.Value).Distinct().ToArray();
+        var all = batch.Any(r => r.Everything);
+        var owners = Owners(batch);
+
+        // This node's own notifications bring rows it already holds (the batch returned them);
+        // the rest are read afresh.
+        var supplied = new List<(string Application, Changes Changes)>();
+        var failed = new List<Reload>();
+        var applications = new HashSet<string>(StringComparer.Ordinal);
+        var keys = new HashSet<InstanceKey>();
+        foreach (var request in batch)
+        {
+            if (request.Keys is not null && owners.GetValueOrDefault(request)?.For(request.Application!) is { } changes)
+            {
+                supplied.Add((request.Application!, changes));
+            }
+            else if (request is { Keys: null, Application: { } application })
+            {
+                applications.Add(application);
+                failed.Add(request);
+            }
+            else if (request.Keys is { Length: > 0 } listed)
+            {
+                keys.UnionWith(listed);
+                failed.Add(request);
+            }
+        }
+
+        keys.RemoveWhere(k => applications.Contains(k.Application));
         Exception? failure = null;
         try
         {
@@ -182,14 +216,17 @@ internal sealed partial class RegistryLoader(
             }
             else
             {
+                // Supplied rows first: a query reads the database as it is now, which is at least
+                // as new as every notification already received, so it must be applied last.
+                Merge(supplied.Select(s => (s.Application, (IReadOnlyCollection<InstanceKey>)s.Changes.Keys, s.Changes.Rows.ToArray())));
                 if (applications.Count > 0)
                 {
                     await LoadApplicationsAsync(applications.ToArray(), cancellationToken);
                 }
 
-                if (keys.Length > 0)
+                if (keys.Count > 0)
                 {
-                    await LoadInstancesAsync(keys, cancellationToken);
+                    await LoadInstancesAsync(keys.ToArray(), cancellationToken);
                 }
             }
         }
@@ -198,28 +235,19 @@ internal sealed partial class RegistryLoader(
             failure = e;
             metrics.DatabaseError("reload");
             LogReloadFailed(logger, e);
-            // Keep the request: it is retried with the next batch (the feed reconnects and
-            // reloads everything anyway if the database was lost).
+            // Retry what was to be read with the next batch (the feed reconnects and reloads
+            // everything anyway if the database was lost). A notification counts as loaded
+            // once: the batch that sent it is answered, the retry brings its rows.
             if (!all)
             {
-                foreach (var request in batch)
+                foreach (var request in failed)
                 {
-                    _requests.Writer.TryWrite(request with { Done = null });
+                    _requests.Writer.TryWrite(request with { Done = null, Backend = null });
                 }
             }
         }
 
-        if (failure is null)
-        {
-            foreach (var request in batch)
-            {
-                if (request.Backend is { } backend)
-                {
-                    Loaded(backend);
-                }
-            }
-        }
-
+        CompleteOwn();
         foreach (var done in batch.Select(r => r.Done).OfType<TaskCompletionSource>().Distinct())
         {
             if (failure is null)
@@ -276,24 +304,43 @@ internal sealed partial class RegistryLoader(
                 """,
             command => InstanceKeys.AddParameters(command.Parameters, keys),
             cancellationToken);
-        var snapshots = new List<ApplicationSnapshot>();
-        var changed = new List<string>();
-        foreach (var group in keys.GroupBy(k => k.Application, StringComparer.Ordinal))
+        Merge(keys.GroupBy(k => k.Application, StringComparer.Ordinal)
+            .Select(g => (g.Key, (IReadOnlyCollection<InstanceKey>)g.ToArray(), loaded.GetValueOrDefault(g.Key)?.Instances ?? [])));
+    }
+
+    /// <summary>
+    /// Applies reloaded instances in order: each key is replaced by its row, or removed when it
+    /// has none. Wakes the consumers of the applications whose revisions moved.
+    /// </summary>
+    private void Merge(IEnumerable<(string Application, IReadOnlyCollection<InstanceKey> Keys, Instance[] Rows)> changes)
+    {
+        var snapshots = new Dictionary<string, ApplicationSnapshot>(StringComparer.Ordinal);
+        var changed = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var (application, keys, rows) in changes)
         {
-            var before = state.Get(group.Key) ?? new ApplicationSnapshot(group.Key, []);
-            var rows = loaded.GetValueOrDefault(group.Key)?.Instances ?? [];
-            var after = before.With(group, rows);
-            snapshots.Add(after);
+            var before = snapshots.GetValueOrDefault(application) ?? state.Get(application) ?? new ApplicationSnapshot(application, []);
+            var after = before.With(keys, rows);
+            snapshots[application] = after;
             // Revisions move exactly when what a consumer sees (or the TTL) changes.
-            if (group.Any(key => before.Find(key)?.Revision != after.Find(key)?.Revision))
+            if (keys.Any(key => before.Find(key)?.Revision != after.Find(key)?.Revision))
             {
-                changed.Add(group.Key);
+                changed.Add(application);
+            }
+
+            if (rows.Length > 0)
+            {
+                sweeps.Consider(rows.Min(r => r.ExpiresAt));
             }
         }
 
-        state.Replace(snapshots);
+        if (snapshots.Count == 0)
+        {
+            return;
+        }
+
+        state.Replace(snapshots.Values);
         metrics.Reloaded(all: false);
-        hub.ApplicationsChanged(changed);
+        hub.ApplicationsChanged(changed.ToArray());
     }
 
     private async Task<Dictionary<string, ApplicationSnapshot>> QueryAsync(string sql, Action<NpgsqlCommand>? parameters, CancellationToken cancellationToken)
@@ -372,14 +419,41 @@ internal sealed partial class RegistryLoader(
     private static partial void LogInconsistent(ILogger logger, int applications);
 }
 
-/// <summary>A batch this node committed, until the loader has applied its own notifications.</summary>
-internal sealed class OwnCommit(int notifications)
+/// <summary>What one committed batch changed in one application: the keys, and the rows they now have (none for a removed one).</summary>
+internal sealed class Changes
 {
-    /// <summary>Notifications not yet loaded; only the loader's loop touches it.</summary>
-    public int Remaining { get; set; } = notifications;
+    public List<InstanceKey> Keys { get; } = [];
 
-    /// <summary>Set when the batch did not commit, so it sends nothing.</summary>
-    public bool Abandoned { get; set; }
+    public List<Instance> Rows { get; } = [];
+
+    public void Add(InstanceKey key, Instance? row)
+    {
+        Keys.Add(key);
+        if (row is not null)
+        {
+            Rows.Add(row);
+        }
+    }
+}
+
+/// <summary>A batch this node runs, until the loader has applied its own notifications.</summary>
+internal sealed class OwnCommit
+{
+    private volatile Settlement? _settlement;
+
+    /// <summary>Its notifications loaded so far; only the loader's loop touches it.</summary>
+    public int Received { get; set; }
+
+    /// <summary>How many notifications it sends (one per changed application), once known.</summary>
+    public int? Expected => _settlement is { } settled ? settled.Changes?.Count ?? 0 : null;
 
     public TaskCompletionSource Applied { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>The rows it left in the application, once known.</summary>
+    public Changes? For(string application) => _settlement?.Changes?.GetValueOrDefault(application);
+
+    /// <summary><paramref name="changes"/> is null when the batch failed (a rolled-back batch sends nothing).</summary>
+    public void Settle(Dictionary<string, Changes>? changes) => _settlement = new Settlement(changes);
+
+    private sealed record Settlement(Dictionary<string, Changes>? Changes);
 }

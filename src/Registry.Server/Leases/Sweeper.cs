@@ -1,6 +1,7 @@
 using System.Data.Common;
 using Microsoft.Extensions.Options;
 using Npgsql;
+using Registry.ChangeFeed;
 using Registry.Operations;
 using Registry.Storage;
 
@@ -161,12 +162,13 @@ internal sealed partial class Sweeper(
                 SELECT application, count(*)::int AS n, string_agg(protocol || ' ' || addr, E'\n') AS keys
                   FROM gone GROUP BY application)
             -- The payload names the evicted instances when they fit (see Announcement).
-            SELECT n, pg_notify(@channel, CASE WHEN octet_length(application) + octet_length(keys) < 7900
+            SELECT n, pg_notify(@channel, CASE WHEN octet_length(application) + octet_length(keys) < @max_payload
                                                THEN application || E'\n' || keys ELSE application END)
               FROM counted
             """, connection, transaction);
         command.Parameters.AddWithValue("limit", limit);
         command.Parameters.AddWithValue("channel", Schema.ChangeChannel);
+        command.Parameters.AddWithValue("max_payload", Announcement.MaxPayloadBytes);
         var evicted = 0;
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))

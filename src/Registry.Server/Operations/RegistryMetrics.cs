@@ -24,6 +24,7 @@ internal sealed class RegistryMetrics
     private readonly Counter<long> _databaseErrors;
     private readonly Counter<long> _answersChanged;
     private readonly Counter<long> _writeBatches;
+    private readonly UpDownCounter<long> _writesQueued;
     private readonly Counter<long> _sweeps;
     private int _views;
     private int _selfPreservation;
@@ -46,6 +47,7 @@ internal sealed class RegistryMetrics
         _databaseErrors = meter.CreateCounter<long>("registry.database.errors", "{error}", "Database operations that failed, by operation.");
         _answersChanged = meter.CreateCounter<long>("registry.answers.changed", "{answer}", "Subscription answers recomputed with a new version.");
         _writeBatches = meter.CreateCounter<long>("registry.writes.batches", "{transaction}", "Group-committed write transactions.");
+        _writesQueued = meter.CreateUpDownCounter<long>("registry.writes.queued", "{write}", "Registrations and unregistrations waiting for a batch to take them.");
         _sweeps = meter.CreateCounter<long>("registry.sweeps", "{sweep}", "Sweeper rounds, by outcome (idle: nothing can have expired, so no statement; grace; locked_out; swept).");
         meter.CreateObservableGauge("registry.subscriptions.distinct", () => Volatile.Read(ref _views), "{subscription}", "Distinct subscriptions held in memory.");
         meter.CreateObservableGauge("registry.selfpreservation.engaged", () => Volatile.Read(ref _selfPreservation), "1", "1 while self-preservation rate-limits evictions.");
@@ -80,6 +82,8 @@ internal sealed class RegistryMetrics
     public void AnswerChanged() => _answersChanged.Add(1);
 
     public void WriteBatch() => _writeBatches.Add(1);
+
+    public void WritesQueued(int change) => _writesQueued.Add(change);
 
     public void Swept(string outcome) => _sweeps.Add(1, new KeyValuePair<string, object?>("outcome", outcome));
 

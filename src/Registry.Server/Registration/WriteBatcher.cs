@@ -7,6 +7,7 @@ using Registry.Leases;
 using Registry.Model;
 using Registry.Operations;
 using Registry.Storage;
+using Registry.Subscription;
 
 namespace Registry.Registration;
 
@@ -74,6 +75,8 @@ internal sealed partial class WriteBatcher(
             throw new WriteUnavailableException("The registry has too many writes queued; retry shortly.");
         }
 
+        metrics.WritesQueued(1);
+
         // A client that leaves does not cancel its write: once queued it commits or fails whole.
         return await command.Done.Task.WaitAsync(cancellationToken);
     }
@@ -92,21 +95,19 @@ internal sealed partial class WriteBatcher(
                     batch.Add(command);
                 }
 
+                metrics.WritesQueued(-batch.Count);
                 await ExecuteBatchAsync(batch, stoppingToken);
             }
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
         {
-            var stopping = new WriteUnavailableException("The registry node is shutting down; retry on another node.");
-            foreach (var command in batch)
-            {
-                command.Done.TrySetException(stopping);
-            }
-
             while (reader.TryRead(out var command))
             {
-                command.Done.TrySetException(stopping);
+                metrics.WritesQueued(-1);
+                batch.Add(command);
             }
+
+            Fail(batch, new WriteUnavailableException("The registry node is shutting down; retry on another node."));
         }
     }
 
@@ -128,12 +129,7 @@ internal sealed partial class WriteBatcher(
             {
                 metrics.DatabaseError("write");
                 LogWriteFailed(logger, batch.Count, e);
-                var unavailable = new WriteUnavailableException("The database cannot take the write now; retry shortly.", e);
-                foreach (var command in batch)
-                {
-                    command.Done.TrySetException(unavailable);
-                }
-
+                Fail(batch, new WriteUnavailableException("The database cannot take the write now; retry shortly.", e));
                 return;
             }
         }
@@ -146,6 +142,14 @@ internal sealed partial class WriteBatcher(
 
         // Not awaited: the next batch commits while this one's applications reload.
         _ = AcknowledgeAsync(batch.ToArray(), committed, cancellationToken);
+    }
+
+    private static void Fail(List<WriteCommand> batch, WriteUnavailableException exception)
+    {
+        foreach (var command in batch)
+        {
+            command.Done.TrySetException(exception);
+        }
     }
 
     /// <summary>Answers a committed batch once the node's memory reflects it (a node reflects its own acknowledged writes at once).</summary>
@@ -206,176 +210,151 @@ internal sealed partial class WriteBatcher(
 
     private sealed record Committed(WriteStatus[] Statuses, Dictionary<InstanceKey, DateTimeOffset> Expiries, InstanceKey[] Changed, OwnCommit? Own);
 
-    private readonly record struct Stored(Meta Meta, int TtlSeconds);
-
+    /// <summary>
+    /// Commits the batch as one statement in its own implicit transaction: one round trip, no
+    /// separate lock, BEGIN or COMMIT. Each instance's last write in the batch is what the
+    /// database gets; the statement says whether each row existed and whether what consumers
+    /// see changed, which gives every request the status it would have had alone.
+    /// </summary>
     private async Task<Committed> CommitAsync(List<WriteCommand> batch, CancellationToken cancellationToken)
     {
-        var keys = batch.Select(c => c.Key).Distinct().Order(Comparer<InstanceKey>.Create(InstanceKey.CompareOrdinal)).ToArray();
-        await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
-        await using var transaction = await connection.BeginTransactionAsync(cancellationToken);
-
-        var initial = await LockAsync(connection, transaction, keys, cancellationToken);
-
-        // Play the batch in arrival order over what the database holds.
-        var current = new Dictionary<InstanceKey, Stored>(initial);
-        var statuses = new WriteStatus[batch.Count];
-        for (var i = 0; i < batch.Count; i++)
+        var last = new Dictionary<InstanceKey, WriteCommand>();
+        foreach (var command in batch)
         {
-            switch (batch[i])
-            {
-                case RegisterCommand register:
-                    statuses[i] = current.ContainsKey(register.Key) ? WriteStatus.Replaced : WriteStatus.Created;
-                    current[register.Key] = new Stored(register.Provider.Meta, register.TtlSeconds);
-                    break;
-                case UnregisterCommand unregister:
-                    statuses[i] = current.Remove(unregister.Key) ? WriteStatus.Removed : WriteStatus.NotFound;
-                    break;
-            }
+            last[command.Key] = command;
         }
 
-        var registered = batch.OfType<RegisterCommand>().Select(c => c.Key).ToHashSet();
-        var upserts = keys.Where(k => registered.Contains(k) && current.ContainsKey(k)).ToArray();
-        var deletes = keys.Where(k => initial.ContainsKey(k) && !current.ContainsKey(k)).ToArray();
-        var changed = keys
-            .Where(k =>
-            {
-                var had = initial.TryGetValue(k, out var before);
-                var has = current.TryGetValue(k, out var after);
-                return had != has || (had && !Same(before, after));
-            })
-            .ToArray();
+        var byKey = Comparer<InstanceKey>.Create(InstanceKey.CompareOrdinal);
+        var upserts = last.Values.OfType<RegisterCommand>().OrderBy(c => c.Key, byKey).ToArray();
+        var deletes = last.Values.OfType<UnregisterCommand>().Select(c => c.Key).Order(byKey).ToArray();
 
-        var payloads = changed.GroupBy(k => k.Application, StringComparer.Ordinal).Select(g => Announcement.For(g.Key, g)).ToArray();
-        var own = payloads.Length > 0 ? loader.Expect(connection.ProcessID, payloads.Length) : null;
-        Dictionary<InstanceKey, DateTimeOffset> expiries;
+        await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
+        var own = loader.Expect(connection.ProcessID);
+        Written written;
         try
         {
-            expiries = await WriteAsync(connection, transaction, upserts, deletes, current, payloads, cancellationToken);
+            written = await WriteAsync(connection, upserts, deletes, cancellationToken);
         }
         catch
         {
-            if (own is not null)
-            {
-                own.Abandoned = true; // rolled back: it sends no notification
-            }
-
+            // Failed before or at commit; if it did commit after all, its notifications are
+            // loaded as another node's would be.
+            loader.Settled(own, null);
             throw;
         }
 
-        // A failure from here on may or may not have committed, so the batch's entry stays; a
-        // connection that fails at commit is broken and not reused, so nothing else waits behind it.
-        await transaction.CommitAsync(cancellationToken);
-        return new Committed(statuses, expiries, changed, own);
+        loader.Settled(own, written.Changes);
+
+        // Replay the batch in arrival order from whether each instance existed before it.
+        var exists = new Dictionary<InstanceKey, bool>(written.ExistedBefore);
+        var statuses = new WriteStatus[batch.Count];
+        for (var i = 0; i < batch.Count; i++)
+        {
+            var key = batch[i].Key;
+            var had = exists.GetValueOrDefault(key);
+            var registers = batch[i] is RegisterCommand;
+            statuses[i] = (registers, had) switch
+            {
+                (true, true) => WriteStatus.Replaced,
+                (true, false) => WriteStatus.Created,
+                (false, true) => WriteStatus.Removed,
+                (false, false) => WriteStatus.NotFound,
+            };
+            exists[key] = registers;
+        }
+
+        var changed = written.Changes.Values.SelectMany(c => c.Keys).ToArray();
+        return new Committed(statuses, written.Expiries, changed, changed.Length > 0 ? own : null);
     }
 
-    /// <summary>The batch's upserts, deletions and notifications as one round trip; returns the new expiries.</summary>
-    private static async Task<Dictionary<InstanceKey, DateTimeOffset>> WriteAsync(
-        NpgsqlConnection connection,
-        NpgsqlTransaction transaction,
-        InstanceKey[] upserts,
-        InstanceKey[] deletes,
-        Dictionary<InstanceKey, Stored> rows,
-        string[] payloads,
-        CancellationToken cancellationToken)
+    private sealed record Written(
+        Dictionary<InstanceKey, bool> ExistedBefore, Dictionary<InstanceKey, DateTimeOffset> Expiries, Dictionary<string, Changes> Changes);
+
+    private static async Task<Written> WriteAsync(
+        NpgsqlConnection connection, RegisterCommand[] upserts, InstanceKey[] deletes, CancellationToken cancellationToken)
     {
+        // An identical re-registration keeps its revision: it renews the lease and notifies nobody.
+        // The proposed revisions are drawn once (the CTE is materialised), so a row whose
+        // revision is the proposed one was inserted or changed.
+        await using var command = new NpgsqlCommand(
+            """
+            WITH proposed AS MATERIALIZED (
+                SELECT u.application, u.protocol, u.addr, u.meta::jsonb AS meta, u.ttl, nextval('instance_revision') AS revision
+                  FROM unnest(@applications, @protocols, @addrs, @metas, @ttls) AS u(application, protocol, addr, meta, ttl)),
+            upserted AS (
+                INSERT INTO instances AS i (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at, revision)
+                SELECT p.application, p.protocol, p.addr, p.meta, p.ttl, clock_timestamp() + p.ttl * interval '1 second', clock_timestamp(), p.revision
+                  FROM proposed p
+                 ORDER BY p.application, p.protocol, p.addr
+                ON CONFLICT (application, protocol, addr) DO UPDATE
+                   SET meta = excluded.meta,
+                       ttl_seconds = excluded.ttl_seconds,
+                       expires_at = excluded.expires_at,
+                       revision = CASE WHEN i.meta = excluded.meta AND i.ttl_seconds = excluded.ttl_seconds
+                                       THEN i.revision ELSE excluded.revision END
+                RETURNING i.application, i.protocol, i.addr, i.meta, i.ttl_seconds, i.expires_at, i.revision, i.xmax = 0 AS inserted),
+            deleted AS (
+                DELETE FROM instances i
+                 USING unnest(@gone_applications, @gone_protocols, @gone_addrs) AS k(application, protocol, addr)
+                 WHERE i.application = k.application AND i.protocol = k.protocol AND i.addr = k.addr
+                RETURNING i.application, i.protocol, i.addr),
+            rows AS (
+                SELECT u.application, u.protocol, u.addr, u.meta, u.ttl_seconds, u.expires_at, u.revision, u.inserted,
+                       u.revision = p.revision AS changed
+                  FROM upserted u JOIN proposed p USING (application, protocol, addr)
+                UNION ALL
+                SELECT d.application, d.protocol, d.addr, NULL, NULL, NULL, NULL, false, true FROM deleted d),
+            -- One notification per changed application; the payload names the changed instances when they fit (see Announcement).
+            notified AS (
+                SELECT pg_notify(@channel, CASE WHEN octet_length(c.payload) <= @max_payload THEN c.payload ELSE c.application END)
+                  FROM (SELECT application, application || string_agg(E'\n' || protocol || ' ' || addr, '' ORDER BY protocol, addr) AS payload
+                          FROM rows WHERE changed GROUP BY application) AS c)
+            SELECT r.application, r.protocol, r.addr, r.meta::text, r.ttl_seconds, r.expires_at, r.revision, r.inserted, r.changed
+              FROM rows r CROSS JOIN (SELECT count(*) FROM notified) AS n
+            """, connection);
+        var keys = upserts.Select(c => c.Key).ToArray();
+        InstanceKeys.AddParameters(command.Parameters, keys);
+        command.Parameters.Add(new NpgsqlParameter<string[]>("metas", upserts.Select(c => MetaJson.Serialize(c.Provider.Meta)).ToArray()));
+        command.Parameters.Add(new NpgsqlParameter<int[]>("ttls", upserts.Select(c => c.TtlSeconds).ToArray()));
+        InstanceKeys.AddParameters(command.Parameters, deletes, "gone_");
+        command.Parameters.AddWithValue("channel", Schema.ChangeChannel);
+        command.Parameters.AddWithValue("max_payload", Announcement.MaxPayloadBytes);
+
+        var existed = new Dictionary<InstanceKey, bool>();
         var expiries = new Dictionary<InstanceKey, DateTimeOffset>();
-        await using var statements = new NpgsqlBatch(connection, transaction);
-        if (upserts.Length > 0)
-        {
-            statements.BatchCommands.Add(Upsert(upserts, rows));
-        }
-
-        if (deletes.Length > 0)
-        {
-            statements.BatchCommands.Add(Delete(deletes));
-        }
-
-        if (payloads.Length > 0)
-        {
-            // One notification per changed application, naming the changed instances.
-            var notify = new NpgsqlBatchCommand("SELECT pg_notify(@channel, p) FROM unnest(@payloads) AS p");
-            notify.Parameters.AddWithValue("channel", Schema.ChangeChannel);
-            notify.Parameters.Add(new NpgsqlParameter<string[]>("payloads", payloads));
-            statements.BatchCommands.Add(notify);
-        }
-
-        if (statements.BatchCommands.Count == 0)
-        {
-            return expiries;
-        }
-
-        await using var reader = await statements.ExecuteReaderAsync(cancellationToken);
-        if (upserts.Length > 0)
+        var changes = new Dictionary<string, Changes>(StringComparer.Ordinal);
+        await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
         {
             while (await reader.ReadAsync(cancellationToken))
             {
                 var key = new InstanceKey(reader.GetString(0), reader.GetString(1), reader.GetString(2));
-                expiries[key] = new DateTimeOffset(reader.GetDateTime(3), TimeSpan.Zero);
+                var upserted = !reader.IsDBNull(5);
+                existed[key] = !upserted || !reader.GetBoolean(7);
+                Instance? row = null;
+                if (upserted)
+                {
+                    var expiresAt = new DateTimeOffset(reader.GetDateTime(5), TimeSpan.Zero);
+                    expiries[key] = expiresAt;
+                    row = new Instance(key, MetaJson.Parse(reader.GetString(3)), reader.GetInt32(4), expiresAt, reader.GetInt64(6));
+                }
+
+                if (reader.GetBoolean(8))
+                {
+                    if (!changes.TryGetValue(key.Application, out var application))
+                    {
+                        changes[key.Application] = application = new Changes();
+                    }
+
+                    application.Add(key, row);
+                }
             }
+
+            // The implicit transaction commits at the end of the statement: only once the reader
+            // has closed without an error has the batch committed.
+            await reader.CloseAsync();
         }
 
-        return expiries;
-    }
-
-    private static bool Same(Stored before, Stored after) => before.TtlSeconds == after.TtlSeconds && before.Meta.Equals(after.Meta);
-
-    /// <summary>Locks the rows of the batch's keys (in key order, to keep deadlocks between nodes rare) and reads them.</summary>
-    private static async Task<Dictionary<InstanceKey, Stored>> LockAsync(
-        NpgsqlConnection connection, NpgsqlTransaction transaction, InstanceKey[] keys, CancellationToken cancellationToken)
-    {
-        await using var command = new NpgsqlCommand(
-            """
-            SELECT i.application, i.protocol, i.addr, i.meta::text, i.ttl_seconds
-              FROM instances i
-              JOIN unnest(@applications, @protocols, @addrs) AS k(application, protocol, addr)
-                ON i.application = k.application AND i.protocol = k.protocol AND i.addr = k.addr
-             ORDER BY i.application, i.protocol, i.addr
-               FOR UPDATE OF i
-            """, connection, transaction);
-        InstanceKeys.AddParameters(command.Parameters, keys);
-        var stored = new Dictionary<InstanceKey, Stored>();
-        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-        while (await reader.ReadAsync(cancellationToken))
-        {
-            var key = new InstanceKey(reader.GetString(0), reader.GetString(1), reader.GetString(2));
-            stored[key] = new Stored(MetaJson.Parse(reader.GetString(3)), reader.GetInt32(4));
-        }
-
-        return stored;
-    }
-
-    private static NpgsqlBatchCommand Upsert(InstanceKey[] keys, Dictionary<InstanceKey, Stored> rows)
-    {
-        var command = new NpgsqlBatchCommand(
-            """
-            INSERT INTO instances AS i (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
-            SELECT u.application, u.protocol, u.addr, u.meta::jsonb, u.ttl,
-                   clock_timestamp() + u.ttl * interval '1 second', clock_timestamp()
-              FROM unnest(@applications, @protocols, @addrs, @metas, @ttls) AS u(application, protocol, addr, meta, ttl)
-            ON CONFLICT (application, protocol, addr) DO UPDATE
-               SET meta = excluded.meta,
-                   ttl_seconds = excluded.ttl_seconds,
-                   expires_at = excluded.expires_at,
-                   revision = CASE WHEN i.meta = excluded.meta AND i.ttl_seconds = excluded.ttl_seconds
-                                   THEN i.revision ELSE excluded.revision END
-            RETURNING i.application, i.protocol, i.addr, i.expires_at
-            """);
-        InstanceKeys.AddParameters(command.Parameters, keys);
-        command.Parameters.Add(new NpgsqlParameter<string[]>("metas", keys.Select(k => MetaJson.Serialize(rows[k].Meta)).ToArray()));
-        command.Parameters.Add(new NpgsqlParameter<int[]>("ttls", keys.Select(k => rows[k].TtlSeconds).ToArray()));
-        return command;
-    }
-
-    private static NpgsqlBatchCommand Delete(InstanceKey[] keys)
-    {
-        var command = new NpgsqlBatchCommand(
-            """
-            DELETE FROM instances i
-             USING unnest(@applications, @protocols, @addrs) AS k(application, protocol, addr)
-             WHERE i.application = k.application AND i.protocol = k.protocol AND i.addr = k.addr
-            """);
-        InstanceKeys.AddParameters(command.Parameters, keys);
-        return command;
+        return new Written(existed, expiries, changes);
     }
 
     [LoggerMessage(Level = LogLevel.Error, Message = "A committed batch could not be loaded into memory; answering it anyway (the consistency check catches up)")]

@@ -1,0 +1,80 @@
+using System.Collections.Concurrent;
+using Npgsql;
+
+namespace Registry.Tests.Infrastructure;
+
+/// <summary>A LISTEN session of the test's own on the change channel.</summary>
+public sealed class NotificationListener : IAsyncDisposable
+{
+    private readonly NpgsqlConnection _connection;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly ConcurrentQueue<string> _payloads = new();
+    private readonly ConcurrentDictionary<string, TaskCompletionSource> _waiting = new();
+    private Task _loop = Task.CompletedTask;
+
+    private NotificationListener(NpgsqlConnection connection) => _connection = connection;
+
+    public static async Task<NotificationListener> StartAsync(string connectionString)
+    {
+        var listener = new NotificationListener(new NpgsqlConnection(connectionString));
+        await listener._connection.OpenAsync();
+        listener._connection.Notification += (_, e) =>
+        {
+            listener._payloads.Enqueue(e.Payload);
+            if (listener._waiting.TryGetValue(ApplicationOf(e.Payload), out var waiter))
+            {
+                waiter.TrySetResult();
+            }
+        };
+        await using (var listen = new NpgsqlCommand("LISTEN registry_changes", listener._connection))
+        {
+            await listen.ExecuteNonQueryAsync();
+        }
+
+        listener._loop = listener.RunAsync();
+        return listener;
+    }
+
+    /// <summary>Notifications received for the application.</summary>
+    public int Count(string application) => Payloads(application).Length;
+
+    /// <summary>The payloads received for the application, in order.</summary>
+    public string[] Payloads(string application) => _payloads.Where(p => ApplicationOf(p) == application).ToArray();
+
+    public Task WaitForAsync(string application)
+    {
+        var waiter = _waiting.GetOrAdd(application, _ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
+        if (_payloads.Any(p => ApplicationOf(p) == application))
+        {
+            waiter.TrySetResult();
+        }
+
+        return waiter.Task.WaitAsync(TimeSpan.FromSeconds(10));
+    }
+
+    /// <summary>The application is the payload's first line; changed instances may follow.</summary>
+    private static string ApplicationOf(string payload) => payload.Split('\n')[0];
+
+    private async Task RunAsync()
+    {
+        try
+        {
+            while (!_stop.IsCancellationRequested)
+            {
+                await _connection.WaitAsync(_stop.Token);
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            // Stopped.
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stop.CancelAsync();
+        await _loop;
+        await _connection.DisposeAsync();
+        _stop.Dispose();
+    }
+}

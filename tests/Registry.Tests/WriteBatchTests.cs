@@ -1,0 +1,142 @@
+using System.Net;
+using Npgsql;
+using Registry.Tests.Infrastructure;
+
+namespace Registry.Tests;
+
+/// <summary>
+/// Group commit: writes that queue together commit as one batch. A row lock held by the test
+/// stalls the batch that writes that row, so the writes sent meanwhile queue up behind it in a
+/// known order and are taken as the next batch.
+/// </summary>
+public sealed class WriteBatchTests(RegistryCluster cluster) : RegistryTest(cluster)
+{
+    private static readonly string Blocker = Http.Provider("blocker", "10.9.9.9:80");
+
+    [Fact]
+    public async Task WritesQueuedTogetherCommitAsOneBatchInArrivalOrderEachWithItsOwnStatus()
+    {
+        await using var notifications = await NotificationListener.StartAsync(Cluster.ConnectionString);
+        var y = Http.Provider("batch", "10.0.0.2:80");
+        var writes = new (string Path, string Body, HttpStatusCode Alone)[]
+        {
+            ("/v1/unregister", y, HttpStatusCode.NotFound),
+            ("/v1/register", y, HttpStatusCode.Created),
+            ("/v1/register", y, HttpStatusCode.OK), // identical: a renewal
+            ("/v1/unregister", y, HttpStatusCode.NoContent),
+            ("/v1/register", Http.Provider("batch", "10.0.0.2:80", """{"v":"2"}"""), HttpStatusCode.Created),
+            ("/v1/register", Http.Provider("batch-2", "10.0.0.3:80"), HttpStatusCode.Created),
+        };
+
+        var (answers, batches) = await QueueBehindAStalledBatchAsync(writes.Select(w => (w.Path, w.Body)).ToArray());
+
+        Assert.Equal(writes.Select(w => w.Alone), answers);
+        Assert.Equal(2, batches); // the stalled one and the one that took everything queued behind it
+        var endpoints = await EndpointsOnNodeBAsync(Http.Subscription(Http.Entry("batch"), Http.Entry("batch-2")), 2);
+        Assert.Equal(["10.0.0.2:80", "10.0.0.3:80"], endpoints.Select(e => (string?)e!["addr"]));
+        Assert.Equal("2", (string?)endpoints[0]!["meta"]!["v"]);
+
+        // One notification per changed application, naming the changed instance once.
+        await notifications.WaitForAsync("batch-2");
+        Assert.Equal(["batch\nhttp 10.0.0.2:80"], notifications.Payloads("batch"));
+        Assert.Equal(["batch-2\nhttp 10.0.0.3:80"], notifications.Payloads("batch-2"));
+    }
+
+    [Fact]
+    public async Task ABatchTooLargeToListInANotificationAnnouncesTheWholeApplication()
+    {
+        await using var notifications = await NotificationListener.StartAsync(Cluster.ConnectionString);
+        var writes = Enumerable.Range(0, 400)
+            .Select(i => ("/v1/register", Http.Provider("wide", $"10.1.{i / 250}.{i % 250 + 1}:8080")))
+            .ToArray();
+
+        var (answers, batches) = await QueueBehindAStalledBatchAsync(writes);
+
+        Assert.All(answers, status => Assert.Equal(HttpStatusCode.Created, status));
+        Assert.Equal(2, batches);
+        await notifications.WaitForAsync("wide");
+        // 400 lines of "http 10.1.x.y:8080" are past the 8,000-byte payload limit.
+        Assert.Equal(["wide"], notifications.Payloads("wide"));
+        Assert.Equal(400, (await EndpointsOnNodeBAsync(Http.Subscription(Http.Entry("wide")), 400)).Count);
+    }
+
+    /// <summary>Node B's answer once it has <paramref name="count"/> endpoints (long polls until then).</summary>
+    private async Task<System.Text.Json.Nodes.JsonArray> EndpointsOnNodeBAsync(string subscription, int count)
+    {
+        using var nodeB = Cluster.NodeB.CreateClient();
+        var (_, version, body) = await nodeB.SubscribeAsync(subscription);
+        while (body!["endpoints"]!.AsArray().Count != count)
+        {
+            (_, version, body) = await nodeB.SubscribeAsync(subscription, version, wait: 10).WaitAsync(TimeSpan.FromSeconds(15));
+        }
+
+        return body["endpoints"]!.AsArray();
+    }
+
+    /// <summary>
+    /// Stalls node A's writer on a row the test has locked, sends <paramref name="writes"/> one
+    /// after another (each once the previous is queued, so they queue in this order), then
+    /// releases the lock. Returns each write's status and the batches committed meanwhile.
+    /// </summary>
+    private async Task<(HttpStatusCode[] Statuses, double Batches)> QueueBehindAStalledBatchAsync((string Path, string Body)[] writes)
+    {
+        using (var registered = await Client.PostJsonAsync("/v1/register", Blocker))
+        {
+            registered.EnsureSuccessStatusCode();
+        }
+
+        using var batches = MeterWatch.Node(Cluster.NodeA, "registry.writes.batches");
+        await using var connection = await Cluster.OpenAsync();
+        await using var transaction = await connection.BeginTransactionAsync();
+        await using (var lockRow = new NpgsqlCommand("SELECT 1 FROM instances WHERE application = 'blocker' FOR UPDATE", connection, transaction))
+        {
+            await lockRow.ExecuteNonQueryAsync();
+        }
+
+        using var queued = MeterWatch.Node(Cluster.NodeA, "registry.writes.queued");
+        var stalled = Client.PostJsonAsync("/v1/register", Blocker);
+        await WaitForALockWaitAsync(connection);
+
+        var sent = new List<Task<HttpResponseMessage>>();
+        foreach (var (path, body) in writes)
+        {
+            sent.Add(Client.PostJsonAsync(path, body));
+            await queued.WaitForAsync(sent.Count);
+        }
+
+        await transaction.RollbackAsync();
+        using (var unblocked = await stalled.WaitAsync(TimeSpan.FromSeconds(10)))
+        {
+            Assert.Equal(HttpStatusCode.OK, unblocked.StatusCode);
+        }
+
+        var responses = await Task.WhenAll(sent).WaitAsync(TimeSpan.FromSeconds(10));
+        try
+        {
+            return (responses.Select(r => r.StatusCode).ToArray(), batches.Total);
+        }
+        finally
+        {
+            foreach (var response in responses)
+            {
+                response.Dispose();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Waits until a session waits for a lock (the writer's batch on the locked row). PostgreSQL
+    /// signals nothing for that, so this looks every few milliseconds.
+    /// </summary>
+    private static async Task WaitForALockWaitAsync(NpgsqlConnection connection)
+    {
+        await using var waiting = new NpgsqlCommand(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'", connection);
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while ((long)(await waiting.ExecuteScalarAsync())! == 0)
+        {
+            Assert.True(DateTime.UtcNow < deadline, "The batch never waited for the locked row.");
+            await Task.Delay(TimeSpan.FromMilliseconds(5));
+        }
+    }
+}
