@@ -37,6 +37,10 @@ public sealed class SmokeTests
             Assert.Equal(options.Registrations, result.Registration!.Count);
             Assert.Equal(0, result.Registration.Errors);
             Assert.True(result.Registration.PerSecond > 0);
+            // The target's figure is one node's; the other run is taken while node B follows.
+            Assert.Null(result.Registration.Cpu.OtherNodeSeconds);
+            Assert.Equal(0, result.RegistrationFollowed!.Errors);
+            Assert.NotNull(result.RegistrationFollowed.Cpu.OtherNodeSeconds);
             Assert.Equal(0, result.Heartbeats!.Errors);
             Assert.True(result.Heartbeats.Sent > 0);
             Assert.Equal(0, result.CrossNode!.Missed);

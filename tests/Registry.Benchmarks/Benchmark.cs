@@ -96,6 +96,7 @@ public sealed class Benchmark
         _options.Url is null ? "two child nodes started by the tool" : $"running node {_options.Url}" + (_options.UrlB is null ? "" : $" and {_options.UrlB}"),
         database?.Description ?? "not reachable (no --connection-string): database figures skipped",
         _options.Concurrency,
+        _options.WarmUp.TotalSeconds,
         _options.Registrations,
         _options.HeartbeatInstances,
         _options.HeartbeatTtlSeconds,
@@ -138,9 +139,7 @@ public sealed class Benchmark
             await b.WaitForAsync(httpB.Client, "/readyz", TimeSpan.FromSeconds(90), cancellationToken);
             await _log.WriteLineAsync($"Nodes ready: {a.Url} and {b.Url}");
 
-            // Warm both nodes and the generator (JIT, connection pools) before anything is timed.
-            await RegisterManyAsync(httpA, 200, i => RegistryHttp.Provider($"{BenchDatabase.Prefix}warm-{i % 10}", Addr(i)), 3600, 16, cancellationToken);
-            await httpB.SubscribeAsync($"{BenchDatabase.Prefix}warm-0", null, 0, null, cancellationToken);
+            await WarmUpAsync(httpA, httpB, cancellationToken);
 
             // A small fan-out first, so the wake-up path is compiled before it is timed.
             await FanOutAsync(httpA, a, database, 50, new BenchmarkResult { StartedAt = result.StartedAt, Machine = result.Machine, Settings = result.Settings }, measureIdle: false, cancellationToken);
@@ -171,8 +170,28 @@ public sealed class Benchmark
                 await pgbench.PrepareAsync(_options.HeartbeatInstances, cancellationToken);
             }
 
-            await _log.WriteLineAsync($"Registrations: {_options.Registrations} at concurrency {_options.Concurrency}…");
-            result.Registration = await RegistrationAsync(httpA, database, [a, b], cancellationToken);
+            if (_options.Url is null || _options.UrlB is not null)
+            {
+                await _log.WriteLineAsync($"Registrations on A while B follows: {_options.Registrations} at concurrency {_options.Concurrency}…");
+                result.RegistrationFollowed = await RegistrationAsync("followed", httpA, database, a, b, cancellationToken);
+                await _log.WriteLineAsync($"  {result.RegistrationFollowed.PerSecond}/s, p99 {result.RegistrationFollowed.LatencyMs.P99} ms");
+            }
+
+            // The write-path targets are for one node: a second node on this machine would take
+            // the cores the first one is measured on (in production it runs elsewhere).
+            var followers = b;
+            if (b.Owned)
+            {
+                await b.DisposeAsync();
+                followers = null;
+            }
+            else if (_options.UrlB is not null)
+            {
+                result.Notes.Add("Node B is not this tool's to stop: registrations and heartbeats were measured while it followed.");
+            }
+
+            await _log.WriteLineAsync($"Registrations on one node: {_options.Registrations} at concurrency {_options.Concurrency}…");
+            result.Registration = await RegistrationAsync("reg", httpA, database, a, followers, cancellationToken);
             await _log.WriteLineAsync($"  {result.Registration.PerSecond}/s, p99 {result.Registration.LatencyMs.P99} ms");
             if (pgbench is not null)
             {
@@ -181,7 +200,7 @@ public sealed class Benchmark
             }
 
             await _log.WriteLineAsync($"Heartbeats: {_options.HeartbeatInstances} instances for {_options.HeartbeatDuration.TotalSeconds:0} s…");
-            result.Heartbeats = await HeartbeatsAsync(httpA, database, [a, b], cancellationToken);
+            result.Heartbeats = await HeartbeatsAsync(httpA, database, a, followers, cancellationToken);
             await _log.WriteLineAsync($"  {result.Heartbeats.PerSecond}/s, database {result.Heartbeats.Database.StatementsPerSecond} statements/s");
             if (pgbench is not null)
             {
@@ -217,6 +236,31 @@ public sealed class Benchmark
         }
     }
 
+    /// <summary>
+    /// Drives both nodes and the generator (JIT tiering, connection pools, thread pool) with new
+    /// registrations and their heartbeats for the warm-up time, so that no timed phase pays for
+    /// compiling its hot path. Node B warms by loading what A announces.
+    /// </summary>
+    private async Task WarmUpAsync(RegistryHttp httpA, RegistryHttp httpB, CancellationToken cancellationToken)
+    {
+        await _log.WriteLineAsync($"Warming up for {_options.WarmUp.TotalSeconds:0.#} s…");
+        var began = Stopwatch.GetTimestamp();
+        var next = -1;
+        await Task.WhenAll(Enumerable.Range(0, _options.Concurrency).Select(async _ =>
+        {
+            await Task.Yield();
+            using var connection = new LeanConnection(httpA.BaseAddress);
+            while (Stopwatch.GetElapsedTime(began) < _options.WarmUp)
+            {
+                var i = Interlocked.Increment(ref next);
+                var body = Encoding.UTF8.GetBytes(RegistryHttp.Provider($"{BenchDatabase.Prefix}warm-{i % 100}", Addr(i)));
+                await connection.SendAsync(LeanConnection.Post(httpA.BaseAddress, "/v1/register?ttl=3600", body), cancellationToken);
+                await connection.SendAsync(LeanConnection.Post(httpA.BaseAddress, "/v1/heartbeat", body), cancellationToken);
+            }
+        }));
+        await httpB.SubscribeAsync($"{BenchDatabase.Prefix}warm-0", null, 0, null, cancellationToken);
+    }
+
     private static string Addr(int i) => string.Create(CultureInfo.InvariantCulture, $"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}:8080");
 
     private static async Task<DatabaseWork?> MeasureAsync(BenchDatabase? database, BenchDatabase.Counters? before, CancellationToken cancellationToken) =>
@@ -232,16 +276,19 @@ public sealed class Benchmark
         var latencies = new double[count];
         var next = -1;
         var errors = 0;
+        var path = $"/v1/register?ttl={ttl}";
         var began = Stopwatch.GetTimestamp();
         await Task.WhenAll(Enumerable.Range(0, concurrency).Select(async _ =>
         {
             await Task.Yield();
+            using var connection = new LeanConnection(http.BaseAddress);
             for (var i = Interlocked.Increment(ref next); i < count; i = Interlocked.Increment(ref next))
             {
+                var request = LeanConnection.Post(http.BaseAddress, path, Encoding.UTF8.GetBytes(body(i)));
                 var sent = Stopwatch.GetTimestamp();
-                var status = await http.RegisterAsync(body(i), ttl, cancellationToken);
+                var status = await connection.SendAsync(request, cancellationToken);
                 latencies[i] = Stopwatch.GetElapsedTime(sent).TotalMilliseconds;
-                if (status is not (HttpStatusCode.OK or HttpStatusCode.Created))
+                if (status is not (200 or 201))
                 {
                     Interlocked.Increment(ref errors);
                 }
@@ -250,32 +297,39 @@ public sealed class Benchmark
         return (latencies, errors, Stopwatch.GetElapsedTime(began).TotalSeconds);
     }
 
-    private async Task<RegistrationResult> RegistrationAsync(RegistryHttp http, BenchDatabase? database, ServerNode[] nodes, CancellationToken cancellationToken)
+    private async Task<RegistrationResult> RegistrationAsync(
+        string prefix, RegistryHttp http, BenchDatabase? database, ServerNode node, ServerNode? other, CancellationToken cancellationToken)
     {
-        var cpu = CpuSeconds(nodes);
+        var cpu = CpuSeconds(node, other);
         var before = await CountersAsync(database, cancellationToken);
         var (latencies, errors, seconds) = await RegisterManyAsync(
             http,
             _options.Registrations,
-            i => RegistryHttp.Provider($"{BenchDatabase.Prefix}reg-{i % 100}", Addr(i), new Dictionary<string, string> { ["zone"] = $"z{i % 3}" }),
+            i => RegistryHttp.Provider($"{BenchDatabase.Prefix}{prefix}-{i % 100}", Addr(i), new Dictionary<string, string> { ["zone"] = $"z{i % 3}" }),
             3600,
             _options.Concurrency,
             cancellationToken);
         var work = await MeasureAsync(database, before, cancellationToken);
         return new RegistrationResult(
             _options.Registrations, errors, _options.Concurrency, Math.Round(seconds, 3), Math.Round(_options.Registrations / seconds, 1),
-            Distribution.Of(latencies), work ?? Empty(seconds), CpuSince(nodes, cpu));
+            Distribution.Of(latencies), work ?? Empty(seconds), CpuSince(node, other, cpu));
     }
 
-    private static double? CpuSeconds(ServerNode[] nodes) =>
-        nodes.All(n => n.HasProcess) ? nodes.Distinct().Sum(n => n.Sample()!.CpuSeconds) : null;
+    private static (double? Node, double? Other, TimeSpan Generator) CpuSeconds(ServerNode node, ServerNode? other) =>
+        (node.Sample()?.CpuSeconds, other?.Sample()?.CpuSeconds, Process.GetCurrentProcess().TotalProcessorTime);
 
-    private static double? CpuSince(ServerNode[] nodes, double? before) =>
-        before is { } start && CpuSeconds(nodes) is { } now ? Math.Round(now - start, 2) : null;
+    private static CpuUse CpuSince(ServerNode node, ServerNode? other, (double? Node, double? Other, TimeSpan Generator) before)
+    {
+        var now = CpuSeconds(node, other);
+        return new CpuUse(
+            Since(before.Node, now.Node), Since(before.Other, now.Other), Math.Round((now.Generator - before.Generator).TotalSeconds, 2));
+
+        static double? Since(double? start, double? end) => start is { } s && end is { } e ? Math.Round(e - s, 2) : null;
+    }
 
     private static DatabaseWork Empty(double seconds) => new(null, 0, 0, 0, 0, seconds);
 
-    private async Task<HeartbeatResult> HeartbeatsAsync(RegistryHttp http, BenchDatabase? database, ServerNode[] nodes, CancellationToken cancellationToken)
+    private async Task<HeartbeatResult> HeartbeatsAsync(RegistryHttp http, BenchDatabase? database, ServerNode node, ServerNode? other, CancellationToken cancellationToken)
     {
         var instances = _options.HeartbeatInstances;
         string Body(int i) => RegistryHttp.Provider($"{BenchDatabase.Prefix}hb-{i % 100}", Addr(i));
@@ -285,11 +339,13 @@ public sealed class Benchmark
             throw new InvalidOperationException($"{registerErrors} of the heartbeating instances could not be registered.");
         }
 
-        var bodies = Enumerable.Range(0, instances).Select(i => Encoding.UTF8.GetBytes(Body(i))).ToArray();
+        var requests = Enumerable.Range(0, instances)
+            .Select(i => LeanConnection.Post(http.BaseAddress, "/v1/heartbeat", Encoding.UTF8.GetBytes(Body(i))))
+            .ToArray();
         var latencies = new List<double>[_options.Concurrency];
         var errors = 0;
         var next = -1;
-        var cpu = CpuSeconds(nodes);
+        var cpu = CpuSeconds(node, other);
         var before = await CountersAsync(database, cancellationToken);
         var began = Stopwatch.GetTimestamp();
         var duration = _options.HeartbeatDuration;
@@ -297,13 +353,14 @@ public sealed class Benchmark
         {
             await Task.Yield();
             var mine = latencies[worker] = new List<double>(1 << 14);
+            using var connection = new LeanConnection(http.BaseAddress);
             while (Stopwatch.GetElapsedTime(began) < duration)
             {
                 var i = (int)((uint)Interlocked.Increment(ref next) % (uint)instances);
                 var sent = Stopwatch.GetTimestamp();
-                var status = await http.HeartbeatAsync(bodies[i], cancellationToken);
+                var status = await connection.SendAsync(requests[i], cancellationToken);
                 mine.Add(Stopwatch.GetElapsedTime(sent).TotalMilliseconds);
-                if (status != HttpStatusCode.OK)
+                if (status != 200)
                 {
                     Interlocked.Increment(ref errors);
                 }
@@ -314,7 +371,7 @@ public sealed class Benchmark
         var all = latencies.SelectMany(l => l).ToArray();
         return new HeartbeatResult(
             instances, all.Length, errors, _options.Concurrency, Math.Round(seconds, 3), Math.Round(all.Length / seconds, 1),
-            Distribution.Of(all), work ?? Empty(seconds), CpuSince(nodes, cpu));
+            Distribution.Of(all), work ?? Empty(seconds), CpuSince(node, other, cpu));
     }
 
     /// <summary>

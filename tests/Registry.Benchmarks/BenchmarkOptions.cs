@@ -26,8 +26,14 @@ public sealed record BenchmarkOptions
     /// <summary>Concurrent requests for registrations and heartbeats (and pgbench clients).</summary>
     public int Concurrency { get; init; } = 64;
 
-    /// <summary>Registrations measured (each a new instance).</summary>
-    public int Registrations { get; init; } = 20_000;
+    /// <summary>
+    /// How long the nodes are driven (registrations of new instances, heartbeats) before anything
+    /// is timed: until the JIT has finished tiering up the hot paths, so figures are steady state.
+    /// </summary>
+    public TimeSpan WarmUp { get; init; } = TimeSpan.FromSeconds(8);
+
+    /// <summary>Registrations measured (each a new instance); about as long as a pgbench run.</summary>
+    public int Registrations { get; init; } = 100_000;
 
     /// <summary>Instances that heartbeat.</summary>
     public int HeartbeatInstances { get; init; } = 10_000;
@@ -81,6 +87,7 @@ public sealed record BenchmarkOptions
     {
         Smoke = true,
         Concurrency = 8,
+        WarmUp = TimeSpan.FromMilliseconds(500),
         Registrations = 300,
         HeartbeatInstances = 100,
         HeartbeatTtlSeconds = 10,
@@ -96,7 +103,7 @@ public sealed record BenchmarkOptions
 
     public const string Usage = """
         Registry.Benchmarks [--smoke] [--url URL [--url-b URL] [--server-pid PID]] [--connection-string CS]
-                            [--server-dll PATH] [--concurrency N] [--registrations N] [--heartbeat-instances N]
+                            [--server-dll PATH] [--concurrency N] [--warm-up-seconds S] [--registrations N] [--heartbeat-instances N]
                             [--heartbeat-seconds S] [--fanout W[,W…]] [--idle-seconds S] [--cross-node-rounds N]
                             [--cold-start-instances N] [--pgbench-seconds S] [--no-pgbench] [--pgbench PATH]
                             [--no-fsync] [--node-env KEY=VALUE]… [--out results.json] [--markdown results.md] [--work-dir DIR]
@@ -125,6 +132,7 @@ public sealed record BenchmarkOptions
                 "--connection-string" => options with { ConnectionString = Value() },
                 "--server-dll" => options with { ServerDll = Value() },
                 "--concurrency" => options with { Concurrency = Int() },
+                "--warm-up-seconds" => options with { WarmUp = Seconds() },
                 "--registrations" => options with { Registrations = Int() },
                 "--heartbeat-instances" => options with { HeartbeatInstances = Int() },
                 "--heartbeat-seconds" => options with { HeartbeatDuration = Seconds() },

@@ -31,6 +31,8 @@ internal sealed class RegistryHttp : IDisposable
 
     public HttpClient Client => _client;
 
+    public Uri BaseAddress => _client.BaseAddress!;
+
     public static string Provider(string application, string addr, IReadOnlyDictionary<string, string>? meta = null)
     {
         var text = new StringBuilder();
@@ -49,14 +51,6 @@ internal sealed class RegistryHttp : IDisposable
     {
         using var content = Content(body);
         using var response = await _client.PostAsync(new Uri($"/v1/register?ttl={ttlSeconds}", UriKind.Relative), content, cancellationToken);
-        return response.StatusCode;
-    }
-
-    public async Task<HttpStatusCode> HeartbeatAsync(byte[] body, CancellationToken cancellationToken)
-    {
-        using var content = new ByteArrayContent(body);
-        content.Headers.ContentType = Json;
-        using var response = await _client.PostAsync(new Uri("/v1/heartbeat", UriKind.Relative), content, cancellationToken);
         return response.StatusCode;
     }
 

@@ -14,7 +14,11 @@ public sealed record BenchmarkResult
 
     public string? LoadAverageAtEnd { get; set; }
 
+    /// <summary>Registrations on one node: the target's figure.</summary>
     public RegistrationResult? Registration { get; set; }
+
+    /// <summary>The same on node A while node B, on the same machine, follows every change (no target).</summary>
+    public RegistrationResult? RegistrationFollowed { get; set; }
 
     public HeartbeatResult? Heartbeats { get; set; }
 
@@ -36,7 +40,7 @@ public sealed record BenchmarkResult
 }
 
 public sealed record RunSettings(
-    bool Smoke, string Target, string Database, int Concurrency, int Registrations, int HeartbeatInstances,
+    bool Smoke, string Target, string Database, int Concurrency, double WarmUpSeconds, int Registrations, int HeartbeatInstances,
     int HeartbeatTtlSeconds, double HeartbeatSeconds, IReadOnlyList<int> FanOutConsumers, double IdleSeconds,
     int CrossNodeRounds, int CrossNodeConsumers, int ColdStartInstances, bool Fsync, string StatementSource,
     IReadOnlyDictionary<string, string> NodeEnvironment);
@@ -54,12 +58,24 @@ public sealed record DatabaseWork(long? Statements, long Transactions, long Rows
     public double TransactionsPerSecond => Seconds > 0 ? Math.Round(Transactions / Seconds, 1) : 0;
 }
 
-/// <summary><c>NodesCpuSeconds</c>: CPU both nodes used meanwhile (each node reloads what changed).</summary>
+/// <summary><c>Cpu</c>: who used the machine's cores meanwhile.</summary>
 public sealed record RegistrationResult(
-    int Count, int Errors, int Concurrency, double Seconds, double PerSecond, Distribution LatencyMs, DatabaseWork Database, double? NodesCpuSeconds);
+    int Count, int Errors, int Concurrency, double Seconds, double PerSecond, Distribution LatencyMs, DatabaseWork Database, CpuUse Cpu);
 
 public sealed record HeartbeatResult(
-    int Instances, int Sent, int Errors, int Concurrency, double Seconds, double PerSecond, Distribution LatencyMs, DatabaseWork Database, double? NodesCpuSeconds);
+    int Instances, int Sent, int Errors, int Concurrency, double Seconds, double PerSecond, Distribution LatencyMs, DatabaseWork Database, CpuUse Cpu);
+
+/// <summary>
+/// CPU seconds over one timed phase: the node the requests went to, the other node when one was
+/// running (it reloads what changed), and this tool as the load generator. A node's figure is
+/// null when it is not a process this tool can read.
+/// </summary>
+public sealed record CpuUse(double? NodeSeconds, double? OtherNodeSeconds, double GeneratorSeconds)
+{
+    public string Describe(double seconds) => string.Create(
+        System.Globalization.CultureInfo.InvariantCulture,
+        $"CPU-s in {seconds:0.0} s: node {(NodeSeconds is { } node ? node : "not measured")}{(OtherNodeSeconds is { } other ? $", other node {other}" : "")}, load generator {GeneratorSeconds}");
+}
 
 /// <summary>
 /// One fan-out. <c>ChangeAcknowledgedMs</c> is the change's own request (group commit, reload);

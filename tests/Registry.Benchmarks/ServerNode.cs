@@ -13,6 +13,7 @@ internal sealed class ServerNode : IAsyncDisposable
     private readonly Process? _process;
     private readonly bool _owned;
     private readonly StreamWriter? _log;
+    private bool _disposed;
 
     private ServerNode(string name, Uri url, Process? process, bool owned, StreamWriter? log, DateTimeOffset startedAt)
     {
@@ -34,6 +35,9 @@ internal sealed class ServerNode : IAsyncDisposable
     public long StartTimestamp { get; private init; }
 
     public bool HasProcess => _process is not null;
+
+    /// <summary>Started by this tool, so it may stop it.</summary>
+    public bool Owned => _owned;
 
     public static ServerNode Existing(string name, Uri url, int? pid) =>
         new(name, url, pid is { } id ? Process.GetProcessById(id) : null, owned: false, log: null, DateTimeOffset.UtcNow);
@@ -92,7 +96,7 @@ internal sealed class ServerNode : IAsyncDisposable
     /// <summary>Resident memory and CPU time used so far, read from /proc via <see cref="Process"/>.</summary>
     public ProcessSample? Sample()
     {
-        if (_process is null)
+        if (_process is null || _disposed)
         {
             return null;
         }
@@ -139,6 +143,12 @@ internal sealed class ServerNode : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
         if (_owned && _process is not null)
         {
             if (!_process.HasExited)

@@ -52,14 +52,12 @@ internal static class Targets
 
         if (result.Registration is { } registration)
         {
-            var ceiling = result.PgBenchUpsert?.TransactionsPerSecond;
-            targets.Add(new TargetCheck(
-                F($"Registrations (concurrency {registration.Concurrency})"),
-                "≥ pgbench single-row upsert rate",
-                F($"{registration.PerSecond:N0}/s, p99 {registration.LatencyMs.P99} ms") + (ceiling is { } c && c > 0 ? F($"; pgbench {c:N0}/s; ratio {registration.PerSecond / c:0.00}×") : ""),
-                ceiling is { } upsert && upsert > 0 ? registration.PerSecond >= upsert : null,
-                (noDatabase ? "" : F($"database {registration.Database.StatementsPerSecond ?? registration.Database.TransactionsPerSecond:N0} statements/s; "))
-                    + (registration.NodesCpuSeconds is { } cpu ? F($"both nodes used {cpu} CPU-s in {registration.Seconds:0.0} s") : "") + (registration.Errors > 0 ? F($"; {registration.Errors} errors") : "")));
+            targets.Add(Registrations(F($"Registrations on one node (concurrency {registration.Concurrency})"), "≥ pgbench single-row upsert rate", registration, result, judged: true));
+        }
+
+        if (result.RegistrationFollowed is { } followed)
+        {
+            targets.Add(Registrations(F($"Registrations while a second node on this machine follows (concurrency {followed.Concurrency})"), "(no target)", followed, result, judged: false));
         }
 
         if (result.Heartbeats is { } heartbeats)
@@ -75,7 +73,7 @@ internal static class Targets
                     + (noDatabase ? statements : F($"{statements}, {heartbeats.Database.RowsUpdated / heartbeats.Database.Seconds:N0} rows updated/s"))
                     + (ceiling is { } c && c > 0 ? F($"; pgbench single-row update {c:N0}/s; ratio {heartbeats.PerSecond / c:0.00}×") : ""),
                 result.Settings.Smoke ? null : heartbeats.PerSecond >= 20_000,
-                heartbeats.Errors > 0 ? F($"{heartbeats.Errors} errors") : ""));
+                heartbeats.Cpu.Describe(heartbeats.Seconds) + (heartbeats.Errors > 0 ? F($"; {heartbeats.Errors} errors") : "")));
         }
 
         if (result.CrossNode is { } cross)
@@ -107,6 +105,19 @@ internal static class Targets
     }
 
     private static string Mib(long bytes) => (bytes / 1048576.0).ToString("0", CultureInfo.InvariantCulture);
+
+    private static TargetCheck Registrations(string figure, string target, RegistrationResult registration, BenchmarkResult result, bool judged)
+    {
+        var ceiling = result.PgBenchUpsert?.TransactionsPerSecond;
+        var noDatabase = result.Settings.StatementSource == "none";
+        return new TargetCheck(
+            figure,
+            target,
+            F($"{registration.PerSecond:N0}/s, p99 {registration.LatencyMs.P99} ms") + (ceiling is { } c && c > 0 ? F($"; pgbench {c:N0}/s; ratio {registration.PerSecond / c:0.00}×") : ""),
+            judged && ceiling is { } upsert && upsert > 0 ? registration.PerSecond >= upsert : null,
+            (noDatabase ? "" : F($"database {registration.Database.StatementsPerSecond ?? registration.Database.TransactionsPerSecond:N0} statements/s; "))
+                + registration.Cpu.Describe(registration.Seconds) + (registration.Errors > 0 ? F($"; {registration.Errors} errors") : ""));
+    }
 
     private static string F(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
 }
