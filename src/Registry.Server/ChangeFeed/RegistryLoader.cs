@@ -16,8 +16,9 @@ namespace Registry.ChangeFeed;
 /// (the listed instances, or the whole application; bursts coalesce into one query per kind),
 /// the whole registry after the change feed (re)connects, and compares per-application counts
 /// and revisions with the database now and then to catch a lost notification. Every load runs
-/// through this one loop and reads the database afresh, so two loads of the same rows can
-/// never be applied out of order.
+/// through this one loop, in the order notifications arrive (commit order): another node's
+/// change is read afresh, one of this node's own batches brings the rows its statement
+/// returned. So two loads of the same rows can never be applied out of order.
 /// </summary>
 internal sealed partial class RegistryLoader(
     RegistryDatabase database,
@@ -185,7 +186,7 @@ internal sealed partial class RegistryLoader(
         // This node's own notifications bring rows it already holds (the batch returned them);
         // the rest are read afresh.
         var supplied = new List<(string Application, Changes Changes)>();
-        var failed = new List<Reload>();
+        var reads = new List<Reload>();
         var applications = new HashSet<string>(StringComparer.Ordinal);
         var keys = new HashSet<InstanceKey>();
         foreach (var request in batch)
@@ -197,12 +198,12 @@ internal sealed partial class RegistryLoader(
             else if (request is { Keys: null, Application: { } application })
             {
                 applications.Add(application);
-                failed.Add(request);
+                reads.Add(request);
             }
             else if (request.Keys is { Length: > 0 } listed)
             {
                 keys.UnionWith(listed);
-                failed.Add(request);
+                reads.Add(request);
             }
         }
 
@@ -240,7 +241,7 @@ internal sealed partial class RegistryLoader(
             // once: the batch that sent it is answered, the retry brings its rows.
             if (!all)
             {
-                foreach (var request in failed)
+                foreach (var request in reads)
                 {
                     _requests.Writer.TryWrite(request with { Done = null, Backend = null });
                 }
