@@ -15,9 +15,11 @@ internal sealed class LeanConnection : IDisposable
 {
     private static readonly byte[] HeaderEnd = "\r\n\r\n"u8.ToArray();
     private static readonly byte[] LineEnd = "\r\n"u8.ToArray();
-    private static readonly byte[] ContentLength = "\r\ncontent-length:"u8.ToArray();
-    private static readonly byte[] Chunked = "\r\ntransfer-encoding: chunked"u8.ToArray();
-    private static readonly byte[] Close = "\r\nconnection: close"u8.ToArray();
+
+    // Looked for in the lower-cased head.
+    private const string ContentLength = "\r\ncontent-length:";
+    private const string Chunked = "\r\ntransfer-encoding: chunked";
+    private const string Close = "\r\nconnection: close";
 
     private readonly Uri _server;
     private Socket? _socket;
@@ -46,10 +48,10 @@ internal sealed class LeanConnection : IDisposable
         var head = _buffer.AsSpan(_start, headerEnd - _start);
         var status = int.Parse(head.Slice(9, 3), NumberStyles.None, CultureInfo.InvariantCulture);
         var lower = Encoding.ASCII.GetString(head).ToLowerInvariant();
-        var close = lower.Contains(Encoding.ASCII.GetString(Close), StringComparison.Ordinal);
-        var chunked = lower.Contains(Encoding.ASCII.GetString(Chunked), StringComparison.Ordinal);
+        var close = lower.Contains(Close, StringComparison.Ordinal);
+        var chunked = lower.Contains(Chunked, StringComparison.Ordinal);
         var length = 0;
-        var at = lower.IndexOf(Encoding.ASCII.GetString(ContentLength), StringComparison.Ordinal);
+        var at = lower.IndexOf(ContentLength, StringComparison.Ordinal);
         if (at >= 0)
         {
             var value = lower.AsSpan(at + ContentLength.Length).TrimStart(' ');
