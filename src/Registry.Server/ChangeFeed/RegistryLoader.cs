@@ -446,15 +446,28 @@ internal sealed class OwnCommit
     public int Received { get; set; }
 
     /// <summary>How many notifications it sends (one per changed application), once known.</summary>
-    public int? Expected => _settlement is { } settled ? settled.Changes?.Count ?? 0 : null;
+    public int? Expected => _settlement?.Notifications;
 
     public TaskCompletionSource Applied { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    /// <summary>The rows it left in the application, once known.</summary>
+    /// <summary>The rows it left in the application, once known (and until forgotten).</summary>
     public Changes? For(string application) => _settlement?.Changes?.GetValueOrDefault(application);
 
     /// <summary><paramref name="changes"/> is null when the batch failed (a rolled-back batch sends nothing).</summary>
-    public void Settle(Dictionary<string, Changes>? changes) => _settlement = new Settlement(changes);
+    public void Settle(Dictionary<string, Changes>? changes) => _settlement = new Settlement(changes?.Count ?? 0, changes);
 
-    private sealed record Settlement(Dictionary<string, Changes>? Changes);
+    /// <summary>
+    /// Drops the rows once the writer has loaded them another way (its notifications were slow
+    /// or the feed is down), so a feed outage does not hold every batch's rows; the
+    /// notifications, should they come, are then read like another node's.
+    /// </summary>
+    public void Forget()
+    {
+        if (_settlement is { } settled)
+        {
+            _settlement = settled with { Changes = null };
+        }
+    }
+
+    private sealed record Settlement(int Notifications, Dictionary<string, Changes>? Changes);
 }

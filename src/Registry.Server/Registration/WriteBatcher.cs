@@ -205,6 +205,7 @@ internal sealed partial class WriteBatcher(
             }
         }
 
+        committed.Own?.Forget();
         await loader.ReloadAsync(committed.Changed).WaitAsync(cancellationToken);
     }
 
