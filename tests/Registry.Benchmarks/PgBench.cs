@@ -81,10 +81,12 @@ internal sealed partial class PgBench(string binary, BenchDatabase database, str
         foreach (var argument in new[]
         {
             "-h", connection.Host ?? "127.0.0.1", "-p", connection.Port.ToString(CultureInfo.InvariantCulture),
-            "-U", connection.Username ?? "postgres", "-d", connection.Database ?? "postgres",
+            "-U", connection.Username ?? "postgres",
             "-n", "-M", "prepared", "-c", clients.ToString(CultureInfo.InvariantCulture),
             "-j", Environment.ProcessorCount.ToString(CultureInfo.InvariantCulture),
             "-T", ((int)duration.TotalSeconds).ToString(CultureInfo.InvariantCulture), "-f", file,
+            // The database is the last argument: pgbench's -d is --debug, not the database.
+            connection.Database ?? "postgres",
         })
         {
             start.ArgumentList.Add(argument);
