@@ -33,6 +33,57 @@ internal sealed class BenchDatabase : IAsyncDisposable
 
     public string Description => _local is null ? "given by connection string" : $"private cluster on 127.0.0.1:{_local.Port} ({_local.DataDirectory})";
 
+    /// <summary>
+    /// CPU seconds the private cluster has used so far: the postmaster with the children it has
+    /// reaped (cutime, cstime) plus the children alive now. Null for a database given by
+    /// connection string, which may be on another machine.
+    /// </summary>
+    public double? CpuSeconds()
+    {
+        if (_local is null || !int.TryParse(File.ReadLines(Path.Combine(_local.DataDirectory, "postmaster.pid")).First(), out var postmaster))
+        {
+            return null;
+        }
+
+        long ticks = 0;
+        foreach (var folder in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(folder), out var pid) || Stat(pid) is not { } stat)
+            {
+                continue;
+            }
+
+            // After the command's closing parenthesis: state, ppid, … utime (11), stime, cutime, cstime.
+            if (pid == postmaster)
+            {
+                ticks += stat[11] + stat[12] + stat[13] + stat[14];
+            }
+            else if (stat[1] == postmaster)
+            {
+                ticks += stat[11] + stat[12];
+            }
+        }
+
+        return ticks / 100.0; // USER_HZ, 100 on Linux
+
+        static long[]? Stat(int pid)
+        {
+            try
+            {
+                var text = File.ReadAllText($"/proc/{pid}/stat");
+                return text[(text.LastIndexOf(')') + 2)..].Split(' ').Select(f => long.TryParse(f, out var v) ? v : 0).ToArray();
+            }
+            catch (IOException)
+            {
+                return null; // exited meanwhile
+            }
+            catch (UnauthorizedAccessException)
+            {
+                return null;
+            }
+        }
+    }
+
     public static async Task<BenchDatabase> OpenAsync(string? connectionString, string workDirectory, bool durable, TextWriter log, CancellationToken cancellationToken)
     {
         LocalPostgres? local = null;

@@ -300,7 +300,7 @@ public sealed class Benchmark
     private async Task<RegistrationResult> RegistrationAsync(
         string prefix, RegistryHttp http, BenchDatabase? database, ServerNode node, ServerNode? other, CancellationToken cancellationToken)
     {
-        var cpu = CpuSeconds(node, other);
+        var cpu = CpuSeconds(node, other, database);
         var before = await CountersAsync(database, cancellationToken);
         var (latencies, errors, seconds) = await RegisterManyAsync(
             http,
@@ -312,17 +312,20 @@ public sealed class Benchmark
         var work = await MeasureAsync(database, before, cancellationToken);
         return new RegistrationResult(
             _options.Registrations, errors, _options.Concurrency, Math.Round(seconds, 3), Math.Round(_options.Registrations / seconds, 1),
-            Distribution.Of(latencies), work ?? Empty(seconds), CpuSince(node, other, cpu));
+            Distribution.Of(latencies), work ?? Empty(seconds), CpuSince(node, other, database, cpu));
     }
 
-    private static (double? Node, double? Other, TimeSpan Generator) CpuSeconds(ServerNode node, ServerNode? other) =>
-        (node.Sample()?.CpuSeconds, other?.Sample()?.CpuSeconds, Process.GetCurrentProcess().TotalProcessorTime);
+    private static (double? Node, double? Other, TimeSpan Generator, double? Database) CpuSeconds(ServerNode node, ServerNode? other, BenchDatabase? database) =>
+        (node.Sample()?.CpuSeconds, other?.Sample()?.CpuSeconds, Process.GetCurrentProcess().TotalProcessorTime, database?.CpuSeconds());
 
-    private static CpuUse CpuSince(ServerNode node, ServerNode? other, (double? Node, double? Other, TimeSpan Generator) before)
+    private static CpuUse CpuSince(ServerNode node, ServerNode? other, BenchDatabase? database, (double? Node, double? Other, TimeSpan Generator, double? Database) before)
     {
-        var now = CpuSeconds(node, other);
+        var now = CpuSeconds(node, other, database);
         return new CpuUse(
-            Since(before.Node, now.Node), Since(before.Other, now.Other), Math.Round((now.Generator - before.Generator).TotalSeconds, 2));
+            Since(before.Node, now.Node),
+            Since(before.Other, now.Other),
+            Math.Round((now.Generator - before.Generator).TotalSeconds, 2),
+            Since(before.Database, now.Database));
 
         static double? Since(double? start, double? end) => start is { } s && end is { } e ? Math.Round(e - s, 2) : null;
     }
@@ -345,7 +348,7 @@ public sealed class Benchmark
         var latencies = new List<double>[_options.Concurrency];
         var errors = 0;
         var next = -1;
-        var cpu = CpuSeconds(node, other);
+        var cpu = CpuSeconds(node, other, database);
         var before = await CountersAsync(database, cancellationToken);
         var began = Stopwatch.GetTimestamp();
         var duration = _options.HeartbeatDuration;
@@ -371,7 +374,7 @@ public sealed class Benchmark
         var all = latencies.SelectMany(l => l).ToArray();
         return new HeartbeatResult(
             instances, all.Length, errors, _options.Concurrency, Math.Round(seconds, 3), Math.Round(all.Length / seconds, 1),
-            Distribution.Of(all), work ?? Empty(seconds), CpuSince(node, other, cpu));
+            Distribution.Of(all), work ?? Empty(seconds), CpuSince(node, other, database, cpu));
     }
 
     /// <summary>

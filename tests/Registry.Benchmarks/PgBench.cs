@@ -97,6 +97,7 @@ internal sealed partial class PgBench(string binary, BenchDatabase database, str
             start.Environment["PGPASSWORD"] = connection.Password;
         }
 
+        var databaseCpu = database.CpuSeconds();
         using var process = Process.Start(start) ?? throw new InvalidOperationException($"Cannot start {binary}.");
         var output = process.StandardOutput.ReadToEndAsync(cancellationToken);
         var error = process.StandardError.ReadToEndAsync(cancellationToken);
@@ -113,7 +114,8 @@ internal sealed partial class PgBench(string binary, BenchDatabase database, str
             duration.TotalSeconds,
             Math.Round(Number(TpsPattern(), text), 1),
             Math.Round(Number(LatencyPattern(), text), 3),
-            (long)Number(FailedPattern(), text));
+            (long)Number(FailedPattern(), text),
+            databaseCpu is { } before && database.CpuSeconds() is { } after ? Math.Round(after - before, 2) : null);
     }
 
     private static double Number(Regex pattern, string text)

@@ -67,14 +67,14 @@ public sealed record HeartbeatResult(
 
 /// <summary>
 /// CPU seconds over one timed phase: the node the requests went to, the other node when one was
-/// running (it reloads what changed), and this tool as the load generator. A node's figure is
-/// null when it is not a process this tool can read.
+/// running (it reloads what changed), this tool as the load generator, and PostgreSQL (the
+/// private cluster's processes). A figure is null when it is not a process this tool can read.
 /// </summary>
-public sealed record CpuUse(double? NodeSeconds, double? OtherNodeSeconds, double GeneratorSeconds)
+public sealed record CpuUse(double? NodeSeconds, double? OtherNodeSeconds, double GeneratorSeconds, double? DatabaseSeconds)
 {
     public string Describe(double seconds) => string.Create(
         System.Globalization.CultureInfo.InvariantCulture,
-        $"CPU-s in {seconds:0.0} s: node {(NodeSeconds is { } node ? node : "not measured")}{(OtherNodeSeconds is { } other ? $", other node {other}" : "")}, load generator {GeneratorSeconds}");
+        $"CPU-s in {seconds:0.0} s: node {(NodeSeconds is { } node ? node : "not measured")}{(OtherNodeSeconds is { } other ? $", other node {other}" : "")}, load generator {GeneratorSeconds}{(DatabaseSeconds is { } database ? $", PostgreSQL {database}" : "")}");
 }
 
 /// <summary>
@@ -107,6 +107,8 @@ public sealed record CrossNodeResult(int Rounds, int Samples, int Missed, Distri
 
 public sealed record ColdStartResult(int Instances, double SecondsToListen, double SecondsToServeAll, long RssBytesServing, long RssBytesSettled);
 
-public sealed record PgBenchResult(string Script, int Clients, double Seconds, double TransactionsPerSecond, double LatencyAverageMs, long Failed);
+/// <summary><c>DatabaseCpuSeconds</c>: what the private cluster used during the run (null for another database).</summary>
+public sealed record PgBenchResult(
+    string Script, int Clients, double Seconds, double TransactionsPerSecond, double LatencyAverageMs, long Failed, double? DatabaseCpuSeconds);
 
 public sealed record TargetCheck(string Figure, string Target, string Measured, bool? Met, string Note);

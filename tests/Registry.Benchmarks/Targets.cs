@@ -116,7 +116,27 @@ internal static class Targets
             F($"{registration.PerSecond:N0}/s, p99 {registration.LatencyMs.P99} ms") + (ceiling is { } c && c > 0 ? F($"; pgbench {c:N0}/s; ratio {registration.PerSecond / c:0.00}×") : ""),
             judged && ceiling is { } upsert && upsert > 0 ? registration.PerSecond >= upsert : null,
             (noDatabase ? "" : F($"database {registration.Database.StatementsPerSecond ?? registration.Database.TransactionsPerSecond:N0} statements/s; "))
-                + registration.Cpu.Describe(registration.Seconds) + (registration.Errors > 0 ? F($"; {registration.Errors} errors") : ""));
+                + registration.Cpu.Describe(registration.Seconds) + DatabaseCostPerWrite(registration, result.PgBenchUpsert)
+                + (registration.Errors > 0 ? F($"; {registration.Errors} errors") : ""));
+    }
+
+    /// <summary>
+    /// PostgreSQL's CPU per registration against its CPU per pgbench upsert: what the database
+    /// could absorb if it had the machine to itself, whatever the registry's HTTP costs here.
+    /// </summary>
+    private static string DatabaseCostPerWrite(RegistrationResult registration, PgBenchResult? pgbench)
+    {
+        if (registration.Cpu.DatabaseSeconds is not { } seconds || registration.Count == 0)
+        {
+            return "";
+        }
+
+        var perRegistration = seconds * 1e6 / registration.Count;
+        var perUpsert = pgbench is { DatabaseCpuSeconds: { } pgbenchSeconds, TransactionsPerSecond: > 0 }
+            ? pgbenchSeconds * 1e6 / (pgbench.TransactionsPerSecond * pgbench.Seconds)
+            : (double?)null;
+        return F($"; PostgreSQL {perRegistration:0} µs CPU a registration")
+            + (perUpsert is { } upsert ? F($" (pgbench: {upsert:0} µs an upsert, {upsert / perRegistration:0.0}× as much)") : "");
     }
 
     private static string F(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
