@@ -83,7 +83,7 @@ internal static class RegistrationApi
         WriteResult result;
         try
         {
-            result = await writes.SubmitAsync(new RegisterCommand(provider, granted), cancellationToken);
+            result = await writes.SubmitAsync(new RegisterCommand(provider, granted));
         }
         catch (WriteUnavailableException e)
         {
@@ -152,7 +152,7 @@ internal static class RegistrationApi
 
         try
         {
-            var result = await writes.SubmitAsync(new UnregisterCommand(provider.Key), cancellationToken);
+            var result = await writes.SubmitAsync(new UnregisterCommand(provider.Key));
             return result.Status == WriteStatus.Removed ? TypedResults.NoContent() : Problems.NotRegistered(provider.Key);
         }
         catch (WriteUnavailableException e)

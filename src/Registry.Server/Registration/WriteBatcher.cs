@@ -66,9 +66,13 @@ internal sealed partial class WriteBatcher(
     private readonly Channel<WriteCommand> _queue = Channel.CreateBounded<WriteCommand>(
         new BoundedChannelOptions(options.Value.MaxQueueLength) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
 
-    /// <summary>Queues a write and waits for its batch to commit.</summary>
+    /// <summary>
+    /// Queues a write; the task completes once its batch has committed. A client that leaves
+    /// does not cancel its write: once queued it commits or fails whole, within the statement
+    /// timeout.
+    /// </summary>
     /// <exception cref="WriteUnavailableException">The database cannot take it now.</exception>
-    public async Task<WriteResult> SubmitAsync(WriteCommand command, CancellationToken cancellationToken)
+    public Task<WriteResult> SubmitAsync(WriteCommand command)
     {
         if (!_queue.Writer.TryWrite(command))
         {
@@ -76,9 +80,7 @@ internal sealed partial class WriteBatcher(
         }
 
         metrics.WritesQueued(1);
-
-        // A client that leaves does not cancel its write: once queued it commits or fails whole.
-        return await command.Done.Task.WaitAsync(cancellationToken);
+        return command.Done.Task;
     }
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
