@@ -76,6 +76,25 @@ public sealed class VersionTests(RegistryCluster cluster) : RegistryTest(cluster
     }
 
     [Fact]
+    public async Task TheWritingNodeAndAnotherNodeServeTheSameAnswerForTheSameRows()
+    {
+        // The writing node keeps the meta it was sent; another node reads it back from jsonb
+        // (keys reordered, escapes resolved): both must serve, and hash, the same answer.
+        var subscription = Http.Subscription(Http.Entry("app"));
+        using var nodeB = Cluster.NodeB.CreateClient();
+        var (_, empty, _) = await nodeB.SubscribeAsync(subscription);
+        await RegisterAsync("app", "10.0.0.1:80", """{"zone":"b","idc":"\u4e0a\u6d77","tier":"web","a":"x\"y"}""");
+
+        var (_, onB, bodyB) = await nodeB.SubscribeAsync(subscription, empty, wait: 10);
+        var (_, onA, bodyA) = await Client.SubscribeAsync(subscription);
+
+        Assert.NotEqual(empty, onB);
+        Assert.Equal(onA, onB);
+        Assert.Equal(bodyA!.ToJsonString(), bodyB!.ToJsonString());
+        Assert.Equal("上海", (string?)bodyA["endpoints"]![0]!["meta"]!["idc"]);
+    }
+
+    [Fact]
     public async Task AnEmptyAnswerHasAVersionToo()
     {
         var (status, version, body) = await Client.SubscribeAsync(Subscription);

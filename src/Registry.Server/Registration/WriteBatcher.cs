@@ -295,24 +295,23 @@ internal sealed partial class WriteBatcher(
                        expires_at = excluded.expires_at,
                        revision = CASE WHEN i.meta = excluded.meta AND i.ttl_seconds = excluded.ttl_seconds
                                        THEN i.revision ELSE excluded.revision END
-                RETURNING i.application, i.protocol, i.addr, i.meta, i.ttl_seconds, i.expires_at, i.revision, i.xmax = 0 AS inserted),
+                RETURNING i.application, i.protocol, i.addr, i.expires_at, i.revision, i.xmax = 0 AS inserted),
             deleted AS (
                 DELETE FROM instances i
                  USING unnest(@gone_applications, @gone_protocols, @gone_addrs) AS k(application, protocol, addr)
                  WHERE i.application = k.application AND i.protocol = k.protocol AND i.addr = k.addr
                 RETURNING i.application, i.protocol, i.addr),
             rows AS (
-                SELECT u.application, u.protocol, u.addr, u.meta, u.ttl_seconds, u.expires_at, u.revision, u.inserted,
-                       u.revision = p.revision AS changed
+                SELECT u.application, u.protocol, u.addr, u.expires_at, u.revision, u.inserted, u.revision = p.revision AS changed
                   FROM upserted u JOIN proposed p USING (application, protocol, addr)
                 UNION ALL
-                SELECT d.application, d.protocol, d.addr, NULL, NULL, NULL, NULL, false, true FROM deleted d),
+                SELECT d.application, d.protocol, d.addr, NULL, NULL, false, true FROM deleted d),
             -- One notification per changed application; the payload names the changed instances when they fit (see Announcement).
             notified AS (
                 SELECT pg_notify(@channel, CASE WHEN octet_length(c.payload) <= @max_payload THEN c.payload ELSE c.application END)
                   FROM (SELECT application, application || string_agg(E'\n' || protocol || ' ' || addr, '' ORDER BY protocol, addr) AS payload
                           FROM rows WHERE changed GROUP BY application) AS c)
-            SELECT r.application, r.protocol, r.addr, r.meta::text, r.ttl_seconds, r.expires_at, r.revision, r.inserted, r.changed
+            SELECT r.application, r.protocol, r.addr, r.expires_at, r.revision, r.inserted, r.changed
               FROM rows r CROSS JOIN (SELECT count(*) FROM notified) AS n
             """, connection);
         var keys = upserts.Select(c => c.Key).ToArray();
@@ -326,22 +325,25 @@ internal sealed partial class WriteBatcher(
         var existed = new Dictionary<InstanceKey, bool>();
         var expiries = new Dictionary<InstanceKey, DateTimeOffset>();
         var changes = new Dictionary<string, Changes>(StringComparer.Ordinal);
+        var sent = upserts.ToDictionary(c => c.Key);
         await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
         {
             while (await reader.ReadAsync(cancellationToken))
             {
                 var key = new InstanceKey(reader.GetString(0), reader.GetString(1), reader.GetString(2));
-                var upserted = !reader.IsDBNull(5);
-                existed[key] = !upserted || !reader.GetBoolean(7);
+                var upserted = !reader.IsDBNull(3);
+                existed[key] = !upserted || !reader.GetBoolean(5);
                 Instance? row = null;
                 if (upserted)
                 {
-                    var expiresAt = new DateTimeOffset(reader.GetDateTime(5), TimeSpan.Zero);
+                    // The row holds what this batch sent; the database adds the lease and the revision.
+                    var expiresAt = new DateTimeOffset(reader.GetDateTime(3), TimeSpan.Zero);
                     expiries[key] = expiresAt;
-                    row = new Instance(key, MetaJson.Parse(reader.GetString(3)), reader.GetInt32(4), expiresAt, reader.GetInt64(6));
+                    var register = sent[key];
+                    row = new Instance(key, register.Provider.Meta, register.TtlSeconds, expiresAt, reader.GetInt64(4));
                 }
 
-                if (reader.GetBoolean(8))
+                if (reader.GetBoolean(6))
                 {
                     if (!changes.TryGetValue(key.Application, out var application))
                     {
