@@ -55,7 +55,7 @@ internal static class RegistrationApi
         return endpoints;
     }
 
-    private static async Task<Results<Created<LeaseDocument>, Ok<LeaseDocument>, ValidationProblem, ProblemHttpResult>> Register(
+    private static async Task<Results<LeaseResult, ValidationProblem, ProblemHttpResult>> Register(
         HttpContext http,
         [FromQuery(Name = "ttl")] string? ttl,
         RequestBody body,
@@ -92,11 +92,11 @@ internal static class RegistrationApi
 
         var lease = Lease(provider.Key, provider.Meta, granted, result.ExpiresAt);
         return result.Status == WriteStatus.Created
-            ? TypedResults.Created($"/v1/services/{Uri.EscapeDataString(provider.Application)}", lease)
-            : TypedResults.Ok(lease);
+            ? new LeaseResult(StatusCodes.Status201Created, lease, $"/v1/services/{Uri.EscapeDataString(provider.Application)}")
+            : new LeaseResult(StatusCodes.Status200OK, lease);
     }
 
-    private static async Task<Results<Ok<LeaseDocument>, ValidationProblem, ProblemHttpResult>> Heartbeat(
+    private static async Task<Results<LeaseResult, ValidationProblem, ProblemHttpResult>> Heartbeat(
         HttpContext http,
         RequestBody body,
         RequestReader reader,
@@ -126,7 +126,7 @@ internal static class RegistrationApi
         }
 
         var expiresAt = renewer.Renew(instance);
-        return TypedResults.Ok(Lease(instance.Key, instance.Meta, instance.TtlSeconds, expiresAt));
+        return new LeaseResult(StatusCodes.Status200OK, Lease(instance.Key, instance.Meta, instance.TtlSeconds, expiresAt));
     }
 
     private static async Task<Results<NoContent, ValidationProblem, ProblemHttpResult>> Unregister(
