@@ -53,9 +53,9 @@ internal sealed class ApplicationSnapshot
     /// application changes a few rows at a time, so this finds them by binary search and copies
     /// the ranges in between: no per-instance hashing or comparing.
     /// </summary>
-    public ApplicationSnapshot With(IEnumerable<InstanceKey> reloaded, Instance[] rows)
+    public ApplicationSnapshot With(IReadOnlyCollection<InstanceKey> reloaded, Instance[] rows)
     {
-        var removed = reloaded.Select(IndexOf).Where(i => i >= 0).Distinct().Order().ToArray();
+        var removed = Removed(reloaded);
         Array.Sort(rows, static (a, b) => InstanceKey.CompareOrdinal(a.Key, b.Key));
         var merged = new Instance[Instances.Length - removed.Length + rows.Length];
         var source = 0; // next instance of this snapshot to copy
@@ -88,6 +88,33 @@ internal sealed class ApplicationSnapshot
                 }
             }
         }
+    }
+
+    /// <summary>Where the reloaded keys are now, ascending and each once (a key may be listed twice).</summary>
+    private int[] Removed(IReadOnlyCollection<InstanceKey> reloaded)
+    {
+        var found = new int[reloaded.Count];
+        var count = 0;
+        foreach (var key in reloaded)
+        {
+            var index = IndexOf(key);
+            if (index >= 0)
+            {
+                found[count++] = index;
+            }
+        }
+
+        Array.Sort(found, 0, count);
+        var distinct = 0;
+        for (var i = 0; i < count; i++)
+        {
+            if (distinct == 0 || found[i] != found[distinct - 1])
+            {
+                found[distinct++] = found[i];
+            }
+        }
+
+        return found[..distinct];
     }
 
     private int IndexOf(InstanceKey key) => BinarySearch(Instances, key);
