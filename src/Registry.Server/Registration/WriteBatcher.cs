@@ -231,7 +231,9 @@ internal sealed partial class WriteBatcher(
         var upserts = last.Values.OfType<RegisterCommand>().OrderBy(c => c.Key, byKey).ToArray();
         var deletes = last.Values.OfType<UnregisterCommand>().Select(c => c.Key).Order(byKey).ToArray();
 
-        await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
+        // Without deletes the statement has no scan to choose, so its plan is made once per connection.
+        var source = deletes.Length == 0 ? database.PlannedOnceDataSource : database.DataSource;
+        await using var connection = await source.OpenConnectionAsync(cancellationToken);
         var own = loader.Expect(connection.ProcessID);
         Written written;
         try
@@ -270,55 +272,70 @@ internal sealed partial class WriteBatcher(
         return new Committed(statuses, written.Expiries, changed, changed.Length > 0 ? own : null);
     }
 
+    private static readonly string UpsertStatement = Statement(deletes: false);
+
+    private static readonly string UpsertAndDeleteStatement = Statement(deletes: true);
+
+    /// <summary>
+    /// The batch as one statement. An identical re-registration keeps its revision: it renews
+    /// the lease and notifies nobody. The proposed revisions are drawn once (the CTE is
+    /// materialised), so a row whose revision is the proposed one was inserted or changed.
+    /// </summary>
+    private static string Statement(bool deletes) => $"""
+        WITH proposed AS MATERIALIZED (
+            SELECT u.application, u.protocol, u.addr, u.meta::jsonb AS meta, u.ttl, nextval('instance_revision') AS revision
+              FROM unnest(@applications, @protocols, @addrs, @metas, @ttls) AS u(application, protocol, addr, meta, ttl)),
+        upserted AS (
+            INSERT INTO instances AS i (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at, revision)
+            SELECT p.application, p.protocol, p.addr, p.meta, p.ttl, clock_timestamp() + p.ttl * interval '1 second', clock_timestamp(), p.revision
+              FROM proposed p
+             ORDER BY p.application, p.protocol, p.addr
+            ON CONFLICT (application, protocol, addr) DO UPDATE
+               SET meta = excluded.meta,
+                   ttl_seconds = excluded.ttl_seconds,
+                   expires_at = excluded.expires_at,
+                   revision = CASE WHEN i.meta = excluded.meta AND i.ttl_seconds = excluded.ttl_seconds
+                                   THEN i.revision ELSE excluded.revision END
+            RETURNING i.application, i.protocol, i.addr, i.expires_at, i.revision, i.xmax = 0 AS inserted),
+        {(deletes ? """
+        deleted AS (
+            DELETE FROM instances i
+             USING unnest(@gone_applications, @gone_protocols, @gone_addrs) AS k(application, protocol, addr)
+             WHERE i.application = k.application AND i.protocol = k.protocol AND i.addr = k.addr
+            RETURNING i.application, i.protocol, i.addr),
+        """ : "")}
+        rows AS (
+            SELECT u.application, u.protocol, u.addr, u.expires_at, u.revision, u.inserted, u.revision = p.revision AS changed
+              FROM upserted u JOIN proposed p USING (application, protocol, addr)
+        {(deletes ? """
+            UNION ALL
+            SELECT d.application, d.protocol, d.addr, NULL, NULL, false, true FROM deleted d
+        """ : "")}),
+        -- One notification per changed application; the payload names the changed instances when they fit (see Announcement).
+        notified AS (
+            SELECT pg_notify(@channel, CASE WHEN octet_length(c.payload) <= @max_payload THEN c.payload ELSE c.application END)
+              FROM (SELECT application, application || string_agg(E'\n' || protocol || ' ' || addr, '' ORDER BY protocol, addr) AS payload
+                      FROM rows WHERE changed GROUP BY application) AS c)
+        SELECT r.application, r.protocol, r.addr, r.expires_at, r.revision, r.inserted, r.changed
+          FROM rows r CROSS JOIN (SELECT count(*) FROM notified) AS n
+        """;
+
     private sealed record Written(
         Dictionary<InstanceKey, bool> ExistedBefore, Dictionary<InstanceKey, DateTimeOffset> Expiries, Dictionary<string, Changes> Changes);
 
     private static async Task<Written> WriteAsync(
         NpgsqlConnection connection, RegisterCommand[] upserts, InstanceKey[] deletes, CancellationToken cancellationToken)
     {
-        // An identical re-registration keeps its revision: it renews the lease and notifies nobody.
-        // The proposed revisions are drawn once (the CTE is materialised), so a row whose
-        // revision is the proposed one was inserted or changed.
-        await using var command = new NpgsqlCommand(
-            """
-            WITH proposed AS MATERIALIZED (
-                SELECT u.application, u.protocol, u.addr, u.meta::jsonb AS meta, u.ttl, nextval('instance_revision') AS revision
-                  FROM unnest(@applications, @protocols, @addrs, @metas, @ttls) AS u(application, protocol, addr, meta, ttl)),
-            upserted AS (
-                INSERT INTO instances AS i (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at, revision)
-                SELECT p.application, p.protocol, p.addr, p.meta, p.ttl, clock_timestamp() + p.ttl * interval '1 second', clock_timestamp(), p.revision
-                  FROM proposed p
-                 ORDER BY p.application, p.protocol, p.addr
-                ON CONFLICT (application, protocol, addr) DO UPDATE
-                   SET meta = excluded.meta,
-                       ttl_seconds = excluded.ttl_seconds,
-                       expires_at = excluded.expires_at,
-                       revision = CASE WHEN i.meta = excluded.meta AND i.ttl_seconds = excluded.ttl_seconds
-                                       THEN i.revision ELSE excluded.revision END
-                RETURNING i.application, i.protocol, i.addr, i.expires_at, i.revision, i.xmax = 0 AS inserted),
-            deleted AS (
-                DELETE FROM instances i
-                 USING unnest(@gone_applications, @gone_protocols, @gone_addrs) AS k(application, protocol, addr)
-                 WHERE i.application = k.application AND i.protocol = k.protocol AND i.addr = k.addr
-                RETURNING i.application, i.protocol, i.addr),
-            rows AS (
-                SELECT u.application, u.protocol, u.addr, u.expires_at, u.revision, u.inserted, u.revision = p.revision AS changed
-                  FROM upserted u JOIN proposed p USING (application, protocol, addr)
-                UNION ALL
-                SELECT d.application, d.protocol, d.addr, NULL, NULL, false, true FROM deleted d),
-            -- One notification per changed application; the payload names the changed instances when they fit (see Announcement).
-            notified AS (
-                SELECT pg_notify(@channel, CASE WHEN octet_length(c.payload) <= @max_payload THEN c.payload ELSE c.application END)
-                  FROM (SELECT application, application || string_agg(E'\n' || protocol || ' ' || addr, '' ORDER BY protocol, addr) AS payload
-                          FROM rows WHERE changed GROUP BY application) AS c)
-            SELECT r.application, r.protocol, r.addr, r.expires_at, r.revision, r.inserted, r.changed
-              FROM rows r CROSS JOIN (SELECT count(*) FROM notified) AS n
-            """, connection);
+        await using var command = new NpgsqlCommand(deletes.Length == 0 ? UpsertStatement : UpsertAndDeleteStatement, connection);
         var keys = upserts.Select(c => c.Key).ToArray();
         InstanceKeys.AddParameters(command.Parameters, keys);
         command.Parameters.Add(new NpgsqlParameter<string[]>("metas", upserts.Select(c => MetaJson.Serialize(c.Provider.Meta)).ToArray()));
         command.Parameters.Add(new NpgsqlParameter<int[]>("ttls", upserts.Select(c => c.TtlSeconds).ToArray()));
-        InstanceKeys.AddParameters(command.Parameters, deletes, "gone_");
+        if (deletes.Length > 0)
+        {
+            InstanceKeys.AddParameters(command.Parameters, deletes, "gone_");
+        }
+
         command.Parameters.AddWithValue("channel", Schema.ChangeChannel);
         command.Parameters.AddWithValue("max_payload", Announcement.MaxPayloadBytes);
 
