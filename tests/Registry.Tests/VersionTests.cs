@@ -1,3 +1,5 @@
+using System.Text.Json.Nodes;
+using Npgsql;
 using Registry.Tests.Infrastructure;
 
 namespace Registry.Tests;
@@ -92,6 +94,60 @@ public sealed class VersionTests(RegistryCluster cluster) : RegistryTest(cluster
         Assert.Equal(onA, onB);
         Assert.Equal(bodyA!.ToJsonString(), bodyB!.ToJsonString());
         Assert.Equal("上海", (string?)bodyA["endpoints"]![0]!["meta"]!["idc"]);
+    }
+
+    [Fact]
+    public async Task ALargeApplicationChangedPieceByPieceIsServedAsTheDatabaseHoldsIt()
+    {
+        // Hundreds of instances span several of a snapshot's chunks; the changes land all over them.
+        static string Addr(int i, int port) => $"10.2.{i / 250}.{i % 250 + 1}:{port}";
+        await Task.WhenAll(Enumerable.Range(0, 300).Select(i => RegisterAsync("big", Addr(i, 80), "{}")));
+        var subscription = Http.Subscription(Http.Entry("big"));
+        using var nodeB = Cluster.NodeB.CreateClient();
+        var (_, before, _) = await nodeB.SubscribeAsync(subscription);
+
+        await Task.WhenAll(Enumerable.Range(0, 300).Select(async i =>
+        {
+            if (i % 7 == 0)
+            {
+                using var gone = await Client.PostJsonAsync("/v1/unregister", Http.Provider("big", Addr(i, 80)));
+                gone.EnsureSuccessStatusCode();
+            }
+            else if (i % 5 == 0)
+            {
+                await RegisterAsync("big", Addr(i, 80), """{"v":"2"}""");
+            }
+
+            if (i % 4 == 1)
+            {
+                await RegisterAsync("big", Addr(i, 81), "{}"); // sorts right after its :80 neighbour
+            }
+        }));
+
+        var expected = new List<string>();
+        await using (var connection = await Cluster.OpenAsync())
+        await using (var rows = new NpgsqlCommand("SELECT addr, coalesce(meta->>'v', '') FROM instances WHERE application = 'big' ORDER BY protocol, addr", connection))
+        await using (var reader = await rows.ExecuteReaderAsync())
+        {
+            while (await reader.ReadAsync())
+            {
+                expected.Add($"{reader.GetString(0)} {reader.GetString(1)}");
+            }
+        }
+
+        var (_, onA, bodyA) = await Client.SubscribeAsync(subscription);
+        // Node B catches up through the notifications: its answer moves until it has A's version.
+        var (_, onB, bodyB) = await nodeB.SubscribeAsync(subscription, before, wait: 2);
+        for (var polls = 1; onB != onA && polls < 5; polls++)
+        {
+            (_, onB, bodyB) = await nodeB.SubscribeAsync(subscription, onB, wait: 2);
+        }
+
+        static List<string> Served(JsonNode body) =>
+            body["endpoints"]!.AsArray().Select(e => $"{(string?)e!["addr"]} {(string?)e["meta"]!["v"] ?? ""}").ToList();
+        Assert.Equal(300 - 43 + 75, expected.Count);
+        Assert.Equal(expected, Served(bodyA!));
+        Assert.Equal(expected, Served(bodyB!));
     }
 
     [Fact]

@@ -278,7 +278,7 @@ internal sealed partial class RegistryLoader(
             .Where(a => !(loaded.TryGetValue(a, out var now) && now.SameContentAs(before.GetValueOrDefault(a))))
             .ToArray();
         hub.ApplicationsChanged(changed);
-        LogLoadedAll(logger, loaded.Count, loaded.Values.Sum(s => s.Instances.Length));
+        LogLoadedAll(logger, loaded.Count, loaded.Values.Sum(s => s.Count));
     }
 
     private async Task LoadApplicationsAsync(string[] applications, CancellationToken cancellationToken)
@@ -287,7 +287,7 @@ internal sealed partial class RegistryLoader(
             command.Parameters.Add(new NpgsqlParameter<string[]>("applications", applications)), cancellationToken);
         var snapshots = applications.Select(a => loaded.GetValueOrDefault(a) ?? new ApplicationSnapshot(a, [])).ToArray();
         var changed = snapshots
-            .Where(s => !(s.SameContentAs(state.Get(s.Application)) || (s.Instances.Length == 0 && state.Get(s.Application) is null)))
+            .Where(s => !(s.SameContentAs(state.Get(s.Application)) || (s.Count == 0 && state.Get(s.Application) is null)))
             .Select(s => s.Application)
             .ToArray();
         state.Replace(snapshots);
@@ -306,7 +306,7 @@ internal sealed partial class RegistryLoader(
             command => InstanceKeys.AddParameters(command.Parameters, keys),
             cancellationToken);
         Merge(keys.GroupBy(k => k.Application, StringComparer.Ordinal)
-            .Select(g => (g.Key, (IReadOnlyCollection<InstanceKey>)g.ToArray(), loaded.GetValueOrDefault(g.Key)?.Instances ?? [])));
+            .Select(g => (g.Key, (IReadOnlyCollection<InstanceKey>)g.ToArray(), loaded.GetValueOrDefault(g.Key)?.Instances.ToArray() ?? [])));
     }
 
     /// <summary>
@@ -393,7 +393,7 @@ internal sealed partial class RegistryLoader(
 
             var memory = state.Applications;
             var stale = inDatabase
-                .Where(p => !memory.TryGetValue(p.Key, out var s) || s.Instances.Length != p.Value.Count || s.MaxRevision != p.Value.Revision)
+                .Where(p => !memory.TryGetValue(p.Key, out var s) || s.Count != p.Value.Count || s.MaxRevision != p.Value.Revision)
                 .Select(p => p.Key)
                 .Concat(memory.Keys.Where(a => !inDatabase.ContainsKey(a)))
                 .ToArray();

@@ -6,118 +6,136 @@ namespace Registry.Subscription;
 /// <summary>One registered instance as a node holds it in memory.</summary>
 internal sealed record Instance(InstanceKey Key, Meta Meta, int TtlSeconds, DateTimeOffset ExpiresAt, long Revision);
 
-/// <summary>An immutable picture of one application's instances, sorted by (protocol, addr) byte-wise.</summary>
+/// <summary>
+/// An immutable picture of one application's instances, sorted by (protocol, addr) byte-wise.
+/// They are held in chunks of up to a few dozen, so a change copies the chunk it lands in and
+/// the list of chunks, not every instance: an application of 10,000 instances changed by
+/// each of a deploy's batches would otherwise be copied whole (80 KB) each time.
+/// </summary>
 internal sealed class ApplicationSnapshot
 {
+    /// <summary>Instances per chunk when one is built or split; a chunk grows to twice this before it splits.</summary>
+    private const int ChunkSize = 64;
+
+    private static readonly Comparison<Instance> ByKey = static (a, b) => InstanceKey.CompareOrdinal(a.Key, b.Key);
+
+    /// <summary>Non-empty, each sorted, and in order: every key of a chunk sorts before the next chunk's.</summary>
+    private readonly Instance[][] _chunks;
+
     // Only the loader loop reads these (one thread at a time), so the lazy caches need no lock.
     private long? _maxRevision;
     private DateTimeOffset? _earliestExpiry;
 
     public ApplicationSnapshot(string application, Instance[] instances)
-        : this(application, instances, sorted: false)
+        : this(application, Chunk(Sorted(instances)))
     {
     }
 
-    private ApplicationSnapshot(string application, Instance[] instances, bool sorted)
+    private ApplicationSnapshot(string application, Instance[][] chunks)
     {
-        if (!sorted)
-        {
-            Array.Sort(instances, static (a, b) => InstanceKey.CompareOrdinal(a.Key, b.Key));
-        }
-
         Application = application;
-        Instances = instances;
+        _chunks = chunks;
+        foreach (var chunk in chunks)
+        {
+            Count += chunk.Length;
+        }
     }
 
     public string Application { get; }
 
-    public Instance[] Instances { get; }
+    public int Count { get; }
+
+    /// <summary>The instances in order.</summary>
+    public IEnumerable<Instance> Instances => _chunks.SelectMany(chunk => chunk);
 
     /// <summary>With the count, what the periodic consistency check compares with the database.</summary>
     /// <remarks>
     /// Computed on first use, not per reload: a busy application is re-snapshotted for every
     /// batch that touches it, and scanning all its instances each time showed in profiles.
     /// </remarks>
-    public long MaxRevision => _maxRevision ??= Instances.Length == 0 ? 0 : Instances.Max(i => i.Revision);
+    public long MaxRevision => _maxRevision ??= Count == 0 ? 0 : Instances.Max(i => i.Revision);
 
     /// <summary>When the first of these leases runs out, as loaded.</summary>
-    public DateTimeOffset EarliestExpiry => _earliestExpiry ??= Instances.Length == 0 ? DateTimeOffset.MaxValue : Instances.Min(i => i.ExpiresAt);
+    public DateTimeOffset EarliestExpiry => _earliestExpiry ??= Count == 0 ? DateTimeOffset.MaxValue : Instances.Min(i => i.ExpiresAt);
 
     /// <summary>Whether the other snapshot shows consumers the same thing (same rows at the same revisions).</summary>
     public bool SameContentAs(ApplicationSnapshot? other) =>
-        other is not null && other.Instances.Length == Instances.Length && other.MaxRevision == MaxRevision;
+        other is not null && other.Count == Count && other.MaxRevision == MaxRevision;
 
     /// <summary>
     /// This snapshot with the given instances reloaded: each of <paramref name="reloaded"/> is
-    /// replaced by its row in <paramref name="rows"/>, or removed when it has none. A large
-    /// application changes a few rows at a time, so this finds them by binary search and copies
-    /// the ranges in between: no per-instance hashing or comparing.
+    /// replaced by its row in <paramref name="rows"/>, or removed when it has none (every row
+    /// is for one of them). Only the chunks they fall in are rebuilt; the others are shared.
     /// </summary>
     public ApplicationSnapshot With(IReadOnlyCollection<InstanceKey> reloaded, Instance[] rows)
     {
-        var removed = Removed(reloaded);
-        Array.Sort(rows, static (a, b) => InstanceKey.CompareOrdinal(a.Key, b.Key));
-        var merged = new Instance[Instances.Length - removed.Length + rows.Length];
-        var source = 0; // next instance of this snapshot to copy
-        var target = 0;
-        var skip = 0; // next removed index
-        foreach (var row in rows)
+        Array.Sort(rows, ByKey);
+        if (_chunks.Length == 0)
         {
-            // Where the row goes among the old instances (it is never one of the kept ones).
-            var at = IndexOf(row.Key);
-            CopyKept(at < 0 ? ~at : at);
-            merged[target++] = row;
+            return new ApplicationSnapshot(Application, Chunk(rows));
         }
 
-        CopyKept(Instances.Length);
-        return new ApplicationSnapshot(Application, merged, sorted: true);
-
-        // Copies the old instances before index `end`, leaving out the removed ones.
-        void CopyKept(int end)
-        {
-            while (source < end)
-            {
-                var stop = skip < removed.Length && removed[skip] < end ? removed[skip] : end;
-                Array.Copy(Instances, source, merged, target, stop - source);
-                target += stop - source;
-                source = stop;
-                if (stop < end)
-                {
-                    source++;
-                    skip++;
-                }
-            }
-        }
-    }
-
-    /// <summary>Where the reloaded keys are now, ascending and each once (a key may be listed twice).</summary>
-    private int[] Removed(IReadOnlyCollection<InstanceKey> reloaded)
-    {
-        var found = new int[reloaded.Count];
-        var count = 0;
+        var edits = new SortedDictionary<int, Edit>();
+        Edit EditOf(int chunk) => edits.TryGetValue(chunk, out var edit) ? edit : edits[chunk] = new Edit();
         foreach (var key in reloaded)
         {
-            var index = IndexOf(key);
+            var chunk = ChunkFor(key);
+            var index = BinarySearch(_chunks[chunk], key);
             if (index >= 0)
             {
-                found[count++] = index;
+                EditOf(chunk).Removed.Add(index);
             }
         }
 
-        Array.Sort(found, 0, count);
-        var distinct = 0;
-        for (var i = 0; i < count; i++)
+        foreach (var row in rows)
         {
-            if (distinct == 0 || found[i] != found[distinct - 1])
-            {
-                found[distinct++] = found[i];
-            }
+            EditOf(ChunkFor(row.Key)).Rows.Add(row); // in order, as rows are sorted
         }
 
-        return found[..distinct];
+        var chunks = new List<Instance[]>(_chunks.Length + edits.Count);
+        var next = 0; // the next chunk to share unchanged
+        foreach (var (index, edit) in edits)
+        {
+            chunks.AddRange(_chunks.AsSpan(next, index - next));
+            AddSplit(chunks, edit.Apply(_chunks[index]));
+            next = index + 1;
+        }
+
+        chunks.AddRange(_chunks.AsSpan(next));
+        return new ApplicationSnapshot(Application, chunks.ToArray());
     }
 
-    private int IndexOf(InstanceKey key) => BinarySearch(Instances, key);
+    public Instance? Find(InstanceKey key)
+    {
+        if (_chunks.Length == 0)
+        {
+            return null;
+        }
+
+        var chunk = _chunks[ChunkFor(key)];
+        var index = BinarySearch(chunk, key);
+        return index >= 0 ? chunk[index] : null;
+    }
+
+    /// <summary>The chunk that holds the key or would take it: the first whose last key is not smaller (else the last).</summary>
+    private int ChunkFor(InstanceKey key)
+    {
+        int lo = 0, hi = _chunks.Length - 1;
+        while (lo < hi)
+        {
+            var mid = (lo + hi) >>> 1;
+            if (InstanceKey.CompareOrdinal(_chunks[mid][^1].Key, key) < 0)
+            {
+                lo = mid + 1;
+            }
+            else
+            {
+                hi = mid;
+            }
+        }
+
+        return lo;
+    }
 
     /// <summary>The index of the key, or the bitwise complement of where it would go.</summary>
     private static int BinarySearch(Instance[] instances, InstanceKey key)
@@ -145,10 +163,84 @@ internal sealed class ApplicationSnapshot
         return ~lo;
     }
 
-    public Instance? Find(InstanceKey key)
+    private static Instance[] Sorted(Instance[] instances)
     {
-        var index = IndexOf(key);
-        return index >= 0 ? Instances[index] : null;
+        Array.Sort(instances, ByKey);
+        return instances;
+    }
+
+    private static Instance[][] Chunk(Instance[] sorted)
+    {
+        var chunks = new List<Instance[]>(sorted.Length / ChunkSize + 1);
+        AddSplit(chunks, sorted);
+        return chunks.ToArray();
+    }
+
+    /// <summary>Adds a sorted run as one chunk, or as chunks of <see cref="ChunkSize"/> when it has outgrown one.</summary>
+    private static void AddSplit(List<Instance[]> chunks, Instance[] run)
+    {
+        if (run.Length <= 2 * ChunkSize)
+        {
+            if (run.Length > 0)
+            {
+                chunks.Add(run);
+            }
+
+            return;
+        }
+
+        for (var start = 0; start < run.Length; start += ChunkSize)
+        {
+            chunks.Add(run[start..Math.Min(start + ChunkSize, run.Length)]);
+        }
+    }
+
+    /// <summary>What changes in one chunk: the indices leaving it and the rows (sorted) entering it.</summary>
+    private sealed class Edit
+    {
+        public List<int> Removed { get; } = [];
+
+        public List<Instance> Rows { get; } = [];
+
+        /// <summary>The chunk without the removed instances, merged with the rows (no row's key is among the kept).</summary>
+        public Instance[] Apply(Instance[] chunk)
+        {
+            // A key listed twice is removed once.
+            var removed = new bool[chunk.Length];
+            var kept = chunk.Length;
+            foreach (var index in Removed)
+            {
+                if (!removed[index])
+                {
+                    removed[index] = true;
+                    kept--;
+                }
+            }
+
+            var merged = new Instance[kept + Rows.Count];
+            int target = 0, row = 0;
+            for (var i = 0; i < chunk.Length; i++)
+            {
+                if (removed[i])
+                {
+                    continue;
+                }
+
+                while (row < Rows.Count && InstanceKey.CompareOrdinal(Rows[row].Key, chunk[i].Key) < 0)
+                {
+                    merged[target++] = Rows[row++];
+                }
+
+                merged[target++] = chunk[i];
+            }
+
+            while (row < Rows.Count)
+            {
+                merged[target++] = Rows[row++];
+            }
+
+            return merged;
+        }
     }
 }
 
@@ -176,7 +268,7 @@ internal sealed class RegistryState
         var builder = Applications.ToBuilder();
         foreach (var snapshot in snapshots)
         {
-            if (snapshot.Instances.Length == 0)
+            if (snapshot.Count == 0)
             {
                 builder.Remove(snapshot.Application);
             }
@@ -193,7 +285,7 @@ internal sealed class RegistryState
     public void ReplaceAll(IEnumerable<ApplicationSnapshot> snapshots)
     {
         var builder = ImmutableSortedDictionary.CreateBuilder<string, ApplicationSnapshot>(StringComparer.Ordinal);
-        foreach (var snapshot in snapshots.Where(s => s.Instances.Length > 0))
+        foreach (var snapshot in snapshots.Where(s => s.Count > 0))
         {
             builder[snapshot.Application] = snapshot;
         }

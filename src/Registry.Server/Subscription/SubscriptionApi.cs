@@ -80,7 +80,7 @@ internal static class SubscriptionApi
     private static Ok<ServicesDocument> ListServices(RegistryState state) => TypedResults.Ok(new ServicesDocument
     {
         Services = state.Applications.Values
-            .Select(s => new ServiceSummary { Application = s.Application, Instances = s.Instances.Length })
+            .Select(s => new ServiceSummary { Application = s.Application, Instances = s.Count })
             .ToList(),
     });
 
