@@ -123,12 +123,18 @@ internal static class RegistryServiceExtensions
         });
         app.UseStatusCodePages();
         app.UseRateLimiter();
-        app.UseSwagger(swagger => swagger.RouteTemplate = "openapi/{documentName}.json");
-        app.UseSwaggerUI(ui =>
-        {
-            ui.SwaggerEndpoint("/openapi/v1.json", "Registry v1");
-            ui.RoutePrefix = "swagger";
-        });
+        // Only the document's and the UI's own paths go through Swashbuckle's middleware: an API
+        // request that waits (a registration awaiting its batch, a parked poll) would otherwise
+        // carry two more suspended middleware frames.
+        app.UseWhen(
+            http => http.Request.Path.StartsWithSegments("/openapi") || http.Request.Path.StartsWithSegments("/swagger"),
+            docs => docs
+                .UseSwagger(swagger => swagger.RouteTemplate = "openapi/{documentName}.json")
+                .UseSwaggerUI(ui =>
+                {
+                    ui.SwaggerEndpoint("/openapi/v1.json", "Registry v1");
+                    ui.RoutePrefix = "swagger";
+                }));
         return app;
     }
 
