@@ -98,6 +98,8 @@ public sealed class Benchmark
         _options.Concurrency,
         _options.WarmUp.TotalSeconds,
         _options.Registrations,
+        _options.RegistrationRounds,
+        _options.BurstConcurrency,
         _options.HeartbeatInstances,
         _options.HeartbeatTtlSeconds,
         _options.HeartbeatDuration.TotalSeconds,
@@ -173,7 +175,7 @@ public sealed class Benchmark
             if (_options.Url is null || _options.UrlB is not null)
             {
                 await _log.WriteLineAsync($"Registrations on A while B follows: {_options.Registrations} at concurrency {_options.Concurrency}…");
-                result.RegistrationFollowed = await RegistrationAsync("followed", httpA, database, a, b, cancellationToken);
+                result.RegistrationFollowed = await RegistrationAsync("followed", _options.Concurrency, httpA, database, a, b, cancellationToken);
                 await _log.WriteLineAsync($"  {result.RegistrationFollowed.PerSecond}/s, p99 {result.RegistrationFollowed.LatencyMs.P99} ms");
             }
 
@@ -190,13 +192,37 @@ public sealed class Benchmark
                 result.Notes.Add("Node B is not this tool's to stop: registrations and heartbeats were measured while it followed.");
             }
 
-            await _log.WriteLineAsync($"Registrations on one node: {_options.Registrations} at concurrency {_options.Concurrency}…");
-            result.Registration = await RegistrationAsync("reg", httpA, database, a, followers, cancellationToken);
-            await _log.WriteLineAsync($"  {result.Registration.PerSecond}/s, p99 {result.Registration.LatencyMs.P99} ms");
+            // Rounds alternate with pgbench, so both see the machine's slow and fast spells alike.
+            await _log.WriteLineAsync(
+                $"Registrations on one node: {_options.RegistrationRounds} rounds of {_options.Registrations} at concurrency {_options.Concurrency}, pgbench, {_options.Registrations} at {_options.BurstConcurrency}…");
+            for (var round = 1; round <= _options.RegistrationRounds; round++)
+            {
+                var registration = await RegistrationAsync($"reg{round}", _options.Concurrency, httpA, database, a, followers, cancellationToken);
+                result.RegistrationRounds.Add(registration);
+                await _log.WriteLineAsync($"  {registration.PerSecond}/s, p99 {registration.LatencyMs.P99} ms");
+                if (pgbench is not null)
+                {
+                    var upsert = await pgbench.UpsertAsync(_options.Concurrency, _options.PgBenchDuration, cancellationToken);
+                    result.PgBenchUpsertRounds.Add(upsert);
+                    await _log.WriteLineAsync($"  pgbench single-row upsert: {upsert.TransactionsPerSecond} tps");
+                }
+
+                var burst = await RegistrationAsync($"burst{round}", _options.BurstConcurrency, httpA, database, a, followers, cancellationToken);
+                result.BurstRounds.Add(burst);
+                await _log.WriteLineAsync($"  burst: {burst.PerSecond}/s, p99 {burst.LatencyMs.P99} ms");
+            }
+
+            result.Registration = Median(result.RegistrationRounds, r => r.PerSecond);
+            result.Burst = Median(result.BurstRounds, r => r.PerSecond);
+            result.PgBenchUpsert = result.PgBenchUpsertRounds.Count > 0 ? Median(result.PgBenchUpsertRounds, r => r.TransactionsPerSecond) : null;
             if (pgbench is not null)
             {
-                result.PgBenchUpsert = await pgbench.UpsertAsync(_options.Concurrency, _options.PgBenchDuration, cancellationToken);
-                await _log.WriteLineAsync($"  pgbench single-row upsert: {result.PgBenchUpsert.TransactionsPerSecond} tps");
+                foreach (var clients in new[] { 16, 32, _options.BurstConcurrency }.Where(c => c != _options.Concurrency).Distinct())
+                {
+                    var upsert = await pgbench.UpsertAsync(clients, _options.PgBenchDuration, cancellationToken);
+                    result.PgBenchUpsertSweep.Add(upsert);
+                    await _log.WriteLineAsync($"  pgbench single-row upsert, {clients} clients: {upsert.TransactionsPerSecond} tps");
+                }
             }
 
             await _log.WriteLineAsync($"Heartbeats: {_options.HeartbeatInstances} instances for {_options.HeartbeatDuration.TotalSeconds:0} s…");
@@ -306,7 +332,7 @@ public sealed class Benchmark
     }
 
     private async Task<RegistrationResult> RegistrationAsync(
-        string prefix, RegistryHttp http, BenchDatabase? database, ServerNode node, ServerNode? other, CancellationToken cancellationToken)
+        string prefix, int concurrency, RegistryHttp http, BenchDatabase? database, ServerNode node, ServerNode? other, CancellationToken cancellationToken)
     {
         var requests = Registrations(
             http,
@@ -315,12 +341,15 @@ public sealed class Benchmark
             3600);
         var cpu = CpuSeconds(node, other, database);
         var before = await CountersAsync(database, cancellationToken);
-        var (latencies, errors, seconds) = await RegisterManyAsync(http, requests, _options.Concurrency, cancellationToken);
+        var (latencies, errors, seconds) = await RegisterManyAsync(http, requests, concurrency, cancellationToken);
         var work = await MeasureAsync(database, before, cancellationToken);
         return new RegistrationResult(
-            _options.Registrations, errors, _options.Concurrency, Math.Round(seconds, 3), Math.Round(_options.Registrations / seconds, 1),
+            _options.Registrations, errors, concurrency, Math.Round(seconds, 3), Math.Round(_options.Registrations / seconds, 1),
             Distribution.Of(latencies), work ?? Empty(seconds), CpuSince(node, other, database, cpu));
     }
+
+    /// <summary>The middle run by <paramref name="rate"/> (there is an odd number of them).</summary>
+    private static T Median<T>(List<T> runs, Func<T, double> rate) => runs.OrderBy(rate).ElementAt(runs.Count / 2);
 
     private static (double? Node, double? Other, TimeSpan Generator, double? Database) CpuSeconds(ServerNode node, ServerNode? other, BenchDatabase? database) =>
         (node.Sample()?.CpuSeconds, other?.Sample()?.CpuSeconds, Process.GetCurrentProcess().TotalProcessorTime, database?.CpuSeconds());

@@ -34,8 +34,8 @@ public static class Report
 
         if (result.PgBenchUpsert is { } upsert || result.PgBenchUpdate is not null)
         {
-            text.Append("\npgbench on the same database (custom scripts, `-M prepared`, same client count):\n\n");
-            foreach (var run in new[] { result.PgBenchUpsert, result.PgBenchUpdate }.OfType<PgBenchResult>())
+            text.Append("\npgbench on the same database (custom scripts, `-M prepared`, the upsert at the registrations' client count is the median of its rounds, the others one run each):\n\n");
+            foreach (var run in new[] { result.PgBenchUpsert }.Concat(result.PgBenchUpsertSweep).Append(result.PgBenchUpdate).OfType<PgBenchResult>())
             {
                 text.Append(CultureInfo.InvariantCulture, $"- {run.Script}: {run.TransactionsPerSecond:N0} tps, {run.LatencyAverageMs} ms average, {run.Clients} clients, {run.Seconds:0} s")
                     .Append(run.DatabaseCpuSeconds is { } cpu ? string.Create(CultureInfo.InvariantCulture, $"; PostgreSQL used {cpu} CPU-s\n") : "\n");

@@ -14,8 +14,17 @@ public sealed record BenchmarkResult
 
     public string? LoadAverageAtEnd { get; set; }
 
-    /// <summary>Registrations on one node: the target's figure.</summary>
+    /// <summary>Registrations on one node at pgbench's client count: the median of <see cref="RegistrationRounds"/> by rate.</summary>
     public RegistrationResult? Registration { get; set; }
+
+    /// <summary>Each round of registrations on one node, in the order run.</summary>
+    public List<RegistrationResult> RegistrationRounds { get; } = [];
+
+    /// <summary>Registrations on one node in a deploy's burst, the target's figure: the median of <see cref="BurstRounds"/> by rate.</summary>
+    public RegistrationResult? Burst { get; set; }
+
+    /// <summary>Each round of the burst figure.</summary>
+    public List<RegistrationResult> BurstRounds { get; } = [];
 
     /// <summary>The same on node A while node B, on the same machine, follows every change (no target).</summary>
     public RegistrationResult? RegistrationFollowed { get; set; }
@@ -30,7 +39,21 @@ public sealed record BenchmarkResult
 
     public ColdStartResult? ColdStart { get; set; }
 
+    /// <summary>The median of <see cref="PgBenchUpsertRounds"/> by rate.</summary>
     public PgBenchResult? PgBenchUpsert { get; set; }
+
+    /// <summary>The pgbench upsert run after each registration round.</summary>
+    public List<PgBenchResult> PgBenchUpsertRounds { get; } = [];
+
+    /// <summary>pgbench's upsert at other client counts, once each: where its best is on this machine.</summary>
+    public List<PgBenchResult> PgBenchUpsertSweep { get; } = [];
+
+    /// <summary>
+    /// The rate the burst is judged against: pgbench's median at <see cref="RunSettings.Concurrency"/>
+    /// clients, or a higher single run at another client count.
+    /// </summary>
+    public double? PgBenchUpsertBest =>
+        PgBenchUpsert is { } median ? PgBenchUpsertSweep.Select(r => r.TransactionsPerSecond).Append(median.TransactionsPerSecond).Max() : null;
 
     public PgBenchResult? PgBenchUpdate { get; set; }
 
@@ -40,7 +63,7 @@ public sealed record BenchmarkResult
 }
 
 public sealed record RunSettings(
-    bool Smoke, string Target, string Database, int Concurrency, double WarmUpSeconds, int Registrations, int HeartbeatInstances,
+    bool Smoke, string Target, string Database, int Concurrency, double WarmUpSeconds, int Registrations, int RegistrationRounds, int BurstConcurrency, int HeartbeatInstances,
     int HeartbeatTtlSeconds, double HeartbeatSeconds, IReadOnlyList<int> FanOutConsumers, double IdleSeconds,
     int CrossNodeRounds, int CrossNodeConsumers, int ColdStartInstances, bool Fsync, string StatementSource,
     IReadOnlyDictionary<string, string> NodeEnvironment);

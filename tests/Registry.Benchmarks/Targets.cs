@@ -50,9 +50,26 @@ internal static class Targets
                 ""));
         }
 
+        if (result.Burst is { } burst)
+        {
+            targets.Add(WithRounds(
+                Registrations(
+                    F($"Registrations on one node: a deploy's burst (concurrency {burst.Concurrency})"),
+                    "≥ pgbench single-row upsert rate at its best client count",
+                    burst,
+                    result,
+                    judged: true,
+                    result.PgBenchUpsertBest),
+                result.BurstRounds,
+                result));
+        }
+
         if (result.Registration is { } registration)
         {
-            targets.Add(Registrations(F($"Registrations on one node (concurrency {registration.Concurrency})"), "≥ pgbench single-row upsert rate", registration, result, judged: true));
+            targets.Add(WithRounds(
+                Registrations(F($"Registrations on one node at pgbench's client count (concurrency {registration.Concurrency})"), "(no target)", registration, result, judged: false),
+                result.RegistrationRounds,
+                result));
         }
 
         if (result.RegistrationFollowed is { } followed)
@@ -106,9 +123,10 @@ internal static class Targets
 
     private static string Mib(long bytes) => (bytes / 1048576.0).ToString("0", CultureInfo.InvariantCulture);
 
-    private static TargetCheck Registrations(string figure, string target, RegistrationResult registration, BenchmarkResult result, bool judged)
+    private static TargetCheck Registrations(
+        string figure, string target, RegistrationResult registration, BenchmarkResult result, bool judged, double? ceiling = null)
     {
-        var ceiling = result.PgBenchUpsert?.TransactionsPerSecond;
+        ceiling ??= result.PgBenchUpsert?.TransactionsPerSecond;
         var noDatabase = result.Settings.StatementSource == "none";
         return new TargetCheck(
             figure,
@@ -119,6 +137,19 @@ internal static class Targets
                 + registration.Cpu.Describe(registration.Seconds) + DatabaseCostPerWrite(registration, result.PgBenchUpsert)
                 + (registration.Errors > 0 ? F($"; {registration.Errors} errors") : ""));
     }
+
+    /// <summary>Prefixes the note with each round's rate and pgbench's in the same round: the medians are compared.</summary>
+    private static TargetCheck WithRounds(TargetCheck check, List<RegistrationResult> rounds, BenchmarkResult result) =>
+        rounds.Count < 2
+            ? check
+            : check with
+            {
+                Note = F($"medians of {rounds.Count} rounds alternating with pgbench (registry vs pgbench: ")
+                    + string.Join(", ", rounds.Select((r, i) => i < result.PgBenchUpsertRounds.Count
+                        ? F($"{r.PerSecond:N0} vs {result.PgBenchUpsertRounds[i].TransactionsPerSecond:N0}")
+                        : F($"{r.PerSecond:N0}")))
+                    + "); median round: " + check.Note,
+            };
 
     /// <summary>
     /// PostgreSQL's CPU per registration against its CPU per pgbench upsert: what the database
