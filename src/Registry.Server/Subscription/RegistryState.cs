@@ -17,7 +17,7 @@ internal sealed class ApplicationSnapshot
     /// <summary>Instances per chunk when one is built or split; a chunk grows to twice this before it splits.</summary>
     private const int ChunkSize = 64;
 
-    private static readonly Comparison<Instance> ByKey = static (a, b) => InstanceKey.CompareOrdinal(a.Key, b.Key);
+    private static readonly Comparison<Instance> ByKey = static (a, b) => Compare(a.Key, b.Key);
 
     /// <summary>Non-empty, each sorted, and in order: every key of a chunk sorts before the next chunk's.</summary>
     private readonly Instance[][] _chunks;
@@ -75,7 +75,7 @@ internal sealed class ApplicationSnapshot
             return new ApplicationSnapshot(Application, Chunk(rows));
         }
 
-        var edits = new SortedDictionary<int, Edit>();
+        var edits = new Dictionary<int, Edit>();
         Edit EditOf(int chunk) => edits.TryGetValue(chunk, out var edit) ? edit : edits[chunk] = new Edit();
         foreach (var key in reloaded)
         {
@@ -94,7 +94,7 @@ internal sealed class ApplicationSnapshot
 
         var chunks = new List<Instance[]>(_chunks.Length + edits.Count);
         var next = 0; // the next chunk to share unchanged
-        foreach (var (index, edit) in edits)
+        foreach (var (index, edit) in edits.OrderBy(e => e.Key))
         {
             chunks.AddRange(_chunks.AsSpan(next, index - next));
             AddSplit(chunks, edit.Apply(_chunks[index]));
@@ -124,7 +124,7 @@ internal sealed class ApplicationSnapshot
         while (lo < hi)
         {
             var mid = (lo + hi) >>> 1;
-            if (InstanceKey.CompareOrdinal(_chunks[mid][^1].Key, key) < 0)
+            if (Compare(_chunks[mid][^1].Key, key) < 0)
             {
                 lo = mid + 1;
             }
@@ -144,7 +144,7 @@ internal sealed class ApplicationSnapshot
         while (lo <= hi)
         {
             var mid = (lo + hi) >>> 1;
-            var c = InstanceKey.CompareOrdinal(instances[mid].Key, key);
+            var c = Compare(instances[mid].Key, key);
             if (c == 0)
             {
                 return mid;
@@ -161,6 +161,13 @@ internal sealed class ApplicationSnapshot
         }
 
         return ~lo;
+    }
+
+    /// <summary>Byte-wise (protocol, addr) order: every key here has this snapshot's application.</summary>
+    private static int Compare(InstanceKey x, InstanceKey y)
+    {
+        var c = string.CompareOrdinal(x.Protocol, y.Protocol);
+        return c != 0 ? c : string.CompareOrdinal(x.Addr, y.Addr);
     }
 
     private static Instance[] Sorted(Instance[] instances)
@@ -202,7 +209,11 @@ internal sealed class ApplicationSnapshot
 
         public List<Instance> Rows { get; } = [];
 
-        /// <summary>The chunk without the removed instances, merged with the rows (no row's key is among the kept).</summary>
+        /// <summary>
+        /// The chunk without the removed instances, merged with the rows (no row's key is among
+        /// the kept): each row's place is found by binary search and the kept runs between are
+        /// copied, so the chunk's instances are not compared one by one.
+        /// </summary>
         public Instance[] Apply(Instance[] chunk)
         {
             // A key listed twice is removed once.
@@ -218,28 +229,28 @@ internal sealed class ApplicationSnapshot
             }
 
             var merged = new Instance[kept + Rows.Count];
-            int target = 0, row = 0;
-            for (var i = 0; i < chunk.Length; i++)
+            int source = 0, target = 0;
+            foreach (var row in Rows)
             {
-                if (removed[i])
-                {
-                    continue;
-                }
-
-                while (row < Rows.Count && InstanceKey.CompareOrdinal(Rows[row].Key, chunk[i].Key) < 0)
-                {
-                    merged[target++] = Rows[row++];
-                }
-
-                merged[target++] = chunk[i];
+                var at = BinarySearch(chunk, row.Key);
+                CopyKept(at < 0 ? ~at : at);
+                merged[target++] = row;
             }
 
-            while (row < Rows.Count)
-            {
-                merged[target++] = Rows[row++];
-            }
-
+            CopyKept(chunk.Length);
             return merged;
+
+            // Copies the chunk's instances before index `end`, leaving out the removed ones.
+            void CopyKept(int end)
+            {
+                for (; source < end; source++)
+                {
+                    if (!removed[source])
+                    {
+                        merged[target++] = chunk[source];
+                    }
+                }
+            }
         }
     }
 }
