@@ -32,7 +32,7 @@ public sealed class SubscriptionTests(ClientFixture fixture, ITestOutputHelper o
     }
 
     [Fact]
-    public async Task WithEveryNodeStoppedTheSubscriptionKeepsItsAnswerAndSendsAtMostOneRequestPerBackoffCap()
+    public async Task WithEveryNodeStoppedTheSubscriptionKeepsItsAnswerAndSendsAboutOneRequestPerBackoffCap()
     {
         var instance = new ProviderInstance(UniqueName(), "http", "127.0.0.1:8003");
         await RegisterOnceAsync(instance, ttlSeconds: 3600);
@@ -55,12 +55,16 @@ public sealed class SubscriptionTests(ClientFixture fixture, ITestOutputHelper o
 
         Assert.Same(before, subscription.Current);
         Assert.Equal(0, changes);
-        // The backoff ramps up from 50 ms (about 50+100+200+400 ms) and then holds at the cap.
-        var bound = (int)(outage / cap) + 6;
+        // The backoff ramps up from 50 ms (about 50+100+200+400 ms) and then holds near the cap
+        // (jitter may cut a delay short, so the bound allows delays averaging half the cap).
+        var bound = (int)(outage / (cap / 2)) + 6;
         Assert.InRange(sent, 2, bound);
-        // Once the ramp is over (well within 1.5 s), consecutive requests are a whole cap apart.
-        var late = handler.Requests.Where(r => r.At >= outageBegan + TimeSpan.FromSeconds(1.5)).Select(r => r.At).Order().ToList();
-        Assert.All(late.Zip(late.Skip(1)), pair => Assert.True(pair.Second - pair.First >= cap * 0.9, $"two requests {pair.Second - pair.First} apart"));
+        // Once the ramp is over (well within 1.5 s) the delays stay near the cap. Decorrelated
+        // jitter may draw one short delay now and then, so the bound is on their average: at
+        // least half a cap (retrying at the 50 ms base delay would send about thirty).
+        var lateWindow = TimeSpan.FromSeconds(1.5);
+        var late = handler.Requests.Count(r => r.At >= outageBegan + outage - lateWindow && r.At < outageBegan + outage);
+        Assert.True(late <= (int)(lateWindow / (cap / 2)) + 1, $"{late} requests in the last {lateWindow.TotalSeconds} s of the outage");
         var warnings = Logs.Entries.Count(e => e.Level >= LogLevel.Warning && e.Category.EndsWith(nameof(RegistrySubscription), StringComparison.Ordinal));
         Assert.Equal(1, warnings);
 
