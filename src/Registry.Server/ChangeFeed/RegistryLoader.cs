@@ -298,7 +298,8 @@ internal sealed partial class RegistryLoader(
     /// <summary>Reloads single rows and merges them into their applications' snapshots.</summary>
     private async Task LoadInstancesAsync(InstanceKey[] keys, CancellationToken cancellationToken)
     {
-        var loaded = await QueryAsync(
+        // Merged into the snapshots as they are (Merge tells the sweeper), not built into snapshots of their own.
+        var loaded = await QueryRowsAsync(
             SelectColumns + """
                  JOIN unnest(@applications, @protocols, @addrs) AS k(application, protocol, addr)
                    ON i.application = k.application AND i.protocol = k.protocol AND i.addr = k.addr
@@ -306,7 +307,7 @@ internal sealed partial class RegistryLoader(
             command => InstanceKeys.AddParameters(command.Parameters, keys),
             cancellationToken);
         Merge(keys.GroupBy(k => k.Application, StringComparer.Ordinal)
-            .Select(g => (g.Key, (IReadOnlyCollection<InstanceKey>)g.ToArray(), loaded.GetValueOrDefault(g.Key)?.Instances.ToArray() ?? [])));
+            .Select(g => (g.Key, (IReadOnlyCollection<InstanceKey>)g.ToArray(), loaded.GetValueOrDefault(g.Key) ?? [])));
     }
 
     /// <summary>
@@ -344,7 +345,21 @@ internal sealed partial class RegistryLoader(
         hub.ApplicationsChanged(changed.ToArray());
     }
 
+    /// <summary>Whole applications as snapshots; the sweeper hears of their earliest expiries.</summary>
     private async Task<Dictionary<string, ApplicationSnapshot>> QueryAsync(string sql, Action<NpgsqlCommand>? parameters, CancellationToken cancellationToken)
+    {
+        var rows = await QueryRowsAsync(sql, parameters, cancellationToken);
+        var snapshots = rows.ToDictionary(p => p.Key, p => new ApplicationSnapshot(p.Key, p.Value), StringComparer.Ordinal);
+        foreach (var snapshot in snapshots.Values)
+        {
+            sweeps.Consider(snapshot.EarliestExpiry);
+        }
+
+        return snapshots;
+    }
+
+    /// <summary>The rows the query returns, per application.</summary>
+    private async Task<Dictionary<string, Instance[]>> QueryRowsAsync(string sql, Action<NpgsqlCommand>? parameters, CancellationToken cancellationToken)
     {
         await using var command = database.DataSource.CreateCommand(sql);
         parameters?.Invoke(command);
@@ -366,13 +381,7 @@ internal sealed partial class RegistryLoader(
             }
         }
 
-        var snapshots = rows.ToDictionary(p => p.Key, p => new ApplicationSnapshot(p.Key, p.Value.ToArray()), StringComparer.Ordinal);
-        foreach (var snapshot in snapshots.Values)
-        {
-            sweeps.Consider(snapshot.EarliestExpiry);
-        }
-
-        return snapshots;
+        return rows.ToDictionary(p => p.Key, p => p.Value.ToArray(), StringComparer.Ordinal);
     }
 
     /// <summary>NOTIFY is a hint, not a log: compare count and max(revision) per application and reload what differs.</summary>
