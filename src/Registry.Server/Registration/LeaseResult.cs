@@ -10,15 +10,8 @@ namespace Registry.Registration;
 /// once its batch has committed, after an await; the framework's JSON result would then go
 /// out chunked, its closing chunk a second send on the socket for every request.
 /// </summary>
-internal sealed class LeaseResult(int statusCode, LeaseDocument lease, string? location = null)
-    : IResult, IStatusCodeHttpResult, IValueHttpResult<LeaseDocument>
+internal sealed class LeaseResult(int statusCode, LeaseDocument lease, string? location = null) : IResult
 {
-    public int StatusCode => statusCode;
-
-    int? IStatusCodeHttpResult.StatusCode => statusCode;
-
-    public LeaseDocument Value => lease;
-
     public Task ExecuteAsync(HttpContext httpContext)
     {
         var options = httpContext.RequestServices.GetRequiredService<IOptions<JsonOptions>>().Value.SerializerOptions;
