@@ -1,4 +1,3 @@
-using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization.Metadata;
 
@@ -17,11 +16,11 @@ internal static class JsonProblem
 
     public static void Explain(JsonException exception, ReadOnlyMemory<byte> body, JsonTypeInfo type, Errors errors)
     {
-        var path = Segments(exception.Path);
+        var path = JsonPath.Segments(exception.Path);
         if (exception.InnerException is JsonException)
         {
             // The reader's own exception: the body is not JSON at that point.
-            errors.Add(Field(path, path.Count), NotJson(exception));
+            errors.Add(JsonPath.Field(path, path.Count), NotJson(exception));
             return;
         }
 
@@ -47,22 +46,22 @@ internal static class JsonProblem
             catch (InvalidOperationException)
             {
                 // Text that is not Unicode in a place not foreseen above: still the client's input, still a 400.
-                errors.Add(Field(path, path.Count), "is not valid Unicode text");
+                errors.Add(JsonPath.Field(path, path.Count), "is not valid Unicode text");
             }
         }
     }
 
-    private static (string Field, string Reason) Locate(JsonElement element, JsonTypeInfo type, List<Segment> path)
+    private static (string Field, string Reason) Locate(JsonElement element, JsonTypeInfo type, List<JsonPath.Segment> path)
     {
         for (var depth = 0; depth < path.Count; depth++)
         {
             var segment = path[depth];
-            var here = Field(path, depth + 1);
+            var here = JsonPath.Field(path, depth + 1);
             if (segment.Name is null)
             {
                 if (element.ValueKind != JsonValueKind.Array || segment.Index >= element.GetArrayLength() || type.ElementType is null)
                 {
-                    return Describe(element, type, Field(path, depth));
+                    return Describe(element, type, JsonPath.Field(path, depth));
                 }
 
                 element = element[segment.Index];
@@ -72,13 +71,13 @@ internal static class JsonProblem
 
             if (element.ValueKind != JsonValueKind.Object)
             {
-                return Describe(element, type, Field(path, depth));
+                return Describe(element, type, JsonPath.Field(path, depth));
             }
 
             if (HasUnreadableName(element))
             {
                 // The serializer's path stops at the last name it could read (or holds U+FFFD for it).
-                return (Field(path, depth), UnreadableName);
+                return (JsonPath.Field(path, depth), UnreadableName);
             }
 
             var (count, value) = Find(element, segment.Name);
@@ -102,7 +101,7 @@ internal static class JsonProblem
             type = member;
         }
 
-        return Describe(element, type, Field(path, path.Count));
+        return Describe(element, type, JsonPath.Field(path, path.Count));
     }
 
     /// <summary>What is wrong with the value the serializer stopped at.</summary>
@@ -236,79 +235,4 @@ internal static class JsonProblem
         JsonValueKind.True or JsonValueKind.False => "a boolean",
         _ => "null",
     };
-
-    /// <summary>A field name in the API's form (<c>subscribes[0].meta.k</c>; the document itself is <c>$</c>).</summary>
-    private static string Field(List<Segment> path, int count)
-    {
-        if (count == 0)
-        {
-            return "$";
-        }
-
-        var field = new StringBuilder();
-        for (var i = 0; i < count; i++)
-        {
-            if (path[i].Name is { } name)
-            {
-                field.Append(i == 0 ? "" : ".").Append(name);
-            }
-            else
-            {
-                field.Append('[').Append(path[i].Index).Append(']');
-            }
-        }
-
-        return field.ToString();
-    }
-
-    /// <summary>Splits a serializer path: <c>$</c>, then <c>.name</c>, <c>['odd name']</c> or <c>[index]</c> steps.</summary>
-    internal static List<Segment> Segments(string? path)
-    {
-        var segments = new List<Segment>();
-        if (path is null || !path.StartsWith('$'))
-        {
-            return segments;
-        }
-
-        var i = 1;
-        while (i < path.Length)
-        {
-            if (path[i] == '.')
-            {
-                var end = path.IndexOfAny(['.', '['], i + 1);
-                end = end < 0 ? path.Length : end;
-                segments.Add(new Segment(path[(i + 1)..end], 0));
-                i = end;
-            }
-            else if (path.AsSpan(i).StartsWith("['"))
-            {
-                // Names with special characters are quoted, with ' escaped as \'.
-                var name = new StringBuilder();
-                var j = i + 2;
-                for (; j < path.Length && !(path[j] == '\'' && j + 1 < path.Length && path[j + 1] == ']'); j++)
-                {
-                    j += path[j] == '\\' && j + 1 < path.Length && path[j + 1] == '\'' ? 1 : 0;
-                    name.Append(path[j]);
-                }
-
-                segments.Add(new Segment(name.ToString(), 0));
-                i = j + 2;
-            }
-            else if (path[i] == '[' && path.IndexOf(']', i) is var close and > 0
-                && int.TryParse(path.AsSpan(i + 1, close - i - 1), System.Globalization.CultureInfo.InvariantCulture, out var index))
-            {
-                segments.Add(new Segment(null, index));
-                i = close + 1;
-            }
-            else
-            {
-                break;
-            }
-        }
-
-        return segments;
-    }
-
-    /// <summary>One step of a path: a member name, or an array index when the name is null.</summary>
-    internal readonly record struct Segment(string? Name, int Index);
 }
