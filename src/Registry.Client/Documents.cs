@@ -163,7 +163,6 @@ internal sealed class ServiceCount(string application, int instances)
 }
 
 [JsonSerializable(typeof(ProviderInstance))]
-[JsonSerializable(typeof(RegistryProblem))]
 [JsonSerializable(typeof(ServicesDocument))]
 [JsonSerializable(typeof(SubscriptionDocument))]
 [JsonSerializable(typeof(RegistryAnswer))]

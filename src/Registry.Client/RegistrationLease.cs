@@ -153,6 +153,10 @@ public sealed class RegistrationLease : IAsyncDisposable
                 delay = Backoff.Jitter(_retryMaxDelay * 0.8, _retryMaxDelay * 1.2);
                 Log.RefusedRetrying(_logger, "register", delay, e);
                 SetState(RegistryConnectionState.Refused, e);
+                lock (_gate)
+                {
+                    _registered = false;
+                }
             }
 #pragma warning disable CA1031 // The loop must outlive anything a handler or the network throws; it is logged and retried.
             catch (Exception e)

@@ -12,7 +12,7 @@ namespace Registry.Client;
 /// Disposing it stops the subscriptions the service-discovery provider keeps; leases and subscriptions
 /// handed out are the caller's to dispose.
 /// </summary>
-public sealed class RegistryClient : IRegistryClient, IAsyncDisposable
+public sealed class RegistryClient : IRegistryClient, IAsyncDisposable, IDisposable
 {
     private readonly RegistryTransport _transport;
     private readonly RegistryClientOptions _options;
@@ -138,6 +138,12 @@ public sealed class RegistryClient : IRegistryClient, IAsyncDisposable
             await _discovery.Value.DisposeAsync().ConfigureAwait(false);
         }
     }
+
+    /// <summary>
+    /// Starts stopping the subscriptions kept for service discovery without waiting for their polls to end (for
+    /// containers disposed synchronously); prefer <see cref="DisposeAsync"/>.
+    /// </summary>
+    public void Dispose() => _ = DisposeAsync().AsTask();
 
     private static Func<CancellationToken, ValueTask<string?>>? TokenSource(RegistryClientOptions options) =>
         options.TokenProvider ?? (options.Token is { } token ? _ => ValueTask.FromResult<string?>(token) : null);

@@ -1,5 +1,4 @@
 using System.Text.Json;
-using System.Text.Json.Serialization;
 
 namespace Registry.Client;
 
@@ -11,7 +10,6 @@ namespace Registry.Client;
 public sealed class RegistryProblem
 {
     /// <summary>Creates a problem document.</summary>
-    [JsonConstructor]
     public RegistryProblem(string? type, string? title, int? status, string? detail, string? instance)
     {
         Type = type;
@@ -22,32 +20,25 @@ public sealed class RegistryProblem
     }
 
     /// <summary>A URI naming the kind of problem.</summary>
-    [JsonPropertyName("type")]
     public string? Type { get; }
 
     /// <summary>A short summary of the kind of problem.</summary>
-    [JsonPropertyName("title")]
     public string? Title { get; }
 
     /// <summary>The HTTP status.</summary>
-    [JsonPropertyName("status")]
     public int? Status { get; }
 
     /// <summary>What went wrong with this request.</summary>
-    [JsonPropertyName("detail")]
     public string? Detail { get; }
 
     /// <summary>A URI naming this occurrence.</summary>
-    [JsonPropertyName("instance")]
     public string? Instance { get; }
 
     /// <summary>Validation errors by field (a <c>400</c>'s <c>errors</c> member), empty when none.</summary>
-    [JsonIgnore]
-    public IReadOnlyDictionary<string, string[]> Errors { get; private set; } = new Dictionary<string, string[]>(StringComparer.Ordinal);
+    public IReadOnlyDictionary<string, string[]> Errors { get; init; } = new Dictionary<string, string[]>(StringComparer.Ordinal);
 
-    /// <summary>Every other member of the document, as sent.</summary>
-    [JsonExtensionData]
-    public IDictionary<string, JsonElement> Extensions { get; init; } = new Dictionary<string, JsonElement>(StringComparer.Ordinal);
+    /// <summary>Every other member of the document, as sent (e.g. <c>application</c> and <c>scope</c> of a <c>403</c>).</summary>
+    public IReadOnlyDictionary<string, JsonElement> Extensions { get; init; } = new Dictionary<string, JsonElement>(StringComparer.Ordinal);
 
     /// <inheritdoc />
     public override string ToString() => string.Join(": ", new[] { Title, Detail }.Where(s => !string.IsNullOrEmpty(s)));
@@ -62,21 +53,51 @@ public sealed class RegistryProblem
 
         try
         {
-            var problem = JsonSerializer.Deserialize(body, ClientJson.Default.RegistryProblem);
-            if (problem is null)
+            using var document = JsonDocument.Parse(body);
+            if (document.RootElement.ValueKind != JsonValueKind.Object)
             {
                 return null;
             }
 
-            if (problem.Extensions.TryGetValue("errors", out var errors) && errors.ValueKind == JsonValueKind.Object)
+            string? type = null, title = null, detail = null, instance = null;
+            int? status = null;
+            var errors = new Dictionary<string, string[]>(StringComparer.Ordinal);
+            var extensions = new Dictionary<string, JsonElement>(StringComparer.Ordinal);
+            foreach (var member in document.RootElement.EnumerateObject())
             {
-                problem.Errors = errors.EnumerateObject().ToDictionary(
-                    e => e.Name,
-                    e => e.Value.ValueKind == JsonValueKind.Array ? e.Value.EnumerateArray().Select(v => v.ToString()).ToArray() : [e.Value.ToString()],
-                    StringComparer.Ordinal);
+                switch (member.Name)
+                {
+                    case "type" when member.Value.ValueKind == JsonValueKind.String:
+                        type = member.Value.GetString();
+                        break;
+                    case "title" when member.Value.ValueKind == JsonValueKind.String:
+                        title = member.Value.GetString();
+                        break;
+                    case "detail" when member.Value.ValueKind == JsonValueKind.String:
+                        detail = member.Value.GetString();
+                        break;
+                    case "instance" when member.Value.ValueKind == JsonValueKind.String:
+                        instance = member.Value.GetString();
+                        break;
+                    case "status" when member.Value.TryGetInt32(out var number):
+                        status = number;
+                        break;
+                    case "errors" when member.Value.ValueKind == JsonValueKind.Object:
+                        foreach (var field in member.Value.EnumerateObject())
+                        {
+                            errors[field.Name] = field.Value.ValueKind == JsonValueKind.Array
+                                ? [.. field.Value.EnumerateArray().Select(v => v.ToString())]
+                                : [field.Value.ToString()];
+                        }
+
+                        break;
+                    default:
+                        extensions[member.Name] = member.Value.Clone();
+                        break;
+                }
             }
 
-            return problem;
+            return new RegistryProblem(type, title, status, detail, instance) { Errors = errors, Extensions = extensions };
         }
         catch (JsonException)
         {
