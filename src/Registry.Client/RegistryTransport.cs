@@ -117,6 +117,8 @@ internal sealed partial class RegistryTransport
     {
         var token = await TokenAsync(cancellationToken).ConfigureAwait(false);
         Exception? last = null;
+        HttpStatusCode? lastStatus = null;
+        RegistryProblem? lastProblem = null;
         TimeSpan? retryAfter = null;
         var first = Volatile.Read(ref _preferred);
         for (var i = 0; i < _servers.Length; i++)
@@ -176,6 +178,8 @@ internal sealed partial class RegistryTransport
                 var after = RetryAfter(response);
                 retryAfter = after > retryAfter || retryAfter is null ? after : retryAfter;
                 last = new HttpRequestException($"{server} answered {(int)response.StatusCode} {response.ReasonPhrase}.", null, response.StatusCode);
+                lastStatus = response.StatusCode;
+                lastProblem = await ProblemAsync(response, cancellationToken).ConfigureAwait(false);
                 LogServerFailed(_logger, server, last.Message);
                 response.Dispose();
                 continue;
@@ -185,7 +189,8 @@ internal sealed partial class RegistryTransport
             return response;
         }
 
-        throw new RegistryUnavailableException($"No registry server could serve {path}: {last?.Message}", retryAfter, last);
+        // The status and problem are the last node's that answered at all, when one did.
+        throw new RegistryUnavailableException($"No registry server could serve {path}: {last?.Message}", retryAfter, lastStatus, lastProblem, last);
     }
 
     private async ValueTask<string?> TokenAsync(CancellationToken cancellationToken)
@@ -197,7 +202,8 @@ internal sealed partial class RegistryTransport
 
         try
         {
-            var token = await _token(cancellationToken).ConfigureAwait(false);
+            // Trimmed: a token read from a mounted file usually ends with a line break, which no header may carry.
+            var token = (await _token(cancellationToken).ConfigureAwait(false))?.Trim();
             return string.IsNullOrEmpty(token) ? null : token;
         }
         catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)

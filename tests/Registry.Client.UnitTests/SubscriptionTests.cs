@@ -107,6 +107,22 @@ public sealed class SubscriptionTests : ScriptedTest
     }
 
     [Fact]
+    public async Task ARetryAfterLongerThanTheBackoffCapIsHonoured()
+    {
+        Handler.Respond = (_, _) => Task.FromResult(Scripted.Unavailable(new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromSeconds(60))));
+        await using var subscription = await NewClient(o => o.RetryMaxDelay = TimeSpan.FromSeconds(5)).SubscribeAsync(new SubscriptionEntry("provider_test"));
+
+        var delay = await Clock.PassNextDelayAsync(TimeSpan.FromMinutes(5));
+
+        // At least what the registry asked, plus up to a fifth, so clients told the same time do not return together.
+        Assert.InRange(delay, TimeSpan.FromSeconds(60), TimeSpan.FromSeconds(72));
+        var error = Assert.IsType<RegistryUnavailableException>(subscription.LastError);
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, error.StatusCode);
+        Assert.Equal("The database cannot take a write", error.Problem?.Title);
+        Assert.Null(subscription.Current);
+    }
+
+    [Fact]
     public async Task AnUnchangedAnswerAtOnceMakesTheNextPollWaitInsteadOfSpinning()
     {
         // Something between client and registry drops the version: every poll comes back at once, unchanged.
