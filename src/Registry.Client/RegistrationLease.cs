@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Registry.Client;
 
@@ -48,6 +49,20 @@ public sealed class RegistrationLease : IAsyncDisposable
         var cap = TimeSpan.FromTicks(Math.Max(options.RetryBaseDelay.Ticks, Math.Min(options.RetryMaxDelay.Ticks, _ttl.Ticks / 3)));
         _outage = new OutageLog(_logger, "registration");
         _backoff = new Backoff(options.RetryBaseDelay, cap);
+    }
+
+    /// <summary>
+    /// A lease that reports <paramref name="instance"/> registered with <paramref name="ttl"/> and never sends anything
+    /// (nor unregisters), for tests of code that receives leases from a fake <see cref="IRegistryClient"/>.
+    /// </summary>
+    public static RegistrationLease CreateFixed(ProviderInstance instance, TimeSpan ttl)
+    {
+        ArgumentNullException.ThrowIfNull(instance);
+        var lease = new RegistrationLease(RegistryTransport.Unused(), instance, new RegistryClientOptions { Ttl = ttl }, TimeProvider.System, NullLogger.Instance);
+        var seconds = (int)Math.Ceiling(ttl.TotalSeconds);
+        lease.Accept(new LeaseDocument(seconds, TimeProvider.System.GetUtcNow().AddSeconds(seconds)), quiet: true);
+        lease.SetState(RegistryConnectionState.Connected, null);
+        return lease;
     }
 
     /// <summary>The registered instance.</summary>

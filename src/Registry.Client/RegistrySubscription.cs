@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Primitives;
 
 namespace Registry.Client;
@@ -49,6 +50,21 @@ public sealed class RegistrySubscription : IAsyncDisposable
         _logger = logger;
         _outage = new OutageLog(_logger, "subscribe");
         _backoff = new Backoff(options.RetryBaseDelay, options.RetryMaxDelay);
+    }
+
+    /// <summary>
+    /// A subscription that holds <paramref name="answer"/> and never polls, for tests of code that receives
+    /// subscriptions from a fake <see cref="IRegistryClient"/>.
+    /// </summary>
+    public static RegistrySubscription CreateFixed(IEnumerable<SubscriptionEntry> entries, RegistryAnswer answer)
+    {
+        ArgumentNullException.ThrowIfNull(entries);
+        ArgumentNullException.ThrowIfNull(answer);
+        var subscription = new RegistrySubscription(
+            RegistryTransport.Unused(), new SubscriptionDocument([.. entries]), [], new RegistryClientOptions(), null, TimeProvider.System, NullLogger.Instance);
+        subscription.Accept(answer);
+        subscription.SetState(RegistryConnectionState.Connected, null);
+        return subscription;
     }
 
     /// <summary>Raised on the loop's thread after each new answer (the first one too). A handler's exception is logged and ignored.</summary>

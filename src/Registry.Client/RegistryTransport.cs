@@ -5,6 +5,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization.Metadata;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Registry.Client;
 
@@ -35,6 +36,10 @@ internal sealed partial class RegistryTransport
         _time = time;
         _logger = logger;
     }
+
+    /// <summary>A transport that is never sent on: for leases and subscriptions that hold fixed values.</summary>
+    public static RegistryTransport Unused() =>
+        new(() => throw new InvalidOperationException("A fixed lease or subscription sends nothing."), [], null, TimeProvider.System, NullLogger.Instance);
 
     public async Task<LeaseDocument> RegisterAsync(ProviderInstance provider, int ttlSeconds, TimeSpan timeout, CancellationToken cancellationToken)
     {

@@ -122,4 +122,35 @@ public sealed class ClientTests : ScriptedTest
         Assert.Equal(2, error.Failures.Count(f => f.StartsWith("Token:", StringComparison.Ordinal)));
         Assert.DoesNotContain("rgt_secret", error.Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task AFakeClientCanHandOutFixedLeasesAndSubscriptionsThatSendNothing()
+    {
+        var answer = new RegistryAnswer("v1", [Instance()]);
+        IRegistryClient fake = new FakeClient(answer);
+
+        await using var lease = await fake.RegisterAsync(Instance());
+        await using var subscription = await fake.SubscribeAsync(new SubscriptionEntry("provider_test"));
+
+        Assert.True(lease.IsRegistered);
+        Assert.Equal(TimeSpan.FromSeconds(30), lease.Ttl);
+        Assert.Equal(RegistryConnectionState.Connected, lease.State);
+        Assert.Same(answer, await subscription.WaitForFirstAnswerAsync().WaitAsync(Scripted.Patience));
+        Assert.Empty(Handler.Sent);
+    }
+
+    private sealed class FakeClient(RegistryAnswer answer) : IRegistryClient
+    {
+        public Task<RegistrationLease> RegisterAsync(ProviderInstance instance, CancellationToken cancellationToken = default) =>
+            Task.FromResult(RegistrationLease.CreateFixed(instance, TimeSpan.FromSeconds(30)));
+
+        public Task<RegistrySubscription> SubscribeAsync(IEnumerable<SubscriptionEntry> subscribes, CancellationToken cancellationToken = default) =>
+            Task.FromResult(RegistrySubscription.CreateFixed(subscribes, answer));
+
+        public Task<RegistrySubscription> SubscribeAsync(SubscriptionEntry entry, CancellationToken cancellationToken = default) =>
+            SubscribeAsync([entry], cancellationToken);
+
+        public Task<RegistryAnswer?> GetServiceAsync(string application, string? ifNoneMatch = null, CancellationToken cancellationToken = default) =>
+            Task.FromResult<RegistryAnswer?>(answer);
+    }
 }

@@ -212,6 +212,23 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
             {
                 continue;
             }
+#pragma warning disable CA1031 // Starting a subscription only reads the cache file; should it fail, its names are resolved afresh next time.
+            catch (Exception e)
+#pragma warning restore CA1031
+            {
+                LogStartFailed(logger, e.Message);
+                lock (_gate)
+                {
+                    foreach (var watch in group.Applications.Values)
+                    {
+                        Forget(watch, e);
+                    }
+
+                    group.Applications.Clear();
+                }
+
+                continue;
+            }
 
             lock (_gate)
             {
@@ -292,14 +309,19 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
             _groups.Remove(group);
             foreach (var watch in watches)
             {
-                watch.Group = null;
-                watch.Fail(error);
-                // Not kept: the next resolution of the name creates a new subscription instead of repeating this failure.
-                if (_watches.TryGetValue(watch.Application, out var current) && ReferenceEquals(current, watch))
-                {
-                    _watches.Remove(watch.Application);
-                }
+                Forget(watch, error);
             }
+        }
+    }
+
+    /// <summary>Fails a watch and lets it go: the next resolution of the name creates a new subscription instead of repeating this failure.</summary>
+    private void Forget(ApplicationWatch watch, Exception error)
+    {
+        watch.Group = null;
+        watch.Fail(error);
+        if (_watches.TryGetValue(watch.Application, out var current) && ReferenceEquals(current, watch))
+        {
+            _watches.Remove(watch.Application);
         }
     }
 
@@ -332,6 +354,9 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
 
     [LoggerMessage(Level = LogLevel.Debug, Message = "Could not list the registered applications; resolving by subscription: {Reason}")]
     private static partial void LogDirectoryUnavailable(ILogger logger, string reason);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Could not start a subscription for service discovery: {Reason}")]
+    private static partial void LogStartFailed(ILogger logger, string reason);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "The registry refused a subscription to {Count} applications; subscribing to each alone: {Reason}")]
     private static partial void LogSplit(ILogger logger, int count, string reason);
