@@ -137,7 +137,7 @@ public sealed class RegistrationLease : IAsyncDisposable
             await AttemptAsync(cancellationToken).ConfigureAwait(false);
             firstDelay = NextHeartbeat();
         }
-        catch (Exception e) when (e is not RegistryClientException && e is not OperationCanceledException)
+        catch (Exception e) when (e is not RegistryClientException && !(e is OperationCanceledException && cancellationToken.IsCancellationRequested))
         {
             // Unreachable, a timeout, or anything an app-wide HTTP handler threw: the process still wants to be found.
             Log.RegisterDeferred(_logger, Instance, e.Message);

@@ -69,6 +69,29 @@ public sealed class LeaseTests : ScriptedTest
     }
 
     [Fact]
+    public async Task ACancellationThatIsNotTheCallersDefersTheFirstRegistrationInsteadOfFailingIt()
+    {
+        // A handler the app added gives up on its own (its timeout, not the caller's token).
+        var first = true;
+        Handler.Respond = (_, _) =>
+        {
+            if (first)
+            {
+                first = false;
+                throw new TaskCanceledException("a handler's own timeout");
+            }
+
+            return Task.FromResult(Scripted.Lease(30, Clock.GetUtcNow()));
+        };
+
+        await using var lease = await NewClient().RegisterAsync(Instance());
+        Assert.False(lease.IsRegistered);
+
+        await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(10));
+        await Eventually(() => lease.IsRegistered);
+    }
+
+    [Fact]
     public async Task ALeaseThatNeverSentARegistrationSendsNoUnregister()
     {
         Handler.Respond = (_, _) => Task.FromResult(Scripted.Problem(HttpStatusCode.BadRequest, "One or more validation errors occurred.", ""","errors":{"addr":["is not host:port"]}"""));
