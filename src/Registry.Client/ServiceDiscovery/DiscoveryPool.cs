@@ -268,9 +268,13 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
             }
 
             var byApplication = answer.Endpoints.ToLookup(e => e.Application, StringComparer.Ordinal);
-            foreach (var watch in group.Applications.Values)
+            // Only the applications this subscription asks for: one that joined the group since waits for the next.
+            foreach (var entry in subscription.Entries)
             {
-                watch.Offer([.. byApplication[watch.Application]]);
+                if (group.Applications.TryGetValue(entry.Provider, out var watch))
+                {
+                    watch.Offer([.. byApplication[entry.Provider]]);
+                }
             }
         }
     }
@@ -291,11 +295,24 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
             }
 
             group.Subscription = null;
+            // A 403 names the application the credential may not subscribe to: only that one is let go.
+            if (error is RegistryAccessDeniedException { Problem: { } problem }
+                && problem.Extensions.TryGetValue("application", out var named)
+                && named.ValueKind == System.Text.Json.JsonValueKind.String
+                && group.Applications.Count > 1
+                && group.Applications.TryGetValue(named.GetString()!, out var forbidden))
+            {
+                group.Applications.Remove(forbidden.Application);
+                Forget(forbidden, error);
+                Resubscribe(group);
+                return;
+            }
+
             var watches = group.Applications.Values.ToList();
             if (watches.Count > 1)
             {
-                // The registry refuses a subscription whole when one provider is forbidden: give each application its
-                // own, so one forbidden name does not take its neighbours down.
+                // The registry refuses a subscription whole when one provider is forbidden; not knowing which, give each
+                // application its own, so one forbidden name does not take its neighbours down.
                 LogSplit(logger, watches.Count, error.Message);
                 _groups.Remove(group);
                 foreach (var watch in watches)
