@@ -281,7 +281,14 @@ public sealed class RegistrationLease : IAsyncDisposable
     {
         lock (_gate)
         {
+            // With the state, under one lock: whoever sees IsRegistered sees Connected too.
             _registered = true;
+            if (_state != RegistryConnectionState.Stopped)
+            {
+                _state = RegistryConnectionState.Connected;
+                _lastError = null;
+            }
+
             _ttl = TimeSpan.FromSeconds(lease.Ttl);
             _expiresAt = lease.Expires;
             _renewedAt = _time.GetTimestamp();
