@@ -27,7 +27,7 @@ internal sealed class AnswerCache(string path, ILogger logger)
         CacheDocument? document;
         try
         {
-            var bytes = await File.ReadAllBytesAsync(Path, cancellationToken);
+            var bytes = await File.ReadAllBytesAsync(Path, cancellationToken).ConfigureAwait(false);
             document = JsonSerializer.Deserialize(bytes, ClientJson.Default.CacheDocument);
         }
         catch (Exception e) when (e is JsonException or IOException or UnauthorizedAccessException or ArgumentException)
@@ -68,7 +68,7 @@ internal sealed class AnswerCache(string path, ILogger logger)
         {
             Directory.CreateDirectory(System.IO.Path.GetDirectoryName(Path)!);
             var bytes = JsonSerializer.SerializeToUtf8Bytes(new CacheDocument(CacheDocument.CurrentFormat, subscription, answer), ClientJson.Default.CacheDocument);
-            await File.WriteAllBytesAsync(temporary, bytes, cancellationToken);
+            await File.WriteAllBytesAsync(temporary, bytes, cancellationToken).ConfigureAwait(false);
             File.Move(temporary, Path, overwrite: true);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)

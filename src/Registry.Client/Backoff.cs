@@ -1,35 +1,47 @@
-using Polly;
-using Polly.Retry;
-
 namespace Registry.Client;
 
 /// <summary>
-/// The retry pipeline of the background loops: retries <see cref="RegistryUnavailableException"/>
-/// for as long as it takes, with exponential backoff and decorrelated jitter up to a cap (so a
-/// fleet does not come back in step), and waits at least what a <c>Retry-After</c> asked for.
+/// The delays of a background loop between failed attempts: exponential from the base delay up to a cap,
+/// each drawn at random from its upper half (so a fleet does not come back in step, yet no delay collapses
+/// towards zero), and never shorter than what a <c>Retry-After</c> asked for — but never past a ceiling the
+/// caller sets (a lease must be renewed before it runs out, whatever a server asked).
 /// </summary>
-internal static class Backoff
+internal sealed class Backoff(TimeSpan baseDelay, TimeSpan maxDelay)
 {
-    public static ResiliencePipeline Create(
-        TimeSpan baseDelay, TimeSpan maxDelay, TimeProvider time, Func<OnRetryArguments<object>, ValueTask> onRetry) =>
-        new ResiliencePipelineBuilder { TimeProvider = time }
-            .AddRetry(new RetryStrategyOptions
-            {
-                ShouldHandle = new PredicateBuilder().Handle<RegistryUnavailableException>(),
-                BackoffType = DelayBackoffType.Exponential,
-                UseJitter = true,
-                Delay = baseDelay,
-                MaxDelay = maxDelay,
-                MaxRetryAttempts = int.MaxValue,
-                DelayGenerator = static args => ValueTask.FromResult(
-                    args.Outcome.Exception is RegistryUnavailableException { RetryAfter: { } after } ? WithJitter(after) : (TimeSpan?)null),
-                OnRetry = onRetry,
-            })
-            .Build();
+    private int _failures;
 
-    /// <summary>Retry-After plus up to a fifth more, so clients told the same time do not return together.</summary>
-    private static TimeSpan WithJitter(TimeSpan retryAfter) =>
+    /// <summary>The failures since the last success.</summary>
+    public int Failures => _failures;
+
+    /// <summary>Starts over after a success.</summary>
+    public void Reset() => _failures = 0;
+
+    /// <summary>The delay before the next attempt, after a failure.</summary>
+    /// <param name="error">What failed; a <see cref="RegistryUnavailableException.RetryAfter"/> is honoured.</param>
+    /// <param name="ceiling">The longest wait the caller can afford, if any.</param>
+    public TimeSpan Next(Exception error, TimeSpan? ceiling = null)
+    {
+        var exponent = Math.Min(_failures, 30);
+        _failures++;
+        var ramp = TimeSpan.FromTicks(Math.Min(maxDelay.Ticks, (long)Math.Min(long.MaxValue / 2, baseDelay.Ticks * Math.Pow(2, exponent))));
+        var delay = Jitter(ramp / 2, ramp);
+        // max(backoff, Retry-After): a Retry-After of 0 or a date in the past must not turn backoff into a busy loop.
+        if (error is RegistryUnavailableException { RetryAfter: { } after } && after > delay)
+        {
+            delay = Jitter(after, after * 1.2);
+        }
+
+        if (ceiling is { } limit && delay > limit)
+        {
+            delay = limit < baseDelay ? baseDelay : limit;
+        }
+
+        return delay;
+    }
+
+    /// <summary>A delay between <paramref name="low"/> and <paramref name="high"/>, for refusals that are retried at a fixed pace.</summary>
+    public static TimeSpan Jitter(TimeSpan low, TimeSpan high) =>
 #pragma warning disable CA5394 // Jitter, not security.
-        retryAfter + (retryAfter * (Random.Shared.NextDouble() / 5));
+        low + ((high - low) * Random.Shared.NextDouble());
 #pragma warning restore CA5394
 }

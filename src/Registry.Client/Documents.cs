@@ -146,7 +146,24 @@ internal sealed class CacheDocument(string format, SubscriptionDocument subscrip
     public RegistryAnswer Answer { get; } = answer;
 }
 
+/// <summary>The answer to <c>GET /v1/services</c>: the applications registered now.</summary>
+internal sealed class ServicesDocument(IReadOnlyList<ServiceCount> services)
+{
+    [JsonPropertyName("services")]
+    public IReadOnlyList<ServiceCount> Services { get; } = services;
+}
+
+internal sealed class ServiceCount(string application, int instances)
+{
+    [JsonPropertyName("application")]
+    public string Application { get; } = application;
+
+    [JsonPropertyName("instances")]
+    public int Instances { get; } = instances;
+}
+
 [JsonSerializable(typeof(ProviderInstance))]
+[JsonSerializable(typeof(ServicesDocument))]
 [JsonSerializable(typeof(SubscriptionDocument))]
 [JsonSerializable(typeof(RegistryAnswer))]
 [JsonSerializable(typeof(LeaseDocument))]

@@ -23,8 +23,14 @@ internal static partial class Log
     [LoggerMessage(Level = LogLevel.Information, Message = "The registry is reachable again for {What}")]
     public static partial void OutageEnded(ILogger logger, string what);
 
-    [LoggerMessage(Level = LogLevel.Error, Message = "The registry refused {What}; the loop stops")]
+    [LoggerMessage(Level = LogLevel.Error, Message = "The registry refused {What}; the subscription ends")]
     public static partial void Refused(ILogger logger, string what, Exception exception);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "The registry refused {What}; trying again in {Delay}")]
+    public static partial void RefusedRetrying(ILogger logger, string what, TimeSpan delay, Exception exception);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Unregistering {Instance}: the registry did not know it")]
+    public static partial void NotRegistered(ILogger logger, ProviderInstance instance);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Unregistered {Instance}")]
     public static partial void Unregistered(ILogger logger, ProviderInstance instance);

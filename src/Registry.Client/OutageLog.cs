@@ -1,5 +1,4 @@
 using Microsoft.Extensions.Logging;
-using Polly.Retry;
 
 namespace Registry.Client;
 
@@ -12,8 +11,8 @@ internal sealed class OutageLog(ILogger logger, string operation)
     private readonly object _gate = new();
     private bool _failing;
 
-    /// <summary>Marks the outage as begun without a retry (a first attempt that failed).</summary>
-    public void Failed()
+    /// <summary>Marks the outage as begun without logging (the caller said so in its own words).</summary>
+    public void Begun()
     {
         lock (_gate)
         {
@@ -21,22 +20,20 @@ internal sealed class OutageLog(ILogger logger, string operation)
         }
     }
 
-    /// <summary>The retry pipeline's callback.</summary>
-    public ValueTask OnRetry(OnRetryArguments<object> args)
+    /// <summary>An attempt failed and the next one is <paramref name="delay"/> away.</summary>
+    public void Failed(Exception error, int attempt, TimeSpan delay)
     {
-        var reason = args.Outcome.Exception?.Message ?? "";
         lock (_gate)
         {
             if (!_failing)
             {
                 _failing = true;
-                Log.OutageStarted(logger, operation, reason);
-                return default;
+                Log.OutageStarted(logger, operation, error.Message);
+                return;
             }
         }
 
-        Log.Retrying(logger, args.AttemptNumber, operation, args.RetryDelay, reason);
-        return default;
+        Log.Retrying(logger, attempt, operation, delay, error.Message);
     }
 
     /// <summary>The registry answered: ends the outage, if there was one.</summary>

@@ -1,31 +1,37 @@
 using Microsoft.Extensions.Logging;
-using Polly;
-using Polly.Retry;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Registry.Client;
 
 /// <summary>
 /// A registration that keeps itself alive: heartbeats at about a third of the TTL (with jitter),
 /// registers again when the registry has forgotten the instance, keeps trying with capped,
-/// jittered backoff while the registry is down, and unregisters on dispose.
+/// jittered backoff while the registry is down, and unregisters on dispose. Its loop never ends
+/// on an error: it logs, backs off and tries again until the lease is disposed.
 /// </summary>
 public sealed class RegistrationLease : IAsyncDisposable
 {
     private readonly RegistryTransport _transport;
     private readonly int _requestedTtl;
     private readonly TimeSpan _requestTimeout;
+    private readonly TimeSpan _retryBaseDelay;
     private readonly TimeSpan _retryMaxDelay;
     private readonly TimeProvider _time;
     private readonly ILogger _logger;
-    private readonly ResiliencePipeline _retry;
+    private readonly Backoff _backoff;
+    private readonly OutageLog _outage;
     private readonly CancellationTokenSource _stop = new();
     private readonly object _gate = new();
     private Task _loop = Task.CompletedTask;
     private bool _registered;
-    private bool _everRegistered;
-    private readonly OutageLog _outage;
+    // A register was sent and not refused since: it may have committed even if no answer came back.
+    private bool _mayBeRegistered;
     private TimeSpan _ttl;
     private DateTimeOffset? _expiresAt;
+    // When the registry last granted the lease, on this process's monotonic clock (the registry's clock is not ours).
+    private long? _renewedAt;
+    private RegistryConnectionState _state = RegistryConnectionState.Starting;
+    private Exception? _lastError;
     private int _disposed;
 
     internal RegistrationLease(RegistryTransport transport, ProviderInstance instance, RegistryClientOptions options, TimeProvider time, ILogger logger)
@@ -35,13 +41,28 @@ public sealed class RegistrationLease : IAsyncDisposable
         _requestedTtl = (int)Math.Ceiling(options.Ttl.TotalSeconds);
         _ttl = TimeSpan.FromSeconds(_requestedTtl);
         _requestTimeout = options.RequestTimeout;
+        _retryBaseDelay = options.RetryBaseDelay;
         _retryMaxDelay = options.RetryMaxDelay;
         _time = time;
         _logger = logger;
         // While down, retry at least every third of the TTL, so a registry that comes back sees the renewal before the lease runs out.
         var cap = TimeSpan.FromTicks(Math.Max(options.RetryBaseDelay.Ticks, Math.Min(options.RetryMaxDelay.Ticks, _ttl.Ticks / 3)));
         _outage = new OutageLog(_logger, "registration");
-        _retry = Backoff.Create(options.RetryBaseDelay, cap, time, _outage.OnRetry);
+        _backoff = new Backoff(options.RetryBaseDelay, cap);
+    }
+
+    /// <summary>
+    /// A lease that reports <paramref name="instance"/> registered with <paramref name="ttl"/> and never sends anything
+    /// (nor unregisters), for tests of code that receives leases from a fake <see cref="IRegistryClient"/>.
+    /// </summary>
+    public static RegistrationLease CreateFixed(ProviderInstance instance, TimeSpan ttl)
+    {
+        ArgumentNullException.ThrowIfNull(instance);
+        var lease = new RegistrationLease(RegistryTransport.Unused(), instance, new RegistryClientOptions { Ttl = ttl }, TimeProvider.System, NullLogger.Instance);
+        var seconds = (int)Math.Ceiling(ttl.TotalSeconds);
+        lease.Accept(new LeaseDocument(seconds, TimeProvider.System.GetUtcNow().AddSeconds(seconds)), quiet: true);
+        lease.SetState(RegistryConnectionState.Connected, null);
+        return lease;
     }
 
     /// <summary>The registered instance.</summary>
@@ -55,6 +76,30 @@ public sealed class RegistrationLease : IAsyncDisposable
             lock (_gate)
             {
                 return _registered;
+            }
+        }
+    }
+
+    /// <summary>Where the background loop stands: connected, retrying an outage, refused, stopped.</summary>
+    public RegistryConnectionState State
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _state;
+            }
+        }
+    }
+
+    /// <summary>Why the last attempt failed; <see langword="null"/> once one succeeds.</summary>
+    public Exception? LastError
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _lastError;
             }
         }
     }
@@ -83,57 +128,34 @@ public sealed class RegistrationLease : IAsyncDisposable
         }
     }
 
-    /// <summary>The first registration: one attempt over every node. Transient failures are left to the background loop.</summary>
+    /// <summary>The first registration: one attempt over every node. Failures other than a refusal are left to the background loop.</summary>
     internal async Task StartAsync(CancellationToken cancellationToken)
     {
+        var firstDelay = TimeSpan.Zero;
         try
         {
-            Accept(await _transport.RegisterAsync(Instance, _requestedTtl, _requestTimeout, cancellationToken));
+            await AttemptAsync(cancellationToken).ConfigureAwait(false);
+            firstDelay = NextHeartbeat();
         }
-        catch (RegistryUnavailableException e)
+        catch (Exception e) when (e is not RegistryClientException && !(e is OperationCanceledException && cancellationToken.IsCancellationRequested))
         {
+            // Unreachable, a timeout, or anything an app-wide HTTP handler threw: the process still wants to be found.
             Log.RegisterDeferred(_logger, Instance, e.Message);
-            _outage.Failed();
+            _outage.Begun();
+            firstDelay = Failed(e);
         }
 
-        _loop = Task.Run(() => RunAsync(_stop.Token), CancellationToken.None);
+        _loop = Task.Run(() => RunAsync(firstDelay, _stop.Token), CancellationToken.None);
     }
 
-    private async Task RunAsync(CancellationToken stop)
+    private async Task RunAsync(TimeSpan delay, CancellationToken stop)
     {
-        while (!stop.IsCancellationRequested)
+        while (true)
         {
             try
             {
-                if (!IsRegistered)
-                {
-                    var lease = await _retry.ExecuteAsync(
-                        static (self, ct) => new ValueTask<LeaseDocument>(self._transport.RegisterAsync(self.Instance, self._requestedTtl, self._requestTimeout, ct)),
-                        this,
-                        stop);
-                    _outage.Reached();
-                    Accept(lease);
-                    continue;
-                }
-
-                await Task.Delay(NextHeartbeat(), _time, stop);
-                var renewed = await _retry.ExecuteAsync(
-                    static (self, ct) => new ValueTask<LeaseDocument?>(self._transport.HeartbeatAsync(self.Instance, self._requestTimeout, ct)),
-                    this,
-                    stop);
-                _outage.Reached();
-                if (renewed is null)
-                {
-                    Log.HeartbeatNotFound(_logger, Instance);
-                    lock (_gate)
-                    {
-                        _registered = false;
-                    }
-                }
-                else
-                {
-                    Accept(renewed, quiet: true);
-                }
+                await Task.Delay(delay, _time, stop).ConfigureAwait(false);
+                delay = await AttemptAsync(stop).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
             {
@@ -141,42 +163,135 @@ public sealed class RegistrationLease : IAsyncDisposable
             }
             catch (RegistryClientException e)
             {
-                // A refusal (e.g. 400) is not transient, but the process still wants to be found: say so loudly and try again much later.
-                Log.Refused(_logger, "register", e);
+                // A refusal (400, 401, 403) is not transient, but the process still wants to be found and a token may be
+                // rotated: say so loudly and try again much later, at a jittered pace so a fleet does not retry in step.
+                delay = Backoff.Jitter(_retryMaxDelay * 0.8, _retryMaxDelay * 1.2);
+                Log.RefusedRetrying(_logger, "register", delay, e);
+                SetState(RegistryConnectionState.Refused, e);
                 lock (_gate)
                 {
                     _registered = false;
                 }
+            }
+#pragma warning disable CA1031 // The loop must outlive anything a handler or the network throws; it is logged and retried.
+            catch (Exception e)
+#pragma warning restore CA1031
+            {
+                delay = Failed(e);
+                _outage.Failed(e, _backoff.Failures, delay);
+            }
+        }
+    }
 
-                try
+    /// <summary>One register or heartbeat; the delay until the next one.</summary>
+    private async Task<TimeSpan> AttemptAsync(CancellationToken cancellationToken)
+    {
+        if (!IsRegistered)
+        {
+            lock (_gate)
+            {
+                _mayBeRegistered = true;
+            }
+
+            LeaseDocument lease;
+            try
+            {
+                lease = await _transport.RegisterAsync(Instance, _requestedTtl, _requestTimeout, cancellationToken).ConfigureAwait(false);
+            }
+            catch (RegistryClientException)
+            {
+                lock (_gate)
                 {
-                    await Task.Delay(_retryMaxDelay, _time, stop);
+                    _mayBeRegistered = false;
                 }
-                catch (OperationCanceledException) when (stop.IsCancellationRequested)
-                {
-                    return;
-                }
+
+                throw;
+            }
+
+            Accept(lease);
+            Succeeded();
+            return NextHeartbeat();
+        }
+
+        var renewed = await _transport.HeartbeatAsync(Instance, _requestTimeout, cancellationToken).ConfigureAwait(false);
+        Succeeded();
+        if (renewed is null)
+        {
+            Log.HeartbeatNotFound(_logger, Instance);
+            lock (_gate)
+            {
+                _registered = false;
+            }
+
+            return TimeSpan.Zero;
+        }
+
+        Accept(renewed, quiet: true);
+        return NextHeartbeat();
+    }
+
+    private void Succeeded()
+    {
+        _backoff.Reset();
+        _outage.Reached();
+        SetState(RegistryConnectionState.Connected, null);
+    }
+
+    /// <summary>Records a transient failure; the delay before the next attempt.</summary>
+    private TimeSpan Failed(Exception error)
+    {
+        SetState(RegistryConnectionState.Unavailable, error);
+        return _backoff.Next(error, RenewalCeiling());
+    }
+
+    /// <summary>
+    /// While a lease may still be alive, the next attempt must come well before it runs out, whatever a
+    /// <c>Retry-After</c> asked: half the time left, so there is room for one more try after it.
+    /// </summary>
+    private TimeSpan? RenewalCeiling()
+    {
+        lock (_gate)
+        {
+            if (!_registered || _renewedAt is not { } renewedAt)
+            {
+                return null;
+            }
+
+            var left = _ttl - _time.GetElapsedTime(renewedAt);
+            return left > TimeSpan.Zero ? left / 2 : _retryBaseDelay;
+        }
+    }
+
+    private void SetState(RegistryConnectionState state, Exception? error)
+    {
+        lock (_gate)
+        {
+            if (_state != RegistryConnectionState.Stopped)
+            {
+                _state = state;
+                _lastError = error;
             }
         }
     }
 
     /// <summary>About a third of the TTL, less up to a fifth of that at random, so a fleet's heartbeats spread out.</summary>
-    private TimeSpan NextHeartbeat()
-    {
-#pragma warning disable CA5394 // Jitter, not security.
-        var jitter = 1 - (Random.Shared.NextDouble() / 5);
-#pragma warning restore CA5394
-        return Ttl / 3 * jitter;
-    }
+    private TimeSpan NextHeartbeat() => Backoff.Jitter(Ttl / 3 * 0.8, Ttl / 3);
 
     private void Accept(LeaseDocument lease, bool quiet = false)
     {
         lock (_gate)
         {
+            // With the state, under one lock: whoever sees IsRegistered sees Connected too.
             _registered = true;
-            _everRegistered = true;
+            if (_state != RegistryConnectionState.Stopped)
+            {
+                _state = RegistryConnectionState.Connected;
+                _lastError = null;
+            }
+
             _ttl = TimeSpan.FromSeconds(lease.Ttl);
             _expiresAt = lease.Expires;
+            _renewedAt = _time.GetTimestamp();
         }
 
         if (!quiet)
@@ -185,7 +300,10 @@ public sealed class RegistrationLease : IAsyncDisposable
         }
     }
 
-    /// <summary>Stops heartbeating and unregisters (one attempt over every node; if it fails, the lease expires on its own).</summary>
+    /// <summary>
+    /// Stops heartbeating and unregisters: one attempt over every node, sent whenever a registration may have
+    /// committed (a <c>404</c> costs nothing). Never throws; if the unregister fails, the lease expires on its own.
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
@@ -193,27 +311,37 @@ public sealed class RegistrationLease : IAsyncDisposable
             return;
         }
 
-        await _stop.CancelAsync();
-        await _loop;
+        await _stop.CancelAsync().ConfigureAwait(false);
+        // The loop catches everything; awaiting it only waits for the attempt in flight to end.
+        await _loop.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         _stop.Dispose();
-        bool everRegistered;
+        bool mayBeRegistered;
         lock (_gate)
         {
-            everRegistered = _everRegistered;
+            mayBeRegistered = _mayBeRegistered;
             _registered = false;
+            _state = RegistryConnectionState.Stopped;
         }
 
-        if (!everRegistered)
+        if (!mayBeRegistered)
         {
             return;
         }
 
         try
         {
-            await _transport.UnregisterAsync(Instance, _requestTimeout, CancellationToken.None);
-            Log.Unregistered(_logger, Instance);
+            if (await _transport.UnregisterAsync(Instance, _requestTimeout, CancellationToken.None).ConfigureAwait(false))
+            {
+                Log.Unregistered(_logger, Instance);
+            }
+            else
+            {
+                Log.NotRegistered(_logger, Instance);
+            }
         }
-        catch (RegistryClientException e)
+#pragma warning disable CA1031 // Disposal must finish: whatever failed, the lease runs out on its own; it is logged.
+        catch (Exception e)
+#pragma warning restore CA1031
         {
             Log.UnregisterFailed(_logger, Instance, e.Message);
         }

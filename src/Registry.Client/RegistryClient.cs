@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
+using Registry.Client.ServiceDiscovery;
 
 namespace Registry.Client;
 
@@ -8,14 +9,17 @@ namespace Registry.Client;
 /// The registry client: registers this process's instances and subscribes to providers.
 /// One instance per process is enough; it is thread-safe. With dependency injection use
 /// <c>services.AddRegistryClient(...)</c>; otherwise construct it with an <see cref="HttpClient"/>.
+/// Disposing it stops the subscriptions the service-discovery provider keeps; leases and subscriptions
+/// handed out are the caller's to dispose.
 /// </summary>
-public sealed class RegistryClient
+public sealed class RegistryClient : IRegistryClient, IAsyncDisposable, IDisposable
 {
     private readonly RegistryTransport _transport;
     private readonly RegistryClientOptions _options;
     private readonly TimeProvider _time;
     private readonly ILoggerFactory _loggers;
     private readonly ILogger _logger;
+    private readonly Lazy<DiscoveryPool> _discovery;
 
     /// <summary>Creates a client that sends with a plain <see cref="HttpClient"/>.</summary>
     /// <param name="httpClient">
@@ -50,8 +54,14 @@ public sealed class RegistryClient
         _time = timeProvider ?? TimeProvider.System;
         _loggers = loggerFactory ?? NullLoggerFactory.Instance;
         _logger = _loggers.CreateLogger<RegistryClient>();
-        _transport = new RegistryTransport(http, options.Servers, _time, _loggers.CreateLogger<RegistryTransport>());
+        _transport = new RegistryTransport(http, options.Servers, TokenSource(options), _time, _loggers.CreateLogger<RegistryTransport>());
+        _discovery = new Lazy<DiscoveryPool>(() => new DiscoveryPool(this, _transport, options, _time, _loggers.CreateLogger<DiscoveryPool>()));
     }
+
+    /// <summary>The subscriptions the service-discovery provider shares, created on first use.</summary>
+    internal DiscoveryPool Discovery => _discovery.Value;
+
+    internal RegistryClientOptions Options => _options;
 
     /// <summary>
     /// Registers an instance and keeps it registered until the returned lease is disposed. The first
@@ -64,12 +74,12 @@ public sealed class RegistryClient
         var lease = new RegistrationLease(_transport, instance, _options, _time, _loggers.CreateLogger<RegistrationLease>());
         try
         {
-            await lease.StartAsync(cancellationToken);
+            await lease.StartAsync(cancellationToken).ConfigureAwait(false);
         }
         catch
         {
-            // Refused or cancelled before it started: nothing to unregister, but its resources are released.
-            await lease.DisposeAsync();
+            // Refused or cancelled before it started: its resources are released (and a registration that was in flight unregistered).
+            await lease.DisposeAsync().ConfigureAwait(false);
             throw;
         }
 
@@ -98,11 +108,11 @@ public sealed class RegistryClient
         var subscription = new RegistrySubscription(_transport, document, body, _options, cache, _time, _loggers.CreateLogger<RegistrySubscription>());
         try
         {
-            await subscription.StartAsync(cancellationToken);
+            await subscription.StartAsync(cancellationToken).ConfigureAwait(false);
         }
         catch
         {
-            await subscription.DisposeAsync();
+            await subscription.DisposeAsync().ConfigureAwait(false);
             throw;
         }
 
@@ -112,6 +122,31 @@ public sealed class RegistryClient
     /// <summary>Starts a subscription to one provider; see <see cref="SubscribeAsync(IEnumerable{SubscriptionEntry}, CancellationToken)"/>.</summary>
     public Task<RegistrySubscription> SubscribeAsync(SubscriptionEntry entry, CancellationToken cancellationToken = default) =>
         SubscribeAsync([entry], cancellationToken);
+
+    /// <inheritdoc />
+    public Task<RegistryAnswer?> GetServiceAsync(string application, string? ifNoneMatch = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(application);
+        return _transport.GetServiceAsync(application, ifNoneMatch, _options.RequestTimeout, cancellationToken);
+    }
+
+    /// <summary>Stops the subscriptions kept for service discovery.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (_discovery.IsValueCreated)
+        {
+            await _discovery.Value.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Starts stopping the subscriptions kept for service discovery without waiting for their polls to end (for
+    /// containers disposed synchronously); prefer <see cref="DisposeAsync"/>.
+    /// </summary>
+    public void Dispose() => _ = DisposeAsync().AsTask();
+
+    private static Func<CancellationToken, ValueTask<string?>>? TokenSource(RegistryClientOptions options) =>
+        options.TokenProvider ?? (options.Token is { } token ? _ => ValueTask.FromResult<string?>(token) : null);
 
     private static Func<HttpClient> Fixed(HttpClient httpClient)
     {

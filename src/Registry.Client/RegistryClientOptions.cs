@@ -17,11 +17,32 @@ public sealed class RegistryClientOptions
     /// <summary>The lease asked for at registration; heartbeats are sent at about a third of it. Default 30 s.</summary>
     public TimeSpan Ttl { get; set; } = TimeSpan.FromSeconds(30);
 
-    /// <summary>How long the registry may hold a long poll when nothing changes. Default 30 s; the registry caps it at 55 s.</summary>
+    /// <summary>How long the registry may hold a long poll when nothing changes: 1 to 55 s (the registry's cap). Default 30 s.</summary>
     public TimeSpan PollWait { get; set; } = TimeSpan.FromSeconds(30);
 
     /// <summary>Most time one register, heartbeat or unregister request may take on one node before the next is tried. Default 5 s.</summary>
     public TimeSpan RequestTimeout { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// Most time opening a connection to one node may take before the next is tried (set on the client's own
+    /// <see cref="HttpClient"/> with dependency injection), so a black-holed node costs seconds, not the
+    /// operating system's ~2 minutes of SYN retries. Default 3 s.
+    /// </summary>
+    public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(3);
+
+    /// <summary>
+    /// A registry token (<c>rgt_…</c>) sent as <c>Authorization: Bearer</c> on every request. For a token that
+    /// rotates (a mounted secret, a projected service-account JWT) use <see cref="TokenProvider"/> instead.
+    /// Never logged.
+    /// </summary>
+    public string? Token { get; set; }
+
+    /// <summary>
+    /// Gives the bearer token for each request (called once per request, before the first node is tried), for
+    /// tokens that rotate: read the mounted file again, ask the identity provider's cache. <see langword="null"/>
+    /// or empty sends no <c>Authorization</c> header. An exception counts as a transient failure and is retried.
+    /// </summary>
+    public Func<CancellationToken, ValueTask<string?>>? TokenProvider { get; set; }
 
     /// <summary>The first retry delay after a failure; later ones grow with decorrelated jitter. Default 1 s.</summary>
     public TimeSpan RetryBaseDelay { get; set; } = TimeSpan.FromSeconds(1);
@@ -37,6 +58,26 @@ public sealed class RegistryClientOptions
 
     /// <summary>How long the service-discovery endpoint provider waits for a first answer before resolving nothing. Default 10 s.</summary>
     public TimeSpan DiscoveryTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// The service names the service-discovery provider resolves through the registry: exact names, or prefixes
+    /// ending in <c>*</c>. Empty (the default): every name the registry lists as a registered application
+    /// (<c>GET /v1/services</c>). <c>localhost</c>, IP addresses and the registry servers' own host names are never resolved.
+    /// </summary>
+    public IList<string> DiscoveryApplications { get; } = [];
+
+    /// <summary>
+    /// How long the service-discovery provider keeps watching an application after the last resolver stopped
+    /// asking for it, so that the last answer survives an outage that outlasts Microsoft.Extensions.ServiceDiscovery's
+    /// idle watchers. Default 10 minutes.
+    /// </summary>
+    public TimeSpan DiscoveryRetention { get; set; } = TimeSpan.FromMinutes(10);
+
+    /// <summary>
+    /// Whether endpoints resolved by the service-discovery provider carry the service name as their host name
+    /// (<c>IHostNameFeature</c>), so requests send <c>Host: provider_test</c> rather than the instance's address. Default false.
+    /// </summary>
+    public bool ApplyHostNameMetadata { get; set; }
 }
 
 /// <summary>Checks every setting and reports all that are wrong at once.</summary>
@@ -63,14 +104,32 @@ internal sealed class RegistryClientOptionsValidator : IValidateOptions<Registry
         Positive(options.RetryBaseDelay, nameof(options.RetryBaseDelay), errors);
         Positive(options.RetryMaxDelay, nameof(options.RetryMaxDelay), errors);
         Positive(options.DiscoveryTimeout, nameof(options.DiscoveryTimeout), errors);
+        Positive(options.ConnectTimeout, nameof(options.ConnectTimeout), errors);
+        Positive(options.DiscoveryRetention, nameof(options.DiscoveryRetention), errors);
+        if (options.Token is not null && options.TokenProvider is not null)
+        {
+            errors.Add("Token: set either Token or TokenProvider, not both.");
+        }
+
+        if (options.Token is { } token && (token.Length == 0 || token.Any(c => c is <= ' ' or > '~')))
+        {
+            // Said without the token itself: it is a secret.
+            errors.Add("Token: must be a non-empty string of visible ASCII characters (no spaces or line breaks).");
+        }
+
+        if (options.DiscoveryApplications.Any(string.IsNullOrWhiteSpace))
+        {
+            errors.Add("DiscoveryApplications: an entry is empty.");
+        }
         if (options.Ttl < TimeSpan.FromSeconds(1))
         {
             errors.Add($"Ttl: {options.Ttl} is shorter than the registry's 1 s minimum.");
         }
 
-        if (options.PollWait < TimeSpan.Zero || options.PollWait > TimeSpan.FromSeconds(55))
+        // Below a second the wait rounds to 0 and every poll comes back at once: a busy loop, not a long poll.
+        if (options.PollWait < TimeSpan.FromSeconds(1) || options.PollWait > TimeSpan.FromSeconds(55))
         {
-            errors.Add($"PollWait: {options.PollWait} must be between 0 and 55 s (the registry's cap).");
+            errors.Add($"PollWait: {options.PollWait} must be between 1 and 55 s (the registry's cap).");
         }
 
         if (options.RetryMaxDelay < options.RetryBaseDelay)

@@ -36,7 +36,19 @@ public static class RegistryClientServiceCollectionExtensions
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<RegistryClientOptions>, RegistryClientOptionsValidator>());
         // Timeouts are the client's own, per request: the wait plus a margin for a long poll, RequestTimeout for the rest.
         // One fixed HttpClient.Timeout cannot fit both, and must never be the one that cuts a poll.
-        services.AddHttpClient(HttpClientName, http => http.Timeout = Timeout.InfiniteTimeSpan);
+        services.AddHttpClient(HttpClientName, http => http.Timeout = Timeout.InfiniteTimeSpan)
+            .ConfigurePrimaryHttpMessageHandler(provider => new SocketsHttpHandler
+            {
+                ConnectTimeout = provider.GetRequiredService<IOptions<RegistryClientOptions>>().Value.ConnectTimeout,
+            })
+            // What an app configures for every client (ConfigureHttpClientDefaults runs before any named client's
+            // configuration, whatever the order of the calls) does not fit this one: a standard resilience handler's
+            // timeouts cut the long polls and its retries double the client's own; service discovery would resolve the
+            // registry through itself. Handlers added to this name after AddRegistryClient are kept.
+            .ConfigureAdditionalHttpMessageHandlers(static (handlers, _) => handlers.Clear())
+            // The factory's request logging writes every failed attempt of an outage with its stack trace; the client logs
+            // one warning per outage itself.
+            .RemoveAllLoggers();
         services.TryAddSingleton(TimeProvider.System);
         services.TryAddSingleton(provider => new RegistryClient(
             provider.GetRequiredService<IHttpClientFactory>(),
@@ -44,6 +56,7 @@ public static class RegistryClientServiceCollectionExtensions
             provider.GetRequiredService<IOptions<RegistryClientOptions>>().Value,
             provider.GetService<ILoggerFactory>(),
             provider.GetRequiredService<TimeProvider>()));
+        services.TryAddSingleton<IRegistryClient>(provider => provider.GetRequiredService<RegistryClient>());
         return services;
     }
 
@@ -67,7 +80,8 @@ public static class RegistryClientServiceCollectionExtensions
     /// Adds service discovery (<c>AddServiceDiscoveryCore</c>) with the registry as an endpoint provider, so that
     /// an <see cref="HttpClient"/> with base address <c>http://provider_test</c> and <c>AddServiceDiscovery()</c> calls
     /// the instances of <c>provider_test</c> that serve <c>http</c>. It is placed before the other providers:
-    /// the registry is the authority, and a name it has no instance of falls through to them. Needs <see cref="AddRegistryClient"/>.
+    /// the registry is the authority, and a name that is not a registered application (or not in
+    /// <see cref="RegistryClientOptions.DiscoveryApplications"/> when that is set) falls through to them. Needs <see cref="AddRegistryClient"/>.
     /// </summary>
     public static IServiceCollection AddRegistryServiceEndpointProvider(this IServiceCollection services)
     {

@@ -1,16 +1,16 @@
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Primitives;
-using Polly;
-using Polly.Retry;
 
 namespace Registry.Client;
 
 /// <summary>
 /// A live subscription: a background long-poll loop that sends the version it holds and takes
 /// what comes back. While the registry is unreachable it keeps serving the last answer and
-/// retries with capped, jittered backoff. Dispose it to stop the loop.
+/// retries with capped, jittered backoff; its loop ends only when the registry refuses the
+/// subscription (see <see cref="State"/>) or when it is disposed.
 /// </summary>
 public sealed class RegistrySubscription : IAsyncDisposable
 {
@@ -22,7 +22,7 @@ public sealed class RegistrySubscription : IAsyncDisposable
     private readonly AnswerCache? _cache;
     private readonly TimeProvider _time;
     private readonly ILogger _logger;
-    private readonly ResiliencePipeline _retry;
+    private readonly Backoff _backoff;
     private readonly TaskCompletionSource<RegistryAnswer> _first = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly CancellationTokenSource _stop = new();
     private readonly object _gate = new();
@@ -33,8 +33,8 @@ public sealed class RegistrySubscription : IAsyncDisposable
     private readonly OutageLog _outage;
     private Task _loop = Task.CompletedTask;
     private int _disposed;
-    private string? _sentVersion;
-    private long _sentAt;
+    private RegistryConnectionState _state = RegistryConnectionState.Starting;
+    private Exception? _lastError;
 
     internal RegistrySubscription(
         RegistryTransport transport, SubscriptionDocument document, byte[] body, RegistryClientOptions options,
@@ -49,7 +49,22 @@ public sealed class RegistrySubscription : IAsyncDisposable
         _time = time;
         _logger = logger;
         _outage = new OutageLog(_logger, "subscribe");
-        _retry = Backoff.Create(options.RetryBaseDelay, options.RetryMaxDelay, time, _outage.OnRetry);
+        _backoff = new Backoff(options.RetryBaseDelay, options.RetryMaxDelay);
+    }
+
+    /// <summary>
+    /// A subscription that holds <paramref name="answer"/> and never polls, for tests of code that receives
+    /// subscriptions from a fake <see cref="IRegistryClient"/>.
+    /// </summary>
+    public static RegistrySubscription CreateFixed(IEnumerable<SubscriptionEntry> entries, RegistryAnswer answer)
+    {
+        ArgumentNullException.ThrowIfNull(entries);
+        ArgumentNullException.ThrowIfNull(answer);
+        var subscription = new RegistrySubscription(
+            RegistryTransport.Unused(), new SubscriptionDocument([.. entries]), [], new RegistryClientOptions(), null, TimeProvider.System, NullLogger.Instance);
+        subscription.Accept(answer);
+        subscription.SetState(RegistryConnectionState.Connected, null);
+        return subscription;
     }
 
     /// <summary>Raised on the loop's thread after each new answer (the first one too). A handler's exception is logged and ignored.</summary>
@@ -73,10 +88,40 @@ public sealed class RegistrySubscription : IAsyncDisposable
         }
     }
 
+    /// <summary>Where the background loop stands: connected, retrying an outage, refused (the loop has ended), stopped.</summary>
+    public RegistryConnectionState State
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _state;
+            }
+        }
+    }
+
+    /// <summary>Why the last attempt failed (for <see cref="RegistryConnectionState.Refused"/>, the refusal); <see langword="null"/> once one succeeds.</summary>
+    public Exception? LastError
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _lastError;
+            }
+        }
+    }
+
+    /// <summary>Completes when the background loop has ended: refused or disposed.</summary>
+    internal Task Ended => _loop;
+
     /// <summary>The cache file of this subscription, when <see cref="RegistryClientOptions.CacheDirectory"/> is set.</summary>
     public string? CacheFile => _cache?.Path;
 
-    /// <summary>Completes with the first answer: from the registry, or from the cache file when that came first.</summary>
+    /// <summary>
+    /// Completes with the first answer: from the registry, or from the cache file when that came first. Fails with the
+    /// <see cref="RegistryClientException"/> when the registry refuses the subscription before any answer.
+    /// </summary>
     public Task<RegistryAnswer> WaitForFirstAnswerAsync(CancellationToken cancellationToken = default) =>
         _first.Task.WaitAsync(cancellationToken);
 
@@ -91,7 +136,8 @@ public sealed class RegistrySubscription : IAsyncDisposable
 
     /// <summary>
     /// The current answer (when there is one) and then every new answer. A slow reader skips
-    /// intermediate answers and gets the latest: each answer is the whole endpoint set.
+    /// intermediate answers and gets the latest: each answer is the whole endpoint set. Ends when the subscription is
+    /// disposed, and throws the <see cref="RegistryClientException"/> when the registry refuses it.
     /// </summary>
     public async IAsyncEnumerable<RegistryAnswer> WatchAsync([EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
@@ -107,16 +153,24 @@ public sealed class RegistrySubscription : IAsyncDisposable
                 yield break;
             }
 
-            _watchers.Add(channel);
             if (_current is not null)
             {
                 channel.Writer.TryWrite(_current);
+            }
+
+            if (_state == RegistryConnectionState.Refused)
+            {
+                channel.Writer.TryComplete(_lastError);
+            }
+            else
+            {
+                _watchers.Add(channel);
             }
         }
 
         try
         {
-            await foreach (var answer in channel.Reader.ReadAllAsync(cancellationToken))
+            await foreach (var answer in channel.Reader.ReadAllAsync(cancellationToken).ConfigureAwait(false))
             {
                 yield return answer;
             }
@@ -132,7 +186,7 @@ public sealed class RegistrySubscription : IAsyncDisposable
 
     internal async Task StartAsync(CancellationToken cancellationToken)
     {
-        if (_cache is not null && await _cache.TryLoadAsync(_body, cancellationToken) is { } cached)
+        if (_cache is not null && await _cache.TryLoadAsync(_body, cancellationToken).ConfigureAwait(false) is { } cached)
         {
             Accept(cached);
         }
@@ -142,12 +196,33 @@ public sealed class RegistrySubscription : IAsyncDisposable
 
     private async Task RunAsync(CancellationToken stop)
     {
-        while (!stop.IsCancellationRequested)
+        var delay = TimeSpan.Zero;
+        while (true)
         {
-            RegistryAnswer answer;
             try
             {
-                answer = await _retry.ExecuteAsync(static (self, ct) => new ValueTask<RegistryAnswer>(self.PollOnceAsync(ct)), this, stop);
+                await Task.Delay(delay, _time, stop).ConfigureAwait(false);
+                var sentVersion = Current?.Version;
+                var sentAt = _time.GetTimestamp();
+                var answer = await _transport.SubscribeAsync(_body, sentVersion, _wait, stop).ConfigureAwait(false);
+                lock (_gate)
+                {
+                    _lastContact = _time.GetUtcNow();
+                }
+
+                _backoff.Reset();
+                _outage.Reached();
+                SetState(RegistryConnectionState.Connected, null);
+                // The registry holds a poll whose version is current, so an unchanged answer at once means something
+                // in between did not (a node shutting down, a proxy dropping the query): pause rather than spin.
+                delay = string.Equals(answer.Version, sentVersion, StringComparison.Ordinal) && _time.GetElapsedTime(sentAt) < _wait / 2
+                    ? _pause
+                    : TimeSpan.Zero;
+                if (Accept(answer) && _cache is not null)
+                {
+                    // Not cancelled by a dispose that arrives meanwhile: a short local write that a later cold start depends on.
+                    await _cache.TryWriteAsync(_document, answer, CancellationToken.None).ConfigureAwait(false);
+                }
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
             {
@@ -155,46 +230,45 @@ public sealed class RegistrySubscription : IAsyncDisposable
             }
             catch (RegistryClientException e)
             {
-                // Only a refusal (400: the subscription itself is invalid) gets here; retrying cannot help.
+                // A refusal (400: the subscription is invalid; 401/403: the credential) is not something retrying changes.
+                // Everyone waiting hears it rather than hanging: the first answer, every WatchAsync.
                 Log.Refused(_logger, "subscribe", e);
+                lock (_gate)
+                {
+                    _state = RegistryConnectionState.Refused;
+                    _lastError = e;
+                    foreach (var watcher in _watchers)
+                    {
+                        watcher.Writer.TryComplete(e);
+                    }
+
+                    _watchers.Clear();
+                }
+
                 _first.TrySetException(e);
                 return;
             }
-
-            lock (_gate)
+#pragma warning disable CA1031 // The loop must outlive anything a handler or the network throws; it is logged and retried.
+            catch (Exception e)
+#pragma warning restore CA1031
             {
-                _lastContact = _time.GetUtcNow();
-            }
-
-            _outage.Reached();
-
-            if (string.Equals(answer.Version, _sentVersion, StringComparison.Ordinal) && _time.GetElapsedTime(_sentAt) < _wait / 2)
-            {
-                // The registry holds a poll whose version is current, so an unchanged answer at once means something
-                // in between did not (a node shutting down, a proxy dropping the query): pause rather than spin.
-                try
-                {
-                    await Task.Delay(_pause, _time, stop);
-                }
-                catch (OperationCanceledException) when (stop.IsCancellationRequested)
-                {
-                    return;
-                }
-            }
-
-            if (Accept(answer) && _cache is not null)
-            {
-                // Not cancelled by a dispose that arrives meanwhile: a short local write that a later cold start depends on.
-                await _cache.TryWriteAsync(_document, answer, CancellationToken.None);
+                delay = _backoff.Next(e);
+                _outage.Failed(e, _backoff.Failures, delay);
+                SetState(RegistryConnectionState.Unavailable, e);
             }
         }
     }
 
-    private Task<RegistryAnswer> PollOnceAsync(CancellationToken cancellationToken)
+    private void SetState(RegistryConnectionState state, Exception? error)
     {
-        _sentVersion = Current?.Version;
-        _sentAt = _time.GetTimestamp();
-        return _transport.SubscribeAsync(_body, _sentVersion, _wait, cancellationToken);
+        lock (_gate)
+        {
+            if (_state is not RegistryConnectionState.Stopped and not RegistryConnectionState.Refused)
+            {
+                _state = state;
+                _lastError = error;
+            }
+        }
     }
 
     /// <summary>Takes an answer; <see langword="true"/> when it is new.</summary>
@@ -253,13 +327,20 @@ public sealed class RegistrySubscription : IAsyncDisposable
             return;
         }
 
-        await _stop.CancelAsync();
-        await _loop;
+        await _stop.CancelAsync().ConfigureAwait(false);
+        // The loop catches everything; awaiting it only waits for the poll in flight to end.
+        await _loop.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         lock (_gate)
         {
             foreach (var watcher in _watchers)
             {
                 watcher.Writer.TryComplete();
+            }
+
+            _watchers.Clear();
+            if (_state != RegistryConnectionState.Refused)
+            {
+                _state = RegistryConnectionState.Stopped;
             }
         }
 

@@ -5,6 +5,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization.Metadata;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Registry.Client;
 
@@ -17,6 +18,7 @@ internal sealed partial class RegistryTransport
     private static readonly MediaTypeHeaderValue JsonType = new("application/json") { CharSet = "utf-8" };
 
     private readonly Func<HttpClient> _http;
+    private readonly Func<CancellationToken, ValueTask<string?>>? _token;
     private readonly Uri[] _servers;
     private readonly TimeProvider _time;
     private readonly ILogger _logger;
@@ -24,49 +26,81 @@ internal sealed partial class RegistryTransport
 
     // http gives the client for each request: a fixed one, or IHttpClientFactory.CreateClient, whose pooled
     // handlers rotate so that a long-lived registry client still sees DNS changes of the registry's names.
-    public RegistryTransport(Func<HttpClient> http, IEnumerable<Uri> servers, TimeProvider time, ILogger logger)
+    // token gives the bearer token of each request (null: none is sent).
+    public RegistryTransport(Func<HttpClient> http, IEnumerable<Uri> servers, Func<CancellationToken, ValueTask<string?>>? token, TimeProvider time, ILogger logger)
     {
         _http = http;
+        _token = token;
         // A base URL without a trailing slash would lose its last segment when combined with a relative path.
         _servers = servers.Select(s => s.AbsoluteUri.EndsWith('/') ? s : new Uri(s.AbsoluteUri + "/")).ToArray();
         _time = time;
         _logger = logger;
     }
 
+    /// <summary>A transport that is never sent on: for leases and subscriptions that hold fixed values.</summary>
+    public static RegistryTransport Unused() =>
+        new(() => throw new InvalidOperationException("A fixed lease or subscription sends nothing."), [], null, TimeProvider.System, NullLogger.Instance);
+
     public async Task<LeaseDocument> RegisterAsync(ProviderInstance provider, int ttlSeconds, TimeSpan timeout, CancellationToken cancellationToken)
     {
         var body = JsonSerializer.SerializeToUtf8Bytes(provider, ClientJson.Default.ProviderInstance);
-        using var response = await SendAsync(string.Create(CultureInfo.InvariantCulture, $"v1/register?ttl={ttlSeconds}"), body, timeout, cancellationToken);
-        await EnsureSuccessAsync(response, "register", cancellationToken);
-        return await ReadAsync(response, ClientJson.Default.LeaseDocument, cancellationToken);
+        using var response = await SendAsync(HttpMethod.Post, string.Create(CultureInfo.InvariantCulture, $"v1/register?ttl={ttlSeconds}"), body, null, timeout, cancellationToken).ConfigureAwait(false);
+        await EnsureSuccessAsync(response, "register", cancellationToken).ConfigureAwait(false);
+        return await ReadAsync(response, ClientJson.Default.LeaseDocument, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Renews the lease; <see langword="null"/> when the registry does not know the instance (it must register again).</summary>
     public async Task<LeaseDocument?> HeartbeatAsync(ProviderInstance provider, TimeSpan timeout, CancellationToken cancellationToken)
     {
         var body = JsonSerializer.SerializeToUtf8Bytes(provider, ClientJson.Default.ProviderInstance);
-        using var response = await SendAsync("v1/heartbeat", body, timeout, cancellationToken);
+        using var response = await SendAsync(HttpMethod.Post, "v1/heartbeat", body, null, timeout, cancellationToken).ConfigureAwait(false);
         if (response.StatusCode == HttpStatusCode.NotFound)
         {
             return null;
         }
 
-        await EnsureSuccessAsync(response, "heartbeat", cancellationToken);
-        return await ReadAsync(response, ClientJson.Default.LeaseDocument, cancellationToken);
+        await EnsureSuccessAsync(response, "heartbeat", cancellationToken).ConfigureAwait(false);
+        return await ReadAsync(response, ClientJson.Default.LeaseDocument, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Removes the instance; <see langword="false"/> when it was not registered.</summary>
     public async Task<bool> UnregisterAsync(ProviderInstance provider, TimeSpan timeout, CancellationToken cancellationToken)
     {
         var body = JsonSerializer.SerializeToUtf8Bytes(provider, ClientJson.Default.ProviderInstance);
-        using var response = await SendAsync("v1/unregister", body, timeout, cancellationToken);
+        using var response = await SendAsync(HttpMethod.Post, "v1/unregister", body, null, timeout, cancellationToken).ConfigureAwait(false);
         if (response.StatusCode == HttpStatusCode.NotFound)
         {
             return false;
         }
 
-        await EnsureSuccessAsync(response, "unregister", cancellationToken);
+        await EnsureSuccessAsync(response, "unregister", cancellationToken).ConfigureAwait(false);
         return true;
+    }
+
+    /// <summary>
+    /// The one-provider answer at once (<c>GET /v1/services/{application}</c>); <see langword="null"/> when
+    /// <paramref name="ifNoneMatch"/> is still the current version (<c>304</c>).
+    /// </summary>
+    public async Task<RegistryAnswer?> GetServiceAsync(string application, string? ifNoneMatch, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        // wait=0: a conditional GET answers at once (304 when unchanged) instead of being held like a poll.
+        var path = $"v1/services/{Uri.EscapeDataString(application)}{(ifNoneMatch is null ? "" : "?wait=0")}";
+        using var response = await SendAsync(HttpMethod.Get, path, null, ifNoneMatch, timeout, cancellationToken).ConfigureAwait(false);
+        if (response.StatusCode == HttpStatusCode.NotModified)
+        {
+            return null;
+        }
+
+        await EnsureSuccessAsync(response, "get service", cancellationToken).ConfigureAwait(false);
+        return await ReadAsync(response, ClientJson.Default.RegistryAnswer, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>The applications registered now (<c>GET /v1/services</c>).</summary>
+    public async Task<IReadOnlyList<ServiceCount>> GetServicesAsync(TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        using var response = await SendAsync(HttpMethod.Get, "v1/services", null, null, timeout, cancellationToken).ConfigureAwait(false);
+        await EnsureSuccessAsync(response, "list services", cancellationToken).ConfigureAwait(false);
+        return (await ReadAsync(response, ClientJson.Default.ServicesDocument, cancellationToken).ConfigureAwait(false)).Services;
     }
 
     /// <summary>One long poll: sends the version held and takes what comes back.</summary>
@@ -78,31 +112,47 @@ internal sealed partial class RegistryTransport
             : string.Create(CultureInfo.InvariantCulture, $"v1/subscribe?version={Uri.EscapeDataString(version)}&wait={waitSeconds}");
         // The registry adds up to wait/16 of jitter; the rest of the margin is for the network.
         var timeout = TimeSpan.FromSeconds(waitSeconds + (waitSeconds / 16.0) + 10);
-        using var response = await SendAsync(path, subscription, timeout, cancellationToken);
-        await EnsureSuccessAsync(response, "subscribe", cancellationToken);
-        return await ReadAsync(response, ClientJson.Default.RegistryAnswer, cancellationToken);
+        using var response = await SendAsync(HttpMethod.Post, path, subscription, null, timeout, cancellationToken).ConfigureAwait(false);
+        await EnsureSuccessAsync(response, "subscribe", cancellationToken).ConfigureAwait(false);
+        return await ReadAsync(response, ClientJson.Default.RegistryAnswer, cancellationToken).ConfigureAwait(false);
     }
 
-    private async Task<HttpResponseMessage> SendAsync(string path, byte[] body, TimeSpan timeout, CancellationToken cancellationToken)
+    private async Task<HttpResponseMessage> SendAsync(
+        HttpMethod method, string path, byte[]? body, string? ifNoneMatch, TimeSpan timeout, CancellationToken cancellationToken)
     {
+        var token = await TokenAsync(cancellationToken).ConfigureAwait(false);
         Exception? last = null;
+        HttpStatusCode? lastStatus = null;
+        RegistryProblem? lastProblem = null;
         TimeSpan? retryAfter = null;
         var first = Volatile.Read(ref _preferred);
         for (var i = 0; i < _servers.Length; i++)
         {
             var index = (first + i) % _servers.Length;
             var server = _servers[index];
-            using var request = new HttpRequestMessage(HttpMethod.Post, new Uri(server, path))
+            using var request = new HttpRequestMessage(method, new Uri(server, path));
+            if (body is not null)
             {
-                Content = new ByteArrayContent(body) { Headers = { ContentType = JsonType } },
-            };
+                request.Content = new ByteArrayContent(body) { Headers = { ContentType = JsonType } };
+            }
+
+            if (token is not null)
+            {
+                request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+            }
+
+            if (ifNoneMatch is not null)
+            {
+                request.Headers.TryAddWithoutValidation("If-None-Match", $"\"{ifNoneMatch}\"");
+            }
+
             using var timeoutSource = new CancellationTokenSource(timeout, _time);
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeoutSource.Token);
             HttpResponseMessage response;
             try
             {
                 // The body is read within the timeout (ResponseContentRead), so a node that stalls mid-answer counts as failed.
-                response = await _http().SendAsync(request, HttpCompletionOption.ResponseContentRead, linked.Token);
+                response = await _http().SendAsync(request, HttpCompletionOption.ResponseContentRead, linked.Token).ConfigureAwait(false);
             }
             catch (HttpRequestException e)
             {
@@ -117,11 +167,24 @@ internal sealed partial class RegistryTransport
                 continue;
             }
 
+            if (response.StatusCode is HttpStatusCode.Unauthorized or HttpStatusCode.Forbidden)
+            {
+                // Every node checks the same credentials: another node would answer the same, and a retry storm
+                // of refused tokens is what the registry rate-limits. Not an outage.
+                using (response)
+                {
+                    var problem = await ProblemAsync(response, cancellationToken).ConfigureAwait(false);
+                    throw new RegistryAccessDeniedException(Refusal(path, response, problem), response.StatusCode, problem);
+                }
+            }
+
             if ((int)response.StatusCode >= 500 || response.StatusCode == HttpStatusCode.TooManyRequests)
             {
                 var after = RetryAfter(response);
                 retryAfter = after > retryAfter || retryAfter is null ? after : retryAfter;
                 last = new HttpRequestException($"{server} answered {(int)response.StatusCode} {response.ReasonPhrase}.", null, response.StatusCode);
+                lastStatus = response.StatusCode;
+                lastProblem = await ProblemAsync(response, cancellationToken).ConfigureAwait(false);
                 LogServerFailed(_logger, server, last.Message);
                 response.Dispose();
                 continue;
@@ -131,7 +194,28 @@ internal sealed partial class RegistryTransport
             return response;
         }
 
-        throw new RegistryUnavailableException($"No registry server could serve {path}: {last?.Message}", retryAfter, last);
+        // The status and problem are the last node's that answered at all, when one did.
+        throw new RegistryUnavailableException($"No registry server could serve {path}: {last?.Message}", retryAfter, lastStatus, lastProblem, last);
+    }
+
+    private async ValueTask<string?> TokenAsync(CancellationToken cancellationToken)
+    {
+        if (_token is null)
+        {
+            return null;
+        }
+
+        try
+        {
+            // Trimmed: a token read from a mounted file usually ends with a line break, which no header may carry.
+            var token = (await _token(cancellationToken).ConfigureAwait(false))?.Trim();
+            return string.IsNullOrEmpty(token) ? null : token;
+        }
+        catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        {
+            // A token file mid-rotation, an identity provider that is down: transient, retried with backoff.
+            throw new RegistryUnavailableException($"The token provider failed: {e.Message}", e);
+        }
     }
 
     private TimeSpan? RetryAfter(HttpResponseMessage response) => response.Headers.RetryAfter switch
@@ -149,22 +233,37 @@ internal sealed partial class RegistryTransport
         }
 
         // A problem document names the field and the reason: worth carrying into the exception.
-        var detail = await response.Content.ReadAsStringAsync(cancellationToken);
+        var problem = await ProblemAsync(response, cancellationToken).ConfigureAwait(false);
+        throw new RegistryClientException(Refusal(operation, response, problem), response.StatusCode, problem);
+    }
+
+    private static async Task<RegistryProblem?> ProblemAsync(HttpResponseMessage response, CancellationToken cancellationToken) =>
+        RegistryProblem.TryParse(await response.Content.ReadAsStringAsync(cancellationToken).ConfigureAwait(false));
+
+    private static string Refusal(string operation, HttpResponseMessage response, RegistryProblem? problem)
+    {
         var message = new StringBuilder()
-            .Append(CultureInfo.InvariantCulture, $"The registry refused {operation}: {(int)response.StatusCode} {response.ReasonPhrase}")
-            .Append(detail.Length > 0 ? $" {detail}" : "")
-            .ToString();
-        throw new RegistryClientException(message, response.StatusCode);
+            .Append(CultureInfo.InvariantCulture, $"The registry refused {operation}: {(int)response.StatusCode} {response.ReasonPhrase}");
+        if (problem is not null)
+        {
+            message.Append(CultureInfo.InvariantCulture, $". {problem}");
+            foreach (var (field, reasons) in problem.Errors)
+            {
+                message.Append(CultureInfo.InvariantCulture, $" {field}: {string.Join(" ", reasons)}");
+            }
+        }
+
+        return message.ToString();
     }
 
     private static async Task<T> ReadAsync<T>(HttpResponseMessage response, JsonTypeInfo<T> type, CancellationToken cancellationToken)
     {
         try
         {
-            var stream = await response.Content.ReadAsStreamAsync(cancellationToken);
-            await using (stream)
+            var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
+            await using (stream.ConfigureAwait(false))
             {
-                return await JsonSerializer.DeserializeAsync(stream, type, cancellationToken)
+                return await JsonSerializer.DeserializeAsync(stream, type, cancellationToken).ConfigureAwait(false)
                     ?? throw new JsonException("The body is JSON null.");
             }
         }

@@ -88,14 +88,4 @@ public sealed class RegistrationTests(ClientFixture fixture) : ClientTest(fixtur
         Assert.Contains(error.Failures, f => f.StartsWith("Ttl:", StringComparison.Ordinal));
         Assert.Contains(error.Failures, f => f.StartsWith("PollWait:", StringComparison.Ordinal));
     }
-
-    /// <summary>For conditions with no event to await (request counts, a flag); checks every 20 ms up to the deadline.</summary>
-    private static async Task Eventually(Func<bool> condition)
-    {
-        using var deadline = new CancellationTokenSource(Patience);
-        while (!condition())
-        {
-            await Task.Delay(20, deadline.Token);
-        }
-    }
 }

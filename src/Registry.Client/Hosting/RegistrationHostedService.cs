@@ -17,7 +17,7 @@ internal sealed class RegistrationHostedService(RegistryClient client, Func<ISer
     public Task StartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
     public async Task StartedAsync(CancellationToken cancellationToken) =>
-        _lease = await client.RegisterAsync(instance(services), cancellationToken);
+        _lease = await client.RegisterAsync(instance(services), cancellationToken).ConfigureAwait(false);
 
     public Task StoppingAsync(CancellationToken cancellationToken) => DisposeAsync().AsTask();
 
@@ -29,7 +29,7 @@ internal sealed class RegistrationHostedService(RegistryClient client, Func<ISer
     {
         if (Interlocked.Exchange(ref _lease, null) is { } lease)
         {
-            await lease.DisposeAsync();
+            await lease.DisposeAsync().ConfigureAwait(false);
         }
     }
 }

@@ -1,25 +1,50 @@
 using System.Diagnostics.CodeAnalysis;
 using System.Globalization;
 using System.Net;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
+using Microsoft.Extensions.Primitives;
 using Microsoft.Extensions.ServiceDiscovery;
 
 namespace Registry.Client.ServiceDiscovery;
 
-/// <summary>Creates a <see cref="RegistryServiceEndpointProvider"/> for every service name that can be an application name.</summary>
-internal sealed class RegistryServiceEndpointProviderFactory(RegistryClient client, IOptions<RegistryClientOptions> options) : IServiceEndpointProviderFactory
+/// <summary>
+/// Creates a <see cref="RegistryServiceEndpointProvider"/> for service names that can be registered applications:
+/// never <c>localhost</c>, an IP address or a registry server's own host name (resolving the registry through itself
+/// only stalls), and only names of <see cref="RegistryClientOptions.DiscoveryApplications"/> when that is set.
+/// </summary>
+internal sealed class RegistryServiceEndpointProviderFactory(
+    RegistryClient client, IOptions<ServiceDiscoveryOptions> discoveryOptions, TimeProvider time, ILoggerFactory? loggers = null)
+    : IServiceEndpointProviderFactory
 {
+    private readonly ILogger _logger = (loggers ?? Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance).CreateLogger<RegistryServiceEndpointProvider>();
+
     public bool TryCreateProvider(ServiceEndpointQuery query, [NotNullWhen(true)] out IServiceEndpointProvider? provider)
     {
-        if (!IsApplicationName(query.ServiceName))
+        var options = client.Options;
+        var name = query.ServiceName;
+        provider = null;
+        if (!IsApplicationName(name)
+            || string.Equals(name, "localhost", StringComparison.OrdinalIgnoreCase)
+            || IPAddress.TryParse(name, out _)
+            || options.Servers.Any(s => string.Equals(s.Host, name, StringComparison.OrdinalIgnoreCase)))
         {
-            provider = null;
             return false;
         }
 
-        provider = new RegistryServiceEndpointProvider(client, query, options.Value.DiscoveryTimeout);
+        var listed = options.DiscoveryApplications.Count > 0;
+        if (listed && !options.DiscoveryApplications.Any(pattern => Matches(pattern, name)))
+        {
+            return false;
+        }
+
+        provider = new RegistryServiceEndpointProvider(client.Discovery, query, discoveryOptions.Value, options, checkRegistered: !listed, time, _logger);
         return true;
     }
+
+    private static bool Matches(string pattern, string name) =>
+        pattern == "*"
+        || (pattern.EndsWith('*') ? name.StartsWith(pattern[..^1], StringComparison.Ordinal) : string.Equals(pattern, name, StringComparison.Ordinal));
 
     // The registry's name rule: ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$
     private static bool IsApplicationName(string name) =>
@@ -29,25 +54,64 @@ internal sealed class RegistryServiceEndpointProviderFactory(RegistryClient clie
 }
 
 /// <summary>
-/// Resolves a service name through a registry subscription to the application of that name,
-/// keeping only instances whose protocol is one of the query's schemes. The subscription's
-/// change token makes the resolver refresh on every change, and an outage keeps the last endpoints.
+/// Resolves a service name to the instances of the registered application of that name, through the client's
+/// pooled subscriptions. Like the configuration provider: the most preferred scheme of the query that any instance
+/// serves wins (<c>https+http://name</c>), schemes outside <see cref="ServiceDiscoveryOptions.AllowedSchemes"/> are
+/// dropped, and an endpoint name (<c>http://_grpc.name</c>) selects the instances of that protocol. The change token
+/// refreshes the resolver on every change of this application; an outage keeps the last endpoints.
 /// </summary>
-internal sealed class RegistryServiceEndpointProvider(RegistryClient client, ServiceEndpointQuery query, TimeSpan firstAnswerTimeout)
-    : IServiceEndpointProvider
+internal sealed partial class RegistryServiceEndpointProvider : IServiceEndpointProvider, IHostNameFeature
 {
-    private readonly SemaphoreSlim _starting = new(1, 1);
-    private RegistrySubscription? _subscription;
+    private readonly DiscoveryPool _pool;
+    private readonly ServiceEndpointQuery _query;
+    private readonly RegistryClientOptions _options;
+    private readonly bool _checkRegistered;
+    private readonly TimeProvider _time;
+    private readonly ILogger _logger;
+    private readonly string[] _schemes;
+    private readonly bool _anyScheme;
+    private readonly SemaphoreSlim _gate = new(1, 1);
+    private ApplicationWatch? _watch;
+
+    public RegistryServiceEndpointProvider(
+        DiscoveryPool pool, ServiceEndpointQuery query, ServiceDiscoveryOptions discovery, RegistryClientOptions options, bool checkRegistered, TimeProvider time, ILogger logger)
+    {
+        _pool = pool;
+        _query = query;
+        _options = options;
+        _checkRegistered = checkRegistered;
+        _time = time;
+        _logger = logger;
+        _anyScheme = discovery.AllowAllSchemes && query.IncludedSchemes.Count == 0;
+        _schemes = query.IncludedSchemes.Count == 0
+            ? [.. discovery.AllowedSchemes]
+            : [.. query.IncludedSchemes.Where(s => discovery.AllowAllSchemes || discovery.AllowedSchemes.Contains(s, StringComparer.OrdinalIgnoreCase))];
+    }
+
+    string IHostNameFeature.HostName => _query.ServiceName;
 
     public async ValueTask PopulateAsync(IServiceEndpointBuilder endpoints, CancellationToken cancellationToken)
     {
-        var subscription = await SubscriptionAsync(cancellationToken);
-        // Taken before reading the answer, so a change between the two is not missed.
-        endpoints.AddChangeToken(subscription.GetChangeToken());
-        RegistryAnswer? answer;
+        // An earlier provider (an override) resolved the name already.
+        if (endpoints.Endpoints.Count != 0)
+        {
+            return;
+        }
+
+        var watch = await WatchAsync(cancellationToken).ConfigureAwait(false);
+        if (watch is null)
+        {
+            // Not a registered application now: the next provider resolves the name. Asked again after a poll's wait,
+            // so an application registered later is found.
+            endpoints.AddChangeToken(Later());
+            return;
+        }
+
+        // Taken before reading the endpoints, so a change between the two is not missed.
+        endpoints.AddChangeToken(watch.GetChangeToken());
         try
         {
-            answer = await subscription.WaitForFirstAnswerAsync(cancellationToken).WaitAsync(firstAnswerTimeout, cancellationToken);
+            await watch.FirstAnswer.WaitAsync(_options.DiscoveryTimeout, _time, cancellationToken).ConfigureAwait(false);
         }
         catch (TimeoutException)
         {
@@ -55,31 +119,112 @@ internal sealed class RegistryServiceEndpointProvider(RegistryClient client, Ser
             return;
         }
 
-        foreach (var instance in subscription.Current?.Endpoints ?? answer.Endpoints)
+        if (watch.Failure is { } failure)
         {
-            if ((query.IncludedSchemes.Count == 0 || query.IncludedSchemes.Contains(instance.Protocol, StringComparer.OrdinalIgnoreCase))
-                && ToEndPoint(instance.Addr) is { } endPoint)
-            {
-                endpoints.Endpoints.Add(ServiceEndpoint.Create(endPoint));
-            }
+            LogRefused(_logger, _query.ServiceName, failure.Message);
+            await ForgetAsync(watch).ConfigureAwait(false);
+            endpoints.AddChangeToken(Later());
+            return;
+        }
+
+        foreach (var endpoint in Select(watch.Endpoints ?? []))
+        {
+            endpoints.Endpoints.Add(endpoint);
         }
     }
 
-    private async Task<RegistrySubscription> SubscriptionAsync(CancellationToken cancellationToken)
+    private async Task<ApplicationWatch?> WatchAsync(CancellationToken cancellationToken)
     {
-        if (Volatile.Read(ref _subscription) is { } existing)
+        if (Volatile.Read(ref _watch) is { } existing)
         {
             return existing;
         }
 
-        await _starting.WaitAsync(cancellationToken);
+        await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            return _subscription ??= await client.SubscribeAsync(new SubscriptionEntry(query.ServiceName), cancellationToken);
+            if (_watch is not null)
+            {
+                return _watch;
+            }
+
+            // Only a name the registry lists is watched; when the registry cannot say (down, or a credential that may not
+            // list everything), subscribing is how to find out, and a cached answer may be all there is.
+            if (_checkRegistered && await _pool.IsRegisteredAsync(_query.ServiceName, cancellationToken).ConfigureAwait(false) == false)
+            {
+                return null;
+            }
+
+            return _watch = _pool.Acquire(_query.ServiceName);
         }
         finally
         {
-            _starting.Release();
+            _gate.Release();
+        }
+    }
+
+    private async Task ForgetAsync(ApplicationWatch watch)
+    {
+        await _gate.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            if (ReferenceEquals(_watch, watch))
+            {
+                _watch = null;
+                _pool.Release(watch);
+            }
+        }
+        finally
+        {
+            _gate.Release();
+        }
+    }
+
+    private CancellationChangeToken Later() =>
+        new(new CancellationTokenSource(_options.PollWait, _time).Token);
+
+    private IEnumerable<ServiceEndpoint> Select(IReadOnlyList<ProviderInstance> instances)
+    {
+        IEnumerable<ProviderInstance> chosen;
+        if (!string.IsNullOrEmpty(_query.EndpointName))
+        {
+            chosen = instances.Where(i => string.Equals(i.Protocol, _query.EndpointName, StringComparison.OrdinalIgnoreCase));
+        }
+        else if (_anyScheme)
+        {
+            chosen = instances;
+        }
+        else
+        {
+            // The most preferred scheme that any instance serves, and only that one.
+            var best = instances
+                .Select(i => Array.FindIndex(_schemes, s => string.Equals(s, i.Protocol, StringComparison.OrdinalIgnoreCase)))
+                .Where(index => index >= 0)
+                .DefaultIfEmpty(-1)
+                .Min();
+            chosen = best < 0 ? [] : instances.Where(i => string.Equals(i.Protocol, _schemes[best], StringComparison.OrdinalIgnoreCase));
+        }
+
+        foreach (var instance in chosen)
+        {
+            // With several schemes asked for, the endpoint carries the chosen one: an address alone would make the
+            // HTTP handler take the query's first scheme whatever the instance serves.
+            var endPoint = _query.IncludedSchemes.Count > 1 && string.IsNullOrEmpty(_query.EndpointName)
+                ? (Uri.TryCreate($"{instance.Protocol}://{instance.Addr}", UriKind.Absolute, out var uri) ? new UriEndPoint(uri) : null)
+                : ToEndPoint(instance.Addr);
+            if (endPoint is null)
+            {
+                continue;
+            }
+
+            var endpoint = ServiceEndpoint.Create(endPoint);
+            endpoint.Features.Set<IServiceEndpointProvider>(this);
+            if (_options.ApplyHostNameMetadata)
+            {
+                endpoint.Features.Set<IHostNameFeature>(this);
+            }
+
+            yield return endpoint;
         }
     }
 
@@ -97,15 +242,19 @@ internal sealed class RegistryServiceEndpointProvider(RegistryClient client, Ser
             : null;
     }
 
-    public async ValueTask DisposeAsync()
+    public ValueTask DisposeAsync()
     {
-        if (Interlocked.Exchange(ref _subscription, null) is { } subscription)
+        if (Interlocked.Exchange(ref _watch, null) is { } watch)
         {
-            await subscription.DisposeAsync();
+            _pool.Release(watch);
         }
 
-        _starting.Dispose();
+        _gate.Dispose();
+        return default;
     }
 
-    public override string ToString() => $"Registry({query.ServiceName})";
+    public override string ToString() => $"Registry({_query.ServiceName})";
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "The registry refused to resolve {Service}; leaving it to the next provider: {Reason}")]
+    private static partial void LogRefused(ILogger logger, string service, string reason);
 }

@@ -84,6 +84,16 @@ public abstract class ClientTest(ClientFixture fixture) : IDisposable
         return options;
     }
 
+    /// <summary>For conditions with no event to await (request counts, a flag, a state); checks every 20 ms up to the deadline.</summary>
+    protected static async Task Eventually(Func<bool> condition)
+    {
+        using var deadline = new CancellationTokenSource(Patience);
+        while (!condition())
+        {
+            await Task.Delay(20, deadline.Token);
+        }
+    }
+
     /// <summary>Registers without the client: a provider that never heartbeats.</summary>
     protected async Task RegisterOnceAsync(ProviderInstance instance, int ttlSeconds)
     {

@@ -1,0 +1,220 @@
+using System.Net;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
+using Microsoft.Extensions.Primitives;
+using Microsoft.Extensions.ServiceDiscovery;
+using Registry.Client.ServiceDiscovery;
+using Registry.Client.UnitTests.Infrastructure;
+
+namespace Registry.Client.UnitTests;
+
+public sealed class DiscoveryTests : ScriptedTest
+{
+    private readonly Dictionary<string, (string Protocol, string Addr)[]> _registered = new(StringComparer.Ordinal);
+    private readonly List<string> _forbidden = [];
+    private bool _forbiddenNamed = true;
+
+    public DiscoveryTests()
+    {
+        // A registry that knows _registered: lists it, and answers subscriptions from it (holding polls that are current).
+        Handler.Respond = (r, ct) =>
+        {
+            if (r.Path == "/v1/services")
+            {
+                var items = string.Join(",", _registered.Select(p => $$"""{"application":"{{p.Key}}","instances":{{p.Value.Length}}}"""));
+                return Task.FromResult(Scripted.Json(HttpStatusCode.OK, $$"""{"services":[{{items}}]}"""));
+            }
+
+            var providers = System.Text.Json.JsonDocument.Parse(r.Body).RootElement.GetProperty("subscribes").EnumerateArray()
+                .Select(e => e.GetProperty("provider").GetString()!).ToList();
+            if (providers.FirstOrDefault(_forbidden.Contains) is { } forbidden)
+            {
+                return Task.FromResult(Scripted.Problem(HttpStatusCode.Forbidden, "Forbidden", _forbiddenNamed ? $$""","application":"{{forbidden}}","scope":"subscribe" """ : ""));
+            }
+
+            var endpoints = providers.Order(StringComparer.Ordinal)
+                .SelectMany(p => _registered.TryGetValue(p, out var instances) ? instances.Select(i => (p, i.Protocol, i.Addr)) : [])
+                .ToArray();
+            var version = "v" + string.Join("|", endpoints).GetHashCode(StringComparison.Ordinal).ToString("x", System.Globalization.CultureInfo.InvariantCulture);
+            return r.Uri.Query.Contains($"version={version}", StringComparison.Ordinal)
+                ? Scripted.HeldAsync(ct)
+                : Task.FromResult(Scripted.Answer(version, endpoints));
+        };
+    }
+
+    private (RegistryServiceEndpointProviderFactory Factory, RegistryClient Client) NewFactory(Action<RegistryClientOptions>? configure = null, ServiceDiscoveryOptions? discovery = null)
+    {
+        var client = NewClient(configure);
+        return (new RegistryServiceEndpointProviderFactory(client, Options.Create(discovery ?? new ServiceDiscoveryOptions()), Clock), client);
+    }
+
+    private static async Task<List<ServiceEndpoint>> ResolveAsync(RegistryServiceEndpointProviderFactory factory, string uri)
+    {
+        Assert.True(ServiceEndpointQuery.TryParse(uri, out var query));
+        Assert.True(factory.TryCreateProvider(query, out var provider));
+        await using (provider)
+        {
+            var builder = new Builder();
+            await provider.PopulateAsync(builder, CancellationToken.None).AsTask().WaitAsync(Scripted.Patience);
+            return [.. builder.Endpoints];
+        }
+    }
+
+    [Fact]
+    public async Task HttpsPlusHttpKeepsOnlyTheMostPreferredSchemeThatIsPresent()
+    {
+        _registered["web"] = [("http", "10.0.0.1:80"), ("http", "10.0.0.2:80")];
+        _registered["secure"] = [("http", "10.0.0.3:80"), ("https", "10.0.0.3:443")];
+        var (factory, _) = NewFactory();
+
+        var web = await ResolveAsync(factory, "https+http://web");
+        var secure = await ResolveAsync(factory, "https+http://secure");
+
+        // Carrying the scheme, so the HTTP handler calls http:// rather than the query's first scheme.
+        Assert.Equal(["http://10.0.0.1/", "http://10.0.0.2/"], web.Select(e => ((UriEndPoint)e.EndPoint).Uri.ToString()));
+        Assert.Equal(["https://10.0.0.3/"], secure.Select(e => ((UriEndPoint)e.EndPoint).Uri.ToString()));
+    }
+
+    [Fact]
+    public async Task SchemesOutsideAllowedSchemesAreDroppedAndAnEndpointNameSelectsItsProtocol()
+    {
+        _registered["mixed"] = [("http", "10.0.0.1:80"), ("https", "10.0.0.1:443"), ("grpc", "10.0.0.1:5000")];
+        var (factory, _) = NewFactory(discovery: new ServiceDiscoveryOptions { AllowAllSchemes = false, AllowedSchemes = ["http"] });
+
+        var allowed = await ResolveAsync(factory, "https+http://mixed");
+        var grpc = await ResolveAsync(factory, "http://_grpc.mixed");
+
+        Assert.Equal(["http://10.0.0.1/"], allowed.Select(e => ((UriEndPoint)e.EndPoint).Uri.ToString()));
+        Assert.Equal(["10.0.0.1:5000"], grpc.Select(e => e.EndPoint.ToString()));
+    }
+
+    [Fact]
+    public async Task TheHostNameFeatureCarriesTheServiceNameWhenAskedFor()
+    {
+        _registered["web"] = [("http", "10.0.0.1:80")];
+        var (factory, _) = NewFactory(o => o.ApplyHostNameMetadata = true);
+
+        var endpoint = Assert.Single(await ResolveAsync(factory, "http://web"));
+
+        Assert.Equal("web", endpoint.Features.Get<IHostNameFeature>()?.HostName);
+    }
+
+    [Theory]
+    [InlineData("http://localhost")]
+    [InlineData("http://127.0.0.1")]
+    [InlineData("http://registry-a")]
+    public void NamesThatCannotBeApplicationsAreLeftToOtherProviders(string uri)
+    {
+        var (factory, _) = NewFactory();
+        Assert.True(ServiceEndpointQuery.TryParse(uri, out var query));
+
+        Assert.False(factory.TryCreateProvider(query, out _));
+    }
+
+    [Fact]
+    public async Task ANameTheRegistryDoesNotListResolvesToNothingAtOnceWithoutASubscription()
+    {
+        _registered["web"] = [("http", "10.0.0.1:80")];
+        var (factory, _) = NewFactory();
+
+        var endpoints = await ResolveAsync(factory, "http://api.github.com");
+
+        Assert.Empty(endpoints);
+        Assert.Equal(0, Handler.Count("/v1/subscribe"));
+    }
+
+    [Fact]
+    public void WithAnAllowListOnlyItsNamesAreClaimed()
+    {
+        var (factory, _) = NewFactory(o =>
+        {
+            o.DiscoveryApplications.Add("payments.*");
+            o.DiscoveryApplications.Add("web");
+        });
+
+        Assert.True(Claims(factory, "http://payments.api"));
+        Assert.True(Claims(factory, "http://web"));
+        Assert.False(Claims(factory, "http://webshop"));
+
+        static bool Claims(RegistryServiceEndpointProviderFactory factory, string uri) =>
+            ServiceEndpointQuery.TryParse(uri, out var query) && factory.TryCreateProvider(query, out _);
+    }
+
+    [Fact]
+    public async Task ARefusedSubscriptionIsRecreatedOnTheNextResolution()
+    {
+        _registered["web"] = [("http", "10.0.0.1:80")];
+        _forbidden.Add("web");
+        var (factory, _) = NewFactory();
+
+        Assert.Empty(await ResolveAsync(factory, "http://web"));
+        _forbidden.Clear();
+        var endpoints = await ResolveAsync(factory, "http://web");
+
+        Assert.Equal(["10.0.0.1:80"], endpoints.Select(e => e.EndPoint.ToString()));
+        Assert.Equal(2, Handler.Sent.Count(r => r.Path == "/v1/subscribe" && r.Uri.Query.Length == 0));
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task ManyServicesShareFewPollsAndOneForbiddenNameDoesNotTakeItsNeighboursDown(bool problemNamesTheApplication)
+    {
+        for (var i = 0; i < 70; i++)
+        {
+            _registered[$"app{i:D2}"] = [("http", $"10.0.1.{i}:80")];
+        }
+
+        _forbidden.Add("app03");
+        _forbiddenNamed = problemNamesTheApplication;
+        var (_, client) = NewFactory();
+        var pool = client.Discovery;
+        var watches = Enumerable.Range(0, 70).Select(i => pool.Acquire($"app{i:D2}")).ToList();
+
+        await Task.WhenAll(watches.Select(w => w.FirstAnswer)).WaitAsync(Scripted.Patience);
+
+        Assert.All(watches.Where(w => w.Application != "app03"), w => Assert.Equal($"10.0.1.{w.Application[3..].TrimStart('0').PadLeft(1, '0')}:80", Assert.Single(w.Endpoints!).Addr));
+        Assert.IsType<RegistryAccessDeniedException>(watches.Single(w => w.Application == "app03").Failure);
+        var bodies = Handler.Sent.Where(r => r.Path == "/v1/subscribe").Select(r => System.Text.Json.JsonDocument.Parse(r.Body).RootElement.GetProperty("subscribes").GetArrayLength()).ToList();
+        Assert.All(bodies, n => Assert.InRange(n, 1, DiscoveryPool.MaxEntries));
+        if (problemNamesTheApplication)
+        {
+            // Only app03 is let go; the other 69 stay in groups of up to 64: two polls.
+            Assert.Equal(2, pool.GroupCount);
+        }
+    }
+
+    [Fact]
+    public async Task ARetainedWatchServesItsLastAnswerToANewResolverDuringAnOutage()
+    {
+        _registered["web"] = [("http", "10.0.0.1:80")];
+        var (factory, _) = NewFactory(o => o.DiscoveryRetention = TimeSpan.FromMinutes(10));
+        Assert.Single(await ResolveAsync(factory, "http://web"));
+
+        // The resolver went idle and its provider was disposed; then every registry node went down.
+        var inner = Handler.Respond;
+        Handler.Respond = (_, _) => throw new HttpRequestException("Connection refused");
+        Clock.Advance(TimeSpan.FromMinutes(5));
+
+        Assert.Equal(["10.0.0.1:80"], (await ResolveAsync(factory, "http://web")).Select(e => e.EndPoint.ToString()));
+
+        // Past the retention with no resolver, the watch is let go.
+        Clock.Advance(TimeSpan.FromMinutes(11));
+        Handler.Respond = inner;
+        var subscribes = Handler.Count("/v1/subscribe");
+        Assert.Single(await ResolveAsync(factory, "http://web"));
+        Assert.True(Handler.Sent.Skip(subscribes).Any(r => r.Path == "/v1/subscribe" && r.Uri.Query.Length == 0) || Handler.Count("/v1/subscribe") > subscribes);
+    }
+
+    private sealed class Builder : IServiceEndpointBuilder
+    {
+        public IList<ServiceEndpoint> Endpoints { get; } = [];
+
+        public IFeatureCollection Features { get; } = new FeatureCollection();
+
+        public List<IChangeToken> Tokens { get; } = [];
+
+        public void AddChangeToken(IChangeToken changeToken) => Tokens.Add(changeToken);
+    }
+}

@@ -1,0 +1,190 @@
+using System.Net;
+using System.Net.Http.Headers;
+using Microsoft.Extensions.Logging;
+using Registry.Client.UnitTests.Infrastructure;
+
+namespace Registry.Client.UnitTests;
+
+public sealed class LeaseTests : ScriptedTest
+{
+    [Fact]
+    public async Task ALeaseLoopOutlivesAnExceptionNoRegistryTypeWouldThrow()
+    {
+        // An app-wide handler (a resilience pipeline's timeout, a broken delegating handler) throws what it likes.
+        var failures = 2;
+        Handler.Respond = (r, _) => r.Path == "/v1/register" && Interlocked.Decrement(ref failures) >= 0
+            ? throw new InvalidOperationException("thrown by a handler the app added")
+            : Task.FromResult(Scripted.Lease(30, Clock.GetUtcNow()));
+
+        await using var lease = await NewClient().RegisterAsync(Instance());
+        Assert.False(lease.IsRegistered);
+        Assert.Equal(RegistryConnectionState.Unavailable, lease.State);
+        Assert.IsType<InvalidOperationException>(lease.LastError);
+
+        await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(10));
+        await Handler.NextAsync(r => r.Path == "/v1/register");
+        await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(10));
+        await Eventually(() => lease.IsRegistered);
+
+        Assert.Equal(RegistryConnectionState.Connected, lease.State);
+        Assert.Null(lease.LastError);
+        Assert.Equal(3, Handler.Count("/v1/register"));
+    }
+
+    [Fact]
+    public async Task DisposingALeaseFinishesWhateverTheUnregisterThrows()
+    {
+        Handler.Respond = (r, _) => r.Path == "/v1/unregister"
+            ? throw new InvalidOperationException("thrown by a handler the app added")
+            : Task.FromResult(Scripted.Lease(30, Clock.GetUtcNow()));
+        var lease = await NewClient().RegisterAsync(Instance());
+
+        await lease.DisposeAsync();
+
+        Assert.Equal(RegistryConnectionState.Stopped, lease.State);
+        Assert.Equal(1, Handler.Count("/v1/unregister"));
+        Assert.Contains(Logs.Entries, e => e.Level == LogLevel.Warning && e.Message.StartsWith("Could not unregister", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task DisposingWhileARegistrationIsInFlightStillUnregisters()
+    {
+        // The first attempt fails; the retry is held by the registry (it may commit after the client gave up on it).
+        var held = new TaskCompletionSource<HttpResponseMessage>();
+        var attempts = 0;
+        Handler.Respond = (r, ct) => r.Path switch
+        {
+            "/v1/register" when Interlocked.Increment(ref attempts) == 1 => throw new HttpRequestException("refused connection"),
+            "/v1/register" => held.Task.WaitAsync(ct),
+            _ => Task.FromResult(new HttpResponseMessage(HttpStatusCode.NotFound)),
+        };
+        var lease = await NewClient().RegisterAsync(Instance());
+        await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(10));
+        await Eventually(() => Handler.Count("/v1/register") == 2);
+
+        await lease.DisposeAsync();
+
+        Assert.Equal(1, Handler.Count("/v1/unregister"));
+        Assert.False(lease.IsRegistered);
+    }
+
+    [Fact]
+    public async Task ACancellationThatIsNotTheCallersDefersTheFirstRegistrationInsteadOfFailingIt()
+    {
+        // A handler the app added gives up on its own (its timeout, not the caller's token).
+        var first = true;
+        Handler.Respond = (_, _) =>
+        {
+            if (first)
+            {
+                first = false;
+                throw new TaskCanceledException("a handler's own timeout");
+            }
+
+            return Task.FromResult(Scripted.Lease(30, Clock.GetUtcNow()));
+        };
+
+        await using var lease = await NewClient().RegisterAsync(Instance());
+        Assert.False(lease.IsRegistered);
+
+        await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(10));
+        await Eventually(() => lease.IsRegistered);
+    }
+
+    [Fact]
+    public async Task ALeaseThatNeverSentARegistrationSendsNoUnregister()
+    {
+        Handler.Respond = (_, _) => Task.FromResult(Scripted.Problem(HttpStatusCode.BadRequest, "One or more validation errors occurred.", ""","errors":{"addr":["is not host:port"]}"""));
+
+        var error = await Assert.ThrowsAsync<RegistryClientException>(() => NewClient().RegisterAsync(Instance()));
+
+        Assert.Equal("is not host:port", Assert.Single(error.Problem!.Errors["addr"]));
+        Assert.Contains("addr: is not host:port", error.Message, StringComparison.Ordinal);
+        Assert.Equal(0, Handler.Count("/v1/unregister"));
+    }
+
+    [Theory]
+    [InlineData("0")]
+    [InlineData("past date")]
+    public async Task ARetryAfterOfZeroOrInThePastDoesNotTurnBackoffIntoABusyLoop(string retryAfter)
+    {
+        Handler.Respond = (_, _) => Task.FromResult(Scripted.Unavailable(retryAfter == "0"
+            ? new RetryConditionHeaderValue(TimeSpan.Zero)
+            : new RetryConditionHeaderValue(Clock.GetUtcNow().AddMinutes(-5))));
+
+        await using var lease = await NewClient().RegisterAsync(Instance());
+        var delays = new List<TimeSpan>();
+        for (var i = 0; i < 4; i++)
+        {
+            delays.Add(await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(30)));
+        }
+
+        // Exponential from the 1 s base, each drawn from the upper half of its step: never zero.
+        Assert.All(delays, d => Assert.True(d >= TimeSpan.FromSeconds(0.5), $"a delay of {d}"));
+        Assert.True(delays[3] >= TimeSpan.FromSeconds(4), $"the fourth delay is {delays[3]}: backoff did not grow");
+    }
+
+    [Fact]
+    public async Task ALargeRetryAfterIsCappedBelowTheLeasesRenewalDeadline()
+    {
+        var registered = false;
+        Handler.Respond = (r, _) =>
+        {
+            if (r.Path == "/v1/register")
+            {
+                registered = true;
+                return Task.FromResult(Scripted.Lease(30, Clock.GetUtcNow()));
+            }
+
+            // Every heartbeat: "come back in an hour", which would let a 30 s lease run out 119 times over.
+            return Task.FromResult(Scripted.Unavailable(new RetryConditionHeaderValue(TimeSpan.FromHours(1))));
+        };
+        await using var lease = await NewClient().RegisterAsync(Instance());
+        Assert.True(registered);
+
+        var heartbeatIn = await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(10));
+        await Handler.NextAsync(r => r.Path == "/v1/heartbeat");
+        var retryIn = await Clock.NextTimerAsync(d => d != TimeSpan.FromSeconds(5));
+
+        // The lease has 30 s - heartbeatIn left; the retry comes within half of it, so there is room for another.
+        Assert.True(retryIn <= (TimeSpan.FromSeconds(30) - heartbeatIn) / 2, $"retry in {retryIn} after a heartbeat at {heartbeatIn}");
+        Assert.True(retryIn >= TimeSpan.FromSeconds(0.5));
+    }
+
+    [Fact]
+    public async Task ARefusedLeaseRetriesAtAJitteredPaceNotInLockstep()
+    {
+        Handler.Respond = (_, _) => Task.FromResult(Scripted.Problem(HttpStatusCode.Forbidden, "Forbidden", ""","detail":"The credential may not register provider_test.","application":"provider_test","scope":"register" """));
+        // The first refusal throws to the caller (nothing registered); later ones come from the background loop,
+        // as when a token is revoked while the process runs: register first, then refuse.
+        var refuse = false;
+        var inner = Handler.Respond;
+        Handler.Respond = (r, ct) => refuse ? inner(r, ct) : Task.FromResult(Scripted.Lease(3, Clock.GetUtcNow()));
+        await using var lease = await NewClient(o => o.Ttl = TimeSpan.FromSeconds(3)).RegisterAsync(Instance());
+        refuse = true;
+
+        var delays = new List<TimeSpan>();
+        await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(1));
+        for (var i = 0; i < 4; i++)
+        {
+            delays.Add(await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(40)));
+        }
+
+        Assert.Equal(RegistryConnectionState.Refused, lease.State);
+        var denied = Assert.IsType<RegistryAccessDeniedException>(lease.LastError);
+        Assert.False(denied.IsAuthenticationFailure);
+        Assert.Equal("provider_test", denied.Problem!.Extensions["application"].GetString());
+        // About RetryMaxDelay (30 s), give or take a fifth, and not one fixed value for the whole fleet.
+        Assert.All(delays, d => Assert.InRange(d, TimeSpan.FromSeconds(24), TimeSpan.FromSeconds(36)));
+        Assert.True(delays.Distinct().Count() > 1, "every refusal waited exactly the same");
+    }
+
+    private static async Task Eventually(Func<bool> condition)
+    {
+        using var deadline = new CancellationTokenSource(Scripted.Patience);
+        while (!condition())
+        {
+            await Task.Delay(5, deadline.Token);
+        }
+    }
+}

@@ -1,0 +1,181 @@
+using System.Net;
+using Microsoft.Extensions.Logging;
+using Registry.Client.UnitTests.Infrastructure;
+
+namespace Registry.Client.UnitTests;
+
+public sealed class SubscriptionTests : ScriptedTest
+{
+    [Fact]
+    public async Task ASubscriptionLoopOutlivesAnExceptionNoRegistryTypeWouldThrowAndLogsOneWarning()
+    {
+        var failures = 3;
+        Handler.Respond = (_, _) => Interlocked.Decrement(ref failures) >= 0
+            ? throw new InvalidOperationException("thrown by a handler the app added")
+            : Task.FromResult(Scripted.Answer("v1", ("provider_test", "http", "10.0.0.1:80")));
+        await using var subscription = await NewClient().SubscribeAsync(new SubscriptionEntry("provider_test"));
+
+        for (var i = 0; i < 3; i++)
+        {
+            await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(30));
+            if (i == 0)
+            {
+                Assert.Equal(RegistryConnectionState.Unavailable, subscription.State);
+                Assert.IsType<InvalidOperationException>(subscription.LastError);
+            }
+        }
+
+        var first = await subscription.WaitForFirstAnswerAsync().WaitAsync(Scripted.Patience);
+        Assert.Equal("v1", first.Version);
+        Assert.Equal(RegistryConnectionState.Connected, subscription.State);
+        Assert.Null(subscription.LastError);
+        Assert.Single(Logs.Entries, e => e.Level >= LogLevel.Warning);
+        Assert.Contains(Logs.Entries, e => e.Message.Contains("reachable again", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task ARefusedSubscriptionEndsEveryWatcherWithTheRefusal()
+    {
+        var refuse = new TaskCompletionSource<HttpResponseMessage>();
+        Handler.Respond = (_, _) => refuse.Task;
+        var subscription = await NewClient().SubscribeAsync(new SubscriptionEntry("provider_test"));
+        var watcher = Task.Run(async () =>
+        {
+            await foreach (var answer in subscription.WatchAsync())
+            {
+            }
+        });
+        await Handler.NextAsync();
+
+        refuse.SetResult(Scripted.Problem(HttpStatusCode.BadRequest, "One or more validation errors occurred.", ""","errors":{"subscribes[0].protocol":["must match ^[a-z][a-z0-9+.-]{0,31}$"]}"""));
+
+        var error = await Assert.ThrowsAsync<RegistryClientException>(() => watcher.WaitAsync(Scripted.Patience));
+        Assert.Equal(HttpStatusCode.BadRequest, error.StatusCode);
+        Assert.Contains("subscribes[0].protocol", error.Problem!.Errors.Keys);
+        await Assert.ThrowsAsync<RegistryClientException>(() => subscription.WaitForFirstAnswerAsync().WaitAsync(Scripted.Patience));
+        Assert.Equal(RegistryConnectionState.Refused, subscription.State);
+        // A watcher that comes late hears it too, rather than waiting for answers that will never come.
+        await Assert.ThrowsAsync<RegistryClientException>(async () =>
+        {
+            await foreach (var answer in subscription.WatchAsync().WithCancellation(new CancellationTokenSource(Scripted.Patience).Token))
+            {
+            }
+        });
+        await subscription.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task A401IsNeitherFailedOverNorRetriedAsAnOutage()
+    {
+        Handler.Respond = (_, _) => Task.FromResult(Scripted.Problem(HttpStatusCode.Unauthorized, "Unauthorized", ""","detail":"The token is unknown, expired or revoked." """));
+        await using var subscription = await NewClient(o => o.Token = "rgt_secret-that-must-not-leak", Scripted.ServerA, Scripted.ServerB)
+            .SubscribeAsync(new SubscriptionEntry("provider_test"));
+
+        var error = await Assert.ThrowsAsync<RegistryAccessDeniedException>(() => subscription.WaitForFirstAnswerAsync().WaitAsync(Scripted.Patience));
+
+        Assert.True(error.IsAuthenticationFailure);
+        Assert.Equal("The token is unknown, expired or revoked.", error.Problem!.Detail);
+        Assert.Single(Handler.Sent);
+        Assert.Equal(Scripted.ServerA.Host, Handler.Sent[0].Uri.Host);
+        Assert.DoesNotContain("rgt_secret", error.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(Logs.Entries, e => e.Message.Contains("rgt_secret", StringComparison.Ordinal) || (e.Exception?.ToString().Contains("rgt_secret", StringComparison.Ordinal) ?? false));
+        Assert.Equal(RegistryConnectionState.Refused, subscription.State);
+    }
+
+    [Fact]
+    public async Task DisposingEndsTheWatchersAndNeverThrows()
+    {
+        Handler.Respond = (r, ct) => r.Uri.Query.Contains("version", StringComparison.Ordinal)
+            ? FailOddlyOnCancellationAsync(ct)
+            : Task.FromResult(Scripted.Answer("v1"));
+        var subscription = await NewClient().SubscribeAsync(new SubscriptionEntry("provider_test"));
+        var watched = new List<string>();
+        var watcher = Task.Run(async () =>
+        {
+            await foreach (var answer in subscription.WatchAsync())
+            {
+                watched.Add(answer.Version);
+            }
+        });
+        await Handler.NextAsync(r => r.Uri.Query.Contains("version", StringComparison.Ordinal));
+
+        await subscription.DisposeAsync();
+
+        await watcher.WaitAsync(Scripted.Patience);
+        Assert.Equal(["v1"], watched);
+        Assert.Equal(RegistryConnectionState.Stopped, subscription.State);
+    }
+
+    [Fact]
+    public async Task ARetryAfterLongerThanTheBackoffCapIsHonoured()
+    {
+        Handler.Respond = (_, _) => Task.FromResult(Scripted.Unavailable(new System.Net.Http.Headers.RetryConditionHeaderValue(TimeSpan.FromSeconds(60))));
+        await using var subscription = await NewClient(o => o.RetryMaxDelay = TimeSpan.FromSeconds(5)).SubscribeAsync(new SubscriptionEntry("provider_test"));
+
+        var delay = await Clock.PassNextDelayAsync(TimeSpan.FromMinutes(5));
+
+        // At least what the registry asked, plus up to a fifth, so clients told the same time do not return together.
+        Assert.InRange(delay, TimeSpan.FromSeconds(60), TimeSpan.FromSeconds(72));
+        var error = Assert.IsType<RegistryUnavailableException>(subscription.LastError);
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, error.StatusCode);
+        Assert.Equal("The database cannot take a write", error.Problem?.Title);
+        Assert.Null(subscription.Current);
+    }
+
+    [Fact]
+    public async Task AnUnchangedAnswerAtOnceMakesTheNextPollWaitInsteadOfSpinning()
+    {
+        // Something between client and registry drops the version: every poll comes back at once, unchanged.
+        Handler.Respond = (_, _) => Task.FromResult(Scripted.Answer("v1"));
+        await using var subscription = await NewClient().SubscribeAsync(new SubscriptionEntry("provider_test"));
+        await subscription.WaitForFirstAnswerAsync().WaitAsync(Scripted.Patience);
+        await Handler.NextAsync(r => r.Uri.Query.Contains("version=v1", StringComparison.Ordinal));
+
+        var pause = await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(30));
+
+        Assert.Equal(TimeSpan.FromSeconds(1), pause);
+    }
+
+    [Fact]
+    public async Task WithEveryNodeDownTheSubscriptionKeepsItsAnswerAndBacksOffToTheCap()
+    {
+        var down = false;
+        Handler.Respond = (r, ct) => down
+            ? throw new HttpRequestException("Connection refused")
+            : r.Uri.Query.Contains("version", StringComparison.Ordinal)
+                ? Scripted.HeldAsync(ct)
+                : Task.FromResult(Scripted.Answer("v1", ("provider_test", "http", "10.0.0.1:80")));
+        await using var subscription = await NewClient(null, Scripted.ServerA, Scripted.ServerB).SubscribeAsync(new SubscriptionEntry("provider_test"));
+        var before = await subscription.WaitForFirstAnswerAsync().WaitAsync(Scripted.Patience);
+        await Handler.NextAsync(r => r.Uri.Query.Contains("version", StringComparison.Ordinal));
+
+        // The held poll's own timeout runs out while both nodes are down.
+        down = true;
+        Clock.Advance(TimeSpan.FromSeconds(41.875));
+        var delays = new List<TimeSpan>();
+        for (var i = 0; i < 8; i++)
+        {
+            delays.Add(await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(30)));
+        }
+
+        Assert.Same(before, subscription.Current);
+        Assert.Equal(RegistryConnectionState.Unavailable, subscription.State);
+        Assert.IsType<RegistryUnavailableException>(subscription.LastError);
+        // 1, 2, 4, 8, 16 s then the 30 s cap, each from the upper half of its step: one round over both nodes per delay.
+        Assert.All(delays.Skip(5), d => Assert.InRange(d, TimeSpan.FromSeconds(15), TimeSpan.FromSeconds(30)));
+        Assert.Single(Logs.Entries, e => e.Level >= LogLevel.Warning);
+    }
+
+    private static async Task<HttpResponseMessage> FailOddlyOnCancellationAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            await Task.Delay(Timeout.Infinite, cancellationToken);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+
+        throw new InvalidOperationException("a handler that fails oddly on cancellation");
+    }
+}
