@@ -282,9 +282,10 @@ public sealed class Checker(Func<string> database, RegistryApi api, History hist
     }
 
     /// <summary>The violations, each with the part of the history that shows it (the operations and row changes of its instance or application, and the faults around them).</summary>
-    public string Report(IReadOnlyList<RowEvent> rows, int maxPerViolation = 60)
+    public string Report(IReadOnlyList<RowEvent> rows, int maxPerViolation = 40)
     {
         var text = new StringBuilder();
+        text.AppendLine(string.Join(", ", Violations.GroupBy(v => v.Check).Select(g => $"{g.Key}: {g.Count()}")));
         // One example per check and subject is enough to act on; the rest are counted.
         foreach (var group in Violations.GroupBy(v => v.Check))
         {
@@ -298,7 +299,7 @@ public sealed class Checker(Func<string> database, RegistryApi api, History hist
                 }
             }
 
-            foreach (var violation in group.Skip(3).Take(20))
+            foreach (var violation in group.Skip(3).Take(5))
             {
                 text.AppendLine(CultureInfo.InvariantCulture, $"  {violation}");
             }
@@ -321,9 +322,12 @@ public sealed class Checker(Func<string> database, RegistryApi api, History hist
         }
 
         var related = rows.Where(r => Concerns(r.Application, r.Addr) && (violation.Addr is not null || r.Change != 'E')).ToList();
-        var first = ops.Select(o => o.Invoked).Concat(related.Select(r => r.At)).DefaultIfEmpty(violation.At).Min();
-        return ops.Select(o => (o.Invoked, o.ToString()))
-            .Concat(related.Select(r => (r.At, r.ToString())))
+        // The instance's last lifetime (from its last registration) up to the violation, with the faults during it.
+        var lastRegister = ops.Where(o => o.Kind == OpKind.Register && o.Invoked < violation.At - TimeSpan.FromSeconds(1)).Select(o => o.Invoked).DefaultIfEmpty(DateTimeOffset.MinValue).Max();
+        var first = new[] { lastRegister, violation.At - TimeSpan.FromSeconds(20) }.Max();
+        var last = violation.At + TimeSpan.FromSeconds(2);
+        return ops.Where(o => o.Invoked >= first && o.Invoked <= last).Select(o => (o.Invoked, o.ToString()))
+            .Concat(related.Where(r => r.At >= first && r.At <= last).Select(r => (r.At, r.ToString())))
             .Concat(history.Faults.Where(f => f.Ended >= first && f.Started <= violation.At).Select(f => (f.Started, f.ToString())))
             .OrderBy(l => l.Item1)
             .Select(l => l.Item2);

@@ -71,6 +71,8 @@ public sealed class Workload(RegistryApi api, History history, int seed)
         var addr = $"10.0.{p % 5}.{p}:8080";
         var zone = random.Next(2) == 0 ? "a" : "b";
         var ttl = random.Next(4, 7);
+        // Half the providers keep to one node until it fails them, as a client library does; the rest spread every call.
+        int? home = p % 2 == 0 ? random.Next(api.NodeCount) : null;
         var registered = false;
         await Task.Delay(random.Next(0, 1000), stop);
         while (!stop.IsCancellationRequested)
@@ -83,8 +85,12 @@ public sealed class Workload(RegistryApi api, History history, int seed)
                     return;
                 }
 
-                var op = await api.RegisterAsync(client, random.Next(api.NodeCount), application, addr, zone, ttl, stop);
+                var op = await api.RegisterAsync(client, home ?? random.Next(api.NodeCount), application, addr, zone, ttl, stop);
                 registered = op.Outcome == Outcome.Acknowledged;
+                if (op.Outcome == Outcome.Unknown && home is not null)
+                {
+                    home = (home + 1) % api.NodeCount;
+                }
                 if (!registered)
                 {
                     await Task.Delay(200, stop);
@@ -94,12 +100,20 @@ public sealed class Workload(RegistryApi api, History history, int seed)
 
             await Task.Delay(TimeSpan.FromSeconds(ttl / 3.0 * (0.7 + 0.3 * random.NextDouble())), stop);
             var roll = random.NextDouble();
-            if (!_quiescent && roll < 0.06)
+            if (!_quiescent && roll < 0.04)
             {
                 // A redeploy: new meta, maybe a new TTL, through any node.
                 zone = random.Next(2) == 0 ? "a" : "b";
                 ttl = random.Next(4, 7);
                 registered = false;
+            }
+            else if (!_quiescent && roll < 0.06 && home is { } at)
+            {
+                // A long lease through the home node, then a short one through another node, then
+                // heartbeats through the home node again: the home node must renew what the
+                // database holds, not what it last wrote itself.
+                await api.RegisterAsync(client, at, application, addr, zone, 60, stop);
+                await api.RegisterAsync(client, (at + 1 + random.Next(api.NodeCount - 1)) % api.NodeCount, application, addr, zone, ttl, stop);
             }
             else if (!_quiescent && roll < 0.09)
             {
@@ -112,28 +126,32 @@ public sealed class Workload(RegistryApi api, History history, int seed)
             }
             else
             {
-                registered = await HeartbeatAsync(client, application, addr, random, stop);
+                (registered, home) = await HeartbeatAsync(client, application, addr, home, random, stop);
             }
         }
     }
 
-    /// <summary>Heartbeats through random nodes, failing over on 503 or no answer as a client library does.</summary>
-    private async Task<bool> HeartbeatAsync(string client, string application, string addr, Random random, CancellationToken stop)
+    /// <summary>
+    /// Heartbeats through the home node (or a random one), failing over on 503 or no answer as a
+    /// client library does; the node that answered becomes the home. False: 404, register again.
+    /// </summary>
+    private async Task<(bool Registered, int? Home)> HeartbeatAsync(string client, string application, string addr, int? home, Random random, CancellationToken stop)
     {
-        var first = random.Next(api.NodeCount);
+        var first = home ?? random.Next(api.NodeCount);
         for (var i = 0; i < api.NodeCount; i++)
         {
-            var op = await api.HeartbeatAsync(client, (first + i) % api.NodeCount, application, addr, stop);
+            var node = (first + i) % api.NodeCount;
+            var op = await api.HeartbeatAsync(client, node, application, addr, stop);
             switch (op.Outcome)
             {
                 case Outcome.Acknowledged:
-                    return true;
+                    return (true, home is null ? null : node);
                 case Outcome.Refused:
-                    return false; // 404: the provider must register again
+                    return (false, home); // 404: the provider must register again
             }
         }
 
-        return true; // no node could answer: keep the registration, try again next period
+        return (true, home); // no node could answer: keep the registration, try again next period
     }
 
     private async Task DeploysAsync(TimeSpan runFor, Random random, CancellationToken stop)
