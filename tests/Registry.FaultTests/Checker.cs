@@ -22,7 +22,7 @@ public sealed class Checker(Func<string> database, RegistryApi api, History hist
     /// <summary>How soon after the database is back the grace rule runs (a reconnect and a sweep interval, generously).</summary>
     private static readonly TimeSpan GraceDelay = TimeSpan.FromSeconds(10);
 
-    public List<Violation> Violations { get; } = [];
+    public List<Violation> Violations { get; } = [.. history.Violations];
 
     /// <summary>Every application the history touched.</summary>
     public IReadOnlyList<string> Applications() =>
@@ -339,7 +339,7 @@ public sealed class Checker(Func<string> database, RegistryApi api, History hist
     private static bool Same(List<Endpoint>? a, List<Endpoint>? b) =>
         (a ?? []).SequenceEqual(b ?? []);
 
-    private static string? Difference(IReadOnlyList<Endpoint> expected, IReadOnlyList<Endpoint> served)
+    internal static string? Difference(IReadOnlyList<Endpoint> expected, IReadOnlyList<Endpoint> served)
     {
         var missing = expected.Except(served).ToList();
         var extra = served.Except(expected).ToList();

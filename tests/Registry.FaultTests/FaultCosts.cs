@@ -6,7 +6,7 @@ namespace Registry.FaultTests;
 /// <summary>What one injected fault cost the clients: how long writes through a node were refused, and how stale reads were.</summary>
 public sealed record FaultCost(FaultEvent Fault, TimeSpan WritesRefused, int? RefusedNode, TimeSpan? ReadsStale, bool StaleBeyondLimit);
 
-/// <summary>Measures each fault's cost from the history (provider and probe writes, probe staleness samples).</summary>
+/// <summary>Measures each fault's cost from the history (the probes' writes and staleness samples).</summary>
 public static class FaultCosts
 {
     /// <summary>How long after a fault ends its effects are still attributed to it (bounded by the next fault).</summary>
@@ -16,8 +16,8 @@ public static class FaultCosts
     {
         var faults = history.Faults.OrderBy(f => f.Started).ToList();
         var writes = history.Ops
-            .Where(o => o.Kind is OpKind.Register or OpKind.Heartbeat or OpKind.Unregister
-                && (o.Client.StartsWith("provider", StringComparison.Ordinal) || o.Client.StartsWith("probe", StringComparison.Ordinal)))
+            // The probes write through their own node only, retrying every 200 ms after a refusal.
+            .Where(o => o.Kind == OpKind.Register && o.Client.StartsWith("probe", StringComparison.Ordinal))
             .OrderBy(o => o.Invoked)
             .ToList();
         var costs = new List<FaultCost>();

@@ -141,7 +141,48 @@ public sealed class FaultInjector(FaultCluster cluster, RegistryApi api, History
         await Task.Delay(hold, cancellationToken);
         await NotifyAsync(first, application, cancellationToken);
         await firstTransaction.CommitAsync(cancellationToken);
-        return (application, $"lower revision committed {hold.TotalMilliseconds:F0} ms after the higher one");
+        var converged = await ConvergedAsync(application, cancellationToken);
+        return (application, $"lower revision committed {hold.TotalMilliseconds:F0} ms after the higher one; {converged}");
+    }
+
+    /// <summary>
+    /// Checked at once, not only at quiescence: only this fault writes the application, and a
+    /// later fault that makes nodes reload everything would hide the stale answer.
+    /// </summary>
+    private async Task<string> ConvergedAsync(string application, CancellationToken cancellationToken)
+    {
+        var began = DateTimeOffset.UtcNow;
+        var deadline = began + FaultCluster.ConsistencyCheckInterval * 2 + TimeSpan.FromSeconds(2);
+        while (true)
+        {
+            var table = (await RegistryTables.TableAsync(cluster.Database.ConnectionString, cancellationToken)).GetValueOrDefault(application) ?? [];
+            var stale = new List<string>();
+            for (var node = 0; node < api.NodeCount; node++)
+            {
+                if (await api.ServedAsync(node, application, cancellationToken) is { } served && Checker.Difference(table, served.Endpoints) is { } difference)
+                {
+                    stale.Add($"node{node} {difference}");
+                }
+            }
+
+            if (stale.Count == 0)
+            {
+                return $"every node served it after {(DateTimeOffset.UtcNow - began).TotalMilliseconds:F0} ms";
+            }
+
+            if (DateTimeOffset.UtcNow > deadline)
+            {
+                foreach (var node in stale)
+                {
+                    history.Violations.Enqueue(new Violation("node-serves-table", application, null, began,
+                        $"{(DateTimeOffset.UtcNow - began).TotalSeconds:F0} s after an out-of-order commit, {node}"));
+                }
+
+                return $"{stale.Count} node(s) still stale after {(DateTimeOffset.UtcNow - began).TotalSeconds:F0} s";
+            }
+
+            await Task.Delay(200, cancellationToken);
+        }
     }
 
     private static async Task UpdateAsync(NpgsqlConnection connection, string application, string addr, string write, CancellationToken cancellationToken)

@@ -115,6 +115,9 @@ public sealed class History
     /// <summary>How long after a probe write each node served it (reads stale), or null when it did not within the limit.</summary>
     public ConcurrentQueue<(DateTimeOffset Written, int Node, TimeSpan? Lag)> Staleness { get; } = new();
 
+    /// <summary>Broken promises seen while the run was still going (checked where the fault leaves nothing else to blame).</summary>
+    public ConcurrentQueue<Violation> Violations { get; } = new();
+
     public Op Begin(string client, OpKind kind, int node, string application, string addr = "", string? write = null, int? ttl = null) => new()
     {
         Id = Interlocked.Increment(ref _next),

@@ -221,11 +221,14 @@ public sealed class Workload(RegistryApi api, History history, int seed)
     private async Task ProbeAsync(int node, CancellationToken stop)
     {
         var addr = $"10.250.0.{node}:80";
+        var refused = false;
         while (!stop.IsCancellationRequested && !_quiescent)
         {
-            await Task.Delay(1200, stop);
+            // After a refusal, try again soon: the span of refusals through this node is "writes refused".
+            await Task.Delay(refused ? 200 : 1200, stop);
             var op = await api.RegisterAsync($"probe{node}", node, "probe", addr, "a", 60, stop);
-            if (op.Outcome != Outcome.Acknowledged)
+            refused = op.Outcome != Outcome.Acknowledged;
+            if (refused)
             {
                 continue;
             }
