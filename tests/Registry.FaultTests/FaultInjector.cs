@@ -19,18 +19,22 @@ public sealed class FaultInjector(FaultCluster cluster, RegistryApi api, History
         var random = new Random(seed ^ 0x5eed);
         var ends = DateTimeOffset.UtcNow + runFor;
         var schedule = new Queue<string>();
-        while (DateTimeOffset.UtcNow < ends)
+        var injected = new HashSet<string>(StringComparer.Ordinal);
+        // Every kind at least once, however long a node takes to start again on a busy machine.
+        while (DateTimeOffset.UtcNow < ends || injected.Count < Kinds.Length)
         {
             if (schedule.Count == 0)
             {
-                foreach (var kind in Kinds.OrderBy(_ => random.Next()))
+                foreach (var next in Kinds.OrderBy(_ => random.Next()))
                 {
-                    schedule.Enqueue(kind);
+                    schedule.Enqueue(next);
                 }
             }
 
             await Task.Delay(TimeSpan.FromSeconds(2 + 3 * random.NextDouble()), cancellationToken);
-            await InjectAsync(schedule.Dequeue(), random, cancellationToken);
+            var kind = schedule.Dequeue();
+            injected.Add(kind);
+            await InjectAsync(kind, random, cancellationToken);
         }
     }
 

@@ -238,9 +238,9 @@ public sealed class Workload(RegistryApi api, History history, int seed)
             var limit = op.Completed + TimeSpan.FromSeconds(10);
             while (seen.Any(s => s is null) && DateTimeOffset.UtcNow < limit)
             {
-                for (var n = 0; n < api.NodeCount; n++)
+                await Task.WhenAll(Enumerable.Range(0, api.NodeCount).Where(n => seen[n] is null).Select(async n =>
                 {
-                    if (seen[n] is null && await api.ServedAsync(n, "probe", stop) is { } served)
+                    if (await api.ServedAsync(n, "probe", stop) is { } served)
                     {
                         answered[n] = true;
                         if (served.Endpoints.Any(e => e.Addr == addr && e.Meta.Contains($"w={op.Write}", StringComparison.Ordinal)))
@@ -248,9 +248,9 @@ public sealed class Workload(RegistryApi api, History history, int seed)
                             seen[n] = DateTimeOffset.UtcNow - op.Completed;
                         }
                     }
-                }
+                }));
 
-                await Task.Delay(100, stop);
+                await Task.Delay(50, stop);
             }
 
             // A node that did not answer at all (killed) served nothing stale.

@@ -56,7 +56,11 @@ public sealed class FaultCluster : IAsyncDisposable
             await cluster.Nodes[0].StartAsync(cancellationToken);
             await cluster.Nodes[0].WaitForAsync("/readyz", TimeSpan.FromSeconds(60), cancellationToken);
             await RegistryTables.InstallRecorderAsync(database.ConnectionString, cancellationToken);
-            await Task.WhenAll(cluster.Nodes.Skip(1).Select(n => n.StartAsync(cancellationToken)));
+            foreach (var node in cluster.Nodes.Skip(1))
+            {
+                await node.StartAsync(cancellationToken);
+            }
+
             await cluster.WaitReadyAsync(TimeSpan.FromSeconds(60), cancellationToken);
             cluster._background.Add(cluster.ListenAsync(cluster._stop.Token));
             cluster._background.Add(cluster.SamplePopulationAsync(cluster._stop.Token));

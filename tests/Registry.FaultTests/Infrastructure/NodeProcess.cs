@@ -32,8 +32,29 @@ public sealed class NodeProcess : IAsyncDisposable
 
     public bool Running => _process is { HasExited: false };
 
-    /// <summary>Starts the process and waits until <c>/healthz</c> answers.</summary>
+    /// <summary>
+    /// Starts the process and waits until <c>/healthz</c> answers. A node that exits at start
+    /// (its first connection timed out on a busy machine: it fails fast by design) is started
+    /// again, twice at most.
+    /// </summary>
     public async Task StartAsync(CancellationToken cancellationToken)
+    {
+        for (var attempt = 1; ; attempt++)
+        {
+            Launch();
+            try
+            {
+                await WaitForAsync("/healthz", TimeSpan.FromSeconds(60), cancellationToken);
+                return;
+            }
+            catch (InvalidOperationException) when (attempt < 3 && !Running)
+            {
+                await KillAsync();
+            }
+        }
+    }
+
+    private void Launch()
     {
         var start = new ProcessStartInfo("dotnet")
         {
@@ -52,7 +73,7 @@ public sealed class NodeProcess : IAsyncDisposable
         }
 
         var log = new StreamWriter(_logFile, append: true) { AutoFlush = true };
-        await log.WriteLineAsync($"--- started {DateTimeOffset.UtcNow:O}");
+        log.WriteLine($"--- started {DateTimeOffset.UtcNow:O}");
         var process = new Process { StartInfo = start, EnableRaisingEvents = true };
         process.OutputDataReceived += (_, e) => Write(log, e.Data);
         process.ErrorDataReceived += (_, e) => Write(log, e.Data);
@@ -61,7 +82,6 @@ public sealed class NodeProcess : IAsyncDisposable
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
         _process = process;
-        await WaitForAsync("/healthz", TimeSpan.FromSeconds(60), cancellationToken);
     }
 
     /// <summary>SIGKILL: nothing of the node's shutdown runs.</summary>
