@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using Registry.Model;
+using Registry.State;
 
 namespace Registry.Subscription;
 

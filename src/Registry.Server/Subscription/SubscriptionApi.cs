@@ -4,6 +4,7 @@ using Microsoft.Net.Http.Headers;
 using Registry.ChangeFeed;
 using Registry.Model;
 using Registry.Operations;
+using Registry.State;
 
 namespace Registry.Subscription;
 

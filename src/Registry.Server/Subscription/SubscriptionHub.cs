@@ -1,5 +1,6 @@
 using Registry.Model;
 using Registry.Operations;
+using Registry.State;
 
 namespace Registry.Subscription;
 
