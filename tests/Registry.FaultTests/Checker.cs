@@ -273,7 +273,8 @@ public sealed class Checker(Func<string> database, RegistryApi api, History hist
                 Violations.Add(new Violation("grace-without-outage", extension.Application, extension.Addr, extension.At,
                     $"lease moved from {Op.Time(extension.OldExpires!.Value)} to {Op.Time(extension.NewExpires!.Value)} by '{extension.Kind}' with no cluster-wide outage before it"));
             }
-            else if (extension.OldExpires < outage.Started - Tolerance)
+            // The cluster knows when an outage began only to within a liveness mark.
+            else if (extension.OldExpires < outage.Started - FaultCluster.LivenessInterval - Tolerance)
             {
                 Violations.Add(new Violation("grace-revived-expired", extension.Application, extension.Addr, extension.At,
                     $"lease that ran out at {Op.Time(extension.OldExpires!.Value)}, before the outage began at {Op.Time(outage.Started)}, revived until {Op.Time(extension.NewExpires!.Value)}"));

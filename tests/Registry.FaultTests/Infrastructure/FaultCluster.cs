@@ -18,6 +18,7 @@ public sealed class FaultCluster : IAsyncDisposable
     public const int SelfPreservationMinInstances = 10;
     public static readonly TimeSpan SelfPreservationWindow = TimeSpan.FromSeconds(10);
     public static readonly TimeSpan ConsistencyCheckInterval = TimeSpan.FromSeconds(3);
+    public static readonly TimeSpan LivenessInterval = TimeSpan.FromMilliseconds(500);
 
     private readonly History _history;
     private readonly CancellationTokenSource _stop = new();
@@ -81,6 +82,9 @@ public sealed class FaultCluster : IAsyncDisposable
         ["Registry__Leases__MinTtlSeconds"] = "1",
         ["Registry__Leases__RenewalInterval"] = "00:00:00.100",
         ["Registry__Leases__SweepInterval"] = "00:00:00.200",
+        // A PostgreSQL restart (2-4 s here) is a cluster-wide gap that owes grace.
+        ["Registry__Leases__LivenessInterval"] = LivenessInterval.ToString("c"),
+        ["Registry__Leases__GraceGap"] = "00:00:02",
         ["Registry__Leases__SelfPreservationShare"] = SelfPreservationShare.ToString(System.Globalization.CultureInfo.InvariantCulture),
         ["Registry__Leases__SelfPreservationMinInstances"] = SelfPreservationMinInstances.ToString(System.Globalization.CultureInfo.InvariantCulture),
         ["Registry__Leases__SelfPreservationWindow"] = SelfPreservationWindow.ToString("c"),
@@ -116,8 +120,9 @@ public sealed class FaultCluster : IAsyncDisposable
                 await connection.OpenAsync(cancellationToken);
                 connection.Notification += (_, e) =>
                 {
+                    // First line: the application, then a space and a node's tag when it is a node's own batch.
                     var lines = e.Payload.Split('\n');
-                    _history.Notices.Enqueue(new Notice(DateTimeOffset.UtcNow, lines[0], lines.Length == 1 ? null : lines[1..]));
+                    _history.Notices.Enqueue(new Notice(DateTimeOffset.UtcNow, lines[0].Split(' ')[0], lines.Length == 1 ? null : lines[1..]));
                 };
                 await using (var listen = new NpgsqlCommand("LISTEN registry_changes", connection))
                 {
