@@ -251,8 +251,9 @@ public sealed class Checker(Func<string> database, RegistryApi api, History hist
             var budget = Math.Max((int)(FaultCluster.SelfPreservationShare * live), FaultCluster.SelfPreservationMinInstances);
             if (end - start > budget + 1)
             {
+                var sweeps = evictions.Skip(start).Take(end - start).GroupBy(e => e.Transaction).Select(g => $"{g.Count()} at {Op.Time(g.First().At)} (tx {g.Key})");
                 Violations.Add(new Violation("self-preservation-budget", string.Join(",", evictions.Skip(start).Take(end - start).Select(e => e.Application).Distinct()), null, from,
-                    $"{end - start} instances evicted within {window.TotalSeconds:F0} s from {Op.Time(from)}; the cluster-wide budget is {budget} (share {FaultCluster.SelfPreservationShare} of up to {live} live, at least {FaultCluster.SelfPreservationMinInstances})"));
+                    $"{end - start} instances evicted within {window.TotalSeconds:F0} s from {Op.Time(from)}; the cluster-wide budget is {budget} (share {FaultCluster.SelfPreservationShare} of up to {live} live, at least {FaultCluster.SelfPreservationMinInstances}); sweeps: {string.Join(", ", sweeps)}"));
                 return; // one window shows it
             }
         }

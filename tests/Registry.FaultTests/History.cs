@@ -77,10 +77,10 @@ public sealed record FaultEvent(string Kind, string Target, DateTimeOffset Start
 }
 
 /// <summary>One change of an <c>instances</c> row as the test's trigger recorded it in the database.</summary>
-public sealed record RowEvent(long Id, DateTimeOffset At, char Change, string Kind, string Application, string Protocol, string Addr, string? Write, DateTimeOffset? OldExpires, DateTimeOffset? NewExpires)
+public sealed record RowEvent(long Id, DateTimeOffset At, char Change, string Kind, string Application, string Protocol, string Addr, string? Write, DateTimeOffset? OldExpires, DateTimeOffset? NewExpires, long Transaction)
 {
     public override string ToString() =>
-        $"{Op.Time(At)} ROW {Change} by {Kind} {Application}/{Addr}{(Write is null ? "" : $" w={Write}")} expires {(OldExpires is { } o ? Op.Time(o) : "-")} -> {(NewExpires is { } n ? Op.Time(n) : "-")}";
+        $"{Op.Time(At)} ROW {Change} by {Kind} (tx {Transaction}) {Application}/{Addr}{(Write is null ? "" : $" w={Write}")} expires {(OldExpires is { } o ? Op.Time(o) : "-")} -> {(NewExpires is { } n ? Op.Time(n) : "-")}";
 }
 
 /// <summary>A notification the test's own LISTEN session received.</summary>

@@ -20,7 +20,7 @@ public static class RegistryTables
             CREATE TABLE fault_row_events (
                 id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp(), change char(1) NOT NULL,
                 kind text NOT NULL, application text NOT NULL, protocol text NOT NULL, addr text NOT NULL,
-                write text, old_expires timestamptz, new_expires timestamptz);
+                write text, old_expires timestamptz, new_expires timestamptz, tx bigint NOT NULL DEFAULT txid_current());
             CREATE FUNCTION fault_record() RETURNS trigger LANGUAGE plpgsql AS $$
             DECLARE
                 q text := current_query();
@@ -58,7 +58,7 @@ public static class RegistryTables
         await using var connection = new NpgsqlConnection(connectionString);
         await connection.OpenAsync(cancellationToken);
         await using var command = new NpgsqlCommand(
-            "SELECT id, at, change, kind, application, protocol, addr, write, old_expires, new_expires FROM fault_row_events ORDER BY id", connection);
+            "SELECT id, at, change, kind, application, protocol, addr, write, old_expires, new_expires, tx FROM fault_row_events ORDER BY id", connection);
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         var events = new List<RowEvent>();
         while (await reader.ReadAsync(cancellationToken))
@@ -66,7 +66,8 @@ public static class RegistryTables
             events.Add(new RowEvent(
                 reader.GetInt64(0), reader.GetFieldValue<DateTimeOffset>(1), reader.GetString(2)[0], reader.GetString(3),
                 reader.GetString(4), reader.GetString(5), reader.GetString(6), reader.IsDBNull(7) ? null : reader.GetString(7),
-                reader.IsDBNull(8) ? null : reader.GetFieldValue<DateTimeOffset>(8), reader.IsDBNull(9) ? null : reader.GetFieldValue<DateTimeOffset>(9)));
+                reader.IsDBNull(8) ? null : reader.GetFieldValue<DateTimeOffset>(8), reader.IsDBNull(9) ? null : reader.GetFieldValue<DateTimeOffset>(9),
+                reader.GetInt64(10)));
         }
 
         return events;
