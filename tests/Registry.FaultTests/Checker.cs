@@ -247,13 +247,16 @@ public sealed class Checker(Func<string> database, RegistryApi api, History hist
                 end++;
             }
 
-            var live = population.Where(p => p.At > from - window && p.At < from + window).Select(p => p.Count).DefaultIfEmpty(0).Max();
+            // The population self-preservation measures is the live instances plus those evicted within the window before.
+            var live = population.Where(p => p.At > from - window && p.At < from + window)
+                .Select(p => p.Count + evictions.Count(e => e.At > p.At - window && e.At <= p.At))
+                .DefaultIfEmpty(0).Max();
             var budget = Math.Max((int)(FaultCluster.SelfPreservationShare * live), FaultCluster.SelfPreservationMinInstances);
             if (end - start > budget + 1)
             {
                 var sweeps = evictions.Skip(start).Take(end - start).GroupBy(e => e.Transaction).Select(g => $"{g.Count()} at {Op.Time(g.First().At)} (tx {g.Key})");
                 Violations.Add(new Violation("self-preservation-budget", string.Join(",", evictions.Skip(start).Take(end - start).Select(e => e.Application).Distinct()), null, from,
-                    $"{end - start} instances evicted within {window.TotalSeconds:F0} s from {Op.Time(from)}; the cluster-wide budget is {budget} (share {FaultCluster.SelfPreservationShare} of up to {live} live, at least {FaultCluster.SelfPreservationMinInstances}); sweeps: {string.Join(", ", sweeps)}"));
+                    $"{end - start} instances evicted within {window.TotalSeconds:F0} s from {Op.Time(from)}; the cluster-wide budget is {budget} (share {FaultCluster.SelfPreservationShare} of up to {live} live and recently evicted, at least {FaultCluster.SelfPreservationMinInstances}); sweeps: {string.Join(", ", sweeps)}"));
                 return; // one window shows it
             }
         }
