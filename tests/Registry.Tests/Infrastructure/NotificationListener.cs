@@ -45,6 +45,23 @@ public sealed class NotificationListener : IAsyncDisposable
     public string?[] Tags(string application) =>
         _payloads.Where(p => ApplicationOf(p) == application).Select(p => p.Split('\n')[0].Split(' ') is [_, var tag] ? tag : null).ToArray();
 
+    /// <summary>Completes once <paramref name="condition"/> holds for the number of the application's notifications.</summary>
+    public async Task WaitUntilAsync(string application, Func<int, bool> condition)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (!condition(Count(application)))
+        {
+            var waiter = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _waiting[application] = waiter;
+            if (condition(Count(application)))
+            {
+                break;
+            }
+
+            await waiter.Task.WaitAsync(deadline - DateTime.UtcNow);
+        }
+    }
+
     public Task WaitForAsync(string application)
     {
         var waiter = _waiting.GetOrAdd(application, _ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously));
