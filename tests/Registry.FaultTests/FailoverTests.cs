@@ -169,17 +169,19 @@ public sealed class FailoverTests(ITestOutputHelper output)
     /// <summary>The replica has replayed the registrations (a failover manager promotes a caught-up standby).</summary>
     private static async Task CaughtUpAsync(PostgresServer replica, CancellationToken cancellationToken)
     {
-        for (var i = 0; i < 200; i++)
+        var held = 0;
+        for (var i = 0; i < 300; i++)
         {
             var table = await RegistryTables.TableAsync(replica.ConnectionString, cancellationToken);
-            if (table.GetValueOrDefault("ha")?.Count == Instances)
+            held = table.GetValueOrDefault("ha")?.Count ?? 0;
+            if (held == Instances)
             {
                 return;
             }
 
-            await Task.Delay(50, cancellationToken);
+            await Task.Delay(100, cancellationToken);
         }
 
-        throw new TimeoutException("The replica did not replay the registrations within 10 s.");
+        throw new TimeoutException($"The replica replayed {held} of the {Instances} registrations within 30 s.");
     }
 }

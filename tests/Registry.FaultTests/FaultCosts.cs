@@ -4,7 +4,7 @@ using System.Text;
 namespace Registry.FaultTests;
 
 /// <summary>What one injected fault cost the clients: how long writes through a node were refused, and how stale reads were.</summary>
-public sealed record FaultCost(FaultEvent Fault, TimeSpan WritesRefused, int? RefusedNode, TimeSpan? ReadsStale, bool StaleBeyondLimit);
+public sealed record FaultCost(FaultEvent Fault, TimeSpan WritesRefused, TimeSpan? ReadsStale, bool StaleBeyondLimit);
 
 /// <summary>Measures each fault's cost from the history (the probes' writes and staleness samples).</summary>
 public static class FaultCosts
@@ -26,7 +26,6 @@ public static class FaultCosts
             var fault = faults[f];
             var until = f + 1 < faults.Count ? Min(faults[f + 1].Started, fault.Ended + Aftermath) : fault.Ended + Aftermath;
             var refused = TimeSpan.Zero;
-            int? refusedNode = null;
             foreach (var node in writes.Where(o => o.Invoked >= fault.Started && o.Invoked < until).GroupBy(o => o.Node))
             {
                 DateTimeOffset? streak = null;
@@ -37,14 +36,14 @@ public static class FaultCosts
                         streak ??= op.Invoked;
                         if (op.Completed - streak.Value > refused)
                         {
-                            (refused, refusedNode) = (op.Completed - streak.Value, node.Key);
+                            refused = op.Completed - streak.Value;
                         }
                     }
                     else if (op.Outcome == Outcome.Acknowledged && streak is { } began)
                     {
                         if (op.Invoked - began > refused)
                         {
-                            (refused, refusedNode) = (op.Invoked - began, node.Key);
+                            refused = op.Invoked - began;
                         }
 
                         streak = null;
@@ -55,7 +54,7 @@ public static class FaultCosts
             var samples = history.Staleness.Where(s => s.Written >= fault.Started && s.Written < until).ToList();
             var beyond = samples.Any(s => s.Lag is null);
             var stale = samples.Where(s => s.Lag is not null).Select(s => s.Lag!.Value).DefaultIfEmpty().Max();
-            costs.Add(new FaultCost(fault, refused, refusedNode, samples.Count == 0 ? null : stale, beyond));
+            costs.Add(new FaultCost(fault, refused, samples.Count == 0 ? null : stale, beyond));
         }
 
         return costs;

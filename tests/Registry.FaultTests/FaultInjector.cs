@@ -38,7 +38,7 @@ public sealed class FaultInjector(FaultCluster cluster, RegistryApi api, History
         }
     }
 
-    public async Task InjectAsync(string kind, Random random, CancellationToken cancellationToken)
+    private async Task InjectAsync(string kind, Random random, CancellationToken cancellationToken)
     {
         var started = DateTimeOffset.UtcNow;
         var (target, detail) = kind switch

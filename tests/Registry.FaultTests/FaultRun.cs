@@ -4,8 +4,8 @@ using Xunit.Abstractions;
 
 namespace Registry.FaultTests;
 
-/// <summary>The outcome of one seed: the broken promises with their evidence, and the faults' costs.</summary>
-public sealed record RunResult(int Seed, IReadOnlyList<Violation> Violations, string Report, IReadOnlyList<FaultCost> Costs, string CostTable, string LogFolder);
+/// <summary>The outcome of one seed: the broken promises with their evidence, and where the history was written.</summary>
+public sealed record RunResult(IReadOnlyList<Violation> Violations, string Report, string LogFolder);
 
 /// <summary>
 /// One seeded run: start the cluster, let the clients and the fault injector loose for
@@ -50,8 +50,7 @@ public sealed class FaultRun(int seed, TimeSpan runFor, ITestOutputHelper output
         checker.GraceOnlyAfterClusterOutage(rows);
 
         await File.WriteAllTextAsync(Path.Combine(logFolder, "history.txt"), history.Dump(rows), cancellationToken);
-        var costs = FaultCosts.Measure(history);
-        var table = FaultCosts.Table(costs, history);
+        var table = FaultCosts.Table(FaultCosts.Measure(history), history);
         await File.WriteAllTextAsync(Path.Combine(logFolder, "costs.md"), table, cancellationToken);
         var report = checker.Report(rows);
         output.WriteLine($"seed {seed}: {history.Ops.Count} operations, {rows.Count} row changes, {history.Notices.Count} notifications, {checker.Violations.Count} violations; history in {logFolder}");
@@ -61,6 +60,6 @@ public sealed class FaultRun(int seed, TimeSpan runFor, ITestOutputHelper output
         }
 
         output.WriteLine(table);
-        return new RunResult(seed, checker.Violations, report, costs, table, logFolder);
+        return new RunResult(checker.Violations, report, logFolder);
     }
 }

@@ -146,6 +146,7 @@ public sealed class History
         var lines = Ops.Select(o => (o.Invoked, o.ToString()))
             .Concat(Faults.Select(f => (f.Started, f.ToString())))
             .Concat(rows.Select(r => (r.At, r.ToString())))
+            .Concat(Staleness.Select(s => (s.Written, $"{Op.Time(s.Written)} PROBE write seen on node{s.Node} {(s.Lag is { } lag ? $"after {lag.TotalMilliseconds:F0} ms" : "not within 10 s")}")))
             .OrderBy(l => l.Item1)
             .Select(l => l.Item2);
         var text = new StringBuilder();

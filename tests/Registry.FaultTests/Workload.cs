@@ -174,7 +174,7 @@ public sealed class Workload(RegistryApi api, History history, int seed)
     /// whole-application notifications. Left to expire, they are a mass death that
     /// self-preservation must pace.
     /// </summary>
-    public async Task DeployAsync(string application, Random random, bool unregisterAfter, CancellationToken stop)
+    private async Task DeployAsync(string application, Random random, bool unregisterAfter, CancellationToken stop)
     {
         var label = new string((char)('a' + random.Next(26)), 60);
         var addrs = Enumerable.Range(0, DeploySize).Select(i => $"{application}-{i:D4}.{label}.{label}.example:8080").ToArray();

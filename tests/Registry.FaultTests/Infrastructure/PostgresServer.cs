@@ -67,7 +67,9 @@ public sealed class PostgresServer : IAsyncDisposable
     public Task StartAsync(CancellationToken cancellationToken)
     {
         var settings = $"-p {Port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{DataDirectory}' -c max_connections=300"
-            + " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c wal_level=replica -c hot_standby=on";
+            // fsync off survives a PostgreSQL crash (the OS keeps the pages); synchronous_commit off
+            // would not: a crash would lose commits the registry had acknowledged.
+            + " -c fsync=off -c full_page_writes=off -c wal_level=replica -c hot_standby=on";
         return PgAsync("pg_ctl", ["-D", DataDirectory, "-l", Path.Combine(DataDirectory, "server.log"), "-w", "-t", "60", "-o", settings, "start"], cancellationToken);
     }
 
