@@ -45,11 +45,10 @@ public sealed class FailoverTests(ITestOutputHelper output)
             using var http = new HttpClient(new SocketsHttpHandler { ConnectTimeout = TimeSpan.FromSeconds(2) }) { Timeout = Timeout.InfiniteTimeSpan };
             var api = new RegistryApi(http, history, nodes);
             var random = new Random(1);
-            for (var i = 0; i < Instances; i++)
-            {
-                var op = await api.RegisterAsync($"provider{i}", i % nodes.Count, "ha", $"10.1.0.{i}:8080", "a", Ttl, cancellationToken);
-                Assert.Equal(Outcome.Acknowledged, op.Outcome);
-            }
+            // At once, so no lease runs out on a busy machine before the heartbeats begin.
+            var registered = await Task.WhenAll(Enumerable.Range(0, Instances).Select(i =>
+                api.RegisterAsync($"provider{i}", i % nodes.Count, "ha", $"10.1.0.{i}:8080", "a", Ttl, cancellationToken)));
+            Assert.All(registered, op => Assert.Equal(Outcome.Acknowledged, op.Outcome));
 
             using var stop = new CancellationTokenSource();
             var heartbeats = Task.WhenAll(Enumerable.Range(0, Instances).Select(i => HeartbeatAsync(api, i, new Random(random.Next()), stop.Token)));

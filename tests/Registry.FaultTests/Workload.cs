@@ -234,7 +234,7 @@ public sealed class Workload(RegistryApi api, History history, int seed)
             }
 
             var seen = new TimeSpan?[api.NodeCount];
-            var answered = new bool[api.NodeCount];
+            var stale = new bool[api.NodeCount];
             var limit = op.Completed + TimeSpan.FromSeconds(10);
             while (seen.Any(s => s is null) && DateTimeOffset.UtcNow < limit)
             {
@@ -242,10 +242,13 @@ public sealed class Workload(RegistryApi api, History history, int seed)
                 {
                     if (await api.ServedAsync(n, "probe", stop) is { } served)
                     {
-                        answered[n] = true;
                         if (served.Endpoints.Any(e => e.Addr == addr && e.Meta.Contains($"w={op.Write}", StringComparison.Ordinal)))
                         {
                             seen[n] = DateTimeOffset.UtcNow - op.Completed;
+                        }
+                        else
+                        {
+                            stale[n] = true;
                         }
                     }
                 }));
@@ -253,10 +256,11 @@ public sealed class Workload(RegistryApi api, History history, int seed)
                 await Task.Delay(50, stop);
             }
 
-            // A node that did not answer at all (killed) served nothing stale.
+            // A node that answered without the write served it stale; one that was down (killed,
+            // starting) and had it at its first answer, seconds later, served nothing stale.
             for (var n = 0; n < api.NodeCount; n++)
             {
-                if (answered[n])
+                if (stale[n] || seen[n] < TimeSpan.FromSeconds(1))
                 {
                     history.Staleness.Enqueue((op.Completed, n, seen[n]));
                 }
