@@ -36,6 +36,22 @@ public sealed class LimitsOptions
     /// <summary>Most characters in a <c>version</c> query parameter.</summary>
     [Range(1, 4096)]
     public int MaxVersionLength { get; set; } = 128;
+
+    /// <summary>Most requests one client (remote address and credential) may hold parked on a node; beyond it 429.</summary>
+    [Range(1, 10_000_000)]
+    public int MaxParkedPerClient { get; set; } = 1_000;
+
+    /// <summary>Most requests a node holds parked in all; beyond it 429.</summary>
+    [Range(1, 10_000_000)]
+    public int MaxParked { get; set; } = 50_000;
+
+    /// <summary>Most distinct subscriptions a node holds; a new one beyond it is 429.</summary>
+    [Range(1, 10_000_000)]
+    public int MaxSubscriptions { get; set; } = 10_000;
+
+    /// <summary>The Retry-After sent with a 429 for one of the limits above, in seconds.</summary>
+    [Range(1, 3600)]
+    public int RetryAfterSeconds { get; set; } = 5;
 }
 
 /// <summary>Leases, renewals, the sweeper and self-preservation (section <c>Registry:Leases</c>).</summary>

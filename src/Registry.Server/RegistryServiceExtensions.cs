@@ -95,6 +95,7 @@ internal static class RegistryServiceExtensions
         services.AddSingleton<OwnCommits>();
         services.AddSingleton<SubscriptionHub>();
         services.AddSingleton<LongPoll>();
+        services.AddSingleton<ParkingLot>();
         services.AddSingleton<RequestReader>();
         services.AddSingleton<RequestBody>();
         services.AddSingleton<DatabaseClock>();

@@ -27,6 +27,7 @@ internal sealed class RegistryMetrics
     private readonly UpDownCounter<long> _writesQueued;
     private readonly Counter<long> _sweeps;
     private readonly Counter<long> _livenessMarks;
+    private readonly Counter<long> _limitsReached;
     private int _views;
     private int _selfPreservation;
 
@@ -50,6 +51,7 @@ internal sealed class RegistryMetrics
         _writeBatches = meter.CreateCounter<long>("registry.writes.batches", "{transaction}", "Group-committed write transactions.");
         _writesQueued = meter.CreateUpDownCounter<long>("registry.writes.queued", "{write}", "Registrations and unregistrations waiting for a batch to take them.");
         _sweeps = meter.CreateCounter<long>("registry.sweeps", "{sweep}", "Sweeper rounds, by outcome (idle: nothing can have expired, so no statement; locked_out; swept), and grace: leases extended after the cluster could not record renewals.");
+        _limitsReached = meter.CreateCounter<long>("registry.limits.rejections", "{request}", "Requests refused with 429 at a node's limit, by limit (parked, parked_per_client, subscriptions).");
         _livenessMarks = meter.CreateCounter<long>("registry.liveness.marks", "{mark}", "Times this node marked itself alive in the database (the grace rule reads the newest mark of any node).");
         meter.CreateObservableGauge("registry.subscriptions.distinct", () => Volatile.Read(ref _views), "{subscription}", "Distinct subscriptions held in memory.");
         meter.CreateObservableGauge("registry.selfpreservation.engaged", () => Volatile.Read(ref _selfPreservation), "1", "1 while self-preservation rate-limits evictions.");
@@ -65,6 +67,8 @@ internal sealed class RegistryMetrics
     public void HeartbeatRefused() => _heartbeatsReceived.Add(1, new KeyValuePair<string, object?>("result", "refused"));
 
     public void LivenessMarked() => _livenessMarks.Add(1);
+
+    public void LimitReached(string limit) => _limitsReached.Add(1, new KeyValuePair<string, object?>("limit", limit));
 
     public void HeartbeatsWritten(int count) => _heartbeatsWritten.Add(count);
 

@@ -1,5 +1,6 @@
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Mvc;
+using Microsoft.Extensions.Options;
 using Microsoft.Net.Http.Headers;
 using Registry.ChangeFeed;
 using Registry.Model;
@@ -57,7 +58,8 @@ internal static class SubscriptionApi
         RequestReader reader,
         LongPoll poll,
         ChangeFeedListener feed,
-        RegistryMetrics metrics)
+        RegistryMetrics metrics,
+        IOptions<LimitsOptions> limits)
     {
         var (json, tooLarge) = await body.ReadAsync(http.Request, http.RequestAborted);
         if (tooLarge is not null)
@@ -74,8 +76,7 @@ internal static class SubscriptionApi
             return Problems.Invalid(errors);
         }
 
-        var outcome = await poll.PollAsync(entries, heldVersion, waitSeconds, http.RequestAborted);
-        return Respond(outcome, notModifiedOnTimeout: false, feed, metrics);
+        return await HoldAsync(http, poll, entries, heldVersion, waitSeconds, notModifiedOnTimeout: false, feed, metrics, limits.Value);
     }
 
     private static Ok<ServicesDocument> ListServices(RegistryState state) => TypedResults.Ok(new ServicesDocument
@@ -85,7 +86,7 @@ internal static class SubscriptionApi
             .ToList(),
     });
 
-    private static async Task<Results<AnswerResult, EmptyHttpResult, ValidationProblem>> GetService(
+    private static async Task<Results<AnswerResult, EmptyHttpResult, ValidationProblem, ProblemHttpResult>> GetService(
         HttpContext http,
         string application,
         [FromQuery(Name = "protocol")] string? protocol,
@@ -94,7 +95,8 @@ internal static class SubscriptionApi
         RequestReader reader,
         LongPoll poll,
         ChangeFeedListener feed,
-        RegistryMetrics metrics)
+        RegistryMetrics metrics,
+        IOptions<LimitsOptions> limits)
     {
         var errors = new Errors();
         reader.CheckName(application, "application", errors);
@@ -132,15 +134,32 @@ internal static class SubscriptionApi
         }
 
         var entries = new[] { new SubscriptionEntry(application, protocol, Meta.From(pairs)) };
-        var outcome = await poll.PollAsync(entries, heldVersion, waitSeconds, http.RequestAborted);
-        return outcome.End == PollEnd.ClientGone
-            ? TypedResults.Empty
-            : Answer(outcome, notModifiedOnTimeout: conditional is not null, feed, metrics);
+        return await HoldAsync(http, poll, entries, heldVersion, waitSeconds, notModifiedOnTimeout: conditional is not null, feed, metrics, limits.Value);
     }
 
-    private static Results<AnswerResult, EmptyHttpResult, ValidationProblem, ProblemHttpResult> Respond(
-        PollOutcome outcome, bool notModifiedOnTimeout, ChangeFeedListener feed, RegistryMetrics metrics) =>
-        outcome.End == PollEnd.ClientGone ? TypedResults.Empty : Answer(outcome, notModifiedOnTimeout, feed, metrics);
+    /// <summary>Answers the poll, holding it while the caller's version is current; 429 at a node's limits.</summary>
+    private static async Task<Results<AnswerResult, EmptyHttpResult, ValidationProblem, ProblemHttpResult>> HoldAsync(
+        HttpContext http, LongPoll poll, IReadOnlyList<SubscriptionEntry> entries, string? heldVersion, long? waitSeconds,
+        bool notModifiedOnTimeout, ChangeFeedListener feed, RegistryMetrics metrics, LimitsOptions limits)
+    {
+        PollOutcome outcome;
+        try
+        {
+            outcome = await poll.PollAsync(entries, heldVersion, waitSeconds, ParkingLot.ClientOf(http), http.RequestAborted);
+        }
+        catch (TooManySubscriptionsException e)
+        {
+            return Problems.TooMany(http, limits.RetryAfterSeconds, e.Message);
+        }
+
+        return outcome.End switch
+        {
+            PollEnd.ClientGone => TypedResults.Empty,
+            PollEnd.Refused => Problems.TooMany(http, limits.RetryAfterSeconds,
+                "This node holds as many parked requests as it may for this client or in all (Registry:Limits:MaxParkedPerClient, MaxParked); retry shortly or on another node."),
+            _ => Answer(outcome, notModifiedOnTimeout, feed, metrics),
+        };
+    }
 
     private static AnswerResult Answer(PollOutcome outcome, bool notModifiedOnTimeout, ChangeFeedListener feed, RegistryMetrics metrics)
     {
@@ -189,7 +208,7 @@ internal sealed class AnswerResult(Answer answer, bool notModified, DateTimeOffs
 
         response.StatusCode = StatusCodes.Status200OK;
         response.ContentType = "application/json";
-        response.ContentLength = answer.Body.Length;
-        await response.Body.WriteAsync(answer.Body, httpContext.RequestAborted);
+        response.ContentLength = answer.ContentLength;
+        await answer.WriteAsync(response.BodyWriter, httpContext.RequestAborted);
     }
 }
