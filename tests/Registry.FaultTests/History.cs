@@ -87,7 +87,7 @@ public sealed record RowEvent(long Id, DateTimeOffset At, char Change, string Ki
 public sealed record Notice(DateTimeOffset At, string Application, string[]? Addrs);
 
 /// <summary>What a consumer was last answered.</summary>
-public sealed record ConsumerAnswer(DateTimeOffset At, int Node, string Version, IReadOnlyList<Endpoint> Endpoints, bool Changed);
+public sealed record ConsumerAnswer(DateTimeOffset At, string Version, IReadOnlyList<Endpoint> Endpoints);
 
 /// <summary>An endpoint with its meta in a canonical form (sorted pairs), comparable across sources.</summary>
 public sealed record Endpoint(string Application, string Protocol, string Addr, string Meta)

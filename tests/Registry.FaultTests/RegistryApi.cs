@@ -74,7 +74,7 @@ public sealed class RegistryApi(HttpClient http, History history, IReadOnlyList<
 
             var (answerVersion, endpoints) = ReadAnswer(await response.Content.ReadFromJsonAsync<JsonElement>(timeout.Token));
             history.End(op, 200, error: $"version {answerVersion}, {endpoints.Count} endpoints");
-            return (op, new ConsumerAnswer(op.Completed, node, answerVersion, endpoints, answerVersion != version));
+            return (op, new ConsumerAnswer(op.Completed, answerVersion, endpoints));
         }
         catch (Exception e) when (e is HttpRequestException or OperationCanceledException or JsonException && !cancellationToken.IsCancellationRequested)
         {
