@@ -96,6 +96,7 @@ internal static class RegistryServiceExtensions
         services.AddSingleton<SubscriptionHub>();
         services.AddSingleton<LongPoll>();
         services.AddSingleton<ParkingLot>();
+        services.AddSingleton<ReadinessProbe>();
         services.AddSingleton<RequestReader>();
         services.AddSingleton<RequestBody>();
         services.AddSingleton<DatabaseClock>();
@@ -114,6 +115,10 @@ internal static class RegistryServiceExtensions
         services.ConfigureHttpJsonOptions(json => json.SerializerOptions.Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping);
         services.AddProblemDetails();
         services.AddRegistryRateLimiting();
+        services.AddRegistryNetwork();
+        // Kestrel's limits (connections, header sizes and timeouts, minimum body rate) from the
+        // "Kestrel:Limits" section; appsettings.json sets and appsettings.example.json explains them.
+        services.Configure<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>(builder.Configuration.GetSection("Kestrel"));
         services.AddEndpointsApiExplorer();
         services.AddSwaggerGen(swagger => swagger.IncludeXmlComments(typeof(RegistryServiceExtensions).Assembly));
         services.AddRegistryOpenApiDocumentation();
@@ -122,6 +127,8 @@ internal static class RegistryServiceExtensions
 
     public static WebApplication UseRegistry(this WebApplication app)
     {
+        // First: everything after it (limits, rate limiting, logs) sees the real client.
+        app.UseForwardedHeaders();
         app.UseExceptionHandler(new ExceptionHandlerOptions
         {
             // Framework rejections of what a client sent (bad framing, oversized) are 4xx, not 500.

@@ -45,6 +45,7 @@ public sealed class BadInputTests(RegistryCluster cluster) : RegistryTest(cluste
         { "/v1/register", """{"application":"app","protocol":"http","addr":"10.0.0.1:80","extra":"x"}""", "extra" },
         { "/v1/register", """{"application":"app","application":"app","protocol":"http","addr":"10.0.0.1:80"}""", "application" },
         { "/v1/register", """{"application":"app\ud800","protocol":"http","addr":"10.0.0.1:80"}""", "application" },
+        { "/v1/register", """{"\ud800":1}""", "$" },
         { "/v1/register?ttl=0", Good, "ttl" },
         { "/v1/register?ttl=-5", Good, "ttl" },
         { "/v1/register?ttl=abc", Good, "ttl" },
@@ -78,6 +79,25 @@ public sealed class BadInputTests(RegistryCluster cluster) : RegistryTest(cluste
     {
         using var response = await Client.PostAsync(path, new StringContent(body, Encoding.UTF8, "application/json"))
             .WaitAsync(TimeSpan.FromSeconds(10));
+
+        await AssertProblemAsync(response, HttpStatusCode.BadRequest, field);
+    }
+
+    public static TheoryData<string, byte[], string> NotUtf8 => new()
+    {
+        { "/v1/subscribe", [.. "{\"subscribes\":[{\"provider\":\"a\",\"meta\":{\""u8, 0xff, .. "\":\"x\"}}]}"u8], "subscribes[0].meta" },
+        { "/v1/register", [.. Encoding.UTF8.GetBytes(Good[..^1] + ",\"meta\":{\""), 0xff, .. "\":\"x\"}}"u8], "meta" },
+        { "/v1/register", [.. Encoding.UTF8.GetBytes(Good[..^1] + ",\"meta\":{\"k\":\""), 0xc3, .. "\"}}"u8], "meta.k" },
+    };
+
+    [Theory]
+    [MemberData(nameof(NotUtf8))]
+    public async Task BytesThatAreNotUtf8AreABadRequestNamingTheField(string path, byte[] body, string field)
+    {
+        using var content = new ByteArrayContent(body);
+        content.Headers.ContentType = new("application/json");
+
+        using var response = await Client.PostAsync(path, content).WaitAsync(TimeSpan.FromSeconds(10));
 
         await AssertProblemAsync(response, HttpStatusCode.BadRequest, field);
     }

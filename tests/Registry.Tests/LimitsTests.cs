@@ -160,4 +160,107 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
         (refused, _, _) = await client.SubscribeAsync(Http.Subscription(Http.Entry("app-3")));
         Assert.Equal(200, refused);
     }
+
+    [Fact]
+    public async Task PerClientLimitsSeeTheClientBehindATrustedProxyAndNobodyElsesClaim()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        var limits = new Dictionary<string, string?> { ["Registry:Limits:MaxParkedPerClient"] = "1" };
+        await using var behindProxy = new RegistryNode(database, new Dictionary<string, string?>(limits) { ["Registry:Network:TrustedProxies:0"] = "127.0.0.1" });
+        await using var exposed = new RegistryNode(database, limits);
+        foreach (var node in new[] { behindProxy, exposed })
+        {
+            node.UseKestrel(0);
+            node.StartServer();
+        }
+
+        // The test is the proxy hop: it connects from 127.0.0.1 and names the client it forwards for.
+        var sameClient = await TwoClientsEachParkingOnceAsync(behindProxy, "203.0.113.1", "203.0.113.1");
+        var twoClients = await TwoClientsEachParkingOnceAsync(behindProxy, "203.0.113.1", "203.0.113.2");
+        var untrusted = await TwoClientsEachParkingOnceAsync(exposed, "203.0.113.1", "203.0.113.2");
+
+        Assert.Equal("200 429", sameClient);
+        Assert.Equal("200 200", twoClients);
+        Assert.Equal("200 429", untrusted);
+    }
+
+    /// <summary>Parks one poll forwarded for <paramref name="first"/>, then tries one for <paramref name="second"/>; the statuses (200 for one that parked).</summary>
+    private static async Task<string> TwoClientsEachParkingOnceAsync(RegistryNode node, string first, string second)
+    {
+        using var client = node.CreateClient();
+        var subscription = Http.Subscription(Http.Entry("app"));
+        var (_, version, _) = await client.SubscribeAsync(subscription);
+        using var parked = ParkedPolls.On(node);
+        using var stop = new CancellationTokenSource();
+        var held = PollForAsync(client, first, subscription, version!, stop.Token);
+        await parked.WaitForAsync(1);
+        var refusedOrParked = PollForAsync(client, second, subscription, version!, stop.Token);
+        var finished = await Task.WhenAny(refusedOrParked, parked.WaitForAsync(2));
+        var statuses = $"200 {(finished == refusedOrParked ? (int)(await refusedOrParked).StatusCode : 200)}";
+        await stop.CancelAsync();
+        await parked.WaitForNoneAsync();
+        return statuses;
+    }
+
+    private static async Task<HttpResponseMessage> PollForAsync(HttpClient client, string forwardedFor, string subscription, string version, CancellationToken cancellationToken)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, $"/v1/subscribe?version={version}&wait=30") { Content = Http.Json(subscription) };
+        request.Headers.Add("X-Forwarded-For", forwardedFor);
+        try
+        {
+            return await client.SendAsync(request, cancellationToken);
+        }
+        catch (OperationCanceledException)
+        {
+            return new HttpResponseMessage(HttpStatusCode.OK);
+        }
+    }
+
+    [Fact]
+    public async Task AFloodOfReadinessChecksCostsTheDatabaseAtMostOneStatementASecond()
+    {
+        const string ApplicationName = "registry-readyz-test";
+        var database = await Cluster.CreateDatabaseAsync(ApplicationName);
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            // Keep the node's other statements out of the window.
+            ["Registry:Leases:SweepInterval"] = "01:00:00",
+            ["Registry:Leases:LivenessInterval"] = "01:00:00",
+            ["Registry:Leases:GraceGap"] = "02:00:00",
+            ["Registry:ChangeFeed:ConsistencyCheckInterval"] = "01:00:00",
+        });
+        using var client = node.CreateClient();
+        using (var first = await client.GetAsync("/readyz"))
+        {
+            Assert.Equal(HttpStatusCode.OK, first.StatusCode);
+        }
+
+        using var statements = MeterWatch.NpgsqlStatements(ApplicationName);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var answered = 0;
+        while (clock.Elapsed < TimeSpan.FromSeconds(2.5))
+        {
+            var flood = await Task.WhenAll(Enumerable.Range(0, 50).Select(_ => client.GetAsync("/readyz")));
+            Assert.All(flood, r => Assert.Equal(HttpStatusCode.OK, r.StatusCode));
+            answered += flood.Length;
+            foreach (var response in flood)
+            {
+                response.Dispose();
+            }
+        }
+
+        Assert.True(answered >= 100, $"only {answered} checks answered");
+        Assert.InRange(statements.Total, 1, Math.Ceiling(clock.Elapsed.TotalSeconds) + 1);
+    }
+
+    [Fact]
+    public void KestrelsLimitsAreSetFromTheShippedSettings()
+    {
+        var limits = Node.Get<Microsoft.Extensions.Options.IOptions<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>>().Value.Limits;
+
+        Assert.Equal(60_000, limits.MaxConcurrentConnections);
+        Assert.Equal(TimeSpan.FromSeconds(10), limits.RequestHeadersTimeout);
+        Assert.Equal(32 * 1024, limits.MaxRequestHeadersTotalSize);
+        Assert.Equal(240, limits.MinRequestBodyDataRate!.BytesPerSecond);
+    }
 }

@@ -78,31 +78,39 @@ internal sealed partial class ChangeFeedListener : BackgroundService
     }
 
     /// <summary>
-    /// Proves the feed end to end: a NOTIFY sent through the pool must come back on the
-    /// listening connection within the timeout.
+    /// Proves the database and the feed end to end with one statement: a NOTIFY sent through
+    /// the pool (the database answers) must come back on the listening connection within the
+    /// timeout (the feed listens).
     /// </summary>
-    public async Task<bool> RoundTripAsync(CancellationToken cancellationToken)
+    public async Task<RoundTrip> RoundTripAsync(CancellationToken cancellationToken)
     {
-        if (!IsListening)
-        {
-            return false;
-        }
-
         var nonce = Guid.NewGuid().ToString("N");
         var echoed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _pings[nonce] = echoed;
         try
         {
-            await using var command = _database.DataSource.CreateCommand("SELECT pg_notify(@channel, @payload)");
-            command.Parameters.AddWithValue("channel", Schema.ChangeChannel);
-            command.Parameters.AddWithValue("payload", PingPrefix + nonce);
-            await command.ExecuteNonQueryAsync(cancellationToken);
+            await using (var command = _database.DataSource.CreateCommand("SELECT pg_notify(@channel, @payload)"))
+            {
+                command.Parameters.AddWithValue("channel", Schema.ChangeChannel);
+                command.Parameters.AddWithValue("payload", PingPrefix + nonce);
+                await command.ExecuteNonQueryAsync(cancellationToken);
+            }
+
+            if (!IsListening)
+            {
+                return new RoundTrip(null, Echoed: false);
+            }
+
             await echoed.Task.WaitAsync(_options.CheckTimeout, _time, cancellationToken);
-            return true;
+            return new RoundTrip(null, Echoed: true);
         }
-        catch (Exception e) when (e is DbException or TimeoutException)
+        catch (DbException e)
         {
-            return false;
+            return new RoundTrip(e.Message, Echoed: false);
+        }
+        catch (TimeoutException)
+        {
+            return new RoundTrip(null, Echoed: false);
         }
         finally
         {
@@ -212,3 +220,6 @@ internal sealed partial class ChangeFeedListener : BackgroundService
     [LoggerMessage(Level = LogLevel.Warning, Message = "Change feed reconnect attempt {Attempt} failed; next in {Delay}")]
     private static partial void LogReconnectFailed(ILogger logger, int attempt, TimeSpan delay, Exception? exception);
 }
+
+/// <summary>The outcome of a readiness round trip: the database's error if it could not take the NOTIFY, and whether the feed echoed it.</summary>
+internal readonly record struct RoundTrip(string? DatabaseError, bool Echoed);

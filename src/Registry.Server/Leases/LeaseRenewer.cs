@@ -76,9 +76,13 @@ internal sealed partial class LeaseRenewer(
     /// <summary>Records an expiry committed by a registration.</summary>
     public void Committed(InstanceKey key, long revision, DateTimeOffset expiresAt) => _written[key] = (revision, expiresAt);
 
-    /// <summary>How long a renewal may wait unrecorded before heartbeats are refused; never less than a few write intervals.</summary>
-    private TimeSpan UnrecordedLimit(TimeSpan ttl) =>
-        TimeSpan.FromTicks(Math.Max((long)(ttl.Ticks * options.Value.UnrecordedShare), 4 * options.Value.RenewalInterval.Ticks));
+    /// <summary>
+    /// How long a renewal may wait unrecorded before heartbeats are refused: never less than
+    /// a few write intervals or a second, so a busy database's slow flush refuses nobody.
+    /// </summary>
+    private TimeSpan UnrecordedLimit(TimeSpan ttl) => TimeSpan.FromTicks(Math.Max(
+        (long)(ttl.Ticks * options.Value.UnrecordedShare),
+        Math.Max(4 * options.Value.RenewalInterval.Ticks, TimeSpan.TicksPerSecond)));
 
     /// <summary>Marks the node alive before it takes requests, settling any grace the cluster owes.</summary>
     public override async Task StartAsync(CancellationToken cancellationToken)

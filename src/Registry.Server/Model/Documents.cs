@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Text.Json.Serialization;
 
 namespace Registry.Model;
@@ -140,6 +141,8 @@ public sealed record Provider(string Application, string Protocol, string Addr, 
 /// <summary>One entry of a subscription, validated.</summary>
 public sealed record SubscriptionEntry(string Provider, string? Protocol, Meta Meta);
 
+// The request documents are what RequestReader binds, under the strict contract of RequestJson;
+// [DisallowNull] marks a member that may be omitted but not sent as null (API.md "Limits").
 /// <summary>The provider document of API.md: the body of register, heartbeat and unregister.</summary>
 public sealed class ProviderDocument
 {
@@ -157,6 +160,7 @@ public sealed class ProviderDocument
 
     /// <summary>String metadata that subscriptions match on; may be omitted.</summary>
     [JsonPropertyName("meta")]
+    [DisallowNull]
     public IReadOnlyDictionary<string, string>? Meta { get; init; }
 }
 
@@ -197,10 +201,12 @@ public sealed class SubscribeEntryDocument
 
     /// <summary>The protocol wanted; absent matches any.</summary>
     [JsonPropertyName("protocol")]
+    [DisallowNull]
     public string? Protocol { get; init; }
 
     /// <summary>Pairs an instance must carry (subset match); absent or empty matches all.</summary>
     [JsonPropertyName("meta")]
+    [DisallowNull]
     public IReadOnlyDictionary<string, string>? Meta { get; init; }
 }
 

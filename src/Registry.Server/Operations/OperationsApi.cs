@@ -1,9 +1,5 @@
-using System.Data.Common;
 using Microsoft.AspNetCore.Http.HttpResults;
-using Microsoft.EntityFrameworkCore;
-using Registry.ChangeFeed;
 using Registry.Leases;
-using Registry.Storage;
 
 namespace Registry.Operations;
 
@@ -32,43 +28,18 @@ internal static class OperationsApi
             .WithName("Ready")
             .WithSummary("Can this node serve")
             .WithDescription("200 when the database is reachable, the migrations are applied and the change feed is listening " +
-                "(proved by a NOTIFY round trip); 503 otherwise. The body names each check and the self-preservation state.")
+                "(proved by a NOTIFY round trip); 503 otherwise. The body names each check and the self-preservation state. " +
+                "The database is asked at most once a second, however often this is called.")
             .Produces<Readiness>(StatusCodes.Status200OK)
             .Produces<Readiness>(StatusCodes.Status503ServiceUnavailable);
 
         return endpoints;
     }
 
-    private static async Task<JsonHttpResult<Readiness>> Ready(
-        RegistryDatabase database,
-        IDbContextFactory<RegistryDbContext> contexts,
-        ChangeFeedListener feed,
-        SelfPreservation selfPreservation,
-        CancellationToken cancellationToken)
+    private static async Task<JsonHttpResult<Readiness>> Ready(ReadinessProbe probe, SelfPreservation selfPreservation)
     {
-        var checks = new Dictionary<string, CheckResult>(StringComparer.Ordinal);
-        try
-        {
-            await using var command = database.DataSource.CreateCommand("SELECT 1");
-            await command.ExecuteScalarAsync(cancellationToken);
-            checks["database"] = new CheckResult(true, "reachable");
-
-            await using var context = await contexts.CreateDbContextAsync(cancellationToken);
-            var pending = (await context.Database.GetPendingMigrationsAsync(cancellationToken)).ToList();
-            checks["migrations"] = pending.Count == 0
-                ? new CheckResult(true, "applied")
-                : new CheckResult(false, $"pending: {string.Join(", ", pending)}");
-        }
-        catch (DbException e)
-        {
-            checks["database"] = new CheckResult(false, $"unreachable: {e.Message}");
-        }
-
-        checks["changeFeed"] = await feed.RoundTripAsync(cancellationToken)
-            ? new CheckResult(true, "listening; a notification round trip succeeded")
-            : new CheckResult(false, feed.LostAt is { } lostAt ? $"not listening since {lostAt:O}" : "no notification round trip within the timeout");
-
-        var ready = checks.Values.All(c => c.Ok) && checks.ContainsKey("migrations");
+        var checks = await probe.CheckAsync();
+        var ready = checks.Values.All(c => c.Ok);
         var body = new Readiness(ready ? "ready" : "not ready", checks,
             new SelfPreservationState(selfPreservation.Engaged, selfPreservation.LastExpired));
         return TypedResults.Json(body, statusCode: ready ? StatusCodes.Status200OK : StatusCodes.Status503ServiceUnavailable);

@@ -6,8 +6,8 @@ using Microsoft.Extensions.Options;
 namespace Registry.Operations;
 
 /// <summary>
-/// A token bucket per client address in front of the <c>/v1</c> API, for registries shared
-/// by teams that may loop too fast. Rejections are 429 problem documents with Retry-After.
+/// A token bucket per credential (or, without one, per client address) in front of the
+/// <c>/v1</c> API, for registries shared by teams that may loop too fast. Rejections are 429 problem documents with Retry-After.
 /// </summary>
 internal static class RateLimiting
 {
@@ -26,7 +26,12 @@ internal static class RateLimiting
                     return RateLimitPartition.GetNoLimiter("off");
                 }
 
-                return RateLimitPartition.GetTokenBucketLimiter(http.Connection.RemoteIpAddress?.ToString() ?? "unknown", _ => new TokenBucketRateLimiterOptions
+                // Per credential when there is one (a team's token, wherever it calls from), else
+                // per client address (after forwarded headers from trusted proxies).
+                var partition = http.User.FindFirst(System.Security.Claims.ClaimTypes.NameIdentifier)?.Value is { } credential
+                    ? "credential:" + credential
+                    : "address:" + (http.Connection.RemoteIpAddress?.ToString() ?? "unknown");
+                return RateLimitPartition.GetTokenBucketLimiter(partition, _ => new TokenBucketRateLimiterOptions
                 {
                     TokenLimit = options.Burst,
                     TokensPerPeriod = options.PermitsPerSecond,

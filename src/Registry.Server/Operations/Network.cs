@@ -1,0 +1,63 @@
+using System.Net;
+using Microsoft.AspNetCore.HttpOverrides;
+using Microsoft.Extensions.Options;
+
+namespace Registry.Operations;
+
+/// <summary>What sits in front of the node (section <c>Registry:Network</c>).</summary>
+public sealed class NetworkOptions
+{
+    /// <summary>
+    /// Addresses (<c>10.0.0.5</c>) or networks (<c>10.0.0.0/8</c>) of the reverse proxies whose
+    /// <c>X-Forwarded-For</c>/<c>X-Forwarded-Proto</c> the node believes. Empty (the default):
+    /// none, so a client cannot pose as another address to dodge per-client limits.
+    /// </summary>
+    public string[] TrustedProxies { get; set; } = [];
+}
+
+/// <summary>
+/// Forwarded headers honoured only from the configured proxies, so that per-client limits and
+/// the rate limiter see the real client behind a load balancer, and nobody else can choose
+/// the address they are counted under.
+/// </summary>
+internal static class Network
+{
+    public static IServiceCollection AddRegistryNetwork(this IServiceCollection services)
+    {
+        services.AddOptions<NetworkOptions>().BindConfiguration("Registry:Network").ValidateOnStart();
+        services.AddSingleton<IValidateOptions<NetworkOptions>, NetworkOptionsValidator>();
+        services.AddOptions<ForwardedHeadersOptions>().Configure<IOptions<NetworkOptions>>((forwarded, network) =>
+        {
+            // With no proxy listed the framework would believe anyone: then no header at all.
+            forwarded.ForwardedHeaders = network.Value.TrustedProxies.Length == 0
+                ? ForwardedHeaders.None
+                : ForwardedHeaders.XForwardedFor | ForwardedHeaders.XForwardedProto;
+            // The framework trusts loopback by default; here only what is configured.
+            forwarded.KnownProxies.Clear();
+            forwarded.KnownIPNetworks.Clear();
+            foreach (var entry in network.Value.TrustedProxies)
+            {
+                forwarded.KnownIPNetworks.Add(Parse(entry));
+            }
+        });
+        return services;
+    }
+
+    /// <summary>An address is a network of one.</summary>
+    internal static System.Net.IPNetwork Parse(string entry) =>
+        entry.Contains('/', StringComparison.Ordinal)
+            ? System.Net.IPNetwork.Parse(entry)
+            : new System.Net.IPNetwork(IPAddress.Parse(entry), IPAddress.Parse(entry).AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? 32 : 128);
+
+    private sealed class NetworkOptionsValidator : IValidateOptions<NetworkOptions>
+    {
+        public ValidateOptionsResult Validate(string? name, NetworkOptions options)
+        {
+            var errors = options.TrustedProxies
+                .Where(entry => !(entry.Contains('/', StringComparison.Ordinal) ? System.Net.IPNetwork.TryParse(entry, out _) : IPAddress.TryParse(entry, out _)))
+                .Select(entry => $"Registry:Network:TrustedProxies: '{entry}' is neither an IP address nor a network in CIDR notation.")
+                .ToList();
+            return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+        }
+    }
+}
