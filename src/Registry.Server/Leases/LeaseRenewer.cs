@@ -41,6 +41,9 @@ internal sealed partial class LeaseRenewer(
     /// <summary>Since when (timestamp ticks) renewals have waited unrecorded; 0 when none waits.</summary>
     private long _unrecordedSince;
 
+    /// <summary>When (timestamp ticks) a flush or liveness mark last reached the database.</summary>
+    private long _recordedAt = time.GetTimestamp();
+
     private bool _failing;
 
     /// <summary>
@@ -62,8 +65,13 @@ internal sealed partial class LeaseRenewer(
             return known;
         }
 
+        // Refused when a renewal has waited too long, or when the node has not reached the
+        // database for longer than that and a liveness mark (it marks every interval): a
+        // connection that dropped silently is known before the first renewal waits.
+        var limit = UnrecordedLimit(ttl);
         var since = Interlocked.Read(ref _unrecordedSince);
-        if (since != 0 && time.GetElapsedTime(since) > UnrecordedLimit(ttl))
+        if ((since != 0 && time.GetElapsedTime(since) > limit)
+            || time.GetElapsedTime(Interlocked.Read(ref _recordedAt)) > limit + options.Value.LivenessInterval + options.Value.RenewalInterval)
         {
             return null;
         }
@@ -143,6 +151,7 @@ internal sealed partial class LeaseRenewer(
 
             // Recorded: what waits now was gathered after this flush began.
             Interlocked.Exchange(ref _unrecordedSince, _pending.IsEmpty ? 0 : started);
+            Interlocked.Exchange(ref _recordedAt, started);
             if (_failing)
             {
                 _failing = false;

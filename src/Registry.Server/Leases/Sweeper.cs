@@ -109,7 +109,10 @@ internal sealed partial class Sweeper(
             return 0;
         }
 
-        var budget = selfPreservation.Budget(live, expired, recentlyEvicted);
+        // Never more than were counted: leases that run out between the count and the delete
+        // (a deploy's batch expires within milliseconds) wait for the next sweep, so the
+        // self-preservation decision covers every eviction.
+        var budget = Math.Min(expired, selfPreservation.Budget(live, expired, recentlyEvicted));
         var evicted = 0;
         while (budget - evicted > 0)
         {

@@ -32,6 +32,12 @@ internal sealed class RegistryDatabase : IAsyncDisposable
         if (pooled.Host?.Contains(',', StringComparison.Ordinal) == true)
         {
             pooled.TargetSessionAttributes = "primary";
+            // A host found to be a standby is skipped for this long: Npgsql's 10 s default made
+            // a replica promoted a moment later unusable for 10 s (the fault suite's failover).
+            if (!Specified(configured, "Host Recheck Seconds"))
+            {
+                pooled.HostRecheckSeconds = 1;
+            }
         }
         // The hot statements run thousands of times a second: prepared, PostgreSQL parses them
         // once per connection. It still plans each run for its arguments: a cached generic plan
