@@ -1,6 +1,7 @@
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Mvc;
 using Microsoft.Net.Http.Headers;
+using Registry.Access;
 using Registry.ChangeFeed;
 using Registry.Model;
 using Registry.Operations;
@@ -16,6 +17,7 @@ internal static class SubscriptionApi
     public static IEndpointRouteBuilder MapSubscription(this IEndpointRouteBuilder endpoints)
     {
         var group = endpoints.MapGroup("/v1").WithTags("Consumers")
+            .RequireAuthorization(AccessPolicies.Caller)
             .RequireRateLimiting(RateLimiting.PolicyName)
             .ProducesProblem(StatusCodes.Status429TooManyRequests);
 
@@ -56,7 +58,8 @@ internal static class SubscriptionApi
         RequestReader reader,
         LongPoll poll,
         ChangeFeedListener feed,
-        RegistryMetrics metrics)
+        RegistryMetrics metrics,
+        ApplicationAccess access)
     {
         var (json, tooLarge) = await body.ReadAsync(http.Request, http.RequestAborted);
         if (tooLarge is not null)
@@ -73,18 +76,26 @@ internal static class SubscriptionApi
             return Problems.Invalid(errors);
         }
 
+        // Refused whole when any provider is forbidden: a silently filtered answer would look like an outage.
+        if (await access.DenyAsync(http.User, Scope.Subscribe, entries.Select(e => e.Provider).Distinct(StringComparer.Ordinal)) is { } denied)
+        {
+            return denied;
+        }
+
         var outcome = await poll.PollAsync(entries, heldVersion, waitSeconds, http.RequestAborted);
         return Respond(outcome, notModifiedOnTimeout: false, feed, metrics);
     }
 
-    private static Ok<ServicesDocument> ListServices(RegistryState state) => TypedResults.Ok(new ServicesDocument
+    /// <summary>Admin sees every application; any other credential the ones it may subscribe to.</summary>
+    private static Ok<ServicesDocument> ListServices(HttpContext http, RegistryState state) => TypedResults.Ok(new ServicesDocument
     {
         Services = state.Applications.Values
+            .Where(s => CredentialIdentity.Of(http.User) is { } grant && (grant.Admin || grant.Allows(Scope.Subscribe, s.Application)))
             .Select(s => new ServiceSummary { Application = s.Application, Instances = s.Count })
             .ToList(),
     });
 
-    private static async Task<Results<AnswerResult, EmptyHttpResult, ValidationProblem>> GetService(
+    private static async Task<Results<AnswerResult, EmptyHttpResult, ValidationProblem, ProblemHttpResult>> GetService(
         HttpContext http,
         string application,
         [FromQuery(Name = "protocol")] string? protocol,
@@ -93,7 +104,8 @@ internal static class SubscriptionApi
         RequestReader reader,
         LongPoll poll,
         ChangeFeedListener feed,
-        RegistryMetrics metrics)
+        RegistryMetrics metrics,
+        ApplicationAccess access)
     {
         var errors = new Errors();
         reader.CheckName(application, "application", errors);
@@ -128,6 +140,11 @@ internal static class SubscriptionApi
         if (errors.Any)
         {
             return Problems.Invalid(errors);
+        }
+
+        if (await access.DenyAsync(http.User, Scope.Subscribe, application) is { } denied)
+        {
+            return denied;
         }
 
         var entries = new[] { new SubscriptionEntry(application, protocol, Meta.From(pairs)) };
