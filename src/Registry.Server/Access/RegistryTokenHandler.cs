@@ -46,9 +46,12 @@ internal sealed class RegistryTokenHandler(
 
     protected override async Task HandleChallengeAsync(AuthenticationProperties properties)
     {
-        // The outcome of the default scheme (which may have forwarded to JWT), not this one's.
-        var outcome = Context.Features.Get<IAuthenticateResultFeature>()?.AuthenticateResult;
-        var reason = outcome?.Failure?.Message ?? "no bearer token was sent";
+        // The outcome of the default scheme (which may have forwarded to JWT), not this one's;
+        // each handler keeps its result for the request, so this authenticates nothing again.
+        var outcome = await Context.AuthenticateAsync(AccessServiceExtensions.BearerScheme);
+        var reason = outcome.Failure is { } failure
+            ? failure is Microsoft.IdentityModel.Tokens.SecurityTokenException ? $"the JWT is not valid ({failure.GetType().Name})" : failure.Message
+            : "no bearer token was sent";
         if (!failures.TryRecord(Context, out var retryAfter))
         {
             Response.StatusCode = StatusCodes.Status429TooManyRequests;
