@@ -353,6 +353,15 @@ internal static class OpenApiDocumentation
     /// <summary>Adds <c>/metrics</c>, which is mapped as middleware and so unseen by the API explorer.</summary>
     internal sealed class RegistryDocumentFilter : IDocumentFilter
     {
+        private static OpenApiResponse Problem(OpenApiDocument document, string description) => new()
+        {
+            Description = description,
+            Content = new Dictionary<string, OpenApiMediaType>(StringComparer.Ordinal)
+            {
+                ["application/problem+json"] = new OpenApiMediaType { Schema = new OpenApiSchemaReference("ProblemDetails", document) },
+            },
+        };
+
         public void Apply(OpenApiDocument swaggerDoc, DocumentFilterContext context)
         {
             // Every operation says what it needs; this default covers anything added later.
@@ -383,6 +392,8 @@ internal static class OpenApiDocumentation
                                     ["text/plain"] = new OpenApiMediaType { Schema = new OpenApiSchema { Type = JsonSchemaType.String } },
                                 },
                             },
+                            ["401"] = Problem(swaggerDoc, "With `Registry:Auth:ProtectMetrics`: no valid credential; `WWW-Authenticate: Bearer`."),
+                            ["403"] = Problem(swaggerDoc, "With `Registry:Auth:ProtectMetrics`: the credential lacks the `admin` scope."),
                         },
                     },
                 },
