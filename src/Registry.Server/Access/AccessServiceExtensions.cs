@@ -79,12 +79,14 @@ internal static class AccessServiceExtensions
     /// Required unless configured otherwise, except for the one-command start: a node on its own
     /// embedded PostgreSQL that only loopback clients can reach.
     /// </summary>
-    private static AccessState DecideMode(ConfigurationManager configuration, bool embeddedDatabase)
+    internal static AccessState DecideMode(IConfiguration configuration, bool embeddedDatabase)
     {
-        var configured = configuration.GetSection("Registry:Auth").Get<AccessOptions>()?.Mode;
-        if (configured is { } mode)
+        var configured = configuration["Registry:Auth:Mode"];
+        if (!string.IsNullOrEmpty(configured))
         {
-            return new AccessState(mode, "Registry:Auth:Mode says so");
+            return Enum.TryParse<AccessMode>(configured, ignoreCase: true, out var mode) && Enum.IsDefined(mode)
+                ? new AccessState(mode, "Registry:Auth:Mode says so")
+                : throw new AccessConfigurationException($"Registry:Auth:Mode is '{configured}'; it must be Required or Open.");
         }
 
         return embeddedDatabase && ListensOnlyOnLoopback(configuration)
