@@ -136,7 +136,12 @@ internal static class TokenApi
     private static async Task<Ok<TokensDocument>> List(RegistryDatabase database, TokenCache cache, CancellationToken cancellationToken)
     {
         var tokens = await TokenStore.ListAsync(database.DataSource, cancellationToken);
-        return TypedResults.Ok(new TokensDocument { Tokens = tokens.Select(t => Document(t, cache.LastUsedHere(t.Id), null)).ToList() });
+        // This node's uses not yet written count too.
+        var usedHere = cache.LastUsedHere();
+        return TypedResults.Ok(new TokensDocument
+        {
+            Tokens = tokens.Select(t => Document(t, usedHere.TryGetValue(t.Id, out var at) ? at : null, null)).ToList(),
+        });
     }
 
     private static async Task<Results<NoContent, ProblemHttpResult>> Revoke(

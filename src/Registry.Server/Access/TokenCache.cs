@@ -83,19 +83,12 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
         return TokenCheck.Valid;
     }
 
-    /// <summary>When this node last accepted the token, if it has since it loaded it.</summary>
-    public DateTimeOffset? LastUsedHere(string id)
-    {
-        foreach (var entry in _tokens.Values)
-        {
-            if (entry.Grant.Id == id && Interlocked.Read(ref entry.LastUsedTicks) is var ticks and > 0)
-            {
-                return new DateTimeOffset(ticks, TimeSpan.Zero);
-            }
-        }
-
-        return null;
-    }
+    /// <summary>When this node last accepted each token it has accepted since it loaded it, by id.</summary>
+    public Dictionary<string, DateTimeOffset> LastUsedHere() =>
+        _tokens.Values
+            .Select(e => (e.Grant.Id, Ticks: Interlocked.Read(ref e.LastUsedTicks)))
+            .Where(e => e.Ticks > 0)
+            .ToDictionary(e => e.Id, e => new DateTimeOffset(e.Ticks, TimeSpan.Zero), StringComparer.Ordinal);
 
     public async Task ReloadAsync(CancellationToken cancellationToken)
     {

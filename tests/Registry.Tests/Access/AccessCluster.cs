@@ -193,3 +193,10 @@ public sealed class AccessCluster : IAsyncLifetime
         Directory.Delete(_folder, recursive: true);
     }
 }
+
+/// <summary>The access suites share one cluster (one database, two nodes) and run one after another.</summary>
+[CollectionDefinition(Name)]
+public sealed class AccessTestsDefinition : ICollectionFixture<AccessCluster>
+{
+    public const string Name = "access";
+}

@@ -7,7 +7,8 @@ using Registry.Tests.Infrastructure;
 namespace Registry.Tests.Access;
 
 /// <summary>Access beyond the matrix: whole refusals, propagation between nodes, what stays open, limits and the audit trail.</summary>
-public sealed class AccessTests(AccessCluster cluster) : IClassFixture<AccessCluster>
+[Collection(AccessTestsDefinition.Name)]
+public sealed class AccessTests(AccessCluster cluster)
 {
     private static string Provider(string application) => Http.Provider(application, "10.0.0.2:8080");
 

@@ -8,7 +8,8 @@ namespace Registry.Tests.Access;
 /// Every endpoint against every kind of credential: the status, and for refusals the problem
 /// document (401 with <c>WWW-Authenticate: Bearer</c>; 403 naming the application and the scope).
 /// </summary>
-public sealed class AuthorizationMatrixTests(AccessCluster cluster) : IClassFixture<AccessCluster>
+[Collection(AccessTestsDefinition.Name)]
+public sealed class AuthorizationMatrixTests(AccessCluster cluster)
 {
     private const string Provider = """{"application":"payments","protocol":"http","addr":"10.0.0.1:8080","meta":{}}""";
 

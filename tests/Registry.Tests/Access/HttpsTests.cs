@@ -10,7 +10,8 @@ using Registry.Tests.Infrastructure;
 namespace Registry.Tests.Access;
 
 /// <summary>TLS the way appsettings.example.json shows it: a Kestrel HTTPS endpoint with a PEM certificate and key.</summary>
-public sealed class HttpsTests(AccessCluster cluster) : IClassFixture<AccessCluster>
+[Collection(AccessTestsDefinition.Name)]
+public sealed class HttpsTests(AccessCluster cluster)
 {
     [Fact]
     public async Task ANodeServesHttpsWithTheConfiguredCertificate()

@@ -6,7 +6,8 @@ using Registry.Tests.Infrastructure;
 namespace Registry.Tests.Access;
 
 /// <summary>The server binary itself: the <c>tokens create</c> command, and the refusal to start when nobody could authenticate.</summary>
-public sealed class ServerBinaryTests(AccessCluster cluster) : IClassFixture<AccessCluster>
+[Collection(AccessTestsDefinition.Name)]
+public sealed class ServerBinaryTests(AccessCluster cluster)
 {
     private static readonly string ServerDll = Path.Combine(AppContext.BaseDirectory, "Registry.Server.dll");
 
