@@ -44,7 +44,42 @@ START TRANSACTION;
 
 DO $EF$
 BEGIN
-    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261127162918_AddTokens') THEN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261127163018_ClusterState') THEN
+    CREATE TABLE evictions (
+        id bigint GENERATED ALWAYS AS IDENTITY,
+        evicted_at timestamptz NOT NULL,
+        instances integer NOT NULL,
+        CONSTRAINT "PK_evictions" PRIMARY KEY (id)
+    );
+    END IF;
+END $EF$;
+
+DO $EF$
+BEGIN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261127163018_ClusterState') THEN
+    CREATE TABLE nodes (
+        id text COLLATE "C" NOT NULL,
+        started_at timestamptz NOT NULL,
+        last_seen_at timestamptz NOT NULL,
+        CONSTRAINT "PK_nodes" PRIMARY KEY (id)
+    );
+    END IF;
+END $EF$;
+
+DO $EF$
+BEGIN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261127163018_ClusterState') THEN
+    INSERT INTO "__EFMigrationsHistory" ("MigrationId", "ProductVersion")
+    VALUES ('20261127163018_ClusterState', '10.0.15');
+    END IF;
+END $EF$;
+COMMIT;
+
+START TRANSACTION;
+
+DO $EF$
+BEGIN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261127175828_AddTokens') THEN
     CREATE TABLE tokens (
         id text COLLATE "C" NOT NULL,
         hash bytea NOT NULL,
@@ -62,16 +97,16 @@ END $EF$;
 
 DO $EF$
 BEGIN
-    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261127162918_AddTokens') THEN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261127175828_AddTokens') THEN
     CREATE UNIQUE INDEX "IX_tokens_hash" ON tokens (hash);
     END IF;
 END $EF$;
 
 DO $EF$
 BEGIN
-    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261127162918_AddTokens') THEN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261127175828_AddTokens') THEN
     INSERT INTO "__EFMigrationsHistory" ("MigrationId", "ProductVersion")
-    VALUES ('20261127162918_AddTokens', '10.0.15');
+    VALUES ('20261127175828_AddTokens', '10.0.15');
     END IF;
 END $EF$;
 COMMIT;

@@ -36,6 +36,22 @@ public sealed class LimitsOptions
     /// <summary>Most characters in a <c>version</c> query parameter.</summary>
     [Range(1, 4096)]
     public int MaxVersionLength { get; set; } = 128;
+
+    /// <summary>Most requests one client (remote address and credential) may hold parked on a node; beyond it 429.</summary>
+    [Range(1, 10_000_000)]
+    public int MaxParkedPerClient { get; set; } = 1_000;
+
+    /// <summary>Most requests a node holds parked in all; beyond it 429.</summary>
+    [Range(1, 10_000_000)]
+    public int MaxParked { get; set; } = 50_000;
+
+    /// <summary>Most distinct subscriptions a node holds; a new one beyond it is 429.</summary>
+    [Range(1, 10_000_000)]
+    public int MaxSubscriptions { get; set; } = 10_000;
+
+    /// <summary>The Retry-After sent with a 429 for one of the limits above, in seconds.</summary>
+    [Range(1, 3600)]
+    public int RetryAfterSeconds { get; set; } = 5;
 }
 
 /// <summary>Leases, renewals, the sweeper and self-preservation (section <c>Registry:Leases</c>).</summary>
@@ -55,6 +71,24 @@ public sealed class LeaseOptions
 
     /// <summary>How often a node writes the renewals it has gathered (one statement each time).</summary>
     public TimeSpan RenewalInterval { get; set; } = TimeSpan.FromMilliseconds(250);
+
+    /// <summary>
+    /// A heartbeat whose renewal has waited unrecorded (the database unreachable from this node)
+    /// for this share of its TTL is refused with 503, so the provider fails over to a node that
+    /// can record it before the lease runs out in the database.
+    /// </summary>
+    [Range(0.01, 1.0)]
+    public double UnrecordedShare { get; set; } = 0.25;
+
+    /// <summary>How often a node marks itself alive in <c>nodes</c> (the grace rule reads when the cluster last could record).</summary>
+    public TimeSpan LivenessInterval { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>
+    /// When no node has marked itself alive for longer than this, the cluster could not record
+    /// renewals: the leases live when that began are extended by their TTL before anything is
+    /// swept. Keep it a few <see cref="LivenessInterval"/>s.
+    /// </summary>
+    public TimeSpan GraceGap { get; set; } = TimeSpan.FromSeconds(3);
 
     /// <summary>How often the sweeper looks for expired leases.</summary>
     public TimeSpan SweepInterval { get; set; } = TimeSpan.FromSeconds(2);

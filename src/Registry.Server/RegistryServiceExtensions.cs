@@ -3,9 +3,11 @@ using Microsoft.AspNetCore.Diagnostics;
 using Microsoft.EntityFrameworkCore;
 using Registry.ChangeFeed;
 using Registry.Leases;
+using Registry.Membership;
 using Registry.Model;
 using Registry.Operations;
 using Registry.Registration;
+using Registry.State;
 using Registry.Storage;
 using Registry.Subscription;
 
@@ -68,7 +70,8 @@ internal static class RegistryServiceExtensions
         services.AddOptions<LimitsOptions>().BindConfiguration("Registry:Limits").ValidateDataAnnotations().ValidateOnStart();
         services.AddOptions<LeaseOptions>().BindConfiguration("Registry:Leases").ValidateDataAnnotations()
             .Validate(o => o.MinTtlSeconds <= o.DefaultTtlSeconds && o.DefaultTtlSeconds <= o.MaxTtlSeconds, "Registry:Leases needs MinTtlSeconds <= DefaultTtlSeconds <= MaxTtlSeconds.")
-            .Validate(o => o.RenewalInterval > TimeSpan.Zero && o.SweepInterval > TimeSpan.Zero && o.SelfPreservationWindow > TimeSpan.Zero, "Registry:Leases intervals must be positive.")
+            .Validate(o => o.RenewalInterval > TimeSpan.Zero && o.SweepInterval > TimeSpan.Zero && o.SelfPreservationWindow > TimeSpan.Zero && o.LivenessInterval > TimeSpan.Zero, "Registry:Leases intervals must be positive.")
+            .Validate(o => o.GraceGap >= 2 * o.LivenessInterval && o.GraceGap >= 2 * o.RenewalInterval, "Registry:Leases needs GraceGap of at least two LivenessIntervals and two RenewalIntervals.")
             .ValidateOnStart();
         services.AddOptions<SubscriptionOptions>().BindConfiguration("Registry:Subscriptions").ValidateDataAnnotations()
             .Validate(o => o.DefaultWaitSeconds <= o.MaxWaitSeconds, "Registry:Subscriptions needs DefaultWaitSeconds <= MaxWaitSeconds.")
@@ -87,9 +90,12 @@ internal static class RegistryServiceExtensions
 
         services.AddSingleton<RegistryMetrics>();
         services.AddRegistryMetricsExport();
+        services.AddSingleton<NodeIdentity>();
         services.AddSingleton<RegistryState>();
+        services.AddSingleton<OwnCommits>();
         services.AddSingleton<SubscriptionHub>();
         services.AddSingleton<LongPoll>();
+        services.AddSingleton<ParkingLot>();
         services.AddSingleton<RequestReader>();
         services.AddSingleton<RequestBody>();
         services.AddSingleton<DatabaseClock>();

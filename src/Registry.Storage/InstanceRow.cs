@@ -25,9 +25,10 @@ public sealed class InstanceRow
     public DateTime RegisteredAt { get; set; }
 
     /// <summary>
-    /// Taken from a sequence whenever what a consumer sees of the row changes, so that
-    /// a node can compare <c>count</c> and <c>max(revision)</c> per application with what
-    /// it holds in memory and catch a lost notification.
+    /// Taken from a sequence whenever what a consumer sees of the row (or its TTL) changes,
+    /// so that a node can compare the (key, revision) pairs of an application with what it
+    /// holds in memory and catch a lost notification. Values are drawn at statement time and
+    /// commit in any order: never compare a count and a maximum of them.
     /// </summary>
     public long Revision { get; set; }
 }

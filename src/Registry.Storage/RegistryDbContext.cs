@@ -14,6 +14,12 @@ public sealed class RegistryDbContext(DbContextOptions<RegistryDbContext> option
     /// <summary>The registry tokens (hashes only).</summary>
     public DbSet<TokenRow> Tokens => Set<TokenRow>();
 
+    /// <summary>The registry nodes and when each last reached the database.</summary>
+    public DbSet<NodeRow> Nodes => Set<NodeRow>();
+
+    /// <summary>Recent sweeps' evictions (self-preservation's cluster-wide budget).</summary>
+    public DbSet<EvictionRow> Evictions => Set<EvictionRow>();
+
     /// <inheritdoc />
     protected override void OnModelCreating(ModelBuilder modelBuilder)
     {
@@ -56,6 +62,24 @@ public sealed class RegistryDbContext(DbContextOptions<RegistryDbContext> option
             token.Property(t => t.ExpiresAt).HasColumnName("expires_at").HasColumnType("timestamptz");
             token.Property(t => t.LastUsedAt).HasColumnName("last_used_at").HasColumnType("timestamptz");
         });
+
+        modelBuilder.Entity<NodeRow>(node =>
+        {
+            node.ToTable(Schema.NodesTable);
+            node.HasKey(n => n.Id);
+            node.Property(n => n.Id).HasColumnName("id").UseCollation("C");
+            node.Property(n => n.StartedAt).HasColumnName("started_at").HasColumnType("timestamptz");
+            node.Property(n => n.LastSeenAt).HasColumnName("last_seen_at").HasColumnType("timestamptz");
+        });
+
+        modelBuilder.Entity<EvictionRow>(eviction =>
+        {
+            eviction.ToTable(Schema.EvictionsTable);
+            eviction.HasKey(e => e.Id);
+            eviction.Property(e => e.Id).HasColumnName("id").UseIdentityAlwaysColumn();
+            eviction.Property(e => e.EvictedAt).HasColumnName("evicted_at").HasColumnType("timestamptz");
+            eviction.Property(e => e.Instances).HasColumnName("instances");
+        });
     }
 }
 
@@ -64,6 +88,12 @@ public static class Schema
 {
     /// <summary>The table of registered instances.</summary>
     public const string InstancesTable = "instances";
+
+    /// <summary>The registry nodes (see <see cref="NodeRow"/>).</summary>
+    public const string NodesTable = "nodes";
+
+    /// <summary>Recent evictions (see <see cref="EvictionRow"/>).</summary>
+    public const string EvictionsTable = "evictions";
 
     /// <summary>The sequence that stamps content changes.</summary>
     public const string RevisionSequence = "instance_revision";

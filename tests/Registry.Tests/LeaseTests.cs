@@ -50,7 +50,7 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
         using var sweepsSecond = MeterWatch.Node(second, "registry.sweeps");
         using var evictedFirst = MeterWatch.Node(first, "registry.evictions");
         using var evictedSecond = MeterWatch.Node(second, "registry.evictions");
-        await Task.WhenAll(sweepsFirst.WaitForAsync(2), sweepsSecond.WaitForAsync(2)); // past the start-up grace
+        await Task.WhenAll(sweepsFirst.WaitForAsync(2), sweepsSecond.WaitForAsync(2)); // both sweepers are running
 
         await using (var connection = new NpgsqlConnection(database))
         {
@@ -102,7 +102,8 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
         using var client = node.CreateClient();
         using var reconnects = MeterWatch.Node(node, "registry.changefeed.reconnects");
         using var graces = MeterWatch.Node(node, "registry.sweeps", "outcome", "grace");
-        await graces.WaitForAsync(1); // the start-up grace is behind us
+        using var marks = MeterWatch.Node(node, "registry.liveness.marks");
+        await marks.WaitForAsync(1); // the database knows the cluster was recording before the outage
         using (var response = await client.PostJsonAsync("/v1/register?ttl=2", Instance("app", 0)))
         {
             response.EnsureSuccessStatusCode();
@@ -129,7 +130,7 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
         await Task.Delay(TimeSpan.FromSeconds(3) - outage.Elapsed); // the outage itself
         proxy.Start();
         await reconnects.WaitForAsync(1, TimeSpan.FromSeconds(15));
-        await graces.WaitForAsync(2, TimeSpan.FromSeconds(15));
+        await graces.WaitForAsync(1, TimeSpan.FromSeconds(15));
 
         // Expired during the outage, yet not evicted: the grace extended it by its TTL...
         var (_, held, _) = await client.SubscribeAsync(subscription, version, wait: 1);
@@ -152,8 +153,6 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
             ["Registry:Leases:SelfPreservationWindow"] = "00:00:02",
         });
         using var client = node.CreateClient();
-        using var graces = MeterWatch.Node(node, "registry.sweeps", "outcome", "grace");
-        await graces.WaitForAsync(1);
         for (var i = 0; i < 20; i++)
         {
             // Half the fleet dies (TTL 1 s, no heartbeats); the other half lives.
@@ -199,6 +198,8 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
             ["Registry:Leases:SweepInterval"] = "01:00:00",
             ["Registry:Leases:RenewalInterval"] = "00:00:00.500",
             ["Registry:ChangeFeed:ConsistencyCheckInterval"] = "01:00:00",
+            ["Registry:Leases:LivenessInterval"] = "01:00:00",
+            ["Registry:Leases:GraceGap"] = "02:00:00",
         });
         using var client = node.CreateClient();
         await using (var connection = new NpgsqlConnection(database))
@@ -242,10 +243,10 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
         await using var node = new RegistryNode(database, new Dictionary<string, string?>
         {
             ["Registry:ChangeFeed:ConsistencyCheckInterval"] = "01:00:00",
+            ["Registry:Leases:LivenessInterval"] = "01:00:00",
+            ["Registry:Leases:GraceGap"] = "02:00:00",
         });
         using var client = node.CreateClient();
-        using var graces = MeterWatch.Node(node, "registry.sweeps", "outcome", "grace");
-        await graces.WaitForAsync(1);
         using (var response = await client.PostJsonAsync("/v1/register?ttl=600", Instance("app", 0)))
         {
             response.EnsureSuccessStatusCode();

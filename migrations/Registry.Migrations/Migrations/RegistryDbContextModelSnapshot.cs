@@ -24,6 +24,28 @@ namespace Registry.Migrations.Migrations
 
             modelBuilder.HasSequence("instance_revision");
 
+            modelBuilder.Entity("Registry.Storage.EvictionRow", b =>
+                {
+                    b.Property<long>("Id")
+                        .ValueGeneratedOnAdd()
+                        .HasColumnType("bigint")
+                        .HasColumnName("id");
+
+                    NpgsqlPropertyBuilderExtensions.UseIdentityAlwaysColumn(b.Property<long>("Id"));
+
+                    b.Property<DateTime>("EvictedAt")
+                        .HasColumnType("timestamptz")
+                        .HasColumnName("evicted_at");
+
+                    b.Property<int>("Instances")
+                        .HasColumnType("integer")
+                        .HasColumnName("instances");
+
+                    b.HasKey("Id");
+
+                    b.ToTable("evictions", (string)null);
+                });
+
             modelBuilder.Entity("Registry.Storage.InstanceRow", b =>
                 {
                     b.Property<string>("Application")
@@ -69,6 +91,26 @@ namespace Registry.Migrations.Migrations
                     b.ToTable("instances", (string)null);
 
                     b.HasAnnotation("Npgsql:StorageParameter:fillfactor", 70);
+                });
+
+            modelBuilder.Entity("Registry.Storage.NodeRow", b =>
+                {
+                    b.Property<string>("Id")
+                        .HasColumnType("text")
+                        .HasColumnName("id")
+                        .UseCollation("C");
+
+                    b.Property<DateTime>("LastSeenAt")
+                        .HasColumnType("timestamptz")
+                        .HasColumnName("last_seen_at");
+
+                    b.Property<DateTime>("StartedAt")
+                        .HasColumnType("timestamptz")
+                        .HasColumnName("started_at");
+
+                    b.HasKey("Id");
+
+                    b.ToTable("nodes", (string)null);
                 });
 
             modelBuilder.Entity("Registry.Storage.TokenRow", b =>

@@ -216,7 +216,7 @@ internal sealed partial class ChangeFeedListener : BackgroundService
         }
 
         _metrics.NotificationReceived();
-        _loader.Announced(e.Payload, e.PID);
+        _loader.Announced(e.Payload);
     }
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Change feed listening (backend {ProcessId}); registry loaded")]

@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Data.Common;
 using System.Threading.Channels;
 using Microsoft.Extensions.Options;
@@ -7,6 +6,7 @@ using Registry.Leases;
 using Registry.Model;
 using Registry.Operations;
 using Registry.Storage;
+using Registry.State;
 using Registry.Subscription;
 
 namespace Registry.ChangeFeed;
@@ -14,8 +14,9 @@ namespace Registry.ChangeFeed;
 /// <summary>
 /// The one writer of <see cref="RegistryState"/>: reloads what a notification announces
 /// (the listed instances, or the whole application; bursts coalesce into one query per kind),
-/// the whole registry after the change feed (re)connects, and compares per-application counts
-/// and revisions with the database now and then to catch a lost notification. Every load runs
+/// the whole registry after the change feed (re)connects, and compares a digest of each
+/// application's (key, revision) pairs with the database now and then to catch a lost
+/// notification. Every load runs
 /// through this one loop, in the order notifications arrive (commit order): another node's
 /// change is read afresh, one of this node's own batches brings the rows its statement
 /// returned. So two loads of the same rows can never be applied out of order.
@@ -23,6 +24,7 @@ namespace Registry.ChangeFeed;
 internal sealed partial class RegistryLoader(
     RegistryDatabase database,
     RegistryState state,
+    OwnCommits own,
     SubscriptionHub hub,
     SweepSchedule sweeps,
     RegistryMetrics metrics,
@@ -34,15 +36,12 @@ internal sealed partial class RegistryLoader(
 
     private readonly Channel<Reload> _requests = Channel.CreateUnbounded<Reload>(new UnboundedChannelOptions { SingleReader = true });
 
-    /// <summary>This node's batches, per backend in commit order, until their notifications are loaded.</summary>
-    private readonly ConcurrentDictionary<int, ConcurrentQueue<OwnCommit>> _own = new();
-
     /// <summary>
     /// A request to reload some instances (<see cref="Keys"/>), one whole application
-    /// (<see cref="Application"/> without keys), or everything (neither). <see cref="Backend"/>
-    /// is set on a notification: the backend that sent it.
+    /// (<see cref="Application"/> without keys), or everything (neither). <see cref="Tag"/>
+    /// is set on a notification of a node's own batch (see <see cref="Announcement"/>).
     /// </summary>
-    private sealed record Reload(string? Application, InstanceKey[]? Keys, TaskCompletionSource? Done, int? Backend = null)
+    private sealed record Reload(string? Application, InstanceKey[]? Keys, TaskCompletionSource? Done, string? Tag = null)
     {
         /// <summary>Loads nothing; makes the loop look at this node's own batches again.</summary>
         public static readonly Reload Bookkeeping = new(null, [], null);
@@ -51,24 +50,21 @@ internal sealed partial class RegistryLoader(
     }
 
     /// <summary>Schedules what a notification announces; never blocks, never throws.</summary>
-    public void Announced(string payload, int backend)
+    public void Announced(string payload)
     {
-        var (application, keys) = Announcement.Parse(payload);
-        _requests.Writer.TryWrite(new Reload(application, keys, null, backend));
+        var (application, tag, keys) = Announcement.Parse(payload);
+        _requests.Writer.TryWrite(new Reload(application, keys, null, tag));
     }
 
     /// <summary>
-    /// Registers a batch about to run on <paramref name="backend"/>. Once it is
-    /// <see cref="Settled"/>, its own notifications apply the rows it returned instead of
-    /// reading them again, and <see cref="OwnCommit.Applied"/> completes when all are in
-    /// memory. Notifications from one backend arrive in commit order.
+    /// Registers a batch about to run. Once it is <see cref="Settled"/>, its own notifications
+    /// apply the rows it returned instead of reading them again, and
+    /// <see cref="OwnCommit.Applied"/> completes when all are in memory.
     /// </summary>
-    public OwnCommit Expect(int backend)
-    {
-        var commit = new OwnCommit();
-        _own.GetOrAdd(backend, _ => new ConcurrentQueue<OwnCommit>()).Enqueue(commit);
-        return commit;
-    }
+    public OwnCommit Expect() => own.Expect();
+
+    /// <summary>Stops waiting for a batch's notifications: the writer loaded its rows another way, or it changed nothing.</summary>
+    public void Abandon(OwnCommit commit) => own.Abandon(commit);
 
     /// <summary>Records what the batch changed (one notification per application), or null when it failed.</summary>
     public void Settled(OwnCommit commit, Dictionary<string, Changes>? changes)
@@ -77,47 +73,19 @@ internal sealed partial class RegistryLoader(
         _requests.Writer.TryWrite(Reload.Bookkeeping);
     }
 
-    /// <summary>Counts each notification from this node's own backends against the batch that sent it.</summary>
+    /// <summary>Counts each notification of this node's own batches against the batch that sent it.</summary>
     private Dictionary<Reload, OwnCommit> Owners(List<Reload> batch)
     {
         var owners = new Dictionary<Reload, OwnCommit>(ReferenceEqualityComparer.Instance);
         foreach (var request in batch)
         {
-            if (request.Backend is { } backend && _own.TryGetValue(backend, out var queue)
-                && queue.FirstOrDefault(c => c.Expected is not { } expected || c.Received < expected) is { } commit)
+            if (own.Receive(request.Tag) is { } commit)
             {
-                commit.Received++;
                 owners[request] = commit;
             }
         }
 
         return owners;
-    }
-
-    /// <summary>Completes this node's batches whose notifications have all been loaded.</summary>
-    private void CompleteOwn()
-    {
-        foreach (var queue in _own.Values)
-        {
-            while (queue.TryPeek(out var head) && head.Expected is { } expected && head.Received >= expected)
-            {
-                queue.TryDequeue(out _);
-                head.Applied.TrySetResult();
-            }
-        }
-    }
-
-    /// <summary>After a full load every settled batch is in memory.</summary>
-    private void LoadedEverything()
-    {
-        foreach (var queue in _own.Values)
-        {
-            while (queue.TryPeek(out var head) && head.Expected is not null)
-            {
-                queue.TryDequeue(out _);
-                head.Applied.TrySetResult();
-            }
-        }
     }
 
     /// <summary>Reloads the instances and completes once the new snapshots are in place.</summary>
@@ -243,12 +211,12 @@ internal sealed partial class RegistryLoader(
             {
                 foreach (var request in reads)
                 {
-                    _requests.Writer.TryWrite(request with { Done = null, Backend = null });
+                    _requests.Writer.TryWrite(request with { Done = null, Tag = null });
                 }
             }
         }
 
-        CompleteOwn();
+        own.CompleteLoaded();
         foreach (var done in batch.Select(r => r.Done).OfType<TaskCompletionSource>().Distinct())
         {
             if (failure is null)
@@ -272,7 +240,7 @@ internal sealed partial class RegistryLoader(
         var loaded = await QueryAsync(SelectColumns, null, cancellationToken);
         var before = state.Applications;
         state.ReplaceAll(loaded.Values);
-        LoadedEverything();
+        own.CompleteSettled();
         metrics.Reloaded(all: true);
         var changed = before.Keys.Union(loaded.Keys, StringComparer.Ordinal)
             .Where(a => !(loaded.TryGetValue(a, out var now) && now.SameContentAs(before.GetValueOrDefault(a))))
@@ -384,25 +352,28 @@ internal sealed partial class RegistryLoader(
         return rows.ToDictionary(p => p.Key, p => p.Value.ToArray(), StringComparer.Ordinal);
     }
 
-    /// <summary>NOTIFY is a hint, not a log: compare count and max(revision) per application and reload what differs.</summary>
+    /// <summary>
+    /// NOTIFY is a hint, not a log: compare each application's count and content digest with
+    /// the database and reload what differs.
+    /// </summary>
     private async Task CheckConsistencyAsync(CancellationToken cancellationToken)
     {
         try
         {
             await using var command = database.DataSource.CreateCommand(
-                "SELECT application, count(*)::int, max(revision) FROM instances GROUP BY application");
-            var inDatabase = new Dictionary<string, (int Count, long Revision)>(StringComparer.Ordinal);
+                $"SELECT application, count(*)::int, {ApplicationSnapshot.ContentDigestSql} FROM instances GROUP BY application");
+            var inDatabase = new Dictionary<string, (int Count, string Digest)>(StringComparer.Ordinal);
             await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
             {
                 while (await reader.ReadAsync(cancellationToken))
                 {
-                    inDatabase[reader.GetString(0)] = (reader.GetInt32(1), reader.GetInt64(2));
+                    inDatabase[reader.GetString(0)] = (reader.GetInt32(1), reader.GetString(2));
                 }
             }
 
             var memory = state.Applications;
             var stale = inDatabase
-                .Where(p => !memory.TryGetValue(p.Key, out var s) || s.Count != p.Value.Count || s.MaxRevision != p.Value.Revision)
+                .Where(p => !memory.TryGetValue(p.Key, out var s) || s.Count != p.Value.Count || s.ContentDigest != p.Value.Digest)
                 .Select(p => p.Key)
                 .Concat(memory.Keys.Where(a => !inDatabase.ContainsKey(a)))
                 .ToArray();
@@ -427,56 +398,4 @@ internal sealed partial class RegistryLoader(
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Consistency check found {Applications} applications out of date (a notification was lost); reloaded them")]
     private static partial void LogInconsistent(ILogger logger, int applications);
-}
-
-/// <summary>What one committed batch changed in one application: the keys, and the rows they now have (none for a removed one).</summary>
-internal sealed class Changes
-{
-    public List<InstanceKey> Keys { get; } = [];
-
-    public List<Instance> Rows { get; } = [];
-
-    public void Add(InstanceKey key, Instance? row)
-    {
-        Keys.Add(key);
-        if (row is not null)
-        {
-            Rows.Add(row);
-        }
-    }
-}
-
-/// <summary>A batch this node runs, until the loader has applied its own notifications.</summary>
-internal sealed class OwnCommit
-{
-    private volatile Settlement? _settlement;
-
-    /// <summary>Its notifications loaded so far; only the loader's loop touches it.</summary>
-    public int Received { get; set; }
-
-    /// <summary>How many notifications it sends (one per changed application), once known.</summary>
-    public int? Expected => _settlement?.Notifications;
-
-    public TaskCompletionSource Applied { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
-
-    /// <summary>The rows it left in the application, once known (and until forgotten).</summary>
-    public Changes? For(string application) => _settlement?.Changes?.GetValueOrDefault(application);
-
-    /// <summary><paramref name="changes"/> is null when the batch failed (a rolled-back batch sends nothing).</summary>
-    public void Settle(Dictionary<string, Changes>? changes) => _settlement = new Settlement(changes?.Count ?? 0, changes);
-
-    /// <summary>
-    /// Drops the rows once the writer has loaded them another way (its notifications were slow
-    /// or the feed is down), so a feed outage does not hold every batch's rows; the
-    /// notifications, should they come, are then read like another node's.
-    /// </summary>
-    public void Forget()
-    {
-        if (_settlement is { } settled)
-        {
-            _settlement = settled with { Changes = null };
-        }
-    }
-
-    private sealed record Settlement(int Notifications, Dictionary<string, Changes>? Changes);
 }

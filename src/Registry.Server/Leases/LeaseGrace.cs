@@ -1,36 +1,97 @@
+using Microsoft.Extensions.Options;
 using Npgsql;
+using Registry.Membership;
+using Registry.Operations;
 
 namespace Registry.Leases;
 
 /// <summary>
-/// The grace rule: after any time in which heartbeats could not be recorded (the node's
-/// start, a database outage) every lease is extended by its TTL before the sweeper evicts
-/// again, so a registry-side fault never evicts a healthy fleet.
+/// The grace rule, decided for the cluster from the database. Every node marks its row of
+/// <c>nodes</c> while it can reach the database, so the newest mark says when the cluster
+/// last could record renewals. When it is older than <see cref="LeaseOptions.GraceGap"/>
+/// (the database was down, or unreachable from every node, or every node was stopped), the
+/// leases that were live when that began are extended by their TTL before anything is swept:
+/// a registry-side fault never evicts a healthy fleet. One node starting or failing alone
+/// owes nothing (the others recorded meanwhile), and a lease that had run out before the gap
+/// began is never revived, so restarts cannot keep dead providers listed.
 /// </summary>
-internal sealed partial class LeaseGrace(ILogger<LeaseGrace> logger)
+internal sealed partial class LeaseGrace(
+    NodeIdentity node,
+    RegistryMetrics metrics,
+    IOptions<LeaseOptions> options,
+    ILogger<LeaseGrace> logger)
 {
-    // The node starts owing a grace period.
-    private int _owed = 1;
+    /// <summary>
+    /// Reads when the cluster last recorded and, in the same statement, marks this node
+    /// unless a gap is owed; the mark waits for the extension, so the evidence of the gap
+    /// survives until a node has acted on it.
+    /// </summary>
+    private const string MarkStatement =
+        """
+        WITH last AS (SELECT max(last_seen_at) AS at FROM nodes),
+        gate AS (SELECT at, coalesce(clock_timestamp() - at > @gap, false) AS owed FROM last),
+        marked AS (
+            INSERT INTO nodes (id, started_at, last_seen_at)
+            SELECT @node, clock_timestamp(), clock_timestamp() FROM gate WHERE NOT owed
+            ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at
+            RETURNING 1)
+        SELECT g.owed, g.at, clock_timestamp(), (SELECT count(*) FROM marked) FROM gate g
+        """;
 
-    public bool Owed => Volatile.Read(ref _owed) == 1;
-
-    /// <summary>Notes that heartbeats could not be recorded for a while.</summary>
-    public void Require() => Volatile.Write(ref _owed, 1);
-
-    /// <summary>Extends every lease by its TTL and clears the debt.</summary>
-    public async Task ExtendAsync(NpgsqlConnection connection, CancellationToken cancellationToken)
-    {
-        await using var command = new NpgsqlCommand(
-            """
+    /// <summary>Extends the leases live when the gap began (<c>@since</c>) and marks this node, atomically.</summary>
+    private const string ExtendStatement =
+        """
+        WITH extended AS (
             UPDATE instances
                SET expires_at = clock_timestamp() + ttl_seconds * interval '1 second'
-             WHERE expires_at < clock_timestamp() + ttl_seconds * interval '1 second'
-            """, connection);
-        var extended = await command.ExecuteNonQueryAsync(cancellationToken);
-        Volatile.Write(ref _owed, 0);
-        LogExtended(logger, extended);
+             WHERE expires_at > @since
+               AND expires_at < clock_timestamp() + ttl_seconds * interval '1 second'
+            RETURNING 1),
+        marked AS (
+            INSERT INTO nodes (id, started_at, last_seen_at) VALUES (@node, clock_timestamp(), clock_timestamp())
+            ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at
+            RETURNING 1)
+        SELECT (SELECT count(*) FROM extended)::int, (SELECT count(*) FROM marked)
+        """;
+
+    /// <summary>
+    /// Marks this node as able to record, first extending the leases when the cluster owes a
+    /// grace period. Runs every <see cref="LeaseOptions.LivenessInterval"/> and at the start of
+    /// every sweep (in its transaction), so no sweep can run between a gap and its grace.
+    /// Returns the database's clock.
+    /// </summary>
+    public async Task<DateTimeOffset> SettleAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, CancellationToken cancellationToken)
+    {
+        bool owed;
+        DateTimeOffset? since;
+        DateTimeOffset now;
+        await using (var mark = new NpgsqlCommand(MarkStatement, connection, transaction))
+        {
+            mark.Parameters.AddWithValue("gap", options.Value.GraceGap);
+            mark.Parameters.AddWithValue("node", node.Id);
+            await using var reader = await mark.ExecuteReaderAsync(cancellationToken);
+            await reader.ReadAsync(cancellationToken);
+            owed = reader.GetBoolean(0);
+            since = reader.IsDBNull(1) ? null : new DateTimeOffset(reader.GetDateTime(1), TimeSpan.Zero);
+            now = new DateTimeOffset(reader.GetDateTime(2), TimeSpan.Zero);
+        }
+
+        if (!owed || since is not { } began)
+        {
+            metrics.LivenessMarked();
+            return now;
+        }
+
+        await using var extend = new NpgsqlCommand(ExtendStatement, connection, transaction);
+        extend.Parameters.AddWithValue("since", began);
+        extend.Parameters.AddWithValue("node", node.Id);
+        var extended = (int)(await extend.ExecuteScalarAsync(cancellationToken))!;
+        metrics.Swept("grace");
+        metrics.LivenessMarked();
+        LogExtended(logger, extended, now - began);
+        return now;
     }
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "Grace: extended {Instances} leases by their TTL after a period in which heartbeats could not be recorded")]
-    private static partial void LogExtended(ILogger logger, int instances);
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Grace: no node could record lease renewals for {Gap}; extended the {Instances} leases that were live when that began by their TTL")]
+    private static partial void LogExtended(ILogger logger, int instances, TimeSpan gap);
 }

@@ -5,7 +5,7 @@ using Npgsql;
 using Registry.Model;
 using Registry.Operations;
 using Registry.Storage;
-using Registry.Subscription;
+using Registry.State;
 
 namespace Registry.Leases;
 
@@ -14,6 +14,10 @@ namespace Registry.Leases;
 /// when less than half of the lease is left, and the renewals gathered during one
 /// <see cref="LeaseOptions.RenewalInterval"/> go to the database as one statement, which
 /// never notifies. The database write rate is bounded by the interval, not by providers.
+/// A heartbeat is answered <c>200</c> only while the node can record it: once a renewal has
+/// waited unrecorded for <see cref="LeaseOptions.UnrecordedShare"/> of the lease, the node
+/// refuses heartbeats, so the provider fails over to a node that can before its lease runs
+/// out in the database. The same loop marks the node alive for the grace rule.
 /// </summary>
 internal sealed partial class LeaseRenewer(
     RegistryDatabase database,
@@ -26,38 +30,77 @@ internal sealed partial class LeaseRenewer(
 {
     private readonly ConcurrentDictionary<InstanceKey, byte> _pending = new();
 
-    /// <summary>The expiry this node last wrote or committed for an instance (a lower bound of the truth).</summary>
-    private readonly ConcurrentDictionary<InstanceKey, DateTimeOffset> _written = new();
+    /// <summary>
+    /// The expiry this node last wrote or committed for an instance, with the row's revision
+    /// then. It is a lower bound of the database's expiry only while the row keeps that
+    /// revision: a registration elsewhere with another TTL changes the revision (and the
+    /// change feed brings the row), and then the row as loaded is what counts.
+    /// </summary>
+    private readonly ConcurrentDictionary<InstanceKey, (long Revision, DateTimeOffset ExpiresAt)> _written = new();
+
+    /// <summary>Since when (timestamp ticks) renewals have waited unrecorded; 0 when none waits.</summary>
+    private long _unrecordedSince;
 
     private bool _failing;
 
-    /// <summary>Renews a known instance's lease; returns the expiry to report.</summary>
-    public DateTimeOffset Renew(Instance instance)
+    /// <summary>
+    /// Renews a known instance's lease: the expiry to report, or null when this node cannot
+    /// record renewals now (answer 503, so the provider tries another node).
+    /// </summary>
+    public DateTimeOffset? Renew(Instance instance)
     {
         var ttl = TimeSpan.FromSeconds(instance.TtlSeconds);
-        var known = _written.TryGetValue(instance.Key, out var written) && written > instance.ExpiresAt ? written : instance.ExpiresAt;
+        var known = _written.TryGetValue(instance.Key, out var written) && written.Revision == instance.Revision && written.ExpiresAt > instance.ExpiresAt
+            ? written.ExpiresAt
+            : instance.ExpiresAt;
         var now = clock.UtcNow;
         // Skip the write while most of the lease is still ahead; keep a margin of two
-        // intervals so a short lease is written before it can run out.
+        // intervals so a short lease is written before it can run out. What is reported is
+        // then what the database holds.
         if (known - now > ttl / 2 + 2 * options.Value.RenewalInterval)
         {
             return known;
         }
 
+        var since = Interlocked.Read(ref _unrecordedSince);
+        if (since != 0 && time.GetElapsedTime(since) > UnrecordedLimit(ttl))
+        {
+            return null;
+        }
+
         _pending.TryAdd(instance.Key, 0);
+        Interlocked.CompareExchange(ref _unrecordedSince, time.GetTimestamp(), 0);
         return now + ttl;
     }
 
     /// <summary>Records an expiry committed by a registration.</summary>
-    public void Committed(InstanceKey key, DateTimeOffset expiresAt) => _written[key] = expiresAt;
+    public void Committed(InstanceKey key, long revision, DateTimeOffset expiresAt) => _written[key] = (revision, expiresAt);
+
+    /// <summary>How long a renewal may wait unrecorded before heartbeats are refused; never less than a few write intervals.</summary>
+    private TimeSpan UnrecordedLimit(TimeSpan ttl) =>
+        TimeSpan.FromTicks(Math.Max((long)(ttl.Ticks * options.Value.UnrecordedShare), 4 * options.Value.RenewalInterval.Ticks));
+
+    /// <summary>Marks the node alive before it takes requests, settling any grace the cluster owes.</summary>
+    public override async Task StartAsync(CancellationToken cancellationToken)
+    {
+        await FlushAsync(mark: true, cancellationToken);
+        await base.StartAsync(cancellationToken);
+    }
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         using var timer = new PeriodicTimer(options.Value.RenewalInterval, time);
         var flushes = 0L;
+        var nextMark = time.GetTimestamp() + (long)(options.Value.LivenessInterval.TotalSeconds * time.TimestampFrequency);
         while (await timer.WaitForNextTickAsync(stoppingToken))
         {
-            await FlushAsync(stoppingToken);
+            var mark = time.GetTimestamp() >= nextMark;
+            if (mark)
+            {
+                nextMark = time.GetTimestamp() + (long)(options.Value.LivenessInterval.TotalSeconds * time.TimestampFrequency);
+            }
+
+            await FlushAsync(mark, stoppingToken);
             if (++flushes % 240 == 0)
             {
                 Prune();
@@ -65,14 +108,16 @@ internal sealed partial class LeaseRenewer(
         }
     }
 
-    /// <summary>Writes every gathered renewal in one statement.</summary>
-    private async Task FlushAsync(CancellationToken cancellationToken)
+    /// <summary>Writes every gathered renewal in one statement; marks the node alive when <paramref name="mark"/>.</summary>
+    private async Task FlushAsync(bool mark, CancellationToken cancellationToken)
     {
-        if (_pending.IsEmpty)
+        if (_pending.IsEmpty && !mark)
         {
             return;
         }
 
+        // Whatever is gathered from here on waits for the next flush.
+        var started = time.GetTimestamp();
         var keys = _pending.Keys.ToArray();
         foreach (var key in keys)
         {
@@ -82,34 +127,18 @@ internal sealed partial class LeaseRenewer(
         try
         {
             await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
-            if (_failing)
+            if (mark)
             {
-                // Heartbeats went unrecorded while the database was away: grace first.
-                await grace.ExtendAsync(connection, cancellationToken);
+                clock.Observe(await grace.SettleAsync(connection, null, cancellationToken));
             }
 
-            await using var command = new NpgsqlCommand(
-                """
-                UPDATE instances i
-                   SET expires_at = clock_timestamp() + i.ttl_seconds * interval '1 second'
-                  FROM unnest(@applications, @protocols, @addrs) AS k(application, protocol, addr)
-                 WHERE i.application = k.application AND i.protocol = k.protocol AND i.addr = k.addr
-                RETURNING i.application, i.protocol, i.addr, i.expires_at, clock_timestamp()
-                """, connection);
-            InstanceKeys.AddParameters(command.Parameters, keys);
-            var renewed = 0;
-            await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
+            if (keys.Length > 0)
             {
-                while (await reader.ReadAsync(cancellationToken))
-                {
-                    var key = new InstanceKey(reader.GetString(0), reader.GetString(1), reader.GetString(2));
-                    _written[key] = new DateTimeOffset(reader.GetDateTime(3), TimeSpan.Zero);
-                    clock.Observe(new DateTimeOffset(reader.GetDateTime(4), TimeSpan.Zero));
-                    renewed++;
-                }
+                await WriteAsync(connection, keys, cancellationToken);
             }
 
-            metrics.HeartbeatsWritten(renewed);
+            // Recorded: what waits now was gathered after this flush began.
+            Interlocked.Exchange(ref _unrecordedSince, _pending.IsEmpty ? 0 : started);
             if (_failing)
             {
                 _failing = false;
@@ -125,7 +154,6 @@ internal sealed partial class LeaseRenewer(
             }
 
             metrics.DatabaseError("renewal");
-            grace.Require();
             if (!_failing)
             {
                 _failing = true;
@@ -134,19 +162,45 @@ internal sealed partial class LeaseRenewer(
         }
     }
 
+    private async Task WriteAsync(NpgsqlConnection connection, InstanceKey[] keys, CancellationToken cancellationToken)
+    {
+        await using var command = new NpgsqlCommand(
+            """
+            UPDATE instances i
+               SET expires_at = clock_timestamp() + i.ttl_seconds * interval '1 second'
+              FROM unnest(@applications, @protocols, @addrs) AS k(application, protocol, addr)
+             WHERE i.application = k.application AND i.protocol = k.protocol AND i.addr = k.addr
+            RETURNING i.application, i.protocol, i.addr, i.expires_at, clock_timestamp(), i.revision
+            """, connection);
+        InstanceKeys.AddParameters(command.Parameters, keys);
+        var renewed = 0;
+        await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
+        {
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                var key = new InstanceKey(reader.GetString(0), reader.GetString(1), reader.GetString(2));
+                _written[key] = (reader.GetInt64(5), new DateTimeOffset(reader.GetDateTime(3), TimeSpan.Zero));
+                clock.Observe(new DateTimeOffset(reader.GetDateTime(4), TimeSpan.Zero));
+                renewed++;
+            }
+        }
+
+        metrics.HeartbeatsWritten(renewed);
+    }
+
     private void Prune()
     {
         var horizon = clock.UtcNow;
         foreach (var (key, expires) in _written)
         {
-            if (expires < horizon)
+            if (expires.ExpiresAt < horizon)
             {
                 _written.TryRemove(key, out _);
             }
         }
     }
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot record {Count} lease renewals: the database is unreachable; retrying every interval, and leases get a grace period once it is back")]
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot record {Count} lease renewals: the database is unreachable; retrying every interval; heartbeats are refused once a renewal has waited too long")]
     private static partial void LogFailing(ILogger logger, int count, Exception exception);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Recording lease renewals again")]

@@ -10,16 +10,15 @@ namespace Registry.Leases;
 /// <see cref="LeaseOptions.SelfPreservationWindow"/>, eviction is rate-limited to that share
 /// per window instead of stopped: a real mass death still drains (a fraction f of the fleet
 /// within about ln(1-f)/ln(1-share) windows: 90% in 15 minutes with the defaults), while a
-/// registry-side fault is covered by <see cref="LeaseGrace"/> and evicts nobody.
+/// registry-side fault is covered by <see cref="LeaseGrace"/> and evicts nobody. The window's
+/// evictions are counted in the database (<c>evictions</c>), so the budget holds for the
+/// cluster whichever node sweeps.
 /// </summary>
 internal sealed partial class SelfPreservation(
     IOptions<LeaseOptions> options,
-    TimeProvider time,
     RegistryMetrics metrics,
     ILogger<SelfPreservation> logger)
 {
-    private readonly Queue<(DateTimeOffset At, int Count)> _recent = new();
-    private int _recentTotal;
     private volatile bool _engaged;
 
     public bool Engaged => _engaged;
@@ -27,19 +26,16 @@ internal sealed partial class SelfPreservation(
     /// <summary>Expired instances seen at the last sweep (for /readyz).</summary>
     public int LastExpired { get; private set; }
 
-    /// <summary>Evictions allowed now, given the live and expired counts.</summary>
-    public int Budget(int live, int expired)
+    /// <summary>
+    /// Evictions allowed now, given the live and expired counts and how many the cluster
+    /// evicted within the window.
+    /// </summary>
+    public int Budget(int live, int expired, int recentlyEvicted)
     {
         var settings = options.Value;
-        var now = time.GetUtcNow();
-        while (_recent.Count > 0 && now - _recent.Peek().At > settings.SelfPreservationWindow)
-        {
-            _recentTotal -= _recent.Dequeue().Count;
-        }
-
         LastExpired = expired;
-        var population = live + _recentTotal;
-        var wouldEvict = _recentTotal + expired;
+        var population = live + recentlyEvicted;
+        var wouldEvict = recentlyEvicted + expired;
         var allowedPerWindow = Math.Max((int)(settings.SelfPreservationShare * population), settings.SelfPreservationMinInstances);
         var engage = expired > 0 && wouldEvict > settings.SelfPreservationShare * population && wouldEvict > settings.SelfPreservationMinInstances;
         if (engage != _engaged)
@@ -56,16 +52,7 @@ internal sealed partial class SelfPreservation(
             }
         }
 
-        return engage ? Math.Max(0, allowedPerWindow - _recentTotal) : int.MaxValue;
-    }
-
-    public void Evicted(int count)
-    {
-        if (count > 0)
-        {
-            _recent.Enqueue((time.GetUtcNow(), count));
-            _recentTotal += count;
-        }
+        return engage ? Math.Max(0, allowedPerWindow - recentlyEvicted) : int.MaxValue;
     }
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Self-preservation engaged: {WouldEvict} of {Live} instances would be evicted within the window; evicting at most {Allowed} per {Window}")]

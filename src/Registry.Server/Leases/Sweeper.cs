@@ -11,7 +11,9 @@ namespace Registry.Leases;
 /// Evicts expired leases. Every node runs it; a transaction-scoped advisory lock lets one
 /// sweep at a time, but correctness does not depend on it: the delete re-checks expiry
 /// under <c>FOR UPDATE SKIP LOCKED</c> on <c>clock_timestamp()</c>, in bounded batches, and
-/// announces each affected application once in the same transaction.
+/// announces each affected application once in the same transaction. Each sweep first
+/// settles the cluster's grace (<see cref="LeaseGrace"/>) in its transaction, and counts its
+/// evictions where every node's sweeps see them (self-preservation's budget).
 /// </summary>
 internal sealed partial class Sweeper(
     RegistryDatabase database,
@@ -46,7 +48,6 @@ internal sealed partial class Sweeper(
             catch (DbException e)
             {
                 metrics.DatabaseError("sweep");
-                grace.Require();
                 if (!_failing)
                 {
                     _failing = true;
@@ -59,7 +60,7 @@ internal sealed partial class Sweeper(
     /// <summary>One sweep; returns how many instances it evicted.</summary>
     internal async Task<int> SweepAsync(CancellationToken cancellationToken)
     {
-        if (!grace.Owed && !schedule.Due(clock.UtcNow))
+        if (!schedule.Due(clock.UtcNow))
         {
             // Nothing this node knows of can have expired: not even a statement.
             metrics.Swept("idle");
@@ -67,14 +68,6 @@ internal sealed partial class Sweeper(
         }
 
         await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
-        if (grace.Owed)
-        {
-            // Not under the lock: the debt is this node's, and extending is harmless to repeat.
-            await grace.ExtendAsync(connection, cancellationToken);
-            metrics.Swept("grace");
-            return 0;
-        }
-
         await using var transaction = await connection.BeginTransactionAsync(cancellationToken);
         await using (var tryLock = new NpgsqlCommand("SELECT pg_try_advisory_xact_lock(@key)", connection, transaction))
         {
@@ -87,32 +80,36 @@ internal sealed partial class Sweeper(
         }
 
         schedule.SweepStarting();
-        int live, expired;
+        clock.Observe(await grace.SettleAsync(connection, transaction, cancellationToken));
+        int live, expired, recentlyEvicted;
         DateTimeOffset? nextExpiry;
         await using (var count = new NpgsqlCommand(
             """
             SELECT count(*)::int,
                    (count(*) FILTER (WHERE expires_at < clock_timestamp()))::int,
-                   min(expires_at) FILTER (WHERE expires_at >= clock_timestamp())
+                   min(expires_at) FILTER (WHERE expires_at >= clock_timestamp()),
+                   (SELECT coalesce(sum(instances), 0) FROM evictions WHERE evicted_at > clock_timestamp() - @window)::int
               FROM instances
             """, connection, transaction))
-        await using (var reader = await count.ExecuteReaderAsync(cancellationToken))
         {
+            count.Parameters.AddWithValue("window", options.Value.SelfPreservationWindow);
+            await using var reader = await count.ExecuteReaderAsync(cancellationToken);
             await reader.ReadAsync(cancellationToken);
             live = reader.GetInt32(0);
             expired = reader.GetInt32(1);
             nextExpiry = reader.IsDBNull(2) ? null : new DateTimeOffset(reader.GetDateTime(2), TimeSpan.Zero);
+            recentlyEvicted = reader.GetInt32(3);
         }
 
         if (expired == 0)
         {
-            selfPreservation.Budget(live, 0);
+            selfPreservation.Budget(live, 0, recentlyEvicted);
             schedule.SweepFinished(nextExpiry);
             metrics.Swept("swept");
             return 0;
         }
 
-        var budget = selfPreservation.Budget(live, expired);
+        var budget = selfPreservation.Budget(live, expired, recentlyEvicted);
         var evicted = 0;
         while (budget - evicted > 0)
         {
@@ -124,13 +121,13 @@ internal sealed partial class Sweeper(
             }
         }
 
+        await RecordAsync(connection, transaction, evicted, cancellationToken);
         await transaction.CommitAsync(cancellationToken);
-        selfPreservation.Evicted(evicted);
         if (evicted >= expired)
         {
             schedule.SweepFinished(nextExpiry);
             // Nothing expired is left: release self-preservation now, not at the next due sweep.
-            selfPreservation.Budget(live - evicted, 0);
+            selfPreservation.Budget(live - evicted, 0, recentlyEvicted + evicted);
         }
 
         metrics.Evicted(evicted);
@@ -143,10 +140,28 @@ internal sealed partial class Sweeper(
         return evicted;
     }
 
+    /// <summary>
+    /// Counts the sweep's evictions for every node's budget, and forgets what no budget needs
+    /// any more: evictions older than the window, and nodes not seen for a day (a node's row
+    /// is only evidence of when the cluster last recorded, and this sweep just settled that).
+    /// </summary>
+    private async Task RecordAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, int evicted, CancellationToken cancellationToken)
+    {
+        await using var record = new NpgsqlCommand(
+            """
+            INSERT INTO evictions (evicted_at, instances) SELECT clock_timestamp(), @evicted WHERE @evicted > 0;
+            DELETE FROM evictions WHERE evicted_at < clock_timestamp() - @window;
+            DELETE FROM nodes WHERE last_seen_at < clock_timestamp() - interval '1 day';
+            """, connection, transaction);
+        record.Parameters.AddWithValue("evicted", evicted);
+        record.Parameters.AddWithValue("window", options.Value.SelfPreservationWindow);
+        await record.ExecuteNonQueryAsync(cancellationToken);
+    }
+
     private static async Task<int> EvictBatchAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, int limit, CancellationToken cancellationToken)
     {
         await using var command = new NpgsqlCommand(
-            """
+            $"""
             WITH victims AS (
                 SELECT application, protocol, addr FROM instances
                  WHERE expires_at < clock_timestamp()
@@ -159,16 +174,11 @@ internal sealed partial class Sweeper(
                    AND i.expires_at < clock_timestamp()
                 RETURNING i.application, i.protocol, i.addr),
             counted AS (
-                SELECT application, count(*)::int AS n, string_agg(protocol || ' ' || addr, E'\n') AS keys
-                  FROM gone GROUP BY application)
+                SELECT application, count(*)::int AS n, {Announcement.KeysSql} AS keys FROM gone GROUP BY application)
             -- The payload names the evicted instances when they fit (see Announcement).
-            SELECT n, pg_notify(@channel, CASE WHEN octet_length(application) + octet_length(keys) < @max_payload
-                                               THEN application || E'\n' || keys ELSE application END)
-              FROM counted
+            SELECT n, {Announcement.NotifySql("application", "keys", tag: null)} FROM counted
             """, connection, transaction);
         command.Parameters.AddWithValue("limit", limit);
-        command.Parameters.AddWithValue("channel", Schema.ChangeChannel);
-        command.Parameters.AddWithValue("max_payload", Announcement.MaxPayloadBytes);
         var evicted = 0;
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))

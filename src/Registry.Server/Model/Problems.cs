@@ -20,6 +20,12 @@ internal static class Problems
         title: "Instance not registered",
         detail: $"{key.Application} {key.Protocol} {key.Addr} is not registered (never registered, unregistered, or its lease ran out); register it again.");
 
+    public static ProblemHttpResult TooMany(HttpContext http, int retryAfterSeconds, string detail)
+    {
+        http.Response.Headers.RetryAfter = retryAfterSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        return TypedResults.Problem(statusCode: StatusCodes.Status429TooManyRequests, title: "Too many requests", detail: detail);
+    }
+
     public static ProblemHttpResult Unavailable(HttpContext http, int retryAfterSeconds, string detail)
     {
         http.Response.Headers.RetryAfter = retryAfterSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);

@@ -26,6 +26,8 @@ internal sealed class RegistryMetrics
     private readonly Counter<long> _writeBatches;
     private readonly UpDownCounter<long> _writesQueued;
     private readonly Counter<long> _sweeps;
+    private readonly Counter<long> _livenessMarks;
+    private readonly Counter<long> _limitsReached;
     private int _views;
     private int _selfPreservation;
 
@@ -34,7 +36,7 @@ internal sealed class RegistryMetrics
         var meter = meters.Create(MeterName);
         _registrations = meter.CreateCounter<long>("registry.registrations", "{registration}", "Registrations committed, by result (created, replaced).");
         _unregistrations = meter.CreateCounter<long>("registry.unregistrations", "{unregistration}", "Unregistrations, by result (removed, not_found).");
-        _heartbeatsReceived = meter.CreateCounter<long>("registry.heartbeats.received", "{heartbeat}", "Heartbeats answered, by result (renewed, unknown).");
+        _heartbeatsReceived = meter.CreateCounter<long>("registry.heartbeats.received", "{heartbeat}", "Heartbeats answered, by result (renewed, unknown, refused).");
         _heartbeatsWritten = meter.CreateCounter<long>("registry.heartbeats.written", "{renewal}", "Lease renewals written to the database.");
         _evictions = meter.CreateCounter<long>("registry.evictions", "{instance}", "Instances removed because their lease ran out.");
         _parkedPolls = meter.CreateUpDownCounter<long>("registry.polls.parked", "{poll}", "Long polls held open now.");
@@ -48,7 +50,9 @@ internal sealed class RegistryMetrics
         _answersChanged = meter.CreateCounter<long>("registry.answers.changed", "{answer}", "Subscription answers recomputed with a new version.");
         _writeBatches = meter.CreateCounter<long>("registry.writes.batches", "{transaction}", "Group-committed write transactions.");
         _writesQueued = meter.CreateUpDownCounter<long>("registry.writes.queued", "{write}", "Registrations and unregistrations waiting for a batch to take them.");
-        _sweeps = meter.CreateCounter<long>("registry.sweeps", "{sweep}", "Sweeper rounds, by outcome (idle: nothing can have expired, so no statement; grace; locked_out; swept).");
+        _sweeps = meter.CreateCounter<long>("registry.sweeps", "{sweep}", "Sweeper rounds, by outcome (idle: nothing can have expired, so no statement; locked_out; swept), and grace: leases extended after the cluster could not record renewals.");
+        _limitsReached = meter.CreateCounter<long>("registry.limits.rejections", "{request}", "Requests refused with 429 at a node's limit, by limit (parked, parked_per_client, subscriptions).");
+        _livenessMarks = meter.CreateCounter<long>("registry.liveness.marks", "{mark}", "Times this node marked itself alive in the database (the grace rule reads the newest mark of any node).");
         meter.CreateObservableGauge("registry.subscriptions.distinct", () => Volatile.Read(ref _views), "{subscription}", "Distinct subscriptions held in memory.");
         meter.CreateObservableGauge("registry.selfpreservation.engaged", () => Volatile.Read(ref _selfPreservation), "1", "1 while self-preservation rate-limits evictions.");
     }
@@ -58,6 +62,13 @@ internal sealed class RegistryMetrics
     public void Unregistered(bool removed) => _unregistrations.Add(1, new KeyValuePair<string, object?>("result", removed ? "removed" : "not_found"));
 
     public void HeartbeatReceived(bool known) => _heartbeatsReceived.Add(1, new KeyValuePair<string, object?>("result", known ? "renewed" : "unknown"));
+
+    /// <summary>A heartbeat refused (503) because this node could not record renewals.</summary>
+    public void HeartbeatRefused() => _heartbeatsReceived.Add(1, new KeyValuePair<string, object?>("result", "refused"));
+
+    public void LivenessMarked() => _livenessMarks.Add(1);
+
+    public void LimitReached(string limit) => _limitsReached.Add(1, new KeyValuePair<string, object?>("limit", limit));
 
     public void HeartbeatsWritten(int count) => _heartbeatsWritten.Add(count);
 

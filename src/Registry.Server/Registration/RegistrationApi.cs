@@ -5,7 +5,7 @@ using Registry.Access;
 using Registry.Leases;
 using Registry.Model;
 using Registry.Operations;
-using Registry.Subscription;
+using Registry.State;
 
 namespace Registry.Registration;
 
@@ -36,12 +36,14 @@ internal static class RegistrationApi
             .WithName("Heartbeat")
             .WithSummary("Renew an instance's lease")
             .WithDescription("Renews the lease of (application, protocol, addr) with the TTL granted at registration. `meta` may be " +
-                "omitted and is never applied. 404 means the instance is not registered (never was, unregistered, or expired): register again.")
+                "omitted and is never applied. 404 means the instance is not registered (never was, unregistered, or expired): register again. " +
+                "503 means this node has not been able to record renewals for a while: heartbeat through another node.")
             .Accepts<ProviderDocument>("application/json", "*/*")
             .Produces<LeaseDocument>(StatusCodes.Status200OK)
             .ProducesValidationProblem()
             .ProducesProblem(StatusCodes.Status404NotFound)
-            .ProducesProblem(StatusCodes.Status413PayloadTooLarge);
+            .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
+            .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
 
         group.MapPost("/unregister", Unregister)
             .WithName("Unregister")
@@ -113,6 +115,7 @@ internal static class RegistrationApi
         RegistryState state,
         LeaseRenewer renewer,
         RegistryMetrics metrics,
+        IOptions<WriteOptions> writeOptions,
         ApplicationAccess access,
         CancellationToken cancellationToken)
     {
@@ -135,13 +138,23 @@ internal static class RegistrationApi
         }
 
         var instance = state.Find(provider.Key);
-        metrics.HeartbeatReceived(instance is not null);
         if (instance is null)
         {
+            metrics.HeartbeatReceived(known: false);
             return Problems.NotRegistered(provider.Key);
         }
 
-        var expiresAt = renewer.Renew(instance);
+        if (renewer.Renew(instance) is { } expiresAt)
+        {
+            metrics.HeartbeatReceived(known: true);
+        }
+        else
+        {
+            metrics.HeartbeatRefused();
+            return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds,
+                "This node cannot record lease renewals now (the database is unreachable from it); heartbeat through another node.");
+        }
+
         return new LeaseResult(StatusCodes.Status200OK, Lease(instance.Key, instance.Meta, instance.TtlSeconds, expiresAt));
     }
 

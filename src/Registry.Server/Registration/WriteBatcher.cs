@@ -7,7 +7,7 @@ using Registry.Leases;
 using Registry.Model;
 using Registry.Operations;
 using Registry.Storage;
-using Registry.Subscription;
+using Registry.State;
 
 namespace Registry.Registration;
 
@@ -137,9 +137,9 @@ internal sealed partial class WriteBatcher(
         }
 
         metrics.WriteBatch();
-        foreach (var (key, expiresAt) in committed.Expiries)
+        foreach (var (key, lease) in committed.Leases)
         {
-            renewer.Committed(key, expiresAt);
+            renewer.Committed(key, lease.Revision, lease.ExpiresAt);
         }
 
         // Not awaited: the next batch commits while this one's applications reload.
@@ -184,7 +184,7 @@ internal sealed partial class WriteBatcher(
                 metrics.Unregistered(status == WriteStatus.Removed);
             }
 
-            batch[i].Done.TrySetResult(new WriteResult(status, committed.Expiries.GetValueOrDefault(batch[i].Key)));
+            batch[i].Done.TrySetResult(new WriteResult(status, committed.Leases.GetValueOrDefault(batch[i].Key).ExpiresAt));
         }
     }
 
@@ -207,11 +207,15 @@ internal sealed partial class WriteBatcher(
             }
         }
 
-        committed.Own?.Forget();
+        if (committed.Own is { } abandoned)
+        {
+            loader.Abandon(abandoned);
+        }
+
         await loader.ReloadAsync(committed.Changed).WaitAsync(cancellationToken);
     }
 
-    private sealed record Committed(WriteStatus[] Statuses, Dictionary<InstanceKey, DateTimeOffset> Expiries, InstanceKey[] Changed, OwnCommit? Own);
+    private sealed record Committed(WriteStatus[] Statuses, Dictionary<InstanceKey, (long Revision, DateTimeOffset ExpiresAt)> Leases, InstanceKey[] Changed, OwnCommit? Own);
 
     /// <summary>
     /// Commits the batch as one statement in its own implicit transaction: one round trip, no
@@ -234,11 +238,11 @@ internal sealed partial class WriteBatcher(
         // Without deletes the statement has no scan to choose, so its plan is made once per connection.
         var source = deletes.Length == 0 ? database.PlannedOnceDataSource : database.DataSource;
         await using var connection = await source.OpenConnectionAsync(cancellationToken);
-        var own = loader.Expect(connection.ProcessID);
+        var own = loader.Expect();
         Written written;
         try
         {
-            written = await WriteAsync(connection, upserts, deletes, cancellationToken);
+            written = await WriteAsync(connection, upserts, deletes, own.Tag, cancellationToken);
         }
         catch
         {
@@ -269,7 +273,7 @@ internal sealed partial class WriteBatcher(
         }
 
         var changed = written.Changes.Values.SelectMany(c => c.Keys).ToArray();
-        return new Committed(statuses, written.Expiries, changed, changed.Length > 0 ? own : null);
+        return new Committed(statuses, written.Leases, changed, changed.Length > 0 ? own : null);
     }
 
     private static readonly string UpsertStatement = Statement(deletes: false);
@@ -311,20 +315,19 @@ internal sealed partial class WriteBatcher(
             UNION ALL
             SELECT d.application, d.protocol, d.addr, NULL, NULL, false, true FROM deleted d
         """ : "")}),
-        -- One notification per changed application; the payload names the changed instances when they fit (see Announcement).
+        -- One notification per changed application, tagged as this node's batch (see Announcement).
         notified AS (
-            SELECT pg_notify(@channel, CASE WHEN octet_length(c.payload) <= @max_payload THEN c.payload ELSE c.application END)
-              FROM (SELECT application, application || string_agg(E'\n' || protocol || ' ' || addr, '' ORDER BY protocol, addr) AS payload
-                      FROM rows WHERE changed GROUP BY application) AS c)
+            SELECT {Announcement.NotifySql("application", Announcement.KeysSql, "@tag")}
+              FROM rows WHERE changed GROUP BY application)
         SELECT r.application, r.protocol, r.addr, r.expires_at, r.revision, r.inserted, r.changed
           FROM rows r CROSS JOIN (SELECT count(*) FROM notified) AS n
         """;
 
     private sealed record Written(
-        Dictionary<InstanceKey, bool> ExistedBefore, Dictionary<InstanceKey, DateTimeOffset> Expiries, Dictionary<string, Changes> Changes);
+        Dictionary<InstanceKey, bool> ExistedBefore, Dictionary<InstanceKey, (long Revision, DateTimeOffset ExpiresAt)> Leases, Dictionary<string, Changes> Changes);
 
     private static async Task<Written> WriteAsync(
-        NpgsqlConnection connection, RegisterCommand[] upserts, InstanceKey[] deletes, CancellationToken cancellationToken)
+        NpgsqlConnection connection, RegisterCommand[] upserts, InstanceKey[] deletes, string tag, CancellationToken cancellationToken)
     {
         await using var command = new NpgsqlCommand(deletes.Length == 0 ? UpsertStatement : UpsertAndDeleteStatement, connection);
         var keys = upserts.Select(c => c.Key).ToArray();
@@ -336,11 +339,10 @@ internal sealed partial class WriteBatcher(
             InstanceKeys.AddParameters(command.Parameters, deletes, "gone_");
         }
 
-        command.Parameters.AddWithValue("channel", Schema.ChangeChannel);
-        command.Parameters.AddWithValue("max_payload", Announcement.MaxPayloadBytes);
+        command.Parameters.Add(new NpgsqlParameter<string>("tag", tag));
 
         var existed = new Dictionary<InstanceKey, bool>();
-        var expiries = new Dictionary<InstanceKey, DateTimeOffset>();
+        var leases = new Dictionary<InstanceKey, (long Revision, DateTimeOffset ExpiresAt)>();
         var changes = new Dictionary<string, Changes>(StringComparer.Ordinal);
         var sent = upserts.ToDictionary(c => c.Key);
         await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
@@ -355,9 +357,10 @@ internal sealed partial class WriteBatcher(
                 {
                     // The row holds what this batch sent; the database adds the lease and the revision.
                     var expiresAt = new DateTimeOffset(reader.GetDateTime(3), TimeSpan.Zero);
-                    expiries[key] = expiresAt;
+                    var revision = reader.GetInt64(4);
+                    leases[key] = (revision, expiresAt);
                     var register = sent[key];
-                    row = new Instance(key, register.Provider.Meta, register.TtlSeconds, expiresAt, reader.GetInt64(4));
+                    row = new Instance(key, register.Provider.Meta, register.TtlSeconds, expiresAt, revision);
                 }
 
                 if (reader.GetBoolean(6))
@@ -376,7 +379,7 @@ internal sealed partial class WriteBatcher(
             await reader.CloseAsync();
         }
 
-        return new Written(existed, expiries, changes);
+        return new Written(existed, leases, changes);
     }
 
     [LoggerMessage(Level = LogLevel.Error, Message = "A committed batch could not be loaded into memory; answering it anyway (the consistency check catches up)")]

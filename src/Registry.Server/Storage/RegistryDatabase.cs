@@ -26,6 +26,13 @@ internal sealed class RegistryDatabase : IAsyncDisposable
             // Pooled sessions keep no state (LISTEN has its own connection): skip DISCARD ALL.
             NoResetOnClose = true,
         };
+        // Writes and LISTEN need the primary: with several hosts listed (a replica among them),
+        // Npgsql would otherwise take whichever answers first, and a standby refuses writes and
+        // never delivers a notification. (Npgsql accepts the setting only with several hosts.)
+        if (pooled.Host?.Contains(',', StringComparison.Ordinal) == true)
+        {
+            pooled.TargetSessionAttributes = "primary";
+        }
         // The hot statements run thousands of times a second: prepared, PostgreSQL parses them
         // once per connection. It still plans each run for its arguments: a cached generic plan
         // is costed once, often on a nearly empty table, and turned key lookups into scans.

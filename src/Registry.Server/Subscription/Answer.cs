@@ -1,85 +1,69 @@
 using System.Buffers;
+using System.IO.Pipelines;
 using System.Security.Cryptography;
+using System.Text;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using Registry.Model;
+using Registry.State;
 
 namespace Registry.Subscription;
 
 /// <summary>
-/// The answer to a subscription, serialised once and shared by every consumer of it.
-/// The version is a hash of the canonical endpoint list, so equal content has an equal
-/// version on every node and across restarts.
+/// What one application contributes to the answers of the subscriptions that name it with the
+/// same entries: its matching endpoints, serialised once per change and shared by every
+/// answer that includes them (a big provider in 500 different subscriptions is held and
+/// serialised once, not 500 times).
 /// </summary>
-internal sealed class Answer
+internal sealed class Fragment
 {
-    private Answer(string version, byte[] body, int endpointCount)
-    {
-        Version = version;
-        ETag = $"\"{version}\"";
-        Body = body;
-        EndpointCount = endpointCount;
-        ComputedAt = System.Diagnostics.Stopwatch.GetTimestamp();
-    }
+    public static readonly Fragment Empty = new([], 0);
 
-    public string Version { get; }
-
-    /// <summary>The version as an HTTP entity tag (quoted).</summary>
-    public string ETag { get; }
-
-    /// <summary>The UTF-8 JSON answer document.</summary>
-    public byte[] Body { get; }
-
-    public int EndpointCount { get; }
-
-    /// <summary>When the answer was computed (a <see cref="System.Diagnostics.Stopwatch"/> timestamp): the start of its delivery delay.</summary>
-    public long ComputedAt { get; }
-
-    /// <summary>
-    /// Builds the answer for the union of the entries' matches: each instance once, sorted by
-    /// (application, protocol, addr) byte-wise.
-    /// </summary>
     // Non-ASCII meta stays readable; the output is JSON for APIs, never embedded in HTML.
     private static readonly JsonWriterOptions WriterOptions = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
-    public static Answer Compute(RegistryState state, IReadOnlyList<SubscriptionEntry> entries)
+    private Fragment(byte[] endpoints, int count)
     {
-        var endpoints = new ArrayBufferWriter<byte>(256);
-        var count = 0;
-        using (var writer = new Utf8JsonWriter(endpoints, WriterOptions))
-        {
-            writer.WriteStartArray();
-            // Entries are grouped by provider in ordinal order; each snapshot is sorted, so
-            // walking them in that order yields the answer sorted without a further sort.
-            foreach (var group in entries.GroupBy(e => e.Provider, StringComparer.Ordinal).OrderBy(g => g.Key, StringComparer.Ordinal))
-            {
-                var snapshot = state.Get(group.Key);
-                if (snapshot is null)
-                {
-                    continue;
-                }
+        Endpoints = endpoints;
+        Count = count;
+        Hash = count == 0 ? [] : SHA256.HashData(endpoints);
+    }
 
-                foreach (var instance in snapshot.Instances)
+    /// <summary>The endpoint objects, comma-separated, without the array's brackets; empty when none matches.</summary>
+    public byte[] Endpoints { get; }
+
+    public int Count { get; }
+
+    /// <summary>SHA-256 of <see cref="Endpoints"/> (what versions are made of); empty when none matches.</summary>
+    public byte[] Hash { get; }
+
+    /// <summary>The snapshot's instances that match any of the entries (all for one provider), in the snapshot's order.</summary>
+    public static Fragment Compute(ApplicationSnapshot? snapshot, IReadOnlyList<SubscriptionEntry> entries)
+    {
+        if (snapshot is null)
+        {
+            return Empty;
+        }
+
+        var buffer = new ArrayBufferWriter<byte>(256);
+        var count = 0;
+        using (var writer = new Utf8JsonWriter(buffer, WriterOptions))
+        {
+            // Written as an array so the writer places the commas; the brackets are cut below.
+            writer.WriteStartArray();
+            foreach (var instance in snapshot.Instances)
+            {
+                if (entries.Any(entry => Matches(entry, instance)))
                 {
-                    if (group.Any(entry => Matches(entry, instance)))
-                    {
-                        WriteEndpoint(writer, instance);
-                        count++;
-                    }
+                    WriteEndpoint(writer, instance);
+                    count++;
                 }
             }
 
             writer.WriteEndArray();
         }
 
-        var version = VersionOf(endpoints.WrittenSpan);
-        var body = new ArrayBufferWriter<byte>(endpoints.WrittenCount + 64);
-        body.Write("{\"version\":\""u8);
-        body.Write(System.Text.Encoding.ASCII.GetBytes(version));
-        body.Write("\",\"endpoints\":"u8);
-        body.Write(endpoints.WrittenSpan);
-        body.Write("}"u8);
-        return new Answer(version, body.WrittenSpan.ToArray(), count);
+        return count == 0 ? Empty : new Fragment(buffer.WrittenSpan[1..^1].ToArray(), count);
     }
 
     private static bool Matches(SubscriptionEntry entry, Instance instance) =>
@@ -101,12 +85,77 @@ internal sealed class Answer
         writer.WriteEndObject();
         writer.WriteEndObject();
     }
+}
 
-    /// <summary>20 hex digits (80 bits) of SHA-256 over the canonical endpoint list.</summary>
-    private static string VersionOf(ReadOnlySpan<byte> canonicalEndpoints)
+/// <summary>
+/// The answer to a subscription: its applications' fragments in ordinal order (each sorted,
+/// and every endpoint of a fragment has its application, so the concatenation is the union
+/// sorted by (application, protocol, addr)), composed when it is written rather than copied.
+/// The version is a hash of the fragments' hashes; since an answer splits into fragments by
+/// application, that is a function of its content alone: equal on every node, across
+/// restarts, whatever the subscription that produced it, and computed without reading the
+/// endpoints again.
+/// </summary>
+internal sealed class Answer
+{
+    private static readonly byte[] Tail = "]}"u8.ToArray();
+
+    private readonly byte[] _head;
+    private readonly byte[][] _parts;
+
+    private Answer(string version, byte[][] parts, int endpointCount)
     {
-        Span<byte> hash = stackalloc byte[32];
-        SHA256.HashData(canonicalEndpoints, hash);
-        return Convert.ToHexStringLower(hash[..10]);
+        Version = version;
+        ETag = $"\"{version}\"";
+        _head = Encoding.ASCII.GetBytes($"{{\"version\":\"{version}\",\"endpoints\":[");
+        _parts = parts;
+        EndpointCount = endpointCount;
+        ContentLength = _head.Length + Tail.Length + parts.Sum(p => (long)p.Length) + Math.Max(0, parts.Length - 1);
+        ComputedAt = System.Diagnostics.Stopwatch.GetTimestamp();
+    }
+
+    public string Version { get; }
+
+    /// <summary>The version as an HTTP entity tag (quoted).</summary>
+    public string ETag { get; }
+
+    public int EndpointCount { get; }
+
+    /// <summary>The length of the UTF-8 JSON answer document.</summary>
+    public long ContentLength { get; }
+
+    /// <summary>When the answer was composed (a <see cref="System.Diagnostics.Stopwatch"/> timestamp): the start of its delivery delay.</summary>
+    public long ComputedAt { get; }
+
+    /// <summary>Composes the answer from its applications' fragments, given in ordinal order of application.</summary>
+    public static Answer Compose(IEnumerable<Fragment> fragments)
+    {
+        var parts = fragments.Where(f => f.Count > 0).ToArray();
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        foreach (var fragment in parts)
+        {
+            hash.AppendData(fragment.Hash);
+        }
+
+        var version = Convert.ToHexStringLower(hash.GetHashAndReset().AsSpan(0, 10));
+        return new Answer(version, parts.Select(f => f.Endpoints).ToArray(), parts.Sum(f => f.Count));
+    }
+
+    /// <summary>Writes the answer document fragment by fragment, with one flush: one send for a small answer.</summary>
+    public ValueTask<FlushResult> WriteAsync(PipeWriter body, CancellationToken cancellationToken)
+    {
+        body.Write(_head);
+        for (var i = 0; i < _parts.Length; i++)
+        {
+            if (i > 0)
+            {
+                body.Write(","u8);
+            }
+
+            body.Write(_parts[i]);
+        }
+
+        body.Write(Tail);
+        return body.FlushAsync(cancellationToken);
     }
 }

@@ -22,6 +22,9 @@ internal enum PollEnd
 
     /// <summary>The client went away; nothing is to be written.</summary>
     ClientGone,
+
+    /// <summary>Holding it would pass a parking limit: answered 429.</summary>
+    Refused,
 }
 
 internal readonly record struct PollOutcome(Answer Answer, PollEnd End);
@@ -35,6 +38,7 @@ internal sealed class LongPoll(
     SubscriptionHub hub,
     IOptions<SubscriptionOptions> options,
     TimeProvider time,
+    ParkingLot parking,
     IHostApplicationLifetime lifetime,
     RegistryMetrics metrics)
 {
@@ -48,8 +52,9 @@ internal sealed class LongPoll(
         return wait + jitter;
     }
 
+    /// <exception cref="TooManySubscriptionsException">The subscription is new and the node holds as many as it may.</exception>
     public async Task<PollOutcome> PollAsync(
-        IReadOnlyList<SubscriptionEntry> entries, string? version, long? waitSeconds, CancellationToken requestAborted)
+        IReadOnlyList<SubscriptionEntry> entries, string? version, long? waitSeconds, string client, CancellationToken requestAborted)
     {
         var view = hub.Acquire(entries);
         try
@@ -66,7 +71,19 @@ internal sealed class LongPoll(
                 return new(answer, PollEnd.TimedOut);
             }
 
-            return await ParkAsync(view, changed, hold, requestAborted);
+            if (!parking.TryEnter(client))
+            {
+                return new(answer, PollEnd.Refused);
+            }
+
+            try
+            {
+                return await ParkAsync(view, changed, hold, requestAborted);
+            }
+            finally
+            {
+                parking.Leave(client);
+            }
         }
         finally
         {

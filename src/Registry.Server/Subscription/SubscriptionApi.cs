@@ -1,10 +1,12 @@
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Mvc;
+using Microsoft.Extensions.Options;
 using Microsoft.Net.Http.Headers;
 using Registry.Access;
 using Registry.ChangeFeed;
 using Registry.Model;
 using Registry.Operations;
+using Registry.State;
 
 namespace Registry.Subscription;
 
@@ -59,6 +61,7 @@ internal static class SubscriptionApi
         LongPoll poll,
         ChangeFeedListener feed,
         RegistryMetrics metrics,
+        IOptions<LimitsOptions> limits,
         ApplicationAccess access)
     {
         var (json, tooLarge) = await body.ReadAsync(http.Request, http.RequestAborted);
@@ -82,8 +85,7 @@ internal static class SubscriptionApi
             return denied;
         }
 
-        var outcome = await poll.PollAsync(entries, heldVersion, waitSeconds, http.RequestAborted);
-        return Respond(outcome, notModifiedOnTimeout: false, feed, metrics);
+        return await HoldAsync(http, poll, entries, heldVersion, waitSeconds, notModifiedOnTimeout: false, feed, metrics, limits.Value);
     }
 
     /// <summary>Admin sees every application; any other credential the ones it may subscribe to.</summary>
@@ -105,6 +107,7 @@ internal static class SubscriptionApi
         LongPoll poll,
         ChangeFeedListener feed,
         RegistryMetrics metrics,
+        IOptions<LimitsOptions> limits,
         ApplicationAccess access)
     {
         var errors = new Errors();
@@ -148,15 +151,32 @@ internal static class SubscriptionApi
         }
 
         var entries = new[] { new SubscriptionEntry(application, protocol, Meta.From(pairs)) };
-        var outcome = await poll.PollAsync(entries, heldVersion, waitSeconds, http.RequestAborted);
-        return outcome.End == PollEnd.ClientGone
-            ? TypedResults.Empty
-            : Answer(outcome, notModifiedOnTimeout: conditional is not null, feed, metrics);
+        return await HoldAsync(http, poll, entries, heldVersion, waitSeconds, notModifiedOnTimeout: conditional is not null, feed, metrics, limits.Value);
     }
 
-    private static Results<AnswerResult, EmptyHttpResult, ValidationProblem, ProblemHttpResult> Respond(
-        PollOutcome outcome, bool notModifiedOnTimeout, ChangeFeedListener feed, RegistryMetrics metrics) =>
-        outcome.End == PollEnd.ClientGone ? TypedResults.Empty : Answer(outcome, notModifiedOnTimeout, feed, metrics);
+    /// <summary>Answers the poll, holding it while the caller's version is current; 429 at a node's limits.</summary>
+    private static async Task<Results<AnswerResult, EmptyHttpResult, ValidationProblem, ProblemHttpResult>> HoldAsync(
+        HttpContext http, LongPoll poll, IReadOnlyList<SubscriptionEntry> entries, string? heldVersion, long? waitSeconds,
+        bool notModifiedOnTimeout, ChangeFeedListener feed, RegistryMetrics metrics, LimitsOptions limits)
+    {
+        PollOutcome outcome;
+        try
+        {
+            outcome = await poll.PollAsync(entries, heldVersion, waitSeconds, ParkingLot.ClientOf(http), http.RequestAborted);
+        }
+        catch (TooManySubscriptionsException e)
+        {
+            return Problems.TooMany(http, limits.RetryAfterSeconds, e.Message);
+        }
+
+        return outcome.End switch
+        {
+            PollEnd.ClientGone => TypedResults.Empty,
+            PollEnd.Refused => Problems.TooMany(http, limits.RetryAfterSeconds,
+                "This node holds as many parked requests as it may for this client or in all (Registry:Limits:MaxParkedPerClient, MaxParked); retry shortly or on another node."),
+            _ => Answer(outcome, notModifiedOnTimeout, feed, metrics),
+        };
+    }
 
     private static AnswerResult Answer(PollOutcome outcome, bool notModifiedOnTimeout, ChangeFeedListener feed, RegistryMetrics metrics)
     {
@@ -205,7 +225,7 @@ internal sealed class AnswerResult(Answer answer, bool notModified, DateTimeOffs
 
         response.StatusCode = StatusCodes.Status200OK;
         response.ContentType = "application/json";
-        response.ContentLength = answer.Body.Length;
-        await response.Body.WriteAsync(answer.Body, httpContext.RequestAborted);
+        response.ContentLength = answer.ContentLength;
+        await answer.WriteAsync(response.BodyWriter, httpContext.RequestAborted);
     }
 }

@@ -1,12 +1,34 @@
+using Microsoft.Extensions.Options;
 using Registry.Model;
 using Registry.Operations;
+using Registry.State;
 
 namespace Registry.Subscription;
 
 /// <summary>
+/// One (application, entries naming it) pair that subscriptions share: its fragment is
+/// computed once per change of the application, whatever the number of subscriptions that
+/// include it.
+/// </summary>
+internal sealed class FragmentSlot(string key, string application, SubscriptionEntry[] entries, Fragment fragment)
+{
+    public string Key { get; } = key;
+
+    public string Application { get; } = application;
+
+    public SubscriptionEntry[] Entries { get; } = entries;
+
+    /// <summary>Replaced (never changed) by the hub under its lock.</summary>
+    public Fragment Current { get; set; } = fragment;
+
+    /// <summary>The views that include it; guarded by the hub's lock.</summary>
+    public HashSet<SubscriptionView> Views { get; } = new(ReferenceEqualityComparer.Instance);
+}
+
+/// <summary>
 /// One distinct subscription and the consumers parked on it. Every consumer of the same
-/// subscription shares one answer (computed and serialised once) and one completion signal,
-/// so a change costs one recomputation per distinct subscription, not one per consumer.
+/// subscription shares one answer (composed once from its fragments) and one completion
+/// signal, so a change costs one composition per distinct subscription, not one per consumer.
 /// </summary>
 internal sealed class SubscriptionView
 {
@@ -14,19 +36,17 @@ internal sealed class SubscriptionView
     private Answer _answer;
     private TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    public SubscriptionView(string key, IReadOnlyList<SubscriptionEntry> entries, Answer answer)
+    public SubscriptionView(string key, FragmentSlot[] slots)
     {
         Key = key;
-        Entries = entries;
-        Applications = entries.Select(e => e.Provider).Distinct(StringComparer.Ordinal).ToArray();
-        _answer = answer;
+        Slots = slots;
+        _answer = Compose();
     }
 
     public string Key { get; }
 
-    public IReadOnlyList<SubscriptionEntry> Entries { get; }
-
-    public string[] Applications { get; }
+    /// <summary>One per application named, in ordinal order of application.</summary>
+    public FragmentSlot[] Slots { get; }
 
     /// <summary>Consumers holding the view; guarded by the hub's lock.</summary>
     internal int References { get; set; }
@@ -43,6 +63,9 @@ internal sealed class SubscriptionView
         }
     }
 
+    /// <summary>The answer of the slots' current fragments.</summary>
+    public Answer Compose() => Answer.Compose(Slots.Select(slot => slot.Current));
+
     /// <summary>Wakes the parked consumers without a new answer (the node is shutting down).</summary>
     public void Interrupt()
     {
@@ -56,7 +79,7 @@ internal sealed class SubscriptionView
         wake.TrySetResult();
     }
 
-    /// <summary>Publishes a recomputed answer; wakes the parked consumers only when the version moved.</summary>
+    /// <summary>Publishes a recomposed answer; wakes the parked consumers only when the version moved.</summary>
     public bool Publish(Answer answer)
     {
         TaskCompletionSource wake;
@@ -77,35 +100,47 @@ internal sealed class SubscriptionView
     }
 }
 
+/// <summary>A distinct subscription beyond <see cref="LimitsOptions.MaxSubscriptions"/>: answer 429.</summary>
+internal sealed class TooManySubscriptionsException(string message) : Exception(message);
+
 /// <summary>
-/// Indexes subscription views by their canonical form and by the applications they watch.
-/// Views nobody holds are kept until a change touches them (so a consumer that comes straight
-/// back finds its view) and then dropped instead of recomputed.
+/// Indexes subscription views by their canonical form, and the fragments they are composed of
+/// by application. A change recomputes each fragment of the application once, then recomposes
+/// the views that include them (hashing a few fragment hashes each). Views nobody holds are
+/// kept until a change touches them (so a consumer that comes straight back finds its view)
+/// and then dropped instead of recomputed; a fragment goes with its last view.
 /// </summary>
 internal sealed class SubscriptionHub
 {
-    /// <summary>Unheld views kept at most; beyond it they are dropped at the next acquire.</summary>
-    private const int MaxIdleViews = 10_000;
-
     private readonly RegistryState _state;
     private readonly RegistryMetrics _metrics;
+    private readonly int _maxViews;
     private readonly Lock _gate = new();
     private readonly Dictionary<string, SubscriptionView> _views = new(StringComparer.Ordinal);
-    private readonly Dictionary<string, HashSet<SubscriptionView>> _byApplication = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, FragmentSlot> _slots = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, HashSet<FragmentSlot>> _byApplication = new(StringComparer.Ordinal);
     private int _idle;
 
-    public SubscriptionHub(RegistryState state, RegistryMetrics metrics, IHostApplicationLifetime lifetime)
+    public SubscriptionHub(RegistryState state, RegistryMetrics metrics, IOptions<LimitsOptions> limits, IHostApplicationLifetime lifetime)
     {
         _state = state;
         _metrics = metrics;
+        _maxViews = limits.Value.MaxSubscriptions;
         // Parked polls are released when the node stops (LongPoll spreads their answers).
         lifetime.ApplicationStopping.Register(InterruptAll);
     }
 
     /// <summary>Takes a reference to the view of these entries, creating it from the current state.</summary>
+    /// <exception cref="TooManySubscriptionsException">The node holds as many distinct subscriptions as it may.</exception>
     public SubscriptionView Acquire(IReadOnlyList<SubscriptionEntry> entries)
     {
-        var key = CanonicalKey(entries);
+        var groups = entries
+            .GroupBy(e => e.Provider, StringComparer.Ordinal)
+            .OrderBy(g => g.Key, StringComparer.Ordinal)
+            .Select(g => (Application: g.Key, Entries: g.DistinctBy(EntryKey, StringComparer.Ordinal).OrderBy(EntryKey, StringComparer.Ordinal).ToArray()))
+            .ToArray();
+        var slotKeys = groups.Select(g => string.Join('\u0000', g.Entries.Select(EntryKey))).ToArray();
+        var key = string.Join('\u0005', slotKeys);
         lock (_gate)
         {
             if (_views.TryGetValue(key, out var view))
@@ -118,21 +153,41 @@ internal sealed class SubscriptionHub
                 return view;
             }
 
-            if (_idle > MaxIdleViews)
+            if (_views.Count >= _maxViews)
             {
                 DropIdleViews();
+                if (_views.Count >= _maxViews)
+                {
+                    _metrics.LimitReached("subscriptions");
+                    throw new TooManySubscriptionsException(
+                        $"This node holds {_views.Count} distinct subscriptions, its limit (Registry:Limits:MaxSubscriptions); retry shortly or on another node.");
+                }
             }
 
-            view = new SubscriptionView(key, entries, Answer.Compute(_state, entries)) { References = 1 };
-            _views.Add(key, view);
-            foreach (var application in view.Applications)
+            var slots = new FragmentSlot[groups.Length];
+            for (var i = 0; i < groups.Length; i++)
             {
-                if (!_byApplication.TryGetValue(application, out var views))
+                if (!_slots.TryGetValue(slotKeys[i], out var slot))
                 {
-                    _byApplication[application] = views = [];
+                    var (application, slotEntries) = groups[i];
+                    slot = new FragmentSlot(slotKeys[i], application, slotEntries, Fragment.Compute(_state.Get(application), slotEntries));
+                    _slots.Add(slot.Key, slot);
+                    if (!_byApplication.TryGetValue(application, out var applicationSlots))
+                    {
+                        _byApplication[application] = applicationSlots = [];
+                    }
+
+                    applicationSlots.Add(slot);
                 }
 
-                views.Add(view);
+                slots[i] = slot;
+            }
+
+            view = new SubscriptionView(key, slots) { References = 1 };
+            _views.Add(key, view);
+            foreach (var slot in slots)
+            {
+                slot.Views.Add(view);
             }
 
             _metrics.SubscriptionViews(_views.Count);
@@ -153,35 +208,32 @@ internal sealed class SubscriptionHub
 
     /// <summary>
     /// Called by the loader after it replaced these applications' snapshots: recomputes each
-    /// affected view once and wakes its consumers if their answer changed.
+    /// of their fragments once, then recomposes the views that include them and wakes the
+    /// consumers whose answer changed.
     /// </summary>
     public void ApplicationsChanged(IReadOnlyCollection<string> applications)
     {
-        List<SubscriptionView> affected = [];
+        // Idle views touched by the change go (and fragments nobody else includes with them).
+        List<FragmentSlot> touched = [];
         lock (_gate)
         {
-            var seen = new HashSet<SubscriptionView>(ReferenceEqualityComparer.Instance);
             foreach (var application in applications)
             {
-                if (!_byApplication.TryGetValue(application, out var views))
+                if (!_byApplication.TryGetValue(application, out var slots))
                 {
                     continue;
                 }
 
-                foreach (var view in views.ToArray())
+                foreach (var slot in slots.ToArray())
                 {
-                    if (!seen.Add(view))
-                    {
-                        continue;
-                    }
-
-                    if (view.References == 0)
+                    foreach (var view in slot.Views.Where(v => v.References == 0).ToArray())
                     {
                         Remove(view);
                     }
-                    else
+
+                    if (slot.Views.Count > 0)
                     {
-                        affected.Add(view);
+                        touched.Add(slot);
                     }
                 }
             }
@@ -189,9 +241,22 @@ internal sealed class SubscriptionHub
             _metrics.SubscriptionViews(_views.Count);
         }
 
+        // Outside the lock: the state was replaced before this call, so a view created
+        // meanwhile already computed its new fragments, and is recomposed below all the same.
+        var fragments = touched.Select(slot => Fragment.Compute(_state.Get(slot.Application), slot.Entries)).ToArray();
+        var affected = new HashSet<SubscriptionView>(ReferenceEqualityComparer.Instance);
+        lock (_gate)
+        {
+            for (var i = 0; i < touched.Count; i++)
+            {
+                touched[i].Current = fragments[i];
+                affected.UnionWith(touched[i].Views);
+            }
+        }
+
         foreach (var view in affected)
         {
-            if (view.Publish(Answer.Compute(_state, view.Entries)))
+            if (view.Publish(view.Compose()))
             {
                 _metrics.AnswerChanged();
             }
@@ -224,26 +289,27 @@ internal sealed class SubscriptionHub
     {
         _views.Remove(view.Key);
         _idle--;
-        foreach (var application in view.Applications)
+        foreach (var slot in view.Slots)
         {
-            if (_byApplication.TryGetValue(application, out var views) && views.Remove(view) && views.Count == 0)
+            if (slot.Views.Remove(view) && slot.Views.Count == 0)
             {
-                _byApplication.Remove(application);
+                _slots.Remove(slot.Key);
+                if (_byApplication.TryGetValue(slot.Application, out var slots) && slots.Remove(slot) && slots.Count == 0)
+                {
+                    _byApplication.Remove(slot.Application);
+                }
             }
         }
     }
 
     /// <summary>
-    /// The subscription's identity whatever the order of its entries or meta pairs: entries
-    /// sorted and deduplicated, fields separated by characters that inputs may not contain.
+    /// An entry's identity whatever the order of its meta pairs, in fields separated by
+    /// characters that inputs may not contain; a subscription is its entries' keys sorted and
+    /// deduplicated, grouped by provider.
     /// </summary>
-    private static string CanonicalKey(IReadOnlyList<SubscriptionEntry> entries)
+    private static string EntryKey(SubscriptionEntry entry)
     {
-        var parts = entries.Select(entry =>
-        {
-            var meta = string.Join('\u0002', entry.Meta.ToArray().Select(p => $"{p.Key}\u0003{p.Value}"));
-            return $"{entry.Provider}\u0001{entry.Protocol ?? "\u0004"}\u0001{meta}";
-        });
-        return string.Join('\u0000', parts.Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal));
+        var meta = string.Join('\u0002', entry.Meta.ToArray().Select(p => $"{p.Key}\u0003{p.Value}"));
+        return $"{entry.Provider}\u0001{entry.Protocol ?? "\u0004"}\u0001{meta}";
     }
 }

@@ -38,8 +38,29 @@ public sealed class NotificationListener : IAsyncDisposable
     /// <summary>Notifications received for the application.</summary>
     public int Count(string application) => Payloads(application).Length;
 
-    /// <summary>The payloads received for the application, in order.</summary>
-    public string[] Payloads(string application) => _payloads.Where(p => ApplicationOf(p) == application).ToArray();
+    /// <summary>The payloads received for the application, in order, without the tag a node's own batch adds to the first line.</summary>
+    public string[] Payloads(string application) => _payloads.Where(p => ApplicationOf(p) == application).Select(Untagged).ToArray();
+
+    /// <summary>The tags of the application's notifications, in order (null for an untagged one, such as a sweep's).</summary>
+    public string?[] Tags(string application) =>
+        _payloads.Where(p => ApplicationOf(p) == application).Select(p => p.Split('\n')[0].Split(' ') is [_, var tag] ? tag : null).ToArray();
+
+    /// <summary>Completes once <paramref name="condition"/> holds for the number of the application's notifications.</summary>
+    public async Task WaitUntilAsync(string application, Func<int, bool> condition)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (!condition(Count(application)))
+        {
+            var waiter = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _waiting[application] = waiter;
+            if (condition(Count(application)))
+            {
+                break;
+            }
+
+            await waiter.Task.WaitAsync(deadline - DateTime.UtcNow);
+        }
+    }
 
     public Task WaitForAsync(string application)
     {
@@ -52,8 +73,15 @@ public sealed class NotificationListener : IAsyncDisposable
         return waiter.Task.WaitAsync(TimeSpan.FromSeconds(10));
     }
 
-    /// <summary>The application is the payload's first line; changed instances may follow.</summary>
-    private static string ApplicationOf(string payload) => payload.Split('\n')[0];
+    /// <summary>The application is the payload's first word (a tag may follow it); changed instances may follow on lines of their own.</summary>
+    private static string ApplicationOf(string payload) => payload.Split('\n')[0].Split(' ')[0];
+
+    private static string Untagged(string payload)
+    {
+        var lines = payload.Split('\n');
+        lines[0] = ApplicationOf(payload);
+        return string.Join('\n', lines);
+    }
 
     private async Task RunAsync()
     {

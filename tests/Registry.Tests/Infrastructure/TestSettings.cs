@@ -8,6 +8,8 @@ public static class TestSettings
     {
         ["Registry:Leases:RenewalInterval"] = "00:00:00.100",
         ["Registry:Leases:SweepInterval"] = "00:00:00.200",
+        ["Registry:Leases:LivenessInterval"] = "00:00:00.200",
+        ["Registry:Leases:GraceGap"] = "00:00:02",
         ["Registry:Subscriptions:ShutdownSpread"] = "00:00:00",
         ["Registry:ChangeFeed:IdleCheckInterval"] = "00:00:02",
         ["Registry:ChangeFeed:MaxReconnectDelay"] = "00:00:01",

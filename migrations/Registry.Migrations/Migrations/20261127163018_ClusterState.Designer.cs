@@ -12,8 +12,8 @@ using Registry.Storage;
 namespace Registry.Migrations.Migrations
 {
     [DbContext(typeof(RegistryDbContext))]
-    [Migration("20261127162918_AddTokens")]
-    partial class AddTokens
+    [Migration("20261127163018_ClusterState")]
+    partial class ClusterState
     {
         /// <inheritdoc />
         protected override void BuildTargetModel(ModelBuilder modelBuilder)
@@ -26,6 +26,28 @@ namespace Registry.Migrations.Migrations
             NpgsqlModelBuilderExtensions.UseIdentityByDefaultColumns(modelBuilder);
 
             modelBuilder.HasSequence("instance_revision");
+
+            modelBuilder.Entity("Registry.Storage.EvictionRow", b =>
+                {
+                    b.Property<long>("Id")
+                        .ValueGeneratedOnAdd()
+                        .HasColumnType("bigint")
+                        .HasColumnName("id");
+
+                    NpgsqlPropertyBuilderExtensions.UseIdentityAlwaysColumn(b.Property<long>("Id"));
+
+                    b.Property<DateTime>("EvictedAt")
+                        .HasColumnType("timestamptz")
+                        .HasColumnName("evicted_at");
+
+                    b.Property<int>("Instances")
+                        .HasColumnType("integer")
+                        .HasColumnName("instances");
+
+                    b.HasKey("Id");
+
+                    b.ToTable("evictions", (string)null);
+                });
 
             modelBuilder.Entity("Registry.Storage.InstanceRow", b =>
                 {
@@ -74,55 +96,24 @@ namespace Registry.Migrations.Migrations
                     b.HasAnnotation("Npgsql:StorageParameter:fillfactor", 70);
                 });
 
-            modelBuilder.Entity("Registry.Storage.TokenRow", b =>
+            modelBuilder.Entity("Registry.Storage.NodeRow", b =>
                 {
                     b.Property<string>("Id")
                         .HasColumnType("text")
                         .HasColumnName("id")
                         .UseCollation("C");
 
-                    b.Property<bool>("Admin")
-                        .HasColumnType("boolean")
-                        .HasColumnName("admin");
-
-                    b.Property<DateTime>("CreatedAt")
+                    b.Property<DateTime>("LastSeenAt")
                         .HasColumnType("timestamptz")
-                        .HasColumnName("created_at");
+                        .HasColumnName("last_seen_at");
 
-                    b.Property<string>("Description")
-                        .IsRequired()
-                        .HasColumnType("text")
-                        .HasColumnName("description");
-
-                    b.Property<DateTime?>("ExpiresAt")
+                    b.Property<DateTime>("StartedAt")
                         .HasColumnType("timestamptz")
-                        .HasColumnName("expires_at");
-
-                    b.Property<byte[]>("Hash")
-                        .IsRequired()
-                        .HasColumnType("bytea")
-                        .HasColumnName("hash");
-
-                    b.Property<DateTime?>("LastUsedAt")
-                        .HasColumnType("timestamptz")
-                        .HasColumnName("last_used_at");
-
-                    b.PrimitiveCollection<string[]>("Register")
-                        .IsRequired()
-                        .HasColumnType("text[]")
-                        .HasColumnName("register");
-
-                    b.PrimitiveCollection<string[]>("Subscribe")
-                        .IsRequired()
-                        .HasColumnType("text[]")
-                        .HasColumnName("subscribe");
+                        .HasColumnName("started_at");
 
                     b.HasKey("Id");
 
-                    b.HasIndex("Hash")
-                        .IsUnique();
-
-                    b.ToTable("tokens", (string)null);
+                    b.ToTable("nodes", (string)null);
                 });
 #pragma warning restore 612, 618
         }

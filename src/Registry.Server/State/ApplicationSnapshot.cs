@@ -1,10 +1,9 @@
-using System.Collections.Immutable;
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
 using Registry.Model;
 
-namespace Registry.Subscription;
-
-/// <summary>One registered instance as a node holds it in memory.</summary>
-internal sealed record Instance(InstanceKey Key, Meta Meta, int TtlSeconds, DateTimeOffset ExpiresAt, long Revision);
+namespace Registry.State;
 
 /// <summary>
 /// An immutable picture of one application's instances, sorted by (protocol, addr) byte-wise.
@@ -23,8 +22,8 @@ internal sealed class ApplicationSnapshot
     private readonly Instance[][] _chunks;
 
     // Only the loader loop reads these (one thread at a time), so the lazy caches need no lock.
-    private long? _maxRevision;
     private DateTimeOffset? _earliestExpiry;
+    private string? _contentDigest;
 
     public ApplicationSnapshot(string application, Instance[] instances)
         : this(application, Chunk(Sorted(instances)))
@@ -48,19 +47,68 @@ internal sealed class ApplicationSnapshot
     /// <summary>The instances in order.</summary>
     public IEnumerable<Instance> Instances => _chunks.SelectMany(chunk => chunk);
 
-    /// <summary>With the count, what the periodic consistency check compares with the database.</summary>
+    /// <summary>When the first of these leases runs out, as loaded.</summary>
     /// <remarks>
     /// Computed on first use, not per reload: a busy application is re-snapshotted for every
     /// batch that touches it, and scanning all its instances each time showed in profiles.
     /// </remarks>
-    public long MaxRevision => _maxRevision ??= Count == 0 ? 0 : Instances.Max(i => i.Revision);
-
-    /// <summary>When the first of these leases runs out, as loaded.</summary>
     public DateTimeOffset EarliestExpiry => _earliestExpiry ??= Count == 0 ? DateTimeOffset.MaxValue : Instances.Min(i => i.ExpiresAt);
 
-    /// <summary>Whether the other snapshot shows consumers the same thing (same rows at the same revisions).</summary>
-    public bool SameContentAs(ApplicationSnapshot? other) =>
-        other is not null && other.Count == Count && other.MaxRevision == MaxRevision;
+    /// <summary>
+    /// SHA-256 (lowercase hex) of the (protocol, addr, revision) lines in key order, as
+    /// <see cref="ContentDigestSql"/> computes it in the database: what the periodic
+    /// consistency check compares, so any row that differs is found, whatever its revision.
+    /// </summary>
+    public string ContentDigest => _contentDigest ??= Digest();
+
+    /// <summary>The database's side of <see cref="ContentDigest"/>, an aggregate over one application's rows of <c>instances</c>.</summary>
+    public const string ContentDigestSql =
+        "encode(sha256(convert_to(string_agg(protocol || ' ' || addr || ' ' || revision::text, E'\\n' ORDER BY protocol, addr), 'UTF8')), 'hex')";
+
+    /// <summary>
+    /// Whether the other snapshot shows consumers the same thing: the same keys at the same
+    /// revisions. Decided from the whole content, never from a count and a maximum revision:
+    /// revisions are drawn at statement time and commit in any order, so a row can arrive
+    /// with a lower revision than one already loaded.
+    /// </summary>
+    public bool SameContentAs(ApplicationSnapshot? other)
+    {
+        if (other is null || other.Count != Count)
+        {
+            return false;
+        }
+
+        if (ReferenceEquals(other, this))
+        {
+            return true;
+        }
+
+        using var mine = Instances.GetEnumerator();
+        using var theirs = other.Instances.GetEnumerator();
+        while (mine.MoveNext() && theirs.MoveNext())
+        {
+            if (mine.Current.Revision != theirs.Current.Revision || Compare(mine.Current.Key, theirs.Current.Key) != 0)
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    private string Digest()
+    {
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        var first = true;
+        foreach (var instance in Instances)
+        {
+            var line = $"{(first ? "" : "\n")}{instance.Key.Protocol} {instance.Key.Addr} {instance.Revision.ToString(CultureInfo.InvariantCulture)}";
+            hash.AppendData(Encoding.UTF8.GetBytes(line));
+            first = false;
+        }
+
+        return Count == 0 ? "" : Convert.ToHexStringLower(hash.GetHashAndReset());
+    }
 
     /// <summary>
     /// This snapshot with the given instances reloaded: each of <paramref name="reloaded"/> is
@@ -255,52 +303,3 @@ internal sealed class ApplicationSnapshot
     }
 }
 
-/// <summary>
-/// The whole registry in memory: what every read is served from. Only the
-/// <see cref="ChangeFeed.RegistryLoader"/> replaces snapshots (one writer), so readers see
-/// an immutable map swapped atomically and never take a lock.
-/// </summary>
-internal sealed class RegistryState
-{
-    private ImmutableSortedDictionary<string, ApplicationSnapshot> _applications =
-        ImmutableSortedDictionary.Create<string, ApplicationSnapshot>(StringComparer.Ordinal);
-
-    /// <summary>All applications with at least one instance, sorted by name (ordinal).</summary>
-    public ImmutableSortedDictionary<string, ApplicationSnapshot> Applications => Volatile.Read(ref _applications);
-
-    public ApplicationSnapshot? Get(string application) =>
-        Applications.TryGetValue(application, out var snapshot) ? snapshot : null;
-
-    public Instance? Find(InstanceKey key) => Get(key.Application)?.Find(key);
-
-    /// <summary>Replaces the given applications' snapshots (an empty one removes the application).</summary>
-    public void Replace(IEnumerable<ApplicationSnapshot> snapshots)
-    {
-        var builder = Applications.ToBuilder();
-        foreach (var snapshot in snapshots)
-        {
-            if (snapshot.Count == 0)
-            {
-                builder.Remove(snapshot.Application);
-            }
-            else
-            {
-                builder[snapshot.Application] = snapshot;
-            }
-        }
-
-        Volatile.Write(ref _applications, builder.ToImmutable());
-    }
-
-    /// <summary>Replaces everything (after a full load).</summary>
-    public void ReplaceAll(IEnumerable<ApplicationSnapshot> snapshots)
-    {
-        var builder = ImmutableSortedDictionary.CreateBuilder<string, ApplicationSnapshot>(StringComparer.Ordinal);
-        foreach (var snapshot in snapshots.Where(s => s.Count > 0))
-        {
-            builder[snapshot.Application] = snapshot;
-        }
-
-        Volatile.Write(ref _applications, builder.ToImmutable());
-    }
-}

@@ -1,0 +1,54 @@
+using System.Collections.Immutable;
+using Registry.Model;
+
+namespace Registry.State;
+
+/// <summary>
+/// The whole registry in memory: what every read is served from. Only the
+/// change feed's loader replaces snapshots (one writer), so readers see
+/// an immutable map swapped atomically and never take a lock.
+/// </summary>
+internal sealed class RegistryState
+{
+    private ImmutableSortedDictionary<string, ApplicationSnapshot> _applications =
+        ImmutableSortedDictionary.Create<string, ApplicationSnapshot>(StringComparer.Ordinal);
+
+    /// <summary>All applications with at least one instance, sorted by name (ordinal).</summary>
+    public ImmutableSortedDictionary<string, ApplicationSnapshot> Applications => Volatile.Read(ref _applications);
+
+    public ApplicationSnapshot? Get(string application) =>
+        Applications.TryGetValue(application, out var snapshot) ? snapshot : null;
+
+    public Instance? Find(InstanceKey key) => Get(key.Application)?.Find(key);
+
+    /// <summary>Replaces the given applications' snapshots (an empty one removes the application).</summary>
+    public void Replace(IEnumerable<ApplicationSnapshot> snapshots)
+    {
+        var builder = Applications.ToBuilder();
+        foreach (var snapshot in snapshots)
+        {
+            if (snapshot.Count == 0)
+            {
+                builder.Remove(snapshot.Application);
+            }
+            else
+            {
+                builder[snapshot.Application] = snapshot;
+            }
+        }
+
+        Volatile.Write(ref _applications, builder.ToImmutable());
+    }
+
+    /// <summary>Replaces everything (after a full load).</summary>
+    public void ReplaceAll(IEnumerable<ApplicationSnapshot> snapshots)
+    {
+        var builder = ImmutableSortedDictionary.CreateBuilder<string, ApplicationSnapshot>(StringComparer.Ordinal);
+        foreach (var snapshot in snapshots.Where(s => s.Count > 0))
+        {
+            builder[snapshot.Application] = snapshot;
+        }
+
+        Volatile.Write(ref _applications, builder.ToImmutable());
+    }
+}

@@ -1,0 +1,34 @@
+namespace Registry.Storage;
+
+/// <summary>
+/// One registry node as the cluster knows it: a row of <c>nodes</c>. Each node refreshes its
+/// own <see cref="LastSeenAt"/> while it can reach the database, so the newest of them says
+/// when the cluster last could record lease renewals (the grace rule is decided from it).
+/// </summary>
+public sealed class NodeRow
+{
+    /// <summary>A random id the node takes at start.</summary>
+    public required string Id { get; set; }
+
+    /// <summary>When the node started, on the database clock.</summary>
+    public DateTime StartedAt { get; set; }
+
+    /// <summary>When the node last reached the database, on the database clock.</summary>
+    public DateTime LastSeenAt { get; set; }
+}
+
+/// <summary>
+/// A sweep's evictions: a row of <c>evictions</c>. Self-preservation's budget is counted over
+/// these, so it holds for the whole cluster, whichever node sweeps.
+/// </summary>
+public sealed class EvictionRow
+{
+    /// <summary>Generated.</summary>
+    public long Id { get; set; }
+
+    /// <summary>When the sweep committed, on the database clock.</summary>
+    public DateTime EvictedAt { get; set; }
+
+    /// <summary>How many instances it evicted.</summary>
+    public int Instances { get; set; }
+}

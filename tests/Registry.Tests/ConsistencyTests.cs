@@ -1,0 +1,301 @@
+using System.Net;
+using Npgsql;
+using Registry.Leases;
+using Registry.Model;
+using Registry.State;
+using Registry.Tests.Infrastructure;
+
+namespace Registry.Tests;
+
+/// <summary>
+/// Every node serves what the database holds, and a provider that heartbeats is never evicted:
+/// the interleavings that broke both promises, forced with transactions held open, a proxy cut
+/// and nodes started and stopped.
+/// </summary>
+public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(cluster)
+{
+    [Fact]
+    public async Task ARowCommittedWithALowerRevisionThanOneAlreadyLoadedReachesParkedPollsOnAnotherNode()
+    {
+        await RegisterAsync(Client, "ooo", "1.1.1.1:80", """{"v":"1"}""");
+        await RegisterAsync(Client, "ooo", "1.1.1.2:80", """{"v":"1"}""");
+        using var nodeB = Cluster.NodeB.CreateClient();
+        var subscription = Http.Subscription(Http.Entry("ooo"));
+        var version = await ConvergedVersionAsync(nodeB, subscription, count: 2);
+
+        // Two writers draw revisions in one order and commit in the other, each announcing the
+        // whole application, as a batch too large to list its instances does.
+        await using var first = await Cluster.OpenAsync();
+        await using var second = await Cluster.OpenAsync();
+        await using var lower = await first.BeginTransactionAsync();
+        await ExecuteAsync(first, lower, """UPDATE instances SET meta = '{"v":"2"}', revision = nextval('instance_revision') WHERE application = 'ooo' AND addr = '1.1.1.1:80'""");
+        await using (var higher = await second.BeginTransactionAsync())
+        {
+            await ExecuteAsync(second, higher, """UPDATE instances SET meta = '{"v":"9"}', revision = nextval('instance_revision') WHERE application = 'ooo' AND addr = '1.1.1.2:80'""");
+            await ExecuteAsync(second, higher, "SELECT pg_notify('registry_changes', 'ooo')");
+            await higher.CommitAsync();
+        }
+
+        version = (await nodeB.SubscribeAsync(subscription, version, wait: 10)).Version!;
+        using var parked = ParkedPolls.On(Cluster.NodeB);
+        var poll = nodeB.SubscribeAsync(subscription, version, wait: 10);
+        await parked.WaitForAsync(1);
+        await ExecuteAsync(first, lower, "SELECT pg_notify('registry_changes', 'ooo')");
+        await lower.CommitAsync();
+
+        var (_, after, body) = await poll.WaitAsync(TimeSpan.FromSeconds(5));
+        Assert.NotEqual(version, after);
+        Assert.Equal(["2", "9"], body!["endpoints"]!.AsArray().Select(e => (string?)e!["meta"]!["v"]));
+    }
+
+    [Fact]
+    public async Task TheConsistencyCheckRepairsARowChangedWithoutANotificationWhateverItsRevision()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:ChangeFeed:ConsistencyCheckInterval"] = "00:00:00.300",
+        });
+        using var client = node.CreateClient();
+        await RegisterAsync(client, "quiet", "1.1.1.1:80", """{"v":"1"}""");
+        await RegisterAsync(client, "quiet", "1.1.1.2:80", """{"v":"1"}""");
+        var subscription = Http.Subscription(Http.Entry("quiet"));
+        var (_, version, _) = await client.SubscribeAsync(subscription);
+
+        // Same count, same maximum revision: only the content tells that the node is stale.
+        await using (var connection = new NpgsqlConnection(database))
+        {
+            await connection.OpenAsync();
+            await ExecuteAsync(connection, null, """
+                UPDATE instances SET meta = '{"v":"2"}', revision = revision - 1
+                 WHERE application = 'quiet' AND addr = '1.1.1.1:80'
+                """);
+        }
+
+        var (_, after, body) = await client.SubscribeAsync(subscription, version, wait: 10).WaitAsync(TimeSpan.FromSeconds(15));
+        Assert.NotEqual(version, after);
+        Assert.Equal("2", (string?)body!["endpoints"]![0]!["meta"]!["v"]);
+    }
+
+    [Fact]
+    public async Task TheContentDigestInMemoryIsTheOneTheDatabaseComputes()
+    {
+        await RegisterAsync(Client, "digest", "10.0.0.2:80", "{}", "http");
+        await RegisterAsync(Client, "digest", "10.0.0.1:80", "{}", "grpc");
+        await RegisterAsync(Client, "digest", "10.0.0.10:80", "{}", "http");
+
+        await using var connection = await Cluster.OpenAsync();
+        await using var command = new NpgsqlCommand($"SELECT {ApplicationSnapshot.ContentDigestSql} FROM instances WHERE application = 'digest'", connection);
+        var inDatabase = (string)(await command.ExecuteScalarAsync())!;
+
+        Assert.Equal(inDatabase, Node.Get<RegistryState>().Get("digest")!.ContentDigest);
+    }
+
+    [Fact]
+    public async Task AHeartbeatAfterAnotherNodeShortenedTheLeaseRenewsItInTheDatabase()
+    {
+        var key = new InstanceKey("stale", "http", "1.1.1.10:80");
+        await RegisterAsync(Client, key.Application, key.Addr, "{}", ttl: 600);
+        using var reloads = MeterWatch.Node(Node, "registry.changefeed.reloads");
+        using (var nodeB = Cluster.NodeB.CreateClient())
+        {
+            await RegisterAsync(nodeB, key.Application, key.Addr, "{}", ttl: 2);
+        }
+
+        await reloads.WaitUntilAsync(_ => Node.Get<RegistryState>().Find(key)?.TtlSeconds == 2);
+        var registeredUntil = await ExpiresAtAsync(key);
+
+        // Past half of the 2 s lease, a heartbeat must be written: node A's own 600 s write
+        // is no longer what the database holds.
+        var halfGone = registeredUntil - DateTimeOffset.UtcNow - TimeSpan.FromSeconds(0.8);
+        if (halfGone > TimeSpan.Zero)
+        {
+            await Task.Delay(halfGone);
+        }
+
+        using var written = MeterWatch.Node(Node, "registry.heartbeats.written");
+        using (var heartbeat = await Client.PostJsonAsync("/v1/heartbeat", Http.Provider(key.Application, key.Addr)))
+        {
+            Assert.Equal(HttpStatusCode.OK, heartbeat.StatusCode);
+            var expires = DateTimeOffset.Parse((string)(await heartbeat.ReadJsonAsync())["expires"]!, System.Globalization.CultureInfo.InvariantCulture);
+            Assert.True(expires < registeredUntil + TimeSpan.FromSeconds(5), $"reported {expires:O}, the database holds about {registeredUntil:O}");
+        }
+
+        await written.WaitForAsync(1);
+        Assert.True(await ExpiresAtAsync(key) > registeredUntil);
+    }
+
+    [Fact]
+    public async Task HeartbeatsThroughANodeCutOffFromTheDatabaseAreRefusedBeforeTheLeaseRunsOut()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var proxy = new TcpProxy(database);
+        await using var cutOff = new RegistryNode(proxy.ConnectionString);
+        await using var healthy = new RegistryNode(database);
+        using var client = cutOff.CreateClient();
+        using var other = healthy.CreateClient();
+        await RegisterAsync(client, "island", "1.1.1.20:80", "{}", ttl: 4);
+        var registeredUntil = await ExpiresAtAsync(database, new InstanceKey("island", "http", "1.1.1.20:80"));
+
+        await proxy.CutAsync();
+        HttpResponseMessage refused;
+        while (true)
+        {
+            var response = await client.PostJsonAsync("/v1/heartbeat", Http.Provider("island", "1.1.1.20:80"));
+            if (response.StatusCode != HttpStatusCode.OK)
+            {
+                refused = response;
+                break;
+            }
+
+            response.Dispose();
+            Assert.True(DateTimeOffset.UtcNow < registeredUntil, "the cut-off node kept answering 200 past the lease's end in the database");
+            await Task.Delay(TimeSpan.FromMilliseconds(250));
+        }
+
+        using (refused)
+        {
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, refused.StatusCode);
+            Assert.NotNull(refused.Headers.RetryAfter);
+            Assert.Equal("application/problem+json", refused.Content.Headers.ContentType?.MediaType);
+        }
+
+        // Refused in time for the provider to fail over: the healthy node records it.
+        Assert.True(DateTimeOffset.UtcNow < registeredUntil - TimeSpan.FromSeconds(0.5), $"refused only at {DateTimeOffset.UtcNow:O}, lease ends {registeredUntil:O}");
+        using (var failover = await other.PostJsonAsync("/v1/heartbeat", Http.Provider("island", "1.1.1.20:80")))
+        {
+            Assert.Equal(HttpStatusCode.OK, failover.StatusCode);
+        }
+    }
+
+    [Fact]
+    public async Task ANodeStartingDoesNotReviveLeasesButAClusterWideOutageDoes()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        var key = new InstanceKey("dying", "http", "1.1.1.30:80");
+        await using (var running = new RegistryNode(database))
+        {
+            using var client = running.CreateClient();
+            await RegisterAsync(client, key.Application, key.Addr, "{}", ttl: 30);
+            var registeredUntil = await ExpiresAtAsync(database, key);
+
+            // Another node starts and stops while this one records: nobody owes grace.
+            await using (var restarted = new RegistryNode(database))
+            {
+                using var rounds = MeterWatch.Node(restarted, "registry.sweeps");
+                await rounds.WaitForAsync(2);
+            }
+
+            Assert.Equal(registeredUntil, await ExpiresAtAsync(database, key));
+        }
+
+        // Now no node runs for longer than the grace gap (2 s in the tests): the lease was live
+        // when that began, so the next node to start extends it...
+        await using (var connection = new NpgsqlConnection(database))
+        {
+            await connection.OpenAsync();
+            await ExecuteAsync(connection, null, """
+                UPDATE nodes SET last_seen_at = clock_timestamp() - interval '10 seconds';
+                INSERT INTO instances (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
+                VALUES ('dying', 'http', '1.1.1.31:80', '{}', 30, clock_timestamp() - interval '20 seconds', clock_timestamp());
+                """);
+        }
+
+        var before = await ExpiresAtAsync(database, key);
+        await using var sweeps = await NotificationListener.StartAsync(database);
+        await using var cold = new RegistryNode(database);
+        _ = cold.Server;
+        Assert.True(await ExpiresAtAsync(database, key) > before);
+
+        // ...but one that had run out before the gap began stays expired and is swept.
+        await sweeps.WaitForAsync("dying");
+        Assert.Equal(["dying\nhttp 1.1.1.31:80"], sweeps.Payloads("dying"));
+        await using var check = new NpgsqlConnection(database);
+        await check.OpenAsync();
+        await using var count = new NpgsqlCommand("SELECT count(*) FROM instances WHERE addr = '1.1.1.31:80'", check);
+        Assert.Equal(0L, (long)(await count.ExecuteScalarAsync())!);
+    }
+
+    [Fact]
+    public async Task SelfPreservationsBudgetHoldsForTheClusterWhicheverNodeSweeps()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        var settings = new Dictionary<string, string?>
+        {
+            ["Registry:Leases:SelfPreservationShare"] = "0.2",
+            ["Registry:Leases:SelfPreservationMinInstances"] = "2",
+            ["Registry:Leases:SelfPreservationWindow"] = "00:10:00",
+        };
+        await using var first = new RegistryNode(database, settings);
+        await using var second = new RegistryNode(database, settings);
+        using var evictedFirst = MeterWatch.Node(first, "registry.evictions");
+        using var evictedSecond = MeterWatch.Node(second, "registry.evictions");
+        using var sweepsFirst = MeterWatch.Node(first, "registry.sweeps", "outcome", "swept");
+        using var sweepsSecond = MeterWatch.Node(second, "registry.sweeps", "outcome", "swept");
+        using var client = first.CreateClient();
+        for (var i = 0; i < 20; i++)
+        {
+            await RegisterAsync(client, "fleet", $"10.0.0.{i + 1}:80", "{}", ttl: 600);
+        }
+
+        // Half the fleet runs out at once (announced, as a registration would, so both nodes
+        // know when to sweep)...
+        await using var notifications = await NotificationListener.StartAsync(database);
+        await using (var connection = new NpgsqlConnection(database))
+        {
+            await connection.OpenAsync();
+            await ExecuteAsync(connection, null, """
+                UPDATE instances SET expires_at = clock_timestamp(), ttl_seconds = 1, revision = nextval('instance_revision')
+                 WHERE split_part(split_part(addr, '.', 4), ':', 1)::int <= 10;
+                SELECT pg_notify('registry_changes', 'fleet');
+                """);
+        }
+
+        // ...and of 20 live, 4 (20%) go in the window, whichever node sweeps and however often.
+        await notifications.WaitUntilAsync("fleet", payloads => payloads > 1);
+        var swept = (sweepsFirst.Total, sweepsSecond.Total);
+        await Task.WhenAll(sweepsFirst.WaitForAsync(swept.Item1 + 3), sweepsSecond.WaitForAsync(swept.Item2 + 3));
+
+        Assert.Equal(4, evictedFirst.Total + evictedSecond.Total);
+    }
+
+    private static async Task RegisterAsync(HttpClient client, string application, string addr, string meta, string protocol = "http", int? ttl = null)
+    {
+        using var response = await client.PostJsonAsync(ttl is null ? "/v1/register" : $"/v1/register?ttl={ttl}", Http.Provider(application, addr, meta, protocol));
+        response.EnsureSuccessStatusCode();
+    }
+
+    private static Task RegisterAsync(HttpClient client, string application, string addr, string meta, int ttl) =>
+        RegisterAsync(client, application, addr, meta, "http", ttl);
+
+    /// <summary>The version once the node serves <paramref name="count"/> endpoints.</summary>
+    private static async Task<string> ConvergedVersionAsync(HttpClient client, string subscription, int count)
+    {
+        var (_, version, body) = await client.SubscribeAsync(subscription);
+        while (body!["endpoints"]!.AsArray().Count != count)
+        {
+            (_, version, body) = await client.SubscribeAsync(subscription, version, wait: 5).WaitAsync(TimeSpan.FromSeconds(10));
+        }
+
+        return version!;
+    }
+
+    private static async Task ExecuteAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string sql)
+    {
+        await using var command = new NpgsqlCommand(sql, connection, transaction);
+        await command.ExecuteNonQueryAsync();
+    }
+
+    private Task<DateTimeOffset> ExpiresAtAsync(InstanceKey key) => ExpiresAtAsync(Cluster.ConnectionString, key);
+
+    private static async Task<DateTimeOffset> ExpiresAtAsync(string database, InstanceKey key)
+    {
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        await using var command = new NpgsqlCommand("SELECT expires_at FROM instances WHERE application = @a AND protocol = @p AND addr = @addr", connection);
+        command.Parameters.AddWithValue("a", key.Application);
+        command.Parameters.AddWithValue("p", key.Protocol);
+        command.Parameters.AddWithValue("addr", key.Addr);
+        return new DateTimeOffset((DateTime)(await command.ExecuteScalarAsync())!, TimeSpan.Zero);
+    }
+}

@@ -1,0 +1,163 @@
+using System.Net;
+using Npgsql;
+using Registry.Tests.Infrastructure;
+
+namespace Registry.Tests;
+
+/// <summary>
+/// No client can exhaust a node: overlapping subscriptions share what they share, and the
+/// node's caps answer 429 with Retry-After at their edge, never before.
+/// </summary>
+public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
+{
+    [Fact]
+    public async Task FiveHundredSubscriptionsSharingABigProviderCostLittleMoreThanOne()
+    {
+        const int Subscriptions = 500;
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database);
+        using var client = node.CreateClient();
+        await using (var connection = new NpgsqlConnection(database))
+        {
+            // One provider of 2,000 instances with ~400 B of meta each (a 0.9 MB answer), and a
+            // small provider of its own for each subscription; announced as registrations are.
+            await connection.OpenAsync();
+            await using var insert = new NpgsqlCommand(
+                $$"""
+                INSERT INTO instances (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
+                SELECT 'big', 'http', '10.1.' || (i / 250) || '.' || (i % 250 + 1) || ':80',
+                       jsonb_build_object('zone', 'z' || (i % 7), 'description', repeat('x', 380)), 600, clock_timestamp() + interval '600 seconds', clock_timestamp()
+                  FROM generate_series(0, 1999) AS i;
+                INSERT INTO instances (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
+                SELECT 'small-' || i, 'http', '10.2.0.1:80', '{}', 600, clock_timestamp() + interval '600 seconds', clock_timestamp()
+                  FROM generate_series(0, {{Subscriptions - 1}}) AS i;
+                """, connection);
+            await insert.ExecuteNonQueryAsync();
+        }
+
+        await node.ReloadAsync();
+        static string Subscription(int i) => Http.Subscription(Http.Entry("big"), Http.Entry($"small-{i}"));
+        var versions = new string?[Subscriptions];
+        (_, versions[0], _) = await client.SubscribeAsync(Subscription(0));
+        var before = GC.GetTotalMemory(forceFullCollection: true);
+        for (var i = 1; i < Subscriptions; i++)
+        {
+            (_, versions[i], _) = await client.SubscribeAsync(Subscription(i));
+        }
+
+        var grown = GC.GetTotalMemory(forceFullCollection: true) - before;
+        Assert.True(grown < 8 * 1024 * 1024, $"{Subscriptions - 1} more overlapping subscriptions took {grown / 1024 / 1024.0:F1} MiB");
+
+        // Parked on all of them, one registration to the big provider answers each with it.
+        using var parked = ParkedPolls.On(node);
+        var polls = Enumerable.Range(0, Subscriptions).Select(i => client.SubscribeAsync(Subscription(i), versions[i], wait: 30)).ToArray();
+        await parked.WaitForAsync(Subscriptions, TimeSpan.FromSeconds(30));
+        using (var response = await client.PostJsonAsync("/v1/register", Http.Provider("big", "10.9.9.9:80")))
+        {
+            response.EnsureSuccessStatusCode();
+        }
+
+        var answers = await Task.WhenAll(polls).WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.All(answers, a => Assert.Equal(2002, a.Body!["endpoints"]!.AsArray().Count));
+        Assert.Equal(Subscriptions, answers.Select(a => a.Version).Distinct().Count());
+        var last = answers[^1].Body!["endpoints"]!.AsArray();
+        Assert.Equal(["big", "small-499"], last.Select(e => (string?)e!["application"]).Distinct());
+        Assert.Equal("10.9.9.9:80", (string?)last[^2]!["addr"]);
+    }
+
+    [Fact]
+    public async Task ParkedPollsPastAClientsOrANodesLimitAre429AtTheEdgeAndNotBefore()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:Limits:MaxParkedPerClient"] = "2",
+            ["Registry:Limits:MaxParked"] = "3",
+            ["Registry:Limits:RetryAfterSeconds"] = "7",
+        });
+        using var client = node.CreateClient();
+        using var refusals = MeterWatch.Node(node, "registry.limits.rejections", "limit", "parked_per_client");
+        var subscription = Http.Subscription(Http.Entry("app"));
+        var (_, version, _) = await client.SubscribeAsync(subscription);
+        using var parked = ParkedPolls.On(node);
+        using var stop = new CancellationTokenSource();
+
+        var held = Enumerable.Range(0, 2).Select(_ => client.SubscribeAsync(subscription, version, wait: 30, stop.Token)).ToArray();
+        await parked.WaitForAsync(2);
+        using (var refused = await client.PostJsonAsync($"/v1/subscribe?version={version}&wait=30", subscription))
+        {
+            Assert.Equal(HttpStatusCode.TooManyRequests, refused.StatusCode);
+            Assert.Equal(TimeSpan.FromSeconds(7), refused.Headers.RetryAfter?.Delta);
+            Assert.Equal("application/problem+json", refused.Content.Headers.ContentType?.MediaType);
+            Assert.Contains("MaxParkedPerClient", (string?)(await refused.ReadJsonAsync())["detail"], StringComparison.Ordinal);
+        }
+
+        // An answer that need not be held is never refused, and the held ones stay held.
+        var (status, _, _) = await client.SubscribeAsync(subscription);
+        Assert.Equal(200, status);
+        Assert.Equal(1, refusals.Total);
+        Assert.All(held, poll => Assert.False(poll.IsCompleted));
+        await stop.CancelAsync();
+        await parked.WaitForNoneAsync();
+    }
+
+    [Fact]
+    public async Task ANodeHoldsNoMoreParkedPollsThanItsLimitWhateverTheClients()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:Limits:MaxParked"] = "3",
+        });
+        using var client = node.CreateClient();
+        var subscription = Http.Subscription(Http.Entry("app"));
+        var (_, version, _) = await client.SubscribeAsync(subscription);
+        using var parked = ParkedPolls.On(node);
+        using var stop = new CancellationTokenSource();
+
+        var held = Enumerable.Range(0, 3).Select(_ => client.SubscribeAsync(subscription, version, wait: 30, stop.Token)).ToArray();
+        await parked.WaitForAsync(3);
+        var (status, _, body) = await client.SubscribeAsync(subscription, version, wait: 30);
+
+        Assert.Equal(429, status);
+        Assert.Contains("MaxParked", (string?)body!["detail"], StringComparison.Ordinal);
+        await stop.CancelAsync();
+        await parked.WaitForNoneAsync();
+        (status, _, _) = await client.SubscribeAsync(subscription, version, wait: 0);
+        Assert.Equal(200, status);
+    }
+
+    [Fact]
+    public async Task ANewDistinctSubscriptionPastTheNodesLimitIs429WhileKnownOnesAreServed()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:Limits:MaxSubscriptions"] = "3",
+        });
+        using var client = node.CreateClient();
+        using var parked = ParkedPolls.On(node);
+        using var stop = new CancellationTokenSource();
+        var held = new List<Task<(int, string?, System.Text.Json.Nodes.JsonNode?)>>();
+        for (var i = 0; i < 3; i++)
+        {
+            var subscription = Http.Subscription(Http.Entry($"app-{i}"));
+            var (_, version, _) = await client.SubscribeAsync(subscription);
+            held.Add(client.SubscribeAsync(subscription, version, wait: 30, stop.Token));
+        }
+
+        await parked.WaitForAsync(3);
+        var (refused, _, body) = await client.SubscribeAsync(Http.Subscription(Http.Entry("app-3")));
+        var (known, _, _) = await client.SubscribeAsync(Http.Subscription(Http.Entry("app-0")));
+
+        Assert.Equal(429, refused);
+        Assert.Contains("MaxSubscriptions", (string?)body!["detail"], StringComparison.Ordinal);
+        Assert.Equal(200, known);
+        await stop.CancelAsync();
+        await parked.WaitForNoneAsync();
+
+        // Once nobody holds them, idle subscriptions make room for new ones.
+        (refused, _, _) = await client.SubscribeAsync(Http.Subscription(Http.Entry("app-3")));
+        Assert.Equal(200, refused);
+    }
+}
