@@ -194,8 +194,12 @@ public sealed class AccessCluster : IAsyncLifetime
     }
 }
 
-/// <summary>The access suites share one cluster (one database, two nodes) and run one after another.</summary>
-[CollectionDefinition(Name)]
+/// <summary>
+/// The access suites share one cluster (one database, two nodes) and run one after another,
+/// after the parallel collections: node A keeps every log line, and tests elsewhere measure the
+/// process's memory.
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
 public sealed class AccessTestsDefinition : ICollectionFixture<AccessCluster>
 {
     public const string Name = "access";

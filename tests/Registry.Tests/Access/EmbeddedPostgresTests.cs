@@ -5,6 +5,7 @@ namespace Registry.Tests.Access;
 
 /// <summary>The embedded PostgreSQL hands its superuser role to nobody who lacks the password file.</summary>
 [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
+[Collection(AccessTestsDefinition.Name)]
 public sealed class EmbeddedPostgresTests
 {
     [Fact]
