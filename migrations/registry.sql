@@ -75,3 +75,39 @@ BEGIN
 END $EF$;
 COMMIT;
 
+START TRANSACTION;
+
+DO $EF$
+BEGIN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261127175828_AddTokens') THEN
+    CREATE TABLE tokens (
+        id text COLLATE "C" NOT NULL,
+        hash bytea NOT NULL,
+        description text NOT NULL,
+        register text[] NOT NULL,
+        subscribe text[] NOT NULL,
+        admin boolean NOT NULL,
+        created_at timestamptz NOT NULL,
+        expires_at timestamptz,
+        last_used_at timestamptz,
+        CONSTRAINT "PK_tokens" PRIMARY KEY (id)
+    );
+    END IF;
+END $EF$;
+
+DO $EF$
+BEGIN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261127175828_AddTokens') THEN
+    CREATE UNIQUE INDEX "IX_tokens_hash" ON tokens (hash);
+    END IF;
+END $EF$;
+
+DO $EF$
+BEGIN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261127175828_AddTokens') THEN
+    INSERT INTO "__EFMigrationsHistory" ("MigrationId", "ProductVersion")
+    VALUES ('20261127175828_AddTokens', '10.0.15');
+    END IF;
+END $EF$;
+COMMIT;
+

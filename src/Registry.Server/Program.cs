@@ -1,27 +1,39 @@
 using Registry;
+using Registry.Access;
 using Registry.Registration;
 using Registry.Storage;
 using Registry.Subscription;
 using Registry.Operations;
 
-var builder = WebApplication.CreateBuilder(args);
+// `tokens create …` works on the database alone; its options are not host configuration.
+var command = args is [TokenCommand.Name, ..];
+var builder = WebApplication.CreateBuilder(command ? [] : args);
 builder.AddSettingsBesideTheBinaries();
 using var startupLog = LoggerFactory.Create(logging => logging.AddConsole());
 var logger = startupLog.CreateLogger("Registry");
 try
 {
+    if (command)
+    {
+        Environment.ExitCode = await TokenCommand.RunAsync(builder.Configuration, args[1..], Console.Out, Console.Error, CancellationToken.None);
+        return;
+    }
+
     await using var localPostgres = await builder.EnsureDatabaseAsync(logger);
     builder.AddRegistry();
+    builder.AddRegistryAccess(embeddedDatabase: localPostgres is not null);
 
     var app = builder.Build();
     app.UseRegistry();
+    app.UseRegistryAccess();
     app.MapRegistration();
     app.MapSubscription();
     app.MapOperations();
     app.MapMetrics();
+    app.MapTokens();
     await app.RunAsync();
 }
-catch (Exception e) when (e is LocalPostgresException or Npgsql.NpgsqlException or Microsoft.Extensions.Options.OptionsValidationException)
+catch (Exception e) when (e is LocalPostgresException or Npgsql.NpgsqlException or Microsoft.Extensions.Options.OptionsValidationException or AccessConfigurationException)
 {
     logger.LogCritical("The registry cannot start: {Reason}", StartupFailure.Explain(e));
     Environment.ExitCode = 1;

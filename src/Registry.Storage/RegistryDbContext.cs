@@ -11,6 +11,9 @@ public sealed class RegistryDbContext(DbContextOptions<RegistryDbContext> option
     /// <summary>The registered instances.</summary>
     public DbSet<InstanceRow> Instances => Set<InstanceRow>();
 
+    /// <summary>The registry tokens (hashes only).</summary>
+    public DbSet<TokenRow> Tokens => Set<TokenRow>();
+
     /// <summary>The registry nodes and when each last reached the database.</summary>
     public DbSet<NodeRow> Nodes => Set<NodeRow>();
 
@@ -41,6 +44,23 @@ public sealed class RegistryDbContext(DbContextOptions<RegistryDbContext> option
             instance.Property(i => i.RegisteredAt).HasColumnName("registered_at").HasColumnType("timestamptz");
             instance.Property(i => i.Revision).HasColumnName("revision")
                 .HasDefaultValueSql($"nextval('{Schema.RevisionSequence}')");
+        });
+
+        modelBuilder.Entity<TokenRow>(token =>
+        {
+            token.ToTable(Schema.TokensTable);
+            token.HasKey(t => t.Id);
+            token.Property(t => t.Id).HasColumnName("id").UseCollation("C");
+            token.Property(t => t.Hash).HasColumnName("hash");
+            // Looked up by hash only when a node loads its cache, but two tokens must never share one.
+            token.HasIndex(t => t.Hash).IsUnique();
+            token.Property(t => t.Description).HasColumnName("description");
+            token.Property(t => t.Register).HasColumnName("register");
+            token.Property(t => t.Subscribe).HasColumnName("subscribe");
+            token.Property(t => t.Admin).HasColumnName("admin");
+            token.Property(t => t.CreatedAt).HasColumnName("created_at").HasColumnType("timestamptz");
+            token.Property(t => t.ExpiresAt).HasColumnName("expires_at").HasColumnType("timestamptz");
+            token.Property(t => t.LastUsedAt).HasColumnName("last_used_at").HasColumnType("timestamptz");
         });
 
         modelBuilder.Entity<NodeRow>(node =>
@@ -80,4 +100,10 @@ public static class Schema
 
     /// <summary>The channel every committed change is announced on.</summary>
     public const string ChangeChannel = "registry_changes";
+
+    /// <summary>The table of registry tokens.</summary>
+    public const string TokensTable = "tokens";
+
+    /// <summary>The channel token creations and revocations are announced on.</summary>
+    public const string TokenChannel = "registry_tokens";
 }

@@ -62,6 +62,8 @@ internal sealed class ServerNode : IAsyncDisposable
         start.Environment["Logging__LogLevel__Default"] = "Warning";
         // Released polls need not be spread when the tool stops a node.
         start.Environment["Registry__Subscriptions__ShutdownSpread"] = "00:00:00";
+        // Measured without credentials unless the caller's environment turns authentication on.
+        start.Environment["Registry__Auth__Mode"] = "Open";
         foreach (var (key, value) in environment)
         {
             start.Environment[key] = value;

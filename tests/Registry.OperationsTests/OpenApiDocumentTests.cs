@@ -43,8 +43,8 @@ public sealed class OpenApiDocumentTests(LiveRegistry registry)
 
         var operations = Operations(document).ToList();
         Assert.Equal(
-            ["GET /healthz", "GET /metrics", "GET /readyz", "GET /v1/services", "GET /v1/services/{application}",
-             "POST /v1/heartbeat", "POST /v1/register", "POST /v1/subscribe", "POST /v1/unregister"],
+            ["DELETE /v1/tokens/{id}", "GET /healthz", "GET /metrics", "GET /readyz", "GET /v1/services", "GET /v1/services/{application}",
+             "GET /v1/tokens", "POST /v1/heartbeat", "POST /v1/register", "POST /v1/subscribe", "POST /v1/tokens", "POST /v1/unregister"],
             operations.Select(o => o.Name).Order(StringComparer.Ordinal));
         Assert.All(operations, o =>
         {
@@ -58,6 +58,32 @@ public sealed class OpenApiDocumentTests(LiveRegistry registry)
             foreach (var (status, response) in o.Operation["responses"]!.AsObject())
             {
                 Assert.False(string.IsNullOrWhiteSpace((string?)response!["description"]), $"{o.Name} {status} has no description");
+            }
+        });
+    }
+
+    [Fact]
+    public async Task TheBearerSchemeServersAndEachOperationsSecurityAreDeclared()
+    {
+        var document = await ServedAsync();
+
+        Assert.Equal("http", (string?)document["components"]!["securitySchemes"]!["bearer"]!["type"]);
+        Assert.Equal("bearer", (string?)document["components"]!["securitySchemes"]!["bearer"]!["scheme"]);
+        Assert.NotEmpty(document["servers"]!.AsArray());
+        Assert.All(Operations(document), o =>
+        {
+            var security = o.Operation["security"]?.AsArray();
+            Assert.True(security is not null, $"{o.Name} declares no security");
+            var needsBearer = security.All(r => r!.AsObject().ContainsKey("bearer"));
+            var optional = security.Any(r => r!.AsObject().Count == 0);
+            if (o.Name.Contains(" /v1/", StringComparison.Ordinal))
+            {
+                Assert.True(needsBearer, $"{o.Name} must need the bearer scheme");
+                Assert.True(o.Operation["responses"]!["401"] is not null && o.Operation["responses"]!["403"] is not null, $"{o.Name} lacks 401/403");
+            }
+            else
+            {
+                Assert.True(optional, $"{o.Name} must be open");
             }
         });
     }

@@ -95,7 +95,7 @@ public sealed partial class RunbookTests(LiveRegistry registry)
         return blocks;
     }
 
-    private static async Task<(int ExitCode, string Output)> BashAsync(string script)
+    private async Task<(int ExitCode, string Output)> BashAsync(string script)
     {
         var start = new ProcessStartInfo("bash", ["-euo", "pipefail", "-c", script])
         {
@@ -106,6 +106,7 @@ public sealed partial class RunbookTests(LiveRegistry registry)
         // The watch command's long poll would hold for the documented 55 s; a short wait
         // still exercises the hold and its 304.
         start.Environment["WAIT"] = "1";
+        start.Environment["TOKEN"] = registry.Token;
         using var process = Process.Start(start)!;
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(90));
         var stdout = process.StandardOutput.ReadToEndAsync(timeout.Token);

@@ -65,6 +65,41 @@ public sealed class SwaggerUiTests(LiveRegistry registry) : IAsyncLifetime
         }
     }
 
+    [Fact]
+    public async Task TheAuthorizeButtonTakesABearerTokenThatTryItOutSends()
+    {
+        var page = await _browser!.NewPageAsync();
+        page.SetDefaultTimeout(Timeout);
+        try
+        {
+            await page.GotoAsync($"{registry.BaseAddress}/swagger/index.html");
+            await page.Locator(".auth-wrapper button.authorize").ClickAsync();
+            await page.Locator(".modal-ux input").FillAsync(registry.Token);
+            await page.Locator(".modal-ux button.authorize").ClickAsync();
+            await page.Locator(".modal-ux button.btn-done").ClickAsync();
+
+            // An admin-only call: the UI must send the token it was given.
+            var list = page.Locator("#operations-Tokens-ListTokens");
+            await list.Locator(".opblock-summary").First.ClickAsync();
+            await list.Locator("button.try-out__btn").ClickAsync();
+            await list.Locator("button.execute").ClickAsync();
+            var live = list.Locator(".live-responses-table .response");
+            await live.First.WaitForAsync();
+            var status = (await live.First.Locator(".response-col_status").InnerTextAsync()).Trim();
+            var curl = await list.Locator(".curl-command").InnerTextAsync();
+
+            Assert.Equal("200", status);
+            Assert.Contains($"Authorization: Bearer {registry.Token}", curl, StringComparison.Ordinal);
+        }
+        catch
+        {
+            var screenshot = Path.Combine(Path.GetTempPath(), $"swagger-ui-failure-{Guid.NewGuid():N}.png");
+            await page.ScreenshotAsync(new PageScreenshotOptions { Path = screenshot, FullPage = true });
+            Console.Error.WriteLine($"Swagger UI screenshot: {screenshot}");
+            throw;
+        }
+    }
+
     private async Task RegisterAndSubscribeAsync(IPage page, string application)
     {
         await page.GotoAsync($"{registry.BaseAddress}/swagger/index.html");

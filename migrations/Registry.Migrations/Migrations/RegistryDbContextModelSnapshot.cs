@@ -112,6 +112,57 @@ namespace Registry.Migrations.Migrations
 
                     b.ToTable("nodes", (string)null);
                 });
+
+            modelBuilder.Entity("Registry.Storage.TokenRow", b =>
+                {
+                    b.Property<string>("Id")
+                        .HasColumnType("text")
+                        .HasColumnName("id")
+                        .UseCollation("C");
+
+                    b.Property<bool>("Admin")
+                        .HasColumnType("boolean")
+                        .HasColumnName("admin");
+
+                    b.Property<DateTime>("CreatedAt")
+                        .HasColumnType("timestamptz")
+                        .HasColumnName("created_at");
+
+                    b.Property<string>("Description")
+                        .IsRequired()
+                        .HasColumnType("text")
+                        .HasColumnName("description");
+
+                    b.Property<DateTime?>("ExpiresAt")
+                        .HasColumnType("timestamptz")
+                        .HasColumnName("expires_at");
+
+                    b.Property<byte[]>("Hash")
+                        .IsRequired()
+                        .HasColumnType("bytea")
+                        .HasColumnName("hash");
+
+                    b.Property<DateTime?>("LastUsedAt")
+                        .HasColumnType("timestamptz")
+                        .HasColumnName("last_used_at");
+
+                    b.PrimitiveCollection<string[]>("Register")
+                        .IsRequired()
+                        .HasColumnType("text[]")
+                        .HasColumnName("register");
+
+                    b.PrimitiveCollection<string[]>("Subscribe")
+                        .IsRequired()
+                        .HasColumnType("text[]")
+                        .HasColumnName("subscribe");
+
+                    b.HasKey("Id");
+
+                    b.HasIndex("Hash")
+                        .IsUnique();
+
+                    b.ToTable("tokens", (string)null);
+                });
 #pragma warning restore 612, 618
         }
     }

@@ -29,6 +29,7 @@ internal sealed partial class ChangeFeedListener : BackgroundService
     private readonly ILogger<ChangeFeedListener> _logger;
     private readonly ResiliencePipeline _reconnect;
     private readonly ConcurrentDictionary<string, TaskCompletionSource> _pings = new(StringComparer.Ordinal);
+    private readonly IChangeFeedChannel[] _channels;
     private NpgsqlConnection? _connection;
     private DateTimeOffset? _lostAt;
 
@@ -38,8 +39,10 @@ internal sealed partial class ChangeFeedListener : BackgroundService
         RegistryMetrics metrics,
         IOptions<ChangeFeedOptions> options,
         TimeProvider time,
-        ILogger<ChangeFeedListener> logger)
+        ILogger<ChangeFeedListener> logger,
+        IEnumerable<IChangeFeedChannel> channels)
     {
+        _channels = channels.ToArray();
         _database = database;
         _loader = loader;
         _metrics = metrics;
@@ -165,6 +168,13 @@ internal sealed partial class ChangeFeedListener : BackgroundService
                 await listen.ExecuteNonQueryAsync(cancellationToken);
             }
 
+            foreach (var channel in _channels)
+            {
+                await using var listen = new NpgsqlCommand($"LISTEN {channel.Channel}", connection);
+                await listen.ExecuteNonQueryAsync(cancellationToken);
+                await channel.ReloadAsync(cancellationToken);
+            }
+
             // LISTEN first, then load: a change committed in between is both loaded and
             // announced, never neither.
             await _loader.ReloadAllAsync().WaitAsync(cancellationToken);
@@ -197,6 +207,12 @@ internal sealed partial class ChangeFeedListener : BackgroundService
     /// <summary>Runs on Npgsql's reading path, where exceptions are swallowed: it only hands the payload on.</summary>
     private void OnNotification(object sender, NpgsqlNotificationEventArgs e)
     {
+        if (e.Channel != Schema.ChangeChannel)
+        {
+            Array.Find(_channels, c => c.Channel == e.Channel)?.Notified(e.Payload);
+            return;
+        }
+
         if (e.Payload.StartsWith(PingPrefix, StringComparison.Ordinal))
         {
             if (_pings.TryGetValue(e.Payload[PingPrefix.Length..], out var echoed))

@@ -35,7 +35,8 @@ internal static class MetricsEndpoint
 
     public static IEndpointRouteBuilder MapMetrics(this IEndpointRouteBuilder endpoints)
     {
-        endpoints.MapPrometheusScrapingEndpoint(Path);
+        // Open unless Registry:Auth:ProtectMetrics (the policy decides at each scrape).
+        endpoints.MapPrometheusScrapingEndpoint(Path).RequireAuthorization(Registry.Access.AccessPolicies.Metrics);
         return endpoints;
     }
 }

@@ -15,6 +15,9 @@ internal static class OpenApiDocumentation
 {
     public const string DocumentName = "v1";
 
+    /// <summary>The security scheme's name in the document.</summary>
+    public const string BearerSchemeName = "bearer";
+
     public static IServiceCollection AddRegistryOpenApiDocumentation(this IServiceCollection services)
     {
         services.Configure<SwaggerGenOptions>(swagger =>
@@ -41,6 +44,18 @@ internal static class OpenApiDocumentation
                 "Consumers" => "2",
                 _ => "3",
             });
+
+            swagger.AddSecurityDefinition(BearerSchemeName, new OpenApiSecurityScheme
+            {
+                Type = SecuritySchemeType.Http,
+                Scheme = "bearer",
+                BearerFormat = "registry token (rgt_…) or JWT",
+                Description = "`Authorization: Bearer <token>`: a registry token (`rgt_…`, from `POST /v1/tokens` or the server's " +
+                    "`tokens create` command) or, when configured, a JWT from the identity provider. Its scopes say which " +
+                    "applications it may register and subscribe to, and whether it is admin.",
+            });
+            // Relative: the document describes whichever node serves it (and "Try it out" calls that node).
+            swagger.AddServer(new OpenApiServer { Url = "/", Description = "The node serving this document" });
 
             swagger.OperationFilter<RegistryOperationFilter>();
             swagger.DocumentFilter<RegistryDocumentFilter>();
@@ -106,8 +121,27 @@ internal static class OpenApiDocumentation
         }
         """;
 
+    internal const string TokenRequestExample = """
+        { "description": "payments deploys", "register": ["payments", "payments.*"], "subscribe": ["*"], "admin": false, "expires": "2027-01-01T00:00:00Z" }
+        """;
+
+    internal const string TokenExample = """
+        {
+          "id": "tok_3q2xNn8Lr0cWqYbK",
+          "description": "payments deploys",
+          "register": ["payments", "payments.*"],
+          "subscribe": ["*"],
+          "admin": false,
+          "created": "2026-01-01T12:00:00+00:00",
+          "expires": "2027-01-01T00:00:00+00:00",
+          "lastUsed": null,
+          "token": "rgt_wH5b1s3Yg0Qf8xJcV2nK7pLr4mT9aZ6eD1uB0oS3iE8"
+        }
+        """;
+
     private static readonly Dictionary<string, string> QueryParameters = new(StringComparer.Ordinal)
     {
+        ["id"] = "The token's id (`tok_…`), as `GET /v1/tokens` lists it.",
         ["ttl"] = "Lease length in seconds, a positive integer. Values outside the configured bounds (1 to 86400 by default) are clamped; absent, the configured default (30 s). The granted value is in the answer's `ttl`.",
         ["version"] = "The version the caller holds (from a previous answer or its ETag). When it is the current version the request is held until the answer changes or `wait` runs out; otherwise the answer comes at once.",
         ["wait"] = "Seconds to hold the request when `version` is current: a non-negative integer, default 30; values above the configured cap (55 by default, below common 60 s proxy idle timeouts) are clamped, and up to wait/16 of random jitter is added.",
@@ -129,7 +163,13 @@ internal static class OpenApiDocumentation
         ("Health", "200") => "The process is alive.",
         ("Ready", "200") => "The node can serve: database reachable, migrations applied, change feed listening.",
         ("Ready", "503") => "The node cannot serve yet or any more; the body names the failing check.",
+        ("CreateToken", "201") => "The token, with its secret in `token`: shown only here, stored only as a SHA-256 hash.",
+        ("ListTokens", "200") => "Every token with its scopes and last use; never a secret or a hash.",
+        ("RevokeToken", "204") => "The token was deleted; every node refuses it within a second.",
+        ("RevokeToken", "404") => "There is no token with this id.",
         (_, "400") => "The request is malformed or invalid; `errors` names each field and the reason.",
+        (_, "401") => "No valid credential (missing, malformed, unknown, expired or revoked); `WWW-Authenticate: Bearer`. Repeated failures from one address answer 429.",
+        (_, "403") => "The credential is valid but lacks the scope this call needs; the problem names the application and the scope.",
         (_, "404") => "Not found.",
         (_, "413") => "The body is larger than the configured limit (64 KiB by default).",
         (_, "429") => "This client sent more requests than its rate limit allows (when rate limiting is configured); retry after `Retry-After` seconds.",
@@ -171,10 +211,13 @@ internal static class OpenApiDocumentation
                     "The `meta.KEY` family is not listed among the parameters because OpenAPI 3.0 cannot name one.";
             }
 
+            Secure(operation, context);
+
             var example = id switch
             {
                 "Register" or "Heartbeat" or "Unregister" => ProviderExample,
                 "Subscribe" => SubscriptionExample,
+                "CreateToken" => TokenRequestExample,
                 _ => null,
             };
             foreach (var media in operation.RequestBody?.Content?.Values ?? [])
@@ -210,6 +253,40 @@ internal static class OpenApiDocumentation
             }
         }
 
+        /// <summary>
+        /// Operations behind a policy need the bearer scheme and may answer 401 and 403; the others
+        /// say they need nothing (the document's default is the bearer scheme). /readyz takes a
+        /// credential optionally: it shows its details to admin.
+        /// </summary>
+        private static void Secure(OpenApiOperation operation, OperationFilterContext context)
+        {
+            var policy = context.ApiDescription.ActionDescriptor.EndpointMetadata
+                .OfType<Microsoft.AspNetCore.Authorization.IAuthorizeData>().Select(a => a.Policy).FirstOrDefault();
+            if (policy is null)
+            {
+                operation.Security = operation.OperationId == "Ready"
+                    ? [new OpenApiSecurityRequirement(), Bearer(context.Document)]
+                    : [new OpenApiSecurityRequirement()];
+                return;
+            }
+
+            operation.Security = [Bearer(context.Document)];
+            operation.Description += policy == Access.AccessPolicies.Admin
+                ? " Needs the `admin` scope."
+                : operation.OperationId == "ListServices"
+                    ? " Any credential: admin sees every application, others those they may subscribe to."
+                    : $" Needs the `{(operation.Tags?.Any(t => t.Name == "Providers") == true ? "register" : "subscribe")}` scope for the application" +
+                      (operation.OperationId == "Subscribe" ? " of every entry (one forbidden provider refuses the whole subscription)." : ".");
+            operation.Responses ??= [];
+            operation.Responses.TryAdd("401", new OpenApiResponse());
+            operation.Responses.TryAdd("403", new OpenApiResponse());
+        }
+
+        internal static OpenApiSecurityRequirement Bearer(OpenApiDocument document) => new()
+        {
+            [new OpenApiSecuritySchemeReference(BearerSchemeName, document)] = [],
+        };
+
         private static void Describe(OpenApiResponse response, string? id, string status, OperationFilterContext context)
         {
             if (status is "200" or "304" && id is "Subscribe" or "GetService")
@@ -218,6 +295,16 @@ internal static class OpenApiDocumentation
                 response.Headers["ETag"] = new OpenApiHeader
                 {
                     Description = "`\"<version>\"`: the answer's version as an entity tag.",
+                    Schema = new OpenApiSchema { Type = JsonSchemaType.String },
+                };
+            }
+
+            if (status == "401")
+            {
+                response.Headers ??= new Dictionary<string, IOpenApiHeader>();
+                response.Headers["WWW-Authenticate"] = new OpenApiHeader
+                {
+                    Description = "`Bearer`: send `Authorization: Bearer <token>`.",
                     Schema = new OpenApiSchema { Type = JsonSchemaType.String },
                 };
             }
@@ -237,6 +324,7 @@ internal static class OpenApiDocumentation
                 ("Register" or "Heartbeat", "200" or "201") => LeaseExample,
                 ("Subscribe" or "GetService", "200") => AnswerExample,
                 ("ListServices", "200") => ServicesExample,
+                ("CreateToken", "201") => TokenExample,
                 (_, "400") => ValidationProblemExample,
                 _ => null,
             };
@@ -265,8 +353,19 @@ internal static class OpenApiDocumentation
     /// <summary>Adds <c>/metrics</c>, which is mapped as middleware and so unseen by the API explorer.</summary>
     internal sealed class RegistryDocumentFilter : IDocumentFilter
     {
+        private static OpenApiResponse Problem(OpenApiDocument document, string description) => new()
+        {
+            Description = description,
+            Content = new Dictionary<string, OpenApiMediaType>(StringComparer.Ordinal)
+            {
+                ["application/problem+json"] = new OpenApiMediaType { Schema = new OpenApiSchemaReference("ProblemDetails", document) },
+            },
+        };
+
         public void Apply(OpenApiDocument swaggerDoc, DocumentFilterContext context)
         {
+            // Every operation says what it needs; this default covers anything added later.
+            swaggerDoc.Security = [RegistryOperationFilter.Bearer(swaggerDoc)];
             swaggerDoc.Paths ??= [];
             swaggerDoc.Paths[MetricsEndpoint.Path] = new OpenApiPathItem
             {
@@ -276,10 +375,13 @@ internal static class OpenApiDocumentation
                     {
                         Tags = new HashSet<OpenApiTagReference> { new("Operations", swaggerDoc) },
                         OperationId = "Metrics",
+                        // Open unless Registry:Auth:ProtectMetrics; then it needs the admin scope.
+                        Security = [new OpenApiSecurityRequirement(), RegistryOperationFilter.Bearer(swaggerDoc)],
                         Summary = "Metrics in Prometheus text format",
                         Description = "The registry's instruments (meter `Registry`: registrations, heartbeats, evictions, parked and " +
                             "completed long polls, delivery delay, change-feed notifications and reconnects, database errors) and " +
-                            "ASP.NET Core's request and connection meters, for a Prometheus scrape.",
+                            "ASP.NET Core's request and connection meters, for a Prometheus scrape. Open unless " +
+                            "`Registry:Auth:ProtectMetrics` is true; then it needs the `admin` scope.",
                         Responses = new OpenApiResponses
                         {
                             ["200"] = new OpenApiResponse
@@ -290,6 +392,8 @@ internal static class OpenApiDocumentation
                                     ["text/plain"] = new OpenApiMediaType { Schema = new OpenApiSchema { Type = JsonSchemaType.String } },
                                 },
                             },
+                            ["401"] = Problem(swaggerDoc, "With `Registry:Auth:ProtectMetrics`: no valid credential; `WWW-Authenticate: Bearer`."),
+                            ["403"] = Problem(swaggerDoc, "With `Registry:Auth:ProtectMetrics`: the credential lacks the `admin` scope."),
                         },
                     },
                 },

@@ -6,8 +6,11 @@ namespace Registry.Operations;
 /// <summary>The result of one readiness check.</summary>
 public sealed record CheckResult(bool Ok, string Detail);
 
-/// <summary>The body of <c>/readyz</c>: which check failed, and the self-preservation state.</summary>
-public sealed record Readiness(string Status, IReadOnlyDictionary<string, CheckResult> Checks, SelfPreservationState SelfPreservation);
+/// <summary>The body of <c>/readyz</c>: which check failed, and the self-preservation state (these details for the admin scope only).</summary>
+public sealed record Readiness(
+    string Status,
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)] IReadOnlyDictionary<string, CheckResult>? Checks,
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)] SelfPreservationState? SelfPreservation);
 
 /// <summary>Whether the sweeper on this node is rate-limiting evictions.</summary>
 public sealed record SelfPreservationState(bool Engaged, int ExpiredAtLastSweep);
@@ -28,20 +31,23 @@ internal static class OperationsApi
             .WithName("Ready")
             .WithSummary("Can this node serve")
             .WithDescription("200 when the database is reachable, the migrations are applied and the change feed is listening " +
-                "(proved by a NOTIFY round trip); 503 otherwise. The body names each check and the self-preservation state. " +
-                "The database is asked at most once a second, however often this is called.")
+                "(proved by a NOTIFY round trip); 503 otherwise. Open to all; for a credential with the admin scope the body " +
+                "also names each check and the self-preservation state. The database is asked at most once a second, however " +
+                "often this is called.")
             .Produces<Readiness>(StatusCodes.Status200OK)
             .Produces<Readiness>(StatusCodes.Status503ServiceUnavailable);
 
         return endpoints;
     }
 
-    private static async Task<JsonHttpResult<Readiness>> Ready(ReadinessProbe probe, SelfPreservation selfPreservation)
+    private static async Task<JsonHttpResult<Readiness>> Ready(HttpContext http, ReadinessProbe probe, SelfPreservation selfPreservation)
     {
         var checks = await probe.CheckAsync();
         var ready = checks.Values.All(c => c.Ok);
-        var body = new Readiness(ready ? "ready" : "not ready", checks,
-            new SelfPreservationState(selfPreservation.Engaged, selfPreservation.LastExpired));
+        // Open to orchestrators; what is wrong inside (error texts, hosts) only for admin.
+        var body = Registry.Access.ApplicationAccess.IsAdmin(http.User)
+            ? new Readiness(ready ? "ready" : "not ready", checks, new SelfPreservationState(selfPreservation.Engaged, selfPreservation.LastExpired))
+            : new Readiness(ready ? "ready" : "not ready", null, null);
         return TypedResults.Json(body, statusCode: ready ? StatusCodes.Status200OK : StatusCodes.Status503ServiceUnavailable);
     }
 }

@@ -1,6 +1,7 @@
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Mvc;
 using Microsoft.Extensions.Options;
+using Registry.Access;
 using Registry.Leases;
 using Registry.Model;
 using Registry.Operations;
@@ -14,6 +15,7 @@ internal static class RegistrationApi
     public static IEndpointRouteBuilder MapRegistration(this IEndpointRouteBuilder endpoints)
     {
         var group = endpoints.MapGroup("/v1").WithTags("Providers")
+            .RequireAuthorization(AccessPolicies.Caller)
             .RequireRateLimiting(RateLimiting.PolicyName)
             .ProducesProblem(StatusCodes.Status429TooManyRequests);
 
@@ -65,6 +67,8 @@ internal static class RegistrationApi
         WriteBatcher writes,
         IOptions<LeaseOptions> leases,
         IOptions<WriteOptions> writeOptions,
+        ApplicationAccess access,
+        AuditLog audit,
         CancellationToken cancellationToken)
     {
         var (json, tooLarge) = await body.ReadAsync(http.Request, cancellationToken);
@@ -81,6 +85,11 @@ internal static class RegistrationApi
             return Problems.Invalid(errors);
         }
 
+        if (await access.DenyAsync(http.User, Scope.Register, provider.Application) is { } denied)
+        {
+            return denied;
+        }
+
         var granted = (int)Math.Clamp(requestedTtl ?? leases.Value.DefaultTtlSeconds, leases.Value.MinTtlSeconds, leases.Value.MaxTtlSeconds);
         WriteResult result;
         try
@@ -92,6 +101,7 @@ internal static class RegistrationApi
             return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds, e.Message);
         }
 
+        audit.Registered(http.User, provider.Key, result.Status == WriteStatus.Created);
         var lease = Lease(provider.Key, provider.Meta, granted, result.ExpiresAt);
         return result.Status == WriteStatus.Created
             ? new LeaseResult(StatusCodes.Status201Created, lease, $"/v1/services/{Uri.EscapeDataString(provider.Application)}")
@@ -106,6 +116,7 @@ internal static class RegistrationApi
         LeaseRenewer renewer,
         RegistryMetrics metrics,
         IOptions<WriteOptions> writeOptions,
+        ApplicationAccess access,
         CancellationToken cancellationToken)
     {
         var (json, tooLarge) = await body.ReadAsync(http.Request, cancellationToken);
@@ -119,6 +130,11 @@ internal static class RegistrationApi
         if (provider is null)
         {
             return Problems.Invalid(errors);
+        }
+
+        if (await access.DenyAsync(http.User, Scope.Register, provider.Application) is { } denied)
+        {
+            return denied;
         }
 
         var instance = state.Find(provider.Key);
@@ -148,6 +164,8 @@ internal static class RegistrationApi
         RequestReader reader,
         WriteBatcher writes,
         IOptions<WriteOptions> writeOptions,
+        ApplicationAccess access,
+        AuditLog audit,
         CancellationToken cancellationToken)
     {
         var (json, tooLarge) = await body.ReadAsync(http.Request, cancellationToken);
@@ -163,10 +181,21 @@ internal static class RegistrationApi
             return Problems.Invalid(errors);
         }
 
+        if (await access.DenyAsync(http.User, Scope.Register, provider.Application) is { } denied)
+        {
+            return denied;
+        }
+
         try
         {
             var result = await writes.SubmitAsync(new UnregisterCommand(provider.Key));
-            return result.Status == WriteStatus.Removed ? TypedResults.NoContent() : Problems.NotRegistered(provider.Key);
+            if (result.Status != WriteStatus.Removed)
+            {
+                return Problems.NotRegistered(provider.Key);
+            }
+
+            audit.Unregistered(http.User, provider.Key);
+            return TypedResults.NoContent();
         }
         catch (WriteUnavailableException e)
         {

@@ -14,9 +14,27 @@ public sealed class LocalPostgresException(string message, Exception? inner = nu
 /// machines without Docker. PostgreSQL refuses to run as root, so under root the binaries
 /// run as the <c>postgres</c> user.
 /// </summary>
+/// <remarks>
+/// Its role is a superuser, so nobody else on the machine may log in as it: every connection,
+/// over TCP or the Unix socket (kept in the 0700 data folder), needs the random password kept
+/// in <see cref="PasswordFileName"/> (mode 0600) in that folder, checked with SCRAM.
+/// </remarks>
 public sealed class LocalPostgres : IAsyncDisposable
 {
+    /// <summary>The file in the data folder that holds the role's password.</summary>
+    public const string PasswordFileName = "registry.password";
+
     private const string User = "registry";
+
+    /// <summary>Password (SCRAM) for every connection, local or TCP; no trust anywhere.</summary>
+    private const string HostBasedAuthentication = """
+        # Written by the registry: every connection needs the password in registry.password.
+        local all all scram-sha-256
+        host all all 127.0.0.1/32 scram-sha-256
+        host all all ::1/128 scram-sha-256
+
+        """;
+
     private readonly string _binDirectory;
     private readonly bool _asPostgresUser;
 
@@ -26,13 +44,6 @@ public sealed class LocalPostgres : IAsyncDisposable
         DataDirectory = dataDirectory;
         Port = port;
         _asPostgresUser = asPostgresUser;
-        ConnectionString = new NpgsqlConnectionStringBuilder
-        {
-            Host = "127.0.0.1",
-            Port = port,
-            Username = User,
-            Database = "postgres",
-        }.ConnectionString;
     }
 
     /// <summary>The folder holding the cluster.</summary>
@@ -41,8 +52,8 @@ public sealed class LocalPostgres : IAsyncDisposable
     /// <summary>The TCP port it listens on (loopback only).</summary>
     public int Port { get; }
 
-    /// <summary>How to reach it.</summary>
-    public string ConnectionString { get; }
+    /// <summary>How to reach it (with the password: never log it).</summary>
+    public string ConnectionString { get; private set; } = "";
 
     /// <summary>The default data folder: under the system's temporary folder, one per user.</summary>
     public static string DefaultDataDirectory => Path.Combine(Path.GetTempPath(), $"registry-postgres-{Environment.UserName}");
@@ -64,9 +75,17 @@ public sealed class LocalPostgres : IAsyncDisposable
         }
 
         var postgres = new LocalPostgres(bin, dataDirectory, FreePort(), asPostgresUser);
+        var passwordFile = Path.Combine(dataDirectory, PasswordFileName);
+        string? password = null;
         if (!File.Exists(Path.Combine(dataDirectory, "PG_VERSION")))
         {
-            await postgres.PgAsync("initdb", ["-D", dataDirectory, "-U", User, "--auth=trust", "--encoding=UTF8", "--locale=C", .. durable ? Array.Empty<string>() : ["--no-sync"]], cancellationToken);
+            password = NewPassword();
+            await postgres.InitAsync(password, durable, cancellationToken);
+            WriteSecret(passwordFile, password);
+        }
+        else if (File.Exists(passwordFile))
+        {
+            password = (await File.ReadAllTextAsync(passwordFile, cancellationToken)).Trim();
         }
 
         // A cluster left running by a process that was killed: stop it, then start afresh.
@@ -78,7 +97,76 @@ public sealed class LocalPostgres : IAsyncDisposable
         var settings = $"-p {postgres.Port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{dataDirectory}' -c max_connections=300"
             + (durable ? "" : " -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
         await postgres.PgAsync("pg_ctl", ["-D", dataDirectory, "-l", Path.Combine(dataDirectory, "server.log"), "-w", "-t", "60", "-o", settings, "start"], cancellationToken);
+        postgres.ConnectionString = postgres.ConnectionStringWith(password);
+        if (password is null)
+        {
+            // A cluster made by an older registry, with trust: give the role a password, then require it.
+            password = NewPassword();
+            await using (var connection = new NpgsqlConnection(postgres.ConnectionString))
+            {
+                await connection.OpenAsync(cancellationToken);
+                await using var alter = new NpgsqlCommand($"ALTER ROLE {User} PASSWORD '{password}'; SELECT pg_reload_conf()", connection);
+                await File.WriteAllTextAsync(Path.Combine(dataDirectory, "pg_hba.conf"), HostBasedAuthentication, cancellationToken);
+                await alter.ExecuteNonQueryAsync(cancellationToken);
+            }
+
+            WriteSecret(passwordFile, password);
+            postgres.ConnectionString = postgres.ConnectionStringWith(password);
+        }
+
         return postgres;
+    }
+
+    private string ConnectionStringWith(string? password) => new NpgsqlConnectionStringBuilder
+    {
+        Host = "127.0.0.1",
+        Port = Port,
+        Username = User,
+        Password = password,
+        Database = "postgres",
+    }.ConnectionString;
+
+    /// <summary>
+    /// initdb wants an empty folder: the password goes through a file of its own (readable by
+    /// the user initdb runs as), and pg_hba.conf is written afterwards.
+    /// </summary>
+    private async Task InitAsync(string password, bool durable, CancellationToken cancellationToken)
+    {
+        var folder = Directory.CreateTempSubdirectory("registry-initdb-");
+        try
+        {
+            var file = Path.Combine(folder.FullName, "password");
+            WriteSecret(file, password);
+            if (_asPostgresUser)
+            {
+                await RunAsync("chown", ["-R", "postgres:postgres", folder.FullName], cancellationToken);
+            }
+
+            await PgAsync("initdb", ["-D", DataDirectory, "-U", User, $"--pwfile={file}", "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C", .. durable ? Array.Empty<string>() : ["--no-sync"]], cancellationToken);
+        }
+        finally
+        {
+            folder.Delete(recursive: true);
+        }
+
+        await File.WriteAllTextAsync(Path.Combine(DataDirectory, "pg_hba.conf"), HostBasedAuthentication, cancellationToken);
+    }
+
+    private static string NewPassword() => System.Buffers.Text.Base64Url.EncodeToString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32));
+
+    /// <summary>Writes a file only its owner can read (created so, never briefly wider).</summary>
+    private static void WriteSecret(string path, string secret)
+    {
+        File.Delete(path);
+        var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
+        if (!OperatingSystem.IsWindows())
+        {
+            options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+        }
+
+        using var stream = new FileStream(path, options);
+        using var writer = new StreamWriter(stream);
+        writer.Write(secret);
     }
 
     /// <summary>Stops the cluster (fast shutdown: sessions are closed, data is kept).</summary>

@@ -2,6 +2,7 @@ using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Mvc;
 using Microsoft.Extensions.Options;
 using Microsoft.Net.Http.Headers;
+using Registry.Access;
 using Registry.ChangeFeed;
 using Registry.Model;
 using Registry.Operations;
@@ -18,6 +19,7 @@ internal static class SubscriptionApi
     public static IEndpointRouteBuilder MapSubscription(this IEndpointRouteBuilder endpoints)
     {
         var group = endpoints.MapGroup("/v1").WithTags("Consumers")
+            .RequireAuthorization(AccessPolicies.Caller)
             .RequireRateLimiting(RateLimiting.PolicyName)
             .ProducesProblem(StatusCodes.Status429TooManyRequests);
 
@@ -59,7 +61,8 @@ internal static class SubscriptionApi
         LongPoll poll,
         ChangeFeedListener feed,
         RegistryMetrics metrics,
-        IOptions<LimitsOptions> limits)
+        IOptions<LimitsOptions> limits,
+        ApplicationAccess access)
     {
         var (json, tooLarge) = await body.ReadAsync(http.Request, http.RequestAborted);
         if (tooLarge is not null)
@@ -76,12 +79,20 @@ internal static class SubscriptionApi
             return Problems.Invalid(errors);
         }
 
+        // Refused whole when any provider is forbidden: a silently filtered answer would look like an outage.
+        if (await access.DenyAsync(http.User, Scope.Subscribe, entries.Select(e => e.Provider).Distinct(StringComparer.Ordinal)) is { } denied)
+        {
+            return denied;
+        }
+
         return await HoldAsync(http, poll, entries, heldVersion, waitSeconds, notModifiedOnTimeout: false, feed, metrics, limits.Value);
     }
 
-    private static Ok<ServicesDocument> ListServices(RegistryState state) => TypedResults.Ok(new ServicesDocument
+    /// <summary>Admin sees every application; any other credential the ones it may subscribe to.</summary>
+    private static Ok<ServicesDocument> ListServices(HttpContext http, RegistryState state) => TypedResults.Ok(new ServicesDocument
     {
         Services = state.Applications.Values
+            .Where(s => CredentialIdentity.Of(http.User) is { } grant && (grant.Admin || grant.Allows(Scope.Subscribe, s.Application)))
             .Select(s => new ServiceSummary { Application = s.Application, Instances = s.Count })
             .ToList(),
     });
@@ -96,7 +107,8 @@ internal static class SubscriptionApi
         LongPoll poll,
         ChangeFeedListener feed,
         RegistryMetrics metrics,
-        IOptions<LimitsOptions> limits)
+        IOptions<LimitsOptions> limits,
+        ApplicationAccess access)
     {
         var errors = new Errors();
         reader.CheckName(application, "application", errors);
@@ -131,6 +143,11 @@ internal static class SubscriptionApi
         if (errors.Any)
         {
             return Problems.Invalid(errors);
+        }
+
+        if (await access.DenyAsync(http.User, Scope.Subscribe, application) is { } denied)
+        {
+            return denied;
         }
 
         var entries = new[] { new SubscriptionEntry(application, protocol, Meta.From(pairs)) };

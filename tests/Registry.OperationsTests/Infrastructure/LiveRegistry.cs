@@ -22,6 +22,12 @@ public sealed class LiveRegistry : IAsyncLifetime
     private string? _serverConnectionString;
     private string? _databaseName;
 
+    /// <summary>
+    /// An admin credential the node accepts (it runs Open, so calls without one work too):
+    /// the runbook's $TOKEN and what the Swagger UI test authorizes with.
+    /// </summary>
+    public string Token { get; } = "runbook-" + Guid.NewGuid().ToString("N") + Guid.NewGuid().ToString("N");
+
     public RegistryNode Node { get; private set; } = null!;
 
     /// <summary>The node's base address, e.g. <c>http://127.0.0.1:41234</c> (no trailing slash).</summary>
@@ -34,7 +40,7 @@ public sealed class LiveRegistry : IAsyncLifetime
         _databaseName = $"registry_operations_{Guid.NewGuid():N}";
         await ExecuteAsync($"CREATE DATABASE {_databaseName}");
         var own = new NpgsqlConnectionStringBuilder(_serverConnectionString) { Database = _databaseName };
-        Node = new RegistryNode(own.ConnectionString);
+        Node = new RegistryNode(own.ConnectionString, new Dictionary<string, string?> { ["Registry:Auth:BootstrapToken"] = Token });
         Node.UseKestrel(kestrel => kestrel.Listen(IPAddress.Loopback, 0));
         Node.StartServer(); // migrates, listens and loads before Kestrel accepts
         var addresses = Node.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses;

@@ -2,6 +2,7 @@ using System.Net.Http.Json;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Mvc.Testing;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 using Registry.ChangeFeed;
 
 namespace Registry.Tests.Infrastructure;
@@ -10,9 +11,11 @@ namespace Registry.Tests.Infrastructure;
 public sealed class RegistryNode : WebApplicationFactory<Program>
 {
     private readonly Dictionary<string, string?> _settings;
+    private readonly Microsoft.Extensions.Logging.ILoggerProvider? _logs;
 
-    public RegistryNode(string connectionString, IReadOnlyDictionary<string, string?>? overrides = null)
+    public RegistryNode(string connectionString, IReadOnlyDictionary<string, string?>? overrides = null, Microsoft.Extensions.Logging.ILoggerProvider? logs = null)
     {
+        _logs = logs;
         _settings = new Dictionary<string, string?>(TestSettings.Fast)
         {
             ["ConnectionStrings:Registry"] = connectionString,
@@ -28,6 +31,11 @@ public sealed class RegistryNode : WebApplicationFactory<Program>
         foreach (var (key, value) in _settings)
         {
             builder.UseSetting(key, value);
+        }
+
+        if (_logs is not null)
+        {
+            builder.ConfigureLogging(logging => logging.AddProvider(_logs));
         }
     }
 

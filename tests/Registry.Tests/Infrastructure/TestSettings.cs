@@ -14,5 +14,7 @@ public static class TestSettings
         ["Registry:ChangeFeed:IdleCheckInterval"] = "00:00:02",
         ["Registry:ChangeFeed:MaxReconnectDelay"] = "00:00:01",
         ["Logging:LogLevel:Default"] = "Warning",
+        // Suites not about access run without credentials; AccessTests turn it on.
+        ["Registry:Auth:Mode"] = "Open",
     };
 }

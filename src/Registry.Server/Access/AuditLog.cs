@@ -1,0 +1,62 @@
+using System.Diagnostics.Metrics;
+using System.Security.Claims;
+using Registry.Model;
+using Registry.Operations;
+
+namespace Registry.Access;
+
+/// <summary>
+/// Who changed what: every registration, unregistration and token change is logged (category
+/// <c>Registry.Audit</c>) with the credential's id, never a secret, and counted in
+/// <c>registry.audit.events</c> by action.
+/// </summary>
+internal sealed partial class AuditLog
+{
+    private readonly ILogger _logger;
+    private readonly Counter<long> _events;
+
+    public AuditLog(ILoggerFactory loggers, IMeterFactory meters)
+    {
+        _logger = loggers.CreateLogger("Registry.Audit");
+        _events = meters.Create(RegistryMetrics.MeterName).CreateCounter<long>("registry.audit.events", "{event}",
+            "Audited changes, by action (register, unregister, token_create, token_revoke).");
+    }
+
+    public void Registered(ClaimsPrincipal user, InstanceKey key, bool created)
+    {
+        Count("register");
+        LogRegistered(_logger, key.Application, key.Protocol, key.Addr, created ? "created" : "renewed", CredentialIdentity.IdOf(user));
+    }
+
+    public void Unregistered(ClaimsPrincipal user, InstanceKey key)
+    {
+        Count("unregister");
+        LogUnregistered(_logger, key.Application, key.Protocol, key.Addr, CredentialIdentity.IdOf(user));
+    }
+
+    public void TokenCreated(string by, string id, bool admin, IReadOnlyList<string> register, IReadOnlyList<string> subscribe)
+    {
+        Count("token_create");
+        LogTokenCreated(_logger, id, admin, string.Join(',', register), string.Join(',', subscribe), by);
+    }
+
+    public void TokenRevoked(ClaimsPrincipal user, string id)
+    {
+        Count("token_revoke");
+        LogTokenRevoked(_logger, id, CredentialIdentity.IdOf(user));
+    }
+
+    private void Count(string action) => _events.Add(1, new KeyValuePair<string, object?>("action", action));
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "register {Application} {Protocol} {Addr} ({Result}) by {Credential}")]
+    private static partial void LogRegistered(ILogger logger, string application, string protocol, string addr, string result, string credential);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "unregister {Application} {Protocol} {Addr} by {Credential}")]
+    private static partial void LogUnregistered(ILogger logger, string application, string protocol, string addr, string credential);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "token {TokenId} created (admin {Admin}, register [{Register}], subscribe [{Subscribe}]) by {Credential}")]
+    private static partial void LogTokenCreated(ILogger logger, string tokenId, bool admin, string register, string subscribe, string credential);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "token {TokenId} revoked by {Credential}")]
+    private static partial void LogTokenRevoked(ILogger logger, string tokenId, string credential);
+}

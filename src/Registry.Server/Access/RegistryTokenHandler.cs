@@ -1,0 +1,96 @@
+using System.Text.Encodings.Web;
+using Microsoft.AspNetCore.Authentication;
+using Microsoft.Extensions.Options;
+
+namespace Registry.Access;
+
+/// <summary>
+/// The registry-token scheme: turns <c>Authorization: Bearer rgt_…</c> (or the bootstrap token)
+/// into a <see cref="CredentialIdentity"/>. It also answers every challenge and forbid of the
+/// node, JWT ones included, so that a refused call always gets the same problem document.
+/// </summary>
+internal sealed class RegistryTokenHandler(
+    IOptionsMonitor<AuthenticationSchemeOptions> options,
+    ILoggerFactory logger,
+    UrlEncoder encoder,
+    TokenCache tokens,
+    AccessState access,
+    FailedAuthentications failures)
+    : AuthenticationHandler<AuthenticationSchemeOptions>(options, logger, encoder)
+{
+    public const string SchemeName = "RegistryToken";
+
+    protected override Task<AuthenticateResult> HandleAuthenticateAsync()
+    {
+        var header = Request.Headers.Authorization;
+        if (header.Count == 0)
+        {
+            return Task.FromResult(access.Mode == AccessMode.Open
+                ? Success(Grant.Anonymous)
+                : AuthenticateResult.NoResult());
+        }
+
+        if (Bearer.Token(header) is not { } token)
+        {
+            return Task.FromResult(AuthenticateResult.Fail("the Authorization header is not 'Bearer <token>'"));
+        }
+
+        var result = tokens.Check(token, out var grant) switch
+        {
+            TokenCheck.Valid => Success(grant!),
+            TokenCheck.Expired => AuthenticateResult.Fail("the bearer token has expired"),
+            _ => AuthenticateResult.Fail("the bearer token is unknown or revoked"),
+        };
+        return Task.FromResult(result);
+    }
+
+    protected override async Task HandleChallengeAsync(AuthenticationProperties properties)
+    {
+        // The outcome of the default scheme (which may have forwarded to JWT), not this one's;
+        // each handler keeps its result for the request, so this authenticates nothing again.
+        var outcome = await Context.AuthenticateAsync(AccessServiceExtensions.BearerScheme);
+        var reason = outcome.Failure is { } failure
+            ? failure is Microsoft.IdentityModel.Tokens.SecurityTokenException ? $"the JWT is not valid ({failure.GetType().Name})" : failure.Message
+            : "no bearer token was sent";
+        if (!failures.TryRecord(Context, out var retryAfter))
+        {
+            Response.StatusCode = StatusCodes.Status429TooManyRequests;
+            Response.Headers.RetryAfter = retryAfter.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            await TypedResults.Problem(
+                statusCode: StatusCodes.Status429TooManyRequests,
+                title: "Too many failed authentications",
+                detail: $"This client address sent too many requests without a valid credential; retry after {retryAfter} s.").ExecuteAsync(Context);
+            return;
+        }
+
+        Response.Headers.WWWAuthenticate = "Bearer";
+        await TypedResults.Problem(
+            statusCode: StatusCodes.Status401Unauthorized,
+            title: "Authentication required",
+            detail: $"This call needs 'Authorization: Bearer <token>' with a registry token or a JWT: {reason}.").ExecuteAsync(Context);
+    }
+
+    protected override Task HandleForbiddenAsync(AuthenticationProperties properties) =>
+        AccessProblems.Forbidden(Scope.Admin, application: null).ExecuteAsync(Context);
+
+    private static AuthenticateResult Success(Grant grant) =>
+        AuthenticateResult.Success(new AuthenticationTicket(new System.Security.Claims.ClaimsPrincipal(new CredentialIdentity(grant, SchemeName)), SchemeName));
+}
+
+/// <summary>Reads the token of an <c>Authorization: Bearer</c> header.</summary>
+internal static class Bearer
+{
+    public static string? Token(Microsoft.Extensions.Primitives.StringValues header)
+    {
+        if (header.Count != 1 || header[0] is not { } value || !value.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase))
+        {
+            return null;
+        }
+
+        var token = value["Bearer ".Length..].Trim();
+        return token.Length == 0 || token.Length > 8192 || token.Any(char.IsWhiteSpace) ? null : token;
+    }
+
+    /// <summary>Three base64url segments: taken for a JWT rather than a registry token.</summary>
+    public static bool LooksLikeJwt(string token) => !token.StartsWith(RegistryTokens.Prefix, StringComparison.Ordinal) && token.Count(c => c == '.') == 2;
+}

@@ -1,0 +1,19 @@
+using System.Buffers.Text;
+using System.Security.Cryptography;
+using System.Text;
+
+namespace Registry.Access;
+
+/// <summary>Registry token secrets: <c>rgt_</c> and 256 random bits in base64url; only their SHA-256 is kept.</summary>
+internal static class RegistryTokens
+{
+    public const string Prefix = "rgt_";
+
+    public const string IdPrefix = "tok_";
+
+    /// <summary>A new secret and its public id.</summary>
+    public static (string Id, string Secret) Create() =>
+        (IdPrefix + Base64Url.EncodeToString(RandomNumberGenerator.GetBytes(12)), Prefix + Base64Url.EncodeToString(RandomNumberGenerator.GetBytes(32)));
+
+    public static byte[] Hash(string secret) => SHA256.HashData(Encoding.UTF8.GetBytes(secret));
+}

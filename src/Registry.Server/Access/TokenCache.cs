@@ -1,0 +1,247 @@
+using System.Collections.Frozen;
+using System.Data.Common;
+using System.Security.Cryptography;
+using System.Text;
+using Microsoft.Extensions.Options;
+using Registry.ChangeFeed;
+using Registry.Storage;
+
+namespace Registry.Access;
+
+/// <summary>How a presented registry token fared.</summary>
+internal enum TokenCheck
+{
+    Valid,
+    Unknown,
+    Expired,
+}
+
+/// <summary>
+/// Every registry token of the database in memory, keyed by the SHA-256 of its secret, so a
+/// request costs a hash and a dictionary look-up, never a query. The change feed reloads it
+/// when a token is created or revoked on any node (and whenever the feed reconnects). When a
+/// token was last used is kept here and written for all tokens at once every
+/// <see cref="AccessOptions.LastUsedFlushInterval"/>.
+/// </summary>
+internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
+{
+    private readonly RegistryDatabase _database;
+    private readonly TimeProvider _time;
+    private readonly AccessOptions _options;
+    private readonly ILogger<TokenCache> _logger;
+    private readonly byte[]? _bootstrapHash;
+    private readonly Grant _bootstrap = new("bootstrap", ["*"], ["*"], admin: true);
+    private readonly SemaphoreSlim _reloadWanted = new(0, 1);
+    private readonly SemaphoreSlim _reloading = new(1, 1);
+    private volatile FrozenDictionary<string, Entry> _tokens = FrozenDictionary<string, Entry>.Empty;
+
+    public TokenCache(RegistryDatabase database, TimeProvider time, IOptions<AccessOptions> options, ILogger<TokenCache> logger)
+    {
+        _database = database;
+        _time = time;
+        _options = options.Value;
+        _logger = logger;
+        _bootstrapHash = string.IsNullOrEmpty(_options.BootstrapToken) ? null : RegistryTokens.Hash(_options.BootstrapToken);
+    }
+
+    public string Channel => Schema.TokenChannel;
+
+    /// <summary>How many tokens the database holds (as of the last load).</summary>
+    public int Count => _tokens.Count;
+
+    /// <summary>Whether a bootstrap token is configured.</summary>
+    public bool HasBootstrap => _bootstrapHash is not null;
+
+    /// <summary>Looks the secret up; a valid token's use is noted for the next last-used write.</summary>
+    public TokenCheck Check(string secret, out Grant? grant)
+    {
+        Span<byte> hash = stackalloc byte[SHA256.HashSizeInBytes];
+        var bytes = Encoding.UTF8.GetBytes(secret);
+        SHA256.HashData(bytes, hash);
+        grant = null;
+        if (_bootstrapHash is not null && CryptographicOperations.FixedTimeEquals(hash, _bootstrapHash))
+        {
+            grant = _bootstrap;
+            return TokenCheck.Valid;
+        }
+
+        // Keyed by the hash, so the look-up's timing says nothing about any secret; the
+        // compare that decides is still constant-time.
+        if (!_tokens.TryGetValue(Convert.ToHexString(hash), out var entry) || !CryptographicOperations.FixedTimeEquals(hash, entry.Hash))
+        {
+            return TokenCheck.Unknown;
+        }
+
+        var now = _time.GetUtcNow();
+        if (entry.Expires <= now)
+        {
+            return TokenCheck.Expired;
+        }
+
+        Interlocked.Exchange(ref entry.LastUsedTicks, now.UtcTicks);
+        grant = entry.Grant;
+        return TokenCheck.Valid;
+    }
+
+    /// <summary>When this node last accepted each token it has accepted since it loaded it, by id.</summary>
+    public Dictionary<string, DateTimeOffset> LastUsedHere() =>
+        _tokens.Values
+            .Select(e => (e.Grant.Id, Ticks: Interlocked.Read(ref e.LastUsedTicks)))
+            .Where(e => e.Ticks > 0)
+            .ToDictionary(e => e.Id, e => new DateTimeOffset(e.Ticks, TimeSpan.Zero), StringComparer.Ordinal);
+
+    public async Task ReloadAsync(CancellationToken cancellationToken)
+    {
+        await _reloading.WaitAsync(cancellationToken);
+        try
+        {
+            var rows = await TokenStore.LoadAsync(_database.DataSource, cancellationToken);
+            var previous = _tokens;
+            var loaded = new Dictionary<string, Entry>(rows.Count, StringComparer.Ordinal);
+            foreach (var (hash, grant, expires) in rows)
+            {
+                var key = Convert.ToHexString(hash);
+                var entry = new Entry(hash, grant, expires ?? DateTimeOffset.MaxValue);
+                if (previous.TryGetValue(key, out var old))
+                {
+                    // Uses not yet written survive the reload.
+                    entry.LastUsedTicks = Interlocked.Read(ref old.LastUsedTicks);
+                    entry.WrittenTicks = old.WrittenTicks;
+                }
+
+                loaded[key] = entry;
+            }
+
+            _tokens = loaded.ToFrozenDictionary(StringComparer.Ordinal);
+            LogLoaded(_logger, loaded.Count);
+        }
+        finally
+        {
+            _reloading.Release();
+        }
+    }
+
+    public void Notified(string payload)
+    {
+        // Several notifications before the reload runs need one reload.
+        if (_reloadWanted.CurrentCount == 0)
+        {
+            try
+            {
+                _reloadWanted.Release();
+            }
+            catch (SemaphoreFullException)
+            {
+                // Another notification got there first.
+            }
+        }
+    }
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        var flushing = FlushLoopAsync(stoppingToken);
+        try
+        {
+            while (!stoppingToken.IsCancellationRequested)
+            {
+                await _reloadWanted.WaitAsync(stoppingToken);
+                try
+                {
+                    await ReloadAsync(stoppingToken);
+                }
+                catch (DbException e)
+                {
+                    // The feed's reconnect reloads too; meanwhile try again shortly.
+                    LogReloadFailed(_logger, e);
+                    await Task.Delay(TimeSpan.FromSeconds(1), _time, stoppingToken);
+                    Notified("");
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        {
+            // Stopping.
+        }
+
+        await flushing;
+    }
+
+    private async Task FlushLoopAsync(CancellationToken stoppingToken)
+    {
+        using var timer = new PeriodicTimer(_options.LastUsedFlushInterval, _time);
+        try
+        {
+            while (await timer.WaitForNextTickAsync(stoppingToken))
+            {
+                await FlushAsync(stoppingToken);
+            }
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+        {
+            // The last uses are written on stop.
+        }
+    }
+
+    public override async Task StopAsync(CancellationToken cancellationToken)
+    {
+        await base.StopAsync(cancellationToken);
+        await FlushAsync(cancellationToken);
+    }
+
+    /// <summary>Writes when each token used since the last write was last used: one statement for all.</summary>
+    public async Task FlushAsync(CancellationToken cancellationToken)
+    {
+        var used = _tokens.Values.Where(e => Interlocked.Read(ref e.LastUsedTicks) > e.WrittenTicks).ToList();
+        if (used.Count == 0)
+        {
+            return;
+        }
+
+        var ticks = used.Select(e => Interlocked.Read(ref e.LastUsedTicks)).ToArray();
+        try
+        {
+            await TokenStore.RecordUseAsync(_database.DataSource, used.Select(e => e.Grant.Id).ToArray(),
+                ticks.Select(t => new DateTime(t, DateTimeKind.Utc)).ToArray(), cancellationToken);
+            for (var i = 0; i < used.Count; i++)
+            {
+                used[i].WrittenTicks = ticks[i];
+            }
+        }
+        catch (DbException e)
+        {
+            // Kept in memory: the next write carries them.
+            LogFlushFailed(_logger, e);
+        }
+    }
+
+    public override void Dispose()
+    {
+        base.Dispose();
+        _reloadWanted.Dispose();
+        _reloading.Dispose();
+    }
+
+    private sealed class Entry(byte[] hash, Grant grant, DateTimeOffset expires)
+    {
+        public byte[] Hash { get; } = hash;
+
+        public Grant Grant { get; } = grant;
+
+        public DateTimeOffset Expires { get; } = expires;
+
+        /// <summary>UTC ticks of the last accepted use on this node; 0 for none.</summary>
+        public long LastUsedTicks;
+
+        /// <summary>The <see cref="LastUsedTicks"/> last written to the database (only the flush touches it).</summary>
+        public long WrittenTicks;
+    }
+
+    [LoggerMessage(Level = LogLevel.Debug, Message = "Loaded {Count} registry tokens")]
+    private static partial void LogLoaded(ILogger logger, int count);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot reload the registry tokens; retrying")]
+    private static partial void LogReloadFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot record when tokens were last used; keeping it for the next write")]
+    private static partial void LogFlushFailed(ILogger logger, Exception exception);
+}

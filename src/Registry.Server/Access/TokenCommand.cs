@@ -1,0 +1,92 @@
+using Microsoft.EntityFrameworkCore;
+using Npgsql;
+using Registry.Storage;
+
+namespace Registry.Access;
+
+/// <summary>
+/// <c>Registry.Server tokens create --description D [--admin] [--register P…] [--subscribe P…] [--expires RFC3339]</c>:
+/// creates a token directly in the configured database (migrating it first if it is new) without
+/// starting the web host, and prints the secret once. Running nodes accept it within a second.
+/// </summary>
+internal static class TokenCommand
+{
+    public const string Name = "tokens";
+
+    private const string Usage = "usage: tokens create --description TEXT [--admin] [--register PATTERN...] [--subscribe PATTERN...] [--expires RFC3339]";
+
+    public static async Task<int> RunAsync(IConfiguration configuration, IReadOnlyList<string> args, TextWriter output, TextWriter error, CancellationToken cancellationToken)
+    {
+        if (Parse(args, DateTimeOffset.UtcNow) is not { } spec)
+        {
+            await error.WriteLineAsync(Usage);
+            return 2;
+        }
+
+        var connectionString = configuration.GetConnectionString(RegistryDatabase.ConnectionStringName);
+        if (string.IsNullOrWhiteSpace(connectionString))
+        {
+            await error.WriteLineAsync("tokens create needs the nodes' database: set ConnectionStrings__Registry (a node on its embedded database runs Open and needs no token).");
+            return 1;
+        }
+
+        await using (var context = new RegistryDbContext(new DbContextOptionsBuilder<RegistryDbContext>()
+            .UseNpgsql(connectionString, npgsql => npgsql.MigrationsAssembly("Registry.Migrations")).Options))
+        {
+            await context.Database.MigrateAsync(cancellationToken);
+        }
+
+        await using var database = NpgsqlDataSource.Create(connectionString);
+        var (token, secret) = await TokenStore.CreateAsync(database, spec, cancellationToken);
+        await output.WriteLineAsync($"Created {token.Id} ({token.Description}). Its secret, shown only now:");
+        await output.WriteLineAsync(secret);
+        return 0;
+    }
+
+    /// <summary>The token asked for, or null when the arguments are not a valid <c>create</c>.</summary>
+    internal static TokenSpec? Parse(IReadOnlyList<string> args, DateTimeOffset now)
+    {
+        if (args.Count == 0 || args[0] != "create")
+        {
+            return null;
+        }
+
+        string? description = null;
+        var admin = false;
+        DateTimeOffset? expires = null;
+        List<string> register = [], subscribe = [];
+        List<string>? collecting = null;
+        for (var i = 1; i < args.Count; i++)
+        {
+            switch (args[i])
+            {
+                case "--description" when i + 1 < args.Count:
+                    description = args[++i];
+                    collecting = null;
+                    break;
+                case "--admin":
+                    admin = true;
+                    collecting = null;
+                    break;
+                case "--expires" when i + 1 < args.Count && Rfc3339.TryParse(args[i + 1], out var at) && at > now:
+                    expires = at.ToUniversalTime();
+                    i++;
+                    collecting = null;
+                    break;
+                case "--register":
+                    collecting = register;
+                    break;
+                case "--subscribe":
+                    collecting = subscribe;
+                    break;
+                case var pattern when collecting is not null && Grant.IsPattern(pattern):
+                    collecting.Add(pattern);
+                    break;
+                default:
+                    return null;
+            }
+        }
+
+        return string.IsNullOrWhiteSpace(description) ? null : new TokenSpec(description, [.. register], [.. subscribe], admin, expires);
+    }
+}

@@ -1,0 +1,109 @@
+using Npgsql;
+using NpgsqlTypes;
+using Registry.Storage;
+
+namespace Registry.Access;
+
+/// <summary>What a token may do and until when, as asked for at creation.</summary>
+internal sealed record TokenSpec(string Description, string[] Register, string[] Subscribe, bool Admin, DateTimeOffset? Expires);
+
+/// <summary>A stored token: everything but the secret (the hash stays in the store and the cache).</summary>
+internal sealed record StoredToken(string Id, string Description, string[] Register, string[] Subscribe, bool Admin,
+    DateTimeOffset Created, DateTimeOffset? Expires, DateTimeOffset? LastUsed);
+
+/// <summary>
+/// The <c>tokens</c> table in SQL. Creation and revocation NOTIFY <see cref="Schema.TokenChannel"/> in
+/// the same transaction, so every node's cache hears of them when (and only if) they commit.
+/// </summary>
+internal static class TokenStore
+{
+    public static async Task<(StoredToken Token, string Secret)> CreateAsync(NpgsqlDataSource database, TokenSpec spec, CancellationToken cancellationToken)
+    {
+        var (id, secret) = RegistryTokens.Create();
+        await using var batch = database.CreateBatch();
+        batch.BatchCommands.Add(Command($"""
+            INSERT INTO {Schema.TokensTable} (id, hash, description, register, subscribe, admin, created_at, expires_at)
+            VALUES (@id, @hash, @description, @register, @subscribe, @admin, now(), @expires)
+            RETURNING created_at
+            """,
+            new NpgsqlParameter("id", id),
+            new NpgsqlParameter("hash", RegistryTokens.Hash(secret)),
+            new NpgsqlParameter("description", spec.Description),
+            new NpgsqlParameter("register", spec.Register),
+            new NpgsqlParameter("subscribe", spec.Subscribe),
+            new NpgsqlParameter("admin", spec.Admin),
+            new NpgsqlParameter("expires", NpgsqlDbType.TimestampTz) { Value = (object?)spec.Expires?.UtcDateTime ?? DBNull.Value }));
+        batch.BatchCommands.Add(Notify(id));
+        // One batch is one implicit transaction: the row and the announcement commit together.
+        var created = (DateTime)(await batch.ExecuteScalarAsync(cancellationToken))!;
+        return (new StoredToken(id, spec.Description, spec.Register, spec.Subscribe, spec.Admin, Utc(created), spec.Expires, null), secret);
+    }
+
+    /// <summary>Deletes the token; false when there was none.</summary>
+    public static async Task<bool> DeleteAsync(NpgsqlDataSource database, string id, CancellationToken cancellationToken)
+    {
+        await using var batch = database.CreateBatch();
+        batch.BatchCommands.Add(Command($"DELETE FROM {Schema.TokensTable} WHERE id = @id", new NpgsqlParameter("id", id)));
+        batch.BatchCommands.Add(Notify(id));
+        await using var reader = await batch.ExecuteReaderAsync(cancellationToken);
+        return batch.BatchCommands[0].RecordsAffected == 1;
+    }
+
+    public static async Task<List<StoredToken>> ListAsync(NpgsqlDataSource database, CancellationToken cancellationToken)
+    {
+        await using var command = database.CreateCommand($"""
+            SELECT id, description, register, subscribe, admin, created_at, expires_at, last_used_at
+            FROM {Schema.TokensTable} ORDER BY created_at, id
+            """);
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        var tokens = new List<StoredToken>();
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            tokens.Add(new StoredToken(reader.GetString(0), reader.GetString(1), reader.GetFieldValue<string[]>(2), reader.GetFieldValue<string[]>(3),
+                reader.GetBoolean(4), Utc(reader.GetDateTime(5)), reader.IsDBNull(6) ? null : Utc(reader.GetDateTime(6)),
+                reader.IsDBNull(7) ? null : Utc(reader.GetDateTime(7))));
+        }
+
+        return tokens;
+    }
+
+    /// <summary>What a node's cache needs of every token.</summary>
+    public static async Task<List<(byte[] Hash, Grant Grant, DateTimeOffset? Expires)>> LoadAsync(NpgsqlDataSource database, CancellationToken cancellationToken)
+    {
+        await using var command = database.CreateCommand($"SELECT id, hash, register, subscribe, admin, expires_at FROM {Schema.TokensTable}");
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        var tokens = new List<(byte[], Grant, DateTimeOffset?)>();
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            var grant = new Grant(reader.GetString(0), reader.GetFieldValue<string[]>(2), reader.GetFieldValue<string[]>(3), reader.GetBoolean(4));
+            tokens.Add((reader.GetFieldValue<byte[]>(1), grant, reader.IsDBNull(5) ? null : Utc(reader.GetDateTime(5))));
+        }
+
+        return tokens;
+    }
+
+    /// <summary>Records when tokens were last used, never moving a time backwards (another node may have written a later one).</summary>
+    public static async Task RecordUseAsync(NpgsqlDataSource database, string[] ids, DateTime[] times, CancellationToken cancellationToken)
+    {
+        await using var command = database.CreateCommand($"""
+            UPDATE {Schema.TokensTable} AS t SET last_used_at = greatest(t.last_used_at, u.at)
+            FROM unnest(@ids, @times) AS u(id, at)
+            WHERE t.id = u.id
+            """);
+        command.Parameters.Add(new NpgsqlParameter("ids", ids));
+        command.Parameters.Add(new NpgsqlParameter("times", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = times });
+        await command.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    private static NpgsqlBatchCommand Command(string sql, params NpgsqlParameter[] parameters)
+    {
+        var command = new NpgsqlBatchCommand(sql);
+        command.Parameters.AddRange(parameters);
+        return command;
+    }
+
+    private static NpgsqlBatchCommand Notify(string id) =>
+        Command("SELECT pg_notify(@channel, @id)", new NpgsqlParameter("channel", Schema.TokenChannel), new NpgsqlParameter("id", id));
+
+    private static DateTimeOffset Utc(DateTime value) => new(DateTime.SpecifyKind(value, DateTimeKind.Utc));
+}

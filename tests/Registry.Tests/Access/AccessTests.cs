@@ -1,0 +1,241 @@
+using System.Diagnostics;
+using System.Net;
+using System.Text.Json.Nodes;
+using Npgsql;
+using Registry.Tests.Infrastructure;
+
+namespace Registry.Tests.Access;
+
+/// <summary>Access beyond the matrix: whole refusals, propagation between nodes, what stays open, limits and the audit trail.</summary>
+[Collection(AccessTestsDefinition.Name)]
+public sealed class AccessTests(AccessCluster cluster)
+{
+    private static string Provider(string application) => Http.Provider(application, "10.0.0.2:8080");
+
+    [Fact]
+    public async Task ASubscriptionNamingOneForbiddenProviderIsRefusedWhole()
+    {
+        using var reader = AccessCluster.Client(cluster.NodeA, cluster.Credentials["subscribe-only"]);
+
+        using var response = await reader.PostJsonAsync("/v1/subscribe", Http.Subscription(Http.Entry("payments"), Http.Entry("billing")));
+
+        Assert.Equal(HttpStatusCode.Forbidden, response.StatusCode);
+        var problem = await response.ReadJsonAsync();
+        Assert.Equal("billing", (string?)problem["application"]);
+        Assert.Equal("subscribe", (string?)problem["scope"]);
+    }
+
+    [Fact]
+    public async Task ListingServicesShowsOnlyWhatTheCredentialMaySubscribeToUnlessItIsAdmin()
+    {
+        using (var bootstrap = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(AccessCluster.Bootstrap)))
+        {
+            Assert.True((await bootstrap.PostJsonAsync("/v1/register", Provider("payments"))).IsSuccessStatusCode);
+            Assert.True((await bootstrap.PostJsonAsync("/v1/register", Provider("billing"))).IsSuccessStatusCode);
+        }
+
+        using var reader = AccessCluster.Client(cluster.NodeA, cluster.Credentials["subscribe-only"]);
+        using var admin = AccessCluster.Client(cluster.NodeA, cluster.Credentials["admin"]);
+
+        var seen = (await (await reader.GetAsync(new Uri("/v1/services", UriKind.Relative))).ReadJsonAsync())["services"]!.AsArray().Select(s => (string)s!["application"]!);
+        var all = (await (await admin.GetAsync(new Uri("/v1/services", UriKind.Relative))).ReadJsonAsync())["services"]!.AsArray().Select(s => (string)s!["application"]!);
+
+        Assert.Equal(["payments"], seen);
+        Assert.Contains("billing", all);
+        Assert.Contains("payments", all);
+    }
+
+    [Fact]
+    public async Task ATokenCreatedOnNodeAWorksOnNodeBAndItsRevocationIsRefusedThereWithinASecond()
+    {
+        using var nodeB = cluster.NodeB.CreateClient();
+        var (id, secret) = await cluster.CreateTokenAsync("""{"description":"short-lived","register":["payments"]}""");
+        using var client = AccessCluster.Client(cluster.NodeB, AccessCluster.Bearer(secret));
+
+        var created = Stopwatch.StartNew();
+        var accepted = await WaitForStatusAsync(client, HttpStatusCode.OK, TimeSpan.FromSeconds(1));
+        Assert.True(accepted, $"node B did not accept the new token within 1 s ({created.ElapsedMilliseconds} ms)");
+
+        using (var admin = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(AccessCluster.Bootstrap)))
+        {
+            Assert.Equal(HttpStatusCode.NoContent, (await admin.DeleteAsync(new Uri($"/v1/tokens/{id}", UriKind.Relative))).StatusCode);
+        }
+
+        var revoked = Stopwatch.StartNew();
+        var refused = await WaitForStatusAsync(client, HttpStatusCode.Unauthorized, TimeSpan.FromSeconds(1));
+        Assert.True(refused, $"node B still accepted the revoked token after {revoked.ElapsedMilliseconds} ms");
+    }
+
+    [Fact]
+    public async Task ReadinessDetailsAreForAdminOnlyAndProtectedMetricsNeedAdmin()
+    {
+        using var anonymous = cluster.NodeB.CreateClient();
+        using var admin = AccessCluster.Client(cluster.NodeB, cluster.Credentials["admin"]);
+        using var reader = AccessCluster.Client(cluster.NodeB, cluster.Credentials["subscribe-only"]);
+
+        var open = await (await anonymous.GetAsync(new Uri("/readyz", UriKind.Relative))).ReadJsonAsync();
+        var detailed = await (await admin.GetAsync(new Uri("/readyz", UriKind.Relative))).ReadJsonAsync();
+        Assert.Equal("ready", (string?)open["status"]);
+        Assert.Null(open["checks"]);
+        Assert.NotNull(detailed["checks"]!["database"]);
+
+        Assert.Equal(HttpStatusCode.Unauthorized, (await anonymous.GetAsync(new Uri("/metrics", UriKind.Relative))).StatusCode);
+        Assert.Equal(HttpStatusCode.Forbidden, (await reader.GetAsync(new Uri("/metrics", UriKind.Relative))).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await admin.GetAsync(new Uri("/metrics", UriKind.Relative))).StatusCode);
+    }
+
+    [Fact]
+    public async Task JwtsThatAreExpiredForAnotherAudienceOrWronglySignedAreUnauthorized()
+    {
+        Dictionary<string, object> claims = new() { ["sub"] = "ci", ["registry_subscribe"] = new JsonArray("*") };
+        var good = cluster.Jwt(claims);
+        var expired = cluster.Jwt(claims, expires: DateTime.UtcNow.AddMinutes(-5));
+        var otherAudience = cluster.Jwt(claims, audience: "someone-else");
+        var tampered = good[..^4] + (good[^4] == 'A' ? "BBBB" : "AAAA");
+
+        foreach (var (name, jwt, expected) in new[]
+        {
+            ("good", good, HttpStatusCode.OK), ("expired", expired, HttpStatusCode.Unauthorized),
+            ("other audience", otherAudience, HttpStatusCode.Unauthorized), ("tampered", tampered, HttpStatusCode.Unauthorized),
+        })
+        {
+            using var client = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(jwt));
+            using var response = await client.GetAsync(new Uri("/v1/services/payments", UriKind.Relative));
+            Assert.True(expected == response.StatusCode, $"{name}: {response.StatusCode} {await response.Content.ReadAsStringAsync()}");
+        }
+    }
+
+    [Fact]
+    public async Task AJwtWithTheAdminClaimManagesTokens()
+    {
+        using var client = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(cluster.Jwt(new() { ["sub"] = "ops", ["registry_admin"] = true })));
+
+        using var response = await client.GetAsync(new Uri("/v1/tokens", UriKind.Relative));
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+    }
+
+    [Fact]
+    public async Task RepeatedFailedAuthenticationsFromOneAddressGetTooManyRequestsButValidCredentialsStillWork()
+    {
+        await using var node = cluster.Start(new() { ["Registry:Auth:MaxFailuresPerMinute"] = "3" });
+        using var stranger = AccessCluster.Client(node, cluster.Credentials["unknown"]);
+        using var admin = AccessCluster.Client(node, cluster.Credentials["admin"]);
+
+        var statuses = new List<HttpStatusCode>();
+        for (var i = 0; i < 4; i++)
+        {
+            statuses.Add((await stranger.GetAsync(new Uri("/v1/services", UriKind.Relative))).StatusCode);
+        }
+
+        using var limited = await stranger.GetAsync(new Uri("/v1/services", UriKind.Relative));
+        Assert.Equal([HttpStatusCode.Unauthorized, HttpStatusCode.Unauthorized, HttpStatusCode.Unauthorized, HttpStatusCode.TooManyRequests], statuses);
+        Assert.Equal(HttpStatusCode.TooManyRequests, limited.StatusCode);
+        Assert.True(limited.Headers.RetryAfter?.Delta > TimeSpan.Zero);
+        Assert.Equal("application/problem+json", limited.Content.Headers.ContentType?.MediaType);
+        Assert.Equal(HttpStatusCode.OK, (await admin.GetAsync(new Uri("/v1/services", UriKind.Relative))).StatusCode);
+    }
+
+    [Fact]
+    public async Task LastUsedReachesTheDatabaseAndTheListingButTheSecretNever()
+    {
+        var (id, secret) = await cluster.CreateTokenAsync("""{"description":"busy consumer","subscribe":["payments"]}""");
+        using var client = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(secret));
+        await using var connection = new NpgsqlConnection(cluster.ConnectionString);
+        await connection.OpenAsync();
+
+        for (var i = 0; i < 50; i++)
+        {
+            Assert.Equal(HttpStatusCode.OK, (await client.GetAsync(new Uri("/v1/services/payments", UriKind.Relative))).StatusCode);
+        }
+
+        // The node writes what it noted every 200 ms here (one statement for all tokens).
+        DateTime? lastUsed = null;
+        var deadline = DateTime.UtcNow.AddSeconds(5);
+        while (lastUsed is null && DateTime.UtcNow < deadline)
+        {
+            await using var read = new NpgsqlCommand("SELECT last_used_at FROM tokens WHERE id = @id", connection);
+            read.Parameters.AddWithValue("id", id);
+            lastUsed = await read.ExecuteScalarAsync() as DateTime?;
+            await Task.Delay(50);
+        }
+
+        Assert.NotNull(lastUsed);
+        Assert.True(lastUsed > DateTime.UtcNow.AddMinutes(-1), $"{lastUsed}");
+        using var admin = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(AccessCluster.Bootstrap));
+        var listed = (await (await admin.GetAsync(new Uri("/v1/tokens", UriKind.Relative))).ReadJsonAsync())["tokens"]!.AsArray()
+            .Single(t => (string?)t!["id"] == id)!;
+        Assert.NotNull(listed["lastUsed"]);
+        Assert.Null(listed["token"]);
+        Assert.DoesNotContain(secret, listed.ToJsonString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task TokenRequestsAreValidatedFieldByField()
+    {
+        using var admin = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(AccessCluster.Bootstrap));
+        foreach (var (body, field) in new[]
+        {
+            ("""{"register":["payments"]}""", "description"),
+            ("""{"description":"x","register":["pay*ments"]}""", "register"),
+            ("""{"description":"x","subscribe":"payments"}""", "subscribe"),
+            ("""{"description":"x","admin":"yes"}""", "admin"),
+            ("""{"description":"x","expires":"2020-01-01T00:00:00Z"}""", "expires"),
+            ("""{"description":"x","expires":"tomorrow"}""", "expires"),
+            ("""{"description":"x","colour":"blue"}""", "colour"),
+            ("""{"description":null}""", "description"),
+            ("""[1,2]""", "body"),
+            ("""{"description":""", "body"),
+        })
+        {
+            using var response = await admin.PostJsonAsync("/v1/tokens", body);
+            var problem = await response.ReadJsonAsync();
+            Assert.True(response.StatusCode == HttpStatusCode.BadRequest, $"{body}: {response.StatusCode}");
+            Assert.True(problem["errors"]?[field] is not null, $"{body}: {problem.ToJsonString()}");
+        }
+    }
+
+    [Fact]
+    public async Task ChangesAreAuditedWithTheCredentialIdAndNoSecretReachesTheLogs()
+    {
+        var (id, secret) = await cluster.CreateTokenAsync("""{"description":"audited deploys","register":["payments"]}""");
+        using var client = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(secret));
+        using var audited = MeterWatch.Node(cluster.NodeA, "registry.audit.events", "action", "register");
+
+        Assert.True((await client.PostJsonAsync("/v1/register", Http.Provider("payments", "10.9.9.9:80"))).IsSuccessStatusCode);
+        Assert.Equal(HttpStatusCode.NoContent, (await client.PostJsonAsync("/v1/unregister", Http.Provider("payments", "10.9.9.9:80"))).StatusCode);
+        using (var stranger = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(secret + "x")))
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, (await stranger.GetAsync(new Uri("/v1/services", UriKind.Relative))).StatusCode);
+        }
+
+        var audit = cluster.Logs.Entries.Where(e => e.Category == "Registry.Audit").Select(e => e.Message).ToList();
+        Assert.Contains(audit, line => line.StartsWith("register payments http 10.9.9.9:80", StringComparison.Ordinal) && line.EndsWith($"by {id}", StringComparison.Ordinal));
+        Assert.Contains(audit, line => line == $"unregister payments http 10.9.9.9:80 by {id}");
+        Assert.Contains(audit, line => line.StartsWith($"token {id} created", StringComparison.Ordinal) && line.EndsWith("by bootstrap", StringComparison.Ordinal));
+        Assert.Equal(1, audited.Total);
+        var everything = cluster.Logs.Text;
+        Assert.NotEmpty(everything);
+        foreach (var leaked in cluster.Secrets.Where(s => everything.Contains(s, StringComparison.Ordinal)))
+        {
+            Assert.Fail($"a secret reached the logs: {leaked[..8]}…");
+        }
+    }
+
+    private static async Task<bool> WaitForStatusAsync(HttpClient client, HttpStatusCode expected, TimeSpan within)
+    {
+        var began = Stopwatch.StartNew();
+        while (began.Elapsed < within)
+        {
+            using var response = await client.GetAsync(new Uri("/v1/services", UriKind.Relative));
+            if (response.StatusCode == expected)
+            {
+                return true;
+            }
+
+            await Task.Delay(10);
+        }
+
+        return false;
+    }
+}

@@ -1,0 +1,120 @@
+using System.Diagnostics;
+using System.Net;
+using Npgsql;
+using Registry.Tests.Infrastructure;
+
+namespace Registry.Tests.Access;
+
+/// <summary>The server binary itself: the <c>tokens create</c> command, and the refusal to start when nobody could authenticate.</summary>
+[Collection(AccessTestsDefinition.Name)]
+public sealed class ServerBinaryTests(AccessCluster cluster)
+{
+    private static readonly string ServerDll = Path.Combine(AppContext.BaseDirectory, "Registry.Server.dll");
+
+    [Fact]
+    public async Task TheTokensCommandCreatesATokenThatRunningNodesAcceptWithinASecond()
+    {
+        _ = cluster.NodeA.Server;
+
+        var (exitCode, output) = await RunAsync(cluster.ConnectionString,
+            "tokens", "create", "--description", "deploys from the command line", "--register", "payments", "payments.*", "--subscribe", "*", "--expires", "2099-01-01T00:00:00Z");
+
+        Assert.True(exitCode == 0, output);
+        var secret = output.Split('\n').Select(l => l.Trim()).Single(l => l.StartsWith("rgt_", StringComparison.Ordinal));
+        cluster.Secrets.Add(secret);
+        Assert.True(secret.Length >= 4 + 43, secret.Length.ToString(System.Globalization.CultureInfo.InvariantCulture)); // 256 bits in base64url
+        using var client = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(secret));
+        var started = Stopwatch.StartNew();
+        HttpStatusCode status;
+        do
+        {
+            status = (await client.PostJsonAsync("/v1/register", Http.Provider("payments.api", "10.1.1.1:80"))).StatusCode;
+        }
+        while (status == HttpStatusCode.Unauthorized && started.Elapsed < TimeSpan.FromSeconds(1));
+
+        Assert.Equal(HttpStatusCode.Created, status);
+        Assert.Equal(HttpStatusCode.Forbidden, (await client.PostJsonAsync("/v1/register", Http.Provider("billing", "10.1.1.1:80"))).StatusCode);
+        await using var connection = new NpgsqlConnection(cluster.ConnectionString);
+        await connection.OpenAsync();
+        await using var read = new NpgsqlCommand("SELECT register, subscribe, admin, expires_at FROM tokens WHERE description = 'deploys from the command line'", connection);
+        await using var row = await read.ExecuteReaderAsync();
+        Assert.True(await row.ReadAsync());
+        Assert.Equal(["payments", "payments.*"], row.GetFieldValue<string[]>(0));
+        Assert.Equal(["*"], row.GetFieldValue<string[]>(1));
+        Assert.False(row.GetBoolean(2));
+        Assert.Equal(new DateTime(2099, 1, 1, 0, 0, 0, DateTimeKind.Utc), row.GetDateTime(3));
+    }
+
+    [Fact]
+    public async Task TheTokensCommandExplainsItsUsage()
+    {
+        var (exitCode, output) = await RunAsync(cluster.ConnectionString, "tokens", "create", "--admin");
+
+        Assert.Equal(2, exitCode);
+        Assert.Contains("usage: tokens create --description", output, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ARequiredNodeThatCouldAuthenticateNobodyRefusesToStartSayingHowToCreateTheFirstToken()
+    {
+        var name = $"registry_empty_{Guid.NewGuid():N}";
+        await ExecuteAsync(cluster.ConnectionString, $"CREATE DATABASE {name}");
+        try
+        {
+            var empty = new NpgsqlConnectionStringBuilder(cluster.ConnectionString) { Database = name }.ConnectionString;
+
+            var (exitCode, output) = await RunAsync(empty, "--urls", "http://127.0.0.1:0");
+
+            Assert.True(exitCode == 1, output);
+            Assert.Contains("The registry cannot start: authentication is required but no credential exists: create the first token with " +
+                "'dotnet Registry.Server.dll tokens create --description \"first admin\" --admin'", output, StringComparison.Ordinal);
+        }
+        finally
+        {
+            NpgsqlConnection.ClearAllPools();
+            await ExecuteAsync(cluster.ConnectionString, $"DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        }
+    }
+
+    private static async Task<(int ExitCode, string Output)> RunAsync(string connectionString, params string[] arguments)
+    {
+        var start = new ProcessStartInfo("dotnet")
+        {
+            WorkingDirectory = AppContext.BaseDirectory,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        start.ArgumentList.Add(ServerDll);
+        foreach (var argument in arguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        start.Environment["ConnectionStrings__Registry"] = connectionString;
+        start.Environment["ASPNETCORE_ENVIRONMENT"] = "Production";
+        using var process = Process.Start(start)!;
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(90));
+        var output = process.StandardOutput.ReadToEndAsync(timeout.Token);
+        var error = process.StandardError.ReadToEndAsync(timeout.Token);
+        try
+        {
+            await process.WaitForExitAsync(timeout.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            process.Kill(entireProcessTree: true);
+            throw;
+        }
+
+        return (process.ExitCode, await output + await error);
+    }
+
+    private static async Task ExecuteAsync(string connectionString, string sql)
+    {
+        await using var connection = new NpgsqlConnection(connectionString);
+        await connection.OpenAsync();
+        await using var command = new NpgsqlCommand(sql, connection);
+        await command.ExecuteNonQueryAsync();
+    }
+}
