@@ -53,9 +53,16 @@ public sealed class SmokeTests
             }
 
             Assert.True(result.ColdStart!.SecondsToServeAll > 0);
+            var overlap = result.Overlap!;
+            Assert.Equal(options.OverlapSubscriptions, overlap.Answered);
+            Assert.Equal(0, overlap.Missed);
+            Assert.True(overlap.RssFirstParkedBytes > 0 && overlap.RssAllParkedBytes > 0);
+            Assert.True(overlap.AnswerBytes > options.OverlapInstances * 400L);
+            Assert.True(overlap.ChangeAcknowledgedMs > 0);
 
             using var json = JsonDocument.Parse(await File.ReadAllTextAsync(Path.Combine(folder, "latest.json")));
             Assert.Equal(options.FanOutConsumers[0], json.RootElement.GetProperty("fanOut")[0].GetProperty("answered").GetInt32());
+            Assert.Equal(options.OverlapSubscriptions, json.RootElement.GetProperty("overlap").GetProperty("answered").GetInt32());
             Assert.Contains("| Figure | Target | Measured | Met |", await File.ReadAllTextAsync(Path.Combine(folder, "latest.md")), StringComparison.Ordinal);
         }
         finally

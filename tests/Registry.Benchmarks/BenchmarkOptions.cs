@@ -74,6 +74,15 @@ public sealed record BenchmarkOptions
     /// <summary>Instances in the database a cold node loads.</summary>
     public int ColdStartInstances { get; init; } = 100_000;
 
+    /// <summary>Instances (each with about 400 B of meta) of the application every overlapping subscription names.</summary>
+    public int OverlapInstances { get; init; } = 2_000;
+
+    /// <summary>Parked subscriptions that each name the big application and a provider of their own.</summary>
+    public int OverlapSubscriptions { get; init; } = 500;
+
+    /// <summary>Runs only the warm-up and the overlapping-subscriptions scenario (on one node).</summary>
+    public bool OverlapOnly { get; init; }
+
     /// <summary>Seconds each pgbench run lasts.</summary>
     public TimeSpan PgBenchDuration { get; init; } = TimeSpan.FromSeconds(6);
 
@@ -114,6 +123,8 @@ public sealed record BenchmarkOptions
         CrossNodeRounds = 5,
         CrossNodeConsumers = 2,
         ColdStartInstances = 1_000,
+        OverlapInstances = 200,
+        OverlapSubscriptions = 20,
         PgBench = false,
         NoFsync = true,
     };
@@ -123,7 +134,7 @@ public sealed record BenchmarkOptions
                             [--server-dll PATH] [--concurrency N] [--warm-up-seconds S] [--registrations N] [--rounds ODD] [--burst-concurrency N]
                             [--heartbeat-instances N]
                             [--heartbeat-seconds S] [--fanout W[,W…]] [--idle-seconds S] [--cross-node-rounds N]
-                            [--cold-start-instances N] [--pgbench-seconds S] [--no-pgbench] [--pgbench PATH]
+                            [--cold-start-instances N] [--overlap-instances N] [--overlap-subscriptions N] [--overlap-only] [--pgbench-seconds S] [--no-pgbench] [--pgbench PATH]
                             [--no-fsync] [--node-env KEY=VALUE]… [--out results.json] [--markdown results.md] [--work-dir DIR]
         """;
 
@@ -163,6 +174,9 @@ public sealed record BenchmarkOptions
                 "--idle-seconds" => options with { IdleDuration = Seconds() },
                 "--cross-node-rounds" => options with { CrossNodeRounds = Int() },
                 "--cold-start-instances" => options with { ColdStartInstances = Int() },
+                "--overlap-instances" => options with { OverlapInstances = Int() },
+                "--overlap-subscriptions" => options with { OverlapSubscriptions = Int() },
+                "--overlap-only" => options with { OverlapOnly = true },
                 "--pgbench-seconds" => options with { PgBenchDuration = Seconds() },
                 "--no-pgbench" => options with { PgBench = false },
                 "--pgbench" => options with { PgBenchPath = Value() },

@@ -21,7 +21,8 @@ Console.CancelKeyPress += (_, e) =>
 
 var result = await new Benchmark(options, Console.Out).RunAsync(stop.Token);
 var folder = options.Smoke ? Path.Combine(Path.GetTempPath(), "registry-bench-smoke") : Path.Combine("tests", "Registry.Benchmarks", "results");
-var json = options.OutputJson ?? Path.Combine(folder, "latest.json");
+// The scenario alone does not replace a full run's results.
+var json = options.OutputJson ?? Path.Combine(folder, options.OverlapOnly ? "overlap-latest.json" : "latest.json");
 var markdown = options.OutputMarkdown ?? Path.ChangeExtension(json, ".md");
 await Report.WriteAsync(result, json, markdown, stop.Token);
 Console.WriteLine();

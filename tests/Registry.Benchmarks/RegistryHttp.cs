@@ -54,21 +54,26 @@ internal sealed class RegistryHttp : IDisposable
         return response.StatusCode;
     }
 
-    public readonly record struct PollAnswer(HttpStatusCode Status, string? Version, long AnsweredAt);
+    public readonly record struct PollAnswer(HttpStatusCode Status, string? Version, long AnsweredAt, long Bytes);
 
     /// <summary>
     /// Subscribes to one application; with <paramref name="version"/> the node holds the poll.
     /// <paramref name="sent"/> runs once the request body has gone out (the poll is then about to park).
     /// </summary>
-    public async Task<PollAnswer> SubscribeAsync(string application, string? version, int waitSeconds, Action? sent, CancellationToken cancellationToken)
+    public Task<PollAnswer> SubscribeAsync(string application, string? version, int waitSeconds, Action? sent, CancellationToken cancellationToken) =>
+        SubscribeAsync([application], version, waitSeconds, sent, cancellationToken);
+
+    /// <summary>The same for a subscription naming several applications.</summary>
+    public async Task<PollAnswer> SubscribeAsync(IReadOnlyList<string> applications, string? version, int waitSeconds, Action? sent, CancellationToken cancellationToken)
     {
         var query = version is null ? "/v1/subscribe" : $"/v1/subscribe?version={Uri.EscapeDataString(version)}&wait={waitSeconds}";
-        using var content = new SignallingContent(Encoding.UTF8.GetBytes($"{{\"subscribes\":[{{\"provider\":\"{application}\",\"protocol\":\"http\"}}]}}"), sent);
+        var entries = string.Join(',', applications.Select(a => $"{{\"provider\":\"{a}\",\"protocol\":\"http\"}}"));
+        using var content = new SignallingContent(Encoding.UTF8.GetBytes($"{{\"subscribes\":[{entries}]}}"), sent);
         using var response = await _client.PostAsync(new Uri(query, UriKind.Relative), content, cancellationToken);
         var answeredAt = Stopwatch.GetTimestamp();
         // The body must be read so the connection goes back to the pool.
         await response.Content.LoadIntoBufferAsync(cancellationToken);
-        return new PollAnswer(response.StatusCode, response.Headers.ETag?.Tag.Trim('"'), answeredAt);
+        return new PollAnswer(response.StatusCode, response.Headers.ETag?.Tag.Trim('"'), answeredAt, response.Content.Headers.ContentLength ?? 0);
     }
 
     public void Dispose() => _client.Dispose();

@@ -39,6 +39,8 @@ public sealed record BenchmarkResult
 
     public ColdStartResult? ColdStart { get; set; }
 
+    public OverlapResult? Overlap { get; set; }
+
     /// <summary>The median of <see cref="PgBenchUpsertRounds"/> by rate.</summary>
     public PgBenchResult? PgBenchUpsert { get; set; }
 
@@ -65,7 +67,7 @@ public sealed record BenchmarkResult
 public sealed record RunSettings(
     bool Smoke, string Target, string Database, int Concurrency, double WarmUpSeconds, int Registrations, int RegistrationRounds, int BurstConcurrency, int HeartbeatInstances,
     int HeartbeatTtlSeconds, double HeartbeatSeconds, IReadOnlyList<int> FanOutConsumers, double IdleSeconds,
-    int CrossNodeRounds, int CrossNodeConsumers, int ColdStartInstances, bool Fsync, string StatementSource,
+    int CrossNodeRounds, int CrossNodeConsumers, int ColdStartInstances, int OverlapInstances, int OverlapSubscriptions, bool Fsync, string StatementSource,
     IReadOnlyDictionary<string, string> NodeEnvironment);
 
 /// <summary>
@@ -127,6 +129,20 @@ public sealed record IdleResult(
 public sealed record StatementCalls(string Statement, long Calls);
 
 public sealed record CrossNodeResult(int Rounds, int Samples, int Missed, Distribution DelayMs);
+
+/// <summary>
+/// Subscriptions that each name one big application and a provider of their own, parked on one
+/// node. RSS is read once the first is parked and once all are. <c>NodeCpuMsPerAnswer</c>: the
+/// node's CPU for immediate answers to these subscriptions, divided by their number. The change
+/// is one registration to the big application: the node's CPU until it is acknowledged and until
+/// every parked subscription has its new answer (which includes writing each of them), and its
+/// latency next to registrations to an unrelated application while the same polls are parked.
+/// <c>RssAnsweredBytes</c>: RSS once every answer has been received (the answers' writes included).
+/// </summary>
+public sealed record OverlapResult(
+    int Instances, long AnswerBytes, int Subscriptions, int Answered, int Missed, long RssFirstParkedBytes, long RssAllParkedBytes,
+    int ImmediateAnswers, double NodeCpuMsPerAnswer, double ChangeNodeCpuMsAcknowledged, double ChangeNodeCpuMsAllAnswered,
+    double ChangeAcknowledgedMs, Distribution UsualRegistrationMs, Distribution DelayMs, long RssAnsweredBytes);
 
 public sealed record ColdStartResult(int Instances, double SecondsToListen, double SecondsToServeAll, long RssBytesServing, long RssBytesSettled);
 
