@@ -36,6 +36,9 @@ internal sealed partial class RegistryLoader(
 
     private readonly Channel<Reload> _requests = Channel.CreateUnbounded<Reload>(new UnboundedChannelOptions { SingleReader = true });
 
+    /// <summary>Parked consumers to wake once the loads in hand are answered; only the loader's loop touches it.</summary>
+    private readonly List<TaskCompletionSource> _wakes = [];
+
     /// <summary>
     /// A request to reload some instances (<see cref="Keys"/>), one whole application
     /// (<see cref="Application"/> without keys), or everything (neither). <see cref="Tag"/>
@@ -229,10 +232,23 @@ internal sealed partial class RegistryLoader(
             }
         }
 
+        // After the writes are answered: their replies are queued before the consumers' answers.
+        Wake();
+
         if (failure is not null)
         {
             await Task.Delay(TimeSpan.FromMilliseconds(500), time, cancellationToken);
         }
+    }
+
+    private void Wake()
+    {
+        foreach (var wake in _wakes)
+        {
+            wake.TrySetResult();
+        }
+
+        _wakes.Clear();
     }
 
     private async Task LoadAllAsync(CancellationToken cancellationToken)
@@ -245,7 +261,7 @@ internal sealed partial class RegistryLoader(
         var changed = before.Keys.Union(loaded.Keys, StringComparer.Ordinal)
             .Where(a => !(loaded.TryGetValue(a, out var now) && now.SameContentAs(before.GetValueOrDefault(a))))
             .ToArray();
-        hub.ApplicationsChanged(changed);
+        hub.ApplicationsChanged(changed, _wakes);
         LogLoadedAll(logger, loaded.Count, loaded.Values.Sum(s => s.Count));
     }
 
@@ -260,7 +276,7 @@ internal sealed partial class RegistryLoader(
             .ToArray();
         state.Replace(snapshots);
         metrics.Reloaded(all: false);
-        hub.ApplicationsChanged(changed);
+        hub.ApplicationsChanged(changed, _wakes);
     }
 
     /// <summary>Reloads single rows and merges them into their applications' snapshots.</summary>
@@ -310,7 +326,7 @@ internal sealed partial class RegistryLoader(
 
         state.Replace(snapshots.Values);
         metrics.Reloaded(all: false);
-        hub.ApplicationsChanged(changed.ToArray());
+        hub.ApplicationsChanged(changed.ToArray(), _wakes);
     }
 
     /// <summary>Whole applications as snapshots; the sweeper hears of their earliest expiries.</summary>
@@ -381,6 +397,7 @@ internal sealed partial class RegistryLoader(
             {
                 LogInconsistent(logger, stale.Length);
                 await LoadApplicationsAsync(stale, cancellationToken);
+                Wake();
             }
         }
         catch (DbException e)

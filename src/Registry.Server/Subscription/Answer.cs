@@ -100,6 +100,9 @@ internal sealed class Answer
 {
     private static readonly byte[] Tail = "]}"u8.ToArray();
 
+    /// <summary>Bytes written between flushes of a large answer.</summary>
+    private const int FlushEvery = 64 * 1024;
+
     private readonly byte[] _head;
     private readonly byte[][] _parts;
 
@@ -141,10 +144,16 @@ internal sealed class Answer
         return new Answer(version, parts.Select(f => f.Endpoints).ToArray(), parts.Sum(f => f.Count));
     }
 
-    /// <summary>Writes the answer document fragment by fragment, with one flush: one send for a small answer.</summary>
-    public ValueTask<FlushResult> WriteAsync(PipeWriter body, CancellationToken cancellationToken)
+    /// <summary>
+    /// Writes the answer document fragment by fragment: one flush for a small answer (one
+    /// send), and a flush every <see cref="FlushEvery"/> bytes for a large one, so hundreds of
+    /// consumers woken at once do not each hold a whole copy in the server's buffers (the
+    /// flush waits while the socket drains).
+    /// </summary>
+    public async ValueTask WriteAsync(PipeWriter body, CancellationToken cancellationToken)
     {
         body.Write(_head);
+        long unflushed = _head.Length;
         for (var i = 0; i < _parts.Length; i++)
         {
             if (i > 0)
@@ -152,10 +161,20 @@ internal sealed class Answer
                 body.Write(","u8);
             }
 
-            body.Write(_parts[i]);
+            for (var offset = 0; offset < _parts[i].Length; offset += FlushEvery)
+            {
+                var chunk = _parts[i].AsMemory(offset, Math.Min(FlushEvery, _parts[i].Length - offset));
+                body.Write(chunk.Span);
+                unflushed += chunk.Length;
+                if (unflushed >= FlushEvery)
+                {
+                    await body.FlushAsync(cancellationToken);
+                    unflushed = 0;
+                }
+            }
         }
 
         body.Write(Tail);
-        return body.FlushAsync(cancellationToken);
+        await body.FlushAsync(cancellationToken);
     }
 }

@@ -79,24 +79,24 @@ internal sealed class SubscriptionView
         wake.TrySetResult();
     }
 
-    /// <summary>Publishes a recomposed answer; wakes the parked consumers only when the version moved.</summary>
-    public bool Publish(Answer answer)
+    /// <summary>
+    /// Publishes a recomposed answer (every read from now on gets it) and returns the signal
+    /// that wakes the consumers parked on the old one, or null when the version did not move.
+    /// </summary>
+    public TaskCompletionSource? Publish(Answer answer)
     {
-        TaskCompletionSource wake;
         lock (_gate)
         {
             if (answer.Version == _answer.Version)
             {
-                return false;
+                return null;
             }
 
             _answer = answer;
-            wake = _changed;
+            var wake = _changed;
             _changed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            return wake;
         }
-
-        wake.TrySetResult();
-        return true;
     }
 }
 
@@ -208,10 +208,12 @@ internal sealed class SubscriptionHub
 
     /// <summary>
     /// Called by the loader after it replaced these applications' snapshots: recomputes each
-    /// of their fragments once, then recomposes the views that include them and wakes the
-    /// consumers whose answer changed.
+    /// of their fragments once, then recomposes the views that include them. Reads get the
+    /// new answers at once; the consumers parked on the old ones are woken by the signals
+    /// added to <paramref name="wakes"/>, which the loader sets once it has answered the
+    /// writes that caused the change (so a write is not answered after hundreds of polls).
     /// </summary>
-    public void ApplicationsChanged(IReadOnlyCollection<string> applications)
+    public void ApplicationsChanged(IReadOnlyCollection<string> applications, List<TaskCompletionSource> wakes)
     {
         // Idle views touched by the change go (and fragments nobody else includes with them).
         List<FragmentSlot> touched = [];
@@ -256,8 +258,9 @@ internal sealed class SubscriptionHub
 
         foreach (var view in affected)
         {
-            if (view.Publish(view.Compose()))
+            if (view.Publish(view.Compose()) is { } wake)
             {
+                wakes.Add(wake);
                 _metrics.AnswerChanged();
             }
         }
