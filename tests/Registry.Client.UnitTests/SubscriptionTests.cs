@@ -90,14 +90,17 @@ public sealed class SubscriptionTests : ScriptedTest
             : Task.FromResult(Scripted.Answer("v1"));
         var subscription = await NewClient().SubscribeAsync(new SubscriptionEntry("provider_test"));
         var watched = new List<string>();
+        var watching = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var watcher = Task.Run(async () =>
         {
             await foreach (var answer in subscription.WatchAsync())
             {
                 watched.Add(answer.Version);
+                watching.TrySetResult();
             }
         });
         await Handler.NextAsync(r => r.Uri.Query.Contains("version", StringComparison.Ordinal));
+        await watching.Task.WaitAsync(Scripted.Patience); // the watcher is under way before the disposal
 
         await subscription.DisposeAsync();
 

@@ -230,6 +230,8 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
         await using var second = new RegistryNode(database, settings);
         using var evictedFirst = MeterWatch.Node(first, "registry.evictions");
         using var evictedSecond = MeterWatch.Node(second, "registry.evictions");
+        using var auditedFirst = MeterWatch.Node(first, "registry.audit.events", "action", "evict");
+        using var auditedSecond = MeterWatch.Node(second, "registry.audit.events", "action", "evict");
         using var sweepsFirst = MeterWatch.Node(first, "registry.sweeps", "outcome", "swept");
         using var sweepsSecond = MeterWatch.Node(second, "registry.sweeps", "outcome", "swept");
         using var client = first.CreateClient();
@@ -257,6 +259,7 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
         await Task.WhenAll(sweepsFirst.WaitForAsync(swept.Item1 + 3), sweepsSecond.WaitForAsync(swept.Item2 + 3));
 
         Assert.Equal(4, evictedFirst.Total + evictedSecond.Total);
+        Assert.Equal(4, auditedFirst.Total + auditedSecond.Total); // each eviction audited, by the sweeper
     }
 
     private static async Task RegisterAsync(HttpClient client, string application, string addr, string meta, string protocol = "http", int? ttl = null)

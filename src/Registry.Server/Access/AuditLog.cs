@@ -6,7 +6,7 @@ using Registry.Operations;
 namespace Registry.Access;
 
 /// <summary>
-/// Who changed what: every registration, unregistration and token change is logged (category
+/// Who changed what: every registration, unregistration, eviction and token change is logged (category
 /// <c>Registry.Audit</c>) with the credential's id, never a secret, and counted in
 /// <c>registry.audit.events</c> by action.
 /// </summary>
@@ -19,7 +19,7 @@ internal sealed partial class AuditLog
     {
         _logger = loggers.CreateLogger("Registry.Audit");
         _events = meters.Create(RegistryMetrics.MeterName).CreateCounter<long>("registry.audit.events", "{event}",
-            "Audited changes, by action (register, unregister, token_create, token_revoke).");
+            "Audited changes, by action (register, unregister, evict: one per instance, token_create, token_revoke).");
     }
 
     public void Registered(ClaimsPrincipal user, InstanceKey key, bool created)
@@ -32,6 +32,13 @@ internal sealed partial class AuditLog
     {
         Count("unregister");
         LogUnregistered(_logger, key.Application, key.Protocol, key.Addr, CredentialIdentity.IdOf(user));
+    }
+
+    /// <summary>Instances the sweeper removed because their leases ran out: no credential did it.</summary>
+    public void Evicted(string application, int instances)
+    {
+        _events.Add(instances, new KeyValuePair<string, object?>("action", "evict"));
+        LogEvicted(_logger, instances, application);
     }
 
     public void TokenCreated(string by, string id, bool admin, IReadOnlyList<string> register, IReadOnlyList<string> subscribe)
@@ -53,6 +60,9 @@ internal sealed partial class AuditLog
 
     [LoggerMessage(Level = LogLevel.Information, Message = "unregister {Application} {Protocol} {Addr} by {Credential}")]
     private static partial void LogUnregistered(ILogger logger, string application, string protocol, string addr, string credential);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "evict {Instances} instances of {Application} (leases ran out) by the sweeper")]
+    private static partial void LogEvicted(ILogger logger, int instances, string application);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "token {TokenId} created (admin {Admin}, register [{Register}], subscribe [{Subscribe}]) by {Credential}")]
     private static partial void LogTokenCreated(ILogger logger, string tokenId, bool admin, string register, string subscribe, string credential);

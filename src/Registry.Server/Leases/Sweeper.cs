@@ -1,6 +1,7 @@
 using System.Data.Common;
 using Microsoft.Extensions.Options;
 using Npgsql;
+using Registry.Access;
 using Registry.ChangeFeed;
 using Registry.Operations;
 using Registry.Storage;
@@ -21,6 +22,7 @@ internal sealed partial class Sweeper(
     SelfPreservation selfPreservation,
     SweepSchedule schedule,
     DatabaseClock clock,
+    AuditLog audit,
     RegistryMetrics metrics,
     IOptions<LeaseOptions> options,
     TimeProvider time,
@@ -114,9 +116,10 @@ internal sealed partial class Sweeper(
         // self-preservation decision covers every eviction.
         var budget = Math.Min(expired, selfPreservation.Budget(live, expired, recentlyEvicted));
         var evicted = 0;
+        var byApplication = new Dictionary<string, int>(StringComparer.Ordinal);
         while (budget - evicted > 0)
         {
-            var batch = await EvictBatchAsync(connection, transaction, Math.Min(options.Value.SweepBatchSize, budget - evicted), cancellationToken);
+            var batch = await EvictBatchAsync(connection, transaction, Math.Min(options.Value.SweepBatchSize, budget - evicted), byApplication, cancellationToken);
             evicted += batch;
             if (batch < options.Value.SweepBatchSize)
             {
@@ -126,6 +129,10 @@ internal sealed partial class Sweeper(
 
         await RecordAsync(connection, transaction, evicted, cancellationToken);
         await transaction.CommitAsync(cancellationToken);
+        foreach (var (application, instances) in byApplication)
+        {
+            audit.Evicted(application, instances);
+        }
         if (evicted >= expired)
         {
             schedule.SweepFinished(nextExpiry);
@@ -161,7 +168,8 @@ internal sealed partial class Sweeper(
         await record.ExecuteNonQueryAsync(cancellationToken);
     }
 
-    private static async Task<int> EvictBatchAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, int limit, CancellationToken cancellationToken)
+    private static async Task<int> EvictBatchAsync(
+        NpgsqlConnection connection, NpgsqlTransaction transaction, int limit, Dictionary<string, int> byApplication, CancellationToken cancellationToken)
     {
         await using var command = new NpgsqlCommand(
             $"""
@@ -179,7 +187,7 @@ internal sealed partial class Sweeper(
             counted AS (
                 SELECT application, count(*)::int AS n, {Announcement.KeysSql} AS keys FROM gone GROUP BY application)
             -- The payload names the evicted instances when they fit (see Announcement).
-            SELECT n, {Announcement.NotifySql("application", "keys", tag: null)} FROM counted
+            SELECT n, application, {Announcement.NotifySql("application", "keys", tag: null)} FROM counted
             """, connection, transaction);
         command.Parameters.AddWithValue("limit", limit);
         var evicted = 0;
@@ -187,6 +195,7 @@ internal sealed partial class Sweeper(
         while (await reader.ReadAsync(cancellationToken))
         {
             evicted += reader.GetInt32(0);
+            byApplication[reader.GetString(1)] = byApplication.GetValueOrDefault(reader.GetString(1)) + reader.GetInt32(0);
         }
 
         return evicted;
