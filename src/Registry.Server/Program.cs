@@ -15,7 +15,7 @@ try
 {
     if (command)
     {
-        Environment.ExitCode = await TokenCommand.RunAsync(builder.Configuration, args[1..], Console.Out, Console.Error, CancellationToken.None);
+        Environment.ExitCode = await TokenCommand.RunAsync(builder.Configuration, args[1..], startupLog, Console.Out, Console.Error, CancellationToken.None);
         return;
     }
 

@@ -47,6 +47,13 @@ internal sealed partial class AuditLog
         LogTokenCreated(_logger, id, admin, string.Join(',', register), string.Join(',', subscribe), by);
     }
 
+    /// <summary>
+    /// A token created by the server binary's <c>tokens create</c> command, which runs without
+    /// the web host (so without its meters): logged with the same line, by the command line.
+    /// </summary>
+    public static void TokenCreatedOffline(ILoggerFactory loggers, string id, bool admin, IReadOnlyList<string> register, IReadOnlyList<string> subscribe) =>
+        LogTokenCreated(loggers.CreateLogger("Registry.Audit"), id, admin, string.Join(',', register), string.Join(',', subscribe), "the tokens create command");
+
     public void TokenRevoked(ClaimsPrincipal user, string id)
     {
         Count("token_revoke");

@@ -15,7 +15,8 @@ internal static class TokenCommand
 
     private const string Usage = "usage: tokens create --description TEXT [--admin] [--register PATTERN...] [--subscribe PATTERN...] [--expires RFC3339]";
 
-    public static async Task<int> RunAsync(IConfiguration configuration, IReadOnlyList<string> args, TextWriter output, TextWriter error, CancellationToken cancellationToken)
+    public static async Task<int> RunAsync(
+        IConfiguration configuration, IReadOnlyList<string> args, ILoggerFactory loggers, TextWriter output, TextWriter error, CancellationToken cancellationToken)
     {
         if (Parse(args, DateTimeOffset.UtcNow) is not { } spec)
         {
@@ -38,6 +39,7 @@ internal static class TokenCommand
 
         await using var database = NpgsqlDataSource.Create(connectionString);
         var (token, secret) = await TokenStore.CreateAsync(database, spec, cancellationToken);
+        AuditLog.TokenCreatedOffline(loggers, token.Id, token.Admin, token.Register, token.Subscribe);
         await output.WriteLineAsync($"Created {token.Id} ({token.Description}). Its secret, shown only now:");
         await output.WriteLineAsync(secret);
         return 0;

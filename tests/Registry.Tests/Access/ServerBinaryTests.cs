@@ -21,6 +21,10 @@ public sealed class ServerBinaryTests(AccessCluster cluster)
 
         Assert.True(exitCode == 0, output);
         var secret = output.Split('\n').Select(l => l.Trim()).Single(l => l.StartsWith("rgt_", StringComparison.Ordinal));
+        // Audited like a token made through the API, with who made it and never the secret.
+        Assert.Contains("Registry.Audit", output, StringComparison.Ordinal);
+        Assert.Contains("created (admin False, register [payments,payments.*], subscribe [*]) by the tokens create command", output, StringComparison.Ordinal);
+        Assert.Single(output.Split('\n'), l => l.Contains(secret, StringComparison.Ordinal));
         cluster.Secrets.Add(secret);
         Assert.True(secret.Length >= 4 + 43, secret.Length.ToString(System.Globalization.CultureInfo.InvariantCulture)); // 256 bits in base64url
         using var client = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(secret));
