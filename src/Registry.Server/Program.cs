@@ -1,9 +1,9 @@
 using Registry;
 using Registry.Access;
+using Registry.Operations;
 using Registry.Registration;
 using Registry.Storage;
 using Registry.Subscription;
-using Registry.Operations;
 
 // `tokens create …` works on the database alone; its options are not host configuration.
 var command = args is [TokenCommand.Name, ..];

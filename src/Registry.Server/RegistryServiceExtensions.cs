@@ -2,6 +2,7 @@ using System.Text.Encodings.Web;
 using Microsoft.AspNetCore.Diagnostics;
 using Microsoft.EntityFrameworkCore;
 using Registry.ChangeFeed;
+using Registry.Edge;
 using Registry.Leases;
 using Registry.Membership;
 using Registry.Model;
@@ -10,6 +11,7 @@ using Registry.Registration;
 using Registry.State;
 using Registry.Storage;
 using Registry.Subscription;
+using Registry.Telemetry;
 
 namespace Registry;
 

@@ -14,7 +14,7 @@ public sealed class ConfigurationTests
         { "Registry:Writes", typeof(WriteOptions) },
         { "Registry:ChangeFeed", typeof(ChangeFeedOptions) },
         { "Registry:RateLimit", typeof(RateLimitOptions) },
-        { "Registry:Network", typeof(Registry.Operations.NetworkOptions) },
+        { "Registry:Network", typeof(Registry.Edge.NetworkOptions) },
     };
 
     [Theory]

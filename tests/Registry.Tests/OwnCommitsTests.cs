@@ -2,6 +2,7 @@ using Registry.ChangeFeed;
 using Registry.Membership;
 using Registry.Model;
 using Registry.State;
+using Registry.Storage;
 
 namespace Registry.Tests;
 

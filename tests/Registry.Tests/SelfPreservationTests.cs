@@ -2,7 +2,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 using Registry.Leases;
-using Registry.Operations;
+using Registry.Telemetry;
 
 namespace Registry.Tests;
 

@@ -3,7 +3,8 @@ using Microsoft.AspNetCore.Authentication;
 using Microsoft.AspNetCore.Authentication.JwtBearer;
 using Microsoft.AspNetCore.Authorization;
 using Microsoft.Extensions.Options;
-using Registry.ChangeFeed;
+using Registry.Storage;
+using Registry.Telemetry;
 
 namespace Registry.Access;
 

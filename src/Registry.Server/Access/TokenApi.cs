@@ -3,9 +3,10 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Npgsql;
+using Registry.Edge;
 using Registry.Model;
-using Registry.Operations;
 using Registry.Storage;
+using Registry.Telemetry;
 
 namespace Registry.Access;
 
@@ -153,7 +154,7 @@ internal static class TokenApi
         }
 
         await cache.ReloadAsync(cancellationToken);
-        audit.TokenRevoked(http.User, id);
+        audit.TokenRevoked(CredentialIdentity.IdOf(http.User), id);
         return TypedResults.NoContent();
     }
 

@@ -3,7 +3,6 @@ using System.Data.Common;
 using System.Security.Cryptography;
 using System.Text;
 using Microsoft.Extensions.Options;
-using Registry.ChangeFeed;
 using Registry.Storage;
 
 namespace Registry.Access;

@@ -1,6 +1,7 @@
 using Microsoft.EntityFrameworkCore;
 using Npgsql;
 using Registry.Storage;
+using Registry.Telemetry;
 
 namespace Registry.Access;
 

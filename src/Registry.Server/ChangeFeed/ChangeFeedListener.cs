@@ -5,8 +5,9 @@ using Microsoft.Extensions.Options;
 using Npgsql;
 using Polly;
 using Polly.Retry;
-using Registry.Operations;
+using Registry.State;
 using Registry.Storage;
+using Registry.Telemetry;
 
 namespace Registry.ChangeFeed;
 
@@ -31,11 +32,12 @@ internal sealed partial class ChangeFeedListener : BackgroundService
     private readonly ConcurrentDictionary<string, TaskCompletionSource> _pings = new(StringComparer.Ordinal);
     private readonly IChangeFeedChannel[] _channels;
     private NpgsqlConnection? _connection;
-    private DateTimeOffset? _lostAt;
+    private readonly RegistryState _state;
 
     public ChangeFeedListener(
         RegistryDatabase database,
         RegistryLoader loader,
+        RegistryState state,
         RegistryMetrics metrics,
         IOptions<ChangeFeedOptions> options,
         TimeProvider time,
@@ -45,6 +47,7 @@ internal sealed partial class ChangeFeedListener : BackgroundService
         _channels = channels.ToArray();
         _database = database;
         _loader = loader;
+        _state = state;
         _metrics = metrics;
         _options = options.Value;
         _time = time;
@@ -68,10 +71,10 @@ internal sealed partial class ChangeFeedListener : BackgroundService
     }
 
     /// <summary>Whether the node is listening now (so its snapshot is current).</summary>
-    public bool IsListening => _lostAt is null && _connection is not null;
+    public bool IsListening => _state.StaleSince is null && _connection is not null;
 
     /// <summary>Since when the feed has been down, if it is.</summary>
-    public DateTimeOffset? LostAt => _lostAt;
+    public DateTimeOffset? LostAt => _state.StaleSince;
 
     /// <summary>Connects, LISTENs and loads the registry before the node serves anything.</summary>
     public override async Task StartAsync(CancellationToken cancellationToken)
@@ -135,7 +138,7 @@ internal sealed partial class ChangeFeedListener : BackgroundService
             }
             catch (Exception e) when (e is DbException or TimeoutException or IOException or SocketException or InvalidOperationException)
             {
-                _lostAt = _time.GetUtcNow();
+                _state.StaleSince = _time.GetUtcNow();
                 _metrics.DatabaseError("change_feed");
                 LogLost(_logger, e);
             }
@@ -178,7 +181,7 @@ internal sealed partial class ChangeFeedListener : BackgroundService
             // LISTEN first, then load: a change committed in between is both loaded and
             // announced, never neither.
             await _loader.ReloadAllAsync().WaitAsync(cancellationToken);
-            _lostAt = null;
+            _state.StaleSince = null;
             LogListening(_logger, connection.ProcessID);
             return connection;
         }

@@ -3,6 +3,7 @@ using System.Globalization;
 using Registry.Membership;
 using Registry.Model;
 using Registry.State;
+using Registry.Storage;
 
 namespace Registry.ChangeFeed;
 

@@ -4,10 +4,10 @@ using Microsoft.Extensions.Options;
 using Npgsql;
 using Registry.Leases;
 using Registry.Model;
-using Registry.Operations;
-using Registry.Storage;
 using Registry.State;
+using Registry.Storage;
 using Registry.Subscription;
+using Registry.Telemetry;
 
 namespace Registry.ChangeFeed;
 

@@ -1,7 +1,7 @@
 using Microsoft.Extensions.Options;
 using Npgsql;
 using Registry.Membership;
-using Registry.Operations;
+using Registry.Telemetry;
 
 namespace Registry.Leases;
 

@@ -3,9 +3,9 @@ using System.Data.Common;
 using Microsoft.Extensions.Options;
 using Npgsql;
 using Registry.Model;
-using Registry.Operations;
-using Registry.Storage;
 using Registry.State;
+using Registry.Storage;
+using Registry.Telemetry;
 
 namespace Registry.Leases;
 

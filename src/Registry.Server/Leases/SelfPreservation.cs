@@ -1,5 +1,5 @@
 using Microsoft.Extensions.Options;
-using Registry.Operations;
+using Registry.Telemetry;
 
 namespace Registry.Leases;
 

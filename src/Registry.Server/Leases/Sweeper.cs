@@ -1,10 +1,8 @@
 using System.Data.Common;
 using Microsoft.Extensions.Options;
 using Npgsql;
-using Registry.Access;
-using Registry.ChangeFeed;
-using Registry.Operations;
 using Registry.Storage;
+using Registry.Telemetry;
 
 namespace Registry.Leases;
 

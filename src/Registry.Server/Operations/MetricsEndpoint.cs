@@ -1,4 +1,5 @@
 using OpenTelemetry.Metrics;
+using Registry.Telemetry;
 
 namespace Registry.Operations;
 

@@ -2,10 +2,11 @@ using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Mvc;
 using Microsoft.Extensions.Options;
 using Registry.Access;
+using Registry.Edge;
 using Registry.Leases;
 using Registry.Model;
-using Registry.Operations;
 using Registry.State;
+using Registry.Telemetry;
 
 namespace Registry.Registration;
 
@@ -101,7 +102,7 @@ internal static class RegistrationApi
             return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds, e.Message);
         }
 
-        audit.Registered(http.User, provider.Key, result.Status == WriteStatus.Created);
+        audit.Registered(CredentialIdentity.IdOf(http.User), provider.Key, result.Status == WriteStatus.Created);
         var lease = Lease(provider.Key, provider.Meta, granted, result.ExpiresAt);
         return result.Status == WriteStatus.Created
             ? new LeaseResult(StatusCodes.Status201Created, lease, $"/v1/services/{Uri.EscapeDataString(provider.Application)}")
@@ -194,7 +195,7 @@ internal static class RegistrationApi
                 return Problems.NotRegistered(provider.Key);
             }
 
-            audit.Unregistered(http.User, provider.Key);
+            audit.Unregistered(CredentialIdentity.IdOf(http.User), provider.Key);
             return TypedResults.NoContent();
         }
         catch (WriteUnavailableException e)

@@ -5,9 +5,9 @@ using Npgsql;
 using Registry.ChangeFeed;
 using Registry.Leases;
 using Registry.Model;
-using Registry.Operations;
-using Registry.Storage;
 using Registry.State;
+using Registry.Storage;
+using Registry.Telemetry;
 
 namespace Registry.Registration;
 

@@ -13,6 +13,19 @@ internal sealed class RegistryState
     private ImmutableSortedDictionary<string, ApplicationSnapshot> _applications =
         ImmutableSortedDictionary.Create<string, ApplicationSnapshot>(StringComparer.Ordinal);
 
+    /// <summary>UTC ticks of <see cref="StaleSince"/>, 0 for none (a long, so it is read and written whole).</summary>
+    private long _staleSinceTicks;
+
+    /// <summary>
+    /// Since when this picture may lag the database (the change feed is down and reconnecting),
+    /// or null while it follows every change; reads say so to their callers.
+    /// </summary>
+    public DateTimeOffset? StaleSince
+    {
+        get => Interlocked.Read(ref _staleSinceTicks) is var ticks and not 0 ? new DateTimeOffset(ticks, TimeSpan.Zero) : null;
+        set => Interlocked.Exchange(ref _staleSinceTicks, value?.UtcTicks ?? 0);
+    }
+
     /// <summary>All applications with at least one instance, sorted by name (ordinal).</summary>
     public ImmutableSortedDictionary<string, ApplicationSnapshot> Applications => Volatile.Read(ref _applications);
 

@@ -1,6 +1,5 @@
 using Microsoft.EntityFrameworkCore;
 using Npgsql;
-using Registry.Leases;
 
 namespace Registry.Storage;
 

@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using Microsoft.Extensions.Options;
 using Registry.Model;
-using Registry.Operations;
+using Registry.Telemetry;
 
 namespace Registry.Subscription;
 

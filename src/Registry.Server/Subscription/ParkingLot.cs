@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 using Microsoft.Extensions.Options;
-using Registry.Operations;
+using Registry.Telemetry;
 
 namespace Registry.Subscription;
 

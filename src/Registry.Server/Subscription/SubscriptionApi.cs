@@ -3,10 +3,10 @@ using Microsoft.AspNetCore.Mvc;
 using Microsoft.Extensions.Options;
 using Microsoft.Net.Http.Headers;
 using Registry.Access;
-using Registry.ChangeFeed;
+using Registry.Edge;
 using Registry.Model;
-using Registry.Operations;
 using Registry.State;
+using Registry.Telemetry;
 
 namespace Registry.Subscription;
 
@@ -59,7 +59,7 @@ internal static class SubscriptionApi
         RequestBody body,
         RequestReader reader,
         LongPoll poll,
-        ChangeFeedListener feed,
+        RegistryState state,
         RegistryMetrics metrics,
         IOptions<LimitsOptions> limits,
         ApplicationAccess access)
@@ -85,7 +85,7 @@ internal static class SubscriptionApi
             return denied;
         }
 
-        return await HoldAsync(http, poll, entries, heldVersion, waitSeconds, notModifiedOnTimeout: false, feed, metrics, limits.Value);
+        return await HoldAsync(http, poll, entries, heldVersion, waitSeconds, notModifiedOnTimeout: false, state, metrics, limits.Value);
     }
 
     /// <summary>Admin sees every application; any other credential the ones it may subscribe to.</summary>
@@ -105,7 +105,7 @@ internal static class SubscriptionApi
         [FromQuery(Name = "wait")] string? wait,
         RequestReader reader,
         LongPoll poll,
-        ChangeFeedListener feed,
+        RegistryState state,
         RegistryMetrics metrics,
         IOptions<LimitsOptions> limits,
         ApplicationAccess access)
@@ -151,13 +151,13 @@ internal static class SubscriptionApi
         }
 
         var entries = new[] { new SubscriptionEntry(application, protocol, Meta.From(pairs)) };
-        return await HoldAsync(http, poll, entries, heldVersion, waitSeconds, notModifiedOnTimeout: conditional is not null, feed, metrics, limits.Value);
+        return await HoldAsync(http, poll, entries, heldVersion, waitSeconds, notModifiedOnTimeout: conditional is not null, state, metrics, limits.Value);
     }
 
     /// <summary>Answers the poll, holding it while the caller's version is current; 429 at a node's limits.</summary>
     private static async Task<Results<AnswerResult, EmptyHttpResult, ValidationProblem, ProblemHttpResult>> HoldAsync(
         HttpContext http, LongPoll poll, IReadOnlyList<SubscriptionEntry> entries, string? heldVersion, long? waitSeconds,
-        bool notModifiedOnTimeout, ChangeFeedListener feed, RegistryMetrics metrics, LimitsOptions limits)
+        bool notModifiedOnTimeout, RegistryState state, RegistryMetrics metrics, LimitsOptions limits)
     {
         PollOutcome outcome;
         try
@@ -174,11 +174,11 @@ internal static class SubscriptionApi
             PollEnd.ClientGone => TypedResults.Empty,
             PollEnd.Refused => Problems.TooMany(http, limits.RetryAfterSeconds,
                 "This node holds as many parked requests as it may for this client or in all (Registry:Limits:MaxParkedPerClient, MaxParked); retry shortly or on another node."),
-            _ => Answer(outcome, notModifiedOnTimeout, feed, metrics),
+            _ => Answer(outcome, notModifiedOnTimeout, state, metrics),
         };
     }
 
-    private static AnswerResult Answer(PollOutcome outcome, bool notModifiedOnTimeout, ChangeFeedListener feed, RegistryMetrics metrics)
+    private static AnswerResult Answer(PollOutcome outcome, bool notModifiedOnTimeout, RegistryState state, RegistryMetrics metrics)
     {
         if (outcome.End is PollEnd.Changed or PollEnd.TimedOut or PollEnd.Shutdown)
         {
@@ -186,7 +186,7 @@ internal static class SubscriptionApi
         }
 
         var notModified = notModifiedOnTimeout && outcome.End is PollEnd.TimedOut or PollEnd.Shutdown;
-        return new AnswerResult(outcome.Answer, notModified, feed.LostAt);
+        return new AnswerResult(outcome.Answer, notModified, state.StaleSince);
     }
 
     /// <summary>The first entity tag of If-None-Match, unquoted (weak tags compare the same for GET).</summary>

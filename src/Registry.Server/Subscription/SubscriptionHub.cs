@@ -1,7 +1,7 @@
 using Microsoft.Extensions.Options;
 using Registry.Model;
-using Registry.Operations;
 using Registry.State;
+using Registry.Telemetry;
 
 namespace Registry.Subscription;
 

@@ -1,4 +1,4 @@
-namespace Registry.ChangeFeed;
+namespace Registry.Storage;
 
 /// <summary>
 /// A channel besides the registry's own that the node LISTENs on over the same connection

@@ -1,6 +1,6 @@
 using System.Diagnostics.Metrics;
 
-namespace Registry.Operations;
+namespace Registry.Telemetry;
 
 /// <summary>
 /// The registry's instruments (meter <c>Registry</c>), exported at <c>/metrics</c>.

@@ -3,7 +3,7 @@ using System.Threading.RateLimiting;
 using Microsoft.AspNetCore.RateLimiting;
 using Microsoft.Extensions.Options;
 
-namespace Registry.Operations;
+namespace Registry.Edge;
 
 /// <summary>
 /// A token bucket per credential (or, without one, per client address) in front of the

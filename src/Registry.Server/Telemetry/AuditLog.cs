@@ -1,9 +1,7 @@
 using System.Diagnostics.Metrics;
-using System.Security.Claims;
 using Registry.Model;
-using Registry.Operations;
 
-namespace Registry.Access;
+namespace Registry.Telemetry;
 
 /// <summary>
 /// Who changed what: every registration, unregistration, eviction and token change is logged (category
@@ -22,16 +20,16 @@ internal sealed partial class AuditLog
             "Audited changes, by action (register, unregister, evict: one per instance, token_create, token_revoke).");
     }
 
-    public void Registered(ClaimsPrincipal user, InstanceKey key, bool created)
+    public void Registered(string credential, InstanceKey key, bool created)
     {
         Count("register");
-        LogRegistered(_logger, key.Application, key.Protocol, key.Addr, created ? "created" : "renewed", CredentialIdentity.IdOf(user));
+        LogRegistered(_logger, key.Application, key.Protocol, key.Addr, created ? "created" : "renewed", credential);
     }
 
-    public void Unregistered(ClaimsPrincipal user, InstanceKey key)
+    public void Unregistered(string credential, InstanceKey key)
     {
         Count("unregister");
-        LogUnregistered(_logger, key.Application, key.Protocol, key.Addr, CredentialIdentity.IdOf(user));
+        LogUnregistered(_logger, key.Application, key.Protocol, key.Addr, credential);
     }
 
     /// <summary>Instances the sweeper removed because their leases ran out: no credential did it.</summary>
@@ -54,10 +52,10 @@ internal sealed partial class AuditLog
     public static void TokenCreatedOffline(ILoggerFactory loggers, string id, bool admin, IReadOnlyList<string> register, IReadOnlyList<string> subscribe) =>
         LogTokenCreated(loggers.CreateLogger("Registry.Audit"), id, admin, string.Join(',', register), string.Join(',', subscribe), "the tokens create command");
 
-    public void TokenRevoked(ClaimsPrincipal user, string id)
+    public void TokenRevoked(string credential, string id)
     {
         Count("token_revoke");
-        LogTokenRevoked(_logger, id, CredentialIdentity.IdOf(user));
+        LogTokenRevoked(_logger, id, credential);
     }
 
     private void Count(string action) => _events.Add(1, new KeyValuePair<string, object?>("action", action));

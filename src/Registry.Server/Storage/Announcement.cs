@@ -1,7 +1,6 @@
 using Registry.Model;
-using Registry.Storage;
 
-namespace Registry.ChangeFeed;
+namespace Registry.Storage;
 
 /// <summary>
 /// The payload of a change notification. Its first line is the application, followed by a

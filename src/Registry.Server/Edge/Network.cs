@@ -2,7 +2,7 @@ using System.Net;
 using Microsoft.AspNetCore.HttpOverrides;
 using Microsoft.Extensions.Options;
 
-namespace Registry.Operations;
+namespace Registry.Edge;
 
 /// <summary>What sits in front of the node (section <c>Registry:Network</c>).</summary>
 public sealed class NetworkOptions

@@ -1,4 +1,4 @@
-namespace Registry.Leases;
+namespace Registry.Storage;
 
 /// <summary>
 /// The database's clock as seen from this node. Lease times are database time; the node
