@@ -146,12 +146,21 @@ internal sealed class Answer
 
     /// <summary>
     /// Writes the answer document fragment by fragment: one flush for a small answer (one
-    /// send), and a flush every <see cref="FlushEvery"/> bytes for a large one, so hundreds of
-    /// consumers woken at once do not each hold a whole copy in the server's buffers (the
-    /// flush waits while the socket drains).
+    /// send), and for a large one a flush every <see cref="FlushEvery"/> bytes, in a turn of
+    /// <paramref name="writers"/>, so hundreds of consumers woken at once neither hold a whole
+    /// copy each in the server's buffers (the flush waits while the socket drains) nor hold
+    /// up the node's other replies.
     /// </summary>
-    public async ValueTask WriteAsync(PipeWriter body, CancellationToken cancellationToken)
+    public async ValueTask WriteAsync(PipeWriter body, AnswerWriters writers, CancellationToken cancellationToken)
     {
+        if (ContentLength <= FlushEvery)
+        {
+            WriteAll(body);
+            await body.FlushAsync(cancellationToken);
+            return;
+        }
+
+        using var turn = await writers.EnterAsync(cancellationToken);
         body.Write(_head);
         long unflushed = _head.Length;
         for (var i = 0; i < _parts.Length; i++)
@@ -168,13 +177,29 @@ internal sealed class Answer
                 unflushed += chunk.Length;
                 if (unflushed >= FlushEvery)
                 {
-                    await body.FlushAsync(cancellationToken);
+                    await turn.FlushAsync(body.FlushAsync(cancellationToken));
                     unflushed = 0;
                 }
             }
         }
 
         body.Write(Tail);
-        await body.FlushAsync(cancellationToken);
+        await turn.FlushAsync(body.FlushAsync(cancellationToken));
+    }
+
+    private void WriteAll(PipeWriter body)
+    {
+        body.Write(_head);
+        for (var i = 0; i < _parts.Length; i++)
+        {
+            if (i > 0)
+            {
+                body.Write(","u8);
+            }
+
+            body.Write(_parts[i]);
+        }
+
+        body.Write(Tail);
     }
 }
