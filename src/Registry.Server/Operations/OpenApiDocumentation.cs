@@ -1,3 +1,4 @@
+// Over 300 lines on purpose: one document's descriptions, examples and filters, read side by side (other branches extend it; split after they merge).
 using System.Text.Json.Nodes;
 using Microsoft.AspNetCore.Http.Metadata;
 using Microsoft.Extensions.Options;
