@@ -77,7 +77,7 @@ public sealed class PostgresBinaries
             : RunProcessAsync(Path.Combine(Directory, program), arguments, cancellationToken);
 
     /// <summary>Runs a program to its end; a non-zero exit throws with what it said.</summary>
-    public static async Task RunProcessAsync(string program, IReadOnlyList<string> arguments, CancellationToken cancellationToken)
+    private static async Task RunProcessAsync(string program, IReadOnlyList<string> arguments, CancellationToken cancellationToken)
     {
         var start = new ProcessStartInfo(program)
         {
