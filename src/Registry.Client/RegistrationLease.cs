@@ -1,3 +1,4 @@
+// Over 300 lines on purpose: the lease's loop, its state and the race between a registration in flight and dispose are read together.
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 

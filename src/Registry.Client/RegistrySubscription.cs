@@ -1,3 +1,4 @@
+// Over 300 lines on purpose: the poll loop, the held answer and the watchers' completion are one state machine.
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;

@@ -2,7 +2,7 @@ using Registry;
 using Registry.Access;
 using Registry.Operations;
 using Registry.Registration;
-using Registry.Storage;
+using Registry.Postgres;
 using Registry.Subscription;
 
 // `tokens create …` works on the database alone; its options are not host configuration.

@@ -1,12 +1,14 @@
 using System.Text.Encodings.Web;
 using Microsoft.AspNetCore.Diagnostics;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Options;
 using Registry.ChangeFeed;
 using Registry.Edge;
 using Registry.Leases;
 using Registry.Membership;
 using Registry.Model;
 using Registry.Operations;
+using Registry.Postgres;
 using Registry.Registration;
 using Registry.State;
 using Registry.Storage;
@@ -26,7 +28,7 @@ internal static class RegistryServiceExtensions
     /// </summary>
     public static async Task<LocalPostgres?> EnsureDatabaseAsync(this WebApplicationBuilder builder, ILogger logger)
     {
-        var options = builder.Configuration.GetSection("Registry:Database").Get<DatabaseOptions>() ?? new DatabaseOptions();
+        var options = builder.Configuration.GetSection(RegistryOptions.Section(nameof(RegistryOptions.Database))).Get<DatabaseOptions>() ?? new DatabaseOptions();
         var configured = builder.Configuration.GetConnectionString(RegistryDatabase.ConnectionStringName);
         if (!string.IsNullOrWhiteSpace(configured))
         {
@@ -37,7 +39,9 @@ internal static class RegistryServiceExtensions
         }
 
         var dataDirectory = string.IsNullOrEmpty(options.LocalDataDirectory) ? LocalPostgres.DefaultDataDirectory : options.LocalDataDirectory;
-        logger.LogInformation("No ConnectionStrings:Registry configured: starting a private PostgreSQL cluster in {DataDirectory}", dataDirectory);
+        logger.LogInformation(
+            "No ConnectionStrings:Registry is configured, so the registry starts its own private PostgreSQL cluster in {DataDirectory} (set ConnectionStrings:Registry to use a database of yours instead)",
+            dataDirectory);
         var postgres = await LocalPostgres.StartAsync(dataDirectory, options.LocalBinDirectory, durable: true, CancellationToken.None);
         logger.LogInformation("Private PostgreSQL listening on 127.0.0.1:{Port} (data in {DataDirectory}); it stops with the registry", postgres.Port, dataDirectory);
         builder.Configuration[$"ConnectionStrings:{RegistryDatabase.ConnectionStringName}"] = postgres.ConnectionString;
@@ -69,23 +73,16 @@ internal static class RegistryServiceExtensions
     public static WebApplicationBuilder AddRegistry(this WebApplicationBuilder builder)
     {
         var services = builder.Services;
-        services.AddOptions<LimitsOptions>().BindConfiguration("Registry:Limits").ValidateDataAnnotations().ValidateOnStart();
-        services.AddOptions<LeaseOptions>().BindConfiguration("Registry:Leases").ValidateDataAnnotations()
-            .Validate(o => o.MinTtlSeconds <= o.DefaultTtlSeconds && o.DefaultTtlSeconds <= o.MaxTtlSeconds, "Registry:Leases needs MinTtlSeconds <= DefaultTtlSeconds <= MaxTtlSeconds.")
-            .Validate(o => o.RenewalInterval > TimeSpan.Zero && o.SweepInterval > TimeSpan.Zero && o.SelfPreservationWindow > TimeSpan.Zero && o.LivenessInterval > TimeSpan.Zero, "Registry:Leases intervals must be positive.")
-            .Validate(o => o.GraceGap >= 2 * o.LivenessInterval && o.GraceGap >= 2 * o.RenewalInterval, "Registry:Leases needs GraceGap of at least two LivenessIntervals and two RenewalIntervals.")
-            .ValidateOnStart();
-        services.AddOptions<SubscriptionOptions>().BindConfiguration("Registry:Subscriptions").ValidateDataAnnotations()
-            .Validate(o => o.DefaultWaitSeconds <= o.MaxWaitSeconds, "Registry:Subscriptions needs DefaultWaitSeconds <= MaxWaitSeconds.")
-            .ValidateOnStart();
-        services.AddOptions<WriteOptions>().BindConfiguration("Registry:Writes").ValidateDataAnnotations().ValidateOnStart();
-        services.AddOptions<ChangeFeedOptions>().BindConfiguration("Registry:ChangeFeed").ValidateDataAnnotations()
-            .Validate(o => o.IdleCheckInterval > TimeSpan.Zero && o.CheckTimeout > TimeSpan.Zero && o.MaxReconnectDelay > TimeSpan.Zero && o.ConsistencyCheckInterval > TimeSpan.Zero, "Registry:ChangeFeed intervals must be positive.")
-            .ValidateOnStart();
-        services.AddOptions<DatabaseOptions>().BindConfiguration("Registry:Database").ValidateDataAnnotations().ValidateOnStart();
+        services.AddRegistryOptions<DatabaseOptions, DatabaseOptionsValidator>(nameof(RegistryOptions.Database));
+        services.AddRegistryOptions<LimitsOptions>(nameof(RegistryOptions.Limits));
+        services.AddRegistryOptions<LeaseOptions, LeaseOptionsValidator>(nameof(RegistryOptions.Leases));
+        services.AddRegistryOptions<SubscriptionOptions, SubscriptionOptionsValidator>(nameof(RegistryOptions.Subscriptions));
+        services.AddRegistryOptions<WriteOptions>(nameof(RegistryOptions.Writes));
+        services.AddRegistryOptions<ChangeFeedOptions, ChangeFeedOptionsValidator>(nameof(RegistryOptions.ChangeFeed));
+        services.AddRegistryOptions<RateLimitOptions>(nameof(RegistryOptions.RateLimit));
 
         services.AddSingleton(TimeProvider.System);
-        services.AddSingleton<RegistryDatabase>();
+        RegistryDatabase.AddRegistryDatabase(services);
         services.AddPooledDbContextFactory<RegistryDbContext>((provider, options) => options.UseNpgsql(
             provider.GetRequiredService<RegistryDatabase>().DataSource,
             npgsql => npgsql.MigrationsAssembly("Registry.Migrations")));
@@ -99,21 +96,14 @@ internal static class RegistryServiceExtensions
         services.AddSingleton<LongPoll>();
         services.AddSingleton<ParkingLot>();
         services.AddSingleton<AnswerWriters>();
-        services.AddSingleton<ReadinessProbe>();
+        services.AddRegistryReadiness();
         services.AddSingleton<RequestReader>();
         services.AddSingleton<RequestBody>();
         services.AddSingleton<DatabaseClock>();
         services.AddSingleton<LeaseGrace>();
         services.AddSingleton<SelfPreservation>();
         services.AddSingleton<SweepSchedule>();
-
-        // Start order matters: migrate, start the loader, LISTEN and load, then take writes.
-        services.AddHostedService<DatabaseMigrator>();
-        services.AddSingletonHostedService<RegistryLoader>();
-        services.AddSingletonHostedService<ChangeFeedListener>();
-        services.AddSingletonHostedService<LeaseRenewer>();
-        services.AddSingletonHostedService<WriteBatcher>();
-        services.AddHostedService<Sweeper>();
+        services.AddRegistryBackgroundServices();
 
         services.ConfigureHttpJsonOptions(json => json.SerializerOptions.Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping);
         services.AddProblemDetails();
@@ -152,6 +142,45 @@ internal static class RegistryServiceExtensions
                     ui.RoutePrefix = "swagger";
                 }));
         return app;
+    }
+
+    /// <summary>
+    /// The background services, in the order they must start. The host starts hosted services
+    /// one after another in registration order (stated below, not left to the defaults) and
+    /// stops them in reverse, so this list is the start order:
+    /// the schema exists before anything reads it; the loader runs before the change feed hands
+    /// it work; the feed LISTENs and then loads the whole registry, so nothing falls between;
+    /// the renewer marks the node alive (settling any grace the cluster owes) before writes are
+    /// taken; the sweeper starts last, on a loaded registry with the grace settled.
+    /// </summary>
+    private static IServiceCollection AddRegistryBackgroundServices(this IServiceCollection services)
+    {
+        services.Configure<HostOptions>(host =>
+        {
+            host.ServicesStartConcurrently = false;
+            host.ServicesStopConcurrently = false;
+        });
+        services.AddHostedService<DatabaseMigrator>();
+        services.AddSingletonHostedService<RegistryLoader>();
+        services.AddSingletonHostedService<ChangeFeedListener>();
+        services.AddSingletonHostedService<LeaseRenewer>();
+        services.AddSingletonHostedService<WriteBatcher>();
+        services.AddHostedService<Sweeper>();
+        return services;
+    }
+
+    /// <summary>Binds the section named by a <see cref="RegistryOptions"/> property, validated at start.</summary>
+    private static OptionsBuilder<TOptions> AddRegistryOptions<TOptions>(this IServiceCollection services, string property)
+        where TOptions : class =>
+        services.AddOptions<TOptions>().BindConfiguration(RegistryOptions.Section(property)).ValidateDataAnnotations().ValidateOnStart();
+
+    /// <summary>As above, with the rules that span fields.</summary>
+    private static OptionsBuilder<TOptions> AddRegistryOptions<TOptions, TValidator>(this IServiceCollection services, string property)
+        where TOptions : class
+        where TValidator : class, IValidateOptions<TOptions>
+    {
+        services.AddSingleton<IValidateOptions<TOptions>, TValidator>();
+        return services.AddRegistryOptions<TOptions>(property);
     }
 
     private static IServiceCollection AddSingletonHostedService<T>(this IServiceCollection services)

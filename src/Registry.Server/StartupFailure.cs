@@ -1,6 +1,6 @@
 using Microsoft.Extensions.Options;
 using Npgsql;
-using Registry.Storage;
+using Registry.Postgres;
 
 namespace Registry;
 

@@ -1,4 +1,5 @@
 using Npgsql;
+using Registry.Postgres;
 using Registry.Storage;
 
 namespace Registry.Benchmarks;

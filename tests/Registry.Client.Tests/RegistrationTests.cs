@@ -20,7 +20,7 @@ public sealed class RegistrationTests(ClientFixture fixture) : ClientTest(fixtur
         Assert.Equal("shanghai", Assert.Single(seen.Endpoints).Meta["idc"]);
 
         // Four heartbeats at about TTL/3 span more than the TTL: without them the sweeper would have removed it.
-        await Eventually(() => handler.Count("/v1/heartbeat") >= 4);
+        await handler.WaitUntilAsync(h => h.Count("/v1/heartbeat") >= 4).WaitAsync(Patience);
         Assert.True(subscription.Current!.Has(instance), "the instance expired although the lease heartbeated");
         Assert.All(handler.Requests.Where(r => r.Uri.AbsolutePath == "/v1/heartbeat"), r => Assert.Equal(200, r.Status));
 

@@ -46,8 +46,9 @@ public sealed class SubscriptionTests(ClientFixture fixture, ITestOutputHelper o
 
         await node.DisposeAsync();
         var outageStart = handler.Total;
-        // A few failed retries, awaited as they happen.
-        await Eventually(() => subscription.State == RegistryConnectionState.Unavailable && handler.Total - outageStart >= 3);
+        // A few failed retries, awaited as they happen: the third is sent only after the first two failed.
+        await handler.WaitUntilAsync(h => h.Total - outageStart >= 3).WaitAsync(Patience);
+        Assert.Equal(RegistryConnectionState.Unavailable, subscription.State);
         output.WriteLine($"{handler.Total - outageStart} requests into the outage");
 
         Assert.Same(before, subscription.Current);
@@ -72,7 +73,7 @@ public sealed class SubscriptionTests(ClientFixture fixture, ITestOutputHelper o
         var handler = new CountingHandler { UnavailablePathSuffix = "/v1/subscribe", RetryAfter = TimeSpan.FromMilliseconds(100) };
         await using var subscription = await NewClient(handler).SubscribeAsync(new SubscriptionEntry(UniqueName()));
 
-        await Eventually(() => handler.Count("/v1/subscribe") >= 2);
+        await handler.WaitUntilAsync(h => h.Count("/v1/subscribe") >= 2).WaitAsync(Patience);
         Assert.Null(subscription.Current);
         Assert.Equal(System.Net.HttpStatusCode.ServiceUnavailable, Assert.IsType<RegistryUnavailableException>(subscription.LastError).StatusCode);
 

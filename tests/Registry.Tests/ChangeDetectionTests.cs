@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Options;
 using Registry.Model;
 using Registry.State;
@@ -25,17 +26,40 @@ public sealed class ChangeDetectionTests
     [Fact]
     public async Task WritesAndTheChangeFeedGoOnlyToThePrimaryWhenSeveralHostsAreListed()
     {
-        await using var database = Database("Host=db-a,db-b;Username=registry;Database=registry");
-        await using var single = Database("Host=db-a;Username=registry;Database=registry");
+        await using var services = Services("Host=db-a,db-b;Username=registry;Database=registry");
+        await using var singleServices = Services("Host=db-a;Username=registry;Database=registry");
+        var database = services.GetRequiredService<RegistryDatabase>();
+        var single = singleServices.GetRequiredService<RegistryDatabase>();
 
         Assert.Equal("primary", new Npgsql.NpgsqlConnectionStringBuilder(database.DataSource.ConnectionString).TargetSessionAttributes);
         Assert.Equal("primary", new Npgsql.NpgsqlConnectionStringBuilder(database.ListenerConnectionString).TargetSessionAttributes);
         Assert.Null(new Npgsql.NpgsqlConnectionStringBuilder(single.ListenerConnectionString).TargetSessionAttributes);
     }
 
-    private static RegistryDatabase Database(string connectionString) => new(
-        new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionStrings:Registry"] = connectionString }).Build(),
-        Options.Create(new DatabaseOptions()));
+    [Fact]
+    public async Task BothPoolsTakeTheirSizesFromTheOptionsUnlessTheConnectionStringStatesThem()
+    {
+        await using var services = Services("Host=db-a;Username=registry;Database=registry", new DatabaseOptions { MaxPoolSize = 7, MinPoolSize = 2 });
+        await using var stated = Services("Host=db-a;Username=registry;Database=registry;Maximum Pool Size=9", new DatabaseOptions { MaxPoolSize = 7 });
+        var database = services.GetRequiredService<RegistryDatabase>();
+
+        foreach (var source in new[] { database.DataSource, database.PlannedOnceDataSource })
+        {
+            var settings = new Npgsql.NpgsqlConnectionStringBuilder(source.ConnectionString);
+            Assert.Equal((7, 2), (settings.MaxPoolSize, settings.MinPoolSize));
+        }
+
+        Assert.Equal(9, new Npgsql.NpgsqlConnectionStringBuilder(stated.GetRequiredService<RegistryDatabase>().DataSource.ConnectionString).MaxPoolSize);
+        Assert.NotSame(database.DataSource, database.PlannedOnceDataSource);
+        Assert.Same(database.DataSource, services.GetRequiredKeyedService<Npgsql.NpgsqlDataSource>(RegistryDatabase.PerRunKey));
+    }
+
+    /// <summary>The database's services as the host registers them.</summary>
+    private static ServiceProvider Services(string connectionString, DatabaseOptions? options = null) => RegistryDatabase.AddRegistryDatabase(new ServiceCollection()
+            .AddLogging()
+            .AddSingleton<IConfiguration>(new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { ["ConnectionStrings:Registry"] = connectionString }).Build())
+            .AddSingleton(Options.Create(options ?? new DatabaseOptions())))
+        .BuildServiceProvider();
 
     private static Instance Row(InstanceKey key, long revision) => new(key, Meta.Empty, 30, DateTimeOffset.UnixEpoch, revision);
 }

@@ -1,4 +1,11 @@
 using Microsoft.Extensions.Configuration;
+using Registry.ChangeFeed;
+using Registry.Edge;
+using Registry.Leases;
+using Registry.Model;
+using Registry.Registration;
+using Registry.Storage;
+using Registry.Subscription;
 
 namespace Registry.Tests;
 

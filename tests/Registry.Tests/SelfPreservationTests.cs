@@ -52,5 +52,18 @@ public sealed class SelfPreservationTests : IDisposable
         Assert.Equal(0, _rule.LastExpired);
     }
 
+    [Fact]
+    public void NoMoreThanTheMinimumIsEverAMassExpiryAndWhileEngagedTheMinimumIsStillAllowed()
+    {
+        // 3 of 5 (60%) but only 3 instances: above the 2-instance minimum, so engaged; the
+        // budget is then the larger of the share (1) and the minimum (2).
+        Assert.Equal(2, _rule.Budget(live: 5, expired: 3, recentlyEvicted: 0));
+        Assert.True(_rule.Engaged);
+
+        // 2 of 4: at the minimum, not above it, so all go.
+        Assert.Equal(int.MaxValue, _rule.Budget(live: 4, expired: 2, recentlyEvicted: 0));
+        Assert.False(_rule.Engaged);
+    }
+
     public void Dispose() => _services.Dispose();
 }

@@ -1,3 +1,4 @@
+// Over 300 lines on purpose: the pooled watches, their reference counts and retention share the pool's one lock.
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Primitives;
 

@@ -1,3 +1,4 @@
+// Over 300 lines on purpose: this one loop is the only writer of the in-memory state, so its full loads, reloads and consistency check stay together.
 using System.Data.Common;
 using System.Threading.Channels;
 using Microsoft.Extensions.Options;

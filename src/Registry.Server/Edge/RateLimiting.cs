@@ -9,49 +9,51 @@ namespace Registry.Edge;
 /// A token bucket per credential (or, without one, per client address) in front of the
 /// <c>/v1</c> API, for registries shared by teams that may loop too fast. Rejections are 429 problem documents with Retry-After.
 /// </summary>
+internal sealed class PerClientRateLimitPolicy(IOptions<RateLimitOptions> options) : IRateLimiterPolicy<string>
+{
+    public const string Name = "per-client";
+
+    public Func<OnRejectedContext, CancellationToken, ValueTask>? OnRejected { get; } = async (context, cancellationToken) =>
+    {
+        var http = context.HttpContext;
+        var retryAfter = context.Lease.TryGetMetadata(MetadataName.RetryAfter, out var wait) ? Math.Max(1, (int)Math.Ceiling(wait.TotalSeconds)) : 1;
+        http.Response.StatusCode = StatusCodes.Status429TooManyRequests;
+        http.Response.Headers.RetryAfter = retryAfter.ToString(CultureInfo.InvariantCulture);
+        await TypedResults.Problem(
+            statusCode: StatusCodes.Status429TooManyRequests,
+            title: "Too many requests",
+            detail: $"This client sent more than the configured rate; retry after {retryAfter} s.").ExecuteAsync(http);
+    };
+
+    public RateLimitPartition<string> GetPartition(HttpContext httpContext)
+    {
+        var settings = options.Value;
+        if (settings.PermitsPerSecond == 0)
+        {
+            return RateLimitPartition.GetNoLimiter("off");
+        }
+
+        // Per credential when there is one (a team's token, wherever it calls from), else
+        // per client address (after forwarded headers from trusted proxies).
+        var partition = httpContext.User.FindFirst(System.Security.Claims.ClaimTypes.NameIdentifier)?.Value is { } credential
+            ? "credential:" + credential
+            : "address:" + (httpContext.Connection.RemoteIpAddress?.ToString() ?? "unknown");
+        return RateLimitPartition.GetTokenBucketLimiter(partition, _ => new TokenBucketRateLimiterOptions
+        {
+            TokenLimit = settings.Burst,
+            TokensPerPeriod = settings.PermitsPerSecond,
+            ReplenishmentPeriod = TimeSpan.FromSeconds(1),
+            QueueLimit = 0,
+            AutoReplenishment = true,
+        });
+    }
+}
+
+/// <summary>Registers the rate limiter with its one policy.</summary>
 internal static class RateLimiting
 {
-    public const string PolicyName = "per-client";
+    public const string PolicyName = PerClientRateLimitPolicy.Name;
 
-    public static IServiceCollection AddRegistryRateLimiting(this IServiceCollection services)
-    {
-        services.AddOptions<RateLimitOptions>().BindConfiguration("Registry:RateLimit").ValidateDataAnnotations().ValidateOnStart();
-        services.AddRateLimiter(limiter =>
-        {
-            limiter.AddPolicy(PolicyName, http =>
-            {
-                var options = http.RequestServices.GetRequiredService<IOptions<RateLimitOptions>>().Value;
-                if (options.PermitsPerSecond == 0)
-                {
-                    return RateLimitPartition.GetNoLimiter("off");
-                }
-
-                // Per credential when there is one (a team's token, wherever it calls from), else
-                // per client address (after forwarded headers from trusted proxies).
-                var partition = http.User.FindFirst(System.Security.Claims.ClaimTypes.NameIdentifier)?.Value is { } credential
-                    ? "credential:" + credential
-                    : "address:" + (http.Connection.RemoteIpAddress?.ToString() ?? "unknown");
-                return RateLimitPartition.GetTokenBucketLimiter(partition, _ => new TokenBucketRateLimiterOptions
-                {
-                    TokenLimit = options.Burst,
-                    TokensPerPeriod = options.PermitsPerSecond,
-                    ReplenishmentPeriod = TimeSpan.FromSeconds(1),
-                    QueueLimit = 0,
-                    AutoReplenishment = true,
-                });
-            });
-            limiter.OnRejected = async (context, cancellationToken) =>
-            {
-                var http = context.HttpContext;
-                var retryAfter = context.Lease.TryGetMetadata(MetadataName.RetryAfter, out var wait) ? Math.Max(1, (int)Math.Ceiling(wait.TotalSeconds)) : 1;
-                http.Response.StatusCode = StatusCodes.Status429TooManyRequests;
-                http.Response.Headers.RetryAfter = retryAfter.ToString(CultureInfo.InvariantCulture);
-                await TypedResults.Problem(
-                    statusCode: StatusCodes.Status429TooManyRequests,
-                    title: "Too many requests",
-                    detail: $"This client sent more than the configured rate; retry after {retryAfter} s.").ExecuteAsync(http);
-            };
-        });
-        return services;
-    }
+    public static IServiceCollection AddRegistryRateLimiting(this IServiceCollection services) =>
+        services.AddRateLimiter(limiter => limiter.AddPolicy<string, PerClientRateLimitPolicy>(PolicyName));
 }

@@ -38,11 +38,7 @@ internal sealed partial class LeaseRenewer(
     /// </summary>
     private readonly ConcurrentDictionary<InstanceKey, (long Revision, DateTimeOffset ExpiresAt)> _written = new();
 
-    /// <summary>Since when (timestamp ticks) renewals have waited unrecorded; 0 when none waits.</summary>
-    private long _unrecordedSince;
-
-    /// <summary>When (timestamp ticks) a flush or liveness mark last reached the database.</summary>
-    private long _recordedAt = time.GetTimestamp();
+    private readonly RenewalRule _rule = new(options, time);
 
     private bool _failing;
 
@@ -57,40 +53,24 @@ internal sealed partial class LeaseRenewer(
             ? written.ExpiresAt
             : instance.ExpiresAt;
         var now = clock.UtcNow;
-        // Skip the write while most of the lease is still ahead; keep a margin of two
-        // intervals so a short lease is written before it can run out. What is reported is
-        // then what the database holds.
-        if (known - now > ttl / 2 + 2 * options.Value.RenewalInterval)
+        // What is reported when the write is skipped is what the database holds.
+        if (!_rule.WriteDue(known, now, ttl))
         {
             return known;
         }
 
-        // Refused when a renewal has waited too long, or when the node has not reached the
-        // database for longer than that and a liveness mark (it marks every interval): a
-        // connection that dropped silently is known before the first renewal waits.
-        var limit = UnrecordedLimit(ttl);
-        var since = Interlocked.Read(ref _unrecordedSince);
-        if ((since != 0 && time.GetElapsedTime(since) > limit)
-            || time.GetElapsedTime(Interlocked.Read(ref _recordedAt)) > limit + options.Value.LivenessInterval + options.Value.RenewalInterval)
+        if (!_rule.CanRecord(ttl))
         {
             return null;
         }
 
         _pending.TryAdd(instance.Key, 0);
-        Interlocked.CompareExchange(ref _unrecordedSince, time.GetTimestamp(), 0);
+        _rule.Gathered();
         return now + ttl;
     }
 
     /// <summary>Records an expiry committed by a registration.</summary>
     public void Committed(InstanceKey key, long revision, DateTimeOffset expiresAt) => _written[key] = (revision, expiresAt);
-
-    /// <summary>
-    /// How long a renewal may wait unrecorded before heartbeats are refused: never less than
-    /// a few write intervals or a second, so a busy database's slow flush refuses nobody.
-    /// </summary>
-    private TimeSpan UnrecordedLimit(TimeSpan ttl) => TimeSpan.FromTicks(Math.Max(
-        (long)(ttl.Ticks * options.Value.UnrecordedShare),
-        Math.Max(4 * options.Value.RenewalInterval.Ticks, TimeSpan.TicksPerSecond)));
 
     /// <summary>Marks the node alive before it takes requests, settling any grace the cluster owes.</summary>
     public override async Task StartAsync(CancellationToken cancellationToken)
@@ -129,7 +109,7 @@ internal sealed partial class LeaseRenewer(
         }
 
         // Whatever is gathered from here on waits for the next flush.
-        var started = time.GetTimestamp();
+        var started = _rule.FlushStarting();
         var keys = _pending.Keys.ToArray();
         foreach (var key in keys)
         {
@@ -150,8 +130,7 @@ internal sealed partial class LeaseRenewer(
             }
 
             // Recorded: what waits now was gathered after this flush began.
-            Interlocked.Exchange(ref _unrecordedSince, _pending.IsEmpty ? 0 : started);
-            Interlocked.Exchange(ref _recordedAt, started);
+            _rule.Recorded(started, more: !_pending.IsEmpty);
             if (_failing)
             {
                 _failing = false;

@@ -1,6 +1,11 @@
+// Over 300 lines on purpose: one document's descriptions, examples and filters, read side by side (other branches extend it; split after they merge).
 using System.Text.Json.Nodes;
 using Microsoft.AspNetCore.Http.Metadata;
+using Microsoft.Extensions.Options;
 using Microsoft.OpenApi;
+using Registry.Leases;
+using Registry.Model;
+using Registry.Subscription;
 using Swashbuckle.AspNetCore.SwaggerGen;
 
 namespace Registry.Operations;
@@ -139,18 +144,8 @@ internal static class OpenApiDocumentation
         }
         """;
 
-    private static readonly Dictionary<string, string> QueryParameters = new(StringComparer.Ordinal)
-    {
-        ["id"] = "The token's id (`tok_…`), as `GET /v1/tokens` lists it.",
-        ["ttl"] = "Lease length in seconds, a positive integer. Values outside the configured bounds (1 to 86400 by default) are clamped; absent, the configured default (30 s). The granted value is in the answer's `ttl`.",
-        ["version"] = "The version the caller holds (from a previous answer or its ETag). When it is the current version the request is held until the answer changes or `wait` runs out; otherwise the answer comes at once.",
-        ["wait"] = "Seconds to hold the request when `version` is current: a non-negative integer, default 30; values above the configured cap (55 by default, below common 60 s proxy idle timeouts) are clamped, and up to wait/16 of random jitter is added.",
-        ["protocol"] = "Only instances serving this protocol (e.g. `http`); absent matches any.",
-        ["application"] = "The application's name; it must match `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$` (400 otherwise). An unknown application is an empty answer.",
-    };
-
     /// <summary>Why each status is answered, by operation where it differs.</summary>
-    private static string ResponseDescription(string? operationId, string status) => (operationId, status) switch
+    private static string ResponseDescription(string? operationId, string status, LimitsOptions limits) => (operationId, status) switch
     {
         ("Register", "201") => "A new instance was registered; its lease is in the body.",
         ("Register", "200") => "The instance existed: its meta was replaced and its lease renewed.",
@@ -171,26 +166,53 @@ internal static class OpenApiDocumentation
         (_, "401") => "No valid credential (missing, malformed, unknown, expired or revoked); `WWW-Authenticate: Bearer`. Repeated failures from one address answer 429.",
         (_, "403") => "The credential is valid but lacks the scope this call needs; the problem names the application and the scope.",
         (_, "404") => "Not found.",
-        (_, "413") => "The body is larger than the configured limit (64 KiB by default).",
+        (_, "413") => $"The body is larger than the configured limit ({Size(limits.MaxBodyBytes)} on this node).",
         (_, "429") => "This client sent more requests than its rate limit allows (when rate limiting is configured); retry after `Retry-After` seconds.",
         (_, "503") => "The database cannot take the write now; retry after `Retry-After` seconds. Reads keep being served from memory.",
         _ => "",
     };
 
-    internal sealed class RegistryOperationFilter : IOperationFilter
+    /// <summary>A size in bytes as a reader says it (64 KiB).</summary>
+    private static string Size(int bytes) => bytes % 1024 == 0
+        ? (bytes % (1024 * 1024) == 0 ? $"{bytes / (1024 * 1024)} MiB" : $"{bytes / 1024} KiB")
+        : $"{bytes} bytes";
+
+    /// <summary>
+    /// Describes each operation; the limits and defaults it states are read from the options the
+    /// node runs with, so the document cannot drift from the configuration.
+    /// </summary>
+    internal sealed class RegistryOperationFilter(
+        IOptions<LeaseOptions> leases,
+        IOptions<SubscriptionOptions> subscriptions,
+        IOptions<LimitsOptions> limits) : IOperationFilter
     {
+        private Dictionary<string, string> QueryParameters() => new(StringComparer.Ordinal)
+        {
+            ["id"] = "The token's id (`tok_…`), as `GET /v1/tokens` lists it.",
+            ["ttl"] = "Lease length in seconds, a positive integer. Values outside the configured bounds " +
+                $"({leases.Value.MinTtlSeconds} to {leases.Value.MaxTtlSeconds} on this node) are clamped; absent, the configured default " +
+                $"({leases.Value.DefaultTtlSeconds} s). The granted value is in the answer's `ttl`.",
+            ["version"] = "The version the caller holds (from a previous answer or its ETag). When it is the current version the request is held until the answer changes or `wait` runs out; otherwise the answer comes at once.",
+            ["wait"] = $"Seconds to hold the request when `version` is current: a non-negative integer, default {subscriptions.Value.DefaultWaitSeconds}; " +
+                $"values above the configured cap ({subscriptions.Value.MaxWaitSeconds} on this node; keep it below common 60 s proxy idle timeouts) are clamped, " +
+                $"and up to wait/{subscriptions.Value.JitterDivisor} of random jitter is added.",
+            ["protocol"] = "Only instances serving this protocol (e.g. `http`); absent matches any.",
+            ["application"] = $"The application's name; it must match `^[A-Za-z0-9][A-Za-z0-9._-]{{0,{limits.Value.MaxApplicationLength - 1}}}$` (400 otherwise). An unknown application is an empty answer.",
+        };
+
         public void Apply(OpenApiOperation operation, OperationFilterContext context)
         {
+            var queryParameters = QueryParameters();
             foreach (var parameter in operation.Parameters?.OfType<OpenApiParameter>() ?? [])
             {
-                if (parameter.Name is { } name && QueryParameters.TryGetValue(name, out var description))
+                if (parameter.Name is { } name && queryParameters.TryGetValue(name, out var description))
                 {
                     parameter.Description = description;
                     parameter.Schema = name switch
                     {
                         "ttl" => new OpenApiSchema { Type = JsonSchemaType.Integer, Format = "int32", Minimum = "1" },
                         "wait" => new OpenApiSchema { Type = JsonSchemaType.Integer, Format = "int32", Minimum = "0" },
-                        "version" => new OpenApiSchema { Type = JsonSchemaType.String, MaxLength = 128 },
+                        "version" => new OpenApiSchema { Type = JsonSchemaType.String, MaxLength = limits.Value.MaxVersionLength },
                         _ => parameter.Schema,
                     };
                 }
@@ -232,7 +254,7 @@ internal static class OpenApiDocumentation
                     continue;
                 }
 
-                var description = ResponseDescription(id, status);
+                var description = ResponseDescription(id, status, limits.Value);
                 if (description.Length > 0)
                 {
                     concrete.Description = description;

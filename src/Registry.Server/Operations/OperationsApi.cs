@@ -1,4 +1,5 @@
 using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Registry.Leases;
 
 namespace Registry.Operations;
@@ -40,10 +41,14 @@ internal static class OperationsApi
         return endpoints;
     }
 
-    private static async Task<JsonHttpResult<Readiness>> Ready(HttpContext http, ReadinessProbe probe, SelfPreservation selfPreservation)
+    private static async Task<JsonHttpResult<Readiness>> Ready(HttpContext http, HealthCheckService health, SelfPreservation selfPreservation)
     {
-        var checks = await probe.CheckAsync();
-        var ready = checks.Values.All(c => c.Ok);
+        var report = await health.CheckHealthAsync(check => check.Tags.Contains(ReadinessCheck.Tag), http.RequestAborted);
+        var checks = report.Entries.ToDictionary(
+            e => e.Key,
+            e => new CheckResult(e.Value.Status == HealthStatus.Healthy, e.Value.Description ?? e.Value.Exception?.Message ?? e.Value.Status.ToString()),
+            StringComparer.Ordinal);
+        var ready = report.Status == HealthStatus.Healthy;
         // Open to orchestrators; what is wrong inside (error texts, hosts) only for admin.
         var body = Registry.Access.ApplicationAccess.IsAdmin(http.User)
             ? new Readiness(ready ? "ready" : "not ready", checks, new SelfPreservationState(selfPreservation.Engaged, selfPreservation.LastExpired))

@@ -11,6 +11,9 @@ namespace Registry.Operations;
 /// </summary>
 internal sealed class ReadinessProbe(ChangeFeedListener feed, TimeProvider time)
 {
+    /// <summary>The checks' names, as <c>/readyz</c> reports them to an admin.</summary>
+    public static readonly IReadOnlyList<string> Checks = ["database", "migrations", "changeFeed"];
+
     /// <summary>How long a result is reused.</summary>
     public static readonly TimeSpan ReuseFor = TimeSpan.FromSeconds(1);
 

@@ -1,3 +1,4 @@
+// Over 300 lines on purpose: the group commit's queue, its one transaction and each request's answer form one unit (other branches extend it; split after they merge).
 using System.Data.Common;
 using System.Threading.Channels;
 using Microsoft.Extensions.Options;

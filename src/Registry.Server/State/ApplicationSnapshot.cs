@@ -1,3 +1,4 @@
+// Over 300 lines on purpose: the chunked copy-on-write layout and its search and split helpers keep one set of private invariants.
 using System.Globalization;
 using System.Security.Cryptography;
 using System.Text;

@@ -4,14 +4,74 @@ using Npgsql;
 namespace Registry.Storage;
 
 /// <summary>
-/// The node's connections to PostgreSQL: a pooled data source for writes, loads and sweeps
-/// (EF Core shares it), and the settings for the change feed's one dedicated connection.
+/// The node's connections to PostgreSQL: two pooled data sources, built here and owned by the
+/// container (registered under <see cref="PerRunKey"/> and <see cref="PlannedOnceKey"/>, logging
+/// through the host's logger factory), and the settings of the change feed's one dedicated connection.
 /// </summary>
-internal sealed class RegistryDatabase : IAsyncDisposable
+internal sealed class RegistryDatabase(
+    IConfiguration configuration,
+    IOptions<DatabaseOptions> options,
+    [FromKeyedServices(RegistryDatabase.PerRunKey)] NpgsqlDataSource dataSource,
+    [FromKeyedServices(RegistryDatabase.PlannedOnceKey)] NpgsqlDataSource plannedOnceDataSource)
 {
     public const string ConnectionStringName = "Registry";
 
-    public RegistryDatabase(IConfiguration configuration, IOptions<DatabaseOptions> options)
+    /// <summary>The service key of <see cref="DataSource"/>.</summary>
+    public const string PerRunKey = "registry";
+
+    /// <summary>The service key of <see cref="PlannedOnceDataSource"/>.</summary>
+    public const string PlannedOnceKey = "registry-planned-once";
+
+    /// <summary>The application_name of every node's LISTEN session (operators and tests find it by this).</summary>
+    public const string ChangeFeedApplicationName = "registry-changefeed";
+
+    /// <summary>Statements are planned for each run's arguments (key lookups stay key lookups as the table grows).</summary>
+    public NpgsqlDataSource DataSource { get; } = dataSource;
+
+    /// <summary>For statements with one plan whatever the table holds: planned once per connection.</summary>
+    public NpgsqlDataSource PlannedOnceDataSource { get; } = plannedOnceDataSource;
+
+    /// <summary>LISTEN needs its own long-lived session on the primary, watched by TCP keepalives.</summary>
+    public string ListenerConnectionString { get; } = new NpgsqlConnectionStringBuilder(Pooled(configuration, options.Value, out _).ConnectionString)
+    {
+        Pooling = false,
+        KeepAlive = 15,
+        TcpKeepAlive = true,
+        ApplicationName = ChangeFeedApplicationName,
+    }.ConnectionString;
+
+    /// <summary>Registers the two data sources (the container owns and disposes them) and this.</summary>
+    public static IServiceCollection AddRegistryDatabase(IServiceCollection services)
+    {
+        services.AddKeyedSingleton(PerRunKey, (provider, key) => Build(provider, (string)key!));
+        services.AddKeyedSingleton(PlannedOnceKey, (provider, key) => Build(provider, (string)key!));
+        return services.AddSingleton<RegistryDatabase>();
+    }
+
+    /// <summary>Builds the data source registered under <paramref name="key"/>.</summary>
+    private static NpgsqlDataSource Build(IServiceProvider services, string key)
+    {
+        var pooled = Pooled(services.GetRequiredService<IConfiguration>(), services.GetRequiredService<IOptions<DatabaseOptions>>().Value, out var sessionOptions);
+        // A statement with no scan to choose (an upsert goes through its conflict index) has
+        // one right plan whatever the table holds: planned once per connection, a 25-row
+        // registration batch costs PostgreSQL about a third less.
+        if (key == PlannedOnceKey && sessionOptions is not null)
+        {
+            pooled.Options = $"{sessionOptions} -c plan_cache_mode=force_generic_plan".TrimStart();
+        }
+
+        // Unnamed: the pool is then named by its Application Name, as metrics and tests know it.
+        var builder = new NpgsqlDataSourceBuilder(pooled.ConnectionString);
+        builder.UseLoggerFactory(services.GetRequiredService<ILoggerFactory>());
+        return builder.Build();
+    }
+
+    /// <summary>
+    /// The pooled sessions' settings from the configured connection string and the options.
+    /// <paramref name="sessionOptions"/> is the configured session options when the plan mode
+    /// was set here (null when the connection string chose its own).
+    /// </summary>
+    private static NpgsqlConnectionStringBuilder Pooled(IConfiguration configuration, DatabaseOptions options, out string? sessionOptions)
     {
         var configured = configuration.GetConnectionString(ConnectionStringName);
         if (string.IsNullOrWhiteSpace(configured))
@@ -21,11 +81,22 @@ internal sealed class RegistryDatabase : IAsyncDisposable
 
         var pooled = new NpgsqlConnectionStringBuilder(configured)
         {
-            Timeout = options.Value.ConnectTimeoutSeconds,
-            CommandTimeout = options.Value.CommandTimeoutSeconds,
+            Timeout = options.ConnectTimeoutSeconds,
+            CommandTimeout = options.CommandTimeoutSeconds,
             // Pooled sessions keep no state (LISTEN has its own connection): skip DISCARD ALL.
             NoResetOnClose = true,
         };
+        // Explicit pool sizes; a connection string that states its own keeps them.
+        if (!Specified(configured, "Maximum Pool Size") && !Specified(configured, "Max Pool Size"))
+        {
+            pooled.MaxPoolSize = options.MaxPoolSize;
+        }
+
+        if (!Specified(configured, "Minimum Pool Size") && !Specified(configured, "Min Pool Size"))
+        {
+            pooled.MinPoolSize = options.MinPoolSize;
+        }
+
         // Writes and LISTEN need the primary: with several hosts listed (a replica among them),
         // Npgsql would otherwise take whichever answers first, and a standby refuses writes and
         // never delivers a notification. (Npgsql accepts the setting only with several hosts.)
@@ -52,54 +123,14 @@ internal sealed class RegistryDatabase : IAsyncDisposable
             pooled.ApplicationName = "registry";
         }
 
-        var setPlanMode = pooled.MaxAutoPrepare > 0 && pooled.Options?.Contains("plan_cache_mode", StringComparison.Ordinal) != true;
-        var sessionOptions = pooled.Options;
-        if (setPlanMode)
+        sessionOptions = null;
+        if (pooled.MaxAutoPrepare > 0 && pooled.Options?.Contains("plan_cache_mode", StringComparison.Ordinal) != true)
         {
+            sessionOptions = pooled.Options ?? "";
             pooled.Options = $"{sessionOptions} -c plan_cache_mode=force_custom_plan".TrimStart();
         }
 
-        DataSource = NpgsqlDataSource.Create(pooled);
-
-        // A statement with no scan to choose (an upsert goes through its conflict index) has
-        // one right plan whatever the table holds: planned once per connection, a 25-row
-        // registration batch costs PostgreSQL about a third less.
-        PlannedOnceDataSource = setPlanMode
-            ? NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(pooled.ConnectionString)
-            {
-                Options = $"{sessionOptions} -c plan_cache_mode=force_generic_plan".TrimStart(),
-            })
-            : DataSource;
-
-        // LISTEN needs its own long-lived session on the primary, watched by TCP keepalives.
-        ListenerConnectionString = new NpgsqlConnectionStringBuilder(pooled.ConnectionString)
-        {
-            Pooling = false,
-            KeepAlive = 15,
-            TcpKeepAlive = true,
-            ApplicationName = ChangeFeedApplicationName,
-        }.ConnectionString;
-    }
-
-    /// <summary>The application_name of every node's LISTEN session (operators and tests find it by this).</summary>
-    public const string ChangeFeedApplicationName = "registry-changefeed";
-
-    /// <summary>Statements are planned for each run's arguments (key lookups stay key lookups as the table grows).</summary>
-    public NpgsqlDataSource DataSource { get; }
-
-    /// <summary>For statements with one plan whatever the table holds: planned once per connection.</summary>
-    public NpgsqlDataSource PlannedOnceDataSource { get; }
-
-    public string ListenerConnectionString { get; }
-
-    public async ValueTask DisposeAsync()
-    {
-        if (PlannedOnceDataSource != DataSource)
-        {
-            await PlannedOnceDataSource.DisposeAsync();
-        }
-
-        await DataSource.DisposeAsync();
+        return pooled;
     }
 
     /// <summary>Whether the connection string sets <paramref name="keyword"/> (spaces and case aside).</summary>

@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Microsoft.Extensions.Options;
+using Registry.Model;
 using Registry.Telemetry;
 
 namespace Registry.Subscription;

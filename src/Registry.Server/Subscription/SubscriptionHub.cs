@@ -1,3 +1,4 @@
+// Over 300 lines on purpose: fragments, views and the hub share one lock and the rule that a change is composed once per distinct subscription.
 using Microsoft.Extensions.Options;
 using Registry.Model;
 using Registry.State;

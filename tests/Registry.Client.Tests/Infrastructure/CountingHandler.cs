@@ -7,6 +7,8 @@ public sealed class CountingHandler() : DelegatingHandler(new SocketsHttpHandler
 {
     private readonly ConcurrentDictionary<string, int> _byPath = new(StringComparer.Ordinal);
     private readonly ConcurrentQueue<(DateTimeOffset At, Uri Uri, int? Status)> _log = new();
+    private readonly Lock _gate = new();
+    private readonly List<(Func<CountingHandler, bool> Condition, TaskCompletionSource Met)> _waiters = [];
     private int _total;
 
     /// <summary>Requests whose path ends with this fail with an HttpRequestException; null lets everything through.</summary>
@@ -24,6 +26,35 @@ public sealed class CountingHandler() : DelegatingHandler(new SocketsHttpHandler
     /// <summary>Every request sent, with its answer's status (null when it failed).</summary>
     public IReadOnlyList<(DateTimeOffset At, Uri Uri, int? Status)> Requests => [.. _log];
 
+    /// <summary>Completes when, as a request is sent, <paramref name="condition"/> holds (checked at once too): a signal, not a polling loop.</summary>
+    public Task WaitUntilAsync(Func<CountingHandler, bool> condition)
+    {
+        var met = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_gate)
+        {
+            if (condition(this))
+            {
+                return Task.CompletedTask;
+            }
+
+            _waiters.Add((condition, met));
+        }
+
+        return met.Task;
+    }
+
+    private void Signal()
+    {
+        lock (_gate)
+        {
+            foreach (var waiter in _waiters.Where(w => w.Condition(this)).ToList())
+            {
+                _waiters.Remove(waiter);
+                waiter.Met.TrySetResult();
+            }
+        }
+    }
+
     protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
     {
         // When the request was sent (not answered): a long poll may be held for seconds.
@@ -31,6 +62,7 @@ public sealed class CountingHandler() : DelegatingHandler(new SocketsHttpHandler
         Interlocked.Increment(ref _total);
         var path = request.RequestUri!.AbsolutePath;
         _byPath.AddOrUpdate(path, 1, (_, n) => n + 1);
+        Signal();
         if (FailPathSuffix is { } suffix && path.EndsWith(suffix, StringComparison.Ordinal))
         {
             _log.Enqueue((sent, request.RequestUri, null));

@@ -1,3 +1,4 @@
+using Registry.Postgres;
 using Registry.Storage;
 using Testcontainers.PostgreSql;
 

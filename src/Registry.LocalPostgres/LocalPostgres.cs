@@ -1,12 +1,6 @@
-using System.Diagnostics;
-using System.Net;
-using System.Net.Sockets;
 using Npgsql;
 
-namespace Registry.Storage;
-
-/// <summary>PostgreSQL cannot be provided: the message says what to install or configure.</summary>
-public sealed class LocalPostgresException(string message, Exception? inner = null) : Exception(message, inner);
+namespace Registry.Postgres;
 
 /// <summary>
 /// A private PostgreSQL cluster run from the local server binaries (Debian's
@@ -35,15 +29,13 @@ public sealed class LocalPostgres : IAsyncDisposable
 
         """;
 
-    private readonly string _binDirectory;
-    private readonly bool _asPostgresUser;
+    private readonly PostgresBinaries _binaries;
 
-    private LocalPostgres(string binDirectory, string dataDirectory, int port, bool asPostgresUser)
+    private LocalPostgres(PostgresBinaries binaries, string dataDirectory, int port)
     {
-        _binDirectory = binDirectory;
+        _binaries = binaries;
         DataDirectory = dataDirectory;
         Port = port;
-        _asPostgresUser = asPostgresUser;
     }
 
     /// <summary>The folder holding the cluster.</summary>
@@ -64,17 +56,11 @@ public sealed class LocalPostgres : IAsyncDisposable
     /// </summary>
     public static async Task<LocalPostgres> StartAsync(string dataDirectory, string? binDirectory, bool durable, CancellationToken cancellationToken)
     {
-        var bin = FindBinaries(binDirectory);
-        var asPostgresUser = Environment.UserName == "root";
+        var binaries = PostgresBinaries.Find(binDirectory);
         dataDirectory = Path.GetFullPath(dataDirectory);
         Directory.CreateDirectory(dataDirectory);
-        if (asPostgresUser)
-        {
-            await RunAsync("chown", ["-R", "postgres:postgres", dataDirectory], cancellationToken);
-            await RunAsync("chmod", ["0700", dataDirectory], cancellationToken);
-        }
-
-        var postgres = new LocalPostgres(bin, dataDirectory, FreePort(), asPostgresUser);
+        await PostgresBinaries.HandOverAsync(dataDirectory, cancellationToken);
+        var postgres = new LocalPostgres(binaries, dataDirectory, PostgresBinaries.FreePort());
         var passwordFile = Path.Combine(dataDirectory, PasswordFileName);
         string? password = null;
         if (!File.Exists(Path.Combine(dataDirectory, "PG_VERSION")))
@@ -96,7 +82,7 @@ public sealed class LocalPostgres : IAsyncDisposable
 
         var settings = $"-p {postgres.Port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{dataDirectory}' -c max_connections=300"
             + (durable ? "" : " -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
-        await postgres.PgAsync("pg_ctl", ["-D", dataDirectory, "-l", Path.Combine(dataDirectory, "server.log"), "-w", "-t", "60", "-o", settings, "start"], cancellationToken);
+        await postgres._binaries.RunAsync("pg_ctl", ["-D", dataDirectory, "-l", Path.Combine(dataDirectory, "server.log"), "-w", "-t", "60", "-o", settings, "start"], cancellationToken);
         postgres.ConnectionString = postgres.ConnectionStringWith(password);
         if (password is null)
         {
@@ -137,12 +123,8 @@ public sealed class LocalPostgres : IAsyncDisposable
         {
             var file = Path.Combine(folder.FullName, "password");
             WriteSecret(file, password);
-            if (_asPostgresUser)
-            {
-                await RunAsync("chown", ["-R", "postgres:postgres", folder.FullName], cancellationToken);
-            }
-
-            await PgAsync("initdb", ["-D", DataDirectory, "-U", User, $"--pwfile={file}", "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C", .. durable ? Array.Empty<string>() : ["--no-sync"]], cancellationToken);
+            await PostgresBinaries.HandOverAsync(folder.FullName, cancellationToken);
+            await _binaries.RunAsync("initdb", ["-D", DataDirectory, "-U", User, $"--pwfile={file}", "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C", .. durable ? Array.Empty<string>() : ["--no-sync"]], cancellationToken);
         }
         finally
         {
@@ -176,82 +158,11 @@ public sealed class LocalPostgres : IAsyncDisposable
     {
         try
         {
-            await PgAsync("pg_ctl", ["-D", DataDirectory, "-m", "fast", "-w", "-t", "60", "stop"], cancellationToken);
+            await _binaries.RunAsync("pg_ctl", ["-D", DataDirectory, "-m", "fast", "-w", "-t", "60", "stop"], cancellationToken);
         }
         catch (LocalPostgresException) when (tolerateFailure)
         {
             // Not running.
-        }
-    }
-
-    private static string FindBinaries(string? configured)
-    {
-        static bool HasServer(string folder) =>
-            File.Exists(Path.Combine(folder, "initdb")) && File.Exists(Path.Combine(folder, "pg_ctl"));
-
-        if (!string.IsNullOrEmpty(configured))
-        {
-            return HasServer(configured)
-                ? configured
-                : throw new LocalPostgresException($"Registry:Database:LocalBinDirectory ({configured}) holds no initdb and pg_ctl.");
-        }
-
-        var candidates = Directory.Exists("/usr/lib/postgresql")
-            ? Directory.GetDirectories("/usr/lib/postgresql")
-                .Select(v => Path.Combine(v, "bin"))
-                .OrderByDescending(v => int.TryParse(Path.GetFileName(Path.GetDirectoryName(v)), out var major) ? major : 0)
-            : Enumerable.Empty<string>();
-        var path = (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries);
-        return candidates.Concat(path).FirstOrDefault(HasServer)
-            ?? throw new LocalPostgresException(
-                "No database is configured and no PostgreSQL server is installed: install the 'postgresql' package " +
-                "(sudo apt-get install postgresql) or set ConnectionStrings__Registry to a PostgreSQL database.");
-    }
-
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
-
-    private Task PgAsync(string program, IReadOnlyList<string> arguments, CancellationToken cancellationToken) =>
-        _asPostgresUser
-            ? RunAsync("runuser", ["-u", "postgres", "--", Path.Combine(_binDirectory, program), .. arguments], cancellationToken)
-            : RunAsync(Path.Combine(_binDirectory, program), arguments, cancellationToken);
-
-    private static async Task RunAsync(string program, IReadOnlyList<string> arguments, CancellationToken cancellationToken)
-    {
-        var start = new ProcessStartInfo(program)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
-            UseShellExecute = false,
-        };
-        foreach (var argument in arguments)
-        {
-            start.ArgumentList.Add(argument);
-        }
-
-        using var process = new Process { StartInfo = start };
-        try
-        {
-            process.Start();
-        }
-        catch (System.ComponentModel.Win32Exception e)
-        {
-            throw new LocalPostgresException($"Cannot run {program}: {e.Message}.", e);
-        }
-
-        process.StandardInput.Close();
-        var output = process.StandardOutput.ReadToEndAsync(cancellationToken);
-        var error = process.StandardError.ReadToEndAsync(cancellationToken);
-        await process.WaitForExitAsync(cancellationToken);
-        if (process.ExitCode != 0)
-        {
-            var said = (await error + await output).Trim();
-            throw new LocalPostgresException($"{Path.GetFileName(program)} {string.Join(' ', arguments)} failed ({process.ExitCode}): {said}");
         }
     }
 }

@@ -1,0 +1,55 @@
+using System.ComponentModel.DataAnnotations;
+
+namespace Registry.Model;
+
+/// <summary>Input limits (section <c>Registry:Limits</c>); each answers 400 or 413 past it.</summary>
+public sealed class LimitsOptions
+{
+    /// <summary>Largest request body in bytes; larger is 413.</summary>
+    [Range(1024, 16 * 1024 * 1024)]
+    public int MaxBodyBytes { get; set; } = 64 * 1024;
+
+    /// <summary>Most characters in an application (or provider) name.</summary>
+    [Range(1, 1024)]
+    public int MaxApplicationLength { get; set; } = 128;
+
+    /// <summary>Most characters in a protocol.</summary>
+    [Range(1, 256)]
+    public int MaxProtocolLength { get; set; } = 32;
+
+    /// <summary>Most key/value pairs in one meta object.</summary>
+    [Range(0, 10_000)]
+    public int MaxMetaPairs { get; set; } = 64;
+
+    /// <summary>Most characters in a meta key.</summary>
+    [Range(1, 10_000)]
+    public int MaxMetaKeyLength { get; set; } = 128;
+
+    /// <summary>Most characters in a meta value.</summary>
+    [Range(0, 1_000_000)]
+    public int MaxMetaValueLength { get; set; } = 512;
+
+    /// <summary>Most entries in <c>subscribes</c>.</summary>
+    [Range(1, 10_000)]
+    public int MaxSubscribes { get; set; } = 64;
+
+    /// <summary>Most characters in a <c>version</c> query parameter.</summary>
+    [Range(1, 4096)]
+    public int MaxVersionLength { get; set; } = 128;
+
+    /// <summary>Most requests one client (remote address and credential) may hold parked on a node; beyond it 429.</summary>
+    [Range(1, 10_000_000)]
+    public int MaxParkedPerClient { get; set; } = 1_000;
+
+    /// <summary>Most requests a node holds parked in all; beyond it 429.</summary>
+    [Range(1, 10_000_000)]
+    public int MaxParked { get; set; } = 50_000;
+
+    /// <summary>Most distinct subscriptions a node holds; a new one beyond it is 429.</summary>
+    [Range(1, 10_000_000)]
+    public int MaxSubscriptions { get; set; } = 10_000;
+
+    /// <summary>The Retry-After sent with a 429 for one of the limits above, in seconds.</summary>
+    [Range(1, 3600)]
+    public int RetryAfterSeconds { get; set; } = 5;
+}

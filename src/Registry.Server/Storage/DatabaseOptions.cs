@@ -1,0 +1,43 @@
+using System.ComponentModel.DataAnnotations;
+using Microsoft.Extensions.Options;
+
+namespace Registry.Storage;
+
+/// <summary>The database connection (section <c>Registry:Database</c>).</summary>
+public sealed class DatabaseOptions
+{
+    /// <summary>Seconds to wait for a connection before a request answers 503.</summary>
+    [Range(1, 300)]
+    public int ConnectTimeoutSeconds { get; set; } = 5;
+
+    /// <summary>Seconds a statement may run.</summary>
+    [Range(1, 3600)]
+    public int CommandTimeoutSeconds { get; set; } = 30;
+
+    /// <summary>
+    /// Most connections in each of the node's two pools (statements planned per run, and those
+    /// planned once), unless the connection string sets <c>Maximum Pool Size</c>. The change feed's
+    /// one LISTEN connection is outside both.
+    /// </summary>
+    [Range(1, 10_000)]
+    public int MaxPoolSize { get; set; } = 100;
+
+    /// <summary>Connections each pool keeps open when idle, unless the connection string sets <c>Minimum Pool Size</c>.</summary>
+    [Range(0, 10_000)]
+    public int MinPoolSize { get; set; }
+
+    /// <summary>Where the private PostgreSQL cluster lives when no connection string is configured; empty means a folder under the system's temporary directory.</summary>
+    public string LocalDataDirectory { get; set; } = "";
+
+    /// <summary>Folder of the PostgreSQL server binaries (initdb, pg_ctl); empty means search /usr/lib/postgresql/*/bin and PATH.</summary>
+    public string LocalBinDirectory { get; set; } = "";
+}
+
+/// <summary>The rule of <see cref="DatabaseOptions"/> that spans fields.</summary>
+internal sealed class DatabaseOptionsValidator : IValidateOptions<DatabaseOptions>
+{
+    public ValidateOptionsResult Validate(string? name, DatabaseOptions options) =>
+        options.MinPoolSize <= options.MaxPoolSize
+            ? ValidateOptionsResult.Success
+            : ValidateOptionsResult.Fail("Registry:Database needs MinPoolSize <= MaxPoolSize.");
+}

@@ -1,0 +1,43 @@
+using System.ComponentModel.DataAnnotations;
+using Microsoft.Extensions.Options;
+
+namespace Registry.Subscription;
+
+/// <summary>Long polling (section <c>Registry:Subscriptions</c>).</summary>
+public sealed class SubscriptionOptions
+{
+    /// <summary>Hold time when <c>wait</c> is absent, in seconds.</summary>
+    [Range(0, 3600)]
+    public int DefaultWaitSeconds { get; set; } = 30;
+
+    /// <summary>Largest hold time; larger <c>wait</c> values are clamped (keep it under proxies' idle timeouts).</summary>
+    [Range(0, 3600)]
+    public int MaxWaitSeconds { get; set; } = 55;
+
+    /// <summary>Random jitter added to a hold: up to wait divided by this.</summary>
+    [Range(1, 1_000_000)]
+    public int JitterDivisor { get; set; } = 16;
+
+    /// <summary>On shutdown, parked polls are answered spread over this long so consumers do not reconnect at once.</summary>
+    public TimeSpan ShutdownSpread { get; set; } = TimeSpan.FromSeconds(3);
+
+    /// <summary>
+    /// How many answers larger than 64 KiB the node writes at a time (0: one per processor). The
+    /// rest wait their turn, so that a change fanned out to many consumers of a big application
+    /// does not hold up the node's other replies.
+    /// </summary>
+    [Range(0, 100_000)]
+    public int LargeAnswerWriters { get; set; }
+
+    /// <summary>A large answer whose consumer has not taken a 64 KiB chunk within this long gives up its turn to the next.</summary>
+    public TimeSpan SlowReaderYield { get; set; } = TimeSpan.FromMilliseconds(50);
+}
+
+/// <summary>The rule of <see cref="SubscriptionOptions"/> that spans fields.</summary>
+internal sealed class SubscriptionOptionsValidator : IValidateOptions<SubscriptionOptions>
+{
+    public ValidateOptionsResult Validate(string? name, SubscriptionOptions options) =>
+        options.DefaultWaitSeconds <= options.MaxWaitSeconds
+            ? ValidateOptionsResult.Success
+            : ValidateOptionsResult.Fail("Registry:Subscriptions needs DefaultWaitSeconds <= MaxWaitSeconds.");
+}
