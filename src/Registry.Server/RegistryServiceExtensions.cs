@@ -2,6 +2,7 @@ using System.Text.Encodings.Web;
 using Microsoft.AspNetCore.Diagnostics;
 using Microsoft.EntityFrameworkCore;
 using Registry.ChangeFeed;
+using Registry.Drain;
 using Registry.Edge;
 using Registry.Leases;
 using Registry.Membership;
@@ -113,6 +114,7 @@ internal static class RegistryServiceExtensions
         services.AddSingletonHostedService<LeaseRenewer>();
         services.AddSingletonHostedService<WriteBatcher>();
         services.AddHostedService<Sweeper>();
+        services.AddRegistryDrain();
 
         services.ConfigureHttpJsonOptions(json => json.SerializerOptions.Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping);
         services.AddProblemDetails();

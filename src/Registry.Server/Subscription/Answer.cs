@@ -66,7 +66,8 @@ internal sealed class Fragment
         return count == 0 ? Empty : new Fragment(buffer.WrittenSpan[1..^1].ToArray(), count);
     }
 
-    private static bool Matches(SubscriptionEntry entry, Instance instance) =>
+    /// <summary>Whether the entry selects the instance (its protocol, and its meta as a subset).</summary>
+    internal static bool Matches(SubscriptionEntry entry, Instance instance) =>
         (entry.Protocol is null || string.Equals(entry.Protocol, instance.Key.Protocol, StringComparison.Ordinal))
         && instance.Meta.Contains(entry.Meta);
 
