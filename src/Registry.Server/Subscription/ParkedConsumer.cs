@@ -2,8 +2,9 @@ namespace Registry.Subscription;
 
 /// <summary>
 /// One consumer that parked on a subscription's answer, followed until its answer has been
-/// written to its connection (flushed to the socket, not merely queued) or it left, so that a
-/// drain can tell who has heard of a removal and who has not.
+/// written and flushed to its connection (the flush waits while a connection does not drain,
+/// so a consumer that stopped reading is never counted as told) or it left, so that a drain
+/// can tell who has heard of a removal and who has not.
 /// </summary>
 internal sealed class ParkedConsumer
 {
