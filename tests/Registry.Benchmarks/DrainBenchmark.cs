@@ -28,11 +28,12 @@ public sealed class DrainBenchmark(BenchmarkOptions options, TextWriter log)
         {
             ["Registry__Limits__MaxParkedPerClient"] = (consumers + 10).ToString(CultureInfo.InvariantCulture),
         };
+        // One after the other: the first migrates the fresh database.
         await using var a = ServerNode.Start("drain-a", serverDll, database.ConnectionString, work, environment);
-        await using var b = ServerNode.Start("drain-b", serverDll, database.ConnectionString, work, environment);
         using var httpA = new RegistryHttp(a.Url);
-        using var httpB = new RegistryHttp(b.Url);
         await a.WaitForAsync(httpA.Client, "/readyz", TimeSpan.FromSeconds(90), cancellationToken);
+        await using var b = ServerNode.Start("drain-b", serverDll, database.ConnectionString, work, environment);
+        using var httpB = new RegistryHttp(b.Url);
         await b.WaitForAsync(httpB.Client, "/readyz", TimeSpan.FromSeconds(90), cancellationToken);
 
         var rounds = new List<(double DrainMs, Distribution FanOut, string Body)>();

@@ -140,10 +140,16 @@ internal sealed class DrainCoordinator(
                 return nodes;
             }
 
-            var until = refreshAt < deadline ? refreshAt : deadline;
+            // A slow read of the nodes may have taken the time past the next refresh already.
+            var wait = (refreshAt < deadline ? refreshAt : deadline) - now;
+            if (wait <= TimeSpan.Zero)
+            {
+                continue;
+            }
+
             try
             {
-                await signal.WaitAsync(until - now, time, cancellationToken);
+                await signal.WaitAsync(wait, time, cancellationToken);
             }
             catch (TimeoutException)
             {
