@@ -60,7 +60,7 @@ internal sealed class LongPoll(
         var view = hub.Acquire(entries);
         try
         {
-            var answer = view.Current.Answer;
+            var answer = view.Current;
             if (version is null || !string.Equals(version, answer.Version, StringComparison.Ordinal))
             {
                 return new(answer, PollEnd.Immediate);
@@ -103,7 +103,7 @@ internal sealed class LongPoll(
         var consumer = new ParkedConsumer();
         if (view.Park(consumer, version) is not { } changed)
         {
-            return new(view.Current.Answer, PollEnd.Immediate);
+            return new(view.Current, PollEnd.Immediate);
         }
 
         metrics.PollParked();
@@ -117,14 +117,14 @@ internal sealed class LongPoll(
         {
             view.Unpark(consumer);
             // The answer may have moved on at the same moment: then it is a change, not a timeout.
-            var now = view.Current.Answer;
+            var now = view.Current;
             return new(now, string.Equals(now.Version, version, StringComparison.Ordinal) ? PollEnd.TimedOut : PollEnd.Changed, consumer);
         }
         catch (OperationCanceledException) when (requestAborted.IsCancellationRequested)
         {
             view.Unpark(consumer);
             consumer.Finish(sent: false);
-            return new(view.Current.Answer, PollEnd.ClientGone);
+            return new(view.Current, PollEnd.ClientGone);
         }
         finally
         {
@@ -136,7 +136,7 @@ internal sealed class LongPoll(
             return (await ReleaseOnShutdownAsync(view, requestAborted)) with { Consumer = consumer };
         }
 
-        var answer = view.Current.Answer;
+        var answer = view.Current;
         metrics.DeliveryDelay(Stopwatch.GetElapsedTime(answer.ComputedAt));
         return new(answer, PollEnd.Changed, consumer);
     }
@@ -151,9 +151,9 @@ internal sealed class LongPoll(
         }
         catch (OperationCanceledException)
         {
-            return new(view.Current.Answer, PollEnd.ClientGone);
+            return new(view.Current, PollEnd.ClientGone);
         }
 
-        return new(view.Current.Answer, PollEnd.Shutdown);
+        return new(view.Current, PollEnd.Shutdown);
     }
 }

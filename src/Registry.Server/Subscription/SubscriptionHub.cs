@@ -54,14 +54,14 @@ internal sealed class SubscriptionView
     /// <summary>Consumers holding the view; guarded by the hub's lock.</summary>
     internal int References { get; set; }
 
-    /// <summary>The current answer and a task that completes when it is replaced.</summary>
-    public (Answer Answer, Task Changed) Current
+    /// <summary>The current answer (<see cref="Park"/> gives the signal of its replacement).</summary>
+    public Answer Current
     {
         get
         {
             lock (_gate)
             {
-                return (_answer, _changed.Task);
+                return _answer;
             }
         }
     }
