@@ -168,4 +168,5 @@ internal sealed class ServiceCount(string application, int instances)
 [JsonSerializable(typeof(RegistryAnswer))]
 [JsonSerializable(typeof(LeaseDocument))]
 [JsonSerializable(typeof(CacheDocument))]
+[JsonSerializable(typeof(DrainResult))]
 internal sealed partial class ClientJson : JsonSerializerContext;

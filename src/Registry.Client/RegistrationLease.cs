@@ -307,28 +307,72 @@ public sealed class RegistrationLease : IAsyncDisposable
     /// </summary>
     public async ValueTask DisposeAsync()
     {
+        if (await StopAsync().ConfigureAwait(false))
+        {
+            await UnregisterAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Stops heartbeating, removes the instance and waits until every consumer that watched it, on any registry
+    /// node, has been sent an answer without it, or until <paramref name="timeout"/> (rounded up to whole seconds,
+    /// 1 to 60) runs out; then the provider can stop serving knowing consumers have moved away. The lease is over
+    /// afterwards (disposing it sends nothing more). If the drain request fails, the instance is unregistered
+    /// plainly (or left to expire) and the error is thrown.
+    /// </summary>
+    /// <exception cref="RegistryClientException">The registry refused the drain.</exception>
+    /// <exception cref="HttpRequestException">No registry node could be reached.</exception>
+    public async Task<DrainResult> DrainAsync(TimeSpan timeout, CancellationToken cancellationToken = default)
+    {
+        if (timeout <= TimeSpan.Zero)
+        {
+            throw new ArgumentOutOfRangeException(nameof(timeout), timeout, "A drain needs a positive timeout.");
+        }
+
+        if (!await StopAsync().ConfigureAwait(false))
+        {
+            return DrainResult.NotRegistered;
+        }
+
+        var seconds = (int)Math.Clamp(Math.Ceiling(timeout.TotalSeconds), 1, 60);
+        try
+        {
+            // Each node tried may hold the request for the whole drain.
+            var result = await _transport.DrainAsync(Instance, seconds, TimeSpan.FromSeconds(seconds) + _requestTimeout, cancellationToken).ConfigureAwait(false)
+                ?? DrainResult.NotRegistered;
+            Log.Drained(_logger, Instance, result.Delivered, result.Pending, result.Nodes, result.Complete);
+            return result;
+        }
+        catch (Exception e) when (!(e is OperationCanceledException && cancellationToken.IsCancellationRequested))
+        {
+            Log.DrainFailed(_logger, Instance, e.Message);
+            await UnregisterAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>Ends the loop once; whether a registration may have committed (so the instance is to be removed).</summary>
+    private async Task<bool> StopAsync()
+    {
         if (Interlocked.Exchange(ref _disposed, 1) != 0)
         {
-            return;
+            return false;
         }
 
         await _stop.CancelAsync().ConfigureAwait(false);
         // The loop catches everything; awaiting it only waits for the attempt in flight to end.
         await _loop.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         _stop.Dispose();
-        bool mayBeRegistered;
         lock (_gate)
         {
-            mayBeRegistered = _mayBeRegistered;
             _registered = false;
             _state = RegistryConnectionState.Stopped;
+            return _mayBeRegistered;
         }
+    }
 
-        if (!mayBeRegistered)
-        {
-            return;
-        }
-
+    private async Task UnregisterAsync()
+    {
         try
         {
             if (await _transport.UnregisterAsync(Instance, _requestTimeout, CancellationToken.None).ConfigureAwait(false))

@@ -24,6 +24,13 @@ public sealed class RegistryClientOptions
     public TimeSpan RequestTimeout { get; set; } = TimeSpan.FromSeconds(5);
 
     /// <summary>
+    /// How long the hosted registration (<c>AddRegistryRegistration</c>) waits on shutdown for the registry to confirm that
+    /// every consumer has been told the instance is gone (a drain), before the host stops serving: 1 to 60 s.
+    /// <see cref="TimeSpan.Zero"/> unregisters without waiting. Default 10 s.
+    /// </summary>
+    public TimeSpan DrainTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>
     /// Most time opening a connection to one node may take before the next is tried (set on the client's own
     /// <see cref="HttpClient"/> with dependency injection), so a black-holed node costs seconds, not the
     /// operating system's ~2 minutes of SYN retries. Default 3 s.
@@ -130,6 +137,11 @@ internal sealed class RegistryClientOptionsValidator : IValidateOptions<Registry
         if (options.PollWait < TimeSpan.FromSeconds(1) || options.PollWait > TimeSpan.FromSeconds(55))
         {
             errors.Add($"PollWait: {options.PollWait} must be between 1 and 55 s (the registry's cap).");
+        }
+
+        if (options.DrainTimeout != TimeSpan.Zero && (options.DrainTimeout < TimeSpan.FromSeconds(1) || options.DrainTimeout > TimeSpan.FromSeconds(60)))
+        {
+            errors.Add($"DrainTimeout: {options.DrainTimeout} must be zero (no drain) or between 1 and 60 s (the registry's limit).");
         }
 
         if (options.RetryMaxDelay < options.RetryBaseDelay)

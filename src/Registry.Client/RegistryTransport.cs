@@ -78,6 +78,23 @@ internal sealed partial class RegistryTransport
     }
 
     /// <summary>
+    /// Removes the instance and waits until its consumers have heard (<c>?drain=</c>); <see langword="null"/>
+    /// when it was not registered.
+    /// </summary>
+    public async Task<DrainResult?> DrainAsync(ProviderInstance provider, int seconds, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var body = JsonSerializer.SerializeToUtf8Bytes(provider, ClientJson.Default.ProviderInstance);
+        using var response = await SendAsync(HttpMethod.Post, string.Create(CultureInfo.InvariantCulture, $"v1/unregister?drain={seconds}"), body, null, timeout, cancellationToken).ConfigureAwait(false);
+        if (response.StatusCode == HttpStatusCode.NotFound)
+        {
+            return null;
+        }
+
+        await EnsureSuccessAsync(response, "drain", cancellationToken).ConfigureAwait(false);
+        return await ReadAsync(response, ClientJson.Default.DrainResult, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
     /// The one-provider answer at once (<c>GET /v1/services/{application}</c>); <see langword="null"/> when
     /// <paramref name="ifNoneMatch"/> is still the current version (<c>304</c>).
     /// </summary>

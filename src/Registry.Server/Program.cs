@@ -1,5 +1,6 @@
 using Registry;
 using Registry.Access;
+using Registry.Drain;
 using Registry.Operations;
 using Registry.Registration;
 using Registry.Postgres;
@@ -28,6 +29,7 @@ try
     app.UseRegistryAccess();
     app.MapRegistration();
     app.MapSubscription();
+    app.MapDrain();
     app.MapOperations();
     app.MapMetrics();
     app.MapTokens();

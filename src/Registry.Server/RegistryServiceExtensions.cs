@@ -3,6 +3,7 @@ using Microsoft.AspNetCore.Diagnostics;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Options;
 using Registry.ChangeFeed;
+using Registry.Drain;
 using Registry.Edge;
 using Registry.Leases;
 using Registry.Membership;
@@ -104,6 +105,9 @@ internal static class RegistryServiceExtensions
         services.AddSingleton<SelfPreservation>();
         services.AddSingleton<SweepSchedule>();
         services.AddRegistryBackgroundServices();
+        // After the background services: the drain messenger answers other nodes' questions about
+        // this node's parked consumers, who exist only once it serves.
+        services.AddRegistryDrain();
 
         services.ConfigureHttpJsonOptions(json => json.SerializerOptions.Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping);
         services.AddProblemDetails();

@@ -83,6 +83,9 @@ public sealed record BenchmarkOptions
     /// <summary>Runs only the warm-up and the overlapping-subscriptions scenario (on one node).</summary>
     public bool OverlapOnly { get; init; }
 
+    /// <summary>Runs only the drain scenario (<see cref="DrainBenchmark"/>), with the largest fan-out's consumers over two nodes.</summary>
+    public bool DrainOnly { get; init; }
+
     /// <summary>Seconds each pgbench run lasts.</summary>
     public TimeSpan PgBenchDuration { get; init; } = TimeSpan.FromSeconds(6);
 
@@ -134,7 +137,7 @@ public sealed record BenchmarkOptions
                             [--server-dll PATH] [--concurrency N] [--warm-up-seconds S] [--registrations N] [--rounds ODD] [--burst-concurrency N]
                             [--heartbeat-instances N]
                             [--heartbeat-seconds S] [--fanout W[,W…]] [--idle-seconds S] [--cross-node-rounds N]
-                            [--cold-start-instances N] [--overlap-instances N] [--overlap-subscriptions N] [--overlap-only] [--pgbench-seconds S] [--no-pgbench] [--pgbench PATH]
+                            [--cold-start-instances N] [--overlap-instances N] [--overlap-subscriptions N] [--overlap-only] [--drain-only] [--pgbench-seconds S] [--no-pgbench] [--pgbench PATH]
                             [--no-fsync] [--node-env KEY=VALUE]… [--out results.json] [--markdown results.md] [--work-dir DIR]
         """;
 
@@ -177,6 +180,7 @@ public sealed record BenchmarkOptions
                 "--overlap-instances" => options with { OverlapInstances = Int() },
                 "--overlap-subscriptions" => options with { OverlapSubscriptions = Int() },
                 "--overlap-only" => options with { OverlapOnly = true },
+                "--drain-only" => options with { DrainOnly = true },
                 "--pgbench-seconds" => options with { PgBenchDuration = Seconds() },
                 "--no-pgbench" => options with { PgBench = false },
                 "--pgbench" => options with { PgBenchPath = Value() },

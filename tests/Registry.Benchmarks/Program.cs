@@ -19,6 +19,12 @@ Console.CancelKeyPress += (_, e) =>
     stop.Cancel();
 };
 
+if (options.DrainOnly)
+{
+    await new DrainBenchmark(options, Console.Out).RunAsync(stop.Token);
+    return 0;
+}
+
 var result = await new Benchmark(options, Console.Out).RunAsync(stop.Token);
 var folder = options.Smoke ? Path.Combine(Path.GetTempPath(), "registry-bench-smoke") : Path.Combine("tests", "Registry.Benchmarks", "results");
 // The scenario alone does not replace a full run's results.

@@ -28,7 +28,9 @@ public sealed partial class RunbookTests(LiveRegistry registry)
         ["List the applications"] = ["{\"application\":\"provider_test\",\"instances\":1}"],
         ["Inspect one application"] = ["HTTP/1.1 200", "ETag: \"", "\"addr\":\"127.0.0.1:8080\""],
         ["Watch an application with a long poll"] = ["HTTP/1.1 304", "ETag: \""],
+        ["See who watches an application"] = ["{\"application\":\"provider_test\",\"nodes\":[{\"node\":\""],
         ["Unregister an instance by hand"] = ["204"],
+        ["Drain an instance before stopping it"] = ["{\"delivered\":0,\"pending\":0,\"nodes\":1,\"complete\":true}"],
         ["Read the metrics"] = ["registry_registrations_total{"],
     };
 

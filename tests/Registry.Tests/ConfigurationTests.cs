@@ -22,6 +22,7 @@ public sealed class ConfigurationTests
         { "Registry:ChangeFeed", typeof(ChangeFeedOptions) },
         { "Registry:RateLimit", typeof(RateLimitOptions) },
         { "Registry:Network", typeof(Registry.Edge.NetworkOptions) },
+        { "Registry:Drain", typeof(Registry.Drain.DrainOptions) },
     };
 
     [Theory]

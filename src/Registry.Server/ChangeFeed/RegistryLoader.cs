@@ -105,6 +105,14 @@ internal sealed partial class RegistryLoader(
         return done.Task;
     }
 
+    /// <summary>Completes once everything announced before this call has been applied (it loads nothing itself).</summary>
+    public Task CaughtUpAsync()
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _requests.Writer.TryWrite(new Reload(null, [], done));
+        return done.Task;
+    }
+
     /// <summary>Reloads the whole registry; fails when the database cannot be read.</summary>
     public Task ReloadAllAsync()
     {

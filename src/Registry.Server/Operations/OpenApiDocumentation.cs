@@ -144,6 +144,14 @@ internal static class OpenApiDocumentation
         }
         """;
 
+    internal const string DrainExample = """
+        { "delivered": 118, "pending": 0, "nodes": 3, "complete": true }
+        """;
+
+    internal const string WatchersExample = """
+        { "application": "provider_test", "nodes": [ { "node": "3f9c2a61d0e4", "parked": 120, "versions": { "5b0e8c1f9a3d7e2b4c6f": 118, "a71d3e9c0b5f2e8d4a6c": 2 } } ] }
+        """;
+
     /// <summary>Why each status is answered, by operation where it differs.</summary>
     private static string ResponseDescription(string? operationId, string status, LimitsOptions limits) => (operationId, status) switch
     {
@@ -152,6 +160,8 @@ internal static class OpenApiDocumentation
         ("Heartbeat", "200") => "The lease was renewed with the TTL granted at registration; the body shows the stored meta.",
         ("Heartbeat", "404") or ("Unregister", "404") => "The instance is not registered (never registered, unregistered, or its lease ran out); a provider must register again.",
         ("Unregister", "204") => "The instance was removed; subscribers are woken.",
+        ("Unregister", "200") => "With `drain`: the instance was removed, and every live node reported (`complete` true) or the drain ran out (`complete` false). `delivered`: consumers sent an answer without it; `pending`: consumers whose connection had not taken it; `nodes`: live nodes that reported.",
+        ("GetWatchers", "200") => "The nodes that answered in time, by id, each with its consumers parked on subscriptions that include the application and how many hold each version.",
         ("Subscribe", "200") or ("GetService", "200") => "The answer: the matching instances and their version. Also the answer when the wait ran out unchanged. `ETag` carries the version.",
         ("GetService", "304") => "With `If-None-Match`: the wait ran out and the answer is unchanged. No body.",
         ("ListServices", "200") => "The applications registered now, sorted by name, with their number of instances.",
@@ -188,6 +198,7 @@ internal static class OpenApiDocumentation
     {
         private Dictionary<string, string> QueryParameters() => new(StringComparer.Ordinal)
         {
+            ["drain"] = "Seconds to wait, 1 to 60, until every consumer that watched the instance (on any live node) has been sent an answer without it; the answer is then 200 with the counts instead of 204. Outside 1 to 60 is 400.",
             ["id"] = "The token's id (`tok_…`), as `GET /v1/tokens` lists it.",
             ["ttl"] = "Lease length in seconds, a positive integer. Values outside the configured bounds " +
                 $"({leases.Value.MinTtlSeconds} to {leases.Value.MaxTtlSeconds} on this node) are clamped; absent, the configured default " +
@@ -212,6 +223,7 @@ internal static class OpenApiDocumentation
                     {
                         "ttl" => new OpenApiSchema { Type = JsonSchemaType.Integer, Format = "int32", Minimum = "1" },
                         "wait" => new OpenApiSchema { Type = JsonSchemaType.Integer, Format = "int32", Minimum = "0" },
+                        "drain" => new OpenApiSchema { Type = JsonSchemaType.Integer, Format = "int32", Minimum = "1", Maximum = "60" },
                         "version" => new OpenApiSchema { Type = JsonSchemaType.String, MaxLength = limits.Value.MaxVersionLength },
                         _ => parameter.Schema,
                     };
@@ -346,6 +358,8 @@ internal static class OpenApiDocumentation
                 ("Register" or "Heartbeat", "200" or "201") => LeaseExample,
                 ("Subscribe" or "GetService", "200") => AnswerExample,
                 ("ListServices", "200") => ServicesExample,
+                ("Unregister", "200") => DrainExample,
+                ("GetWatchers", "200") => WatchersExample,
                 ("CreateToken", "201") => TokenExample,
                 (_, "400") => ValidationProblemExample,
                 _ => null,

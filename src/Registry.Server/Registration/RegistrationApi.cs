@@ -1,11 +1,14 @@
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Mvc;
 using Microsoft.Extensions.Options;
+using System.Data.Common;
 using Registry.Access;
+using Registry.Drain;
 using Registry.Edge;
 using Registry.Leases;
 using Registry.Model;
 using Registry.State;
+using Registry.Subscription;
 using Registry.Telemetry;
 
 namespace Registry.Registration;
@@ -48,10 +51,16 @@ internal static class RegistrationApi
 
         group.MapPost("/unregister", Unregister)
             .WithName("Unregister")
-            .WithSummary("Remove an instance")
-            .WithDescription("Removes (application, protocol, addr) at once; `meta` may be omitted. 404 when it is not registered.")
+            .WithSummary("Remove an instance, optionally waiting until its consumers have heard")
+            .WithDescription("Removes (application, protocol, addr) at once; `meta` may be omitted. 404 when it is not registered. " +
+                "With `drain=SECONDS` (1–60) the answer waits until every consumer that was parked, on any live node, on a " +
+                "subscription that included the instance has been sent an answer without it, or until `drain` runs out: 200 with " +
+                "`delivered`, `pending` (answers not yet taken by the consumer's connection), `nodes` (live nodes that reported) and " +
+                "`complete` (false on timeout). A node that dies meanwhile stops being waited for. Call it from a provider's " +
+                "shutdown hook, then stop serving. The wait counts as a parked request for the limits.")
             .Accepts<ProviderDocument>("application/json", "*/*")
             .Produces(StatusCodes.Status204NoContent)
+            .Produces<DrainDocument>(StatusCodes.Status200OK)
             .ProducesValidationProblem()
             .ProducesProblem(StatusCodes.Status404NotFound)
             .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
@@ -159,14 +168,19 @@ internal static class RegistrationApi
         return new LeaseResult(StatusCodes.Status200OK, Lease(instance.Key, instance.Meta, instance.TtlSeconds, expiresAt));
     }
 
-    private static async Task<Results<NoContent, ValidationProblem, ProblemHttpResult>> Unregister(
+    private static async Task<Results<NoContent, Ok<DrainDocument>, ValidationProblem, ProblemHttpResult>> Unregister(
         HttpContext http,
+        [FromQuery(Name = "drain")] string? drain,
         RequestBody body,
         RequestReader reader,
         WriteBatcher writes,
         IOptions<WriteOptions> writeOptions,
+        IOptions<DrainOptions> drainOptions,
+        IOptions<LimitsOptions> limits,
         ApplicationAccess access,
         AuditLog audit,
+        DrainCoordinator drains,
+        ParkingLot parking,
         CancellationToken cancellationToken)
     {
         var (json, tooLarge) = await body.ReadAsync(http.Request, cancellationToken);
@@ -176,8 +190,14 @@ internal static class RegistrationApi
         }
 
         var errors = new Errors();
+        var drainSeconds = QueryNumber.Read(drain, "drain", 1, errors);
+        if (drainSeconds > drainOptions.Value.MaxDrainSeconds)
+        {
+            errors.Add("drain", $"must be at most {drainOptions.Value.MaxDrainSeconds} seconds");
+        }
+
         var provider = reader.ReadProvider(json, errors);
-        if (provider is null)
+        if (provider is null || errors.Any)
         {
             return Problems.Invalid(errors);
         }
@@ -187,20 +207,65 @@ internal static class RegistrationApi
             return denied;
         }
 
+        if (drainSeconds is not { } seconds)
+        {
+            return await RemoveAsync(http, provider.Key, writes, writeOptions.Value, audit) ?? (Results<NoContent, Ok<DrainDocument>, ValidationProblem, ProblemHttpResult>)TypedResults.NoContent();
+        }
+
+        // The wait is a held request like a parked poll; refused before anything is removed.
+        var client = ParkingLot.ClientOf(http);
+        if (!parking.TryEnter(client))
+        {
+            return Problems.TooMany(http, limits.Value.RetryAfterSeconds,
+                "This node holds as many parked requests as it may for this client or in all (Registry:Limits:MaxParkedPerClient, MaxParked); retry shortly or on another node.");
+        }
+
         try
         {
-            var result = await writes.SubmitAsync(new UnregisterCommand(provider.Key));
-            if (result.Status != WriteStatus.Removed)
+            // Asked before the removal is written, so every node hears the question first.
+            DrainCoordinator.PendingDrain pending;
+            try
             {
-                return Problems.NotRegistered(provider.Key);
+                pending = await drains.AskAsync(provider.Key, (int)seconds, cancellationToken);
+            }
+            catch (DbException)
+            {
+                return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds, "The database cannot take the write now; retry shortly.");
             }
 
-            audit.Unregistered(CredentialIdentity.IdOf(http.User), provider.Key);
-            return TypedResults.NoContent();
+            using (pending)
+            {
+                if (await RemoveAsync(http, provider.Key, writes, writeOptions.Value, audit) is { } refused)
+                {
+                    return refused;
+                }
+
+                return TypedResults.Ok(await pending.WaitAsync(cancellationToken));
+            }
+        }
+        finally
+        {
+            parking.Leave(client);
+        }
+    }
+
+    /// <summary>Removes the instance; a problem when it was not registered or the database cannot take the write.</summary>
+    private static async Task<ProblemHttpResult?> RemoveAsync(HttpContext http, InstanceKey key, WriteBatcher writes, WriteOptions writeOptions, AuditLog audit)
+    {
+        try
+        {
+            var result = await writes.SubmitAsync(new UnregisterCommand(key));
+            if (result.Status != WriteStatus.Removed)
+            {
+                return Problems.NotRegistered(key);
+            }
+
+            audit.Unregistered(CredentialIdentity.IdOf(http.User), key);
+            return null;
         }
         catch (WriteUnavailableException e)
         {
-            return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds, e.Message);
+            return Problems.Unavailable(http, writeOptions.RetryAfterSeconds, e.Message);
         }
     }
 

@@ -98,7 +98,8 @@ internal sealed class Fragment
         return new Fragment(buffer.WrittenSpan.ToArray(), instances, ends);
     }
 
-    private static bool Matches(SubscriptionEntry entry, Instance instance) =>
+    /// <summary>Whether the entry selects the instance (its protocol, and its meta as a subset).</summary>
+    internal static bool Matches(SubscriptionEntry entry, Instance instance) =>
         (entry.Protocol is null || string.Equals(entry.Protocol, instance.Key.Protocol, StringComparison.Ordinal))
         && instance.Meta.Contains(entry.Meta);
 

@@ -27,7 +27,8 @@ internal enum PollEnd
     Refused,
 }
 
-internal readonly record struct PollOutcome(Answer Answer, PollEnd End);
+/// <summary>The answer to write and why; <see cref="Consumer"/> is set when the poll parked, to be finished once written.</summary>
+internal readonly record struct PollOutcome(Answer Answer, PollEnd End, ParkedConsumer? Consumer = null);
 
 /// <summary>
 /// Parks a long poll on its subscription's change signal (never a loop, never a database
@@ -59,7 +60,7 @@ internal sealed class LongPoll(
         var view = hub.Acquire(entries);
         try
         {
-            var (answer, changed) = view.Current;
+            var answer = view.Current;
             if (version is null || !string.Equals(version, answer.Version, StringComparison.Ordinal))
             {
                 return new(answer, PollEnd.Immediate);
@@ -78,7 +79,7 @@ internal sealed class LongPoll(
 
             try
             {
-                return await ParkAsync(view, changed, hold, requestAborted);
+                return await ParkAsync(view, version, hold, requestAborted);
             }
             finally
             {
@@ -91,11 +92,18 @@ internal sealed class LongPoll(
         }
     }
 
-    private async Task<PollOutcome> ParkAsync(SubscriptionView view, Task changed, TimeSpan hold, CancellationToken requestAborted)
+    private async Task<PollOutcome> ParkAsync(SubscriptionView view, string version, TimeSpan hold, CancellationToken requestAborted)
     {
         if (lifetime.ApplicationStopping.IsCancellationRequested)
         {
             return await ReleaseOnShutdownAsync(view, requestAborted);
+        }
+
+        // Parked in the view's list (so a drain can follow it) only while it holds the current version.
+        var consumer = new ParkedConsumer();
+        if (view.Park(consumer, version) is not { } changed)
+        {
+            return new(view.Current, PollEnd.Immediate);
         }
 
         metrics.PollParked();
@@ -107,11 +115,16 @@ internal sealed class LongPoll(
         }
         catch (TimeoutException)
         {
-            return new(view.Current.Answer, PollEnd.TimedOut);
+            view.Unpark(consumer);
+            // The answer may have moved on at the same moment: then it is a change, not a timeout.
+            var now = view.Current;
+            return new(now, string.Equals(now.Version, version, StringComparison.Ordinal) ? PollEnd.TimedOut : PollEnd.Changed, consumer);
         }
         catch (OperationCanceledException) when (requestAborted.IsCancellationRequested)
         {
-            return new(view.Current.Answer, PollEnd.ClientGone);
+            view.Unpark(consumer);
+            consumer.Finish(sent: false);
+            return new(view.Current, PollEnd.ClientGone);
         }
         finally
         {
@@ -120,12 +133,12 @@ internal sealed class LongPoll(
 
         if (lifetime.ApplicationStopping.IsCancellationRequested)
         {
-            return await ReleaseOnShutdownAsync(view, requestAborted);
+            return (await ReleaseOnShutdownAsync(view, requestAborted)) with { Consumer = consumer };
         }
 
-        var answer = view.Current.Answer;
+        var answer = view.Current;
         metrics.DeliveryDelay(Stopwatch.GetElapsedTime(answer.ComputedAt));
-        return new(answer, PollEnd.Changed);
+        return new(answer, PollEnd.Changed, consumer);
     }
 
     /// <summary>Answers a poll released by shutdown after a random part of the spread, so consumers do not all reconnect at once.</summary>
@@ -138,9 +151,9 @@ internal sealed class LongPoll(
         }
         catch (OperationCanceledException)
         {
-            return new(view.Current.Answer, PollEnd.ClientGone);
+            return new(view.Current, PollEnd.ClientGone);
         }
 
-        return new(view.Current.Answer, PollEnd.Shutdown);
+        return new(view.Current, PollEnd.Shutdown);
     }
 }

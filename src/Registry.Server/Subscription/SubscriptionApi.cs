@@ -169,6 +169,11 @@ internal static class SubscriptionApi
             return Problems.TooMany(http, limits.RetryAfterSeconds, e.Message);
         }
 
+        if (outcome.End is PollEnd.Refused or PollEnd.ClientGone)
+        {
+            outcome.Consumer?.Finish(sent: false);
+        }
+
         return outcome.End switch
         {
             PollEnd.ClientGone => TypedResults.Empty,
@@ -186,7 +191,7 @@ internal static class SubscriptionApi
         }
 
         var notModified = notModifiedOnTimeout && outcome.End is PollEnd.TimedOut or PollEnd.Shutdown;
-        return new AnswerResult(outcome.Answer, notModified, state.StaleSince);
+        return new AnswerResult(outcome.Answer, notModified, state.StaleSince, outcome.Consumer);
     }
 
     /// <summary>The first entity tag of If-None-Match, unquoted (weak tags compare the same for GET).</summary>
@@ -202,10 +207,27 @@ internal static class SubscriptionApi
     }
 }
 
-/// <summary>Writes a pre-serialised answer with its ETag; 304 with no body when asked for.</summary>
-internal sealed class AnswerResult(Answer answer, bool notModified, DateTimeOffset? staleSince) : IResult
+/// <summary>
+/// Writes a pre-serialised answer with its ETag; 304 with no body when asked for. A consumer
+/// that parked is finished once the last bytes are flushed (sent) or the write fails (gone).
+/// </summary>
+internal sealed class AnswerResult(Answer answer, bool notModified, DateTimeOffset? staleSince, ParkedConsumer? consumer = null) : IResult
 {
     public async Task ExecuteAsync(HttpContext httpContext)
+    {
+        var sent = false;
+        try
+        {
+            await WriteAsync(httpContext);
+            sent = true;
+        }
+        finally
+        {
+            consumer?.Finish(sent);
+        }
+    }
+
+    private async Task WriteAsync(HttpContext httpContext)
     {
         var response = httpContext.Response;
         response.Headers.ETag = answer.ETag;
@@ -220,6 +242,12 @@ internal sealed class AnswerResult(Answer answer, bool notModified, DateTimeOffs
         if (notModified)
         {
             response.StatusCode = StatusCodes.Status304NotModified;
+            if (consumer is not null)
+            {
+                // Sends the headers now, so "sent" means sent.
+                await response.BodyWriter.FlushAsync(httpContext.RequestAborted);
+            }
+
             return;
         }
 

@@ -37,6 +37,9 @@ internal sealed class SubscriptionView
     private Answer _answer;
     private TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
+    /// <summary>The consumers waiting on the current answer (so all hold its version); guarded by the gate.</summary>
+    private readonly HashSet<ParkedConsumer> _parked = new(ReferenceEqualityComparer.Instance);
+
     public SubscriptionView(string key, FragmentSlot[] slots)
     {
         Key = key;
@@ -52,15 +55,54 @@ internal sealed class SubscriptionView
     /// <summary>Consumers holding the view; guarded by the hub's lock.</summary>
     internal int References { get; set; }
 
-    /// <summary>The current answer and a task that completes when it is replaced.</summary>
-    public (Answer Answer, Task Changed) Current
+    /// <summary>The current answer (<see cref="Park"/> gives the signal of its replacement).</summary>
+    public Answer Current
     {
         get
         {
             lock (_gate)
             {
-                return (_answer, _changed.Task);
+                return _answer;
             }
+        }
+    }
+
+    /// <summary>How many consumers are parked on the current answer now, and its version.</summary>
+    public (int Parked, string Version) ParkedOn
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return (_parked.Count, _answer.Version);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Parks the consumer on the current answer when it holds that <paramref name="version"/>:
+    /// the task completes when the answer is replaced. Null when the answer already moved on.
+    /// </summary>
+    public Task? Park(ParkedConsumer consumer, string version)
+    {
+        lock (_gate)
+        {
+            if (!string.Equals(version, _answer.Version, StringComparison.Ordinal))
+            {
+                return null;
+            }
+
+            _parked.Add(consumer);
+            return _changed.Task;
+        }
+    }
+
+    /// <summary>The consumer stopped waiting (its wait ran out or it left) before the answer changed.</summary>
+    public void Unpark(ParkedConsumer consumer)
+    {
+        lock (_gate)
+        {
+            _parked.Remove(consumer);
         }
     }
 
@@ -75,6 +117,7 @@ internal sealed class SubscriptionView
         {
             wake = _changed;
             _changed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _parked.Clear();
         }
 
         wake.TrySetResult();
@@ -83,11 +126,13 @@ internal sealed class SubscriptionView
     /// <summary>
     /// Publishes a recomposed answer (every read from now on gets it) and returns the signal
     /// that wakes the consumers parked on the old one, or null when the version did not move.
+    /// <paramref name="parked"/> gets those consumers when asked for.
     /// </summary>
-    public TaskCompletionSource? Publish(Answer answer)
+    public TaskCompletionSource? Publish(Answer answer, bool listParked, out ParkedConsumer[] parked)
     {
         lock (_gate)
         {
+            parked = [];
             if (answer.Version == _answer.Version)
             {
                 return null;
@@ -96,6 +141,12 @@ internal sealed class SubscriptionView
             _answer = answer;
             var wake = _changed;
             _changed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            if (listParked)
+            {
+                parked = [.. _parked];
+            }
+
+            _parked.Clear();
             return wake;
         }
     }
@@ -116,15 +167,18 @@ internal sealed class SubscriptionHub
     private readonly RegistryState _state;
     private readonly RegistryMetrics _metrics;
     private readonly int _maxViews;
+    private readonly IChangeWitness[] _witnesses;
     private readonly Lock _gate = new();
     private readonly Dictionary<string, SubscriptionView> _views = new(StringComparer.Ordinal);
     private readonly Dictionary<string, FragmentSlot> _slots = new(StringComparer.Ordinal);
     private readonly Dictionary<string, HashSet<FragmentSlot>> _byApplication = new(StringComparer.Ordinal);
     private int _idle;
 
-    public SubscriptionHub(RegistryState state, RegistryMetrics metrics, IOptions<LimitsOptions> limits, IHostApplicationLifetime lifetime)
+    public SubscriptionHub(
+        RegistryState state, RegistryMetrics metrics, IOptions<LimitsOptions> limits, IHostApplicationLifetime lifetime, IEnumerable<IChangeWitness> witnesses)
     {
         _state = state;
+        _witnesses = witnesses.ToArray();
         _metrics = metrics;
         _maxViews = limits.Value.MaxSubscriptions;
         // Parked polls are released when the node stops (LongPoll spreads their answers).
@@ -216,6 +270,7 @@ internal sealed class SubscriptionHub
     /// </summary>
     public void ApplicationsChanged(IReadOnlyCollection<string> applications, List<TaskCompletionSource> wakes)
     {
+        var records = _witnesses.Select(w => w.Begin(applications)).OfType<IChangeRecord>().ToArray();
         // Idle views touched by the change go (and fragments nobody else includes with them).
         List<FragmentSlot> touched = [];
         lock (_gate)
@@ -259,12 +314,46 @@ internal sealed class SubscriptionHub
 
         foreach (var view in affected)
         {
-            if (view.Publish(view.Compose()) is { } wake)
+            if (view.Publish(view.Compose(), records.Length > 0, out var parked) is { } wake)
             {
                 wakes.Add(wake);
                 _metrics.AnswerChanged();
+                foreach (var record in records)
+                {
+                    record.Replaced(view, parked);
+                }
             }
         }
+
+        foreach (var record in records)
+        {
+            record.End();
+        }
+    }
+
+    /// <summary>The consumers parked on subscriptions that include the application, per version they hold.</summary>
+    public Dictionary<string, int> Watchers(string application)
+    {
+        SubscriptionView[] views;
+        lock (_gate)
+        {
+            views = _byApplication.TryGetValue(application, out var slots)
+                ? slots.SelectMany(slot => slot.Views).Distinct(ReferenceEqualityComparer.Instance).Cast<SubscriptionView>().ToArray()
+                : [];
+        }
+
+        var versions = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (var view in views)
+        {
+            // Read together, so the count belongs to the version.
+            var (parked, version) = view.ParkedOn;
+            if (parked > 0)
+            {
+                versions[version] = versions.GetValueOrDefault(version) + parked;
+            }
+        }
+
+        return versions;
     }
 
     private void InterruptAll()

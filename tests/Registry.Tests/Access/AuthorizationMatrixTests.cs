@@ -19,8 +19,10 @@ public sealed class AuthorizationMatrixTests(AccessCluster cluster)
         ["POST /v1/register"] = ("register", c => c.PostJsonAsync("/v1/register", Provider)),
         ["POST /v1/heartbeat"] = ("register", c => c.PostJsonAsync("/v1/heartbeat", Provider)),
         ["POST /v1/unregister"] = ("register", c => c.PostJsonAsync("/v1/unregister", Provider)),
+        ["POST /v1/unregister?drain=1"] = ("register", c => c.PostJsonAsync("/v1/unregister?drain=1", Provider)),
         ["POST /v1/subscribe"] = ("subscribe", c => c.PostJsonAsync("/v1/subscribe", Http.Subscription(Http.Entry("payments")))),
         ["GET /v1/services/payments"] = ("subscribe", c => c.GetAsync(new Uri("/v1/services/payments", UriKind.Relative))),
+        ["GET /v1/services/payments/watchers"] = ("subscribe", c => c.GetAsync(new Uri("/v1/services/payments/watchers", UriKind.Relative))),
         ["GET /v1/services"] = ("caller", c => c.GetAsync(new Uri("/v1/services", UriKind.Relative))),
         ["POST /v1/tokens"] = ("admin", c => c.PostJsonAsync("/v1/tokens", """{"description":"made in the matrix","subscribe":["*"]}""")),
         ["GET /v1/tokens"] = ("admin", c => c.GetAsync(new Uri("/v1/tokens", UriKind.Relative))),
@@ -97,7 +99,7 @@ public sealed class AuthorizationMatrixTests(AccessCluster cluster)
         {
             // Allowed: whatever the operation answers on its own (a heartbeat of nothing registered is a 404).
             Assert.True(status is 200 or 201 or 204 or 404, cell);
-            Assert.True(status != 404 || endpoint is "POST /v1/heartbeat" or "POST /v1/unregister" or "DELETE /v1/tokens/{id}", cell);
+            Assert.True(status != 404 || endpoint is "POST /v1/heartbeat" or "POST /v1/unregister" or "POST /v1/unregister?drain=1" or "DELETE /v1/tokens/{id}", cell);
             return;
         }
 

@@ -1,0 +1,64 @@
+using System.Data.Common;
+using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.Extensions.Options;
+using Registry.Access;
+using Registry.Edge;
+using Registry.Model;
+
+namespace Registry.Drain;
+
+/// <summary>Who watches an application: what operators call before and during a rollout.</summary>
+internal static class DrainApi
+{
+    public static IEndpointRouteBuilder MapDrain(this IEndpointRouteBuilder endpoints)
+    {
+        var group = endpoints.MapGroup("/v1").WithTags("Consumers")
+            .RequireAuthorization(AccessPolicies.Caller)
+            .RequireRateLimiting(RateLimiting.PolicyName)
+            .ProducesProblem(StatusCodes.Status429TooManyRequests);
+
+        group.MapGet("/services/{application}/watchers", GetWatchers)
+            .WithName("GetWatchers")
+            .WithSummary("Count the consumers parked on an application, per node and per version they hold")
+            .WithDescription("Asks every live node (through the database's notification channel) how many consumers it holds " +
+                "parked on subscriptions that include the application, and which version of their answer each holds, so an " +
+                "operator can see who still holds an old version. Nodes that do not answer within `Registry:Drain:WatchersWait` " +
+                "(1 s by default) are left out. A parked consumer on a subscription naming several providers holds the version of its whole answer.")
+            .Produces<WatchersDocument>(StatusCodes.Status200OK)
+            .ProducesValidationProblem()
+            .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+
+        return endpoints;
+    }
+
+    private static async Task<Results<Ok<WatchersDocument>, ValidationProblem, ProblemHttpResult>> GetWatchers(
+        HttpContext http,
+        string application,
+        RequestReader reader,
+        ApplicationAccess access,
+        DrainCoordinator coordinator,
+        IOptions<WriteOptions> writeOptions,
+        CancellationToken cancellationToken)
+    {
+        var errors = new Errors();
+        reader.CheckName(application, "application", errors);
+        if (errors.Any)
+        {
+            return Problems.Invalid(errors);
+        }
+
+        if (await access.DenyAsync(http.User, Scope.Subscribe, application) is { } denied)
+        {
+            return denied;
+        }
+
+        try
+        {
+            return TypedResults.Ok(await coordinator.WatchersAsync(application, cancellationToken));
+        }
+        catch (DbException)
+        {
+            return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds, "The database cannot carry the question to the nodes now; retry shortly.");
+        }
+    }
+}

@@ -1,0 +1,20 @@
+using System.ComponentModel.DataAnnotations;
+
+namespace Registry.Drain;
+
+/// <summary>Confirmed drain and the watchers view (section <c>Registry:Drain</c>).</summary>
+public sealed class DrainOptions
+{
+    /// <summary>Largest <c>drain</c> an unregistration may ask for, in seconds; larger is 400.</summary>
+    [Range(1, 3600)]
+    public int MaxDrainSeconds { get; set; } = 60;
+
+    /// <summary>Least time between two progress reports a node sends about one drain (its final report goes at once).</summary>
+    public TimeSpan ReportInterval { get; set; } = TimeSpan.FromMilliseconds(100);
+
+    /// <summary>How often a waiting drain reads the live nodes again, so a node that died stops being waited for.</summary>
+    public TimeSpan NodesRefreshInterval { get; set; } = TimeSpan.FromMilliseconds(500);
+
+    /// <summary>How long the watchers view waits for the live nodes to answer; the nodes that answered by then are shown.</summary>
+    public TimeSpan WatchersWait { get; set; } = TimeSpan.FromSeconds(1);
+}
