@@ -2,6 +2,7 @@ using Registry;
 using Registry.Access;
 using Registry.Operations;
 using Registry.Registration;
+using Registry.Sessions;
 using Registry.Storage;
 using Registry.Subscription;
 
@@ -27,6 +28,7 @@ try
     app.UseRegistry();
     app.UseRegistryAccess();
     app.MapRegistration();
+    app.MapSessions();
     app.MapSubscription();
     app.MapOperations();
     app.MapMetrics();

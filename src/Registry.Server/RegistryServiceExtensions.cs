@@ -8,6 +8,7 @@ using Registry.Membership;
 using Registry.Model;
 using Registry.Operations;
 using Registry.Registration;
+using Registry.Sessions;
 using Registry.State;
 using Registry.Storage;
 using Registry.Subscription;
@@ -113,6 +114,7 @@ internal static class RegistryServiceExtensions
         services.AddSingletonHostedService<LeaseRenewer>();
         services.AddSingletonHostedService<WriteBatcher>();
         services.AddHostedService<Sweeper>();
+        services.AddRegistrySessions();
 
         services.ConfigureHttpJsonOptions(json => json.SerializerOptions.Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping);
         services.AddProblemDetails();

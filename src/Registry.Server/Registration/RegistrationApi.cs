@@ -204,7 +204,8 @@ internal static class RegistrationApi
         }
     }
 
-    private static LeaseDocument Lease(InstanceKey key, Meta meta, int ttlSeconds, DateTimeOffset expiresAt) => new()
+    /// <summary>The lease document of register, heartbeat and a session's first event.</summary>
+    internal static LeaseDocument Lease(InstanceKey key, Meta meta, int ttlSeconds, DateTimeOffset expiresAt) => new()
     {
         Application = key.Application,
         Protocol = key.Protocol,
