@@ -29,6 +29,7 @@ public sealed partial class RunbookTests(LiveRegistry registry)
         ["Inspect one application"] = ["HTTP/1.1 200", "ETag: \"", "\"addr\":\"127.0.0.1:8080\""],
         ["Watch an application with a long poll"] = ["HTTP/1.1 304", "ETag: \""],
         ["Unregister an instance by hand"] = ["204"],
+        ["Hold a session with curl -N"] = ["event: lease", "\"addr\":\"127.0.0.1:8081\"", "\"endpoints\":[]"],
         ["Read the metrics"] = ["registry_registrations_total{"],
     };
 
