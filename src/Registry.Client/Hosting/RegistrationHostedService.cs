@@ -7,7 +7,7 @@ namespace Registry.Client.Hosting;
 /// learn of it) and unregisters as soon as the host begins to stop (so consumers move away while
 /// in-flight requests drain).
 /// </summary>
-internal sealed class RegistrationHostedService(RegistryClient client, Func<IServiceProvider, ProviderInstance> instance, IServiceProvider services)
+internal sealed class RegistrationHostedService(RegistryClient client, Func<IServiceProvider, ProviderInstance> instance, IServiceProvider services, RegistrationMode mode)
     : IHostedLifecycleService, IAsyncDisposable
 {
     private RegistrationLease? _lease;
@@ -17,7 +17,7 @@ internal sealed class RegistrationHostedService(RegistryClient client, Func<ISer
     public Task StartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
     public async Task StartedAsync(CancellationToken cancellationToken) =>
-        _lease = await client.RegisterAsync(instance(services), cancellationToken).ConfigureAwait(false);
+        _lease = await client.RegisterAsync(instance(services), mode, cancellationToken).ConfigureAwait(false);
 
     public Task StoppingAsync(CancellationToken cancellationToken) => DisposeAsync().AsTask();
 
