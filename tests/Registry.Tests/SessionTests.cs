@@ -145,8 +145,7 @@ public sealed class SessionTests(RegistryCluster cluster) : RegistryTest(cluster
             Assert.Equal((1, 5), (reader.GetInt32(0), reader.GetInt32(1)));
         }
 
-        using var nodeB = Cluster.NodeB.CreateClient();
-        using (var register = await nodeB.PostJsonAsync("/v1/register", Http.Provider("app", "10.0.0.1:80", """{"zone":"new"}""")))
+        using (var register = await Client.PostJsonAsync("/v1/register", Http.Provider("app", "10.0.0.1:80", """{"zone":"new"}""")))
         {
             Assert.Equal(HttpStatusCode.OK, register.StatusCode);
         }

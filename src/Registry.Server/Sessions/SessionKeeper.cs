@@ -72,7 +72,8 @@ internal sealed partial class SessionKeeper(
             end = SessionEnd.Released;
         }
 
-        if (end == SessionEnd.Closed)
+        // A newer registration seen meanwhile is someone else's (the watch may not have woken yet): leave it.
+        if (end == SessionEnd.Closed && !(state.Find(key) is { } now && now.Revision > registered.Revision))
         {
             await RemoveAsync(key);
         }
