@@ -61,23 +61,11 @@ internal static class SessionApi
         ApplicationAccess access,
         CancellationToken cancellationToken)
     {
-        var (json, tooLarge) = await body.ReadAsync(http.Request, cancellationToken);
-        if (tooLarge is not null)
+        var (registering, invalid, refused) = await RegistrationRequest.ReadAsync(
+            http, ttl, sessions.Value.DefaultTtlSeconds, body, reader, leases.Value, access, cancellationToken);
+        if (registering is not { } request)
         {
-            return tooLarge;
-        }
-
-        var errors = new Errors();
-        var requestedTtl = QueryNumber.Read(ttl, "ttl", 1, errors);
-        var provider = reader.ReadProvider(json, errors);
-        if (provider is null || errors.Any)
-        {
-            return Problems.Invalid(errors);
-        }
-
-        if (await access.DenyAsync(http.User, Scope.Register, provider.Application) is { } denied)
-        {
-            return denied;
+            return invalid is not null ? invalid : refused!;
         }
 
         // A session is a held request like a parked poll: it takes a place before it registers anything.
@@ -88,7 +76,7 @@ internal static class SessionApi
                 "This node holds as many parked requests and sessions as it may for this client or in all (Registry:Limits:MaxParkedPerClient, MaxParked); retry shortly or on another node.");
         }
 
-        var granted = (int)Math.Clamp(requestedTtl ?? sessions.Value.DefaultTtlSeconds, leases.Value.MinTtlSeconds, leases.Value.MaxTtlSeconds);
+        var (provider, granted) = request;
         try
         {
             var registered = await writes.SubmitAsync(new RegisterCommand(provider, granted));
