@@ -9,6 +9,18 @@ public interface IRegistryClient
     /// <summary>Registers an instance and keeps it registered until the returned lease is disposed.</summary>
     Task<RegistrationLease> RegisterAsync(ProviderInstance instance, CancellationToken cancellationToken = default);
 
+    /// <summary>
+    /// Registers an instance kept alive the way <paramref name="mode"/> says (heartbeats, a session, or registry probes)
+    /// until the returned lease is disposed. Implementations that know only heartbeats need not override it.
+    /// </summary>
+    Task<RegistrationLease> RegisterAsync(ProviderInstance instance, RegistrationMode mode, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(mode);
+        return mode.Kind == RegistrationKind.Heartbeat
+            ? RegisterAsync(instance, cancellationToken)
+            : throw new NotSupportedException($"This registry client does not support {mode} registrations.");
+    }
+
     /// <summary>Starts a subscription to the union of the entries' matches.</summary>
     Task<RegistrySubscription> SubscribeAsync(IEnumerable<SubscriptionEntry> subscribes, CancellationToken cancellationToken = default);
 

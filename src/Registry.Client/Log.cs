@@ -29,6 +29,12 @@ internal static partial class Log
     [LoggerMessage(Level = LogLevel.Error, Message = "The registry refused {What}; trying again in {Delay}")]
     public static partial void RefusedRetrying(ILogger logger, string what, TimeSpan delay, Exception exception);
 
+    [LoggerMessage(Level = LogLevel.Warning, Message = "The session of {Instance} ended: another registration of the instance replaced it; this lease stops")]
+    public static partial void SessionReplaced(ILogger logger, ProviderInstance instance);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "The session of {Instance} ended ({Reason}); opening it again")]
+    public static partial void SessionEnded(ILogger logger, ProviderInstance instance, string reason);
+
     [LoggerMessage(Level = LogLevel.Information, Message = "Unregistering {Instance}: the registry did not know it")]
     public static partial void NotRegistered(ILogger logger, ProviderInstance instance);
 

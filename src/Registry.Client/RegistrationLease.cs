@@ -8,9 +8,11 @@ namespace Registry.Client;
 /// A registration that keeps itself alive: heartbeats at about a third of the TTL (with jitter),
 /// registers again when the registry has forgotten the instance, keeps trying with capped,
 /// jittered backoff while the registry is down, and unregisters on dispose. Its loop never ends
-/// on an error: it logs, backs off and tries again until the lease is disposed.
+/// on an error: it logs, backs off and tries again until the lease is disposed. Other
+/// <see cref="RegistrationMode"/>s hold a session instead of heartbeating, or register once for
+/// the registry to probe.
 /// </summary>
-public sealed class RegistrationLease : IAsyncDisposable
+public sealed partial class RegistrationLease : IAsyncDisposable
 {
     private readonly RegistryTransport _transport;
     private readonly int _requestedTtl;
@@ -35,10 +37,12 @@ public sealed class RegistrationLease : IAsyncDisposable
     private Exception? _lastError;
     private int _disposed;
 
-    internal RegistrationLease(RegistryTransport transport, ProviderInstance instance, RegistryClientOptions options, TimeProvider time, ILogger logger)
+    internal RegistrationLease(RegistryTransport transport, ProviderInstance instance, RegistryClientOptions options, TimeProvider time, ILogger logger, RegistrationMode? mode = null)
     {
         _transport = transport;
         Instance = instance;
+        Mode = mode ?? RegistrationMode.Heartbeat;
+        _sessionIdleTimeout = options.SessionIdleTimeout;
         _requestedTtl = (int)Math.Ceiling(options.Ttl.TotalSeconds);
         _ttl = TimeSpan.FromSeconds(_requestedTtl);
         _requestTimeout = options.RequestTimeout;
@@ -68,6 +72,9 @@ public sealed class RegistrationLease : IAsyncDisposable
 
     /// <summary>The registered instance.</summary>
     public ProviderInstance Instance { get; }
+
+    /// <summary>How the instance is kept registered.</summary>
+    public RegistrationMode Mode { get; }
 
     /// <summary>Whether the registry acknowledged the instance and has not since answered that it forgot it.</summary>
     public bool IsRegistered
@@ -135,8 +142,7 @@ public sealed class RegistrationLease : IAsyncDisposable
         var firstDelay = TimeSpan.Zero;
         try
         {
-            await AttemptAsync(cancellationToken).ConfigureAwait(false);
-            firstDelay = NextHeartbeat();
+            firstDelay = await AttemptAsync(cancellationToken).ConfigureAwait(false);
         }
         catch (Exception e) when (e is not RegistryClientException && !(e is OperationCanceledException && cancellationToken.IsCancellationRequested))
         {
@@ -184,9 +190,14 @@ public sealed class RegistrationLease : IAsyncDisposable
         }
     }
 
-    /// <summary>One register or heartbeat; the delay until the next one.</summary>
+    /// <summary>One register or heartbeat (or a session's step); the delay until the next one.</summary>
     private async Task<TimeSpan> AttemptAsync(CancellationToken cancellationToken)
     {
+        if (Mode.Kind == RegistrationKind.Session)
+        {
+            return await SessionStepAsync(cancellationToken).ConfigureAwait(false);
+        }
+
         if (!IsRegistered)
         {
             lock (_gate)
@@ -197,7 +208,7 @@ public sealed class RegistrationLease : IAsyncDisposable
             LeaseDocument lease;
             try
             {
-                lease = await _transport.RegisterAsync(Instance, _requestedTtl, _requestTimeout, cancellationToken).ConfigureAwait(false);
+                lease = await _transport.RegisterAsync(Instance, _requestedTtl, _requestTimeout, cancellationToken, Mode.RegisterQuery()).ConfigureAwait(false);
             }
             catch (RegistryClientException)
             {
@@ -211,7 +222,8 @@ public sealed class RegistrationLease : IAsyncDisposable
 
             Accept(lease);
             Succeeded();
-            return NextHeartbeat();
+            // A probed instance is the registry's to keep alive: nothing more to send.
+            return Mode.Kind == RegistrationKind.Probe ? Timeout.InfiniteTimeSpan : NextHeartbeat();
         }
 
         var renewed = await _transport.HeartbeatAsync(Instance, _requestTimeout, cancellationToken).ConfigureAwait(false);
@@ -307,7 +319,10 @@ public sealed class RegistrationLease : IAsyncDisposable
     /// </summary>
     public async ValueTask DisposeAsync()
     {
-        if (await StopAsync().ConfigureAwait(false))
+        var mayBeRegistered = await StopAsync().ConfigureAwait(false);
+        // A session's connection closes first: its node removes the instance; the unregister makes sure.
+        CloseSession();
+        if (mayBeRegistered)
         {
             await UnregisterAsync().ConfigureAwait(false);
         }
@@ -329,8 +344,10 @@ public sealed class RegistrationLease : IAsyncDisposable
             throw new ArgumentOutOfRangeException(nameof(timeout), timeout, "A drain needs a positive timeout.");
         }
 
+        // A session stays open through the drain: closing it would remove the instance without one.
         if (!await StopAsync().ConfigureAwait(false))
         {
+            CloseSession();
             return DrainResult.NotRegistered;
         }
 
@@ -348,6 +365,10 @@ public sealed class RegistrationLease : IAsyncDisposable
             Log.DrainFailed(_logger, Instance, e.Message);
             await UnregisterAsync().ConfigureAwait(false);
             throw;
+        }
+        finally
+        {
+            CloseSession();
         }
     }
 

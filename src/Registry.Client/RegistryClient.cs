@@ -68,10 +68,20 @@ public sealed class RegistryClient : IRegistryClient, IAsyncDisposable, IDisposa
     /// attempt is made before this returns: a refusal (e.g. invalid input) throws
     /// <see cref="RegistryClientException"/>; an unreachable registry does not throw — the lease keeps trying in the background.
     /// </summary>
-    public async Task<RegistrationLease> RegisterAsync(ProviderInstance instance, CancellationToken cancellationToken = default)
+    public Task<RegistrationLease> RegisterAsync(ProviderInstance instance, CancellationToken cancellationToken = default) =>
+        RegisterAsync(instance, RegistrationMode.Heartbeat, cancellationToken);
+
+    /// <summary>
+    /// Registers an instance kept alive the way <paramref name="mode"/> says: <see cref="RegistrationMode.Heartbeat"/>,
+    /// <see cref="RegistrationMode.Session"/> (the first attempt waits for the session's lease) or
+    /// <see cref="RegistrationMode.Probe(ProbeKind, string?, TimeSpan?)"/>. Failures behave as for
+    /// <see cref="RegisterAsync(ProviderInstance, CancellationToken)"/>.
+    /// </summary>
+    public async Task<RegistrationLease> RegisterAsync(ProviderInstance instance, RegistrationMode mode, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(instance);
-        var lease = new RegistrationLease(_transport, instance, _options, _time, _loggers.CreateLogger<RegistrationLease>());
+        ArgumentNullException.ThrowIfNull(mode);
+        var lease = new RegistrationLease(_transport, instance, _options, _time, _loggers.CreateLogger<RegistrationLease>(), mode);
         try
         {
             await lease.StartAsync(cancellationToken).ConfigureAwait(false);

@@ -31,6 +31,13 @@ public sealed class RegistryClientOptions
     public TimeSpan DrainTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
     /// <summary>
+    /// For <see cref="RegistrationMode.Session"/>: how long a session's stream may stay silent before the client takes
+    /// its node (or the path to it) for gone and opens the session elsewhere. The registry sends a keep-alive every
+    /// <c>Registry:Sessions:KeepAliveSeconds</c> (5 s by default); keep this a few of those. Default 20 s.
+    /// </summary>
+    public TimeSpan SessionIdleTimeout { get; set; } = TimeSpan.FromSeconds(20);
+
+    /// <summary>
     /// Most time opening a connection to one node may take before the next is tried (set on the client's own
     /// <see cref="HttpClient"/> with dependency injection), so a black-holed node costs seconds, not the
     /// operating system's ~2 minutes of SYN retries. Default 3 s.
@@ -113,6 +120,7 @@ internal sealed class RegistryClientOptionsValidator : IValidateOptions<Registry
         Positive(options.DiscoveryTimeout, nameof(options.DiscoveryTimeout), errors);
         Positive(options.ConnectTimeout, nameof(options.ConnectTimeout), errors);
         Positive(options.DiscoveryRetention, nameof(options.DiscoveryRetention), errors);
+        Positive(options.SessionIdleTimeout, nameof(options.SessionIdleTimeout), errors);
         if (options.Token is not null && options.TokenProvider is not null)
         {
             errors.Add("Token: set either Token or TokenProvider, not both.");

@@ -64,13 +64,25 @@ public static class RegistryClientServiceCollectionExtensions
     /// Registers the application itself once the host has started, keeps the registration alive, and
     /// unregisters when the host begins to stop. Needs <see cref="AddRegistryClient"/>.
     /// </summary>
-    public static IServiceCollection AddRegistryRegistration(this IServiceCollection services, Func<IServiceProvider, ProviderInstance> instance)
+    public static IServiceCollection AddRegistryRegistration(this IServiceCollection services, Func<IServiceProvider, ProviderInstance> instance) =>
+        services.AddRegistryRegistration(instance, RegistrationMode.Heartbeat);
+
+    /// <summary>
+    /// As <see cref="AddRegistryRegistration(IServiceCollection, Func{IServiceProvider, ProviderInstance})"/>, kept alive the way
+    /// <paramref name="mode"/> says (heartbeats, a session, or registry probes).
+    /// </summary>
+    public static IServiceCollection AddRegistryRegistration(this IServiceCollection services, Func<IServiceProvider, ProviderInstance> instance, RegistrationMode mode)
     {
         ArgumentNullException.ThrowIfNull(services);
         ArgumentNullException.ThrowIfNull(instance);
-        services.AddSingleton<IHostedService>(provider => new RegistrationHostedService(provider.GetRequiredService<RegistryClient>(), instance, provider));
+        ArgumentNullException.ThrowIfNull(mode);
+        services.AddSingleton<IHostedService>(provider => new RegistrationHostedService(provider.GetRequiredService<RegistryClient>(), instance, provider, mode));
         return services;
     }
+
+    /// <summary>Registers a fixed instance kept alive the way <paramref name="mode"/> says.</summary>
+    public static IServiceCollection AddRegistryRegistration(this IServiceCollection services, ProviderInstance instance, RegistrationMode mode) =>
+        services.AddRegistryRegistration(_ => instance, mode);
 
     /// <summary>Registers a fixed instance; see <see cref="AddRegistryRegistration(IServiceCollection, Func{IServiceProvider, ProviderInstance})"/>.</summary>
     public static IServiceCollection AddRegistryRegistration(this IServiceCollection services, ProviderInstance instance) =>

@@ -20,4 +20,10 @@ public enum RegistryConnectionState
 
     /// <summary>Disposed.</summary>
     Stopped,
+
+    /// <summary>
+    /// A session (<see cref="RegistrationMode.Session"/>) ended because another registration of the same instance took
+    /// over: the lease stops trying (dispose it; register again to take the instance back).
+    /// </summary>
+    Replaced,
 }

@@ -41,12 +41,44 @@ internal sealed partial class RegistryTransport
     public static RegistryTransport Unused() =>
         new(() => throw new InvalidOperationException("A fixed lease or subscription sends nothing."), [], null, TimeProvider.System, NullLogger.Instance);
 
-    public async Task<LeaseDocument> RegisterAsync(ProviderInstance provider, int ttlSeconds, TimeSpan timeout, CancellationToken cancellationToken)
+    /// <summary>Registers (or re-registers) the instance; <paramref name="query"/> holds more query parameters, each starting with <c>&amp;</c> (a probe's).</summary>
+    public async Task<LeaseDocument> RegisterAsync(ProviderInstance provider, int ttlSeconds, TimeSpan timeout, CancellationToken cancellationToken, string query = "")
     {
         var body = JsonSerializer.SerializeToUtf8Bytes(provider, ClientJson.Default.ProviderInstance);
-        using var response = await SendAsync(HttpMethod.Post, string.Create(CultureInfo.InvariantCulture, $"v1/register?ttl={ttlSeconds}"), body, null, timeout, cancellationToken).ConfigureAwait(false);
+        using var response = await SendAsync(HttpMethod.Post, string.Create(CultureInfo.InvariantCulture, $"v1/register?ttl={ttlSeconds}{query}"), body, null, timeout, cancellationToken).ConfigureAwait(false);
         await EnsureSuccessAsync(response, "register", cancellationToken).ConfigureAwait(false);
         return await ReadAsync(response, ClientJson.Default.LeaseDocument, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Opens a session (<c>POST /v1/sessions</c>) on the first node that takes it; the caller reads its event stream.
+    /// <paramref name="timeout"/> covers the answer's headers only.
+    /// </summary>
+    public async Task<SessionConnection> OpenSessionAsync(ProviderInstance provider, int ttlSeconds, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var body = JsonSerializer.SerializeToUtf8Bytes(provider, ClientJson.Default.ProviderInstance);
+        var response = await SendAsync(HttpMethod.Post, string.Create(CultureInfo.InvariantCulture, $"v1/sessions?ttl={ttlSeconds}"), body, null, timeout, cancellationToken,
+            HttpCompletionOption.ResponseHeadersRead).ConfigureAwait(false);
+        try
+        {
+            await EnsureSuccessAsync(response, "open session", cancellationToken).ConfigureAwait(false);
+            var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
+            return new SessionConnection(response, stream, Volatile.Read(ref _preferred));
+        }
+        catch
+        {
+            response.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Makes the next request start at the server after <paramref name="server"/> (whose session failed), unless another already moved on.</summary>
+    public void Avoid(int server)
+    {
+        if (_servers.Length > 1)
+        {
+            Interlocked.CompareExchange(ref _preferred, (server + 1) % _servers.Length, server);
+        }
     }
 
     /// <summary>Renews the lease; <see langword="null"/> when the registry does not know the instance (it must register again).</summary>
@@ -135,7 +167,8 @@ internal sealed partial class RegistryTransport
     }
 
     private async Task<HttpResponseMessage> SendAsync(
-        HttpMethod method, string path, byte[]? body, string? ifNoneMatch, TimeSpan timeout, CancellationToken cancellationToken)
+        HttpMethod method, string path, byte[]? body, string? ifNoneMatch, TimeSpan timeout, CancellationToken cancellationToken,
+        HttpCompletionOption completion = HttpCompletionOption.ResponseContentRead)
     {
         var token = await TokenAsync(cancellationToken).ConfigureAwait(false);
         Exception? last = null;
@@ -168,8 +201,9 @@ internal sealed partial class RegistryTransport
             HttpResponseMessage response;
             try
             {
-                // The body is read within the timeout (ResponseContentRead), so a node that stalls mid-answer counts as failed.
-                response = await _http().SendAsync(request, HttpCompletionOption.ResponseContentRead, linked.Token).ConfigureAwait(false);
+                // The body is read within the timeout (ResponseContentRead), so a node that stalls mid-answer counts as
+                // failed; a session's stream is read by its caller (ResponseHeadersRead).
+                response = await _http().SendAsync(request, completion, linked.Token).ConfigureAwait(false);
             }
             catch (HttpRequestException e)
             {
@@ -293,4 +327,20 @@ internal sealed partial class RegistryTransport
 
     [LoggerMessage(Level = LogLevel.Debug, Message = "Registry server {Server} failed: {Reason}")]
     private static partial void LogServerFailed(ILogger logger, Uri server, string reason);
+}
+
+/// <summary>An open session's response: its event stream, and which server holds it.</summary>
+internal sealed class SessionConnection(HttpResponseMessage response, Stream body, int server) : IDisposable
+{
+    public StreamReader Reader { get; } = new(body);
+
+    /// <summary>The index of the server that holds it.</summary>
+    public int Server { get; } = server;
+
+    /// <summary>Closes the connection: the node removes the instance (unless the session ended first).</summary>
+    public void Dispose()
+    {
+        Reader.Dispose();
+        response.Dispose();
+    }
 }

@@ -4,6 +4,7 @@ using Registry.Drain;
 using Registry.Operations;
 using Registry.Registration;
 using Registry.Postgres;
+using Registry.Sessions;
 using Registry.Subscription;
 
 // `tokens create …` works on the database alone; its options are not host configuration.
@@ -28,6 +29,7 @@ try
     app.UseRegistry();
     app.UseRegistryAccess();
     app.MapRegistration();
+    app.MapSessions();
     app.MapSubscription();
     app.MapDrain();
     app.MapOperations();

@@ -11,6 +11,7 @@ using Registry.Model;
 using Registry.Operations;
 using Registry.Postgres;
 using Registry.Registration;
+using Registry.Sessions;
 using Registry.State;
 using Registry.Storage;
 using Registry.Subscription;
@@ -108,6 +109,7 @@ internal static class RegistryServiceExtensions
         // After the background services: the drain messenger answers other nodes' questions about
         // this node's parked consumers, who exist only once it serves.
         services.AddRegistryDrain();
+        services.AddRegistrySessions();
 
         services.ConfigureHttpJsonOptions(json => json.SerializerOptions.Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping);
         services.AddProblemDetails();

@@ -31,6 +31,7 @@ public sealed partial class RunbookTests(LiveRegistry registry)
         ["See who watches an application"] = ["{\"application\":\"provider_test\",\"nodes\":[{\"node\":\""],
         ["Unregister an instance by hand"] = ["204"],
         ["Drain an instance before stopping it"] = ["{\"delivered\":0,\"pending\":0,\"nodes\":1,\"complete\":true}"],
+        ["Hold a session with curl -N"] = ["event: lease", "\"addr\":\"127.0.0.1:8081\"", "\"endpoints\":[]"],
         ["Read the metrics"] = ["registry_registrations_total{"],
     };
 

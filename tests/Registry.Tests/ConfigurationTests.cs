@@ -18,6 +18,7 @@ public sealed class ConfigurationTests
         { "Registry:Limits", typeof(LimitsOptions) },
         { "Registry:Leases", typeof(LeaseOptions) },
         { "Registry:Subscriptions", typeof(SubscriptionOptions) },
+        { "Registry:Sessions", typeof(Registry.Sessions.SessionOptions) },
         { "Registry:Writes", typeof(WriteOptions) },
         { "Registry:ChangeFeed", typeof(ChangeFeedOptions) },
         { "Registry:RateLimit", typeof(RateLimitOptions) },

@@ -8,7 +8,7 @@ namespace Registry.Client.Hosting;
 /// registry confirms every consumer has been told (up to <see cref="RegistryClientOptions.DrainTimeout"/>),
 /// so the host stops serving only once consumers have moved away.
 /// </summary>
-internal sealed class RegistrationHostedService(RegistryClient client, Func<IServiceProvider, ProviderInstance> instance, IServiceProvider services)
+internal sealed class RegistrationHostedService(RegistryClient client, Func<IServiceProvider, ProviderInstance> instance, IServiceProvider services, RegistrationMode mode)
     : IHostedLifecycleService, IAsyncDisposable
 {
     private RegistrationLease? _lease;
@@ -18,7 +18,7 @@ internal sealed class RegistrationHostedService(RegistryClient client, Func<ISer
     public Task StartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
     public async Task StartedAsync(CancellationToken cancellationToken) =>
-        _lease = await client.RegisterAsync(instance(services), cancellationToken).ConfigureAwait(false);
+        _lease = await client.RegisterAsync(instance(services), mode, cancellationToken).ConfigureAwait(false);
 
     public async Task StoppingAsync(CancellationToken cancellationToken)
     {

@@ -112,6 +112,11 @@ internal static class OpenApiDocumentation
         }
         """;
 
+    /// <summary>The start of a session's stream, as a JSON string (its body is text/event-stream).</summary>
+    internal const string SessionExample = """
+        "event: lease\ndata: {\"application\":\"provider_test\",\"protocol\":\"http\",\"addr\":\"127.0.0.1:8080\",\"meta\":{\"cluster\":\"small\"},\"ttl\":15,\"expires\":\"2026-01-01T12:00:15.000Z\"}\n\n: keep-alive\n\n: keep-alive\n\n"
+        """;
+
     internal const string ServicesExample = """
         { "services": [ { "application": "provider_test", "instances": 2 } ] }
         """;
@@ -162,6 +167,10 @@ internal static class OpenApiDocumentation
         ("Unregister", "204") => "The instance was removed; subscribers are woken.",
         ("Unregister", "200") => "With `drain`: the instance was removed, and every live node reported (`complete` true) or the drain ran out (`complete` false). `delivered`: consumers sent an answer without it; `pending`: consumers whose connection had not taken it; `nodes`: live nodes that reported.",
         ("GetWatchers", "200") => "The nodes that answered in time, by id, each with its consumers parked on subscriptions that include the application and how many hold each version.",
+        ("OpenSession", "200") => "The session is open: `event: lease` with the lease document, then a `: keep-alive` comment every " +
+            "keep-alive interval, until `event: ended` (`unregistered`, `evicted` or `replaced`) or the connection closes.",
+        ("OpenSession", "429") => "This node holds as many parked requests and sessions as it may for this client or in all, or the client " +
+            "exceeded its rate limit; retry after `Retry-After` seconds, or on another node.",
         ("Subscribe", "200") or ("GetService", "200") => "The answer: the matching instances and their version. Also the answer when the wait ran out unchanged. `ETag` carries the version.",
         ("GetService", "304") => "With `If-None-Match`: the wait ran out and the answer is unchanged. No body.",
         ("ListServices", "200") => "The applications registered now, sorted by name, with their number of instances.",
@@ -231,6 +240,13 @@ internal static class OpenApiDocumentation
             }
 
             var id = operation.OperationId;
+            if (id == "OpenSession" && operation.Parameters?.OfType<OpenApiParameter>().FirstOrDefault(p => p.Name == "ttl") is { } ttl)
+            {
+                ttl.Description = "Lease length in seconds, a positive integer, clamped to the configured bounds; absent, " +
+                    "Registry:Sessions:DefaultTtlSeconds (15 s). The node renews it while the connection is open; it is how long the " +
+                    "instance outlives a node that dies holding the session.";
+            }
+
             if (id == "GetService")
             {
                 operation.Parameters ??= [];
@@ -249,7 +265,7 @@ internal static class OpenApiDocumentation
 
             var example = id switch
             {
-                "Register" or "Heartbeat" or "Unregister" => ProviderExample,
+                "Register" or "Heartbeat" or "Unregister" or "OpenSession" => ProviderExample,
                 "Subscribe" => SubscriptionExample,
                 "CreateToken" => TokenRequestExample,
                 _ => null,
@@ -356,6 +372,7 @@ internal static class OpenApiDocumentation
             var example = (id, status) switch
             {
                 ("Register" or "Heartbeat", "200" or "201") => LeaseExample,
+                ("OpenSession", "200") => SessionExample,
                 ("Subscribe" or "GetService", "200") => AnswerExample,
                 ("ListServices", "200") => ServicesExample,
                 ("Unregister", "200") => DrainExample,

@@ -81,26 +81,14 @@ internal static class RegistrationApi
         AuditLog audit,
         CancellationToken cancellationToken)
     {
-        var (json, tooLarge) = await body.ReadAsync(http.Request, cancellationToken);
-        if (tooLarge is not null)
+        var (registering, invalid, refused) = await RegistrationRequest.ReadAsync(
+            http, ttl, leases.Value.DefaultTtlSeconds, body, reader, leases.Value, access, cancellationToken);
+        if (registering is not { } request)
         {
-            return tooLarge;
+            return invalid is not null ? invalid : refused!;
         }
 
-        var errors = new Errors();
-        var requestedTtl = QueryNumber.Read(ttl, "ttl", 1, errors);
-        var provider = reader.ReadProvider(json, errors);
-        if (provider is null || errors.Any)
-        {
-            return Problems.Invalid(errors);
-        }
-
-        if (await access.DenyAsync(http.User, Scope.Register, provider.Application) is { } denied)
-        {
-            return denied;
-        }
-
-        var granted = (int)Math.Clamp(requestedTtl ?? leases.Value.DefaultTtlSeconds, leases.Value.MinTtlSeconds, leases.Value.MaxTtlSeconds);
+        var (provider, granted) = request;
         WriteResult result;
         try
         {
@@ -269,7 +257,8 @@ internal static class RegistrationApi
         }
     }
 
-    private static LeaseDocument Lease(InstanceKey key, Meta meta, int ttlSeconds, DateTimeOffset expiresAt) => new()
+    /// <summary>The lease document of register, heartbeat and a session's first event.</summary>
+    internal static LeaseDocument Lease(InstanceKey key, Meta meta, int ttlSeconds, DateTimeOffset expiresAt) => new()
     {
         Application = key.Application,
         Protocol = key.Protocol,

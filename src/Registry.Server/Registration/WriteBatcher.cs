@@ -20,7 +20,8 @@ internal enum WriteStatus
     NotFound,
 }
 
-internal readonly record struct WriteResult(WriteStatus Status, DateTimeOffset ExpiresAt);
+/// <summary>How a write ended; for a registration, its lease and the row's revision as committed.</summary>
+internal readonly record struct WriteResult(WriteStatus Status, DateTimeOffset ExpiresAt, long Revision = 0);
 
 /// <summary>A registration or unregistration waiting for its batch to commit.</summary>
 internal abstract class WriteCommand(InstanceKey key)
@@ -185,7 +186,8 @@ internal sealed partial class WriteBatcher(
                 metrics.Unregistered(status == WriteStatus.Removed);
             }
 
-            batch[i].Done.TrySetResult(new WriteResult(status, committed.Leases.GetValueOrDefault(batch[i].Key).ExpiresAt));
+            var lease = committed.Leases.GetValueOrDefault(batch[i].Key);
+            batch[i].Done.TrySetResult(new WriteResult(status, lease.ExpiresAt, lease.Revision));
         }
     }
 

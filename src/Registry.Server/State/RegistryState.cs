@@ -34,6 +34,9 @@ internal sealed class RegistryState
 
     public Instance? Find(InstanceKey key) => Get(key.Application)?.Find(key);
 
+    /// <summary>The instances held registrations (sessions) watch; checked after every swap.</summary>
+    public InstanceWatches Watches { get; } = new();
+
     /// <summary>Replaces the given applications' snapshots (an empty one removes the application).</summary>
     public void Replace(IEnumerable<ApplicationSnapshot> snapshots)
     {
@@ -51,6 +54,7 @@ internal sealed class RegistryState
         }
 
         Volatile.Write(ref _applications, builder.ToImmutable());
+        Watches.Changed(snapshots.Select(s => s.Application), this);
     }
 
     /// <summary>Replaces everything (after a full load).</summary>
@@ -63,5 +67,6 @@ internal sealed class RegistryState
         }
 
         Volatile.Write(ref _applications, builder.ToImmutable());
+        Watches.ChangedAll(this);
     }
 }

@@ -4,7 +4,7 @@ using Registry.Model;
 namespace Registry.Telemetry;
 
 /// <summary>
-/// Who changed what: every registration, unregistration, eviction and token change is logged (category
+/// Who changed what: every registration, unregistration, session start and end, eviction and token change is logged (category
 /// <c>Registry.Audit</c>) with the credential's id, never a secret, and counted in
 /// <c>registry.audit.events</c> by action.
 /// </summary>
@@ -17,7 +17,7 @@ internal sealed partial class AuditLog
     {
         _logger = loggers.CreateLogger("Registry.Audit");
         _events = meters.Create(RegistryMetrics.MeterName).CreateCounter<long>("registry.audit.events", "{event}",
-            "Audited changes, by action (register, unregister, evict: one per instance, token_create, token_revoke).");
+            "Audited changes, by action (register, unregister, session_start, session_end, evict: one per instance, token_create, token_revoke).");
     }
 
     public void Registered(string credential, InstanceKey key, bool created)
@@ -30,6 +30,19 @@ internal sealed partial class AuditLog
     {
         Count("unregister");
         LogUnregistered(_logger, key.Application, key.Protocol, key.Addr, credential);
+    }
+
+    public void SessionStarted(string credential, InstanceKey key, int ttlSeconds)
+    {
+        Count("session_start");
+        LogSessionStarted(_logger, key.Application, key.Protocol, key.Addr, ttlSeconds, credential);
+    }
+
+    /// <summary>A session ended; <paramref name="reason"/> says how (closed: the instance was removed with it).</summary>
+    public void SessionEnded(string credential, InstanceKey key, string reason)
+    {
+        Count("session_end");
+        LogSessionEnded(_logger, key.Application, key.Protocol, key.Addr, reason, credential);
     }
 
     /// <summary>Instances the sweeper removed because their leases ran out: no credential did it.</summary>
@@ -65,6 +78,12 @@ internal sealed partial class AuditLog
 
     [LoggerMessage(Level = LogLevel.Information, Message = "unregister {Application} {Protocol} {Addr} by {Credential}")]
     private static partial void LogUnregistered(ILogger logger, string application, string protocol, string addr, string credential);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "session start {Application} {Protocol} {Addr} (ttl {Ttl} s) by {Credential}")]
+    private static partial void LogSessionStarted(ILogger logger, string application, string protocol, string addr, int ttl, string credential);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "session end {Application} {Protocol} {Addr} ({Reason}) by {Credential}")]
+    private static partial void LogSessionEnded(ILogger logger, string application, string protocol, string addr, string reason, string credential);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "evict {Instances} instances of {Application} (leases ran out) by the sweeper")]
     private static partial void LogEvicted(ILogger logger, int instances, string application);

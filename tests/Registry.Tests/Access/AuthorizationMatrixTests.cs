@@ -20,6 +20,7 @@ public sealed class AuthorizationMatrixTests(AccessCluster cluster)
         ["POST /v1/heartbeat"] = ("register", c => c.PostJsonAsync("/v1/heartbeat", Provider)),
         ["POST /v1/unregister"] = ("register", c => c.PostJsonAsync("/v1/unregister", Provider)),
         ["POST /v1/unregister?drain=1"] = ("register", c => c.PostJsonAsync("/v1/unregister?drain=1", Provider)),
+        ["POST /v1/sessions"] = ("register", SessionAsync),
         ["POST /v1/subscribe"] = ("subscribe", c => c.PostJsonAsync("/v1/subscribe", Http.Subscription(Http.Entry("payments")))),
         ["GET /v1/services/payments"] = ("subscribe", c => c.GetAsync(new Uri("/v1/services/payments", UriKind.Relative))),
         ["GET /v1/services/payments/watchers"] = ("subscribe", c => c.GetAsync(new Uri("/v1/services/payments/watchers", UriKind.Relative))),
@@ -61,6 +62,22 @@ public sealed class AuthorizationMatrixTests(AccessCluster cluster)
         }
 
         return cells;
+    }
+
+    /// <summary>Opens a session; one that starts is read to its lease event and closed, and answers as that event.</summary>
+    private static async Task<HttpResponseMessage> SessionAsync(HttpClient client)
+    {
+        var (response, stream) = await SessionReader.OpenAsync(client, Provider);
+        if (stream is null)
+        {
+            return response;
+        }
+
+        await using (stream)
+        {
+            var lease = await stream.ReadAsync();
+            return new HttpResponseMessage(HttpStatusCode.OK) { Content = new StringContent(lease?.Data ?? "") };
+        }
     }
 
     [Theory]

@@ -11,6 +11,7 @@ public static class TestSettings
         ["Registry:Leases:LivenessInterval"] = "00:00:00.200",
         ["Registry:Leases:GraceGap"] = "00:00:02",
         ["Registry:Subscriptions:ShutdownSpread"] = "00:00:00",
+        ["Registry:Sessions:KeepAliveSeconds"] = "1",
         ["Registry:ChangeFeed:IdleCheckInterval"] = "00:00:02",
         ["Registry:ChangeFeed:MaxReconnectDelay"] = "00:00:01",
         ["Logging:LogLevel:Default"] = "Warning",

@@ -1,0 +1,182 @@
+using System.Text;
+using System.Text.Json;
+using Microsoft.Extensions.Logging;
+
+namespace Registry.Client;
+
+/// <summary>
+/// The session mode of a lease: one step of the loop either opens a session (and reads its <c>lease</c> event) or
+/// reads the open one until it ends. A stream that fails or ends without an <c>ended</c> event (its node stopped)
+/// is a transient failure: the loop backs off and opens it again, starting from the next server.
+/// </summary>
+public sealed partial class RegistrationLease
+{
+    private readonly TimeSpan _sessionIdleTimeout;
+    private SessionConnection? _session;
+
+    private async Task<TimeSpan> SessionStepAsync(CancellationToken cancellationToken)
+    {
+        if (_session is null)
+        {
+            lock (_gate)
+            {
+                _mayBeRegistered = true;
+            }
+
+            try
+            {
+                _session = await _transport.OpenSessionAsync(Instance, _requestedTtl, _requestTimeout, cancellationToken).ConfigureAwait(false);
+            }
+            catch (RegistryClientException)
+            {
+                lock (_gate)
+                {
+                    _mayBeRegistered = false;
+                }
+
+                throw;
+            }
+
+            var first = await NextEventOrFailAsync(cancellationToken).ConfigureAwait(false);
+            if (first.Name != "lease" || JsonSerializer.Deserialize(first.Data, ClientJson.Default.LeaseDocument) is not { } lease)
+            {
+                FailSession();
+                throw new RegistryUnavailableException($"The session's stream did not start with its lease but with '{first.Name}'.");
+            }
+
+            Accept(lease);
+            Succeeded();
+            // Read on at once: the next step holds the session.
+            return TimeSpan.Zero;
+        }
+
+        var ended = await NextEventOrFailAsync(cancellationToken).ConfigureAwait(false);
+        CloseSession();
+        lock (_gate)
+        {
+            _registered = false;
+        }
+
+        if (ended.Name != "ended")
+        {
+            throw new RegistryUnavailableException($"The session's stream carried an unexpected '{ended.Name}' event.");
+        }
+
+        var reason = EndedReason(ended.Data);
+        if (reason == "replaced")
+        {
+            // Someone else registered this instance since: theirs it is. Say so and stop.
+            Log.SessionReplaced(_logger, Instance);
+            SetState(RegistryConnectionState.Replaced, new RegistryClientException(
+                $"The session of {Instance.Application} {Instance.Protocol} {Instance.Addr} ended: another registration of the instance replaced it."));
+            return Timeout.InfiniteTimeSpan;
+        }
+
+        // Unregistered or evicted by other means while this process lives: open it again.
+        Log.SessionEnded(_logger, Instance, reason);
+        return Backoff.Jitter(TimeSpan.Zero, _retryBaseDelay);
+    }
+
+    /// <summary>The next event of the open session; a stream that ends, stalls past the idle timeout or breaks fails the session.</summary>
+    private async Task<(string Name, string Data)> NextEventOrFailAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            if (await NextEventAsync(_session!.Reader, cancellationToken).ConfigureAwait(false) is { } next)
+            {
+                return next;
+            }
+        }
+        catch (Exception e) when (e is IOException or HttpRequestException or TimeoutException)
+        {
+            FailSession();
+            throw new RegistryUnavailableException($"The session's stream broke: {e.Message}", e);
+        }
+        catch
+        {
+            // Cancelled (disposed), or anything else: the connection goes with it.
+            CloseSession();
+            throw;
+        }
+
+        FailSession();
+        throw new RegistryUnavailableException("The session's stream ended without an 'ended' event (its node stopped or the connection was cut).");
+    }
+
+    /// <summary>Reads one server-sent event, skipping keep-alive comments; null at the end of the stream.</summary>
+    private async Task<(string Name, string Data)?> NextEventAsync(StreamReader reader, CancellationToken cancellationToken)
+    {
+        using var idle = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        string? name = null;
+        var data = new StringBuilder();
+        while (true)
+        {
+            // Keep-alives come every few seconds: silence this long means the node or the path to it is gone.
+            idle.CancelAfter(_sessionIdleTimeout);
+            string? line;
+            try
+            {
+                line = await reader.ReadLineAsync(idle.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException e) when (!cancellationToken.IsCancellationRequested)
+            {
+                throw new TimeoutException($"Nothing came on the session's stream for {_sessionIdleTimeout}.", e);
+            }
+
+            if (line is null)
+            {
+                return null;
+            }
+
+            if (line.Length == 0)
+            {
+                if (name is not null || data.Length > 0)
+                {
+                    return (name ?? "message", data.ToString());
+                }
+            }
+            else if (line.StartsWith("event:", StringComparison.Ordinal))
+            {
+                name = line["event:".Length..].Trim();
+            }
+            else if (line.StartsWith("data:", StringComparison.Ordinal))
+            {
+                data.Append(data.Length > 0 ? "\n" : "").Append(line["data:".Length..].TrimStart());
+            }
+        }
+    }
+
+    private static string EndedReason(string data)
+    {
+        try
+        {
+            using var document = JsonDocument.Parse(data);
+            return document.RootElement.TryGetProperty("reason", out var reason) && reason.ValueKind == JsonValueKind.String ? reason.GetString()! : "unknown";
+        }
+        catch (JsonException)
+        {
+            return "unknown";
+        }
+    }
+
+    /// <summary>Closes a session that failed and makes the next attempt start at another server.</summary>
+    private void FailSession()
+    {
+        if (_session is { } session)
+        {
+            _transport.Avoid(session.Server);
+        }
+
+        CloseSession();
+        lock (_gate)
+        {
+            _registered = false;
+        }
+    }
+
+    private void CloseSession()
+    {
+        _session?.Dispose();
+        _session = null;
+    }
+}

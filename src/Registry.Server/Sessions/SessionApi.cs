@@ -1,0 +1,107 @@
+using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.AspNetCore.Mvc;
+using Microsoft.Extensions.Options;
+using Registry.Access;
+using Registry.Edge;
+using Registry.Leases;
+using Registry.Model;
+using Registry.Registration;
+using Registry.Subscription;
+
+namespace Registry.Sessions;
+
+/// <summary>Sessions: a registration that lives as long as one connection.</summary>
+internal static class SessionApi
+{
+    public static IServiceCollection AddRegistrySessions(this IServiceCollection services)
+    {
+        services.AddOptions<SessionOptions>().BindConfiguration("Registry:Sessions").ValidateDataAnnotations().ValidateOnStart();
+        services.AddSingleton<SessionMetrics>();
+        services.AddSingleton<SessionKeeper>();
+        return services;
+    }
+
+    public static IEndpointRouteBuilder MapSessions(this IEndpointRouteBuilder endpoints)
+    {
+        endpoints.MapGroup("/v1").WithTags("Providers")
+            .RequireAuthorization(AccessPolicies.Caller)
+            .RequireRateLimiting(RateLimiting.PolicyName)
+            .MapPost("/sessions", Open)
+            .WithName("OpenSession")
+            .WithSummary("Register an instance for as long as this connection stays open")
+            .WithDescription("Registers the instance (replacing an existing registration of the same triple) and keeps the response open " +
+                "as `text/event-stream`: first `event: lease` with the lease document as data, then a `:` comment every " +
+                "Registry:Sessions:KeepAliveSeconds (default 5). The node renews the lease while the connection is open; when it closes " +
+                "the instance is removed within a second and its consumers are woken. If the instance is unregistered, evicted or " +
+                "registered again elsewhere, the stream ends with `event: ended` and `data: {\"reason\":\"unregistered\"}` (or " +
+                "`evicted`, `replaced`). A stream that ends without `ended` (the node stopped) is to be opened again on any node. " +
+                "`ttl` (default 15 s) is how long the instance outlives a node that dies holding its session. Sessions count as " +
+                "parked requests for the node's limits (429 with Retry-After beyond them).")
+            .Accepts<ProviderDocument>("application/json", "*/*")
+            .Produces<string>(StatusCodes.Status200OK, "text/event-stream")
+            .ProducesValidationProblem()
+            .ProducesProblem(StatusCodes.Status413PayloadTooLarge)
+            .ProducesProblem(StatusCodes.Status429TooManyRequests)
+            .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+        return endpoints;
+    }
+
+    private static async Task<Results<SessionStream, ValidationProblem, ProblemHttpResult>> Open(
+        HttpContext http,
+        [FromQuery(Name = "ttl")] string? ttl,
+        RequestBody body,
+        RequestReader reader,
+        WriteBatcher writes,
+        ParkingLot parking,
+        SessionKeeper keeper,
+        IOptions<LeaseOptions> leases,
+        IOptions<SessionOptions> sessions,
+        IOptions<LimitsOptions> limits,
+        IOptions<WriteOptions> writeOptions,
+        ApplicationAccess access,
+        CancellationToken cancellationToken)
+    {
+        var (registering, invalid, refused) = await RegistrationRequest.ReadAsync(
+            http, ttl, sessions.Value.DefaultTtlSeconds, body, reader, leases.Value, access, cancellationToken);
+        if (registering is not { } request)
+        {
+            return invalid is not null ? invalid : refused!;
+        }
+
+        // A session is a held request like a parked poll: it takes a place before it registers anything.
+        var client = ParkingLot.ClientOf(http);
+        if (!parking.TryEnter(client))
+        {
+            return Problems.TooMany(http, limits.Value.RetryAfterSeconds,
+                "This node holds as many parked requests and sessions as it may for this client or in all (Registry:Limits:MaxParkedPerClient, MaxParked); retry shortly or on another node.");
+        }
+
+        var (provider, granted) = request;
+        try
+        {
+            var registered = await writes.SubmitAsync(new RegisterCommand(provider, granted));
+            return new SessionStream(keeper, parking, client, provider, granted, registered);
+        }
+        catch (WriteUnavailableException e)
+        {
+            parking.Leave(client);
+            return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds, e.Message);
+        }
+    }
+}
+
+/// <summary>The open session as the endpoint's result: holds it, then gives its parking place back.</summary>
+internal sealed class SessionStream(SessionKeeper keeper, ParkingLot parking, string client, Provider provider, int ttlSeconds, WriteResult registered) : IResult
+{
+    public async Task ExecuteAsync(HttpContext httpContext)
+    {
+        try
+        {
+            await keeper.HoldAsync(httpContext, provider, ttlSeconds, registered, CredentialIdentity.IdOf(httpContext.User));
+        }
+        finally
+        {
+            parking.Leave(client);
+        }
+    }
+}

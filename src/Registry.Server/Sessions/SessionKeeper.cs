@@ -1,0 +1,174 @@
+using System.Text;
+using System.Text.Json;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.AspNetCore.Http.Json;
+using Microsoft.Extensions.Options;
+using Registry.Leases;
+using Registry.Model;
+using Registry.Registration;
+using Registry.State;
+using Registry.Storage;
+using Registry.Telemetry;
+
+namespace Registry.Sessions;
+
+/// <summary>
+/// Holds sessions open. A session is a held request like a parked poll: no database connection,
+/// no statement of its own. While it is open its lease joins the coalesced renewal batch
+/// (<see cref="LeaseRenewer"/>), checked at a quarter of the TTL; its stream carries a comment
+/// every <see cref="SessionOptions.KeepAliveSeconds"/>. It ends when the connection closes (the
+/// instance is removed through the write batch, so consumers are woken as for an unregister),
+/// when memory shows the instance removed or re-registered elsewhere (an <c>ended</c> event, the
+/// instance left alone), or when the node stops or cannot record renewals (the stream closes and
+/// the lease runs on, so the provider opens its session on another node before it expires).
+/// </summary>
+internal sealed partial class SessionKeeper(
+    RegistryState state,
+    LeaseRenewer renewer,
+    WriteBatcher writes,
+    DatabaseClock clock,
+    SessionMetrics metrics,
+    AuditLog audit,
+    IOptions<SessionOptions> options,
+    IOptions<JsonOptions> json,
+    IHostApplicationLifetime lifetime,
+    TimeProvider time,
+    ILogger<SessionKeeper> logger)
+{
+    private static readonly byte[] KeepAlive = ": keep-alive\n\n"u8.ToArray();
+
+    /// <summary>Streams the session registered as <paramref name="registered"/> until it ends; removes the instance when the connection closed.</summary>
+    public async Task HoldAsync(HttpContext http, Provider provider, int ttlSeconds, WriteResult registered, string credential)
+    {
+        var key = provider.Key;
+        using var watch = state.Watches.Watch(key, registered.Revision, state);
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted, lifetime.ApplicationStopping);
+        metrics.Opened();
+        audit.SessionStarted(credential, key, ttlSeconds);
+        SessionEnd end;
+        try
+        {
+            var response = http.Response;
+            http.Features.Get<IHttpResponseBodyFeature>()?.DisableBuffering();
+            response.StatusCode = StatusCodes.Status200OK;
+            response.ContentType = "text/event-stream; charset=utf-8";
+            response.Headers.CacheControl = "no-cache";
+            // nginx: pass the stream through as it is written.
+            response.Headers["X-Accel-Buffering"] = "no";
+            var lease = RegistrationApi.Lease(key, provider.Meta, ttlSeconds, registered.ExpiresAt);
+            var first = Encoding.UTF8.GetBytes($"event: lease\ndata: {JsonSerializer.Serialize(lease, json.Value.SerializerOptions)}\n\n");
+            end = await WriteAsync(response, first, stop.Token)
+                ? await KeepAsync(response, watch, ttlSeconds, registered.ExpiresAt, stop.Token)
+                : SessionEnd.Closed;
+        }
+        catch (Exception e) when (e is IOException or OperationCanceledException)
+        {
+            end = SessionEnd.Closed;
+        }
+
+        // A session released by a stopping node leaves its lease to run: the provider opens it elsewhere.
+        if (end == SessionEnd.Closed && lifetime.ApplicationStopping.IsCancellationRequested)
+        {
+            end = SessionEnd.Released;
+        }
+
+        // A newer registration seen meanwhile is someone else's (the watch may not have woken yet): leave it.
+        if (end == SessionEnd.Closed && !(state.Find(key) is { } now && now.Revision > registered.Revision))
+        {
+            await RemoveAsync(key);
+        }
+
+        metrics.Ended(end);
+        audit.SessionEnded(credential, key, SessionMetrics.Reason(end));
+    }
+
+    /// <summary>Keeps the session until something ends it; writes the <c>ended</c> event when that is the instance's fate.</summary>
+    private async Task<SessionEnd> KeepAsync(HttpResponse response, InstanceWatch watch, int ttlSeconds, DateTimeOffset expiresAt, CancellationToken stop)
+    {
+        var keepAlive = TimeSpan.FromSeconds(options.Value.KeepAliveSeconds);
+        // Renew (Renew decides whether the batch needs it) well within the lease, however short.
+        var renewEvery = TimeSpan.FromTicks(Math.Min(keepAlive.Ticks, TimeSpan.FromSeconds(ttlSeconds).Ticks / 4));
+        var nextKeepAlive = time.GetTimestamp() + Ticks(keepAlive);
+        var nextRenewal = time.GetTimestamp() + Ticks(renewEvery);
+        while (true)
+        {
+            var wait = time.GetElapsedTime(time.GetTimestamp(), Math.Min(nextKeepAlive, nextRenewal));
+            if (wait > TimeSpan.Zero)
+            {
+                // The delay ends early (cancelled) when the connection closes or the node stops.
+                await Task.WhenAny(watch.Fate, Task.Delay(wait, time, stop));
+            }
+
+            if (watch.Fate.IsCompleted)
+            {
+                var end = watch.Fate.Result == InstanceFate.Replaced ? SessionEnd.Replaced
+                    // Gone before the lease this node renewed ran out: someone unregistered it.
+                    : clock.UtcNow >= expiresAt ? SessionEnd.Evicted
+                    : SessionEnd.Unregistered;
+                var ended = Encoding.UTF8.GetBytes($"event: ended\ndata: {{\"reason\":\"{SessionMetrics.Reason(end)}\"}}\n\n");
+                await WriteAsync(response, ended, stop);
+                return end;
+            }
+
+            if (stop.IsCancellationRequested)
+            {
+                return SessionEnd.Closed;
+            }
+
+            var now = time.GetTimestamp();
+            if (now >= nextRenewal)
+            {
+                nextRenewal = now + Ticks(renewEvery);
+                if (state.Find(watch.Key) is { } instance)
+                {
+                    if (renewer.Renew(instance) is not { } renewed)
+                    {
+                        // This node cannot record the lease: close, so the provider moves to a node that can.
+                        LogUnrecorded(logger, watch.Key.Application, watch.Key.Protocol, watch.Key.Addr);
+                        return SessionEnd.Released;
+                    }
+
+                    expiresAt = renewed;
+                }
+            }
+
+            if (now >= nextKeepAlive)
+            {
+                nextKeepAlive = now + Ticks(keepAlive);
+                if (!await WriteAsync(response, KeepAlive, stop))
+                {
+                    return SessionEnd.Closed;
+                }
+            }
+        }
+    }
+
+    /// <summary>Writes and flushes; false when the connection can take no more.</summary>
+    private static async Task<bool> WriteAsync(HttpResponse response, byte[] bytes, CancellationToken cancellationToken)
+    {
+        var result = await response.BodyWriter.WriteAsync(bytes, cancellationToken);
+        return !(result.IsCanceled || result.IsCompleted);
+    }
+
+    /// <summary>Removes the instance of a closed session, through the write batch (one NOTIFY per batch, consumers woken).</summary>
+    private async Task RemoveAsync(InstanceKey key)
+    {
+        try
+        {
+            await writes.SubmitAsync(new UnregisterCommand(key));
+        }
+        catch (WriteUnavailableException e)
+        {
+            // Its lease runs out on its own (no renewal joins the batch any more).
+            LogRemoveFailed(logger, key.Application, key.Protocol, key.Addr, e.Message);
+        }
+    }
+
+    private long Ticks(TimeSpan span) => (long)(span.TotalSeconds * time.TimestampFrequency);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Closing the session of {Application} {Protocol} {Addr}: this node cannot record lease renewals now; the provider should reopen it on another node")]
+    private static partial void LogUnrecorded(ILogger logger, string application, string protocol, string addr);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "The closed session of {Application} {Protocol} {Addr} could not be removed ({Reason}); it goes when its lease runs out")]
+    private static partial void LogRemoveFailed(ILogger logger, string application, string protocol, string addr, string reason);
+}

@@ -1,0 +1,119 @@
+using System.Collections.Concurrent;
+using Registry.Model;
+
+namespace Registry.State;
+
+/// <summary>What became of a watched instance.</summary>
+internal enum InstanceFate
+{
+    /// <summary>It is gone from the registry (unregistered, or its lease ran out).</summary>
+    Removed,
+
+    /// <summary>A newer registration of the same triple (another meta or TTL) took its place.</summary>
+    Replaced,
+}
+
+/// <summary>
+/// One held registration's view of its instance (a session's): settles once the in-memory
+/// state shows the instance removed, or at a newer revision than the one it registered.
+/// Revisions come from one database sequence, so "newer" is "greater". Until memory has shown
+/// the registered revision at least once, an absence is not taken for a removal (the state may
+/// still lag the write).
+/// </summary>
+internal sealed class InstanceWatch : IDisposable
+{
+    private readonly InstanceWatches _owner;
+    private readonly long _revision;
+    private readonly TaskCompletionSource<InstanceFate> _fate = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly Lock _gate = new();
+    private bool _seen;
+
+    internal InstanceWatch(InstanceWatches owner, InstanceKey key, long revision)
+    {
+        _owner = owner;
+        Key = key;
+        _revision = revision;
+    }
+
+    public InstanceKey Key { get; }
+
+    /// <summary>Completes with what became of the instance; never while it stays as registered.</summary>
+    public Task<InstanceFate> Fate => _fate.Task;
+
+    internal void Check(Instance? now)
+    {
+        lock (_gate)
+        {
+            if (now is null)
+            {
+                if (_seen)
+                {
+                    _fate.TrySetResult(InstanceFate.Removed);
+                }
+            }
+            else if (now.Revision > _revision)
+            {
+                _fate.TrySetResult(InstanceFate.Replaced);
+            }
+            else if (now.Revision == _revision)
+            {
+                _seen = true;
+            }
+        }
+    }
+
+    public void Dispose() => _owner.Remove(this);
+}
+
+/// <summary>
+/// The instances held registrations watch, by application, checked by <see cref="RegistryState"/>
+/// after each swap of the applications it replaced: a few look-ups per changed application,
+/// no query and no timer.
+/// </summary>
+internal sealed class InstanceWatches
+{
+    private readonly ConcurrentDictionary<string, ConcurrentDictionary<InstanceWatch, byte>> _byApplication = new(StringComparer.Ordinal);
+
+    /// <summary>Watches <paramref name="key"/> as registered at <paramref name="revision"/>, checked against the state now.</summary>
+    public InstanceWatch Watch(InstanceKey key, long revision, RegistryState state)
+    {
+        var watch = new InstanceWatch(this, key, revision);
+        _byApplication.GetOrAdd(key.Application, _ => new()).TryAdd(watch, 0);
+        // After it is listed: a swap from now on checks it too, so no change falls between.
+        watch.Check(state.Find(key));
+        return watch;
+    }
+
+    internal void Remove(InstanceWatch watch)
+    {
+        if (_byApplication.TryGetValue(watch.Key.Application, out var watches))
+        {
+            watches.TryRemove(watch, out _);
+            // An emptied set is left in place: removing it could race a new watch being added to it.
+        }
+    }
+
+    /// <summary>Checks the watches of the applications whose snapshots were just replaced.</summary>
+    internal void Changed(IEnumerable<string> applications, RegistryState state)
+    {
+        if (_byApplication.IsEmpty)
+        {
+            return;
+        }
+
+        foreach (var application in applications)
+        {
+            if (_byApplication.TryGetValue(application, out var watches) && !watches.IsEmpty)
+            {
+                var snapshot = state.Get(application);
+                foreach (var watch in watches.Keys)
+                {
+                    watch.Check(snapshot?.Find(watch.Key));
+                }
+            }
+        }
+    }
+
+    /// <summary>Checks every watch (after the whole state was replaced).</summary>
+    internal void ChangedAll(RegistryState state) => Changed(_byApplication.Keys, state);
+}

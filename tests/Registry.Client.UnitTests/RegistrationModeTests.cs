@@ -1,0 +1,248 @@
+using System.Net;
+using System.Text;
+using System.Threading.Channels;
+using Registry.Client.UnitTests.Infrastructure;
+
+namespace Registry.Client.UnitTests;
+
+/// <summary>Sessions and probes: what the lease sends, and how it answers a session's end.</summary>
+public sealed class RegistrationModeTests : ScriptedTest
+{
+    private const string LeaseEvent = """
+        event: lease
+        data: {"application":"provider_test","protocol":"http","addr":"10.0.0.1:80","meta":{},"ttl":15,"expires":"2030-01-01T00:00:15.000Z"}
+
+
+        """;
+
+    [Fact]
+    public async Task ASessionLeaseIsRegisteredOnceItsLeaseEventArrivesAndDisposingClosesItAndUnregisters()
+    {
+        var stream = Sessions();
+
+        await using (var lease = await NewClient(o => o.Ttl = TimeSpan.FromSeconds(15)).RegisterAsync(Instance(), RegistrationMode.Session))
+        {
+            Assert.True(lease.IsRegistered);
+            Assert.Equal(RegistryConnectionState.Connected, lease.State);
+            Assert.Equal(TimeSpan.FromSeconds(15), lease.Ttl);
+            Assert.Equal(RegistrationMode.Session, lease.Mode);
+            var opened = Assert.Single(Handler.Sent);
+            Assert.Equal("/v1/sessions", opened.Path);
+            Assert.Equal("?ttl=15", opened.Uri.Query);
+
+            await stream.Current.Writer.WriteAsync(": keep-alive\n\n");
+            // No heartbeat however long the session lasts.
+            Clock.Advance(TimeSpan.FromMinutes(5));
+            Assert.Equal(0, Handler.Count("/v1/heartbeat"));
+        }
+
+        await stream.Closed.Task.WaitAsync(Scripted.Patience);
+        Assert.Equal(1, Handler.Count("/v1/unregister"));
+    }
+
+    [Fact]
+    public async Task ASessionWhoseStreamEndsWithoutEndedIsOpenedAgainOnTheNextServer()
+    {
+        var stream = Sessions();
+        await using var lease = await NewClient(null, Scripted.ServerA, Scripted.ServerB).RegisterAsync(Instance(), RegistrationMode.Session);
+        Assert.Equal("registry-a", Handler.Sent[0].Uri.Host);
+
+        stream.Current.Writer.Complete(); // the node stopped: the stream ends without "ended"
+        await Eventually(() => lease.State == RegistryConnectionState.Unavailable);
+        Assert.False(lease.IsRegistered);
+        await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(10));
+
+        var reopened = await Handler.NextAsync(r => r.Path == "/v1/sessions" && r != Handler.Sent[0]);
+        Assert.Equal("registry-b", reopened.Uri.Host);
+        await Eventually(() => lease.IsRegistered);
+    }
+
+    [Fact]
+    public async Task ASessionEndedAsReplacedStopsAndSaysSo()
+    {
+        var stream = Sessions();
+        await using var lease = await NewClient().RegisterAsync(Instance(), RegistrationMode.Session);
+
+        await stream.Current.Writer.WriteAsync("event: ended\ndata: {\"reason\":\"replaced\"}\n\n");
+
+        await Eventually(() => lease.State == RegistryConnectionState.Replaced);
+        Assert.False(lease.IsRegistered);
+        Assert.Contains("replaced", lease.LastError?.Message, StringComparison.Ordinal);
+        Clock.Advance(TimeSpan.FromMinutes(5));
+        Assert.Equal(1, Handler.Count("/v1/sessions"));
+    }
+
+    [Theory]
+    [InlineData("unregistered")]
+    [InlineData("evicted")]
+    public async Task ASessionEndedAsUnregisteredOrEvictedIsOpenedAgain(string reason)
+    {
+        var stream = Sessions();
+        await using var lease = await NewClient().RegisterAsync(Instance(), RegistrationMode.Session);
+
+        await stream.Current.Writer.WriteAsync($"event: ended\ndata: {{\"reason\":\"{reason}\"}}\n\n");
+        await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(1));
+
+        await Handler.NextAsync(r => r.Path == "/v1/sessions" && r != Handler.Sent[0]);
+        await Eventually(() => lease.IsRegistered && Handler.Count("/v1/sessions") == 2);
+    }
+
+    [Fact]
+    public async Task ARefusedSessionThrowsLikeARefusedRegistration()
+    {
+        Handler.Respond = (_, _) => Task.FromResult(Scripted.Problem(HttpStatusCode.BadRequest, "The request is invalid"));
+
+        await Assert.ThrowsAsync<RegistryClientException>(() => NewClient().RegisterAsync(Instance(), RegistrationMode.Session));
+    }
+
+    [Fact]
+    public async Task AProbedRegistrationSendsTheProbeOnceAndNoHeartbeats()
+    {
+        Handler.Respond = (_, _) => Task.FromResult(Scripted.Lease(30, Clock.GetUtcNow()));
+
+        await using (var lease = await NewClient().RegisterAsync(Instance(), RegistrationMode.Probe(ProbeKind.Http, "/health z", TimeSpan.FromSeconds(10))))
+        {
+            Assert.True(lease.IsRegistered);
+            Clock.Advance(TimeSpan.FromMinutes(5));
+            Assert.Equal(0, Handler.Count("/v1/heartbeat"));
+        }
+
+        var register = Assert.Single(Handler.Sent, r => r.Path == "/v1/register");
+        Assert.Equal("?ttl=30&probe=http&probePath=%2Fhealth%20z&probeInterval=10", register.Uri.Query);
+        Assert.Equal(1, Handler.Count("/v1/unregister"));
+    }
+
+    [Fact]
+    public void AProbeModeRefusesWhatTheRegistryWould()
+    {
+        Assert.Throws<ArgumentException>(() => RegistrationMode.Probe(ProbeKind.Tcp, "/healthz"));
+        Assert.Throws<ArgumentException>(() => RegistrationMode.Probe(ProbeKind.Http, "healthz"));
+        Assert.Throws<ArgumentOutOfRangeException>(() => RegistrationMode.Probe(ProbeKind.Http, interval: TimeSpan.FromMilliseconds(1500)));
+        Assert.Equal("?ttl=5&probe=tcp", "?ttl=5" + RegistrationMode.Probe(ProbeKind.Tcp).RegisterQuery());
+    }
+
+    [Fact]
+    public async Task AFakeClientThatKnowsOnlyHeartbeatsStillTakesTheHeartbeatMode()
+    {
+        IRegistryClient fake = new HeartbeatOnlyClient();
+
+        await using var lease = await fake.RegisterAsync(Instance(), RegistrationMode.Heartbeat);
+        Assert.True(lease.IsRegistered);
+        await Assert.ThrowsAsync<NotSupportedException>(() => fake.RegisterAsync(Instance(), RegistrationMode.Session));
+    }
+
+    /// <summary>Answers every session with a stream the test writes (<see cref="SessionStreams.Current"/>), starting with its lease event; other calls as a registry would.</summary>
+    private SessionStreams Sessions()
+    {
+        var streams = new SessionStreams();
+        Handler.Respond = (r, ct) =>
+        {
+            if (r.Path != "/v1/sessions")
+            {
+                return Task.FromResult(new HttpResponseMessage(r.Path == "/v1/unregister" ? HttpStatusCode.NoContent : HttpStatusCode.NotFound));
+            }
+
+            var channel = streams.Open();
+            channel.Writer.TryWrite(LeaseEvent.ReplaceLineEndings("\n"));
+            var response = new HttpResponseMessage(HttpStatusCode.OK)
+            {
+                Content = new StreamContent(new ChannelStream(channel.Reader, streams.Closed)),
+            };
+            response.Content.Headers.ContentType = new("text/event-stream");
+            return Task.FromResult(response);
+        };
+        return streams;
+    }
+
+    private static async Task Eventually(Func<bool> condition)
+    {
+        using var deadline = new CancellationTokenSource(Scripted.Patience);
+        while (!condition())
+        {
+            await Task.Delay(10, deadline.Token);
+        }
+    }
+
+    private sealed class SessionStreams
+    {
+        private Channel<string>? _current;
+
+        /// <summary>The stream of the session opened last.</summary>
+        public Channel<string> Current => _current!;
+
+        /// <summary>Completes when the client closes a session's stream.</summary>
+        public TaskCompletionSource Closed { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public Channel<string> Open() => _current = Channel.CreateUnbounded<string>();
+    }
+
+    /// <summary>A response body fed by the test, line by line; it ends when the channel completes.</summary>
+    private sealed class ChannelStream(ChannelReader<string> reader, TaskCompletionSource closed) : Stream
+    {
+        private ReadOnlyMemory<byte> _pending;
+
+        public override bool CanRead => true;
+
+        public override bool CanSeek => false;
+
+        public override bool CanWrite => false;
+
+        public override long Length => throw new NotSupportedException();
+
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+
+        public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+        {
+            if (_pending.IsEmpty)
+            {
+                if (!await reader.WaitToReadAsync(cancellationToken) || !reader.TryRead(out var text))
+                {
+                    return 0;
+                }
+
+                _pending = Encoding.UTF8.GetBytes(text);
+            }
+
+            var count = Math.Min(buffer.Length, _pending.Length);
+            _pending[..count].CopyTo(buffer);
+            _pending = _pending[count..];
+            return count;
+        }
+
+        public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+            ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+        public override void Flush()
+        {
+        }
+
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+        public override void SetLength(long value) => throw new NotSupportedException();
+
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+        protected override void Dispose(bool disposing)
+        {
+            closed.TrySetResult();
+            base.Dispose(disposing);
+        }
+    }
+
+    private sealed class HeartbeatOnlyClient : IRegistryClient
+    {
+        public Task<RegistrationLease> RegisterAsync(ProviderInstance instance, CancellationToken cancellationToken = default) =>
+            Task.FromResult(RegistrationLease.CreateFixed(instance, TimeSpan.FromSeconds(30)));
+
+        public Task<RegistrySubscription> SubscribeAsync(IEnumerable<SubscriptionEntry> subscribes, CancellationToken cancellationToken = default) =>
+            throw new NotSupportedException();
+
+        public Task<RegistrySubscription> SubscribeAsync(SubscriptionEntry entry, CancellationToken cancellationToken = default) =>
+            throw new NotSupportedException();
+
+        public Task<RegistryAnswer?> GetServiceAsync(string application, string? ifNoneMatch = null, CancellationToken cancellationToken = default) =>
+            throw new NotSupportedException();
+    }
+}

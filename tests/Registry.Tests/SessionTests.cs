@@ -1,0 +1,290 @@
+using System.Diagnostics;
+using System.Net;
+using System.Text.Json.Nodes;
+using Npgsql;
+using Registry.Tests.Infrastructure;
+
+namespace Registry.Tests;
+
+/// <summary>
+/// Sessions: a registration that lives as long as one connection. Real nodes on real sockets
+/// where the connection itself is the subject (closing it, killing its process, a node dying).
+/// </summary>
+public sealed class SessionTests(RegistryCluster cluster) : RegistryTest(cluster)
+{
+    private static readonly string Provider = Http.Provider("app", "10.0.0.1:80", """{"zone":"a"}""");
+    private static readonly string Subscription = Http.Subscription(Http.Entry("app"));
+
+    [Fact]
+    public async Task ASessionStreamsItsLeaseFirstThenAKeepAliveCommentEveryInterval()
+    {
+        await using var session = await SessionReader.StartAsync(Client, Provider, ttl: 10);
+
+        Assert.Equal("text/event-stream", session.Response.Content.Headers.ContentType?.MediaType);
+        var lease = await session.ReadAsync();
+        Assert.Equal("lease", lease?.Name);
+        var document = JsonNode.Parse(lease!.Value.Data)!;
+        Assert.Equal("app", (string?)document["application"]);
+        Assert.Equal("10.0.0.1:80", (string?)document["addr"]);
+        Assert.Equal("a", (string?)document["meta"]!["zone"]);
+        Assert.Equal(10, (int)document["ttl"]!);
+        Assert.True(DateTimeOffset.Parse((string)document["expires"]!, System.Globalization.CultureInfo.InvariantCulture) > DateTimeOffset.UtcNow.AddSeconds(5));
+
+        // KeepAliveSeconds is 1 in the test settings.
+        Assert.Equal((":", "keep-alive"), await session.ReadAsync());
+        var clock = Stopwatch.StartNew();
+        Assert.Equal((":", "keep-alive"), await session.ReadAsync());
+        Assert.InRange(clock.Elapsed, TimeSpan.FromMilliseconds(700), TimeSpan.FromSeconds(3));
+
+        var (_, _, answer) = await Client.SubscribeAsync(Subscription);
+        Assert.Equal("a", (string?)Assert.Single(answer!["endpoints"]!.AsArray())!["meta"]!["zone"]);
+    }
+
+    [Fact]
+    public async Task AnOpenSessionKeepsItsLeaseRenewedWithoutHeartbeats()
+    {
+        await using var session = await SessionReader.StartAsync(Client, Provider, ttl: 2);
+        Assert.Equal("lease", (await session.ReadAsync())?.Name);
+
+        // Three keep-alives: past the 2 s lease, which only renewals can have kept.
+        for (var i = 0; i < 3; i++)
+        {
+            Assert.Equal(":", (await session.ReadAsync())?.Name);
+        }
+
+        await using var connection = await Cluster.OpenAsync();
+        await using var query = new NpgsqlCommand("SELECT expires_at > clock_timestamp() FROM instances WHERE addr = '10.0.0.1:80'", connection);
+        Assert.Equal(true, await query.ExecuteScalarAsync());
+        var (_, _, answer) = await Client.SubscribeAsync(Subscription);
+        Assert.Single(answer!["endpoints"]!.AsArray());
+    }
+
+    [Fact]
+    public async Task ClosingTheConnectionRemovesTheInstanceAndWakesAParkedConsumerWithinASecond()
+    {
+        await using var nodes = await KestrelNodes.StartAsync(Cluster, 1);
+        using var client = nodes.Client(0);
+        var session = await SessionReader.StartAsync(client, Provider);
+        Assert.Equal("lease", (await session.ReadAsync())?.Name);
+        var (_, version, _) = await client.SubscribeAsync(Subscription);
+        using var parked = ParkedPolls.On(nodes[0]);
+        var poll = client.SubscribeAsync(Subscription, version, wait: 30);
+        await parked.WaitForAsync(1);
+
+        var clock = Stopwatch.StartNew();
+        await session.DisposeAsync();
+        var (_, after, answer) = await poll.WaitAsync(TimeSpan.FromSeconds(10));
+
+        Assert.NotEqual(version, after);
+        Assert.Empty(answer!["endpoints"]!.AsArray());
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(1), $"took {clock.Elapsed}");
+    }
+
+    [Fact]
+    public async Task ASessionWhoseProcessIsKilledDisappearsForAConsumerOnAnotherNodeWithinTwoSeconds()
+    {
+        await using var nodes = await KestrelNodes.StartAsync(Cluster, 2);
+        using var onB = nodes[1].CreateClient();
+        using var watchB = nodes[1].CreateClient();
+        var (_, empty, _) = await watchB.SubscribeAsync(Subscription);
+        var registered = watchB.SubscribeAsync(Subscription, empty, wait: 30);
+
+        using var curl = StartCurlSession(nodes[0], Provider);
+        var (_, version, answer) = await registered.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Single(answer!["endpoints"]!.AsArray());
+        using var parked = ParkedPolls.On(nodes[1]);
+        var poll = onB.SubscribeAsync(Subscription, version, wait: 30);
+        await parked.WaitForAsync(1);
+
+        var clock = Stopwatch.StartNew();
+        curl.Kill(); // SIGKILL: no chance to say goodbye; the kernel closes its socket.
+        var (_, after, gone) = await poll.WaitAsync(TimeSpan.FromSeconds(10));
+
+        Assert.NotEqual(version, after);
+        Assert.Empty(gone!["endpoints"]!.AsArray());
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(2), $"took {clock.Elapsed}");
+    }
+
+    [Fact]
+    public async Task UnregisteringTheInstanceThroughAnotherNodeEndsTheSessionWithUnregistered()
+    {
+        await using var nodes = await KestrelNodes.StartAsync(Cluster, 2);
+        using var onA = nodes[0].CreateClient();
+        using var onB = nodes[1].CreateClient();
+        await using var session = await SessionReader.StartAsync(onA, Provider);
+        Assert.Equal("lease", (await session.ReadAsync())?.Name);
+
+        using (var unregister = await onB.PostJsonAsync("/v1/unregister", Provider))
+        {
+            Assert.Equal(HttpStatusCode.NoContent, unregister.StatusCode);
+        }
+
+        var ended = await session.ReadEventAsync();
+        Assert.Equal("ended", ended?.Name);
+        Assert.Equal("unregistered", (string?)JsonNode.Parse(ended!.Value.Data)!["reason"]);
+        Assert.Null(await session.ReadAsync());
+    }
+
+    [Fact]
+    public async Task AHeartbeatRegistrationOpenedAsASessionIsReplacedCleanlyAndAReRegistrationElsewhereEndsItWithReplaced()
+    {
+        using (var register = await Client.PostJsonAsync("/v1/register?ttl=30", Http.Provider("app", "10.0.0.1:80", """{"zone":"old"}""")))
+        {
+            Assert.Equal(HttpStatusCode.Created, register.StatusCode);
+        }
+
+        await using var session = await SessionReader.StartAsync(Client, Provider, ttl: 5);
+        Assert.Equal("lease", (await session.ReadAsync())?.Name);
+        var (_, version, answer) = await Client.SubscribeAsync(Subscription);
+        Assert.Equal("a", (string?)Assert.Single(answer!["endpoints"]!.AsArray())!["meta"]!["zone"]);
+        await using (var connection = await Cluster.OpenAsync())
+        await using (var query = new NpgsqlCommand("SELECT count(*)::int, min(ttl_seconds) FROM instances", connection))
+        await using (var reader = await query.ExecuteReaderAsync())
+        {
+            await reader.ReadAsync();
+            Assert.Equal((1, 5), (reader.GetInt32(0), reader.GetInt32(1)));
+        }
+
+        using (var register = await Client.PostJsonAsync("/v1/register", Http.Provider("app", "10.0.0.1:80", """{"zone":"new"}""")))
+        {
+            Assert.Equal(HttpStatusCode.OK, register.StatusCode);
+        }
+
+        var ended = await session.ReadEventAsync();
+        Assert.Equal("replaced", (string?)JsonNode.Parse(ended!.Value.Data)!["reason"]);
+        Assert.Null(await session.ReadAsync());
+        // The session left the new registration alone.
+        var (_, _, now) = await Client.SubscribeAsync(Subscription, version);
+        Assert.Equal("new", (string?)Assert.Single(now!["endpoints"]!.AsArray())!["meta"]!["zone"]);
+    }
+
+    [Fact]
+    public async Task WhenTheNodeHoldingASessionStopsTheInstanceLastsItsTtlAndThenGoes()
+    {
+        await using var nodes = await KestrelNodes.StartAsync(Cluster, 2);
+        using var onA = nodes[0].CreateClient();
+        using var onB = nodes[1].CreateClient();
+        var session = await SessionReader.StartAsync(onA, Provider, ttl: 3);
+        Assert.Equal("lease", (await session.ReadAsync())?.Name);
+
+        var clock = Stopwatch.StartNew();
+        await nodes.StopAsync(0);
+        await session.DisposeAsync();
+        var (_, version, answer) = await onB.SubscribeAsync(Subscription);
+        Assert.Single(answer!["endpoints"]!.AsArray());
+
+        var (_, after, gone) = await onB.SubscribeAsync(Subscription, version, wait: 30).WaitAsync(TimeSpan.FromSeconds(15));
+        Assert.NotEqual(version, after);
+        Assert.Empty(gone!["endpoints"]!.AsArray());
+        // Its 3 s lease ran out on the database's clock and a sweep took it, not its stream's end.
+        Assert.InRange(clock.Elapsed, TimeSpan.FromSeconds(1.5), TimeSpan.FromSeconds(8));
+    }
+
+    [Fact]
+    public async Task SessionsCountAsParkedRequestsAnd429AtTheLimitsEdgeNotBefore()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:Limits:MaxParkedPerClient"] = "2",
+            ["Registry:Limits:RetryAfterSeconds"] = "7",
+        });
+        using var client = node.CreateClient();
+        await using var first = await SessionReader.StartAsync(client, Http.Provider("app", "10.0.0.1:80"));
+        var second = await SessionReader.StartAsync(client, Http.Provider("app", "10.0.0.2:80"));
+
+        var (refused, none) = await SessionReader.OpenAsync(client, Http.Provider("app", "10.0.0.3:80"));
+        Assert.Null(none);
+        Assert.Equal(HttpStatusCode.TooManyRequests, refused.StatusCode);
+        Assert.Equal("application/problem+json", refused.Content.Headers.ContentType?.MediaType);
+        Assert.Equal(TimeSpan.FromSeconds(7), refused.Headers.RetryAfter?.Delta);
+        var (_, version, _) = await client.SubscribeAsync(Subscription);
+        var (pollRefused, _, _) = await client.SubscribeAsync(Subscription, version, wait: 30);
+        Assert.Equal(429, pollRefused);
+
+        // A place given back is a place to take.
+        using var parkedSessions = MeterWatch.Node(node, "registry.sessions.open");
+        await second.DisposeAsync();
+        await parkedSessions.WaitUntilAsync(open => open <= -1);
+        await using var third = await SessionReader.StartAsync(client, Http.Provider("app", "10.0.0.3:80"));
+        Assert.Equal("lease", (await third.ReadAsync())?.Name);
+    }
+
+    [Fact]
+    public async Task ABadSessionRequestIsAProblemDocumentBeforeAnyStream()
+    {
+        var (response, stream) = await SessionReader.OpenAsync(Client, Http.Provider("app", "not an address"), ttl: 0);
+
+        Assert.Null(stream);
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+        var errors = (await response.ReadJsonAsync())["errors"]!.AsObject();
+        Assert.True(errors.ContainsKey("addr") && errors.ContainsKey("ttl"), errors.ToJsonString());
+    }
+
+    /// <summary>Holds a session with <c>curl -N</c> in a process of its own, as a provider would.</summary>
+    private static Process StartCurlSession(RegistryNode node, string provider)
+    {
+        using var client = node.CreateClient();
+        var start = new ProcessStartInfo("curl") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var argument in new[] { "-N", "-sS", "-X", "POST", "-H", "Content-Type: application/json", "--data", provider, new Uri(client.BaseAddress!, "/v1/sessions").ToString() })
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        return Process.Start(start)!;
+    }
+}
+
+/// <summary>Registry nodes of their own database, each listening on a real loopback socket.</summary>
+internal sealed class KestrelNodes : IAsyncDisposable
+{
+    private readonly RegistryNode?[] _nodes;
+
+    private KestrelNodes(RegistryNode?[] nodes) => _nodes = nodes;
+
+    public RegistryNode this[int index] => _nodes[index] ?? throw new InvalidOperationException($"Node {index} was stopped.");
+
+    /// <summary>
+    /// A client of one node that closes a connection whose response it stops reading at once
+    /// (by default a disposed response is drained for up to two seconds, to reuse the connection).
+    /// </summary>
+    public HttpClient Client(int index)
+    {
+        using var factoryClient = this[index].CreateClient();
+        return new HttpClient(new SocketsHttpHandler { MaxResponseDrainSize = 0 }) { BaseAddress = factoryClient.BaseAddress };
+    }
+
+    public static async Task<KestrelNodes> StartAsync(RegistryCluster cluster, int count, Dictionary<string, string?>? overrides = null)
+    {
+        var database = await cluster.CreateDatabaseAsync();
+        var nodes = new RegistryNode?[count];
+        for (var i = 0; i < count; i++)
+        {
+            var node = new RegistryNode(database, overrides);
+            node.UseKestrel(0);
+            node.StartServer();
+            nodes[i] = node;
+        }
+
+        return new KestrelNodes(nodes);
+    }
+
+    /// <summary>Stops one node's host.</summary>
+    public async Task StopAsync(int index)
+    {
+        if (_nodes[index] is { } node)
+        {
+            _nodes[index] = null;
+            await node.DisposeAsync();
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        for (var i = 0; i < _nodes.Length; i++)
+        {
+            await StopAsync(i);
+        }
+    }
+}
