@@ -1,5 +1,6 @@
 using Registry;
 using Registry.Access;
+using Registry.Membership;
 using Registry.Operations;
 using Registry.Registration;
 using Registry.Storage;
@@ -31,6 +32,7 @@ try
     app.MapOperations();
     app.MapMetrics();
     app.MapTokens();
+    app.MapNodes();
     await app.RunAsync();
 }
 catch (Exception e) when (e is LocalPostgresException or Npgsql.NpgsqlException or Microsoft.Extensions.Options.OptionsValidationException or AccessConfigurationException)

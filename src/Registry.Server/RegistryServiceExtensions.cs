@@ -7,6 +7,7 @@ using Registry.Leases;
 using Registry.Membership;
 using Registry.Model;
 using Registry.Operations;
+using Registry.Probes;
 using Registry.Registration;
 using Registry.State;
 using Registry.Storage;
@@ -92,7 +93,7 @@ internal static class RegistryServiceExtensions
 
         services.AddSingleton<RegistryMetrics>();
         services.AddRegistryMetricsExport();
-        services.AddSingleton<NodeIdentity>();
+        services.AddRegistryMembership();
         services.AddSingleton<RegistryState>();
         services.AddSingleton<OwnCommits>();
         services.AddSingleton<SubscriptionHub>();
@@ -111,8 +112,10 @@ internal static class RegistryServiceExtensions
         services.AddSingletonHostedService<RegistryLoader>();
         services.AddSingletonHostedService<ChangeFeedListener>();
         services.AddSingletonHostedService<LeaseRenewer>();
+        services.AddSingletonHostedService<LiveNodes>();
         services.AddSingletonHostedService<WriteBatcher>();
         services.AddHostedService<Sweeper>();
+        services.AddRegistryProbes();
 
         services.ConfigureHttpJsonOptions(json => json.SerializerOptions.Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping);
         services.AddProblemDetails();
