@@ -15,6 +15,8 @@ public sealed class ConfigurationTests
         { "Registry:ChangeFeed", typeof(ChangeFeedOptions) },
         { "Registry:RateLimit", typeof(RateLimitOptions) },
         { "Registry:Network", typeof(Registry.Edge.NetworkOptions) },
+        { "Registry:Membership", typeof(Registry.Membership.MembershipOptions) },
+        { "Registry:Probes", typeof(Registry.Probes.ProbeOptions) },
     };
 
     [Theory]
