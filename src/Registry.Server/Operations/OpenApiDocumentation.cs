@@ -145,6 +145,9 @@ internal static class OpenApiDocumentation
         ["ttl"] = "Lease length in seconds, a positive integer. Values outside the configured bounds (1 to 86400 by default) are clamped; absent, the configured default (30 s). The granted value is in the answer's `ttl`.",
         ["version"] = "The version the caller holds (from a previous answer or its ETag). When it is the current version the request is held until the answer changes or `wait` runs out; otherwise the answer comes at once.",
         ["wait"] = "Seconds to hold the request when `version` is current: a non-negative integer, default 30; values above the configured cap (55 by default, below common 60 s proxy idle timeouts) are clamped, and up to wait/16 of random jitter is added.",
+        ["probe"] = "`http`, `https` or `tcp`: the registry probes the instance itself (off until Registry:Probes:AllowedNetworks lists networks; the `addr` must lie in them). Absent: no probing (a registration without it turns probing off).",
+        ["probePath"] = "The path an `http`/`https` probe requests, starting with one `/`; default `/`. A 2xx passes; redirects are not followed.",
+        ["probeInterval"] = "Seconds between probes, a positive integer; default 10, values above the configured maximum (3600) are clamped. Each probe times out after min(interval, Registry:Probes:TimeoutSeconds).",
         ["protocol"] = "Only instances serving this protocol (e.g. `http`); absent matches any.",
         ["application"] = "The application's name; it must match `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$` (400 otherwise). An unknown application is an empty answer.",
     };
@@ -167,6 +170,7 @@ internal static class OpenApiDocumentation
         ("ListTokens", "200") => "Every token with its scopes and last use; never a secret or a hash.",
         ("RevokeToken", "204") => "The token was deleted; every node refuses it within a second.",
         ("RevokeToken", "404") => "There is no token with this id.",
+        ("ListNodes", "200") => "The live nodes, ordered by id: id, advertised URL (null until the node knows where it listens), start and last mark.",
         (_, "400") => "The request is malformed or invalid; `errors` names each field and the reason.",
         (_, "401") => "No valid credential (missing, malformed, unknown, expired or revoked); `WWW-Authenticate: Bearer`. Repeated failures from one address answer 429.",
         (_, "403") => "The credential is valid but lacks the scope this call needs; the problem names the application and the scope.",
@@ -191,6 +195,8 @@ internal static class OpenApiDocumentation
                         "ttl" => new OpenApiSchema { Type = JsonSchemaType.Integer, Format = "int32", Minimum = "1" },
                         "wait" => new OpenApiSchema { Type = JsonSchemaType.Integer, Format = "int32", Minimum = "0" },
                         "version" => new OpenApiSchema { Type = JsonSchemaType.String, MaxLength = 128 },
+                        "probe" => new OpenApiSchema { Type = JsonSchemaType.String, Enum = [JsonValue.Create("http")!, JsonValue.Create("https")!, JsonValue.Create("tcp")!] },
+                        "probeInterval" => new OpenApiSchema { Type = JsonSchemaType.Integer, Format = "int32", Minimum = "1" },
                         _ => parameter.Schema,
                     };
                 }

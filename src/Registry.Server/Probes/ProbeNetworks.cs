@@ -10,8 +10,8 @@ namespace Registry.Probes;
 /// a proxy into whatever network it sits in: its own loopback services, the cloud metadata
 /// endpoint that hands out credentials, link-local neighbours. So an address must lie in
 /// <see cref="ProbeOptions.AllowedNetworks"/>, and one in a sensitive range only when a listed
-/// network lies inside that range. A DNS name is resolved and every address it gives must
-/// pass, at registration and again at every probe (its answer may change).
+/// network lies inside that range. A DNS name is resolved at registration and again at every
+/// probe (its answer may change), and only the addresses it gives that pass are used.
 /// </summary>
 internal sealed class ProbeNetworks
 {
@@ -62,8 +62,8 @@ internal sealed class ProbeNetworks
     }
 
     /// <summary>
-    /// The addresses of <paramref name="host"/> that a probe may connect to: every address it
-    /// resolves to must pass, else the refusal names the first that does not.
+    /// The addresses of <paramref name="host"/> that a probe may connect to; when none may, the
+    /// refusal names the rule the first one breaks.
     /// </summary>
     public async Task<(IPAddress[] Addresses, string? Refusal)> ResolveAsync(string host, CancellationToken cancellationToken)
     {
@@ -89,14 +89,11 @@ internal sealed class ProbeNetworks
             }
         }
 
-        foreach (var address in addresses)
-        {
-            if (Refusal(address) is { } refusal)
-            {
-                return ([], address.Equals(literal) ? refusal : $"{host} resolves to {refusal}");
-            }
-        }
-
-        return (addresses, null);
+        // Only the addresses that pass are ever connected to, so a name that also resolves to a
+        // forbidden one (dual-stack localhost, or a rebinding attempt) gains nothing by it.
+        var allowed = addresses.Where(a => Refusal(a) is null).ToArray();
+        return allowed.Length > 0
+            ? (allowed, null)
+            : ([], literal is not null ? Refusal(literal) : $"{host} resolves to {Refusal(addresses[0])}");
     }
 }
