@@ -105,8 +105,10 @@ internal sealed partial class Sweeper(
 
         if (expired == 0)
         {
-            // Still forget what no budget needs, or a cluster that never evicts keeps every node it ever ran.
-            await RecordAsync(connection, transaction, 0, cancellationToken);
+            // Still forget old nodes, or a cluster that never evicts keeps every node it ever ran.
+            // Only nodes: the evictions' rows are another table's locks to wait for while this
+            // transaction holds its node's mark (a reset deleting both tables would deadlock).
+            await ForgetNodesAsync(connection, transaction, cancellationToken);
             await transaction.CommitAsync(cancellationToken);
             selfPreservation.Budget(live, 0, recentlyEvicted);
             schedule.SweepFinished(nextExpiry);
@@ -165,12 +167,18 @@ internal sealed partial class Sweeper(
             """
             INSERT INTO evictions (evicted_at, instances) SELECT clock_timestamp(), @evicted WHERE @evicted > 0;
             DELETE FROM evictions WHERE evicted_at < clock_timestamp() - @window;
-            DELETE FROM nodes WHERE last_seen_at < clock_timestamp() - @forget;
             """, connection, transaction);
-        record.Parameters.AddWithValue("forget", membership.Value.ForgetAfter);
         record.Parameters.AddWithValue("evicted", evicted);
         record.Parameters.AddWithValue("window", options.Value.SelfPreservationWindow);
         await record.ExecuteNonQueryAsync(cancellationToken);
+        await ForgetNodesAsync(connection, transaction, cancellationToken);
+    }
+
+    private async Task ForgetNodesAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken)
+    {
+        await using var forget = new NpgsqlCommand("DELETE FROM nodes WHERE last_seen_at < clock_timestamp() - @forget", connection, transaction);
+        forget.Parameters.AddWithValue("forget", membership.Value.ForgetAfter);
+        await forget.ExecuteNonQueryAsync(cancellationToken);
     }
 
     private static async Task<int> EvictBatchAsync(

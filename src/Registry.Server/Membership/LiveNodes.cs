@@ -96,9 +96,10 @@ internal sealed partial class LiveNodes(
             command.Parameters.Add(new Npgsql.NpgsqlParameter("node", node.Id));
             await command.ExecuteNonQueryAsync(cancellationToken);
         }
-        catch (Exception e) when (e is DbException or OperationCanceledException)
+        catch (Exception e) when (e is DbException or OperationCanceledException or ObjectDisposedException)
         {
-            // The others find out when this node's mark grows old.
+            // The others find out when this node's mark grows old (the host may already be
+            // disposing its data source when it is stopped and disposed at once).
             LogLeaveFailed(logger, e);
         }
     }
