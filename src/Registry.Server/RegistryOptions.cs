@@ -126,6 +126,17 @@ public sealed class SubscriptionOptions
 
     /// <summary>On shutdown, parked polls are answered spread over this long so consumers do not reconnect at once.</summary>
     public TimeSpan ShutdownSpread { get; set; } = TimeSpan.FromSeconds(3);
+
+    /// <summary>
+    /// How many answers larger than 64 KiB the node writes at a time (0: one per processor). The
+    /// rest wait their turn, so that a change fanned out to many consumers of a big application
+    /// does not hold up the node's other replies.
+    /// </summary>
+    [Range(0, 100_000)]
+    public int LargeAnswerWriters { get; set; }
+
+    /// <summary>A large answer whose consumer has not taken a 64 KiB chunk within this long gives up its turn to the next.</summary>
+    public TimeSpan SlowReaderYield { get; set; } = TimeSpan.FromMilliseconds(50);
 }
 
 /// <summary>The group-committed write path (section <c>Registry:Writes</c>).</summary>

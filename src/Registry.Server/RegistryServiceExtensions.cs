@@ -99,6 +99,7 @@ internal static class RegistryServiceExtensions
         services.AddSingleton<SubscriptionHub>();
         services.AddSingleton<LongPoll>();
         services.AddSingleton<ParkingLot>();
+        services.AddSingleton<AnswerWriters>();
         services.AddSingleton<ReadinessProbe>();
         services.AddSingleton<RequestReader>();
         services.AddSingleton<RequestBody>();

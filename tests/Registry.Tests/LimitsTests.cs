@@ -17,17 +17,14 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
         var database = await Cluster.CreateDatabaseAsync();
         await using var node = new RegistryNode(database);
         using var client = node.CreateClient();
+        // One provider of 2,000 instances with ~400 B of meta each (a 0.9 MB answer), and a
+        // small provider of its own for each subscription.
+        await InsertBigApplicationAsync(database, "big", 2000);
         await using (var connection = new NpgsqlConnection(database))
         {
-            // One provider of 2,000 instances with ~400 B of meta each (a 0.9 MB answer), and a
-            // small provider of its own for each subscription; announced as registrations are.
             await connection.OpenAsync();
             await using var insert = new NpgsqlCommand(
                 $$"""
-                INSERT INTO instances (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
-                SELECT 'big', 'http', '10.1.' || (i / 250) || '.' || (i % 250 + 1) || ':80',
-                       jsonb_build_object('zone', 'z' || (i % 7), 'description', repeat('x', 380)), 600, clock_timestamp() + interval '600 seconds', clock_timestamp()
-                  FROM generate_series(0, 1999) AS i;
                 INSERT INTO instances (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
                 SELECT 'small-' || i, 'http', '10.2.0.1:80', '{}', 600, clock_timestamp() + interval '600 seconds', clock_timestamp()
                   FROM generate_series(0, {{Subscriptions - 1}}) AS i;
@@ -63,6 +60,53 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
         var last = answers[^1].Body!["endpoints"]!.AsArray();
         Assert.Equal(["big", "small-499"], last.Select(e => (string?)e!["application"]).Distinct());
         Assert.Equal("10.9.9.9:80", (string?)last[^2]!["addr"]);
+    }
+
+    [Fact]
+    public async Task LargeAnswersAreWrittenAFewAtATimeAndASlowReaderHoldsUpOnlyItself()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:Subscriptions:LargeAnswerWriters"] = "1",
+            ["Registry:Subscriptions:SlowReaderYield"] = "00:00:00.300",
+        });
+        using var client = node.CreateClient(); // starts the node, which migrates the database
+        await InsertBigApplicationAsync(database, "big", 2000);
+        await node.ReloadAsync();
+        using var waiting = MeterWatch.Node(node, "registry.answers.waiting");
+        var subscription = Http.Subscription(Http.Entry("big"));
+
+        // A consumer that takes the headers of a 0.9 MB answer and then stops reading holds the one turn…
+        using var stalledClient = node.CreateClient();
+        using var stalled = await stalledClient.SendAsync(
+            new HttpRequestMessage(HttpMethod.Post, "/v1/subscribe") { Content = Http.Json(subscription) },
+            HttpCompletionOption.ResponseHeadersRead);
+        Assert.Equal(HttpStatusCode.OK, stalled.StatusCode);
+
+        // …so the next large answer waits for it, then goes out once the slow reader yields the turn.
+        var next = client.SubscribeAsync(subscription);
+        await waiting.WaitForAsync(1);
+        var (status, _, body) = await next.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(200, status);
+        Assert.Equal(2000, body!["endpoints"]!.AsArray().Count);
+        await waiting.WaitUntilAsync(total => total == 0);
+    }
+
+    private static async Task InsertBigApplicationAsync(string database, string application, int instances)
+    {
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        await using var insert = new NpgsqlCommand(
+            """
+            INSERT INTO instances (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
+            SELECT @application, 'http', '10.1.' || (i / 250) || '.' || (i % 250 + 1) || ':80',
+                   jsonb_build_object('zone', 'z' || (i % 7), 'description', repeat('x', 380)), 600, clock_timestamp() + interval '600 seconds', clock_timestamp()
+              FROM generate_series(0, @instances - 1) AS i;
+            """, connection);
+        insert.Parameters.AddWithValue("application", application);
+        insert.Parameters.AddWithValue("instances", instances);
+        await insert.ExecuteNonQueryAsync();
     }
 
     [Fact]

@@ -211,8 +211,8 @@ internal sealed class ApplicationSnapshot
         return ~lo;
     }
 
-    /// <summary>Byte-wise (protocol, addr) order: every key here has this snapshot's application.</summary>
-    private static int Compare(InstanceKey x, InstanceKey y)
+    /// <summary>Byte-wise (protocol, addr) order, the order of <see cref="Instances"/>: every key here has this snapshot's application.</summary>
+    public static int Compare(InstanceKey x, InstanceKey y)
     {
         var c = string.CompareOrdinal(x.Protocol, y.Protocol);
         return c != 0 ? c : string.CompareOrdinal(x.Addr, y.Addr);

@@ -17,53 +17,85 @@ namespace Registry.Subscription;
 /// </summary>
 internal sealed class Fragment
 {
-    public static readonly Fragment Empty = new([], 0);
+    public static readonly Fragment Empty = new([], [], []);
 
     // Non-ASCII meta stays readable; the output is JSON for APIs, never embedded in HTML.
     private static readonly JsonWriterOptions WriterOptions = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
-    private Fragment(byte[] endpoints, int count)
+    /// <summary>The instances serialised, in order, and where each one's object ends in <see cref="Endpoints"/>.</summary>
+    private readonly Instance[] _instances;
+    private readonly int[] _ends;
+
+    private Fragment(byte[] endpoints, Instance[] instances, int[] ends)
     {
         Endpoints = endpoints;
-        Count = count;
-        Hash = count == 0 ? [] : SHA256.HashData(endpoints);
+        _instances = instances;
+        _ends = ends;
+        Hash = instances.Length == 0 ? [] : SHA256.HashData(endpoints);
     }
 
     /// <summary>The endpoint objects, comma-separated, without the array's brackets; empty when none matches.</summary>
     public byte[] Endpoints { get; }
 
-    public int Count { get; }
+    public int Count => _instances.Length;
 
     /// <summary>SHA-256 of <see cref="Endpoints"/> (what versions are made of); empty when none matches.</summary>
     public byte[] Hash { get; }
 
-    /// <summary>The snapshot's instances that match any of the entries (all for one provider), in the snapshot's order.</summary>
-    public static Fragment Compute(ApplicationSnapshot? snapshot, IReadOnlyList<SubscriptionEntry> entries)
+    /// <summary>
+    /// The snapshot's instances that match any of the entries (all for one provider), in the
+    /// snapshot's order. An instance that <paramref name="previous"/> already holds at the same
+    /// revision (so with the same meta) is copied from it rather than serialised again: one
+    /// registration to an application of thousands costs one endpoint's serialisation and a copy.
+    /// </summary>
+    public static Fragment Compute(ApplicationSnapshot? snapshot, IReadOnlyList<SubscriptionEntry> entries, Fragment? previous = null)
     {
         if (snapshot is null)
         {
             return Empty;
         }
 
-        var buffer = new ArrayBufferWriter<byte>(256);
-        var count = 0;
-        using (var writer = new Utf8JsonWriter(buffer, WriterOptions))
+        var instances = snapshot.Instances.Where(instance => entries.Any(entry => Matches(entry, instance))).ToArray();
+        if (instances.Length == 0)
         {
-            // Written as an array so the writer places the commas; the brackets are cut below.
-            writer.WriteStartArray();
-            foreach (var instance in snapshot.Instances)
-            {
-                if (entries.Any(entry => Matches(entry, instance)))
-                {
-                    WriteEndpoint(writer, instance);
-                    count++;
-                }
-            }
-
-            writer.WriteEndArray();
+            return Empty;
         }
 
-        return count == 0 ? Empty : new Fragment(buffer.WrittenSpan[1..^1].ToArray(), count);
+        previous ??= Empty;
+        var buffer = new ArrayBufferWriter<byte>(Math.Max(256, previous.Endpoints.Length + 512));
+        var ends = new int[instances.Length];
+        using var writer = new Utf8JsonWriter(buffer, WriterOptions);
+        var p = 0;
+        for (var i = 0; i < instances.Length; i++)
+        {
+            if (i > 0)
+            {
+                buffer.Write(","u8);
+            }
+
+            // Both are in key order: walk the previous fragment alongside.
+            var instance = instances[i];
+            while (p < previous.Count && ApplicationSnapshot.Compare(previous._instances[p].Key, instance.Key) < 0)
+            {
+                p++;
+            }
+
+            if (p < previous.Count && previous._instances[p].Revision == instance.Revision && previous._instances[p].Key == instance.Key)
+            {
+                var start = p == 0 ? 0 : previous._ends[p - 1] + 1;
+                buffer.Write(previous.Endpoints.AsSpan(start, previous._ends[p] - start));
+            }
+            else
+            {
+                writer.Reset(buffer);
+                WriteEndpoint(writer, instance);
+                writer.Flush();
+            }
+
+            ends[i] = buffer.WrittenCount;
+        }
+
+        return new Fragment(buffer.WrittenSpan.ToArray(), instances, ends);
     }
 
     private static bool Matches(SubscriptionEntry entry, Instance instance) =>
@@ -146,12 +178,21 @@ internal sealed class Answer
 
     /// <summary>
     /// Writes the answer document fragment by fragment: one flush for a small answer (one
-    /// send), and a flush every <see cref="FlushEvery"/> bytes for a large one, so hundreds of
-    /// consumers woken at once do not each hold a whole copy in the server's buffers (the
-    /// flush waits while the socket drains).
+    /// send), and for a large one a flush every <see cref="FlushEvery"/> bytes, in a turn of
+    /// <paramref name="writers"/>, so hundreds of consumers woken at once neither hold a whole
+    /// copy each in the server's buffers (the flush waits while the socket drains) nor hold
+    /// up the node's other replies.
     /// </summary>
-    public async ValueTask WriteAsync(PipeWriter body, CancellationToken cancellationToken)
+    public async ValueTask WriteAsync(PipeWriter body, AnswerWriters writers, CancellationToken cancellationToken)
     {
+        if (ContentLength <= FlushEvery)
+        {
+            WriteAll(body);
+            await body.FlushAsync(cancellationToken);
+            return;
+        }
+
+        using var turn = await writers.EnterAsync(cancellationToken);
         body.Write(_head);
         long unflushed = _head.Length;
         for (var i = 0; i < _parts.Length; i++)
@@ -168,13 +209,29 @@ internal sealed class Answer
                 unflushed += chunk.Length;
                 if (unflushed >= FlushEvery)
                 {
-                    await body.FlushAsync(cancellationToken);
+                    await turn.FlushAsync(body.FlushAsync(cancellationToken));
                     unflushed = 0;
                 }
             }
         }
 
         body.Write(Tail);
-        await body.FlushAsync(cancellationToken);
+        await turn.FlushAsync(body.FlushAsync(cancellationToken));
+    }
+
+    private void WriteAll(PipeWriter body)
+    {
+        body.Write(_head);
+        for (var i = 0; i < _parts.Length; i++)
+        {
+            if (i > 0)
+            {
+                body.Write(","u8);
+            }
+
+            body.Write(_parts[i]);
+        }
+
+        body.Write(Tail);
     }
 }

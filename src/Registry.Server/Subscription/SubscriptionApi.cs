@@ -226,6 +226,6 @@ internal sealed class AnswerResult(Answer answer, bool notModified, DateTimeOffs
         response.StatusCode = StatusCodes.Status200OK;
         response.ContentType = "application/json";
         response.ContentLength = answer.ContentLength;
-        await answer.WriteAsync(response.BodyWriter, httpContext.RequestAborted);
+        await answer.WriteAsync(response.BodyWriter, httpContext.RequestServices.GetRequiredService<AnswerWriters>(), httpContext.RequestAborted);
     }
 }

@@ -245,7 +245,7 @@ internal sealed class SubscriptionHub
 
         // Outside the lock: the state was replaced before this call, so a view created
         // meanwhile already computed its new fragments, and is recomposed below all the same.
-        var fragments = touched.Select(slot => Fragment.Compute(_state.Get(slot.Application), slot.Entries)).ToArray();
+        var fragments = touched.Select(slot => Fragment.Compute(_state.Get(slot.Application), slot.Entries, slot.Current)).ToArray();
         var affected = new HashSet<SubscriptionView>(ReferenceEqualityComparer.Instance);
         lock (_gate)
         {

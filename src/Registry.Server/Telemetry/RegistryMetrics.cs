@@ -16,6 +16,7 @@ internal sealed class RegistryMetrics
     private readonly Counter<long> _heartbeatsWritten;
     private readonly Counter<long> _evictions;
     private readonly UpDownCounter<long> _parkedPolls;
+    private readonly UpDownCounter<long> _answersWaiting;
     private readonly Counter<long> _wakeUps;
     private readonly Histogram<double> _deliveryDelay;
     private readonly Counter<long> _notifications;
@@ -45,6 +46,7 @@ internal sealed class RegistryMetrics
         _heartbeatsWritten = meter.CreateCounter<long>("registry.heartbeats.written", "{renewal}", "Lease renewals written to the database.");
         _evictions = meter.CreateCounter<long>("registry.evictions", "{instance}", "Instances removed because their lease ran out.");
         _parkedPolls = meter.CreateUpDownCounter<long>("registry.polls.parked", "{poll}", "Long polls held open now.");
+        _answersWaiting = meter.CreateUpDownCounter<long>("registry.answers.waiting", "{answer}", "Large answers waiting for a turn to be written (Registry:Subscriptions:LargeAnswerWriters).");
         _wakeUps = meter.CreateCounter<long>("registry.polls.completed", "{poll}", "Long polls answered, by reason (changed, timeout, shutdown).");
         _deliveryDelay = meter.CreateHistogram<double>("registry.polls.delivery_delay", "ms", "From a parked poll's wake-up signal to its answer being written.",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000] });
@@ -89,6 +91,9 @@ internal sealed class RegistryMetrics
     public void PollParked() => _parkedPolls.Add(1);
 
     public void PollUnparked() => _parkedPolls.Add(-1);
+
+    /// <summary>A large answer starts (+1) or stops (-1) waiting for its turn to be written.</summary>
+    public void AnswerWaiting(int delta) => _answersWaiting.Add(delta);
 
     public void PollCompleted(string reason) => _wakeUps.Add(1, new KeyValuePair<string, object?>("reason", reason));
 
