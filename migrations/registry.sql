@@ -111,3 +111,56 @@ BEGIN
 END $EF$;
 COMMIT;
 
+START TRANSACTION;
+
+DO $EF$
+BEGIN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261127192615_ProbesAndNodeUrls') THEN
+    ALTER TABLE nodes ADD left_at timestamptz;
+    END IF;
+END $EF$;
+
+DO $EF$
+BEGIN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261127192615_ProbesAndNodeUrls') THEN
+    ALTER TABLE nodes ADD url text;
+    END IF;
+END $EF$;
+
+DO $EF$
+BEGIN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261127192615_ProbesAndNodeUrls') THEN
+    ALTER TABLE instances ADD probe_interval_seconds integer;
+    END IF;
+END $EF$;
+
+DO $EF$
+BEGIN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261127192615_ProbesAndNodeUrls') THEN
+    ALTER TABLE instances ADD probe_kind text;
+    END IF;
+END $EF$;
+
+DO $EF$
+BEGIN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261127192615_ProbesAndNodeUrls') THEN
+    ALTER TABLE instances ADD probe_path text;
+    END IF;
+END $EF$;
+
+DO $EF$
+BEGIN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261127192615_ProbesAndNodeUrls') THEN
+    CREATE INDEX "IX_instances_probe_kind" ON instances (probe_kind) WHERE probe_kind IS NOT NULL;
+    END IF;
+END $EF$;
+
+DO $EF$
+BEGIN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261127192615_ProbesAndNodeUrls') THEN
+    INSERT INTO "__EFMigrationsHistory" ("MigrationId", "ProductVersion")
+    VALUES ('20261127192615_ProbesAndNodeUrls', '10.0.15');
+    END IF;
+END $EF$;
+COMMIT;
+

@@ -1,6 +1,7 @@
 using Registry;
 using Registry.Access;
 using Registry.Drain;
+using Registry.Membership;
 using Registry.Operations;
 using Registry.Registration;
 using Registry.Postgres;
@@ -35,6 +36,7 @@ try
     app.MapOperations();
     app.MapMetrics();
     app.MapTokens();
+    app.MapNodes();
     await app.RunAsync();
 }
 catch (Exception e) when (e is LocalPostgresException or Npgsql.NpgsqlException or Microsoft.Extensions.Options.OptionsValidationException or AccessConfigurationException)

@@ -1,8 +1,11 @@
 using Registry.Access;
 using Registry.ChangeFeed;
+using Registry.Drain;
 using Registry.Edge;
 using Registry.Leases;
+using Registry.Membership;
 using Registry.Model;
+using Registry.Probes;
 using Registry.Registration;
 using Registry.Storage;
 using Registry.Subscription;
@@ -46,6 +49,18 @@ public sealed class RegistryOptions
 
     /// <summary>Credentials and what they may do (<c>Registry:Auth</c>).</summary>
     public AccessOptions Auth { get; set; } = new();
+
+    /// <summary>How a node presents itself to the cluster (<c>Registry:Membership</c>).</summary>
+    public MembershipOptions Membership { get; set; } = new();
+
+    /// <summary>Registry probes of providers (<c>Registry:Probes</c>).</summary>
+    public ProbeOptions Probes { get; set; } = new();
+
+    /// <summary>Registrations held by a connection (<c>Registry:Sessions</c>).</summary>
+    public Sessions.SessionOptions Sessions { get; set; } = new();
+
+    /// <summary>Confirmed drain and the watchers view (<c>Registry:Drain</c>).</summary>
+    public DrainOptions Drain { get; set; } = new();
 
     /// <summary>The configuration path of the section bound to <paramref name="property"/> (pass it with <c>nameof</c>).</summary>
     public static string Section(string property) => $"{SectionName}:{property}";

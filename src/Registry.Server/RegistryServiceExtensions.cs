@@ -10,6 +10,7 @@ using Registry.Membership;
 using Registry.Model;
 using Registry.Operations;
 using Registry.Postgres;
+using Registry.Probes;
 using Registry.Registration;
 using Registry.Sessions;
 using Registry.State;
@@ -91,7 +92,7 @@ internal static class RegistryServiceExtensions
 
         services.AddSingleton<RegistryMetrics>();
         services.AddRegistryMetricsExport();
-        services.AddSingleton<NodeIdentity>();
+        services.AddRegistryMembership();
         services.AddSingleton<RegistryState>();
         services.AddSingleton<OwnCommits>();
         services.AddSingleton<SubscriptionHub>();
@@ -110,6 +111,7 @@ internal static class RegistryServiceExtensions
         // this node's parked consumers, who exist only once it serves.
         services.AddRegistryDrain();
         services.AddRegistrySessions();
+        services.AddRegistryProbes();
 
         services.ConfigureHttpJsonOptions(json => json.SerializerOptions.Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping);
         services.AddProblemDetails();
@@ -156,8 +158,8 @@ internal static class RegistryServiceExtensions
     /// stops them in reverse, so this list is the start order:
     /// the schema exists before anything reads it; the loader runs before the change feed hands
     /// it work; the feed LISTENs and then loads the whole registry, so nothing falls between;
-    /// the renewer marks the node alive (settling any grace the cluster owes) before writes are
-    /// taken; the sweeper starts last, on a loaded registry with the grace settled.
+    /// the renewer marks the node alive (settling any grace the cluster owes) and the live-node
+    /// list is read before writes are taken (probe ownership needs it); the sweeper starts last, on a loaded registry with the grace settled.
     /// </summary>
     private static IServiceCollection AddRegistryBackgroundServices(this IServiceCollection services)
     {
@@ -170,6 +172,7 @@ internal static class RegistryServiceExtensions
         services.AddSingletonHostedService<RegistryLoader>();
         services.AddSingletonHostedService<ChangeFeedListener>();
         services.AddSingletonHostedService<LeaseRenewer>();
+        services.AddSingletonHostedService<LiveNodes>();
         services.AddSingletonHostedService<WriteBatcher>();
         services.AddHostedService<Sweeper>();
         return services;

@@ -31,4 +31,13 @@ public sealed class InstanceRow
     /// commit in any order: never compare a count and a maximum of them.
     /// </summary>
     public long Revision { get; set; }
+
+    /// <summary>How the registry probes the instance itself (<c>http</c>, <c>https</c>, <c>tcp</c>); null when it does not.</summary>
+    public string? ProbeKind { get; set; }
+
+    /// <summary>The path an <c>http</c>/<c>https</c> probe requests.</summary>
+    public string? ProbePath { get; set; }
+
+    /// <summary>Seconds between probes.</summary>
+    public int? ProbeIntervalSeconds { get; set; }
 }

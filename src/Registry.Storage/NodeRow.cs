@@ -15,6 +15,15 @@ public sealed class NodeRow
 
     /// <summary>When the node last reached the database, on the database clock.</summary>
     public DateTime LastSeenAt { get; set; }
+
+    /// <summary>The base URL other nodes and operators reach it at (null until it knows where it listens).</summary>
+    public string? Url { get; set; }
+
+    /// <summary>
+    /// When the node stopped in an orderly way: it is no longer live, though its
+    /// <see cref="LastSeenAt"/> stays evidence for the grace rule.
+    /// </summary>
+    public DateTime? LeftAt { get; set; }
 }
 
 /// <summary>

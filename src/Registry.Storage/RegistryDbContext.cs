@@ -44,6 +44,11 @@ public sealed class RegistryDbContext(DbContextOptions<RegistryDbContext> option
             instance.Property(i => i.RegisteredAt).HasColumnName("registered_at").HasColumnType("timestamptz");
             instance.Property(i => i.Revision).HasColumnName("revision")
                 .HasDefaultValueSql($"nextval('{Schema.RevisionSequence}')");
+            instance.Property(i => i.ProbeKind).HasColumnName("probe_kind");
+            instance.Property(i => i.ProbePath).HasColumnName("probe_path");
+            instance.Property(i => i.ProbeIntervalSeconds).HasColumnName("probe_interval_seconds");
+            // The probe schedulers read only the probed rows.
+            instance.HasIndex(i => i.ProbeKind).HasFilter("probe_kind IS NOT NULL");
         });
 
         modelBuilder.Entity<TokenRow>(token =>
@@ -70,6 +75,8 @@ public sealed class RegistryDbContext(DbContextOptions<RegistryDbContext> option
             node.Property(n => n.Id).HasColumnName("id").UseCollation("C");
             node.Property(n => n.StartedAt).HasColumnName("started_at").HasColumnType("timestamptz");
             node.Property(n => n.LastSeenAt).HasColumnName("last_seen_at").HasColumnType("timestamptz");
+            node.Property(n => n.Url).HasColumnName("url");
+            node.Property(n => n.LeftAt).HasColumnName("left_at").HasColumnType("timestamptz");
         });
 
         modelBuilder.Entity<EvictionRow>(eviction =>

@@ -43,7 +43,7 @@ public sealed class OpenApiDocumentTests(LiveRegistry registry)
 
         var operations = Operations(document).ToList();
         Assert.Equal(
-            ["DELETE /v1/tokens/{id}", "GET /healthz", "GET /metrics", "GET /readyz", "GET /v1/services", "GET /v1/services/{application}", "GET /v1/services/{application}/watchers",
+            ["DELETE /v1/tokens/{id}", "GET /healthz", "GET /metrics", "GET /readyz", "GET /v1/nodes", "GET /v1/services", "GET /v1/services/{application}", "GET /v1/services/{application}/watchers",
              "GET /v1/tokens", "POST /v1/heartbeat", "POST /v1/register", "POST /v1/sessions", "POST /v1/subscribe", "POST /v1/tokens", "POST /v1/unregister"],
             operations.Select(o => o.Name).Order(StringComparer.Ordinal));
         Assert.All(operations, o =>

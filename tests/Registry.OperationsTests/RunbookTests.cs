@@ -25,6 +25,7 @@ public sealed partial class RunbookTests(LiveRegistry registry)
         ["5. Unregister"] = ["204\n204"],
         ["Check liveness and readiness"] = ["\"status\":\"alive\"", "\"status\":\"ready\""],
         ["Register an instance by hand"] = ["\"application\":\"provider_test\"", "\"ttl\":300"],
+        ["Register with a probe"] = ["\"probe\":{\"kind\":\"http\",\"path\":\"/healthz\",\"interval\":10}", "{\"nodes\":[{\"id\":\""],
         ["List the applications"] = ["{\"application\":\"provider_test\",\"instances\":1}"],
         ["Inspect one application"] = ["HTTP/1.1 200", "ETag: \"", "\"addr\":\"127.0.0.1:8080\""],
         ["Watch an application with a long poll"] = ["HTTP/1.1 304", "ETag: \""],

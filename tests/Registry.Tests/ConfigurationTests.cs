@@ -24,6 +24,8 @@ public sealed class ConfigurationTests
         { "Registry:RateLimit", typeof(RateLimitOptions) },
         { "Registry:Network", typeof(Registry.Edge.NetworkOptions) },
         { "Registry:Drain", typeof(Registry.Drain.DrainOptions) },
+        { "Registry:Membership", typeof(Registry.Membership.MembershipOptions) },
+        { "Registry:Probes", typeof(Registry.Probes.ProbeOptions) },
     };
 
     [Theory]

@@ -72,6 +72,18 @@ namespace Registry.Migrations.Migrations
                         .HasColumnType("jsonb")
                         .HasColumnName("meta");
 
+                    b.Property<int?>("ProbeIntervalSeconds")
+                        .HasColumnType("integer")
+                        .HasColumnName("probe_interval_seconds");
+
+                    b.Property<string>("ProbeKind")
+                        .HasColumnType("text")
+                        .HasColumnName("probe_kind");
+
+                    b.Property<string>("ProbePath")
+                        .HasColumnType("text")
+                        .HasColumnName("probe_path");
+
                     b.Property<DateTime>("RegisteredAt")
                         .HasColumnType("timestamptz")
                         .HasColumnName("registered_at");
@@ -87,6 +99,9 @@ namespace Registry.Migrations.Migrations
                         .HasColumnName("ttl_seconds");
 
                     b.HasKey("Application", "Protocol", "Addr");
+
+                    b.HasIndex("ProbeKind")
+                        .HasFilter("probe_kind IS NOT NULL");
 
                     b.ToTable("instances", (string)null);
 
@@ -104,9 +119,17 @@ namespace Registry.Migrations.Migrations
                         .HasColumnType("timestamptz")
                         .HasColumnName("last_seen_at");
 
+                    b.Property<DateTime?>("LeftAt")
+                        .HasColumnType("timestamptz")
+                        .HasColumnName("left_at");
+
                     b.Property<DateTime>("StartedAt")
                         .HasColumnType("timestamptz")
                         .HasColumnName("started_at");
+
+                    b.Property<string>("Url")
+                        .HasColumnType("text")
+                        .HasColumnName("url");
 
                     b.HasKey("Id");
 

@@ -4,6 +4,7 @@ using Microsoft.Extensions.Options;
 using Registry.Access;
 using Registry.Edge;
 using Registry.Model;
+using Registry.Registration;
 
 namespace Registry.Drain;
 

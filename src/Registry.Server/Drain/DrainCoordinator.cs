@@ -116,15 +116,10 @@ internal sealed class DrainCoordinator(
             if (now >= refreshAt)
             {
                 refreshAt = now + options.Value.NodesRefreshInterval;
-                try
-                {
-                    nodes = await live.ReadAsync(askedAt, cancellationToken);
-                    nodes.Add(node.Id);
-                }
-                catch (DbException)
-                {
-                    // Keep the last set read; without one, nobody is known to be done.
-                }
+                // Live by the cluster's membership (read in the background, so waiting holds no
+                // connection), and started when the question was asked: a later node never heard it.
+                nodes = live.Current.Where(n => n.Started <= askedAt).Select(n => n.Id).ToHashSet(StringComparer.Ordinal);
+                nodes.Add(node.Id);
             }
 
             var signal = gathering.Changed;

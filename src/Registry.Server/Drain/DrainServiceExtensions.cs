@@ -8,13 +8,12 @@ internal static class DrainServiceExtensions
 {
     public static IServiceCollection AddRegistryDrain(this IServiceCollection services)
     {
-        services.AddOptions<DrainOptions>().BindConfiguration("Registry:Drain").ValidateDataAnnotations()
+        services.AddOptions<DrainOptions>().BindConfiguration(RegistryOptions.Section(nameof(RegistryOptions.Drain))).ValidateDataAnnotations()
             .Validate(o => o.ReportInterval > TimeSpan.Zero && o.NodesRefreshInterval > TimeSpan.Zero && o.WatchersWait > TimeSpan.Zero, "Registry:Drain intervals must be positive.")
             .ValidateOnStart();
         services.AddSingleton<DrainTracker>();
         services.AddSingleton<IChangeWitness>(provider => provider.GetRequiredService<DrainTracker>());
         services.AddSingleton<DrainCoordinator>();
-        services.AddSingleton<LiveNodes>();
         services.AddSingleton<IChangeFeedChannel, DrainChannel>();
         services.AddSingleton<DrainMessenger>();
         services.AddHostedService(provider => provider.GetRequiredService<DrainMessenger>());

@@ -49,12 +49,16 @@ internal static class Network
             ? System.Net.IPNetwork.Parse(entry)
             : new System.Net.IPNetwork(IPAddress.Parse(entry), IPAddress.Parse(entry).AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? 32 : 128);
 
+    /// <summary>Whether <paramref name="entry"/> is an IP address or a network in CIDR notation.</summary>
+    internal static bool IsAddressOrNetwork(string entry) =>
+        entry.Contains('/', StringComparison.Ordinal) ? System.Net.IPNetwork.TryParse(entry, out _) : IPAddress.TryParse(entry, out _);
+
     private sealed class NetworkOptionsValidator : IValidateOptions<NetworkOptions>
     {
         public ValidateOptionsResult Validate(string? name, NetworkOptions options)
         {
             var errors = options.TrustedProxies
-                .Where(entry => !(entry.Contains('/', StringComparison.Ordinal) ? System.Net.IPNetwork.TryParse(entry, out _) : IPAddress.TryParse(entry, out _)))
+                .Where(entry => !IsAddressOrNetwork(entry))
                 .Select(entry => $"Registry:Network:TrustedProxies: '{entry}' is neither an IP address nor a network in CIDR notation.")
                 .ToList();
             return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);

@@ -17,6 +17,7 @@ namespace Registry.Leases;
 /// </summary>
 internal sealed partial class LeaseGrace(
     NodeIdentity node,
+    AdvertisedUrl url,
     RegistryMetrics metrics,
     IOptions<LeaseOptions> options,
     ILogger<LeaseGrace> logger)
@@ -31,9 +32,9 @@ internal sealed partial class LeaseGrace(
         WITH last AS (SELECT max(last_seen_at) AS at FROM nodes),
         gate AS (SELECT at, coalesce(clock_timestamp() - at > @gap, false) AS owed FROM last),
         marked AS (
-            INSERT INTO nodes (id, started_at, last_seen_at)
-            SELECT @node, clock_timestamp(), clock_timestamp() FROM gate WHERE NOT owed
-            ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at
+            INSERT INTO nodes (id, url, started_at, last_seen_at)
+            SELECT @node, @url, clock_timestamp(), clock_timestamp() FROM gate WHERE NOT owed
+            ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, url = coalesce(excluded.url, nodes.url)
             RETURNING 1)
         SELECT g.owed, g.at, clock_timestamp(), (SELECT count(*) FROM marked) FROM gate g
         """;
@@ -48,8 +49,8 @@ internal sealed partial class LeaseGrace(
                AND expires_at < clock_timestamp() + ttl_seconds * interval '1 second'
             RETURNING 1),
         marked AS (
-            INSERT INTO nodes (id, started_at, last_seen_at) VALUES (@node, clock_timestamp(), clock_timestamp())
-            ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at
+            INSERT INTO nodes (id, url, started_at, last_seen_at) VALUES (@node, @url, clock_timestamp(), clock_timestamp())
+            ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, url = coalesce(excluded.url, nodes.url)
             RETURNING 1)
         SELECT (SELECT count(*) FROM extended)::int, (SELECT count(*) FROM marked)
         """;
@@ -69,6 +70,8 @@ internal sealed partial class LeaseGrace(
         {
             mark.Parameters.AddWithValue("gap", options.Value.GraceGap);
             mark.Parameters.AddWithValue("node", node.Id);
+            // The URL is known once the server listens; until then the row carries none.
+            mark.Parameters.Add(new NpgsqlParameter<string?>("url", url.Value));
             await using var reader = await mark.ExecuteReaderAsync(cancellationToken);
             await reader.ReadAsync(cancellationToken);
             owed = reader.GetBoolean(0);
@@ -85,6 +88,7 @@ internal sealed partial class LeaseGrace(
         await using var extend = new NpgsqlCommand(ExtendStatement, connection, transaction);
         extend.Parameters.AddWithValue("since", began);
         extend.Parameters.AddWithValue("node", node.Id);
+        extend.Parameters.Add(new NpgsqlParameter<string?>("url", url.Value));
         var extended = (int)(await extend.ExecuteScalarAsync(cancellationToken))!;
         metrics.Swept("grace");
         metrics.LivenessMarked();

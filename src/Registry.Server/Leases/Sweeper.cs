@@ -1,6 +1,7 @@
 using System.Data.Common;
 using Microsoft.Extensions.Options;
 using Npgsql;
+using Registry.Membership;
 using Registry.Storage;
 using Registry.Telemetry;
 
@@ -23,6 +24,7 @@ internal sealed partial class Sweeper(
     AuditLog audit,
     RegistryMetrics metrics,
     IOptions<LeaseOptions> options,
+    IOptions<MembershipOptions> membership,
     TimeProvider time,
     ILogger<Sweeper> logger) : BackgroundService
 {
@@ -103,6 +105,11 @@ internal sealed partial class Sweeper(
 
         if (expired == 0)
         {
+            // Still forget old nodes, or a cluster that never evicts keeps every node it ever ran.
+            // Only nodes: the evictions' rows are another table's locks to wait for while this
+            // transaction holds its node's mark (a reset deleting both tables would deadlock).
+            await ForgetNodesAsync(connection, transaction, cancellationToken);
+            await transaction.CommitAsync(cancellationToken);
             selfPreservation.Budget(live, 0, recentlyEvicted);
             schedule.SweepFinished(nextExpiry);
             metrics.Swept("swept");
@@ -150,8 +157,9 @@ internal sealed partial class Sweeper(
 
     /// <summary>
     /// Counts the sweep's evictions for every node's budget, and forgets what no budget needs
-    /// any more: evictions older than the window, and nodes not seen for a day (a node's row
-    /// is only evidence of when the cluster last recorded, and this sweep just settled that).
+    /// any more: evictions older than the window, and nodes not seen for
+    /// <see cref="MembershipOptions.ForgetAfter"/> (a node's row is then only evidence of when
+    /// the cluster last recorded, and this sweep just settled that).
     /// </summary>
     private async Task RecordAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, int evicted, CancellationToken cancellationToken)
     {
@@ -159,11 +167,18 @@ internal sealed partial class Sweeper(
             """
             INSERT INTO evictions (evicted_at, instances) SELECT clock_timestamp(), @evicted WHERE @evicted > 0;
             DELETE FROM evictions WHERE evicted_at < clock_timestamp() - @window;
-            DELETE FROM nodes WHERE last_seen_at < clock_timestamp() - interval '1 day';
             """, connection, transaction);
         record.Parameters.AddWithValue("evicted", evicted);
         record.Parameters.AddWithValue("window", options.Value.SelfPreservationWindow);
         await record.ExecuteNonQueryAsync(cancellationToken);
+        await ForgetNodesAsync(connection, transaction, cancellationToken);
+    }
+
+    private async Task ForgetNodesAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken)
+    {
+        await using var forget = new NpgsqlCommand("DELETE FROM nodes WHERE last_seen_at < clock_timestamp() - @forget", connection, transaction);
+        forget.Parameters.AddWithValue("forget", membership.Value.ForgetAfter);
+        await forget.ExecuteNonQueryAsync(cancellationToken);
     }
 
     private static async Task<int> EvictBatchAsync(

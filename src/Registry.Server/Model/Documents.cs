@@ -190,6 +190,28 @@ public sealed class LeaseDocument
     /// <summary>When the lease runs out unless renewed (RFC 3339, UTC).</summary>
     [JsonPropertyName("expires")]
     public required DateTime Expires { get; init; }
+
+    /// <summary>How the registry probes the instance (register answers of probe registrations only).</summary>
+    [JsonPropertyName("probe")]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public ProbeDocument? Probe { get; init; }
+}
+
+/// <summary>The <c>probe</c> member of a register answer: how the registry probes the instance.</summary>
+public sealed class ProbeDocument
+{
+    /// <summary><c>http</c>, <c>https</c> or <c>tcp</c>.</summary>
+    [JsonPropertyName("kind")]
+    public required string Kind { get; init; }
+
+    /// <summary>The path requested (http and https only).</summary>
+    [JsonPropertyName("path")]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public string? Path { get; init; }
+
+    /// <summary>Seconds between probes.</summary>
+    [JsonPropertyName("interval")]
+    public required int Interval { get; init; }
 }
 
 /// <summary>One entry of the subscription document.</summary>

@@ -181,6 +181,7 @@ internal static class OpenApiDocumentation
         ("ListTokens", "200") => "Every token with its scopes and last use; never a secret or a hash.",
         ("RevokeToken", "204") => "The token was deleted; every node refuses it within a second.",
         ("RevokeToken", "404") => "There is no token with this id.",
+        ("ListNodes", "200") => "The live nodes, ordered by id: id, advertised URL (null until the node knows where it listens), start and last mark.",
         (_, "400") => "The request is malformed or invalid; `errors` names each field and the reason.",
         (_, "401") => "No valid credential (missing, malformed, unknown, expired or revoked); `WWW-Authenticate: Bearer`. Repeated failures from one address answer 429.",
         (_, "403") => "The credential is valid but lacks the scope this call needs; the problem names the application and the scope.",
@@ -216,6 +217,9 @@ internal static class OpenApiDocumentation
             ["wait"] = $"Seconds to hold the request when `version` is current: a non-negative integer, default {subscriptions.Value.DefaultWaitSeconds}; " +
                 $"values above the configured cap ({subscriptions.Value.MaxWaitSeconds} on this node; keep it below common 60 s proxy idle timeouts) are clamped, " +
                 $"and up to wait/{subscriptions.Value.JitterDivisor} of random jitter is added.",
+            ["probe"] = "`http`, `https` or `tcp`: the registry probes the instance itself (off until Registry:Probes:AllowedNetworks lists networks; the `addr` must lie in them). Absent: no probing (a registration without it turns probing off).",
+            ["probePath"] = "The path an `http`/`https` probe requests, starting with one `/`; default `/`. A 2xx passes; redirects are not followed.",
+            ["probeInterval"] = "Seconds between probes, a positive integer; default 10, values above the configured maximum (3600 by default) are clamped. Each probe times out after min(interval, Registry:Probes:TimeoutSeconds).",
             ["protocol"] = "Only instances serving this protocol (e.g. `http`); absent matches any.",
             ["application"] = $"The application's name; it must match `^[A-Za-z0-9][A-Za-z0-9._-]{{0,{limits.Value.MaxApplicationLength - 1}}}$` (400 otherwise). An unknown application is an empty answer.",
         };
@@ -234,6 +238,8 @@ internal static class OpenApiDocumentation
                         "wait" => new OpenApiSchema { Type = JsonSchemaType.Integer, Format = "int32", Minimum = "0" },
                         "drain" => new OpenApiSchema { Type = JsonSchemaType.Integer, Format = "int32", Minimum = "1", Maximum = "60" },
                         "version" => new OpenApiSchema { Type = JsonSchemaType.String, MaxLength = limits.Value.MaxVersionLength },
+                        "probe" => new OpenApiSchema { Type = JsonSchemaType.String, Enum = [JsonValue.Create("http")!, JsonValue.Create("https")!, JsonValue.Create("tcp")!] },
+                        "probeInterval" => new OpenApiSchema { Type = JsonSchemaType.Integer, Format = "int32", Minimum = "1" },
                         _ => parameter.Schema,
                     };
                 }

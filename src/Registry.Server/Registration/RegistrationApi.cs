@@ -7,6 +7,7 @@ using Registry.Drain;
 using Registry.Edge;
 using Registry.Leases;
 using Registry.Model;
+using Registry.Probes;
 using Registry.State;
 using Registry.Subscription;
 using Registry.Telemetry;
@@ -28,7 +29,13 @@ internal static class RegistrationApi
             .WithSummary("Register a provider instance and start or renew its lease")
             .WithDescription("Upserts the instance identified by (application, protocol, addr): a new instance answers 201, " +
                 "an existing one has its meta replaced and its lease renewed and answers 200. The lease lasts `ttl` seconds " +
-                "(clamped to the configured bounds); renew it with heartbeats. Consumers see the change within milliseconds.")
+                "(clamped to the configured bounds); renew it with heartbeats. Consumers see the change within milliseconds. " +
+                "With `probe` (http, https or tcp) the registry probes the instance itself every `probeInterval` seconds (default 10): " +
+                "passing probes renew the lease (which is then at least three intervals long) and after Registry:Probes:FailuresToEvict " +
+                "consecutive failures the instance is evicted. `http`/`https` GET `probePath` (default `/`) and pass on a 2xx, never " +
+                "following a redirect; `tcp` passes when a connection opens. The `addr` (a DNS name is resolved) must lie in " +
+                "Registry:Probes:AllowedNetworks; loopback, link-local and cloud-metadata addresses only when listed explicitly. " +
+                "Registering again without `probe` turns probing off.")
             .Accepts<ProviderDocument>("application/json", "*/*")
             .Produces<LeaseDocument>(StatusCodes.Status201Created)
             .Produces<LeaseDocument>(StatusCodes.Status200OK)
@@ -72,9 +79,13 @@ internal static class RegistrationApi
     private static async Task<Results<LeaseResult, ValidationProblem, ProblemHttpResult>> Register(
         HttpContext http,
         [FromQuery(Name = "ttl")] string? ttl,
+        [FromQuery(Name = "probe")] string? probe,
+        [FromQuery(Name = "probePath")] string? probePath,
+        [FromQuery(Name = "probeInterval")] string? probeInterval,
         RequestBody body,
         RequestReader reader,
         WriteBatcher writes,
+        ProbeRequests probes,
         IOptions<LeaseOptions> leases,
         IOptions<WriteOptions> writeOptions,
         ApplicationAccess access,
@@ -89,10 +100,29 @@ internal static class RegistrationApi
         }
 
         var (provider, granted) = request;
+        var errors = new Errors();
+        var probeSpec = probes.Read(probe, probePath, probeInterval, errors);
+        if (errors.Any)
+        {
+            return Problems.Invalid(errors);
+        }
+
+        if (probeSpec is not null)
+        {
+            if (await probes.RefusalAsync(provider.Key.Addr, cancellationToken) is { } refusal)
+            {
+                errors.Add("addr", refusal);
+                return Problems.Invalid(errors);
+            }
+
+            // Long enough that the probes keep it alive while their owner changes (within two intervals).
+            granted = Math.Max(granted, (int)Math.Min(3L * probeSpec.IntervalSeconds, leases.Value.MaxTtlSeconds));
+        }
+
         WriteResult result;
         try
         {
-            result = await writes.SubmitAsync(new RegisterCommand(provider, granted));
+            result = await writes.SubmitAsync(new RegisterCommand(provider, granted, probeSpec));
         }
         catch (WriteUnavailableException e)
         {
@@ -100,7 +130,7 @@ internal static class RegistrationApi
         }
 
         audit.Registered(CredentialIdentity.IdOf(http.User), provider.Key, result.Status == WriteStatus.Created);
-        var lease = Lease(provider.Key, provider.Meta, granted, result.ExpiresAt);
+        var lease = Lease(provider.Key, provider.Meta, granted, result.ExpiresAt, probeSpec?.ToDocument());
         return result.Status == WriteStatus.Created
             ? new LeaseResult(StatusCodes.Status201Created, lease, $"/v1/services/{Uri.EscapeDataString(provider.Application)}")
             : new LeaseResult(StatusCodes.Status200OK, lease);
@@ -258,8 +288,9 @@ internal static class RegistrationApi
     }
 
     /// <summary>The lease document of register, heartbeat and a session's first event.</summary>
-    internal static LeaseDocument Lease(InstanceKey key, Meta meta, int ttlSeconds, DateTimeOffset expiresAt) => new()
+    internal static LeaseDocument Lease(InstanceKey key, Meta meta, int ttlSeconds, DateTimeOffset expiresAt, ProbeDocument? probe = null) => new()
     {
+        Probe = probe,
         Application = key.Application,
         Protocol = key.Protocol,
         Addr = key.Addr,

@@ -6,6 +6,7 @@ using Npgsql;
 using Registry.ChangeFeed;
 using Registry.Leases;
 using Registry.Model;
+using Registry.Probes;
 using Registry.State;
 using Registry.Storage;
 using Registry.Telemetry;
@@ -31,11 +32,14 @@ internal abstract class WriteCommand(InstanceKey key)
     public TaskCompletionSource<WriteResult> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 }
 
-internal sealed class RegisterCommand(Provider provider, int ttlSeconds) : WriteCommand(provider.Key)
+internal sealed class RegisterCommand(Provider provider, int ttlSeconds, ProbeSpec? probe = null) : WriteCommand(provider.Key)
 {
     public Provider Provider { get; } = provider;
 
     public int TtlSeconds { get; } = ttlSeconds;
+
+    /// <summary>How the registry probes the instance; null turns probing off.</summary>
+    public ProbeSpec? Probe { get; } = probe;
 }
 
 internal sealed class UnregisterCommand(InstanceKey key) : WriteCommand(key);
@@ -290,17 +294,25 @@ internal sealed partial class WriteBatcher(
     /// </summary>
     private static string Statement(bool deletes) => $"""
         WITH proposed AS MATERIALIZED (
-            SELECT u.application, u.protocol, u.addr, u.meta::jsonb AS meta, u.ttl, nextval('instance_revision') AS revision
-              FROM unnest(@applications, @protocols, @addrs, @metas, @ttls) AS u(application, protocol, addr, meta, ttl)),
+            SELECT u.application, u.protocol, u.addr, u.meta::jsonb AS meta, u.ttl, u.probe_kind, u.probe_path, u.probe_interval,
+                   nextval('instance_revision') AS revision
+              FROM unnest(@applications, @protocols, @addrs, @metas, @ttls, @probe_kinds, @probe_paths, @probe_intervals)
+                   AS u(application, protocol, addr, meta, ttl, probe_kind, probe_path, probe_interval)),
         upserted AS (
-            INSERT INTO instances AS i (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at, revision)
-            SELECT p.application, p.protocol, p.addr, p.meta, p.ttl, clock_timestamp() + p.ttl * interval '1 second', clock_timestamp(), p.revision
+            INSERT INTO instances AS i (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at, revision,
+                                        probe_kind, probe_path, probe_interval_seconds)
+            SELECT p.application, p.protocol, p.addr, p.meta, p.ttl, clock_timestamp() + p.ttl * interval '1 second', clock_timestamp(), p.revision,
+                   p.probe_kind, p.probe_path, p.probe_interval
               FROM proposed p
              ORDER BY p.application, p.protocol, p.addr
             ON CONFLICT (application, protocol, addr) DO UPDATE
                SET meta = excluded.meta,
                    ttl_seconds = excluded.ttl_seconds,
                    expires_at = excluded.expires_at,
+                   -- Consumers do not see how an instance is probed: no new revision for it.
+                   probe_kind = excluded.probe_kind,
+                   probe_path = excluded.probe_path,
+                   probe_interval_seconds = excluded.probe_interval_seconds,
                    revision = CASE WHEN i.meta = excluded.meta AND i.ttl_seconds = excluded.ttl_seconds
                                    THEN i.revision ELSE excluded.revision END
             RETURNING i.application, i.protocol, i.addr, i.expires_at, i.revision, i.xmax = 0 AS inserted),
@@ -337,6 +349,9 @@ internal sealed partial class WriteBatcher(
         InstanceKeys.AddParameters(command.Parameters, keys);
         command.Parameters.Add(new NpgsqlParameter<string[]>("metas", upserts.Select(c => MetaJson.Serialize(c.Provider.Meta)).ToArray()));
         command.Parameters.Add(new NpgsqlParameter<int[]>("ttls", upserts.Select(c => c.TtlSeconds).ToArray()));
+        command.Parameters.Add(new NpgsqlParameter<string?[]>("probe_kinds", upserts.Select(c => c.Probe?.Kind).ToArray()));
+        command.Parameters.Add(new NpgsqlParameter<string?[]>("probe_paths", upserts.Select(c => c.Probe?.Path).ToArray()));
+        command.Parameters.Add(new NpgsqlParameter<int?[]>("probe_intervals", upserts.Select(c => c.Probe?.IntervalSeconds).ToArray()));
         if (deletes.Length > 0)
         {
             InstanceKeys.AddParameters(command.Parameters, deletes, "gone_");

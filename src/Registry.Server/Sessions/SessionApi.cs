@@ -15,7 +15,7 @@ internal static class SessionApi
 {
     public static IServiceCollection AddRegistrySessions(this IServiceCollection services)
     {
-        services.AddOptions<SessionOptions>().BindConfiguration("Registry:Sessions").ValidateDataAnnotations().ValidateOnStart();
+        services.AddOptions<SessionOptions>().BindConfiguration(RegistryOptions.Section(nameof(RegistryOptions.Sessions))).ValidateDataAnnotations().ValidateOnStart();
         services.AddSingleton<SessionMetrics>();
         services.AddSingleton<SessionKeeper>();
         return services;

@@ -10,7 +10,11 @@ namespace Registry.Subscription;
 /// among them) waits behind them. Admitted a few at a time, in the order they were woken, the
 /// same bytes go out as fast and the node's other requests pass between them.
 /// </summary>
-internal sealed class AnswerWriters(IOptions<SubscriptionOptions> options, TimeProvider time, RegistryMetrics metrics) : IDisposable
+// The semaphore is never disposed: it creates no wait handle, and the last answers of a
+// shutdown are still being written while the host disposes its services.
+#pragma warning disable CA1001
+internal sealed class AnswerWriters(IOptions<SubscriptionOptions> options, TimeProvider time, RegistryMetrics metrics)
+#pragma warning restore CA1001
 {
     private readonly SemaphoreSlim _turns = new(
         options.Value.LargeAnswerWriters is > 0 and var writers ? writers : Environment.ProcessorCount);
@@ -36,8 +40,6 @@ internal sealed class AnswerWriters(IOptions<SubscriptionOptions> options, TimeP
 
         return new Turn(this);
     }
-
-    public void Dispose() => _turns.Dispose();
 
     /// <summary>One answer's turn. Its reader's slowness is its own: a flush that outlasts <see cref="SubscriptionOptions.SlowReaderYield"/> gives the turn up.</summary>
     internal sealed class Turn(AnswerWriters writers) : IDisposable

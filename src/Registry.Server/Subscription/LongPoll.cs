@@ -41,9 +41,13 @@ internal sealed class LongPoll(
     TimeProvider time,
     ParkingLot parking,
     IHostApplicationLifetime lifetime,
-    RegistryMetrics metrics)
+    RegistryMetrics metrics,
+    AnswerWriters writers)
 {
     private readonly SubscriptionOptions _options = options.Value;
+
+    /// <summary>Whose turn it is to write a large answer (taken with the poll, so shutdown's last answers need no service look-up).</summary>
+    public AnswerWriters Writers => writers;
 
     /// <summary>The hold for a requested wait: defaulted, clamped to the cap, plus up to wait/16 of jitter.</summary>
     public TimeSpan HoldFor(long? waitSeconds)

@@ -179,11 +179,11 @@ internal static class SubscriptionApi
             PollEnd.ClientGone => TypedResults.Empty,
             PollEnd.Refused => Problems.TooMany(http, limits.RetryAfterSeconds,
                 "This node holds as many parked requests as it may for this client or in all (Registry:Limits:MaxParkedPerClient, MaxParked); retry shortly or on another node."),
-            _ => Answer(outcome, notModifiedOnTimeout, state, metrics),
+            _ => Answer(outcome, notModifiedOnTimeout, state, metrics, poll.Writers),
         };
     }
 
-    private static AnswerResult Answer(PollOutcome outcome, bool notModifiedOnTimeout, RegistryState state, RegistryMetrics metrics)
+    private static AnswerResult Answer(PollOutcome outcome, bool notModifiedOnTimeout, RegistryState state, RegistryMetrics metrics, AnswerWriters writers)
     {
         if (outcome.End is PollEnd.Changed or PollEnd.TimedOut or PollEnd.Shutdown)
         {
@@ -191,7 +191,7 @@ internal static class SubscriptionApi
         }
 
         var notModified = notModifiedOnTimeout && outcome.End is PollEnd.TimedOut or PollEnd.Shutdown;
-        return new AnswerResult(outcome.Answer, notModified, state.StaleSince, outcome.Consumer);
+        return new AnswerResult(outcome.Answer, notModified, state.StaleSince, writers, outcome.Consumer);
     }
 
     /// <summary>The first entity tag of If-None-Match, unquoted (weak tags compare the same for GET).</summary>
@@ -211,7 +211,7 @@ internal static class SubscriptionApi
 /// Writes a pre-serialised answer with its ETag; 304 with no body when asked for. A consumer
 /// that parked is finished once the last bytes are flushed (sent) or the write fails (gone).
 /// </summary>
-internal sealed class AnswerResult(Answer answer, bool notModified, DateTimeOffset? staleSince, ParkedConsumer? consumer = null) : IResult
+internal sealed class AnswerResult(Answer answer, bool notModified, DateTimeOffset? staleSince, AnswerWriters writers, ParkedConsumer? consumer = null) : IResult
 {
     public async Task ExecuteAsync(HttpContext httpContext)
     {
@@ -254,6 +254,6 @@ internal sealed class AnswerResult(Answer answer, bool notModified, DateTimeOffs
         response.StatusCode = StatusCodes.Status200OK;
         response.ContentType = "application/json";
         response.ContentLength = answer.ContentLength;
-        await answer.WriteAsync(response.BodyWriter, httpContext.RequestServices.GetRequiredService<AnswerWriters>(), httpContext.RequestAborted);
+        await answer.WriteAsync(response.BodyWriter, writers, httpContext.RequestAborted);
     }
 }

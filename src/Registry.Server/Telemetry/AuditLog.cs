@@ -17,7 +17,7 @@ internal sealed partial class AuditLog
     {
         _logger = loggers.CreateLogger("Registry.Audit");
         _events = meters.Create(RegistryMetrics.MeterName).CreateCounter<long>("registry.audit.events", "{event}",
-            "Audited changes, by action (register, unregister, session_start, session_end, evict: one per instance, token_create, token_revoke).");
+            "Audited changes, by action (register, unregister, session_start, session_end, evict: one per instance, probe_evict, token_create, token_revoke).");
     }
 
     public void Registered(string credential, InstanceKey key, bool created)
@@ -50,6 +50,13 @@ internal sealed partial class AuditLog
     {
         _events.Add(instances, new KeyValuePair<string, object?>("action", "evict"));
         LogEvicted(_logger, instances, application);
+    }
+
+    /// <summary>An instance whose probes kept failing: its lease is ended now, and the sweeper evicts it within self-preservation's budget.</summary>
+    public void ProbeFailed(InstanceKey key, int failures, string node)
+    {
+        Count("probe_evict");
+        LogProbeFailed(_logger, key.Application, key.Protocol, key.Addr, failures, node);
     }
 
     public void TokenCreated(string by, string id, bool admin, IReadOnlyList<string> register, IReadOnlyList<string> subscribe)
@@ -87,6 +94,9 @@ internal sealed partial class AuditLog
 
     [LoggerMessage(Level = LogLevel.Information, Message = "evict {Instances} instances of {Application} (leases ran out) by the sweeper")]
     private static partial void LogEvicted(ILogger logger, int instances, string application);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "probe_evict {Application} {Protocol} {Addr} after {Failures} failed probes by node {Node}; the sweeper evicts it")]
+    private static partial void LogProbeFailed(ILogger logger, string application, string protocol, string addr, int failures, string node);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "token {TokenId} created (admin {Admin}, register [{Register}], subscribe [{Subscribe}]) by {Credential}")]
     private static partial void LogTokenCreated(ILogger logger, string tokenId, bool admin, string register, string subscribe, string credential);

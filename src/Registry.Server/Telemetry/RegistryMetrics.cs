@@ -29,6 +29,11 @@ internal sealed class RegistryMetrics
     private readonly Counter<long> _sweeps;
     private readonly Counter<long> _livenessMarks;
     private readonly Counter<long> _limitsReached;
+    private readonly Counter<long> _probes;
+    private readonly Counter<long> _probeEvictions;
+    private readonly Histogram<double> _probeDuration;
+    private readonly Histogram<double> _probeLateness;
+    private int _probesOwned;
     private int _views;
     private int _selfPreservation;
 
@@ -55,6 +60,13 @@ internal sealed class RegistryMetrics
         _sweeps = meter.CreateCounter<long>("registry.sweeps", "{sweep}", "Sweeper rounds, by outcome (idle: nothing can have expired, so no statement; locked_out; swept), and grace: leases extended after the cluster could not record renewals.");
         _limitsReached = meter.CreateCounter<long>("registry.limits.rejections", "{request}", "Requests refused with 429 at a node's limit, by limit (parked, parked_per_client, subscriptions).");
         _livenessMarks = meter.CreateCounter<long>("registry.liveness.marks", "{mark}", "Times this node marked itself alive in the database (the grace rule reads the newest mark of any node).");
+        _probes = meter.CreateCounter<long>("registry.probes", "{probe}", "Probes this node ran, by kind (http, https, tcp) and result (passed, failed).");
+        _probeEvictions = meter.CreateCounter<long>("registry.probes.evictions", "{instance}", "Instances whose probes failed Registry:Probes:FailuresToEvict times in a row, handed to the sweeper for eviction.");
+        _probeDuration = meter.CreateHistogram<double>("registry.probes.duration", "ms", "How long a probe took, pass or fail.",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000] });
+        _probeLateness = meter.CreateHistogram<double>("registry.probes.lateness", "ms", "How long after it was due a probe started (a node short of capacity shows here first).",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000] });
+        meter.CreateObservableGauge("registry.probes.owned", () => Volatile.Read(ref _probesOwned), "{instance}", "Probed instances this node owns now.");
         meter.CreateObservableGauge("registry.subscriptions.distinct", () => Volatile.Read(ref _views), "{subscription}", "Distinct subscriptions held in memory.");
         meter.CreateObservableGauge("registry.selfpreservation.engaged", () => Volatile.Read(ref _selfPreservation), "1", "1 while self-preservation rate-limits evictions.");
     }
@@ -106,4 +118,16 @@ internal sealed class RegistryMetrics
     public void SubscriptionViews(int count) => Volatile.Write(ref _views, count);
 
     public void SelfPreservation(bool engaged) => Volatile.Write(ref _selfPreservation, engaged ? 1 : 0);
+
+    public void Probed(string kind, bool passed, TimeSpan duration)
+    {
+        _probes.Add(1, new KeyValuePair<string, object?>("kind", kind), new KeyValuePair<string, object?>("result", passed ? "passed" : "failed"));
+        _probeDuration.Record(duration.TotalMilliseconds);
+    }
+
+    public void ProbeLate(TimeSpan lateness) => _probeLateness.Record(lateness.TotalMilliseconds);
+
+    public void ProbeEvicted() => _probeEvictions.Add(1);
+
+    public void ProbesOwned(int count) => Volatile.Write(ref _probesOwned, count);
 }

@@ -40,7 +40,12 @@ public sealed class LiveRegistry : IAsyncLifetime
         _databaseName = $"registry_operations_{Guid.NewGuid():N}";
         await ExecuteAsync($"CREATE DATABASE {_databaseName}");
         var own = new NpgsqlConnectionStringBuilder(_serverConnectionString) { Database = _databaseName };
-        Node = new RegistryNode(own.ConnectionString, new Dictionary<string, string?> { ["Registry:Auth:BootstrapToken"] = Token });
+        Node = new RegistryNode(own.ConnectionString, new Dictionary<string, string?>
+        {
+            ["Registry:Auth:BootstrapToken"] = Token,
+            // The runbook's probe example probes the node itself.
+            ["Registry:Probes:AllowedNetworks:0"] = "127.0.0.0/8",
+        });
         Node.UseKestrel(kestrel => kestrel.Listen(IPAddress.Loopback, 0));
         Node.StartServer(); // migrates, listens and loads before Kestrel accepts
         var addresses = Node.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses;

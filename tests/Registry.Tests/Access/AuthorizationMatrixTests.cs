@@ -28,6 +28,7 @@ public sealed class AuthorizationMatrixTests(AccessCluster cluster)
         ["POST /v1/tokens"] = ("admin", c => c.PostJsonAsync("/v1/tokens", """{"description":"made in the matrix","subscribe":["*"]}""")),
         ["GET /v1/tokens"] = ("admin", c => c.GetAsync(new Uri("/v1/tokens", UriKind.Relative))),
         ["DELETE /v1/tokens/{id}"] = ("admin", c => c.DeleteAsync(new Uri("/v1/tokens/tok_none", UriKind.Relative))),
+        ["GET /v1/nodes"] = ("admin", c => c.GetAsync(new Uri("/v1/nodes", UriKind.Relative))),
         ["GET /healthz"] = ("nothing", c => c.GetAsync(new Uri("/healthz", UriKind.Relative))),
         ["GET /readyz"] = ("nothing", c => c.GetAsync(new Uri("/readyz", UriKind.Relative))),
         ["GET /metrics"] = ("nothing", c => c.GetAsync(new Uri("/metrics", UriKind.Relative))),

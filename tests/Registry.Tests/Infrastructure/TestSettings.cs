@@ -9,6 +9,7 @@ public static class TestSettings
         ["Registry:Leases:RenewalInterval"] = "00:00:00.100",
         ["Registry:Leases:SweepInterval"] = "00:00:00.200",
         ["Registry:Leases:LivenessInterval"] = "00:00:00.200",
+        ["Registry:Membership:RefreshInterval"] = "00:00:00.200",
         ["Registry:Leases:GraceGap"] = "00:00:02",
         ["Registry:Subscriptions:ShutdownSpread"] = "00:00:00",
         ["Registry:Sessions:KeepAliveSeconds"] = "1",

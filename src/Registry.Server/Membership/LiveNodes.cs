@@ -1,0 +1,129 @@
+using System.Data.Common;
+using Microsoft.Extensions.Options;
+using Registry.Storage;
+using Registry.Telemetry;
+
+namespace Registry.Membership;
+
+/// <summary>A live registry node as <c>nodes</c> shows it.</summary>
+internal sealed record NodeInfo(string Id, string? Url, DateTimeOffset Started, DateTimeOffset LastSeen);
+
+/// <summary>
+/// The live nodes of the cluster: those whose mark in <c>nodes</c> is younger than
+/// <see cref="MembershipOptions.NodeTimeout"/> and that have not left. Read again every
+/// <see cref="MembershipOptions.RefreshInterval"/> (one small query), so asking costs nothing;
+/// while the database cannot be read the last answer stands. A node that stops in an orderly
+/// way says so (<c>left_at</c>), so the others take over its work at their next read instead
+/// of waiting for it to time out; its row stays, as evidence for the grace rule.
+/// </summary>
+internal sealed partial class LiveNodes(
+    RegistryDatabase database,
+    NodeIdentity node,
+    RegistryMetrics metrics,
+    IOptions<MembershipOptions> options,
+    TimeProvider time,
+    ILogger<LiveNodes> logger) : BackgroundService
+{
+    private const string LiveStatement =
+        """
+        SELECT id, url, started_at, last_seen_at FROM nodes
+         WHERE left_at IS NULL AND last_seen_at > clock_timestamp() - @timeout
+         ORDER BY id
+        """;
+
+    private volatile NodeInfo[] _current = [];
+    private bool _failing;
+
+    /// <summary>The live nodes as last read, ordered by id.</summary>
+    public IReadOnlyList<NodeInfo> Current => _current;
+
+    /// <summary>How many nodes are live, as last read (never less than one: this node).</summary>
+    public int Count => Math.Max(1, _current.Length);
+
+    /// <summary>The ids of the live nodes, as last read.</summary>
+    public IEnumerable<string> Ids => _current.Select(n => n.Id);
+
+    /// <summary>Reads the live nodes now (for <c>GET /v1/nodes</c>), and keeps the answer.</summary>
+    public async Task<IReadOnlyList<NodeInfo>> ReadAsync(CancellationToken cancellationToken)
+    {
+        await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
+        await using var command = connection.CreateCommand();
+        command.CommandText = LiveStatement;
+        command.Parameters.Add(new Npgsql.NpgsqlParameter("timeout", options.Value.NodeTimeout));
+        var nodes = new List<NodeInfo>();
+        await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
+        {
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                nodes.Add(new NodeInfo(
+                    reader.GetString(0),
+                    reader.IsDBNull(1) ? null : reader.GetString(1),
+                    new DateTimeOffset(reader.GetDateTime(2), TimeSpan.Zero),
+                    new DateTimeOffset(reader.GetDateTime(3), TimeSpan.Zero)));
+            }
+        }
+
+        _current = [.. nodes];
+        return _current;
+    }
+
+    /// <summary>Knows the cluster before anything asks (the node marked itself while starting).</summary>
+    public override async Task StartAsync(CancellationToken cancellationToken)
+    {
+        await RefreshAsync(cancellationToken);
+        await base.StartAsync(cancellationToken);
+    }
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        using var timer = new PeriodicTimer(options.Value.RefreshInterval, time);
+        while (await timer.WaitForNextTickAsync(stoppingToken))
+        {
+            await RefreshAsync(stoppingToken);
+        }
+    }
+
+    /// <summary>Leaves the cluster: the others stop counting this node at their next read.</summary>
+    public override async Task StopAsync(CancellationToken cancellationToken)
+    {
+        await base.StopAsync(cancellationToken);
+        try
+        {
+            await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
+            await using var command = connection.CreateCommand();
+            command.CommandText = "UPDATE nodes SET left_at = clock_timestamp() WHERE id = @node";
+            command.Parameters.Add(new Npgsql.NpgsqlParameter("node", node.Id));
+            await command.ExecuteNonQueryAsync(cancellationToken);
+        }
+        catch (Exception e) when (e is DbException or OperationCanceledException or ObjectDisposedException)
+        {
+            // The others find out when this node's mark grows old (the host may already be
+            // disposing its data source when it is stopped and disposed at once).
+            LogLeaveFailed(logger, e);
+        }
+    }
+
+    private async Task RefreshAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            await ReadAsync(cancellationToken);
+            _failing = false;
+        }
+        catch (DbException e)
+        {
+            metrics.DatabaseError("membership");
+            if (!_failing)
+            {
+                _failing = true;
+                LogFailing(logger, e);
+            }
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot read the live nodes; keeping the last known membership")]
+    private static partial void LogFailing(ILogger logger, Exception exception);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Could not record that this node leaves the cluster; the others notice when its liveness mark grows old")]
+    private static partial void LogLeaveFailed(ILogger logger, Exception exception);
+}

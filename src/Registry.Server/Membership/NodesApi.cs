@@ -1,0 +1,62 @@
+using System.Text.Json.Serialization;
+using Microsoft.AspNetCore.Http.HttpResults;
+using Registry.Access;
+using Registry.Edge;
+
+namespace Registry.Membership;
+
+/// <summary>One live node in <c>GET /v1/nodes</c>.</summary>
+public sealed class NodeDocument
+{
+    /// <summary>The node's id (random, taken at start).</summary>
+    [JsonPropertyName("id")]
+    public required string Id { get; init; }
+
+    /// <summary>The URL it advertises; null until it knows where it listens.</summary>
+    [JsonPropertyName("url")]
+    public required string? Url { get; init; }
+
+    /// <summary>When it started (RFC 3339, UTC).</summary>
+    [JsonPropertyName("started")]
+    public required DateTimeOffset Started { get; init; }
+
+    /// <summary>When it last reached the database (RFC 3339, UTC).</summary>
+    [JsonPropertyName("lastSeen")]
+    public required DateTimeOffset LastSeen { get; init; }
+}
+
+/// <summary>The answer to <c>GET /v1/nodes</c>.</summary>
+public sealed class NodesDocument
+{
+    /// <summary>The live nodes, ordered by id.</summary>
+    [JsonPropertyName("nodes")]
+    public required IReadOnlyList<NodeDocument> Nodes { get; init; }
+}
+
+/// <summary>The cluster's live nodes (admin scope).</summary>
+internal static class NodesApi
+{
+    public static IEndpointRouteBuilder MapNodes(this IEndpointRouteBuilder endpoints)
+    {
+        endpoints.MapGet("/v1/nodes", List).WithTags("Nodes")
+            .RequireAuthorization(AccessPolicies.Admin)
+            .RequireRateLimiting(RateLimiting.PolicyName)
+            .ProducesProblem(StatusCodes.Status429TooManyRequests)
+            .WithName("ListNodes")
+            .WithSummary("List the live registry nodes")
+            .WithDescription("The nodes that have reached the database within Registry:Membership:NodeTimeout and have not stopped: " +
+                "id, advertised URL, start and last mark. Work that one node does for an instance (probing it) is shared among these.")
+            .Produces<NodesDocument>(StatusCodes.Status200OK)
+            .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
+        return endpoints;
+    }
+
+    private static async Task<Ok<NodesDocument>> List(LiveNodes live, CancellationToken cancellationToken)
+    {
+        var nodes = await live.ReadAsync(cancellationToken);
+        return TypedResults.Ok(new NodesDocument
+        {
+            Nodes = nodes.Select(n => new NodeDocument { Id = n.Id, Url = n.Url, Started = n.Started, LastSeen = n.LastSeen }).ToList(),
+        });
+    }
+}

@@ -1,0 +1,99 @@
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Options;
+using Registry.Edge;
+
+namespace Registry.Probes;
+
+/// <summary>
+/// Where probes may go (the SSRF rules). A registry that probes on request would otherwise be
+/// a proxy into whatever network it sits in: its own loopback services, the cloud metadata
+/// endpoint that hands out credentials, link-local neighbours. So an address must lie in
+/// <see cref="ProbeOptions.AllowedNetworks"/>, and one in a sensitive range only when a listed
+/// network lies inside that range. A DNS name is resolved at registration and again at every
+/// probe (its answer may change), and only the addresses it gives that pass are used.
+/// </summary>
+internal sealed class ProbeNetworks
+{
+    /// <summary>Ranges refused unless listed explicitly, innermost last (a metadata address is also link-local).</summary>
+    private static readonly (string Name, IPNetwork Range)[] Sensitive =
+    [
+        ("unspecified", IPNetwork.Parse("0.0.0.0/8")),
+        ("unspecified", IPNetwork.Parse("::/128")),
+        ("loopback", IPNetwork.Parse("127.0.0.0/8")),
+        ("loopback", IPNetwork.Parse("::1/128")),
+        ("link-local", IPNetwork.Parse("169.254.0.0/16")),
+        ("link-local", IPNetwork.Parse("fe80::/10")),
+        ("cloud metadata", IPNetwork.Parse("169.254.169.254/32")),
+        ("cloud metadata", IPNetwork.Parse("169.254.170.2/32")),
+        ("cloud metadata", IPNetwork.Parse("100.100.100.200/32")),
+        ("cloud metadata", IPNetwork.Parse("fd00:ec2::254/128")),
+    ];
+
+    private readonly IPNetwork[] _allowed;
+
+    public ProbeNetworks(IOptions<ProbeOptions> options)
+    {
+        _allowed = [.. options.Value.AllowedNetworks.Select(Network.Parse)];
+    }
+
+    /// <summary>Whether probing is on at all.</summary>
+    public bool Enabled => _allowed.Length > 0;
+
+    /// <summary>Null when a probe may reach <paramref name="address"/>; otherwise the rule it breaks, as a sentence.</summary>
+    public string? Refusal(IPAddress address)
+    {
+        if (address.IsIPv4MappedToIPv6)
+        {
+            address = address.MapToIPv4();
+        }
+
+        foreach (var (name, range) in Sensitive)
+        {
+            if (range.Contains(address) && !_allowed.Any(n => n.Contains(address) && n.PrefixLength >= range.PrefixLength && range.Contains(n.BaseAddress)))
+            {
+                return $"{address} is in the {name} range {range}, which probes may reach only when Registry:Probes:AllowedNetworks lists it explicitly";
+            }
+        }
+
+        return _allowed.Any(n => n.Contains(address))
+            ? null
+            : $"{address} is outside Registry:Probes:AllowedNetworks ({string.Join(", ", _allowed)})";
+    }
+
+    /// <summary>
+    /// The addresses of <paramref name="host"/> that a probe may connect to; when none may, the
+    /// refusal names the rule the first one breaks.
+    /// </summary>
+    public async Task<(IPAddress[] Addresses, string? Refusal)> ResolveAsync(string host, CancellationToken cancellationToken)
+    {
+        IPAddress[] addresses;
+        if (IPAddress.TryParse(host.Trim('[', ']'), out var literal))
+        {
+            addresses = [literal];
+        }
+        else
+        {
+            try
+            {
+                addresses = await Dns.GetHostAddressesAsync(host, cancellationToken);
+            }
+            catch (SocketException e)
+            {
+                return ([], $"{host} does not resolve ({e.SocketErrorCode})");
+            }
+
+            if (addresses.Length == 0)
+            {
+                return ([], $"{host} resolves to no address");
+            }
+        }
+
+        // Only the addresses that pass are ever connected to, so a name that also resolves to a
+        // forbidden one (dual-stack localhost, or a rebinding attempt) gains nothing by it.
+        var allowed = addresses.Where(a => Refusal(a) is null).ToArray();
+        return allowed.Length > 0
+            ? (allowed, null)
+            : ([], literal is not null ? Refusal(literal) : $"{host} resolves to {Refusal(addresses[0])}");
+    }
+}

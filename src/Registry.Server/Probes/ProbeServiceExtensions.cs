@@ -1,0 +1,38 @@
+using Microsoft.Extensions.Options;
+using Registry.Edge;
+
+namespace Registry.Probes;
+
+/// <summary>Wires registry probes: the rules, the HTTP client and the scheduler.</summary>
+internal static class ProbeServiceExtensions
+{
+    public static IServiceCollection AddRegistryProbes(this IServiceCollection services)
+    {
+        services.AddOptions<ProbeOptions>().BindConfiguration(RegistryOptions.Section(nameof(RegistryOptions.Probes))).ValidateDataAnnotations()
+            .Validate(o => o.DefaultIntervalSeconds <= o.MaxIntervalSeconds, "Registry:Probes needs DefaultIntervalSeconds <= MaxIntervalSeconds.")
+            .Validate(o => o.RefreshInterval > TimeSpan.Zero, "Registry:Probes:RefreshInterval must be positive.")
+            .ValidateOnStart();
+        services.AddSingleton<IValidateOptions<ProbeOptions>, AllowedNetworksValidator>();
+        services.AddSingleton<ProbeNetworks>();
+        services.AddSingleton<ProbeRequests>();
+        services.AddSingleton<Prober>();
+        services.AddHttpClient(Prober.ClientName, client => client.Timeout = Timeout.InfiniteTimeSpan)
+            .ConfigurePrimaryHttpMessageHandler(provider => Prober.Handler(provider.GetRequiredService<IOptions<ProbeOptions>>().Value.VerifyCertificates))
+            // One log line per probe would drown everything else; probes are counted in metrics.
+            .RemoveAllLoggers();
+        services.AddHostedService<ProbeScheduler>();
+        return services;
+    }
+
+    private sealed class AllowedNetworksValidator : IValidateOptions<ProbeOptions>
+    {
+        public ValidateOptionsResult Validate(string? name, ProbeOptions options)
+        {
+            var errors = options.AllowedNetworks
+                .Where(entry => !Network.IsAddressOrNetwork(entry))
+                .Select(entry => $"Registry:Probes:AllowedNetworks: '{entry}' is neither an IP address nor a network in CIDR notation.")
+                .ToList();
+            return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+        }
+    }
+}

@@ -1,0 +1,93 @@
+using Microsoft.Extensions.Options;
+using Registry.Model;
+
+namespace Registry.Probes;
+
+/// <summary>How one instance is probed: <c>http</c>, <c>https</c> or <c>tcp</c>; the path for the first two; every so many seconds.</summary>
+internal sealed record ProbeSpec(string Kind, string? Path, int IntervalSeconds)
+{
+    public const string Http = "http";
+    public const string Https = "https";
+    public const string Tcp = "tcp";
+
+    public ProbeDocument ToDocument() => new() { Kind = Kind, Path = Path, Interval = IntervalSeconds };
+}
+
+/// <summary>Reads and checks the probe parameters of a registration.</summary>
+internal sealed class ProbeRequests(ProbeNetworks networks, IOptions<ProbeOptions> options)
+{
+    /// <summary>
+    /// The probe a registration asks for (null for none), or errors naming the parameter.
+    /// Without <c>probe</c> the registration turns probing off.
+    /// </summary>
+    public ProbeSpec? Read(string? probe, string? path, string? interval, Errors errors)
+    {
+        if (probe is null)
+        {
+            if (path is not null)
+            {
+                errors.Add("probePath", "applies only together with probe");
+            }
+
+            if (interval is not null)
+            {
+                errors.Add("probeInterval", "applies only together with probe");
+            }
+
+            return null;
+        }
+
+        if (probe is not (ProbeSpec.Http or ProbeSpec.Https or ProbeSpec.Tcp))
+        {
+            errors.Add("probe", "must be http, https or tcp");
+            return null;
+        }
+
+        if (!networks.Enabled)
+        {
+            errors.Add("probe", "probing is off on this registry (Registry:Probes:AllowedNetworks lists no networks)");
+            return null;
+        }
+
+        var seconds = QueryNumber.Read(interval, "probeInterval", 1, errors);
+        if (probe == ProbeSpec.Tcp && path is not null)
+        {
+            errors.Add("probePath", "applies only to http and https probes");
+        }
+        else if (path is not null && PathProblem(path) is { } problem)
+        {
+            errors.Add("probePath", problem);
+        }
+
+        return errors.Any
+            ? null
+            : new ProbeSpec(probe, probe == ProbeSpec.Tcp ? null : path ?? "/", (int)Math.Min(seconds ?? options.Value.DefaultIntervalSeconds, options.Value.MaxIntervalSeconds));
+    }
+
+    /// <summary>Null when a probe may reach the host of <paramref name="addr"/>; otherwise the rule it breaks.</summary>
+    public async Task<string?> RefusalAsync(string addr, CancellationToken cancellationToken) =>
+        (await networks.ResolveAsync(ProbeAddress.Host(addr), cancellationToken)).Refusal;
+
+    private string? PathProblem(string path)
+    {
+        if (path.Length > options.Value.MaxPathLength)
+        {
+            return $"must be at most {options.Value.MaxPathLength} characters";
+        }
+
+        // An origin-form request target (RFC 9110): no scheme or host can be smuggled in.
+        return path.StartsWith('/') && !path.StartsWith("//", StringComparison.Ordinal) && path.All(IsPathCharacter)
+            ? null
+            : "must be a path starting with a single / and holding only URL characters (letters, digits, -._~!$&'()*+,;=:@/?%)";
+    }
+
+    private static bool IsPathCharacter(char c) => char.IsAsciiLetterOrDigit(c) || "-._~!$&'()*+,;=:@/?%".Contains(c, StringComparison.Ordinal);
+}
+
+/// <summary>The parts of an <c>addr</c> (<c>host:port</c>, IPv6 bracketed), which the request rules have already checked.</summary>
+internal static class ProbeAddress
+{
+    public static string Host(string addr) => addr[..addr.LastIndexOf(':')].Trim('[', ']');
+
+    public static int Port(string addr) => int.Parse(addr.AsSpan(addr.LastIndexOf(':') + 1), System.Globalization.CultureInfo.InvariantCulture);
+}

@@ -1,0 +1,148 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+
+namespace Registry.Tests.Infrastructure;
+
+/// <summary>One request a <see cref="ProbeTarget"/> received: its path and the probing node's id (from its User-Agent).</summary>
+public sealed record ProbeRequest(string Path, string Node, DateTimeOffset At);
+
+/// <summary>
+/// A provider for the registry to probe, on a loopback port: a minimal HTTP/1.1 responder
+/// whose answer per path the test sets (status, delay, headers), and which records every
+/// request with the node that sent it. A probe that only connects (tcp) counts as a connection.
+/// </summary>
+public sealed class ProbeTarget : IAsyncDisposable
+{
+    private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+    private readonly CancellationTokenSource _stop = new();
+    private readonly ConcurrentQueue<ProbeRequest> _requests = new();
+    private readonly Task _accepting;
+    private TaskCompletionSource _arrived = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private int _connections;
+
+    public ProbeTarget()
+    {
+        _listener.Start();
+        Port = ((IPEndPoint)_listener.LocalEndpoint).Port;
+        _accepting = AcceptAsync();
+    }
+
+    public int Port { get; }
+
+    /// <summary>The <c>addr</c> to register.</summary>
+    public string Addr => $"127.0.0.1:{Port}";
+
+    /// <summary>What to answer a request for a path: status line code, extra header lines, delay before answering.</summary>
+    public Func<string, (int Status, string Headers, TimeSpan Delay)> Answer { get; set; } = _ => (200, "", TimeSpan.Zero);
+
+    public int Connections => Volatile.Read(ref _connections);
+
+    public IReadOnlyList<ProbeRequest> Requests => [.. _requests];
+
+    /// <summary>Waits until <paramref name="done"/> holds for the requests and connections seen (checked after each one).</summary>
+    public async Task WaitUntilAsync(Func<ProbeTarget, bool> done, TimeSpan timeout)
+    {
+        using var deadline = new CancellationTokenSource(timeout);
+        while (true)
+        {
+            var arrived = Volatile.Read(ref _arrived).Task;
+            if (done(this))
+            {
+                return;
+            }
+
+            await arrived.WaitAsync(deadline.Token);
+        }
+    }
+
+    /// <summary>Stops listening: connections are refused from now on.</summary>
+    public void Close() => _listener.Stop();
+
+    private async Task AcceptAsync()
+    {
+        try
+        {
+            while (true)
+            {
+                var client = await _listener.AcceptTcpClientAsync(_stop.Token);
+                Interlocked.Increment(ref _connections);
+                Signal();
+                _ = ServeAsync(client);
+            }
+        }
+        catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException)
+        {
+            // Closed.
+        }
+    }
+
+    private async Task ServeAsync(TcpClient client)
+    {
+        using (client)
+        {
+            try
+            {
+                var stream = client.GetStream();
+                var head = await ReadHeadAsync(stream);
+                if (head is null)
+                {
+                    return; // a tcp probe: connected, sent nothing
+                }
+
+                var lines = head.Split("\r\n");
+                var path = lines[0].Split(' ')[1];
+                var agent = lines.FirstOrDefault(l => l.StartsWith("User-Agent:", StringComparison.OrdinalIgnoreCase)) ?? "";
+                var node = agent.Contains("(node ", StringComparison.Ordinal) ? agent[(agent.IndexOf("(node ", StringComparison.Ordinal) + 6)..].TrimEnd(')') : "";
+                _requests.Enqueue(new ProbeRequest(path, node, DateTimeOffset.UtcNow));
+                Signal();
+                var (status, headers, delay) = Answer(path);
+                if (delay > TimeSpan.Zero)
+                {
+                    await Task.Delay(delay, _stop.Token);
+                }
+
+                var response = $"HTTP/1.1 {status} Status\r\n{headers}Content-Length: 5\r\nConnection: close\r\n\r\nhello";
+                await stream.WriteAsync(Encoding.ASCII.GetBytes(response), _stop.Token);
+            }
+            catch (Exception e) when (e is IOException or OperationCanceledException or SocketException)
+            {
+                // The prober gave up (timeout) or the target is closing.
+            }
+        }
+    }
+
+    private async Task<string?> ReadHeadAsync(NetworkStream stream)
+    {
+        var buffer = new byte[8192];
+        var length = 0;
+        while (length < buffer.Length)
+        {
+            var read = await stream.ReadAsync(buffer.AsMemory(length), _stop.Token);
+            if (read == 0)
+            {
+                return null;
+            }
+
+            length += read;
+            var text = Encoding.ASCII.GetString(buffer, 0, length);
+            if (text.Contains("\r\n\r\n", StringComparison.Ordinal))
+            {
+                return text;
+            }
+        }
+
+        return null;
+    }
+
+    private void Signal() => Interlocked.Exchange(ref _arrived, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stop.CancelAsync();
+        _listener.Stop();
+        await _accepting;
+        _stop.Dispose();
+    }
+}

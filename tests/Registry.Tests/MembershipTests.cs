@@ -1,0 +1,81 @@
+using System.Net;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.Extensions.DependencyInjection;
+using Registry.Membership;
+using Registry.Tests.Infrastructure;
+
+namespace Registry.Tests;
+
+/// <summary>The nodes table as <c>GET /v1/nodes</c> shows it, and how ownership is spread over it.</summary>
+public sealed class MembershipTests(RegistryCluster cluster) : RegistryTest(cluster)
+{
+    [Fact]
+    public async Task GetNodesListsTheLiveNodesWithTheirUrlsAndForgetsOneThatStopped()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var listening = new RegistryNode(database);
+        listening.UseKestrel(kestrel => kestrel.Listen(IPAddress.Loopback, 0));
+        listening.StartServer();
+        var address = listening.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.Single().TrimEnd('/');
+        await using var configured = new RegistryNode(database, new Dictionary<string, string?> { ["Registry:Membership:AdvertisedUrl"] = "http://registry-b.example:5080/" });
+        using var client = configured.CreateClient();
+
+        var nodes = await NodesAsync(client, n => n.Count == 2 && n.All(node => node.Url is not null));
+
+        Assert.Contains(nodes, n => n.Id == listening.Get<NodeIdentity>().Id && n.Url == address);
+        Assert.Contains(nodes, n => n.Id == configured.Get<NodeIdentity>().Id && n.Url == "http://registry-b.example:5080");
+        Assert.All(nodes, n => Assert.True(n.Started <= n.LastSeen));
+        Assert.Equal(nodes.Select(n => n.Id).Order(StringComparer.Ordinal), nodes.Select(n => n.Id));
+
+        await listening.DisposeAsync();
+        var left = await NodesAsync(client, n => n.Count == 1);
+        Assert.Equal(configured.Get<NodeIdentity>().Id, Assert.Single(left).Id);
+    }
+
+    [Theory]
+    [InlineData("http://0.0.0.0:5080", "http://registry-3:5080")]
+    [InlineData("http://[::]:5080/", "http://registry-3:5080")]
+    [InlineData("http://+:80", "http://registry-3:80")]
+    [InlineData("https://*:443", "https://registry-3:443")]
+    [InlineData("http://127.0.0.1:5080/", "http://127.0.0.1:5080")]
+    [InlineData("http://[::1]:5080", "http://[::1]:5080")]
+    public void AWildcardListeningAddressIsAdvertisedUnderTheHostName(string listening, string advertised) =>
+        Assert.Equal(advertised, AdvertisedUrl.Reachable(listening, "registry-3"));
+
+    [Fact]
+    public void RendezvousSpreadsItemsAndMovesOnlyTheLeavingNodesOnes()
+    {
+        string[] three = ["a1b2c3d4e5f6", "0123456789ab", "fedcba987654"];
+        var items = Enumerable.Range(0, 3000).Select(i => $"app{i}\nhttp\n10.0.{i / 256}.{i % 256}:80").ToList();
+        var before = items.ToDictionary(i => i, i => Rendezvous.Owner(i, three)!);
+
+        Assert.All(three, node => Assert.InRange(before.Values.Count(owner => owner == node), 800, 1200));
+        var after = items.ToDictionary(i => i, i => Rendezvous.Owner(i, [three[0], three[2]])!);
+        Assert.All(items, i => Assert.True(before[i] == three[1] || after[i] == before[i], $"{i} moved though its owner stayed"));
+        Assert.DoesNotContain(three[1], after.Values);
+        Assert.Null(Rendezvous.Owner("anything", []));
+    }
+
+    private sealed record NodeEntry(string Id, string? Url, DateTimeOffset Started, DateTimeOffset LastSeen);
+
+    /// <summary>Nodes mark themselves every liveness interval: look until the list is as expected.</summary>
+    private static async Task<List<NodeEntry>> NodesAsync(HttpClient client, Func<List<NodeEntry>, bool> done)
+    {
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(15));
+        while (true)
+        {
+            using var response = await client.GetAsync(new Uri("/v1/nodes", UriKind.Relative), deadline.Token);
+            response.EnsureSuccessStatusCode();
+            var nodes = (await response.ReadJsonAsync())["nodes"]!.AsArray()
+                .Select(n => new NodeEntry((string)n!["id"]!, (string?)n["url"], (DateTimeOffset)n["started"]!, (DateTimeOffset)n["lastSeen"]!))
+                .ToList();
+            if (done(nodes))
+            {
+                return nodes;
+            }
+
+            await Task.Delay(TimeSpan.FromMilliseconds(100), deadline.Token);
+        }
+    }
+}

@@ -1,0 +1,268 @@
+using System.Diagnostics;
+using System.Net;
+using Npgsql;
+using Registry.Membership;
+using Registry.Tests.Infrastructure;
+
+namespace Registry.Tests;
+
+/// <summary>
+/// Registry probes against real targets on loopback: healthy ones are kept alive without a
+/// heartbeat, failing ones evicted and their subscribers woken, redirects never followed,
+/// the SSRF rules enforced at registration, and each instance probed by exactly one node.
+/// Each test runs its own nodes on a database of its own (probes evict through the sweeper).
+/// </summary>
+public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
+{
+    private const int Interval = 1;
+
+    /// <summary>Probing on for loopback, listed explicitly as the rules require; membership read fast.</summary>
+    private static readonly Dictionary<string, string?> Probing = new()
+    {
+        ["Registry:Probes:AllowedNetworks:0"] = "127.0.0.0/8",
+        ["Registry:Probes:RefreshInterval"] = "00:00:00.200",
+        ["Registry:Probes:TimeoutSeconds"] = "1",
+        ["Registry:Membership:NodeTimeout"] = "00:00:01",
+    };
+
+    [Fact]
+    public async Task AnHttpTargetThatTurnsUnhealthyIsRemovedAfterFailuresToEvictIntervalsAndItsSubscribersWoken()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, Probing);
+        using var client = node.CreateClient();
+        await using var target = new ProbeTarget();
+        var healthy = true;
+        target.Answer = _ => (healthy ? 200 : 503, "", TimeSpan.Zero);
+
+        using (var response = await client.PostJsonAsync($"/v1/register?ttl=1&probe=http&probePath=/healthz&probeInterval={Interval}", Http.Provider("web", target.Addr)))
+        {
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+            var lease = await response.ReadJsonAsync();
+            Assert.Equal("http", (string?)lease["probe"]!["kind"]);
+            Assert.Equal("/healthz", (string?)lease["probe"]!["path"]);
+            Assert.Equal(Interval, (int)lease["probe"]!["interval"]!);
+            // Long enough to outlive a change of prober (two intervals) whatever ttl asked for.
+            Assert.Equal(3 * Interval, (int)lease["ttl"]!);
+        }
+
+        // Passing probes alone keep it: well past its 3 s lease, with no heartbeat.
+        await target.WaitUntilAsync(t => t.Requests.Count >= 6, TimeSpan.FromSeconds(15));
+        Assert.All(target.Requests, r => Assert.Equal("/healthz", r.Path));
+        var subscription = Http.Subscription(Http.Entry("web"));
+        var (_, version, body) = await client.SubscribeAsync(subscription);
+        Assert.Equal(target.Addr, (string?)Assert.Single(body!["endpoints"]!.AsArray())!["addr"]);
+
+        var poll = client.SubscribeAsync(subscription, version, wait: 30);
+        var clock = Stopwatch.StartNew();
+        healthy = false;
+        var (_, after, gone) = await poll.WaitAsync(TimeSpan.FromSeconds(15));
+
+        Assert.NotEqual(version, after);
+        Assert.Empty(gone!["endpoints"]!.AsArray());
+        // Three failures a second apart (the first may come at once), then one sweep.
+        Assert.True(clock.Elapsed >= TimeSpan.FromSeconds(2 * Interval) - TimeSpan.FromMilliseconds(100), $"took only {clock.Elapsed}");
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(3 * Interval + 3), $"took {clock.Elapsed}");
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        await using var evictions = new NpgsqlCommand("SELECT coalesce(sum(instances), 0)::int FROM evictions", connection);
+        Assert.Equal(1, (int)(await evictions.ExecuteScalarAsync())!); // counted for self-preservation
+    }
+
+    [Fact]
+    public async Task ATcpTargetThatClosesIsRemoved()
+    {
+        await using var node = new RegistryNode(await Cluster.CreateDatabaseAsync(), Probing);
+        using var client = node.CreateClient();
+        await using var target = new ProbeTarget();
+        using (var response = await client.PostJsonAsync($"/v1/register?probe=tcp&probeInterval={Interval}", Http.Provider("db", target.Addr, protocol: "tcp")))
+        {
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+            var probe = (await response.ReadJsonAsync())["probe"]!;
+            Assert.Equal("tcp", (string?)probe["kind"]);
+            Assert.Null(probe["path"]);
+        }
+
+        await target.WaitUntilAsync(t => t.Connections >= 2, TimeSpan.FromSeconds(10));
+        Assert.Empty(target.Requests); // connected, sent nothing
+        var subscription = Http.Subscription(Http.Entry("db"));
+        var (_, version, _) = await client.SubscribeAsync(subscription);
+
+        target.Close();
+        var (_, after, gone) = await client.SubscribeAsync(subscription, version, wait: 30).WaitAsync(TimeSpan.FromSeconds(15));
+
+        Assert.NotEqual(version, after);
+        Assert.Empty(gone!["endpoints"]!.AsArray());
+    }
+
+    [Fact]
+    public async Task ATargetThatRedirectsOrAnswersSlowlyFailsAndTheRedirectIsNeverFollowed()
+    {
+        await using var node = new RegistryNode(await Cluster.CreateDatabaseAsync(), Probing);
+        using var client = node.CreateClient();
+        await using var target = new ProbeTarget();
+        target.Answer = path => path switch
+        {
+            "/moved" => (302, $"Location: http://{target.Addr}/elsewhere\r\n", TimeSpan.Zero),
+            "/slow" => (200, "", TimeSpan.FromSeconds(5)), // past the 1 s timeout
+            _ => (200, "", TimeSpan.Zero),
+        };
+        foreach (var (application, path) in new[] { ("redirects", "/moved"), ("slow", "/slow") })
+        {
+            using var response = await client.PostJsonAsync($"/v1/register?probe=http&probePath={path}&probeInterval={Interval}", Http.Provider(application, target.Addr));
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+
+        var subscription = Http.Subscription(Http.Entry("redirects"), Http.Entry("slow"));
+        var (_, version, _) = await client.SubscribeAsync(subscription);
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            var (_, after, body) = await client.SubscribeAsync(subscription, version, wait: 30).WaitAsync(TimeSpan.FromSeconds(20));
+            version = after;
+            if (body!["endpoints"]!.AsArray().Count == 0)
+            {
+                break;
+            }
+        }
+
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(15), $"took {clock.Elapsed}");
+        Assert.Contains(target.Requests, r => r.Path == "/moved");
+        Assert.Contains(target.Requests, r => r.Path == "/slow");
+        Assert.DoesNotContain(target.Requests, r => r.Path == "/elsewhere");
+    }
+
+    [Fact]
+    public async Task AProbeRegistrationOutsideTheAllowedNetworksIsRefusedNamingTheRule()
+    {
+        await using var node = new RegistryNode(await Cluster.CreateDatabaseAsync(), new Dictionary<string, string?>
+        {
+            ["Registry:Probes:AllowedNetworks:0"] = "10.0.0.0/8",
+            ["Registry:Probes:AllowedNetworks:1"] = "0.0.0.0/0",
+        });
+        using var client = node.CreateClient();
+
+        // A DNS name is resolved: localhost lies in loopback, which 0.0.0.0/0 does not open.
+        var local = await RefusedAsync(client, "/v1/register?probe=http", Http.Provider("web", "localhost:8080"));
+        Assert.Contains("localhost resolves to", local, StringComparison.Ordinal);
+        Assert.Contains("loopback", local, StringComparison.Ordinal);
+        var metadata = await RefusedAsync(client, "/v1/register?probe=http", Http.Provider("web", "169.254.169.254:80"));
+        Assert.Contains("link-local", metadata, StringComparison.Ordinal);
+
+        // The fixture's node probes only loopback, listed explicitly.
+        await using var loopbackOnly = new RegistryNode(await Cluster.CreateDatabaseAsync(), Probing);
+        using var loopbackClient = loopbackOnly.CreateClient();
+        var outside = await RefusedAsync(loopbackClient, "/v1/register?probe=tcp", Http.Provider("web", "10.1.2.3:80"));
+        Assert.Contains("outside Registry:Probes:AllowedNetworks", outside, StringComparison.Ordinal);
+
+        // Without AllowedNetworks probing is off.
+        var off = await RefusedAsync(Client, "/v1/register?probe=http", Http.Provider("web", "10.1.2.3:80"), field: "probe");
+        Assert.Contains("AllowedNetworks", off, StringComparison.Ordinal);
+        await RefusedAsync(loopbackClient, "/v1/register?probe=ftp", Http.Provider("web", "127.0.0.1:80"), field: "probe");
+        await RefusedAsync(loopbackClient, "/v1/register?probe=http&probePath=//evil.example/", Http.Provider("web", "127.0.0.1:80"), field: "probePath");
+        await RefusedAsync(loopbackClient, "/v1/register?probePath=/healthz", Http.Provider("web", "127.0.0.1:80"), field: "probePath");
+        await RefusedAsync(loopbackClient, "/v1/register?probe=tcp&probeInterval=0", Http.Provider("web", "127.0.0.1:80"), field: "probeInterval");
+        using var services = await Client.GetAsync(new Uri("/v1/services", UriKind.Relative));
+        Assert.DoesNotContain("web", await services.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task RegisteringAgainWithoutAProbeTurnsProbingOff()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, Probing);
+        using var client = node.CreateClient();
+        await using var target = new ProbeTarget();
+        using (var response = await client.PostJsonAsync("/v1/register?probe=tcp", Http.Provider("db", target.Addr)))
+        {
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+
+        using (var response = await client.PostJsonAsync("/v1/register", Http.Provider("db", target.Addr)))
+        {
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            Assert.Null((await response.ReadJsonAsync())["probe"]);
+        }
+
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        await using var probed = new NpgsqlCommand("SELECT count(*)::int FROM instances WHERE probe_kind IS NOT NULL", connection);
+        Assert.Equal(0, (int)(await probed.ExecuteScalarAsync())!);
+    }
+
+    [Fact]
+    public async Task WithThreeNodesEachInstanceIsProbedByExactlyOneAndAStoppedNodesShareMovesWithinTwoIntervals()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        var nodes = new List<RegistryNode>();
+        await using var target = new ProbeTarget();
+        try
+        {
+            for (var i = 0; i < 3; i++)
+            {
+                nodes.Add(new RegistryNode(database, Probing));
+                _ = nodes[i].Server;
+            }
+
+            // Every node sees all three before anything is registered, so ownership is settled.
+            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Count == 3)));
+            using var client = nodes[0].CreateClient();
+            const int instances = 12;
+            for (var i = 0; i < instances; i++)
+            {
+                using var response = await client.PostJsonAsync($"/v1/register?probe=http&probePath=/app{i}&probeInterval={Interval}", Http.Provider($"app{i}", target.Addr));
+                Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+            }
+
+            await target.WaitUntilAsync(t => Enumerable.Range(0, instances).All(i => t.Requests.Count(r => r.Path == $"/app{i}") >= 3), TimeSpan.FromSeconds(20));
+            var owners = target.Requests.GroupBy(r => r.Path).ToDictionary(g => g.Key, g => Assert.Single(g.Select(r => r.Node).Distinct()));
+            Assert.Equal(instances, owners.Count);
+            Assert.True(owners.Values.Distinct().Count() >= 2, "one node took every instance");
+
+            // Stop the node that probes the most; its instances move to the other two.
+            var busiest = owners.Values.GroupBy(n => n).MaxBy(g => g.Count())!.Key;
+            var stopped = nodes.Single(n => n.Get<NodeIdentity>().Id == busiest);
+            var moving = owners.Where(o => o.Value == busiest).Select(o => o.Key).ToList();
+            await stopped.DisposeAsync();
+            nodes.Remove(stopped);
+            var clock = Stopwatch.StartNew();
+            var since = DateTimeOffset.UtcNow;
+            await target.WaitUntilAsync(t => moving.All(path => t.Requests.Any(r => r.Path == path && r.At > since && r.Node != busiest)), TimeSpan.FromSeconds(10));
+            Assert.True(clock.Elapsed <= TimeSpan.FromSeconds(2 * Interval), $"moved after {clock.Elapsed}");
+
+            // Still exactly one prober each, and nothing lapsed meanwhile.
+            var settled = DateTimeOffset.UtcNow;
+            await target.WaitUntilAsync(t => Enumerable.Range(0, instances).All(i => t.Requests.Count(r => r.Path == $"/app{i}" && r.At > settled) >= 2), TimeSpan.FromSeconds(10));
+            Assert.All(target.Requests.Where(r => r.At > settled).GroupBy(r => r.Path), g => Assert.Single(g.Select(r => r.Node).Distinct()));
+            using var services = await client.GetAsync(new Uri("/v1/services", UriKind.Relative));
+            Assert.Equal(instances, (await services.ReadJsonAsync())["services"]!.AsArray().Count);
+        }
+        finally
+        {
+            foreach (var node in nodes)
+            {
+                await node.DisposeAsync();
+            }
+        }
+    }
+
+    private static async Task<string> RefusedAsync(HttpClient client, string path, string provider, string field = "addr")
+    {
+        using var response = await client.PostJsonAsync(path, provider);
+        var body = await response.Content.ReadAsStringAsync();
+        Assert.True(response.StatusCode == HttpStatusCode.BadRequest, $"{path}: {(int)response.StatusCode} {body}");
+        Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+        var reasons = System.Text.Json.Nodes.JsonNode.Parse(body)!["errors"]![field]!.AsArray();
+        return string.Join(" ", reasons.Select(r => (string?)r));
+    }
+
+    /// <summary>Membership is read from the database every liveness interval: no signal to await, so look each interval.</summary>
+    private static async Task WaitAsync(Func<bool> condition)
+    {
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(15));
+        while (!condition())
+        {
+            await Task.Delay(TimeSpan.FromMilliseconds(50), deadline.Token);
+        }
+    }
+}
