@@ -104,6 +104,14 @@ public sealed record BenchmarkOptions
     /// <summary>Where the Markdown table and histogram go.</summary>
     public string? OutputMarkdown { get; init; }
 
+    /// <summary>
+    /// The files the results are written to: only those asked for (<c>--out</c>, <c>--markdown</c>;
+    /// the Markdown beside the JSON when only <c>--out</c> is given). None by default, so a trial
+    /// run never replaces the results committed for the record; the report goes to stdout anyway.
+    /// </summary>
+    public (string? Json, string? Markdown) ResultFiles =>
+        (OutputJson, OutputMarkdown ?? (OutputJson is null ? null : Path.ChangeExtension(OutputJson, ".md")));
+
     /// <summary>Folder for the private cluster and node logs; empty makes one under the temporary folder.</summary>
     public string? WorkDirectory { get; init; }
 
