@@ -225,6 +225,14 @@ internal sealed class BenchDatabase : IAsyncDisposable
     public async Task DeleteBenchRowsAsync(CancellationToken cancellationToken)
     {
         const int BatchSize = 5_000;
+        await using (var exists = new NpgsqlCommand("SELECT to_regclass('instances') IS NOT NULL", _probe))
+        {
+            if (!(bool)(await exists.ExecuteScalarAsync(cancellationToken))!)
+            {
+                return; // no node ever ran against this database (--only auth uses databases of its own)
+            }
+        }
+
         var began = System.Diagnostics.Stopwatch.GetTimestamp();
         var failures = 0;
         while (true)
@@ -274,6 +282,17 @@ internal sealed class BenchDatabase : IAsyncDisposable
 
             await Task.Delay(TimeSpan.FromMilliseconds(50), cancellationToken);
         }
+    }
+
+    /// <summary>
+    /// A fresh, empty database of the same cluster (dropped first if a previous run left it),
+    /// for nodes that must not see each other's writes; returns its connection string.
+    /// </summary>
+    public async Task<string> CreateDatabaseAsync(string name, CancellationToken cancellationToken)
+    {
+        await ExecuteAsync($"DROP DATABASE IF EXISTS {name} WITH (FORCE)", cancellationToken);
+        await ExecuteAsync($"CREATE DATABASE {name}", cancellationToken);
+        return new NpgsqlConnectionStringBuilder(ConnectionString) { Database = name }.ConnectionString;
     }
 
     /// <summary>What pgbench needs to reach the same database.</summary>

@@ -5,6 +5,9 @@ namespace Registry.Benchmarks;
 /// <summary>What to measure and how hard; <see cref="Parse"/> reads the command line.</summary>
 public sealed record BenchmarkOptions
 {
+    /// <summary>What <c>--only</c> may name.</summary>
+    private static readonly string[] Scenarios = ["auth", "etcd", "overlap"];
+
     /// <summary>A seconds-long run for the test suite: tiny loads, no pgbench.</summary>
     public bool Smoke { get; init; }
 
@@ -80,8 +83,29 @@ public sealed record BenchmarkOptions
     /// <summary>Parked subscriptions that each name the big application and a provider of their own.</summary>
     public int OverlapSubscriptions { get; init; } = 500;
 
-    /// <summary>Runs only the warm-up and the overlapping-subscriptions scenario (on one node).</summary>
-    public bool OverlapOnly { get; init; }
+    /// <summary>
+    /// The main phases (fan-out, idle cost, cross-node, registrations with pgbench, heartbeats,
+    /// cold start); <c>--only</c> turns them off to run just the scenarios it names.
+    /// </summary>
+    public bool MainPhases { get; init; } = true;
+
+    /// <summary>The overlapping-subscriptions scenario (on one node).</summary>
+    public bool Overlap { get; init; } = true;
+
+    /// <summary>
+    /// Registrations, heartbeats and fan-out on a node with access control Required (one token
+    /// per load client) against a node without, alternating in the same run.
+    /// </summary>
+    public bool AuthComparison { get; init; }
+
+    /// <summary>etcd as a peer (skipped with a note when there is no etcd binary).</summary>
+    public bool Etcd { get; init; }
+
+    /// <summary>The etcd binary; empty looks for /usr/bin/etcd and PATH.</summary>
+    public string? EtcdPath { get; init; }
+
+    /// <summary>Bearer tokens created for the auth comparison (load clients; fan-out consumers take them in turn).</summary>
+    public int AuthTokens { get; init; } = 256;
 
     /// <summary>Seconds each pgbench run lasts.</summary>
     public TimeSpan PgBenchDuration { get; init; } = TimeSpan.FromSeconds(6);
@@ -142,7 +166,9 @@ public sealed record BenchmarkOptions
                             [--server-dll PATH] [--concurrency N] [--warm-up-seconds S] [--registrations N] [--rounds ODD] [--burst-concurrency N]
                             [--heartbeat-instances N]
                             [--heartbeat-seconds S] [--fanout W[,W…]] [--idle-seconds S] [--cross-node-rounds N]
-                            [--cold-start-instances N] [--overlap-instances N] [--overlap-subscriptions N] [--overlap-only] [--pgbench-seconds S] [--no-pgbench] [--pgbench PATH]
+                            [--cold-start-instances N] [--overlap-instances N] [--overlap-subscriptions N] [--overlap-only] [--auth-compare] [--auth-tokens N]
+                            [--etcd] [--etcd-binary PATH]
+                            [--only auth,etcd,overlap] [--pgbench-seconds S] [--no-pgbench] [--pgbench PATH]
                             [--no-fsync] [--node-env KEY=VALUE]… [--out results.json] [--markdown results.md] [--work-dir DIR]
         """;
 
@@ -184,7 +210,12 @@ public sealed record BenchmarkOptions
                 "--cold-start-instances" => options with { ColdStartInstances = Int() },
                 "--overlap-instances" => options with { OverlapInstances = Int() },
                 "--overlap-subscriptions" => options with { OverlapSubscriptions = Int() },
-                "--overlap-only" => options with { OverlapOnly = true },
+                "--overlap-only" => Only(options, "overlap"),
+                "--only" => Only(options, Value()),
+                "--auth-compare" => options with { AuthComparison = true },
+                "--etcd" => options with { Etcd = true },
+                "--etcd-binary" => options with { Etcd = true, EtcdPath = Value() },
+                "--auth-tokens" => options with { AuthTokens = Int() },
                 "--pgbench-seconds" => options with { PgBenchDuration = Seconds() },
                 "--no-pgbench" => options with { PgBench = false },
                 "--pgbench" => options with { PgBenchPath = Value() },
@@ -198,6 +229,24 @@ public sealed record BenchmarkOptions
         }
 
         return options;
+    }
+
+    /// <summary><c>--only auth,overlap</c>: just the scenarios named, without the main phases.</summary>
+    private static BenchmarkOptions Only(BenchmarkOptions options, string list)
+    {
+        var names = list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (names.Length == 0 || names.Except(Scenarios, StringComparer.Ordinal).Any())
+        {
+            throw new ArgumentException($"--only takes a comma-separated list of {string.Join(", ", Scenarios)}, not {list}.");
+        }
+
+        return options with
+        {
+            MainPhases = false,
+            Overlap = names.Contains("overlap"),
+            AuthComparison = names.Contains("auth"),
+            Etcd = names.Contains("etcd"),
+        };
     }
 
     private static Dictionary<string, string> WithVariable(IReadOnlyDictionary<string, string> variables, string assignment)
