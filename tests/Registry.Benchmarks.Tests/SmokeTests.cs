@@ -124,6 +124,34 @@ public sealed class SmokeTests
         }
     }
 
+    [Fact]
+    public async Task FirstSecondsAreMeasuredNextToTheSameNodeWarmed()
+    {
+        var folder = Path.Combine(Path.GetTempPath(), $"registry-bench-test-{Guid.NewGuid():N}"[..36]);
+        var options = BenchmarkOptions.Parse(["--smoke", "--only", "first-seconds"]) with { WorkDirectory = Path.Combine(folder, "work") };
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(150));
+        try
+        {
+            var first = (await new Benchmark(options, TextWriter.Null).RunAsync(timeout.Token)).ColdWork!;
+
+            Assert.True(first.SecondsToReady > 0);
+            foreach (var fanOut in new[] { first.FirstFanOut, first.WarmFanOut })
+            {
+                Assert.Equal(fanOut.Consumers, fanOut.Answered);
+            }
+
+            foreach (var registrations in new[] { first.FirstRegistrations, first.WarmRegistrations })
+            {
+                Assert.True(registrations.Count > 0 && registrations.PerSecond > 0);
+                Assert.Equal(0, registrations.Errors);
+            }
+        }
+        finally
+        {
+            DeleteQuietly(folder);
+        }
+    }
+
     /// <summary>Where etcd is installed (Debian's etcd-server), the peer runs with the same generator; CI has none and checks the skip above.</summary>
     [Fact]
     public async Task EtcdPeerAnswersEveryWatcherThroughBothApisWhereInstalled()

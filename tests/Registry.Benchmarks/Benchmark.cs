@@ -153,6 +153,18 @@ public sealed partial class Benchmark
             }
         }
 
+        if (_options.ColdWork)
+        {
+            if (serverDll is not null && database is not null)
+            {
+                result.ColdWork = await ColdWorkAsync(serverDll, database, work, result, cancellationToken);
+            }
+            else
+            {
+                result.Notes.Add("A node's first seconds need the tool to start a node (not --url): skipped.");
+            }
+        }
+
         if (_options.Etcd)
         {
             result.Etcd = await EtcdAsync(work, result, cancellationToken);
@@ -472,7 +484,7 @@ public sealed partial class Benchmark
                 var sent = Stopwatch.GetTimestamp();
                 var status = await connection.SendAsync(requests[i], cancellationToken);
                 mine.Add(Stopwatch.GetElapsedTime(sent).TotalMilliseconds);
-                if (status != 200)
+                if (status is not (200 or 201))
                 {
                     Interlocked.Increment(ref errors);
                 }

@@ -6,7 +6,7 @@ namespace Registry.Benchmarks;
 public sealed record BenchmarkOptions
 {
     /// <summary>What <c>--only</c> may name.</summary>
-    private static readonly string[] Scenarios = ["auth", "etcd", "overlap"];
+    private static readonly string[] Scenarios = ["auth", "etcd", "first-seconds", "overlap"];
 
     /// <summary>A seconds-long run for the test suite: tiny loads, no pgbench.</summary>
     public bool Smoke { get; init; }
@@ -98,6 +98,9 @@ public sealed record BenchmarkOptions
     /// </summary>
     public bool AuthComparison { get; init; }
 
+    /// <summary>A fresh node's first ten seconds (fan-out, registrations) next to the same node warmed.</summary>
+    public bool ColdWork { get; init; }
+
     /// <summary>etcd as a peer (skipped with a note when there is no etcd binary).</summary>
     public bool Etcd { get; init; }
 
@@ -167,8 +170,8 @@ public sealed record BenchmarkOptions
                             [--heartbeat-instances N]
                             [--heartbeat-seconds S] [--fanout W[,W…]] [--idle-seconds S] [--cross-node-rounds N]
                             [--cold-start-instances N] [--overlap-instances N] [--overlap-subscriptions N] [--overlap-only] [--auth-compare] [--auth-tokens N]
-                            [--etcd] [--etcd-binary PATH]
-                            [--only auth,etcd,overlap] [--pgbench-seconds S] [--no-pgbench] [--pgbench PATH]
+                            [--etcd] [--etcd-binary PATH] [--first-seconds]
+                            [--only auth,etcd,first-seconds,overlap] [--pgbench-seconds S] [--no-pgbench] [--pgbench PATH]
                             [--no-fsync] [--node-env KEY=VALUE]… [--out results.json] [--markdown results.md] [--work-dir DIR]
         """;
 
@@ -214,6 +217,7 @@ public sealed record BenchmarkOptions
                 "--only" => Only(options, Value()),
                 "--auth-compare" => options with { AuthComparison = true },
                 "--etcd" => options with { Etcd = true },
+                "--first-seconds" => options with { ColdWork = true },
                 "--etcd-binary" => options with { Etcd = true, EtcdPath = Value() },
                 "--auth-tokens" => options with { AuthTokens = Int() },
                 "--pgbench-seconds" => options with { PgBenchDuration = Seconds() },
@@ -246,6 +250,7 @@ public sealed record BenchmarkOptions
             Overlap = names.Contains("overlap"),
             AuthComparison = names.Contains("auth"),
             Etcd = names.Contains("etcd"),
+            ColdWork = names.Contains("first-seconds"),
         };
     }
 

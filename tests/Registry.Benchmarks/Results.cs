@@ -44,6 +44,9 @@ public sealed record BenchmarkResult
     /// <summary>Access control Required (a token per load client) against Open, in the same run.</summary>
     public AuthComparisonResult? Auth { get; set; }
 
+    /// <summary>A node's first seconds next to the same node warmed.</summary>
+    public ColdWorkResult? ColdWork { get; set; }
+
     /// <summary>etcd on the same machine, driven by the same generator.</summary>
     public EtcdResult? Etcd { get; set; }
 
@@ -167,6 +170,14 @@ public sealed record EtcdResult(
 
 /// <summary>One fan-out through one of etcd's APIs; <c>BytesPerWatcher</c> is etcd's RSS growth with the watchers parked over their number.</summary>
 public sealed record EtcdFanOut(string Api, FanOutResult FanOut, long RssBeforeBytes, long RssParkedBytes, double BytesPerWatcher);
+
+/// <summary>
+/// A fresh node's first <c>WindowSeconds</c> of serving (from ready: a fan-out, then
+/// registrations until the window ends; <c>SecondsToReady</c> from process start) and the same fan-out and registrations on it warmed.
+/// </summary>
+public sealed record ColdWorkResult(
+    double SecondsToReady, double WindowSeconds, FanOutResult FirstFanOut, FanOutResult WarmFanOut, RegistrationResult FirstRegistrations, RegistrationResult WarmRegistrations,
+    IReadOnlyDictionary<string, string> NodeEnvironment);
 
 /// <summary>The auth comparison: its figures (medians of the rounds) and every round.</summary>
 public sealed record AuthComparisonResult(int Tokens, int Rounds, IReadOnlyList<AuthFigure> Figures, IReadOnlyList<AuthRound> RoundsRun);

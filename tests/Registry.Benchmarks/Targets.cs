@@ -118,6 +118,25 @@ internal static class Targets
             Overlap(targets, overlap, result.Settings.Smoke);
         }
 
+        if (result.ColdWork is { } first)
+        {
+            var settings = first.NodeEnvironment.Count == 0 ? "" : " with " + string.Join(", ", first.NodeEnvironment.Select(p => $"{p.Key}={p.Value}"));
+            var registrationCost = first.WarmRegistrations.PerSecond / first.FirstRegistrations.PerSecond;
+            targets.Add(new TargetCheck(
+                F($"Registrations in a node's first {first.WindowSeconds:0} s of serving (concurrency {first.FirstRegistrations.Concurrency})"),
+                "within 1.25× of the same node warmed",
+                F($"{first.FirstRegistrations.PerSecond:N0}/s over {first.FirstRegistrations.Seconds:0.0} s (ready at {first.SecondsToReady:0.00} s), warmed {first.WarmRegistrations.PerSecond:N0}/s: {registrationCost:0.00}×"),
+                result.Settings.Smoke ? null : registrationCost <= 1.25,
+                "node CPU-s: first " + first.FirstRegistrations.Cpu.NodeSeconds + ", warmed " + first.WarmRegistrations.Cpu.NodeSeconds + settings));
+            var fanOutCost = first.FirstFanOut.DelayMs.P99 / first.WarmFanOut.DelayMs.P99;
+            targets.Add(new TargetCheck(
+                F($"Fan-out to {first.FirstFanOut.Consumers:N0} in a node's first seconds"),
+                "p99 within 1.25× of the same node warmed",
+                F($"p99 {first.FirstFanOut.DelayMs.P99} ms (missed {first.FirstFanOut.Missed}), warmed {first.WarmFanOut.DelayMs.P99} ms: {fanOutCost:0.00}×"),
+                result.Settings.Smoke ? null : fanOutCost <= 1.25 && first.FirstFanOut.Missed == 0,
+                F($"node CPU from the change to the last answer: first {first.FirstFanOut.NodeCpuMs} ms, warmed {first.WarmFanOut.NodeCpuMs} ms") + settings));
+        }
+
         if (result.Etcd is { } etcd)
         {
             Peer(targets, etcd, result);
