@@ -165,6 +165,18 @@ public sealed partial class Benchmark
             }
         }
 
+        if (_options.Scale)
+        {
+            if (serverDll is not null && database is not null)
+            {
+                result.Scale = await ScaleAsync(serverDll, database, work, result, cancellationToken);
+            }
+            else
+            {
+                result.Notes.Add("The scale scenario starts its own node (not --url): skipped.");
+            }
+        }
+
         if (_options.Etcd)
         {
             result.Etcd = await EtcdAsync(work, result, cancellationToken);

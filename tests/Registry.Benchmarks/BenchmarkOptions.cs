@@ -6,7 +6,7 @@ namespace Registry.Benchmarks;
 public sealed record BenchmarkOptions
 {
     /// <summary>What <c>--only</c> may name.</summary>
-    private static readonly string[] Scenarios = ["auth", "etcd", "first-seconds", "overlap"];
+    private static readonly string[] Scenarios = ["auth", "etcd", "first-seconds", "overlap", "scale"];
 
     /// <summary>A seconds-long run for the test suite: tiny loads, no pgbench.</summary>
     public bool Smoke { get; init; }
@@ -101,6 +101,12 @@ public sealed record BenchmarkOptions
     /// <summary>A fresh node's first ten seconds (fan-out, registrations) next to the same node warmed.</summary>
     public bool ColdWork { get; init; }
 
+    /// <summary>Tens of thousands of parked polls on one node (<see cref="ScaleConsumers"/>).</summary>
+    public bool Scale { get; init; }
+
+    /// <summary>How many polls the scale scenario parks.</summary>
+    public int ScaleConsumers { get; init; } = 50_000;
+
     /// <summary>etcd as a peer (skipped with a note when there is no etcd binary).</summary>
     public bool Etcd { get; init; }
 
@@ -170,8 +176,8 @@ public sealed record BenchmarkOptions
                             [--heartbeat-instances N]
                             [--heartbeat-seconds S] [--fanout W[,W…]] [--idle-seconds S] [--cross-node-rounds N]
                             [--cold-start-instances N] [--overlap-instances N] [--overlap-subscriptions N] [--overlap-only] [--auth-compare] [--auth-tokens N]
-                            [--etcd] [--etcd-binary PATH] [--first-seconds]
-                            [--only auth,etcd,first-seconds,overlap] [--pgbench-seconds S] [--no-pgbench] [--pgbench PATH]
+                            [--etcd] [--etcd-binary PATH] [--first-seconds] [--scale N]
+                            [--only auth,etcd,first-seconds,overlap,scale] [--pgbench-seconds S] [--no-pgbench] [--pgbench PATH]
                             [--no-fsync] [--node-env KEY=VALUE]… [--out results.json] [--markdown results.md] [--work-dir DIR]
         """;
 
@@ -218,6 +224,7 @@ public sealed record BenchmarkOptions
                 "--auth-compare" => options with { AuthComparison = true },
                 "--etcd" => options with { Etcd = true },
                 "--first-seconds" => options with { ColdWork = true },
+                "--scale" => options with { Scale = true, ScaleConsumers = Int() },
                 "--etcd-binary" => options with { Etcd = true, EtcdPath = Value() },
                 "--auth-tokens" => options with { AuthTokens = Int() },
                 "--pgbench-seconds" => options with { PgBenchDuration = Seconds() },
@@ -251,6 +258,7 @@ public sealed record BenchmarkOptions
             AuthComparison = names.Contains("auth"),
             Etcd = names.Contains("etcd"),
             ColdWork = names.Contains("first-seconds"),
+            Scale = names.Contains("scale"),
         };
     }
 

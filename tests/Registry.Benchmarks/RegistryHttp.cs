@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using System.Net.Http.Headers;
+using System.Net.Sockets;
 using System.Text;
 
 namespace Registry.Benchmarks;
@@ -19,7 +20,11 @@ internal sealed class RegistryHttp : IDisposable
     /// Bearer tokens for a node that requires them, one per load client: prepared request
     /// <c>i</c> carries token <c>i mod n</c>, and each <c>HttpClient</c> call the next in turn.
     /// </param>
-    public RegistryHttp(Uri baseAddress, IReadOnlyList<string>? tokens = null)
+    /// <param name="sources">
+    /// Loopback addresses to connect from, in turn (127.0.0.2, …): one address has about 28,000
+    /// ephemeral ports towards one server port, fewer than 50,000 parked polls need.
+    /// </param>
+    public RegistryHttp(Uri baseAddress, IReadOnlyList<string>? tokens = null, IReadOnlyList<IPAddress>? sources = null)
     {
         _tokens = tokens ?? [];
         // One connection per parked poll (HTTP/1.1): the pool must not cap them, and idle
@@ -34,6 +39,26 @@ internal sealed class RegistryHttp : IDisposable
             UseCookies = false,
             AutomaticDecompression = DecompressionMethods.None,
         };
+        if (sources is { Count: > 0 })
+        {
+            var next = -1;
+            handler.ConnectCallback = async (context, cancellationToken) =>
+            {
+                var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+                try
+                {
+                    socket.Bind(new IPEndPoint(sources[(int)((uint)Interlocked.Increment(ref next) % (uint)sources.Count)], 0));
+                    await socket.ConnectAsync(IPAddress.Parse(context.DnsEndPoint.Host), context.DnsEndPoint.Port, cancellationToken);
+                    return new NetworkStream(socket, ownsSocket: true);
+                }
+                catch
+                {
+                    socket.Dispose();
+                    throw;
+                }
+            };
+        }
+
         _client = new HttpClient(handler) { BaseAddress = baseAddress, Timeout = TimeSpan.FromSeconds(120) };
     }
 

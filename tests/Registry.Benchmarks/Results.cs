@@ -47,6 +47,9 @@ public sealed record BenchmarkResult
     /// <summary>A node's first seconds next to the same node warmed.</summary>
     public ColdWorkResult? ColdWork { get; set; }
 
+    /// <summary>Tens of thousands of polls parked on one node.</summary>
+    public ScaleResult? Scale { get; set; }
+
     /// <summary>etcd on the same machine, driven by the same generator.</summary>
     public EtcdResult? Etcd { get; set; }
 
@@ -178,6 +181,9 @@ public sealed record EtcdFanOut(string Api, FanOutResult FanOut, long RssBeforeB
 public sealed record ColdWorkResult(
     double SecondsToReady, double WindowSeconds, FanOutResult FirstFanOut, FanOutResult WarmFanOut, RegistrationResult FirstRegistrations, RegistrationResult WarmRegistrations,
     IReadOnlyDictionary<string, string> NodeEnvironment);
+
+/// <summary>Polls parked on one node from <c>SourceAddresses</c> loopback addresses, with the open-file limits the generator and the node had.</summary>
+public sealed record ScaleResult(int Asked, int Consumers, int SourceAddresses, ulong GeneratorFileLimit, ulong NodeFileLimit, FanOutResult FanOut, IdleResult Idle);
 
 /// <summary>The auth comparison: its figures (medians of the rounds) and every round.</summary>
 public sealed record AuthComparisonResult(int Tokens, int Rounds, IReadOnlyList<AuthFigure> Figures, IReadOnlyList<AuthRound> RoundsRun);

@@ -36,6 +36,9 @@ internal sealed class ServerNode : IAsyncDisposable
 
     public bool HasProcess => _process is not null;
 
+    /// <summary>The process id, when there is a process to read.</summary>
+    public int? ProcessId => _process?.Id;
+
     /// <summary>Started by this tool, so it may stop it.</summary>
     public bool Owned => _owned;
 

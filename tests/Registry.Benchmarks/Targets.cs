@@ -118,6 +118,24 @@ internal static class Targets
             Overlap(targets, overlap, result.Settings.Smoke);
         }
 
+        if (result.Scale is { } scale)
+        {
+            var fanOut = scale.FanOut;
+            var parked = scale.Idle;
+            targets.Add(new TargetCheck(
+                F($"Fan-out to {scale.Consumers:N0} polls parked on one node"),
+                "p99 ≤ 1 s, none missed, no errors",
+                F($"p99 {fanOut.DelayMs.P99} ms (p50 {fanOut.DelayMs.P50}, max {fanOut.DelayMs.Max}), missed {fanOut.Missed}, errors {fanOut.Errors}; parked in {fanOut.SecondsToPark:0.0} s"),
+                result.Settings.Smoke ? null : fanOut.DelayMs.P99 <= 1000 && fanOut.Missed == 0,
+                F($"from {scale.SourceAddresses} loopback addresses; open-file limits generator {scale.GeneratorFileLimit}, node {scale.NodeFileLimit}; node CPU from the change to the last answer {fanOut.NodeCpuMs} ms")));
+            targets.Add(new TargetCheck(
+                F($"Idle with {scale.Consumers:N0} parked on one node"),
+                "(no target beyond the fan-out's)",
+                F($"{parked.BytesPerPoll / 1024:0.0} KiB per poll (RSS {Mib(parked.RssBeforeBytes)} → {Mib(parked.RssParkedBytes)} MiB); node CPU {parked.CpuPercentOfOneCoreParked:0.00}% of one core (none parked {parked.CpuPercentOfOneCoreBaseline:0.00}%); database statements {parked.Parked.Statements ?? parked.Parked.Transactions} in {parked.Seconds:0} s (none parked {parked.Baseline.Statements ?? parked.Baseline.Transactions})"),
+                null,
+                ""));
+        }
+
         if (result.ColdWork is { } first)
         {
             var settings = first.NodeEnvironment.Count == 0 ? "" : " with " + string.Join(", ", first.NodeEnvironment.Select(p => $"{p.Key}={p.Value}"));
