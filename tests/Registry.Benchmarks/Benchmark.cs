@@ -200,6 +200,21 @@ public sealed partial class Benchmark
         {
             await _log.WriteLineAsync($"Starting two nodes from {serverDll}");
             a = ServerNode.Start("node-a", serverDll, database!.ConnectionString, work, _options.NodeEnvironment);
+            // B once A is ready: A migrates a new database, and two nodes migrating it at once
+            // can fail one of them (node B exited with 1 in a suite run on a starved machine).
+            using (var first = new RegistryHttp(a.Url))
+            {
+                try
+                {
+                    await a.WaitForAsync(first.Client, "/readyz", TimeSpan.FromSeconds(90), cancellationToken);
+                }
+                catch
+                {
+                    await a.DisposeAsync();
+                    throw;
+                }
+            }
+
             b = ServerNode.Start("node-b", serverDll, database.ConnectionString, work, _options.NodeEnvironment);
         }
         else

@@ -20,7 +20,8 @@ public sealed partial class Benchmark
         var generatorLimit = FileLimit.Raise(0, wanted);
         await using var node = ServerNode.Start("node-scale", serverDll, database.ConnectionString, work, _options.NodeEnvironment);
         var nodeLimit = node.ProcessId is { } pid ? FileLimit.Raise(pid, wanted) : 0;
-        var consumers = (int)Math.Min((ulong)asked, Math.Min(generatorLimit, nodeLimit) - Spare);
+        var limit = Math.Min(generatorLimit, nodeLimit);
+        var consumers = limit == 0 ? asked : (int)Math.Min((ulong)asked, limit > Spare ? limit - Spare : 0); // 0: not Linux, limit unknown
         if (consumers < asked)
         {
             // Without CAP_SYS_RESOURCE the hard limit (ulimit -Hn) cannot be raised: measure what fits, and say so.
