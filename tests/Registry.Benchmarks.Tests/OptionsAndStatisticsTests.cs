@@ -14,6 +14,16 @@ public sealed class OptionsAndStatisticsTests
     }
 
     [Fact]
+    public void ResultsAreWrittenOnlyWhereAsked()
+    {
+        // A run without --out used to replace the committed results/latest.*.
+        Assert.Equal((null, null), BenchmarkOptions.Parse([]).ResultFiles);
+        Assert.Equal((null, null), BenchmarkOptions.Parse(["--smoke"]).ResultFiles);
+        Assert.Equal(("run.json", "run.md"), BenchmarkOptions.Parse(["--out", "run.json"]).ResultFiles);
+        Assert.Equal((null, "table.md"), BenchmarkOptions.Parse(["--markdown", "table.md"]).ResultFiles);
+    }
+
+    [Fact]
     public void AnUnknownFlagIsRejected() =>
         Assert.Throws<ArgumentException>(() => BenchmarkOptions.Parse(["--fast"]));
 

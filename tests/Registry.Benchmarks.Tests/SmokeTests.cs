@@ -71,6 +71,119 @@ public sealed class SmokeTests
         }
     }
 
+    [Fact]
+    public async Task AuthComparisonRunsTheSameLoadWithAndWithoutAccessControl()
+    {
+        var folder = Path.Combine(Path.GetTempPath(), $"registry-bench-test-{Guid.NewGuid():N}"[..36]);
+        var options = BenchmarkOptions.Parse(["--smoke", "--only", "auth", "--auth-tokens", "4"]) with { WorkDirectory = Path.Combine(folder, "work") };
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(90));
+        try
+        {
+            var result = await new Benchmark(options, TextWriter.Null).RunAsync(timeout.Token);
+
+            var auth = result.Auth!;
+            Assert.Equal(4, auth.Tokens);
+            Assert.Equal(["off", "on"], auth.RoundsRun.Select(r => r.Mode).Order());
+            Assert.All(auth.RoundsRun, round =>
+            {
+                // Every request was accepted: with access control on, only because it carried a token.
+                Assert.Equal(0, round.Registration.Errors);
+                Assert.Equal(0, round.Heartbeats.Errors);
+                Assert.True(round.Heartbeats.Sent > 0);
+                Assert.All(round.FanOut, f => Assert.Equal(0, f.Missed));
+            });
+            Assert.Equal(2 + options.FanOutConsumers.Count, auth.Figures.Count);
+            Assert.All(auth.Figures, f => Assert.True(f.Off > 0 && f.On > 0 && f.Cost > 0));
+            Assert.Null(result.Registration);
+            Assert.Null(result.Overlap);
+        }
+        finally
+        {
+            DeleteQuietly(folder);
+        }
+    }
+
+    [Fact]
+    public async Task WithoutAnEtcdBinaryThePeerIsSkippedWithOneLine()
+    {
+        var folder = Path.Combine(Path.GetTempPath(), $"registry-bench-test-{Guid.NewGuid():N}"[..36]);
+        var options = BenchmarkOptions.Parse(["--smoke", "--only", "etcd", "--etcd-binary", Path.Combine(folder, "no-etcd")]) with { WorkDirectory = Path.Combine(folder, "work") };
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        var log = new StringWriter();
+        try
+        {
+            var result = await new Benchmark(options, log).RunAsync(timeout.Token);
+
+            Assert.Null(result.Etcd);
+            Assert.Contains(result.Notes, n => n.StartsWith("etcd: not measured", StringComparison.Ordinal));
+            Assert.Single(log.ToString().Split('\n'), line => line.StartsWith("etcd: not measured", StringComparison.Ordinal));
+        }
+        finally
+        {
+            DeleteQuietly(folder);
+        }
+    }
+
+    [Fact]
+    public async Task FirstSecondsAreMeasuredNextToTheSameNodeWarmed()
+    {
+        var folder = Path.Combine(Path.GetTempPath(), $"registry-bench-test-{Guid.NewGuid():N}"[..36]);
+        var options = BenchmarkOptions.Parse(["--smoke", "--only", "first-seconds"]) with { WorkDirectory = Path.Combine(folder, "work") };
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(150));
+        try
+        {
+            var first = (await new Benchmark(options, TextWriter.Null).RunAsync(timeout.Token)).ColdWork!;
+
+            Assert.True(first.SecondsToReady > 0);
+            foreach (var fanOut in new[] { first.FirstFanOut, first.WarmFanOut })
+            {
+                Assert.Equal(fanOut.Consumers, fanOut.Answered);
+            }
+
+            foreach (var registrations in new[] { first.FirstRegistrations, first.WarmRegistrations })
+            {
+                Assert.True(registrations.Count > 0 && registrations.PerSecond > 0);
+                Assert.Equal(0, registrations.Errors);
+            }
+        }
+        finally
+        {
+            DeleteQuietly(folder);
+        }
+    }
+
+    /// <summary>Where etcd is installed (Debian's etcd-server), the peer runs with the same generator; CI has none and checks the skip above.</summary>
+    [Fact]
+    public async Task EtcdPeerAnswersEveryWatcherThroughBothApisWhereInstalled()
+    {
+        var folder = Path.Combine(Path.GetTempPath(), $"registry-bench-test-{Guid.NewGuid():N}"[..36]);
+        var options = BenchmarkOptions.Parse(["--smoke", "--only", "etcd"]) with { WorkDirectory = Path.Combine(folder, "work") };
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(90));
+        try
+        {
+            var result = await new Benchmark(options, TextWriter.Null).RunAsync(timeout.Token);
+
+            if (Benchmark.EtcdBinary(null) is null)
+            {
+                Assert.Null(result.Etcd);
+                return;
+            }
+
+            var etcd = result.Etcd!;
+            Assert.StartsWith("3.", etcd.Version, StringComparison.Ordinal);
+            Assert.Equal(0, etcd.RegistrationV2.Errors);
+            Assert.Equal(0, etcd.RegistrationV3.Errors);
+            Assert.True(etcd.HeartbeatsV2.Sent > 0 && etcd.HeartbeatsV2.Errors == 0);
+            Assert.True(etcd.HeartbeatsV3.Sent > 0 && etcd.HeartbeatsV3.Errors == 0);
+            Assert.Equal(["v2", "v3"], etcd.FanOut.Select(f => f.Api).Order());
+            Assert.All(etcd.FanOut, f => Assert.Equal(options.FanOutConsumers[0], f.FanOut.Answered));
+        }
+        finally
+        {
+            DeleteQuietly(folder);
+        }
+    }
+
     private static void DeleteQuietly(string folder)
     {
         try

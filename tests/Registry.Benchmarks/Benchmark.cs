@@ -10,7 +10,7 @@ namespace Registry.Benchmarks;
 /// Phases run one after another so that they do not disturb each other's numbers; the
 /// ceiling (pgbench) runs right after the registry figure it is compared with.
 /// </summary>
-public sealed class Benchmark
+public sealed partial class Benchmark
 {
     private const string InitialAddr = "10.255.0.1:8080";
     private const int PollWaitSeconds = 55;
@@ -116,19 +116,112 @@ public sealed class Benchmark
 
     private async Task RunPhasesAsync(BenchmarkResult result, BenchDatabase? database, string work, CancellationToken cancellationToken)
     {
-        string? serverDll = null;
-        ServerNode a, b;
-        if (_options.Url is null)
+        var serverDll = _options.Url is null ? ServerLocator.Find(_options.ServerDll) : null;
+        if (_options.MainPhases || _options.Overlap)
         {
-            serverDll = ServerLocator.Find(_options.ServerDll);
+            await OnTwoNodesAsync(result, database, work, serverDll, cancellationToken);
+        }
+
+        if (!_options.MainPhases)
+        {
+            result.Notes.Add("Only the scenarios named by --only were run.");
+        }
+        else if (serverDll is not null && database is not null)
+        {
+            await _log.WriteLineAsync($"Cold start with {_options.ColdStartInstances} instances…");
+            result.ColdStart = await ColdStartAsync(serverDll, database, work, cancellationToken);
+            await _log.WriteLineAsync($"  serving after {result.ColdStart.SecondsToServeAll} s, RSS {result.ColdStart.RssBytesServing / 1048576.0:0} MiB");
+        }
+        else
+        {
+            result.Notes.Add("Cold start needs the tool to start a node (not --url) and a database: skipped.");
+        }
+
+        if (_options.AuthComparison)
+        {
+            if (serverDll is not null && database is not null)
+            {
+                result.Auth = await AuthComparisonAsync(serverDll, database, work, result, cancellationToken);
+                foreach (var name in AuthDatabases)
+                {
+                    await database.ExecuteAsync($"DROP DATABASE IF EXISTS {name} WITH (FORCE)", cancellationToken);
+                }
+            }
+            else
+            {
+                result.Notes.Add("The auth comparison starts its own nodes and databases (not --url): skipped.");
+            }
+        }
+
+        if (_options.ColdWork)
+        {
+            if (serverDll is not null && database is not null)
+            {
+                result.ColdWork = await ColdWorkAsync(serverDll, database, work, result, cancellationToken);
+            }
+            else
+            {
+                result.Notes.Add("A node's first seconds need the tool to start a node (not --url): skipped.");
+            }
+        }
+
+        if (_options.Scale)
+        {
+            if (serverDll is not null && database is not null)
+            {
+                result.Scale = await ScaleAsync(serverDll, database, work, result, cancellationToken);
+            }
+            else
+            {
+                result.Notes.Add("The scale scenario starts its own node (not --url): skipped.");
+            }
+        }
+
+        if (_options.Etcd)
+        {
+            result.Etcd = await EtcdAsync(work, result, cancellationToken);
+        }
+
+        if (database is not null)
+        {
+            await database.DeleteBenchRowsAsync(cancellationToken);
+        }
+        else
+        {
+            result.Notes.Add($"Without a database connection the tool cannot delete its {BenchDatabase.Prefix}* instances: they leave when their leases run out (up to an hour).");
+        }
+    }
+
+    /// <summary>The main phases and the overlap scenario, on two nodes (started here, or given by --url).</summary>
+    private async Task OnTwoNodesAsync(BenchmarkResult result, BenchDatabase? database, string work, string? serverDll, CancellationToken cancellationToken)
+    {
+        ServerNode a, b;
+        if (serverDll is not null)
+        {
             await _log.WriteLineAsync($"Starting two nodes from {serverDll}");
             a = ServerNode.Start("node-a", serverDll, database!.ConnectionString, work, _options.NodeEnvironment);
+            // B once A is ready: A migrates a new database, and two nodes migrating it at once
+            // can fail one of them (node B exited with 1 in a suite run on a starved machine).
+            using (var first = new RegistryHttp(a.Url))
+            {
+                try
+                {
+                    await a.WaitForAsync(first.Client, "/readyz", TimeSpan.FromSeconds(90), cancellationToken);
+                }
+                catch
+                {
+                    await a.DisposeAsync();
+                    throw;
+                }
+            }
+
             b = ServerNode.Start("node-b", serverDll, database.ConnectionString, work, _options.NodeEnvironment);
         }
         else
         {
-            a = ServerNode.Existing("node-a", _options.Url, _options.ServerPid);
-            b = ServerNode.Existing("node-b", _options.UrlB ?? _options.Url, null);
+            var url = _options.Url ?? throw new InvalidOperationException("Neither a server to start nor --url.");
+            a = ServerNode.Existing("node-a", url, _options.ServerPid);
+            b = ServerNode.Existing("node-b", _options.UrlB ?? url, null);
             if (_options.UrlB is null)
             {
                 result.Notes.Add("Cross-node propagation measured on a single node (no --url-b): it is the same-node figure.");
@@ -145,51 +238,27 @@ public sealed class Benchmark
 
             await WarmUpAsync(httpA, httpB, cancellationToken);
 
-            if (_options.OverlapOnly)
-            {
-                if (b.Owned)
-                {
-                    await b.DisposeAsync();
-                }
-            }
-            else
+            if (_options.MainPhases)
             {
                 await MeasurePhasesAsync(result, database, work, a, b, httpA, httpB, cancellationToken);
             }
+            else if (b.Owned)
+            {
+                await b.DisposeAsync();
+            }
 
-            await _log.WriteLineAsync($"Overlapping subscriptions: {_options.OverlapSubscriptions} naming an application of {_options.OverlapInstances} instances…");
-            result.Overlap = await OverlapAsync(httpA, a, cancellationToken);
-            await _log.WriteLineAsync(
-                $"  RSS {result.Overlap.RssFirstParkedBytes / 1048576.0:0.0} → {result.Overlap.RssAllParkedBytes / 1048576.0:0.0} MiB; change {result.Overlap.ChangeNodeCpuMsAllAnswered} ms node CPU (one answer {result.Overlap.NodeCpuMsPerAnswer} ms)");
+            if (_options.Overlap)
+            {
+                await _log.WriteLineAsync($"Overlapping subscriptions: {_options.OverlapSubscriptions} naming an application of {_options.OverlapInstances} instances…");
+                result.Overlap = await OverlapAsync(httpA, a, cancellationToken);
+                await _log.WriteLineAsync(
+                    $"  RSS {result.Overlap.RssFirstParkedBytes / 1048576.0:0.0} → {result.Overlap.RssAllParkedBytes / 1048576.0:0.0} MiB; change {result.Overlap.ChangeNodeCpuMsAllAnswered} ms node CPU (one answer {result.Overlap.NodeCpuMsPerAnswer} ms)");
+            }
         }
         finally
         {
             await a.DisposeAsync();
             await b.DisposeAsync();
-        }
-
-        if (_options.OverlapOnly)
-        {
-            result.Notes.Add("Only the overlapping-subscriptions scenario was run (--overlap-only).");
-        }
-        else if (serverDll is not null && database is not null)
-        {
-            await _log.WriteLineAsync($"Cold start with {_options.ColdStartInstances} instances…");
-            result.ColdStart = await ColdStartAsync(serverDll, database, work, cancellationToken);
-            await _log.WriteLineAsync($"  serving after {result.ColdStart.SecondsToServeAll} s, RSS {result.ColdStart.RssBytesServing / 1048576.0:0} MiB");
-        }
-        else
-        {
-            result.Notes.Add("Cold start needs the tool to start a node (not --url) and a database: skipped.");
-        }
-
-        if (database is not null)
-        {
-            await database.DeleteBenchRowsAsync(cancellationToken);
-        }
-        else
-        {
-            result.Notes.Add($"Without a database connection the tool cannot delete its {BenchDatabase.Prefix}* instances: they leave when their leases run out (up to an hour).");
         }
     }
 
@@ -308,8 +377,8 @@ public sealed class Benchmark
             {
                 var i = Interlocked.Increment(ref next);
                 var body = Encoding.UTF8.GetBytes(RegistryHttp.Provider($"{BenchDatabase.Prefix}warm-{i % 100}", Addr(i)));
-                await connection.SendAsync(LeanConnection.Post(httpA.BaseAddress, "/v1/register?ttl=3600", body), cancellationToken);
-                await connection.SendAsync(LeanConnection.Post(httpA.BaseAddress, "/v1/heartbeat", body), cancellationToken);
+                await connection.SendAsync(httpA.Post("/v1/register?ttl=3600", body, i), cancellationToken);
+                await connection.SendAsync(httpA.Post("/v1/heartbeat", body, i), cancellationToken);
             }
         }));
         await httpB.SubscribeAsync($"{BenchDatabase.Prefix}warm-0", null, 0, null, cancellationToken);
@@ -329,7 +398,7 @@ public sealed class Benchmark
     /// </summary>
     private static byte[][] Registrations(RegistryHttp http, int count, Func<int, string> body, int ttl) =>
         Enumerable.Range(0, count)
-            .Select(i => LeanConnection.Post(http.BaseAddress, $"/v1/register?ttl={ttl}", Encoding.UTF8.GetBytes(body(i))))
+            .Select(i => http.Post($"/v1/register?ttl={ttl}", Encoding.UTF8.GetBytes(body(i)), i))
             .ToArray();
 
     /// <summary>Sends the registrations with <paramref name="concurrency"/> workers; returns each latency (ms) and the errors.</summary>
@@ -408,38 +477,47 @@ public sealed class Benchmark
         }
 
         var requests = Enumerable.Range(0, instances)
-            .Select(i => LeanConnection.Post(http.BaseAddress, "/v1/heartbeat", Encoding.UTF8.GetBytes(Body(i))))
+            .Select(i => http.Post("/v1/heartbeat", Encoding.UTF8.GetBytes(Body(i)), i))
             .ToArray();
-        var latencies = new List<double>[_options.Concurrency];
-        var errors = 0;
-        var next = -1;
         var cpu = CpuSeconds(node, other, database);
         var before = await CountersAsync(database, cancellationToken);
+        var (all, errors, seconds) = await SendForAsync(http.BaseAddress, requests, _options.Concurrency, _options.HeartbeatDuration, cancellationToken);
+        var work = await MeasureAsync(database, before, cancellationToken);
+        return new HeartbeatResult(
+            instances, all.Length, errors, _options.Concurrency, Math.Round(seconds, 3), Math.Round(all.Length / seconds, 1),
+            Distribution.Of(all), work ?? Empty(seconds), CpuSince(node, other, database, cpu));
+    }
+
+    /// <summary>
+    /// Sends the requests round and round with <paramref name="concurrency"/> workers on lean
+    /// connections for <paramref name="duration"/>; returns each latency (ms), the answers that
+    /// were not 200 and the seconds it took.
+    /// </summary>
+    private static async Task<(double[] Latencies, int Errors, double Seconds)> SendForAsync(
+        Uri server, byte[][] requests, int concurrency, TimeSpan duration, CancellationToken cancellationToken)
+    {
+        var latencies = new List<double>[concurrency];
+        var errors = 0;
+        var next = -1;
         var began = Stopwatch.GetTimestamp();
-        var duration = _options.HeartbeatDuration;
-        await Task.WhenAll(Enumerable.Range(0, _options.Concurrency).Select(async worker =>
+        await Task.WhenAll(Enumerable.Range(0, concurrency).Select(async worker =>
         {
             await Task.Yield();
             var mine = latencies[worker] = new List<double>(1 << 14);
-            using var connection = new LeanConnection(http.BaseAddress);
+            using var connection = new LeanConnection(server);
             while (Stopwatch.GetElapsedTime(began) < duration)
             {
-                var i = (int)((uint)Interlocked.Increment(ref next) % (uint)instances);
+                var i = (int)((uint)Interlocked.Increment(ref next) % (uint)requests.Length);
                 var sent = Stopwatch.GetTimestamp();
                 var status = await connection.SendAsync(requests[i], cancellationToken);
                 mine.Add(Stopwatch.GetElapsedTime(sent).TotalMilliseconds);
-                if (status != 200)
+                if (status is not (200 or 201))
                 {
                     Interlocked.Increment(ref errors);
                 }
             }
         }));
-        var seconds = Stopwatch.GetElapsedTime(began).TotalSeconds;
-        var work = await MeasureAsync(database, before, cancellationToken);
-        var all = latencies.SelectMany(l => l).ToArray();
-        return new HeartbeatResult(
-            instances, all.Length, errors, _options.Concurrency, Math.Round(seconds, 3), Math.Round(all.Length / seconds, 1),
-            Distribution.Of(all), work ?? Empty(seconds), CpuSince(node, other, database, cpu));
+        return (latencies.SelectMany(l => l).ToArray(), errors, Stopwatch.GetElapsedTime(began).TotalSeconds);
     }
 
     /// <summary>
@@ -448,9 +526,9 @@ public sealed class Benchmark
     /// moment the change's request was sent.
     /// </summary>
     private async Task<FanOutResult> FanOutAsync(
-        RegistryHttp http, ServerNode node, BenchDatabase? database, int consumers, BenchmarkResult result, bool measureIdle, CancellationToken cancellationToken)
+        RegistryHttp http, ServerNode node, BenchDatabase? database, int consumers, BenchmarkResult result, bool measureIdle, CancellationToken cancellationToken, string label = "")
     {
-        var application = $"{BenchDatabase.Prefix}fanout-{consumers}";
+        var application = $"{BenchDatabase.Prefix}fanout-{consumers}{label}";
         await http.RegisterAsync(RegistryHttp.Provider(application, InitialAddr), 3600, cancellationToken);
         var version = (await http.SubscribeAsync(application, null, 0, null, cancellationToken)).Version
             ?? throw new InvalidOperationException("The subscribe answer carried no ETag.");

@@ -5,6 +5,9 @@ namespace Registry.Benchmarks;
 /// <summary>What to measure and how hard; <see cref="Parse"/> reads the command line.</summary>
 public sealed record BenchmarkOptions
 {
+    /// <summary>What <c>--only</c> may name.</summary>
+    private static readonly string[] Scenarios = ["auth", "etcd", "first-seconds", "overlap", "scale"];
+
     /// <summary>A seconds-long run for the test suite: tiny loads, no pgbench.</summary>
     public bool Smoke { get; init; }
 
@@ -80,8 +83,38 @@ public sealed record BenchmarkOptions
     /// <summary>Parked subscriptions that each name the big application and a provider of their own.</summary>
     public int OverlapSubscriptions { get; init; } = 500;
 
-    /// <summary>Runs only the warm-up and the overlapping-subscriptions scenario (on one node).</summary>
-    public bool OverlapOnly { get; init; }
+    /// <summary>
+    /// The main phases (fan-out, idle cost, cross-node, registrations with pgbench, heartbeats,
+    /// cold start); <c>--only</c> turns them off to run just the scenarios it names.
+    /// </summary>
+    public bool MainPhases { get; init; } = true;
+
+    /// <summary>The overlapping-subscriptions scenario (on one node).</summary>
+    public bool Overlap { get; init; } = true;
+
+    /// <summary>
+    /// Registrations, heartbeats and fan-out on a node with access control Required (one token
+    /// per load client) against a node without, alternating in the same run.
+    /// </summary>
+    public bool AuthComparison { get; init; }
+
+    /// <summary>A fresh node's first ten seconds (fan-out, registrations) next to the same node warmed.</summary>
+    public bool ColdWork { get; init; }
+
+    /// <summary>Tens of thousands of parked polls on one node (<see cref="ScaleConsumers"/>).</summary>
+    public bool Scale { get; init; }
+
+    /// <summary>How many polls the scale scenario parks.</summary>
+    public int ScaleConsumers { get; init; } = 50_000;
+
+    /// <summary>etcd as a peer (skipped with a note when there is no etcd binary).</summary>
+    public bool Etcd { get; init; }
+
+    /// <summary>The etcd binary; empty looks for /usr/bin/etcd and PATH.</summary>
+    public string? EtcdPath { get; init; }
+
+    /// <summary>Bearer tokens created for the auth comparison (load clients; fan-out consumers take them in turn).</summary>
+    public int AuthTokens { get; init; } = 256;
 
     /// <summary>Runs only the drain scenario (<see cref="DrainBenchmark"/>), with the largest fan-out's consumers over two nodes.</summary>
     public bool DrainOnly { get; init; }
@@ -106,6 +139,14 @@ public sealed record BenchmarkOptions
 
     /// <summary>Where the Markdown table and histogram go.</summary>
     public string? OutputMarkdown { get; init; }
+
+    /// <summary>
+    /// The files the results are written to: only those asked for (<c>--out</c>, <c>--markdown</c>;
+    /// the Markdown beside the JSON when only <c>--out</c> is given). None by default, so a trial
+    /// run never replaces the results committed for the record; the report goes to stdout anyway.
+    /// </summary>
+    public (string? Json, string? Markdown) ResultFiles =>
+        (OutputJson, OutputMarkdown ?? (OutputJson is null ? null : Path.ChangeExtension(OutputJson, ".md")));
 
     /// <summary>Folder for the private cluster and node logs; empty makes one under the temporary folder.</summary>
     public string? WorkDirectory { get; init; }
@@ -137,7 +178,9 @@ public sealed record BenchmarkOptions
                             [--server-dll PATH] [--concurrency N] [--warm-up-seconds S] [--registrations N] [--rounds ODD] [--burst-concurrency N]
                             [--heartbeat-instances N]
                             [--heartbeat-seconds S] [--fanout W[,W…]] [--idle-seconds S] [--cross-node-rounds N]
-                            [--cold-start-instances N] [--overlap-instances N] [--overlap-subscriptions N] [--overlap-only] [--drain-only] [--pgbench-seconds S] [--no-pgbench] [--pgbench PATH]
+                            [--cold-start-instances N] [--overlap-instances N] [--overlap-subscriptions N] [--overlap-only] [--drain-only] [--auth-compare] [--auth-tokens N]
+                            [--etcd] [--etcd-binary PATH] [--first-seconds] [--scale N]
+                            [--only auth,etcd,first-seconds,overlap,scale] [--pgbench-seconds S] [--no-pgbench] [--pgbench PATH]
                             [--no-fsync] [--node-env KEY=VALUE]… [--out results.json] [--markdown results.md] [--work-dir DIR]
         """;
 
@@ -179,8 +222,15 @@ public sealed record BenchmarkOptions
                 "--cold-start-instances" => options with { ColdStartInstances = Int() },
                 "--overlap-instances" => options with { OverlapInstances = Int() },
                 "--overlap-subscriptions" => options with { OverlapSubscriptions = Int() },
-                "--overlap-only" => options with { OverlapOnly = true },
+                "--overlap-only" => Only(options, "overlap"),
                 "--drain-only" => options with { DrainOnly = true },
+                "--only" => Only(options, Value()),
+                "--auth-compare" => options with { AuthComparison = true },
+                "--etcd" => options with { Etcd = true },
+                "--first-seconds" => options with { ColdWork = true },
+                "--scale" => options with { Scale = true, ScaleConsumers = Int() },
+                "--etcd-binary" => options with { Etcd = true, EtcdPath = Value() },
+                "--auth-tokens" => options with { AuthTokens = Int() },
                 "--pgbench-seconds" => options with { PgBenchDuration = Seconds() },
                 "--no-pgbench" => options with { PgBench = false },
                 "--pgbench" => options with { PgBenchPath = Value() },
@@ -194,6 +244,26 @@ public sealed record BenchmarkOptions
         }
 
         return options;
+    }
+
+    /// <summary><c>--only auth,overlap</c>: just the scenarios named, without the main phases.</summary>
+    private static BenchmarkOptions Only(BenchmarkOptions options, string list)
+    {
+        var names = list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (names.Length == 0 || names.Except(Scenarios, StringComparer.Ordinal).Any())
+        {
+            throw new ArgumentException($"--only takes a comma-separated list of {string.Join(", ", Scenarios)}, not {list}.");
+        }
+
+        return options with
+        {
+            MainPhases = false,
+            Overlap = names.Contains("overlap"),
+            AuthComparison = names.Contains("auth"),
+            Etcd = names.Contains("etcd"),
+            ColdWork = names.Contains("first-seconds"),
+            Scale = names.Contains("scale"),
+        };
     }
 
     private static Dictionary<string, string> WithVariable(IReadOnlyDictionary<string, string> variables, string assignment)

@@ -29,12 +29,17 @@ internal sealed class LeanConnection : IDisposable
 
     public LeanConnection(Uri server) => _server = server;
 
-    /// <summary>A POST of a JSON body to <paramref name="pathAndQuery"/>, as bytes ready to send.</summary>
-    public static byte[] Post(Uri server, string pathAndQuery, byte[] body)
+    /// <summary>A POST of a JSON body to <paramref name="pathAndQuery"/>, as bytes ready to send (with a bearer token when given).</summary>
+    public static byte[] Post(Uri server, string pathAndQuery, byte[] body, string? token = null) =>
+        Request("POST", server, pathAndQuery, "application/json", body, token);
+
+    /// <summary>Any request with a body, as bytes ready to send (etcd's v2 API takes form-encoded PUTs).</summary>
+    public static byte[] Request(string method, Uri server, string pathAndQuery, string contentType, byte[] body, string? token = null)
     {
+        var authorization = token is null ? "" : $"Authorization: Bearer {token}\r\n";
         var head = Encoding.ASCII.GetBytes(string.Create(
             CultureInfo.InvariantCulture,
-            $"POST {pathAndQuery} HTTP/1.1\r\nHost: {server.Authority}\r\nContent-Type: application/json\r\nContent-Length: {body.Length}\r\n\r\n"));
+            $"{method} {pathAndQuery} HTTP/1.1\r\nHost: {server.Authority}\r\n{authorization}Content-Type: {contentType}\r\nContent-Length: {body.Length}\r\n\r\n"));
         return [.. head, .. body];
     }
 
@@ -55,7 +60,8 @@ internal sealed class LeanConnection : IDisposable
         if (at >= 0)
         {
             var value = lower.AsSpan(at + ContentLength.Length).TrimStart(' ');
-            length = int.Parse(value[..value.IndexOf('\r')], NumberStyles.None, CultureInfo.InvariantCulture);
+            var lineEnd = value.IndexOf('\r'); // none when it is the head's last line (etcd sends it last)
+            length = int.Parse(lineEnd < 0 ? value : value[..lineEnd], NumberStyles.None, CultureInfo.InvariantCulture);
         }
 
         _start = headerEnd + HeaderEnd.Length;

@@ -26,12 +26,19 @@ if (options.DrainOnly)
 }
 
 var result = await new Benchmark(options, Console.Out).RunAsync(stop.Token);
-var folder = options.Smoke ? Path.Combine(Path.GetTempPath(), "registry-bench-smoke") : Path.Combine("tests", "Registry.Benchmarks", "results");
-// The scenario alone does not replace a full run's results.
-var json = options.OutputJson ?? Path.Combine(folder, options.OverlapOnly ? "overlap-latest.json" : "latest.json");
-var markdown = options.OutputMarkdown ?? Path.ChangeExtension(json, ".md");
+var (json, markdown) = options.ResultFiles;
 await Report.WriteAsync(result, json, markdown, stop.Token);
 Console.WriteLine();
 Console.WriteLine(Report.Markdown(result));
-Console.WriteLine($"Results: {Path.GetFullPath(json)} and {Path.GetFullPath(markdown)}");
+if (json is null && markdown is null)
+{
+    // Nothing asked to be written: the figures go to stdout only (results/ holds the runs kept for the record).
+    Console.WriteLine(Report.Json(result));
+    Console.WriteLine("Results were not written to a file (give --out results.json and/or --markdown results.md).");
+}
+else
+{
+    Console.WriteLine($"Results: {string.Join(" and ", new[] { json, markdown }.OfType<string>().Select(Path.GetFullPath))}");
+}
+
 return 0;

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using System.Net.Http.Headers;
+using System.Net.Sockets;
 using System.Text;
 
 namespace Registry.Benchmarks;
@@ -11,9 +12,21 @@ internal sealed class RegistryHttp : IDisposable
 {
     private static readonly MediaTypeHeaderValue Json = new("application/json");
     private readonly HttpClient _client;
+    private readonly IReadOnlyList<string> _tokens;
+    private int _nextToken = -1;
 
-    public RegistryHttp(Uri baseAddress)
+    /// <param name="baseAddress">The node.</param>
+    /// <param name="tokens">
+    /// Bearer tokens for a node that requires them, one per load client: prepared request
+    /// <c>i</c> carries token <c>i mod n</c>, and each <c>HttpClient</c> call the next in turn.
+    /// </param>
+    /// <param name="sources">
+    /// Loopback addresses to connect from, in turn (127.0.0.2, …): one address has about 28,000
+    /// ephemeral ports towards one server port, fewer than 50,000 parked polls need.
+    /// </param>
+    public RegistryHttp(Uri baseAddress, IReadOnlyList<string>? tokens = null, IReadOnlyList<IPAddress>? sources = null)
     {
+        _tokens = tokens ?? [];
         // One connection per parked poll (HTTP/1.1): the pool must not cap them, and idle
         // connections are kept between phases so ten thousand are not opened twice.
         var handler = new SocketsHttpHandler
@@ -26,12 +39,48 @@ internal sealed class RegistryHttp : IDisposable
             UseCookies = false,
             AutomaticDecompression = DecompressionMethods.None,
         };
+        if (sources is { Count: > 0 })
+        {
+            var next = -1;
+            handler.ConnectCallback = async (context, cancellationToken) =>
+            {
+                var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+                try
+                {
+                    socket.Bind(new IPEndPoint(sources[(int)((uint)Interlocked.Increment(ref next) % (uint)sources.Count)], 0));
+                    await socket.ConnectAsync(IPAddress.Parse(context.DnsEndPoint.Host), context.DnsEndPoint.Port, cancellationToken);
+                    return new NetworkStream(socket, ownsSocket: true);
+                }
+                catch
+                {
+                    socket.Dispose();
+                    throw;
+                }
+            };
+        }
+
         _client = new HttpClient(handler) { BaseAddress = baseAddress, Timeout = TimeSpan.FromSeconds(120) };
     }
 
     public HttpClient Client => _client;
 
     public Uri BaseAddress => _client.BaseAddress!;
+
+    /// <summary>A prepared POST for the lean connections, carrying load client <paramref name="client"/>'s token when there are tokens.</summary>
+    public byte[] Post(string pathAndQuery, byte[] body, int client) =>
+        LeanConnection.Post(BaseAddress, pathAndQuery, body, _tokens.Count == 0 ? null : _tokens[(int)((uint)client % (uint)_tokens.Count)]);
+
+    private HttpRequestMessage Request(string pathAndQuery, HttpContent content)
+    {
+        var request = new HttpRequestMessage(HttpMethod.Post, new Uri(pathAndQuery, UriKind.Relative)) { Content = content };
+        if (_tokens.Count > 0)
+        {
+            var token = _tokens[(int)((uint)Interlocked.Increment(ref _nextToken) % (uint)_tokens.Count)];
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+        }
+
+        return request;
+    }
 
     public static string Provider(string application, string addr, IReadOnlyDictionary<string, string>? meta = null)
     {
@@ -49,8 +98,8 @@ internal sealed class RegistryHttp : IDisposable
 
     public async Task<HttpStatusCode> RegisterAsync(string body, int ttlSeconds, CancellationToken cancellationToken)
     {
-        using var content = Content(body);
-        using var response = await _client.PostAsync(new Uri($"/v1/register?ttl={ttlSeconds}", UriKind.Relative), content, cancellationToken);
+        using var request = Request($"/v1/register?ttl={ttlSeconds}", Content(body));
+        using var response = await _client.SendAsync(request, cancellationToken);
         return response.StatusCode;
     }
 
@@ -68,8 +117,8 @@ internal sealed class RegistryHttp : IDisposable
     {
         var query = version is null ? "/v1/subscribe" : $"/v1/subscribe?version={Uri.EscapeDataString(version)}&wait={waitSeconds}";
         var entries = string.Join(',', applications.Select(a => $"{{\"provider\":\"{a}\",\"protocol\":\"http\"}}"));
-        using var content = new SignallingContent(Encoding.UTF8.GetBytes($"{{\"subscribes\":[{entries}]}}"), sent);
-        using var response = await _client.PostAsync(new Uri(query, UriKind.Relative), content, cancellationToken);
+        using var request = Request(query, new SignallingContent(Encoding.UTF8.GetBytes($"{{\"subscribes\":[{entries}]}}"), sent));
+        using var response = await _client.SendAsync(request, cancellationToken);
         var answeredAt = Stopwatch.GetTimestamp();
         // The body must be read so the connection goes back to the pool.
         await response.Content.LoadIntoBufferAsync(cancellationToken);

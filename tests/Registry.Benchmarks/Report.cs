@@ -47,6 +47,12 @@ public static class Report
             text.Append(CultureInfo.InvariantCulture, $"\nFan-out delay to {fanOut.Consumers:N0} parked consumers (from the change's request to each answer; first answer {fanOut.MinDelayMs} ms, the change itself acknowledged in {fanOut.ChangeAcknowledgedMs} ms; CPU from the change to the last answer: node {(fanOut.NodeCpuMs is { } nodeCpu ? nodeCpu.ToString(CultureInfo.InvariantCulture) + " ms" : "not measured")}, load generator {fanOut.GeneratorCpuMs} ms, of which {fanOut.GeneratorGcPauseMs} ms in its own GC pauses):\n\n```\n{fanOut.Histogram}```\n");
         }
 
+        foreach (var peer in result.Etcd?.FanOut ?? [])
+        {
+            var fanOut = peer.FanOut;
+            text.Append(CultureInfo.InvariantCulture, $"\netcd {result.Etcd!.Version} {peer.Api} fan-out to {fanOut.Consumers:N0} watchers (first event {fanOut.MinDelayMs} ms, the write acknowledged in {fanOut.ChangeAcknowledgedMs} ms; etcd CPU {fanOut.NodeCpuMs} ms, load generator {fanOut.GeneratorCpuMs} ms; RSS {peer.RssBeforeBytes / 1048576.0:0} → {peer.RssParkedBytes / 1048576.0:0} MiB parked):\n\n```\n{fanOut.Histogram}```\n");
+        }
+
         foreach (var note in result.Notes)
         {
             text.Append(CultureInfo.InvariantCulture, $"\n- {note}");

@@ -41,6 +41,18 @@ public sealed record BenchmarkResult
 
     public OverlapResult? Overlap { get; set; }
 
+    /// <summary>Access control Required (a token per load client) against Open, in the same run.</summary>
+    public AuthComparisonResult? Auth { get; set; }
+
+    /// <summary>A node's first seconds next to the same node warmed.</summary>
+    public ColdWorkResult? ColdWork { get; set; }
+
+    /// <summary>Tens of thousands of polls parked on one node.</summary>
+    public ScaleResult? Scale { get; set; }
+
+    /// <summary>etcd on the same machine, driven by the same generator.</summary>
+    public EtcdResult? Etcd { get; set; }
+
     /// <summary>The median of <see cref="PgBenchUpsertRounds"/> by rate.</summary>
     public PgBenchResult? PgBenchUpsert { get; set; }
 
@@ -149,5 +161,39 @@ public sealed record ColdStartResult(int Instances, double SecondsToListen, doub
 /// <summary><c>DatabaseCpuSeconds</c>: what the private cluster used during the run (null for another database).</summary>
 public sealed record PgBenchResult(
     string Script, int Clients, double Seconds, double TransactionsPerSecond, double LatencyAverageMs, long Failed, double? DatabaseCpuSeconds);
+
+/// <summary>
+/// etcd's figures: registrations (medians of the rounds, at the same concurrency) through v2
+/// (PUT with a TTL) and v3 (put with a lease granted beforehand, one per load client),
+/// heartbeats (v2 TTL refresh, v3 lease keep-alive, one lease per instance) and fan-out.
+/// </summary>
+public sealed record EtcdResult(
+    string Version, RegistrationResult RegistrationV2, RegistrationResult RegistrationV3, IReadOnlyList<RegistrationResult> RegistrationV2Rounds,
+    IReadOnlyList<RegistrationResult> RegistrationV3Rounds, HeartbeatResult HeartbeatsV2, HeartbeatResult HeartbeatsV3, IReadOnlyList<EtcdFanOut> FanOut);
+
+/// <summary>One fan-out through one of etcd's APIs; <c>BytesPerWatcher</c> is etcd's RSS growth with the watchers parked over their number.</summary>
+public sealed record EtcdFanOut(string Api, FanOutResult FanOut, long RssBeforeBytes, long RssParkedBytes, double BytesPerWatcher);
+
+/// <summary>
+/// A fresh node's first <c>WindowSeconds</c> of serving (from ready: a fan-out, then
+/// registrations until the window ends; <c>SecondsToReady</c> from process start) and the same fan-out and registrations on it warmed.
+/// </summary>
+public sealed record ColdWorkResult(
+    double SecondsToReady, double WindowSeconds, FanOutResult FirstFanOut, FanOutResult WarmFanOut, RegistrationResult FirstRegistrations, RegistrationResult WarmRegistrations,
+    IReadOnlyDictionary<string, string> NodeEnvironment);
+
+/// <summary>Polls parked on one node from <c>SourceAddresses</c> loopback addresses, with the open-file limits the generator and the node had.</summary>
+public sealed record ScaleResult(int Asked, int Consumers, int SourceAddresses, ulong GeneratorFileLimit, ulong NodeFileLimit, FanOutResult FanOut, IdleResult Idle);
+
+/// <summary>The auth comparison: its figures (medians of the rounds) and every round.</summary>
+public sealed record AuthComparisonResult(int Tokens, int Rounds, IReadOnlyList<AuthFigure> Figures, IReadOnlyList<AuthRound> RoundsRun);
+
+/// <summary>
+/// One figure with access control off and on (medians of the rounds); <c>Cost</c> is how many
+/// times worse it is with it on (off/on for rates, on/off for delays): 1.05 is 5% worse.
+/// </summary>
+public sealed record AuthFigure(string Figure, double Off, double On, double Cost, IReadOnlyList<double> OffRounds, IReadOnlyList<double> OnRounds);
+
+public sealed record AuthRound(int Round, string Mode, RegistrationResult Registration, HeartbeatResult Heartbeats, IReadOnlyList<FanOutResult> FanOut);
 
 public sealed record TargetCheck(string Figure, string Target, string Measured, bool? Met, string Note);

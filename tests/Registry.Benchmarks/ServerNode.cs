@@ -36,6 +36,9 @@ internal sealed class ServerNode : IAsyncDisposable
 
     public bool HasProcess => _process is not null;
 
+    /// <summary>The process id, when there is a process to read.</summary>
+    public int? ProcessId => _process?.Id;
+
     /// <summary>Started by this tool, so it may stop it.</summary>
     public bool Owned => _owned;
 
@@ -50,9 +53,6 @@ internal sealed class ServerNode : IAsyncDisposable
         var start = new ProcessStartInfo("dotnet")
         {
             WorkingDirectory = Path.GetDirectoryName(serverDll)!,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
         };
         start.ArgumentList.Add(serverDll);
         start.ArgumentList.Add("--urls");
@@ -62,6 +62,10 @@ internal sealed class ServerNode : IAsyncDisposable
         start.Environment["Logging__LogLevel__Default"] = "Warning";
         // Released polls need not be spread when the tool stops a node.
         start.Environment["Registry__Subscriptions__ShutdownSpread"] = "00:00:00";
+        // Every parked poll of this tool comes from one address: the per-client cap (1,000 by
+        // default, against one client hogging a node) would refuse the fan-out's ten thousand.
+        start.Environment["Registry__Limits__MaxParkedPerClient"] = "1000000";
+        start.Environment["Registry__Limits__MaxParked"] = "1000000";
         // Measured without credentials unless the caller's environment turns authentication on.
         start.Environment["Registry__Auth__Mode"] = "Open";
         foreach (var (key, value) in environment)
@@ -69,6 +73,18 @@ internal sealed class ServerNode : IAsyncDisposable
             start.Environment[key] = value;
         }
 
+        return Launch(name, url, start, logFolder);
+    }
+
+    /// <summary>
+    /// Starts another program as a node of this tool (etcd, the peer it is compared with), its
+    /// output in <c>name.log</c>; it is stopped on dispose like the registry's nodes.
+    /// </summary>
+    public static ServerNode Launch(string name, Uri url, ProcessStartInfo start, string logFolder)
+    {
+        start.RedirectStandardOutput = true;
+        start.RedirectStandardError = true;
+        start.UseShellExecute = false;
         Directory.CreateDirectory(logFolder);
         var log = new StreamWriter(Path.Combine(logFolder, $"{name}.log"), append: true) { AutoFlush = true };
         var process = new Process { StartInfo = start };
@@ -168,7 +184,7 @@ internal sealed class ServerNode : IAsyncDisposable
         }
     }
 
-    private static int FreePort()
+    public static int FreePort()
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
         listener.Start();

@@ -67,7 +67,7 @@ internal static class Targets
         if (result.Registration is { } registration)
         {
             targets.Add(WithRounds(
-                Registrations(F($"Registrations on one node at pgbench's client count (concurrency {registration.Concurrency})"), "(no target)", registration, result, judged: false),
+                Registrations(F($"Registrations on one node at pgbench's client count (concurrency {registration.Concurrency})"), "≥ pgbench's upsert at the same client count", registration, result, judged: true),
                 result.RegistrationRounds,
                 result));
         }
@@ -116,6 +116,121 @@ internal static class Targets
         if (result.Overlap is { } overlap)
         {
             Overlap(targets, overlap, result.Settings.Smoke);
+        }
+
+        if (result.Scale is { } scale)
+        {
+            var fanOut = scale.FanOut;
+            var parked = scale.Idle;
+            targets.Add(new TargetCheck(
+                F($"Fan-out to {scale.Consumers:N0} polls parked on one node"),
+                "p99 ≤ 1 s, none missed, no errors",
+                F($"p99 {fanOut.DelayMs.P99} ms (p50 {fanOut.DelayMs.P50}, max {fanOut.DelayMs.Max}), missed {fanOut.Missed}, errors {fanOut.Errors}; parked in {fanOut.SecondsToPark:0.0} s"),
+                result.Settings.Smoke ? null : fanOut.DelayMs.P99 <= 1000 && fanOut.Missed == 0,
+                F($"from {scale.SourceAddresses} loopback addresses; open-file limits generator {scale.GeneratorFileLimit}, node {scale.NodeFileLimit}; node CPU from the change to the last answer {fanOut.NodeCpuMs} ms")));
+            targets.Add(new TargetCheck(
+                F($"Idle with {scale.Consumers:N0} parked on one node"),
+                "(no target beyond the fan-out's)",
+                F($"{parked.BytesPerPoll / 1024:0.0} KiB per poll (RSS {Mib(parked.RssBeforeBytes)} → {Mib(parked.RssParkedBytes)} MiB); node CPU {parked.CpuPercentOfOneCoreParked:0.00}% of one core (none parked {parked.CpuPercentOfOneCoreBaseline:0.00}%); database statements {parked.Parked.Statements ?? parked.Parked.Transactions} in {parked.Seconds:0} s (none parked {parked.Baseline.Statements ?? parked.Baseline.Transactions})"),
+                null,
+                ""));
+        }
+
+        if (result.ColdWork is { } first)
+        {
+            var settings = first.NodeEnvironment.Count == 0 ? "" : " with " + string.Join(", ", first.NodeEnvironment.Select(p => $"{p.Key}={p.Value}"));
+            var registrationCost = first.WarmRegistrations.PerSecond / first.FirstRegistrations.PerSecond;
+            targets.Add(new TargetCheck(
+                F($"Registrations in a node's first {first.WindowSeconds:0} s of serving (concurrency {first.FirstRegistrations.Concurrency})"),
+                "within 1.25× of the same node warmed",
+                F($"{first.FirstRegistrations.PerSecond:N0}/s over {first.FirstRegistrations.Seconds:0.0} s (ready at {first.SecondsToReady:0.00} s), warmed {first.WarmRegistrations.PerSecond:N0}/s: {registrationCost:0.00}×"),
+                result.Settings.Smoke ? null : registrationCost <= 1.25,
+                "node CPU-s: first " + first.FirstRegistrations.Cpu.NodeSeconds + ", warmed " + first.WarmRegistrations.Cpu.NodeSeconds + settings));
+            var fanOutCost = first.FirstFanOut.DelayMs.P99 / first.WarmFanOut.DelayMs.P99;
+            targets.Add(new TargetCheck(
+                F($"Fan-out to {first.FirstFanOut.Consumers:N0} in a node's first seconds"),
+                "p99 within 1.25× of the same node warmed",
+                F($"p99 {first.FirstFanOut.DelayMs.P99} ms (missed {first.FirstFanOut.Missed}), warmed {first.WarmFanOut.DelayMs.P99} ms: {fanOutCost:0.00}×"),
+                result.Settings.Smoke ? null : fanOutCost <= 1.25 && first.FirstFanOut.Missed == 0,
+                F($"node CPU from the change to the last answer: first {first.FirstFanOut.NodeCpuMs} ms, warmed {first.WarmFanOut.NodeCpuMs} ms") + settings));
+        }
+
+        if (result.Etcd is { } etcd)
+        {
+            Peer(targets, etcd, result);
+        }
+
+        if (result.Auth is { } auth)
+        {
+            foreach (var figure in auth.Figures)
+            {
+                targets.Add(new TargetCheck(
+                    "With access control Required: " + figure.Figure,
+                    "within 5% of Open (cost ≤ 1.05×)",
+                    F($"Open {figure.Off:N1}, Required {figure.On:N1}: cost {figure.Cost:0.000}× — medians of {auth.Rounds} alternating rounds (Open {string.Join(" / ", figure.OffRounds.Select(v => v.ToString("N1", CultureInfo.InvariantCulture)))}; Required {string.Join(" / ", figure.OnRounds.Select(v => v.ToString("N1", CultureInfo.InvariantCulture)))})"),
+                    result.Settings.Smoke ? null : figure.Cost <= 1.05,
+                    F($"{auth.Tokens} registry tokens, one per load client")));
+            }
+        }
+    }
+
+    /// <summary>
+    /// Issue 18's goals against etcd in the same run: each figure set against etcd's better API
+    /// (v2 or v3) at the same scale and concurrency, so the registry is compared with the best
+    /// etcd offered here.
+    /// </summary>
+    private static void Peer(List<TargetCheck> targets, EtcdResult etcd, BenchmarkResult result)
+    {
+        var judged = !result.Settings.Smoke;
+        foreach (var fanOut in result.FanOut)
+        {
+            var peers = etcd.FanOut.Where(f => f.FanOut.Consumers == fanOut.Consumers).ToList();
+            if (peers.Count == 0)
+            {
+                continue;
+            }
+
+            var best = peers.MinBy(f => f.FanOut.DelayMs.P99)!;
+            var ratio = fanOut.DelayMs.P99 / best.FanOut.DelayMs.P99;
+            targets.Add(new TargetCheck(
+                F($"Fan-out to {fanOut.Consumers:N0}: registry vs etcd {etcd.Version}"),
+                "p99 ≤ 0.5× etcd's",
+                F($"registry p99 {fanOut.DelayMs.P99} ms; etcd ") + string.Join(", ", peers.Select(p => F($"{p.Api} p99 {p.FanOut.DelayMs.P99} ms (p50 {p.FanOut.DelayMs.P50}, missed {p.FanOut.Missed})"))) + F($"; ratio {ratio:0.00}×"),
+                judged ? ratio <= 0.5 && fanOut.Missed == 0 : null,
+                F($"etcd CPU from the change to the last event: ") + string.Join(", ", peers.Select(p => F($"{p.Api} {p.FanOut.NodeCpuMs} ms"))) + F($"; registry node {fanOut.NodeCpuMs} ms")));
+        }
+
+        if (result.Registration is { } registration)
+        {
+            var best = Math.Max(etcd.RegistrationV2.PerSecond, etcd.RegistrationV3.PerSecond);
+            targets.Add(new TargetCheck(
+                F($"Registrations (concurrency {registration.Concurrency}): registry vs etcd"),
+                "≥ 1.5× etcd's",
+                F($"registry {registration.PerSecond:N0}/s; etcd v2 PUT with TTL {etcd.RegistrationV2.PerSecond:N0}/s, v3 put with a lease {etcd.RegistrationV3.PerSecond:N0}/s; ratio {registration.PerSecond / best:0.00}×"),
+                judged ? registration.PerSecond >= 1.5 * best : null,
+                F($"medians of {etcd.RegistrationV2Rounds.Count} rounds each; etcd {etcd.RegistrationV2.Cpu.Describe(etcd.RegistrationV2.Seconds)} (v2)")));
+        }
+
+        if (result.Heartbeats is { } heartbeats)
+        {
+            var best = Math.Max(etcd.HeartbeatsV2.PerSecond, etcd.HeartbeatsV3.PerSecond);
+            targets.Add(new TargetCheck(
+                F($"Heartbeats ({heartbeats.Instances:N0} instances, concurrency {heartbeats.Concurrency}): registry vs etcd"),
+                "≥ 3× etcd's",
+                F($"registry {heartbeats.PerSecond:N0}/s; etcd v2 TTL refresh {etcd.HeartbeatsV2.PerSecond:N0}/s, v3 lease keep-alive {etcd.HeartbeatsV3.PerSecond:N0}/s; ratio {heartbeats.PerSecond / best:0.00}×"),
+                judged ? heartbeats.PerSecond >= 3 * best : null,
+                F($"etcd {etcd.HeartbeatsV2.Cpu.Describe(etcd.HeartbeatsV2.Seconds)} (v2)")));
+        }
+
+        if (result.Idle is { } idle && idle.RssParkedBytes > 0)
+        {
+            var peers = etcd.FanOut.Where(f => f.FanOut.Consumers == idle.Consumers).ToList();
+            targets.Add(new TargetCheck(
+                F($"Memory per parked poll ({idle.Consumers:N0} parked): registry vs etcd"),
+                "≤ 6 KiB",
+                F($"registry {idle.BytesPerPoll / 1024:0.0} KiB; etcd ") + (peers.Count == 0 ? "not measured at this scale" : string.Join(", ", peers.Select(p => F($"{p.Api} {p.BytesPerWatcher / 1024:0.0} KiB per watcher")))),
+                judged && idle.Consumers == 10_000 ? idle.BytesPerPoll / 1024 <= 6 : null,
+                "growth of each process's resident set with them parked, over their number"));
         }
     }
 

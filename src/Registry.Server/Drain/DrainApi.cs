@@ -4,7 +4,6 @@ using Microsoft.Extensions.Options;
 using Registry.Access;
 using Registry.Edge;
 using Registry.Model;
-using Registry.Registration;
 
 namespace Registry.Drain;
 
@@ -38,7 +37,7 @@ internal static class DrainApi
         RequestReader reader,
         ApplicationAccess access,
         DrainCoordinator coordinator,
-        IOptions<WriteOptions> writeOptions,
+        IOptions<DrainOptions> options,
         CancellationToken cancellationToken)
     {
         var errors = new Errors();
@@ -59,7 +58,7 @@ internal static class DrainApi
         }
         catch (DbException)
         {
-            return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds, "The database cannot carry the question to the nodes now; retry shortly.");
+            return Problems.Unavailable(http, options.Value.RetryAfterSeconds, "The database cannot carry the question to the nodes now; retry shortly.");
         }
     }
 }

@@ -12,9 +12,13 @@ public sealed class DrainOptions
     /// <summary>Least time between two progress reports a node sends about one drain (its final report goes at once).</summary>
     public TimeSpan ReportInterval { get; set; } = TimeSpan.FromMilliseconds(100);
 
-    /// <summary>How often a waiting drain reads the live nodes again, so a node that died stops being waited for.</summary>
+    /// <summary>How often a waiting drain looks at the live nodes again (Registry:Membership), so a node that died stops being waited for.</summary>
     public TimeSpan NodesRefreshInterval { get; set; } = TimeSpan.FromMilliseconds(500);
 
     /// <summary>How long the watchers view waits for the live nodes to answer; the nodes that answered by then are shown.</summary>
     public TimeSpan WatchersWait { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>The Retry-After sent with a 503 when the database cannot carry a question to the nodes, in seconds.</summary>
+    [Range(1, 3600)]
+    public int RetryAfterSeconds { get; set; } = 2;
 }
