@@ -41,6 +41,44 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
     }
 
     [Fact]
+    public async Task AHeartbeatAnsweredJustBeforeTheExpiryIsNotLostToASweepBeforeItsWrite()
+    {
+        // Renewals are written every 2 s; a lease of 1 s renewed just after a write is written
+        // again only after it has run out in the database, and a sweep comes in between.
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:Leases:RenewalInterval"] = "00:00:02",
+            ["Registry:Leases:GraceGap"] = "00:00:04",
+        });
+        using var client = node.CreateClient();
+        using var written = MeterWatch.Node(node, "registry.heartbeats.written");
+        using var evicted = MeterWatch.Node(node, "registry.evictions");
+        using var sweeps = MeterWatch.Node(node, "registry.sweeps", "outcome", "swept");
+        async Task SendAsync(string path, string instance)
+        {
+            using var response = await client.PostJsonAsync(path, instance);
+            Assert.True(response.IsSuccessStatusCode, $"{path}: {response.StatusCode}");
+        }
+
+        // A renewal written marks the start of an interval…
+        await SendAsync("/v1/register?ttl=5", Instance("tick", 0));
+        await SendAsync("/v1/heartbeat", Instance("tick", 0));
+        await written.WaitForAsync(1);
+
+        // …in which the 1 s lease is registered and renewed; its write waits for the next one.
+        await SendAsync("/v1/register?ttl=1", Instance("app", 0));
+        await SendAsync("/v1/heartbeat", Instance("app", 0));
+        var sweptBefore = sweeps.Total;
+        await written.WaitForAsync(2);
+
+        Assert.True(sweeps.Total > sweptBefore, "no sweep looked at the database while the renewal waited");
+        Assert.Equal(0, evicted.Total);
+        var (_, _, body) = await client.SubscribeAsync(Http.Subscription(Http.Entry("app")));
+        Assert.Single(body!["endpoints"]!.AsArray());
+    }
+
+    [Fact]
     public async Task TwoNodesSweepingOneDatabaseEvictEachExpiredInstanceExactlyOnce()
     {
         var database = await Cluster.CreateDatabaseAsync();
@@ -199,6 +237,7 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
             ["Registry:Leases:RenewalInterval"] = "00:00:00.500",
             ["Registry:ChangeFeed:ConsistencyCheckInterval"] = "01:00:00",
             ["Registry:Leases:LivenessInterval"] = "01:00:00",
+            ["Registry:Membership:RefreshInterval"] = "01:00:00",
             ["Registry:Leases:GraceGap"] = "02:00:00",
         });
         using var client = node.CreateClient();
@@ -244,6 +283,7 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
         {
             ["Registry:ChangeFeed:ConsistencyCheckInterval"] = "01:00:00",
             ["Registry:Leases:LivenessInterval"] = "01:00:00",
+            ["Registry:Membership:RefreshInterval"] = "01:00:00",
             ["Registry:Leases:GraceGap"] = "02:00:00",
         });
         using var client = node.CreateClient();

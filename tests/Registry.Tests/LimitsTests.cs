@@ -270,6 +270,7 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
             // Keep the node's other statements out of the window.
             ["Registry:Leases:SweepInterval"] = "01:00:00",
             ["Registry:Leases:LivenessInterval"] = "01:00:00",
+            ["Registry:Membership:RefreshInterval"] = "01:00:00",
             ["Registry:Leases:GraceGap"] = "02:00:00",
             ["Registry:ChangeFeed:ConsistencyCheckInterval"] = "01:00:00",
         });

@@ -116,10 +116,18 @@ internal sealed class DrainCoordinator(
             if (now >= refreshAt)
             {
                 refreshAt = now + options.Value.NodesRefreshInterval;
-                // Live by the cluster's membership (read in the background, so waiting holds no
-                // connection), and started when the question was asked: a later node never heard it.
-                nodes = live.Current.Where(n => n.Started <= askedAt).Select(n => n.Id).ToHashSet(StringComparer.Ordinal);
-                nodes.Add(node.Id);
+                try
+                {
+                    // Live now by the cluster's membership, and started when the question was
+                    // asked: a later node never heard it.
+                    nodes = (await live.ReadAsync(cancellationToken))
+                        .Where(n => n.Started <= askedAt).Select(n => n.Id).ToHashSet(StringComparer.Ordinal);
+                    nodes.Add(node.Id);
+                }
+                catch (DbException)
+                {
+                    // Keep the last set read; without one, nobody is known to be done.
+                }
             }
 
             var signal = gathering.Changed;

@@ -28,6 +28,13 @@ internal sealed partial class Sweeper(
     TimeProvider time,
     ILogger<Sweeper> logger) : BackgroundService
 {
+    /// <summary>
+    /// How long past its expiry a lease is left before it is evicted: a heartbeat answered just
+    /// before the expiry waits up to a renewal interval for its write, and must not lose its
+    /// instance to a sweep in between. Two intervals, so a slow flush is covered too.
+    /// </summary>
+    private TimeSpan Settle => 2 * options.Value.RenewalInterval;
+
     /// <summary>The advisory lock key: "registry" in ASCII.</summary>
     private const long LockKey = 0x7265676973747279;
 
@@ -88,13 +95,14 @@ internal sealed partial class Sweeper(
         await using (var count = new NpgsqlCommand(
             """
             SELECT count(*)::int,
-                   (count(*) FILTER (WHERE expires_at < clock_timestamp()))::int,
-                   min(expires_at) FILTER (WHERE expires_at >= clock_timestamp()),
+                   (count(*) FILTER (WHERE expires_at < clock_timestamp() - @settle))::int,
+                   min(expires_at) FILTER (WHERE expires_at >= clock_timestamp() - @settle) + @settle,
                    (SELECT coalesce(sum(instances), 0) FROM evictions WHERE evicted_at > clock_timestamp() - @window)::int
               FROM instances
             """, connection, transaction))
         {
             count.Parameters.AddWithValue("window", options.Value.SelfPreservationWindow);
+            count.Parameters.AddWithValue("settle", Settle);
             await using var reader = await count.ExecuteReaderAsync(cancellationToken);
             await reader.ReadAsync(cancellationToken);
             live = reader.GetInt32(0);
@@ -124,7 +132,7 @@ internal sealed partial class Sweeper(
         var byApplication = new Dictionary<string, int>(StringComparer.Ordinal);
         while (budget - evicted > 0)
         {
-            var batch = await EvictBatchAsync(connection, transaction, Math.Min(options.Value.SweepBatchSize, budget - evicted), byApplication, cancellationToken);
+            var batch = await EvictBatchAsync(connection, transaction, Settle, Math.Min(options.Value.SweepBatchSize, budget - evicted), byApplication, cancellationToken);
             evicted += batch;
             if (batch < options.Value.SweepBatchSize)
             {
@@ -182,20 +190,20 @@ internal sealed partial class Sweeper(
     }
 
     private static async Task<int> EvictBatchAsync(
-        NpgsqlConnection connection, NpgsqlTransaction transaction, int limit, Dictionary<string, int> byApplication, CancellationToken cancellationToken)
+        NpgsqlConnection connection, NpgsqlTransaction transaction, TimeSpan settle, int limit, Dictionary<string, int> byApplication, CancellationToken cancellationToken)
     {
         await using var command = new NpgsqlCommand(
             $"""
             WITH victims AS (
                 SELECT application, protocol, addr FROM instances
-                 WHERE expires_at < clock_timestamp()
+                 WHERE expires_at < clock_timestamp() - @settle
                  ORDER BY expires_at
                  LIMIT @limit
                    FOR UPDATE SKIP LOCKED),
             gone AS (
                 DELETE FROM instances i USING victims v
                  WHERE i.application = v.application AND i.protocol = v.protocol AND i.addr = v.addr
-                   AND i.expires_at < clock_timestamp()
+                   AND i.expires_at < clock_timestamp() - @settle
                 RETURNING i.application, i.protocol, i.addr),
             counted AS (
                 SELECT application, count(*)::int AS n, {Announcement.KeysSql} AS keys FROM gone GROUP BY application)
@@ -203,6 +211,7 @@ internal sealed partial class Sweeper(
             SELECT n, application, {Announcement.NotifySql("application", "keys", tag: null)} FROM counted
             """, connection, transaction);
         command.Parameters.AddWithValue("limit", limit);
+        command.Parameters.AddWithValue("settle", settle);
         var evicted = 0;
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
