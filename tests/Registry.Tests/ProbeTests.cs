@@ -205,7 +205,7 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
             }
 
             // Every node sees all three before anything is registered, so ownership is settled.
-            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Count == 3)));
+            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Count == 3)));
             using var client = nodes[0].CreateClient();
             const int instances = 12;
             for (var i = 0; i < instances; i++)

@@ -37,12 +37,6 @@ internal sealed partial class LiveNodes(
     /// <summary>The live nodes as last read, ordered by id.</summary>
     public IReadOnlyList<NodeInfo> Current => _current;
 
-    /// <summary>How many nodes are live, as last read (never less than one: this node).</summary>
-    public int Count => Math.Max(1, _current.Length);
-
-    /// <summary>The ids of the live nodes, as last read.</summary>
-    public IEnumerable<string> Ids => _current.Select(n => n.Id);
-
     /// <summary>Reads the live nodes now (for <c>GET /v1/nodes</c>), and keeps the answer.</summary>
     public async Task<IReadOnlyList<NodeInfo>> ReadAsync(CancellationToken cancellationToken)
     {

@@ -82,10 +82,10 @@ internal sealed partial class ProbeScheduler(
                 _membership = null; // recompute ownership below
             }
 
-            if (!ReferenceEquals(_membership, live.Current))
+            if (live.Current is var current && !ReferenceEquals(_membership, current))
             {
-                _membership = live.Current;
-                Reconcile([.. live.Ids]);
+                _membership = current;
+                Reconcile([.. current.Select(n => n.Id)]);
             }
 
             StartDue(stoppingToken);
