@@ -104,6 +104,33 @@ public sealed class SmokeTests
     }
 
     [Fact]
+    public async Task SessionsScenarioOpensEverySessionAndWakesSubscribersOfEachResetOne()
+    {
+        var folder = Path.Combine(Path.GetTempPath(), $"registry-bench-test-{Guid.NewGuid():N}"[..36]);
+        var options = BenchmarkOptions.Parse(["--smoke", "--only", "sessions"]) with { WorkDirectory = Path.Combine(folder, "work") };
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(90));
+        try
+        {
+            var result = await new Benchmark(options, TextWriter.Null).RunAsync(timeout.Token);
+
+            var sessions = result.Sessions!;
+            Assert.Equal(options.SessionCount, sessions.Sessions);
+            Assert.True(sessions.RssOpenBytes > 0);
+            Assert.Equal(options.SessionKills, sessions.Kills);
+            // Every reset woke every parked subscriber with an answer of a new version.
+            Assert.Equal(0, sessions.Missed);
+            Assert.Equal(options.SessionKills, sessions.WokenMs.Count);
+            Assert.InRange(sessions.WokenMs.Max, 0.01, 10_000);
+            Assert.Equal(2, result.Targets.Count(t => t.Figure.StartsWith("Sessions:", StringComparison.Ordinal)));
+            Assert.Null(result.Registration);
+        }
+        finally
+        {
+            DeleteQuietly(folder);
+        }
+    }
+
+    [Fact]
     public async Task WithoutAnEtcdBinaryThePeerIsSkippedWithOneLine()
     {
         var folder = Path.Combine(Path.GetTempPath(), $"registry-bench-test-{Guid.NewGuid():N}"[..36]);

@@ -177,6 +177,18 @@ public sealed partial class Benchmark
             }
         }
 
+        if (_options.Sessions)
+        {
+            if (serverDll is not null && database is not null)
+            {
+                result.Sessions = await SessionsAsync(serverDll, database, work, result, cancellationToken);
+            }
+            else
+            {
+                result.Notes.Add("The sessions scenario starts its own node (not --url): skipped.");
+            }
+        }
+
         if (_options.Etcd)
         {
             result.Etcd = await EtcdAsync(work, result, cancellationToken);

@@ -6,7 +6,7 @@ namespace Registry.Benchmarks;
 public sealed record BenchmarkOptions
 {
     /// <summary>What <c>--only</c> may name.</summary>
-    private static readonly string[] Scenarios = ["auth", "etcd", "first-seconds", "overlap", "scale"];
+    private static readonly string[] Scenarios = ["auth", "etcd", "first-seconds", "overlap", "scale", "sessions"];
 
     /// <summary>A seconds-long run for the test suite: tiny loads, no pgbench.</summary>
     public bool Smoke { get; init; }
@@ -107,6 +107,18 @@ public sealed record BenchmarkOptions
     /// <summary>How many polls the scale scenario parks.</summary>
     public int ScaleConsumers { get; init; } = 50_000;
 
+    /// <summary>Sessions held open on one node (<see cref="SessionCount"/>): memory per session, and a reset session's subscribers woken.</summary>
+    public bool Sessions { get; init; }
+
+    /// <summary>How many sessions the sessions scenario opens.</summary>
+    public int SessionCount { get; init; } = 10_000;
+
+    /// <summary>Sessions reset one at a time, each with <see cref="SessionSubscribers"/> polls parked on its application.</summary>
+    public int SessionKills { get; init; } = 50;
+
+    /// <summary>Polls parked on a session's application while it is reset.</summary>
+    public int SessionSubscribers { get; init; } = 100;
+
     /// <summary>etcd as a peer (skipped with a note when there is no etcd binary).</summary>
     public bool Etcd { get; init; }
 
@@ -169,6 +181,9 @@ public sealed record BenchmarkOptions
         ColdStartInstances = 1_000,
         OverlapInstances = 200,
         OverlapSubscriptions = 20,
+        SessionCount = 50,
+        SessionKills = 5,
+        SessionSubscribers = 10,
         PgBench = false,
         NoFsync = true,
     };
@@ -179,8 +194,8 @@ public sealed record BenchmarkOptions
                             [--heartbeat-instances N]
                             [--heartbeat-seconds S] [--fanout W[,W…]] [--idle-seconds S] [--cross-node-rounds N]
                             [--cold-start-instances N] [--overlap-instances N] [--overlap-subscriptions N] [--overlap-only] [--drain-only] [--auth-compare] [--auth-tokens N]
-                            [--etcd] [--etcd-binary PATH] [--first-seconds] [--scale N]
-                            [--only auth,etcd,first-seconds,overlap,scale] [--pgbench-seconds S] [--no-pgbench] [--pgbench PATH]
+                            [--etcd] [--etcd-binary PATH] [--first-seconds] [--scale N] [--sessions N] [--session-kills N] [--session-subscribers N]
+                            [--only auth,etcd,first-seconds,overlap,scale,sessions] [--pgbench-seconds S] [--no-pgbench] [--pgbench PATH]
                             [--no-fsync] [--node-env KEY=VALUE]… [--out results.json] [--markdown results.md] [--work-dir DIR]
         """;
 
@@ -229,6 +244,9 @@ public sealed record BenchmarkOptions
                 "--etcd" => options with { Etcd = true },
                 "--first-seconds" => options with { ColdWork = true },
                 "--scale" => options with { Scale = true, ScaleConsumers = Int() },
+                "--sessions" => options with { Sessions = true, SessionCount = Int() },
+                "--session-kills" => options with { SessionKills = Int() },
+                "--session-subscribers" => options with { SessionSubscribers = Int() },
                 "--etcd-binary" => options with { Etcd = true, EtcdPath = Value() },
                 "--auth-tokens" => options with { AuthTokens = Int() },
                 "--pgbench-seconds" => options with { PgBenchDuration = Seconds() },
@@ -263,6 +281,7 @@ public sealed record BenchmarkOptions
             Etcd = names.Contains("etcd"),
             ColdWork = names.Contains("first-seconds"),
             Scale = names.Contains("scale"),
+            Sessions = names.Contains("sessions"),
         };
     }
 

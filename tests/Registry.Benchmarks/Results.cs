@@ -50,6 +50,9 @@ public sealed record BenchmarkResult
     /// <summary>Tens of thousands of polls parked on one node.</summary>
     public ScaleResult? Scale { get; set; }
 
+    /// <summary>Sessions held open on one node; a reset session's subscribers woken.</summary>
+    public SessionResult? Sessions { get; set; }
+
     /// <summary>etcd on the same machine, driven by the same generator.</summary>
     public EtcdResult? Etcd { get; set; }
 

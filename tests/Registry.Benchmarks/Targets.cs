@@ -136,6 +136,11 @@ internal static class Targets
                 ""));
         }
 
+        if (result.Sessions is { } sessions)
+        {
+            Benchmark.EvaluateSessions(targets, sessions, result.Settings.Smoke);
+        }
+
         if (result.ColdWork is { } first)
         {
             var settings = first.NodeEnvironment.Count == 0 ? "" : " with " + string.Join(", ", first.NodeEnvironment.Select(p => $"{p.Key}={p.Value}"));
