@@ -13,14 +13,13 @@ namespace Registry.Benchmarks;
 /// node, each at its own loopback address (127.1.x.y) of a target this tool serves on one port.
 /// After every instance is registered and a full interval has passed, a window measures the
 /// probes per second the target received (goal N / interval), the node's CPU in that window
-/// (goal ≤ 10% of a core) and the lateness of the probes: the time between two probes of one
+/// (goal ≤ 10% of a core) and, reported without a goal, the lateness of the probes: the time between two probes of one
 /// instance minus the interval, as the target saw them.
 /// </summary>
 public sealed class ProbeBenchmark(BenchmarkOptions options, TextWriter log)
 {
     private const int AddressesPerBlock = 250;
     private const double CpuGoalPercent = 10;
-    private const double LatenessGoalMs = 1_000;
     private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
     /// <summary>The figures of one run, as written to the JSON results.</summary>
@@ -96,7 +95,7 @@ public sealed class ProbeBenchmark(BenchmarkOptions options, TextWriter log)
             var body = RegistryHttp.Provider($"{BenchDatabase.Prefix}probes-{i % 100}", Address(i, port));
             using var content = new StringContent(body, Encoding.UTF8, "application/json");
             using var response = await http.Client.PostAsync(new Uri(query, UriKind.Relative), content, token);
-            if (response.StatusCode != HttpStatusCode.OK && Interlocked.Increment(ref errors) == 1)
+            if (!response.IsSuccessStatusCode && Interlocked.Increment(ref errors) == 1)
             {
                 await log.WriteLineAsync($"  register answered {(int)response.StatusCode}: {await response.Content.ReadAsStringAsync(token)}");
             }
@@ -134,7 +133,7 @@ public sealed class ProbeBenchmark(BenchmarkOptions options, TextWriter log)
         text.AppendLine("|---|---|---|---|");
         text.AppendLine(CultureInfo.InvariantCulture, $"| probes/s received by the target | {result.ProbesPerSecond} ({result.Probes} probes) | ≥ {result.ExpectedPerSecond * 0.98:0.#} (N/interval, 2% slack) | {Met(result.ProbesPerSecond >= result.ExpectedPerSecond * 0.98)} |");
         text.AppendLine(CultureInfo.InvariantCulture, $"| node CPU (% of one core) | {result.NodeCpuPercent} | ≤ {CpuGoalPercent} | {Met(result.NodeCpuPercent <= CpuGoalPercent)} |");
-        text.AppendLine(CultureInfo.InvariantCulture, $"| probe lateness p99 (ms; interval between probes − {result.IntervalSeconds} s) | {result.LatenessMs.P99} (p50 {result.LatenessMs.P50}, max {result.LatenessMs.Max}, {result.LatenessMs.Count} intervals) | ≤ {LatenessGoalMs} | {Met(result.LatenessMs.P99 <= LatenessGoalMs)} |");
+        text.AppendLine(CultureInfo.InvariantCulture, $"| probe lateness p99 (ms; interval between probes − {result.IntervalSeconds} s) | {result.LatenessMs.P99} (p50 {result.LatenessMs.P50}, max {result.LatenessMs.Max}, {result.LatenessMs.Count} intervals) | reported (the issue sets no goal) | - |");
         return text.ToString();
     }
 
