@@ -24,6 +24,17 @@ public sealed class OptionsAndStatisticsTests
     }
 
     [Fact]
+    public void TheProbeScenarioIsOffUntilAskedFor()
+    {
+        Assert.Equal(0, BenchmarkOptions.Parse([]).Probes);
+        Assert.Equal(10_000, BenchmarkOptions.Parse(["--only", "probes"]).Probes);
+        var options = BenchmarkOptions.Parse(["--only", "probes", "--probes", "50", "--probe-interval", "2"]);
+        Assert.Equal(50, options.Probes);
+        Assert.Equal(2, options.ProbeIntervalSeconds);
+        Assert.False(options.MainPhases);
+    }
+
+    [Fact]
     public void AnUnknownFlagIsRejected() =>
         Assert.Throws<ArgumentException>(() => BenchmarkOptions.Parse(["--fast"]));
 

@@ -179,6 +179,33 @@ public sealed class SmokeTests
         }
     }
 
+    [Fact]
+    public async Task ProbeScenarioCountsEveryInstanceProbedOncePerInterval()
+    {
+        var folder = Path.Combine(Path.GetTempPath(), $"registry-bench-test-{Guid.NewGuid():N}"[..36]);
+        Directory.CreateDirectory(folder);
+        var markdown = Path.Combine(folder, "probes.md");
+        var options = BenchmarkOptions.Parse(["--smoke", "--only", "probes", "--probes", "40", "--probe-interval", "1", "--probe-window-seconds", "3", "--markdown", markdown])
+            with { WorkDirectory = Path.Combine(folder, "work") };
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(90));
+        try
+        {
+            var result = await new ProbeBenchmark(options, TextWriter.Null).RunAsync(timeout.Token);
+
+            Assert.Equal(0, result.RegisterErrors);
+            Assert.Equal(0, result.InstancesNotProbed);
+            // Three one-second intervals of 40 instances, give or take the window's edges.
+            Assert.InRange(result.Probes, 80, 160);
+            Assert.True(result.LatenessMs.Count > 0);
+            Assert.True(result.NodeCpuPercent > 0);
+            Assert.Contains("| probes/s received by the target |", await File.ReadAllTextAsync(markdown), StringComparison.Ordinal);
+        }
+        finally
+        {
+            DeleteQuietly(folder);
+        }
+    }
+
     /// <summary>Where etcd is installed (Debian's etcd-server), the peer runs with the same generator; CI has none and checks the skip above.</summary>
     [Fact]
     public async Task EtcdPeerAnswersEveryWatcherThroughBothApisWhereInstalled()

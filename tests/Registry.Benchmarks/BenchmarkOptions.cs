@@ -6,7 +6,7 @@ namespace Registry.Benchmarks;
 public sealed record BenchmarkOptions
 {
     /// <summary>What <c>--only</c> may name.</summary>
-    private static readonly string[] Scenarios = ["auth", "etcd", "first-seconds", "overlap", "scale", "sessions"];
+    private static readonly string[] Scenarios = ["auth", "etcd", "first-seconds", "overlap", "probes", "scale", "sessions"];
 
     /// <summary>A seconds-long run for the test suite: tiny loads, no pgbench.</summary>
     public bool Smoke { get; init; }
@@ -131,6 +131,15 @@ public sealed record BenchmarkOptions
     /// <summary>Runs only the drain scenario (<see cref="DrainBenchmark"/>), with the largest fan-out's consumers over two nodes.</summary>
     public bool DrainOnly { get; init; }
 
+    /// <summary>Probed instances in the probe scenario (<see cref="ProbeBenchmark"/>); 0 leaves it off.</summary>
+    public int Probes { get; init; }
+
+    /// <summary>The probe interval the probe scenario registers with.</summary>
+    public int ProbeIntervalSeconds { get; init; } = 10;
+
+    /// <summary>How long the probe scenario counts probes after one full interval has passed.</summary>
+    public TimeSpan ProbeWindow { get; init; } = TimeSpan.FromSeconds(30);
+
     /// <summary>Seconds each pgbench run lasts.</summary>
     public TimeSpan PgBenchDuration { get; init; } = TimeSpan.FromSeconds(6);
 
@@ -195,7 +204,8 @@ public sealed record BenchmarkOptions
                             [--heartbeat-seconds S] [--fanout W[,W…]] [--idle-seconds S] [--cross-node-rounds N]
                             [--cold-start-instances N] [--overlap-instances N] [--overlap-subscriptions N] [--overlap-only] [--drain-only] [--auth-compare] [--auth-tokens N]
                             [--etcd] [--etcd-binary PATH] [--first-seconds] [--scale N] [--sessions N] [--session-kills N] [--session-subscribers N]
-                            [--only auth,etcd,first-seconds,overlap,scale,sessions] [--pgbench-seconds S] [--no-pgbench] [--pgbench PATH]
+                            [--probes N [--probe-interval S] [--probe-window-seconds S]]
+                            [--only auth,etcd,first-seconds,overlap,probes,scale,sessions] [--pgbench-seconds S] [--no-pgbench] [--pgbench PATH]
                             [--no-fsync] [--node-env KEY=VALUE]… [--out results.json] [--markdown results.md] [--work-dir DIR]
         """;
 
@@ -247,6 +257,9 @@ public sealed record BenchmarkOptions
                 "--sessions" => options with { Sessions = true, SessionCount = Int() },
                 "--session-kills" => options with { SessionKills = Int() },
                 "--session-subscribers" => options with { SessionSubscribers = Int() },
+                "--probes" => options with { Probes = Int() },
+                "--probe-interval" => options with { ProbeIntervalSeconds = Int() },
+                "--probe-window-seconds" => options with { ProbeWindow = Seconds() },
                 "--etcd-binary" => options with { Etcd = true, EtcdPath = Value() },
                 "--auth-tokens" => options with { AuthTokens = Int() },
                 "--pgbench-seconds" => options with { PgBenchDuration = Seconds() },
@@ -282,6 +295,8 @@ public sealed record BenchmarkOptions
             ColdWork = names.Contains("first-seconds"),
             Scale = names.Contains("scale"),
             Sessions = names.Contains("sessions"),
+            // The probe scenario runs on its own; --probes N says how many (10,000 when only named).
+            Probes = names.Contains("probes") ? (options.Probes > 0 ? options.Probes : 10_000) : options.Probes,
         };
     }
 

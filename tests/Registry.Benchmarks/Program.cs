@@ -25,6 +25,12 @@ if (options.DrainOnly)
     return 0;
 }
 
+if (options.Probes > 0)
+{
+    await new ProbeBenchmark(options, Console.Out).RunAsync(stop.Token);
+    return 0;
+}
+
 var result = await new Benchmark(options, Console.Out).RunAsync(stop.Token);
 var (json, markdown) = options.ResultFiles;
 await Report.WriteAsync(result, json, markdown, stop.Token);
