@@ -136,7 +136,6 @@ internal static class RegistryServiceExtensions
             StatusCodeSelector = e => e is BadHttpRequestException bad ? bad.StatusCode : StatusCodes.Status500InternalServerError,
         });
         app.UseStatusCodePages();
-        app.UseRateLimiter();
         // Only the document's and the UI's own paths go through Swashbuckle's middleware: an API
         // request that waits (a registration awaiting its batch, a parked poll) would otherwise
         // carry two more suspended middleware frames.

@@ -204,6 +204,40 @@ public sealed class BadInputTests(RegistryCluster cluster) : RegistryTest(cluste
         Assert.Equal(HttpStatusCode.OK, health.StatusCode); // operations endpoints are never limited
     }
 
+    [Fact]
+    public async Task TheRateLimitCountsEachCredentialOnItsOwnFromOneAddress()
+    {
+        var first = "bootstrap-" + Guid.NewGuid().ToString("N");
+        await using var node = new RegistryNode(Cluster.ConnectionString, new Dictionary<string, string?>
+        {
+            ["Registry:Auth:Mode"] = "Required",
+            ["Registry:Auth:BootstrapToken"] = first,
+            ["Registry:RateLimit:PermitsPerSecond"] = "1",
+            ["Registry:RateLimit:Burst"] = "2",
+        });
+        using var admin = node.CreateClient();
+        admin.DefaultRequestHeaders.Authorization = new("Bearer", first);
+        using var created = await admin.PostAsync("/v1/tokens", new StringContent("""{"description":"second team","subscribe":["*"]}""", Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.Created, created.StatusCode);
+        var second = (string)JsonNode.Parse(await created.Content.ReadAsStringAsync())!["token"]!;
+
+        // The first credential spends its burst...
+        var limited = false;
+        for (var i = 0; i < 5 && !limited; i++)
+        {
+            using var response = await admin.GetAsync("/v1/services");
+            limited = response.StatusCode == HttpStatusCode.TooManyRequests;
+        }
+
+        Assert.True(limited);
+
+        // ...while another team's token from the same address has its own.
+        using var other = node.CreateClient();
+        other.DefaultRequestHeaders.Authorization = new("Bearer", second);
+        using var answered = await other.GetAsync("/v1/services");
+        Assert.Equal(HttpStatusCode.OK, answered.StatusCode);
+    }
+
     private static async Task AssertProblemAsync(HttpResponseMessage response, HttpStatusCode status, string? field)
     {
         var text = await response.Content.ReadAsStringAsync();

@@ -39,13 +39,17 @@ internal static class AccessServiceExtensions
         services.AddSingleton<IChangeFeedChannel>(provider => provider.GetRequiredService<TokenCache>());
         services.AddHostedService(provider => provider.GetRequiredService<TokenCache>());
         services.AddSingleton<FailedAuthentications>();
+        services.AddSingleton<GrantPrincipals>();
         services.AddSingleton<ApplicationAccess>();
         services.AddSingleton<AuditLog>();
         services.AddSingleton<IConfigureOptions<JwtBearerOptions>, JwtCredentials>();
         // After the change feed has loaded the tokens: refuse to start when nobody could authenticate.
         services.AddHostedService<AccessStartup>();
 
-        services.AddAuthentication(BearerScheme)
+        // Without JWTs every bearer token is a registry token: authenticate with that scheme
+        // directly rather than through the selector (one handler a request instead of two).
+        var jwt = !string.IsNullOrWhiteSpace(builder.Configuration["Registry:Auth:Jwt:Issuer"]);
+        services.AddAuthentication(jwt ? BearerScheme : RegistryTokenHandler.SchemeName)
             .AddPolicyScheme(BearerScheme, "Registry token or JWT", policy =>
             {
                 policy.ForwardDefaultSelector = http =>
@@ -60,11 +64,11 @@ internal static class AccessServiceExtensions
             .AddScheme<AuthenticationSchemeOptions, RegistryTokenHandler>(RegistryTokenHandler.SchemeName, null)
             .AddJwtBearer(JwtCredentials.SchemeName);
 
-        services.AddSingleton<IAuthorizationHandler, ScopeHandler>();
+        services.AddSingleton<IAuthorizationHandler, AdminHandler>();
         services.AddSingleton<IAuthorizationHandler, MetricsHandler>();
         services.AddAuthorizationBuilder()
             .AddPolicy(AccessPolicies.Caller, policy => policy.RequireAuthenticatedUser())
-            .AddPolicy(AccessPolicies.Admin, policy => policy.RequireAuthenticatedUser().AddRequirements(ScopeRequirement.Admin))
+            .AddPolicy(AccessPolicies.Admin, policy => policy.RequireAuthenticatedUser().AddRequirements(new AdminRequirement()))
             .AddPolicy(AccessPolicies.Metrics, policy => policy.AddRequirements(new MetricsRequirement()));
         return builder;
     }
@@ -72,6 +76,10 @@ internal static class AccessServiceExtensions
     public static WebApplication UseRegistryAccess(this WebApplication app)
     {
         app.UseAuthentication();
+        // After authentication, so a request is limited per credential when it has one (see
+        // PerClientRateLimitPolicy); before authorization and the endpoints, so a flood costs
+        // a token check and no more.
+        app.UseRateLimiter();
         app.UseAuthorization();
         return app;
     }

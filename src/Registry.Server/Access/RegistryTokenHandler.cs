@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+using System.Security.Claims;
 using System.Text.Encodings.Web;
 using Microsoft.AspNetCore.Authentication;
 using Microsoft.Extensions.Options;
@@ -15,7 +17,8 @@ internal sealed class RegistryTokenHandler(
     UrlEncoder encoder,
     TokenCache tokens,
     AccessState access,
-    FailedAuthentications failures)
+    FailedAuthentications failures,
+    GrantPrincipals principals)
     : AuthenticationHandler<AuthenticationSchemeOptions>(options, logger, encoder)
 {
     public const string SchemeName = "RegistryToken";
@@ -73,8 +76,20 @@ internal sealed class RegistryTokenHandler(
     protected override Task HandleForbiddenAsync(AuthenticationProperties properties) =>
         AccessProblems.Forbidden(Scope.Admin, application: null).ExecuteAsync(Context);
 
-    private static AuthenticateResult Success(Grant grant) =>
-        AuthenticateResult.Success(new AuthenticationTicket(new System.Security.Claims.ClaimsPrincipal(new CredentialIdentity(grant, SchemeName)), SchemeName));
+    private AuthenticateResult Success(Grant grant) => AuthenticateResult.Success(new AuthenticationTicket(principals.Of(grant), SchemeName));
+}
+
+/// <summary>
+/// One principal per grant, shared by every request that presents it, rather than a principal,
+/// an identity and a claim built for each request: a grant never changes (a token changed or
+/// reloaded is a new grant), and nothing writes to a request's principal.
+/// </summary>
+internal sealed class GrantPrincipals
+{
+    private readonly ConditionalWeakTable<Grant, ClaimsPrincipal> _principals = new();
+
+    public ClaimsPrincipal Of(Grant grant) =>
+        _principals.GetValue(grant, static g => new ClaimsPrincipal(new CredentialIdentity(g, RegistryTokenHandler.SchemeName)));
 }
 
 /// <summary>Reads the token of an <c>Authorization: Bearer</c> header.</summary>

@@ -189,13 +189,27 @@ internal sealed class SubscriptionHub
     /// <exception cref="TooManySubscriptionsException">The node holds as many distinct subscriptions as it may.</exception>
     public SubscriptionView Acquire(IReadOnlyList<SubscriptionEntry> entries)
     {
-        var groups = entries
-            .GroupBy(e => e.Provider, StringComparer.Ordinal)
-            .OrderBy(g => g.Key, StringComparer.Ordinal)
-            .Select(g => (Application: g.Key, Entries: g.DistinctBy(EntryKey, StringComparer.Ordinal).OrderBy(EntryKey, StringComparer.Ordinal).ToArray()))
-            .ToArray();
-        var slotKeys = groups.Select(g => string.Join('\u0000', g.Entries.Select(EntryKey))).ToArray();
-        var key = string.Join('\u0005', slotKeys);
+        (string Application, SubscriptionEntry[] Entries)[] groups;
+        string[] slotKeys;
+        string key;
+        if (entries.Count == 1)
+        {
+            // The common case (every GET /v1/services/{application}), without the grouping.
+            key = EntryKey(entries[0]);
+            groups = [(entries[0].Provider, [entries[0]])];
+            slotKeys = [key];
+        }
+        else
+        {
+            groups = entries
+                .GroupBy(e => e.Provider, StringComparer.Ordinal)
+                .OrderBy(g => g.Key, StringComparer.Ordinal)
+                .Select(g => (Application: g.Key, Entries: g.DistinctBy(EntryKey, StringComparer.Ordinal).OrderBy(EntryKey, StringComparer.Ordinal).ToArray()))
+                .ToArray();
+            slotKeys = groups.Select(g => string.Join('\u0000', g.Entries.Select(EntryKey))).ToArray();
+            key = string.Join('\u0005', slotKeys);
+        }
+
         lock (_gate)
         {
             if (_views.TryGetValue(key, out var view))
@@ -402,7 +416,7 @@ internal sealed class SubscriptionHub
     /// </summary>
     private static string EntryKey(SubscriptionEntry entry)
     {
-        var meta = string.Join('\u0002', entry.Meta.ToArray().Select(p => $"{p.Key}\u0003{p.Value}"));
+        var meta = entry.Meta.Count == 0 ? "" : string.Join('\u0002', entry.Meta.ToArray().Select(p => $"{p.Key}\u0003{p.Value}"));
         return $"{entry.Provider}\u0001{entry.Protocol ?? "\u0004"}\u0001{meta}";
     }
 }
