@@ -38,7 +38,8 @@ internal static class SessionApi
                 "another connection or node) or a `POST /v1/register`. The old stream then ends with `reason` `replaced`, and its " +
                 "connection closing no longer removes the instance, which now belongs to its new holder; consumers are not woken " +
                 "when only the holder changed. Likewise a session replaces a heartbeat registration: its heartbeats keep answering " +
-                "200 while the session lasts, and 404 once the session's close has removed the instance. A stream that ends without `ended` (the node stopped) is to be opened again on any node. " +
+                "200 while the session lasts, and 404 once the session's close has removed the instance. A stream that ends without " +
+                "`ended` (the node stopped) is to be opened again on any node. " +
                 "`ttl` (default 15 s) is how long the instance outlives a node that dies holding its session. Sessions count as " +
                 "parked requests for the node's limits (429 with Retry-After beyond them).")
             .Accepts<ProviderDocument>("application/json", "*/*")

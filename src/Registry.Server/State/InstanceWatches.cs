@@ -9,7 +9,7 @@ internal enum InstanceFate
     /// <summary>It is gone from the registry (unregistered, or its lease ran out).</summary>
     Removed,
 
-    /// <summary>Another registration of the same triple took its place (a session's, or any registration over a session's).</summary>
+    /// <summary>A later registration of the same triple took its place (over a session's row any registration does, whatever its meta).</summary>
     Replaced,
 }
 
