@@ -106,17 +106,21 @@ internal sealed partial class WriteBatcher(
     {
         var reader = _queue.Reader;
         var batch = new List<WriteCommand>(options.Value.MaxBatchSize);
+        // The instances the batch writes, and those it removes conditionally (see CanJoin).
+        var keys = new HashSet<InstanceKey>();
         var conditional = new HashSet<InstanceKey>();
         try
         {
             while (await reader.WaitToReadAsync(stoppingToken))
             {
                 batch.Clear();
+                keys.Clear();
                 conditional.Clear();
-                while (batch.Count < options.Value.MaxBatchSize && reader.TryPeek(out var command) && CanJoin(batch, conditional, command))
+                while (batch.Count < options.Value.MaxBatchSize && reader.TryPeek(out var command) && CanJoin(keys, conditional, command))
                 {
                     reader.TryRead(out _);
                     batch.Add(command);
+                    keys.Add(command.Key);
                     if (command is UnregisterCommand { ExpectedRevision: not null })
                     {
                         conditional.Add(command.Key);
@@ -145,9 +149,9 @@ internal sealed partial class WriteBatcher(
     /// database gets only each instance's last write of a batch, and what a conditional removal
     /// does depends on the writes before it. Arrival order is kept, since batches commit in turn.
     /// </summary>
-    private static bool CanJoin(List<WriteCommand> batch, HashSet<InstanceKey> conditional, WriteCommand command) =>
+    private static bool CanJoin(HashSet<InstanceKey> keys, HashSet<InstanceKey> conditional, WriteCommand command) =>
         !(conditional.Count > 0 && conditional.Contains(command.Key))
-        && !(command is UnregisterCommand { ExpectedRevision: not null } && batch.Exists(c => c.Key == command.Key));
+        && !(command is UnregisterCommand { ExpectedRevision: not null } && keys.Contains(command.Key));
 
     private async Task ExecuteBatchAsync(List<WriteCommand> batch, CancellationToken cancellationToken)
     {
