@@ -25,12 +25,19 @@ public sealed class InstanceRow
     public DateTime RegisteredAt { get; set; }
 
     /// <summary>
-    /// Taken from a sequence whenever what a consumer sees of the row (or its TTL) changes,
-    /// so that a node can compare the (key, revision) pairs of an application with what it
+    /// Taken from a sequence whenever what a consumer sees of the row (or its TTL) changes, and
+    /// whenever a session takes the row or a registration takes it from a session (so each
+    /// holder is told apart), so that a node can compare the (key, revision) pairs of an application with what it
     /// holds in memory and catch a lost notification. Values are drawn at statement time and
     /// commit in any order: never compare a count and a maximum of them.
     /// </summary>
     public long Revision { get; set; }
+
+    /// <summary>
+    /// Whether a session holds the registration: any registration that comes after it, even with
+    /// the same meta, then takes a fresh revision, which tells the session it was replaced.
+    /// </summary>
+    public bool SessionHeld { get; set; }
 
     /// <summary>How the registry probes the instance itself (<c>http</c>, <c>https</c>, <c>tcp</c>); null when it does not.</summary>
     public string? ProbeKind { get; set; }

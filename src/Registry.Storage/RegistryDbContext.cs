@@ -44,6 +44,7 @@ public sealed class RegistryDbContext(DbContextOptions<RegistryDbContext> option
             instance.Property(i => i.RegisteredAt).HasColumnName("registered_at").HasColumnType("timestamptz");
             instance.Property(i => i.Revision).HasColumnName("revision")
                 .HasDefaultValueSql($"nextval('{Schema.RevisionSequence}')");
+            instance.Property(i => i.SessionHeld).HasColumnName("session_held").HasDefaultValue(false);
             instance.Property(i => i.ProbeKind).HasColumnName("probe_kind");
             instance.Property(i => i.ProbePath).HasColumnName("probe_path");
             instance.Property(i => i.ProbeIntervalSeconds).HasColumnName("probe_interval_seconds");

@@ -241,7 +241,14 @@ internal sealed class KestrelNodes : IAsyncDisposable
 {
     private readonly RegistryNode?[] _nodes;
 
-    private KestrelNodes(RegistryNode?[] nodes) => _nodes = nodes;
+    private KestrelNodes(RegistryNode?[] nodes, string connectionString)
+    {
+        _nodes = nodes;
+        ConnectionString = connectionString;
+    }
+
+    /// <summary>The nodes' own database.</summary>
+    public string ConnectionString { get; }
 
     public RegistryNode this[int index] => _nodes[index] ?? throw new InvalidOperationException($"Node {index} was stopped.");
 
@@ -267,7 +274,7 @@ internal sealed class KestrelNodes : IAsyncDisposable
             nodes[i] = node;
         }
 
-        return new KestrelNodes(nodes);
+        return new KestrelNodes(nodes, database);
     }
 
     /// <summary>Stops one node's host.</summary>

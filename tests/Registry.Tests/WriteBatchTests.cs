@@ -1,18 +1,14 @@
 using System.Net;
-using Npgsql;
 using Registry.Tests.Infrastructure;
 
 namespace Registry.Tests;
 
 /// <summary>
-/// Group commit: writes that queue together commit as one batch. A row lock held by the test
-/// stalls the batch that writes that row, so the writes sent meanwhile queue up behind it in a
-/// known order and are taken as the next batch.
+/// Group commit: writes that queue together commit as one batch. The writes sent while the
+/// writer is stalled queue up behind it in a known order and are taken as the next batch.
 /// </summary>
 public sealed class WriteBatchTests(RegistryCluster cluster) : RegistryTest(cluster)
 {
-    private static readonly string Blocker = Http.Provider("blocker", "10.9.9.9:80");
-
     [Fact]
     public async Task WritesQueuedTogetherCommitAsOneBatchInArrivalOrderEachWithItsOwnStatus()
     {
@@ -74,42 +70,22 @@ public sealed class WriteBatchTests(RegistryCluster cluster) : RegistryTest(clus
     }
 
     /// <summary>
-    /// Stalls node A's writer on a row the test has locked, sends <paramref name="writes"/> one
-    /// after another (each once the previous is queued, so they queue in this order), then
-    /// releases the lock. Returns each write's status and the batches committed meanwhile.
+    /// Stalls node A's writer (see <see cref="StalledWriter"/>), sends <paramref name="writes"/>
+    /// one after another (each once the previous is queued, so they queue in this order), then
+    /// releases it. Returns each write's status and the batches committed meanwhile.
     /// </summary>
     private async Task<(HttpStatusCode[] Statuses, double Batches)> QueueBehindAStalledBatchAsync((string Path, string Body)[] writes)
     {
-        using (var registered = await Client.PostJsonAsync("/v1/register", Blocker))
-        {
-            registered.EnsureSuccessStatusCode();
-        }
-
+        await using var stall = await StalledWriter.StartAsync(Cluster, Cluster.NodeA, Client);
         using var batches = MeterWatch.Node(Cluster.NodeA, "registry.writes.batches");
-        await using var connection = await Cluster.OpenAsync();
-        await using var transaction = await connection.BeginTransactionAsync();
-        await using (var lockRow = new NpgsqlCommand("SELECT 1 FROM instances WHERE application = 'blocker' FOR UPDATE", connection, transaction))
-        {
-            await lockRow.ExecuteNonQueryAsync();
-        }
-
-        using var queued = MeterWatch.Node(Cluster.NodeA, "registry.writes.queued");
-        var stalled = Client.PostJsonAsync("/v1/register", Blocker);
-        await WaitForALockWaitAsync(connection);
-
         var sent = new List<Task<HttpResponseMessage>>();
         foreach (var (path, body) in writes)
         {
             sent.Add(Client.PostJsonAsync(path, body));
-            await queued.WaitForAsync(sent.Count);
+            await stall.Queued.WaitForAsync(sent.Count);
         }
 
-        await transaction.RollbackAsync();
-        using (var unblocked = await stalled.WaitAsync(TimeSpan.FromSeconds(10)))
-        {
-            Assert.Equal(HttpStatusCode.OK, unblocked.StatusCode);
-        }
-
+        await stall.ReleaseAsync();
         var responses = await Task.WhenAll(sent).WaitAsync(TimeSpan.FromSeconds(10));
         try
         {
@@ -121,22 +97,6 @@ public sealed class WriteBatchTests(RegistryCluster cluster) : RegistryTest(clus
             {
                 response.Dispose();
             }
-        }
-    }
-
-    /// <summary>
-    /// Waits until a session waits for a lock (the writer's batch on the locked row). PostgreSQL
-    /// signals nothing for that, so this looks every few milliseconds.
-    /// </summary>
-    private static async Task WaitForALockWaitAsync(NpgsqlConnection connection)
-    {
-        await using var waiting = new NpgsqlCommand(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'", connection);
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
-        while ((long)(await waiting.ExecuteScalarAsync())! == 0)
-        {
-            Assert.True(DateTime.UtcNow < deadline, "The batch never waited for the locked row.");
-            await Task.Delay(TimeSpan.FromMilliseconds(5));
         }
     }
 }

@@ -94,6 +94,12 @@ namespace Registry.Migrations.Migrations
                         .HasColumnName("revision")
                         .HasDefaultValueSql("nextval('instance_revision')");
 
+                    b.Property<bool>("SessionHeld")
+                        .ValueGeneratedOnAdd()
+                        .HasColumnType("boolean")
+                        .HasDefaultValue(false)
+                        .HasColumnName("session_held");
+
                     b.Property<int>("TtlSeconds")
                         .HasColumnType("integer")
                         .HasColumnName("ttl_seconds");

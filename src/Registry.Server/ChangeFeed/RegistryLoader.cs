@@ -316,7 +316,7 @@ internal sealed partial class RegistryLoader(
             var before = snapshots.GetValueOrDefault(application) ?? state.Get(application) ?? new ApplicationSnapshot(application, []);
             var after = before.With(keys, rows);
             snapshots[application] = after;
-            // Revisions move exactly when what a consumer sees (or the TTL) changes.
+            // Revisions move exactly when what a consumer sees, the TTL or the session holding the instance changes.
             if (keys.Any(key => before.Find(key)?.Revision != after.Find(key)?.Revision))
             {
                 changed.Add(application);

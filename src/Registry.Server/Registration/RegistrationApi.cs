@@ -35,7 +35,8 @@ internal static class RegistrationApi
                 "consecutive failures the instance is evicted. `http`/`https` GET `probePath` (default `/`) and pass on a 2xx, never " +
                 "following a redirect; `tcp` passes when a connection opens. The `addr` (a DNS name is resolved) must lie in " +
                 "Registry:Probes:AllowedNetworks; loopback, link-local and cloud-metadata addresses only when listed explicitly. " +
-                "Registering again without `probe` turns probing off.")
+                "Registering again without `probe` turns probing off. Registering an instance that a session holds takes it over, " +
+                "even with the same meta: the session ends with `replaced` and its connection closing no longer removes the instance.")
             .Accepts<ProviderDocument>("application/json", "*/*")
             .Produces<LeaseDocument>(StatusCodes.Status201Created)
             .Produces<LeaseDocument>(StatusCodes.Status200OK)

@@ -32,7 +32,7 @@ internal abstract class WriteCommand(InstanceKey key)
     public TaskCompletionSource<WriteResult> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 }
 
-internal sealed class RegisterCommand(Provider provider, int ttlSeconds, ProbeSpec? probe = null) : WriteCommand(provider.Key)
+internal sealed class RegisterCommand(Provider provider, int ttlSeconds, ProbeSpec? probe = null, bool session = false) : WriteCommand(provider.Key)
 {
     public Provider Provider { get; } = provider;
 
@@ -40,9 +40,21 @@ internal sealed class RegisterCommand(Provider provider, int ttlSeconds, ProbeSp
 
     /// <summary>How the registry probes the instance; null turns probing off.</summary>
     public ProbeSpec? Probe { get; } = probe;
+
+    /// <summary>
+    /// A session's registration: it always takes a fresh revision, so that each holder of the
+    /// instance is told apart (the one it replaces sees a newer revision; its removal, made
+    /// conditional on its own revision, cannot take this one's row).
+    /// </summary>
+    public bool Session { get; } = session;
 }
 
-internal sealed class UnregisterCommand(InstanceKey key) : WriteCommand(key);
+/// <summary>Removes an instance; with <paramref name="expectedRevision"/>, only while its row still holds that revision.</summary>
+internal sealed class UnregisterCommand(InstanceKey key, long? expectedRevision = null) : WriteCommand(key)
+{
+    /// <summary>The revision a session registered: its removal leaves a newer registration alone, whatever its meta.</summary>
+    public long? ExpectedRevision { get; } = expectedRevision;
+}
 
 /// <summary>The database could not take a write (or the node is overloaded or stopping): answer 503.</summary>
 internal sealed class WriteUnavailableException(string message, Exception? inner = null) : Exception(message, inner);
@@ -52,7 +64,8 @@ internal sealed class WriteUnavailableException(string message, Exception? inner
 /// the writes that arrive together share one transaction: multi-row statements and one
 /// <c>pg_notify</c> per changed application. Each request is answered after its batch has
 /// committed, with the status it would have had alone; writes to the same instance keep
-/// their arrival order. An identical re-registration renews the lease and notifies nobody.
+/// their arrival order. An identical re-registration renews the lease and notifies nobody
+/// (unless a session is involved: see <see cref="RegisterCommand.Session"/>).
 /// </summary>
 internal sealed partial class WriteBatcher(
     RegistryDatabase database,
@@ -93,14 +106,25 @@ internal sealed partial class WriteBatcher(
     {
         var reader = _queue.Reader;
         var batch = new List<WriteCommand>(options.Value.MaxBatchSize);
+        // The instances the batch writes, and those it removes conditionally (see CanJoin).
+        var keys = new HashSet<InstanceKey>();
+        var conditional = new HashSet<InstanceKey>();
         try
         {
             while (await reader.WaitToReadAsync(stoppingToken))
             {
                 batch.Clear();
-                while (batch.Count < options.Value.MaxBatchSize && reader.TryRead(out var command))
+                keys.Clear();
+                conditional.Clear();
+                while (batch.Count < options.Value.MaxBatchSize && reader.TryPeek(out var command) && CanJoin(keys, conditional, command))
                 {
+                    reader.TryRead(out _);
                     batch.Add(command);
+                    keys.Add(command.Key);
+                    if (command is UnregisterCommand { ExpectedRevision: not null })
+                    {
+                        conditional.Add(command.Key);
+                    }
                 }
 
                 metrics.WritesQueued(-batch.Count);
@@ -118,6 +142,16 @@ internal sealed partial class WriteBatcher(
             Fail(batch, new WriteUnavailableException("The registry node is shutting down; retry on another node."));
         }
     }
+
+    /// <summary>
+    /// Whether a write may join the batch. A conditional removal never shares a batch with
+    /// another write to its instance (it waits for the next batch, or ends this one): the
+    /// database gets only each instance's last write of a batch, and what a conditional removal
+    /// does depends on the writes before it. Arrival order is kept, since batches commit in turn.
+    /// </summary>
+    private static bool CanJoin(HashSet<InstanceKey> keys, HashSet<InstanceKey> conditional, WriteCommand command) =>
+        !(conditional.Count > 0 && conditional.Contains(command.Key))
+        && !(command is UnregisterCommand { ExpectedRevision: not null } && keys.Contains(command.Key));
 
     private async Task ExecuteBatchAsync(List<WriteCommand> batch, CancellationToken cancellationToken)
     {
@@ -240,7 +274,7 @@ internal sealed partial class WriteBatcher(
 
         var byKey = Comparer<InstanceKey>.Create(InstanceKey.CompareOrdinal);
         var upserts = last.Values.OfType<RegisterCommand>().OrderBy(c => c.Key, byKey).ToArray();
-        var deletes = last.Values.OfType<UnregisterCommand>().Select(c => c.Key).Order(byKey).ToArray();
+        var deletes = last.Values.OfType<UnregisterCommand>().OrderBy(c => c.Key, byKey).ToArray();
 
         // Without deletes the statement has no scan to choose, so its plan is made once per connection.
         var source = deletes.Length == 0 ? database.PlannedOnceDataSource : database.DataSource;
@@ -289,20 +323,23 @@ internal sealed partial class WriteBatcher(
 
     /// <summary>
     /// The batch as one statement. An identical re-registration keeps its revision: it renews
-    /// the lease and notifies nobody. The proposed revisions are drawn once (the CTE is
+    /// the lease and notifies nobody. A session's registration, and any registration of a row
+    /// a session held, takes a fresh one whatever the meta: the holder changed, and the session
+    /// it replaced (on any node) must hear of it. A removal with an expected revision deletes
+    /// only a row that still holds it. The proposed revisions are drawn once (the CTE is
     /// materialised), so a row whose revision is the proposed one was inserted or changed.
     /// </summary>
     private static string Statement(bool deletes) => $"""
         WITH proposed AS MATERIALIZED (
-            SELECT u.application, u.protocol, u.addr, u.meta::jsonb AS meta, u.ttl, u.probe_kind, u.probe_path, u.probe_interval,
+            SELECT u.application, u.protocol, u.addr, u.meta::jsonb AS meta, u.ttl, u.session, u.probe_kind, u.probe_path, u.probe_interval,
                    nextval('instance_revision') AS revision
-              FROM unnest(@applications, @protocols, @addrs, @metas, @ttls, @probe_kinds, @probe_paths, @probe_intervals)
-                   AS u(application, protocol, addr, meta, ttl, probe_kind, probe_path, probe_interval)),
+              FROM unnest(@applications, @protocols, @addrs, @metas, @ttls, @sessions, @probe_kinds, @probe_paths, @probe_intervals)
+                   AS u(application, protocol, addr, meta, ttl, session, probe_kind, probe_path, probe_interval)),
         upserted AS (
             INSERT INTO instances AS i (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at, revision,
-                                        probe_kind, probe_path, probe_interval_seconds)
+                                        session_held, probe_kind, probe_path, probe_interval_seconds)
             SELECT p.application, p.protocol, p.addr, p.meta, p.ttl, clock_timestamp() + p.ttl * interval '1 second', clock_timestamp(), p.revision,
-                   p.probe_kind, p.probe_path, p.probe_interval
+                   p.session, p.probe_kind, p.probe_path, p.probe_interval
               FROM proposed p
              ORDER BY p.application, p.protocol, p.addr
             ON CONFLICT (application, protocol, addr) DO UPDATE
@@ -313,14 +350,17 @@ internal sealed partial class WriteBatcher(
                    probe_kind = excluded.probe_kind,
                    probe_path = excluded.probe_path,
                    probe_interval_seconds = excluded.probe_interval_seconds,
-                   revision = CASE WHEN i.meta = excluded.meta AND i.ttl_seconds = excluded.ttl_seconds
+                   session_held = excluded.session_held,
+                   revision = CASE WHEN NOT i.session_held AND NOT excluded.session_held
+                                        AND i.meta = excluded.meta AND i.ttl_seconds = excluded.ttl_seconds
                                    THEN i.revision ELSE excluded.revision END
             RETURNING i.application, i.protocol, i.addr, i.expires_at, i.revision, i.xmax = 0 AS inserted),
         {(deletes ? """
         deleted AS (
             DELETE FROM instances i
-             USING unnest(@gone_applications, @gone_protocols, @gone_addrs) AS k(application, protocol, addr)
+             USING unnest(@gone_applications, @gone_protocols, @gone_addrs, @gone_revisions) AS k(application, protocol, addr, revision)
              WHERE i.application = k.application AND i.protocol = k.protocol AND i.addr = k.addr
+               AND (k.revision IS NULL OR i.revision = k.revision)
             RETURNING i.application, i.protocol, i.addr),
         """ : "")}
         rows AS (
@@ -342,19 +382,21 @@ internal sealed partial class WriteBatcher(
         Dictionary<InstanceKey, bool> ExistedBefore, Dictionary<InstanceKey, (long Revision, DateTimeOffset ExpiresAt)> Leases, Dictionary<string, Changes> Changes);
 
     private static async Task<Written> WriteAsync(
-        NpgsqlConnection connection, RegisterCommand[] upserts, InstanceKey[] deletes, string tag, CancellationToken cancellationToken)
+        NpgsqlConnection connection, RegisterCommand[] upserts, UnregisterCommand[] deletes, string tag, CancellationToken cancellationToken)
     {
         await using var command = new NpgsqlCommand(deletes.Length == 0 ? UpsertStatement : UpsertAndDeleteStatement, connection);
         var keys = upserts.Select(c => c.Key).ToArray();
         InstanceKeys.AddParameters(command.Parameters, keys);
         command.Parameters.Add(new NpgsqlParameter<string[]>("metas", upserts.Select(c => MetaJson.Serialize(c.Provider.Meta)).ToArray()));
         command.Parameters.Add(new NpgsqlParameter<int[]>("ttls", upserts.Select(c => c.TtlSeconds).ToArray()));
+        command.Parameters.Add(new NpgsqlParameter<bool[]>("sessions", upserts.Select(c => c.Session).ToArray()));
         command.Parameters.Add(new NpgsqlParameter<string?[]>("probe_kinds", upserts.Select(c => c.Probe?.Kind).ToArray()));
         command.Parameters.Add(new NpgsqlParameter<string?[]>("probe_paths", upserts.Select(c => c.Probe?.Path).ToArray()));
         command.Parameters.Add(new NpgsqlParameter<int?[]>("probe_intervals", upserts.Select(c => c.Probe?.IntervalSeconds).ToArray()));
         if (deletes.Length > 0)
         {
-            InstanceKeys.AddParameters(command.Parameters, deletes, "gone_");
+            InstanceKeys.AddParameters(command.Parameters, deletes.Select(c => c.Key).ToArray(), "gone_");
+            command.Parameters.Add(new NpgsqlParameter<long?[]>("gone_revisions", deletes.Select(c => c.ExpectedRevision).ToArray()));
         }
 
         command.Parameters.Add(new NpgsqlParameter<string>("tag", tag));

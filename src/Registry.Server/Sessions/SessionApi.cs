@@ -32,9 +32,14 @@ internal static class SessionApi
             .WithDescription("Registers the instance (replacing an existing registration of the same triple) and keeps the response open " +
                 "as `text/event-stream`: first `event: lease` with the lease document as data, then a `:` comment every " +
                 "Registry:Sessions:KeepAliveSeconds (default 5). The node renews the lease while the connection is open; when it closes " +
-                "the instance is removed within a second and its consumers are woken. If the instance is unregistered, evicted or " +
-                "registered again elsewhere, the stream ends with `event: ended` and `data: {\"reason\":\"unregistered\"}` (or " +
-                "`evicted`, `replaced`). A stream that ends without `ended` (the node stopped) is to be opened again on any node. " +
+                "the instance is removed within a second and its consumers are woken. If the instance is unregistered or evicted, the " +
+                "stream ends with `event: ended` and `data: {\"reason\":\"unregistered\"}` (or `evicted`). Any later registration " +
+                "of the same triple replaces the session, even with identical meta: another session (a provider reconnecting through " +
+                "another connection or node) or a `POST /v1/register`. The old stream then ends with `reason` `replaced`, and its " +
+                "connection closing no longer removes the instance, which now belongs to its new holder; consumers are not woken " +
+                "when only the holder changed. Likewise a session replaces a heartbeat registration: its heartbeats keep answering " +
+                "200 while the session lasts, and 404 once the session's close has removed the instance. A stream that ends without " +
+                "`ended` (the node stopped) is to be opened again on any node. " +
                 "`ttl` (default 15 s) is how long the instance outlives a node that dies holding its session. Sessions count as " +
                 "parked requests for the node's limits (429 with Retry-After beyond them).")
             .Accepts<ProviderDocument>("application/json", "*/*")
@@ -79,7 +84,7 @@ internal static class SessionApi
         var (provider, granted) = request;
         try
         {
-            var registered = await writes.SubmitAsync(new RegisterCommand(provider, granted));
+            var registered = await writes.SubmitAsync(new RegisterCommand(provider, granted, session: true));
             return new SessionStream(keeper, parking, client, provider, granted, registered);
         }
         catch (WriteUnavailableException e)

@@ -72,10 +72,11 @@ internal sealed partial class SessionKeeper(
             end = SessionEnd.Released;
         }
 
-        // A newer registration seen meanwhile is someone else's (the watch may not have woken yet): leave it.
-        if (end == SessionEnd.Closed && !(state.Find(key) is { } now && now.Revision > registered.Revision))
+        // Only this session's own registration goes: any later one (another session's, a register,
+        // even with the same meta) has another revision, which the database checks in the same statement.
+        if (end == SessionEnd.Closed)
         {
-            await RemoveAsync(key);
+            await RemoveAsync(key, registered.Revision);
         }
 
         metrics.Ended(end);
@@ -150,12 +151,15 @@ internal sealed partial class SessionKeeper(
         return !(result.IsCanceled || result.IsCompleted);
     }
 
-    /// <summary>Removes the instance of a closed session, through the write batch (one NOTIFY per batch, consumers woken).</summary>
-    private async Task RemoveAsync(InstanceKey key)
+    /// <summary>
+    /// Removes the instance of a closed session while it still holds the revision the session
+    /// registered, through the write batch (one NOTIFY per batch, consumers woken).
+    /// </summary>
+    private async Task RemoveAsync(InstanceKey key, long revision)
     {
         try
         {
-            await writes.SubmitAsync(new UnregisterCommand(key));
+            await writes.SubmitAsync(new UnregisterCommand(key, revision));
         }
         catch (WriteUnavailableException e)
         {

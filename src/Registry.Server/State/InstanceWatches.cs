@@ -9,16 +9,17 @@ internal enum InstanceFate
     /// <summary>It is gone from the registry (unregistered, or its lease ran out).</summary>
     Removed,
 
-    /// <summary>A newer registration of the same triple (another meta or TTL) took its place.</summary>
+    /// <summary>A later registration of the same triple took its place (over a session's row any registration does, whatever its meta).</summary>
     Replaced,
 }
 
 /// <summary>
 /// One held registration's view of its instance (a session's): settles once the in-memory
-/// state shows the instance removed, or at a newer revision than the one it registered.
-/// Revisions come from one database sequence, so "newer" is "greater". Until memory has shown
-/// the registered revision at least once, an absence is not taken for a removal (the state may
-/// still lag the write).
+/// state shows the instance removed, or at another revision than the one it registered. Until
+/// memory has shown the registered revision at least once, an absence is not taken for a
+/// removal nor an older revision for a replacement (the state may still lag the write); after
+/// that any other revision is a later write. Before, only a greater one is: revisions come from
+/// one sequence, but are drawn before the row is locked, so a later write can carry a smaller one.
 /// </summary>
 internal sealed class InstanceWatch : IDisposable
 {
@@ -51,7 +52,7 @@ internal sealed class InstanceWatch : IDisposable
                     _fate.TrySetResult(InstanceFate.Removed);
                 }
             }
-            else if (now.Revision > _revision)
+            else if (now.Revision > _revision || (_seen && now.Revision != _revision))
             {
                 _fate.TrySetResult(InstanceFate.Replaced);
             }
