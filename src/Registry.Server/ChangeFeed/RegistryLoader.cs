@@ -125,13 +125,20 @@ internal sealed partial class RegistryLoader(
     {
         var reader = _requests.Reader;
         var nextCheck = time.GetUtcNow() + options.Value.ConsistencyCheckInterval;
+        var check = Task.CompletedTask;
         while (!stoppingToken.IsCancellationRequested)
         {
             var due = nextCheck - time.GetUtcNow();
             if (due <= TimeSpan.Zero)
             {
                 nextCheck = time.GetUtcNow() + options.Value.ConsistencyCheckInterval;
-                await CheckConsistencyAsync(stoppingToken);
+                // Beside the loop, not on it: with a large registry the check takes a good part of
+                // a second, and the changes it would hold up are what consumers wait for.
+                if (check.IsCompleted)
+                {
+                    check = CheckConsistencyAsync(stoppingToken);
+                }
+
                 continue;
             }
 
@@ -379,12 +386,15 @@ internal sealed partial class RegistryLoader(
 
     /// <summary>
     /// NOTIFY is a hint, not a log: compare each application's count and content digest with
-    /// the database and reload what differs.
+    /// the database, and have the loop reload what differs. Runs beside the loop: an
+    /// application that changes meanwhile may look different and is reloaded once more, which
+    /// is harmless; one that differs is never missed.
     /// </summary>
     private async Task CheckConsistencyAsync(CancellationToken cancellationToken)
     {
         try
         {
+            await Task.Yield();
             await using var command = database.DataSource.CreateCommand(
                 $"SELECT application, count(*)::int, {ApplicationSnapshot.ContentDigestSql} FROM instances GROUP BY application");
             var inDatabase = new Dictionary<string, (int Count, string Digest)>(StringComparer.Ordinal);
@@ -405,14 +415,20 @@ internal sealed partial class RegistryLoader(
             if (stale.Length > 0)
             {
                 LogInconsistent(logger, stale.Length);
-                await LoadApplicationsAsync(stale, cancellationToken);
-                Wake();
+                foreach (var application in stale)
+                {
+                    _requests.Writer.TryWrite(new Reload(application, null, null));
+                }
             }
         }
         catch (DbException e)
         {
             metrics.DatabaseError("consistency_check");
             LogReloadFailed(logger, e);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // Stopping.
         }
     }
 

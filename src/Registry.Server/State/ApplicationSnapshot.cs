@@ -1,4 +1,5 @@
 // Over 300 lines on purpose: the chunked copy-on-write layout and its search and split helpers keep one set of private invariants.
+using System.Buffers;
 using System.Globalization;
 using System.Security.Cryptography;
 using System.Text;
@@ -99,16 +100,49 @@ internal sealed class ApplicationSnapshot
 
     private string Digest()
     {
-        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        var first = true;
-        foreach (var instance in Instances)
+        if (Count == 0)
         {
-            var line = $"{(first ? "" : "\n")}{instance.Key.Protocol} {instance.Key.Addr} {instance.Revision.ToString(CultureInfo.InvariantCulture)}";
-            hash.AppendData(Encoding.UTF8.GetBytes(line));
-            first = false;
+            return "";
         }
 
-        return Count == 0 ? "" : Convert.ToHexStringLower(hash.GetHashAndReset());
+        // One line per instance, encoded into a reused buffer: a large application is hashed at
+        // each consistency check without a string per instance.
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        var buffer = ArrayPool<byte>.Shared.Rent(1024);
+        try
+        {
+            var first = true;
+            foreach (var instance in Instances)
+            {
+                var key = instance.Key;
+                var length = (first ? 0 : 1) + Encoding.UTF8.GetMaxByteCount(key.Protocol.Length + key.Addr.Length) + 2 + 20;
+                if (length > buffer.Length)
+                {
+                    ArrayPool<byte>.Shared.Return(buffer);
+                    buffer = ArrayPool<byte>.Shared.Rent(length);
+                }
+
+                var written = 0;
+                if (!first)
+                {
+                    buffer[written++] = (byte)'\n';
+                }
+
+                written += Encoding.UTF8.GetBytes(key.Protocol, buffer.AsSpan(written));
+                buffer[written++] = (byte)' ';
+                written += Encoding.UTF8.GetBytes(key.Addr, buffer.AsSpan(written));
+                buffer[written++] = (byte)' ';
+                instance.Revision.TryFormat(buffer.AsSpan(written), out var digits, default, CultureInfo.InvariantCulture);
+                hash.AppendData(buffer, 0, written + digits);
+                first = false;
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+
+        return Convert.ToHexStringLower(hash.GetHashAndReset());
     }
 
     /// <summary>
