@@ -88,7 +88,7 @@ internal static class RegistryServiceExtensions
         RegistryDatabase.AddRegistryDatabase(services);
         services.AddPooledDbContextFactory<RegistryDbContext>((provider, options) => options.UseNpgsql(
             provider.GetRequiredService<RegistryDatabase>().DataSource,
-            npgsql => npgsql.MigrationsAssembly("Registry.Migrations")));
+            npgsql => npgsql.MigrationsAssembly(SchemaVersion.MigrationsAssembly)));
 
         services.AddSingleton<RegistryMetrics>();
         services.AddRegistryMetricsExport();
