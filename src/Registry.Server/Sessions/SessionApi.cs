@@ -98,13 +98,24 @@ internal static class SessionApi
 /// <summary>The open session as the endpoint's result: holds it, then gives its parking place back.</summary>
 internal sealed class SessionStream(SessionKeeper keeper, ParkingLot parking, string client, Provider provider, int ttlSeconds, WriteResult registered) : IResult
 {
+    private int _left;
+
     public async Task ExecuteAsync(HttpContext httpContext)
     {
         try
         {
-            await keeper.HoldAsync(httpContext, provider, ttlSeconds, registered, CredentialIdentity.IdOf(httpContext.User));
+            await keeper.HoldAsync(httpContext, provider, ttlSeconds, registered, CredentialIdentity.IdOf(httpContext.User), Leave);
         }
         finally
+        {
+            Leave();
+        }
+    }
+
+    /// <summary>Gives the place back once, as soon as the stream is over.</summary>
+    private void Leave()
+    {
+        if (Interlocked.Exchange(ref _left, 1) == 0)
         {
             parking.Leave(client);
         }

@@ -37,8 +37,13 @@ internal sealed partial class SessionKeeper(
 {
     private static readonly byte[] KeepAlive = ": keep-alive\n\n"u8.ToArray();
 
-    /// <summary>Streams the session registered as <paramref name="registered"/> until it ends; removes the instance when the connection closed.</summary>
-    public async Task HoldAsync(HttpContext http, Provider provider, int ttlSeconds, WriteResult registered, string credential)
+    /// <summary>
+    /// Streams the session registered as <paramref name="registered"/> until it ends; removes the
+    /// instance when the connection closed. <paramref name="streamEnded"/> runs once the stream is
+    /// over, before the removal and before the session is counted as ended (its place in the
+    /// node's limits is free from then on).
+    /// </summary>
+    public async Task HoldAsync(HttpContext http, Provider provider, int ttlSeconds, WriteResult registered, string credential, Action streamEnded)
     {
         var key = provider.Key;
         using var watch = state.Watches.Watch(key, registered.Revision, state);
@@ -65,6 +70,8 @@ internal sealed partial class SessionKeeper(
         {
             end = SessionEnd.Closed;
         }
+
+        streamEnded();
 
         // A session released by a stopping node leaves its lease to run: the provider opens it elsewhere.
         if (end == SessionEnd.Closed && lifetime.ApplicationStopping.IsCancellationRequested)
