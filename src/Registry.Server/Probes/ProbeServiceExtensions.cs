@@ -16,6 +16,7 @@ internal static class ProbeServiceExtensions
             .Validate(o => o.ConnectionLifetime >= TimeSpan.Zero, "Registry:Probes:ConnectionLifetime must not be negative.")
             .ValidateOnStart();
         services.AddSingleton<IValidateOptions<ProbeOptions>, AllowedNetworksValidator>();
+        services.AddSingleton<ProbeHostResolver>();
         services.AddSingleton<ProbeNetworks>();
         services.AddSingleton<ProbeRequests>();
         services.AddSingleton<Prober>();
