@@ -55,11 +55,13 @@ internal sealed partial class ProbeScheduler(
     private long? _digest;
     private bool _failing;
 
-    private sealed class Target(InstanceKey key, ProbeSpec spec, long due)
+    private sealed class Target(InstanceKey key, ProbeSpec spec, ProbeEndpoint endpoint, long due)
     {
         public InstanceKey Key { get; } = key;
 
         public ProbeSpec Spec { get; } = spec;
+
+        public ProbeEndpoint Endpoint { get; } = endpoint;
 
         /// <summary>When the next probe is due (timestamp ticks); only the scheduling loop touches it.</summary>
         public long Due { get; set; } = due;
@@ -194,7 +196,7 @@ internal sealed partial class ProbeScheduler(
             // The first probe at a point within the interval fixed by the key, so that many
             // instances taken over at once (a node died) are spread over the interval.
             var interval = Seconds(spec.IntervalSeconds);
-            owned[key] = new Target(key, spec, now + (long)(Rendezvous.Hash(item) % (ulong)Math.Max(1, interval)));
+            owned[key] = new Target(key, spec, prober.Endpoint(key.Addr, spec), now + (long)(Rendezvous.Hash(item) % (ulong)Math.Max(1, interval)));
         }
 
         _owned = owned;
@@ -243,7 +245,7 @@ internal sealed partial class ProbeScheduler(
         {
             var started = time.GetTimestamp();
             var timeout = TimeSpan.FromSeconds(Math.Min(target.Spec.IntervalSeconds, options.Value.TimeoutSeconds));
-            var passed = await prober.ProbeAsync(target.Key.Addr, target.Spec, timeout, stoppingToken);
+            var passed = await prober.ProbeAsync(target.Endpoint, timeout, stoppingToken);
             metrics.Probed(target.Spec.Kind, passed, time.GetElapsedTime(started));
             if (passed)
             {

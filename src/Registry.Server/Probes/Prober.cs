@@ -27,27 +27,51 @@ internal sealed class Prober(IHttpClientFactory clients, ProbeNetworks networks)
     // One client for the node's life: its handler is never rotated (see ProbeServiceExtensions).
     private readonly HttpClient _client = clients.CreateClient(ClientName);
 
-    /// <summary>Whether the instance at <paramref name="addr"/> passes its probe within <paramref name="timeout"/>.</summary>
-    public async Task<bool> ProbeAsync(string addr, ProbeSpec spec, TimeSpan timeout, CancellationToken cancellationToken)
+    /// <summary>
+    /// What a probe of the instance at <paramref name="addr"/> needs that does not change between
+    /// probes, worked out once: its host and port, its URL, and, when the host is an IP address,
+    /// whether the rules let probes reach it (they are fixed for the node's life; a name is
+    /// resolved and checked at every probe).
+    /// </summary>
+    public ProbeEndpoint Endpoint(string addr, ProbeSpec spec)
+    {
+        var host = ProbeAddress.Host(addr);
+        IPAddress[]? literal = null;
+        if (IPAddress.TryParse(host, out var address))
+        {
+            literal = networks.Refusal(address) is null ? [address] : [];
+        }
+
+        return new ProbeEndpoint(
+            host, ProbeAddress.Port(addr), spec.Kind == ProbeSpec.Tcp ? null : new Uri($"{spec.Kind}://{addr}{spec.Path}"), literal);
+    }
+
+    /// <summary>Whether the instance at <paramref name="endpoint"/> passes its probe within <paramref name="timeout"/>.</summary>
+    public async Task<bool> ProbeAsync(ProbeEndpoint endpoint, TimeSpan timeout, CancellationToken cancellationToken)
     {
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         deadline.CancelAfter(timeout);
         try
         {
-            var (addresses, refusal) = await networks.ResolveAsync(ProbeAddress.Host(addr), deadline.Token);
-            if (refusal is not null)
+            var addresses = endpoint.Literal;
+            if (addresses is null)
             {
-                return false;
+                (addresses, _) = await networks.ResolveAsync(endpoint.Host, deadline.Token);
             }
 
-            if (spec.Kind == ProbeSpec.Tcp)
+            if (addresses.Length == 0)
+            {
+                return false; // refused by the rules
+            }
+
+            if (endpoint.Url is null)
             {
                 using var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
-                await socket.ConnectAsync(addresses, ProbeAddress.Port(addr), deadline.Token);
+                await socket.ConnectAsync(addresses, endpoint.Port, deadline.Token);
                 return true;
             }
 
-            using var request = new HttpRequestMessage(HttpMethod.Get, new Uri($"{spec.Kind}://{addr}{spec.Path}"));
+            using var request = new HttpRequestMessage(HttpMethod.Get, endpoint.Url);
             request.Options.Set(CheckedAddresses, addresses);
             // A timeout or a broken connection throws, and the handler then closes that
             // connection rather than pooling it, so a failed probe leaves no connection behind.
@@ -115,3 +139,10 @@ internal sealed class Prober(IHttpClientFactory clients, ProbeNetworks networks)
         }
     }
 }
+
+/// <summary>
+/// One instance's probe as <see cref="Prober.Endpoint"/> prepared it: <see cref="Url"/> null for
+/// <c>tcp</c>; <see cref="Literal"/> the allowed addresses of an IP-address host (empty when the
+/// rules refuse it), null for a DNS name.
+/// </summary>
+internal sealed record ProbeEndpoint(string Host, int Port, Uri? Url, IPAddress[]? Literal);
