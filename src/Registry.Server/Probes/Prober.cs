@@ -35,6 +35,12 @@ internal sealed class Prober(IHttpClientFactory clients, ProbeNetworks networks)
     /// </summary>
     public ProbeEndpoint Endpoint(string addr, ProbeSpec spec)
     {
+        if (addr.LastIndexOf(':') is var colon && (colon <= 0 || !int.TryParse(addr.AsSpan(colon + 1), System.Globalization.CultureInfo.InvariantCulture, out _)))
+        {
+            // Registration checks addr, so not expected; such a probe fails rather than stopping the scheduler.
+            return new ProbeEndpoint(addr, 0, null, []);
+        }
+
         var host = ProbeAddress.Host(addr);
         IPAddress[]? literal = null;
         if (IPAddress.TryParse(host, out var address))
@@ -42,8 +48,13 @@ internal sealed class Prober(IHttpClientFactory clients, ProbeNetworks networks)
             literal = networks.Refusal(address) is null ? [address] : [];
         }
 
-        return new ProbeEndpoint(
-            host, ProbeAddress.Port(addr), spec.Kind == ProbeSpec.Tcp ? null : new Uri($"{spec.Kind}://{addr}{spec.Path}"), literal);
+        Uri? url = null;
+        if (spec.Kind != ProbeSpec.Tcp && !Uri.TryCreate($"{spec.Kind}://{addr}{spec.Path}", UriKind.Absolute, out url))
+        {
+            literal = []; // as above
+        }
+
+        return new ProbeEndpoint(host, ProbeAddress.Port(addr), url, literal);
     }
 
     /// <summary>Whether the instance at <paramref name="endpoint"/> passes its probe within <paramref name="timeout"/>.</summary>
