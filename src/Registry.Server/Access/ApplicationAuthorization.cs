@@ -34,6 +34,7 @@ internal sealed class AdminHandler : AuthorizationHandler<AdminRequirement>
     }
 }
 
+/// <summary><c>/metrics</c>: open unless protected.</summary>
 internal sealed class MetricsRequirement : IAuthorizationRequirement;
 
 internal sealed class MetricsHandler(IOptions<AccessOptions> options) : AuthorizationHandler<MetricsRequirement>
@@ -55,10 +56,12 @@ internal sealed class MetricsHandler(IOptions<AccessOptions> options) : Authoriz
 /// </summary>
 internal sealed class ApplicationAccess
 {
+    /// <summary>Null when <paramref name="user"/> holds <paramref name="scope"/> for every one of <paramref name="applications"/>; else the 403 naming the first it lacks.</summary>
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Performance", "CA1822", Justification = "A service the endpoints take by injection, so the rule may gain dependencies without changing them.")]
     public ValueTask<ProblemHttpResult?> DenyAsync(ClaimsPrincipal user, Scope scope, IEnumerable<string> applications)
     {
-        // The rule of ScopeHandler, applied to the grant directly: this runs on every request.
+        // Decided from the grant directly rather than through IAuthorizationService: this runs
+        // on every request, and each policy evaluation allocated a context, a set and an iterator.
         var grant = CredentialIdentity.Of(user);
         foreach (var application in applications)
         {
