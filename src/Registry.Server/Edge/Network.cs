@@ -13,6 +13,14 @@ public sealed class NetworkOptions
     /// none, so a client cannot pose as another address to dodge per-client limits.
     /// </summary>
     public string[] TrustedProxies { get; set; } = [];
+
+    /// <summary>
+    /// Connection buffers (4 KiB blocks) kept for the next burst once returned, in MiB: answering
+    /// a change to thousands of parked polls at once takes about one block per answer being
+    /// written. The pool holds no more than the busiest moment needed. 0: none are kept.
+    /// </summary>
+    [System.ComponentModel.DataAnnotations.Range(0, 65_536)]
+    public int RetainedBufferMegabytes { get; set; } = 64;
 }
 
 /// <summary>
@@ -24,7 +32,9 @@ internal static class Network
 {
     public static IServiceCollection AddRegistryNetwork(this IServiceCollection services)
     {
-        services.AddOptions<NetworkOptions>().BindConfiguration("Registry:Network").ValidateOnStart();
+        services.AddOptions<NetworkOptions>().BindConfiguration("Registry:Network").ValidateDataAnnotations().ValidateOnStart();
+        // Registered after Kestrel's own, so Kestrel's transport takes this one.
+        services.AddSingleton<Microsoft.AspNetCore.Connections.IMemoryPoolFactory<byte>, RetainingBufferPoolFactory>();
         services.AddSingleton<IValidateOptions<NetworkOptions>, NetworkOptionsValidator>();
         services.AddOptions<ForwardedHeadersOptions>().Configure<IOptions<NetworkOptions>>((forwarded, network) =>
         {
