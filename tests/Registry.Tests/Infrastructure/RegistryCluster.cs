@@ -57,13 +57,33 @@ public sealed class RegistryCluster : IAsyncLifetime
         await using (var connection = new NpgsqlConnection(ConnectionString))
         {
             await connection.OpenAsync();
-            await _respawner!.ResetAsync(connection);
+            await EmptyTablesAsync(connection);
         }
 
         await NodeA.ReloadAsync();
         if (_nodeB is not null)
         {
             await _nodeB.ReloadAsync();
+        }
+    }
+
+    /// <summary>
+    /// Respawn deletes table by table while the nodes' own background writes (membership,
+    /// coalesced renewals, the sweeper) keep running, so PostgreSQL may pick the reset as a
+    /// deadlock victim. The victim's transaction is rolled back whole, so running it again is safe.
+    /// </summary>
+    private async Task EmptyTablesAsync(NpgsqlConnection connection)
+    {
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                await _respawner!.ResetAsync(connection);
+                return;
+            }
+            catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.DeadlockDetected && attempt < 5)
+            {
+            }
         }
     }
 
