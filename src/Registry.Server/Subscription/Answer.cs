@@ -55,24 +55,32 @@ internal sealed class Fragment
             return Empty;
         }
 
-        var instances = snapshot.Instances.Where(instance => entries.Any(entry => Matches(entry, instance))).ToArray();
-        if (instances.Length == 0)
+        var instances = new List<Instance>(snapshot.Count);
+        foreach (var instance in snapshot.Instances)
+        {
+            if (MatchesAny(entries, instance))
+            {
+                instances.Add(instance);
+            }
+        }
+
+        if (instances.Count == 0)
         {
             return Empty;
         }
 
+        // Each endpoint's bytes: a range of the previous fragment's (copied) or of the newly
+        // serialised ones. Sized first, so the fragment is allocated once at its exact length:
+        // a big application's fragment is on the large object heap, and a change should not
+        // allocate and copy it twice.
         previous ??= Empty;
-        var buffer = new ArrayBufferWriter<byte>(Math.Max(256, previous.Endpoints.Length + 512));
-        var ends = new int[instances.Length];
-        using var writer = new Utf8JsonWriter(buffer, WriterOptions);
+        var fresh = new ArrayBufferWriter<byte>(256);
+        using var writer = new Utf8JsonWriter(fresh, WriterOptions);
+        var sources = new (bool Fresh, int Start, int Length)[instances.Count];
+        var length = instances.Count - 1; // the commas
         var p = 0;
-        for (var i = 0; i < instances.Length; i++)
+        for (var i = 0; i < instances.Count; i++)
         {
-            if (i > 0)
-            {
-                buffer.Write(","u8);
-            }
-
             // Both are in key order: walk the previous fragment alongside.
             var instance = instances[i];
             while (p < previous.Count && ApplicationSnapshot.Compare(previous._instances[p].Key, instance.Key) < 0)
@@ -83,19 +91,56 @@ internal sealed class Fragment
             if (p < previous.Count && previous._instances[p].Revision == instance.Revision && previous._instances[p].Key == instance.Key)
             {
                 var start = p == 0 ? 0 : previous._ends[p - 1] + 1;
-                buffer.Write(previous.Endpoints.AsSpan(start, previous._ends[p] - start));
+                sources[i] = (false, start, previous._ends[p] - start);
             }
             else
             {
-                writer.Reset(buffer);
+                var start = fresh.WrittenCount;
+                writer.Reset(fresh);
                 WriteEndpoint(writer, instance);
                 writer.Flush();
+                sources[i] = (true, start, fresh.WrittenCount - start);
             }
 
-            ends[i] = buffer.WrittenCount;
+            length += sources[i].Length;
         }
 
-        return new Fragment(buffer.WrittenSpan.ToArray(), instances, ends);
+        if (fresh.WrittenCount == 0 && instances.Count == previous.Count)
+        {
+            // Every endpoint copied, and none left out: the same fragment.
+            return previous;
+        }
+
+        var endpoints = GC.AllocateUninitializedArray<byte>(length);
+        var ends = new int[instances.Count];
+        var at = 0;
+        for (var i = 0; i < sources.Length; i++)
+        {
+            if (i > 0)
+            {
+                endpoints[at++] = (byte)',';
+            }
+
+            var (isFresh, start, count) = sources[i];
+            (isFresh ? fresh.WrittenSpan : previous.Endpoints).Slice(start, count).CopyTo(endpoints.AsSpan(at));
+            at += count;
+            ends[i] = at;
+        }
+
+        return new Fragment(endpoints, [.. instances], ends);
+    }
+
+    private static bool MatchesAny(IReadOnlyList<SubscriptionEntry> entries, Instance instance)
+    {
+        for (var i = 0; i < entries.Count; i++)
+        {
+            if (Matches(entries[i], instance))
+            {
+                return true;
+            }
+        }
+
+        return false;
     }
 
     /// <summary>Whether the entry selects the instance (its protocol, and its meta as a subset).</summary>
@@ -167,13 +212,18 @@ internal sealed class Answer
     public static Answer Compose(IEnumerable<Fragment> fragments)
     {
         var parts = fragments.Where(f => f.Count > 0).ToArray();
-        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        foreach (var fragment in parts)
+        // SHA-256 of the fragments' hashes one after another, in one call: a change to a big
+        // application recomposes every answer that includes it, on the loader's thread.
+        const int HashSize = SHA256.HashSizeInBytes;
+        Span<byte> hashes = parts.Length <= 8 ? stackalloc byte[8 * HashSize] : new byte[parts.Length * HashSize];
+        for (var i = 0; i < parts.Length; i++)
         {
-            hash.AppendData(fragment.Hash);
+            parts[i].Hash.CopyTo(hashes[(i * HashSize)..]);
         }
 
-        var version = Convert.ToHexStringLower(hash.GetHashAndReset().AsSpan(0, 10));
+        Span<byte> digest = stackalloc byte[HashSize];
+        SHA256.HashData(hashes[..(parts.Length * HashSize)], digest);
+        var version = Convert.ToHexStringLower(digest[..10]);
         return new Answer(version, parts.Select(f => f.Endpoints).ToArray(), parts.Sum(f => f.Count));
     }
 
