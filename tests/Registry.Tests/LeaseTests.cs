@@ -93,12 +93,14 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
         await using (var connection = new NpgsqlConnection(database))
         {
             // As a registration would: rows and their announcement in one transaction, so both
-            // nodes load them (and know when to sweep). They run out two seconds later.
+            // nodes load them (and know when to sweep). They run out together two seconds later
+            // (the transaction's time: per-row clock times could let one sweep fall between them,
+            // evicting them in two parts, which is right but would notify twice).
             await connection.OpenAsync();
             await using var insert = new NpgsqlCommand(
                 """
                 INSERT INTO instances (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
-                SELECT 'swept', 'http', '10.0.0.' || i || ':80', '{}', 1, clock_timestamp() + interval '2 seconds', clock_timestamp()
+                SELECT 'swept', 'http', '10.0.0.' || i || ':80', '{}', 1, now() + interval '2 seconds', now()
                   FROM generate_series(1, 10) AS i;
                 SELECT pg_notify('registry_changes', 'swept');
                 """, connection);
