@@ -161,7 +161,7 @@ internal sealed partial class ChangeFeedListener : BackgroundService
 
     private async ValueTask<NpgsqlConnection> ConnectAsync(CancellationToken cancellationToken)
     {
-        var connection = new NpgsqlConnection(_database.ListenerConnectionString);
+        var connection = _database.ListenerDataSource.CreateConnection();
         try
         {
             await connection.OpenAsync(cancellationToken);
