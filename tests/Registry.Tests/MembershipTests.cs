@@ -1,7 +1,10 @@
 using System.Net;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http.Features;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Options;
 using Registry.Membership;
 using Registry.Tests.Infrastructure;
 
@@ -44,6 +47,24 @@ public sealed class MembershipTests(RegistryCluster cluster) : RegistryTest(clus
         Assert.Equal(advertised, AdvertisedUrl.Reachable(listening, "registry-3"));
 
     [Fact]
+    public void TheListeningAddressIsAdvertisedOnlyOnceTheServerHasStarted()
+    {
+        // Before Kestrel binds, the host has filled the addresses from the Urls setting; the
+        // endpoints Kestrel binds (here a port 0) replace them. Marks in between carry no URL.
+        var addresses = new ServerAddressesFeature();
+        addresses.Addresses.Add("http://localhost:5080");
+        var server = new AddressesOnly(addresses);
+        using var lifetime = new StartedSignal();
+        var url = new AdvertisedUrl(Options.Create(new MembershipOptions()), server, lifetime);
+
+        Assert.Null(url.Value);
+        addresses.Addresses.Clear();
+        addresses.Addresses.Add("http://127.0.0.1:41234");
+        lifetime.Start();
+        Assert.Equal("http://127.0.0.1:41234", url.Value);
+    }
+
+    [Fact]
     public void RendezvousSpreadsItemsAndMovesOnlyTheLeavingNodesOnes()
     {
         string[] three = ["a1b2c3d4e5f6", "0123456789ab", "fedcba987654"];
@@ -55,6 +76,41 @@ public sealed class MembershipTests(RegistryCluster cluster) : RegistryTest(clus
         Assert.All(items, i => Assert.True(before[i] == three[1] || after[i] == before[i], $"{i} moved though its owner stayed"));
         Assert.DoesNotContain(three[1], after.Values);
         Assert.Null(Rendezvous.Owner("anything", []));
+    }
+
+    private sealed class AddressesOnly : IServer
+    {
+        public AddressesOnly(IServerAddressesFeature addresses) => Features.Set(addresses);
+
+        public IFeatureCollection Features { get; } = new FeatureCollection();
+
+        public void Dispose()
+        {
+        }
+
+        public Task StartAsync<TContext>(IHttpApplication<TContext> application, CancellationToken cancellationToken)
+            where TContext : notnull => Task.CompletedTask;
+
+        public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+    }
+
+    private sealed class StartedSignal : IHostApplicationLifetime, IDisposable
+    {
+        private readonly CancellationTokenSource _started = new();
+
+        public CancellationToken ApplicationStarted => _started.Token;
+
+        public CancellationToken ApplicationStopping => CancellationToken.None;
+
+        public CancellationToken ApplicationStopped => CancellationToken.None;
+
+        public void Start() => _started.Cancel();
+
+        public void StopApplication()
+        {
+        }
+
+        public void Dispose() => _started.Dispose();
     }
 
     private sealed record NodeEntry(string Id, string? Url, DateTimeOffset Started, DateTimeOffset LastSeen);

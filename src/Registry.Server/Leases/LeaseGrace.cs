@@ -42,11 +42,19 @@ internal sealed partial class LeaseGrace(
     /// <summary>Extends the leases live when the gap began (<c>@since</c>) and marks this node, atomically.</summary>
     private const string ExtendStatement =
         """
-        WITH extended AS (
-            UPDATE instances
-               SET expires_at = clock_timestamp() + ttl_seconds * interval '1 second'
+        WITH live AS (
+            -- Locked in the order registrations and renewals lock rows (the database's default
+            -- collation, as over their unnest): a recovery's first renewals cannot deadlock with it.
+            SELECT application, protocol, addr FROM instances
              WHERE expires_at > @since
                AND expires_at < clock_timestamp() + ttl_seconds * interval '1 second'
+             ORDER BY application COLLATE "default", protocol COLLATE "default", addr COLLATE "default"
+               FOR NO KEY UPDATE),
+        extended AS (
+            UPDATE instances i
+               SET expires_at = clock_timestamp() + i.ttl_seconds * interval '1 second'
+              FROM live l
+             WHERE i.application = l.application AND i.protocol = l.protocol AND i.addr = l.addr
             RETURNING 1),
         marked AS (
             INSERT INTO nodes (id, url, started_at, last_seen_at) VALUES (@node, @url, clock_timestamp(), clock_timestamp())

@@ -28,6 +28,8 @@ internal sealed partial class LeaseRenewer(
     TimeProvider time,
     ILogger<LeaseRenewer> logger) : BackgroundService
 {
+    private const int MaxAttempts = 3;
+
     private readonly ConcurrentDictionary<InstanceKey, byte> _pending = new();
 
     /// <summary>
@@ -126,7 +128,7 @@ internal sealed partial class LeaseRenewer(
 
             if (keys.Length > 0)
             {
-                await WriteAsync(connection, keys, cancellationToken);
+                await WriteWithRetryAsync(connection, keys, cancellationToken);
             }
 
             // Recorded: what waits now was gathered after this flush began.
@@ -154,14 +156,45 @@ internal sealed partial class LeaseRenewer(
         }
     }
 
+    /// <summary>
+    /// A renewal batch chosen as a deadlock victim wrote nothing (its statement is its whole
+    /// transaction): it is written again at once, not left for the next interval as if the
+    /// database were unreachable.
+    /// </summary>
+    private async Task WriteWithRetryAsync(NpgsqlConnection connection, InstanceKey[] keys, CancellationToken cancellationToken)
+    {
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                await WriteAsync(connection, keys, cancellationToken);
+                return;
+            }
+            catch (PostgresException e) when (e.SqlState is PostgresErrorCodes.DeadlockDetected or PostgresErrorCodes.SerializationFailure && attempt < MaxAttempts)
+            {
+                // Only a grace extension or a batch's removals still lock rows in another order.
+            }
+        }
+    }
+
     private async Task WriteAsync(NpgsqlConnection connection, InstanceKey[] keys, CancellationToken cancellationToken)
     {
         await using var command = new NpgsqlCommand(
             """
+            WITH due AS (
+                -- Rows locked in the order a registration batch locks them (WriteBatcher's
+                -- ORDER BY over the same unnest), so that renewals and registrations, on any
+                -- node, never wait for each other in a cycle.
+                SELECT i.application, i.protocol, i.addr
+                  FROM instances i
+                  JOIN unnest(@applications, @protocols, @addrs) AS k(application, protocol, addr)
+                    ON i.application = k.application AND i.protocol = k.protocol AND i.addr = k.addr
+                 ORDER BY k.application, k.protocol, k.addr
+                   FOR NO KEY UPDATE OF i)
             UPDATE instances i
                SET expires_at = clock_timestamp() + i.ttl_seconds * interval '1 second'
-              FROM unnest(@applications, @protocols, @addrs) AS k(application, protocol, addr)
-             WHERE i.application = k.application AND i.protocol = k.protocol AND i.addr = k.addr
+              FROM due d
+             WHERE i.application = d.application AND i.protocol = d.protocol AND i.addr = d.addr
             RETURNING i.application, i.protocol, i.addr, i.expires_at, clock_timestamp(), i.revision
             """, connection);
         InstanceKeys.AddParameters(command.Parameters, keys);

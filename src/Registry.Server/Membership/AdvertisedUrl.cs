@@ -8,9 +8,11 @@ namespace Registry.Membership;
 /// <summary>
 /// The URL this node advertises in <c>nodes</c>: configured, or derived from where the server
 /// listens. The server binds after the hosted services start, so until it does this is null
-/// and the node's first marks carry no URL.
+/// and the node's first marks carry no URL. Only a started server's addresses are taken: before
+/// it binds, the host fills them from the <c>Urls</c> setting, which Kestrel's own endpoints (or a
+/// port 0) then replace, and a mark in between would advertise the wrong address for good.
 /// </summary>
-internal sealed class AdvertisedUrl(IOptions<MembershipOptions> options, IServer server)
+internal sealed class AdvertisedUrl(IOptions<MembershipOptions> options, IServer server, IHostApplicationLifetime lifetime)
 {
     private string? _derived;
 
@@ -21,6 +23,11 @@ internal sealed class AdvertisedUrl(IOptions<MembershipOptions> options, IServer
             if (!string.IsNullOrWhiteSpace(options.Value.AdvertisedUrl))
             {
                 return options.Value.AdvertisedUrl.TrimEnd('/');
+            }
+
+            if (!lifetime.ApplicationStarted.IsCancellationRequested)
+            {
+                return null;
             }
 
             return _derived ??= server.Features.Get<IServerAddressesFeature>()?.Addresses.FirstOrDefault() is { } address

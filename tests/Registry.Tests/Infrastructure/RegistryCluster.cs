@@ -68,9 +68,12 @@ public sealed class RegistryCluster : IAsyncLifetime
     }
 
     /// <summary>
-    /// Respawn deletes table by table while the nodes' own background writes (membership,
-    /// coalesced renewals, the sweeper) keep running, so PostgreSQL may pick the reset as a
-    /// deadlock victim. The victim's transaction is rolled back whole, so running it again is safe.
+    /// Respawn's TRUNCATE locks table by table while the nodes' own background writes keep
+    /// running. The sweeper's transaction marks its node (<c>nodes</c>) and then reads
+    /// <c>instances</c> and <c>evictions</c>; a reset holding one of those and waiting for
+    /// <c>nodes</c> deadlocked with it. The reset takes <c>nodes</c> first, as the sweeper does,
+    /// and so waits for a running sweep instead. A grace extension (instances, then nodes) can
+    /// still pick the reset as a deadlock victim: its transaction rolls back whole, so it runs again.
     /// </summary>
     private async Task EmptyTablesAsync(NpgsqlConnection connection)
     {
@@ -78,7 +81,10 @@ public sealed class RegistryCluster : IAsyncLifetime
         {
             try
             {
-                await _respawner!.ResetAsync(connection);
+                await using var transaction = await connection.BeginTransactionAsync();
+                await using var reset = new NpgsqlCommand($"LOCK TABLE nodes IN ACCESS EXCLUSIVE MODE; {_respawner!.DeleteSql}", connection, transaction);
+                await reset.ExecuteNonQueryAsync();
+                await transaction.CommitAsync();
                 return;
             }
             catch (PostgresException e) when (e.SqlState == PostgresErrorCodes.DeadlockDetected && attempt < 5)
