@@ -1,3 +1,4 @@
+using System.Data;
 using System.Data.Common;
 using Microsoft.Extensions.Options;
 using Npgsql;
@@ -37,17 +38,30 @@ internal sealed partial class ProbeScheduler(
     /// <summary>How finely probes are started on time; lateness below it is not worth a timer each.</summary>
     private static readonly TimeSpan Tick = TimeSpan.FromMilliseconds(50);
 
+    /// <summary>What the probed instances are (keys and probes), as one number; see <see cref="ReadProbedAsync"/>.</summary>
+    private const string DigestStatement = """
+        SELECT coalesce(bit_xor(hashtextextended(concat_ws(E'\n', application, protocol, addr, probe_kind, probe_path, probe_interval_seconds), 0)), 0)
+          FROM instances WHERE probe_kind IS NOT NULL
+        """;
+
     private readonly SemaphoreSlim _slots = new(options.Value.MaxConcurrent, options.Value.MaxConcurrent);
     private Dictionary<InstanceKey, Target> _owned = [];
+    // The owned targets by when they are next due, so a tick visits only the due ones.
+    private PriorityQueue<Target, long> _due = new();
     private List<(InstanceKey Key, ProbeSpec Spec)> _probed = [];
+    private bool _ownershipStale;
     private IReadOnlyList<NodeInfo>? _membership;
+    private string[] _nodes = [];
+    private long? _digest;
     private bool _failing;
 
-    private sealed class Target(InstanceKey key, ProbeSpec spec, long due)
+    private sealed class Target(InstanceKey key, ProbeSpec spec, ProbeEndpoint endpoint, long due)
     {
         public InstanceKey Key { get; } = key;
 
         public ProbeSpec Spec { get; } = spec;
+
+        public ProbeEndpoint Endpoint { get; } = endpoint;
 
         /// <summary>When the next probe is due (timestamp ticks); only the scheduling loop touches it.</summary>
         public long Due { get; set; } = due;
@@ -79,13 +93,25 @@ internal sealed partial class ProbeScheduler(
                 lastRead = time.GetTimestamp();
                 refresh = options.Value.RefreshInterval;
                 await ReadProbedAsync(stoppingToken);
-                _membership = null; // recompute ownership below
             }
 
+            // Ownership is recomputed only when what is probed or which nodes are live changed
+            // (membership is read every second, as a new list even when nobody came or went): at
+            // 10,000 probed instances that is 10,000 rendezvous hashes, not worth doing for nothing.
             if (live.Current is var current && !ReferenceEquals(_membership, current))
             {
                 _membership = current;
-                Reconcile([.. current.Select(n => n.Id)]);
+                if (current.Count != _nodes.Length || !current.Select(n => n.Id).SequenceEqual(_nodes))
+                {
+                    _nodes = [.. current.Select(n => n.Id)];
+                    _ownershipStale = true;
+                }
+            }
+
+            if (_ownershipStale)
+            {
+                _ownershipStale = false;
+                Reconcile(_nodes);
             }
 
             StartDue(stoppingToken);
@@ -93,24 +119,47 @@ internal sealed partial class ProbeScheduler(
         while (await timer.WaitForNextTickAsync(stoppingToken));
     }
 
+    /// <summary>
+    /// Reads the probed instances, but only when they changed since the last read: a digest of
+    /// them (order-free, so that rows moved by lease renewals do not count) is compared first,
+    /// in the same snapshot, so an unchanged set of 10,000 costs one row rather than 10,000.
+    /// </summary>
     private async Task ReadProbedAsync(CancellationToken cancellationToken)
     {
         try
         {
             await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
+            await using var transaction = await connection.BeginTransactionAsync(IsolationLevel.RepeatableRead, cancellationToken);
+            long digest;
+            await using (var digestCommand = new NpgsqlCommand(DigestStatement, connection, transaction))
+            {
+                digest = (long)(await digestCommand.ExecuteScalarAsync(cancellationToken))!;
+            }
+
+            if (digest == _digest)
+            {
+                _failing = false;
+                return;
+            }
+
             await using var command = new NpgsqlCommand(
                 "SELECT application, protocol, addr, probe_kind, probe_path, probe_interval_seconds FROM instances WHERE probe_kind IS NOT NULL",
-                connection);
+                connection,
+                transaction);
             var probed = new List<(InstanceKey, ProbeSpec)>(_probed.Count);
-            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-            while (await reader.ReadAsync(cancellationToken))
+            await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
             {
-                probed.Add((
-                    new InstanceKey(reader.GetString(0), reader.GetString(1), reader.GetString(2)),
-                    new ProbeSpec(reader.GetString(3), reader.IsDBNull(4) ? null : reader.GetString(4), reader.GetInt32(5))));
+                while (await reader.ReadAsync(cancellationToken))
+                {
+                    probed.Add((
+                        new InstanceKey(reader.GetString(0), reader.GetString(1), reader.GetString(2)),
+                        new ProbeSpec(reader.GetString(3), reader.IsDBNull(4) ? null : reader.GetString(4), reader.GetInt32(5))));
+                }
             }
 
             _probed = probed;
+            _digest = digest;
+            _ownershipStale = true;
             _failing = false;
         }
         catch (DbException e)
@@ -147,34 +196,46 @@ internal sealed partial class ProbeScheduler(
             // The first probe at a point within the interval fixed by the key, so that many
             // instances taken over at once (a node died) are spread over the interval.
             var interval = Seconds(spec.IntervalSeconds);
-            owned[key] = new Target(key, spec, now + (long)(Rendezvous.Hash(item) % (ulong)Math.Max(1, interval)));
+            owned[key] = new Target(key, spec, prober.Endpoint(key.Addr, spec), now + (long)(Rendezvous.Hash(item) % (ulong)Math.Max(1, interval)));
         }
 
         _owned = owned;
+        _due = new PriorityQueue<Target, long>(owned.Values.Select(t => (t, t.Due)));
         metrics.ProbesOwned(owned.Count);
     }
 
     private void StartDue(CancellationToken stoppingToken)
     {
         var now = time.GetTimestamp();
-        foreach (var target in _owned.Values)
+        List<Target>? stillRunning = null;
+        while (_due.TryPeek(out var target, out var due) && due <= now)
         {
-            if (target.Running || now < target.Due)
+            if (target.Running)
             {
+                // Its last probe has not finished: it starts as soon as it has (a later tick).
+                _due.Dequeue();
+                (stillRunning ??= []).Add(target);
                 continue;
             }
 
             if (!_slots.Wait(0, CancellationToken.None))
             {
-                return; // at the cap: the rest start late, and the lateness shows
+                break; // at the cap: the rest start late, and the lateness shows
             }
 
+            _due.Dequeue();
             metrics.ProbeLate(time.GetElapsedTime(target.Due, now));
             var interval = Seconds(target.Spec.IntervalSeconds);
             // Keep the cadence; after a long stall start again from now rather than in a burst.
             target.Due = target.Due + interval > now ? target.Due + interval : now + interval;
             target.Running = true;
+            _due.Enqueue(target, target.Due);
             _ = RunAsync(target, stoppingToken);
+        }
+
+        foreach (var target in stillRunning ?? [])
+        {
+            _due.Enqueue(target, target.Due);
         }
     }
 
@@ -184,7 +245,7 @@ internal sealed partial class ProbeScheduler(
         {
             var started = time.GetTimestamp();
             var timeout = TimeSpan.FromSeconds(Math.Min(target.Spec.IntervalSeconds, options.Value.TimeoutSeconds));
-            var passed = await prober.ProbeAsync(target.Key.Addr, target.Spec, timeout, stoppingToken);
+            var passed = await prober.ProbeAsync(target.Endpoint, timeout, stoppingToken);
             metrics.Probed(target.Spec.Kind, passed, time.GetElapsedTime(started));
             if (passed)
             {
