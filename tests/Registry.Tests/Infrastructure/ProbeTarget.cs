@@ -46,9 +46,13 @@ public sealed class ProbeTarget : IAsyncDisposable
 
     public IReadOnlyList<ProbeRequest> Requests => [.. _requests];
 
-    /// <summary>Waits until <paramref name="done"/> holds for the requests and connections seen (checked after each one).</summary>
+    /// <summary>
+    /// Waits until <paramref name="done"/> holds for the requests and connections seen (checked
+    /// after each one); on timeout the failure lists what arrived, so a stall can be told from slowness.
+    /// </summary>
     public async Task WaitUntilAsync(Func<ProbeTarget, bool> done, TimeSpan timeout)
     {
+        var started = DateTimeOffset.UtcNow;
         using var deadline = new CancellationTokenSource(timeout);
         while (true)
         {
@@ -58,9 +62,19 @@ public sealed class ProbeTarget : IAsyncDisposable
                 return;
             }
 
-            await arrived.WaitAsync(deadline.Token);
+            try
+            {
+                await arrived.WaitAsync(deadline.Token);
+            }
+            catch (OperationCanceledException) when (deadline.IsCancellationRequested)
+            {
+                throw new TimeoutException($"Waited {timeout} from {started:HH:mm:ss.fff}; {Connections} connections, requests: {Describe()}");
+            }
         }
     }
+
+    /// <summary>The requests seen, as time, node and path, for failure messages.</summary>
+    public string Describe() => string.Join(", ", Requests.Select(r => $"{r.At:HH:mm:ss.fff} {r.Node} {r.Path}"));
 
     /// <summary>Stops listening: connections are refused from now on (those open stay open).</summary>
     public void Close() => _listener.Stop();
