@@ -15,8 +15,8 @@ namespace Registry.Probes;
 /// Probes the instances this node owns. Every <see cref="ProbeOptions.RefreshInterval"/> it
 /// reads which instances are probed (a partial index holds only those) and, whenever that or
 /// the live membership changes, keeps those whose rendezvous owner among the live nodes is
-/// this node; so when a node stops or dies its instances move to the others as soon as they
-/// see it gone. Passing probes renew the lease through the same coalesced path as heartbeats.
+/// this node; so when a node stops or dies its instances move to the others once two of their
+/// reads have missed it (<see cref="ConsiderMembership"/>). Passing probes renew the lease through the same coalesced path as heartbeats.
 /// After <see cref="ProbeOptions.FailuresToEvict"/> failures in a row the lease is ended now
 /// and the sweeper evicts the instance like any expired one: within self-preservation's
 /// budget, counted, audited, and with its subscribers woken.
@@ -32,6 +32,7 @@ internal sealed partial class ProbeScheduler(
     AuditLog audit,
     RegistryMetrics metrics,
     IOptions<ProbeOptions> options,
+    IOptions<MembershipOptions> membership,
     TimeProvider time,
     ILogger<ProbeScheduler> logger) : BackgroundService
 {
@@ -52,6 +53,8 @@ internal sealed partial class ProbeScheduler(
     private bool _ownershipStale;
     private IReadOnlyList<NodeInfo>? _membership;
     private string[] _nodes = [];
+    // When a read of the live nodes first missed one of _nodes (timestamp ticks); 0: none missed.
+    private long _missedSince;
     private long? _digest;
     private bool _failing;
 
@@ -101,11 +104,7 @@ internal sealed partial class ProbeScheduler(
             if (live.Current is var current && !ReferenceEquals(_membership, current))
             {
                 _membership = current;
-                if (current.Count != _nodes.Length || !current.Select(n => n.Id).SequenceEqual(_nodes))
-                {
-                    _nodes = [.. current.Select(n => n.Id)];
-                    _ownershipStale = true;
-                }
+                ConsiderMembership(current);
             }
 
             if (_ownershipStale)
@@ -117,6 +116,44 @@ internal sealed partial class ProbeScheduler(
             StartDue(stoppingToken);
         }
         while (await timer.WaitForNextTickAsync(stoppingToken));
+    }
+
+    /// <summary>
+    /// Takes a new read of the live nodes as the one ownership follows. A node that joined counts
+    /// at once (it only takes instances from the others). A node missing from one read may only
+    /// have been late to mark itself: a pause of the whole process its node runs in (so every node
+    /// in it marks late, this one included), or a slow database write. Taking its instances at once
+    /// would have two nodes probe them until it is seen again; so they move only when a read most
+    /// of a membership refresh later still misses it. That costs a stopped or dead node's share
+    /// one more read before it moves.
+    /// </summary>
+    private void ConsiderMembership(IReadOnlyList<NodeInfo> current)
+    {
+        if (current.Count == _nodes.Length && current.Select(n => n.Id).SequenceEqual(_nodes))
+        {
+            _missedSince = 0;
+            return;
+        }
+
+        string[] ids = [.. current.Select(n => n.Id)];
+        if (_nodes.Any(id => !ids.Contains(id)))
+        {
+            var now = time.GetTimestamp();
+            if (_missedSince == 0)
+            {
+                _missedSince = now;
+                return;
+            }
+
+            if (time.GetElapsedTime(_missedSince, now) < membership.Value.RefreshInterval * 0.75)
+            {
+                return;
+            }
+        }
+
+        _missedSince = 0;
+        _nodes = ids;
+        _ownershipStale = true;
     }
 
     /// <summary>
