@@ -117,6 +117,11 @@ internal sealed class Prober(IHttpClientFactory clients, ProbeNetworks networks)
             PooledConnectionIdleTimeout = options.ConnectionIdleTimeout,
             PooledConnectionLifetime = options.ConnectionLifetime,
             MaxConnectionsPerServer = options.MaxConnectionsPerTarget,
+            // A connection attempt outlives the probe that started it (the pool keeps it for the
+            // next request), so bound it by the longest probe: otherwise attempts to a target that
+            // drops packets would hold the per-target slots for the system's connect timeout
+            // (minutes), and its probes would go on failing after it answers again.
+            ConnectTimeout = TimeSpan.FromSeconds(options.TimeoutSeconds),
             MaxResponseDrainSize = MaxDrainedBody,
             ConnectCallback = ConnectAsync,
         };
