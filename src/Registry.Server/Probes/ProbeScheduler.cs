@@ -16,7 +16,8 @@ namespace Registry.Probes;
 /// reads which instances are probed (a partial index holds only those) and, whenever that or
 /// the live membership changes, keeps those whose rendezvous owner among the live nodes is
 /// this node; so when a node stops or dies its instances move to the others once two of their
-/// reads have missed it (<see cref="ConsiderMembership"/>). Passing probes renew the lease through the same coalesced path as heartbeats.
+/// reads have missed it (<see cref="ConsiderMembership"/>). Passing probes renew the lease
+/// through the same coalesced path as heartbeats.
 /// After <see cref="ProbeOptions.FailuresToEvict"/> failures in a row the lease is ended now
 /// and the sweeper evicts the instance like any expired one: within self-preservation's
 /// budget, counted, audited, and with its subscribers woken.
