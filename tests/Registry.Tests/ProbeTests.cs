@@ -287,9 +287,15 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
     {
         // A node's mark missing from one read of the live nodes (a pause, a slow write) must not
         // hand its instances to another node for the moment until it is seen again: forced here
-        // by ageing the first node's mark for less than a membership refresh, several times.
+        // by ageing the first node's mark until the second node's read misses it, four times.
         var database = await Cluster.CreateDatabaseAsync();
-        var settings = new Dictionary<string, string?>(Probing) { ["Registry:Leases:LivenessInterval"] = "00:00:00.100" };
+        var settings = new Dictionary<string, string?>(Probing)
+        {
+            // Marks every 100 ms, reads a second apart (the default): the mark is back long
+            // before the read after the one that missed it.
+            ["Registry:Leases:LivenessInterval"] = "00:00:00.100",
+            ["Registry:Membership:RefreshInterval"] = "00:00:01",
+        };
         await using var target = new ProbeTarget();
         await using var first = new RegistryNode(database, settings);
         await using var second = new RegistryNode(database, settings);
@@ -309,21 +315,25 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
 
         await target.WaitUntilAsync(t => Enumerable.Range(0, instances).All(i => t.Requests.Any(r => r.Path == $"/app{i}")), TimeSpan.FromSeconds(20));
         var late = first.Get<NodeIdentity>().Id;
+        var observer = second.Get<LiveNodes>();
         await using var connection = new NpgsqlConnection(database);
         await connection.OpenAsync();
         await using var age = new NpgsqlCommand("UPDATE nodes SET last_seen_at = clock_timestamp() - interval '1 minute' WHERE id = @id", connection);
         age.Parameters.AddWithValue("id", late);
-        for (var round = 0; round < 8; round++)
+        for (var round = 0; round < 4; round++)
         {
-            // Aged for ~60 ms; the node marks itself again within its 100 ms liveness interval.
-            var until = Stopwatch.StartNew();
-            while (until.ElapsedMilliseconds < 60)
+            using (var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(10)))
             {
-                await age.ExecuteNonQueryAsync();
-                await Task.Delay(TimeSpan.FromMilliseconds(10));
+                while (observer.Current.Any(n => n.Id == late))
+                {
+                    await age.ExecuteNonQueryAsync(deadline.Token);
+                    await Task.Delay(TimeSpan.FromMilliseconds(10), deadline.Token);
+                }
             }
 
-            await Task.Delay(TimeSpan.FromMilliseconds(900)); // the other node's share would be probed within an interval
+            // Until the read after next: had the second node taken the first one's share, it
+            // would have probed it within that second.
+            await Task.Delay(TimeSpan.FromSeconds(1.5));
         }
 
         var probers = target.Requests.GroupBy(r => r.Path).ToDictionary(g => g.Key, g => g.Select(r => r.Node).Distinct().Count());
