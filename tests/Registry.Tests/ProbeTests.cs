@@ -46,8 +46,8 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
             Assert.Equal(2 * (3 + 1) * Interval, (int)lease["ttl"]!);
         }
 
-        // Passing probes alone keep it: well past its 3 s lease, with no heartbeat.
-        await target.WaitUntilAsync(t => t.Requests.Count >= 6, TimeSpan.FromSeconds(15));
+        // Passing probes alone keep it: past its 8 s lease, with no heartbeat.
+        await target.WaitUntilAsync(t => t.Requests.Count >= 10, TimeSpan.FromSeconds(20));
         Assert.All(target.Requests, r => Assert.Equal("/healthz", r.Path));
         var subscription = Http.Subscription(Http.Entry("web"));
         var (_, version, body) = await client.SubscribeAsync(subscription);
