@@ -42,12 +42,12 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
             Assert.Equal("http", (string?)lease["probe"]!["kind"]);
             Assert.Equal("/healthz", (string?)lease["probe"]!["path"]);
             Assert.Equal(Interval, (int)lease["probe"]!["interval"]!);
-            // Long enough to outlive a change of prober (two intervals) whatever ttl asked for.
-            Assert.Equal(3 * Interval, (int)lease["ttl"]!);
+            // Long enough that two failed probes (FailuresToEvict - 1) never let it run out, whatever ttl asked for.
+            Assert.Equal(2 * (3 + 1) * Interval, (int)lease["ttl"]!);
         }
 
-        // Passing probes alone keep it: well past its 3 s lease, with no heartbeat.
-        await target.WaitUntilAsync(t => t.Requests.Count >= 6, TimeSpan.FromSeconds(15));
+        // Passing probes alone keep it: past its 8 s lease, with no heartbeat.
+        await target.WaitUntilAsync(t => t.Requests.Count >= 10, TimeSpan.FromSeconds(20));
         Assert.All(target.Requests, r => Assert.Equal("/healthz", r.Path));
         var subscription = Http.Subscription(Http.Entry("web"));
         var (_, version, body) = await client.SubscribeAsync(subscription);
@@ -67,6 +67,36 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         await connection.OpenAsync();
         await using var evictions = new NpgsqlCommand("SELECT coalesce(sum(instances), 0)::int FROM evictions", connection);
         Assert.Equal(1, (int)(await evictions.ExecuteScalarAsync())!); // counted for self-preservation
+    }
+
+    [Fact]
+    public async Task FewerFailedProbesInARowThanFailuresToEvictNeverEvictWhateverTheirPhase()
+    {
+        // Two passes, two failures, over and over. The passes renew the lease as heartbeats do,
+        // written only once less than half of it is left, so one of two passes in a row skips
+        // its write; whichever it is, the lease must outlast the two failures after it.
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, Probing);
+        using var client = node.CreateClient();
+        await using var target = new ProbeTarget();
+        var answered = 0;
+        target.Answer = _ => (Interlocked.Increment(ref answered) % 4 is 1 or 2 ? 200 : 503, "", TimeSpan.Zero);
+        using (var response = await client.PostJsonAsync($"/v1/register?ttl=1&probe=http&probeInterval={Interval}", Http.Provider("web", target.Addr)))
+        {
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+
+        var subscription = Http.Subscription(Http.Entry("web"));
+        var (_, version, _) = await client.SubscribeAsync(subscription);
+        await target.WaitUntilAsync(t => t.Requests.Count >= 16, TimeSpan.FromSeconds(30));
+
+        var (_, after, body) = await client.SubscribeAsync(subscription);
+        Assert.Equal(version, after);
+        Assert.Single(body!["endpoints"]!.AsArray());
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        await using var evictions = new NpgsqlCommand("SELECT coalesce(sum(instances), 0)::int FROM evictions", connection);
+        Assert.Equal(0, (int)(await evictions.ExecuteScalarAsync())!);
     }
 
     [Fact]
@@ -206,6 +236,7 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
 
             // Every node sees all three before anything is registered, so ownership is settled.
             await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Count == 3)));
+            using var views = new MembershipViews(nodes);
             using var client = nodes[0].CreateClient();
             const int instances = 12;
             for (var i = 0; i < instances; i++)
@@ -215,7 +246,9 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
             }
 
             await target.WaitUntilAsync(t => Enumerable.Range(0, instances).All(i => t.Requests.Count(r => r.Path == $"/app{i}") >= 3), TimeSpan.FromSeconds(20));
-            var owners = target.Requests.GroupBy(r => r.Path).ToDictionary(g => g.Key, g => Assert.Single(g.Select(r => r.Node).Distinct()));
+            var probers = target.Requests.GroupBy(r => r.Path).ToDictionary(g => g.Key, g => g.Select(r => r.Node).Distinct().ToList());
+            Assert.True(probers.Values.All(p => p.Count == 1), $"probed by more than one node: {target.Describe()}; membership seen: {views}");
+            var owners = probers.ToDictionary(p => p.Key, p => p.Value[0]);
             Assert.Equal(instances, owners.Count);
             Assert.True(owners.Values.Distinct().Count() >= 2, "one node took every instance");
 
@@ -233,7 +266,9 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
             // Still exactly one prober each, and nothing lapsed meanwhile.
             var settled = DateTimeOffset.UtcNow;
             await target.WaitUntilAsync(t => Enumerable.Range(0, instances).All(i => t.Requests.Count(r => r.Path == $"/app{i}" && r.At > settled) >= 2), TimeSpan.FromSeconds(10));
-            Assert.All(target.Requests.Where(r => r.At > settled).GroupBy(r => r.Path), g => Assert.Single(g.Select(r => r.Node).Distinct()));
+            Assert.True(
+                target.Requests.Where(r => r.At > settled).GroupBy(r => r.Path).All(g => g.Select(r => r.Node).Distinct().Count() == 1),
+                $"probed by more than one node since {settled:HH:mm:ss.fff}: {target.Describe()}; membership seen: {views}");
             using var survivor = nodes[0].CreateClient(); // the first client's node may be the one stopped
             using var services = await survivor.GetAsync(new Uri("/v1/services", UriKind.Relative));
             Assert.Equal(instances, (await services.ReadJsonAsync())["services"]!.AsArray().Count);
@@ -247,6 +282,65 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         }
     }
 
+    [Fact]
+    public async Task ANodeLateToMarkItselfForOneMembershipReadKeepsItsInstances()
+    {
+        // A node's mark missing from one read of the live nodes (a pause, a slow write) must not
+        // hand its instances to another node for the moment until it is seen again: forced here
+        // by ageing the first node's mark until the second node's read misses it, four times.
+        var database = await Cluster.CreateDatabaseAsync();
+        var settings = new Dictionary<string, string?>(Probing)
+        {
+            // Marks every 100 ms, reads a second apart (the default): the mark is back long
+            // before the read after the one that missed it.
+            ["Registry:Leases:LivenessInterval"] = "00:00:00.100",
+            ["Registry:Membership:RefreshInterval"] = "00:00:01",
+        };
+        await using var target = new ProbeTarget();
+        await using var first = new RegistryNode(database, settings);
+        await using var second = new RegistryNode(database, settings);
+        _ = first.Server;
+        _ = second.Server;
+        await Task.WhenAll(new[] { first, second }.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Count == 2)));
+        using var views = new MembershipViews([first, second]);
+        using var client = first.CreateClient();
+        // Many, because a taken instance is first probed at a point of the interval fixed by its
+        // key: with few, none may fall within the moment the other node holds them.
+        const int instances = 40;
+        for (var i = 0; i < instances; i++)
+        {
+            using var response = await client.PostJsonAsync($"/v1/register?probe=http&probePath=/app{i}&probeInterval={Interval}", Http.Provider($"app{i}", target.Addr));
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+
+        await target.WaitUntilAsync(t => Enumerable.Range(0, instances).All(i => t.Requests.Any(r => r.Path == $"/app{i}")), TimeSpan.FromSeconds(20));
+        var late = first.Get<NodeIdentity>().Id;
+        var observer = second.Get<LiveNodes>();
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        await using var age = new NpgsqlCommand("UPDATE nodes SET last_seen_at = clock_timestamp() - interval '1 minute' WHERE id = @id", connection);
+        age.Parameters.AddWithValue("id", late);
+        for (var round = 0; round < 4; round++)
+        {
+            using (var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(10)))
+            {
+                while (observer.Current.Any(n => n.Id == late))
+                {
+                    await age.ExecuteNonQueryAsync(deadline.Token);
+                    await Task.Delay(TimeSpan.FromMilliseconds(10), deadline.Token);
+                }
+            }
+
+            // Until the read after next: had the second node taken the first one's share, it
+            // would have probed it within that second.
+            await Task.Delay(TimeSpan.FromSeconds(1.5));
+        }
+
+        var probers = target.Requests.GroupBy(r => r.Path).ToDictionary(g => g.Key, g => g.Select(r => r.Node).Distinct().Count());
+        Assert.Equal(instances, probers.Count);
+        Assert.True(probers.Values.All(count => count == 1), $"probed by more than one node: {target.Describe()}; membership seen: {views}");
+    }
+
     private static async Task<string> RefusedAsync(HttpClient client, string path, string provider, string field = "addr")
     {
         using var response = await client.PostJsonAsync(path, provider);
@@ -255,6 +349,40 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
         var reasons = System.Text.Json.Nodes.JsonNode.Parse(body)!["errors"]![field]!.AsArray();
         return string.Join(" ", reasons.Select(r => (string?)r));
+    }
+
+    /// <summary>Each node's view of the live nodes whenever it changes, for failure messages.</summary>
+    private sealed class MembershipViews : IDisposable
+    {
+        private readonly CancellationTokenSource _stop = new();
+        private readonly System.Collections.Concurrent.ConcurrentQueue<string> _changes = new();
+
+        public MembershipViews(IReadOnlyList<RegistryNode> nodes)
+        {
+            var watched = nodes.Select(n => (Id: n.Get<NodeIdentity>().Id, Live: n.Get<LiveNodes>())).ToList();
+            _ = Task.Run(async () =>
+            {
+                var last = new Dictionary<string, string>();
+                while (!_stop.IsCancellationRequested)
+                {
+                    foreach (var (id, live) in watched)
+                    {
+                        var view = string.Join("+", live.Current.Select(n => n.Id));
+                        if (!last.TryGetValue(id, out var before) || before != view)
+                        {
+                            last[id] = view;
+                            _changes.Enqueue($"{DateTimeOffset.UtcNow:HH:mm:ss.fff} {id} sees {view}");
+                        }
+                    }
+
+                    await Task.Delay(TimeSpan.FromMilliseconds(20), CancellationToken.None);
+                }
+            });
+        }
+
+        public override string ToString() => string.Join("; ", _changes);
+
+        public void Dispose() => _stop.Cancel();
     }
 
     /// <summary>Membership is read from the database every liveness interval: no signal to await, so look each interval.</summary>

@@ -13,7 +13,7 @@ namespace Registry.Probes;
 /// network lies inside that range. A DNS name is resolved at registration and again at every
 /// probe (its answer may change), and only the addresses it gives that pass are used.
 /// </summary>
-internal sealed class ProbeNetworks
+internal sealed class ProbeNetworks(IOptions<ProbeOptions> options, ProbeHostResolver resolver)
 {
     /// <summary>Ranges refused unless listed explicitly, innermost last (a metadata address is also link-local).</summary>
     private static readonly (string Name, IPNetwork Range)[] Sensitive =
@@ -30,12 +30,7 @@ internal sealed class ProbeNetworks
         ("cloud metadata", IPNetwork.Parse("fd00:ec2::254/128")),
     ];
 
-    private readonly IPNetwork[] _allowed;
-
-    public ProbeNetworks(IOptions<ProbeOptions> options)
-    {
-        _allowed = [.. options.Value.AllowedNetworks.Select(Network.Parse)];
-    }
+    private readonly IPNetwork[] _allowed = [.. options.Value.AllowedNetworks.Select(Network.Parse)];
 
     /// <summary>Whether probing is on at all.</summary>
     public bool Enabled => _allowed.Length > 0;
@@ -76,7 +71,7 @@ internal sealed class ProbeNetworks
         {
             try
             {
-                addresses = await Dns.GetHostAddressesAsync(host, cancellationToken);
+                addresses = await resolver.ResolveAsync(host, cancellationToken);
             }
             catch (SocketException e)
             {

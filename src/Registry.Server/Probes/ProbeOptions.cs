@@ -43,6 +43,30 @@ public sealed class ProbeOptions
     /// </summary>
     public TimeSpan RefreshInterval { get; set; } = TimeSpan.FromSeconds(2);
 
+    /// <summary>
+    /// How long a probe's HTTP connection may sit unused before it is closed. Probes of one
+    /// instance reuse its connection (keep-alive, as Consul's HTTP checks do) when the next probe
+    /// comes within this, which saves the connect and close that otherwise dominate a probe's
+    /// cost; an instance probed less often gets a new connection each time. Default: twice the
+    /// default interval. Zero turns reuse off.
+    /// </summary>
+    public TimeSpan ConnectionIdleTimeout { get; set; } = TimeSpan.FromSeconds(20);
+
+    /// <summary>
+    /// Longest a probe's HTTP connection is reused, however busy. A pooled connection only proves
+    /// the provider still answers on it, so this bounds how long a provider that stopped
+    /// accepting new connections (but kept the old ones) goes on passing, and how long a DNS
+    /// name that moved to another allowed address is still probed at the old one.
+    /// </summary>
+    public TimeSpan ConnectionLifetime { get; set; } = TimeSpan.FromMinutes(1);
+
+    /// <summary>
+    /// Most HTTP connections open to one <c>host:port</c> at once. One instance is probed one
+    /// probe at a time, so more are only used when several applications register the same addr.
+    /// </summary>
+    [Range(1, 1000)]
+    public int MaxConnectionsPerTarget { get; set; } = 2;
+
     /// <summary>Whether <c>https</c> probes check the provider's certificate (turn off only for self-signed fleets).</summary>
     public bool VerifyCertificates { get; set; } = true;
 }

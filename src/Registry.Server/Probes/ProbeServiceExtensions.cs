@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Options;
 using Registry.Edge;
+using Registry.Membership;
 
 namespace Registry.Probes;
 
@@ -11,13 +12,23 @@ internal static class ProbeServiceExtensions
         services.AddOptions<ProbeOptions>().BindConfiguration(RegistryOptions.Section(nameof(RegistryOptions.Probes))).ValidateDataAnnotations()
             .Validate(o => o.DefaultIntervalSeconds <= o.MaxIntervalSeconds, "Registry:Probes needs DefaultIntervalSeconds <= MaxIntervalSeconds.")
             .Validate(o => o.RefreshInterval > TimeSpan.Zero, "Registry:Probes:RefreshInterval must be positive.")
+            .Validate(o => o.ConnectionIdleTimeout >= TimeSpan.Zero, "Registry:Probes:ConnectionIdleTimeout must not be negative.")
+            .Validate(o => o.ConnectionLifetime >= TimeSpan.Zero, "Registry:Probes:ConnectionLifetime must not be negative.")
             .ValidateOnStart();
         services.AddSingleton<IValidateOptions<ProbeOptions>, AllowedNetworksValidator>();
+        services.AddSingleton<ProbeHostResolver>();
         services.AddSingleton<ProbeNetworks>();
         services.AddSingleton<ProbeRequests>();
         services.AddSingleton<Prober>();
-        services.AddHttpClient(Prober.ClientName, client => client.Timeout = Timeout.InfiniteTimeSpan)
-            .ConfigurePrimaryHttpMessageHandler(provider => Prober.Handler(provider.GetRequiredService<IOptions<ProbeOptions>>().Value.VerifyCertificates))
+        services.AddHttpClient(Prober.ClientName, (provider, client) =>
+            {
+                client.Timeout = Timeout.InfiniteTimeSpan; // each probe has its own
+                client.DefaultRequestHeaders.UserAgent.ParseAdd($"registry-probe/1 (node {provider.GetRequiredService<NodeIdentity>().Id})");
+            })
+            .ConfigurePrimaryHttpMessageHandler(provider => Prober.Handler(provider.GetRequiredService<IOptions<ProbeOptions>>().Value))
+            // The handler's pool holds the probes' kept-alive connections; rotating it would drop
+            // them all. Addresses are re-checked at every probe, so rotation is not needed for DNS.
+            .SetHandlerLifetime(Timeout.InfiniteTimeSpan)
             // One log line per probe would drown everything else; probes are counted in metrics.
             .RemoveAllLoggers();
         services.AddHostedService<ProbeScheduler>();

@@ -64,6 +64,17 @@ internal sealed class ProbeRequests(ProbeNetworks networks, IOptions<ProbeOption
             : new ProbeSpec(probe, probe == ProbeSpec.Tcp ? null : path ?? "/", (int)Math.Min(seconds ?? options.Value.DefaultIntervalSeconds, options.Value.MaxIntervalSeconds));
     }
 
+    /// <summary>
+    /// The shortest lease a probed instance is given, in seconds: twice <c>FailuresToEvict + 1</c>
+    /// intervals. Passing probes renew it as heartbeats do, and such a renewal is written only once
+    /// less than half of the lease is left, so after a passing probe only a little over half of it
+    /// may remain; that half must outlast <c>FailuresToEvict - 1</c> failed probes (each may take
+    /// its whole interval to time out), the next passing one and its write. With a shorter lease
+    /// fewer failures than <c>FailuresToEvict</c> let it run out and the sweeper evicts a provider
+    /// that is only briefly slow. It also outlasts a change of prober (within two intervals).
+    /// </summary>
+    public long LeaseSeconds(ProbeSpec spec) => 2L * (options.Value.FailuresToEvict + 1) * spec.IntervalSeconds;
+
     /// <summary>Null when a probe may reach the host of <paramref name="addr"/>; otherwise the rule it breaks.</summary>
     public async Task<string?> RefusalAsync(string addr, CancellationToken cancellationToken) =>
         (await networks.ResolveAsync(ProbeAddress.Host(addr), cancellationToken)).Refusal;

@@ -31,7 +31,7 @@ internal static class RegistrationApi
                 "an existing one has its meta replaced and its lease renewed and answers 200. The lease lasts `ttl` seconds " +
                 "(clamped to the configured bounds); renew it with heartbeats. Consumers see the change within milliseconds. " +
                 "With `probe` (http, https or tcp) the registry probes the instance itself every `probeInterval` seconds (default 10): " +
-                "passing probes renew the lease (which is then at least three intervals long) and after Registry:Probes:FailuresToEvict " +
+                "passing probes renew the lease (which is then at least 2(FailuresToEvict + 1) intervals long, so fewer failures never let it run out) and after Registry:Probes:FailuresToEvict " +
                 "consecutive failures the instance is evicted. `http`/`https` GET `probePath` (default `/`) and pass on a 2xx, never " +
                 "following a redirect; `tcp` passes when a connection opens. The `addr` (a DNS name is resolved) must lie in " +
                 "Registry:Probes:AllowedNetworks; loopback, link-local and cloud-metadata addresses only when listed explicitly. " +
@@ -116,8 +116,8 @@ internal static class RegistrationApi
                 return Problems.Invalid(errors);
             }
 
-            // Long enough that the probes keep it alive while their owner changes (within two intervals).
-            granted = Math.Max(granted, (int)Math.Min(3L * probeSpec.IntervalSeconds, leases.Value.MaxTtlSeconds));
+            // Long enough that fewer failed probes than FailuresToEvict never let it run out.
+            granted = Math.Max(granted, (int)Math.Min(probes.LeaseSeconds(probeSpec), leases.Value.MaxTtlSeconds));
         }
 
         WriteResult result;

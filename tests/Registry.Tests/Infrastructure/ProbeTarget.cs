@@ -12,10 +12,12 @@ public sealed record ProbeRequest(string Path, string Node, DateTimeOffset At);
 /// A provider for the registry to probe, on a loopback port: a minimal HTTP/1.1 responder
 /// whose answer per path the test sets (status, delay, headers), and which records every
 /// request with the node that sent it. A probe that only connects (tcp) counts as a connection.
+/// It closes each connection after one answer unless <see cref="KeepAlive"/> is set.
 /// </summary>
 public sealed class ProbeTarget : IAsyncDisposable
 {
     private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+    private readonly ConcurrentDictionary<TcpClient, bool> _open = new();
     private readonly CancellationTokenSource _stop = new();
     private readonly ConcurrentQueue<ProbeRequest> _requests = new();
     private readonly Task _accepting;
@@ -37,13 +39,20 @@ public sealed class ProbeTarget : IAsyncDisposable
     /// <summary>What to answer a request for a path: status line code, extra header lines, delay before answering.</summary>
     public Func<string, (int Status, string Headers, TimeSpan Delay)> Answer { get; set; } = _ => (200, "", TimeSpan.Zero);
 
+    /// <summary>Whether connections stay open for further requests (HTTP keep-alive), as most servers do.</summary>
+    public bool KeepAlive { get; set; }
+
     public int Connections => Volatile.Read(ref _connections);
 
     public IReadOnlyList<ProbeRequest> Requests => [.. _requests];
 
-    /// <summary>Waits until <paramref name="done"/> holds for the requests and connections seen (checked after each one).</summary>
+    /// <summary>
+    /// Waits until <paramref name="done"/> holds for the requests and connections seen (checked
+    /// after each one); on timeout the failure lists what arrived, so a stall can be told from slowness.
+    /// </summary>
     public async Task WaitUntilAsync(Func<ProbeTarget, bool> done, TimeSpan timeout)
     {
+        var started = DateTimeOffset.UtcNow;
         using var deadline = new CancellationTokenSource(timeout);
         while (true)
         {
@@ -53,12 +62,31 @@ public sealed class ProbeTarget : IAsyncDisposable
                 return;
             }
 
-            await arrived.WaitAsync(deadline.Token);
+            try
+            {
+                await arrived.WaitAsync(deadline.Token);
+            }
+            catch (OperationCanceledException) when (deadline.IsCancellationRequested)
+            {
+                throw new TimeoutException($"Waited {timeout} from {started:HH:mm:ss.fff}; {Connections} connections, requests: {Describe()}");
+            }
         }
     }
 
-    /// <summary>Stops listening: connections are refused from now on.</summary>
+    /// <summary>The requests seen, as time, node and path, for failure messages.</summary>
+    public string Describe() => string.Join(", ", Requests.Select(r => $"{r.At:HH:mm:ss.fff} {r.Node} {r.Path}"));
+
+    /// <summary>Stops listening: connections are refused from now on (those open stay open).</summary>
     public void Close() => _listener.Stop();
+
+    /// <summary>Closes the connections open now, as a provider that stops does.</summary>
+    public void CloseConnections()
+    {
+        foreach (var client in _open.Keys)
+        {
+            client.Dispose();
+        }
+    }
 
     private async Task AcceptAsync()
     {
@@ -80,37 +108,56 @@ public sealed class ProbeTarget : IAsyncDisposable
 
     private async Task ServeAsync(TcpClient client)
     {
+        _open[client] = true;
         using (client)
         {
             try
             {
                 var stream = client.GetStream();
-                var head = await ReadHeadAsync(stream);
-                if (head is null)
+                do
                 {
-                    return; // a tcp probe: connected, sent nothing
+                    if (!await AnswerAsync(stream))
+                    {
+                        return; // a tcp probe (connected, sent nothing), or the prober hung up
+                    }
                 }
-
-                var lines = head.Split("\r\n");
-                var path = lines[0].Split(' ')[1];
-                var agent = lines.FirstOrDefault(l => l.StartsWith("User-Agent:", StringComparison.OrdinalIgnoreCase)) ?? "";
-                var node = agent.Contains("(node ", StringComparison.Ordinal) ? agent[(agent.IndexOf("(node ", StringComparison.Ordinal) + 6)..].TrimEnd(')') : "";
-                _requests.Enqueue(new ProbeRequest(path, node, DateTimeOffset.UtcNow));
-                Signal();
-                var (status, headers, delay) = Answer(path);
-                if (delay > TimeSpan.Zero)
-                {
-                    await Task.Delay(delay, _stop.Token);
-                }
-
-                var response = $"HTTP/1.1 {status} Status\r\n{headers}Content-Length: 5\r\nConnection: close\r\n\r\nhello";
-                await stream.WriteAsync(Encoding.ASCII.GetBytes(response), _stop.Token);
+                while (KeepAlive);
             }
-            catch (Exception e) when (e is IOException or OperationCanceledException or SocketException)
+            catch (Exception e) when (e is IOException or OperationCanceledException or SocketException or ObjectDisposedException)
             {
                 // The prober gave up (timeout) or the target is closing.
             }
+            finally
+            {
+                _open.TryRemove(client, out _);
+            }
         }
+    }
+
+    /// <summary>Reads one request and answers it; false when the connection ended first.</summary>
+    private async Task<bool> AnswerAsync(NetworkStream stream)
+    {
+        var head = await ReadHeadAsync(stream);
+        if (head is null)
+        {
+            return false;
+        }
+
+        var lines = head.Split("\r\n");
+        var path = lines[0].Split(' ')[1];
+        var agent = lines.FirstOrDefault(l => l.StartsWith("User-Agent:", StringComparison.OrdinalIgnoreCase)) ?? "";
+        var node = agent.Contains("(node ", StringComparison.Ordinal) ? agent[(agent.IndexOf("(node ", StringComparison.Ordinal) + 6)..].TrimEnd(')') : "";
+        _requests.Enqueue(new ProbeRequest(path, node, DateTimeOffset.UtcNow));
+        Signal();
+        var (status, headers, delay) = Answer(path);
+        if (delay > TimeSpan.Zero)
+        {
+            await Task.Delay(delay, _stop.Token);
+        }
+
+        var response = $"HTTP/1.1 {status} Status\r\n{headers}Content-Length: 5\r\n{(KeepAlive ? "" : "Connection: close\r\n")}\r\nhello";
+        await stream.WriteAsync(Encoding.ASCII.GetBytes(response), _stop.Token);
+        return true;
     }
 
     private async Task<string?> ReadHeadAsync(NetworkStream stream)
