@@ -176,6 +176,7 @@ internal static class RegistryServiceExtensions
         services.AddSingletonHostedService<LiveNodes>();
         services.AddSingletonHostedService<WriteBatcher>();
         services.AddHostedService<Sweeper>();
+        services.AddHostedService<SubscriptionWarmUp>();
         return services;
     }
 

@@ -37,9 +37,9 @@ internal sealed class RegistryMetrics
     private int _views;
     private int _selfPreservation;
 
-    public RegistryMetrics(IMeterFactory meters)
+    public RegistryMetrics(IMeterFactory meters, string meterName = MeterName)
     {
-        var meter = meters.Create(MeterName);
+        var meter = meters.Create(meterName);
         _registrations = meter.CreateCounter<long>("registry.registrations", "{registration}", "Registrations committed, by result (created, replaced).");
         _unregistrations = meter.CreateCounter<long>("registry.unregistrations", "{unregistration}", "Unregistrations, by result (removed, not_found).");
         _heartbeatsReceived = meter.CreateCounter<long>("registry.heartbeats.received", "{heartbeat}", "Heartbeats answered, by result (renewed, unknown, refused).");
