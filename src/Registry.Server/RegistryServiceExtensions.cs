@@ -169,6 +169,7 @@ internal static class RegistryServiceExtensions
             host.ServicesStartConcurrently = false;
             host.ServicesStopConcurrently = false;
         });
+        services.AddHostedService<SubscriptionWarmUp>();
         services.AddHostedService<DatabaseMigrator>();
         services.AddSingletonHostedService<RegistryLoader>();
         services.AddSingletonHostedService<ChangeFeedListener>();
@@ -176,7 +177,6 @@ internal static class RegistryServiceExtensions
         services.AddSingletonHostedService<LiveNodes>();
         services.AddSingletonHostedService<WriteBatcher>();
         services.AddHostedService<Sweeper>();
-        services.AddHostedService<SubscriptionWarmUp>();
         return services;
     }
 
