@@ -30,11 +30,6 @@ internal sealed class SubscriptionWarmUp(IHostApplicationLifetime lifetime, Time
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         await Task.Yield(); // off the host's start, which goes on to load the registry
-        await RunAsync(stoppingToken);
-    }
-
-    private async Task RunAsync(CancellationToken cancellationToken)
-    {
         using var meters = new PrivateMeters();
         var metrics = new RegistryMetrics(meters, RegistryMetrics.MeterName + ".WarmUp");
         var state = new RegistryState();
@@ -58,7 +53,7 @@ internal sealed class SubscriptionWarmUp(IHostApplicationLifetime lifetime, Time
 
                 foreach (var view in new[] { single, overlapping })
                 {
-                    await view.Current.WriteAsync(PipeWriter.Create(Stream.Null), writers, cancellationToken);
+                    await view.Current.WriteAsync(PipeWriter.Create(Stream.Null), writers, stoppingToken);
                 }
             }
         }
