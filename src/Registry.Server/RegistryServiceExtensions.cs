@@ -36,9 +36,7 @@ internal static class RegistryServiceExtensions
         if (!string.IsNullOrWhiteSpace(configured))
         {
             var probe = new Npgsql.NpgsqlConnectionStringBuilder(configured) { Timeout = options.ConnectTimeoutSeconds, Pooling = false };
-            var source = new Npgsql.NpgsqlDataSourceBuilder(probe.ConnectionString);
-            source.ConfigureTypeLoading(types => types.EnableTypeLoading(false)); // an open is all it asks
-            await using var probing = source.Build();
+            await using var probing = RegistryDatabase.Builder(probe.ConnectionString).Build();
             await using var connection = await probing.OpenConnectionAsync();
             return null;
         }

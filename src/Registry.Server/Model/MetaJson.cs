@@ -41,7 +41,11 @@ internal static class MetaJson
         try
         {
             var reader = new Utf8JsonReader(utf8[..Encoding.UTF8.GetBytes(json, utf8)]);
-            Expect(ref reader, JsonTokenType.StartObject);
+            if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+            {
+                throw new JsonException($"Stored meta is not a JSON object (found {reader.TokenType}).");
+            }
+
             var pairs = new List<KeyValuePair<string, string>>();
             while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
             {
@@ -62,12 +66,4 @@ internal static class MetaJson
     }
 
     private const int StackLimit = 1024;
-
-    private static void Expect(ref Utf8JsonReader reader, JsonTokenType token)
-    {
-        if (!reader.Read() || reader.TokenType != token)
-        {
-            throw new JsonException($"Stored meta is not a JSON object (found {reader.TokenType}).");
-        }
-    }
 }
