@@ -237,7 +237,7 @@ public sealed class Checker(Func<string> database, RegistryApi api, History hist
     {
         var window = FaultCluster.SelfPreservationWindow;
         var evictions = rows.Where(r => r.Change == 'D' && r.Kind == "sweep").OrderBy(r => r.At).ToList();
-        var population = history.Population.ToList();
+        var population = Population(rows, evictions, window);
         var end = 0;
         for (var start = 0; start < evictions.Count; start++)
         {
@@ -247,10 +247,8 @@ public sealed class Checker(Func<string> database, RegistryApi api, History hist
                 end++;
             }
 
-            // The population self-preservation measures is the live instances plus those evicted within the window before.
-            var live = population.Where(p => p.At > from - window && p.At < from + window)
-                .Select(p => p.Count + evictions.Count(e => e.At > p.At - window && e.At <= p.At))
-                .DefaultIfEmpty(0).Max();
+            // The largest population any sweep in or just before the window could have counted.
+            var live = population.Where(p => p.At > from - window && p.At < from + window).Select(p => p.Count).DefaultIfEmpty(0).Max();
             var budget = Math.Max((int)(FaultCluster.SelfPreservationShare * live), FaultCluster.SelfPreservationMinInstances);
             if (end - start > budget + 1)
             {
@@ -260,6 +258,35 @@ public sealed class Checker(Func<string> database, RegistryApi api, History hist
                 return; // one window shows it
             }
         }
+    }
+
+    /// <summary>
+    /// The population self-preservation measures (the rows in the table plus those evicted within
+    /// the window before), after every row change: exact, from the recorder, which saw the table
+    /// from empty. A sample every so often misses a deploy registered just before a sweep counts it.
+    /// </summary>
+    private static List<(DateTimeOffset At, int Count)> Population(IReadOnlyList<RowEvent> rows, List<RowEvent> evictions, TimeSpan window)
+    {
+        var population = new List<(DateTimeOffset At, int Count)>();
+        var size = 0;
+        int evicted = 0, windowStart = 0;
+        foreach (var row in rows.Where(r => r.Change is 'I' or 'D').OrderBy(r => r.Id))
+        {
+            size += row.Change == 'I' ? 1 : -1;
+            while (evicted < evictions.Count && evictions[evicted].At <= row.At)
+            {
+                evicted++;
+            }
+
+            while (windowStart < evicted && evictions[windowStart].At <= row.At - window)
+            {
+                windowStart++;
+            }
+
+            population.Add((row.At, size + evicted - windowStart));
+        }
+
+        return population;
     }
 
     /// <summary>

@@ -93,6 +93,9 @@ public sealed class FaultInjector(FaultCluster cluster, RegistryApi api, History
         await cluster.Database.StopAsync(mode, cancellationToken);
         await Task.Delay(pause, cancellationToken);
         await cluster.Database.StartAsync(cancellationToken);
+        // The suite's own idle pooled connections died with the server; the next fault or check
+        // must not draw one of them.
+        NpgsqlConnection.ClearAllPools();
         return ("postgres", $"stopped ({mode}), down {pause.TotalSeconds:F1} s plus start-up");
     }
 

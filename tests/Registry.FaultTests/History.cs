@@ -109,9 +109,6 @@ public sealed class History
     /// <summary>Times the test's own LISTEN session was not connected (notifications may be missed then).</summary>
     public ConcurrentQueue<(DateTimeOffset From, DateTimeOffset To)> ListenerGaps { get; } = new();
 
-    /// <summary>Sampled <c>count(*)</c> of instances (the self-preservation population).</summary>
-    public ConcurrentQueue<(DateTimeOffset At, int Count)> Population { get; } = new();
-
     /// <summary>How long after a probe write each node served it (reads stale), or null when it did not within the limit.</summary>
     public ConcurrentQueue<(DateTimeOffset Written, int Node, TimeSpan? Lag)> Staleness { get; } = new();
 

@@ -64,7 +64,6 @@ public sealed class FaultCluster : IAsyncDisposable
 
             await cluster.WaitReadyAsync(TimeSpan.FromSeconds(60), cancellationToken);
             cluster._background.Add(cluster.ListenAsync(cluster._stop.Token));
-            cluster._background.Add(cluster.SamplePopulationAsync(cluster._stop.Token));
             return cluster;
         }
         catch
@@ -144,24 +143,6 @@ public sealed class FaultCluster : IAsyncDisposable
             {
                 down ??= DateTimeOffset.UtcNow;
                 await Task.Delay(TimeSpan.FromMilliseconds(100), cancellationToken);
-            }
-        }
-    }
-
-    private async Task SamplePopulationAsync(CancellationToken cancellationToken)
-    {
-        using var timer = new PeriodicTimer(TimeSpan.FromMilliseconds(500));
-        while (await timer.WaitForNextTickAsync(cancellationToken))
-        {
-            try
-            {
-                await using var connection = await OpenAsync(cancellationToken);
-                await using var command = new NpgsqlCommand("SELECT count(*)::int FROM instances", connection);
-                _history.Population.Enqueue((DateTimeOffset.UtcNow, (int)(await command.ExecuteScalarAsync(cancellationToken))!));
-            }
-            catch (Exception e) when (e is NpgsqlException or InvalidOperationException or System.Net.Sockets.SocketException or IOException)
-            {
-                // The database is being restarted; the next sample comes after.
             }
         }
     }
