@@ -82,13 +82,23 @@ internal static class TokenStore
         return tokens;
     }
 
-    /// <summary>Records when tokens were last used, never moving a time backwards (another node may have written a later one).</summary>
+    /// <summary>
+    /// Records when tokens were last used, never moving a time backwards (another node may have
+    /// written a later one). Rows are locked in the ids' order, so two nodes' flushes of the same
+    /// tokens wait for each other instead of deadlocking.
+    /// </summary>
     public static async Task RecordUseAsync(NpgsqlDataSource database, string[] ids, DateTime[] times, CancellationToken cancellationToken)
     {
         await using var command = database.CreateCommand($"""
-            UPDATE {Schema.TokensTable} AS t SET last_used_at = greatest(t.last_used_at, u.at)
-            FROM unnest(@ids, @times) AS u(id, at)
-            WHERE t.id = u.id
+            WITH used AS (
+                SELECT t.id, u.at
+                  FROM {Schema.TokensTable} AS t
+                  JOIN unnest(@ids, @times) AS u(id, at) ON t.id = u.id
+                 ORDER BY t.id
+                   FOR NO KEY UPDATE OF t)
+            UPDATE {Schema.TokensTable} AS t SET last_used_at = greatest(t.last_used_at, used.at)
+              FROM used
+             WHERE t.id = used.id
             """);
         command.Parameters.Add(new NpgsqlParameter("ids", ids));
         command.Parameters.Add(new NpgsqlParameter("times", NpgsqlDbType.Array | NpgsqlDbType.TimestampTz) { Value = times });

@@ -171,6 +171,71 @@ public sealed class AccessTests(AccessCluster cluster)
     }
 
     [Fact]
+    public async Task ALastUsedFlushWaitingForATokenRowHoldsNoRowOrderedAfterIt()
+    {
+        // Two nodes flush last-used times for the same tokens; each must lock them in one order
+        // (the ids'), or each holds a row the other waits for: a deadlock, and a flush lost.
+        var tokens = new List<(string Id, string Secret)>();
+        for (var i = 0; i < 20; i++)
+        {
+            tokens.Add(await cluster.CreateTokenAsync($$"""{"description":"lock order {{i}}","subscribe":["payments"]}"""));
+        }
+
+        await using var connection = new NpgsqlConnection(cluster.ConnectionString);
+        await connection.OpenAsync();
+        await using var transaction = await connection.BeginTransactionAsync();
+        var ids = new List<string>();
+        await using (var order = new NpgsqlCommand("SELECT id FROM tokens WHERE id = ANY(@ids) ORDER BY id COLLATE \"default\"", connection, transaction))
+        {
+            order.Parameters.AddWithValue("ids", tokens.Select(t => t.Id).ToArray());
+            await using var reader = await order.ExecuteReaderAsync();
+            while (await reader.ReadAsync())
+            {
+                ids.Add(reader.GetString(0));
+            }
+        }
+
+        // The first token of the order is held (as another node's flush would hold it)…
+        await LockTokenAsync(connection, transaction, ids[0], nowait: false);
+        await Task.WhenAll(tokens.Select(async token =>
+        {
+            using var client = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(token.Secret));
+            using var response = await client.GetAsync(new Uri("/v1/services/payments", UriKind.Relative));
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        }));
+
+        // …when all of them are used: the node's flush waits for it…
+        await using (var clear = new NpgsqlCommand("SELECT pg_stat_clear_snapshot()", connection, transaction))
+        await using (var blocked = new NpgsqlCommand(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'",
+            connection, transaction))
+        {
+            using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(15));
+            do
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(20), deadline.Token);
+                await clear.ExecuteNonQueryAsync();
+            }
+            while ((long)(await blocked.ExecuteScalarAsync())! == 0);
+        }
+
+        // …having taken none of the rows after it.
+        foreach (var id in ids.Skip(1))
+        {
+            await LockTokenAsync(connection, transaction, id, nowait: true);
+        }
+
+        await transaction.CommitAsync();
+    }
+
+    private static async Task LockTokenAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, string id, bool nowait)
+    {
+        await using var command = new NpgsqlCommand($"SELECT 1 FROM tokens WHERE id = @id FOR NO KEY UPDATE{(nowait ? " NOWAIT" : "")}", connection, transaction);
+        command.Parameters.AddWithValue("id", id);
+        Assert.Equal(1, await command.ExecuteScalarAsync());
+    }
+
+    [Fact]
     public async Task TokenRequestsAreValidatedFieldByField()
     {
         using var admin = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(AccessCluster.Bootstrap));
