@@ -13,6 +13,9 @@ public sealed record Readiness(
     [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)] IReadOnlyDictionary<string, CheckResult>? Checks,
     [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)] SelfPreservationState? SelfPreservation);
 
+/// <summary>The liveness answer: the process serves HTTP.</summary>
+public sealed record Liveness(string Status);
+
 /// <summary>Whether the sweeper on this node is rate-limiting evictions.</summary>
 public sealed record SelfPreservationState(bool Engaged, int ExpiredAtLastSweep);
 
@@ -23,7 +26,7 @@ internal static class OperationsApi
     {
         var group = endpoints.MapGroup("").WithTags("Operations");
 
-        group.MapGet("/healthz", () => TypedResults.Ok(new { status = "alive" }))
+        group.MapGet("/healthz", () => TypedResults.Ok(new Liveness("alive")))
             .WithName("Health")
             .WithSummary("Is the process alive")
             .WithDescription("200 while the process serves HTTP; it checks nothing else, so an orchestrator restarts only a wedged process.");
