@@ -365,12 +365,13 @@ internal sealed partial class RegistryLoader(
         parameters?.Invoke(command);
 
         var rows = new Dictionary<string, List<Instance>>(StringComparer.Ordinal);
+        var strings = new StringPool();
         await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
         {
             while (await reader.ReadAsync(cancellationToken))
             {
-                var key = new InstanceKey(reader.GetString(0), reader.GetString(1), reader.GetString(2));
-                var instance = new Instance(key, MetaJson.Parse(reader.GetString(3)), reader.GetInt32(4),
+                var key = new InstanceKey(strings.Get(reader.GetString(0)), strings.Get(reader.GetString(1)), reader.GetString(2));
+                var instance = new Instance(key, MetaJson.Parse(reader.GetString(3), strings), reader.GetInt32(4),
                     new DateTimeOffset(reader.GetDateTime(5), TimeSpan.Zero), reader.GetInt64(6));
                 if (!rows.TryGetValue(key.Application, out var list))
                 {

@@ -34,16 +34,33 @@ public sealed class Meta : IEquatable<Meta>
     private Meta(KeyValuePair<string, string>[] sortedPairs) => _pairs = sortedPairs;
 
     /// <summary>Builds the canonical form of the given pairs (keys must be distinct).</summary>
-    public static Meta From(IEnumerable<KeyValuePair<string, string>> pairs)
+    public static Meta From(IEnumerable<KeyValuePair<string, string>> pairs) => FromOwned(pairs.ToArray());
+
+    /// <summary>
+    /// Builds the canonical form from an array no one else holds (keys must be distinct): it is
+    /// sorted in place and kept. Metadata has a handful of pairs, so an insertion sort, which
+    /// allocates nothing (a full load builds one per instance).
+    /// </summary>
+    internal static Meta FromOwned(KeyValuePair<string, string>[] pairs)
     {
-        var sorted = pairs.ToArray();
-        if (sorted.Length == 0)
+        if (pairs.Length == 0)
         {
             return Empty;
         }
 
-        Array.Sort(sorted, static (a, b) => string.CompareOrdinal(a.Key, b.Key));
-        return new Meta(sorted);
+        for (var i = 1; i < pairs.Length; i++)
+        {
+            var pair = pairs[i];
+            var j = i - 1;
+            for (; j >= 0 && string.CompareOrdinal(pairs[j].Key, pair.Key) > 0; j--)
+            {
+                pairs[j + 1] = pairs[j];
+            }
+
+            pairs[j + 1] = pair;
+        }
+
+        return new Meta(pairs);
     }
 
     /// <summary>The pairs in canonical order.</summary>

@@ -27,8 +27,10 @@ internal static class MetaJson
     /// <summary>
     /// Reads the column's text with a forward-only reader: a full load parses every instance's
     /// meta, and a document object per row was most of a cold start's CPU after the query itself.
+    /// The pairs are counted first, so the one array allocated is the one the meta keeps; with a
+    /// <paramref name="pool"/>, keys and values repeated across rows are shared.
     /// </summary>
-    public static Meta Parse(string json)
+    public static Meta Parse(string json, StringPool? pool = null)
     {
         if (json is "{}" or "")
         {
@@ -46,15 +48,16 @@ internal static class MetaJson
                 throw new JsonException($"Stored meta is not a JSON object (found {reader.TokenType}).");
             }
 
-            var pairs = new List<KeyValuePair<string, string>>();
-            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+            var pairs = new KeyValuePair<string, string>[Count(reader)];
+            for (var i = 0; i < pairs.Length; i++)
             {
-                var key = reader.GetString()!;
                 reader.Read();
-                pairs.Add(new(key, reader.TokenType == JsonTokenType.Null ? "" : reader.GetString()!));
+                var key = Text(ref reader, pool);
+                reader.Read();
+                pairs[i] = new(key, reader.TokenType == JsonTokenType.Null ? "" : Text(ref reader, pool));
             }
 
-            return Meta.From(pairs);
+            return Meta.FromOwned(pairs);
         }
         finally
         {
@@ -63,6 +66,36 @@ internal static class MetaJson
                 ArrayPool<byte>.Shared.Return(rented);
             }
         }
+    }
+
+    /// <summary>The number of properties of the object the reader (a copy) has just entered.</summary>
+    private static int Count(Utf8JsonReader reader)
+    {
+        var count = 0;
+        while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+        {
+            count++;
+            reader.Skip(); // onto the value: the next read is the next name
+        }
+
+        return count;
+    }
+
+    /// <summary>The current string token; through the pool, without an allocation when it holds it.</summary>
+    private static string Text(ref Utf8JsonReader reader, StringPool? pool)
+    {
+        if (pool is null)
+        {
+            return reader.GetString()!;
+        }
+
+        if (reader.ValueIsEscaped || reader.ValueSpan.Length > StringPool.MaxLength)
+        {
+            return pool.Get(reader.GetString()!);
+        }
+
+        Span<char> chars = stackalloc char[StringPool.MaxLength];
+        return pool.Get(chars[..Encoding.UTF8.GetChars(reader.ValueSpan, chars)]);
     }
 
     private const int StackLimit = 1024;
