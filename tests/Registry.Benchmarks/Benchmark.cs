@@ -559,29 +559,7 @@ public sealed partial class Benchmark
 
         var rssBefore = node.Sample();
         using var giveUp = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var sent = 0;
-        var polls = new Task<RegistryHttp.PollAnswer>[consumers];
-        // Open the connections in waves so the listen backlog never overflows.
-        const int Wave = 250;
-        var rampStarted = Stopwatch.GetTimestamp();
-        for (var i = 0; i < consumers; i++)
-        {
-            polls[i] = http.SubscribeAsync(application, version, PollWaitSeconds, () => Interlocked.Increment(ref sent), giveUp.Token);
-            if ((i + 1) % Wave == 0)
-            {
-                await Task.Delay(TimeSpan.FromMilliseconds(25), cancellationToken);
-            }
-        }
-
-        while (Volatile.Read(ref sent) < consumers && Stopwatch.GetElapsedTime(rampStarted) < TimeSpan.FromSeconds(60))
-        {
-            await Task.Delay(TimeSpan.FromMilliseconds(20), cancellationToken);
-        }
-
-        var secondsToPark = Stopwatch.GetElapsedTime(rampStarted).TotalSeconds;
-
-        // The last bodies are on the wire; give the node a moment to park them.
-        await Task.Delay(TimeSpan.FromMilliseconds(Math.Clamp(consumers / 10, 200, 2000)), cancellationToken);
+        var (polls, secondsToPark) = await ParkAsync(consumers, parked => http.SubscribeAsync(application, version, PollWaitSeconds, parked, giveUp.Token), cancellationToken);
         var early = polls.Count(p => p.IsCompleted);
 
         if (measureIdle)
@@ -608,38 +586,85 @@ public sealed partial class Benchmark
                 BenchDatabase.Difference(statementsBefore, statementsAfter));
         }
 
+        var fanOut = await TimeChangeAsync(node, polls, giveUp, secondsToPark, async () =>
+        {
+            // The change: a second instance of the application.
+            var status = await http.RegisterAsync(RegistryHttp.Provider(application, "10.255.0.2:8080"), 3600, cancellationToken);
+            if (status is not (HttpStatusCode.OK or HttpStatusCode.Created))
+            {
+                throw new InvalidOperationException($"The fan-out change answered {(int)status}.");
+            }
+        }, poll => poll.Status == HttpStatusCode.OK && poll.Version != version ? poll.AnsweredAt : null, cancellationToken);
+        if (early > 0)
+        {
+            result.Notes.Add($"{early} of {consumers} fan-out polls were answered before the change.");
+        }
+
+        return fanOut;
+    }
+
+    /// <summary>
+    /// Opens <paramref name="consumers"/> long polls or watches (<paramref name="open"/> calls its
+    /// argument once one is parked) in waves, so the listen backlog never overflows, and waits
+    /// until all are parked (60 s at most) and a moment more for the last to settle.
+    /// </summary>
+    private static async Task<(Task<T>[] Waits, double SecondsToPark)> ParkAsync<T>(int consumers, Func<Action, Task<T>> open, CancellationToken cancellationToken)
+    {
+        const int Wave = 250;
+        var sent = 0;
+        var waits = new Task<T>[consumers];
+        var rampStarted = Stopwatch.GetTimestamp();
+        for (var i = 0; i < consumers; i++)
+        {
+            waits[i] = open(() => Interlocked.Increment(ref sent));
+            if ((i + 1) % Wave == 0)
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(25), cancellationToken);
+            }
+        }
+
+        while (Volatile.Read(ref sent) < consumers && Stopwatch.GetElapsedTime(rampStarted) < TimeSpan.FromSeconds(60))
+        {
+            await Task.Delay(TimeSpan.FromMilliseconds(20), cancellationToken);
+        }
+
+        var secondsToPark = Stopwatch.GetElapsedTime(rampStarted).TotalSeconds;
+        // The last requests are on the wire; give the server a moment to park them.
+        await Task.Delay(TimeSpan.FromMilliseconds(Math.Clamp(consumers / 10, 200, 2000)), cancellationToken);
+        return (waits, secondsToPark);
+    }
+
+    /// <summary>
+    /// The timed change, the same for every target: sends <paramref name="change"/>, waits for
+    /// every parked consumer (20 s at most, through <paramref name="giveUp"/>), and times each
+    /// answer that carries the change (<paramref name="answeredAt"/>: its Stopwatch timestamp,
+    /// or null) from the moment the change was sent, with the server's and the generator's CPU
+    /// and the generator's GC pauses over the window.
+    /// </summary>
+    private static async Task<FanOutResult> TimeChangeAsync<T>(
+        ServerNode server, Task<T>[] waits, CancellationTokenSource giveUp, double secondsToPark, Func<Task> change, Func<T, long?> answeredAt, CancellationToken cancellationToken)
+    {
         // The generator's own GC pauses would delay the timestamps of answers that have already
         // arrived (a 100 ms gen1 pause with 10,000 connections open was seen), so the timed window
         // runs without GC when the runtime can promise it; pauses that still happen are reported.
         var noGc = StartNoGcRegion();
-
-        // The change: a second instance of the application.
-        var nodeCpu = node.Sample();
+        var serverCpu = server.Sample();
         var generatorCpu = Process.GetCurrentProcess().TotalProcessorTime;
         var generatorPauses = GC.GetTotalPauseDuration();
         var changeSent = Stopwatch.GetTimestamp();
-        var status = await http.RegisterAsync(RegistryHttp.Provider(application, "10.255.0.2:8080"), 3600, cancellationToken);
+        await change();
         var acknowledged = Stopwatch.GetElapsedTime(changeSent).TotalMilliseconds;
-        if (status is not (HttpStatusCode.OK or HttpStatusCode.Created))
-        {
-            throw new InvalidOperationException($"The fan-out change answered {(int)status}.");
-        }
-
         giveUp.CancelAfter(TimeSpan.FromSeconds(20));
         try
         {
-            await Task.WhenAll(polls);
+            await Task.WhenAll(waits).WaitAsync(cancellationToken);
         }
-        catch (OperationCanceledException)
+        catch (Exception e) when (e is OperationCanceledException or HttpRequestException or IOException && !cancellationToken.IsCancellationRequested)
         {
-            // Counted as missed below.
-        }
-        catch (HttpRequestException)
-        {
-            // Counted as errors below.
+            // Counted as missed or as errors below.
         }
 
-        var nodeCpuMs = nodeCpu is null || node.Sample() is not { } after ? (double?)null : Math.Round((after.CpuSeconds - nodeCpu.CpuSeconds) * 1000, 1);
+        var serverCpuMs = serverCpu is null || server.Sample() is not { } after ? (double?)null : Math.Round((after.CpuSeconds - serverCpu.CpuSeconds) * 1000, 1);
         var generatorCpuMs = Math.Round((Process.GetCurrentProcess().TotalProcessorTime - generatorCpu).TotalMilliseconds, 1);
         var generatorPauseMs = Math.Round((GC.GetTotalPauseDuration() - generatorPauses).TotalMilliseconds, 1);
         if (noGc && System.Runtime.GCSettings.LatencyMode == System.Runtime.GCLatencyMode.NoGCRegion)
@@ -647,15 +672,15 @@ public sealed partial class Benchmark
             GC.EndNoGCRegion();
         }
 
-        var delays = new List<double>(consumers);
+        var delays = new List<double>(waits.Length);
         int missed = 0, errors = 0;
-        foreach (var poll in polls)
+        foreach (var wait in waits)
         {
-            if (poll.IsCompletedSuccessfully && poll.Result.Status == HttpStatusCode.OK && poll.Result.Version != version)
+            if (wait.IsCompletedSuccessfully && answeredAt(wait.Result) is { } at)
             {
-                delays.Add(Stopwatch.GetElapsedTime(changeSent, poll.Result.AnsweredAt).TotalMilliseconds);
+                delays.Add(Stopwatch.GetElapsedTime(changeSent, at).TotalMilliseconds);
             }
-            else if (poll.IsFaulted)
+            else if (wait.IsFaulted)
             {
                 errors++;
             }
@@ -665,14 +690,9 @@ public sealed partial class Benchmark
             }
         }
 
-        if (early > 0)
-        {
-            result.Notes.Add($"{early} of {consumers} fan-out polls were answered before the change.");
-        }
-
         return new FanOutResult(
-            consumers, delays.Count, missed + errors, errors, Distribution.Of(delays), delays.Count == 0 ? 0 : Distribution.Round(delays.Min()),
-            Distribution.Round(acknowledged), nodeCpuMs, generatorCpuMs, generatorPauseMs, Math.Round(secondsToPark, 3), Histogram.Render(delays))
+            waits.Length, delays.Count, missed + errors, errors, Distribution.Of(delays), delays.Count == 0 ? 0 : Distribution.Round(delays.Min()),
+            Distribution.Round(acknowledged), serverCpuMs, generatorCpuMs, generatorPauseMs, Math.Round(secondsToPark, 3), Histogram.Render(delays))
         {
             Delays = delays,
         };

@@ -179,85 +179,13 @@ public sealed partial class Benchmark
             : await V3WriteAsync(http, key, "first", cancellationToken);
         var rssBefore = etcd.Sample();
         using var giveUp = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var sent = 0;
-        var watches = new Task<long?>[consumers];
-        const int Wave = 250;
-        var rampStarted = Stopwatch.GetTimestamp();
-        for (var i = 0; i < consumers; i++)
-        {
-            watches[i] = api == "v2"
-                ? V2WatchAsync(http, key, waitIndex, () => Interlocked.Increment(ref sent), giveUp.Token)
-                : V3WatchAsync(http, key, () => Interlocked.Increment(ref sent), giveUp.Token);
-            if ((i + 1) % Wave == 0)
-            {
-                await Task.Delay(TimeSpan.FromMilliseconds(25), cancellationToken);
-            }
-        }
-
-        while (Volatile.Read(ref sent) < consumers && Stopwatch.GetElapsedTime(rampStarted) < TimeSpan.FromSeconds(60))
-        {
-            await Task.Delay(TimeSpan.FromMilliseconds(20), cancellationToken);
-        }
-
-        var secondsToPark = Stopwatch.GetElapsedTime(rampStarted).TotalSeconds;
-        // The same pause as the registry's fan-out gets before its change.
-        await Task.Delay(TimeSpan.FromMilliseconds(Math.Clamp(consumers / 10, 200, 2000)), cancellationToken);
+        var (watches, secondsToPark) = await ParkAsync(consumers, parked => api == "v2"
+            ? V2WatchAsync(http, key, waitIndex, parked, giveUp.Token)
+            : V3WatchAsync(http, key, parked, giveUp.Token), cancellationToken);
         var rssParked = etcd.Sample();
-
-        var noGc = StartNoGcRegion();
-        var nodeCpu = etcd.Sample();
-        var generatorCpu = Process.GetCurrentProcess().TotalProcessorTime;
-        var generatorPauses = GC.GetTotalPauseDuration();
-        var changeSent = Stopwatch.GetTimestamp();
-        _ = api == "v2" ? await V2WriteAsync(http, key, "second", cancellationToken) : await V3WriteAsync(http, key, "second", cancellationToken);
-        var acknowledged = Stopwatch.GetElapsedTime(changeSent).TotalMilliseconds;
-        giveUp.CancelAfter(TimeSpan.FromSeconds(20));
-        try
-        {
-            await Task.WhenAll(watches);
-        }
-        catch (OperationCanceledException)
-        {
-            // Counted as missed below.
-        }
-        catch (HttpRequestException)
-        {
-            // Counted as errors below.
-        }
-        catch (IOException)
-        {
-            // Counted as errors below.
-        }
-
-        var nodeCpuMs = nodeCpu is null || etcd.Sample() is not { } after ? (double?)null : Math.Round((after.CpuSeconds - nodeCpu.CpuSeconds) * 1000, 1);
-        var generatorCpuMs = Math.Round((Process.GetCurrentProcess().TotalProcessorTime - generatorCpu).TotalMilliseconds, 1);
-        var generatorPauseMs = Math.Round((GC.GetTotalPauseDuration() - generatorPauses).TotalMilliseconds, 1);
-        if (noGc && System.Runtime.GCSettings.LatencyMode == System.Runtime.GCLatencyMode.NoGCRegion)
-        {
-            GC.EndNoGCRegion();
-        }
-
-        var delays = new List<double>(consumers);
-        int missed = 0, errors = 0;
-        foreach (var watch in watches)
-        {
-            if (watch.IsCompletedSuccessfully && watch.Result is { } answeredAt)
-            {
-                delays.Add(Stopwatch.GetElapsedTime(changeSent, answeredAt).TotalMilliseconds);
-            }
-            else if (watch.IsFaulted)
-            {
-                errors++;
-            }
-            else
-            {
-                missed++;
-            }
-        }
-
-        var fanOut = new FanOutResult(
-            consumers, delays.Count, missed + errors, errors, Distribution.Of(delays), delays.Count == 0 ? 0 : Distribution.Round(delays.Min()),
-            Distribution.Round(acknowledged), nodeCpuMs, generatorCpuMs, generatorPauseMs, Math.Round(secondsToPark, 3), Histogram.Render(delays));
+        var fanOut = await TimeChangeAsync(etcd, watches, giveUp, secondsToPark,
+            async () => _ = api == "v2" ? await V2WriteAsync(http, key, "second", cancellationToken) : await V3WriteAsync(http, key, "second", cancellationToken),
+            answeredAt => answeredAt, cancellationToken);
         var before = rssBefore?.RssBytes ?? 0;
         var parked = rssParked?.RssBytes ?? 0;
         return new EtcdFanOut(api, fanOut, before, parked, Math.Round((parked - before) / (double)consumers, 1));
