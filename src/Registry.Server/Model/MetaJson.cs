@@ -27,10 +27,10 @@ internal static class MetaJson
     /// <summary>
     /// Reads the column's text with a forward-only reader: a full load parses every instance's
     /// meta, and a document object per row was most of a cold start's CPU after the query itself.
-    /// The pairs are counted first, so the one array allocated is the one the meta keeps; with a
-    /// <paramref name="pool"/>, keys and values repeated across rows are shared.
+    /// The pairs are counted first, so the one array allocated is the one the meta keeps; keys
+    /// and values repeated across the load's rows come from its <paramref name="pool"/>.
     /// </summary>
-    public static Meta Parse(string json, StringPool? pool = null)
+    public static Meta Parse(string json, StringPool pool)
     {
         if (json is "{}" or "")
         {
@@ -82,13 +82,8 @@ internal static class MetaJson
     }
 
     /// <summary>The current string token; through the pool, without an allocation when it holds it.</summary>
-    private static string Text(ref Utf8JsonReader reader, StringPool? pool)
+    private static string Text(ref Utf8JsonReader reader, StringPool pool)
     {
-        if (pool is null)
-        {
-            return reader.GetString()!;
-        }
-
         if (reader.ValueIsEscaped || reader.ValueSpan.Length > StringPool.MaxLength)
         {
             return pool.Get(reader.GetString()!);
