@@ -32,8 +32,8 @@ public sealed class ChangeDetectionTests
         var single = singleServices.GetRequiredService<RegistryDatabase>();
 
         Assert.Equal("primary", new Npgsql.NpgsqlConnectionStringBuilder(database.DataSource.ConnectionString).TargetSessionAttributes);
-        Assert.Equal("primary", new Npgsql.NpgsqlConnectionStringBuilder(database.ListenerConnectionString).TargetSessionAttributes);
-        Assert.Null(new Npgsql.NpgsqlConnectionStringBuilder(single.ListenerConnectionString).TargetSessionAttributes);
+        Assert.Equal("primary", new Npgsql.NpgsqlConnectionStringBuilder(database.ListenerDataSource.ConnectionString).TargetSessionAttributes);
+        Assert.Null(new Npgsql.NpgsqlConnectionStringBuilder(single.ListenerDataSource.ConnectionString).TargetSessionAttributes);
     }
 
     [Fact]

@@ -9,8 +9,6 @@ namespace Registry.Storage;
 /// <see cref="PlannedOnceKey"/> and <see cref="ListenerKey"/>, logging through the host's logger factory).
 /// </summary>
 internal sealed class RegistryDatabase(
-    IConfiguration configuration,
-    IOptions<DatabaseOptions> options,
     [FromKeyedServices(RegistryDatabase.PerRunKey)] NpgsqlDataSource dataSource,
     [FromKeyedServices(RegistryDatabase.PlannedOnceKey)] NpgsqlDataSource plannedOnceDataSource,
     [FromKeyedServices(RegistryDatabase.ListenerKey)] NpgsqlDataSource listenerDataSource)
@@ -35,11 +33,8 @@ internal sealed class RegistryDatabase(
     /// <summary>For statements with one plan whatever the table holds: planned once per connection.</summary>
     public NpgsqlDataSource PlannedOnceDataSource { get; } = plannedOnceDataSource;
 
-    /// <summary>LISTEN's one long-lived session (see <see cref="ListenerConnectionString"/>).</summary>
+    /// <summary>LISTEN's one long-lived session: unpooled, on the primary, watched by TCP keepalives.</summary>
     public NpgsqlDataSource ListenerDataSource { get; } = listenerDataSource;
-
-    /// <summary>LISTEN needs its own long-lived session on the primary, watched by TCP keepalives.</summary>
-    public string ListenerConnectionString { get; } = Listener(configuration, options.Value).ConnectionString;
 
     /// <summary>Registers the three data sources (the container owns and disposes them) and this.</summary>
     public static IServiceCollection AddRegistryDatabase(IServiceCollection services)
