@@ -1,5 +1,8 @@
 using System.Diagnostics;
 using System.Net;
+using Microsoft.AspNetCore.TestHost;
+using Microsoft.Extensions.DependencyInjection;
+using Registry.Subscription;
 using Registry.Tests.Infrastructure;
 
 namespace Registry.Tests;
@@ -32,6 +35,82 @@ public sealed class LongPollTests(RegistryCluster cluster) : RegistryTest(cluste
         Assert.Equal(200, status);
         Assert.NotEqual(version, newVersion);
         Assert.Equal(2, body!["endpoints"]!.AsArray().Count);
+    }
+
+    [Fact]
+    public async Task AWriteIsAnsweredBeforeTheAnswersItChangesAreRecomposedAndReadsAfterItWaitForThem()
+    {
+        // The witness is told of a change on the loader's thread just before the answers are
+        // recomposed: held there, it keeps the node between acknowledging a write and publishing it.
+        var held = new HeldRecomposition("app");
+        await using var registry = new RegistryNode(await Cluster.CreateDatabaseAsync());
+        await using var node = registry.WithWebHostBuilder(b => b.ConfigureTestServices(s => s.AddSingleton<IChangeWitness>(held)));
+        using var client = node.CreateClient();
+        using (var response = await client.PostJsonAsync("/v1/register", Http.Provider("app", "10.0.0.1:80")))
+        {
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+
+        var (_, version, _) = await client.SubscribeAsync(Subscription);
+        // A consumer parked on the answer keeps its view (an idle one would be dropped by the change).
+        using var parked = ParkedPolls.On(node);
+        var waiting = client.SubscribeAsync(Subscription, version, wait: 30);
+        await parked.WaitForAsync(1);
+
+        held.Hold();
+        try
+        {
+            using (var response = await client.PostJsonAsync("/v1/register", Http.Provider("app", "10.0.0.2:80")).WaitAsync(TimeSpan.FromSeconds(10)))
+            {
+                Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+            }
+
+            await held.Entered.WaitAsync(TimeSpan.FromSeconds(10));
+            var fresh = client.SubscribeAsync(Subscription);
+            var holding = client.SubscribeAsync(Subscription, version, wait: 30);
+            await Task.WhenAny(fresh, holding, waiting, Task.Delay(TimeSpan.FromMilliseconds(300)));
+            Assert.False(fresh.IsCompleted || holding.IsCompleted || waiting.IsCompleted, "a read after the acknowledged write was answered before the write was in its answer");
+
+            held.Release();
+            foreach (var read in new[] { fresh, holding, waiting })
+            {
+                var (status, newVersion, body) = await read.WaitAsync(TimeSpan.FromSeconds(10));
+                Assert.Equal(200, status);
+                Assert.NotEqual(version, newVersion);
+                Assert.Equal(2, body!["endpoints"]!.AsArray().Count);
+            }
+        }
+        finally
+        {
+            held.Release();
+        }
+    }
+
+    /// <summary>Holds the loader's thread where a change to the application is about to be recomposed, while told to.</summary>
+    private sealed class HeldRecomposition(string application) : IChangeWitness
+    {
+        private readonly SemaphoreSlim _released = new(0);
+        private readonly TaskCompletionSource _entered = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private volatile bool _holding;
+
+        public Task Entered => _entered.Task;
+
+        public void Hold() => _holding = true;
+
+        public void Release() => _released.Release();
+
+        public IChangeRecord? Begin(IReadOnlyCollection<string> applications)
+        {
+            if (_holding && applications.Contains(application))
+            {
+                _holding = false;
+                _entered.TrySetResult();
+                // Synchronous, as the loader's call is; bounded so a broken test cannot hang the suite.
+                _released.Wait(TimeSpan.FromSeconds(30));
+            }
+
+            return null;
+        }
     }
 
     [Fact]

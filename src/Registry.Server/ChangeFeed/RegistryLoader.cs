@@ -234,6 +234,12 @@ internal sealed partial class RegistryLoader(
                 }
             }
         }
+        catch
+        {
+            // The loop ends (the node is stopping): what was applied is still recomposed, so no read waits for it.
+            hub.Recompose(_wakes);
+            throw;
+        }
 
         own.CompleteLoaded();
         foreach (var done in batch.Select(r => r.Done).OfType<TaskCompletionSource>().Distinct())
@@ -248,7 +254,9 @@ internal sealed partial class RegistryLoader(
             }
         }
 
-        // After the writes are answered: their replies are queued before the consumers' answers.
+        // After the writes are answered: the answers they changed are recomposed while their
+        // replies go out, and the consumers' answers are queued after them.
+        hub.Recompose(_wakes);
         Wake();
 
         if (failure is not null)
@@ -277,7 +285,7 @@ internal sealed partial class RegistryLoader(
         var changed = before.Keys.Union(loaded.Keys, StringComparer.Ordinal)
             .Where(a => !(loaded.TryGetValue(a, out var now) && now.SameContentAs(before.GetValueOrDefault(a))))
             .ToArray();
-        hub.ApplicationsChanged(changed, _wakes);
+        hub.ApplicationsChanged(changed);
         LogLoadedAll(logger, loaded.Count, loaded.Values.Sum(s => s.Count));
     }
 
@@ -292,7 +300,7 @@ internal sealed partial class RegistryLoader(
             .ToArray();
         state.Replace(snapshots);
         metrics.Reloaded(all: false);
-        hub.ApplicationsChanged(changed, _wakes);
+        hub.ApplicationsChanged(changed);
     }
 
     /// <summary>Reloads single rows and merges them into their applications' snapshots.</summary>
@@ -342,7 +350,7 @@ internal sealed partial class RegistryLoader(
 
         state.Replace(snapshots.Values);
         metrics.Reloaded(all: false);
-        hub.ApplicationsChanged(changed.ToArray(), _wakes);
+        hub.ApplicationsChanged(changed);
     }
 
     /// <summary>Whole applications as snapshots; the sweeper hears of their earliest expiries.</summary>

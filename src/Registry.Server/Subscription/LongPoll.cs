@@ -64,7 +64,8 @@ internal sealed class LongPoll(
         var view = hub.Acquire(entries);
         try
         {
-            var answer = view.Current;
+            // Waits for a change the node applied (a write it acknowledged) to be in the answer.
+            var answer = await view.FreshAsync(requestAborted);
             if (version is null || !string.Equals(version, answer.Version, StringComparison.Ordinal))
             {
                 return new(answer, PollEnd.Immediate);

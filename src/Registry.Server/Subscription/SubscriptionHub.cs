@@ -37,6 +37,9 @@ internal sealed class SubscriptionView
     private Answer _answer;
     private TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
+    /// <summary>Set while a change applied to the registry is not yet in the answer: completes once it is.</summary>
+    private Task? _recomposed;
+
     /// <summary>The consumers waiting on the current answer (so all hold its version); guarded by the gate.</summary>
     private readonly HashSet<ParkedConsumer> _parked = new(ReferenceEqualityComparer.Instance);
 
@@ -64,6 +67,35 @@ internal sealed class SubscriptionView
             {
                 return _answer;
             }
+        }
+    }
+
+    /// <summary>
+    /// The answer with every change the node has applied (and so every write it acknowledged):
+    /// the current one, or the next once a pending recomposition publishes it.
+    /// </summary>
+    public async ValueTask<Answer> FreshAsync(CancellationToken cancellationToken)
+    {
+        Task? recomposed;
+        lock (_gate)
+        {
+            recomposed = _recomposed;
+            if (recomposed is null)
+            {
+                return _answer;
+            }
+        }
+
+        await recomposed.WaitAsync(cancellationToken);
+        return Current;
+    }
+
+    /// <summary>A change to one of its fragments is applied and not yet in the answer; <paramref name="recomposed"/> completes once it is.</summary>
+    public void MarkStale(Task recomposed)
+    {
+        lock (_gate)
+        {
+            _recomposed = recomposed;
         }
     }
 
@@ -124,15 +156,16 @@ internal sealed class SubscriptionView
     }
 
     /// <summary>
-    /// Publishes a recomposed answer (every read from now on gets it) and returns the signal
-    /// that wakes the consumers parked on the old one, or null when the version did not move.
-    /// <paramref name="parked"/> gets those consumers when asked for.
+    /// Publishes a recomposed answer (every read from now on gets it, and it is no longer stale)
+    /// and returns the signal that wakes the consumers parked on the old one, or null when the
+    /// version did not move. <paramref name="parked"/> gets those consumers when asked for.
     /// </summary>
     public TaskCompletionSource? Publish(Answer answer, bool listParked, out ParkedConsumer[] parked)
     {
         lock (_gate)
         {
             parked = [];
+            _recomposed = null;
             if (answer.Version == _answer.Version)
             {
                 return null;
@@ -172,6 +205,11 @@ internal sealed class SubscriptionHub
     private readonly Dictionary<string, SubscriptionView> _views = new(StringComparer.Ordinal);
     private readonly Dictionary<string, FragmentSlot> _slots = new(StringComparer.Ordinal);
     private readonly Dictionary<string, HashSet<FragmentSlot>> _byApplication = new(StringComparer.Ordinal);
+
+    /// <summary>The change applied and not yet recomposed: its applications, fragments, and the signal of its end.</summary>
+    private readonly HashSet<string> _changed = new(StringComparer.Ordinal);
+    private readonly HashSet<FragmentSlot> _stale = new(ReferenceEqualityComparer.Instance);
+    private TaskCompletionSource? _recomposed;
     private int _idle;
 
     public SubscriptionHub(
@@ -253,6 +291,11 @@ internal sealed class SubscriptionHub
             }
 
             view = new SubscriptionView(key, slots) { References = 1 };
+            if (_recomposed is not null && slots.Any(_stale.Contains))
+            {
+                view.MarkStale(_recomposed.Task);
+            }
+
             _views.Add(key, view);
             foreach (var slot in slots)
             {
@@ -276,19 +319,16 @@ internal sealed class SubscriptionHub
     }
 
     /// <summary>
-    /// Called by the loader after it replaced these applications' snapshots: recomputes each
-    /// of their fragments once, then recomposes the views that include them. Reads get the
-    /// new answers at once; the consumers parked on the old ones are woken by the signals
-    /// added to <paramref name="wakes"/>, which the loader sets once it has answered the
-    /// writes that caused the change (so a write is not answered after hundreds of polls).
+    /// Called by the loader after it replaced these applications' snapshots: marks the views
+    /// that include them stale (reads wait for their next answer) and drops the idle ones. It
+    /// computes nothing, so the loader answers the writes that caused the change at once and
+    /// then <see cref="Recompose"/>s.
     /// </summary>
-    public void ApplicationsChanged(IReadOnlyCollection<string> applications, List<TaskCompletionSource> wakes)
+    public void ApplicationsChanged(IReadOnlyCollection<string> applications)
     {
-        var records = _witnesses.Select(w => w.Begin(applications)).OfType<IChangeRecord>().ToArray();
-        // Idle views touched by the change go (and fragments nobody else includes with them).
-        List<FragmentSlot> touched = [];
         lock (_gate)
         {
+            _changed.UnionWith(applications);
             foreach (var application in applications)
             {
                 if (!_byApplication.TryGetValue(application, out var slots))
@@ -298,50 +338,92 @@ internal sealed class SubscriptionHub
 
                 foreach (var slot in slots.ToArray())
                 {
+                    // Idle views touched by the change go (and fragments nobody else includes with them).
                     foreach (var view in slot.Views.Where(v => v.References == 0).ToArray())
                     {
                         Remove(view);
                     }
 
-                    if (slot.Views.Count > 0)
+                    if (slot.Views.Count > 0 && _stale.Add(slot))
                     {
-                        touched.Add(slot);
+                        _recomposed ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                        foreach (var view in slot.Views)
+                        {
+                            view.MarkStale(_recomposed.Task);
+                        }
                     }
                 }
             }
 
             _metrics.SubscriptionViews(_views.Count);
         }
+    }
 
-        // Outside the lock: the state was replaced before this call, so a view created
-        // meanwhile already computed its new fragments, and is recomposed below all the same.
-        var fragments = touched.Select(slot => Fragment.Compute(_state.Get(slot.Application), slot.Entries, slot.Current)).ToArray();
-        var affected = new HashSet<SubscriptionView>(ReferenceEqualityComparer.Instance);
+    /// <summary>
+    /// Recomputes each stale fragment once, then recomposes the views that include them. Reads
+    /// get the new answers at once; the consumers parked on the old ones are woken by the
+    /// signals added to <paramref name="wakes"/>, which the loader sets next.
+    /// </summary>
+    public void Recompose(List<TaskCompletionSource> wakes)
+    {
+        FragmentSlot[] touched;
+        string[] applications;
+        TaskCompletionSource? recomposed;
         lock (_gate)
         {
-            for (var i = 0; i < touched.Count; i++)
-            {
-                touched[i].Current = fragments[i];
-                affected.UnionWith(touched[i].Views);
-            }
+            touched = _stale.Where(slot => slot.Views.Count > 0).ToArray();
+            applications = [.. _changed];
+            recomposed = _recomposed;
+            _changed.Clear();
         }
 
-        foreach (var view in affected)
+        if (applications.Length == 0)
         {
-            if (view.Publish(view.Compose(), records.Length > 0, out var parked) is { } wake)
+            return;
+        }
+
+        try
+        {
+            var records = _witnesses.Select(w => w.Begin(applications)).OfType<IChangeRecord>().ToArray();
+            // Outside the lock: the state was replaced before the change was marked, so a view
+            // created meanwhile computed its new fragments, or shares a stale one and is
+            // recomposed below.
+            var fragments = touched.Select(slot => Fragment.Compute(_state.Get(slot.Application), slot.Entries, slot.Current)).ToArray();
+            var affected = new HashSet<SubscriptionView>(ReferenceEqualityComparer.Instance);
+            lock (_gate)
             {
-                wakes.Add(wake);
-                _metrics.AnswerChanged();
-                foreach (var record in records)
+                for (var i = 0; i < touched.Length; i++)
                 {
-                    record.Replaced(view, parked);
+                    touched[i].Current = fragments[i];
+                    affected.UnionWith(touched[i].Views);
+                }
+
+                _stale.Clear();
+                _recomposed = null;
+            }
+
+            foreach (var view in affected)
+            {
+                if (view.Publish(view.Compose(), records.Length > 0, out var parked) is { } wake)
+                {
+                    wakes.Add(wake);
+                    _metrics.AnswerChanged();
+                    foreach (var record in records)
+                    {
+                        record.Replaced(view, parked);
+                    }
                 }
             }
-        }
 
-        foreach (var record in records)
+            foreach (var record in records)
+            {
+                record.End();
+            }
+        }
+        finally
         {
-            record.End();
+            // Also when a computation failed: reads then get the last answer rather than wait forever.
+            recomposed?.TrySetResult();
         }
     }
 

@@ -48,7 +48,8 @@ internal sealed class SubscriptionWarmUp(IHostApplicationLifetime lifetime, Time
                 var replaced = Sample(Big, round % big.Length, round);
                 state.Replace([state.Get(Big)!.With([replaced.Key], [replaced])]);
                 List<TaskCompletionSource> wakes = [];
-                hub.ApplicationsChanged([Big], wakes);
+                hub.ApplicationsChanged([Big]);
+                hub.Recompose(wakes);
                 wakes.ForEach(wake => wake.TrySetResult());
 
                 foreach (var view in new[] { single, overlapping })

@@ -1,4 +1,5 @@
 using System.Diagnostics.Metrics;
+using Microsoft.AspNetCore.Mvc.Testing;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace Registry.Tests.Infrastructure;
@@ -30,7 +31,7 @@ public sealed class MeterWatch : IDisposable
     }
 
     /// <summary>One of a node's registry instruments (each node has its own meter scope).</summary>
-    public static MeterWatch Node(RegistryNode node, string instrument, string? tag = null, string? value = null)
+    public static MeterWatch Node(WebApplicationFactory<Program> node, string instrument, string? tag = null, string? value = null)
     {
         var scope = node.Services.GetRequiredService<IMeterFactory>();
         return new MeterWatch(
@@ -122,7 +123,7 @@ public sealed class MeterWatch : IDisposable
 /// <summary>Parked long polls on one node.</summary>
 public static class ParkedPolls
 {
-    public static MeterWatch On(RegistryNode node) => MeterWatch.Node(node, "registry.polls.parked");
+    public static MeterWatch On(WebApplicationFactory<Program> node) => MeterWatch.Node(node, "registry.polls.parked");
 
     public static Task WaitForNoneAsync(this MeterWatch parked) => parked.WaitUntilAsync(total => total <= 0);
 }
