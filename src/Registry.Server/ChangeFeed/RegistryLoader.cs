@@ -1,5 +1,6 @@
 // Over 300 lines on purpose: this one loop is the only writer of the in-memory state, so its full loads, reloads and consistency check stay together.
 using System.Data.Common;
+using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using Microsoft.Extensions.Options;
 using Npgsql;
@@ -378,19 +379,29 @@ internal sealed partial class RegistryLoader(
         {
             while (await reader.ReadAsync(cancellationToken))
             {
-                var key = new InstanceKey(strings.Get(reader.GetString(0)), strings.Get(reader.GetString(1)), reader.GetString(2));
-                var instance = new Instance(key, MetaJson.Parse(reader.GetString(3), strings), reader.GetInt32(4),
-                    new DateTimeOffset(reader.GetDateTime(5), TimeSpan.Zero), reader.GetInt64(6));
-                if (!rows.TryGetValue(key.Application, out var list))
-                {
-                    rows[key.Application] = list = [];
-                }
-
-                list.Add(instance);
+                Add(rows, reader, strings);
             }
         }
 
         return rows.ToDictionary(p => p.Key, p => p.Value.ToArray(), StringComparer.Ordinal);
+    }
+
+    /// <summary>
+    /// The row the reader is on, added to its application's list. Compiled optimized at once: a
+    /// full load calls it for every instance while the node starts, before the tiered JIT would.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Add(Dictionary<string, List<Instance>> rows, NpgsqlDataReader reader, StringPool strings)
+    {
+        var key = new InstanceKey(strings.Get(reader.GetString(0)), strings.Get(reader.GetString(1)), reader.GetString(2));
+        var instance = new Instance(key, MetaJson.Parse(reader.GetString(3), strings), reader.GetInt32(4),
+            new DateTimeOffset(reader.GetDateTime(5), TimeSpan.Zero), reader.GetInt64(6));
+        if (!rows.TryGetValue(key.Application, out var list))
+        {
+            rows[key.Application] = list = [];
+        }
+
+        list.Add(instance);
     }
 
     /// <summary>

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Runtime.CompilerServices;
 using System.Text;
 using System.Text.Json;
 
@@ -30,6 +31,7 @@ internal static class MetaJson
     /// The pairs are counted first, so the one array allocated is the one the meta keeps; keys
     /// and values repeated across the load's rows come from its <paramref name="pool"/>.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static Meta Parse(string json, StringPool pool)
     {
         if (json is "{}" or "")
@@ -69,6 +71,7 @@ internal static class MetaJson
     }
 
     /// <summary>The number of properties of the object the reader (a copy) has just entered.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static int Count(Utf8JsonReader reader)
     {
         var count = 0;
@@ -82,6 +85,7 @@ internal static class MetaJson
     }
 
     /// <summary>The current string token; through the pool, without an allocation when it holds it.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static string Text(ref Utf8JsonReader reader, StringPool pool)
     {
         if (reader.ValueIsEscaped || reader.ValueSpan.Length > StringPool.MaxLength)

@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace Registry.Model;
 
 /// <summary>
@@ -18,6 +20,7 @@ internal sealed class StringPool
     public StringPool() => _lookup = _strings.GetAlternateLookup<ReadOnlySpan<char>>();
 
     /// <summary>The pooled string equal to <paramref name="value"/> (which becomes it if none was).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public string Get(string value)
     {
         if (value.Length > MaxLength)
@@ -35,6 +38,7 @@ internal sealed class StringPool
     }
 
     /// <summary>The pooled string equal to <paramref name="chars"/>, allocated only the first time.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public string Get(ReadOnlySpan<char> chars)
     {
         if (chars.Length > MaxLength)
