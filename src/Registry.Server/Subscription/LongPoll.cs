@@ -64,8 +64,17 @@ internal sealed class LongPoll(
         var view = hub.Acquire(entries);
         try
         {
-            // Waits for a change the node applied (a write it acknowledged) to be in the answer.
-            var answer = await view.FreshAsync(requestAborted);
+            Answer answer;
+            try
+            {
+                // Waits for a change the node applied (a write it acknowledged) to be in the answer.
+                answer = await view.FreshAsync(requestAborted);
+            }
+            catch (OperationCanceledException) when (requestAborted.IsCancellationRequested)
+            {
+                return new(view.Current, PollEnd.ClientGone);
+            }
+
             if (version is null || !string.Equals(version, answer.Version, StringComparison.Ordinal))
             {
                 return new(answer, PollEnd.Immediate);
