@@ -13,7 +13,8 @@ public sealed class SmokeTests
     public async Task SmokeRunAnswersEveryParkedConsumerAndWritesItsResults()
     {
         var folder = Path.Combine(Path.GetTempPath(), $"registry-bench-test-{Guid.NewGuid():N}"[..36]);
-        var options = BenchmarkOptions.SmokeDefaults with { WorkDirectory = Path.Combine(folder, "work") };
+        // One size twice: the second fan-out must change what its consumers hold too.
+        var options = BenchmarkOptions.SmokeDefaults with { WorkDirectory = Path.Combine(folder, "work"), FanOutConsumers = [20, 20] };
         // Where the suite is given a PostgreSQL server (CI's service container), use a database
         // of our own there; otherwise the tool starts its private cluster.
         await using var database = Environment.GetEnvironmentVariable(TestDatabase.EnvironmentVariable) is null
@@ -30,10 +31,14 @@ public sealed class SmokeTests
             var result = await new Benchmark(options, TextWriter.Null).RunAsync(timeout.Token);
             await Report.WriteAsync(result, Path.Combine(folder, "latest.json"), Path.Combine(folder, "latest.md"), timeout.Token);
 
-            var fanOut = Assert.Single(result.FanOut);
-            Assert.Equal(options.FanOutConsumers[0], fanOut.Answered);
-            Assert.Equal(0, fanOut.Missed);
-            Assert.InRange(fanOut.DelayMs.Max, 0.01, 20_000);
+            Assert.Equal(2, result.FanOut.Count);
+            foreach (var fanOut in result.FanOut)
+            {
+                Assert.Equal(options.FanOutConsumers[0], fanOut.Answered);
+                Assert.Equal(0, fanOut.Missed);
+                Assert.InRange(fanOut.DelayMs.Max, 0.01, 20_000);
+            }
+
             Assert.Equal(options.Registrations, result.Registration!.Count);
             Assert.Equal(0, result.Registration.Errors);
             Assert.True(result.Registration.PerSecond > 0);

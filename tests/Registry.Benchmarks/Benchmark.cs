@@ -18,6 +18,9 @@ public sealed partial class Benchmark
     private readonly BenchmarkOptions _options;
     private readonly TextWriter _log;
 
+    /// <summary>Fan-outs run so far: each gets an application of its own, so a size given twice changes something the second time too.</summary>
+    private int _fanOuts;
+
     public Benchmark(BenchmarkOptions options, TextWriter log)
     {
         _options = options;
@@ -282,9 +285,9 @@ public sealed partial class Benchmark
         await FanOutAsync(httpA, a, database, 50, new BenchmarkResult { StartedAt = result.StartedAt, Machine = result.Machine, Settings = result.Settings }, measureIdle: false, cancellationToken);
 
         var fanOuts = _options.FanOutConsumers.Order().ToArray();
-        foreach (var consumers in fanOuts)
+        for (var i = 0; i < fanOuts.Length; i++)
         {
-            var measureIdle = consumers == fanOuts[^1];
+            var (consumers, measureIdle) = (fanOuts[i], i == fanOuts.Length - 1);
             await _log.WriteLineAsync($"Fan-out to {consumers} parked consumers{(measureIdle ? $", idle cost over {_options.IdleDuration.TotalSeconds:0} s" : "")}…");
             var fanOut = await FanOutAsync(httpA, a, database, consumers, result, measureIdle, cancellationToken);
             result.FanOut.Add(fanOut);
@@ -540,7 +543,7 @@ public sealed partial class Benchmark
     private async Task<FanOutResult> FanOutAsync(
         RegistryHttp http, ServerNode node, BenchDatabase? database, int consumers, BenchmarkResult result, bool measureIdle, CancellationToken cancellationToken, string label = "")
     {
-        var application = $"{BenchDatabase.Prefix}fanout-{consumers}{label}";
+        var application = $"{BenchDatabase.Prefix}fanout-{consumers}{label}-{++_fanOuts}";
         await http.RegisterAsync(RegistryHttp.Provider(application, InitialAddr), 3600, cancellationToken);
         var version = (await http.SubscribeAsync(application, null, 0, null, cancellationToken)).Version
             ?? throw new InvalidOperationException("The subscribe answer carried no ETag.");
