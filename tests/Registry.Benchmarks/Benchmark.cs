@@ -562,7 +562,7 @@ public sealed partial class Benchmark
 
         var rssBefore = node.Sample();
         using var giveUp = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var (polls, secondsToPark) = await ParkAsync(consumers, parked => http.SubscribeAsync(application, version, PollWaitSeconds, parked, giveUp.Token), cancellationToken);
+        var (polls, secondsToPark) = await ParkAsync(consumers, (_, parked) => http.SubscribeAsync(application, version, PollWaitSeconds, parked, giveUp.Token), cancellationToken);
         var early = polls.Count(p => p.IsCompleted);
 
         if (measureIdle)
@@ -607,11 +607,12 @@ public sealed partial class Benchmark
     }
 
     /// <summary>
-    /// Opens <paramref name="consumers"/> long polls or watches (<paramref name="open"/> calls its
-    /// argument once one is parked) in waves, so the listen backlog never overflows, and waits
-    /// until all are parked (60 s at most) and a moment more for the last to settle.
+    /// Opens <paramref name="consumers"/> long polls or watches (<paramref name="open"/> opens the
+    /// one of that index and calls its second argument once it is parked) in waves, so the
+    /// listen backlog never overflows, and waits until all are parked (60 s at most) and a
+    /// moment more for the last to settle.
     /// </summary>
-    private static async Task<(Task<T>[] Waits, double SecondsToPark)> ParkAsync<T>(int consumers, Func<Action, Task<T>> open, CancellationToken cancellationToken)
+    private static async Task<(Task<T>[] Waits, double SecondsToPark)> ParkAsync<T>(int consumers, Func<int, Action, Task<T>> open, CancellationToken cancellationToken)
     {
         const int Wave = 250;
         var sent = 0;
@@ -619,7 +620,7 @@ public sealed partial class Benchmark
         var rampStarted = Stopwatch.GetTimestamp();
         for (var i = 0; i < consumers; i++)
         {
-            waits[i] = open(() => Interlocked.Increment(ref sent));
+            waits[i] = open(i, () => Interlocked.Increment(ref sent));
             if ((i + 1) % Wave == 0)
             {
                 await Task.Delay(TimeSpan.FromMilliseconds(25), cancellationToken);
@@ -741,26 +742,14 @@ public sealed partial class Benchmark
         var cpuPerAnswerMs = answersCpu is null || node.Sample() is not { } answered ? 0 : (answered.CpuSeconds - answersCpu.CpuSeconds) * 1000 / count;
 
         using var giveUp = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var sent = 0;
-        var polls = new Task<RegistryHttp.PollAnswer>[count];
         var settle = TimeSpan.FromMilliseconds(Math.Clamp(count, 200, 2000));
-        polls[0] = http.SubscribeAsync(subscriptions[0], versions[0], PollWaitSeconds, () => Interlocked.Increment(ref sent), giveUp.Token);
-        await WaitUntilSentAsync(() => Volatile.Read(ref sent) >= 1, cancellationToken);
+        Task<RegistryHttp.PollAnswer> Poll(int i, Action parked) => http.SubscribeAsync(subscriptions[i], versions[i], PollWaitSeconds, parked, giveUp.Token);
+        var (first, _) = await ParkAsync(1, (_, parked) => Poll(0, parked), cancellationToken);
         await Task.Delay(settle, cancellationToken);
         var rssFirst = node.Sample()?.RssBytes ?? 0;
 
-        // The rest in waves, so the listen backlog never overflows.
-        const int Wave = 250;
-        for (var i = 1; i < count; i++)
-        {
-            polls[i] = http.SubscribeAsync(subscriptions[i], versions[i], PollWaitSeconds, () => Interlocked.Increment(ref sent), giveUp.Token);
-            if (i % Wave == 0)
-            {
-                await Task.Delay(TimeSpan.FromMilliseconds(25), cancellationToken);
-            }
-        }
-
-        await WaitUntilSentAsync(() => Volatile.Read(ref sent) >= count, cancellationToken);
+        var (rest, _) = await ParkAsync(count - 1, (i, parked) => Poll(i + 1, parked), cancellationToken);
+        var polls = first.Concat(rest).ToArray();
         await Task.Delay(settle, cancellationToken);
         var rssAll = node.Sample()?.RssBytes ?? 0;
 
@@ -818,16 +807,6 @@ public sealed partial class Benchmark
         ["owner"] = "platform-identity",
         ["labels"] = new string('x', 330),
     };
-
-    /// <summary>Waits (at most a minute) until the polls' bodies are on the wire.</summary>
-    private static async Task WaitUntilSentAsync(Func<bool> sent, CancellationToken cancellationToken)
-    {
-        var began = Stopwatch.GetTimestamp();
-        while (!sent() && Stopwatch.GetElapsedTime(began) < TimeSpan.FromSeconds(60))
-        {
-            await Task.Delay(TimeSpan.FromMilliseconds(20), cancellationToken);
-        }
-    }
 
     /// <summary>Asks the runtime for a window without GC (it collects first, before anything is timed); false when it cannot promise one.</summary>
     private static bool StartNoGcRegion()

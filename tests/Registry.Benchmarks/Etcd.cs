@@ -179,7 +179,7 @@ public sealed partial class Benchmark
             : await V3WriteAsync(http, key, "first", cancellationToken);
         var rssBefore = etcd.Sample();
         using var giveUp = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var (watches, secondsToPark) = await ParkAsync(consumers, parked => api == "v2"
+        var (watches, secondsToPark) = await ParkAsync(consumers, (_, parked) => api == "v2"
             ? V2WatchAsync(http, key, waitIndex, parked, giveUp.Token)
             : V3WatchAsync(http, key, parked, giveUp.Token), cancellationToken);
         var rssParked = etcd.Sample();
