@@ -20,7 +20,7 @@ public enum Scope
 /// <c>*</c> (<c>payments.*</c>), or <c>*</c>; names compare ordinally (case-sensitive), as
 /// everywhere in the API.
 /// </summary>
-internal sealed class Grant(string id, IReadOnlyList<string> register, IReadOnlyList<string> subscribe, bool admin)
+internal sealed class Grant(string id, IReadOnlyList<string> register, IReadOnlyList<string> subscribe, bool admin, DateTimeOffset? expires = null, bool stored = false)
 {
     /// <summary>The unrestricted grant of an Open node's anonymous callers.</summary>
     public static Grant Anonymous { get; } = new("anonymous", ["*"], ["*"], admin: true);
@@ -33,6 +33,12 @@ internal sealed class Grant(string id, IReadOnlyList<string> register, IReadOnly
     public IReadOnlyList<string> Subscribe { get; } = subscribe;
 
     public bool Admin { get; } = admin;
+
+    /// <summary>When the credential stops being accepted (a registry token's expiry; a JWT's <c>exp</c> and the clock skew allowed); never when the max value.</summary>
+    public DateTimeOffset Expires { get; } = expires ?? DateTimeOffset.MaxValue;
+
+    /// <summary>A registry token kept in the database, so one that revoking can end.</summary>
+    public bool Stored { get; } = stored;
 
     public bool Allows(Scope scope, string application) => scope switch
     {

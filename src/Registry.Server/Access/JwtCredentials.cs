@@ -51,7 +51,9 @@ internal sealed class JwtCredentials(IOptions<AccessOptions> access) : IConfigur
         {
             OnTokenValidated = context =>
             {
-                context.Principal = new ClaimsPrincipal(new CredentialIdentity(GrantOf(context.Principal!, jwt), SchemeName));
+                // Accepted until exp and the skew allowed: what ends a session opened with it.
+                var expires = new DateTimeOffset(DateTime.SpecifyKind(context.SecurityToken.ValidTo, DateTimeKind.Utc)) + jwt.ClockSkew;
+                context.Principal = new ClaimsPrincipal(new CredentialIdentity(GrantOf(context.Principal!, jwt, expires), SchemeName));
                 return Task.CompletedTask;
             },
         };
@@ -59,12 +61,12 @@ internal sealed class JwtCredentials(IOptions<AccessOptions> access) : IConfigur
 
     public void Configure(JwtBearerOptions options) => Configure(Options.DefaultName, options);
 
-    private static Grant GrantOf(ClaimsPrincipal principal, JwtOptions jwt)
+    private static Grant GrantOf(ClaimsPrincipal principal, JwtOptions jwt, DateTimeOffset expires)
     {
         string[] Patterns(string claim) => principal.FindAll(claim).Select(c => c.Value).Where(Grant.IsPattern).ToArray();
         var admin = principal.FindFirst(jwt.AdminClaim)?.Value is { } value && bool.TryParse(value, out var flag) && flag;
         var id = principal.FindFirst(jwt.IdClaim)?.Value ?? "unnamed";
-        return new Grant($"jwt:{id}", Patterns(jwt.RegisterClaim), Patterns(jwt.SubscribeClaim), admin);
+        return new Grant($"jwt:{id}", Patterns(jwt.RegisterClaim), Patterns(jwt.SubscribeClaim), admin, expires);
     }
 
     /// <summary>Reads a bare JSON Web Key Set (what Kubernetes and most providers serve at their jwks_uri) as the signing keys.</summary>

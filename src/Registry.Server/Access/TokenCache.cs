@@ -33,6 +33,7 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
     private readonly SemaphoreSlim _reloadWanted = new(0, 1);
     private readonly SemaphoreSlim _reloading = new(1, 1);
     private volatile FrozenDictionary<string, Entry> _tokens = FrozenDictionary<string, Entry>.Empty;
+    private volatile FrozenDictionary<string, CancellationToken> _revocations = FrozenDictionary<string, CancellationToken>.Empty;
 
     public TokenCache(RegistryDatabase database, TimeProvider time, IOptions<AccessOptions> options, ILogger<TokenCache> logger)
     {
@@ -72,7 +73,7 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
         }
 
         var now = _time.GetUtcNow();
-        if (entry.Expires <= now)
+        if (entry.Grant.Expires <= now)
         {
             return TokenCheck.Expired;
         }
@@ -81,6 +82,16 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
         grant = entry.Grant;
         return TokenCheck.Valid;
     }
+
+    /// <summary>
+    /// Cancelled when the credential of <paramref name="grant"/> is revoked: what ends a request
+    /// it holds open (a session). Already cancelled when it was revoked since it was accepted;
+    /// never for credentials that are not stored (the bootstrap token, a JWT, an Open node's anonymous callers).
+    /// </summary>
+    public CancellationToken Revocation(Grant grant) =>
+        !grant.Stored ? CancellationToken.None
+        : _revocations.TryGetValue(grant.Id, out var revoked) ? revoked
+        : new CancellationToken(canceled: true);
 
     /// <summary>When this node last accepted each token it has accepted since it loaded it, by id.</summary>
     public Dictionary<string, DateTimeOffset> LastUsedHere() =>
@@ -97,21 +108,35 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
             var rows = await TokenStore.LoadAsync(_database.DataSource, cancellationToken);
             var previous = _tokens;
             var loaded = new Dictionary<string, Entry>(rows.Count, StringComparer.Ordinal);
-            foreach (var (hash, grant, expires) in rows)
+            foreach (var (hash, grant) in rows)
             {
                 var key = Convert.ToHexString(hash);
-                var entry = new Entry(hash, grant, expires ?? DateTimeOffset.MaxValue);
                 if (previous.TryGetValue(key, out var old))
                 {
-                    // Uses not yet written survive the reload.
-                    entry.LastUsedTicks = Interlocked.Read(ref old.LastUsedTicks);
-                    entry.WrittenTicks = old.WrittenTicks;
+                    // Uses not yet written survive the reload, and so do the sessions watching for its revocation.
+                    loaded[key] = new Entry(hash, grant, old.Revoked)
+                    {
+                        LastUsedTicks = Interlocked.Read(ref old.LastUsedTicks),
+                        WrittenTicks = old.WrittenTicks,
+                    };
                 }
-
-                loaded[key] = entry;
+                else
+                {
+                    loaded[key] = new Entry(hash, grant, new CancellationTokenSource());
+                }
             }
 
             _tokens = loaded.ToFrozenDictionary(StringComparer.Ordinal);
+            _revocations = loaded.Values.ToFrozenDictionary(e => e.Grant.Id, e => e.Revoked.Token, StringComparer.Ordinal);
+            foreach (var (key, gone) in previous)
+            {
+                if (!loaded.ContainsKey(key))
+                {
+                    // Revoked (its row deleted): the sessions it opened end.
+                    await gone.Revoked.CancelAsync();
+                }
+            }
+
             LogLoaded(_logger, loaded.Count);
         }
         finally
@@ -220,13 +245,14 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
         _reloading.Dispose();
     }
 
-    private sealed class Entry(byte[] hash, Grant grant, DateTimeOffset expires)
+    private sealed class Entry(byte[] hash, Grant grant, CancellationTokenSource revoked)
     {
         public byte[] Hash { get; } = hash;
 
         public Grant Grant { get; } = grant;
 
-        public DateTimeOffset Expires { get; } = expires;
+        /// <summary>Cancelled when a reload no longer finds the token; one for its whole life in the cache.</summary>
+        public CancellationTokenSource Revoked { get; } = revoked;
 
         /// <summary>UTC ticks of the last accepted use on this node; 0 for none.</summary>
         public long LastUsedTicks;

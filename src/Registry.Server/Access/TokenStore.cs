@@ -68,15 +68,16 @@ internal static class TokenStore
     }
 
     /// <summary>What a node's cache needs of every token.</summary>
-    public static async Task<List<(byte[] Hash, Grant Grant, DateTimeOffset? Expires)>> LoadAsync(NpgsqlDataSource database, CancellationToken cancellationToken)
+    public static async Task<List<(byte[] Hash, Grant Grant)>> LoadAsync(NpgsqlDataSource database, CancellationToken cancellationToken)
     {
         await using var command = database.CreateCommand($"SELECT id, hash, register, subscribe, admin, expires_at FROM {Schema.TokensTable}");
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-        var tokens = new List<(byte[], Grant, DateTimeOffset?)>();
+        var tokens = new List<(byte[], Grant)>();
         while (await reader.ReadAsync(cancellationToken))
         {
-            var grant = new Grant(reader.GetString(0), reader.GetFieldValue<string[]>(2), reader.GetFieldValue<string[]>(3), reader.GetBoolean(4));
-            tokens.Add((reader.GetFieldValue<byte[]>(1), grant, reader.IsDBNull(5) ? null : Utc(reader.GetDateTime(5))));
+            var grant = new Grant(reader.GetString(0), reader.GetFieldValue<string[]>(2), reader.GetFieldValue<string[]>(3), reader.GetBoolean(4),
+                reader.IsDBNull(5) ? null : Utc(reader.GetDateTime(5)), stored: true);
+            tokens.Add((reader.GetFieldValue<byte[]>(1), grant));
         }
 
         return tokens;

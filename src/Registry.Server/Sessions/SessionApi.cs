@@ -39,7 +39,10 @@ internal static class SessionApi
                 "connection closing no longer removes the instance, which now belongs to its new holder; consumers are not woken " +
                 "when only the holder changed. Likewise a session replaces a heartbeat registration: its heartbeats keep answering " +
                 "200 while the session lasts, and 404 once the session's close has removed the instance. A stream that ends without " +
-                "`ended` (the node stopped) is to be opened again on any node. " +
+                "`ended` (the node stopped) is to be opened again on any node. When the credential that opened the session is " +
+                "revoked or expires (a JWT's `exp`), the stream closes within a second with the comment `: closed: the credential " +
+                "that opened this session was revoked or has expired` and the lease is left to run out, as a heartbeat's would; " +
+                "reopening with a valid credential takes the instance over without waking its consumers. " +
                 "`ttl` (default 15 s) is how long the instance outlives a node that dies holding its session. Sessions count as " +
                 "parked requests for the node's limits (429 with Retry-After beyond them).")
             .Accepts<ProviderDocument>("application/json", "*/*")
@@ -104,7 +107,7 @@ internal sealed class SessionStream(SessionKeeper keeper, ParkingLot parking, st
     {
         try
         {
-            await keeper.HoldAsync(httpContext, provider, ttlSeconds, registered, CredentialIdentity.IdOf(httpContext.User), Leave);
+            await keeper.HoldAsync(httpContext, provider, ttlSeconds, registered, CredentialIdentity.Of(httpContext.User) ?? Grant.Anonymous, Leave);
         }
         finally
         {

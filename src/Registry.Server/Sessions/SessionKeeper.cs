@@ -3,6 +3,7 @@ using System.Text.Json;
 using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Http.Json;
 using Microsoft.Extensions.Options;
+using Registry.Access;
 using Registry.Leases;
 using Registry.Model;
 using Registry.Registration;
@@ -20,12 +21,15 @@ namespace Registry.Sessions;
 /// instance is removed through the write batch, so consumers are woken as for an unregister),
 /// when memory shows the instance removed or re-registered elsewhere (an <c>ended</c> event, the
 /// instance left alone), or when the node stops or cannot record renewals (the stream closes and
-/// the lease runs on, so the provider opens its session on another node before it expires).
+/// the lease runs on, so the provider opens its session on another node before it expires), or
+/// when the credential that opened it is revoked or expires (the stream closes and the lease is
+/// left to run out, as a heartbeat's would: only a valid credential keeps an instance registered).
 /// </summary>
 internal sealed partial class SessionKeeper(
     RegistryState state,
     LeaseRenewer renewer,
     WriteBatcher writes,
+    TokenCache tokens,
     DatabaseClock clock,
     SessionMetrics metrics,
     AuditLog audit,
@@ -36,6 +40,7 @@ internal sealed partial class SessionKeeper(
     ILogger<SessionKeeper> logger)
 {
     private static readonly byte[] KeepAlive = ": keep-alive\n\n"u8.ToArray();
+    private static readonly byte[] CredentialEnded = ": closed: the credential that opened this session was revoked or has expired\n\n"u8.ToArray();
 
     /// <summary>
     /// Streams the session registered as <paramref name="registered"/> until it ends; removes the
@@ -43,13 +48,16 @@ internal sealed partial class SessionKeeper(
     /// over, before the removal and before the session is counted as ended (its place in the
     /// node's limits is free from then on).
     /// </summary>
-    public async Task HoldAsync(HttpContext http, Provider provider, int ttlSeconds, WriteResult registered, string credential, Action streamEnded)
+    public async Task HoldAsync(HttpContext http, Provider provider, int ttlSeconds, WriteResult registered, Grant credential, Action streamEnded)
     {
         var key = provider.Key;
         using var watch = state.Watches.Watch(key, registered.Revision, state);
-        using var stop = CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted, lifetime.ApplicationStopping);
+        var revoked = tokens.Revocation(credential);
+        using var stop = revoked.CanBeCanceled
+            ? CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted, lifetime.ApplicationStopping, revoked)
+            : CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted, lifetime.ApplicationStopping);
         metrics.Opened();
-        audit.SessionStarted(credential, key, ttlSeconds);
+        audit.SessionStarted(credential.Id, key, ttlSeconds);
         SessionEnd end;
         try
         {
@@ -63,12 +71,30 @@ internal sealed partial class SessionKeeper(
             var lease = RegistrationApi.Lease(key, provider.Meta, ttlSeconds, registered.ExpiresAt);
             var first = Encoding.UTF8.GetBytes($"event: lease\ndata: {JsonSerializer.Serialize(lease, json.Value.SerializerOptions)}\n\n");
             end = await WriteAsync(response, first, stop.Token)
-                ? await KeepAsync(response, watch, ttlSeconds, registered.ExpiresAt, stop.Token)
+                ? await KeepAsync(response, watch, ttlSeconds, registered.ExpiresAt, credential.Expires, stop.Token)
                 : SessionEnd.Closed;
         }
         catch (Exception e) when (e is IOException or OperationCanceledException)
         {
             end = SessionEnd.Closed;
+        }
+
+        if (end == SessionEnd.Closed && revoked.IsCancellationRequested)
+        {
+            end = SessionEnd.Unauthorized;
+        }
+
+        if (end == SessionEnd.Unauthorized)
+        {
+            // Said for whoever reads the stream (curl in a runbook); a client opens it again, and a refusal tells it why.
+            try
+            {
+                await WriteAsync(http.Response, CredentialEnded, http.RequestAborted);
+            }
+            catch (Exception e) when (e is IOException or OperationCanceledException)
+            {
+                // Gone already.
+            }
         }
 
         streamEnded();
@@ -87,11 +113,12 @@ internal sealed partial class SessionKeeper(
         }
 
         metrics.Ended(end);
-        audit.SessionEnded(credential, key, SessionMetrics.Reason(end));
+        audit.SessionEnded(credential.Id, key, SessionMetrics.Reason(end));
     }
 
     /// <summary>Keeps the session until something ends it; writes the <c>ended</c> event when that is the instance's fate.</summary>
-    private async Task<SessionEnd> KeepAsync(HttpResponse response, InstanceWatch watch, int ttlSeconds, DateTimeOffset expiresAt, CancellationToken stop)
+    private async Task<SessionEnd> KeepAsync(
+        HttpResponse response, InstanceWatch watch, int ttlSeconds, DateTimeOffset expiresAt, DateTimeOffset credentialExpires, CancellationToken stop)
     {
         var keepAlive = TimeSpan.FromSeconds(options.Value.KeepAliveSeconds);
         // Renew (Renew decides whether the batch needs it) well within the lease, however short.
@@ -100,7 +127,15 @@ internal sealed partial class SessionKeeper(
         var nextRenewal = time.GetTimestamp() + Ticks(renewEvery);
         while (true)
         {
+            var expiresIn = credentialExpires - time.GetUtcNow();
+            if (expiresIn <= TimeSpan.Zero)
+            {
+                return SessionEnd.Unauthorized;
+            }
+
             var wait = time.GetElapsedTime(time.GetTimestamp(), Math.Min(nextKeepAlive, nextRenewal));
+            wait = wait < expiresIn ? wait : expiresIn;
+
             if (wait > TimeSpan.Zero)
             {
                 // The delay ends early (cancelled) when the connection closes or the node stops.

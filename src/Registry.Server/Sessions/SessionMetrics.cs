@@ -20,6 +20,9 @@ internal enum SessionEnd
 
     /// <summary>This node stops, or cannot record renewals: the stream closes and the lease is left to run (the provider opens its session elsewhere).</summary>
     Released,
+
+    /// <summary>The credential that opened it was revoked or expired: the stream closes and the lease is left to run out.</summary>
+    Unauthorized,
 }
 
 /// <summary>The session instruments (meter <c>Registry</c>): sessions open now, and how they ended.</summary>
@@ -33,7 +36,7 @@ internal sealed class SessionMetrics
         var meter = meters.Create(RegistryMetrics.MeterName);
         _open = meter.CreateUpDownCounter<long>("registry.sessions.open", "{session}", "Sessions held open now.");
         _ended = meter.CreateCounter<long>("registry.sessions.ended", "{session}",
-            "Sessions ended, by reason (closed, unregistered, evicted, replaced, released).");
+            "Sessions ended, by reason (closed, unregistered, evicted, replaced, released, unauthorized).");
     }
 
     public void Opened() => _open.Add(1);

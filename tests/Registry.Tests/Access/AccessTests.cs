@@ -10,6 +10,8 @@ namespace Registry.Tests.Access;
 [Collection(AccessTestsDefinition.Name)]
 public sealed class AccessTests(AccessCluster cluster)
 {
+    private const string CredentialEnded = "closed: the credential that opened this session was revoked or has expired";
+
     private static string Provider(string application) => Http.Provider(application, "10.0.0.2:8080");
 
     [Fact]
@@ -64,6 +66,66 @@ public sealed class AccessTests(AccessCluster cluster)
         var revoked = Stopwatch.StartNew();
         var refused = await WaitForStatusAsync(client, HttpStatusCode.Unauthorized, TimeSpan.FromSeconds(1));
         Assert.True(refused, $"node B still accepted the revoked token after {revoked.ElapsedMilliseconds} ms");
+    }
+
+    [Fact]
+    public async Task RevokingTheTokenThatOpenedASessionClosesItWithinASecondAndLeavesItsLeaseToRunOut()
+    {
+        var (id, secret) = await cluster.CreateTokenAsync("""{"description":"session holder","register":["payments"]}""");
+        using var holder = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(secret));
+        await using var session = await SessionReader.StartAsync(holder, Http.Provider("payments", "10.0.0.9:80"), ttl: 60);
+        Assert.Equal("lease", (await session.ReadAsync())?.Name);
+
+        using (var admin = AccessCluster.Client(cluster.NodeB, AccessCluster.Bearer(AccessCluster.Bootstrap)))
+        {
+            Assert.Equal(HttpStatusCode.NoContent, (await admin.DeleteAsync(new Uri($"/v1/tokens/{id}", UriKind.Relative))).StatusCode);
+        }
+
+        var revoked = Stopwatch.StartNew();
+        var last = await ReadToEndAsync(session);
+        Assert.True(revoked.Elapsed < TimeSpan.FromSeconds(1.5), $"the session was still open {revoked.ElapsedMilliseconds} ms after its token was revoked");
+        Assert.Equal(CredentialEnded, last);
+        // Not removed: like a heartbeat's, the lease runs out, since nothing valid renews it.
+        Assert.Contains("10.0.0.9:80", await AdminReadAsync("/v1/services/payments"));
+        Assert.Equal(HttpStatusCode.Unauthorized, (await holder.PostJsonAsync("/v1/heartbeat", Http.Provider("payments", "10.0.0.9:80"))).StatusCode);
+    }
+
+    [Fact]
+    public async Task ASessionOpenedWithAJwtClosesWhenTheJwtExpires()
+    {
+        await using var node = cluster.Start(new() { ["Registry:Auth:Jwt:ClockSkew"] = "00:00:00" });
+        var expires = DateTime.UtcNow.AddSeconds(3);
+        using var holder = AccessCluster.Client(node, AccessCluster.Bearer(cluster.Jwt(
+            new() { ["sub"] = "system:serviceaccount:payments:api", ["registry_register"] = new JsonArray("payments") }, expires)));
+        await using var session = await SessionReader.StartAsync(holder, Http.Provider("payments", "10.0.0.10:80"), ttl: 60);
+        Assert.Equal("lease", (await session.ReadAsync())?.Name);
+
+        var last = await ReadToEndAsync(session);
+
+        // exp is in whole seconds: up to one before the time asked for.
+        Assert.InRange(DateTime.UtcNow, expires.AddSeconds(-1), expires.AddSeconds(2));
+        Assert.Equal(CredentialEnded, last);
+    }
+
+    /// <summary>Reads a session's stream until it ends (within 10 s): the last comment it carried.</summary>
+    private static async Task<string> ReadToEndAsync(SessionReader session)
+    {
+        var reading = Stopwatch.StartNew();
+        var last = "";
+        while (await session.ReadAsync() is { } item)
+        {
+            Assert.True(reading.Elapsed < TimeSpan.FromSeconds(10), "the session is still open");
+            Assert.Equal(":", item.Name);
+            last = item.Data;
+        }
+
+        return last;
+    }
+
+    private async Task<string> AdminReadAsync(string path)
+    {
+        using var admin = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(AccessCluster.Bootstrap));
+        return await admin.GetStringAsync(new Uri(path, UriKind.Relative));
     }
 
     [Fact]
