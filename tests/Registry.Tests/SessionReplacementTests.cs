@@ -180,6 +180,43 @@ public sealed class SessionReplacementTests(RegistryCluster cluster) : RegistryT
         Assert.Single(answer!["endpoints"]!.AsArray());
     }
 
+    /// <summary>
+    /// A plain registration queued right behind a new session of the same instance (so both
+    /// would fit one batch): the session is told it was replaced, and its close leaves the
+    /// registration, as it would had the two come apart.
+    /// </summary>
+    [Fact]
+    public async Task ARegistrationQueuedRightBehindASessionReplacesItAndTheSessionsCloseLeavesIt()
+    {
+        using var ended = MeterWatch.Node(Node, "registry.sessions.ended");
+        using var sessionClient = Node.CreateClient();
+        Task<SessionReader> opening;
+        Task<HttpResponseMessage> registering;
+        await using (var stall = await StalledWriter.StartAsync(Cluster, Node, Client))
+        {
+            opening = SessionReader.StartAsync(sessionClient, Provider);
+            await stall.Queued.WaitForAsync(1);
+            registering = Client.PostJsonAsync("/v1/register", Provider);
+            await stall.Queued.WaitForAsync(2);
+            await stall.ReleaseAsync();
+        }
+
+        using (var registered = await registering.WaitAsync(TimeSpan.FromSeconds(10)))
+        {
+            Assert.Equal(HttpStatusCode.OK, registered.StatusCode);
+        }
+
+        var session = await opening.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal("lease", (await session.ReadAsync())?.Name);
+        Assert.Equal("replaced", await EndReasonAsync(session));
+        await session.DisposeAsync();
+        await ended.WaitForAsync(1);
+
+        await using var connection = await Cluster.OpenAsync();
+        await using var query = new NpgsqlCommand("SELECT count(*)::int FROM instances WHERE application = 'app' AND addr = '10.0.0.1:80'", connection);
+        Assert.Equal(1, await query.ExecuteScalarAsync());
+    }
+
     /// <summary>The reason of the <c>ended</c> event the stream closes with; fails when none comes in time.</summary>
     private static async Task<string?> EndReasonAsync(SessionReader session)
     {

@@ -9,8 +9,13 @@ namespace Registry.Tests;
 /// </summary>
 public sealed class WriteBatchTests(RegistryCluster cluster) : RegistryTest(cluster)
 {
+    /// <summary>
+    /// Writes queued together commit together, except that a batch writes each instance once: a
+    /// second write to one starts the next batch, so each is answered with its own status and
+    /// its own lease, in arrival order.
+    /// </summary>
     [Fact]
-    public async Task WritesQueuedTogetherCommitAsOneBatchInArrivalOrderEachWithItsOwnStatus()
+    public async Task WritesQueuedTogetherCommitInArrivalOrderEachWithItsOwnStatusAndLease()
     {
         await using var notifications = await NotificationListener.StartAsync(Cluster.ConnectionString);
         var y = Http.Provider("batch", "10.0.0.2:80");
@@ -24,17 +29,25 @@ public sealed class WriteBatchTests(RegistryCluster cluster) : RegistryTest(clus
             ("/v1/register", Http.Provider("batch-2", "10.0.0.3:80"), HttpStatusCode.Created),
         };
 
-        var (answers, batches) = await QueueBehindAStalledBatchAsync(writes.Select(w => (w.Path, w.Body)).ToArray());
+        var (answers, batches, bodies) = await QueueBehindAStalledBatchAsync(writes.Select(w => (w.Path, w.Body)).ToArray());
 
         Assert.Equal(writes.Select(w => w.Alone), answers);
-        Assert.Equal(2, batches); // the stalled one and the one that took everything queued behind it
+        // The stalled one, then one per write to the same instance, the last with batch-2's too.
+        Assert.Equal(6, batches);
+        foreach (var body in bodies.Where((_, i) => answers[i] is HttpStatusCode.OK or HttpStatusCode.Created))
+        {
+            var expires = DateTimeOffset.Parse((string)System.Text.Json.Nodes.JsonNode.Parse(body)!["expires"]!, System.Globalization.CultureInfo.InvariantCulture);
+            Assert.True(expires > DateTimeOffset.UtcNow, body);
+        }
+
         var endpoints = await EndpointsOnNodeBAsync(Http.Subscription(Http.Entry("batch"), Http.Entry("batch-2")), 2);
         Assert.Equal(["10.0.0.2:80", "10.0.0.3:80"], endpoints.Select(e => (string?)e!["addr"]));
         Assert.Equal("2", (string?)endpoints[0]!["meta"]!["v"]);
 
-        // One notification per changed application, naming the changed instance once.
+        // One notification per batch that changed the application (the registration, the removal,
+        // the new meta; not the identical re-registration), naming the changed instance.
         await notifications.WaitForAsync("batch-2");
-        Assert.Equal(["batch\nhttp 10.0.0.2:80"], notifications.Payloads("batch"));
+        Assert.Equal(Enumerable.Repeat("batch\nhttp 10.0.0.2:80", 3), notifications.Payloads("batch"));
         Assert.Equal(["batch-2\nhttp 10.0.0.3:80"], notifications.Payloads("batch-2"));
     }
 
@@ -46,7 +59,7 @@ public sealed class WriteBatchTests(RegistryCluster cluster) : RegistryTest(clus
             .Select(i => ("/v1/register", Http.Provider("wide", $"10.1.{i / 250}.{i % 250 + 1}:8080")))
             .ToArray();
 
-        var (answers, batches) = await QueueBehindAStalledBatchAsync(writes);
+        var (answers, batches, _) = await QueueBehindAStalledBatchAsync(writes);
 
         Assert.All(answers, status => Assert.Equal(HttpStatusCode.Created, status));
         Assert.Equal(2, batches);
@@ -72,9 +85,9 @@ public sealed class WriteBatchTests(RegistryCluster cluster) : RegistryTest(clus
     /// <summary>
     /// Stalls node A's writer (see <see cref="StalledWriter"/>), sends <paramref name="writes"/>
     /// one after another (each once the previous is queued, so they queue in this order), then
-    /// releases it. Returns each write's status and the batches committed meanwhile.
+    /// releases it. Returns each write's status and body, and the batches committed meanwhile.
     /// </summary>
-    private async Task<(HttpStatusCode[] Statuses, double Batches)> QueueBehindAStalledBatchAsync((string Path, string Body)[] writes)
+    private async Task<(HttpStatusCode[] Statuses, double Batches, string[] Bodies)> QueueBehindAStalledBatchAsync((string Path, string Body)[] writes)
     {
         await using var stall = await StalledWriter.StartAsync(Cluster, Cluster.NodeA, Client);
         using var batches = MeterWatch.Node(Cluster.NodeA, "registry.writes.batches");
@@ -89,7 +102,8 @@ public sealed class WriteBatchTests(RegistryCluster cluster) : RegistryTest(clus
         var responses = await Task.WhenAll(sent).WaitAsync(TimeSpan.FromSeconds(10));
         try
         {
-            return (responses.Select(r => r.StatusCode).ToArray(), batches.Total);
+            var bodies = await Task.WhenAll(responses.Select(r => r.Content.ReadAsStringAsync()));
+            return (responses.Select(r => r.StatusCode).ToArray(), batches.Total, bodies);
         }
         finally
         {

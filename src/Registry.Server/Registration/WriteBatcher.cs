@@ -63,8 +63,8 @@ internal sealed class WriteUnavailableException(string message, Exception? inner
 /// Group commit. Commits that notify serialise on PostgreSQL's notification-queue lock, so
 /// the writes that arrive together share one transaction: multi-row statements and one
 /// <c>pg_notify</c> per changed application. Each request is answered after its batch has
-/// committed, with the status it would have had alone; writes to the same instance keep
-/// their arrival order. An identical re-registration renews the lease and notifies nobody
+/// committed, with the status and lease it would have had alone: a batch writes each instance
+/// once, so writes to the same instance go in successive batches, in their arrival order. An identical re-registration renews the lease and notifies nobody
 /// (unless a session is involved: see <see cref="RegisterCommand.Session"/>).
 /// </summary>
 internal sealed partial class WriteBatcher(
@@ -106,25 +106,21 @@ internal sealed partial class WriteBatcher(
     {
         var reader = _queue.Reader;
         var batch = new List<WriteCommand>(options.Value.MaxBatchSize);
-        // The instances the batch writes, and those it removes conditionally (see CanJoin).
+        // The instances the batch writes: each one once (see below).
         var keys = new HashSet<InstanceKey>();
-        var conditional = new HashSet<InstanceKey>();
         try
         {
             while (await reader.WaitToReadAsync(stoppingToken))
             {
                 batch.Clear();
                 keys.Clear();
-                conditional.Clear();
-                while (batch.Count < options.Value.MaxBatchSize && reader.TryPeek(out var command) && CanJoin(keys, conditional, command))
+                // A second write to an instance ends the batch: each write is answered with the
+                // revision and lease of its own row (a session holds on to it), and a batch writes
+                // only one row per instance. Arrival order is kept, since batches commit in turn.
+                while (batch.Count < options.Value.MaxBatchSize && reader.TryPeek(out var command) && keys.Add(command.Key))
                 {
                     reader.TryRead(out _);
                     batch.Add(command);
-                    keys.Add(command.Key);
-                    if (command is UnregisterCommand { ExpectedRevision: not null })
-                    {
-                        conditional.Add(command.Key);
-                    }
                 }
 
                 metrics.WritesQueued(-batch.Count);
@@ -142,16 +138,6 @@ internal sealed partial class WriteBatcher(
             Fail(batch, new WriteUnavailableException("The registry node is shutting down; retry on another node."));
         }
     }
-
-    /// <summary>
-    /// Whether a write may join the batch. A conditional removal never shares a batch with
-    /// another write to its instance (it waits for the next batch, or ends this one): the
-    /// database gets only each instance's last write of a batch, and what a conditional removal
-    /// does depends on the writes before it. Arrival order is kept, since batches commit in turn.
-    /// </summary>
-    private static bool CanJoin(HashSet<InstanceKey> keys, HashSet<InstanceKey> conditional, WriteCommand command) =>
-        !(conditional.Count > 0 && conditional.Contains(command.Key))
-        && !(command is UnregisterCommand { ExpectedRevision: not null } && keys.Contains(command.Key));
 
     private async Task ExecuteBatchAsync(List<WriteCommand> batch, CancellationToken cancellationToken)
     {
@@ -260,21 +246,15 @@ internal sealed partial class WriteBatcher(
 
     /// <summary>
     /// Commits the batch as one statement in its own implicit transaction: one round trip, no
-    /// separate lock, BEGIN or COMMIT. Each instance's last write in the batch is what the
-    /// database gets; the statement says whether each row existed and whether what consumers
-    /// see changed, which gives every request the status it would have had alone.
+    /// separate lock, BEGIN or COMMIT. The batch holds each instance once; the statement says
+    /// whether each row existed and whether what consumers see changed, which gives every
+    /// request its status.
     /// </summary>
     private async Task<Committed> CommitAsync(List<WriteCommand> batch, CancellationToken cancellationToken)
     {
-        var last = new Dictionary<InstanceKey, WriteCommand>();
-        foreach (var command in batch)
-        {
-            last[command.Key] = command;
-        }
-
         var byKey = Comparer<InstanceKey>.Create(InstanceKey.CompareOrdinal);
-        var upserts = last.Values.OfType<RegisterCommand>().OrderBy(c => c.Key, byKey).ToArray();
-        var deletes = last.Values.OfType<UnregisterCommand>().OrderBy(c => c.Key, byKey).ToArray();
+        var upserts = batch.OfType<RegisterCommand>().OrderBy(c => c.Key, byKey).ToArray();
+        var deletes = batch.OfType<UnregisterCommand>().OrderBy(c => c.Key, byKey).ToArray();
 
         // Without deletes the statement has no scan to choose, so its plan is made once per connection.
         var source = deletes.Length == 0 ? database.PlannedOnceDataSource : database.DataSource;
@@ -295,23 +275,13 @@ internal sealed partial class WriteBatcher(
 
         loader.Settled(own, written.Changes);
 
-        // Replay the batch in arrival order from whether each instance existed before it.
-        var exists = new Dictionary<InstanceKey, bool>(written.ExistedBefore);
-        var statuses = new WriteStatus[batch.Count];
-        for (var i = 0; i < batch.Count; i++)
+        var statuses = batch.Select(command => (command is RegisterCommand, written.ExistedBefore.GetValueOrDefault(command.Key)) switch
         {
-            var key = batch[i].Key;
-            var had = exists.GetValueOrDefault(key);
-            var registers = batch[i] is RegisterCommand;
-            statuses[i] = (registers, had) switch
-            {
-                (true, true) => WriteStatus.Replaced,
-                (true, false) => WriteStatus.Created,
-                (false, true) => WriteStatus.Removed,
-                (false, false) => WriteStatus.NotFound,
-            };
-            exists[key] = registers;
-        }
+            (true, true) => WriteStatus.Replaced,
+            (true, false) => WriteStatus.Created,
+            (false, true) => WriteStatus.Removed,
+            (false, false) => WriteStatus.NotFound,
+        }).ToArray();
 
         var changed = written.Changes.Values.SelectMany(c => c.Keys).ToArray();
         return new Committed(statuses, written.Leases, changed, changed.Length > 0 ? own : null);
