@@ -1,7 +1,10 @@
 using System.Diagnostics;
 using System.Net;
 using System.Text.Json.Nodes;
+using Microsoft.AspNetCore.TestHost;
+using Microsoft.Extensions.DependencyInjection;
 using Npgsql;
+using Registry.Subscription;
 using Registry.Tests.Infrastructure;
 
 namespace Registry.Tests;
@@ -129,6 +132,67 @@ public sealed class SessionTests(RegistryCluster cluster) : RegistryTest(cluster
         Assert.Equal("ended", ended?.Name);
         Assert.Equal("unregistered", (string?)JsonNode.Parse(ended!.Value.Data)!["reason"]);
         Assert.Null(await session.ReadAsync());
+    }
+
+    /// <summary>
+    /// The loader held while a session's registration and a removal of its instance commit, so
+    /// that it applies both in one pass: the instance is already gone when the session is
+    /// answered and starts watching it, and the session still ends, told why.
+    /// </summary>
+    [Fact]
+    public async Task ARemovalAppliedTogetherWithTheSessionsRegistrationEndsItWithUnregistered()
+    {
+        var held = new HeldRecomposition("held");
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var registry = new RegistryNode(database);
+        await using var node = registry.WithWebHostBuilder(b => b.ConfigureTestServices(s => s.AddSingleton<IChangeWitness>(held)));
+        using var client = node.CreateClient();
+        using var provider = node.CreateClient();
+        var heldSubscription = Http.Subscription(Http.Entry("held"));
+        using (var response = await client.PostJsonAsync("/v1/register", Http.Provider("held", "10.0.0.8:80")))
+        {
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+
+        // A consumer parked on the held application keeps its view, so its next change is recomposed (and held).
+        var (_, version, _) = await client.SubscribeAsync(heldSubscription);
+        using var parked = ParkedPolls.On(node);
+        var waiting = client.SubscribeAsync(heldSubscription, version, wait: 30);
+        await parked.WaitForAsync(1);
+        await using var notifications = await NotificationListener.StartAsync(database);
+
+        Task<SessionReader> opening;
+        Task<HttpResponseMessage> unregistering;
+        held.Hold();
+        try
+        {
+            using (var response = await client.PostJsonAsync("/v1/register", Http.Provider("held", "10.0.0.9:80")))
+            {
+                Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+            }
+
+            await held.Entered.WaitAsync(TimeSpan.FromSeconds(10));
+            opening = SessionReader.StartAsync(provider, Provider);
+            await notifications.WaitUntilAsync("app", n => n == 1);
+            unregistering = client.PostJsonAsync("/v1/unregister", Provider);
+            await notifications.WaitUntilAsync("app", n => n == 2);
+        }
+        finally
+        {
+            held.Release();
+        }
+
+        await using var session = await opening.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal("lease", (await session.ReadAsync())?.Name);
+        using (var unregistered = await unregistering.WaitAsync(TimeSpan.FromSeconds(10)))
+        {
+            Assert.Equal(HttpStatusCode.NoContent, unregistered.StatusCode);
+        }
+
+        var ended = await session.ReadEventAsync().WaitAsync(TimeSpan.FromSeconds(5));
+        Assert.Equal("ended", ended?.Name);
+        Assert.Equal("unregistered", (string?)JsonNode.Parse(ended!.Value.Data)!["reason"]);
+        await waiting.WaitAsync(TimeSpan.FromSeconds(10));
     }
 
     [Fact]

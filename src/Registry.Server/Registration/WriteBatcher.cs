@@ -21,8 +21,12 @@ internal enum WriteStatus
     NotFound,
 }
 
-/// <summary>How a write ended; for a registration, its lease and the row's revision as committed.</summary>
-internal readonly record struct WriteResult(WriteStatus Status, DateTimeOffset ExpiresAt, long Revision = 0);
+/// <summary>
+/// How a write ended; for a registration, its lease and the row's revision as committed.
+/// <paramref name="Reflected"/>: the node's memory had caught up with the write when it was
+/// answered (false only when the database could not be read back then).
+/// </summary>
+internal readonly record struct WriteResult(WriteStatus Status, DateTimeOffset ExpiresAt, long Revision = 0, bool Reflected = false);
 
 /// <summary>A registration or unregistration waiting for its batch to commit.</summary>
 internal abstract class WriteCommand(InstanceKey key)
@@ -183,9 +187,11 @@ internal sealed partial class WriteBatcher(
     /// <summary>Answers a committed batch once the node's memory reflects it (a node reflects its own acknowledged writes at once).</summary>
     private async Task AcknowledgeAsync(WriteCommand[] batch, Committed committed, CancellationToken cancellationToken)
     {
+        var reflected = false;
         try
         {
             await ReflectAsync(committed, cancellationToken);
+            reflected = true;
         }
         catch (Exception e) when (e is DbException or OperationCanceledException)
         {
@@ -211,7 +217,7 @@ internal sealed partial class WriteBatcher(
             }
 
             var lease = committed.Leases.GetValueOrDefault(batch[i].Key);
-            batch[i].Done.TrySetResult(new WriteResult(status, lease.ExpiresAt, lease.Revision));
+            batch[i].Done.TrySetResult(new WriteResult(status, lease.ExpiresAt, lease.Revision, reflected));
         }
     }
 

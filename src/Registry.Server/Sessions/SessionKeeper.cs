@@ -51,7 +51,7 @@ internal sealed partial class SessionKeeper(
     public async Task HoldAsync(HttpContext http, Provider provider, int ttlSeconds, WriteResult registered, Grant credential, Action streamEnded)
     {
         var key = provider.Key;
-        using var watch = state.Watches.Watch(key, registered.Revision, state);
+        using var watch = state.Watches.Watch(key, registered.Revision, registered.Reflected, state);
         var revoked = tokens.Revocation(credential);
         using var stop = revoked.CanBeCanceled
             ? CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted, lifetime.ApplicationStopping, revoked)

@@ -16,10 +16,11 @@ internal enum InstanceFate
 /// <summary>
 /// One held registration's view of its instance (a session's): settles once the in-memory
 /// state shows the instance removed, or at another revision than the one it registered. Until
-/// memory has shown the registered revision at least once, an absence is not taken for a
-/// removal nor an older revision for a replacement (the state may still lag the write); after
-/// that any other revision is a later write. Before, only a greater one is: revisions come from
-/// one sequence, but are drawn before the row is locked, so a later write can carry a smaller one.
+/// memory is known to have caught up with the registration (it was answered once memory had, or
+/// memory has shown its revision since), an absence is not taken for a removal nor an older
+/// revision for a replacement (the state may still lag the write); after that any other
+/// revision is a later write. Before, only a greater one is: revisions come from one sequence,
+/// but are drawn before the row is locked, so a later write can carry a smaller one.
 /// </summary>
 internal sealed class InstanceWatch : IDisposable
 {
@@ -29,11 +30,12 @@ internal sealed class InstanceWatch : IDisposable
     private readonly Lock _gate = new();
     private bool _seen;
 
-    internal InstanceWatch(InstanceWatches owner, InstanceKey key, long revision)
+    internal InstanceWatch(InstanceWatches owner, InstanceKey key, long revision, bool caughtUp)
     {
         _owner = owner;
         Key = key;
         _revision = revision;
+        _seen = caughtUp;
     }
 
     public InstanceKey Key { get; }
@@ -75,10 +77,15 @@ internal sealed class InstanceWatches
 {
     private readonly ConcurrentDictionary<string, ConcurrentDictionary<InstanceWatch, byte>> _byApplication = new(StringComparer.Ordinal);
 
-    /// <summary>Watches <paramref name="key"/> as registered at <paramref name="revision"/>, checked against the state now.</summary>
-    public InstanceWatch Watch(InstanceKey key, long revision, RegistryState state)
+    /// <summary>
+    /// Watches <paramref name="key"/> as registered at <paramref name="revision"/>, checked against
+    /// the state now. <paramref name="caughtUp"/>: memory has already reflected the registration,
+    /// so whatever it shows now that differs came after it (a removal or a takeover applied in the
+    /// same pass as the registration, before the watch existed).
+    /// </summary>
+    public InstanceWatch Watch(InstanceKey key, long revision, bool caughtUp, RegistryState state)
     {
-        var watch = new InstanceWatch(this, key, revision);
+        var watch = new InstanceWatch(this, key, revision, caughtUp);
         _byApplication.GetOrAdd(key.Application, _ => new()).TryAdd(watch, 0);
         // After it is listed: a swap from now on checks it too, so no change falls between.
         watch.Check(state.Find(key));
