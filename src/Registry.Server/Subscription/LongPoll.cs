@@ -110,7 +110,7 @@ internal sealed class LongPoll(
     {
         if (lifetime.ApplicationStopping.IsCancellationRequested)
         {
-            return await ReleaseOnShutdownAsync(view, requestAborted);
+            return await ReleaseOnShutdownAsync(view, version, requestAborted);
         }
 
         // Parked in the view's list (so a drain can follow it) only while it holds the current version.
@@ -147,7 +147,7 @@ internal sealed class LongPoll(
 
         if (lifetime.ApplicationStopping.IsCancellationRequested)
         {
-            return (await ReleaseOnShutdownAsync(view, requestAborted)) with { Consumer = consumer };
+            return (await ReleaseOnShutdownAsync(view, version, requestAborted)) with { Consumer = consumer };
         }
 
         var answer = view.Current;
@@ -155,8 +155,11 @@ internal sealed class LongPoll(
         return new(answer, PollEnd.Changed, consumer);
     }
 
-    /// <summary>Answers a poll released by shutdown after a random part of the spread, so consumers do not all reconnect at once.</summary>
-    private async Task<PollOutcome> ReleaseOnShutdownAsync(SubscriptionView view, CancellationToken requestAborted)
+    /// <summary>
+    /// Answers a poll released by shutdown after a random part of the spread, so consumers do not
+    /// all reconnect at once; as a change when the answer moved from <paramref name="version"/> meanwhile.
+    /// </summary>
+    private async Task<PollOutcome> ReleaseOnShutdownAsync(SubscriptionView view, string version, CancellationToken requestAborted)
     {
         var delay = _options.ShutdownSpread * Random.Shared.NextDouble();
         try
@@ -168,6 +171,7 @@ internal sealed class LongPoll(
             return new(view.Current, PollEnd.ClientGone);
         }
 
-        return new(view.Current, PollEnd.Shutdown);
+        var answer = view.Current;
+        return new(answer, string.Equals(answer.Version, version, StringComparison.Ordinal) ? PollEnd.Shutdown : PollEnd.Changed);
     }
 }
