@@ -237,8 +237,10 @@ internal sealed partial class RegistryLoader(
         }
         catch
         {
-            // The loop ends (the node is stopping): what was applied is still recomposed, so no read waits for it.
+            // The loop ends (the node is stopping): what was applied is still recomposed and its
+            // consumers woken, so no read or parked poll waits for it.
             hub.Recompose(_wakes);
+            Wake();
             throw;
         }
 
@@ -281,12 +283,13 @@ internal sealed partial class RegistryLoader(
         var loaded = await QueryAsync(SelectColumns, null, cancellationToken);
         var before = state.Applications;
         state.ReplaceAll(loaded.Values);
-        own.CompleteSettled();
         metrics.Reloaded(all: true);
         var changed = before.Keys.Union(loaded.Keys, StringComparer.Ordinal)
             .Where(a => !(loaded.TryGetValue(a, out var now) && now.SameContentAs(before.GetValueOrDefault(a))))
             .ToArray();
+        // Marked stale before the writes the load covers are answered: a read after one waits for its answer.
         hub.ApplicationsChanged(changed);
+        own.CompleteSettled();
         LogLoadedAll(logger, loaded.Count, loaded.Values.Sum(s => s.Count));
     }
 
