@@ -56,7 +56,8 @@ internal sealed class DrainTracker(
         {
             // Not held here as far as this node knows; once what was announced before the
             // question is applied, it knows for sure.
-            _ = loader.CaughtUpAsync().ContinueWith(_ => CaughtUp(interest), CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+            // Only once it did catch up: after a failed load it does not know, and says nothing (an incomplete drain).
+            _ = loader.CaughtUpAsync().ContinueWith(_ => CaughtUp(interest), CancellationToken.None, TaskContinuationOptions.OnlyOnRanToCompletion, TaskScheduler.Default);
         }
     }
 
@@ -93,6 +94,14 @@ internal sealed class DrainTracker(
             if (interest.Seen || interest.LastKnown is not null)
             {
                 return; // the removal is (or will be) seen by the loader
+            }
+
+            // Caught up, the loader may have applied the registration and not yet told Begin
+            // (it answers writes first): then it is held here after all, and its removal is followed.
+            if (state.Find(interest.Key) is { } now)
+            {
+                interest.LastKnown = now;
+                return;
             }
 
             interest.Seen = true;
