@@ -43,7 +43,9 @@ internal static class SessionApi
                 "revoked or expires (a JWT's `exp`), the stream closes within a second with the comment `: closed: the credential " +
                 "that opened this session was revoked or has expired` and the lease is left to run out, as a heartbeat's would; " +
                 "reopening with a valid credential takes the instance over without waking its consumers. " +
-                "`ttl` (default 15 s) is how long the instance outlives a node that dies holding its session. Sessions count as " +
+                "`ttl` (default 15 s) is how long the instance outlives a node that dies holding its session, and about how long it " +
+                "outlives a provider host that dies without closing its connection (power lost, a partition: the node gives the " +
+                "connection up once its keep-alives go unacknowledged for the TTL, at least two keep-alive intervals). Sessions count as " +
                 "parked requests for the node's limits (429 with Retry-After beyond them).")
             .Accepts<ProviderDocument>("application/json", "*/*")
             .Produces<string>(StatusCodes.Status200OK, "text/event-stream")

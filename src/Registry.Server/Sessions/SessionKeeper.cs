@@ -1,5 +1,7 @@
 using System.Text;
 using System.Text.Json;
+using System.Net.Sockets;
+using Microsoft.AspNetCore.Connections.Features;
 using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Http.Json;
 using Microsoft.Extensions.Options;
@@ -58,6 +60,7 @@ internal sealed partial class SessionKeeper(
             : CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted, lifetime.ApplicationStopping);
         metrics.Opened();
         audit.SessionStarted(credential.Id, key, ttlSeconds);
+        GiveUpOnASilentPeer(http, ttlSeconds);
         SessionEnd end;
         try
         {
@@ -183,6 +186,34 @@ internal sealed partial class SessionKeeper(
                     return SessionEnd.Closed;
                 }
             }
+        }
+    }
+
+    /// <summary>
+    /// A provider whose host dies without closing its connection (power lost, a kernel panic, a
+    /// network partition) never resets it: its kernel is gone, so nothing acknowledges the
+    /// keep-alives, and Linux would retransmit them for about 15 minutes (tcp_retries2) while
+    /// the session kept renewing the lease. With TCP_USER_TIMEOUT the kernel gives up once sent
+    /// data has gone unacknowledged for the session's TTL (at least two keep-alive intervals):
+    /// the connection fails, the session ends as closed and its instance is removed, as a lease
+    /// left to run out would have been. Behind a proxy this is the proxy's connection, not the provider's.
+    /// </summary>
+    private void GiveUpOnASilentPeer(HttpContext http, int ttlSeconds)
+    {
+        if (!OperatingSystem.IsLinux() || http.Features.Get<IConnectionSocketFeature>()?.Socket is not { ProtocolType: ProtocolType.Tcp } socket)
+        {
+            return;
+        }
+
+        const int IpProtocolTcp = 6, TcpUserTimeout = 18;
+        var timeout = TimeSpan.FromSeconds(Math.Max(ttlSeconds, 2 * options.Value.KeepAliveSeconds));
+        try
+        {
+            socket.SetRawSocketOption(IpProtocolTcp, TcpUserTimeout, BitConverter.GetBytes((uint)timeout.TotalMilliseconds));
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            // Refused, or the connection is already gone: the session's own rules still apply.
         }
     }
 
