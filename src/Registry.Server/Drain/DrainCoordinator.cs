@@ -116,15 +116,18 @@ internal sealed class DrainCoordinator(
             if (now >= refreshAt)
             {
                 refreshAt = now + options.Value.NodesRefreshInterval;
+                // A stalled database must not hold the answer past its deadline.
+                using var late = new CancellationTokenSource(deadline > now ? deadline - now : TimeSpan.Zero, time);
+                using var reading = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, late.Token);
                 try
                 {
                     // Live now by the cluster's membership, and started when the question was
                     // asked: a later node never heard it.
-                    nodes = (await live.ReadAsync(cancellationToken))
+                    nodes = (await live.ReadAsync(reading.Token))
                         .Where(n => n.Started <= askedAt).Select(n => n.Id).ToHashSet(StringComparer.Ordinal);
                     nodes.Add(node.Id);
                 }
-                catch (DbException)
+                catch (Exception e) when (e is DbException || (e is OperationCanceledException && !cancellationToken.IsCancellationRequested))
                 {
                     // Keep the last set read; without one, nobody is known to be done.
                 }
