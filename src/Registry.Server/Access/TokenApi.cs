@@ -199,64 +199,84 @@ internal static class TokenApi
             DateTimeOffset? expires = null;
             foreach (var member in document.RootElement.EnumerateObject())
             {
-                var value = member.Value;
-                switch (member.Name)
+                // The parser takes a lone surrogate escape ("\ud800") or bytes that are not UTF-8;
+                // reading such a name or string as .NET text throws. Still the client's input: a 400.
+                string name;
+                try
                 {
-                    case "description" when value.ValueKind == JsonValueKind.String:
-                        description = value.GetString()!;
-                        if (description.Length is 0 or > MaxDescriptionLength || description.Any(char.IsControl))
-                        {
-                            errors["description"] = [$"must be 1 to {MaxDescriptionLength} characters without control characters"];
-                        }
+                    name = member.Name;
+                }
+                catch (InvalidOperationException)
+                {
+                    errors["body"] = ["holds a member name that is not valid UTF-8 or Unicode text"];
+                    continue;
+                }
 
-                        break;
-                    case "register" or "subscribe" when value.ValueKind == JsonValueKind.Array:
-                        var patterns = value.EnumerateArray().Select(p => p.ValueKind == JsonValueKind.String ? p.GetString()! : "").ToArray();
-                        if (patterns.Length > MaxPatterns || !patterns.All(Grant.IsPattern))
-                        {
-                            errors[member.Name] = [$"must be at most {MaxPatterns} patterns, each an application name, a name prefix ending in '*', or '*'"];
-                        }
+                var value = member.Value;
+                try
+                {
+                    switch (name)
+                    {
+                        case "description" when value.ValueKind == JsonValueKind.String:
+                            description = value.GetString()!;
+                            if (description.Length is 0 or > MaxDescriptionLength || description.Any(char.IsControl))
+                            {
+                                errors["description"] = [$"must be 1 to {MaxDescriptionLength} characters without control characters"];
+                            }
 
-                        if (member.Name == "register")
-                        {
-                            register = patterns;
-                        }
-                        else
-                        {
-                            subscribe = patterns;
-                        }
+                            break;
+                        case "register" or "subscribe" when value.ValueKind == JsonValueKind.Array:
+                            var patterns = value.EnumerateArray().Select(p => p.ValueKind == JsonValueKind.String ? p.GetString()! : "").ToArray();
+                            if (patterns.Length > MaxPatterns || !patterns.All(Grant.IsPattern))
+                            {
+                                errors[name] = [$"must be at most {MaxPatterns} patterns, each an application name, a name prefix ending in '*', or '*'"];
+                            }
 
-                        break;
-                    case "admin" when value.ValueKind is JsonValueKind.True or JsonValueKind.False:
-                        admin = value.GetBoolean();
-                        break;
-                    case "expires" when value.ValueKind == JsonValueKind.String:
-                        if (!Rfc3339.TryParse(value.GetString()!, out var at))
-                        {
-                            errors["expires"] = ["must be an RFC 3339 time with a zone, e.g. 2027-01-01T00:00:00Z"];
-                        }
-                        else if (at <= now)
-                        {
-                            errors["expires"] = ["must be in the future"];
-                        }
-                        else
-                        {
-                            expires = at.ToUniversalTime();
-                        }
+                            if (name == "register")
+                            {
+                                register = patterns;
+                            }
+                            else
+                            {
+                                subscribe = patterns;
+                            }
 
-                        break;
-                    case "description" or "register" or "subscribe" or "admin" or "expires":
-                        errors[member.Name] = [member.Name switch
-                        {
-                            "description" => "must be a string",
-                            "admin" => "must be true or false",
-                            "expires" => "must be an RFC 3339 time string",
-                            _ => "must be an array of patterns",
-                        }];
-                        break;
-                    default:
-                        errors[member.Name] = ["is not a field of a token request"];
-                        break;
+                            break;
+                        case "admin" when value.ValueKind is JsonValueKind.True or JsonValueKind.False:
+                            admin = value.GetBoolean();
+                            break;
+                        case "expires" when value.ValueKind == JsonValueKind.String:
+                            if (!Rfc3339.TryParse(value.GetString()!, out var at))
+                            {
+                                errors["expires"] = ["must be an RFC 3339 time with a zone, e.g. 2027-01-01T00:00:00Z"];
+                            }
+                            else if (at <= now)
+                            {
+                                errors["expires"] = ["must be in the future"];
+                            }
+                            else
+                            {
+                                expires = at.ToUniversalTime();
+                            }
+
+                            break;
+                        case "description" or "register" or "subscribe" or "admin" or "expires":
+                            errors[name] = [name switch
+                            {
+                                "description" => "must be a string",
+                                "admin" => "must be true or false",
+                                "expires" => "must be an RFC 3339 time string",
+                                _ => "must be an array of patterns",
+                            }];
+                            break;
+                        default:
+                            errors[name] = ["is not a field of a token request"];
+                            break;
+                    }
+                }
+                catch (InvalidOperationException)
+                {
+                    errors[name] = ["is not valid Unicode text"];
                 }
             }
 

@@ -313,13 +313,35 @@ public sealed class AccessTests(AccessCluster cluster)
             ("""{"description":null}""", "description"),
             ("""[1,2]""", "body"),
             ("""{"description":""", "body"),
+            // Lone surrogates: JSON the parser takes, text no string can hold.
+            ("""{"description":"\ud800"}""", "description"),
+            ("""{"\ud800":1}""", "body"),
+            ("""{"description":"x","register":["\ud800"]}""", "register"),
+            ("""{"description":"x","subscribe":["payments","\udfff"]}""", "subscribe"),
+            ("""{"description":"x","expires":"\ud800"}""", "expires"),
         })
         {
             using var response = await admin.PostJsonAsync("/v1/tokens", body);
-            var problem = await response.ReadJsonAsync();
-            Assert.True(response.StatusCode == HttpStatusCode.BadRequest, $"{body}: {response.StatusCode}");
-            Assert.True(problem["errors"]?[field] is not null, $"{body}: {problem.ToJsonString()}");
+            await AssertNamesFieldAsync(response, body, field);
         }
+
+        // Bytes that are not UTF-8, in a value and in a member name.
+        foreach (var (before, after, field) in new[] { ("{\"description\":\"", "\"}", "description"), ("{\"", "\":1}", "body") })
+        {
+            byte[] body = [.. System.Text.Encoding.UTF8.GetBytes(before), 0xFF, .. System.Text.Encoding.UTF8.GetBytes(after)];
+            using var content = new ByteArrayContent(body);
+            content.Headers.ContentType = new("application/json");
+            using var response = await admin.PostAsync(new Uri("/v1/tokens", UriKind.Relative), content);
+            await AssertNamesFieldAsync(response, $"{before}<FF>{after}", field);
+        }
+    }
+
+    private static async Task AssertNamesFieldAsync(HttpResponseMessage response, string body, string field)
+    {
+        var text = await response.Content.ReadAsStringAsync();
+        Assert.True(response.StatusCode == HttpStatusCode.BadRequest, $"{body}: {(int)response.StatusCode} {text}");
+        Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+        Assert.True(JsonNode.Parse(text)?["errors"]?[field] is not null, $"{body}: {text}");
     }
 
     [Fact]
