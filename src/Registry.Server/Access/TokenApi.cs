@@ -1,10 +1,13 @@
+using System.Data.Common;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.Extensions.Options;
 using Npgsql;
 using Registry.Edge;
 using Registry.Model;
+using Registry.Registration;
 using Registry.Storage;
 using Registry.Telemetry;
 
@@ -73,8 +76,10 @@ internal static partial class Rfc3339
 }
 
 /// <summary>Creating, listing and revoking registry tokens (admin scope).</summary>
-internal static class TokenApi
+internal static partial class TokenApi
 {
+    private const string DatabaseUnavailable = "The database cannot be reached from this node now; retry shortly.";
+
     private const int MaxDescriptionLength = 256;
     private const int MaxPatterns = 64;
 
@@ -83,7 +88,8 @@ internal static class TokenApi
         var group = endpoints.MapGroup("/v1/tokens").WithTags("Tokens")
             .RequireAuthorization(AccessPolicies.Admin)
             .RequireRateLimiting(RateLimiting.PolicyName)
-            .ProducesProblem(StatusCodes.Status429TooManyRequests);
+            .ProducesProblem(StatusCodes.Status429TooManyRequests)
+            .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
 
         group.MapPost("", Create)
             .WithName("CreateToken")
@@ -112,7 +118,8 @@ internal static class TokenApi
     }
 
     private static async Task<Results<Created<TokenDocument>, ValidationProblem, ProblemHttpResult>> Create(
-        HttpContext http, RequestBody body, RegistryDatabase database, TokenCache cache, AuditLog audit, TimeProvider time, CancellationToken cancellationToken)
+        HttpContext http, RequestBody body, RegistryDatabase database, TokenCache cache, AuditLog audit, TimeProvider time,
+        IOptions<WriteOptions> writeOptions, ILoggerFactory loggers, CancellationToken cancellationToken)
     {
         var (json, tooLarge) = await body.ReadAsync(http.Request, cancellationToken);
         if (tooLarge is not null)
@@ -127,16 +134,36 @@ internal static class TokenApi
             return TypedResults.ValidationProblem(errors, detail: string.Join("; ", errors.Select(e => $"{e.Key}: {e.Value[0]}")), title: "The request is invalid");
         }
 
-        var (token, secret) = await TokenStore.CreateAsync(database.DataSource, spec, cancellationToken);
-        // This node accepts it at once; the others when the notification arrives.
-        await cache.ReloadAsync(cancellationToken);
+        StoredToken token;
+        string secret;
+        try
+        {
+            (token, secret) = await TokenStore.CreateAsync(database.DataSource, spec, cancellationToken);
+        }
+        catch (DbException)
+        {
+            return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds, DatabaseUnavailable);
+        }
+
+        // Committed: from here the secret exists only in this answer, so the caller gets it whatever follows.
         audit.TokenCreated(CredentialIdentity.IdOf(http.User), token.Id, token.Admin, token.Register, token.Subscribe);
+        await ReloadAsync(cache, loggers, token.Id, cancellationToken);
         return TypedResults.Created($"/v1/tokens/{token.Id}", Document(token, null, secret));
     }
 
-    private static async Task<Ok<TokensDocument>> List(RegistryDatabase database, TokenCache cache, CancellationToken cancellationToken)
+    private static async Task<Results<Ok<TokensDocument>, ProblemHttpResult>> List(
+        HttpContext http, RegistryDatabase database, TokenCache cache, IOptions<WriteOptions> writeOptions, CancellationToken cancellationToken)
     {
-        var tokens = await TokenStore.ListAsync(database.DataSource, cancellationToken);
+        List<StoredToken> tokens;
+        try
+        {
+            tokens = await TokenStore.ListAsync(database.DataSource, cancellationToken);
+        }
+        catch (DbException)
+        {
+            return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds, DatabaseUnavailable);
+        }
+
         // This node's uses not yet written count too.
         var usedHere = cache.LastUsedHere();
         return TypedResults.Ok(new TokensDocument
@@ -146,17 +173,49 @@ internal static class TokenApi
     }
 
     private static async Task<Results<NoContent, ProblemHttpResult>> Revoke(
-        HttpContext http, string id, RegistryDatabase database, TokenCache cache, AuditLog audit, CancellationToken cancellationToken)
+        HttpContext http, string id, RegistryDatabase database, TokenCache cache, AuditLog audit,
+        IOptions<WriteOptions> writeOptions, ILoggerFactory loggers, CancellationToken cancellationToken)
     {
-        if (!await TokenStore.DeleteAsync(database.DataSource, id, cancellationToken))
+        bool deleted;
+        try
+        {
+            deleted = await TokenStore.DeleteAsync(database.DataSource, id, cancellationToken);
+        }
+        catch (DbException)
+        {
+            return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds, DatabaseUnavailable);
+        }
+
+        if (!deleted)
         {
             return TypedResults.Problem(statusCode: StatusCodes.Status404NotFound, title: "Token not found", detail: $"There is no token {id}.");
         }
 
-        await cache.ReloadAsync(cancellationToken);
         audit.TokenRevoked(CredentialIdentity.IdOf(http.User), id);
+        await ReloadAsync(cache, loggers, id, cancellationToken);
         return TypedResults.NoContent();
     }
+
+    /// <summary>
+    /// Makes this node see a committed change at once; the others do when the notification arrives.
+    /// A failure is logged, not answered: the change is committed (answering 503 would lose a new
+    /// token's secret, or send a retried revocation to 404), and the notification reloads every
+    /// node's cache, this one's included, once the database answers again.
+    /// </summary>
+    private static async Task ReloadAsync(TokenCache cache, ILoggerFactory loggers, string tokenId, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await cache.ReloadAsync(cancellationToken);
+        }
+        catch (DbException e)
+        {
+            LogReloadFailed(loggers.CreateLogger(typeof(TokenApi)), tokenId, e);
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Token {TokenId} was changed in the database, but this node could not reload its tokens; the change notification will")]
+    private static partial void LogReloadFailed(ILogger logger, string tokenId, Exception exception);
 
     private static TokenDocument Document(StoredToken token, DateTimeOffset? lastUsedHere, string? secret) => new()
     {
