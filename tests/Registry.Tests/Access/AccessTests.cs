@@ -199,6 +199,32 @@ public sealed class AccessTests(AccessCluster cluster)
     }
 
     [Fact]
+    public async Task GuessingTokensAtTheReadinessCheckIsLimitedLikeAnyFailedAuthentication()
+    {
+        await using var node = cluster.Start(new() { ["Registry:Auth:MaxFailuresPerMinute"] = "3" });
+        using var stranger = AccessCluster.Client(node, cluster.Credentials["unknown"]);
+        using var admin = AccessCluster.Client(node, cluster.Credentials["admin"]);
+        using var probe = AccessCluster.Client(node, null);
+
+        var statuses = new List<HttpStatusCode>();
+        HttpResponseMessage? last = null;
+        for (var i = 0; i < 4; i++)
+        {
+            last?.Dispose();
+            last = await stranger.GetAsync(new Uri("/readyz", UriKind.Relative));
+            statuses.Add(last.StatusCode);
+        }
+
+        using var limited = last!;
+        Assert.Equal([HttpStatusCode.OK, HttpStatusCode.OK, HttpStatusCode.OK, HttpStatusCode.TooManyRequests], statuses);
+        Assert.True(limited.Headers.RetryAfter?.Delta > TimeSpan.Zero);
+        Assert.Equal("application/problem+json", limited.Content.Headers.ContentType?.MediaType);
+        // The limit is on guesses: an orchestrator's probe without a credential, and a valid credential, still pass.
+        Assert.Equal(HttpStatusCode.OK, (await probe.GetAsync(new Uri("/readyz", UriKind.Relative))).StatusCode);
+        Assert.NotNull((await (await admin.GetAsync(new Uri("/readyz", UriKind.Relative))).ReadJsonAsync())["checks"]);
+    }
+
+    [Fact]
     public async Task TokenAndNodeCallsThroughANodeCutOffFromTheDatabaseAre503WithRetryAfter()
     {
         await using var proxy = new TcpProxy(cluster.ConnectionString);
