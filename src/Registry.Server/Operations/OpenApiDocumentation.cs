@@ -183,6 +183,8 @@ internal static class OpenApiDocumentation
         ("ListTokens", "200") => "Every token with its scopes and last use; never a secret or a hash.",
         ("RevokeToken", "204") => "The token was deleted; every node refuses it within a second.",
         ("RevokeToken", "404") => "There is no token with this id.",
+        ("ListTokens", "503") or ("ListNodes", "503") => "The database cannot be reached from this node now (this list is read from it, " +
+            "not from memory); retry after `Retry-After` seconds.",
         ("ListNodes", "200") => "The live nodes, ordered by id: id, advertised URL (null until the node knows where it listens), start and last mark.",
         (_, "400") => "The request is malformed or invalid; `errors` names each field and the reason.",
         (_, "401") => "No valid credential (missing, malformed, unknown, expired or revoked); `WWW-Authenticate: Bearer`. Repeated failures from one address answer 429.",
