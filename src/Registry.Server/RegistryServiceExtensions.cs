@@ -115,6 +115,7 @@ internal static class RegistryServiceExtensions
 
         services.ConfigureHttpJsonOptions(json => json.SerializerOptions.Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping);
         services.AddProblemDetails();
+        services.AddExceptionHandler<DatabaseUnavailableHandler>();
         services.AddRegistryRateLimiting();
         services.AddRegistryNetwork();
         // Kestrel's limits (connections, header sizes and timeouts, minimum body rate) from the
@@ -132,8 +133,14 @@ internal static class RegistryServiceExtensions
         app.UseForwardedHeaders();
         app.UseExceptionHandler(new ExceptionHandlerOptions
         {
-            // Framework rejections of what a client sent (bad framing, oversized) are 4xx, not 500.
-            StatusCodeSelector = e => e is BadHttpRequestException bad ? bad.StatusCode : StatusCodes.Status500InternalServerError,
+            // Framework rejections of what a client sent (bad framing, oversized) are 4xx, not 500;
+            // an unreachable database is 503 (DatabaseUnavailableHandler adds Retry-After).
+            StatusCodeSelector = e => e switch
+            {
+                BadHttpRequestException bad => bad.StatusCode,
+                System.Data.Common.DbException => StatusCodes.Status503ServiceUnavailable,
+                _ => StatusCodes.Status500InternalServerError,
+            },
         });
         app.UseStatusCodePages();
         // Only the document's and the UI's own paths go through Swashbuckle's middleware: an API

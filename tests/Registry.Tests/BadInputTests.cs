@@ -238,6 +238,39 @@ public sealed class BadInputTests(RegistryCluster cluster) : RegistryTest(cluste
         Assert.Equal(HttpStatusCode.OK, answered.StatusCode);
     }
 
+    [Fact]
+    public async Task OnAnOpenNodeEachClientAddressHasItsOwnRateLimit()
+    {
+        await using var node = new RegistryNode(Cluster.ConnectionString, new Dictionary<string, string?>
+        {
+            ["Registry:RateLimit:PermitsPerSecond"] = "1",
+            ["Registry:RateLimit:Burst"] = "2",
+            // The test is the proxy: it names the client address of each request.
+            ["Registry:Network:TrustedProxies:0"] = "127.0.0.1",
+        });
+        node.UseKestrel(0);
+        node.StartServer();
+        using var client = node.CreateClient();
+
+        var busy = new List<HttpStatusCode>();
+        for (var i = 0; i < 3; i++)
+        {
+            using var response = await GetForAsync(client, "203.0.113.10");
+            busy.Add(response.StatusCode);
+        }
+
+        using var other = await GetForAsync(client, "203.0.113.11");
+        Assert.Equal([HttpStatusCode.OK, HttpStatusCode.OK, HttpStatusCode.TooManyRequests], busy);
+        Assert.Equal(HttpStatusCode.OK, other.StatusCode);
+    }
+
+    private static async Task<HttpResponseMessage> GetForAsync(HttpClient client, string address)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Get, "/v1/services");
+        request.Headers.Add("X-Forwarded-For", address);
+        return await client.SendAsync(request);
+    }
+
     private static async Task AssertProblemAsync(HttpResponseMessage response, HttpStatusCode status, string? field)
     {
         var text = await response.Content.ReadAsStringAsync();

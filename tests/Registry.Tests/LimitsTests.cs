@@ -228,6 +228,28 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
         Assert.Equal("200 429", untrusted);
     }
 
+    [Fact]
+    public async Task PerClientLimitsSeeTheClientBehindTwoTrustedProxiesAndStopAtTheFirstUntrustedHop()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        // A load balancer (10.1.0.0/16) in front of nginx (the test, on 127.0.0.1): each appends the address it saw.
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:Limits:MaxParkedPerClient"] = "1",
+            ["Registry:Network:TrustedProxies:0"] = "127.0.0.1",
+            ["Registry:Network:TrustedProxies:1"] = "10.1.0.0/16",
+        });
+        node.UseKestrel(0);
+        node.StartServer();
+
+        var twoClients = await TwoClientsEachParkingOnceAsync(node, "203.0.113.1, 10.1.0.5", "203.0.113.2, 10.1.0.5");
+        // An untrusted hop is the client, whatever it claims to forward for.
+        var oneClientClaimingTwo = await TwoClientsEachParkingOnceAsync(node, "203.0.113.1, 198.51.100.7, 10.1.0.5", "203.0.113.2, 198.51.100.7, 10.1.0.5");
+
+        Assert.Equal("200 200", twoClients);
+        Assert.Equal("200 429", oneClientClaimingTwo);
+    }
+
     /// <summary>Parks one poll forwarded for <paramref name="first"/>, then tries one for <paramref name="second"/>; the statuses (200 for one that parked).</summary>
     private static async Task<string> TwoClientsEachParkingOnceAsync(RegistryNode node, string first, string second)
     {

@@ -31,7 +31,7 @@ public sealed class AccessOptions
     /// <summary>Whether <c>/metrics</c> needs the admin scope (open by default, like Prometheus targets usually are).</summary>
     public bool ProtectMetrics { get; set; }
 
-    /// <summary>Failed authentications (401) one client address may cause per minute before it gets 429; 0 turns the limit off.</summary>
+    /// <summary>Failed authentications (a 401, or an invalid credential sent to <c>/readyz</c>) one client address may cause per minute before it gets 429; 0 turns the limit off.</summary>
     [Range(0, 1_000_000)]
     public int MaxFailuresPerMinute { get; set; } = 30;
 

@@ -1,4 +1,6 @@
 using System.Threading.RateLimiting;
+using Microsoft.AspNetCore.Authentication;
+using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.Extensions.Options;
 
 namespace Registry.Access;
@@ -44,5 +46,39 @@ internal sealed class FailedAuthentications : IDisposable
         return false;
     }
 
+    /// <summary>The answer to an address over its limit: 429 with Retry-After.</summary>
+    public static ProblemHttpResult TooMany(HttpContext http, int retryAfterSeconds)
+    {
+        http.Response.Headers.RetryAfter = retryAfterSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        return TypedResults.Problem(
+            statusCode: StatusCodes.Status429TooManyRequests,
+            title: "Too many failed authentications",
+            detail: $"This client address sent too many requests without a valid credential; retry after {retryAfterSeconds} s.");
+    }
+
     public void Dispose() => _limiter?.Dispose();
+}
+
+/// <summary>
+/// For an endpoint open to all that still reads the credential it is sent (<c>/readyz</c> shows
+/// its details to admin): a credential that was sent and is not valid counts as a failed
+/// authentication, as a 401 elsewhere does, and past the limit the answer is 429. Otherwise such
+/// an endpoint would let anyone test guesses of a secret (the bootstrap token) at full speed. A
+/// request without a credential counts nothing, so an orchestrator's probes keep passing, and a
+/// valid credential passes from a limited address as it does everywhere.
+/// </summary>
+internal sealed class CountFailedAuthentication(FailedAuthentications failures) : IEndpointFilter
+{
+    public async ValueTask<object?> InvokeAsync(EndpointFilterInvocationContext context, EndpointFilterDelegate next)
+    {
+        var http = context.HttpContext;
+        // The outcome the authentication middleware already has: handlers keep it for the request.
+        var outcome = await http.AuthenticateAsync();
+        if (outcome.Failure is not null && !failures.TryRecord(http, out var retryAfter))
+        {
+            return FailedAuthentications.TooMany(http, retryAfter);
+        }
+
+        return await next(context);
+    }
 }

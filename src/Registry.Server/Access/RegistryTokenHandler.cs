@@ -57,12 +57,7 @@ internal sealed class RegistryTokenHandler(
             : "no bearer token was sent";
         if (!failures.TryRecord(Context, out var retryAfter))
         {
-            Response.StatusCode = StatusCodes.Status429TooManyRequests;
-            Response.Headers.RetryAfter = retryAfter.ToString(System.Globalization.CultureInfo.InvariantCulture);
-            await TypedResults.Problem(
-                statusCode: StatusCodes.Status429TooManyRequests,
-                title: "Too many failed authentications",
-                detail: $"This client address sent too many requests without a valid credential; retry after {retryAfter} s.").ExecuteAsync(Context);
+            await FailedAuthentications.TooMany(Context, retryAfter).ExecuteAsync(Context);
             return;
         }
 

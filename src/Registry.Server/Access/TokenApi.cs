@@ -1,10 +1,13 @@
+using System.Data.Common;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.Extensions.Options;
 using Npgsql;
 using Registry.Edge;
 using Registry.Model;
+using Registry.Registration;
 using Registry.Storage;
 using Registry.Telemetry;
 
@@ -73,8 +76,10 @@ internal static partial class Rfc3339
 }
 
 /// <summary>Creating, listing and revoking registry tokens (admin scope).</summary>
-internal static class TokenApi
+internal static partial class TokenApi
 {
+    private const string DatabaseUnavailable = "The database cannot be reached from this node now; retry shortly.";
+
     private const int MaxDescriptionLength = 256;
     private const int MaxPatterns = 64;
 
@@ -83,7 +88,8 @@ internal static class TokenApi
         var group = endpoints.MapGroup("/v1/tokens").WithTags("Tokens")
             .RequireAuthorization(AccessPolicies.Admin)
             .RequireRateLimiting(RateLimiting.PolicyName)
-            .ProducesProblem(StatusCodes.Status429TooManyRequests);
+            .ProducesProblem(StatusCodes.Status429TooManyRequests)
+            .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
 
         group.MapPost("", Create)
             .WithName("CreateToken")
@@ -112,7 +118,8 @@ internal static class TokenApi
     }
 
     private static async Task<Results<Created<TokenDocument>, ValidationProblem, ProblemHttpResult>> Create(
-        HttpContext http, RequestBody body, RegistryDatabase database, TokenCache cache, AuditLog audit, TimeProvider time, CancellationToken cancellationToken)
+        HttpContext http, RequestBody body, RegistryDatabase database, TokenCache cache, AuditLog audit, TimeProvider time,
+        IOptions<WriteOptions> writeOptions, ILoggerFactory loggers, CancellationToken cancellationToken)
     {
         var (json, tooLarge) = await body.ReadAsync(http.Request, cancellationToken);
         if (tooLarge is not null)
@@ -127,16 +134,36 @@ internal static class TokenApi
             return TypedResults.ValidationProblem(errors, detail: string.Join("; ", errors.Select(e => $"{e.Key}: {e.Value[0]}")), title: "The request is invalid");
         }
 
-        var (token, secret) = await TokenStore.CreateAsync(database.DataSource, spec, cancellationToken);
-        // This node accepts it at once; the others when the notification arrives.
-        await cache.ReloadAsync(cancellationToken);
+        StoredToken token;
+        string secret;
+        try
+        {
+            (token, secret) = await TokenStore.CreateAsync(database.DataSource, spec, cancellationToken);
+        }
+        catch (DbException)
+        {
+            return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds, DatabaseUnavailable);
+        }
+
+        // Committed: from here the secret exists only in this answer, so the caller gets it whatever follows.
         audit.TokenCreated(CredentialIdentity.IdOf(http.User), token.Id, token.Admin, token.Register, token.Subscribe);
+        await ReloadAsync(cache, loggers, token.Id, cancellationToken);
         return TypedResults.Created($"/v1/tokens/{token.Id}", Document(token, null, secret));
     }
 
-    private static async Task<Ok<TokensDocument>> List(RegistryDatabase database, TokenCache cache, CancellationToken cancellationToken)
+    private static async Task<Results<Ok<TokensDocument>, ProblemHttpResult>> List(
+        HttpContext http, RegistryDatabase database, TokenCache cache, IOptions<WriteOptions> writeOptions, CancellationToken cancellationToken)
     {
-        var tokens = await TokenStore.ListAsync(database.DataSource, cancellationToken);
+        List<StoredToken> tokens;
+        try
+        {
+            tokens = await TokenStore.ListAsync(database.DataSource, cancellationToken);
+        }
+        catch (DbException)
+        {
+            return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds, DatabaseUnavailable);
+        }
+
         // This node's uses not yet written count too.
         var usedHere = cache.LastUsedHere();
         return TypedResults.Ok(new TokensDocument
@@ -146,17 +173,49 @@ internal static class TokenApi
     }
 
     private static async Task<Results<NoContent, ProblemHttpResult>> Revoke(
-        HttpContext http, string id, RegistryDatabase database, TokenCache cache, AuditLog audit, CancellationToken cancellationToken)
+        HttpContext http, string id, RegistryDatabase database, TokenCache cache, AuditLog audit,
+        IOptions<WriteOptions> writeOptions, ILoggerFactory loggers, CancellationToken cancellationToken)
     {
-        if (!await TokenStore.DeleteAsync(database.DataSource, id, cancellationToken))
+        bool deleted;
+        try
+        {
+            deleted = await TokenStore.DeleteAsync(database.DataSource, id, cancellationToken);
+        }
+        catch (DbException)
+        {
+            return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds, DatabaseUnavailable);
+        }
+
+        if (!deleted)
         {
             return TypedResults.Problem(statusCode: StatusCodes.Status404NotFound, title: "Token not found", detail: $"There is no token {id}.");
         }
 
-        await cache.ReloadAsync(cancellationToken);
         audit.TokenRevoked(CredentialIdentity.IdOf(http.User), id);
+        await ReloadAsync(cache, loggers, id, cancellationToken);
         return TypedResults.NoContent();
     }
+
+    /// <summary>
+    /// Makes this node see a committed change at once; the others do when the notification arrives.
+    /// A failure is logged, not answered: the change is committed (answering 503 would lose a new
+    /// token's secret, or send a retried revocation to 404), and the notification reloads every
+    /// node's cache, this one's included, once the database answers again.
+    /// </summary>
+    private static async Task ReloadAsync(TokenCache cache, ILoggerFactory loggers, string tokenId, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await cache.ReloadAsync(cancellationToken);
+        }
+        catch (DbException e)
+        {
+            LogReloadFailed(loggers.CreateLogger(typeof(TokenApi)), tokenId, e);
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Token {TokenId} was changed in the database, but this node could not reload its tokens; the change notification will")]
+    private static partial void LogReloadFailed(ILogger logger, string tokenId, Exception exception);
 
     private static TokenDocument Document(StoredToken token, DateTimeOffset? lastUsedHere, string? secret) => new()
     {
@@ -199,64 +258,84 @@ internal static class TokenApi
             DateTimeOffset? expires = null;
             foreach (var member in document.RootElement.EnumerateObject())
             {
-                var value = member.Value;
-                switch (member.Name)
+                // The parser takes a lone surrogate escape ("\ud800") or bytes that are not UTF-8;
+                // reading such a name or string as .NET text throws. Still the client's input: a 400.
+                string name;
+                try
                 {
-                    case "description" when value.ValueKind == JsonValueKind.String:
-                        description = value.GetString()!;
-                        if (description.Length is 0 or > MaxDescriptionLength || description.Any(char.IsControl))
-                        {
-                            errors["description"] = [$"must be 1 to {MaxDescriptionLength} characters without control characters"];
-                        }
+                    name = member.Name;
+                }
+                catch (InvalidOperationException)
+                {
+                    errors["body"] = ["holds a member name that is not valid UTF-8 or Unicode text"];
+                    continue;
+                }
 
-                        break;
-                    case "register" or "subscribe" when value.ValueKind == JsonValueKind.Array:
-                        var patterns = value.EnumerateArray().Select(p => p.ValueKind == JsonValueKind.String ? p.GetString()! : "").ToArray();
-                        if (patterns.Length > MaxPatterns || !patterns.All(Grant.IsPattern))
-                        {
-                            errors[member.Name] = [$"must be at most {MaxPatterns} patterns, each an application name, a name prefix ending in '*', or '*'"];
-                        }
+                var value = member.Value;
+                try
+                {
+                    switch (name)
+                    {
+                        case "description" when value.ValueKind == JsonValueKind.String:
+                            description = value.GetString()!;
+                            if (description.Length is 0 or > MaxDescriptionLength || description.Any(char.IsControl))
+                            {
+                                errors["description"] = [$"must be 1 to {MaxDescriptionLength} characters without control characters"];
+                            }
 
-                        if (member.Name == "register")
-                        {
-                            register = patterns;
-                        }
-                        else
-                        {
-                            subscribe = patterns;
-                        }
+                            break;
+                        case "register" or "subscribe" when value.ValueKind == JsonValueKind.Array:
+                            var patterns = value.EnumerateArray().Select(p => p.ValueKind == JsonValueKind.String ? p.GetString()! : "").ToArray();
+                            if (patterns.Length > MaxPatterns || !patterns.All(Grant.IsPattern))
+                            {
+                                errors[name] = [$"must be at most {MaxPatterns} patterns, each an application name, a name prefix ending in '*', or '*'"];
+                            }
 
-                        break;
-                    case "admin" when value.ValueKind is JsonValueKind.True or JsonValueKind.False:
-                        admin = value.GetBoolean();
-                        break;
-                    case "expires" when value.ValueKind == JsonValueKind.String:
-                        if (!Rfc3339.TryParse(value.GetString()!, out var at))
-                        {
-                            errors["expires"] = ["must be an RFC 3339 time with a zone, e.g. 2027-01-01T00:00:00Z"];
-                        }
-                        else if (at <= now)
-                        {
-                            errors["expires"] = ["must be in the future"];
-                        }
-                        else
-                        {
-                            expires = at.ToUniversalTime();
-                        }
+                            if (name == "register")
+                            {
+                                register = patterns;
+                            }
+                            else
+                            {
+                                subscribe = patterns;
+                            }
 
-                        break;
-                    case "description" or "register" or "subscribe" or "admin" or "expires":
-                        errors[member.Name] = [member.Name switch
-                        {
-                            "description" => "must be a string",
-                            "admin" => "must be true or false",
-                            "expires" => "must be an RFC 3339 time string",
-                            _ => "must be an array of patterns",
-                        }];
-                        break;
-                    default:
-                        errors[member.Name] = ["is not a field of a token request"];
-                        break;
+                            break;
+                        case "admin" when value.ValueKind is JsonValueKind.True or JsonValueKind.False:
+                            admin = value.GetBoolean();
+                            break;
+                        case "expires" when value.ValueKind == JsonValueKind.String:
+                            if (!Rfc3339.TryParse(value.GetString()!, out var at))
+                            {
+                                errors["expires"] = ["must be an RFC 3339 time with a zone, e.g. 2027-01-01T00:00:00Z"];
+                            }
+                            else if (at <= now)
+                            {
+                                errors["expires"] = ["must be in the future"];
+                            }
+                            else
+                            {
+                                expires = at.ToUniversalTime();
+                            }
+
+                            break;
+                        case "description" or "register" or "subscribe" or "admin" or "expires":
+                            errors[name] = [name switch
+                            {
+                                "description" => "must be a string",
+                                "admin" => "must be true or false",
+                                "expires" => "must be an RFC 3339 time string",
+                                _ => "must be an array of patterns",
+                            }];
+                            break;
+                        default:
+                            errors[name] = ["is not a field of a token request"];
+                            break;
+                    }
+                }
+                catch (InvalidOperationException)
+                {
+                    errors[name] = ["is not valid Unicode text"];
                 }
             }
 

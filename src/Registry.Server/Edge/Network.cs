@@ -9,7 +9,8 @@ public sealed class NetworkOptions
 {
     /// <summary>
     /// Addresses (<c>10.0.0.5</c>) or networks (<c>10.0.0.0/8</c>) of the reverse proxies whose
-    /// <c>X-Forwarded-For</c>/<c>X-Forwarded-Proto</c> the node believes. Empty (the default):
+    /// <c>X-Forwarded-For</c>/<c>X-Forwarded-Proto</c> the node believes; list every hop (a load
+    /// balancer and the proxy behind it). Empty (the default):
     /// none, so a client cannot pose as another address to dodge per-client limits.
     /// </summary>
     public string[] TrustedProxies { get; set; } = [];
@@ -42,6 +43,11 @@ internal static class Network
             forwarded.ForwardedHeaders = network.Value.TrustedProxies.Length == 0
                 ? ForwardedHeaders.None
                 : ForwardedHeaders.XForwardedFor | ForwardedHeaders.XForwardedProto;
+            // Walk back through every trusted hop (a load balancer in front of nginx is two), not
+            // the framework's default of one, which would count every client as the inner proxy's
+            // peer. It stops at the first address that is not a trusted proxy, so a client cannot
+            // choose its address by writing more entries.
+            forwarded.ForwardLimit = null;
             // The framework trusts loopback by default; here only what is configured.
             forwarded.KnownProxies.Clear();
             forwarded.KnownIPNetworks.Clear();

@@ -176,11 +176,15 @@ internal static class OpenApiDocumentation
         ("ListServices", "200") => "The applications registered now, sorted by name, with their number of instances.",
         ("Health", "200") => "The process is alive.",
         ("Ready", "200") => "The node can serve: database reachable, migrations applied, change feed listening.",
+        ("Ready", "429") => "A credential that is not valid, from an address past Registry:Auth:MaxFailuresPerMinute failed authentications " +
+            "in the last minute; retry after `Retry-After` seconds. Without a credential, or with a valid one, the check is always answered.",
         ("Ready", "503") => "The node cannot serve yet or any more; the body names the failing check.",
         ("CreateToken", "201") => "The token, with its secret in `token`: shown only here, stored only as a SHA-256 hash.",
         ("ListTokens", "200") => "Every token with its scopes and last use; never a secret or a hash.",
         ("RevokeToken", "204") => "The token was deleted; every node refuses it within a second.",
         ("RevokeToken", "404") => "There is no token with this id.",
+        ("ListTokens", "503") or ("ListNodes", "503") => "The database cannot be reached from this node now (this list is read from it, " +
+            "not from memory); retry after `Retry-After` seconds.",
         ("ListNodes", "200") => "The live nodes, ordered by id: id, advertised URL (null until the node knows where it listens), start and last mark.",
         (_, "400") => "The request is malformed or invalid; `errors` names each field and the reason.",
         (_, "401") => "No valid credential (missing, malformed, unknown, expired or revoked); `WWW-Authenticate: Bearer`. Repeated failures from one address answer 429.",

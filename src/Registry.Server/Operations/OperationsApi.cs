@@ -1,5 +1,6 @@
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
+using Registry.Access;
 using Registry.Leases;
 
 namespace Registry.Operations;
@@ -37,8 +38,11 @@ internal static class OperationsApi
             .WithDescription("200 when the database is reachable, the migrations are applied and the change feed is listening " +
                 "(proved by a NOTIFY round trip); 503 otherwise. Open to all; for a credential with the admin scope the body " +
                 "also names each check and the self-preservation state. The database is asked at most once a second, however " +
-                "often this is called.")
+                "often this is called. A credential that is sent and not valid counts as a failed authentication: past " +
+                "Registry:Auth:MaxFailuresPerMinute from one address the answer is 429, as for a 401 elsewhere.")
+            .AddEndpointFilter<CountFailedAuthentication>()
             .Produces<Readiness>(StatusCodes.Status200OK)
+            .ProducesProblem(StatusCodes.Status429TooManyRequests)
             .Produces<Readiness>(StatusCodes.Status503ServiceUnavailable);
 
         return endpoints;
@@ -53,7 +57,7 @@ internal static class OperationsApi
             StringComparer.Ordinal);
         var ready = report.Status == HealthStatus.Healthy;
         // Open to orchestrators; what is wrong inside (error texts, hosts) only for admin.
-        var body = Registry.Access.ApplicationAccess.IsAdmin(http.User)
+        var body = ApplicationAccess.IsAdmin(http.User)
             ? new Readiness(ready ? "ready" : "not ready", checks, new SelfPreservationState(selfPreservation.Engaged, selfPreservation.LastExpired))
             : new Readiness(ready ? "ready" : "not ready", null, null);
         return TypedResults.Json(body, statusCode: ready ? StatusCodes.Status200OK : StatusCodes.Status503ServiceUnavailable);

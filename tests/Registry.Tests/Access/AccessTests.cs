@@ -199,6 +199,123 @@ public sealed class AccessTests(AccessCluster cluster)
     }
 
     [Fact]
+    public async Task GuessingTokensAtTheReadinessCheckIsLimitedLikeAnyFailedAuthentication()
+    {
+        await using var node = cluster.Start(new() { ["Registry:Auth:MaxFailuresPerMinute"] = "3" });
+        using var stranger = AccessCluster.Client(node, cluster.Credentials["unknown"]);
+        using var admin = AccessCluster.Client(node, cluster.Credentials["admin"]);
+        using var probe = AccessCluster.Client(node, null);
+
+        var statuses = new List<HttpStatusCode>();
+        HttpResponseMessage? last = null;
+        for (var i = 0; i < 4; i++)
+        {
+            last?.Dispose();
+            last = await stranger.GetAsync(new Uri("/readyz", UriKind.Relative));
+            statuses.Add(last.StatusCode);
+        }
+
+        using var limited = last!;
+        Assert.Equal([HttpStatusCode.OK, HttpStatusCode.OK, HttpStatusCode.OK, HttpStatusCode.TooManyRequests], statuses);
+        Assert.True(limited.Headers.RetryAfter?.Delta > TimeSpan.Zero);
+        Assert.Equal("application/problem+json", limited.Content.Headers.ContentType?.MediaType);
+        // The limit is on guesses: an orchestrator's probe without a credential, and a valid credential, still pass.
+        Assert.Equal(HttpStatusCode.OK, (await probe.GetAsync(new Uri("/readyz", UriKind.Relative))).StatusCode);
+        Assert.NotNull((await (await admin.GetAsync(new Uri("/readyz", UriKind.Relative))).ReadJsonAsync())["checks"]);
+    }
+
+    [Fact]
+    public async Task TokenAndNodeCallsThroughANodeCutOffFromTheDatabaseAre503WithRetryAfter()
+    {
+        await using var proxy = new TcpProxy(cluster.ConnectionString);
+        await using var node = cluster.Start(new() { ["ConnectionStrings:Registry"] = proxy.ConnectionString });
+        using var admin = AccessCluster.Client(node, AccessCluster.Bearer(AccessCluster.Bootstrap));
+        var (id, _) = await cluster.CreateTokenAsync("""{"description":"outlives the outage"}""");
+        using (var listed = await admin.GetAsync(new Uri("/v1/tokens", UriKind.Relative)))
+        {
+            Assert.Equal(HttpStatusCode.OK, listed.StatusCode);
+        }
+
+        await proxy.CutAsync();
+
+        foreach (var (method, path, body) in new (HttpMethod, string, string?)[]
+        {
+            (HttpMethod.Post, "/v1/tokens", """{"description":"made during the outage"}"""),
+            (HttpMethod.Get, "/v1/tokens", null),
+            (HttpMethod.Delete, $"/v1/tokens/{id}", null),
+            (HttpMethod.Get, "/v1/nodes", null),
+        })
+        {
+            using var request = new HttpRequestMessage(method, path) { Content = body is null ? null : Http.Json(body) };
+            using var response = await admin.SendAsync(request);
+            var text = await response.Content.ReadAsStringAsync();
+            Assert.True(response.StatusCode == HttpStatusCode.ServiceUnavailable, $"{method} {path}: {(int)response.StatusCode} {text}");
+            Assert.True(response.Headers.RetryAfter?.Delta > TimeSpan.Zero, $"{method} {path}: no Retry-After");
+            Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+        }
+    }
+
+    [Fact]
+    public async Task ATokenWhoseCreationCommittedIsAnsweredWithItsSecretEvenIfTheNodeCannotReloadItsTokens()
+    {
+        // In the INSERT's own transaction a trigger puts a view in front of the tokens table, in the
+        // schema named after the user (first on the search path), that fails whenever it is read:
+        // the creation commits, and the node's reload right after it fails.
+        await using var connection = new NpgsqlConnection(cluster.ConnectionString);
+        await connection.OpenAsync();
+        await using (var schemas = new NpgsqlCommand("SELECT count(*) FROM pg_namespace WHERE nspname = current_user", connection))
+        {
+            Assert.Equal(0L, await schemas.ExecuteScalarAsync()); // the cleanup below drops it
+        }
+
+        await ExecuteAsync(connection, """
+            CREATE FUNCTION test_tokens_unreadable() RETURNS boolean LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'the tokens cannot be read (test)'; END $$;
+            CREATE FUNCTION test_hide_tokens() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              EXECUTE format('CREATE SCHEMA %I', current_user);
+              EXECUTE format('CREATE VIEW %I.tokens AS SELECT * FROM public.tokens WHERE test_tokens_unreadable()', current_user);
+              RETURN NULL;
+            END $$;
+            CREATE TRIGGER test_hide_tokens AFTER INSERT ON tokens FOR EACH STATEMENT EXECUTE FUNCTION test_hide_tokens();
+            """);
+        using var admin = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(AccessCluster.Bootstrap));
+        HttpResponseMessage created;
+        try
+        {
+            created = await admin.PostJsonAsync("/v1/tokens", """{"description":"created as the reload fails","subscribe":["payments"]}""");
+        }
+        finally
+        {
+            await ExecuteAsync(connection, """
+                DO $$ BEGIN EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', current_user); END $$;
+                DROP TRIGGER test_hide_tokens ON tokens;
+                DROP FUNCTION test_hide_tokens();
+                DROP FUNCTION test_tokens_unreadable();
+                """);
+        }
+
+        using (created)
+        {
+            var body = await created.ReadJsonAsync();
+            Assert.True(created.StatusCode == HttpStatusCode.Created, body.ToJsonString());
+            var secret = (string)body["token"]!;
+            cluster.Secrets.Add(secret);
+            Assert.Contains(cluster.Logs.Entries, e => e.Category == "Registry.Access.TokenApi" && e.Message.Contains((string)body["id"]!, StringComparison.Ordinal));
+
+            // The notification reloads the node once the tokens can be read again.
+            using var client = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(secret));
+            Assert.True(await WaitForStatusAsync(client, HttpStatusCode.OK, TimeSpan.FromSeconds(5)), "the token created during the failed reload is not accepted afterwards");
+        }
+    }
+
+    private static async Task ExecuteAsync(NpgsqlConnection connection, string sql)
+    {
+        await using var command = new NpgsqlCommand(sql, connection);
+        await command.ExecuteNonQueryAsync();
+    }
+
+    [Fact]
     public async Task LastUsedReachesTheDatabaseAndTheListingButTheSecretNever()
     {
         var (id, secret) = await cluster.CreateTokenAsync("""{"description":"busy consumer","subscribe":["payments"]}""");
@@ -313,13 +430,35 @@ public sealed class AccessTests(AccessCluster cluster)
             ("""{"description":null}""", "description"),
             ("""[1,2]""", "body"),
             ("""{"description":""", "body"),
+            // Lone surrogates: JSON the parser takes, text no string can hold.
+            ("""{"description":"\ud800"}""", "description"),
+            ("""{"\ud800":1}""", "body"),
+            ("""{"description":"x","register":["\ud800"]}""", "register"),
+            ("""{"description":"x","subscribe":["payments","\udfff"]}""", "subscribe"),
+            ("""{"description":"x","expires":"\ud800"}""", "expires"),
         })
         {
             using var response = await admin.PostJsonAsync("/v1/tokens", body);
-            var problem = await response.ReadJsonAsync();
-            Assert.True(response.StatusCode == HttpStatusCode.BadRequest, $"{body}: {response.StatusCode}");
-            Assert.True(problem["errors"]?[field] is not null, $"{body}: {problem.ToJsonString()}");
+            await AssertNamesFieldAsync(response, body, field);
         }
+
+        // Bytes that are not UTF-8, in a value and in a member name.
+        foreach (var (before, after, field) in new[] { ("{\"description\":\"", "\"}", "description"), ("{\"", "\":1}", "body") })
+        {
+            byte[] body = [.. System.Text.Encoding.UTF8.GetBytes(before), 0xFF, .. System.Text.Encoding.UTF8.GetBytes(after)];
+            using var content = new ByteArrayContent(body);
+            content.Headers.ContentType = new("application/json");
+            using var response = await admin.PostAsync(new Uri("/v1/tokens", UriKind.Relative), content);
+            await AssertNamesFieldAsync(response, $"{before}<FF>{after}", field);
+        }
+    }
+
+    private static async Task AssertNamesFieldAsync(HttpResponseMessage response, string body, string field)
+    {
+        var text = await response.Content.ReadAsStringAsync();
+        Assert.True(response.StatusCode == HttpStatusCode.BadRequest, $"{body}: {(int)response.StatusCode} {text}");
+        Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+        Assert.True(JsonNode.Parse(text)?["errors"]?[field] is not null, $"{body}: {text}");
     }
 
     [Fact]
