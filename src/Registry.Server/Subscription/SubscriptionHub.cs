@@ -37,6 +37,9 @@ internal sealed class SubscriptionView
     private Answer _answer;
     private TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
+    /// <summary>Shutdown has woken its consumers: none parks any more.</summary>
+    private bool _interrupted;
+
     /// <summary>Set while a change applied to the registry is not yet in the answer: completes once it is.</summary>
     private Task? _recomposed;
 
@@ -113,13 +116,14 @@ internal sealed class SubscriptionView
 
     /// <summary>
     /// Parks the consumer on the current answer when it holds that <paramref name="version"/>:
-    /// the task completes when the answer is replaced. Null when the answer already moved on.
+    /// the task completes when the answer is replaced. Null when the answer already moved on,
+    /// or the node's shutdown has already woken this view's consumers (nothing would wake it).
     /// </summary>
     public Task? Park(ParkedConsumer consumer, string version)
     {
         lock (_gate)
         {
-            if (!string.Equals(version, _answer.Version, StringComparison.Ordinal))
+            if (_interrupted || !string.Equals(version, _answer.Version, StringComparison.Ordinal))
             {
                 return null;
             }
@@ -150,6 +154,7 @@ internal sealed class SubscriptionView
             wake = _changed;
             _changed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             _parked.Clear();
+            _interrupted = true;
         }
 
         wake.TrySetResult();
