@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net;
 using Registry.Tests.Infrastructure;
 
@@ -67,6 +68,44 @@ public sealed class WriteBatchTests(RegistryCluster cluster) : RegistryTest(clus
         // 400 lines of "http 10.1.x.y:8080" are past the 8,000-byte payload limit.
         Assert.Equal(["wide"], notifications.Payloads("wide"));
         Assert.Equal(400, (await EndpointsOnNodeBAsync(Http.Subscription(Http.Entry("wide")), 400)).Count);
+    }
+
+    /// <summary>
+    /// A database behind a dead route answers nothing: the batch in flight waits for its
+    /// timeout, and the writes queued behind it are answered 503 with it rather than each
+    /// waiting that long in turn (a deep queue would otherwise take minutes to answer).
+    /// </summary>
+    [Fact]
+    public async Task WritesQueuedBehindABatchTheDatabaseNeverAnsweredAre503WithIt()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var proxy = new TcpProxy(database);
+        await using var node = new RegistryNode(proxy.ConnectionString, new Dictionary<string, string?>
+        {
+            ["Registry:Database:ConnectTimeoutSeconds"] = "1",
+            ["Registry:Database:CommandTimeoutSeconds"] = "1",
+            ["Registry:Writes:MaxBatchSize"] = "1",
+        });
+        using var client = node.CreateClient();
+        using (var response = await client.PostJsonAsync("/v1/register", Http.Provider("stalled", "10.0.0.1:80")))
+        {
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+
+        proxy.Stall();
+        var clock = Stopwatch.StartNew();
+        var writes = Enumerable.Range(0, 8).Select(i => client.PostJsonAsync("/v1/register", Http.Provider("stalled", $"10.0.1.{i}:80"))).ToArray();
+        var responses = await Task.WhenAll(writes).WaitAsync(TimeSpan.FromSeconds(60));
+
+        // One batch of one waits out a timeout (a second on a loaded machine, two with the
+        // connect and the statement); eight in turn would take eight to sixteen.
+        Assert.All(responses, r => Assert.Equal(HttpStatusCode.ServiceUnavailable, r.StatusCode));
+        Assert.All(responses, r => Assert.NotNull(r.Headers.RetryAfter));
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(6), $"the eight writes took {clock.Elapsed}");
+        foreach (var response in responses)
+        {
+            response.Dispose();
+        }
     }
 
     /// <summary>Node B's answer once it has <paramref name="count"/> endpoints (long polls until then).</summary>

@@ -161,7 +161,16 @@ internal sealed partial class WriteBatcher(
             {
                 metrics.DatabaseError("write");
                 LogWriteFailed(logger, batch.Count, e);
-                Fail(batch, new WriteUnavailableException("The database cannot take the write now; retry shortly.", e));
+                var unavailable = new WriteUnavailableException("The database cannot take the write now; retry shortly.", e);
+                Fail(batch, unavailable);
+                if (e is not PostgresException)
+                {
+                    // Not a statement's error but the database out of reach (refused, reset, or a
+                    // timeout on a dead route): every write queued behind this batch would wait as
+                    // long in turn, so they are answered now; the next ones try afresh.
+                    FailQueued(unavailable);
+                }
+
                 return;
             }
         }
@@ -174,6 +183,15 @@ internal sealed partial class WriteBatcher(
 
         // Not awaited: the next batch commits while this one's applications reload.
         _ = AcknowledgeAsync(batch.ToArray(), committed, cancellationToken);
+    }
+
+    private void FailQueued(WriteUnavailableException exception)
+    {
+        while (_queue.Reader.TryRead(out var command))
+        {
+            metrics.WritesQueued(-1);
+            command.Done.TrySetException(exception);
+        }
     }
 
     private static void Fail(List<WriteCommand> batch, WriteUnavailableException exception)

@@ -6,7 +6,8 @@ namespace Registry.Tests.Infrastructure;
 
 /// <summary>
 /// A loopback TCP forwarder in front of PostgreSQL that a test can cut and restore, to
-/// simulate the database becoming unreachable for one node.
+/// simulate the database becoming unreachable for one node, or stall (a dead route: nothing
+/// refused, nothing answered).
 /// </summary>
 public sealed class TcpProxy : IAsyncDisposable
 {
@@ -15,6 +16,7 @@ public sealed class TcpProxy : IAsyncDisposable
     private readonly Lock _gate = new();
     private TcpListener? _listener;
     private CancellationTokenSource _stop = new();
+    private volatile bool _stalled;
 
     public TcpProxy(string connectionString)
     {
@@ -41,6 +43,12 @@ public sealed class TcpProxy : IAsyncDisposable
         _listener.Start();
         _ = AcceptAsync(_listener, _stop.Token);
     }
+
+    /// <summary>
+    /// Keeps every connection, open or new, but forwards nothing more, as a database behind a
+    /// dead route does: connecting and statements wait for their timeouts.
+    /// </summary>
+    public void Stall() => _stalled = true;
 
     /// <summary>Refuses new connections and cuts the open ones.</summary>
     public async Task CutAsync()
@@ -87,10 +95,11 @@ public sealed class TcpProxy : IAsyncDisposable
 
         try
         {
+            await HoldWhileStalledAsync(cancellationToken);
             await server.ConnectAsync(_target, cancellationToken);
             var a = client.GetStream();
             var b = server.GetStream();
-            await Task.WhenAny(a.CopyToAsync(b, cancellationToken), b.CopyToAsync(a, cancellationToken));
+            await Task.WhenAny(PumpAsync(a, b, cancellationToken), PumpAsync(b, a, cancellationToken));
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException)
         {
@@ -100,6 +109,25 @@ public sealed class TcpProxy : IAsyncDisposable
         {
             client.Dispose();
             server.Dispose();
+        }
+    }
+
+    private async Task PumpAsync(NetworkStream from, NetworkStream to, CancellationToken cancellationToken)
+    {
+        var buffer = new byte[16 * 1024];
+        int read;
+        while ((read = await from.ReadAsync(buffer, cancellationToken)) > 0)
+        {
+            await HoldWhileStalledAsync(cancellationToken);
+            await to.WriteAsync(buffer.AsMemory(0, read), cancellationToken);
+        }
+    }
+
+    private async Task HoldWhileStalledAsync(CancellationToken cancellationToken)
+    {
+        if (_stalled)
+        {
+            await Task.Delay(Timeout.Infinite, cancellationToken);
         }
     }
 
