@@ -1,5 +1,6 @@
 using System.Net;
 using Npgsql;
+using Registry.ChangeFeed;
 using Registry.Leases;
 using Registry.Model;
 using Registry.State;
@@ -46,6 +47,59 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
         var (_, after, body) = await poll.WaitAsync(TimeSpan.FromSeconds(5));
         Assert.NotEqual(version, after);
         Assert.Equal(["2", "9"], body!["endpoints"]!.AsArray().Select(e => (string?)e!["meta"]!["v"]));
+    }
+
+    /// <summary>
+    /// This node's batch commits, a later write to the same row commits and is read by the node,
+    /// and only then does the batch's own notification reach the loader (it was queued behind
+    /// that read): applying the rows the batch returned would take memory back to the older
+    /// write until the next change. The batch is run by hand to hold its notification back.
+    /// </summary>
+    [Fact]
+    public async Task ABatchsOwnRowsArrivingAfterAReadOfALaterWriteDoNotTakeTheNodeBack()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database);
+        using var client = node.CreateClient();
+        await RegisterAsync(client, "late", "1.1.1.1:80", """{"v":"0"}""");
+        var subscription = Http.Subscription(Http.Entry("late"));
+        var (_, version, _) = await client.SubscribeAsync(subscription);
+        var loader = node.Get<RegistryLoader>();
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+
+        // The node's batch: expected, committed, its notification not yet sent.
+        var batch = loader.Expect();
+        var key = new InstanceKey("late", "http", "1.1.1.1:80");
+        Instance row;
+        await using (var update = new NpgsqlCommand("""
+            UPDATE instances SET meta = '{"v":"1"}', revision = nextval('instance_revision')
+             WHERE application = 'late' AND addr = '1.1.1.1:80' RETURNING ttl_seconds, expires_at, revision
+            """, connection))
+        await using (var reader = await update.ExecuteReaderAsync())
+        {
+            Assert.True(await reader.ReadAsync());
+            row = new Instance(key, Meta.From([new("v", "1")]), reader.GetInt32(0), reader.GetFieldValue<DateTimeOffset>(1), reader.GetInt64(2));
+        }
+
+        // Another node's later write, announced at once: the node reads it.
+        await ExecuteAsync(connection, null, """
+            UPDATE instances SET meta = '{"v":"2"}', revision = nextval('instance_revision') WHERE application = 'late' AND addr = '1.1.1.1:80';
+            SELECT pg_notify('registry_changes', 'late' || chr(10) || 'http 1.1.1.1:80');
+            """);
+        var (_, later, body) = await client.SubscribeAsync(subscription, version, wait: 10).WaitAsync(TimeSpan.FromSeconds(15));
+        Assert.Equal("2", (string?)body!["endpoints"]![0]!["meta"]!["v"]);
+
+        // Now the batch's own notification, with the rows its statement returned.
+        var changes = new Changes();
+        changes.Add(key, row);
+        loader.Settled(batch, new Dictionary<string, Changes> { ["late"] = changes });
+        await ExecuteAsync(connection, null, $"SELECT pg_notify('registry_changes', 'late {batch.Tag}' || chr(10) || 'http 1.1.1.1:80')");
+        await batch.Applied.Task.WaitAsync(TimeSpan.FromSeconds(10));
+
+        var (_, now, answer) = await client.SubscribeAsync(subscription);
+        Assert.Equal("2", (string?)answer!["endpoints"]![0]!["meta"]!["v"]);
+        Assert.Equal(later, now);
     }
 
     [Fact]

@@ -21,11 +21,14 @@ internal sealed class OwnCommits(NodeIdentity node)
     /// <summary>Batches not yet applied (for tests and diagnostics).</summary>
     public int Count => _pending.Count;
 
-    /// <summary>Registers a batch about to run; its statement sends <see cref="OwnCommit.Tag"/>.</summary>
-    public OwnCommit Expect()
+    /// <summary>
+    /// Registers a batch about to run; its statement sends <see cref="OwnCommit.Tag"/>.
+    /// <paramref name="readsApplied"/>: the loader's count of applied database reads now.
+    /// </summary>
+    public OwnCommit Expect(long readsApplied = 0)
     {
         var tag = node.Id + ":" + Interlocked.Increment(ref _sequence).ToString(CultureInfo.InvariantCulture);
-        var commit = new OwnCommit(tag);
+        var commit = new OwnCommit(tag, readsApplied);
         _pending[tag] = commit;
         return commit;
     }
@@ -101,12 +104,18 @@ internal sealed class Changes
 }
 
 /// <summary>A batch this node runs, until the loader has applied its own notifications.</summary>
-internal sealed class OwnCommit(string tag)
+internal sealed class OwnCommit(string tag, long readsApplied)
 {
     private volatile Settlement? _settlement;
 
     /// <summary>Sent in each of the batch's notifications.</summary>
     public string Tag { get; } = tag;
+
+    /// <summary>
+    /// The loader's count of applied database reads before the batch ran: a read applied since
+    /// may have seen a later write to its rows than the batch's own.
+    /// </summary>
+    public long ReadsApplied { get; } = readsApplied;
 
     /// <summary>Its notifications loaded so far; only the loader's loop touches it.</summary>
     public int Received { get; set; }

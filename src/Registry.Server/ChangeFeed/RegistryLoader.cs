@@ -41,6 +41,15 @@ internal sealed partial class RegistryLoader(
     /// <summary>Parked consumers to wake once the loads in hand are answered; only the loader's loop touches it.</summary>
     private readonly List<TaskCompletionSource> _wakes = [];
 
+    /// <summary>When each application was last read from the database (a count of applied reads); only the loader's loop touches it.</summary>
+    private readonly Dictionary<string, long> _readAt = new(StringComparer.Ordinal);
+
+    /// <summary>Database reads applied so far; the loop increments it, a writer reads it in <see cref="Expect"/>.</summary>
+    private long _reads;
+
+    /// <summary>The read count of the last full load.</summary>
+    private long _allReadAt;
+
     /// <summary>
     /// A request to reload some instances (<see cref="Keys"/>), one whole application
     /// (<see cref="Application"/> without keys), or everything (neither). <see cref="Tag"/>
@@ -66,7 +75,7 @@ internal sealed partial class RegistryLoader(
     /// apply the rows it returned instead of reading them again, and
     /// <see cref="OwnCommit.Applied"/> completes when all are in memory.
     /// </summary>
-    public OwnCommit Expect() => own.Expect();
+    public OwnCommit Expect() => own.Expect(Interlocked.Read(ref _reads));
 
     /// <summary>Stops waiting for a batch's notifications: the writer loaded its rows another way, or it changed nothing.</summary>
     public void Abandon(OwnCommit commit) => own.Abandon(commit);
@@ -179,9 +188,20 @@ internal sealed partial class RegistryLoader(
         var keys = new HashSet<InstanceKey>();
         foreach (var request in batch)
         {
-            if (request.Keys is not null && owners.GetValueOrDefault(request)?.For(request.Application!) is { } changes)
+            if (request.Keys is not null && owners.GetValueOrDefault(request) is { } commit && commit.For(request.Application!) is { } changes)
             {
-                supplied.Add((request.Application!, changes));
+                if (ReadSince(request.Application!, commit.ReadsApplied))
+                {
+                    // A read applied since the batch ran may hold a later write to these rows
+                    // (another node's, or this node's next batch): the batch's own rows would
+                    // take memory back to an older state. Read them afresh instead.
+                    keys.UnionWith(changes.Keys);
+                    reads.Add(request);
+                }
+                else
+                {
+                    supplied.Add((request.Application!, changes));
+                }
             }
             else if (request is { Keys: null, Application: { } application })
             {
@@ -268,6 +288,18 @@ internal sealed partial class RegistryLoader(
         }
     }
 
+    private bool ReadSince(string application, long reads) => _allReadAt > reads || _readAt.GetValueOrDefault(application) > reads;
+
+    /// <summary>Counts a read just applied, for the applications it covered.</summary>
+    private void Read(IEnumerable<string> applications)
+    {
+        var at = Interlocked.Increment(ref _reads);
+        foreach (var application in applications)
+        {
+            _readAt[application] = at;
+        }
+    }
+
     private void Wake()
     {
         foreach (var wake in _wakes)
@@ -283,6 +315,8 @@ internal sealed partial class RegistryLoader(
         var loaded = await QueryAsync(SelectColumns, null, cancellationToken);
         var before = state.Applications;
         state.ReplaceAll(loaded.Values);
+        _allReadAt = Interlocked.Increment(ref _reads);
+        _readAt.Clear();
         metrics.Reloaded(all: true);
         var changed = before.Keys.Union(loaded.Keys, StringComparer.Ordinal)
             .Where(a => !(loaded.TryGetValue(a, out var now) && now.SameContentAs(before.GetValueOrDefault(a))))
@@ -303,6 +337,7 @@ internal sealed partial class RegistryLoader(
             .Select(s => s.Application)
             .ToArray();
         state.Replace(snapshots);
+        Read(applications);
         metrics.Reloaded(all: false);
         hub.ApplicationsChanged(changed);
     }
@@ -320,6 +355,7 @@ internal sealed partial class RegistryLoader(
             cancellationToken);
         Merge(keys.GroupBy(k => k.Application, StringComparer.Ordinal)
             .Select(g => (g.Key, (IReadOnlyCollection<InstanceKey>)g.ToArray(), loaded.GetValueOrDefault(g.Key) ?? [])));
+        Read(keys.Select(k => k.Application).Distinct(StringComparer.Ordinal));
     }
 
     /// <summary>
