@@ -23,8 +23,8 @@ internal sealed partial class LeaseGrace(
     ILogger<LeaseGrace> logger)
 {
     /// <summary>
-    /// Reads when the cluster last recorded and, in the same statement, marks this node
-    /// unless a gap is owed; the mark waits for the extension, so the evidence of the gap
+    /// Reads when the cluster last recorded and, in the same statement, marks this node when
+    /// asked and no gap is owed; the mark waits for the extension, so the evidence of the gap
     /// survives until a node has acted on it.
     /// </summary>
     private const string MarkStatement =
@@ -33,7 +33,7 @@ internal sealed partial class LeaseGrace(
         gate AS (SELECT at, coalesce(clock_timestamp() - at > @gap, false) AS owed FROM last),
         marked AS (
             INSERT INTO nodes (id, url, started_at, last_seen_at)
-            SELECT @node, @url, clock_timestamp(), clock_timestamp() FROM gate WHERE NOT owed
+            SELECT @node, @url, clock_timestamp(), clock_timestamp() FROM gate WHERE NOT owed AND @mark
             ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, url = coalesce(excluded.url, nodes.url)
             RETURNING 1)
         SELECT g.owed, g.at, clock_timestamp(), (SELECT count(*) FROM marked) FROM gate g
@@ -64,23 +64,26 @@ internal sealed partial class LeaseGrace(
         """;
 
     /// <summary>
-    /// Marks this node as able to record, first extending the leases when the cluster owes a
-    /// grace period. Runs every <see cref="LeaseOptions.LivenessInterval"/> and at the start of
-    /// every sweep (in its transaction), so no sweep can run between a gap and its grace.
-    /// Returns the database's clock.
+    /// Marks this node as able to record (when <paramref name="mark"/>), first extending the
+    /// leases when the cluster owes a grace period (which marks it in any case). Runs every
+    /// <see cref="LeaseOptions.LivenessInterval"/>, and at the start of every sweep in its
+    /// transaction, so no sweep can run between a gap and its grace. A sweep does not mark: the
+    /// mark would hold this node's row for as long as the sweep runs, and the liveness mark,
+    /// and the renewals behind it, would wait for it. Returns the database's clock.
     /// </summary>
-    public async Task<DateTimeOffset> SettleAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, CancellationToken cancellationToken)
+    public async Task<DateTimeOffset> SettleAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, bool mark, CancellationToken cancellationToken)
     {
         bool owed;
         DateTimeOffset? since;
         DateTimeOffset now;
-        await using (var mark = new NpgsqlCommand(MarkStatement, connection, transaction))
+        await using (var gate = new NpgsqlCommand(MarkStatement, connection, transaction))
         {
-            mark.Parameters.AddWithValue("gap", options.Value.GraceGap);
-            mark.Parameters.AddWithValue("node", node.Id);
+            gate.Parameters.AddWithValue("gap", options.Value.GraceGap);
+            gate.Parameters.AddWithValue("node", node.Id);
+            gate.Parameters.AddWithValue("mark", mark);
             // The URL is known once the server listens; until then the row carries none.
-            mark.Parameters.Add(new NpgsqlParameter<string?>("url", url.Value));
-            await using var reader = await mark.ExecuteReaderAsync(cancellationToken);
+            gate.Parameters.Add(new NpgsqlParameter<string?>("url", url.Value));
+            await using var reader = await gate.ExecuteReaderAsync(cancellationToken);
             await reader.ReadAsync(cancellationToken);
             owed = reader.GetBoolean(0);
             since = reader.IsDBNull(1) ? null : new DateTimeOffset(reader.GetDateTime(1), TimeSpan.Zero);
@@ -89,7 +92,11 @@ internal sealed partial class LeaseGrace(
 
         if (!owed || since is not { } began)
         {
-            metrics.LivenessMarked();
+            if (mark)
+            {
+                metrics.LivenessMarked();
+            }
+
             return now;
         }
 

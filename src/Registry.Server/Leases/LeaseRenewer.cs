@@ -123,7 +123,7 @@ internal sealed partial class LeaseRenewer(
             await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
             if (mark)
             {
-                clock.Observe(await grace.SettleAsync(connection, null, cancellationToken));
+                clock.Observe(await grace.SettleAsync(connection, null, mark: true, cancellationToken));
             }
 
             if (keys.Length > 0)

@@ -89,7 +89,7 @@ internal sealed partial class Sweeper(
         }
 
         schedule.SweepStarting();
-        clock.Observe(await grace.SettleAsync(connection, transaction, cancellationToken));
+        clock.Observe(await grace.SettleAsync(connection, transaction, mark: false, cancellationToken));
         int live, expired, recentlyEvicted;
         DateTimeOffset? nextExpiry;
         await using (var count = new NpgsqlCommand(
@@ -115,7 +115,7 @@ internal sealed partial class Sweeper(
         {
             // Still forget old nodes, or a cluster that never evicts keeps every node it ever ran.
             // Only nodes: the evictions' rows are another table's locks to wait for while this
-            // transaction holds its node's mark (a reset deleting both tables would deadlock).
+            // transaction may hold its node's mark (after a grace; a reset deleting both tables would deadlock).
             await ForgetNodesAsync(connection, transaction, cancellationToken);
             await transaction.CommitAsync(cancellationToken);
             selfPreservation.Budget(live, 0, recentlyEvicted);
