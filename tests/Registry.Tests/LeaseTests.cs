@@ -133,37 +133,6 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
         Assert.Equal(0L, (long)(await count.ExecuteScalarAsync())!);
     }
 
-    /// <summary>
-    /// A sweep that takes long (here it waits for a table the test locks, after evicting) must not
-    /// hold the node's row of <c>nodes</c>: the node marks itself there every liveness interval,
-    /// and its lease renewals wait behind that mark (heartbeats answer 503 after a while).
-    /// </summary>
-    [Fact]
-    public async Task ASweepThatWaitsDoesNotHoldUpTheNodesLivenessMarks()
-    {
-        var database = await Cluster.CreateDatabaseAsync();
-        await using var node = new RegistryNode(database);
-        using var client = node.CreateClient();
-        await using var locker = new NpgsqlConnection(database);
-        await locker.OpenAsync();
-        await using var transaction = await locker.BeginTransactionAsync();
-        await using (var lockTable = new NpgsqlCommand("LOCK TABLE evictions IN EXCLUSIVE MODE", locker, transaction))
-        {
-            await lockTable.ExecuteNonQueryAsync();
-        }
-
-        using (var response = await client.PostJsonAsync("/v1/register?ttl=1", Instance("app", 0)))
-        {
-            response.EnsureSuccessStatusCode();
-        }
-
-        // The lease runs out; the sweep evicts it, then waits to record the eviction.
-        await StalledWriter.WaitForALockWaitAsync(locker);
-        using var marks = MeterWatch.Node(node, "registry.liveness.marks");
-        await marks.WaitForAsync(3, TimeSpan.FromSeconds(5));
-        await transaction.RollbackAsync();
-    }
-
     [Fact]
     public async Task LeasesGetAGracePeriodAfterTheDatabaseWasUnreachable()
     {

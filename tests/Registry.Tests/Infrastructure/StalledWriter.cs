@@ -65,17 +65,17 @@ public sealed class StalledWriter : IAsyncDisposable
     }
 
     /// <summary>
-    /// Waits until a session of the connection's database waits for a lock (the writer's batch
-    /// on the locked row). PostgreSQL signals nothing for that, so this looks every few milliseconds.
+    /// Waits until a session waits for a lock (the writer's batch on the locked row). PostgreSQL
+    /// signals nothing for that, so this looks every few milliseconds.
     /// </summary>
-    internal static async Task WaitForALockWaitAsync(NpgsqlConnection connection)
+    private static async Task WaitForALockWaitAsync(NpgsqlConnection connection)
     {
         await using var waiting = new NpgsqlCommand(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'", connection);
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
         while ((long)(await waiting.ExecuteScalarAsync())! == 0)
         {
-            Assert.True(DateTime.UtcNow < deadline, "Nothing waited for the lock held.");
+            Assert.True(DateTime.UtcNow < deadline, "The batch never waited for the locked row.");
             await Task.Delay(TimeSpan.FromMilliseconds(5));
         }
     }
