@@ -231,14 +231,16 @@ internal sealed partial class RegistryTransport
 
             if ((int)response.StatusCode >= 500 || response.StatusCode == HttpStatusCode.TooManyRequests)
             {
-                var after = RetryAfter(response);
-                retryAfter = after > retryAfter || retryAfter is null ? after : retryAfter;
-                last = new HttpRequestException($"{server} answered {(int)response.StatusCode} {response.ReasonPhrase}.", null, response.StatusCode);
-                lastStatus = response.StatusCode;
-                lastProblem = await ProblemAsync(response, cancellationToken).ConfigureAwait(false);
-                LogServerFailed(_logger, server, last.Message);
-                response.Dispose();
-                continue;
+                using (response)
+                {
+                    var after = RetryAfter(response);
+                    retryAfter = after > retryAfter || retryAfter is null ? after : retryAfter;
+                    last = new HttpRequestException($"{server} answered {(int)response.StatusCode} {response.ReasonPhrase}.", null, response.StatusCode);
+                    lastStatus = response.StatusCode;
+                    lastProblem = await ProblemAsync(response, cancellationToken).ConfigureAwait(false);
+                    LogServerFailed(_logger, server, last.Message);
+                    continue;
+                }
             }
 
             Volatile.Write(ref _preferred, index);

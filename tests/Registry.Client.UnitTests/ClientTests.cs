@@ -88,6 +88,21 @@ public sealed class ClientTests : ScriptedTest
     }
 
     [Fact]
+    public async Task A503WhoseJsonBodyHasANonNumericStatusStillFailsOverToTheNextNode()
+    {
+        // Not the registry's problem document: a proxy's own JSON (a Kubernetes Status says "status":"Failure").
+        Handler.Respond = (r, _) => Task.FromResult(r.Uri.Host == Scripted.ServerA.Host
+            ? Scripted.Json(HttpStatusCode.ServiceUnavailable, """{"kind":"Status","status":"Failure","message":"upstream down"}""")
+            : Scripted.Answer("v1", ("provider_test", "http", "10.0.0.1:80")));
+        var client = NewClient(null, Scripted.ServerA, Scripted.ServerB);
+
+        var answer = await client.GetServiceAsync("provider_test");
+
+        Assert.Equal("v1", answer!.Version);
+        Assert.Equal([Scripted.ServerA.Host, Scripted.ServerB.Host], Handler.Sent.Select(r => r.Uri.Host));
+    }
+
+    [Fact]
     public void TheExceptionsFormAHierarchyWhereAnOutageIsNotARefusal()
     {
         Assert.False(typeof(RegistryClientException).IsAssignableFrom(typeof(RegistryUnavailableException)));
