@@ -217,6 +217,15 @@ internal sealed partial class RegistryTransport
                 LogServerFailed(_logger, server, last.Message);
                 continue;
             }
+#pragma warning disable CA1031 // Anything an app-wide handler throws for one node (a resilience pipeline's TimeoutRejectedException or
+            // BrokenCircuitException) says nothing about the other nodes: try them; the caller hears it if all fail.
+            catch (Exception e) when (!cancellationToken.IsCancellationRequested)
+#pragma warning restore CA1031
+            {
+                last = e;
+                LogServerFailed(_logger, server, e.Message);
+                continue;
+            }
 
             if (response.StatusCode is HttpStatusCode.Unauthorized or HttpStatusCode.Forbidden)
             {

@@ -103,6 +103,21 @@ public sealed class ClientTests : ScriptedTest
     }
 
     [Fact]
+    public async Task AResilienceHandlersTimeoutOnTheFirstNodeFailsOverToTheNext()
+    {
+        // An app-wide resilience pipeline gives up on a node with its own exception, not an HttpRequestException.
+        Handler.Respond = (r, _) => r.Uri.Host == Scripted.ServerA.Host
+            ? throw new Polly.Timeout.TimeoutRejectedException("The operation didn't complete within the allowed timeout of '00:00:10'.")
+            : Task.FromResult(Scripted.Answer("v1", ("provider_test", "http", "10.0.0.1:80")));
+        var client = NewClient(null, Scripted.ServerA, Scripted.ServerB);
+
+        var answer = await client.GetServiceAsync("provider_test");
+
+        Assert.Equal("v1", answer!.Version);
+        Assert.Equal([Scripted.ServerA.Host, Scripted.ServerB.Host], Handler.Sent.Select(r => r.Uri.Host));
+    }
+
+    [Fact]
     public void TheExceptionsFormAHierarchyWhereAnOutageIsNotARefusal()
     {
         Assert.False(typeof(RegistryClientException).IsAssignableFrom(typeof(RegistryUnavailableException)));
