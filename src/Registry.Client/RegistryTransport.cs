@@ -227,7 +227,7 @@ internal sealed partial class RegistryTransport
                 continue;
             }
 
-            if (response.StatusCode is HttpStatusCode.Unauthorized or HttpStatusCode.Forbidden)
+            if (response.StatusCode is HttpStatusCode.Unauthorized or HttpStatusCode.Forbidden && !IsProxysClientError(response))
             {
                 // Every node checks the same credentials: another node would answer the same, and a retry storm
                 // of refused tokens is what the registry rate-limits. Not an outage.
@@ -238,7 +238,7 @@ internal sealed partial class RegistryTransport
                 }
             }
 
-            if ((int)response.StatusCode >= 500 || response.StatusCode == HttpStatusCode.TooManyRequests)
+            if ((int)response.StatusCode >= 500 || response.StatusCode == HttpStatusCode.TooManyRequests || IsProxysClientError(response))
             {
                 using (response)
                 {
@@ -259,6 +259,17 @@ internal sealed partial class RegistryTransport
         // The status and problem are the last node's that answered at all, when one did.
         throw new RegistryUnavailableException($"No registry server could serve {path}: {last?.Message}", retryAfter, lastStatus, lastProblem, last);
     }
+
+    /// <summary>
+    /// A <c>4xx</c> that is no refusal by the registry: one that says nothing about the request (<c>408</c> a proxy's
+    /// timeout, <c>421</c> a connection to the wrong node, <c>425</c> too early), or any <c>4xx</c> without the problem
+    /// document the registry sends with every error (an ingress's HTML <c>404</c>). Another node, or a later attempt,
+    /// may answer it: it is failed over and backed off like a <c>5xx</c>.
+    /// </summary>
+    private static bool IsProxysClientError(HttpResponseMessage response) =>
+        (int)response.StatusCode is >= 400 and < 500
+        && ((int)response.StatusCode is 408 or 421 or 425
+            || !string.Equals(response.Content.Headers.ContentType?.MediaType, "application/problem+json", StringComparison.OrdinalIgnoreCase));
 
     private async ValueTask<string?> TokenAsync(CancellationToken cancellationToken)
     {
