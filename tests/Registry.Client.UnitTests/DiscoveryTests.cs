@@ -156,6 +156,34 @@ public sealed class DiscoveryTests : ScriptedTest
         Assert.Equal(2, Handler.Sent.Count(r => r.Path == "/v1/subscribe" && r.Uri.Query.Length == 0));
     }
 
+    [Fact]
+    public async Task AWatchRefusedAfterItsFirstAnswerFiresItsChangeTokenSoTheResolverResolvesAfresh()
+    {
+        _registered["web"] = [("http", "10.0.0.1:80")];
+        var (factory, _) = NewFactory();
+        Assert.True(ServiceEndpointQuery.TryParse("http://web", out var query));
+        Assert.True(factory.TryCreateProvider(query, out var provider));
+        await using (provider)
+        {
+            // The first resolution's token fires with the first answer; the resolver resolves again, as MESD does.
+            await provider.PopulateAsync(new Builder(), CancellationToken.None).AsTask().WaitAsync(Scripted.Patience);
+            var builder = new Builder();
+            await provider.PopulateAsync(builder, CancellationToken.None).AsTask().WaitAsync(Scripted.Patience);
+            Assert.Equal(["10.0.0.1:80"], builder.Endpoints.Select(e => e.EndPoint.ToString()));
+            var changed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            using var registration = Assert.Single(builder.Tokens).RegisterChangeCallback(_ => changed.TrySetResult(), null);
+            await Handler.NextAsync(r => r.Path == "/v1/subscribe" && r.Uri.Query.Length > 0);
+
+            // The held poll times out; the next one is refused (a credential that lost the scope).
+            _forbidden.Add("web");
+            Clock.Advance(TimeSpan.FromSeconds(41.875));
+            await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(1)); // the first step of the backoff (the resolutions' 10 s timeouts are longer)
+
+            // Told, the resolver leaves the failed watch; else it would serve these endpoints for ever.
+            await changed.Task.WaitAsync(Scripted.Patience);
+        }
+    }
+
     [Theory]
     [InlineData(true)]
     [InlineData(false)]

@@ -472,13 +472,19 @@ internal sealed class ApplicationWatch(string application)
 
     internal void Fail(Exception error)
     {
+        CancellationTokenSource changed;
         lock (_gate)
         {
             _failure = error;
+            changed = _changed;
+            _changed = new CancellationTokenSource();
         }
 
         // The first answer is released, not failed: the provider reads Failure and lets the next provider resolve the name.
         _first.TrySetResult();
+        // A resolver that already holds endpoints hears of it too, or it would serve them for ever: it resolves again,
+        // and the provider, reading Failure, lets this watch go.
+        changed.Cancel();
     }
 
     private sealed class InstanceComparer : IEqualityComparer<ProviderInstance>
