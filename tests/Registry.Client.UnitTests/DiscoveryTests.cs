@@ -235,6 +235,51 @@ public sealed class DiscoveryTests : ScriptedTest
         Assert.True(Handler.Sent.Skip(subscribes).Any(r => r.Path == "/v1/subscribe" && r.Uri.Query.Length == 0) || Handler.Count("/v1/subscribe") > subscribes);
     }
 
+    [Fact]
+    public async Task AStaleCacheFileOfANewMembershipDoesNotReplaceTheFreshEndpointsOfAWatch()
+    {
+        var directory = Directory.CreateTempSubdirectory("registry-client-cache-").FullName;
+        try
+        {
+            var fresh = false;
+            var down = false;
+            Handler.Respond = (r, ct) =>
+                down ? throw new HttpRequestException("Connection refused")
+                : r.Uri.Query.Length > 0 ? Scripted.HeldAsync(ct)
+                : Task.FromResult(fresh
+                    ? Scripted.Answer("fresh", ("a", "http", "10.0.0.1:80"))
+                    : Scripted.Answer("old", ("a", "http", "10.0.0.99:80"), ("b", "http", "10.0.0.98:80")));
+
+            // An earlier run left the cache file of {a, b}, as they were hours ago.
+            await using (var earlier = await NewClient(o => o.CacheDirectory = directory).SubscribeAsync([new SubscriptionEntry("a"), new SubscriptionEntry("b")]))
+            {
+                await earlier.WaitForFirstAnswerAsync().WaitAsync(Scripted.Patience);
+            }
+
+            fresh = true;
+            var client = NewClient(o => o.CacheDirectory = directory);
+            await using (client)
+            {
+                var a = client.Discovery.Acquire("a");
+                await a.FirstAnswer.WaitAsync(Scripted.Patience);
+                Assert.Equal("10.0.0.1:80", Assert.Single(a.Endpoints!).Addr);
+
+                // Every node goes down; then b is resolved for the first time, which regroups a with it.
+                down = true;
+                var b = client.Discovery.Acquire("b");
+                await b.FirstAnswer.WaitAsync(Scripted.Patience);
+
+                // b starts from the file, which is all there is; a keeps what the registry told it.
+                Assert.Equal("10.0.0.98:80", Assert.Single(b.Endpoints!).Addr);
+                Assert.Equal("10.0.0.1:80", Assert.Single(a.Endpoints!).Addr);
+            }
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
     private sealed class Builder : IServiceEndpointBuilder
     {
         public IList<ServiceEndpoint> Endpoints { get; } = [];
