@@ -65,7 +65,13 @@ public sealed partial class RegistrationLease
         var reason = EndedReason(ended.Data);
         if (reason == "replaced")
         {
-            // Someone else registered this instance since: theirs it is. Say so and stop.
+            // Someone else registered this instance since: theirs it is. Say so and stop, and leave it to them: a dispose or
+            // drain must not remove the registration that replaced this one.
+            lock (_gate)
+            {
+                _mayBeRegistered = false;
+            }
+
             Log.SessionReplaced(_logger, Instance);
             SetState(RegistryConnectionState.Replaced, new RegistryClientException(
                 $"The session of {Instance.Application} {Instance.Protocol} {Instance.Addr} ended: another registration of the instance replaced it."));

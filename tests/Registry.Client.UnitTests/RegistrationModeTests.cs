@@ -73,6 +73,27 @@ public sealed class RegistrationModeTests : ScriptedTest
     }
 
     [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task ALeaseWhoseSessionWasReplacedLeavesTheRegistrationThatReplacedItWhenDisposedOrDrained(bool drain)
+    {
+        var stream = Sessions();
+        var lease = await NewClient().RegisterAsync(Instance(), RegistrationMode.Session);
+        await stream.Current.Writer.WriteAsync("event: ended\ndata: {\"reason\":\"replaced\"}\n\n");
+        await Eventually(() => lease.State == RegistryConnectionState.Replaced);
+
+        if (drain)
+        {
+            Assert.Same(DrainResult.NotRegistered, await lease.DrainAsync(TimeSpan.FromSeconds(5)));
+        }
+
+        await lease.DisposeAsync();
+
+        // The instance is someone else's now: removing it would deregister a live process.
+        Assert.Equal(0, Handler.Count("/v1/unregister"));
+    }
+
+    [Theory]
     [InlineData("unregistered")]
     [InlineData("evicted")]
     public async Task ASessionEndedAsUnregisteredOrEvictedIsOpenedAgain(string reason)
