@@ -20,6 +20,12 @@ public sealed partial class RegistrationLease
         {
             lock (_gate)
             {
+                if (_draining)
+                {
+                    // The drain removes the instance: no session is opened again; the drain stops the loop.
+                    return Timeout.InfiniteTimeSpan;
+                }
+
                 _mayBeRegistered = true;
             }
 
@@ -76,6 +82,15 @@ public sealed partial class RegistrationLease
             SetState(RegistryConnectionState.Replaced, new RegistryClientException(
                 $"The session of {Instance.Application} {Instance.Protocol} {Instance.Addr} ended: another registration of the instance replaced it."));
             return Timeout.InfiniteTimeSpan;
+        }
+
+        lock (_gate)
+        {
+            if (_draining)
+            {
+                // Ended by the drain (unregistered): final; the drain stops the loop once it is answered.
+                return Timeout.InfiniteTimeSpan;
+            }
         }
 
         // Unregistered or evicted by other means while this process lives: open it again.
