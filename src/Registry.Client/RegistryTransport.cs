@@ -57,13 +57,15 @@ internal sealed partial class RegistryTransport
     public async Task<SessionConnection> OpenSessionAsync(ProviderInstance provider, int ttlSeconds, TimeSpan timeout, CancellationToken cancellationToken)
     {
         var body = JsonSerializer.SerializeToUtf8Bytes(provider, ClientJson.Default.ProviderInstance);
-        var response = await SendAsync(HttpMethod.Post, string.Create(CultureInfo.InvariantCulture, $"v1/sessions?ttl={ttlSeconds}"), body, null, timeout, cancellationToken,
-            HttpCompletionOption.ResponseHeadersRead).ConfigureAwait(false);
+        // The node that answered, as SendAsync saw it: _preferred may have been moved since by a concurrent request.
+        var (response, server) = await SendToAnyAsync(
+            HttpMethod.Post, string.Create(CultureInfo.InvariantCulture, $"v1/sessions?ttl={ttlSeconds}"), body, null, timeout,
+            HttpCompletionOption.ResponseHeadersRead, cancellationToken).ConfigureAwait(false);
         try
         {
             await EnsureSuccessAsync(response, "open session", cancellationToken).ConfigureAwait(false);
             var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
-            return new SessionConnection(response, stream, Volatile.Read(ref _preferred));
+            return new SessionConnection(response, stream, server);
         }
         catch
         {
@@ -168,7 +170,13 @@ internal sealed partial class RegistryTransport
 
     private async Task<HttpResponseMessage> SendAsync(
         HttpMethod method, string path, byte[]? body, string? ifNoneMatch, TimeSpan timeout, CancellationToken cancellationToken,
-        HttpCompletionOption completion = HttpCompletionOption.ResponseContentRead)
+        HttpCompletionOption completion = HttpCompletionOption.ResponseContentRead) =>
+        (await SendToAnyAsync(method, path, body, ifNoneMatch, timeout, completion, cancellationToken).ConfigureAwait(false)).Response;
+
+    /// <summary>Sends to each node in turn until one answers; the answer and the index of the node that gave it.</summary>
+    private async Task<(HttpResponseMessage Response, int Server)> SendToAnyAsync(
+        HttpMethod method, string path, byte[]? body, string? ifNoneMatch, TimeSpan timeout, HttpCompletionOption completion,
+        CancellationToken cancellationToken)
     {
         var token = await TokenAsync(cancellationToken).ConfigureAwait(false);
         Exception? last = null;
@@ -253,7 +261,7 @@ internal sealed partial class RegistryTransport
             }
 
             Volatile.Write(ref _preferred, index);
-            return response;
+            return (response, index);
         }
 
         // The status and problem are the last node's that answered at all, when one did.
