@@ -20,6 +20,12 @@ public sealed partial class RegistrationLease
         {
             lock (_gate)
             {
+                if (_draining)
+                {
+                    // The drain removes the instance: no session is opened again; the drain stops the loop.
+                    return Timeout.InfiniteTimeSpan;
+                }
+
                 _mayBeRegistered = true;
             }
 
@@ -65,11 +71,26 @@ public sealed partial class RegistrationLease
         var reason = EndedReason(ended.Data);
         if (reason == "replaced")
         {
-            // Someone else registered this instance since: theirs it is. Say so and stop.
+            // Someone else registered this instance since: theirs it is. Say so and stop, and leave it to them: a dispose or
+            // drain must not remove the registration that replaced this one.
+            lock (_gate)
+            {
+                _mayBeRegistered = false;
+            }
+
             Log.SessionReplaced(_logger, Instance);
             SetState(RegistryConnectionState.Replaced, new RegistryClientException(
                 $"The session of {Instance.Application} {Instance.Protocol} {Instance.Addr} ended: another registration of the instance replaced it."));
             return Timeout.InfiniteTimeSpan;
+        }
+
+        lock (_gate)
+        {
+            if (_draining)
+            {
+                // Ended by the drain (unregistered): final; the drain stops the loop once it is answered.
+                return Timeout.InfiniteTimeSpan;
+            }
         }
 
         // Unregistered or evicted by other means while this process lives: open it again.

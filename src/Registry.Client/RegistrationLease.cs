@@ -29,6 +29,8 @@ public sealed partial class RegistrationLease : IAsyncDisposable
     private bool _registered;
     // A register was sent and not refused since: it may have committed even if no answer came back.
     private bool _mayBeRegistered;
+    // A session lease's drain is under way: the loop holds the open session, opens no other, and ends with it.
+    private bool _draining;
     private TimeSpan _ttl;
     private DateTimeOffset? _expiresAt;
     // When the registry last granted the lease, on this process's monotonic clock (the registry's clock is not ours).
@@ -319,7 +321,13 @@ public sealed partial class RegistrationLease : IAsyncDisposable
     /// </summary>
     public async ValueTask DisposeAsync()
     {
-        var mayBeRegistered = await StopAsync().ConfigureAwait(false);
+        // Once: after a drain (or with one under way) there is nothing more to do here.
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        var mayBeRegistered = await StopLoopAsync().ConfigureAwait(false);
         // A session's connection closes first: its node removes the instance; the unregister makes sure.
         CloseSession();
         if (mayBeRegistered)
@@ -333,7 +341,7 @@ public sealed partial class RegistrationLease : IAsyncDisposable
     /// node, has been sent an answer without it, or until <paramref name="timeout"/> (rounded up to whole seconds,
     /// 1 to 60) runs out; then the provider can stop serving knowing consumers have moved away. The lease is over
     /// afterwards (disposing it sends nothing more). If the drain request fails, the instance is unregistered
-    /// plainly (or left to expire) and the error is thrown.
+    /// plainly (or left to expire) and the error is thrown. A session is held until the drain is answered, then closed.
     /// </summary>
     /// <exception cref="RegistryClientException">The registry refused the drain.</exception>
     /// <exception cref="HttpRequestException">No registry node could be reached.</exception>
@@ -344,42 +352,78 @@ public sealed partial class RegistrationLease : IAsyncDisposable
             throw new ArgumentOutOfRangeException(nameof(timeout), timeout, "A drain needs a positive timeout.");
         }
 
-        // A session stays open through the drain: closing it would remove the instance without one.
-        if (!await StopAsync().ConfigureAwait(false))
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
         {
-            CloseSession();
             return DrainResult.NotRegistered;
         }
 
-        var seconds = (int)Math.Clamp(Math.Ceiling(timeout.TotalSeconds), 1, 60);
+        // A session stays open through the drain: closing it would remove the instance without one (and the drain would
+        // find nothing). Its loop goes on holding it, opens no other, and takes the session's end (the drain's) as final.
+        // Any other lease stops its loop first, so no heartbeat or registration crosses the drain.
+        var stopped = false;
         try
         {
-            // Each node tried may hold the request for the whole drain.
-            var result = await _transport.DrainAsync(Instance, seconds, TimeSpan.FromSeconds(seconds) + _requestTimeout, cancellationToken).ConfigureAwait(false)
-                ?? DrainResult.NotRegistered;
-            Log.Drained(_logger, Instance, result.Delivered, result.Pending, result.Nodes, result.Complete);
-            return result;
-        }
-        catch (Exception e) when (!(e is OperationCanceledException && cancellationToken.IsCancellationRequested))
-        {
-            Log.DrainFailed(_logger, Instance, e.Message);
-            await UnregisterAsync().ConfigureAwait(false);
-            throw;
+            bool mayBeRegistered;
+            if (Mode.Kind == RegistrationKind.Session)
+            {
+                lock (_gate)
+                {
+                    _draining = true;
+                    mayBeRegistered = _mayBeRegistered;
+                }
+            }
+            else
+            {
+                mayBeRegistered = await StopLoopAsync().ConfigureAwait(false);
+                stopped = true;
+            }
+
+            if (!mayBeRegistered)
+            {
+                return DrainResult.NotRegistered;
+            }
+
+            var seconds = (int)Math.Clamp(Math.Ceiling(timeout.TotalSeconds), 1, 60);
+            try
+            {
+                // Each node tried may hold the request for the whole drain.
+                var result = await _transport.DrainAsync(Instance, seconds, TimeSpan.FromSeconds(seconds) + _requestTimeout, cancellationToken).ConfigureAwait(false)
+                    ?? DrainResult.NotRegistered;
+                Log.Drained(_logger, Instance, result.Delivered, result.Pending, result.Nodes, result.Complete);
+                return result;
+            }
+            catch (Exception e) when (!(e is OperationCanceledException && cancellationToken.IsCancellationRequested))
+            {
+                Log.DrainFailed(_logger, Instance, e.Message);
+                if (!stopped)
+                {
+                    // Closing the session removes the instance; the unregister makes sure.
+                    await StopLoopAsync().ConfigureAwait(false);
+                    stopped = true;
+                    CloseSession();
+                }
+
+                await UnregisterAsync().ConfigureAwait(false);
+                throw;
+            }
         }
         finally
         {
+            if (!stopped)
+            {
+                await StopLoopAsync().ConfigureAwait(false);
+            }
+
             CloseSession();
         }
     }
 
-    /// <summary>Ends the loop once; whether a registration may have committed (so the instance is to be removed).</summary>
-    private async Task<bool> StopAsync()
+    /// <summary>
+    /// Ends the loop (called once, by whichever of dispose and drain set <see cref="_disposed"/>); whether a registration
+    /// may have committed (so the instance is to be removed).
+    /// </summary>
+    private async Task<bool> StopLoopAsync()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0)
-        {
-            return false;
-        }
-
         await _stop.CancelAsync().ConfigureAwait(false);
         // The loop catches everything; awaiting it only waits for the attempt in flight to end.
         await _loop.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);

@@ -79,7 +79,8 @@ public sealed class RegistryProblem
                     case "instance" when member.Value.ValueKind == JsonValueKind.String:
                         instance = member.Value.GetString();
                         break;
-                    case "status" when member.Value.TryGetInt32(out var number):
+                    // Only a number: a proxy's JSON may carry "status" as a word (a Kubernetes Status object: "Failure").
+                    case "status" when member.Value.ValueKind == JsonValueKind.Number && member.Value.TryGetInt32(out var number):
                         status = number;
                         break;
                     case "errors" when member.Value.ValueKind == JsonValueKind.Object:
@@ -99,7 +100,9 @@ public sealed class RegistryProblem
 
             return new RegistryProblem(type, title, status, detail, instance) { Errors = errors, Extensions = extensions };
         }
-        catch (JsonException)
+#pragma warning disable CA1031 // Whatever this body is, it is not a problem document: reading it must never turn an answer into an exception.
+        catch (Exception)
+#pragma warning restore CA1031
         {
             return null;
         }

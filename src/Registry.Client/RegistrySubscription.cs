@@ -232,6 +232,7 @@ public sealed class RegistrySubscription : IAsyncDisposable
             catch (RegistryClientException e)
             {
                 // A refusal (400: the subscription is invalid; 401/403: the credential) is not something retrying changes.
+                // Only the registry's own (with its problem document): a proxy's 408 or HTML 404 arrives as an outage.
                 // Everyone waiting hears it rather than hanging: the first answer, every WatchAsync.
                 Log.Refused(_logger, "subscribe", e);
                 lock (_gate)

@@ -57,13 +57,15 @@ internal sealed partial class RegistryTransport
     public async Task<SessionConnection> OpenSessionAsync(ProviderInstance provider, int ttlSeconds, TimeSpan timeout, CancellationToken cancellationToken)
     {
         var body = JsonSerializer.SerializeToUtf8Bytes(provider, ClientJson.Default.ProviderInstance);
-        var response = await SendAsync(HttpMethod.Post, string.Create(CultureInfo.InvariantCulture, $"v1/sessions?ttl={ttlSeconds}"), body, null, timeout, cancellationToken,
-            HttpCompletionOption.ResponseHeadersRead).ConfigureAwait(false);
+        // The node that answered, as SendAsync saw it: _preferred may have been moved since by a concurrent request.
+        var (response, server) = await SendToAnyAsync(
+            HttpMethod.Post, string.Create(CultureInfo.InvariantCulture, $"v1/sessions?ttl={ttlSeconds}"), body, null, timeout,
+            HttpCompletionOption.ResponseHeadersRead, cancellationToken).ConfigureAwait(false);
         try
         {
             await EnsureSuccessAsync(response, "open session", cancellationToken).ConfigureAwait(false);
             var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
-            return new SessionConnection(response, stream, Volatile.Read(ref _preferred));
+            return new SessionConnection(response, stream, server);
         }
         catch
         {
@@ -168,7 +170,13 @@ internal sealed partial class RegistryTransport
 
     private async Task<HttpResponseMessage> SendAsync(
         HttpMethod method, string path, byte[]? body, string? ifNoneMatch, TimeSpan timeout, CancellationToken cancellationToken,
-        HttpCompletionOption completion = HttpCompletionOption.ResponseContentRead)
+        HttpCompletionOption completion = HttpCompletionOption.ResponseContentRead) =>
+        (await SendToAnyAsync(method, path, body, ifNoneMatch, timeout, completion, cancellationToken).ConfigureAwait(false)).Response;
+
+    /// <summary>Sends to each node in turn until one answers; the answer and the index of the node that gave it.</summary>
+    private async Task<(HttpResponseMessage Response, int Server)> SendToAnyAsync(
+        HttpMethod method, string path, byte[]? body, string? ifNoneMatch, TimeSpan timeout, HttpCompletionOption completion,
+        CancellationToken cancellationToken)
     {
         var token = await TokenAsync(cancellationToken).ConfigureAwait(false);
         Exception? last = null;
@@ -217,8 +225,17 @@ internal sealed partial class RegistryTransport
                 LogServerFailed(_logger, server, last.Message);
                 continue;
             }
+#pragma warning disable CA1031 // Anything an app-wide handler throws for one node (a resilience pipeline's TimeoutRejectedException or
+            // BrokenCircuitException) says nothing about the other nodes: try them; the caller hears it if all fail.
+            catch (Exception e) when (!cancellationToken.IsCancellationRequested)
+#pragma warning restore CA1031
+            {
+                last = e;
+                LogServerFailed(_logger, server, e.Message);
+                continue;
+            }
 
-            if (response.StatusCode is HttpStatusCode.Unauthorized or HttpStatusCode.Forbidden)
+            if (response.StatusCode is HttpStatusCode.Unauthorized or HttpStatusCode.Forbidden && !IsProxysClientError(response))
             {
                 // Every node checks the same credentials: another node would answer the same, and a retry storm
                 // of refused tokens is what the registry rate-limits. Not an outage.
@@ -229,25 +246,38 @@ internal sealed partial class RegistryTransport
                 }
             }
 
-            if ((int)response.StatusCode >= 500 || response.StatusCode == HttpStatusCode.TooManyRequests)
+            if ((int)response.StatusCode >= 500 || response.StatusCode == HttpStatusCode.TooManyRequests || IsProxysClientError(response))
             {
-                var after = RetryAfter(response);
-                retryAfter = after > retryAfter || retryAfter is null ? after : retryAfter;
-                last = new HttpRequestException($"{server} answered {(int)response.StatusCode} {response.ReasonPhrase}.", null, response.StatusCode);
-                lastStatus = response.StatusCode;
-                lastProblem = await ProblemAsync(response, cancellationToken).ConfigureAwait(false);
-                LogServerFailed(_logger, server, last.Message);
-                response.Dispose();
-                continue;
+                using (response)
+                {
+                    var after = RetryAfter(response);
+                    retryAfter = after > retryAfter || retryAfter is null ? after : retryAfter;
+                    last = new HttpRequestException($"{server} answered {(int)response.StatusCode} {response.ReasonPhrase}.", null, response.StatusCode);
+                    lastStatus = response.StatusCode;
+                    lastProblem = await ProblemAsync(response, cancellationToken).ConfigureAwait(false);
+                    LogServerFailed(_logger, server, last.Message);
+                    continue;
+                }
             }
 
             Volatile.Write(ref _preferred, index);
-            return response;
+            return (response, index);
         }
 
         // The status and problem are the last node's that answered at all, when one did.
         throw new RegistryUnavailableException($"No registry server could serve {path}: {last?.Message}", retryAfter, lastStatus, lastProblem, last);
     }
+
+    /// <summary>
+    /// A <c>4xx</c> that is no refusal by the registry: one that says nothing about the request (<c>408</c> a proxy's
+    /// timeout, <c>421</c> a connection to the wrong node, <c>425</c> too early), or any <c>4xx</c> without the problem
+    /// document the registry sends with every error (an ingress's HTML <c>404</c>). Another node, or a later attempt,
+    /// may answer it: it is failed over and backed off like a <c>5xx</c>.
+    /// </summary>
+    private static bool IsProxysClientError(HttpResponseMessage response) =>
+        (int)response.StatusCode is >= 400 and < 500
+        && ((int)response.StatusCode is 408 or 421 or 425
+            || !string.Equals(response.Content.Headers.ContentType?.MediaType, "application/problem+json", StringComparison.OrdinalIgnoreCase));
 
     private async ValueTask<string?> TokenAsync(CancellationToken cancellationToken)
     {

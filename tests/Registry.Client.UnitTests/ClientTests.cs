@@ -88,6 +88,36 @@ public sealed class ClientTests : ScriptedTest
     }
 
     [Fact]
+    public async Task A503WhoseJsonBodyHasANonNumericStatusStillFailsOverToTheNextNode()
+    {
+        // Not the registry's problem document: a proxy's own JSON (a Kubernetes Status says "status":"Failure").
+        Handler.Respond = (r, _) => Task.FromResult(r.Uri.Host == Scripted.ServerA.Host
+            ? Scripted.Json(HttpStatusCode.ServiceUnavailable, """{"kind":"Status","status":"Failure","message":"upstream down"}""")
+            : Scripted.Answer("v1", ("provider_test", "http", "10.0.0.1:80")));
+        var client = NewClient(null, Scripted.ServerA, Scripted.ServerB);
+
+        var answer = await client.GetServiceAsync("provider_test");
+
+        Assert.Equal("v1", answer!.Version);
+        Assert.Equal([Scripted.ServerA.Host, Scripted.ServerB.Host], Handler.Sent.Select(r => r.Uri.Host));
+    }
+
+    [Fact]
+    public async Task AResilienceHandlersTimeoutOnTheFirstNodeFailsOverToTheNext()
+    {
+        // An app-wide resilience pipeline gives up on a node with its own exception, not an HttpRequestException.
+        Handler.Respond = (r, _) => r.Uri.Host == Scripted.ServerA.Host
+            ? throw new Polly.Timeout.TimeoutRejectedException("The operation didn't complete within the allowed timeout of '00:00:10'.")
+            : Task.FromResult(Scripted.Answer("v1", ("provider_test", "http", "10.0.0.1:80")));
+        var client = NewClient(null, Scripted.ServerA, Scripted.ServerB);
+
+        var answer = await client.GetServiceAsync("provider_test");
+
+        Assert.Equal("v1", answer!.Version);
+        Assert.Equal([Scripted.ServerA.Host, Scripted.ServerB.Host], Handler.Sent.Select(r => r.Uri.Host));
+    }
+
+    [Fact]
     public void TheExceptionsFormAHierarchyWhereAnOutageIsNotARefusal()
     {
         Assert.False(typeof(RegistryClientException).IsAssignableFrom(typeof(RegistryUnavailableException)));

@@ -156,6 +156,34 @@ public sealed class DiscoveryTests : ScriptedTest
         Assert.Equal(2, Handler.Sent.Count(r => r.Path == "/v1/subscribe" && r.Uri.Query.Length == 0));
     }
 
+    [Fact]
+    public async Task AWatchRefusedAfterItsFirstAnswerFiresItsChangeTokenSoTheResolverResolvesAfresh()
+    {
+        _registered["web"] = [("http", "10.0.0.1:80")];
+        var (factory, _) = NewFactory();
+        Assert.True(ServiceEndpointQuery.TryParse("http://web", out var query));
+        Assert.True(factory.TryCreateProvider(query, out var provider));
+        await using (provider)
+        {
+            // The first resolution's token fires with the first answer; the resolver resolves again, as MESD does.
+            await provider.PopulateAsync(new Builder(), CancellationToken.None).AsTask().WaitAsync(Scripted.Patience);
+            var builder = new Builder();
+            await provider.PopulateAsync(builder, CancellationToken.None).AsTask().WaitAsync(Scripted.Patience);
+            Assert.Equal(["10.0.0.1:80"], builder.Endpoints.Select(e => e.EndPoint.ToString()));
+            var changed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            using var registration = Assert.Single(builder.Tokens).RegisterChangeCallback(_ => changed.TrySetResult(), null);
+            await Handler.NextAsync(r => r.Path == "/v1/subscribe" && r.Uri.Query.Length > 0);
+
+            // The held poll times out; the next one is refused (a credential that lost the scope).
+            _forbidden.Add("web");
+            Clock.Advance(TimeSpan.FromSeconds(41.875));
+            await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(1)); // the first step of the backoff (the resolutions' 10 s timeouts are longer)
+
+            // Told, the resolver leaves the failed watch; else it would serve these endpoints for ever.
+            await changed.Task.WaitAsync(Scripted.Patience);
+        }
+    }
+
     [Theory]
     [InlineData(true)]
     [InlineData(false)]
@@ -205,6 +233,51 @@ public sealed class DiscoveryTests : ScriptedTest
         var subscribes = Handler.Count("/v1/subscribe");
         Assert.Single(await ResolveAsync(factory, "http://web"));
         Assert.True(Handler.Sent.Skip(subscribes).Any(r => r.Path == "/v1/subscribe" && r.Uri.Query.Length == 0) || Handler.Count("/v1/subscribe") > subscribes);
+    }
+
+    [Fact]
+    public async Task AStaleCacheFileOfANewMembershipDoesNotReplaceTheFreshEndpointsOfAWatch()
+    {
+        var directory = Directory.CreateTempSubdirectory("registry-client-cache-").FullName;
+        try
+        {
+            var fresh = false;
+            var down = false;
+            Handler.Respond = (r, ct) =>
+                down ? throw new HttpRequestException("Connection refused")
+                : r.Uri.Query.Length > 0 ? Scripted.HeldAsync(ct)
+                : Task.FromResult(fresh
+                    ? Scripted.Answer("fresh", ("a", "http", "10.0.0.1:80"))
+                    : Scripted.Answer("old", ("a", "http", "10.0.0.99:80"), ("b", "http", "10.0.0.98:80")));
+
+            // An earlier run left the cache file of {a, b}, as they were hours ago.
+            await using (var earlier = await NewClient(o => o.CacheDirectory = directory).SubscribeAsync([new SubscriptionEntry("a"), new SubscriptionEntry("b")]))
+            {
+                await earlier.WaitForFirstAnswerAsync().WaitAsync(Scripted.Patience);
+            }
+
+            fresh = true;
+            var client = NewClient(o => o.CacheDirectory = directory);
+            await using (client)
+            {
+                var a = client.Discovery.Acquire("a");
+                await a.FirstAnswer.WaitAsync(Scripted.Patience);
+                Assert.Equal("10.0.0.1:80", Assert.Single(a.Endpoints!).Addr);
+
+                // Every node goes down; then b is resolved for the first time, which regroups a with it.
+                down = true;
+                var b = client.Discovery.Acquire("b");
+                await b.FirstAnswer.WaitAsync(Scripted.Patience);
+
+                // b starts from the file, which is all there is; a keeps what the registry told it.
+                Assert.Equal("10.0.0.98:80", Assert.Single(b.Endpoints!).Addr);
+                Assert.Equal("10.0.0.1:80", Assert.Single(a.Endpoints!).Addr);
+            }
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
     }
 
     private sealed class Builder : IServiceEndpointBuilder

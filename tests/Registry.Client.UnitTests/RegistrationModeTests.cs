@@ -72,6 +72,62 @@ public sealed class RegistrationModeTests : ScriptedTest
         Assert.Equal(1, Handler.Count("/v1/sessions"));
     }
 
+    [Fact]
+    public async Task DrainingASessionLeaseSendsTheDrainWhileTheSessionIsStillOpenAndClosesItAfterwards()
+    {
+        bool? closedWhenTheDrainArrived = null;
+        SessionStreams? stream = null;
+        stream = Sessions(r =>
+        {
+            if (r.Path != "/v1/unregister" || r.Uri.Query.Length == 0)
+            {
+                return null;
+            }
+
+            closedWhenTheDrainArrived = stream!.Closed.Task.IsCompleted;
+            // As the registry does: the drain removes the instance, which ends its session.
+            stream.Current.Writer.TryWrite("event: ended\ndata: {\"reason\":\"unregistered\"}\n\n");
+            return Scripted.Json(HttpStatusCode.OK, """{"delivered":3,"pending":0,"nodes":1,"complete":true}""");
+        });
+        var lease = await NewClient().RegisterAsync(Instance(), RegistrationMode.Session);
+        // The lease holds the session: it waits on the stream for what comes next (past a keep-alive).
+        var holding = stream.Waiting;
+        await stream.Current.Writer.WriteAsync(": keep-alive\n\n");
+        await holding.WaitAsync(Scripted.Patience);
+
+        var result = await lease.DrainAsync(TimeSpan.FromSeconds(5));
+
+        // Closed first, the session would have removed the instance without a drain, and the drain found nothing.
+        Assert.False(closedWhenTheDrainArrived);
+        Assert.Equal((3, true), (result.Delivered, result.Removed));
+        await stream.Closed.Task.WaitAsync(Scripted.Patience);
+        Assert.Equal(RegistryConnectionState.Stopped, lease.State);
+        await lease.DisposeAsync();
+        Assert.Equal(["?drain=5"], Handler.Sent.Where(r => r.Path == "/v1/unregister").Select(r => r.Uri.Query));
+        Assert.Equal(1, Handler.Count("/v1/sessions"));
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task ALeaseWhoseSessionWasReplacedLeavesTheRegistrationThatReplacedItWhenDisposedOrDrained(bool drain)
+    {
+        var stream = Sessions();
+        var lease = await NewClient().RegisterAsync(Instance(), RegistrationMode.Session);
+        await stream.Current.Writer.WriteAsync("event: ended\ndata: {\"reason\":\"replaced\"}\n\n");
+        await Eventually(() => lease.State == RegistryConnectionState.Replaced);
+
+        if (drain)
+        {
+            Assert.Same(DrainResult.NotRegistered, await lease.DrainAsync(TimeSpan.FromSeconds(5)));
+        }
+
+        await lease.DisposeAsync();
+
+        // The instance is someone else's now: removing it would deregister a live process.
+        Assert.Equal(0, Handler.Count("/v1/unregister"));
+    }
+
     [Theory]
     [InlineData("unregistered")]
     [InlineData("evicted")]
@@ -131,22 +187,26 @@ public sealed class RegistrationModeTests : ScriptedTest
         await Assert.ThrowsAsync<NotSupportedException>(() => fake.RegisterAsync(Instance(), RegistrationMode.Session));
     }
 
-    /// <summary>Answers every session with a stream the test writes (<see cref="SessionStreams.Current"/>), starting with its lease event; other calls as a registry would.</summary>
-    private SessionStreams Sessions()
+    /// <summary>
+    /// Answers every session with a stream the test writes (<see cref="SessionStreams.Current"/>), starting with its lease
+    /// event; other calls by <paramref name="other"/> when it answers, else as a registry would.
+    /// </summary>
+    private SessionStreams Sessions(Func<SentRequest, HttpResponseMessage?>? other = null)
     {
         var streams = new SessionStreams();
         Handler.Respond = (r, ct) =>
         {
             if (r.Path != "/v1/sessions")
             {
-                return Task.FromResult(new HttpResponseMessage(r.Path == "/v1/unregister" ? HttpStatusCode.NoContent : HttpStatusCode.NotFound));
+                return Task.FromResult(other?.Invoke(r)
+                    ?? new HttpResponseMessage(r.Path == "/v1/unregister" ? HttpStatusCode.NoContent : HttpStatusCode.NotFound));
             }
 
             var channel = streams.Open();
             channel.Writer.TryWrite(LeaseEvent.ReplaceLineEndings("\n"));
             var response = new HttpResponseMessage(HttpStatusCode.OK)
             {
-                Content = new StreamContent(new ChannelStream(channel.Reader, streams.Closed)),
+                Content = new StreamContent(new ChannelStream(channel.Reader, streams.Closed, streams.Wait)),
             };
             response.Content.Headers.ContentType = new("text/event-stream");
             return Task.FromResult(response);
@@ -166,6 +226,7 @@ public sealed class RegistrationModeTests : ScriptedTest
     private sealed class SessionStreams
     {
         private Channel<string>? _current;
+        private TaskCompletionSource _waiting = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
         /// <summary>The stream of the session opened last.</summary>
         public Channel<string> Current => _current!;
@@ -174,10 +235,15 @@ public sealed class RegistrationModeTests : ScriptedTest
         public TaskCompletionSource Closed { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
         public Channel<string> Open() => _current = Channel.CreateUnbounded<string>();
+
+        /// <summary>Completes when the client next waits on a stream with nothing left to read (it holds the session).</summary>
+        public Task Waiting => Volatile.Read(ref _waiting).Task;
+
+        public void Wait() => Interlocked.Exchange(ref _waiting, new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
     }
 
     /// <summary>A response body fed by the test, line by line; it ends when the channel completes.</summary>
-    private sealed class ChannelStream(ChannelReader<string> reader, TaskCompletionSource closed) : Stream
+    private sealed class ChannelStream(ChannelReader<string> reader, TaskCompletionSource closed, Action waiting) : Stream
     {
         private ReadOnlyMemory<byte> _pending;
 
@@ -195,9 +261,13 @@ public sealed class RegistrationModeTests : ScriptedTest
         {
             if (_pending.IsEmpty)
             {
-                if (!await reader.WaitToReadAsync(cancellationToken) || !reader.TryRead(out var text))
+                if (!reader.TryRead(out var text))
                 {
-                    return 0;
+                    waiting();
+                    if (!await reader.WaitToReadAsync(cancellationToken) || !reader.TryRead(out text))
+                    {
+                        return 0;
+                    }
                 }
 
                 _pending = Encoding.UTF8.GetBytes(text);

@@ -21,7 +21,8 @@ public sealed class SubscriptionTests : ScriptedTest
             if (i == 0)
             {
                 Assert.Equal(RegistryConnectionState.Unavailable, subscription.State);
-                Assert.IsType<InvalidOperationException>(subscription.LastError);
+                // Every node was tried: an outage, with what the handler threw inside.
+                Assert.IsType<InvalidOperationException>(Assert.IsType<RegistryUnavailableException>(subscription.LastError).InnerException);
             }
         }
 
@@ -80,6 +81,39 @@ public sealed class SubscriptionTests : ScriptedTest
         Assert.DoesNotContain("rgt_secret", error.Message, StringComparison.Ordinal);
         Assert.DoesNotContain(Logs.Entries, e => e.Message.Contains("rgt_secret", StringComparison.Ordinal) || (e.Exception?.ToString().Contains("rgt_secret", StringComparison.Ordinal) ?? false));
         Assert.Equal(RegistryConnectionState.Refused, subscription.State);
+    }
+
+    [Theory]
+    [InlineData(HttpStatusCode.RequestTimeout, "text/html", "<html>408 Request Time-out</html>")]
+    [InlineData(HttpStatusCode.NotFound, "text/html", "<html>404 Not Found</html>")]
+    [InlineData(HttpStatusCode.BadRequest, "text/plain", "Request Header Or Cookie Too Large")]
+    [InlineData(HttpStatusCode.MisdirectedRequest, "application/problem+json", """{"title":"Misdirected Request","status":421}""")]
+    public async Task AProxysClientErrorIsAnOutageNotTheEndOfTheSubscription(HttpStatusCode status, string mediaType, string body)
+    {
+        var polls = 0;
+        Handler.Respond = (_, ct) => Interlocked.Increment(ref polls) switch
+        {
+            1 => Task.FromResult(Scripted.Answer("v1", ("provider_test", "http", "10.0.0.1:80"))),
+            2 => Task.FromResult(Scripted.Json(status, body, mediaType)),
+            3 => Task.FromResult(Scripted.Answer("v2", ("provider_test", "http", "10.0.0.2:80"))),
+            _ => Scripted.HeldAsync(ct),
+        };
+        await using var subscription = await NewClient().SubscribeAsync(new SubscriptionEntry("provider_test"));
+        var v2 = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        subscription.Changed += (_, e) =>
+        {
+            if (e.Current.Version == "v2")
+            {
+                v2.TrySetResult();
+            }
+        };
+        await subscription.WaitForFirstAnswerAsync().WaitAsync(Scripted.Patience);
+
+        // Backed off as an outage, then polled again: not refused.
+        await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(30));
+        await v2.Task.WaitAsync(Scripted.Patience);
+
+        Assert.Equal(RegistryConnectionState.Connected, subscription.State);
     }
 
     [Fact]

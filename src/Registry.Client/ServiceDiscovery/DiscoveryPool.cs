@@ -241,10 +241,12 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
                 {
                     group.Subscription = subscription;
                     old = null;
-                    subscription.Changed += (_, e) => Deliver(group, subscription, e.Current);
+                    subscription.Changed += (_, e) => Deliver(group, subscription, e.Current, fromCache: false);
                     if (subscription.Current is { } current)
                     {
-                        Deliver(group, subscription, current);
+                        // Read after the answer: no node has answered yet, so it is the cache file's (a live answer sets
+                        // LastContact before it is taken). A later live answer comes through Changed.
+                        Deliver(group, subscription, current, fromCache: subscription.LastContact is null);
                     }
 
                     _ = WatchForRefusalAsync(group, subscription);
@@ -258,8 +260,12 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
         }
     }
 
-    /// <summary>Hands each application of the group its part of the answer; only the ones whose part changed are told.</summary>
-    private void Deliver(WatchGroup group, RegistrySubscription subscription, RegistryAnswer answer)
+    /// <summary>
+    /// Hands each application of the group its part of the answer; only the ones whose part changed are told. An answer
+    /// from the cache file goes only to watches that know nothing yet: the file of a new membership (the group regrouped)
+    /// may be hours older than what the group's other watches last heard from the registry.
+    /// </summary>
+    private void Deliver(WatchGroup group, RegistrySubscription subscription, RegistryAnswer answer, bool fromCache)
     {
         lock (_gate)
         {
@@ -272,7 +278,7 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
             // Only the applications this subscription asks for: one that joined the group since waits for the next.
             foreach (var entry in subscription.Entries)
             {
-                if (group.Applications.TryGetValue(entry.Provider, out var watch))
+                if (group.Applications.TryGetValue(entry.Provider, out var watch) && !(fromCache && watch.Endpoints is not null))
                 {
                     watch.Offer([.. byApplication[entry.Provider]]);
                 }
@@ -472,13 +478,19 @@ internal sealed class ApplicationWatch(string application)
 
     internal void Fail(Exception error)
     {
+        CancellationTokenSource changed;
         lock (_gate)
         {
             _failure = error;
+            changed = _changed;
+            _changed = new CancellationTokenSource();
         }
 
         // The first answer is released, not failed: the provider reads Failure and lets the next provider resolve the name.
         _first.TrySetResult();
+        // A resolver that already holds endpoints hears of it too, or it would serve them for ever: it resolves again,
+        // and the provider, reading Failure, lets this watch go.
+        changed.Cancel();
     }
 
     private sealed class InstanceComparer : IEqualityComparer<ProviderInstance>
