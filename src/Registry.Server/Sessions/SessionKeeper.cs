@@ -1,6 +1,6 @@
+using System.Net.Sockets;
 using System.Text;
 using System.Text.Json;
-using System.Net.Sockets;
 using Microsoft.AspNetCore.Connections.Features;
 using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Http.Json;
