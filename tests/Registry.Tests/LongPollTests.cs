@@ -46,16 +46,7 @@ public sealed class LongPollTests(RegistryCluster cluster) : RegistryTest(cluste
         await using var registry = new RegistryNode(await Cluster.CreateDatabaseAsync());
         await using var node = registry.WithWebHostBuilder(b => b.ConfigureTestServices(s => s.AddSingleton<IChangeWitness>(held)));
         using var client = node.CreateClient();
-        using (var response = await client.PostJsonAsync("/v1/register", Http.Provider("app", "10.0.0.1:80")))
-        {
-            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
-        }
-
-        var (_, version, _) = await client.SubscribeAsync(Subscription);
-        // A consumer parked on the answer keeps its view (an idle one would be dropped by the change).
-        using var parked = ParkedPolls.On(node);
-        var waiting = client.SubscribeAsync(Subscription, version, wait: 30);
-        await parked.WaitForAsync(1);
+        var (version, waiting) = await HeldRecomposition.RegisterAndParkAsync(node, client, "app", "10.0.0.1:80");
 
         held.Hold();
         try

@@ -148,17 +148,7 @@ public sealed class SessionTests(RegistryCluster cluster) : RegistryTest(cluster
         await using var node = registry.WithWebHostBuilder(b => b.ConfigureTestServices(s => s.AddSingleton<IChangeWitness>(held)));
         using var client = node.CreateClient();
         using var provider = node.CreateClient();
-        var heldSubscription = Http.Subscription(Http.Entry("held"));
-        using (var response = await client.PostJsonAsync("/v1/register", Http.Provider("held", "10.0.0.8:80")))
-        {
-            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
-        }
-
-        // A consumer parked on the held application keeps its view, so its next change is recomposed (and held).
-        var (_, version, _) = await client.SubscribeAsync(heldSubscription);
-        using var parked = ParkedPolls.On(node);
-        var waiting = client.SubscribeAsync(heldSubscription, version, wait: 30);
-        await parked.WaitForAsync(1);
+        var (_, waiting) = await HeldRecomposition.RegisterAndParkAsync(node, client, "held", "10.0.0.8:80");
         await using var notifications = await NotificationListener.StartAsync(database);
 
         Task<SessionReader> opening;

@@ -1,3 +1,6 @@
+using System.Net;
+using System.Text.Json.Nodes;
+using Microsoft.AspNetCore.Mvc.Testing;
 using Registry.Subscription;
 
 namespace Registry.Tests.Infrastructure;
@@ -14,6 +17,28 @@ internal sealed class HeldRecomposition(string application) : IChangeWitness
     public void Hold() => _holding = true;
 
     public void Release() => _released.Release();
+
+    /// <summary>
+    /// Registers an instance of <paramref name="application"/> on <paramref name="node"/> and
+    /// parks a consumer on its answer, which keeps its view (an idle one would be dropped by the
+    /// change): the application's next change is recomposed, and held when asked. Returns the
+    /// version parked on and the parked poll.
+    /// </summary>
+    public static async Task<(string Version, Task<(int Status, string? Version, JsonNode? Body)> Poll)> RegisterAndParkAsync(
+        WebApplicationFactory<Program> node, HttpClient client, string application, string addr)
+    {
+        using (var response = await client.PostJsonAsync("/v1/register", Http.Provider(application, addr)))
+        {
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+
+        var subscription = Http.Subscription(Http.Entry(application));
+        var (_, version, _) = await client.SubscribeAsync(subscription);
+        using var parked = ParkedPolls.On(node);
+        var poll = client.SubscribeAsync(subscription, version, wait: 30);
+        await parked.WaitForAsync(1);
+        return (version!, poll);
+    }
 
     public IChangeRecord? Begin(IReadOnlyCollection<string> applications)
     {
