@@ -71,9 +71,14 @@ internal sealed class Grant(string id, IReadOnlyList<string> register, IReadOnly
     }
 }
 
-/// <summary>The identity an authentication scheme gives a request: a credential and its grant.</summary>
+/// <summary>
+/// The identity an authentication scheme gives a request: a credential and its grant.
+/// Only a real credential carries its id as the name-identifier claim (what per-credential rate
+/// limits and parking key on): an Open node's callers without one share the anonymous grant, and
+/// are told apart by their address.
+/// </summary>
 internal sealed class CredentialIdentity(Grant grant, string authenticationType)
-    : ClaimsIdentity([new Claim(ClaimTypes.NameIdentifier, grant.Id)], authenticationType, ClaimTypes.NameIdentifier, ClaimTypes.Role)
+    : ClaimsIdentity(ReferenceEquals(grant, Grant.Anonymous) ? [] : [new Claim(ClaimTypes.NameIdentifier, grant.Id)], authenticationType, ClaimTypes.NameIdentifier, ClaimTypes.Role)
 {
     public Grant Grant { get; } = grant;
 

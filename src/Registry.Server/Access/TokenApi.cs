@@ -3,11 +3,9 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using Microsoft.AspNetCore.Http.HttpResults;
-using Microsoft.Extensions.Options;
 using Npgsql;
 using Registry.Edge;
 using Registry.Model;
-using Registry.Registration;
 using Registry.Storage;
 using Registry.Telemetry;
 
@@ -78,8 +76,6 @@ internal static partial class Rfc3339
 /// <summary>Creating, listing and revoking registry tokens (admin scope).</summary>
 internal static partial class TokenApi
 {
-    private const string DatabaseUnavailable = "The database cannot be reached from this node now; retry shortly.";
-
     private const int MaxDescriptionLength = 256;
     private const int MaxPatterns = 64;
 
@@ -119,7 +115,7 @@ internal static partial class TokenApi
 
     private static async Task<Results<Created<TokenDocument>, ValidationProblem, ProblemHttpResult>> Create(
         HttpContext http, RequestBody body, RegistryDatabase database, TokenCache cache, AuditLog audit, TimeProvider time,
-        IOptions<WriteOptions> writeOptions, ILoggerFactory loggers, CancellationToken cancellationToken)
+        ILoggerFactory loggers, CancellationToken cancellationToken)
     {
         var (json, tooLarge) = await body.ReadAsync(http.Request, cancellationToken);
         if (tooLarge is not null)
@@ -134,35 +130,17 @@ internal static partial class TokenApi
             return TypedResults.ValidationProblem(errors, detail: string.Join("; ", errors.Select(e => $"{e.Key}: {e.Value[0]}")), title: "The request is invalid");
         }
 
-        StoredToken token;
-        string secret;
-        try
-        {
-            (token, secret) = await TokenStore.CreateAsync(database.DataSource, spec, cancellationToken);
-        }
-        catch (DbException)
-        {
-            return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds, DatabaseUnavailable);
-        }
-
+        // A database out of reach is the 503 with Retry-After of DatabaseUnavailableHandler.
+        var (token, secret) = await TokenStore.CreateAsync(database.DataSource, spec, cancellationToken);
         // Committed: from here the secret exists only in this answer, so the caller gets it whatever follows.
         audit.TokenCreated(CredentialIdentity.IdOf(http.User), token.Id, token.Admin, token.Register, token.Subscribe);
         await ReloadAsync(cache, loggers, token.Id, cancellationToken);
         return TypedResults.Created($"/v1/tokens/{token.Id}", Document(token, null, secret));
     }
 
-    private static async Task<Results<Ok<TokensDocument>, ProblemHttpResult>> List(
-        HttpContext http, RegistryDatabase database, TokenCache cache, IOptions<WriteOptions> writeOptions, CancellationToken cancellationToken)
+    private static async Task<Ok<TokensDocument>> List(RegistryDatabase database, TokenCache cache, CancellationToken cancellationToken)
     {
-        List<StoredToken> tokens;
-        try
-        {
-            tokens = await TokenStore.ListAsync(database.DataSource, cancellationToken);
-        }
-        catch (DbException)
-        {
-            return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds, DatabaseUnavailable);
-        }
+        var tokens = await TokenStore.ListAsync(database.DataSource, cancellationToken);
 
         // This node's uses not yet written count too.
         var usedHere = cache.LastUsedHere();
@@ -174,19 +152,9 @@ internal static partial class TokenApi
 
     private static async Task<Results<NoContent, ProblemHttpResult>> Revoke(
         HttpContext http, string id, RegistryDatabase database, TokenCache cache, AuditLog audit,
-        IOptions<WriteOptions> writeOptions, ILoggerFactory loggers, CancellationToken cancellationToken)
+        ILoggerFactory loggers, CancellationToken cancellationToken)
     {
-        bool deleted;
-        try
-        {
-            deleted = await TokenStore.DeleteAsync(database.DataSource, id, cancellationToken);
-        }
-        catch (DbException)
-        {
-            return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds, DatabaseUnavailable);
-        }
-
-        if (!deleted)
+        if (!await TokenStore.DeleteAsync(database.DataSource, id, cancellationToken))
         {
             return TypedResults.Problem(statusCode: StatusCodes.Status404NotFound, title: "Token not found", detail: $"There is no token {id}.");
         }

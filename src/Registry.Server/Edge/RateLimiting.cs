@@ -2,7 +2,6 @@ using System.Globalization;
 using System.Threading.RateLimiting;
 using Microsoft.AspNetCore.RateLimiting;
 using Microsoft.Extensions.Options;
-using Registry.Access;
 
 namespace Registry.Edge;
 
@@ -35,11 +34,9 @@ internal sealed class PerClientRateLimitPolicy(IOptions<RateLimitOptions> option
         }
 
         // Per credential when there is one (a team's token, wherever it calls from), else
-        // per client address (after forwarded headers from trusted proxies). An Open node's
-        // callers without a credential all carry the one anonymous grant: that is no credential,
-        // or one busy client would throttle everyone.
-        var partition = CredentialIdentity.Of(httpContext.User) is { } grant && !ReferenceEquals(grant, Grant.Anonymous)
-            ? "credential:" + grant.Id
+        // per client address (after forwarded headers from trusted proxies).
+        var partition = httpContext.User.FindFirst(System.Security.Claims.ClaimTypes.NameIdentifier)?.Value is { } credential
+            ? "credential:" + credential
             : "address:" + (httpContext.Connection.RemoteIpAddress?.ToString() ?? "unknown");
         return RateLimitPartition.GetTokenBucketLimiter(partition, _ => new TokenBucketRateLimiterOptions
         {

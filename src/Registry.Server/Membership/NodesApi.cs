@@ -1,11 +1,7 @@
-using System.Data.Common;
 using System.Text.Json.Serialization;
 using Microsoft.AspNetCore.Http.HttpResults;
-using Microsoft.Extensions.Options;
 using Registry.Access;
 using Registry.Edge;
-using Registry.Model;
-using Registry.Registration;
 
 namespace Registry.Membership;
 
@@ -55,19 +51,10 @@ internal static class NodesApi
         return endpoints;
     }
 
-    private static async Task<Results<Ok<NodesDocument>, ProblemHttpResult>> List(
-        HttpContext http, LiveNodes live, IOptions<WriteOptions> writeOptions, CancellationToken cancellationToken)
+    private static async Task<Ok<NodesDocument>> List(LiveNodes live, CancellationToken cancellationToken)
     {
-        IReadOnlyList<NodeInfo> nodes;
-        try
-        {
-            nodes = await live.ReadAsync(cancellationToken);
-        }
-        catch (DbException)
-        {
-            return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds, "The database cannot be reached from this node now, so neither can the list of live nodes; retry shortly.");
-        }
-
+        // A database out of reach is the 503 with Retry-After of DatabaseUnavailableHandler.
+        var nodes = await live.ReadAsync(cancellationToken);
         return TypedResults.Ok(new NodesDocument
         {
             Nodes = nodes.Select(n => new NodeDocument { Id = n.Id, Url = n.Url, Started = n.Started, LastSeen = n.LastSeen }).ToList(),

@@ -1,9 +1,8 @@
 using System.Data.Common;
 using Microsoft.AspNetCore.Diagnostics;
 using Microsoft.Extensions.Options;
-using Registry.Registration;
 
-namespace Registry.Model;
+namespace Registry.Registration;
 
 /// <summary>
 /// The safety net behind the endpoints' own handling: a database error that escapes an endpoint
