@@ -126,8 +126,9 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
                 }
             }
 
-            _tokens = loaded.ToFrozenDictionary(StringComparer.Ordinal);
+            // Revocations first: a token accepted from the new set already has its own.
             _revocations = loaded.Values.ToFrozenDictionary(e => e.Grant.Id, e => e.Revoked.Token, StringComparer.Ordinal);
+            _tokens = loaded.ToFrozenDictionary(StringComparer.Ordinal);
             foreach (var (key, gone) in previous)
             {
                 if (!loaded.ContainsKey(key))
