@@ -100,9 +100,9 @@ public sealed class ProbeTarget : IAsyncDisposable
                 _ = ServeAsync(client);
             }
         }
-        catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException)
+        catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException or InvalidOperationException)
         {
-            // Closed.
+            // Closed: an accept begun after Close() throws "Not listening" (InvalidOperationException).
         }
     }
 

@@ -75,7 +75,7 @@ public sealed class TcpProxy : IAsyncDisposable
             {
                 client = await listener.AcceptTcpClientAsync(cancellationToken);
             }
-            catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException)
+            catch (Exception e) when (e is OperationCanceledException or SocketException or ObjectDisposedException or InvalidOperationException)
             {
                 return;
             }
