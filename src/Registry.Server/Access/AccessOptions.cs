@@ -35,6 +35,14 @@ public sealed class AccessOptions
     [Range(0, 1_000_000)]
     public int MaxFailuresPerMinute { get; set; } = 30;
 
+    /// <summary>
+    /// The IPv6 network a failed authentication is counted under, as a prefix length: a host is
+    /// usually given a whole /64, so counting single addresses would let it guess from 2^64 of
+    /// them. IPv4 clients are counted per address.
+    /// </summary>
+    [Range(32, 128)]
+    public int FailurePrefixLengthIpv6 { get; set; } = 64;
+
     /// <summary>How often a node writes when its tokens were last used (one statement for all of them).</summary>
     public TimeSpan LastUsedFlushInterval { get; set; } = TimeSpan.FromSeconds(30);
 

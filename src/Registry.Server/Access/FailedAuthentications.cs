@@ -1,3 +1,5 @@
+using System.Net;
+using System.Net.Sockets;
 using System.Threading.RateLimiting;
 using Microsoft.AspNetCore.Authentication;
 using Microsoft.AspNetCore.Http.HttpResults;
@@ -6,15 +8,18 @@ using Microsoft.Extensions.Options;
 namespace Registry.Access;
 
 /// <summary>
-/// Counts failed authentications per client address; past <see cref="AccessOptions.MaxFailuresPerMinute"/>
+/// Counts failed authentications per client address (per IPv6 network of
+/// <see cref="AccessOptions.FailurePrefixLengthIpv6"/>); past <see cref="AccessOptions.MaxFailuresPerMinute"/>
 /// in a minute the address gets 429 instead of 401, so secrets cannot be guessed at speed.
 /// </summary>
 internal sealed class FailedAuthentications : IDisposable
 {
     private readonly PartitionedRateLimiter<string>? _limiter;
+    private readonly int _prefixLengthIpv6;
 
     public FailedAuthentications(IOptions<AccessOptions> options)
     {
+        _prefixLengthIpv6 = options.Value.FailurePrefixLengthIpv6;
         var permits = options.Value.MaxFailuresPerMinute;
         _limiter = permits == 0
             ? null
@@ -36,7 +41,7 @@ internal sealed class FailedAuthentications : IDisposable
             return true;
         }
 
-        using var lease = _limiter.AttemptAcquire(http.Connection.RemoteIpAddress?.ToString() ?? "unknown");
+        using var lease = _limiter.AttemptAcquire(CountedUnder(http.Connection.RemoteIpAddress));
         if (lease.IsAcquired)
         {
             return true;
@@ -44,6 +49,34 @@ internal sealed class FailedAuthentications : IDisposable
 
         retryAfterSeconds = lease.TryGetMetadata(MetadataName.RetryAfter, out var wait) ? Math.Max(1, (int)Math.Ceiling(wait.TotalSeconds)) : 60;
         return false;
+    }
+
+    /// <summary>An IPv4 address as itself, an IPv6 address as its network (<c>2001:db8:1:2::/64</c>).</summary>
+    private string CountedUnder(IPAddress? address)
+    {
+        if (address is null)
+        {
+            return "unknown";
+        }
+
+        if (address.IsIPv4MappedToIPv6)
+        {
+            address = address.MapToIPv4();
+        }
+
+        if (address.AddressFamily != AddressFamily.InterNetworkV6)
+        {
+            return address.ToString();
+        }
+
+        Span<byte> bytes = stackalloc byte[16];
+        address.TryWriteBytes(bytes, out _);
+        for (var bit = _prefixLengthIpv6; bit < 128; bit++)
+        {
+            bytes[bit / 8] &= (byte)~(0x80 >> (bit % 8));
+        }
+
+        return $"{new IPAddress(bytes)}/{_prefixLengthIpv6}";
     }
 
     /// <summary>The answer to an address over its limit: 429 with Retry-After.</summary>

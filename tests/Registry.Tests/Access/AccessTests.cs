@@ -199,6 +199,39 @@ public sealed class AccessTests(AccessCluster cluster)
     }
 
     [Fact]
+    public async Task FailedAuthenticationsFromOneIpv6NetworkAreCountedTogether()
+    {
+        await using var node = cluster.Start(new()
+        {
+            ["Registry:Auth:MaxFailuresPerMinute"] = "3",
+            // The test is the proxy: it names the client address of each request.
+            ["Registry:Network:TrustedProxies:0"] = "127.0.0.1",
+        });
+        node.UseKestrel(0);
+        node.StartServer();
+        using var stranger = AccessCluster.Client(node, cluster.Credentials["unknown"]);
+
+        // A host with a /64 to itself, guessing from a new address each time.
+        var statuses = new List<HttpStatusCode>();
+        for (var i = 1; i <= 4; i++)
+        {
+            using var response = await GetForAsync(stranger, $"2001:db8:1:2::{i:x}");
+            statuses.Add(response.StatusCode);
+        }
+
+        using var neighbour = await GetForAsync(stranger, "2001:db8:1:3::1");
+        Assert.Equal([HttpStatusCode.Unauthorized, HttpStatusCode.Unauthorized, HttpStatusCode.Unauthorized, HttpStatusCode.TooManyRequests], statuses);
+        Assert.Equal(HttpStatusCode.Unauthorized, neighbour.StatusCode);
+
+        static async Task<HttpResponseMessage> GetForAsync(HttpClient client, string address)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Get, "/v1/services");
+            request.Headers.Add("X-Forwarded-For", address);
+            return await client.SendAsync(request);
+        }
+    }
+
+    [Fact]
     public async Task GuessingTokensAtTheReadinessCheckIsLimitedLikeAnyFailedAuthentication()
     {
         await using var node = cluster.Start(new() { ["Registry:Auth:MaxFailuresPerMinute"] = "3" });
