@@ -47,6 +47,9 @@ internal static partial class Log
     [LoggerMessage(Level = LogLevel.Warning, Message = "A handler of the subscription's Changed event threw; the subscription goes on")]
     public static partial void HandlerFailed(ILogger logger, Exception exception);
 
+    [LoggerMessage(Level = LogLevel.Warning, Message = "A callback registered on a change token of the registry client threw; the change was delivered to the rest")]
+    public static partial void ChangeCallbackFailed(ILogger logger, Exception exception);
+
     [LoggerMessage(Level = LogLevel.Information, Message = "Starting from the cached answer {Version} in {File} ({Endpoints} endpoints)")]
     public static partial void CacheLoaded(ILogger logger, string version, string file, int endpoints);
 

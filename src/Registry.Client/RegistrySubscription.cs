@@ -298,7 +298,8 @@ public sealed class RegistrySubscription : IAsyncDisposable
 
         _first.TrySetResult(answer);
         // Not disposed: a CancellationChangeToken handed out may still register on its token.
-        changed.Cancel();
+        ChangeSignal.Fire(changed, _logger);
+
         var handlers = Changed;
         if (handlers is not null)
         {

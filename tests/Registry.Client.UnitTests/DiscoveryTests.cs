@@ -214,6 +214,34 @@ public sealed class DiscoveryTests : ScriptedTest
     }
 
     [Fact]
+    public async Task AChangeCallbackThatThrowsKeepsTheChangeFromNoOtherApplicationOfItsPoll()
+    {
+        _registered["a"] = [("http", "10.0.0.1:80")];
+        _registered["b"] = [("http", "10.0.0.2:80")];
+        var (_, client) = NewFactory();
+        var watches = new[] { client.Discovery.Acquire("a"), client.Discovery.Acquire("b") };
+        await Task.WhenAll(watches.Select(w => w.FirstAnswer)).WaitAsync(Scripted.Patience);
+        await Handler.NextAsync(r => r.Uri.Query.Length > 0 && r.Body.Contains("\"a\"", StringComparison.Ordinal) && r.Body.Contains("\"b\"", StringComparison.Ordinal));
+        var heard = watches.Select(w =>
+        {
+            var changed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var token = w.GetChangeToken();
+            token.RegisterChangeCallback(_ => changed.TrySetResult(), null);
+            token.RegisterChangeCallback(_ => throw new InvalidOperationException("an app's callback"), null);
+            return changed.Task;
+        }).ToList();
+
+        // Both change; the held poll times out, and the next one, after the backoff's first step, brings both.
+        _registered["a"] = [("http", "10.0.0.3:80")];
+        _registered["b"] = [("http", "10.0.0.4:80")];
+        Clock.Advance(TimeSpan.FromSeconds(41.875));
+        await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(1));
+
+        await Task.WhenAll(heard).WaitAsync(Scripted.Patience);
+        Assert.Equal(["10.0.0.3:80", "10.0.0.4:80"], watches.Select(w => Assert.Single(w.Endpoints!).Addr));
+    }
+
+    [Fact]
     public async Task ARetainedWatchServesItsLastAnswerToANewResolverDuringAnOutage()
     {
         _registered["web"] = [("http", "10.0.0.1:80")];

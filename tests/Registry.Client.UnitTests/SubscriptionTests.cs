@@ -117,6 +117,41 @@ public sealed class SubscriptionTests : ScriptedTest
     }
 
     [Fact]
+    public async Task AChangeTokenCallbackThatThrowsSkipsNoHandlerAndDoesNotStopTheSubscription()
+    {
+        var polls = 0;
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Handler.Respond = async (_, ct) => Interlocked.Increment(ref polls) switch
+        {
+            1 => Scripted.Answer("v1", ("provider_test", "http", "10.0.0.1:80")),
+            2 => await release.Task.ContinueWith(_ => Scripted.Answer("v2", ("provider_test", "http", "10.0.0.2:80")), TaskScheduler.Default),
+            3 => Scripted.Answer("v3", ("provider_test", "http", "10.0.0.3:80")),
+            _ => await Scripted.HeldAsync(ct),
+        };
+        await using var subscription = await NewClient().SubscribeAsync(new SubscriptionEntry("provider_test"));
+        await subscription.WaitForFirstAnswerAsync().WaitAsync(Scripted.Patience);
+        using var callback = subscription.GetChangeToken().RegisterChangeCallback(_ => throw new InvalidOperationException("an app's callback"), null);
+        var seen = new List<string>();
+        var v3 = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        subscription.Changed += (_, e) =>
+        {
+            seen.Add(e.Current.Version);
+            if (e.Current.Version == "v3")
+            {
+                v3.TrySetResult();
+            }
+        };
+
+        release.SetResult();
+        await v3.Task.WaitAsync(Scripted.Patience);
+
+        // The answer whose token's callback threw still reached the handlers, and the loop went on.
+        Assert.Equal(["v2", "v3"], seen);
+        Assert.Equal(RegistryConnectionState.Connected, subscription.State);
+        Assert.Contains(Logs.Entries, e => e.Level == LogLevel.Warning && e.Exception is AggregateException);
+    }
+
+    [Fact]
     public async Task DisposingEndsTheWatchersAndNeverThrows()
     {
         Handler.Respond = (r, ct) => r.Uri.Query.Contains("version", StringComparison.Ordinal)

@@ -94,7 +94,7 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
                 return existing;
             }
 
-            var watch = new ApplicationWatch(application) { References = 1 };
+            var watch = new ApplicationWatch(application, logger) { References = 1 };
             _watches[application] = watch;
             var group = _groups.FirstOrDefault(g => !g.Isolated && g.Applications.Count < MaxEntries) ?? AddGroup(isolated: false);
             Join(group, watch);
@@ -403,7 +403,7 @@ internal sealed class WatchGroup(bool isolated)
 
 /// <summary>One application's part of a pooled subscription: its last endpoints and a change token.</summary>
 #pragma warning disable CA1001 // The change token sources are never disposed: a CancellationChangeToken handed out may still register on one.
-internal sealed class ApplicationWatch(string application)
+internal sealed class ApplicationWatch(string application, ILogger logger)
 #pragma warning restore CA1001
 {
     private readonly object _gate = new();
@@ -473,7 +473,7 @@ internal sealed class ApplicationWatch(string application)
         }
 
         _first.TrySetResult();
-        changed.Cancel();
+        ChangeSignal.Fire(changed, logger);
     }
 
     internal void Fail(Exception error)
@@ -490,7 +490,7 @@ internal sealed class ApplicationWatch(string application)
         _first.TrySetResult();
         // A resolver that already holds endpoints hears of it too, or it would serve them for ever: it resolves again,
         // and the provider, reading Failure, lets this watch go.
-        changed.Cancel();
+        ChangeSignal.Fire(changed, logger);
     }
 
     private sealed class InstanceComparer : IEqualityComparer<ProviderInstance>
