@@ -11,8 +11,16 @@ namespace Registry.Client;
 /// </summary>
 public sealed partial class RegistrationLease
 {
+    /// <summary>
+    /// How long after an open that got no answer a <c>replaced</c> may be that open's own doing: a node that took it
+    /// commits it within its statement timeout (30 s by default) and then, its request gone, closes the session, so
+    /// the instance would be left with no session at all.
+    /// </summary>
+    private static readonly TimeSpan LateOpenWindow = TimeSpan.FromSeconds(30);
+
     private readonly TimeSpan _sessionIdleTimeout;
     private SessionConnection? _session;
+    private DateTimeOffset? _openInDoubtAt;
 
     private async Task<TimeSpan> SessionStepAsync(CancellationToken cancellationToken)
     {
@@ -42,6 +50,16 @@ public sealed partial class RegistrationLease
 
                 throw;
             }
+            catch (RegistryUnavailableException)
+            {
+                _openInDoubtAt = _time.GetUtcNow();
+                throw;
+            }
+
+            if (_session.OpenedAfterAnAttemptInDoubt)
+            {
+                _openInDoubtAt = _time.GetUtcNow();
+            }
 
             var first = await NextEventOrFailAsync(cancellationToken).ConfigureAwait(false);
             if (first.Name != "lease" || JsonSerializer.Deserialize(first.Data, ClientJson.Default.LeaseDocument) is not { } lease)
@@ -69,6 +87,15 @@ public sealed partial class RegistrationLease
         }
 
         var reason = EndedReason(ended.Data);
+        if (reason == "replaced" && _openInDoubtAt is { } inDoubt && _time.GetUtcNow() - inDoubt <= _requestTimeout + LateOpenWindow)
+        {
+            // Likely this lease's own earlier open, committed late by a node that no longer holds its connection: open
+            // again, once; a registration by someone else would replace this one again, and then it is theirs.
+            _openInDoubtAt = null;
+            Log.SessionEnded(_logger, Instance, "replaced, soon after an open that got no answer");
+            return Backoff.Jitter(TimeSpan.Zero, _retryBaseDelay);
+        }
+
         if (reason == "replaced")
         {
             // Someone else registered this instance since: theirs it is. Say so and stop, and leave it to them: a dispose or

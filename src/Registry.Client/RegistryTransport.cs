@@ -58,14 +58,14 @@ internal sealed partial class RegistryTransport
     {
         var body = JsonSerializer.SerializeToUtf8Bytes(provider, ClientJson.Default.ProviderInstance);
         // The node that answered, as SendAsync saw it: _preferred may have been moved since by a concurrent request.
-        var (response, server) = await SendToAnyAsync(
+        var (response, server, inDoubt) = await SendToAnyAsync(
             HttpMethod.Post, string.Create(CultureInfo.InvariantCulture, $"v1/sessions?ttl={ttlSeconds}"), body, null, timeout,
             HttpCompletionOption.ResponseHeadersRead, cancellationToken).ConfigureAwait(false);
         try
         {
             await EnsureSuccessAsync(response, "open session", cancellationToken).ConfigureAwait(false);
             var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
-            return new SessionConnection(response, stream, server);
+            return new SessionConnection(response, stream, server, inDoubt);
         }
         catch
         {
@@ -173,13 +173,18 @@ internal sealed partial class RegistryTransport
         HttpCompletionOption completion = HttpCompletionOption.ResponseContentRead) =>
         (await SendToAnyAsync(method, path, body, ifNoneMatch, timeout, completion, cancellationToken).ConfigureAwait(false)).Response;
 
-    /// <summary>Sends to each node in turn until one answers; the answer and the index of the node that gave it.</summary>
-    private async Task<(HttpResponseMessage Response, int Server)> SendToAnyAsync(
+    /// <summary>
+    /// Sends to each node in turn until one answers; the answer, the index of the node that gave it, and whether an
+    /// earlier node may have taken the request without answering (it timed out or broke after connecting): such a node
+    /// may still act on it.
+    /// </summary>
+    private async Task<(HttpResponseMessage Response, int Server, bool InDoubt)> SendToAnyAsync(
         HttpMethod method, string path, byte[]? body, string? ifNoneMatch, TimeSpan timeout, HttpCompletionOption completion,
         CancellationToken cancellationToken)
     {
         var token = await TokenAsync(cancellationToken).ConfigureAwait(false);
         Exception? last = null;
+        var inDoubt = false;
         HttpStatusCode? lastStatus = null;
         RegistryProblem? lastProblem = null;
         TimeSpan? retryAfter = null;
@@ -216,12 +221,14 @@ internal sealed partial class RegistryTransport
             catch (HttpRequestException e)
             {
                 last = e;
+                inDoubt |= e.HttpRequestError != HttpRequestError.ConnectionError;
                 LogServerFailed(_logger, server, e.Message);
                 continue;
             }
             catch (OperationCanceledException e) when (!cancellationToken.IsCancellationRequested)
             {
                 last = new TimeoutException($"{server} did not answer within {timeout}.", e);
+                inDoubt = true;
                 LogServerFailed(_logger, server, last.Message);
                 continue;
             }
@@ -231,6 +238,7 @@ internal sealed partial class RegistryTransport
 #pragma warning restore CA1031
             {
                 last = e;
+                inDoubt = true;
                 LogServerFailed(_logger, server, e.Message);
                 continue;
             }
@@ -261,7 +269,7 @@ internal sealed partial class RegistryTransport
             }
 
             Volatile.Write(ref _preferred, index);
-            return (response, index);
+            return (response, index, inDoubt);
         }
 
         // The status and problem are the last node's that answered at all, when one did.
@@ -360,12 +368,15 @@ internal sealed partial class RegistryTransport
 }
 
 /// <summary>An open session's response: its event stream, and which server holds it.</summary>
-internal sealed class SessionConnection(HttpResponseMessage response, Stream body, int server) : IDisposable
+internal sealed class SessionConnection(HttpResponseMessage response, Stream body, int server, bool inDoubt) : IDisposable
 {
     public StreamReader Reader { get; } = new(body);
 
     /// <summary>The index of the server that holds it.</summary>
     public int Server { get; } = server;
+
+    /// <summary>Whether a server tried before this one took the open without answering: it may still open a session of its own.</summary>
+    public bool OpenedAfterAnAttemptInDoubt { get; } = inDoubt;
 
     /// <summary>Closes the connection: the node removes the instance (unless the session ended first).</summary>
     public void Dispose()

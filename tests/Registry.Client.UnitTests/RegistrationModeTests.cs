@@ -73,6 +73,34 @@ public sealed class RegistrationModeTests : ScriptedTest
     }
 
     [Fact]
+    public async Task ASessionReplacedSoonAfterAnOpenThatGotNoAnswerIsOpenedAgainNotGivenUp()
+    {
+        var stream = Sessions();
+        var sessions = Handler.Respond;
+        // Node A takes the first open and never answers: it may still commit it, after the retry on node B.
+        Handler.Respond = (r, ct) => r.Path == "/v1/sessions" && r.Uri.Host == Scripted.ServerA.Host && Handler.Count("/v1/sessions") == 1
+            ? Scripted.HeldAsync(ct)
+            : sessions(r, ct);
+        var registering = NewClient(null, Scripted.ServerA, Scripted.ServerB).RegisterAsync(Instance(), RegistrationMode.Session);
+        await Handler.NextAsync(r => r.Path == "/v1/sessions");
+        Clock.Advance(TimeSpan.FromSeconds(5)); // the request's timeout
+        await using var lease = await registering.WaitAsync(Scripted.Patience);
+        Assert.Equal(["registry-a", "registry-b"], Handler.Sent.Select(r => r.Uri.Host));
+
+        // A's late commit replaces B's session (and A, its request gone, closes it at once).
+        await stream.Current.Writer.WriteAsync("event: ended\ndata: {\"reason\":\"replaced\"}\n\n");
+
+        await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(1));
+        await Handler.NextAsync(r => r.Path == "/v1/sessions" && Handler.Count("/v1/sessions") == 3);
+        await Eventually(() => lease.IsRegistered);
+        Assert.NotEqual(RegistryConnectionState.Replaced, lease.State);
+
+        // Replaced again, with no open in doubt: someone else's now.
+        await stream.Current.Writer.WriteAsync("event: ended\ndata: {\"reason\":\"replaced\"}\n\n");
+        await Eventually(() => lease.State == RegistryConnectionState.Replaced);
+    }
+
+    [Fact]
     public async Task DrainingASessionLeaseSendsTheDrainWhileTheSessionIsStillOpenAndClosesItAfterwards()
     {
         bool? closedWhenTheDrainArrived = null;
