@@ -54,8 +54,8 @@ internal sealed partial class ProbeScheduler(
     private bool _ownershipStale;
     private IReadOnlyList<NodeInfo>? _membership;
     private string[] _nodes = [];
-    // When a read of the live nodes first missed one of _nodes (timestamp ticks); 0: none missed.
-    private long _missedSince;
+    // Nodes of _nodes that the last read of the live nodes missed, with when a read first missed them (timestamp ticks).
+    private readonly Dictionary<string, long> _missedSince = new(StringComparer.Ordinal);
     private long? _digest;
     private bool _failing;
 
@@ -125,36 +125,40 @@ internal sealed partial class ProbeScheduler(
     /// have been late to mark itself: a pause of the whole process its node runs in (so every node
     /// in it marks late, this one included), or a slow database write. Taking its instances at once
     /// would have two nodes probe them until it is seen again; so they move only when a read most
-    /// of a membership refresh later still misses it. That costs a stopped or dead node's share
-    /// one more read before it moves.
+    /// of a membership refresh later still misses that same node (one that missed another node
+    /// each time has missed nobody twice). That costs a stopped or dead node's share one more read
+    /// before it moves. This node counts itself whatever the read says: it is running this.
     /// </summary>
     private void ConsiderMembership(IReadOnlyList<NodeInfo> current)
     {
-        if (current.Count == _nodes.Length && current.Select(n => n.Id).SequenceEqual(_nodes))
+        var now = time.GetTimestamp();
+        var live = new SortedSet<string>(current.Select(n => n.Id), StringComparer.Ordinal) { node.Id };
+        foreach (var id in _nodes)
         {
-            _missedSince = 0;
-            return;
+            if (live.Contains(id))
+            {
+                _missedSince.Remove(id);
+            }
+            else if (!_missedSince.TryGetValue(id, out var since))
+            {
+                _missedSince[id] = now;
+                live.Add(id);
+            }
+            else if (time.GetElapsedTime(since, now) < membership.Value.RefreshInterval * 0.75)
+            {
+                live.Add(id);
+            }
+            else
+            {
+                _missedSince.Remove(id);
+            }
         }
 
-        string[] ids = [.. current.Select(n => n.Id)];
-        if (_nodes.Any(id => !ids.Contains(id)))
+        if (!live.SequenceEqual(_nodes))
         {
-            var now = time.GetTimestamp();
-            if (_missedSince == 0)
-            {
-                _missedSince = now;
-                return;
-            }
-
-            if (time.GetElapsedTime(_missedSince, now) < membership.Value.RefreshInterval * 0.75)
-            {
-                return;
-            }
+            _nodes = [.. live];
+            _ownershipStale = true;
         }
-
-        _missedSince = 0;
-        _nodes = ids;
-        _ownershipStale = true;
     }
 
     /// <summary>
