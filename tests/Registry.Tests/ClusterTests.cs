@@ -61,7 +61,7 @@ public sealed class ClusterTests(RegistryCluster cluster) : RegistryTest(cluster
         var (_, version, _) = await Client.SubscribeAsync(Subscription);
 
         await using (var connection = await Cluster.OpenAsync())
-        await using (var kill = new NpgsqlCommand("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = @name", connection))
+        await using (var kill = new NpgsqlCommand("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = @name AND datname = current_database()", connection))
         {
             kill.Parameters.AddWithValue("name", RegistryDatabase.ChangeFeedApplicationName);
             Assert.True((long)(await kill.ExecuteScalarAsync())! >= 1);

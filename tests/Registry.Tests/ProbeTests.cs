@@ -22,7 +22,6 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         ["Registry:Probes:AllowedNetworks:0"] = "127.0.0.0/8",
         ["Registry:Probes:RefreshInterval"] = "00:00:00.200",
         ["Registry:Probes:TimeoutSeconds"] = "1",
-        ["Registry:Membership:NodeTimeout"] = "00:00:01",
     };
 
     [Fact]
