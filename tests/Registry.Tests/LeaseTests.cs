@@ -43,13 +43,14 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
     [Fact]
     public async Task AHeartbeatAnsweredJustBeforeTheExpiryIsNotLostToASweepBeforeItsWrite()
     {
-        // Renewals are written every 2 s; a lease of 1 s renewed just after a write is written
-        // again only after it has run out in the database, and a sweep comes in between.
+        // Renewals are written every 4 s; a lease of 1 s renewed just after a write is written
+        // again only after it has run out in the database, and sweeps come in between (with
+        // room for a slow registration and heartbeat on a loaded machine).
         var database = await Cluster.CreateDatabaseAsync();
         await using var node = new RegistryNode(database, new Dictionary<string, string?>
         {
-            ["Registry:Leases:RenewalInterval"] = "00:00:02",
-            ["Registry:Leases:GraceGap"] = "00:00:04",
+            ["Registry:Leases:RenewalInterval"] = "00:00:04",
+            ["Registry:Leases:GraceGap"] = "00:00:08",
         });
         using var client = node.CreateClient();
         using var written = MeterWatch.Node(node, "registry.heartbeats.written");
