@@ -31,16 +31,20 @@ internal sealed partial class LiveNodes(
          ORDER BY id
         """;
 
-    private volatile NodeInfo[] _current = [];
+    private volatile MembershipRead _last = new([], 0);
     private bool _failing;
 
     /// <summary>The live nodes as last read, ordered by id.</summary>
-    public IReadOnlyList<NodeInfo> Current => _current;
+    public IReadOnlyList<NodeInfo> Current => _last.Nodes;
+
+    /// <summary>The last read, with when it was made: a new object for every read, even when nobody came or went.</summary>
+    public MembershipRead Last => _last;
 
     /// <summary>Reads the live nodes now (for <c>GET /v1/nodes</c>), and keeps the answer.</summary>
     public async Task<IReadOnlyList<NodeInfo>> ReadAsync(CancellationToken cancellationToken)
     {
         await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
+        var readAt = time.GetTimestamp();
         await using var command = connection.CreateCommand();
         command.CommandText = LiveStatement;
         command.Parameters.Add(new Npgsql.NpgsqlParameter("timeout", options.Value.NodeTimeout));
@@ -57,8 +61,8 @@ internal sealed partial class LiveNodes(
             }
         }
 
-        _current = [.. nodes];
-        return _current;
+        _last = new MembershipRead([.. nodes], readAt);
+        return _last.Nodes;
     }
 
     /// <summary>Knows the cluster before anything asks (the node marked itself while starting).</summary>
@@ -121,3 +125,6 @@ internal sealed partial class LiveNodes(
     [LoggerMessage(Level = LogLevel.Warning, Message = "Could not record that this node leaves the cluster; the others notice when its liveness mark grows old")]
     private static partial void LogLeaveFailed(ILogger logger, Exception exception);
 }
+
+/// <summary>One read of the live nodes: who, and when it was asked (timestamp ticks of the node's clock).</summary>
+internal sealed record MembershipRead(IReadOnlyList<NodeInfo> Nodes, long ReadAt);

@@ -52,7 +52,7 @@ internal sealed partial class ProbeScheduler(
     private PriorityQueue<Target, long> _due = new();
     private List<(InstanceKey Key, ProbeSpec Spec)> _probed = [];
     private bool _ownershipStale;
-    private IReadOnlyList<NodeInfo>? _membership;
+    private MembershipRead? _membership;
     private string[] _nodes = [];
     // Nodes of _nodes that the last read of the live nodes missed, with when a read first missed them (timestamp ticks).
     private readonly Dictionary<string, long> _missedSince = new(StringComparer.Ordinal);
@@ -102,10 +102,10 @@ internal sealed partial class ProbeScheduler(
             // Ownership is recomputed only when what is probed or which nodes are live changed
             // (membership is read every second, as a new list even when nobody came or went): at
             // 10,000 probed instances that is 10,000 rendezvous hashes, not worth doing for nothing.
-            if (live.Current is var current && !ReferenceEquals(_membership, current))
+            if (live.Last is var read && !ReferenceEquals(_membership, read))
             {
-                _membership = current;
-                ConsiderMembership(current);
+                _membership = read;
+                ConsiderMembership(read);
             }
 
             if (_ownershipStale)
@@ -125,14 +125,16 @@ internal sealed partial class ProbeScheduler(
     /// have been late to mark itself: a pause of the whole process its node runs in (so every node
     /// in it marks late, this one included), or a slow database write. Taking its instances at once
     /// would have two nodes probe them until it is seen again; so they move only when a read most
-    /// of a membership refresh later still misses that same node (one that missed another node
-    /// each time has missed nobody twice). That costs a stopped or dead node's share one more read
-    /// before it moves. This node counts itself whatever the read says: it is running this.
+    /// of a membership refresh later still misses that same node (two reads that each missed a
+    /// different node have missed nobody twice). That costs a stopped or dead node's share one
+    /// more read before it moves. This node follows the same rule for itself, so that every node
+    /// reading the same table comes to the same ownership. Times are when the reads were made,
+    /// not when this loop got to them.
     /// </summary>
-    private void ConsiderMembership(IReadOnlyList<NodeInfo> current)
+    private void ConsiderMembership(MembershipRead read)
     {
-        var now = time.GetTimestamp();
-        var live = new SortedSet<string>(current.Select(n => n.Id), StringComparer.Ordinal) { node.Id };
+        var now = read.ReadAt;
+        var live = new SortedSet<string>(read.Nodes.Select(n => n.Id), StringComparer.Ordinal);
         foreach (var id in _nodes)
         {
             if (live.Contains(id))
