@@ -13,14 +13,16 @@ public sealed partial class RegistrationLease
 {
     /// <summary>
     /// How long after an open that got no answer a <c>replaced</c> may be that open's own doing: a node that took it
-    /// commits it within its statement timeout (30 s by default) and then, its request gone, closes the session, so
-    /// the instance would be left with no session at all.
+    /// may commit it late (its write queued behind others, each statement given 30 s by default and retried) and then,
+    /// its request gone, close the session, which would leave the instance with no session at all.
     /// </summary>
-    private static readonly TimeSpan LateOpenWindow = TimeSpan.FromSeconds(30);
+    private static readonly TimeSpan LateOpenWindow = TimeSpan.FromMinutes(2);
 
     private readonly TimeSpan _sessionIdleTimeout;
     private SessionConnection? _session;
-    private DateTimeOffset? _openInDoubtAt;
+    // Opens that nodes took without answering, not yet accounted for by a 'replaced', and when the last one was sent.
+    private int _opensInDoubt;
+    private DateTimeOffset _lastOpenInDoubtAt;
 
     private async Task<TimeSpan> SessionStepAsync(CancellationToken cancellationToken)
     {
@@ -50,16 +52,13 @@ public sealed partial class RegistrationLease
 
                 throw;
             }
-            catch (RegistryUnavailableException)
+            catch (RegistryUnavailableException e)
             {
-                _openInDoubtAt = _time.GetUtcNow();
+                OpensInDoubt(e.Unanswered);
                 throw;
             }
 
-            if (_session.OpenedAfterAnAttemptInDoubt)
-            {
-                _openInDoubtAt = _time.GetUtcNow();
-            }
+            OpensInDoubt(_session.Unanswered);
 
             var first = await NextEventOrFailAsync(cancellationToken).ConfigureAwait(false);
             if (first.Name != "lease" || JsonSerializer.Deserialize(first.Data, ClientJson.Default.LeaseDocument) is not { } lease)
@@ -87,11 +86,17 @@ public sealed partial class RegistrationLease
         }
 
         var reason = EndedReason(ended.Data);
-        if (reason == "replaced" && _openInDoubtAt is { } inDoubt && _time.GetUtcNow() - inDoubt <= _requestTimeout + LateOpenWindow)
+        if (reason == "replaced" && _opensInDoubt > 0 && _time.GetUtcNow() - _lastOpenInDoubtAt <= _requestTimeout + LateOpenWindow)
         {
-            // Likely this lease's own earlier open, committed late by a node that no longer holds its connection: open
-            // again, once; a registration by someone else would replace this one again, and then it is theirs.
-            _openInDoubtAt = null;
+            // Likely one of this lease's own earlier opens, committed late by a node that no longer holds its connection:
+            // open again, once for each such open; a registration by someone else would replace this one again, and once
+            // they are all accounted for, it is theirs. Nothing is this lease's to remove until it has opened again.
+            _opensInDoubt--;
+            lock (_gate)
+            {
+                _mayBeRegistered = false;
+            }
+
             Log.SessionEnded(_logger, Instance, "replaced, soon after an open that got no answer");
             return Backoff.Jitter(TimeSpan.Zero, _retryBaseDelay);
         }
@@ -149,6 +154,18 @@ public sealed partial class RegistrationLease
 
         FailSession();
         throw new RegistryUnavailableException("The session's stream ended without an 'ended' event (its node stopped or the connection was cut).");
+    }
+
+    /// <summary>Counts opens that nodes took without answering; any of them may yet replace the session that did open.</summary>
+    private void OpensInDoubt(int unanswered)
+    {
+        if (unanswered > 0)
+        {
+            var now = _time.GetUtcNow();
+            // Those sent longer ago than the window have had their time to commit.
+            _opensInDoubt = (now - _lastOpenInDoubtAt <= _requestTimeout + LateOpenWindow ? _opensInDoubt : 0) + unanswered;
+            _lastOpenInDoubtAt = now;
+        }
     }
 
     /// <summary>Reads one server-sent event, skipping keep-alive comments; null at the end of the stream.</summary>

@@ -145,4 +145,7 @@ public sealed class RegistryUnavailableException : RegistryException
 
     /// <summary>How long the registry asked clients to wait (<c>Retry-After</c>), when it did.</summary>
     public TimeSpan? RetryAfter { get; }
+
+    /// <summary>How many nodes took the request without answering it (they may still act on it).</summary>
+    internal int Unanswered { get; init; }
 }

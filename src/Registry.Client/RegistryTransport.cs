@@ -58,14 +58,14 @@ internal sealed partial class RegistryTransport
     {
         var body = JsonSerializer.SerializeToUtf8Bytes(provider, ClientJson.Default.ProviderInstance);
         // The node that answered, as SendAsync saw it: _preferred may have been moved since by a concurrent request.
-        var (response, server, inDoubt) = await SendToAnyAsync(
+        var (response, server, unanswered) = await SendToAnyAsync(
             HttpMethod.Post, string.Create(CultureInfo.InvariantCulture, $"v1/sessions?ttl={ttlSeconds}"), body, null, timeout,
             HttpCompletionOption.ResponseHeadersRead, cancellationToken).ConfigureAwait(false);
         try
         {
             await EnsureSuccessAsync(response, "open session", cancellationToken).ConfigureAwait(false);
             var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
-            return new SessionConnection(response, stream, server, inDoubt);
+            return new SessionConnection(response, stream, server, unanswered);
         }
         catch
         {
@@ -174,17 +174,17 @@ internal sealed partial class RegistryTransport
         (await SendToAnyAsync(method, path, body, ifNoneMatch, timeout, completion, cancellationToken).ConfigureAwait(false)).Response;
 
     /// <summary>
-    /// Sends to each node in turn until one answers; the answer, the index of the node that gave it, and whether an
-    /// earlier node may have taken the request without answering (it timed out or broke after connecting): such a node
-    /// may still act on it.
+    /// Sends to each node in turn until one answers; the answer, the index of the node that gave it, and how many
+    /// earlier nodes may have taken the request without answering it (a timeout, a connection broken once made, a
+    /// proxy's 502 or 504): such a node may still act on it. The count goes on the exception when none answers.
     /// </summary>
-    private async Task<(HttpResponseMessage Response, int Server, bool InDoubt)> SendToAnyAsync(
+    private async Task<(HttpResponseMessage Response, int Server, int Unanswered)> SendToAnyAsync(
         HttpMethod method, string path, byte[]? body, string? ifNoneMatch, TimeSpan timeout, HttpCompletionOption completion,
         CancellationToken cancellationToken)
     {
         var token = await TokenAsync(cancellationToken).ConfigureAwait(false);
         Exception? last = null;
-        var inDoubt = false;
+        var unanswered = 0;
         HttpStatusCode? lastStatus = null;
         RegistryProblem? lastProblem = null;
         TimeSpan? retryAfter = null;
@@ -221,14 +221,14 @@ internal sealed partial class RegistryTransport
             catch (HttpRequestException e)
             {
                 last = e;
-                inDoubt |= e.HttpRequestError != HttpRequestError.ConnectionError;
+                unanswered += e.HttpRequestError == HttpRequestError.ConnectionError ? 0 : 1;
                 LogServerFailed(_logger, server, e.Message);
                 continue;
             }
             catch (OperationCanceledException e) when (!cancellationToken.IsCancellationRequested)
             {
                 last = new TimeoutException($"{server} did not answer within {timeout}.", e);
-                inDoubt = true;
+                unanswered++;
                 LogServerFailed(_logger, server, last.Message);
                 continue;
             }
@@ -238,7 +238,7 @@ internal sealed partial class RegistryTransport
 #pragma warning restore CA1031
             {
                 last = e;
-                inDoubt = true;
+                unanswered++;
                 LogServerFailed(_logger, server, e.Message);
                 continue;
             }
@@ -263,17 +263,22 @@ internal sealed partial class RegistryTransport
                     last = new HttpRequestException($"{server} answered {(int)response.StatusCode} {response.ReasonPhrase}.", null, response.StatusCode);
                     lastStatus = response.StatusCode;
                     lastProblem = await ProblemAsync(response, cancellationToken).ConfigureAwait(false);
+                    // A proxy's bad gateway or gateway timeout: the node behind it may have taken the request.
+                    unanswered += response.StatusCode is HttpStatusCode.BadGateway or HttpStatusCode.GatewayTimeout ? 1 : 0;
                     LogServerFailed(_logger, server, last.Message);
                     continue;
                 }
             }
 
             Volatile.Write(ref _preferred, index);
-            return (response, index, inDoubt);
+            return (response, index, unanswered);
         }
 
         // The status and problem are the last node's that answered at all, when one did.
-        throw new RegistryUnavailableException($"No registry server could serve {path}: {last?.Message}", retryAfter, lastStatus, lastProblem, last);
+        throw new RegistryUnavailableException($"No registry server could serve {path}: {last?.Message}", retryAfter, lastStatus, lastProblem, last)
+        {
+            Unanswered = unanswered,
+        };
     }
 
     /// <summary>
@@ -368,15 +373,15 @@ internal sealed partial class RegistryTransport
 }
 
 /// <summary>An open session's response: its event stream, and which server holds it.</summary>
-internal sealed class SessionConnection(HttpResponseMessage response, Stream body, int server, bool inDoubt) : IDisposable
+internal sealed class SessionConnection(HttpResponseMessage response, Stream body, int server, int unanswered) : IDisposable
 {
     public StreamReader Reader { get; } = new(body);
 
     /// <summary>The index of the server that holds it.</summary>
     public int Server { get; } = server;
 
-    /// <summary>Whether a server tried before this one took the open without answering: it may still open a session of its own.</summary>
-    public bool OpenedAfterAnAttemptInDoubt { get; } = inDoubt;
+    /// <summary>How many servers tried before this one took the open without answering: each may still open a session of its own.</summary>
+    public int Unanswered { get; } = unanswered;
 
     /// <summary>Closes the connection: the node removes the instance (unless the session ended first).</summary>
     public void Dispose()

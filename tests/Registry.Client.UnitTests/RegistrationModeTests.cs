@@ -101,6 +101,39 @@ public sealed class RegistrationModeTests : ScriptedTest
     }
 
     [Fact]
+    public async Task ASessionIsOpenedAgainOnceForEachEarlierOpenThatGotNoAnswerAndNoMore()
+    {
+        var stream = Sessions();
+        var sessions = Handler.Respond;
+        // Both nodes take the first opens and never answer; either may commit its open later.
+        Handler.Respond = (r, ct) => r.Path == "/v1/sessions" && Handler.Count("/v1/sessions") <= 2
+            ? Scripted.HeldAsync(ct)
+            : sessions(r, ct);
+        var registering = NewClient(null, Scripted.ServerA, Scripted.ServerB).RegisterAsync(Instance(), RegistrationMode.Session);
+        await Handler.NextAsync(r => r.Path == "/v1/sessions");
+        Clock.Advance(TimeSpan.FromSeconds(5)); // A's timeout
+        await Handler.NextAsync(r => r.Path == "/v1/sessions");
+        Clock.Advance(TimeSpan.FromSeconds(5)); // B's
+        await using var lease = await registering.WaitAsync(Scripted.Patience);
+        await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(10)); // the backoff; then the third open succeeds
+        await Eventually(() => lease.IsRegistered);
+
+        for (var late = 0; late < 2; late++)
+        {
+            var opens = Handler.Count("/v1/sessions");
+            await stream.Current.Writer.WriteAsync("event: ended\ndata: {\"reason\":\"replaced\"}\n\n");
+            await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(1));
+            await Handler.NextAsync(r => r.Path == "/v1/sessions" && Handler.Count("/v1/sessions") == opens + 1);
+            await Eventually(() => lease.IsRegistered);
+        }
+
+        // Both late opens are accounted for: a third 'replaced' is someone else's.
+        await stream.Current.Writer.WriteAsync("event: ended\ndata: {\"reason\":\"replaced\"}\n\n");
+        await Eventually(() => lease.State == RegistryConnectionState.Replaced);
+        Assert.Equal(5, Handler.Count("/v1/sessions"));
+    }
+
+    [Fact]
     public async Task DrainingASessionLeaseSendsTheDrainWhileTheSessionIsStillOpenAndClosesItAfterwards()
     {
         bool? closedWhenTheDrainArrived = null;
