@@ -50,11 +50,27 @@ internal sealed class OwnCommits(NodeIdentity node)
     {
         foreach (var commit in _pending.Values)
         {
-            if (commit.Expected is { } expected && commit.Received >= expected)
+            if (commit.MarkLoaded())
             {
                 Complete(commit);
             }
         }
+    }
+
+    /// <summary>
+    /// Records what a batch changed once its statement returned; the batch is complete at once
+    /// when the loader already applied all its notifications (they can arrive before the reply).
+    /// </summary>
+    /// <returns>False while some of its notifications are still to be loaded.</returns>
+    public bool Settle(OwnCommit commit, Dictionary<string, Changes>? changes)
+    {
+        if (!commit.Settle(changes))
+        {
+            return false;
+        }
+
+        Complete(commit);
+        return true;
     }
 
     /// <summary>After a full load every settled batch is in memory.</summary>
@@ -106,7 +122,9 @@ internal sealed class Changes
 /// <summary>A batch this node runs, until the loader has applied its own notifications.</summary>
 internal sealed class OwnCommit(string tag, long readsApplied)
 {
+    private readonly Lock _gate = new();
     private volatile Settlement? _settlement;
+    private int _loaded;
 
     /// <summary>Sent in each of the batch's notifications.</summary>
     public string Tag { get; } = tag;
@@ -128,8 +146,31 @@ internal sealed class OwnCommit(string tag, long readsApplied)
     /// <summary>The rows it left in the application, once known.</summary>
     public Changes? For(string application) => _settlement?.Changes?.GetValueOrDefault(application);
 
-    /// <summary><paramref name="changes"/> is null when the batch failed (a rolled-back batch sends nothing).</summary>
-    public void Settle(Dictionary<string, Changes>? changes) => _settlement = new Settlement(changes?.Count ?? 0, changes);
+    /// <summary>
+    /// <paramref name="changes"/> is null when the batch failed (a rolled-back batch sends nothing);
+    /// true when the loader has already applied every notification the batch sends.
+    /// </summary>
+    public bool Settle(Dictionary<string, Changes>? changes)
+    {
+        lock (_gate)
+        {
+            _settlement = new Settlement(changes?.Count ?? 0, changes);
+            return _loaded >= _settlement.Notifications;
+        }
+    }
+
+    /// <summary>
+    /// Called by the loader once what it received is applied: true when that is every
+    /// notification the batch sends (known once it is settled).
+    /// </summary>
+    public bool MarkLoaded()
+    {
+        lock (_gate)
+        {
+            _loaded = Received;
+            return _settlement is { } settled && _loaded >= settled.Notifications;
+        }
+    }
 
     private sealed record Settlement(int Notifications, Dictionary<string, Changes>? Changes);
 }

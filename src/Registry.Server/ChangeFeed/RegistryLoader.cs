@@ -83,8 +83,13 @@ internal sealed partial class RegistryLoader(
     /// <summary>Records what the batch changed (one notification per application), or null when it failed.</summary>
     public void Settled(OwnCommit commit, Dictionary<string, Changes>? changes)
     {
-        commit.Settle(changes);
-        _requests.Writer.TryWrite(Reload.Bookkeeping);
+        // Its notifications may have been loaded already (read like another node's, the rows not
+        // yet known): then it is answered now, not after the loader's pass, whose recomposition
+        // of the answers it changed may take a while.
+        if (!own.Settle(commit, changes))
+        {
+            _requests.Writer.TryWrite(Reload.Bookkeeping);
+        }
     }
 
     /// <summary>Counts each notification of this node's own batches against the batch that sent it.</summary>
