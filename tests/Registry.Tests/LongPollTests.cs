@@ -159,18 +159,12 @@ public sealed class LongPollTests(RegistryCluster cluster) : RegistryTest(cluste
     public async Task AConditionalGetWakesWithTheNewAnswer()
     {
         await RegisterAsync("app", "10.0.0.1:80");
-        using var first = await Client.GetAsync("/v1/services/app");
-        using var parked = ParkedPolls.On(Node);
-
-        using var request = new HttpRequestMessage(HttpMethod.Get, "/v1/services/app?wait=30");
-        request.Headers.IfNoneMatch.Add(first.Headers.ETag!);
-        var poll = Client.SendAsync(request);
-        await parked.WaitForAsync(1);
+        var (held, poll) = await ParkConditionalGetAsync(Node, Client);
         await RegisterAsync("app", "10.0.0.2:80");
         using var response = await poll.WaitAsync(TimeSpan.FromSeconds(10));
 
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
-        Assert.NotEqual(first.Headers.ETag, response.Headers.ETag);
+        Assert.NotEqual(held, response.Headers.ETag);
     }
 
     [Fact]
@@ -230,6 +224,28 @@ public sealed class LongPollTests(RegistryCluster cluster) : RegistryTest(cluste
         Assert.InRange(clock.Elapsed, TimeSpan.FromMilliseconds(950), TimeSpan.FromSeconds(15));
     }
 
+    /// <summary>A conditional GET of "app" at its current version, parked on <paramref name="node"/>: that version's ETag, and the poll.</summary>
+    private static async Task<(System.Net.Http.Headers.EntityTagHeaderValue Held, Task<HttpResponseMessage> Poll)> ParkConditionalGetAsync(RegistryNode node, HttpClient client)
+    {
+        using var first = await client.GetAsync("/v1/services/app");
+        using var parked = ParkedPolls.On(node);
+        var request = new HttpRequestMessage(HttpMethod.Get, "/v1/services/app?wait=30");
+        request.Headers.IfNoneMatch.Add(first.Headers.ETag!);
+        var poll = client.SendAsync(request);
+        await parked.WaitForAsync(1);
+        return (first.Headers.ETag!, poll);
+    }
+
+    /// <summary>"app" registered, and a node of the test's own whose shutdown releases parked polls over <paramref name="spread"/>.</summary>
+    private async Task<RegistryNode> AppOnANodeReleasingOverAsync(string spread)
+    {
+        await RegisterAsync("app", "10.0.0.1:80");
+        return new RegistryNode(Cluster.ConnectionString, new Dictionary<string, string?>
+        {
+            ["Registry:Subscriptions:ShutdownSpread"] = spread,
+        });
+    }
+
     /// <summary>
     /// Shutdown releases parked polls at a random moment of its spread; a conditional GET whose
     /// answer changed before then gets the new answer, and a 304 only ever names the version held.
@@ -237,18 +253,9 @@ public sealed class LongPollTests(RegistryCluster cluster) : RegistryTest(cluste
     [Fact]
     public async Task AConditionalGetReleasedByShutdownAfterAChangeGetsTheChangeNot304()
     {
-        await RegisterAsync("app", "10.0.0.1:80");
-        await using var node = new RegistryNode(Cluster.ConnectionString, new Dictionary<string, string?>
-        {
-            ["Registry:Subscriptions:ShutdownSpread"] = "00:00:05",
-        });
+        await using var node = await AppOnANodeReleasingOverAsync("00:00:05");
         using var client = node.CreateClient();
-        using var first = await client.GetAsync("/v1/services/app");
-        using var parked = ParkedPolls.On(node);
-        using var request = new HttpRequestMessage(HttpMethod.Get, "/v1/services/app?wait=30");
-        request.Headers.IfNoneMatch.Add(first.Headers.ETag!);
-        var poll = client.SendAsync(request);
-        await parked.WaitForAsync(1);
+        var (held, poll) = await ParkConditionalGetAsync(node, client);
 
         node.Get<Microsoft.Extensions.Hosting.IHostApplicationLifetime>().StopApplication();
         await RegisterAsync("app", "10.0.0.2:80");
@@ -257,12 +264,12 @@ public sealed class LongPollTests(RegistryCluster cluster) : RegistryTest(cluste
         // Released before the change reached the node (rarely, the spread being 5 s): unchanged, so 304 is right.
         if (response.StatusCode == HttpStatusCode.NotModified)
         {
-            Assert.Equal(first.Headers.ETag, response.Headers.ETag);
+            Assert.Equal(held, response.Headers.ETag);
         }
         else
         {
             Assert.Equal(HttpStatusCode.OK, response.StatusCode);
-            Assert.NotEqual(first.Headers.ETag, response.Headers.ETag);
+            Assert.NotEqual(held, response.Headers.ETag);
             Assert.Equal(2, (await response.ReadJsonAsync())["endpoints"]!.AsArray().Count);
         }
     }
@@ -270,11 +277,7 @@ public sealed class LongPollTests(RegistryCluster cluster) : RegistryTest(cluste
     [Fact]
     public async Task ShutdownReleasesParkedPollsWithTheCurrentAnswer()
     {
-        await RegisterAsync("app", "10.0.0.1:80");
-        await using var node = new RegistryNode(Cluster.ConnectionString, new Dictionary<string, string?>
-        {
-            ["Registry:Subscriptions:ShutdownSpread"] = "00:00:00.500",
-        });
+        await using var node = await AppOnANodeReleasingOverAsync("00:00:00.500");
         using var client = node.CreateClient();
         var (_, version, first) = await client.SubscribeAsync(Subscription);
         using var parked = ParkedPolls.On(node);
