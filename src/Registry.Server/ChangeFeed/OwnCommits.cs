@@ -135,7 +135,7 @@ internal sealed class OwnCommit(string tag, long readsApplied)
     /// </summary>
     public long ReadsApplied { get; } = readsApplied;
 
-    /// <summary>Its notifications loaded so far; only the loader's loop touches it.</summary>
+    /// <summary>Its notifications received so far (counted before they are applied); only the loader's loop touches it.</summary>
     public int Received { get; set; }
 
     /// <summary>How many notifications it sends (one per changed application), once known.</summary>
