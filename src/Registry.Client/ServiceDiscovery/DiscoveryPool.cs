@@ -220,12 +220,14 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
                 LogStartFailed(logger, e.Message);
                 lock (_gate)
                 {
-                    foreach (var watch in group.Applications.Values)
+                    // Emptied first: a change-token callback run by Forget may resolve a name again on this thread
+                    // (the lock is re-entrant), and join this very group.
+                    var failed = group.Applications.Values.ToArray();
+                    group.Applications.Clear();
+                    foreach (var watch in failed)
                     {
                         Forget(watch, e);
                     }
-
-                    group.Applications.Clear();
                 }
 
                 continue;
