@@ -762,6 +762,8 @@ public sealed partial class Benchmark
             usual.Add(Stopwatch.GetElapsedTime(began).TotalMilliseconds);
         }
 
+        const string Recompute = "registry_answers_recompute_duration";
+        var recomputedBefore = await http.HistogramSumAsync(Recompute, cancellationToken) ?? 0;
         var changeCpu = node.Sample();
         var changeSent = Stopwatch.GetTimestamp();
         var status = await http.RegisterAsync(RegistryHttp.Provider(big, "10.255.0.2:8080", OverlapMeta(_options.OverlapInstances)), 3600, cancellationToken);
@@ -787,6 +789,7 @@ public sealed partial class Benchmark
         }
 
         var allCpu = node.Sample();
+        var recomputeMs = await http.HistogramSumAsync(Recompute, cancellationToken) is { } recomputed ? Math.Round(recomputed - recomputedBefore, 2) : (double?)null;
         var delays = polls
             .Select((poll, i) => (poll, i))
             .Where(p => p.poll.IsCompletedSuccessfully && p.poll.Result.Status == HttpStatusCode.OK && p.poll.Result.Version != versions[p.i])
@@ -796,7 +799,7 @@ public sealed partial class Benchmark
         return new OverlapResult(
             _options.OverlapInstances, answerBytes, count, delays.Length, count - delays.Length, rssFirst, rssAll,
             count, Math.Round(cpuPerAnswerMs, 2), Ms(changeCpu, acknowledgedCpu), Ms(changeCpu, allCpu),
-            Distribution.Round(acknowledgedMs), Distribution.Of(usual), Distribution.Of(delays), allCpu?.RssBytes ?? 0);
+            Distribution.Round(acknowledgedMs), Distribution.Of(usual), Distribution.Of(delays), allCpu?.RssBytes ?? 0, recomputeMs);
     }
 
     /// <summary>About 400 B of meta, as a service with a few labels carries.</summary>

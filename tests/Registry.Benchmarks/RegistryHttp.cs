@@ -96,6 +96,25 @@ internal sealed class RegistryHttp : IDisposable
         return text.Append('}').ToString();
     }
 
+    /// <summary>
+    /// The sum of a histogram the node exports at <c>/metrics</c> (Prometheus text: the line
+    /// <c>{name}_sum</c>, under any unit suffix), or null when it does not export it (yet).
+    /// </summary>
+    public async Task<double?> HistogramSumAsync(string name, CancellationToken cancellationToken)
+    {
+        var text = await _client.GetStringAsync("/metrics", cancellationToken);
+        foreach (var line in text.Split('\n'))
+        {
+            var space = line.LastIndexOf(' ');
+            if (line.StartsWith(name, StringComparison.Ordinal) && space > 0 && line[..space].Split('{')[0].EndsWith("_sum", StringComparison.Ordinal))
+            {
+                return double.Parse(line[(space + 1)..], System.Globalization.CultureInfo.InvariantCulture);
+            }
+        }
+
+        return null;
+    }
+
     public async Task<HttpStatusCode> RegisterAsync(string body, int ttlSeconds, CancellationToken cancellationToken)
     {
         using var request = Request($"/v1/register?ttl={ttlSeconds}", Content(body));

@@ -153,11 +153,13 @@ public sealed record CrossNodeResult(int Rounds, int Samples, int Missed, Distri
 /// every parked subscription has its new answer (which includes writing each of them), and its
 /// latency next to registrations to an unrelated application while the same polls are parked.
 /// <c>RssAnsweredBytes</c>: RSS once every answer has been received (the answers' writes included).
+/// <c>RecomputeMs</c>: what the node's <c>registry.answers.recompute_duration</c> grew by over the
+/// change (null when the node does not export it).
 /// </summary>
 public sealed record OverlapResult(
     int Instances, long AnswerBytes, int Subscriptions, int Answered, int Missed, long RssFirstParkedBytes, long RssAllParkedBytes,
     int ImmediateAnswers, double NodeCpuMsPerAnswer, double ChangeNodeCpuMsAcknowledged, double ChangeNodeCpuMsAllAnswered,
-    double ChangeAcknowledgedMs, Distribution UsualRegistrationMs, Distribution DelayMs, long RssAnsweredBytes);
+    double ChangeAcknowledgedMs, Distribution UsualRegistrationMs, Distribution DelayMs, long RssAnsweredBytes, double? RecomputeMs = null);
 
 public sealed record ColdStartResult(int Instances, double SecondsToListen, double SecondsToServeAll, long RssBytesServing, long RssBytesSettled);
 

@@ -1,4 +1,5 @@
 // Over 300 lines on purpose: fragments, views and the hub share one lock and the rule that a change is composed once per distinct subscription.
+using System.Diagnostics;
 using Microsoft.Extensions.Options;
 using Registry.Model;
 using Registry.State;
@@ -387,6 +388,7 @@ internal sealed class SubscriptionHub
             return;
         }
 
+        var started = Stopwatch.GetTimestamp();
         try
         {
             var records = _witnesses.Select(w => w.Begin(applications)).OfType<IChangeRecord>().ToArray();
@@ -418,6 +420,11 @@ internal sealed class SubscriptionHub
                         record.Replaced(view, parked);
                     }
                 }
+            }
+
+            if (touched.Length > 0)
+            {
+                _metrics.AnswersRecomputed(Stopwatch.GetElapsedTime(started));
             }
 
             foreach (var record in records)

@@ -24,6 +24,7 @@ internal sealed class RegistryMetrics
     private readonly Counter<long> _reconnects;
     private readonly Counter<long> _databaseErrors;
     private readonly Counter<long> _answersChanged;
+    private readonly Histogram<double> _recomputeDuration;
     private readonly Counter<long> _writeBatches;
     private readonly UpDownCounter<long> _writesQueued;
     private readonly Counter<long> _sweeps;
@@ -55,6 +56,9 @@ internal sealed class RegistryMetrics
         _reconnects = meter.CreateCounter<long>("registry.changefeed.reconnects", "{reconnect}", "Times the change feed connected again after losing its connection.");
         _databaseErrors = meter.CreateCounter<long>("registry.database.errors", "{error}", "Database operations that failed, by operation.");
         _answersChanged = meter.CreateCounter<long>("registry.answers.changed", "{answer}", "Subscription answers recomputed with a new version.");
+        _recomputeDuration = meter.CreateHistogram<double>("registry.answers.recompute_duration", "ms",
+            "Time the loader spent recomputing the fragments and answers one change touched (its writes already answered, its consumers not yet woken).",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250] });
         _writeBatches = meter.CreateCounter<long>("registry.writes.batches", "{transaction}", "Group-committed write transactions.");
         _writesQueued = meter.CreateUpDownCounter<long>("registry.writes.queued", "{write}", "Registrations and unregistrations waiting for a batch to take them.");
         _sweeps = meter.CreateCounter<long>("registry.sweeps", "{sweep}", "Sweeper rounds, by outcome (idle: nothing can have expired, so no statement; locked_out; swept), and grace: leases extended after the cluster could not record renewals.");
@@ -108,6 +112,8 @@ internal sealed class RegistryMetrics
     public void DatabaseError(string operation) => _databaseErrors.Add(1, new KeyValuePair<string, object?>("operation", operation));
 
     public void AnswerChanged() => _answersChanged.Add(1);
+
+    public void AnswersRecomputed(TimeSpan took) => _recomputeDuration.Record(took.TotalMilliseconds);
 
     public void WriteBatch() => _writeBatches.Add(1);
 
