@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.IO.Pipelines;
+using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Encodings.Web;
@@ -15,38 +16,74 @@ namespace Registry.Subscription;
 /// answer that includes them (a big provider in 500 different subscriptions is held and
 /// serialised once, not 500 times).
 /// </summary>
+/// <remarks>
+/// The endpoints are held in segments whose ends the content decides: a segment ends after an
+/// endpoint whose key hashes to a boundary (one in <see cref="BoundaryEvery"/>), or at
+/// <see cref="MaxSegment"/> endpoints. An instance changed in an application of thousands then
+/// changes one segment: it alone is serialised and hashed again, the others are shared with the
+/// previous fragment, and no copy of the whole fragment is made (which was a large-object-heap
+/// array per change). Because the ends depend on the content alone, so does the hash, which is
+/// computed from the segments' hashes: equal on every node, across restarts, however the
+/// fragment was arrived at.
+/// </remarks>
 internal sealed class Fragment
 {
-    public static readonly Fragment Empty = new([], [], []);
+    public static readonly Fragment Empty = new([], 0);
+
+    /// <summary>One endpoint in this many (by its key's hash) ends a segment: about 15 KB each for endpoints of ~480 B.</summary>
+    private const uint BoundaryEvery = 32;
+
+    /// <summary>A segment ends here whatever its keys, so none reaches the large object heap (~60 KB at ~480 B an endpoint).</summary>
+    private const int MaxSegment = 128;
 
     // Non-ASCII meta stays readable; the output is JSON for APIs, never embedded in HTML.
     private static readonly JsonWriterOptions WriterOptions = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
-    /// <summary>The instances serialised, in order, and where each one's object ends in <see cref="Endpoints"/>.</summary>
-    private readonly Instance[] _instances;
-    private readonly int[] _ends;
+    private readonly Segment[] _segments;
 
-    private Fragment(byte[] endpoints, Instance[] instances, int[] ends)
+    private Fragment(Segment[] segments, int count)
     {
-        Endpoints = endpoints;
-        _instances = instances;
-        _ends = ends;
-        Hash = instances.Length == 0 ? [] : SHA256.HashData(endpoints);
+        _segments = segments;
+        Count = count;
+        Parts = Array.ConvertAll(segments, segment => segment.Bytes);
+        Length = Math.Max(0, segments.Length - 1);
+        foreach (var segment in segments)
+        {
+            Length += segment.Bytes.Length;
+        }
+
+        if (segments.Length == 0)
+        {
+            Hash = [];
+            return;
+        }
+
+        const int HashSize = SHA256.HashSizeInBytes;
+        var hashes = new byte[segments.Length * HashSize];
+        for (var i = 0; i < segments.Length; i++)
+        {
+            segments[i].Hash.CopyTo(hashes, i * HashSize);
+        }
+
+        Hash = SHA256.HashData(hashes);
     }
 
-    /// <summary>The endpoint objects, comma-separated, without the array's brackets; empty when none matches.</summary>
-    public byte[] Endpoints { get; }
+    /// <summary>The endpoint objects, each part comma-separated inside, without the array's brackets; none when none matches.</summary>
+    public byte[][] Parts { get; }
 
-    public int Count => _instances.Length;
+    public int Count { get; }
 
-    /// <summary>SHA-256 of <see cref="Endpoints"/> (what versions are made of); empty when none matches.</summary>
+    /// <summary>The length of the parts joined by commas.</summary>
+    public long Length { get; }
+
+    /// <summary>SHA-256 of the segments' SHA-256s in order (what versions are made of); empty when none matches.</summary>
     public byte[] Hash { get; }
 
     /// <summary>
     /// The snapshot's instances that match any of the entries (all for one provider), in the
-    /// snapshot's order. An instance that <paramref name="previous"/> already holds at the same
-    /// revision (so with the same meta) is copied from it rather than serialised again: one
-    /// registration to an application of thousands costs one endpoint's serialisation and a copy.
+    /// snapshot's order. A segment that <paramref name="previous"/> already holds with the same
+    /// instances at the same revisions (so with the same meta) is taken from it rather than
+    /// serialised again: one registration to an application of thousands costs one segment.
     /// </summary>
     public static Fragment Compute(ApplicationSnapshot? snapshot, IReadOnlyList<SubscriptionEntry> entries, Fragment? previous = null)
     {
@@ -55,10 +92,12 @@ internal sealed class Fragment
             return Empty;
         }
 
+        // An entry with no protocol and no meta selects them all: then no instance is read.
+        var everyOne = entries.Any(e => e.Protocol is null && e.Meta.Count == 0);
         var instances = new List<Instance>(snapshot.Count);
         foreach (var instance in snapshot.Instances)
         {
-            if (MatchesAny(entries, instance))
+            if (everyOne || MatchesAny(entries, instance))
             {
                 instances.Add(instance);
             }
@@ -69,66 +108,45 @@ internal sealed class Fragment
             return Empty;
         }
 
-        // Each endpoint's bytes: a range of the previous fragment's (copied) or of the newly
-        // serialised ones. Sized first, so the fragment is allocated once at its exact length:
-        // a big application's fragment is on the large object heap, and a change should not
-        // allocate and copy it twice.
-        previous ??= Empty;
-        var fresh = new ArrayBufferWriter<byte>(256);
-        using var writer = new Utf8JsonWriter(fresh, WriterOptions);
-        var sources = new (bool Fresh, int Start, int Length)[instances.Count];
-        var length = instances.Count - 1; // the commas
+        var before = (previous ?? Empty)._segments;
+        var segments = new List<Segment>(before.Length + 1);
+        var all = CollectionsMarshal.AsSpan(instances);
+        ArrayBufferWriter<byte>? buffer = null;
+        var reused = 0;
         var p = 0;
-        for (var i = 0; i < instances.Count; i++)
+        for (var start = 0; start < all.Length;)
         {
-            // Both are in key order: walk the previous fragment alongside.
-            var instance = instances[i];
-            while (p < previous.Count && ApplicationSnapshot.Compare(previous._instances[p].Key, instance.Key) < 0)
+            // Both are in key order: walk the previous segments alongside.
+            while (p < before.Length && ApplicationSnapshot.Compare(before[p].First, all[start].Key) < 0)
             {
                 p++;
             }
 
-            if (p < previous.Count && previous._instances[p].Revision == instance.Revision && previous._instances[p].Key == instance.Key)
+            if (p < before.Length && before[p].Continues(all[start..]))
             {
-                var start = p == 0 ? 0 : previous._ends[p - 1] + 1;
-                sources[i] = (false, start, previous._ends[p] - start);
-            }
-            else
-            {
-                var start = fresh.WrittenCount;
-                writer.Reset(fresh);
-                WriteEndpoint(writer, instance);
-                writer.Flush();
-                sources[i] = (true, start, fresh.WrittenCount - start);
+                start += before[p].Count;
+                segments.Add(before[p++]);
+                reused++;
+                continue;
             }
 
-            length += sources[i].Length;
-        }
-
-        if (fresh.WrittenCount == 0 && instances.Count == previous.Count)
-        {
-            // Every endpoint copied, and none left out: the same fragment.
-            return previous;
-        }
-
-        var endpoints = GC.AllocateUninitializedArray<byte>(length);
-        var ends = new int[instances.Count];
-        var at = 0;
-        for (var i = 0; i < sources.Length; i++)
-        {
-            if (i > 0)
+            var end = start + 1;
+            while (end < all.Length && end - start < MaxSegment && !EndsSegment(all[end - 1].Key))
             {
-                endpoints[at++] = (byte)',';
+                end++;
             }
 
-            var (isFresh, start, count) = sources[i];
-            (isFresh ? fresh.WrittenSpan : previous.Endpoints).Slice(start, count).CopyTo(endpoints.AsSpan(at));
-            at += count;
-            ends[i] = at;
+            segments.Add(Segment.Serialise(all[start..end], buffer ??= new ArrayBufferWriter<byte>(16 * 1024)));
+            start = end;
         }
 
-        return new Fragment(endpoints, [.. instances], ends);
+        return reused == before.Length && reused == segments.Count ? previous! : new Fragment([.. segments], instances.Count);
     }
+
+    /// <summary>Whether the entry selects the instance (its protocol, and its meta as a subset).</summary>
+    internal static bool Matches(SubscriptionEntry entry, Instance instance) =>
+        (entry.Protocol is null || string.Equals(entry.Protocol, instance.Key.Protocol, StringComparison.Ordinal))
+        && instance.Meta.Contains(entry.Meta);
 
     private static bool MatchesAny(IReadOnlyList<SubscriptionEntry> entries, Instance instance)
     {
@@ -143,25 +161,96 @@ internal sealed class Fragment
         return false;
     }
 
-    /// <summary>Whether the entry selects the instance (its protocol, and its meta as a subset).</summary>
-    internal static bool Matches(SubscriptionEntry entry, Instance instance) =>
-        (entry.Protocol is null || string.Equals(entry.Protocol, instance.Key.Protocol, StringComparison.Ordinal))
-        && instance.Meta.Contains(entry.Meta);
-
-    private static void WriteEndpoint(Utf8JsonWriter writer, Instance instance)
+    /// <summary>Whether a segment ends after the endpoint of this key: FNV-1a of its protocol and address, the same on every node.</summary>
+    private static bool EndsSegment(InstanceKey key)
     {
-        writer.WriteStartObject();
-        writer.WriteString("application"u8, instance.Key.Application);
-        writer.WriteString("protocol"u8, instance.Key.Protocol);
-        writer.WriteString("addr"u8, instance.Key.Addr);
-        writer.WriteStartObject("meta"u8);
-        foreach (var (key, value) in instance.Meta.Pairs)
+        var hash = 2166136261u;
+        foreach (var c in key.Protocol)
         {
-            writer.WriteString(key, value);
+            hash = (hash ^ c) * 16777619u;
         }
 
-        writer.WriteEndObject();
-        writer.WriteEndObject();
+        hash = (hash ^ ' ') * 16777619u;
+        foreach (var c in key.Addr)
+        {
+            hash = (hash ^ c) * 16777619u;
+        }
+
+        return hash % BoundaryEvery == 0;
+    }
+
+    /// <summary>A run of endpoints serialised, with the instances they were made from.</summary>
+    private sealed class Segment(Instance[] instances, byte[] bytes)
+    {
+        public byte[] Bytes { get; } = bytes;
+
+        public byte[] Hash { get; } = SHA256.HashData(bytes);
+
+        public InstanceKey First => instances[0].Key;
+
+        public int Count => instances.Length;
+
+        /// <summary>
+        /// Whether <paramref name="rest"/> (the instances from a segment's start on) begins with
+        /// exactly its instances, at the same revisions, and a segment would end after them there
+        /// too: so the same segment, found without reading each instance's key again. Inside it
+        /// none ended one; after it, its last key still does, or it was as long as one may be, or
+        /// it is the last in both.
+        /// </summary>
+        public bool Continues(ReadOnlySpan<Instance> rest)
+        {
+            if (rest.Length < instances.Length
+                || (rest.Length > instances.Length && instances.Length < MaxSegment && !EndsSegment(instances[^1].Key)))
+            {
+                return false;
+            }
+
+            for (var i = 0; i < instances.Length; i++)
+            {
+                if (!ReferenceEquals(rest[i], instances[i]) && (rest[i].Revision != instances[i].Revision || rest[i].Key != instances[i].Key))
+                {
+                    return false;
+                }
+            }
+
+            return true;
+        }
+
+        public static Segment Serialise(ReadOnlySpan<Instance> run, ArrayBufferWriter<byte> buffer)
+        {
+            buffer.ResetWrittenCount();
+            using var writer = new Utf8JsonWriter(buffer, WriterOptions);
+            for (var i = 0; i < run.Length; i++)
+            {
+                if (i > 0)
+                {
+                    buffer.Write(","u8);
+                }
+
+                // One JSON value per reset: the commas between them are the array's, written above.
+                writer.Reset(buffer);
+                WriteEndpoint(writer, run[i]);
+                writer.Flush();
+            }
+
+            return new Segment(run.ToArray(), buffer.WrittenSpan.ToArray());
+        }
+
+        private static void WriteEndpoint(Utf8JsonWriter writer, Instance instance)
+        {
+            writer.WriteStartObject();
+            writer.WriteString("application"u8, instance.Key.Application);
+            writer.WriteString("protocol"u8, instance.Key.Protocol);
+            writer.WriteString("addr"u8, instance.Key.Addr);
+            writer.WriteStartObject("meta"u8);
+            foreach (var (key, value) in instance.Meta.Pairs)
+            {
+                writer.WriteString(key, value);
+            }
+
+            writer.WriteEndObject();
+            writer.WriteEndObject();
+        }
     }
 }
 
@@ -176,22 +265,35 @@ internal sealed class Fragment
 /// </summary>
 internal sealed class Answer
 {
+    private static readonly byte[] HeadStart = "{\"version\":\""u8.ToArray();
+    private static readonly byte[] HeadEnd = "\",\"endpoints\":["u8.ToArray();
     private static readonly byte[] Tail = "]}"u8.ToArray();
 
     /// <summary>Bytes written between flushes of a large answer.</summary>
     private const int FlushEvery = 64 * 1024;
 
     private readonly byte[] _head;
-    private readonly byte[][] _parts;
 
-    private Answer(string version, byte[][] parts, int endpointCount)
+    /// <summary>Each with endpoints: the answer holds its fragments, not a copy of their parts.</summary>
+    private readonly Fragment[] _fragments;
+
+    private Answer(string version, Fragment[] fragments)
     {
         Version = version;
         ETag = $"\"{version}\"";
-        _head = Encoding.ASCII.GetBytes($"{{\"version\":\"{version}\",\"endpoints\":[");
-        _parts = parts;
-        EndpointCount = endpointCount;
-        ContentLength = _head.Length + Tail.Length + parts.Sum(p => (long)p.Length) + Math.Max(0, parts.Length - 1);
+        _head = new byte[HeadStart.Length + version.Length + HeadEnd.Length];
+        HeadStart.CopyTo(_head, 0);
+        Encoding.ASCII.GetBytes(version, _head.AsSpan(HeadStart.Length));
+        HeadEnd.CopyTo(_head, HeadStart.Length + version.Length);
+        _fragments = fragments;
+        long length = _head.Length + Tail.Length + Math.Max(0, fragments.Length - 1);
+        foreach (var fragment in fragments)
+        {
+            EndpointCount += fragment.Count;
+            length += fragment.Length;
+        }
+
+        ContentLength = length;
         ComputedAt = System.Diagnostics.Stopwatch.GetTimestamp();
     }
 
@@ -209,9 +311,15 @@ internal sealed class Answer
     public long ComputedAt { get; }
 
     /// <summary>Composes the answer from its applications' fragments, given in ordinal order of application.</summary>
-    public static Answer Compose(IEnumerable<Fragment> fragments)
+    public static Answer Compose(Fragment[] fragments)
     {
-        var parts = fragments.Where(f => f.Count > 0).ToArray();
+        var matched = 0;
+        foreach (var fragment in fragments)
+        {
+            matched += fragment.Count > 0 ? 1 : 0;
+        }
+
+        var parts = matched == fragments.Length ? fragments : Array.FindAll(fragments, f => f.Count > 0);
         // SHA-256 of the fragments' hashes one after another, in one call: a change to a big
         // application recomposes every answer that includes it, on the loader's thread.
         const int HashSize = SHA256.HashSizeInBytes;
@@ -223,8 +331,7 @@ internal sealed class Answer
 
         Span<byte> digest = stackalloc byte[HashSize];
         SHA256.HashData(hashes[..(parts.Length * HashSize)], digest);
-        var version = Convert.ToHexStringLower(digest[..10]);
-        return new Answer(version, parts.Select(f => f.Endpoints).ToArray(), parts.Sum(f => f.Count));
+        return new Answer(Convert.ToHexStringLower(digest[..10]), parts);
     }
 
     /// <summary>
@@ -246,22 +353,26 @@ internal sealed class Answer
         using var turn = await writers.EnterAsync(cancellationToken);
         body.Write(_head);
         long unflushed = _head.Length;
-        for (var i = 0; i < _parts.Length; i++)
+        for (var i = 0; i < _fragments.Length; i++)
         {
-            if (i > 0)
+            var parts = _fragments[i].Parts;
+            for (var j = 0; j < parts.Length; j++)
             {
-                body.Write(","u8);
-            }
-
-            for (var offset = 0; offset < _parts[i].Length; offset += FlushEvery)
-            {
-                var chunk = _parts[i].AsMemory(offset, Math.Min(FlushEvery, _parts[i].Length - offset));
-                body.Write(chunk.Span);
-                unflushed += chunk.Length;
-                if (unflushed >= FlushEvery)
+                if (i > 0 || j > 0)
                 {
-                    await turn.FlushAsync(body.FlushAsync(cancellationToken));
-                    unflushed = 0;
+                    body.Write(","u8);
+                }
+
+                for (var offset = 0; offset < parts[j].Length; offset += FlushEvery)
+                {
+                    var chunk = parts[j].AsMemory(offset, Math.Min(FlushEvery, parts[j].Length - offset));
+                    body.Write(chunk.Span);
+                    unflushed += chunk.Length;
+                    if (unflushed >= FlushEvery)
+                    {
+                        await turn.FlushAsync(body.FlushAsync(cancellationToken));
+                        unflushed = 0;
+                    }
                 }
             }
         }
@@ -273,14 +384,18 @@ internal sealed class Answer
     private void WriteAll(PipeWriter body)
     {
         body.Write(_head);
-        for (var i = 0; i < _parts.Length; i++)
+        for (var i = 0; i < _fragments.Length; i++)
         {
-            if (i > 0)
+            var parts = _fragments[i].Parts;
+            for (var j = 0; j < parts.Length; j++)
             {
-                body.Write(","u8);
-            }
+                if (i > 0 || j > 0)
+                {
+                    body.Write(","u8);
+                }
 
-            body.Write(_parts[i]);
+                body.Write(parts[j]);
+            }
         }
 
         body.Write(Tail);

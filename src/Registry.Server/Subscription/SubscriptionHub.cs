@@ -144,7 +144,16 @@ internal sealed class SubscriptionView
     }
 
     /// <summary>The answer of the slots' current fragments.</summary>
-    public Answer Compose() => Answer.Compose(Slots.Select(slot => slot.Current));
+    public Answer Compose()
+    {
+        var fragments = new Fragment[Slots.Length];
+        for (var i = 0; i < fragments.Length; i++)
+        {
+            fragments[i] = Slots[i].Current;
+        }
+
+        return Answer.Compose(fragments);
+    }
 
     /// <summary>Wakes the parked consumers without a new answer (the node is shutting down).</summary>
     public void Interrupt()
