@@ -61,7 +61,7 @@ public sealed partial class RegistrationLease
             OpensInDoubt(_session.Unanswered);
 
             var first = await NextEventOrFailAsync(cancellationToken).ConfigureAwait(false);
-            if (first.Name != "lease" || JsonSerializer.Deserialize(first.Data, ClientJson.Default.LeaseDocument) is not { } lease)
+            if (first.Name != "lease" || JsonSerializer.Deserialize(first.Data, ClientJson.Default.LeaseDocument) is not { Ttl: >= 1 } lease)
             {
                 FailSession();
                 throw new RegistryUnavailableException($"The session's stream did not start with its lease but with '{first.Name}'.");

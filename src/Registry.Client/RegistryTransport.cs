@@ -46,8 +46,8 @@ internal sealed partial class RegistryTransport
     {
         var body = JsonSerializer.SerializeToUtf8Bytes(provider, ClientJson.Default.ProviderInstance);
         using var response = await SendAsync(HttpMethod.Post, string.Create(CultureInfo.InvariantCulture, $"v1/register?ttl={ttlSeconds}{query}"), body, null, timeout, cancellationToken).ConfigureAwait(false);
-        await EnsureSuccessAsync(response, "register", cancellationToken).ConfigureAwait(false);
-        return await ReadAsync(response, ClientJson.Default.LeaseDocument, cancellationToken).ConfigureAwait(false);
+        await EnsureSuccessAsync(response, "register", timeout, cancellationToken).ConfigureAwait(false);
+        return await ReadLeaseAsync(response, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -63,7 +63,7 @@ internal sealed partial class RegistryTransport
             HttpCompletionOption.ResponseHeadersRead, cancellationToken).ConfigureAwait(false);
         try
         {
-            await EnsureSuccessAsync(response, "open session", cancellationToken).ConfigureAwait(false);
+            await EnsureSuccessAsync(response, "open session", timeout, cancellationToken).ConfigureAwait(false);
             var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
             return new SessionConnection(response, stream, server, unanswered);
         }
@@ -93,8 +93,8 @@ internal sealed partial class RegistryTransport
             return null;
         }
 
-        await EnsureSuccessAsync(response, "heartbeat", cancellationToken).ConfigureAwait(false);
-        return await ReadAsync(response, ClientJson.Default.LeaseDocument, cancellationToken).ConfigureAwait(false);
+        await EnsureSuccessAsync(response, "heartbeat", timeout, cancellationToken).ConfigureAwait(false);
+        return await ReadLeaseAsync(response, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Removes the instance; <see langword="false"/> when it was not registered.</summary>
@@ -107,7 +107,7 @@ internal sealed partial class RegistryTransport
             return false;
         }
 
-        await EnsureSuccessAsync(response, "unregister", cancellationToken).ConfigureAwait(false);
+        await EnsureSuccessAsync(response, "unregister", timeout, cancellationToken).ConfigureAwait(false);
         return true;
     }
 
@@ -124,7 +124,7 @@ internal sealed partial class RegistryTransport
             return null;
         }
 
-        await EnsureSuccessAsync(response, "drain", cancellationToken).ConfigureAwait(false);
+        await EnsureSuccessAsync(response, "drain", timeout, cancellationToken).ConfigureAwait(false);
         return await ReadAsync(response, ClientJson.Default.DrainResult, cancellationToken).ConfigureAwait(false);
     }
 
@@ -142,7 +142,7 @@ internal sealed partial class RegistryTransport
             return null;
         }
 
-        await EnsureSuccessAsync(response, "get service", cancellationToken).ConfigureAwait(false);
+        await EnsureSuccessAsync(response, "get service", timeout, cancellationToken).ConfigureAwait(false);
         return await ReadAsync(response, ClientJson.Default.RegistryAnswer, cancellationToken).ConfigureAwait(false);
     }
 
@@ -150,7 +150,7 @@ internal sealed partial class RegistryTransport
     public async Task<IReadOnlyList<ServiceCount>> GetServicesAsync(TimeSpan timeout, CancellationToken cancellationToken)
     {
         using var response = await SendAsync(HttpMethod.Get, "v1/services", null, null, timeout, cancellationToken).ConfigureAwait(false);
-        await EnsureSuccessAsync(response, "list services", cancellationToken).ConfigureAwait(false);
+        await EnsureSuccessAsync(response, "list services", timeout, cancellationToken).ConfigureAwait(false);
         return (await ReadAsync(response, ClientJson.Default.ServicesDocument, cancellationToken).ConfigureAwait(false)).Services;
     }
 
@@ -164,7 +164,7 @@ internal sealed partial class RegistryTransport
         // The registry adds up to wait/16 of jitter; the rest of the margin is for the network.
         var timeout = TimeSpan.FromSeconds(waitSeconds + (waitSeconds / 16.0) + 10);
         using var response = await SendAsync(HttpMethod.Post, path, subscription, null, timeout, cancellationToken).ConfigureAwait(false);
-        await EnsureSuccessAsync(response, "subscribe", cancellationToken).ConfigureAwait(false);
+        await EnsureSuccessAsync(response, "subscribe", timeout, cancellationToken).ConfigureAwait(false);
         return await ReadAsync(response, ClientJson.Default.RegistryAnswer, cancellationToken).ConfigureAwait(false);
     }
 
@@ -249,7 +249,7 @@ internal sealed partial class RegistryTransport
                 // of refused tokens is what the registry rate-limits. Not an outage.
                 using (response)
                 {
-                    var problem = await ProblemAsync(response, cancellationToken).ConfigureAwait(false);
+                    var problem = await ProblemAsync(response, timeout, cancellationToken).ConfigureAwait(false);
                     throw new RegistryAccessDeniedException(Refusal(path, response, problem), response.StatusCode, problem);
                 }
             }
@@ -262,7 +262,7 @@ internal sealed partial class RegistryTransport
                     retryAfter = after > retryAfter || retryAfter is null ? after : retryAfter;
                     last = new HttpRequestException($"{server} answered {(int)response.StatusCode} {response.ReasonPhrase}.", null, response.StatusCode);
                     lastStatus = response.StatusCode;
-                    lastProblem = await ProblemAsync(response, cancellationToken).ConfigureAwait(false);
+                    lastProblem = await ProblemAsync(response, timeout, cancellationToken).ConfigureAwait(false);
                     // A proxy's bad gateway or gateway timeout: the node behind it may have taken the request.
                     unanswered += response.StatusCode is HttpStatusCode.BadGateway or HttpStatusCode.GatewayTimeout ? 1 : 0;
                     LogServerFailed(_logger, server, last.Message);
@@ -319,7 +319,7 @@ internal sealed partial class RegistryTransport
         _ => null,
     };
 
-    private static async Task EnsureSuccessAsync(HttpResponseMessage response, string operation, CancellationToken cancellationToken)
+    private async Task EnsureSuccessAsync(HttpResponseMessage response, string operation, TimeSpan timeout, CancellationToken cancellationToken)
     {
         if (response.IsSuccessStatusCode)
         {
@@ -327,12 +327,38 @@ internal sealed partial class RegistryTransport
         }
 
         // A problem document names the field and the reason: worth carrying into the exception.
-        var problem = await ProblemAsync(response, cancellationToken).ConfigureAwait(false);
+        var problem = await ProblemAsync(response, timeout, cancellationToken).ConfigureAwait(false);
         throw new RegistryClientException(Refusal(operation, response, problem), response.StatusCode, problem);
     }
 
-    private static async Task<RegistryProblem?> ProblemAsync(HttpResponseMessage response, CancellationToken cancellationToken) =>
-        RegistryProblem.TryParse(await response.Content.ReadAsStringAsync(cancellationToken).ConfigureAwait(false));
+    /// <summary>
+    /// The problem document of an error answer; null when there is none, or when it does not arrive within
+    /// <paramref name="timeout"/>: a session's answer is taken at its headers, and a proxy may send an error's
+    /// headers and stall its body, which would otherwise hold the caller for good.
+    /// </summary>
+    private async Task<RegistryProblem?> ProblemAsync(HttpResponseMessage response, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        using var timeoutSource = new CancellationTokenSource(timeout, _time);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeoutSource.Token);
+        try
+        {
+            return RegistryProblem.TryParse(await response.Content.ReadAsStringAsync(linked.Token).ConfigureAwait(false));
+        }
+        catch (Exception e) when (e is HttpRequestException or IOException
+            || (e is OperationCanceledException && !cancellationToken.IsCancellationRequested))
+        {
+            return null;
+        }
+    }
+
+    /// <summary>A lease document with a TTL: a 2xx without one is not the registry's, and heartbeats timed by it would not wait.</summary>
+    private static async Task<LeaseDocument> ReadLeaseAsync(HttpResponseMessage response, CancellationToken cancellationToken)
+    {
+        var lease = await ReadAsync(response, ClientJson.Default.LeaseDocument, cancellationToken).ConfigureAwait(false);
+        return lease.Ttl >= 1
+            ? lease
+            : throw new RegistryUnavailableException($"The registry's answer could not be read: its lease has no positive ttl ({lease.Ttl}).");
+    }
 
     private static string Refusal(string operation, HttpResponseMessage response, RegistryProblem? problem)
     {

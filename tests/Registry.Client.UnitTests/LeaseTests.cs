@@ -105,6 +105,24 @@ public sealed class LeaseTests : ScriptedTest
         Assert.Equal(0, Handler.Count("/v1/unregister"));
     }
 
+    [Fact]
+    public async Task ALeaseAnsweredWithoutATtlBacksOffInsteadOfHeartbeatingAtOnce()
+    {
+        // Something that is not the registry (a default backend) answers every request 200 with an empty object.
+        Handler.Respond = (_, _) => Task.FromResult(Scripted.Json(HttpStatusCode.OK, "{}"));
+
+        await using var lease = await NewClient().RegisterAsync(Instance());
+
+        Assert.False(lease.IsRegistered);
+        Assert.Contains("ttl", Assert.IsType<RegistryUnavailableException>(lease.LastError).Message, StringComparison.Ordinal);
+        var delay = await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(30));
+        Assert.True(delay >= TimeSpan.FromSeconds(0.5), $"a delay of {delay}");
+        await Handler.NextAsync(r => r.Path == "/v1/register" && Handler.Count("/v1/register") == 2);
+        // Nothing more until the clock moves: no heartbeat timed by a TTL of zero.
+        await Clock.NextTimerAsync(d => !Scripted.IsRequestTimeout(d));
+        Assert.Equal(2, Handler.Sent.Count);
+    }
+
     [Theory]
     [InlineData("0")]
     [InlineData("past date")]

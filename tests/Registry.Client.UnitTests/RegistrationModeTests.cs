@@ -58,6 +58,27 @@ public sealed class RegistrationModeTests : ScriptedTest
     }
 
     [Fact]
+    public async Task ASessionRefusedWithAnErrorWhoseBodyStallsIsOpenedOnTheNextServer()
+    {
+        Sessions();
+        var sessions = Handler.Respond;
+        // A proxy in front of node A sends a 503's headers and never its body.
+        Handler.Respond = (r, ct) => r.Uri.Host == Scripted.ServerA.Host
+            ? Task.FromResult(new HttpResponseMessage(HttpStatusCode.ServiceUnavailable) { Content = new StreamContent(new StalledStream()) })
+            : sessions(r, ct);
+
+        var registering = NewClient(null, Scripted.ServerA, Scripted.ServerB).RegisterAsync(Instance(), RegistrationMode.Session);
+        await Handler.NextAsync(r => r.Path == "/v1/sessions");
+        await Clock.NextTimerAsync(Scripted.IsRequestTimeout); // the headers' timeout, then the body's
+        await Clock.NextTimerAsync(Scripted.IsRequestTimeout);
+        Clock.Advance(TimeSpan.FromSeconds(5));
+
+        await using var lease = await registering.WaitAsync(Scripted.Patience);
+        Assert.Equal(["registry-a", "registry-b"], Handler.Sent.Select(r => r.Uri.Host));
+        Assert.True(lease.IsRegistered);
+    }
+
+    [Fact]
     public async Task ASessionEndedAsReplacedStopsAndSaysSo()
     {
         var stream = Sessions();
@@ -375,5 +396,40 @@ public sealed class RegistrationModeTests : ScriptedTest
 
         public Task<RegistryAnswer?> GetServiceAsync(string application, string? ifNoneMatch = null, CancellationToken cancellationToken = default) =>
             throw new NotSupportedException();
+    }
+
+    /// <summary>A body that never yields a byte until its reader gives up.</summary>
+    private sealed class StalledStream : Stream
+    {
+        public override bool CanRead => true;
+
+        public override bool CanSeek => false;
+
+        public override bool CanWrite => false;
+
+        public override long Length => throw new NotSupportedException();
+
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+
+        public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+        {
+            await Task.Delay(Timeout.Infinite, cancellationToken);
+            return 0;
+        }
+
+        public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+            ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+        public override void Flush()
+        {
+        }
+
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+        public override void SetLength(long value) => throw new NotSupportedException();
+
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
     }
 }
