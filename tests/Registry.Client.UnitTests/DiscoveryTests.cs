@@ -214,6 +214,26 @@ public sealed class DiscoveryTests : ScriptedTest
     }
 
     [Fact]
+    public async Task AChangeCallbackThatWaitsForAnotherResolutionDoesNotStopThePool()
+    {
+        _registered["a"] = [("http", "10.0.0.1:80")];
+        _registered["b"] = [("http", "10.0.0.2:80")];
+        var (_, client) = NewFactory();
+        var a = client.Discovery.Acquire("a");
+        await a.FirstAnswer.WaitAsync(Scripted.Patience);
+        await Handler.NextAsync(r => r.Uri.Query.Length > 0);
+        // An app's callback that resolves another name on another thread and waits for it (sync over async).
+        var resolvedInTime = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+        a.GetChangeToken().RegisterChangeCallback(_ => resolvedInTime.TrySetResult(Task.Run(() => client.Discovery.Acquire("b")).Wait(Scripted.Patience)), null);
+
+        _registered["a"] = [("http", "10.0.0.3:80")];
+        Clock.Advance(TimeSpan.FromSeconds(41.875)); // the held poll's timeout
+        await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(1));
+
+        Assert.True(await resolvedInTime.Task.WaitAsync(2 * Scripted.Patience));
+    }
+
+    [Fact]
     public async Task AChangeCallbackThatThrowsKeepsTheChangeFromNoOtherApplicationOfItsPoll()
     {
         _registered["a"] = [("http", "10.0.0.1:80")];

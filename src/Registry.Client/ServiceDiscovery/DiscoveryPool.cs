@@ -21,6 +21,9 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
     private readonly Dictionary<string, ApplicationWatch> _watches = new(StringComparer.Ordinal);
     private readonly List<WatchGroup> _groups = [];
     private readonly CancellationTokenSource _disposed = new();
+
+    /// <summary>Change tokens to fire once the lock is let go (see <see cref="FirePending"/>); guarded by the lock.</summary>
+    private readonly List<CancellationTokenSource> _pending = [];
     private Task<HashSet<string>?>? _directory;
     private long _directoryAt;
 
@@ -94,7 +97,7 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
                 return existing;
             }
 
-            var watch = new ApplicationWatch(application, logger) { References = 1 };
+            var watch = new ApplicationWatch(application) { References = 1 };
             _watches[application] = watch;
             var group = _groups.FirstOrDefault(g => !g.Isolated && g.Applications.Count < MaxEntries) ?? AddGroup(isolated: false);
             Join(group, watch);
@@ -220,16 +223,15 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
                 LogStartFailed(logger, e.Message);
                 lock (_gate)
                 {
-                    // Emptied first: a change-token callback run by Forget may resolve a name again on this thread
-                    // (the lock is re-entrant), and join this very group.
-                    var failed = group.Applications.Values.ToArray();
-                    group.Applications.Clear();
-                    foreach (var watch in failed)
+                    foreach (var watch in group.Applications.Values)
                     {
                         Forget(watch, e);
                     }
+
+                    group.Applications.Clear();
                 }
 
+                FirePending();
                 continue;
             }
 
@@ -255,6 +257,7 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
                 }
             }
 
+            FirePending();
             if (old is not null)
             {
                 await old.DisposeAsync().ConfigureAwait(false);
@@ -280,11 +283,44 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
             // Only the applications this subscription asks for: one that joined the group since waits for the next.
             foreach (var entry in subscription.Entries)
             {
-                if (group.Applications.TryGetValue(entry.Provider, out var watch) && !(fromCache && watch.Endpoints is not null))
+                if (group.Applications.TryGetValue(entry.Provider, out var watch) && !(fromCache && watch.Endpoints is not null)
+                    && watch.Offer([.. byApplication[entry.Provider]]) is { } changed)
                 {
-                    watch.Offer([.. byApplication[entry.Provider]]);
+                    _pending.Add(changed);
                 }
             }
+        }
+
+        FirePending();
+    }
+
+    /// <summary>
+    /// Fires the change tokens of watches changed under the lock, once this thread holds it no more: their callbacks are
+    /// the app's (a resolver's refresh, anything registered on a change token), and one that waits for another resolution
+    /// on another thread would otherwise wait for this lock for ever. Whoever lets the lock go last fires them.
+    /// </summary>
+    private void FirePending()
+    {
+        if (Monitor.IsEntered(_gate))
+        {
+            return;
+        }
+
+        CancellationTokenSource[] fire;
+        lock (_gate)
+        {
+            if (_pending.Count == 0)
+            {
+                return;
+            }
+
+            fire = [.. _pending];
+            _pending.Clear();
+        }
+
+        foreach (var changed in fire)
+        {
+            ChangeSignal.Fire(changed, logger);
         }
     }
 
@@ -296,47 +332,54 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
             return;
         }
 
-        lock (_gate)
+        try
         {
-            if (!ReferenceEquals(group.Subscription, subscription))
+            lock (_gate)
             {
-                return;
-            }
+                if (!ReferenceEquals(group.Subscription, subscription))
+                {
+                    return;
+                }
 
-            group.Subscription = null;
-            // A 403 names the application the credential may not subscribe to: only that one is let go.
-            if (error is RegistryAccessDeniedException { Problem: { } problem }
-                && problem.Extensions.TryGetValue("application", out var named)
-                && named.ValueKind == System.Text.Json.JsonValueKind.String
-                && group.Applications.Count > 1
-                && group.Applications.TryGetValue(named.GetString()!, out var forbidden))
-            {
-                group.Applications.Remove(forbidden.Application);
-                Forget(forbidden, error);
-                Resubscribe(group);
-                return;
-            }
+                group.Subscription = null;
+                // A 403 names the application the credential may not subscribe to: only that one is let go.
+                if (error is RegistryAccessDeniedException { Problem: { } problem }
+                    && problem.Extensions.TryGetValue("application", out var named)
+                    && named.ValueKind == System.Text.Json.JsonValueKind.String
+                    && group.Applications.Count > 1
+                    && group.Applications.TryGetValue(named.GetString()!, out var forbidden))
+                {
+                    group.Applications.Remove(forbidden.Application);
+                    Forget(forbidden, error);
+                    Resubscribe(group);
+                    return;
+                }
 
-            var watches = group.Applications.Values.ToList();
-            if (watches.Count > 1)
-            {
-                // The registry refuses a subscription whole when one provider is forbidden; not knowing which, give each
-                // application its own, so one forbidden name does not take its neighbours down.
-                LogSplit(logger, watches.Count, error.Message);
+                var watches = group.Applications.Values.ToList();
+                if (watches.Count > 1)
+                {
+                    // The registry refuses a subscription whole when one provider is forbidden; not knowing which, give each
+                    // application its own, so one forbidden name does not take its neighbours down.
+                    LogSplit(logger, watches.Count, error.Message);
+                    _groups.Remove(group);
+                    foreach (var watch in watches)
+                    {
+                        Join(AddGroup(isolated: true), watch);
+                    }
+
+                    return;
+                }
+
                 _groups.Remove(group);
                 foreach (var watch in watches)
                 {
-                    Join(AddGroup(isolated: true), watch);
+                    Forget(watch, error);
                 }
-
-                return;
             }
-
-            _groups.Remove(group);
-            foreach (var watch in watches)
-            {
-                Forget(watch, error);
-            }
+        }
+        finally
+        {
+            FirePending();
         }
     }
 
@@ -344,7 +387,7 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
     private void Forget(ApplicationWatch watch, Exception error)
     {
         watch.Group = null;
-        watch.Fail(error);
+        _pending.Add(watch.Fail(error));
         if (_watches.TryGetValue(watch.Application, out var current) && ReferenceEquals(current, watch))
         {
             _watches.Remove(watch.Application);
@@ -405,7 +448,7 @@ internal sealed class WatchGroup(bool isolated)
 
 /// <summary>One application's part of a pooled subscription: its last endpoints and a change token.</summary>
 #pragma warning disable CA1001 // The change token sources are never disposed: a CancellationChangeToken handed out may still register on one.
-internal sealed class ApplicationWatch(string application, ILogger logger)
+internal sealed class ApplicationWatch(string application)
 #pragma warning restore CA1001
 {
     private readonly object _gate = new();
@@ -459,14 +502,15 @@ internal sealed class ApplicationWatch(string application, ILogger logger)
         }
     }
 
-    internal void Offer(IReadOnlyList<ProviderInstance> endpoints)
+    /// <summary>Takes the endpoints; the source behind the handed-out change tokens, for the caller to fire, when they changed.</summary>
+    internal CancellationTokenSource? Offer(IReadOnlyList<ProviderInstance> endpoints)
     {
         CancellationTokenSource changed;
         lock (_gate)
         {
             if (_endpoints is not null && _endpoints.SequenceEqual(endpoints, InstanceComparer.Instance))
             {
-                return;
+                return null;
             }
 
             _endpoints = endpoints;
@@ -475,10 +519,11 @@ internal sealed class ApplicationWatch(string application, ILogger logger)
         }
 
         _first.TrySetResult();
-        ChangeSignal.Fire(changed, logger);
+        return changed;
     }
 
-    internal void Fail(Exception error)
+    /// <summary>Fails the watch; the source behind the handed-out change tokens, for the caller to fire.</summary>
+    internal CancellationTokenSource Fail(Exception error)
     {
         CancellationTokenSource changed;
         lock (_gate)
@@ -489,10 +534,10 @@ internal sealed class ApplicationWatch(string application, ILogger logger)
         }
 
         // The first answer is released, not failed: the provider reads Failure and lets the next provider resolve the name.
+        // A resolver that already holds endpoints hears of it too (the source fired), or it would serve them for ever:
+        // it resolves again, and the provider, reading Failure, lets this watch go.
         _first.TrySetResult();
-        // A resolver that already holds endpoints hears of it too, or it would serve them for ever: it resolves again,
-        // and the provider, reading Failure, lets this watch go.
-        ChangeSignal.Fire(changed, logger);
+        return changed;
     }
 
     private sealed class InstanceComparer : IEqualityComparer<ProviderInstance>
