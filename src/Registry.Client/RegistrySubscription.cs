@@ -51,6 +51,10 @@ public sealed class RegistrySubscription : IAsyncDisposable
         _logger = logger;
         _outage = new OutageLog(_logger, "subscribe");
         _backoff = new Backoff(options.RetryBaseDelay, options.RetryMaxDelay);
+        // A refusal is also delivered to watchers and Changed; the first-answer task may never be awaited (service
+        // discovery does not), and its exception must not reach TaskScheduler.UnobservedTaskException.
+        _ = _first.Task.ContinueWith(
+            static first => _ = first.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
     }
 
     /// <summary>
