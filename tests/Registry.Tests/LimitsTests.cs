@@ -162,6 +162,36 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
     }
 
     [Fact]
+    public async Task AskingWhoWatchesIsHeldAsAParkedRequestAndRefusedPastTheClientsLimit()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:Limits:MaxParkedPerClient"] = "1",
+        });
+        using var client = node.CreateClient();
+        var subscription = Http.Subscription(Http.Entry("app"));
+        var (_, version, _) = await client.SubscribeAsync(subscription);
+        using var parked = ParkedPolls.On(node);
+        using var stop = new CancellationTokenSource();
+        var held = client.SubscribeAsync(subscription, version, wait: 30, stop.Token);
+        await parked.WaitForAsync(1);
+
+        // Each question is held until every node answers and costs each of them a notification: no client asks without bound.
+        using (var refused = await client.GetAsync("/v1/services/app/watchers"))
+        {
+            Assert.Equal(HttpStatusCode.TooManyRequests, refused.StatusCode);
+            Assert.Contains("MaxParkedPerClient", (string?)(await refused.ReadJsonAsync())["detail"], StringComparison.Ordinal);
+        }
+
+        await stop.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => held);
+        await parked.WaitForNoneAsync();
+        using var answered = await client.GetAsync("/v1/services/app/watchers");
+        Assert.Equal(HttpStatusCode.OK, answered.StatusCode);
+    }
+
+    [Fact]
     public async Task ANodeHoldsNoMoreParkedPollsThanItsLimitWhateverTheClients()
     {
         var database = await Cluster.CreateDatabaseAsync();

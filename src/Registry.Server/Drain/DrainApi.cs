@@ -4,6 +4,7 @@ using Microsoft.Extensions.Options;
 using Registry.Access;
 using Registry.Edge;
 using Registry.Model;
+using Registry.Subscription;
 
 namespace Registry.Drain;
 
@@ -23,9 +24,11 @@ internal static class DrainApi
             .WithDescription("Asks every live node (through the database's notification channel) how many consumers it holds " +
                 "parked on subscriptions that include the application, and which version of their answer each holds, so an " +
                 "operator can see who still holds an old version. Nodes that do not answer within `Registry:Drain:WatchersWait` " +
-                "(1 s by default) are left out. A parked consumer on a subscription naming several providers holds the version of its whole answer.")
+                "(1 s by default) are left out. A parked consumer on a subscription naming several providers holds the version of its whole answer. " +
+                "The question is held like a parked poll and counted with them: `429` with `Retry-After` beyond `Registry:Limits:MaxParkedPerClient` or `MaxParked`.")
             .Produces<WatchersDocument>(StatusCodes.Status200OK)
             .ProducesValidationProblem()
+            .ProducesProblem(StatusCodes.Status429TooManyRequests)
             .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
 
         return endpoints;
@@ -38,6 +41,8 @@ internal static class DrainApi
         ApplicationAccess access,
         DrainCoordinator coordinator,
         IOptions<DrainOptions> options,
+        ParkingLot parking,
+        IOptions<LimitsOptions> limits,
         CancellationToken cancellationToken)
     {
         var errors = new Errors();
@@ -52,6 +57,14 @@ internal static class DrainApi
             return denied;
         }
 
+        // Held until every node answers (up to WatchersWait), and each costs every node a look-up and a notification:
+        // counted as a parked request, so no client can hold the pool's connections with them.
+        var client = ParkingLot.ClientOf(http);
+        if (!parking.TryEnter(client))
+        {
+            return Problems.TooMany(http, limits.Value.RetryAfterSeconds, ParkingLot.Full);
+        }
+
         try
         {
             return TypedResults.Ok(await coordinator.WatchersAsync(application, cancellationToken));
@@ -59,6 +72,10 @@ internal static class DrainApi
         catch (DbException)
         {
             return Problems.Unavailable(http, options.Value.RetryAfterSeconds, "The database cannot carry the question to the nodes now; retry shortly.");
+        }
+        finally
+        {
+            parking.Leave(client);
         }
     }
 }

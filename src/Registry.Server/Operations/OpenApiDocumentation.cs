@@ -171,6 +171,8 @@ internal static class OpenApiDocumentation
             "keep-alive interval, until `event: ended` (`unregistered`, `evicted` or `replaced`) or the connection closes.",
         ("OpenSession", "429") => "This node holds as many parked requests and sessions as it may for this client or in all, or the client " +
             "exceeded its rate limit; retry after `Retry-After` seconds, or on another node.",
+        ("Subscribe", "429") or ("GetService", "429") or ("GetWatchers", "429") => "This node holds as many parked requests as it may for this " +
+            "client or in all, or the client exceeded its rate limit; retry after `Retry-After` seconds, or on another node.",
         ("Subscribe", "200") or ("GetService", "200") => "The answer: the matching instances and their version. Also the answer when the wait ran out unchanged. `ETag` carries the version.",
         ("GetService", "304") => "With `If-None-Match`: the wait ran out and the answer is unchanged. No body.",
         ("ListServices", "200") => "The applications registered now, sorted by name, with their number of instances.",

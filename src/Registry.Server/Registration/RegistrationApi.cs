@@ -235,8 +235,7 @@ internal static class RegistrationApi
         var client = ParkingLot.ClientOf(http);
         if (!parking.TryEnter(client))
         {
-            return Problems.TooMany(http, limits.Value.RetryAfterSeconds,
-                "This node holds as many parked requests as it may for this client or in all (Registry:Limits:MaxParkedPerClient, MaxParked); retry shortly or on another node.");
+            return Problems.TooMany(http, limits.Value.RetryAfterSeconds, ParkingLot.Full);
         }
 
         try

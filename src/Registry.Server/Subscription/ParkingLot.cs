@@ -18,6 +18,9 @@ internal sealed class ParkingLot(IOptions<LimitsOptions> limits, RegistryMetrics
     private readonly Dictionary<string, int> _perClient = new(StringComparer.Ordinal);
     private int _total;
 
+    /// <summary>The detail of the 429 that <see cref="TryEnter"/> refusing calls for.</summary>
+    public const string Full = "This node holds as many parked requests as it may for this client or in all (Registry:Limits:MaxParkedPerClient, MaxParked); retry shortly or on another node.";
+
     /// <summary>Requests held now.</summary>
     public int Total
     {

@@ -177,8 +177,7 @@ internal static class SubscriptionApi
         return outcome.End switch
         {
             PollEnd.ClientGone => TypedResults.Empty,
-            PollEnd.Refused => Problems.TooMany(http, limits.RetryAfterSeconds,
-                "This node holds as many parked requests as it may for this client or in all (Registry:Limits:MaxParkedPerClient, MaxParked); retry shortly or on another node."),
+            PollEnd.Refused => Problems.TooMany(http, limits.RetryAfterSeconds, ParkingLot.Full),
             _ => Answer(outcome, notModifiedOnTimeout, state, metrics, poll.Writers),
         };
     }
