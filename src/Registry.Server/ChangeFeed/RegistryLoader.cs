@@ -250,13 +250,21 @@ internal sealed partial class RegistryLoader(
             metrics.DatabaseError("reload");
             LogReloadFailed(logger, e);
             // Retry what was to be read with the next batch (the feed reconnects and reloads
-            // everything anyway if the database was lost). A notification counts as loaded
-            // once: the batch that sent it is answered, the retry brings its rows.
-            if (!all)
+            // everything anyway if the database was lost; a full load is not retried here: the
+            // feed's reconnection loads all again). This node's own notifications among
+            // them are not loaded: they are counted again when the retry brings their rows, so
+            // the batches that sent them are not answered as in memory before they are (the
+            // writer stops waiting after a while and reloads the rows itself, or says it could not).
+            foreach (var request in all ? batch : reads)
             {
-                foreach (var request in reads)
+                if (owners.GetValueOrDefault(request) is { } commit)
                 {
-                    _requests.Writer.TryWrite(request with { Done = null, Tag = null });
+                    commit.Received--;
+                }
+
+                if (!all)
+                {
+                    _requests.Writer.TryWrite(request with { Done = null });
                 }
             }
         }
