@@ -22,7 +22,8 @@ public sealed partial class RegistrationLease
     private SessionConnection? _session;
     // Opens that nodes took without answering, not yet accounted for by a 'replaced', and when the last one was sent.
     private int _opensInDoubt;
-    private DateTimeOffset _lastOpenInDoubtAt;
+    /// <summary>When the last open in doubt was counted (a <see cref="TimeProvider.GetTimestamp"/>: a wall clock's step moves nothing).</summary>
+    private long _lastOpenInDoubtAt;
 
     private async Task<TimeSpan> SessionStepAsync(CancellationToken cancellationToken)
     {
@@ -86,7 +87,7 @@ public sealed partial class RegistrationLease
         }
 
         var reason = EndedReason(ended.Data);
-        if (reason == "replaced" && _opensInDoubt > 0 && _time.GetUtcNow() - _lastOpenInDoubtAt <= _requestTimeout + LateOpenWindow)
+        if (reason == "replaced" && _opensInDoubt > 0 && _time.GetElapsedTime(_lastOpenInDoubtAt) <= _requestTimeout + LateOpenWindow)
         {
             // Likely one of this lease's own earlier opens, committed late by a node that no longer holds its connection:
             // open again, once for each such open; a registration by someone else would replace this one again, and once
@@ -161,10 +162,9 @@ public sealed partial class RegistrationLease
     {
         if (unanswered > 0)
         {
-            var now = _time.GetUtcNow();
             // Those sent longer ago than the window have had their time to commit.
-            _opensInDoubt = (now - _lastOpenInDoubtAt <= _requestTimeout + LateOpenWindow ? _opensInDoubt : 0) + unanswered;
-            _lastOpenInDoubtAt = now;
+            _opensInDoubt = (_time.GetElapsedTime(_lastOpenInDoubtAt) <= _requestTimeout + LateOpenWindow ? _opensInDoubt : 0) + unanswered;
+            _lastOpenInDoubtAt = _time.GetTimestamp();
         }
     }
 

@@ -122,6 +122,29 @@ public sealed class RegistrationModeTests : ScriptedTest
     }
 
     [Fact]
+    public async Task AWallClockStepDoesNotTurnTheLateCommitOfAnOpenIntoAReplacement()
+    {
+        var stream = Sessions();
+        var sessions = Handler.Respond;
+        Handler.Respond = (r, ct) => r.Path == "/v1/sessions" && r.Uri.Host == Scripted.ServerA.Host && Handler.Count("/v1/sessions") == 1
+            ? Scripted.HeldAsync(ct)
+            : sessions(r, ct);
+        var registering = NewClient(null, Scripted.ServerA, Scripted.ServerB).RegisterAsync(Instance(), RegistrationMode.Session);
+        await Handler.NextAsync(r => r.Path == "/v1/sessions");
+        Clock.Advance(TimeSpan.FromSeconds(5)); // the request's timeout
+        await using var lease = await registering.WaitAsync(Scripted.Patience);
+
+        // The wall clock steps forward (NTP), and A's late commit replaces B's session a second later.
+        Clock.WallClockStep = TimeSpan.FromMinutes(5);
+        await stream.Current.Writer.WriteAsync("event: ended\ndata: {\"reason\":\"replaced\"}\n\n");
+
+        await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(1));
+        await Handler.NextAsync(r => r.Path == "/v1/sessions" && Handler.Count("/v1/sessions") == 3);
+        await Eventually(() => lease.IsRegistered);
+        Assert.NotEqual(RegistryConnectionState.Replaced, lease.State);
+    }
+
+    [Fact]
     public async Task ASessionIsOpenedAgainOnceForEachEarlierOpenThatGotNoAnswerAndNoMore()
     {
         var stream = Sessions();

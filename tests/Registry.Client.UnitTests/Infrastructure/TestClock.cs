@@ -18,6 +18,16 @@ public sealed class TestClock : FakeTimeProvider
     {
     }
 
+    /// <summary>How far the wall clock has been stepped (by NTP, an operator) from the time that passed: moves <see cref="GetUtcNow"/> only.</summary>
+    public TimeSpan WallClockStep { get; set; }
+
+    public override DateTimeOffset GetUtcNow() => base.GetUtcNow() + WallClockStep;
+
+    public override long TimestampFrequency => TimeSpan.TicksPerSecond;
+
+    /// <summary>The time that passed (never the wall clock's steps), as a monotonic clock counts it.</summary>
+    public override long GetTimestamp() => base.GetUtcNow().UtcTicks;
+
     public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period)
     {
         var timer = base.CreateTimer(callback, state, dueTime, period);
