@@ -99,7 +99,7 @@ public sealed partial class RegistrationLease
             }
 
             Log.SessionEnded(_logger, Instance, "replaced, soon after an open that got no answer");
-            return Backoff.Jitter(TimeSpan.Zero, _retryBaseDelay);
+            return Backoff.Jitter(_retryBaseDelay / 2, _retryBaseDelay);
         }
 
         if (reason == "replaced")
@@ -128,7 +128,7 @@ public sealed partial class RegistrationLease
 
         // Unregistered or evicted by other means while this process lives: open it again.
         Log.SessionEnded(_logger, Instance, reason);
-        return Backoff.Jitter(TimeSpan.Zero, _retryBaseDelay);
+        return Backoff.Jitter(_retryBaseDelay / 2, _retryBaseDelay);
     }
 
     /// <summary>The next event of the open session; a stream that ends, stalls past the idle timeout or breaks fails the session.</summary>
