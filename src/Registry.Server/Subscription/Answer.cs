@@ -190,6 +190,9 @@ internal sealed class Fragment
 
         public int Count => instances.Length;
 
+        /// <summary>Whether its last key ends a segment whatever follows (computed once, not at every change that reuses it).</summary>
+        private bool EndsByKey { get; } = EndsSegment(instances[^1].Key);
+
         /// <summary>
         /// Whether <paramref name="rest"/> (the instances from a segment's start on) begins with
         /// exactly its instances, at the same revisions, and a segment would end after them there
@@ -200,7 +203,7 @@ internal sealed class Fragment
         public bool Continues(ReadOnlySpan<Instance> rest)
         {
             if (rest.Length < instances.Length
-                || (rest.Length > instances.Length && instances.Length < MaxSegment && !EndsSegment(instances[^1].Key)))
+                || (rest.Length > instances.Length && instances.Length < MaxSegment && !EndsByKey))
             {
                 return false;
             }
