@@ -99,6 +99,59 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
     }
 
     [Fact]
+    public async Task FailedProbesBeforeARegistrationDoNotCountAgainstIt()
+    {
+        // The provider restarts: two probes fail, it registers again (the same spec), and it is
+        // still failing. Its new registration gets FailuresToEvict probes of its own.
+        await using var node = new RegistryNode(await Cluster.CreateDatabaseAsync(), Probing);
+        using var client = node.CreateClient();
+        await using var target = new ProbeTarget();
+        target.Answer = _ => (503, "", TimeSpan.Zero);
+        using var failed = MeterWatch.Node(node, "registry.probes", "result", "failed");
+        using var ended = MeterWatch.Node(node, "registry.probes.evictions");
+        var register = $"/v1/register?probe=http&probeInterval={Interval}";
+        using (var response = await client.PostJsonAsync(register, Http.Provider("web", target.Addr)))
+        {
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+
+        await failed.WaitForAsync(2, TimeSpan.FromSeconds(10));
+        using (var response = await client.PostJsonAsync(register, Http.Provider("web", target.Addr)))
+        {
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        }
+
+        await ended.WaitForAsync(1, TimeSpan.FromSeconds(15));
+        Assert.True(failed.Total >= 2 + 3, $"the lease was ended after {failed.Total} failed probes");
+    }
+
+    [Fact]
+    public async Task ALeaseEndedByProbesThenRegisteredAgainIsEndedAgainByItsOwnFailures()
+    {
+        // Self-preservation holds the ended lease back (one instance of one is a mass expiry
+        // when the minimum is 0), so the provider registers again before it is evicted.
+        var settings = new Dictionary<string, string?>(Probing) { ["Registry:Leases:SelfPreservationMinInstances"] = "0" };
+        await using var node = new RegistryNode(await Cluster.CreateDatabaseAsync(), settings);
+        using var client = node.CreateClient();
+        await using var target = new ProbeTarget();
+        target.Answer = _ => (503, "", TimeSpan.Zero);
+        using var ended = MeterWatch.Node(node, "registry.probes.evictions");
+        var register = $"/v1/register?probe=http&probeInterval={Interval}";
+        using (var response = await client.PostJsonAsync(register, Http.Provider("web", target.Addr)))
+        {
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+
+        await ended.WaitForAsync(1, TimeSpan.FromSeconds(10));
+        using (var response = await client.PostJsonAsync(register, Http.Provider("web", target.Addr)))
+        {
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        }
+
+        await ended.WaitForAsync(2, TimeSpan.FromSeconds(10));
+    }
+
+    [Fact]
     public async Task ATcpTargetThatClosesIsRemoved()
     {
         await using var node = new RegistryNode(await Cluster.CreateDatabaseAsync(), Probing);

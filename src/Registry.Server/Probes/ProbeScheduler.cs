@@ -76,6 +76,12 @@ internal sealed partial class ProbeScheduler(
         /// <summary>Consecutive failures; only the running probe touches it.</summary>
         public int Failures { get; set; }
 
+        /// <summary>
+        /// The revision of the registration the failures count against, as this node last saw
+        /// it (every probed registration takes a fresh one); only the running probe touches it.
+        /// </summary>
+        public long? Revision { get; set; }
+
         /// <summary>This node ended its lease after failures (the sweeper evicts it unless self-preservation holds it back).</summary>
         public bool Ended { get; set; }
     }
@@ -290,21 +296,33 @@ internal sealed partial class ProbeScheduler(
             var started = time.GetTimestamp();
             var timeout = TimeSpan.FromSeconds(Math.Min(target.Spec.IntervalSeconds, options.Value.TimeoutSeconds));
             var passed = await prober.ProbeAsync(target.Endpoint, timeout, stoppingToken);
-            metrics.Probed(target.Spec.Kind, passed, time.GetElapsedTime(started));
+            var duration = time.GetElapsedTime(started);
+            var instance = state.Find(target.Key);
+            if (instance?.Revision != target.Revision)
+            {
+                // Registered again (or gone): what failed before counts against the old
+                // registration, whose lease this node may have ended, not against the new one.
+                target.Revision = instance?.Revision;
+                target.Failures = 0;
+                target.Ended = false;
+            }
+
+            target.Failures = passed ? 0 : target.Failures + 1;
+            // Counted once the outcome is, so whoever reads the metric sees the count it went into.
+            metrics.Probed(target.Spec.Kind, passed, duration);
             if (passed)
             {
-                target.Failures = 0;
                 if (target.Ended)
                 {
                     target.Ended = !await ReviveAsync(target.Key, stoppingToken);
                 }
-                else if (state.Find(target.Key) is { } instance)
+                else if (instance is not null)
                 {
                     // Null when this node cannot record renewals now; the next pass tries again.
                     renewer.Renew(instance);
                 }
             }
-            else if (++target.Failures >= options.Value.FailuresToEvict && !target.Ended)
+            else if (target.Failures >= options.Value.FailuresToEvict && !target.Ended)
             {
                 target.Ended = await EndLeaseAsync(target, stoppingToken);
             }
@@ -328,7 +346,9 @@ internal sealed partial class ProbeScheduler(
     /// <summary>
     /// Ends the lease now rather than deleting the row: the sweeper then evicts it with every
     /// other expired lease, so probe evictions share self-preservation's budget, its count in
-    /// <c>evictions</c>, its audit and its notifications. Only while the instance is still probed.
+    /// <c>evictions</c>, its audit and its notifications. Only while the instance is still probed
+    /// and still the registration the failures were counted against: a registration that came
+    /// after them, and that this node has not applied yet, starts a count of its own.
     /// </summary>
     private async Task<bool> EndLeaseAsync(Target target, CancellationToken cancellationToken)
     {
@@ -337,12 +357,14 @@ internal sealed partial class ProbeScheduler(
             """
             UPDATE instances SET expires_at = clock_timestamp() - interval '1 millisecond'
              WHERE application = @application AND protocol = @protocol AND addr = @addr AND probe_kind IS NOT NULL
+               AND (@revision IS NULL OR revision = @revision)
             RETURNING expires_at
             """, connection);
         AddKey(command, target.Key);
+        command.Parameters.Add(new NpgsqlParameter<long?>("revision", target.Revision));
         if (await command.ExecuteScalarAsync(cancellationToken) is not DateTime ended)
         {
-            return false; // unregistered or no longer probed meanwhile
+            return false; // unregistered, no longer probed, or registered again meanwhile
         }
 
         schedule.Consider(new DateTimeOffset(ended, TimeSpan.Zero));

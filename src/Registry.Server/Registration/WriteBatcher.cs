@@ -319,7 +319,9 @@ internal sealed partial class WriteBatcher(
     /// The batch as one statement. An identical re-registration keeps its revision: it renews
     /// the lease and notifies nobody. A session's registration, and any registration of a row
     /// a session held, takes a fresh one whatever the meta: the holder changed, and the session
-    /// it replaced (on any node) must hear of it. A removal with an expected revision deletes
+    /// it replaced (on any node) must hear of it. So does a probed registration: its probing
+    /// node counts failed probes against one registration, and a provider that registers again
+    /// starts a count of its own (the answers' versions, taken from content, do not move). A removal with an expected revision deletes
     /// only a row that still holds it. The proposed revisions are drawn once (the CTE is
     /// materialised), so a row whose revision is the proposed one was inserted or changed.
     /// </summary>
@@ -345,7 +347,7 @@ internal sealed partial class WriteBatcher(
                    probe_path = excluded.probe_path,
                    probe_interval_seconds = excluded.probe_interval_seconds,
                    session_held = excluded.session_held,
-                   revision = CASE WHEN NOT i.session_held AND NOT excluded.session_held
+                   revision = CASE WHEN NOT i.session_held AND NOT excluded.session_held AND excluded.probe_kind IS NULL
                                         AND i.meta = excluded.meta AND i.ttl_seconds = excluded.ttl_seconds
                                    THEN i.revision ELSE excluded.revision END
             RETURNING i.application, i.protocol, i.addr, i.expires_at, i.revision, i.xmax = 0 AS inserted),
