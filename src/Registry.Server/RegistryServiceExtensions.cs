@@ -143,18 +143,16 @@ internal static class RegistryServiceExtensions
             },
         });
         app.UseStatusCodePages();
-        // Only the document's and the UI's own paths go through Swashbuckle's middleware: an API
-        // request that waits (a registration awaiting its batch, a parked poll) would otherwise
-        // carry two more suspended middleware frames.
+        // Only the UI's own paths go through Swashbuckle's middleware: an API request that waits
+        // (a registration awaiting its batch, a parked poll) would otherwise carry one more
+        // suspended middleware frame. The document it shows is an endpoint (OperationsApi).
         app.UseWhen(
-            http => http.Request.Path.StartsWithSegments("/openapi") || http.Request.Path.StartsWithSegments("/swagger"),
-            docs => docs
-                .UseSwagger(swagger => swagger.RouteTemplate = "openapi/{documentName}.json")
-                .UseSwaggerUI(ui =>
-                {
-                    ui.SwaggerEndpoint("/openapi/v1.json", "Registry v1");
-                    ui.RoutePrefix = "swagger";
-                }));
+            http => http.Request.Path.StartsWithSegments("/swagger"),
+            docs => docs.UseSwaggerUI(ui =>
+            {
+                ui.SwaggerEndpoint("/openapi/v1.json", "Registry v1");
+                ui.RoutePrefix = "swagger";
+            }));
         return app;
     }
 

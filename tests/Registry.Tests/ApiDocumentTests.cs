@@ -1,6 +1,10 @@
 using System.Net;
 using System.Text.Json.Nodes;
+using Microsoft.AspNetCore.TestHost;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.OpenApi;
 using Registry.Tests.Infrastructure;
+using Swashbuckle.AspNetCore.SwaggerGen;
 
 namespace Registry.Tests;
 
@@ -189,5 +193,37 @@ public sealed class ApiDocumentTests(RegistryCluster cluster) : RegistryTest(clu
         var body = await ready.ReadJsonAsync();
         Assert.Equal("ready", (string?)body["status"]);
         Assert.True((bool)body["checks"]!["changeFeed"]!["ok"]!);
+    }
+
+    [Fact]
+    public async Task TheOpenApiDocumentIsBuiltOnceHoweverOftenItIsAsked()
+    {
+        // Anyone may ask for it, before authentication and the rate limiter: building it each
+        // time (reflection over every endpoint, the XML comments, ~90 KB written) would make it
+        // the cheapest way to load a node.
+        var built = new CountingDocumentFilter();
+        await using var registry = new RegistryNode(await Cluster.CreateDatabaseAsync());
+        await using var node = registry.WithWebHostBuilder(b => b.ConfigureTestServices(s => s.ConfigureSwaggerGen(
+            swagger => swagger.DocumentFilterDescriptors.Add(new FilterDescriptor { Type = typeof(CountingDocumentFilter), FilterInstance = built }))));
+        using var client = node.CreateClient();
+
+        var first = await client.GetByteArrayAsync("/openapi/v1.json");
+        for (var i = 0; i < 3; i++)
+        {
+            Assert.Equal(first, await client.GetByteArrayAsync("/openapi/v1.json"));
+        }
+
+        Assert.Equal(1, built.Count);
+        using var unknown = await client.GetAsync("/openapi/v2.json");
+        Assert.Equal(HttpStatusCode.NotFound, unknown.StatusCode);
+    }
+
+    private sealed class CountingDocumentFilter : IDocumentFilter
+    {
+        private int _count;
+
+        public int Count => Volatile.Read(ref _count);
+
+        public void Apply(OpenApiDocument swaggerDoc, DocumentFilterContext context) => Interlocked.Increment(ref _count);
     }
 }

@@ -65,6 +65,7 @@ internal static class OpenApiDocumentation
             swagger.OperationFilter<RegistryOperationFilter>();
             swagger.DocumentFilter<RegistryDocumentFilter>();
         });
+        services.AddSingleton<CachedOpenApiDocuments>();
         return services;
     }
 

@@ -45,6 +45,13 @@ internal static class OperationsApi
             .ProducesProblem(StatusCodes.Status429TooManyRequests)
             .Produces<Readiness>(StatusCodes.Status503ServiceUnavailable);
 
+        // For the Swagger UI and any tool; open to all, like the UI itself.
+        endpoints.MapMethods(CachedOpenApiDocuments.Route, [HttpMethods.Get, HttpMethods.Head], (string documentName, CachedOpenApiDocuments documents) =>
+                documents.Json(documentName) is { } json
+                    ? Results.Bytes(json, "application/json;charset=utf-8")
+                    : Results.NotFound())
+            .ExcludeFromDescription();
+
         return endpoints;
     }
 
