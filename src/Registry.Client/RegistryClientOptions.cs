@@ -54,7 +54,9 @@ public sealed class RegistryClientOptions
     /// <summary>
     /// Gives the bearer token for each request (called once per request, before the first node is tried), for
     /// tokens that rotate: read the mounted file again, ask the identity provider's cache. <see langword="null"/>
-    /// or empty sends no <c>Authorization</c> header. An exception counts as a transient failure and is retried.
+    /// or empty sends no <c>Authorization</c> header. An exception counts as a transient failure and is retried, and
+    /// so does an answer that has not come within the request's timeout (<see cref="RequestTimeout"/>, or a long poll's own); the
+    /// token it is given is cancelled then.
     /// </summary>
     public Func<CancellationToken, ValueTask<string?>>? TokenProvider { get; set; }
 

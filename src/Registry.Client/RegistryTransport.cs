@@ -182,7 +182,7 @@ internal sealed partial class RegistryTransport
         HttpMethod method, string path, byte[]? body, string? ifNoneMatch, TimeSpan timeout, HttpCompletionOption completion,
         CancellationToken cancellationToken)
     {
-        var token = await TokenAsync(cancellationToken).ConfigureAwait(false);
+        var token = await TokenAsync(timeout, cancellationToken).ConfigureAwait(false);
         Exception? last = null;
         var unanswered = 0;
         HttpStatusCode? lastStatus = null;
@@ -292,18 +292,31 @@ internal sealed partial class RegistryTransport
         && ((int)response.StatusCode is 408 or 421 or 425
             || !string.Equals(response.Content.Headers.ContentType?.MediaType, "application/problem+json", StringComparison.OrdinalIgnoreCase));
 
-    private async ValueTask<string?> TokenAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// The token for one request, within the request's <paramref name="timeout"/>: a provider that never returns
+    /// (an identity provider that hangs, whether or not it heeds its token) is an outage, retried with backoff,
+    /// rather than a call, a heartbeat or a host's start held for ever.
+    /// </summary>
+    private async ValueTask<string?> TokenAsync(TimeSpan timeout, CancellationToken cancellationToken)
     {
         if (_token is null)
         {
             return null;
         }
 
+        using var timeoutSource = new CancellationTokenSource(timeout, _time);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeoutSource.Token);
         try
         {
+            var pending = _token(linked.Token);
             // Trimmed: a token read from a mounted file usually ends with a line break, which no header may carry.
-            var token = (await _token(cancellationToken).ConfigureAwait(false))?.Trim();
+            var token = (pending.IsCompleted ? pending.Result : await pending.AsTask().WaitAsync(linked.Token).ConfigureAwait(false))?.Trim();
             return string.IsNullOrEmpty(token) ? null : token;
+        }
+        catch (OperationCanceledException e) when (timeoutSource.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        {
+            throw new RegistryUnavailableException(
+                string.Create(CultureInfo.InvariantCulture, $"The token provider did not answer within {timeout.TotalSeconds:0.###} s."), e);
         }
         catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
         {

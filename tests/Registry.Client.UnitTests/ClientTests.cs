@@ -70,6 +70,27 @@ public sealed class ClientTests : ScriptedTest
     }
 
     [Fact]
+    public async Task ATokenProviderThatNeverAnswersIsAnOutageAfterTheRequestTimeout()
+    {
+        Handler.Respond = (_, _) => Task.FromResult(Scripted.Answer("v1"));
+        var never = new TaskCompletionSource<string?>();
+        CancellationToken given = default;
+        var client = NewClient(o => o.TokenProvider = cancellationToken =>
+        {
+            given = cancellationToken;
+            return new ValueTask<string?>(never.Task); // heeds no token
+        });
+
+        var call = client.GetServiceAsync("provider_test");
+        Clock.Advance(await Clock.NextTimerAsync(Scripted.IsRequestTimeout));
+
+        var e = await Assert.ThrowsAsync<RegistryUnavailableException>(() => call.WaitAsync(Scripted.Patience));
+        Assert.Contains("token provider did not answer within 5 s", e.Message, StringComparison.Ordinal);
+        Assert.True(given.IsCancellationRequested);
+        Assert.Empty(Handler.Sent);
+    }
+
+    [Fact]
     public async Task GetServiceAsksOnceAndAnswersNullWhenTheVersionHeldIsCurrent()
     {
         Handler.Respond = (r, _) => Task.FromResult(r.IfNoneMatch == "\"v1\""
