@@ -340,8 +340,8 @@ public sealed partial class RegistrationLease : IAsyncDisposable
     /// Stops heartbeating, removes the instance and waits until every consumer that watched it, on any registry
     /// node, has been sent an answer without it, or until <paramref name="timeout"/> (rounded up to whole seconds,
     /// 1 to 60) runs out; then the provider can stop serving knowing consumers have moved away. The lease is over
-    /// afterwards (disposing it sends nothing more). If the drain request fails, the instance is unregistered
-    /// plainly (or left to expire) and the error is thrown. A session is held until the drain is answered, then closed.
+    /// afterwards (disposing it sends nothing more). If the drain request fails or is cancelled, the instance is
+    /// unregistered plainly (or left to expire) and the error is thrown. A session is held until the drain is answered, then closed.
     /// </summary>
     /// <exception cref="RegistryClientException">The registry refused the drain.</exception>
     /// <exception cref="HttpRequestException">No registry node could be reached.</exception>
@@ -392,8 +392,9 @@ public sealed partial class RegistrationLease : IAsyncDisposable
                 Log.Drained(_logger, Instance, result.Delivered, result.Pending, result.Nodes, result.Complete);
                 return result;
             }
-            catch (Exception e) when (!(e is OperationCanceledException && cancellationToken.IsCancellationRequested))
+            catch (Exception e)
             {
+                // Cancelled too (a host's shutdown token): the wait for consumers is cut, the removal is not.
                 Log.DrainFailed(_logger, Instance, e.Message);
                 if (!stopped)
                 {

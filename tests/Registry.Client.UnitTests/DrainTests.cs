@@ -66,6 +66,36 @@ public sealed class DrainTests : ScriptedTest
     }
 
     [Fact]
+    public async Task ADrainCutByTheHostsShutdownTokenStillUnregistersPlainly()
+    {
+        // The host's shutdown timeout ran out while consumers were being waited for: they may not all have heard,
+        // but the instance must not stay registered until its lease runs out.
+        var drainSent = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Handler.Respond = (r, ct) => r.Path switch
+        {
+            "/v1/unregister" when r.Uri.Query.Length > 0 => HeldDrainAsync(ct),
+            "/v1/unregister" => Task.FromResult(new HttpResponseMessage(HttpStatusCode.NoContent)),
+            _ => Task.FromResult(Scripted.Lease(30, Clock.GetUtcNow())),
+        };
+        var lease = await NewClient().RegisterAsync(Instance());
+        using var shutdown = new CancellationTokenSource();
+
+        var drain = lease.DrainAsync(TimeSpan.FromSeconds(10), shutdown.Token);
+        await drainSent.Task.WaitAsync(Scripted.Patience);
+        await shutdown.CancelAsync();
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => drain.WaitAsync(Scripted.Patience));
+        Assert.Equal(["?drain=10", ""], Handler.Sent.Where(r => r.Path == "/v1/unregister").Select(r => r.Uri.Query));
+        Assert.False(lease.IsRegistered);
+
+        async Task<HttpResponseMessage> HeldDrainAsync(CancellationToken cancellationToken)
+        {
+            drainSent.TrySetResult();
+            return await Scripted.HeldAsync(cancellationToken);
+        }
+    }
+
+    [Fact]
     public async Task ADrainTimeoutIsPositive()
     {
         Handler.Respond = (_, _) => Task.FromResult(Scripted.Lease(30, Clock.GetUtcNow()));
