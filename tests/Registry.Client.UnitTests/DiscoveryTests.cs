@@ -234,6 +234,37 @@ public sealed class DiscoveryTests : ScriptedTest
     }
 
     [Fact]
+    public async Task DisposingTheClientWaitsForTheSubscriptionAReplacementIsStillDisposing()
+    {
+        _registered["a"] = [("http", "10.0.0.1:80")];
+        _registered["b"] = [("http", "10.0.0.2:80")];
+        var registry = Handler.Respond;
+        var pollLetGo = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var pollEnds = new TaskCompletionSource<HttpResponseMessage>(TaskCreationOptions.RunContinuationsAsynchronously);
+        // a's held poll ends only when the test says, cancelled or not (a network slow to give up).
+        Handler.Respond = (r, ct) => r.Uri.Query.Length > 0 && !r.Body.Contains("\"b\"", StringComparison.Ordinal) ? HeldPastCancellation(ct) : registry(r, ct);
+        var (_, client) = NewFactory();
+        var a = client.Discovery.Acquire("a");
+        await a.FirstAnswer.WaitAsync(Scripted.Patience);
+        await Handler.NextAsync(r => r.Uri.Query.Length > 0);
+
+        // Joining b replaces the group's subscription: a's alone is disposed, and waits for its poll.
+        client.Discovery.Acquire("b");
+        await pollLetGo.Task.WaitAsync(Scripted.Patience);
+        var disposing = client.DisposeAsync().AsTask();
+
+        Assert.False(disposing.IsCompleted);
+        pollEnds.SetResult(new HttpResponseMessage(HttpStatusCode.ServiceUnavailable));
+        await disposing.WaitAsync(Scripted.Patience);
+
+        Task<HttpResponseMessage> HeldPastCancellation(CancellationToken cancellationToken)
+        {
+            cancellationToken.Register(() => pollLetGo.TrySetResult());
+            return pollEnds.Task;
+        }
+    }
+
+    [Fact]
     public async Task AChangeCallbackThatThrowsKeepsTheChangeFromNoOtherApplicationOfItsPoll()
     {
         _registered["a"] = [("http", "10.0.0.1:80")];

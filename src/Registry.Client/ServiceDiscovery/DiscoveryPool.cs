@@ -24,6 +24,9 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
 
     /// <summary>Change tokens to fire once the lock is let go (see <see cref="FirePending"/>); guarded by the lock.</summary>
     private readonly List<CancellationTokenSource> _pending = [];
+
+    /// <summary>Replacements started and perhaps still running (disposing waits for them); guarded by the lock.</summary>
+    private readonly List<Task> _replacements = [];
     private Task<HashSet<string>?>? _directory;
     private long _directoryAt;
 
@@ -169,7 +172,8 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
         if (!group.Replacing)
         {
             group.Replacing = true;
-            _ = Task.Run(() => ReplaceAsync(group));
+            _replacements.RemoveAll(replacement => replacement.IsCompleted);
+            _replacements.Add(Task.Run(() => ReplaceAsync(group)));
         }
     }
 
@@ -394,9 +398,14 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
         }
     }
 
+    /// <summary>
+    /// Stops every subscription, including one a replacement has taken out of its group and is still disposing or
+    /// has just started: none outlives the pool (and the client's HTTP handler, which its owner disposes next).
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
         List<RegistrySubscription> subscriptions;
+        Task[] replacements;
         lock (_gate)
         {
             if (_disposed.IsCancellationRequested)
@@ -413,12 +422,16 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
 
             _groups.Clear();
             _watches.Clear();
+            replacements = [.. _replacements];
         }
 
         foreach (var subscription in subscriptions)
         {
             await subscription.DisposeAsync().ConfigureAwait(false);
         }
+
+        // A replacement sees the pool disposed at its next step and stops there; it catches what it meets on the way.
+        await Task.WhenAll(replacements).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
     }
 
     [LoggerMessage(Level = LogLevel.Debug, Message = "Could not list the registered applications; resolving by subscription: {Reason}")]
