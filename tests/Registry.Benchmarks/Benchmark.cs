@@ -743,7 +743,8 @@ public sealed partial class Benchmark
 
         using var giveUp = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var settle = TimeSpan.FromMilliseconds(Math.Clamp(count, 200, 2000));
-        Task<RegistryHttp.PollAnswer> Poll(int i, Action parked) => http.SubscribeAsync(subscriptions[i], versions[i], PollWaitSeconds, parked, giveUp.Token);
+        Task<RegistryHttp.PollAnswer> PollHolding(int i, string version, Action parked) => http.SubscribeAsync(subscriptions[i], version, PollWaitSeconds, parked, giveUp.Token);
+        Task<RegistryHttp.PollAnswer> Poll(int i, Action parked) => PollHolding(i, versions[i], parked);
         var (first, _) = await ParkAsync(1, (_, parked) => Poll(0, parked), cancellationToken);
         await Task.Delay(settle, cancellationToken);
         var rssFirst = node.Sample()?.RssBytes ?? 0;
@@ -795,11 +796,54 @@ public sealed partial class Benchmark
             .Where(p => p.poll.IsCompletedSuccessfully && p.poll.Result.Status == HttpStatusCode.OK && p.poll.Result.Version != versions[p.i])
             .Select(p => Stopwatch.GetElapsedTime(changeSent, p.poll.Result.AnsweredAt).TotalMilliseconds)
             .ToArray();
+        var recomputes = recomputeMs is { } once && delays.Length == count
+            ? await RecomputeAgainAsync(http, big, polls, PollHolding, giveUp, once, cancellationToken)
+            : [];
         static double Ms(ProcessSample? from, ProcessSample? to) => from is null || to is null ? 0 : Math.Round((to.CpuSeconds - from.CpuSeconds) * 1000, 1);
         return new OverlapResult(
             _options.OverlapInstances, answerBytes, count, delays.Length, count - delays.Length, rssFirst, rssAll,
             count, Math.Round(cpuPerAnswerMs, 2), Ms(changeCpu, acknowledgedCpu), Ms(changeCpu, allCpu),
-            Distribution.Round(acknowledgedMs), Distribution.Of(usual), Distribution.Of(delays), allCpu?.RssBytes ?? 0, recomputeMs);
+            Distribution.Round(acknowledgedMs), Distribution.Of(usual), Distribution.Of(delays), allCpu?.RssBytes ?? 0, recomputeMs)
+        {
+            RecomputeMsPerChange = recomputes,
+        };
+    }
+
+    /// <summary>Changes to the big application after the timed one, so the recomputation is judged on more than one sample.</summary>
+    private const int OverlapChanges = 5;
+
+    /// <summary>
+    /// The recomputation of <see cref="OverlapChanges"/> changes in all, the timed one first: before each further
+    /// change every subscription is parked again on the answer it was given (a view nobody holds is dropped, not
+    /// recomputed). One change is a few milliseconds on a loader thread that shares two cores with everything else.
+    /// </summary>
+    private static async Task<double[]> RecomputeAgainAsync(
+        RegistryHttp http, string big, Task<RegistryHttp.PollAnswer>[] answered, Func<int, string, Action, Task<RegistryHttp.PollAnswer>> poll,
+        CancellationTokenSource giveUp, double first, CancellationToken cancellationToken)
+    {
+        const string Recompute = "registry_answers_recompute_duration";
+        var recomputes = new List<double> { first };
+        for (var change = 1; change < OverlapChanges; change++)
+        {
+            var held = answered.Select(a => a.Result.Version!).ToArray();
+            giveUp.CancelAfter(TimeSpan.FromSeconds(45));
+            (answered, _) = await ParkAsync(held.Length, (i, parked) => poll(i, held[i], parked), cancellationToken);
+            var before = await http.HistogramSumAsync(Recompute, cancellationToken) ?? 0;
+            var addr = string.Create(CultureInfo.InvariantCulture, $"10.255.{change}.2:8080");
+            await http.RegisterAsync(RegistryHttp.Provider(big, addr, OverlapMeta(change)), 3600, cancellationToken);
+            try
+            {
+                await Task.WhenAll(answered);
+            }
+            catch (Exception e) when (e is OperationCanceledException or HttpRequestException)
+            {
+                break; // judged on the changes measured so far
+            }
+
+            recomputes.Add(Math.Round((await http.HistogramSumAsync(Recompute, cancellationToken) ?? 0) - before, 2));
+        }
+
+        return [.. recomputes];
     }
 
     /// <summary>About 400 B of meta, as a service with a few labels carries.</summary>

@@ -154,12 +154,16 @@ public sealed record CrossNodeResult(int Rounds, int Samples, int Missed, Distri
 /// latency next to registrations to an unrelated application while the same polls are parked.
 /// <c>RssAnsweredBytes</c>: RSS once every answer has been received (the answers' writes included).
 /// <c>RecomputeMs</c>: what the node's <c>registry.answers.recompute_duration</c> grew by over the
-/// change (null when the node does not export it).
+/// change (null when the node does not export it). <c>RecomputeMsPerChange</c>: the same for that change and the
+/// changes after it, each made with every subscription parked again (empty when not measured).
 /// </summary>
 public sealed record OverlapResult(
     int Instances, long AnswerBytes, int Subscriptions, int Answered, int Missed, long RssFirstParkedBytes, long RssAllParkedBytes,
     int ImmediateAnswers, double NodeCpuMsPerAnswer, double ChangeNodeCpuMsAcknowledged, double ChangeNodeCpuMsAllAnswered,
-    double ChangeAcknowledgedMs, Distribution UsualRegistrationMs, Distribution DelayMs, long RssAnsweredBytes, double? RecomputeMs = null);
+    double ChangeAcknowledgedMs, Distribution UsualRegistrationMs, Distribution DelayMs, long RssAnsweredBytes, double? RecomputeMs = null)
+{
+    public IReadOnlyList<double> RecomputeMsPerChange { get; init; } = [];
+}
 
 public sealed record ColdStartResult(int Instances, double SecondsToListen, double SecondsToServeAll, long RssBytesServing, long RssBytesSettled);
 
