@@ -147,6 +147,7 @@ internal sealed partial class LeaseRenewer(
                 _pending.TryAdd(key, 0);
             }
 
+            _rule.Failed();
             metrics.DatabaseError("renewal");
             if (!_failing)
             {

@@ -7,7 +7,8 @@ namespace Registry.Leases;
 /// that a fake clock can drive them: whether a renewal is worth writing (the skip rule), and
 /// whether this node may still answer <c>200</c> (the 503 rule: not once a renewal has waited
 /// unrecorded for <see cref="LeaseOptions.UnrecordedShare"/> of the lease, nor once the node
-/// has not reached the database for longer than that and a liveness mark).
+/// has not reached the database for longer than that and a liveness mark, nor while its last
+/// attempt to reach it failed).
 /// </summary>
 internal sealed class RenewalRule(IOptions<LeaseOptions> options, TimeProvider time)
 {
@@ -16,6 +17,9 @@ internal sealed class RenewalRule(IOptions<LeaseOptions> options, TimeProvider t
 
     /// <summary>When (timestamp ticks) a flush or liveness mark last reached the database.</summary>
     private long _recordedAt = time.GetTimestamp();
+
+    /// <summary>1 while the last flush or liveness mark failed to reach the database.</summary>
+    private int _lastFailed;
 
     /// <summary>
     /// Whether a renewal of a lease known to end at <paramref name="known"/> must be written at
@@ -29,10 +33,19 @@ internal sealed class RenewalRule(IOptions<LeaseOptions> options, TimeProvider t
     /// Whether a renewal of a lease of <paramref name="ttl"/> can be promised now. Refused when
     /// a renewal has waited too long, or when the node has not reached the database for longer
     /// than that and a liveness mark (it marks every interval): a connection that dropped
-    /// silently is known before the first renewal waits.
+    /// silently is known before the first renewal waits. Refused at once while the last attempt
+    /// failed: a renewal is due when little more than a sixth of the lease may be left in the database
+    /// (a provider heartbeating every third of it), so a node that knows it cannot write must
+    /// not promise a lease that another node's sweeper would end first; the provider fails over
+    /// to a node that can record it.
     /// </summary>
     public bool CanRecord(TimeSpan ttl)
     {
+        if (Volatile.Read(ref _lastFailed) != 0)
+        {
+            return false;
+        }
+
         var limit = UnrecordedLimit(ttl);
         var since = Interlocked.Read(ref _unrecordedSince);
         return (since == 0 || time.GetElapsedTime(since) <= limit)
@@ -50,7 +63,11 @@ internal sealed class RenewalRule(IOptions<LeaseOptions> options, TimeProvider t
     {
         Interlocked.Exchange(ref _unrecordedSince, more ? started : 0);
         Interlocked.Exchange(ref _recordedAt, started);
+        Volatile.Write(ref _lastFailed, 0);
     }
+
+    /// <summary>A flush or liveness mark could not reach the database.</summary>
+    public void Failed() => Volatile.Write(ref _lastFailed, 1);
 
     /// <summary>
     /// How long a renewal may wait unrecorded before heartbeats are refused: never less than

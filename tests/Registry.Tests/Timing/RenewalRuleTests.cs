@@ -97,4 +97,22 @@ public sealed class RenewalRuleTests
         _rule.Recorded(_rule.FlushStarting(), more: false);
         Assert.True(_rule.CanRecord(ttl));
     }
+
+    [Fact]
+    public void ANodeWhoseLastAttemptFailedRefusesAtOnceUntilItReachesTheDatabaseAgain()
+    {
+        // A cut seen by a failed flush: a renewal due now (as little as a sixth of the lease may be
+        // left in the database) cannot be written before another node's sweeper would end it.
+        var ttl = TimeSpan.FromSeconds(6);
+        _rule.Recorded(_rule.FlushStarting(), more: false);
+        _time.Advance(TimeSpan.FromMilliseconds(250));
+        _rule.FlushStarting();
+        _rule.Failed();
+
+        Assert.False(_rule.CanRecord(ttl));
+
+        _time.Advance(TimeSpan.FromMilliseconds(250));
+        _rule.Recorded(_rule.FlushStarting(), more: false);
+        Assert.True(_rule.CanRecord(ttl));
+    }
 }
