@@ -322,9 +322,11 @@ internal sealed partial class ProbeScheduler(
                     renewer.Renew(instance);
                 }
             }
-            else if (target.Failures >= options.Value.FailuresToEvict && !target.Ended)
+            else if (target.Failures >= options.Value.FailuresToEvict && !target.Ended && target.Revision is { } counted)
             {
-                target.Ended = await EndLeaseAsync(target, stoppingToken);
+                // Not while this node holds no registration of it: the failures could not be
+                // told apart from a registration it has not applied yet.
+                target.Ended = await EndLeaseAsync(target, counted, stoppingToken);
             }
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
@@ -350,18 +352,18 @@ internal sealed partial class ProbeScheduler(
     /// and still the registration the failures were counted against: a registration that came
     /// after them, and that this node has not applied yet, starts a count of its own.
     /// </summary>
-    private async Task<bool> EndLeaseAsync(Target target, CancellationToken cancellationToken)
+    private async Task<bool> EndLeaseAsync(Target target, long revision, CancellationToken cancellationToken)
     {
         await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
         await using var command = new NpgsqlCommand(
             """
             UPDATE instances SET expires_at = clock_timestamp() - interval '1 millisecond'
              WHERE application = @application AND protocol = @protocol AND addr = @addr AND probe_kind IS NOT NULL
-               AND (@revision IS NULL OR revision = @revision)
+               AND revision = @revision
             RETURNING expires_at
             """, connection);
         AddKey(command, target.Key);
-        command.Parameters.Add(new NpgsqlParameter<long?>("revision", target.Revision));
+        command.Parameters.Add(new NpgsqlParameter<long>("revision", revision));
         if (await command.ExecuteScalarAsync(cancellationToken) is not DateTime ended)
         {
             return false; // unregistered, no longer probed, or registered again meanwhile

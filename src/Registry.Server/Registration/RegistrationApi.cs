@@ -32,7 +32,7 @@ internal static class RegistrationApi
                 "(clamped to the configured bounds); renew it with heartbeats. Consumers see the change within milliseconds. " +
                 "With `probe` (http, https or tcp) the registry probes the instance itself every `probeInterval` seconds (default 10): " +
                 "passing probes renew the lease (which is then at least 2(FailuresToEvict + 1) intervals long, so fewer failures never let it run out) and after Registry:Probes:FailuresToEvict " +
-                "consecutive failures the instance is evicted. `http`/`https` GET `probePath` (default `/`) and pass on a 2xx, never " +
+                "consecutive failures the instance is evicted; registering again starts that count afresh. `http`/`https` GET `probePath` (default `/`) and pass on a 2xx, never " +
                 "following a redirect; `tcp` passes when a connection opens. The `addr` (a DNS name is resolved) must lie in " +
                 "Registry:Probes:AllowedNetworks; loopback, link-local and cloud-metadata addresses only when listed explicitly. " +
                 "Registering again without `probe` turns probing off. Registering an instance that a session holds takes it over, " +
