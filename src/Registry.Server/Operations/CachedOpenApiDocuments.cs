@@ -1,8 +1,8 @@
 using System.Collections.Concurrent;
 using System.Globalization;
 using System.Text;
+using Microsoft.Extensions.Options;
 using Microsoft.OpenApi;
-using Swashbuckle.AspNetCore.Swagger;
 using Swashbuckle.AspNetCore.SwaggerGen;
 
 namespace Registry.Operations;
@@ -12,27 +12,21 @@ namespace Registry.Operations;
 /// middleware does (its maintainers leave caching to the application, issue #1970): building
 /// reflects over every endpoint and reads the XML comments, and serialising writes ~90 KB, 17 ms
 /// of CPU a request here, for anyone who asks. The endpoints cannot change while the node runs.
-/// The bytes are what that middleware writes (OpenAPI 3.0, UTF-8 without a BOM).
+/// The bytes are what that middleware writes (OpenAPI 3.0, UTF-8 without a BOM). A burst of
+/// first requests builds it once: the others wait for that build.
 /// </summary>
-internal sealed class CachedOpenApiDocuments(SwaggerGenerator generator)
+internal sealed class CachedOpenApiDocuments(SwaggerGenerator generator, IOptions<SwaggerGeneratorOptions> options)
 {
     public const string Route = "/openapi/{documentName}.json";
 
-    // One entry per configured document: an unknown name throws and is not stored.
-    private readonly ConcurrentDictionary<string, byte[]> _documents = new(StringComparer.Ordinal);
+    // Only configured documents have an entry, whatever names are asked for.
+    private readonly ConcurrentDictionary<string, Lazy<byte[]>> _documents = new(StringComparer.Ordinal);
 
     /// <summary>The document as JSON, or null when there is no document of that name.</summary>
-    public byte[]? Json(string documentName)
-    {
-        try
-        {
-            return _documents.GetOrAdd(documentName, name => Serialize(generator.GetSwagger(name)));
-        }
-        catch (UnknownSwaggerDocument)
-        {
-            return null;
-        }
-    }
+    public byte[]? Json(string documentName) =>
+        options.Value.SwaggerDocs.ContainsKey(documentName)
+            ? _documents.GetOrAdd(documentName, name => new Lazy<byte[]>(() => Serialize(generator.GetSwagger(name)))).Value
+            : null;
 
     private static byte[] Serialize(OpenApiDocument document)
     {
