@@ -54,7 +54,7 @@ public sealed class RegistryClient : IRegistryClient, IAsyncDisposable, IDisposa
         _time = timeProvider ?? TimeProvider.System;
         _loggers = loggerFactory ?? NullLoggerFactory.Instance;
         _logger = _loggers.CreateLogger<RegistryClient>();
-        _transport = new RegistryTransport(http, options.Servers, TokenSource(options), _time, _loggers.CreateLogger<RegistryTransport>());
+        _transport = new RegistryTransport(http, options.Servers, options.TokenProvider, _time, _loggers.CreateLogger<RegistryTransport>(), options.Token);
         _discovery = new Lazy<DiscoveryPool>(() => new DiscoveryPool(this, _transport, options, _time, _loggers.CreateLogger<DiscoveryPool>()));
     }
 
@@ -154,9 +154,6 @@ public sealed class RegistryClient : IRegistryClient, IAsyncDisposable, IDisposa
     /// containers disposed synchronously); prefer <see cref="DisposeAsync"/>.
     /// </summary>
     public void Dispose() => _ = DisposeAsync().AsTask();
-
-    private static Func<CancellationToken, ValueTask<string?>>? TokenSource(RegistryClientOptions options) =>
-        options.TokenProvider ?? (options.Token is { } token ? _ => ValueTask.FromResult<string?>(token) : null);
 
     private static Func<HttpClient> Fixed(HttpClient httpClient)
     {

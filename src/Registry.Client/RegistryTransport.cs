@@ -19,6 +19,7 @@ internal sealed partial class RegistryTransport
 
     private readonly Func<HttpClient> _http;
     private readonly Func<CancellationToken, ValueTask<string?>>? _token;
+    private readonly string? _fixedToken;
     private readonly Uri[] _servers;
     private readonly TimeProvider _time;
     private readonly ILogger _logger;
@@ -26,11 +27,13 @@ internal sealed partial class RegistryTransport
 
     // http gives the client for each request: a fixed one, or IHttpClientFactory.CreateClient, whose pooled
     // handlers rotate so that a long-lived registry client still sees DNS changes of the registry's names.
-    // token gives the bearer token of each request (null: none is sent).
-    public RegistryTransport(Func<HttpClient> http, IEnumerable<Uri> servers, Func<CancellationToken, ValueTask<string?>>? token, TimeProvider time, ILogger logger)
+    // token gives the bearer token of each request, or fixedToken is sent on every one (neither: none is sent).
+    public RegistryTransport(
+        Func<HttpClient> http, IEnumerable<Uri> servers, Func<CancellationToken, ValueTask<string?>>? token, TimeProvider time, ILogger logger, string? fixedToken = null)
     {
         _http = http;
         _token = token;
+        _fixedToken = fixedToken;
         // A base URL without a trailing slash would lose its last segment when combined with a relative path.
         _servers = servers.Select(s => s.AbsoluteUri.EndsWith('/') ? s : new Uri(s.AbsoluteUri + "/")).ToArray();
         _time = time;
@@ -301,20 +304,23 @@ internal sealed partial class RegistryTransport
     {
         if (_token is null)
         {
-            return null;
+            return _fixedToken;
         }
 
         using var timeoutSource = new CancellationTokenSource(timeout, _time);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeoutSource.Token);
+        Task<string?>? call = null;
         try
         {
-            var pending = _token(linked.Token);
+            call = _token(linked.Token).AsTask();
             // Trimmed: a token read from a mounted file usually ends with a line break, which no header may carry.
-            var token = (pending.IsCompleted ? pending.Result : await pending.AsTask().WaitAsync(linked.Token).ConfigureAwait(false))?.Trim();
+            var token = (await call.WaitAsync(linked.Token).ConfigureAwait(false))?.Trim();
             return string.IsNullOrEmpty(token) ? null : token;
         }
         catch (OperationCanceledException e) when (timeoutSource.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
         {
+            // A provider that ignores its token is left to finish on its own; what it throws then is observed here.
+            _ = call?.ContinueWith(static t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
             throw new RegistryUnavailableException(
                 string.Create(CultureInfo.InvariantCulture, $"The token provider did not answer within {timeout.TotalSeconds:0.###} s."), e);
         }
