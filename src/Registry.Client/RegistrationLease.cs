@@ -398,13 +398,18 @@ public sealed partial class RegistrationLease : IAsyncDisposable
                 Log.DrainFailed(_logger, Instance, e.Message);
                 if (!stopped)
                 {
-                    // Closing the session removes the instance; the unregister makes sure.
-                    await StopLoopAsync().ConfigureAwait(false);
+                    // Closing the session removes the instance; the unregister makes sure, unless
+                    // another registration took the instance over meanwhile (then it is theirs).
+                    mayBeRegistered = await StopLoopAsync().ConfigureAwait(false);
                     stopped = true;
                     CloseSession();
                 }
 
-                await UnregisterAsync().ConfigureAwait(false);
+                if (mayBeRegistered)
+                {
+                    await UnregisterAsync().ConfigureAwait(false);
+                }
+
                 throw;
             }
         }
