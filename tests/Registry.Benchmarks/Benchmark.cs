@@ -830,7 +830,7 @@ public sealed partial class Benchmark
             (answered, _) = await ParkAsync(held.Length, (i, parked) => poll(i, held[i], parked), cancellationToken);
             var before = await http.HistogramSumAsync(Recompute, cancellationToken) ?? 0;
             var addr = string.Create(CultureInfo.InvariantCulture, $"10.255.{change}.2:8080");
-            await http.RegisterAsync(RegistryHttp.Provider(big, addr, OverlapMeta(change)), 3600, cancellationToken);
+            var status = await http.RegisterAsync(RegistryHttp.Provider(big, addr, OverlapMeta(change)), 3600, cancellationToken);
             try
             {
                 await Task.WhenAll(answered);
@@ -838,6 +838,13 @@ public sealed partial class Benchmark
             catch (Exception e) when (e is OperationCanceledException or HttpRequestException)
             {
                 break; // judged on the changes measured so far
+            }
+
+            // Only a change every subscription heard is a sample (a refused write or poll recomputes nothing).
+            if (status is not (HttpStatusCode.OK or HttpStatusCode.Created)
+                || Enumerable.Range(0, held.Length).Any(i => answered[i].Result is var a && (a.Status != HttpStatusCode.OK || a.Version is null || a.Version == held[i])))
+            {
+                break;
             }
 
             recomputes.Add(Math.Round((await http.HistogramSumAsync(Recompute, cancellationToken) ?? 0) - before, 2));
