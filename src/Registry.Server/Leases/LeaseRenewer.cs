@@ -121,14 +121,16 @@ internal sealed partial class LeaseRenewer(
         try
         {
             await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
-            if (mark)
-            {
-                clock.Observe(await grace.SettleAsync(connection, null, mark: true, cancellationToken));
-            }
-
             if (keys.Length > 0)
             {
                 await WriteWithRetryAsync(connection, keys, cancellationToken);
+            }
+
+            // After the renewals: a mark then says that every renewal this node gathered before
+            // the flush began is in the database, which is what the sweeper waits for (Sweeper).
+            if (mark)
+            {
+                clock.Observe(await grace.SettleAsync(connection, null, mark: true, cancellationToken));
             }
 
             // Recorded: what waits now was gathered after this flush began.

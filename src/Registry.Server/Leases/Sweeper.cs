@@ -31,7 +31,12 @@ internal sealed partial class Sweeper(
     /// <summary>
     /// How long past its expiry a lease is left before it is evicted: a heartbeat answered just
     /// before the expiry waits up to a renewal interval for its write, and must not lose its
-    /// instance to a sweep in between. Two intervals, so a slow flush is covered too.
+    /// instance to a sweep in between. Two intervals, so a slow flush is covered too. And a
+    /// lease is evicted only once it ran out before the last liveness mark of every node that
+    /// marked within <see cref="LeaseOptions.GraceGap"/>: a node marks after writing the
+    /// renewals it gathered, so a renewal it promised and could not yet write (the database
+    /// restarting, its connection cut) holds the eviction back until it has written it, or has
+    /// not been seen for the grace gap. A healthy cluster marks every liveness interval.
     /// </summary>
     private TimeSpan Settle => 2 * options.Value.RenewalInterval;
 
@@ -92,23 +97,31 @@ internal sealed partial class Sweeper(
         clock.Observe(await grace.SettleAsync(connection, transaction, mark: false, cancellationToken));
         int live, expired, recentlyEvicted;
         DateTimeOffset? nextExpiry;
+        DateTime cutoff;
         await using (var count = new NpgsqlCommand(
             """
-            SELECT count(*)::int,
-                   (count(*) FILTER (WHERE expires_at < clock_timestamp() - @settle))::int,
-                   min(expires_at) FILTER (WHERE expires_at >= clock_timestamp() - @settle) + @settle,
-                   (SELECT coalesce(sum(instances), 0) FROM evictions WHERE evicted_at > clock_timestamp() - @window)::int
-              FROM instances
+            WITH cutoff AS (
+                SELECT least(clock_timestamp() - @settle,
+                             (SELECT min(last_seen_at) FROM nodes WHERE last_seen_at > clock_timestamp() - @recent)) AS at)
+            SELECT count(i.expires_at)::int,
+                   (count(*) FILTER (WHERE i.expires_at < c.at))::int,
+                   min(i.expires_at) FILTER (WHERE i.expires_at >= c.at) + @settle,
+                   (SELECT coalesce(sum(instances), 0) FROM evictions WHERE evicted_at > clock_timestamp() - @window)::int,
+                   c.at
+              FROM cutoff c LEFT JOIN instances i ON true
+             GROUP BY c.at
             """, connection, transaction))
         {
             count.Parameters.AddWithValue("window", options.Value.SelfPreservationWindow);
             count.Parameters.AddWithValue("settle", Settle);
+            count.Parameters.AddWithValue("recent", options.Value.GraceGap);
             await using var reader = await count.ExecuteReaderAsync(cancellationToken);
             await reader.ReadAsync(cancellationToken);
             live = reader.GetInt32(0);
             expired = reader.GetInt32(1);
             nextExpiry = reader.IsDBNull(2) ? null : new DateTimeOffset(reader.GetDateTime(2), TimeSpan.Zero);
             recentlyEvicted = reader.GetInt32(3);
+            cutoff = reader.GetDateTime(4);
         }
 
         if (expired == 0)
@@ -132,7 +145,7 @@ internal sealed partial class Sweeper(
         var byApplication = new Dictionary<string, int>(StringComparer.Ordinal);
         while (budget - evicted > 0)
         {
-            var batch = await EvictBatchAsync(connection, transaction, Settle, Math.Min(options.Value.SweepBatchSize, budget - evicted), byApplication, cancellationToken);
+            var batch = await EvictBatchAsync(connection, transaction, cutoff, Math.Min(options.Value.SweepBatchSize, budget - evicted), byApplication, cancellationToken);
             evicted += batch;
             if (batch < options.Value.SweepBatchSize)
             {
@@ -190,20 +203,20 @@ internal sealed partial class Sweeper(
     }
 
     private static async Task<int> EvictBatchAsync(
-        NpgsqlConnection connection, NpgsqlTransaction transaction, TimeSpan settle, int limit, Dictionary<string, int> byApplication, CancellationToken cancellationToken)
+        NpgsqlConnection connection, NpgsqlTransaction transaction, DateTime cutoff, int limit, Dictionary<string, int> byApplication, CancellationToken cancellationToken)
     {
         await using var command = new NpgsqlCommand(
             $"""
             WITH victims AS (
                 SELECT application, protocol, addr FROM instances
-                 WHERE expires_at < clock_timestamp() - @settle
+                 WHERE expires_at < @cutoff
                  ORDER BY expires_at
                  LIMIT @limit
                    FOR UPDATE SKIP LOCKED),
             gone AS (
                 DELETE FROM instances i USING victims v
                  WHERE i.application = v.application AND i.protocol = v.protocol AND i.addr = v.addr
-                   AND i.expires_at < clock_timestamp() - @settle
+                   AND i.expires_at < @cutoff
                 RETURNING i.application, i.protocol, i.addr),
             counted AS (
                 SELECT application, count(*)::int AS n, {Announcement.KeysSql} AS keys FROM gone GROUP BY application)
@@ -211,7 +224,7 @@ internal sealed partial class Sweeper(
             SELECT n, application, {Announcement.NotifySql("application", "keys", tag: null)} FROM counted
             """, connection, transaction);
         command.Parameters.AddWithValue("limit", limit);
-        command.Parameters.AddWithValue("settle", settle);
+        command.Parameters.Add(new NpgsqlParameter<DateTime>("cutoff", cutoff));
         var evicted = 0;
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
