@@ -109,17 +109,10 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         target.Answer = _ => (503, "", TimeSpan.Zero);
         using var failed = MeterWatch.Node(node, "registry.probes", "result", "failed");
         using var ended = MeterWatch.Node(node, "registry.probes.evictions");
-        var register = $"/v1/register?probe=http&probeInterval={Interval}";
-        using (var response = await client.PostJsonAsync(register, Http.Provider("web", target.Addr)))
-        {
-            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
-        }
+        await RegisterProbedAsync(client, target, HttpStatusCode.Created);
 
         await failed.WaitForAsync(2, TimeSpan.FromSeconds(10));
-        using (var response = await client.PostJsonAsync(register, Http.Provider("web", target.Addr)))
-        {
-            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
-        }
+        await RegisterProbedAsync(client, target, HttpStatusCode.OK);
 
         await ended.WaitForAsync(1, TimeSpan.FromSeconds(15));
         Assert.True(failed.Total >= 2 + 3, $"the lease was ended after {failed.Total} failed probes");
@@ -136,19 +129,19 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         await using var target = new ProbeTarget();
         target.Answer = _ => (503, "", TimeSpan.Zero);
         using var ended = MeterWatch.Node(node, "registry.probes.evictions");
-        var register = $"/v1/register?probe=http&probeInterval={Interval}";
-        using (var response = await client.PostJsonAsync(register, Http.Provider("web", target.Addr)))
-        {
-            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
-        }
+        await RegisterProbedAsync(client, target, HttpStatusCode.Created);
 
         await ended.WaitForAsync(1, TimeSpan.FromSeconds(10));
-        using (var response = await client.PostJsonAsync(register, Http.Provider("web", target.Addr)))
-        {
-            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
-        }
+        await RegisterProbedAsync(client, target, HttpStatusCode.OK);
 
         await ended.WaitForAsync(2, TimeSpan.FromSeconds(10));
+    }
+
+    /// <summary>Registers "web" at the target, probed over HTTP every interval, and expects <paramref name="status"/>.</summary>
+    private static async Task RegisterProbedAsync(HttpClient client, ProbeTarget target, HttpStatusCode status)
+    {
+        using var response = await client.PostJsonAsync($"/v1/register?probe=http&probeInterval={Interval}", Http.Provider("web", target.Addr));
+        Assert.Equal(status, response.StatusCode);
     }
 
     [Fact]
