@@ -102,6 +102,51 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
         Assert.Equal(later, now);
     }
 
+    /// <summary>
+    /// A node remembers when it last read each application, for its own batches to ask whether a
+    /// read came after them; names come and go (an application per job or per deploy). Reads a
+    /// pending batch can ask about are kept; once none can, they are forgotten, so the node does
+    /// not hold every name it ever read.
+    /// </summary>
+    [Fact]
+    public async Task ANodeRemembersReadsOnlyWhileOneOfItsBatchesCanAskAboutThem()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database);
+        using var client = node.CreateClient();
+        await RegisterAsync(client, "marker", "1.1.1.1:80", """{"v":"0"}""");
+        var subscription = Http.Subscription(Http.Entry("marker"));
+        var (_, version, _) = await client.SubscribeAsync(subscription);
+        var loader = node.Get<RegistryLoader>();
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+
+        // Other nodes' changes to many applications, then one a parked poll waits for:
+        // notifications are applied in order, so once it is answered all were read.
+        async Task ChangesAsync(string prefix, int applications)
+        {
+            using var parked = ParkedPolls.On(node);
+            var poll = client.SubscribeAsync(subscription, version, wait: 10);
+            await parked.WaitForAsync(1);
+            await ExecuteAsync(connection, null, $"""
+                SELECT pg_notify('registry_changes', '{prefix}-' || g) FROM generate_series(1, {applications}) g;
+                UPDATE instances SET meta = jsonb_build_object('v', '{prefix}'), revision = nextval('instance_revision') WHERE application = 'marker';
+                SELECT pg_notify('registry_changes', 'marker');
+                """);
+            version = (await poll.WaitAsync(TimeSpan.FromSeconds(15))).Version!;
+        }
+
+        var batch = loader.Expect();
+        await ChangesAsync("job", 3000);
+        Assert.True(loader.ReadsRemembered > 3000, $"{loader.ReadsRemembered} reads remembered while a batch could ask");
+
+        // More than were remembered, however the loader's batches split them: it forgets at
+        // twice what it kept the last time.
+        loader.Abandon(batch);
+        await ChangesAsync("deploy", 4000);
+        Assert.InRange(loader.ReadsRemembered, 0, RegistryLoader.ForgetReadsFrom - 1);
+    }
+
     [Fact]
     public async Task TheConsistencyCheckRepairsARowChangedWithoutANotificationWhateverItsRevision()
     {

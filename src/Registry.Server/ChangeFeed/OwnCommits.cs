@@ -23,14 +23,32 @@ internal sealed class OwnCommits(NodeIdentity node)
 
     /// <summary>
     /// Registers a batch about to run; its statement sends <see cref="OwnCommit.Tag"/>.
-    /// <paramref name="readsApplied"/>: the loader's count of applied database reads now.
+    /// <paramref name="readsApplied"/> reads the loader's count of applied database reads.
     /// </summary>
-    public OwnCommit Expect(long readsApplied = 0)
+    public OwnCommit Expect(Func<long>? readsApplied = null)
     {
         var tag = node.Id + ":" + Interlocked.Increment(ref _sequence).ToString(CultureInfo.InvariantCulture);
-        var commit = new OwnCommit(tag, readsApplied);
+        var commit = new OwnCommit(tag);
+        // Pending before the count is read: a loader that does not see it yet when it forgets
+        // old read counts (see OldestReadsApplied) has already counted every read it forgets.
         _pending[tag] = commit;
+        commit.ReadsApplied = readsApplied?.Invoke() ?? 0;
         return commit;
+    }
+
+    /// <summary>
+    /// The lowest <see cref="OwnCommit.ReadsApplied"/> of the pending batches (0 for one still
+    /// reading it), or <paramref name="none"/> when no batch is pending.
+    /// </summary>
+    public long OldestReadsApplied(long none)
+    {
+        var oldest = none;
+        foreach (var commit in _pending.Values)
+        {
+            oldest = Math.Min(oldest, commit.ReadsApplied);
+        }
+
+        return oldest;
     }
 
     /// <summary>The batch that sent a notification with this tag, counted as received; null for any other notification.</summary>
@@ -120,10 +138,11 @@ internal sealed class Changes
 }
 
 /// <summary>A batch this node runs, until the loader has applied its own notifications.</summary>
-internal sealed class OwnCommit(string tag, long readsApplied)
+internal sealed class OwnCommit(string tag)
 {
     private readonly Lock _gate = new();
     private volatile Settlement? _settlement;
+    private long _readsApplied;
     private int _loaded;
 
     /// <summary>Sent in each of the batch's notifications.</summary>
@@ -133,7 +152,11 @@ internal sealed class OwnCommit(string tag, long readsApplied)
     /// The loader's count of applied database reads before the batch ran: a read applied since
     /// may have seen a later write to its rows than the batch's own.
     /// </summary>
-    public long ReadsApplied { get; } = readsApplied;
+    public long ReadsApplied
+    {
+        get => Volatile.Read(ref _readsApplied);
+        set => Volatile.Write(ref _readsApplied, value);
+    }
 
     /// <summary>Its notifications received so far (counted before they are applied); only the loader's loop touches it.</summary>
     public int Received { get; set; }

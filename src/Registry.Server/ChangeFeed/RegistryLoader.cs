@@ -41,8 +41,17 @@ internal sealed partial class RegistryLoader(
     /// <summary>Parked consumers to wake once the loads in hand are answered; only the loader's loop touches it.</summary>
     private readonly List<TaskCompletionSource> _wakes = [];
 
-    /// <summary>When each application was last read from the database (a count of applied reads); only the loader's loop touches it.</summary>
+    /// <summary>The fewest entries of <see cref="_readAt"/> worth forgetting old ones for.</summary>
+    internal const int ForgetReadsFrom = 1024;
+
+    /// <summary>
+    /// When each application was last read from the database (a count of applied reads), while a
+    /// batch may still ask (see <see cref="Forget"/>); only the loader's loop touches it.
+    /// </summary>
     private readonly Dictionary<string, long> _readAt = new(StringComparer.Ordinal);
+
+    /// <summary>The size of <see cref="_readAt"/> at which <see cref="Forget"/> runs next.</summary>
+    private int _forgetAt = ForgetReadsFrom;
 
     /// <summary>Database reads applied so far; the loop increments it, a writer reads it in <see cref="Expect"/>.</summary>
     private long _reads;
@@ -75,7 +84,10 @@ internal sealed partial class RegistryLoader(
     /// apply the rows it returned instead of reading them again, and
     /// <see cref="OwnCommit.Applied"/> completes when all are in memory.
     /// </summary>
-    public OwnCommit Expect() => own.Expect(Interlocked.Read(ref _reads));
+    public OwnCommit Expect() => own.Expect(() => Interlocked.Read(ref _reads));
+
+    /// <summary>Applications whose last read is remembered (for tests and diagnostics).</summary>
+    internal int ReadsRemembered => _readAt.Count;
 
     /// <summary>Stops waiting for a batch's notifications: the writer loaded its rows another way, or it changed nothing.</summary>
     public void Abandon(OwnCommit commit) => own.Abandon(commit);
@@ -311,6 +323,30 @@ internal sealed partial class RegistryLoader(
         {
             _readAt[application] = at;
         }
+
+        if (_readAt.Count >= _forgetAt)
+        {
+            Forget();
+        }
+    }
+
+    /// <summary>
+    /// Forgets the reads no pending batch can ask about: each asks only whether a read came after
+    /// its own count, and a batch registered later reads a count at least the current one. Keeps
+    /// the map to the applications read lately, not every name ever read.
+    /// </summary>
+    private void Forget()
+    {
+        var oldest = own.OldestReadsApplied(none: Interlocked.Read(ref _reads));
+        foreach (var (application, at) in _readAt)
+        {
+            if (at <= oldest)
+            {
+                _readAt.Remove(application);
+            }
+        }
+
+        _forgetAt = Math.Max(ForgetReadsFrom, 2 * _readAt.Count);
     }
 
     private void Wake()
