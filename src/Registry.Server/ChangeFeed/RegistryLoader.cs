@@ -346,6 +346,8 @@ internal sealed partial class RegistryLoader(
             }
         }
 
+        // The table as well: a burst of names would otherwise keep its size after they are gone.
+        _readAt.TrimExcess();
         _forgetAt = Math.Max(ForgetReadsFrom, 2 * _readAt.Count);
     }
 
