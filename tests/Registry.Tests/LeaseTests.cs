@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Globalization;
 using System.Net;
 using Npgsql;
 using Registry.Tests.Infrastructure;
@@ -77,6 +78,61 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
         Assert.Equal(0, evicted.Total);
         var (_, _, body) = await client.SubscribeAsync(Http.Subscription(Http.Entry("app")));
         Assert.Single(body!["endpoints"]!.AsArray());
+    }
+
+    /// <summary>
+    /// A node stopped cleanly (a rolling deploy) writes the renewals it promised and had not yet
+    /// written; dropped, they would leave the database with an earlier expiry, and another
+    /// node's sweeper would evict the instance before the expiry its provider was told.
+    /// </summary>
+    [Fact]
+    public async Task ANodeStoppedCleanlyWritesTheRenewalsItPromised()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            // No periodic write between the heartbeat and the stop.
+            ["Registry:Leases:RenewalInterval"] = "00:00:30",
+            ["Registry:Leases:GraceGap"] = "00:01:00",
+        });
+        DateTimeOffset promised;
+        await using (node)
+        {
+            using var client = node.CreateClient();
+            using (var registered = await client.PostJsonAsync("/v1/register?ttl=30", Instance("rolling", 0)))
+            {
+                Assert.Equal(HttpStatusCode.Created, registered.StatusCode);
+            }
+
+            // Another writer leaves the lease a second in the database; once the node has loaded
+            // it, the heartbeat's renewal is due, and promised.
+            var subscription = Http.Subscription(Http.Entry("rolling"));
+            var (_, version, _) = await client.SubscribeAsync(subscription);
+            using (var parked = ParkedPolls.On(node))
+            {
+                var poll = client.SubscribeAsync(subscription, version, wait: 10);
+                await parked.WaitForAsync(1);
+                await using var shorten = new NpgsqlCommand(
+                    """
+                    UPDATE instances SET meta = '{"v":"1"}', revision = nextval('instance_revision'),
+                           expires_at = clock_timestamp() + interval '1 second' WHERE application = 'rolling';
+                    SELECT pg_notify('registry_changes', 'rolling');
+                    """, connection);
+                await shorten.ExecuteNonQueryAsync();
+                await poll.WaitAsync(TimeSpan.FromSeconds(10));
+            }
+
+            using var heartbeat = await client.PostJsonAsync("/v1/heartbeat", Instance("rolling", 0));
+            Assert.Equal(HttpStatusCode.OK, heartbeat.StatusCode);
+            promised = DateTimeOffset.Parse((string)(await heartbeat.ReadJsonAsync())["expires"]!, CultureInfo.InvariantCulture);
+            Assert.True(promised > DateTimeOffset.UtcNow + TimeSpan.FromSeconds(20), $"the heartbeat promised only {promised:O}");
+        }
+
+        await using var read = new NpgsqlCommand("SELECT expires_at FROM instances WHERE application = 'rolling'", connection);
+        var stored = (DateTime)(await read.ExecuteScalarAsync())!;
+        Assert.True(stored >= promised.UtcDateTime.AddSeconds(-1), $"the database holds {stored:O}, the provider was promised {promised:O}");
     }
 
     [Fact]

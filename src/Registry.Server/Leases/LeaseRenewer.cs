@@ -81,6 +81,26 @@ internal sealed partial class LeaseRenewer(
         await base.StartAsync(cancellationToken);
     }
 
+    /// <summary>
+    /// Writes what is still gathered once the loop has stopped: the server stops taking requests
+    /// first, so these are the last renewals this node promised. Dropped, they would leave the
+    /// database with the earlier expiries, and another node's sweeper would evict those
+    /// instances before the expiry their providers were told (a rolling deploy would do it).
+    /// </summary>
+    public override async Task StopAsync(CancellationToken cancellationToken)
+    {
+        await base.StopAsync(cancellationToken);
+        try
+        {
+            await FlushAsync(mark: false, cancellationToken);
+        }
+        catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException)
+        {
+            // The host gave up waiting, or is disposing the data source as it stops.
+            LogStopUnwritten(logger, _pending.Count, e);
+        }
+    }
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         using var timer = new PeriodicTimer(options.Value.RenewalInterval, time);
@@ -141,12 +161,17 @@ internal sealed partial class LeaseRenewer(
                 LogRecovered(logger);
             }
         }
-        catch (DbException e)
+        catch (Exception e) when (e is DbException or OperationCanceledException)
         {
-            // Keep them for the next interval; renewals are idempotent.
+            // Keep them for the next interval, or the write at stop; renewals are idempotent.
             foreach (var key in keys)
             {
                 _pending.TryAdd(key, 0);
+            }
+
+            if (e is OperationCanceledException)
+            {
+                throw;
             }
 
             _rule.Failed();
@@ -230,6 +255,9 @@ internal sealed partial class LeaseRenewer(
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot record {Count} lease renewals: the database is unreachable; retrying every interval; heartbeats are refused once a renewal has waited too long")]
     private static partial void LogFailing(ILogger logger, int count, Exception exception);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Stopped with {Count} lease renewals unwritten; those providers' leases may end before the expiry they were told")]
+    private static partial void LogStopUnwritten(ILogger logger, int count, Exception exception);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Recording lease renewals again")]
     private static partial void LogRecovered(ILogger logger);
