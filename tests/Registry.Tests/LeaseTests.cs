@@ -106,24 +106,7 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
                 Assert.Equal(HttpStatusCode.Created, registered.StatusCode);
             }
 
-            // Another writer leaves the lease a second in the database; once the node has loaded
-            // it, the heartbeat's renewal is due, and promised.
-            var subscription = Http.Subscription(Http.Entry("rolling"));
-            var (_, version, _) = await client.SubscribeAsync(subscription);
-            using (var parked = ParkedPolls.On(node))
-            {
-                var poll = client.SubscribeAsync(subscription, version, wait: 10);
-                await parked.WaitForAsync(1);
-                await using var shorten = new NpgsqlCommand(
-                    """
-                    UPDATE instances SET meta = '{"v":"1"}', revision = nextval('instance_revision'),
-                           expires_at = clock_timestamp() + interval '1 second' WHERE application = 'rolling';
-                    SELECT pg_notify('registry_changes', 'rolling');
-                    """, connection);
-                await shorten.ExecuteNonQueryAsync();
-                await poll.WaitAsync(TimeSpan.FromSeconds(10));
-            }
-
+            await ShortenLeaseAsync(node, client, connection, "rolling");
             using var heartbeat = await client.PostJsonAsync("/v1/heartbeat", Instance("rolling", 0));
             Assert.Equal(HttpStatusCode.OK, heartbeat.StatusCode);
             promised = DateTimeOffset.Parse((string)(await heartbeat.ReadJsonAsync())["expires"]!, CultureInfo.InvariantCulture);
@@ -133,6 +116,78 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
         await using var read = new NpgsqlCommand("SELECT expires_at FROM instances WHERE application = 'rolling'", connection);
         var stored = (DateTime)(await read.ExecuteScalarAsync())!;
         Assert.True(stored >= promised.UtcDateTime.AddSeconds(-1), $"the database holds {stored:O}, the provider was promised {promised:O}");
+    }
+
+    /// <summary>
+    /// A node answers a due heartbeat with the new expiry and writes it with its next flush; cut
+    /// off from the database in between (a dead route: nothing refused, nothing answered), it
+    /// cannot. Another node's sweeper must not evict the instance before the expiry its provider
+    /// was told, however long the node stays unseen, and evicts it once no promise can be left.
+    /// </summary>
+    [Fact]
+    public async Task ANodeCutOffAfterPromisingARenewalHoldsTheEvictionUntilThePromiseRunsOut()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        await using var proxy = new TcpProxy(database);
+        var timeouts = new Dictionary<string, string?>
+        {
+            ["Registry:Database:ConnectTimeoutSeconds"] = "1",
+            ["Registry:Database:CommandTimeoutSeconds"] = "1",
+            ["Registry:Leases:SweepInterval"] = "00:00:00.500",
+        };
+        await using var promising = new RegistryNode(proxy.ConnectionString, timeouts);
+        await using var sweeping = new RegistryNode(database, timeouts);
+        using var evicted = MeterWatch.Node(sweeping, "registry.evictions");
+        using var client = promising.CreateClient();
+        using (var registered = await client.PostJsonAsync("/v1/register?ttl=6", Instance("cut", 0)))
+        {
+            Assert.Equal(HttpStatusCode.Created, registered.StatusCode);
+        }
+
+        await ShortenLeaseAsync(promising, client, connection, "cut");
+        DateTimeOffset promised;
+        using (var heartbeat = await client.PostJsonAsync("/v1/heartbeat", Instance("cut", 0)))
+        {
+            Assert.Equal(HttpStatusCode.OK, heartbeat.StatusCode);
+            proxy.Stall();
+            promised = DateTimeOffset.Parse((string)(await heartbeat.ReadJsonAsync())["expires"]!, CultureInfo.InvariantCulture);
+        }
+
+        // Unseen for the grace gap (3 s) within three seconds of the cut, which let the other
+        // node's sweeper evict the lease the database still ended two seconds after it.
+        await Task.Delay(promised - DateTimeOffset.UtcNow - TimeSpan.FromSeconds(1));
+        await using (var read = new NpgsqlCommand("SELECT count(*) FROM instances WHERE application = 'cut'", connection))
+        {
+            Assert.True(1L == (long)(await read.ExecuteScalarAsync())!, $"evicted before {promised:O}, the expiry its provider was told");
+        }
+
+        Assert.Equal(0, evicted.Total);
+        await evicted.WaitForAsync(1).WaitAsync(TimeSpan.FromSeconds(30));
+    }
+
+    /// <summary>
+    /// Leaves <paramref name="application"/>'s lease two seconds in the database, as another
+    /// writer would, and waits until <paramref name="node"/> has loaded it: a heartbeat's renewal
+    /// is then due, and answered with a new expiry not yet written.
+    /// </summary>
+    private static async Task ShortenLeaseAsync(RegistryNode node, HttpClient client, NpgsqlConnection connection, string application)
+    {
+        var subscription = Http.Subscription(Http.Entry(application));
+        var (_, version, _) = await client.SubscribeAsync(subscription);
+        using var parked = ParkedPolls.On(node);
+        var poll = client.SubscribeAsync(subscription, version, wait: 10);
+        await parked.WaitForAsync(1);
+        await using var shorten = new NpgsqlCommand(
+            """
+            UPDATE instances SET meta = '{"v":"short"}', revision = nextval('instance_revision'),
+                   expires_at = clock_timestamp() + interval '2 seconds' WHERE application = @application;
+            SELECT pg_notify('registry_changes', @application);
+            """, connection);
+        shorten.Parameters.AddWithValue("application", application);
+        await shorten.ExecuteNonQueryAsync();
+        await poll.WaitAsync(TimeSpan.FromSeconds(10));
     }
 
     [Fact]

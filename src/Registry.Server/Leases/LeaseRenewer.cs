@@ -86,13 +86,15 @@ internal sealed partial class LeaseRenewer(
     /// first, so these are the last renewals this node promised. Dropped, they would leave the
     /// database with the earlier expiries, and another node's sweeper would evict those
     /// instances before the expiry their providers were told (a rolling deploy would do it).
+    /// The mark after them, later than the node's leaving (<see cref="Membership.LiveNodes"/>
+    /// stops first), tells the sweepers that it holds no promise back (see Sweeper).
     /// </summary>
     public override async Task StopAsync(CancellationToken cancellationToken)
     {
         await base.StopAsync(cancellationToken);
         try
         {
-            await FlushAsync(mark: false, cancellationToken);
+            await FlushAsync(mark: true, cancellationToken);
         }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException)
         {

@@ -73,7 +73,15 @@ internal sealed class RenewalRule(IOptions<LeaseOptions> options, TimeProvider t
     /// How long a renewal may wait unrecorded before heartbeats are refused: never less than
     /// a few write intervals or a second, so a busy database's slow flush refuses nobody.
     /// </summary>
-    private TimeSpan UnrecordedLimit(TimeSpan ttl) => TimeSpan.FromTicks(Math.Max(
-        (long)(ttl.Ticks * options.Value.UnrecordedShare),
-        Math.Max(4 * options.Value.RenewalInterval.Ticks, TimeSpan.TicksPerSecond)));
+    private TimeSpan UnrecordedLimit(TimeSpan ttl) => TimeSpan.FromTicks(Math.Max((long)(ttl.Ticks * options.Value.UnrecordedShare), UnrecordedFloor(options.Value).Ticks));
+
+    /// <summary>The least time a renewal may wait unrecorded before heartbeats are refused, whatever the TTL.</summary>
+    internal static TimeSpan UnrecordedFloor(LeaseOptions options) => TimeSpan.FromTicks(Math.Max(4 * options.RenewalInterval.Ticks, TimeSpan.TicksPerSecond));
+
+    /// <summary>
+    /// How long after its last liveness mark a node may still answer heartbeats with renewals it
+    /// has not written, besides the share of the TTL (see <see cref="CanRecord"/>): its last
+    /// successful flush may come up to a liveness interval after that mark.
+    /// </summary>
+    internal static TimeSpan PromisingAfterMark(LeaseOptions options) => 2 * options.LivenessInterval + options.RenewalInterval;
 }

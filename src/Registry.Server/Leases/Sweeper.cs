@@ -31,12 +31,9 @@ internal sealed partial class Sweeper(
     /// <summary>
     /// How long past its expiry a lease is left before it is evicted: a heartbeat answered just
     /// before the expiry waits up to a renewal interval for its write, and must not lose its
-    /// instance to a sweep in between. Two intervals, so a slow flush is covered too. And a
-    /// lease is evicted only once it ran out before the last liveness mark of every node that
-    /// marked within <see cref="LeaseOptions.GraceGap"/>: a node marks after writing the
-    /// renewals it gathered, so a renewal it promised and could not yet write (the database
-    /// restarting, its connection cut) holds the eviction back until it has written it, or has
-    /// not been seen for the grace gap. A healthy cluster marks every liveness interval.
+    /// instance to a sweep in between. Two intervals, so a slow flush is covered too. Nodes
+    /// that may still hold a promised renewal hold the eviction back too (see
+    /// <see cref="Evictable"/>); a healthy cluster marks every liveness interval.
     /// </summary>
     private TimeSpan Settle => 2 * options.Value.RenewalInterval;
 
@@ -97,31 +94,28 @@ internal sealed partial class Sweeper(
         clock.Observe(await grace.SettleAsync(connection, transaction, mark: false, cancellationToken));
         int live, expired, recentlyEvicted;
         DateTimeOffset? nextExpiry;
-        DateTime cutoff;
+        DateTime now;
         await using (var count = new NpgsqlCommand(
-            """
-            WITH cutoff AS (
-                SELECT least(clock_timestamp() - @settle,
-                             (SELECT min(last_seen_at) FROM nodes WHERE last_seen_at > clock_timestamp() - @recent)) AS at)
+            $"""
+            WITH c AS (SELECT clock_timestamp() AS now)
             SELECT count(i.expires_at)::int,
-                   (count(*) FILTER (WHERE i.expires_at < c.at))::int,
-                   min(i.expires_at) FILTER (WHERE i.expires_at >= c.at) + @settle,
-                   (SELECT coalesce(sum(instances), 0) FROM evictions WHERE evicted_at > clock_timestamp() - @window)::int,
-                   c.at
-              FROM cutoff c LEFT JOIN instances i ON true
-             GROUP BY c.at
+                   (count(*) FILTER (WHERE {Evictable("c.now")}))::int,
+                   min(i.expires_at) FILTER (WHERE NOT ({Evictable("c.now")})) + @settle,
+                   (SELECT coalesce(sum(instances), 0) FROM evictions WHERE evicted_at > c.now - @window)::int,
+                   c.now
+              FROM c LEFT JOIN instances i ON true
+             GROUP BY c.now
             """, connection, transaction))
         {
             count.Parameters.AddWithValue("window", options.Value.SelfPreservationWindow);
-            count.Parameters.AddWithValue("settle", Settle);
-            count.Parameters.AddWithValue("recent", options.Value.GraceGap);
+            AddEvictableParameters(count.Parameters);
             await using var reader = await count.ExecuteReaderAsync(cancellationToken);
             await reader.ReadAsync(cancellationToken);
             live = reader.GetInt32(0);
             expired = reader.GetInt32(1);
             nextExpiry = reader.IsDBNull(2) ? null : new DateTimeOffset(reader.GetDateTime(2), TimeSpan.Zero);
             recentlyEvicted = reader.GetInt32(3);
-            cutoff = reader.GetDateTime(4);
+            now = reader.GetDateTime(4);
         }
 
         if (expired == 0)
@@ -145,7 +139,7 @@ internal sealed partial class Sweeper(
         var byApplication = new Dictionary<string, int>(StringComparer.Ordinal);
         while (budget - evicted > 0)
         {
-            var batch = await EvictBatchAsync(connection, transaction, cutoff, Math.Min(options.Value.SweepBatchSize, budget - evicted), byApplication, cancellationToken);
+            var batch = await EvictBatchAsync(connection, transaction, now, Math.Min(options.Value.SweepBatchSize, budget - evicted), byApplication, cancellationToken);
             evicted += batch;
             if (batch < options.Value.SweepBatchSize)
             {
@@ -202,21 +196,50 @@ internal sealed partial class Sweeper(
         await forget.ExecuteNonQueryAsync(cancellationToken);
     }
 
-    private static async Task<int> EvictBatchAsync(
-        NpgsqlConnection connection, NpgsqlTransaction transaction, DateTime cutoff, int limit, Dictionary<string, int> byApplication, CancellationToken cancellationToken)
+    /// <summary>
+    /// Whether the lease of <c>i</c> may be evicted at <paramref name="now"/>: it ran out a settle
+    /// margin ago, and no node may still hold a renewal of it that it promised and has not
+    /// written. A node marks after writing what it gathered, so a lease that ran out before a
+    /// node's last mark holds nothing of that node's back. A node not seen since, or gone
+    /// without a last mark (killed, cut off from the database), may have promised renewals
+    /// until it knew it could not write them (<see cref="RenewalRule.CanRecord"/>), each for a
+    /// TTL: the lease waits for that, or for the node's next mark. A node that left after its
+    /// last writes and marked once more is out of it.
+    /// </summary>
+    private static string Evictable(string now) =>
+        $"""
+        i.expires_at < {now} - @settle
+        AND NOT EXISTS (
+            SELECT 1 FROM nodes n
+             WHERE n.last_seen_at <= i.expires_at
+               AND n.last_seen_at > {now} - greatest(@recent, make_interval(secs => greatest(i.ttl_seconds * @share, @floor) + i.ttl_seconds) + @after)
+               AND (n.left_at IS NULL OR n.left_at > n.last_seen_at))
+        """;
+
+    private void AddEvictableParameters(NpgsqlParameterCollection parameters)
+    {
+        parameters.AddWithValue("settle", Settle);
+        parameters.AddWithValue("recent", options.Value.GraceGap);
+        parameters.AddWithValue("share", options.Value.UnrecordedShare);
+        parameters.AddWithValue("floor", RenewalRule.UnrecordedFloor(options.Value).TotalSeconds);
+        parameters.AddWithValue("after", RenewalRule.PromisingAfterMark(options.Value) + Settle);
+    }
+
+    private async Task<int> EvictBatchAsync(
+        NpgsqlConnection connection, NpgsqlTransaction transaction, DateTime now, int limit, Dictionary<string, int> byApplication, CancellationToken cancellationToken)
     {
         await using var command = new NpgsqlCommand(
             $"""
             WITH victims AS (
-                SELECT application, protocol, addr FROM instances
-                 WHERE expires_at < @cutoff
-                 ORDER BY expires_at
+                SELECT i.application, i.protocol, i.addr FROM instances i
+                 WHERE {Evictable("@now")}
+                 ORDER BY i.expires_at
                  LIMIT @limit
-                   FOR UPDATE SKIP LOCKED),
+                   FOR UPDATE OF i SKIP LOCKED),
             gone AS (
                 DELETE FROM instances i USING victims v
                  WHERE i.application = v.application AND i.protocol = v.protocol AND i.addr = v.addr
-                   AND i.expires_at < @cutoff
+                   AND {Evictable("@now")}
                 RETURNING i.application, i.protocol, i.addr),
             counted AS (
                 SELECT application, count(*)::int AS n, {Announcement.KeysSql} AS keys FROM gone GROUP BY application)
@@ -224,7 +247,8 @@ internal sealed partial class Sweeper(
             SELECT n, application, {Announcement.NotifySql("application", "keys", tag: null)} FROM counted
             """, connection, transaction);
         command.Parameters.AddWithValue("limit", limit);
-        command.Parameters.Add(new NpgsqlParameter<DateTime>("cutoff", cutoff));
+        command.Parameters.Add(new NpgsqlParameter<DateTime>("now", now));
+        AddEvictableParameters(command.Parameters);
         var evicted = 0;
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
