@@ -204,7 +204,9 @@ internal sealed partial class Sweeper(
     /// without a last mark (killed, cut off from the database), may have promised renewals
     /// until it knew it could not write them (<see cref="RenewalRule.CanRecord"/>), each for a
     /// TTL: the lease waits for that, or for the node's next mark. A node that left after its
-    /// last writes and marked once more is out of it.
+    /// last writes and marked once more is out of it. Only heartbeats promise a provider an
+    /// expiry: a session's or a probed instance's lease, kept by the registry itself, waits only
+    /// for the nodes seen within the grace gap (a renewal gathered across a short outage).
     /// </summary>
     private static string Evictable(string now) =>
         $"""
@@ -212,7 +214,8 @@ internal sealed partial class Sweeper(
         AND NOT EXISTS (
             SELECT 1 FROM nodes n
              WHERE n.last_seen_at <= i.expires_at
-               AND n.last_seen_at > {now} - greatest(@recent, make_interval(secs => greatest(i.ttl_seconds * @share, @floor) + i.ttl_seconds) + @after)
+               AND n.last_seen_at > {now} - CASE WHEN i.session_held OR i.probe_kind IS NOT NULL THEN @recent
+                   ELSE greatest(@recent, make_interval(secs => greatest(i.ttl_seconds * @share, @floor) + i.ttl_seconds) + @after) END
                AND (n.left_at IS NULL OR n.left_at > n.last_seen_at))
         """;
 
