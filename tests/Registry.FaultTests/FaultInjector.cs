@@ -9,7 +9,7 @@ namespace Registry.FaultTests;
 /// </summary>
 public sealed class FaultInjector(FaultCluster cluster, RegistryApi api, History history, int seed)
 {
-    public static readonly string[] Kinds = ["terminate-listen", "proxy-cut", "postgres-restart", "node-kill", "out-of-order"];
+    public static readonly string[] Kinds = ["terminate-listen", "proxy-cut", "proxy-stall", "postgres-restart", "node-kill", "out-of-order"];
 
     private int _outOfOrder;
     private int _bursts;
@@ -45,6 +45,7 @@ public sealed class FaultInjector(FaultCluster cluster, RegistryApi api, History
         {
             "terminate-listen" => await TerminateListenAsync(random, cancellationToken),
             "proxy-cut" => await CutProxyAsync(random, cancellationToken),
+            "proxy-stall" => await StallProxyAsync(random, cancellationToken),
             "postgres-restart" => await RestartPostgresAsync(random, cancellationToken),
             "node-kill" => await KillNodeAsync(random, cancellationToken),
             "out-of-order" => await CommitOutOfOrderAsync(random, cancellationToken),
@@ -83,6 +84,28 @@ public sealed class FaultInjector(FaultCluster cluster, RegistryApi api, History
         }
 
         return ($"node{node}", $"database unreachable for {hold.TotalSeconds:F1} s");
+    }
+
+    /// <summary>
+    /// One node's database route goes dead (nothing refused, nothing answered: its statements
+    /// hang), then is reset, as a route that comes back closes the connections it stranded.
+    /// </summary>
+    private async Task<(string, string)> StallProxyAsync(Random random, CancellationToken cancellationToken)
+    {
+        var node = random.Next(FaultCluster.NodeCount);
+        var hold = TimeSpan.FromSeconds(2 + 5 * random.NextDouble());
+        cluster.Proxies[node].Stall();
+        try
+        {
+            await Task.Delay(hold, cancellationToken);
+        }
+        finally
+        {
+            await cluster.Proxies[node].CutAsync();
+            cluster.Proxies[node].Start();
+        }
+
+        return ($"node{node}", $"database route dead for {hold.TotalSeconds:F1} s, then reset");
     }
 
     private async Task<(string, string)> RestartPostgresAsync(Random random, CancellationToken cancellationToken)

@@ -35,8 +35,10 @@ public sealed class TcpProxy : IAsyncDisposable
     /// <summary>The connection string that goes through the proxy.</summary>
     public string ConnectionString { get; }
 
+    /// <summary>Accepts and forwards connections again (after a cut, or a stall ended by a cut).</summary>
     public void Start()
     {
+        _stalled = false;
         _stop = new CancellationTokenSource();
         _listener = new TcpListener(IPAddress.Loopback, Port);
         _listener.Server.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
