@@ -58,15 +58,8 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
     [Fact]
     public async Task ABatchsOwnRowsArrivingAfterAReadOfALaterWriteDoNotTakeTheNodeBack()
     {
-        var database = await Cluster.CreateDatabaseAsync();
-        await using var node = new RegistryNode(database);
-        using var client = node.CreateClient();
-        await RegisterAsync(client, "late", "1.1.1.1:80", """{"v":"0"}""");
-        var subscription = Http.Subscription(Http.Entry("late"));
-        var (_, version, _) = await client.SubscribeAsync(subscription);
-        var loader = node.Get<RegistryLoader>();
-        await using var connection = new NpgsqlConnection(database);
-        await connection.OpenAsync();
+        await using var own = await OwnNode.StartAsync(Cluster, "late");
+        var (client, subscription, version, loader, connection) = (own.Client, own.Subscription, own.Version, own.Loader, own.Connection);
 
         // The node's batch: expected, committed, its notification not yet sent.
         var batch = loader.Expect();
@@ -111,15 +104,8 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
     [Fact]
     public async Task ANodeRemembersReadsOnlyWhileOneOfItsBatchesCanAskAboutThem()
     {
-        var database = await Cluster.CreateDatabaseAsync();
-        await using var node = new RegistryNode(database);
-        using var client = node.CreateClient();
-        await RegisterAsync(client, "marker", "1.1.1.1:80", """{"v":"0"}""");
-        var subscription = Http.Subscription(Http.Entry("marker"));
-        var (_, version, _) = await client.SubscribeAsync(subscription);
-        var loader = node.Get<RegistryLoader>();
-        await using var connection = new NpgsqlConnection(database);
-        await connection.OpenAsync();
+        await using var own = await OwnNode.StartAsync(Cluster, "marker");
+        var (node, client, subscription, version, loader, connection) = (own.Node, own.Client, own.Subscription, own.Version, own.Loader, own.Connection);
 
         // Other nodes' changes to many applications, then one a parked poll waits for:
         // notifications are applied in order, so once it is answered all were read.
@@ -380,6 +366,49 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
         }
 
         return version!;
+    }
+
+    /// <summary>A node over a database of its own, one instance of an application registered and read once, and a connection to that database.</summary>
+    private sealed class OwnNode : IAsyncDisposable
+    {
+        private OwnNode(RegistryNode node, NpgsqlConnection connection, string subscription)
+        {
+            Node = node;
+            Client = node.CreateClient();
+            Connection = connection;
+            Subscription = subscription;
+        }
+
+        public RegistryNode Node { get; }
+
+        public HttpClient Client { get; }
+
+        public NpgsqlConnection Connection { get; }
+
+        public string Subscription { get; }
+
+        /// <summary>The version the subscription had once the instance was registered.</summary>
+        public string Version { get; private set; } = "";
+
+        public RegistryLoader Loader => Node.Get<RegistryLoader>();
+
+        public static async Task<OwnNode> StartAsync(RegistryCluster cluster, string application)
+        {
+            var database = await cluster.CreateDatabaseAsync();
+            var connection = new NpgsqlConnection(database);
+            await connection.OpenAsync();
+            var own = new OwnNode(new RegistryNode(database), connection, Http.Subscription(Http.Entry(application)));
+            await RegisterAsync(own.Client, application, "1.1.1.1:80", """{"v":"0"}""");
+            own.Version = (await own.Client.SubscribeAsync(own.Subscription)).Version!;
+            return own;
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            Client.Dispose();
+            await Node.DisposeAsync();
+            await Connection.DisposeAsync();
+        }
     }
 
     private static async Task ExecuteAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string sql)
