@@ -10,7 +10,7 @@ namespace Registry.Leases;
 /// <summary>
 /// Evicts expired leases. Every node runs it; a transaction-scoped advisory lock lets one
 /// sweep at a time, but correctness does not depend on it: the delete re-checks expiry
-/// under <c>FOR UPDATE SKIP LOCKED</c> on <c>clock_timestamp()</c>, in bounded batches, and
+/// under <c>FOR UPDATE SKIP LOCKED</c> at the time the sweep counted, in bounded batches, and
 /// announces each affected application once in the same transaction. Each sweep first
 /// settles the cluster's grace (<see cref="LeaseGrace"/>) in its transaction, and counts its
 /// evictions where every node's sweeps see them (self-preservation's budget).
