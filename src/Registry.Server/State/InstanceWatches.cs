@@ -75,7 +75,10 @@ internal sealed class InstanceWatch : IDisposable
 /// </summary>
 internal sealed class InstanceWatches
 {
-    private readonly ConcurrentDictionary<string, ConcurrentDictionary<InstanceWatch, byte>> _byApplication = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, WatchSet> _byApplication = new(StringComparer.Ordinal);
+
+    /// <summary>Applications with a watch (for tests and diagnostics).</summary>
+    internal int Applications => _byApplication.Count;
 
     /// <summary>
     /// Watches <paramref name="key"/> as registered at <paramref name="revision"/>, checked against
@@ -86,7 +89,20 @@ internal sealed class InstanceWatches
     public InstanceWatch Watch(InstanceKey key, long revision, bool caughtUp, RegistryState state)
     {
         var watch = new InstanceWatch(this, key, revision, caughtUp);
-        _byApplication.GetOrAdd(key.Application, _ => new()).TryAdd(watch, 0);
+        while (true)
+        {
+            var set = _byApplication.GetOrAdd(key.Application, _ => new WatchSet());
+            lock (set.Gate)
+            {
+                // A set emptied and retired meanwhile is out of the map, or about to be: take a new one.
+                if (!set.Retired)
+                {
+                    set.Watches.TryAdd(watch, 0);
+                    break;
+                }
+            }
+        }
+
         // After it is listed: a swap from now on checks it too, so no change falls between.
         watch.Check(state.Find(key));
         return watch;
@@ -94,10 +110,20 @@ internal sealed class InstanceWatches
 
     internal void Remove(InstanceWatch watch)
     {
-        if (_byApplication.TryGetValue(watch.Key.Application, out var watches))
+        if (_byApplication.TryGetValue(watch.Key.Application, out var set))
         {
-            watches.TryRemove(watch, out _);
-            // An emptied set is left in place: removing it could race a new watch being added to it.
+            lock (set.Gate)
+            {
+                set.Watches.TryRemove(watch, out _);
+                if (set.Watches.IsEmpty && !set.Retired)
+                {
+                    // Retired under the lock a watch is added under, so none goes into a set
+                    // that has left the map: applications come and go (a session per job), and
+                    // their empty sets would otherwise stay for the node's lifetime.
+                    set.Retired = true;
+                    _byApplication.TryRemove(KeyValuePair.Create(watch.Key.Application, set));
+                }
+            }
         }
     }
 
@@ -111,10 +137,10 @@ internal sealed class InstanceWatches
 
         foreach (var application in applications)
         {
-            if (_byApplication.TryGetValue(application, out var watches) && !watches.IsEmpty)
+            if (_byApplication.TryGetValue(application, out var set) && !set.Watches.IsEmpty)
             {
                 var snapshot = state.Get(application);
-                foreach (var watch in watches.Keys)
+                foreach (var watch in set.Watches.Keys)
                 {
                     watch.Check(snapshot?.Find(watch.Key));
                 }
@@ -124,4 +150,14 @@ internal sealed class InstanceWatches
 
     /// <summary>Checks every watch (after the whole state was replaced).</summary>
     internal void ChangedAll(RegistryState state) => Changed(_byApplication.Keys, state);
+
+    /// <summary>One application's watches; retired (under <see cref="Gate"/>) when it empties and leaves the map.</summary>
+    private sealed class WatchSet
+    {
+        public ConcurrentDictionary<InstanceWatch, byte> Watches { get; } = new();
+
+        public Lock Gate { get; } = new();
+
+        public bool Retired { get; set; }
+    }
 }
