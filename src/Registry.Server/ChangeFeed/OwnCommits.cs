@@ -22,17 +22,16 @@ internal sealed class OwnCommits(NodeIdentity node)
     public int Count => _pending.Count;
 
     /// <summary>
-    /// Registers a batch about to run; its statement sends <see cref="OwnCommit.Tag"/>.
-    /// <paramref name="readsApplied"/> reads the loader's count of applied database reads.
+    /// Registers a batch about to run; its statement sends <see cref="OwnCommit.Tag"/>. It is
+    /// pending before the caller sets <see cref="OwnCommit.ReadsApplied"/>: a loader that does
+    /// not see it yet when it forgets old read counts (see <see cref="OldestReadsApplied"/>) has
+    /// already counted every read it forgets.
     /// </summary>
-    public OwnCommit Expect(Func<long>? readsApplied = null)
+    public OwnCommit Expect()
     {
         var tag = node.Id + ":" + Interlocked.Increment(ref _sequence).ToString(CultureInfo.InvariantCulture);
         var commit = new OwnCommit(tag);
-        // Pending before the count is read: a loader that does not see it yet when it forgets
-        // old read counts (see OldestReadsApplied) has already counted every read it forgets.
         _pending[tag] = commit;
-        commit.ReadsApplied = readsApplied?.Invoke() ?? 0;
         return commit;
     }
 

@@ -84,7 +84,12 @@ internal sealed partial class RegistryLoader(
     /// apply the rows it returned instead of reading them again, and
     /// <see cref="OwnCommit.Applied"/> completes when all are in memory.
     /// </summary>
-    public OwnCommit Expect() => own.Expect(() => Interlocked.Read(ref _reads));
+    public OwnCommit Expect()
+    {
+        var commit = own.Expect();
+        commit.ReadsApplied = Interlocked.Read(ref _reads);
+        return commit;
+    }
 
     /// <summary>Applications whose last read is remembered (for tests and diagnostics).</summary>
     internal int ReadsRemembered => _readAt.Count;
