@@ -46,6 +46,12 @@ public sealed class AccessOptions
     /// <summary>How often a node writes when its tokens were last used (one statement for all of them).</summary>
     public TimeSpan LastUsedFlushInterval { get; set; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>
+    /// How long an expired token stays (listed, refused as expired) before it is deleted: long
+    /// enough to see why a client gets 401, short enough that tokens made per deploy do not pile up.
+    /// </summary>
+    public TimeSpan ForgetExpiredAfter { get; set; } = TimeSpan.FromDays(7);
+
     /// <summary>JWTs from an identity provider, accepted besides registry tokens when <see cref="JwtOptions.Issuer"/> is set.</summary>
     public JwtOptions Jwt { get; set; } = new();
 }

@@ -25,6 +25,7 @@ internal static class AccessServiceExtensions
         var services = builder.Services;
         services.AddOptions<AccessOptions>().BindConfiguration("Registry:Auth").ValidateDataAnnotations()
             .Validate(o => o.LastUsedFlushInterval > TimeSpan.Zero, "Registry:Auth:LastUsedFlushInterval must be positive.")
+            .Validate(o => o.ForgetExpiredAfter >= TimeSpan.Zero, "Registry:Auth:ForgetExpiredAfter must not be negative.")
             .Validate(o => o.BootstrapToken is null || (o.BootstrapToken.Length >= 32 && !o.BootstrapToken.Contains('.', StringComparison.Ordinal) && !o.BootstrapToken.Any(char.IsWhiteSpace)),
                 "Registry:Auth:BootstrapToken must be at least 32 characters without dots or spaces (e.g. openssl rand -base64 32).")
             .Validate(o => !o.Jwt.Enabled || !string.IsNullOrWhiteSpace(o.Jwt.Audience), "Registry:Auth:Jwt:Audience is required with Registry:Auth:Jwt:Issuer.")

@@ -29,7 +29,7 @@ public sealed class TokenDocument
 
     public required DateTimeOffset Created { get; init; }
 
-    /// <summary>When it stops being accepted; null for never.</summary>
+    /// <summary>When it stops being accepted; null for never. An expired token stays listed for Registry:Auth:ForgetExpiredAfter (7 days), then is deleted.</summary>
     public required DateTimeOffset? Expires { get; init; }
 
     /// <summary>When a node last accepted it (written every Registry:Auth:LastUsedFlushInterval); null for never.</summary>

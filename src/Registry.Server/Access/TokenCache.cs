@@ -4,6 +4,7 @@ using System.Security.Cryptography;
 using System.Text;
 using Microsoft.Extensions.Options;
 using Registry.Storage;
+using Registry.Telemetry;
 
 namespace Registry.Access;
 
@@ -20,12 +21,15 @@ internal enum TokenCheck
 /// request costs a hash and a dictionary look-up, never a query. The change feed reloads it
 /// when a token is created or revoked on any node (and whenever the feed reconnects). When a
 /// token was last used is kept here and written for all tokens at once every
-/// <see cref="AccessOptions.LastUsedFlushInterval"/>.
+/// <see cref="AccessOptions.LastUsedFlushInterval"/>; with that write, tokens expired for
+/// <see cref="AccessOptions.ForgetExpiredAfter"/> are deleted (by whichever node sees it due
+/// first), so tokens made with an expiry, one per deploy or job, do not pile up.
 /// </summary>
 internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
 {
     private readonly RegistryDatabase _database;
     private readonly TimeProvider _time;
+    private readonly AuditLog _audit;
     private readonly AccessOptions _options;
     private readonly ILogger<TokenCache> _logger;
     private readonly byte[]? _bootstrapHash;
@@ -35,10 +39,14 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
     private volatile FrozenDictionary<string, Entry> _tokens = FrozenDictionary<string, Entry>.Empty;
     private volatile FrozenDictionary<string, CancellationToken> _revocations = FrozenDictionary<string, CancellationToken>.Empty;
 
-    public TokenCache(RegistryDatabase database, TimeProvider time, IOptions<AccessOptions> options, ILogger<TokenCache> logger)
+    /// <summary>When the first loaded token is due to be forgotten (ticks, UTC); <see cref="long.MaxValue"/> for none.</summary>
+    private long _forgetDueTicks = long.MaxValue;
+
+    public TokenCache(RegistryDatabase database, TimeProvider time, AuditLog audit, IOptions<AccessOptions> options, ILogger<TokenCache> logger)
     {
         _database = database;
         _time = time;
+        _audit = audit;
         _options = options.Value;
         _logger = logger;
         _bootstrapHash = string.IsNullOrEmpty(_options.BootstrapToken) ? null : RegistryTokens.Hash(_options.BootstrapToken);
@@ -129,6 +137,7 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
             // Revocations first: a token accepted from the new set already has its own.
             _revocations = loaded.Values.ToFrozenDictionary(e => e.Grant.Id, e => e.Revoked.Token, StringComparer.Ordinal);
             _tokens = loaded.ToFrozenDictionary(StringComparer.Ordinal);
+            Interlocked.Exchange(ref _forgetDueTicks, loaded.Values.Select(e => ForgetDueTicks(e.Grant.Expires)).DefaultIfEmpty(long.MaxValue).Min());
             foreach (var (key, gone) in previous)
             {
                 if (!loaded.ContainsKey(key))
@@ -199,6 +208,7 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
             while (await timer.WaitForNextTickAsync(stoppingToken))
             {
                 await FlushAsync(stoppingToken);
+                await ForgetExpiredAsync(stoppingToken);
             }
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
@@ -239,6 +249,37 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
         }
     }
 
+    /// <summary>When a token expiring at <paramref name="expires"/> is due to be forgotten, in UTC ticks; <see cref="long.MaxValue"/> for never.</summary>
+    private long ForgetDueTicks(DateTimeOffset? expires) =>
+        expires is { } at && at.UtcTicks <= DateTimeOffset.MaxValue.UtcTicks - _options.ForgetExpiredAfter.Ticks
+            ? at.UtcTicks + _options.ForgetExpiredAfter.Ticks
+            : long.MaxValue;
+
+    /// <summary>
+    /// Deletes the tokens expired for <see cref="AccessOptions.ForgetExpiredAfter"/> once this
+    /// node sees one due: no statement otherwise. The deletion reloads every node's tokens.
+    /// </summary>
+    private async Task ForgetExpiredAsync(CancellationToken cancellationToken)
+    {
+        if (Interlocked.Read(ref _forgetDueTicks) > _time.GetUtcNow().UtcTicks)
+        {
+            return;
+        }
+
+        try
+        {
+            foreach (var (id, expired) in await TokenStore.ForgetExpiredAsync(_database.DataSource, _options.ForgetExpiredAfter, cancellationToken))
+            {
+                _audit.TokenForgotten(id, expired);
+            }
+        }
+        catch (DbException e)
+        {
+            // Still due: the next write tries again.
+            LogForgetFailed(_logger, e);
+        }
+    }
+
     public override void Dispose()
     {
         base.Dispose();
@@ -267,6 +308,9 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot reload the registry tokens; retrying")]
     private static partial void LogReloadFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot delete the tokens expired long ago; trying again with the next write")]
+    private static partial void LogForgetFailed(ILogger logger, Exception exception);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot record when tokens were last used; keeping it for the next write")]
     private static partial void LogFlushFailed(ILogger logger, Exception exception);

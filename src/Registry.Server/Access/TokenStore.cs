@@ -84,6 +84,30 @@ internal static class TokenStore
     }
 
     /// <summary>
+    /// Deletes the tokens that expired more than <paramref name="after"/> ago (by the database's
+    /// clock) and announces it in the same statement (once: the same payload for every row is
+    /// one notification); returns each one's id and expiry.
+    /// </summary>
+    public static async Task<List<(string Id, DateTimeOffset Expired)>> ForgetExpiredAsync(NpgsqlDataSource database, TimeSpan after, CancellationToken cancellationToken)
+    {
+        await using var command = database.CreateCommand($"""
+            WITH gone AS (
+                DELETE FROM {Schema.TokensTable} WHERE expires_at < now() - @after RETURNING id, expires_at)
+            SELECT id, expires_at, pg_notify(@channel, 'expired') FROM gone
+            """);
+        command.Parameters.Add(new NpgsqlParameter("after", after));
+        command.Parameters.Add(new NpgsqlParameter("channel", Schema.TokenChannel));
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        var gone = new List<(string, DateTimeOffset)>();
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            gone.Add((reader.GetString(0), Utc(reader.GetDateTime(1))));
+        }
+
+        return gone;
+    }
+
+    /// <summary>
     /// Records when tokens were last used, never moving a time backwards (another node may have
     /// written a later one). Rows are locked in the ids' order, so two nodes' flushes of the same
     /// tokens wait for each other instead of deadlocking.

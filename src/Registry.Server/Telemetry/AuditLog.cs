@@ -17,7 +17,7 @@ internal sealed partial class AuditLog
     {
         _logger = loggers.CreateLogger("Registry.Audit");
         _events = meters.Create(RegistryMetrics.MeterName).CreateCounter<long>("registry.audit.events", "{event}",
-            "Audited changes, by action (register, unregister, session_start, session_end, evict: one per instance, probe_evict, token_create, token_revoke).");
+            "Audited changes, by action (register, unregister, session_start, session_end, evict: one per instance, probe_evict, token_create, token_revoke, token_forget).");
     }
 
     public void Registered(string credential, InstanceKey key, bool created)
@@ -78,6 +78,13 @@ internal sealed partial class AuditLog
         LogTokenRevoked(_logger, id, credential);
     }
 
+    /// <summary>A token deleted because it expired long ago (<c>Registry:Auth:ForgetExpiredAfter</c>): no credential did it.</summary>
+    public void TokenForgotten(string id, DateTimeOffset expired)
+    {
+        LogTokenForgotten(_logger, id, expired);
+        Count("token_forget");
+    }
+
     private void Count(string action) => _events.Add(1, new KeyValuePair<string, object?>("action", action));
 
     [LoggerMessage(Level = LogLevel.Information, Message = "register {Application} {Protocol} {Addr} ({Result}) by {Credential}")]
@@ -100,6 +107,9 @@ internal sealed partial class AuditLog
 
     [LoggerMessage(Level = LogLevel.Information, Message = "token {TokenId} created (admin {Admin}, register [{Register}], subscribe [{Subscribe}]) by {Credential}")]
     private static partial void LogTokenCreated(ILogger logger, string tokenId, bool admin, string register, string subscribe, string credential);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "token {TokenId} forgotten (expired at {Expired:O}) by the registry")]
+    private static partial void LogTokenForgotten(ILogger logger, string tokenId, DateTimeOffset expired);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "token {TokenId} revoked by {Credential}")]
     private static partial void LogTokenRevoked(ILogger logger, string tokenId, string credential);

@@ -141,7 +141,7 @@ public sealed class AccessCluster : IAsyncLifetime
         {
             await connection.OpenAsync();
             await using var expire = new NpgsqlCommand(
-                "UPDATE tokens SET expires_at = now() - interval '1 hour' WHERE description = 'expired'; SELECT pg_notify('registry_tokens', 'expired')", connection);
+                "UPDATE tokens SET expires_at = now() - interval '10 minutes' WHERE description = 'expired'; SELECT pg_notify('registry_tokens', 'expired')", connection);
             await expire.ExecuteNonQueryAsync();
         }
 

@@ -383,6 +383,43 @@ public sealed class AccessTests(AccessCluster cluster)
     }
 
     [Fact]
+    public async Task TokensExpiredLongerThanConfiguredAreDeletedAndAudited()
+    {
+        // Tokens made per deploy with an expiry: each would stay in every node's cache and in
+        // every reload for ever.
+        var (gone, _) = await cluster.CreateTokenAsync("""{"description":"deploy 41","register":["payments"]}""");
+        var (kept, _) = await cluster.CreateTokenAsync("""{"description":"deploy 42","register":["payments"]}""");
+        var logs = new CapturedLogs();
+        // A node forgetting after 30 minutes (the cluster's other tokens expired more recently).
+        await using var forgetting = cluster.Start(new() { ["Registry:Auth:ForgetExpiredAfter"] = "00:30:00", ["Logging:LogLevel:Registry.Audit"] = "Information" }, logs);
+        using var forgotten = MeterWatch.Node(forgetting, "registry.audit.events", "action", "token_forget");
+        await using var announcements = await NotificationListener.StartAsync(cluster.ConnectionString, "registry_tokens");
+        await using (var connection = new NpgsqlConnection(cluster.ConnectionString))
+        {
+            await connection.OpenAsync();
+            await using var expire = new NpgsqlCommand(
+                """
+                UPDATE tokens SET expires_at = now() - CASE WHEN id = @gone THEN interval '1 hour' ELSE interval '1 minute' END WHERE id IN (@gone, @kept);
+                SELECT pg_notify('registry_tokens', 'test');
+                """, connection);
+            expire.Parameters.AddWithValue("gone", gone);
+            expire.Parameters.AddWithValue("kept", kept);
+            await expire.ExecuteNonQueryAsync();
+        }
+
+        await forgotten.WaitForAsync(1);
+        // Announced, so every node's cache lets it go.
+        await announcements.WaitForAsync("expired");
+        using var admin = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(AccessCluster.Bootstrap));
+        var listed = (await (await admin.GetAsync(new Uri("/v1/tokens", UriKind.Relative))).ReadJsonAsync())["tokens"]!.AsArray()
+            .Select(t => (string)t!["id"]!).ToList();
+        Assert.DoesNotContain(gone, listed);
+        Assert.Contains(kept, listed);
+        Assert.Contains(logs.Entries, e => e.Category == "Registry.Audit" && e.Message.StartsWith($"token {gone} forgotten (expired at ", StringComparison.Ordinal));
+        Assert.Equal(1, forgotten.Total);
+    }
+
+    [Fact]
     public async Task ALastUsedFlushWaitingForATokenRowHoldsNoRowOrderedAfterIt()
     {
         // Two nodes flush last-used times for the same tokens; each must lock them in one order

@@ -3,7 +3,7 @@ using Npgsql;
 
 namespace Registry.Tests.Infrastructure;
 
-/// <summary>A LISTEN session of the test's own on the change channel.</summary>
+/// <summary>A LISTEN session of the test's own on the change channel (or another).</summary>
 public sealed class NotificationListener : IAsyncDisposable
 {
     private readonly NpgsqlConnection _connection;
@@ -14,7 +14,7 @@ public sealed class NotificationListener : IAsyncDisposable
 
     private NotificationListener(NpgsqlConnection connection) => _connection = connection;
 
-    public static async Task<NotificationListener> StartAsync(string connectionString)
+    public static async Task<NotificationListener> StartAsync(string connectionString, string channel = "registry_changes")
     {
         var listener = new NotificationListener(new NpgsqlConnection(connectionString));
         await listener._connection.OpenAsync();
@@ -26,7 +26,7 @@ public sealed class NotificationListener : IAsyncDisposable
                 waiter.TrySetResult();
             }
         };
-        await using (var listen = new NpgsqlCommand("LISTEN registry_changes", listener._connection))
+        await using (var listen = new NpgsqlCommand($"LISTEN {channel}", listener._connection))
         {
             await listen.ExecuteNonQueryAsync();
         }
