@@ -8,14 +8,49 @@ namespace Registry.Client;
 /// The last answer of one subscription on disk, so that a consumer that starts while every
 /// registry node is down still begins from the endpoints it last knew. The file names the
 /// subscription it belongs to; a corrupt file or one of another subscription is ignored.
+/// A running subscription rewrites its file at least every quarter of the retention, so the files
+/// older than that (<see cref="ForgetUnused"/>) belong to subscriptions no longer made.
 /// </summary>
-internal sealed class AnswerCache(string path, ILogger logger)
+internal sealed class AnswerCache(string path, TimeSpan retention, TimeProvider time, ILogger logger)
 {
+    private const string FilePrefix = "registry-subscription-";
+
+    private DateTimeOffset? _writtenAt;
+
     public string Path { get; } = path;
+
+    /// <summary>Whether the file is due to be written even though the answer has not changed: not yet by this subscription, or a quarter of the retention ago.</summary>
+    public bool Due => _writtenAt is not { } at || time.GetUtcNow() - at >= retention / 4;
 
     /// <summary>One file per distinct subscription, named by a hash of its canonical body.</summary>
     public static string PathFor(string directory, byte[] subscriptionBody) =>
-        System.IO.Path.Combine(directory, $"registry-subscription-{Convert.ToHexString(SHA256.HashData(subscriptionBody))[..16].ToLowerInvariant()}.json");
+        System.IO.Path.Combine(directory, $"{FilePrefix}{Convert.ToHexString(SHA256.HashData(subscriptionBody))[..16].ToLowerInvariant()}.json");
+
+    /// <summary>Deletes the subscription files (and torn writes' leftovers) in <paramref name="directory"/> last written before <paramref name="before"/>.</summary>
+    public static void ForgetUnused(string directory, DateTimeOffset before, ILogger logger)
+    {
+        try
+        {
+            if (!Directory.Exists(directory))
+            {
+                return;
+            }
+
+            foreach (var file in Directory.EnumerateFiles(directory, FilePrefix + "*"))
+            {
+                var written = File.GetLastWriteTimeUtc(file);
+                if (written < before.UtcDateTime)
+                {
+                    File.Delete(file);
+                    Log.CacheForgotten(logger, file, written);
+                }
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            Log.CacheSweepFailed(logger, directory, e.Message);
+        }
+    }
 
     public async Task<RegistryAnswer?> TryLoadAsync(byte[] subscriptionBody, CancellationToken cancellationToken)
     {
@@ -70,6 +105,7 @@ internal sealed class AnswerCache(string path, ILogger logger)
             var bytes = JsonSerializer.SerializeToUtf8Bytes(new CacheDocument(CacheDocument.CurrentFormat, subscription, answer), ClientJson.Default.CacheDocument);
             await File.WriteAllBytesAsync(temporary, bytes, cancellationToken).ConfigureAwait(false);
             File.Move(temporary, Path, overwrite: true);
+            _writtenAt = time.GetUtcNow();
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

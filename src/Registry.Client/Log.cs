@@ -58,4 +58,10 @@ internal static partial class Log
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Could not write the cache file {File}: {Reason}")]
     public static partial void CacheWriteFailed(ILogger logger, string file, string reason);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Deleted the cache file {File}: no subscription has used it since {LastWritten:O}")]
+    public static partial void CacheForgotten(ILogger logger, string file, DateTime lastWritten);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Could not clear old files from the cache folder {Directory}: {Reason}")]
+    public static partial void CacheSweepFailed(ILogger logger, string directory, string reason);
 }

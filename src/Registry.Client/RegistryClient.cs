@@ -21,6 +21,9 @@ public sealed class RegistryClient : IRegistryClient, IAsyncDisposable, IDisposa
     private readonly ILogger _logger;
     private readonly Lazy<DiscoveryPool> _discovery;
 
+    /// <summary>When the cache folder is next cleared of files no subscription uses (UTC ticks; 0: at the first subscription).</summary>
+    private long _cacheSweepDueTicks;
+
     /// <summary>Creates a client that sends with a plain <see cref="HttpClient"/>.</summary>
     /// <param name="httpClient">
     /// The client to send with. Its <see cref="HttpClient.Timeout"/> must exceed <see cref="RegistryClientOptions.PollWait"/>
@@ -114,7 +117,7 @@ public sealed class RegistryClient : IRegistryClient, IAsyncDisposable, IDisposa
         var body = JsonSerializer.SerializeToUtf8Bytes(document, ClientJson.Default.SubscriptionDocument);
         var cache = string.IsNullOrEmpty(_options.CacheDirectory)
             ? null
-            : new AnswerCache(AnswerCache.PathFor(_options.CacheDirectory, body), _logger);
+            : new AnswerCache(AnswerCache.PathFor(_options.CacheDirectory, body), _options.CacheRetention, _time, _logger);
         var subscription = new RegistrySubscription(_transport, document, body, _options, cache, _time, _loggers.CreateLogger<RegistrySubscription>());
         try
         {
@@ -126,7 +129,25 @@ public sealed class RegistryClient : IRegistryClient, IAsyncDisposable, IDisposa
             throw;
         }
 
+        ForgetUnusedCacheFiles();
         return subscription;
+    }
+
+    /// <summary>
+    /// Deletes the cache files no subscription has written for <see cref="RegistryClientOptions.CacheRetention"/>, at
+    /// the first subscription and then at most every quarter of it (running subscriptions rewrite theirs that often).
+    /// </summary>
+    private void ForgetUnusedCacheFiles()
+    {
+        var now = _time.GetUtcNow();
+        var due = Interlocked.Read(ref _cacheSweepDueTicks);
+        if (string.IsNullOrEmpty(_options.CacheDirectory) || now.UtcTicks < due
+            || Interlocked.CompareExchange(ref _cacheSweepDueTicks, (now + _options.CacheRetention / 4).UtcTicks, due) != due)
+        {
+            return;
+        }
+
+        AnswerCache.ForgetUnused(_options.CacheDirectory, now - _options.CacheRetention, _logger);
     }
 
     /// <summary>Starts a subscription to one provider; see <see cref="SubscribeAsync(IEnumerable{SubscriptionEntry}, CancellationToken)"/>.</summary>

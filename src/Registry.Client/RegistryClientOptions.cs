@@ -72,6 +72,14 @@ public sealed class RegistryClientOptions
     /// </summary>
     public string? CacheDirectory { get; set; }
 
+    /// <summary>
+    /// How long a subscription file in <see cref="CacheDirectory"/> is kept after its subscription was last
+    /// running: each subscription rewrites its file at least every quarter of this, and the client deletes
+    /// the older ones (subscriptions no longer made, e.g. sets of names that service discovery regrouped)
+    /// when it subscribes. Default 30 days.
+    /// </summary>
+    public TimeSpan CacheRetention { get; set; } = TimeSpan.FromDays(30);
+
     /// <summary>How long the service-discovery endpoint provider waits for a first answer before resolving nothing. Default 10 s.</summary>
     public TimeSpan DiscoveryTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
@@ -120,6 +128,12 @@ internal sealed class RegistryClientOptionsValidator : IValidateOptions<Registry
         Positive(options.RetryBaseDelay, nameof(options.RetryBaseDelay), errors);
         Positive(options.RetryMaxDelay, nameof(options.RetryMaxDelay), errors);
         Positive(options.DiscoveryTimeout, nameof(options.DiscoveryTimeout), errors);
+        Positive(options.CacheRetention, nameof(options.CacheRetention), errors);
+        if (options.CacheRetention > TimeSpan.FromDays(3650))
+        {
+            errors.Add("CacheRetention: must be at most 3650 days.");
+        }
+
         Positive(options.ConnectTimeout, nameof(options.ConnectTimeout), errors);
         Positive(options.DiscoveryRetention, nameof(options.DiscoveryRetention), errors);
         Positive(options.SessionIdleTimeout, nameof(options.SessionIdleTimeout), errors);

@@ -223,7 +223,9 @@ public sealed class RegistrySubscription : IAsyncDisposable
                 delay = string.Equals(answer.Version, sentVersion, StringComparison.Ordinal) && _time.GetElapsedTime(sentAt) < _wait / 2
                     ? _pause
                     : TimeSpan.Zero;
-                if (Accept(answer) && _cache is not null)
+                var changed = Accept(answer);
+                // Unchanged answers rewrite the file now and then, so it is not taken for one no subscription uses.
+                if (_cache is not null && (changed || _cache.Due))
                 {
                     // Not cancelled by a dispose that arrives meanwhile: a short local write that a later cold start depends on.
                     await _cache.TryWriteAsync(_document, answer, CancellationToken.None).ConfigureAwait(false);

@@ -35,6 +35,52 @@ public sealed class SubscriptionTests : ScriptedTest
     }
 
     [Fact]
+    public async Task CacheFilesNoSubscriptionWroteForTheRetentionAreDeletedAndARunningSubscriptionKeepsItsOwnFresh()
+    {
+        var directory = Directory.CreateTempSubdirectory("registry-client-cache-").FullName;
+        try
+        {
+            // Ages by the client's clock (which stands still here).
+            var longAgo = Clock.GetUtcNow().UtcDateTime.AddDays(-31);
+            string Write(string name, DateTime written)
+            {
+                var path = Path.Combine(directory, name);
+                File.WriteAllText(path, "{}");
+                File.SetLastWriteTimeUtc(path, written);
+                return path;
+            }
+
+            // A group service discovery has since regrouped, a write torn by a crash, and a subscription of last month.
+            var regrouped = Write("registry-subscription-00000000000000aa.json", longAgo);
+            var torn = Write("registry-subscription-00000000000000aa.json.0123.tmp", longAgo);
+            var recent = Write("registry-subscription-00000000000000bb.json", Clock.GetUtcNow().UtcDateTime.AddDays(-29));
+            var foreign = Write("notes.txt", longAgo);
+            // Every poll is answered at once, unchanged: nothing rewrites the file for a change.
+            Handler.Respond = (_, _) => Task.FromResult(Scripted.Answer("v1", ("a", "http", "10.0.0.1:80")));
+
+            await using var subscription = await NewClient(o => o.CacheDirectory = directory).SubscribeAsync(new SubscriptionEntry("a"));
+
+            Assert.False(File.Exists(regrouped));
+            Assert.False(File.Exists(torn));
+            Assert.True(File.Exists(recent));
+            Assert.True(File.Exists(foreign));
+
+            // The pause after the second, unchanged answer: the first is on disk by then.
+            await Clock.NextTimerAsync(d => d == TimeSpan.FromSeconds(1));
+            var own = subscription.CacheFile!;
+            File.SetLastWriteTimeUtc(own, longAgo);
+            // A quarter of the 30-day retention later, an unchanged answer writes the file again.
+            Clock.Advance(TimeSpan.FromDays(8));
+            await Clock.NextTimerAsync(d => d == TimeSpan.FromSeconds(1));
+            Assert.True(File.GetLastWriteTimeUtc(own) > DateTime.UtcNow.AddDays(-1), $"{File.GetLastWriteTimeUtc(own):O}");
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    [Fact]
     public async Task ARefusalNobodyAwaitedLeavesNoUnobservedTaskException()
     {
         const string Detail = "refused-and-never-awaited";
