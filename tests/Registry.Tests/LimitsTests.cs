@@ -252,6 +252,38 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
     }
 
     [Fact]
+    public async Task ASubscriptionNobodyHoldsGoesAfterItsIdleTimeWhileAHeldOneStays()
+    {
+        // Names read once (a job's, a deploy's) whose applications never change again: before,
+        // each stayed composed until the node's limit of distinct subscriptions was reached.
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:Subscriptions:KeepIdleFor"] = "00:00:00.300",
+        });
+        using var client = node.CreateClient();
+        using var parked = ParkedPolls.On(node);
+        using var stop = new CancellationTokenSource();
+        var (_, version, _) = await client.SubscribeAsync(Http.Subscription(Http.Entry("held")));
+        var held = client.SubscribeAsync(Http.Subscription(Http.Entry("held")), version, wait: 30, stop.Token);
+        await parked.WaitForAsync(1);
+        for (var i = 0; i < 5; i++)
+        {
+            Assert.Equal(200, (await client.SubscribeAsync(Http.Subscription(Http.Entry($"job-{i}")))).Item1);
+        }
+
+        Assert.Equal(6, MeterWatch.Read(node, "registry.subscriptions.distinct"));
+
+        // The idle time is the behaviour under test: nothing signals it.
+        await Task.Delay(TimeSpan.FromMilliseconds(400));
+        Assert.Equal(200, (await client.SubscribeAsync(Http.Subscription(Http.Entry("job-5")))).Item1);
+
+        Assert.Equal(2, MeterWatch.Read(node, "registry.subscriptions.distinct"));
+        await stop.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => held);
+    }
+
+    [Fact]
     public async Task PerClientLimitsSeeTheClientBehindATrustedProxyAndNobodyElsesClaim()
     {
         var database = await Cluster.CreateDatabaseAsync();

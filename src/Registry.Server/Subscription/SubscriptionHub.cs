@@ -62,6 +62,12 @@ internal sealed class SubscriptionView
     /// <summary>Consumers holding the view; guarded by the hub's lock.</summary>
     internal int References { get; set; }
 
+    /// <summary>When the last consumer let it go (a timestamp); guarded by the hub's lock.</summary>
+    internal long IdleSince { get; set; }
+
+    /// <summary>Whether the hub's idle queue holds it; guarded by the hub's lock.</summary>
+    internal bool QueuedIdle { get; set; }
+
     /// <summary>The current answer (<see cref="Park"/> gives the signal of its replacement).</summary>
     public Answer Current
     {
@@ -207,33 +213,45 @@ internal sealed class TooManySubscriptionsException(string message) : Exception(
 /// Indexes subscription views by their canonical form, and the fragments they are composed of
 /// by application. A change recomputes each fragment of the application once, then recomposes
 /// the views that include them (hashing a few fragment hashes each). Views nobody holds are
-/// kept until a change touches them (so a consumer that comes straight back finds its view)
-/// and then dropped instead of recomputed; a fragment goes with its last view.
+/// kept (so a consumer that comes straight back finds its view) until a change touches them,
+/// which drops them instead of recomputing them, or for <see cref="SubscriptionOptions.KeepIdleFor"/>;
+/// a fragment goes with its last view.
 /// </summary>
 internal sealed class SubscriptionHub
 {
     private readonly RegistryState _state;
     private readonly RegistryMetrics _metrics;
+    private readonly TimeProvider _time;
     private readonly int _maxViews;
+    private readonly long _keepIdleTicks;
     private readonly IChangeWitness[] _witnesses;
     private readonly Lock _gate = new();
     private readonly Dictionary<string, SubscriptionView> _views = new(StringComparer.Ordinal);
     private readonly Dictionary<string, FragmentSlot> _slots = new(StringComparer.Ordinal);
     private readonly Dictionary<string, HashSet<FragmentSlot>> _byApplication = new(StringComparer.Ordinal);
 
+    /// <summary>
+    /// Views that went idle, about in the order they did: each view at most once, so it holds no
+    /// more entries than there are views. A view held again since is skipped (or queued again
+    /// with its later time) when it comes to the front.
+    /// </summary>
+    private readonly Queue<SubscriptionView> _idleQueue = new();
+
     /// <summary>The change applied and not yet recomposed: its applications, fragments, and the signal of its end.</summary>
     private readonly HashSet<string> _changed = new(StringComparer.Ordinal);
     private readonly HashSet<FragmentSlot> _stale = new(ReferenceEqualityComparer.Instance);
     private TaskCompletionSource? _recomposed;
-    private int _idle;
 
     public SubscriptionHub(
-        RegistryState state, RegistryMetrics metrics, IOptions<LimitsOptions> limits, IHostApplicationLifetime lifetime, IEnumerable<IChangeWitness> witnesses)
+        RegistryState state, RegistryMetrics metrics, IOptions<LimitsOptions> limits, IOptions<SubscriptionOptions> options, TimeProvider time,
+        IHostApplicationLifetime lifetime, IEnumerable<IChangeWitness> witnesses)
     {
         _state = state;
         _witnesses = witnesses.ToArray();
         _metrics = metrics;
+        _time = time;
         _maxViews = limits.Value.MaxSubscriptions;
+        _keepIdleTicks = (long)(options.Value.KeepIdleFor.TotalSeconds * time.TimestampFrequency);
         // Parked polls are released when the node stops (LongPoll spreads their answers).
         lifetime.ApplicationStopping.Register(InterruptAll);
     }
@@ -265,13 +283,10 @@ internal sealed class SubscriptionHub
 
         lock (_gate)
         {
+            DropLongIdleViews();
             if (_views.TryGetValue(key, out var view))
             {
-                if (view.References++ == 0)
-                {
-                    _idle--;
-                }
-
+                view.References++;
                 return view;
             }
 
@@ -328,8 +343,40 @@ internal sealed class SubscriptionHub
         {
             if (--view.References == 0)
             {
-                _idle++;
+                view.IdleSince = _time.GetTimestamp();
+                if (!view.QueuedIdle)
+                {
+                    view.QueuedIdle = true;
+                    _idleQueue.Enqueue(view);
+                }
             }
+
+            DropLongIdleViews();
+        }
+    }
+
+    /// <summary>Drops the views nobody has held for <see cref="SubscriptionOptions.KeepIdleFor"/>; under the lock.</summary>
+    private void DropLongIdleViews()
+    {
+        var dropped = false;
+        var now = _time.GetTimestamp();
+        while (_idleQueue.TryPeek(out var view) && now - view.IdleSince >= _keepIdleTicks)
+        {
+            _idleQueue.Dequeue();
+            view.QueuedIdle = false;
+            if (!_views.TryGetValue(view.Key, out var current) || !ReferenceEquals(current, view) || view.References > 0)
+            {
+                // Already dropped, or held again: queued anew when it next goes idle.
+                continue;
+            }
+
+            Remove(view);
+            dropped = true;
+        }
+
+        if (dropped)
+        {
+            _metrics.SubscriptionViews(_views.Count);
         }
     }
 
@@ -498,7 +545,6 @@ internal sealed class SubscriptionHub
     private void Remove(SubscriptionView view)
     {
         _views.Remove(view.Key);
-        _idle--;
         foreach (var slot in view.Slots)
         {
             if (slot.Views.Remove(view) && slot.Views.Count == 0)

@@ -29,15 +29,22 @@ public sealed class SubscriptionOptions
     [Range(0, 100_000)]
     public int LargeAnswerWriters { get; set; }
 
+    /// <summary>
+    /// How long a distinct subscription nobody holds is kept composed, for a consumer that comes
+    /// back (the next poll, a client reading with GET every few seconds). It goes after this, or
+    /// sooner when a change touches one of its applications (rather than being recomposed).
+    /// </summary>
+    public TimeSpan KeepIdleFor { get; set; } = TimeSpan.FromMinutes(2);
+
     /// <summary>A large answer whose consumer has not taken a 64 KiB chunk within this long gives up its turn to the next.</summary>
     public TimeSpan SlowReaderYield { get; set; } = TimeSpan.FromMilliseconds(50);
 }
 
-/// <summary>The rule of <see cref="SubscriptionOptions"/> that spans fields.</summary>
+/// <summary>The rules of <see cref="SubscriptionOptions"/> that data annotations cannot say.</summary>
 internal sealed class SubscriptionOptionsValidator : IValidateOptions<SubscriptionOptions>
 {
     public ValidateOptionsResult Validate(string? name, SubscriptionOptions options) =>
-        options.DefaultWaitSeconds <= options.MaxWaitSeconds
-            ? ValidateOptionsResult.Success
-            : ValidateOptionsResult.Fail("Registry:Subscriptions needs DefaultWaitSeconds <= MaxWaitSeconds.");
+        options.DefaultWaitSeconds > options.MaxWaitSeconds ? ValidateOptionsResult.Fail("Registry:Subscriptions needs DefaultWaitSeconds <= MaxWaitSeconds.")
+        : options.KeepIdleFor < TimeSpan.Zero ? ValidateOptionsResult.Fail("Registry:Subscriptions:KeepIdleFor must not be negative.")
+        : ValidateOptionsResult.Success;
 }

@@ -33,8 +33,9 @@ internal sealed class SubscriptionWarmUp(IHostApplicationLifetime lifetime, Time
         using var meters = new PrivateMeters();
         var metrics = new RegistryMetrics(meters, RegistryMetrics.MeterName + ".WarmUp");
         var state = new RegistryState();
-        var hub = new SubscriptionHub(state, metrics, Options.Create(new LimitsOptions()), lifetime, []);
-        var writers = new AnswerWriters(Options.Create(new SubscriptionOptions()), time, metrics);
+        var options = Options.Create(new SubscriptionOptions());
+        var hub = new SubscriptionHub(state, metrics, Options.Create(new LimitsOptions()), options, time, lifetime, []);
+        var writers = new AnswerWriters(options, time, metrics);
         // Large enough to be written in turns and flushes, as a big provider's answer is.
         var big = Enumerable.Range(0, 200).Select(i => Sample(Big, i, revision: 1)).ToArray();
         state.Replace([new ApplicationSnapshot(Big, big), new ApplicationSnapshot(Small, [Sample(Small, 0, revision: 1)])]);

@@ -39,6 +39,14 @@ public sealed class MeterWatch : IDisposable
             tags => tag is null || HasTag(tags, tag, value));
     }
 
+    /// <summary>What one of a node's observable gauges reads now.</summary>
+    public static double Read(WebApplicationFactory<Program> node, string instrument)
+    {
+        using var watch = Node(node, instrument);
+        watch._listener.RecordObservableInstruments();
+        return watch.Total;
+    }
+
     /// <summary>Statements Npgsql executed for the data source whose Application Name is given.</summary>
     public static MeterWatch NpgsqlStatements(string applicationName) => new(
         i => i.Meter.Name == "Npgsql" && i.Name == "db.client.operation.duration",
