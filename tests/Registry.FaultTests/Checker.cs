@@ -176,16 +176,18 @@ public sealed class Checker(Func<string> database, RegistryApi api, History hist
         {
             var key = (eviction.Application, eviction.Addr);
             var ops = opsByKey[key].OrderBy(o => o.Id).ToList();
+            // Only registrations that reached the table before the eviction: one in flight across it whose row
+            // came after (the sweep deleted the lease before it, which had run out) promised a new row, not that one.
             var writtenBefore = rowsByKey[key].Where(r => r.Change is 'I' or 'U' && r.At < eviction.At).Select(r => r.Write).ToHashSet(StringComparer.Ordinal);
-            var lastRegister = ops.FindLastIndex(o => o.Kind == OpKind.Register && o.Invoked < eviction.At
-                && (o.Outcome == Outcome.Acknowledged || writtenBefore.Contains(o.Write)));
+            var lastRegister = ops.FindLastIndex(o => o.Kind == OpKind.Register && o.Invoked < eviction.At && writtenBefore.Contains(o.Write));
             if (lastRegister < 0)
             {
                 continue;
             }
 
             var promise = ops.Skip(lastRegister)
-                .Where(o => o.Kind != OpKind.Unregister && o.Outcome == Outcome.Acknowledged && o.Invoked < eviction.At && o.Expires is not null)
+                .Where(o => o.Kind != OpKind.Unregister && o.Outcome == Outcome.Acknowledged && o.Invoked < eviction.At && o.Expires is not null
+                    && (o.Kind == OpKind.Heartbeat || writtenBefore.Contains(o.Write)))
                 .MaxBy(o => o.Expires);
             if (promise is not null && promise.Expires > eviction.At + Tolerance)
             {
