@@ -31,6 +31,13 @@ public sealed class RegistrySubscription : IAsyncDisposable
     private CancellationTokenSource _changed = new();
     private RegistryAnswer? _current;
     private DateTimeOffset? _lastContact;
+
+    /// <summary>
+    /// Up to when (a timestamp of the clock) the answer held is known to be the registry's: when a node last
+    /// answered with its current state, or the time a stale node's answer dates from. Null before any node answered.
+    /// Only the loop touches it.
+    /// </summary>
+    private long? _knownAt;
     private readonly OutageLog _outage;
     private Task _loop = Task.CompletedTask;
     private int _disposed;
@@ -209,7 +216,7 @@ public sealed class RegistrySubscription : IAsyncDisposable
                 await Task.Delay(delay, _time, stop).ConfigureAwait(false);
                 var sentVersion = Current?.Version;
                 var sentAt = _time.GetTimestamp();
-                var answer = await _transport.SubscribeAsync(_body, sentVersion, _wait, stop).ConfigureAwait(false);
+                var (answer, staleAge, server) = await _transport.SubscribeAsync(_body, sentVersion, _wait, stop).ConfigureAwait(false);
                 lock (_gate)
                 {
                     _lastContact = _time.GetUtcNow();
@@ -223,6 +230,19 @@ public sealed class RegistrySubscription : IAsyncDisposable
                 delay = string.Equals(answer.Version, sentVersion, StringComparison.Ordinal) && _time.GetElapsedTime(sentAt) < _wait / 2
                     ? _pause
                     : TimeSpan.Zero;
+                // A node cut off from the database answers from memory as of when it was cut off. After a failover to
+                // it, its answer may be older than the one held: taking it would bring back endpoints since gone, until
+                // it caught up. It is left, and the next poll starts at the next server.
+                var datesFrom = staleAge is { } age ? _time.GetTimestamp() - (long)(age.TotalSeconds * _time.TimestampFrequency) : _time.GetTimestamp();
+                if (staleAge is not null && _knownAt > datesFrom && !string.Equals(answer.Version, sentVersion, StringComparison.Ordinal))
+                {
+                    Log.StaleAnswerLeft(_logger, staleAge.Value, answer.Version);
+                    _transport.Avoid(server);
+                    delay = _pause;
+                    continue;
+                }
+
+                _knownAt = _knownAt > datesFrom ? _knownAt : datesFrom;
                 var changed = Accept(answer);
                 // Unchanged answers rewrite the file now and then, so it is not taken for one no subscription uses.
                 if (_cache is not null && (changed || _cache.Due))

@@ -157,8 +157,12 @@ internal sealed partial class RegistryTransport
         return (await ReadAsync(response, ClientJson.Default.ServicesDocument, cancellationToken).ConfigureAwait(false)).Services;
     }
 
-    /// <summary>One long poll: sends the version held and takes what comes back.</summary>
-    public async Task<RegistryAnswer> SubscribeAsync(byte[] subscription, string? version, TimeSpan wait, CancellationToken cancellationToken)
+    /// <summary>
+    /// One long poll: sends the version held and takes what comes back, with how old the answer is when the node
+    /// serves it from memory while cut off from the database (<c>X-Registry-Stale</c> with its <c>Age</c>; null when
+    /// it is current), and which server gave it.
+    /// </summary>
+    public async Task<(RegistryAnswer Answer, TimeSpan? StaleAge, int Server)> SubscribeAsync(byte[] subscription, string? version, TimeSpan wait, CancellationToken cancellationToken)
     {
         var waitSeconds = (int)Math.Ceiling(wait.TotalSeconds);
         var path = version is null
@@ -166,9 +170,18 @@ internal sealed partial class RegistryTransport
             : string.Create(CultureInfo.InvariantCulture, $"v1/subscribe?version={Uri.EscapeDataString(version)}&wait={waitSeconds}");
         // The registry adds up to wait/16 of jitter; the rest of the margin is for the network.
         var timeout = TimeSpan.FromSeconds(waitSeconds + (waitSeconds / 16.0) + 10);
-        using var response = await SendAsync(HttpMethod.Post, path, subscription, null, timeout, cancellationToken).ConfigureAwait(false);
-        await EnsureSuccessAsync(response, "subscribe", timeout, cancellationToken).ConfigureAwait(false);
-        return await ReadAsync(response, ClientJson.Default.RegistryAnswer, cancellationToken).ConfigureAwait(false);
+        var (response, server, _) = await SendToAnyAsync(
+            HttpMethod.Post, path, subscription, null, timeout, HttpCompletionOption.ResponseContentRead, cancellationToken).ConfigureAwait(false);
+        using (response)
+        {
+            await EnsureSuccessAsync(response, "subscribe", timeout, cancellationToken).ConfigureAwait(false);
+            var answer = await ReadAsync(response, ClientJson.Default.RegistryAnswer, cancellationToken).ConfigureAwait(false);
+            // Age is whole seconds, rounded down: the answer may be up to a second older.
+            TimeSpan? staleAge = response.Headers.TryGetValues("X-Registry-Stale", out var stale) && stale.Contains("true", StringComparer.OrdinalIgnoreCase)
+                ? (response.Headers.Age ?? TimeSpan.Zero) + TimeSpan.FromSeconds(1)
+                : null;
+            return (answer, staleAge, server);
+        }
     }
 
     private async Task<HttpResponseMessage> SendAsync(

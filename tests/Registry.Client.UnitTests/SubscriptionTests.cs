@@ -296,6 +296,51 @@ public sealed class SubscriptionTests : ScriptedTest
     }
 
     [Fact]
+    public async Task AfterAFailoverAStaleNodesOlderAnswerIsLeftUntilANodeAnswersCurrently()
+    {
+        // A serves v2; then A dies, and B, cut off from the database two minutes ago (before A answered), still holds v1.
+        var phase = 0;
+        Handler.Respond = (r, ct) =>
+        {
+            var polling = r.Uri.Query.Contains("version", StringComparison.Ordinal);
+            if (r.Uri.Host == Scripted.ServerA.Host)
+            {
+                return phase == 0
+                    ? polling ? Scripted.HeldAsync(ct) : Task.FromResult(Scripted.Answer("v2", ("provider_test", "http", "10.0.0.2:80")))
+                    : throw new HttpRequestException("Connection refused");
+            }
+
+            if (phase == 1)
+            {
+                var stale = Scripted.Answer("v1", ("provider_test", "http", "10.0.0.1:80"));
+                stale.Headers.Add("X-Registry-Stale", "true");
+                stale.Headers.Age = TimeSpan.FromMinutes(2);
+                return Task.FromResult(stale);
+            }
+
+            return r.Uri.Query.Contains("version=v3", StringComparison.Ordinal)
+                ? Scripted.HeldAsync(ct)
+                : Task.FromResult(Scripted.Answer("v3", ("provider_test", "http", "10.0.0.3:80")));
+        };
+        await using var subscription = await NewClient(null, Scripted.ServerA, Scripted.ServerB).SubscribeAsync(new SubscriptionEntry("provider_test"));
+        await subscription.WaitForFirstAnswerAsync().WaitAsync(Scripted.Patience);
+        await Handler.NextAsync(r => r.Uri.Host == Scripted.ServerA.Host && r.Uri.Query.Contains("version=v2", StringComparison.Ordinal));
+
+        // A's held poll times out, and the client fails over to B.
+        phase = 1;
+        Clock.Advance(TimeSpan.FromSeconds(41.875));
+        await Handler.NextAsync(r => r.Uri.Host == Scripted.ServerB.Host);
+        Assert.Equal(TimeSpan.FromSeconds(1), await Clock.NextTimerAsync(d => d == TimeSpan.FromSeconds(1)));
+        Assert.Equal("v2", subscription.Current!.Version);
+
+        // B reaches its database again: its answer is current, and taken.
+        phase = 2;
+        Clock.Advance(TimeSpan.FromSeconds(1));
+        await Handler.NextAsync(r => r.Uri.Query.Contains("version=v3", StringComparison.Ordinal));
+        Assert.Equal("10.0.0.3:80", Assert.Single(subscription.Current!.Endpoints).Addr);
+    }
+
+    [Fact]
     public async Task WithEveryNodeDownTheSubscriptionKeepsItsAnswerAndBacksOffToTheCap()
     {
         var down = false;
