@@ -222,6 +222,19 @@ public sealed class RegistrySubscription : IAsyncDisposable
                     _lastContact = _time.GetUtcNow();
                 }
 
+                // A node cut off from the database answers from memory as of when it was cut off. After a failover to
+                // it, its answer may be older than the one held: taking it would bring back endpoints since gone, until
+                // it caught up. It is left, and the next poll starts at the next server, backing off as in an outage
+                // (a stale node answers such a poll at once: a fleet must not spin on it).
+                var datesFrom = staleAge is { } age ? _time.GetTimestamp() - (long)(age.TotalSeconds * _time.TimestampFrequency) : _time.GetTimestamp();
+                if (staleAge is not null && _knownAt > datesFrom && !string.Equals(answer.Version, sentVersion, StringComparison.Ordinal))
+                {
+                    Log.StaleAnswerLeft(_logger, staleAge.Value, answer.Version);
+                    _transport.Avoid(server);
+                    delay = _backoff.Next();
+                    continue;
+                }
+
                 _backoff.Reset();
                 _outage.Reached();
                 SetState(RegistryConnectionState.Connected, null);
@@ -230,18 +243,6 @@ public sealed class RegistrySubscription : IAsyncDisposable
                 delay = string.Equals(answer.Version, sentVersion, StringComparison.Ordinal) && _time.GetElapsedTime(sentAt) < _wait / 2
                     ? _pause
                     : TimeSpan.Zero;
-                // A node cut off from the database answers from memory as of when it was cut off. After a failover to
-                // it, its answer may be older than the one held: taking it would bring back endpoints since gone, until
-                // it caught up. It is left, and the next poll starts at the next server.
-                var datesFrom = staleAge is { } age ? _time.GetTimestamp() - (long)(age.TotalSeconds * _time.TimestampFrequency) : _time.GetTimestamp();
-                if (staleAge is not null && _knownAt > datesFrom && !string.Equals(answer.Version, sentVersion, StringComparison.Ordinal))
-                {
-                    Log.StaleAnswerLeft(_logger, staleAge.Value, answer.Version);
-                    _transport.Avoid(server);
-                    delay = _pause;
-                    continue;
-                }
-
                 _knownAt = _knownAt > datesFrom ? _knownAt : datesFrom;
                 var changed = Accept(answer);
                 // Unchanged answers rewrite the file now and then, so it is not taken for one no subscription uses.
