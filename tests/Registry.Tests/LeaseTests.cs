@@ -136,6 +136,8 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
             ["Registry:Database:ConnectTimeoutSeconds"] = "1",
             ["Registry:Database:CommandTimeoutSeconds"] = "1",
             ["Registry:Leases:SweepInterval"] = "00:00:00.500",
+            // Were the cut node's row forgotten this soon, the hold would go with it.
+            ["Registry:Membership:ForgetAfter"] = "00:00:03.500",
         };
         await using var promising = new RegistryNode(proxy.ConnectionString, timeouts);
         await using var sweeping = new RegistryNode(database, timeouts);

@@ -173,7 +173,7 @@ internal sealed partial class Sweeper(
     /// <summary>
     /// Counts the sweep's evictions for every node's budget, and forgets what no budget needs
     /// any more: evictions older than the window, and nodes not seen for
-    /// <see cref="MembershipOptions.ForgetAfter"/> (a node's row is then only evidence of when
+    /// <see cref="KeepNodesFor"/> (a node's row is then only evidence of when
     /// the cluster last recorded, and this sweep just settled that).
     /// </summary>
     private async Task RecordAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, int evicted, CancellationToken cancellationToken)
@@ -192,8 +192,25 @@ internal sealed partial class Sweeper(
     private async Task ForgetNodesAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken)
     {
         await using var forget = new NpgsqlCommand("DELETE FROM nodes WHERE last_seen_at < clock_timestamp() - @forget", connection, transaction);
-        forget.Parameters.AddWithValue("forget", membership.Value.ForgetAfter);
+        forget.Parameters.AddWithValue("forget", KeepNodesFor);
         await forget.ExecuteNonQueryAsync(cancellationToken);
+    }
+
+    /// <summary>
+    /// How long a node's row stays after the node was last seen: <see cref="MembershipOptions.ForgetAfter"/>,
+    /// but never less than the longest a lease of <see cref="LeaseOptions.MaxTtlSeconds"/> is held back for
+    /// a node that may have promised its renewal (<see cref="Evictable"/>): with the row, the hold would go.
+    /// </summary>
+    private TimeSpan KeepNodesFor
+    {
+        get
+        {
+            var lease = options.Value;
+            var ttl = TimeSpan.FromSeconds(lease.MaxTtlSeconds);
+            var hold = TimeSpan.FromTicks(Math.Max((long)(ttl.Ticks * lease.UnrecordedShare), RenewalRule.UnrecordedFloor(lease).Ticks))
+                + ttl + RenewalRule.PromisingAfterMark(lease) + Settle;
+            return hold > membership.Value.ForgetAfter ? hold : membership.Value.ForgetAfter;
+        }
     }
 
     /// <summary>

@@ -21,6 +21,9 @@ public sealed class MembershipOptions
     /// <summary>How often a node reads the live nodes again (one small query); keep it at most the liveness interval.</summary>
     public TimeSpan RefreshInterval { get; set; } = TimeSpan.FromSeconds(1);
 
-    /// <summary>Rows of nodes not seen for this long are deleted by the sweeper.</summary>
+    /// <summary>
+    /// Rows of nodes not seen for this long are deleted by the sweeper; kept longer when a lease of
+    /// <c>Registry:Leases:MaxTtlSeconds</c> may still be held back for them (about 1.25 of it and a few seconds).
+    /// </summary>
     public TimeSpan ForgetAfter { get; set; } = TimeSpan.FromDays(1);
 }
