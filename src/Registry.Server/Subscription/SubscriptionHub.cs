@@ -51,6 +51,7 @@ internal sealed class SubscriptionView
     {
         Key = key;
         Slots = slots;
+        IdleEntry = new(this);
         _answer = Compose();
     }
 
@@ -65,8 +66,8 @@ internal sealed class SubscriptionView
     /// <summary>When the last consumer let it go (a timestamp); guarded by the hub's lock.</summary>
     internal long IdleSince { get; set; }
 
-    /// <summary>Whether the hub's idle queue holds it; guarded by the hub's lock.</summary>
-    internal bool QueuedIdle { get; set; }
+    /// <summary>Its place in the hub's list of idle views (linked there only while nobody holds it); guarded by the hub's lock.</summary>
+    internal LinkedListNode<SubscriptionView> IdleEntry { get; }
 
     /// <summary>The current answer (<see cref="Park"/> gives the signal of its replacement).</summary>
     public Answer Current
@@ -231,11 +232,11 @@ internal sealed class SubscriptionHub
     private readonly Dictionary<string, HashSet<FragmentSlot>> _byApplication = new(StringComparer.Ordinal);
 
     /// <summary>
-    /// Views that went idle, about in the order they did: each view at most once, so it holds no
-    /// more entries than there are views. A view held again since is skipped (or queued again
-    /// with its later time) when it comes to the front.
+    /// The views nobody holds, in the order they went idle: a view is linked when its last
+    /// consumer lets it go and unlinked when it is held again or removed (its own node, so
+    /// neither allocates), and the oldest is first.
     /// </summary>
-    private readonly Queue<SubscriptionView> _idleQueue = new();
+    private readonly LinkedList<SubscriptionView> _idle = new();
 
     /// <summary>The change applied and not yet recomposed: its applications, fragments, and the signal of its end.</summary>
     private readonly HashSet<string> _changed = new(StringComparer.Ordinal);
@@ -286,7 +287,11 @@ internal sealed class SubscriptionHub
             DropLongIdleViews();
             if (_views.TryGetValue(key, out var view))
             {
-                view.References++;
+                if (view.References++ == 0)
+                {
+                    _idle.Remove(view.IdleEntry);
+                }
+
                 return view;
             }
 
@@ -344,11 +349,7 @@ internal sealed class SubscriptionHub
             if (--view.References == 0)
             {
                 view.IdleSince = _time.GetTimestamp();
-                if (!view.QueuedIdle)
-                {
-                    view.QueuedIdle = true;
-                    _idleQueue.Enqueue(view);
-                }
+                _idle.AddLast(view.IdleEntry);
             }
 
             DropLongIdleViews();
@@ -360,17 +361,9 @@ internal sealed class SubscriptionHub
     {
         var dropped = false;
         var now = _time.GetTimestamp();
-        while (_idleQueue.TryPeek(out var view) && now - view.IdleSince >= _keepIdleTicks)
+        while (_idle.First is { } oldest && now - oldest.Value.IdleSince >= _keepIdleTicks)
         {
-            _idleQueue.Dequeue();
-            view.QueuedIdle = false;
-            if (!_views.TryGetValue(view.Key, out var current) || !ReferenceEquals(current, view) || view.References > 0)
-            {
-                // Already dropped, or held again: queued anew when it next goes idle.
-                continue;
-            }
-
-            Remove(view);
+            Remove(oldest.Value);
             dropped = true;
         }
 
@@ -542,9 +535,14 @@ internal sealed class SubscriptionHub
         }
     }
 
+    /// <summary>Drops a view nobody holds (and the fragments only it included); under the lock.</summary>
     private void Remove(SubscriptionView view)
     {
         _views.Remove(view.Key);
+        if (view.IdleEntry.List is not null)
+        {
+            _idle.Remove(view.IdleEntry);
+        }
         foreach (var slot in view.Slots)
         {
             if (slot.Views.Remove(view) && slot.Views.Count == 0)

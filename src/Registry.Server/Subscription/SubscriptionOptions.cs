@@ -45,6 +45,6 @@ internal sealed class SubscriptionOptionsValidator : IValidateOptions<Subscripti
 {
     public ValidateOptionsResult Validate(string? name, SubscriptionOptions options) =>
         options.DefaultWaitSeconds > options.MaxWaitSeconds ? ValidateOptionsResult.Fail("Registry:Subscriptions needs DefaultWaitSeconds <= MaxWaitSeconds.")
-        : options.KeepIdleFor < TimeSpan.Zero ? ValidateOptionsResult.Fail("Registry:Subscriptions:KeepIdleFor must not be negative.")
+        : options.KeepIdleFor < TimeSpan.Zero || options.KeepIdleFor > TimeSpan.FromDays(1) ? ValidateOptionsResult.Fail("Registry:Subscriptions:KeepIdleFor must be between 0 and 1 day.")
         : ValidateOptionsResult.Success;
 }
