@@ -8,19 +8,23 @@ namespace Registry.Client;
 /// The last answer of one subscription on disk, so that a consumer that starts while every
 /// registry node is down still begins from the endpoints it last knew. The file names the
 /// subscription it belongs to; a corrupt file or one of another subscription is ignored.
-/// A running subscription rewrites its file at least every quarter of the retention, so the files
-/// older than that (<see cref="ForgetUnused"/>) belong to subscriptions no longer made.
+/// A running subscription rewrites its file every <see cref="RefreshEvery"/>, whether or not the
+/// registry answers, so the files older than the retention (at least an hour, whatever another
+/// process sharing the folder set; <see cref="ForgetUnused"/>) belong to subscriptions no longer made.
 /// </summary>
-internal sealed class AnswerCache(string path, TimeSpan retention, TimeProvider time, ILogger logger)
+internal sealed class AnswerCache(string path, TimeProvider time, ILogger logger)
 {
+    /// <summary>How often a running subscription writes its file even when the answer has not changed.</summary>
+    public static readonly TimeSpan RefreshEvery = TimeSpan.FromMinutes(15);
+
     private const string FilePrefix = "registry-subscription-";
 
     private DateTimeOffset? _writtenAt;
 
     public string Path { get; } = path;
 
-    /// <summary>Whether the file is due to be written even though the answer has not changed: not yet by this subscription, or a quarter of the retention ago.</summary>
-    public bool Due => _writtenAt is not { } at || time.GetUtcNow() - at >= retention / 4;
+    /// <summary>Whether the file is due to be written even though the answer has not changed: not yet by this subscription, or <see cref="RefreshEvery"/> ago.</summary>
+    public bool Due => _writtenAt is not { } at || time.GetUtcNow() - at >= RefreshEvery;
 
     /// <summary>One file per distinct subscription, named by a hash of its canonical body.</summary>
     public static string PathFor(string directory, byte[] subscriptionBody) =>
@@ -29,26 +33,34 @@ internal sealed class AnswerCache(string path, TimeSpan retention, TimeProvider 
     /// <summary>Deletes the subscription files (and torn writes' leftovers) in <paramref name="directory"/> last written before <paramref name="before"/>.</summary>
     public static void ForgetUnused(string directory, DateTimeOffset before, ILogger logger)
     {
+        string[] files;
         try
         {
-            if (!Directory.Exists(directory))
-            {
-                return;
-            }
+            files = Directory.Exists(directory) ? Directory.GetFiles(directory, FilePrefix + "*") : [];
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            Log.CacheSweepFailed(logger, directory, e.Message);
+            return;
+        }
 
-            foreach (var file in Directory.EnumerateFiles(directory, FilePrefix + "*"))
+        foreach (var file in files)
+        {
+            try
             {
+                // A file gone meanwhile (a write's temporary file moved into place) reads as written in 1601.
                 var written = File.GetLastWriteTimeUtc(file);
-                if (written < before.UtcDateTime)
+                if (written < before.UtcDateTime && File.Exists(file))
                 {
                     File.Delete(file);
                     Log.CacheForgotten(logger, file, written);
                 }
             }
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            Log.CacheSweepFailed(logger, directory, e.Message);
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                // In use by another process, say: the rest are still looked at.
+                Log.CacheSweepFailed(logger, file, e.Message);
+            }
         }
     }
 

@@ -117,7 +117,7 @@ public sealed class RegistryClient : IRegistryClient, IAsyncDisposable, IDisposa
         var body = JsonSerializer.SerializeToUtf8Bytes(document, ClientJson.Default.SubscriptionDocument);
         var cache = string.IsNullOrEmpty(_options.CacheDirectory)
             ? null
-            : new AnswerCache(AnswerCache.PathFor(_options.CacheDirectory, body), _options.CacheRetention, _time, _logger);
+            : new AnswerCache(AnswerCache.PathFor(_options.CacheDirectory, body), _time, _logger);
         var subscription = new RegistrySubscription(_transport, document, body, _options, cache, _time, _loggers.CreateLogger<RegistrySubscription>());
         try
         {
@@ -135,7 +135,7 @@ public sealed class RegistryClient : IRegistryClient, IAsyncDisposable, IDisposa
 
     /// <summary>
     /// Deletes the cache files no subscription has written for <see cref="RegistryClientOptions.CacheRetention"/>, at
-    /// the first subscription and then at most every quarter of it (running subscriptions rewrite theirs that often).
+    /// the first subscription and then at most every quarter of it (running subscriptions rewrite theirs far more often).
     /// </summary>
     private void ForgetUnusedCacheFiles()
     {

@@ -74,9 +74,9 @@ public sealed class RegistryClientOptions
 
     /// <summary>
     /// How long a subscription file in <see cref="CacheDirectory"/> is kept after its subscription was last
-    /// running: each subscription rewrites its file at least every quarter of this, and the client deletes
-    /// the older ones (subscriptions no longer made, e.g. sets of names that service discovery regrouped)
-    /// when it subscribes. Default 30 days.
+    /// running: a running subscription rewrites its file every 15 minutes (also while the registry is
+    /// unreachable), and the client deletes older ones (subscriptions no longer made, e.g. sets of names
+    /// that service discovery regrouped) when it subscribes. At least 1 hour; default 30 days.
     /// </summary>
     public TimeSpan CacheRetention { get; set; } = TimeSpan.FromDays(30);
 
@@ -128,10 +128,9 @@ internal sealed class RegistryClientOptionsValidator : IValidateOptions<Registry
         Positive(options.RetryBaseDelay, nameof(options.RetryBaseDelay), errors);
         Positive(options.RetryMaxDelay, nameof(options.RetryMaxDelay), errors);
         Positive(options.DiscoveryTimeout, nameof(options.DiscoveryTimeout), errors);
-        Positive(options.CacheRetention, nameof(options.CacheRetention), errors);
-        if (options.CacheRetention > TimeSpan.FromDays(3650))
+        if (options.CacheRetention < TimeSpan.FromHours(1) || options.CacheRetention > TimeSpan.FromDays(3650))
         {
-            errors.Add("CacheRetention: must be at most 3650 days.");
+            errors.Add("CacheRetention: must be between 1 hour and 3650 days.");
         }
 
         Positive(options.ConnectTimeout, nameof(options.ConnectTimeout), errors);

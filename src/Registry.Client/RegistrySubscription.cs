@@ -284,6 +284,11 @@ public sealed class RegistrySubscription : IAsyncDisposable
                 delay = _backoff.Next(e);
                 _outage.Failed(e, _backoff.Failures, delay);
                 SetState(RegistryConnectionState.Unavailable, e);
+                if (_cache is { Due: true } && Current is { } held)
+                {
+                    // Kept fresh through an outage too: it is what a restart during the outage starts from.
+                    await _cache.TryWriteAsync(_document, held, CancellationToken.None).ConfigureAwait(false);
+                }
             }
         }
     }

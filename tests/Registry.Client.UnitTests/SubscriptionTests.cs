@@ -55,8 +55,11 @@ public sealed class SubscriptionTests : ScriptedTest
             var torn = Write("registry-subscription-00000000000000aa.json.0123.tmp", longAgo);
             var recent = Write("registry-subscription-00000000000000bb.json", Clock.GetUtcNow().UtcDateTime.AddDays(-29));
             var foreign = Write("notes.txt", longAgo);
-            // Every poll is answered at once, unchanged: nothing rewrites the file for a change.
-            Handler.Respond = (_, _) => Task.FromResult(Scripted.Answer("v1", ("a", "http", "10.0.0.1:80")));
+            // Every poll is answered at once, unchanged (nothing rewrites the file for a change), until the registry goes down.
+            var down = false;
+            Handler.Respond = (_, _) => down
+                ? throw new HttpRequestException("Connection refused")
+                : Task.FromResult(Scripted.Answer("v1", ("a", "http", "10.0.0.1:80")));
 
             await using var subscription = await NewClient(o => o.CacheDirectory = directory).SubscribeAsync(new SubscriptionEntry("a"));
 
@@ -69,9 +72,16 @@ public sealed class SubscriptionTests : ScriptedTest
             await Clock.NextTimerAsync(d => d == TimeSpan.FromSeconds(1));
             var own = subscription.CacheFile!;
             File.SetLastWriteTimeUtc(own, longAgo);
-            // A quarter of the 30-day retention later, an unchanged answer writes the file again.
-            Clock.Advance(TimeSpan.FromDays(8));
+            // Fifteen minutes later, an unchanged answer writes the file again...
+            Clock.Advance(TimeSpan.FromMinutes(15));
             await Clock.NextTimerAsync(d => d == TimeSpan.FromSeconds(1));
+            Assert.True(File.GetLastWriteTimeUtc(own) > DateTime.UtcNow.AddDays(-1), $"{File.GetLastWriteTimeUtc(own):O}");
+
+            // ...and so does a failed poll in an outage, when a restart would need the file most.
+            File.SetLastWriteTimeUtc(own, longAgo);
+            down = true;
+            Clock.Advance(TimeSpan.FromMinutes(15));
+            await Clock.NextTimerAsync(d => d > TimeSpan.Zero && d <= TimeSpan.FromSeconds(1) && !Scripted.IsRequestTimeout(d) && d != TimeSpan.FromSeconds(1));
             Assert.True(File.GetLastWriteTimeUtc(own) > DateTime.UtcNow.AddDays(-1), $"{File.GetLastWriteTimeUtc(own):O}");
         }
         finally
