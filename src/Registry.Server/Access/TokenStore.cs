@@ -86,25 +86,32 @@ internal static class TokenStore
     /// <summary>
     /// Deletes the tokens that expired more than <paramref name="after"/> ago (by the database's
     /// clock) and announces it in the same statement (once: the same payload for every row is
-    /// one notification); returns each one's id and expiry.
+    /// one notification), telling <paramref name="forgotten"/> of each as it is read. Returns how
+    /// long until the next token is due to go, by the same clock; null when none expires.
     /// </summary>
-    public static async Task<List<(string Id, DateTimeOffset Expired)>> ForgetExpiredAsync(NpgsqlDataSource database, TimeSpan after, CancellationToken cancellationToken)
+    public static async Task<TimeSpan?> ForgetExpiredAsync(
+        NpgsqlDataSource database, TimeSpan after, Action<string, DateTimeOffset> forgotten, CancellationToken cancellationToken)
     {
-        await using var command = database.CreateCommand($"""
+        await using var batch = database.CreateBatch();
+        batch.BatchCommands.Add(Command($"""
             WITH gone AS (
                 DELETE FROM {Schema.TokensTable} WHERE expires_at < now() - @after RETURNING id, expires_at)
             SELECT id, expires_at, pg_notify(@channel, 'expired') FROM gone
-            """);
-        command.Parameters.Add(new NpgsqlParameter("after", after));
-        command.Parameters.Add(new NpgsqlParameter("channel", Schema.TokenChannel));
-        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-        var gone = new List<(string, DateTimeOffset)>();
+            """,
+            new NpgsqlParameter("after", after),
+            new NpgsqlParameter("channel", Schema.TokenChannel)));
+        batch.BatchCommands.Add(Command(
+            $"SELECT min(expires_at) + @after - now() FROM {Schema.TokensTable}",
+            new NpgsqlParameter("after", after)));
+        await using var reader = await batch.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
         {
-            gone.Add((reader.GetString(0), Utc(reader.GetDateTime(1))));
+            forgotten(reader.GetString(0), Utc(reader.GetDateTime(1)));
         }
 
-        return gone;
+        await reader.NextResultAsync(cancellationToken);
+        await reader.ReadAsync(cancellationToken);
+        return reader.IsDBNull(0) ? null : reader.GetTimeSpan(0);
     }
 
     /// <summary>

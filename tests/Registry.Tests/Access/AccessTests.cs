@@ -390,8 +390,8 @@ public sealed class AccessTests(AccessCluster cluster)
         var (gone, _) = await cluster.CreateTokenAsync("""{"description":"deploy 41","register":["payments"]}""");
         var (kept, _) = await cluster.CreateTokenAsync("""{"description":"deploy 42","register":["payments"]}""");
         var logs = new CapturedLogs();
-        // A node forgetting after 30 minutes (the cluster's other tokens expired more recently).
-        await using var forgetting = cluster.Start(new() { ["Registry:Auth:ForgetExpiredAfter"] = "00:30:00", ["Logging:LogLevel:Registry.Audit"] = "Information" }, logs);
+        // A node forgetting after a day (the cluster's other tokens expired within this test run).
+        await using var forgetting = cluster.Start(new() { ["Registry:Auth:ForgetExpiredAfter"] = "1.00:00:00", ["Logging:LogLevel:Registry.Audit"] = "Information" }, logs);
         using var forgotten = MeterWatch.Node(forgetting, "registry.audit.events", "action", "token_forget");
         await using var announcements = await NotificationListener.StartAsync(cluster.ConnectionString, "registry_tokens");
         await using (var connection = new NpgsqlConnection(cluster.ConnectionString))
@@ -399,7 +399,7 @@ public sealed class AccessTests(AccessCluster cluster)
             await connection.OpenAsync();
             await using var expire = new NpgsqlCommand(
                 """
-                UPDATE tokens SET expires_at = now() - CASE WHEN id = @gone THEN interval '1 hour' ELSE interval '1 minute' END WHERE id IN (@gone, @kept);
+                UPDATE tokens SET expires_at = now() - CASE WHEN id = @gone THEN interval '2 days' ELSE interval '1 minute' END WHERE id IN (@gone, @kept);
                 SELECT pg_notify('registry_tokens', 'test');
                 """, connection);
             expire.Parameters.AddWithValue("gone", gone);
