@@ -134,6 +134,40 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
     }
 
     [Fact]
+    public async Task ANodeCutOffFromItsFeedDatesItsAnswersFromWhenTheFeedLastWorked()
+    {
+        // Clients compare a stale node's answer with what they hold by its Age (after a failover):
+        // dated from when the loss was noticed, an idle check and its timeout later, it looked newer than it was.
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var proxy = new TcpProxy(database);
+        await using var node = new RegistryNode(proxy.ConnectionString, new Dictionary<string, string?>
+        {
+            ["Registry:ChangeFeed:CheckTimeout"] = "00:00:01",
+            ["Registry:Database:ConnectTimeoutSeconds"] = "1",
+            ["Registry:Database:CommandTimeoutSeconds"] = "1",
+        });
+        using var lost = MeterWatch.Node(node, "registry.database.errors", "operation", "change_feed");
+        using var client = node.CreateClient();
+        using (var fresh = await client.GetAsync(new Uri("/v1/services/aged", UriKind.Relative)))
+        {
+            Assert.False(fresh.Headers.Contains("X-Registry-Stale"));
+        }
+
+        proxy.Stall();
+        var cut = DateTime.UtcNow;
+        await lost.WaitForAsync(1, TimeSpan.FromSeconds(30));
+        var elapsed = DateTime.UtcNow - cut;
+        using var stale = await client.GetAsync(new Uri("/v1/services/aged", UriKind.Relative));
+
+        Assert.Equal("true", stale.Headers.GetValues("X-Registry-Stale").Single());
+        // Whole seconds, rounded down, and at least as old as the cut.
+        Assert.True(stale.Headers.Age > elapsed - TimeSpan.FromSeconds(1), $"Age {stale.Headers.Age} {elapsed} after the cut");
+        // The route back, so the node stops without waiting on dead connections.
+        await proxy.CutAsync();
+        proxy.Start();
+    }
+
+    [Fact]
     public async Task TheConsistencyCheckRepairsARowChangedWithoutANotificationWhateverItsRevision()
     {
         var database = await Cluster.CreateDatabaseAsync();

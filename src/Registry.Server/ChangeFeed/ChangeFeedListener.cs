@@ -71,6 +71,9 @@ internal sealed partial class ChangeFeedListener : BackgroundService
     }
 
     /// <summary>Whether the node is listening now (so its snapshot is current).</summary>
+    /// <summary>When the listening connection last showed it was alive (a notification, an idle check answered, its start); only the listening loop touches it.</summary>
+    private DateTimeOffset _aliveAt;
+
     public bool IsListening => _state.StaleSince is null && _connection is not null;
 
     /// <summary>Since when the feed has been down, if it is.</summary>
@@ -138,7 +141,9 @@ internal sealed partial class ChangeFeedListener : BackgroundService
             }
             catch (Exception e) when (e is DbException or TimeoutException or IOException or SocketException or InvalidOperationException)
             {
-                _state.StaleSince = _time.GetUtcNow();
+                // Stale since the connection last showed it was alive, not since the loss was noticed (up to an
+                // idle check and its timeout later): the Age clients compare answers by must not understate it.
+                _state.StaleSince = _aliveAt;
                 _metrics.DatabaseError("change_feed");
                 LogLost(_logger, e);
             }
@@ -181,6 +186,7 @@ internal sealed partial class ChangeFeedListener : BackgroundService
             // LISTEN first, then load: a change committed in between is both loaded and
             // announced, never neither.
             await _loader.ReloadAllAsync().WaitAsync(cancellationToken);
+            _aliveAt = _time.GetUtcNow();
             _state.StaleSince = null;
             LogListening(_logger, connection.ProcessID);
             return connection;
@@ -198,12 +204,14 @@ internal sealed partial class ChangeFeedListener : BackgroundService
         {
             if (await connection.WaitAsync(_options.IdleCheckInterval, stoppingToken))
             {
+                _aliveAt = _time.GetUtcNow();
                 continue;
             }
 
             // Quiet for a while: a query that does not come back in time means a dead connection.
             await using var probe = new NpgsqlCommand("SELECT 1", connection) { CommandTimeout = (int)Math.Ceiling(_options.CheckTimeout.TotalSeconds) };
             await probe.ExecuteScalarAsync(stoppingToken);
+            _aliveAt = _time.GetUtcNow();
         }
     }
 
