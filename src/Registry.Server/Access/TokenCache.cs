@@ -261,17 +261,24 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
     /// </summary>
     private async Task ForgetExpiredAsync(CancellationToken cancellationToken)
     {
-        if (Interlocked.Read(ref _forgetDueTicks) > _time.GetUtcNow().UtcTicks)
+        var due = Interlocked.Read(ref _forgetDueTicks);
+        if (due > _time.GetUtcNow().UtcTicks)
         {
             return;
         }
 
         try
         {
-            // Audited as each row is read: the deletion has committed by then, whatever happens to the rest.
-            var next = await TokenStore.ForgetExpiredAsync(_database.DataSource, _options.ForgetExpiredAfter, _audit.TokenForgotten, cancellationToken);
-            // Due by the database's clock: a node whose clock runs ahead does not ask again every interval.
-            Interlocked.Exchange(ref _forgetDueTicks, next is { } wait ? _time.GetUtcNow().UtcTicks + wait.Ticks : long.MaxValue);
+            var (forgotten, next) = await TokenStore.ForgetExpiredAsync(_database.DataSource, _options.ForgetExpiredAfter, cancellationToken);
+            foreach (var (id, expired) in forgotten)
+            {
+                _audit.TokenForgotten(id, expired);
+            }
+
+            // Due by the database's clock, so a node whose clock runs ahead does not ask again every
+            // interval; unless a reload (a token made meanwhile) has set it since.
+            var wait = next is { } span && span.Ticks < DateTimeOffset.MaxValue.UtcTicks - _time.GetUtcNow().UtcTicks ? _time.GetUtcNow().UtcTicks + span.Ticks : long.MaxValue;
+            Interlocked.CompareExchange(ref _forgetDueTicks, wait, due);
         }
         catch (DbException e)
         {

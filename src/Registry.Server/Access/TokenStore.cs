@@ -86,11 +86,12 @@ internal static class TokenStore
     /// <summary>
     /// Deletes the tokens that expired more than <paramref name="after"/> ago (by the database's
     /// clock) and announces it in the same statement (once: the same payload for every row is
-    /// one notification), telling <paramref name="forgotten"/> of each as it is read. Returns how
-    /// long until the next token is due to go, by the same clock; null when none expires.
+    /// one notification). Returns the tokens deleted, once the deletion has committed, and how
+    /// long until the next token is due to go, by the same clock (null when none expires; the
+    /// largest expiry, 9999-12-31T23:59:59.9999999Z, is stored as infinity and never does).
     /// </summary>
-    public static async Task<TimeSpan?> ForgetExpiredAsync(
-        NpgsqlDataSource database, TimeSpan after, Action<string, DateTimeOffset> forgotten, CancellationToken cancellationToken)
+    public static async Task<(List<(string Id, DateTimeOffset Expired)> Forgotten, TimeSpan? Next)> ForgetExpiredAsync(
+        NpgsqlDataSource database, TimeSpan after, CancellationToken cancellationToken)
     {
         await using var batch = database.CreateBatch();
         batch.BatchCommands.Add(Command($"""
@@ -101,17 +102,24 @@ internal static class TokenStore
             new NpgsqlParameter("after", after),
             new NpgsqlParameter("channel", Schema.TokenChannel)));
         batch.BatchCommands.Add(Command(
-            $"SELECT min(expires_at) + @after - now() FROM {Schema.TokensTable}",
+            $"SELECT extract(epoch FROM min(expires_at) + @after - now()) FROM {Schema.TokensTable} WHERE expires_at < 'infinity'",
             new NpgsqlParameter("after", after)));
-        await using var reader = await batch.ExecuteReaderAsync(cancellationToken);
-        while (await reader.ReadAsync(cancellationToken))
+        var forgotten = new List<(string, DateTimeOffset)>();
+        double? seconds;
+        await using (var reader = await batch.ExecuteReaderAsync(cancellationToken))
         {
-            forgotten(reader.GetString(0), Utc(reader.GetDateTime(1)));
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                forgotten.Add((reader.GetString(0), Utc(reader.GetDateTime(1))));
+            }
+
+            await reader.NextResultAsync(cancellationToken);
+            await reader.ReadAsync(cancellationToken);
+            seconds = reader.IsDBNull(0) ? null : (double)reader.GetDecimal(0);
         }
 
-        await reader.NextResultAsync(cancellationToken);
-        await reader.ReadAsync(cancellationToken);
-        return reader.IsDBNull(0) ? null : reader.GetTimeSpan(0);
+        // At most 30,000 years, so a TimeSpan holds it.
+        return (forgotten, seconds is { } s ? TimeSpan.FromSeconds(Math.Min(s, 1e12)) : null);
     }
 
     /// <summary>

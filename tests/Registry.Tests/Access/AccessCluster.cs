@@ -26,6 +26,7 @@ public sealed class AccessCluster : IAsyncLifetime
     private readonly string _folder = Directory.CreateTempSubdirectory("registry-access-").FullName;
     private TestDatabase? _database;
     private RegistryNode? _nodeB;
+    private readonly List<string> _databases = [];
 
     public string ConnectionString { get; private set; } = "";
 
@@ -101,6 +102,21 @@ public sealed class AccessCluster : IAsyncLifetime
         return client;
     }
 
+    /// <summary>A fresh, empty database on the cluster's server (dropped with it), for a node whose tokens must be its own.</summary>
+    public async Task<string> CreateDatabaseAsync()
+    {
+        var name = $"registry_access_{Guid.NewGuid():N}";
+        _databases.Add(name);
+        await using (var connection = new NpgsqlConnection(ConnectionString))
+        {
+            await connection.OpenAsync();
+            await using var create = new NpgsqlCommand($"CREATE DATABASE {name}", connection);
+            await create.ExecuteNonQueryAsync();
+        }
+
+        return new NpgsqlConnectionStringBuilder(ConnectionString) { Database = name }.ConnectionString;
+    }
+
     /// <summary>Creates a token through the API with the bootstrap credential.</summary>
     public async Task<(string Id, string Secret)> CreateTokenAsync(string body, RegistryNode? node = null)
     {
@@ -156,7 +172,8 @@ public sealed class AccessCluster : IAsyncLifetime
         return secret;
     }
 
-    public RegistryNode Start(Dictionary<string, string?> settings, CapturedLogs? logs = null)
+    /// <summary>A node configured as the cluster's, on its database or on <paramref name="database"/>.</summary>
+    public RegistryNode Start(Dictionary<string, string?> settings, CapturedLogs? logs = null, string? database = null)
     {
         var all = new Dictionary<string, string?>
         {
@@ -173,7 +190,7 @@ public sealed class AccessCluster : IAsyncLifetime
             all[key] = value;
         }
 
-        return new RegistryNode(ConnectionString, all, logs);
+        return new RegistryNode(database ?? ConnectionString, all, logs);
     }
 
     public async Task DisposeAsync()
@@ -184,6 +201,18 @@ public sealed class AccessCluster : IAsyncLifetime
         }
 
         await NodeA.DisposeAsync();
+        if (_databases.Count > 0)
+        {
+            NpgsqlConnection.ClearAllPools();
+            await using var connection = new NpgsqlConnection(ConnectionString);
+            await connection.OpenAsync();
+            foreach (var name in _databases)
+            {
+                await using var drop = new NpgsqlCommand($"DROP DATABASE IF EXISTS {name} WITH (FORCE)", connection);
+                await drop.ExecuteNonQueryAsync();
+            }
+        }
+
         if (_database is not null)
         {
             await _database.DisposeAsync();

@@ -420,6 +420,33 @@ public sealed class AccessTests(AccessCluster cluster)
     }
 
     [Fact]
+    public async Task ATokenExpiringAtTheLatestTimeThereIsDoesNotStopTheDeletionOfExpiredOnes()
+    {
+        // 9999-12-31T23:59:59.9999999Z is stored as infinity; when it is the only expiry left,
+        // the time until the next deletion is infinite, which PostgreSQL refuses to compute.
+        var database = await cluster.CreateDatabaseAsync();
+        await using var node = cluster.Start(new() { ["Registry:Auth:ForgetExpiredAfter"] = "1.00:00:00" }, database: database);
+        using var forgotten = MeterWatch.Node(node, "registry.audit.events", "action", "token_forget");
+        var (gone, _) = await cluster.CreateTokenAsync("""{"description":"deploy 41","register":["payments"]}""", node);
+        var (lasting, _) = await cluster.CreateTokenAsync("""{"description":"for ever","subscribe":["payments"],"expires":"9999-12-31T23:59:59.9999999Z"}""", node);
+        await using (var connection = new NpgsqlConnection(database))
+        {
+            await connection.OpenAsync();
+            await using var expire = new NpgsqlCommand(
+                "UPDATE tokens SET expires_at = now() - interval '2 days' WHERE id = @gone; SELECT pg_notify('registry_tokens', 'test')", connection);
+            expire.Parameters.AddWithValue("gone", gone);
+            await expire.ExecuteNonQueryAsync();
+        }
+
+        await forgotten.WaitForAsync(1);
+
+        using var admin = AccessCluster.Client(node, AccessCluster.Bearer(AccessCluster.Bootstrap));
+        var listed = (await (await admin.GetAsync(new Uri("/v1/tokens", UriKind.Relative))).ReadJsonAsync())["tokens"]!.AsArray()
+            .Select(t => (string)t!["id"]!).ToList();
+        Assert.Equal([lasting], listed);
+    }
+
+    [Fact]
     public async Task ALastUsedFlushWaitingForATokenRowHoldsNoRowOrderedAfterIt()
     {
         // Two nodes flush last-used times for the same tokens; each must lock them in one order
