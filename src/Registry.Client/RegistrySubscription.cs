@@ -232,6 +232,7 @@ public sealed class RegistrySubscription : IAsyncDisposable
                     Log.StaleAnswerLeft(_logger, staleAge.Value, answer.Version);
                     _transport.Avoid(server);
                     delay = _backoff.Next();
+                    await KeepCacheFreshAsync().ConfigureAwait(false);
                     continue;
                 }
 
@@ -284,12 +285,20 @@ public sealed class RegistrySubscription : IAsyncDisposable
                 delay = _backoff.Next(e);
                 _outage.Failed(e, _backoff.Failures, delay);
                 SetState(RegistryConnectionState.Unavailable, e);
-                if (_cache is { Due: true } && Current is { } held)
-                {
-                    // Kept fresh through an outage too: it is what a restart during the outage starts from.
-                    await _cache.TryWriteAsync(_document, held, CancellationToken.None).ConfigureAwait(false);
-                }
+                await KeepCacheFreshAsync().ConfigureAwait(false);
             }
+        }
+    }
+
+    /// <summary>
+    /// Rewrites the cache file when it is due though no new answer was taken (an outage, or only stale nodes'
+    /// older answers): it is what a restart then starts from, and must not be taken for one no subscription uses.
+    /// </summary>
+    private async Task KeepCacheFreshAsync()
+    {
+        if (_cache is { Due: true } && Current is { } held)
+        {
+            await _cache.TryWriteAsync(_document, held, CancellationToken.None).ConfigureAwait(false);
         }
     }
 

@@ -310,6 +310,7 @@ public sealed class SubscriptionTests : ScriptedTest
     {
         // A serves v2; then A dies, and B, cut off from the database two minutes ago (before A answered), still holds v1.
         var phase = 0;
+        var cutOff = Clock.GetUtcNow() - TimeSpan.FromMinutes(2);
         Handler.Respond = (r, ct) =>
         {
             var polling = r.Uri.Query.Contains("version", StringComparison.Ordinal);
@@ -324,7 +325,7 @@ public sealed class SubscriptionTests : ScriptedTest
             {
                 var stale = Scripted.Answer("v1", ("provider_test", "http", "10.0.0.1:80"));
                 stale.Headers.Add("X-Registry-Stale", "true");
-                stale.Headers.Age = TimeSpan.FromMinutes(2);
+                stale.Headers.Age = Clock.GetUtcNow() - cutOff;
                 return Task.FromResult(stale);
             }
 
@@ -332,7 +333,8 @@ public sealed class SubscriptionTests : ScriptedTest
                 ? Scripted.HeldAsync(ct)
                 : Task.FromResult(Scripted.Answer("v3", ("provider_test", "http", "10.0.0.3:80")));
         };
-        await using var subscription = await NewClient(null, Scripted.ServerA, Scripted.ServerB).SubscribeAsync(new SubscriptionEntry("provider_test"));
+        var directory = Directory.CreateTempSubdirectory("registry-client-cache-").FullName;
+        await using var subscription = await NewClient(o => o.CacheDirectory = directory, Scripted.ServerA, Scripted.ServerB).SubscribeAsync(new SubscriptionEntry("provider_test"));
         await subscription.WaitForFirstAnswerAsync().WaitAsync(Scripted.Patience);
         await Handler.NextAsync(r => r.Uri.Host == Scripted.ServerA.Host && r.Uri.Query.Contains("version=v2", StringComparison.Ordinal));
 
@@ -343,17 +345,24 @@ public sealed class SubscriptionTests : ScriptedTest
         var backoff = await Clock.NextTimerAsync(d => d > TimeSpan.Zero && d <= TimeSpan.FromSeconds(1) && !Scripted.IsRequestTimeout(d));
         Assert.Equal("v2", subscription.Current!.Version);
 
-        // Asked again (A still down), B answers the same at once: the client backs off rather than spin on it.
-        Clock.Advance(backoff);
+        // Asked again (A still down) a quarter of an hour later, B answers the same at once: the client backs off
+        // rather than spin on it, and writes the answer it holds again (a restart now would start from it).
+        var written = File.GetLastWriteTimeUtc(subscription.CacheFile!);
+        File.SetLastWriteTimeUtc(subscription.CacheFile!, written.AddDays(-31));
+        Clock.Advance(TimeSpan.FromMinutes(15));
         await Handler.NextAsync(r => r.Uri.Host == Scripted.ServerB.Host);
         backoff = await Clock.NextTimerAsync(d => d >= TimeSpan.FromSeconds(1) && d <= TimeSpan.FromSeconds(2) && !Scripted.IsRequestTimeout(d));
         Assert.Equal("v2", subscription.Current!.Version);
+        Assert.True(File.GetLastWriteTimeUtc(subscription.CacheFile!) >= written, "the cache file was not written again");
+        Assert.Contains("10.0.0.2:80", await File.ReadAllTextAsync(subscription.CacheFile!), StringComparison.Ordinal);
 
         // B reaches its database again: its answer is current, and taken.
         phase = 2;
         Clock.Advance(backoff);
         await Handler.NextAsync(r => r.Uri.Query.Contains("version=v3", StringComparison.Ordinal));
         Assert.Equal("10.0.0.3:80", Assert.Single(subscription.Current!.Endpoints).Addr);
+        await subscription.DisposeAsync();
+        Directory.Delete(directory, recursive: true);
     }
 
     [Fact]
