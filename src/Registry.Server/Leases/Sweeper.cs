@@ -198,8 +198,9 @@ internal sealed partial class Sweeper(
 
     /// <summary>
     /// How long a node's row stays after the node was last seen: <see cref="MembershipOptions.ForgetAfter"/>,
-    /// but never less than the longest a lease of <see cref="LeaseOptions.MaxTtlSeconds"/> is held back for
-    /// a node that may have promised its renewal (<see cref="Evictable"/>): with the row, the hold would go.
+    /// but never less than the longest <see cref="Evictable"/> may hold a lease back for it (the grace gap, or
+    /// for a heartbeat lease of <see cref="LeaseOptions.MaxTtlSeconds"/> a node may have promised to renew):
+    /// with the row, the hold would go.
     /// </summary>
     private TimeSpan KeepNodesFor
     {
@@ -209,7 +210,7 @@ internal sealed partial class Sweeper(
             var ttl = TimeSpan.FromSeconds(lease.MaxTtlSeconds);
             var hold = TimeSpan.FromTicks(Math.Max((long)(ttl.Ticks * lease.UnrecordedShare), RenewalRule.UnrecordedFloor(lease).Ticks))
                 + ttl + RenewalRule.PromisingAfterMark(lease) + Settle;
-            return hold > membership.Value.ForgetAfter ? hold : membership.Value.ForgetAfter;
+            return new[] { hold, lease.GraceGap, membership.Value.ForgetAfter }.Max();
         }
     }
 
