@@ -59,9 +59,6 @@ internal static partial class Log
     [LoggerMessage(Level = LogLevel.Warning, Message = "Could not write the cache file {File}: {Reason}")]
     public static partial void CacheWriteFailed(ILogger logger, string file, string reason);
 
-    [LoggerMessage(Level = LogLevel.Debug, Message = "A registry node cut off from its database answered from memory {Age} old ({Version}), older than the answer held; trying the next node")]
-    public static partial void StaleAnswerLeft(ILogger logger, TimeSpan age, string version);
-
     [LoggerMessage(Level = LogLevel.Information, Message = "Deleted the cache file {File}: no subscription has used it since {LastWritten:O}")]
     public static partial void CacheForgotten(ILogger logger, string file, DateTime lastWritten);
 

@@ -1,4 +1,5 @@
 // Over 300 lines on purpose: the poll loop, the held answer and the watchers' completion are one state machine.
+using System.Globalization;
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
@@ -224,14 +225,17 @@ public sealed class RegistrySubscription : IAsyncDisposable
 
                 // A node cut off from the database answers from memory as of when it was cut off. After a failover to
                 // it, its answer may be older than the one held: taking it would bring back endpoints since gone, until
-                // it caught up. It is left, and the next poll starts at the next server, backing off as in an outage
-                // (a stale node answers such a poll at once: a fleet must not spin on it).
+                // it caught up. It is left, and the next poll starts at the next server: an outage, backed off (a stale
+                // node answers such a poll at once: a fleet must not spin on it), told once, and seen in State.
                 var datesFrom = staleAge is { } age ? _time.GetTimestamp() - (long)(age.TotalSeconds * _time.TimestampFrequency) : _time.GetTimestamp();
                 if (staleAge is not null && _knownAt > datesFrom && !string.Equals(answer.Version, sentVersion, StringComparison.Ordinal))
                 {
-                    Log.StaleAnswerLeft(_logger, staleAge.Value, answer.Version);
+                    var left = new RegistryUnavailableException(string.Create(CultureInfo.InvariantCulture,
+                        $"A registry node cut off from its database answered {answer.Version} from memory {staleAge.Value.TotalSeconds:0} s old, older than the answer held; trying the next node."));
                     _transport.Avoid(server);
-                    delay = _backoff.Next();
+                    delay = _backoff.Next(left);
+                    _outage.Failed(left, _backoff.Failures, delay);
+                    SetState(RegistryConnectionState.Unavailable, left);
                     await KeepCacheFreshAsync().ConfigureAwait(false);
                     continue;
                 }

@@ -344,6 +344,8 @@ public sealed class SubscriptionTests : ScriptedTest
         await Handler.NextAsync(r => r.Uri.Host == Scripted.ServerB.Host);
         var backoff = await Clock.NextTimerAsync(d => d > TimeSpan.Zero && d <= TimeSpan.FromSeconds(1) && !Scripted.IsRequestTimeout(d));
         Assert.Equal("v2", subscription.Current!.Version);
+        Assert.Equal(RegistryConnectionState.Unavailable, subscription.State);
+        Assert.Contains("cut off from its database", subscription.LastError!.Message, StringComparison.Ordinal);
 
         // Asked again (A still down) a quarter of an hour later, B answers the same at once: the client backs off
         // rather than spin on it, and writes the answer it holds again (a restart now would start from it).
@@ -361,6 +363,7 @@ public sealed class SubscriptionTests : ScriptedTest
         Clock.Advance(backoff);
         await Handler.NextAsync(r => r.Uri.Query.Contains("version=v3", StringComparison.Ordinal));
         Assert.Equal("10.0.0.3:80", Assert.Single(subscription.Current!.Endpoints).Addr);
+        Assert.Equal(RegistryConnectionState.Connected, subscription.State);
         await subscription.DisposeAsync();
         Directory.Delete(directory, recursive: true);
     }
