@@ -17,9 +17,9 @@ internal sealed class Backoff(TimeSpan baseDelay, TimeSpan maxDelay)
     public void Reset() => _failures = 0;
 
     /// <summary>The delay before the next attempt, after a failure.</summary>
-    /// <param name="error">What failed, if an exception says it; a <see cref="RegistryUnavailableException.RetryAfter"/> is honoured.</param>
+    /// <param name="error">What failed; a <see cref="RegistryUnavailableException.RetryAfter"/> is honoured.</param>
     /// <param name="ceiling">The longest wait the caller can afford, if any.</param>
-    public TimeSpan Next(Exception? error = null, TimeSpan? ceiling = null)
+    public TimeSpan Next(Exception error, TimeSpan? ceiling = null)
     {
         var exponent = Math.Min(_failures, 30);
         _failures++;
