@@ -262,7 +262,8 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
     private async Task ForgetExpiredAsync(CancellationToken cancellationToken)
     {
         var due = Interlocked.Read(ref _forgetDueTicks);
-        if (due > _time.GetUtcNow().UtcTicks)
+        var now = _time.GetUtcNow().UtcTicks;
+        if (due > now)
         {
             return;
         }
@@ -277,8 +278,8 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
 
             // Due by the database's clock, so a node whose clock runs ahead does not ask again every
             // interval; unless a reload (a token made meanwhile) has set it since.
-            var wait = next is { } span && span.Ticks < DateTimeOffset.MaxValue.UtcTicks - _time.GetUtcNow().UtcTicks ? _time.GetUtcNow().UtcTicks + span.Ticks : long.MaxValue;
-            Interlocked.CompareExchange(ref _forgetDueTicks, wait, due);
+            var nextDue = next is { } wait && wait.Ticks < DateTimeOffset.MaxValue.UtcTicks - now ? now + wait.Ticks : long.MaxValue;
+            Interlocked.CompareExchange(ref _forgetDueTicks, nextDue, due);
         }
         catch (DbException e)
         {

@@ -284,7 +284,11 @@ internal sealed class SubscriptionHub
 
         lock (_gate)
         {
-            DropLongIdleViews();
+            if (_idle.First is not null)
+            {
+                DropLongIdleViews(_time.GetTimestamp());
+            }
+
             if (_views.TryGetValue(key, out var view))
             {
                 if (view.References++ == 0)
@@ -346,21 +350,21 @@ internal sealed class SubscriptionHub
     {
         lock (_gate)
         {
+            var now = _time.GetTimestamp();
             if (--view.References == 0)
             {
-                view.IdleSince = _time.GetTimestamp();
+                view.IdleSince = now;
                 _idle.AddLast(view.IdleEntry);
             }
 
-            DropLongIdleViews();
+            DropLongIdleViews(now);
         }
     }
 
     /// <summary>Drops the views nobody has held for <see cref="SubscriptionOptions.KeepIdleFor"/>; under the lock.</summary>
-    private void DropLongIdleViews()
+    private void DropLongIdleViews(long now)
     {
         var dropped = false;
-        var now = _time.GetTimestamp();
         while (_idle.First is { } oldest && now - oldest.Value.IdleSince >= _keepIdleTicks)
         {
             Remove(oldest.Value);
