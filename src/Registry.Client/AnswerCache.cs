@@ -64,7 +64,8 @@ internal sealed class AnswerCache(string path, TimeProvider time, ILogger logger
         }
     }
 
-    public async Task<RegistryAnswer?> TryLoadAsync(byte[] subscriptionBody, CancellationToken cancellationToken)
+    /// <summary>The answer the file holds and up to when (by the wall clock) it was known to be the registry's; null when there is none to take.</summary>
+    public async Task<(RegistryAnswer Answer, DateTimeOffset? KnownAt)?> TryLoadAsync(byte[] subscriptionBody, CancellationToken cancellationToken)
     {
         if (!File.Exists(Path))
         {
@@ -104,17 +105,17 @@ internal sealed class AnswerCache(string path, TimeProvider time, ILogger logger
         }
 
         Log.CacheLoaded(logger, document.Answer.Version, Path, document.Answer.Endpoints.Count);
-        return document.Answer;
+        return (document.Answer, document.KnownAt);
     }
 
-    public async Task TryWriteAsync(SubscriptionDocument subscription, RegistryAnswer answer, CancellationToken cancellationToken)
+    public async Task TryWriteAsync(SubscriptionDocument subscription, RegistryAnswer answer, DateTimeOffset? knownAt, CancellationToken cancellationToken)
     {
         // Written aside and moved into place, so a crash mid-write never leaves a torn file.
         var temporary = $"{Path}.{Guid.NewGuid():N}.tmp";
         try
         {
             Directory.CreateDirectory(System.IO.Path.GetDirectoryName(Path)!);
-            var bytes = JsonSerializer.SerializeToUtf8Bytes(new CacheDocument(CacheDocument.CurrentFormat, subscription, answer), ClientJson.Default.CacheDocument);
+            var bytes = JsonSerializer.SerializeToUtf8Bytes(new CacheDocument(CacheDocument.CurrentFormat, subscription, answer, knownAt), ClientJson.Default.CacheDocument);
             await File.WriteAllBytesAsync(temporary, bytes, cancellationToken).ConfigureAwait(false);
             File.Move(temporary, Path, overwrite: true);
             _writtenAt = time.GetUtcNow();

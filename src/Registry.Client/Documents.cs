@@ -131,8 +131,11 @@ internal sealed class LeaseDocument(int ttl, DateTimeOffset expires)
     public DateTimeOffset Expires { get; } = expires;
 }
 
-/// <summary>What the cache file holds: the subscription it belongs to and the last answer.</summary>
-internal sealed class CacheDocument(string format, SubscriptionDocument subscription, RegistryAnswer answer)
+/// <summary>
+/// What the cache file holds: the subscription it belongs to, the last answer, and up to when that answer was known to
+/// be the registry's (absent in files written before it was kept).
+/// </summary>
+internal sealed class CacheDocument(string format, SubscriptionDocument subscription, RegistryAnswer answer, DateTimeOffset? knownAt)
 {
     public const string CurrentFormat = "registry-client-cache/1";
 
@@ -144,6 +147,9 @@ internal sealed class CacheDocument(string format, SubscriptionDocument subscrip
 
     [JsonPropertyName("answer")]
     public RegistryAnswer Answer { get; } = answer;
+
+    [JsonPropertyName("knownAt")]
+    public DateTimeOffset? KnownAt { get; } = knownAt;
 }
 
 /// <summary>The answer to <c>GET /v1/services</c>: the applications registered now.</summary>

@@ -35,8 +35,8 @@ public sealed class RegistrySubscription : IAsyncDisposable
 
     /// <summary>
     /// Up to when (a timestamp of the clock) the answer held is known to be the registry's: when a node last
-    /// answered with its current state, or the time a stale node's answer dates from. Null before any node answered.
-    /// Only the loop touches it.
+    /// answered with its current state, or the time a stale node's answer dates from; at the start, what the cache
+    /// file says. Null before any node answered (or a file said). Only the start and then the loop touch it.
     /// </summary>
     private long? _knownAt;
     private readonly OutageLog _outage;
@@ -201,7 +201,12 @@ public sealed class RegistrySubscription : IAsyncDisposable
     {
         if (_cache is not null && await _cache.TryLoadAsync(_body, cancellationToken).ConfigureAwait(false) is { } cached)
         {
-            Accept(cached);
+            Accept(cached.Answer);
+            // A restart during a failover must not take a stale node's answer older than the file's either.
+            if (cached.KnownAt is { } knownAt)
+            {
+                _knownAt = TimestampAgo(_time.GetUtcNow() - knownAt);
+            }
         }
 
         _loop = Task.Run(() => RunAsync(_stop.Token), CancellationToken.None);
@@ -227,7 +232,7 @@ public sealed class RegistrySubscription : IAsyncDisposable
                 // it, its answer may be older than the one held: taking it would bring back endpoints since gone, until
                 // it caught up. It is left, and the next poll starts at the next server: an outage, backed off (a stale
                 // node answers such a poll at once: a fleet must not spin on it), told once, and seen in State.
-                var datesFrom = staleAge is { } age ? _time.GetTimestamp() - (long)(age.TotalSeconds * _time.TimestampFrequency) : _time.GetTimestamp();
+                var datesFrom = TimestampAgo(staleAge ?? TimeSpan.Zero);
                 if (staleAge is not null && _knownAt > datesFrom && !string.Equals(answer.Version, sentVersion, StringComparison.Ordinal))
                 {
                     var left = new RegistryUnavailableException(string.Create(CultureInfo.InvariantCulture,
@@ -254,7 +259,7 @@ public sealed class RegistrySubscription : IAsyncDisposable
                 if (_cache is not null && (changed || _cache.Due))
                 {
                     // Not cancelled by a dispose that arrives meanwhile: a short local write that a later cold start depends on.
-                    await _cache.TryWriteAsync(_document, answer, CancellationToken.None).ConfigureAwait(false);
+                    await _cache.TryWriteAsync(_document, answer, KnownAtByWallClock(), CancellationToken.None).ConfigureAwait(false);
                 }
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
@@ -302,9 +307,17 @@ public sealed class RegistrySubscription : IAsyncDisposable
     {
         if (_cache is { Due: true } && Current is { } held)
         {
-            await _cache.TryWriteAsync(_document, held, CancellationToken.None).ConfigureAwait(false);
+            await _cache.TryWriteAsync(_document, held, KnownAtByWallClock(), CancellationToken.None).ConfigureAwait(false);
         }
     }
+
+    /// <summary>The timestamp of the clock <paramref name="ago"/> ago (now for a negative span: a wall clock set back).</summary>
+    private long TimestampAgo(TimeSpan ago) =>
+        _time.GetTimestamp() - (long)(Math.Max(0, ago.TotalSeconds) * _time.TimestampFrequency);
+
+    /// <summary><see cref="_knownAt"/> by the wall clock, as the cache file keeps it for a later process.</summary>
+    private DateTimeOffset? KnownAtByWallClock() =>
+        _knownAt is { } knownAt ? _time.GetUtcNow() - _time.GetElapsedTime(knownAt) : null;
 
     private void SetState(RegistryConnectionState state, Exception? error)
     {

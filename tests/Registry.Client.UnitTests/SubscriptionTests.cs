@@ -369,6 +369,47 @@ public sealed class SubscriptionTests : ScriptedTest
     }
 
     [Fact]
+    public async Task AfterARestartDuringAFailoverAStaleNodesAnswerOlderThanTheCacheFilesIsLeft()
+    {
+        // A serves v2 and the subscription's file is written; B was cut off from the database before that, holding v1.
+        var aDown = false;
+        var cutOff = Clock.GetUtcNow() - TimeSpan.FromMinutes(2);
+        Handler.Respond = (r, ct) =>
+        {
+            if (r.Uri.Host == Scripted.ServerA.Host)
+            {
+                return aDown
+                    ? throw new HttpRequestException("Connection refused")
+                    : r.Uri.Query.Contains("version", StringComparison.Ordinal)
+                        ? Scripted.HeldAsync(ct)
+                        : Task.FromResult(Scripted.Answer("v2", ("provider_test", "http", "10.0.0.2:80")));
+            }
+
+            var stale = Scripted.Answer("v1", ("provider_test", "http", "10.0.0.1:80"));
+            stale.Headers.Add("X-Registry-Stale", "true");
+            stale.Headers.Age = Clock.GetUtcNow() - cutOff;
+            return Task.FromResult(stale);
+        };
+        var directory = Directory.CreateTempSubdirectory("registry-client-cache-").FullName;
+        var before = await NewClient(o => o.CacheDirectory = directory, Scripted.ServerA, Scripted.ServerB).SubscribeAsync(new SubscriptionEntry("provider_test"));
+        await before.WaitForFirstAnswerAsync().WaitAsync(Scripted.Patience);
+        await Handler.NextAsync(r => r.Uri.Host == Scripted.ServerA.Host && r.Uri.Query.Contains("version=v2", StringComparison.Ordinal));
+        await before.DisposeAsync();
+
+        // The consumer restarts a minute later, after A died: it starts from the file, and B's older answer is left.
+        aDown = true;
+        Clock.Advance(TimeSpan.FromMinutes(1));
+        await using var after = await NewClient(o => o.CacheDirectory = directory, Scripted.ServerA, Scripted.ServerB).SubscribeAsync(new SubscriptionEntry("provider_test"));
+        await Handler.NextAsync(r => r.Uri.Host == Scripted.ServerB.Host);
+        await Clock.NextTimerAsync(d => d > TimeSpan.Zero && d <= TimeSpan.FromSeconds(1) && !Scripted.IsRequestTimeout(d));
+        Assert.Equal("10.0.0.2:80", Assert.Single(after.Current!.Endpoints).Addr);
+        Assert.Equal(RegistryConnectionState.Unavailable, after.State);
+        Assert.Contains("cut off from its database", after.LastError!.Message, StringComparison.Ordinal);
+        await after.DisposeAsync();
+        Directory.Delete(directory, recursive: true);
+    }
+
+    [Fact]
     public async Task WithEveryNodeDownTheSubscriptionKeepsItsAnswerAndBacksOffToTheCap()
     {
         var down = false;
