@@ -360,6 +360,17 @@ internal static class OpenApiDocumentation
                     Description = "`\"<version>\"`: the answer's version as an entity tag.",
                     Schema = new OpenApiSchema { Type = JsonSchemaType.String },
                 };
+                response.Headers["X-Registry-Stale"] = new OpenApiHeader
+                {
+                    Description = "`true` when the node answers from memory while cut off from the database; the answer is then as of `Age` seconds ago, " +
+                        "and an HTTP/1.1 connection is closed after it (`Connection: close`), so a client behind a load balancer reaches a node again through it.",
+                    Schema = new OpenApiSchema { Type = JsonSchemaType.String },
+                };
+                response.Headers["Age"] = new OpenApiHeader
+                {
+                    Description = "With `X-Registry-Stale`: whole seconds since the node last knew the database's state (rounded down).",
+                    Schema = new OpenApiSchema { Type = JsonSchemaType.Integer },
+                };
             }
 
             if (status == "401")

@@ -236,6 +236,12 @@ internal sealed class AnswerResult(Answer answer, bool notModified, DateTimeOffs
             // Served from memory while the change feed is down: say so, and for how long.
             response.Headers["X-Registry-Stale"] = "true";
             response.Headers.Age = ((long)Math.Max(0, (DateTimeOffset.UtcNow - since).TotalSeconds)).ToString(System.Globalization.CultureInfo.InvariantCulture);
+            // A client that knows one address (a load balancer's) would send its next poll down this kept-alive connection,
+            // to this node again: closed, the balancer chooses a node anew, and one that reaches the database is likelier.
+            if (!HttpProtocol.IsHttp2(httpContext.Request.Protocol) && !HttpProtocol.IsHttp3(httpContext.Request.Protocol))
+            {
+                response.Headers.Connection = "close";
+            }
         }
 
         if (notModified)
