@@ -80,7 +80,11 @@ public sealed class RegistrySubscription : IAsyncDisposable
         return subscription;
     }
 
-    /// <summary>Raised on the loop's thread after each new answer (the first one too). A handler's exception is logged and ignored.</summary>
+    /// <summary>
+    /// Raised on the loop's thread after each new answer (the first one too). A handler's exception is logged and ignored.
+    /// A handler may start disposing the subscription or its client but must not block on that: disposing waits for the
+    /// loop, which is running the handler.
+    /// </summary>
     public event EventHandler<RegistryAnswerChangedEventArgs>? Changed;
 
     /// <summary>What is watched.</summary>
