@@ -51,6 +51,10 @@ internal sealed class FailedAuthentications : IDisposable
         return false;
     }
 
+    /// <summary>Whether the address has no failures left in this window (it gets 429 for the next one).</summary>
+    public bool IsOverLimit(HttpContext http) =>
+        _limiter?.GetStatistics(CountedUnder(http.Connection.RemoteIpAddress)) is { CurrentAvailablePermits: 0 };
+
     /// <summary>An IPv4 address as itself, an IPv6 address as its network (<c>2001:db8:1:2::/64</c>).</summary>
     private string CountedUnder(IPAddress? address)
     {

@@ -40,6 +40,11 @@ internal sealed class RegistryTokenHandler(
 
         var result = tokens.Check(token, out var grant) switch
         {
+            // Registry tokens cannot be guessed; the bootstrap token is a secret an operator chose. From an address past
+            // its failed-authentication limit a right guess of it gets the same 429 as a wrong one, so the limit slows
+            // guessing rather than only answering wrong guesses differently. Registry tokens still pass: a client that
+            // shares its address with a misconfigured one is not locked out.
+            TokenCheck.Valid when !grant!.Stored && failures.IsOverLimit(Context) => AuthenticateResult.Fail("too many failed authentications from this address"),
             TokenCheck.Valid => Success(grant!),
             TokenCheck.Expired => AuthenticateResult.Fail("the bearer token has expired"),
             _ => AuthenticateResult.Fail("the bearer token is unknown or revoked"),

@@ -180,7 +180,7 @@ internal static class OpenApiDocumentation
         ("Health", "200") => "The process is alive.",
         ("Ready", "200") => "The node can serve: database reachable, migrations applied, change feed listening.",
         ("Ready", "429") => "A credential that is not valid, from an address past Registry:Auth:MaxFailuresPerMinute failed authentications " +
-            "in the last minute; retry after `Retry-After` seconds. Without a credential, or with a valid one, the check is always answered.",
+            "in the last minute (the bootstrap token too, there: a right guess looks like a wrong one); retry after `Retry-After` seconds. Without a credential, or with a valid registry token or JWT, the check is always answered.",
         ("Ready", "503") => "The node cannot serve yet or any more; the body names the failing check.",
         ("CreateToken", "201") => "The token, with its secret in `token`: shown only here, stored only as a SHA-256 hash.",
         ("ListTokens", "200") => "Every token with its scopes and last use; never a secret or a hash.",

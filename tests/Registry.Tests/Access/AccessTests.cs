@@ -199,6 +199,30 @@ public sealed class AccessTests(AccessCluster cluster)
     }
 
     [Fact]
+    public async Task PastTheFailedAuthenticationLimitTheBootstrapTokenIsRefusedLikeAWrongGuess()
+    {
+        // The bootstrap token is the one secret an operator chooses: were a right guess answered while wrong ones get
+        // 429, the limit would not slow guessing at all.
+        await using var node = cluster.Start(new() { ["Registry:Auth:MaxFailuresPerMinute"] = "3" });
+        using var stranger = AccessCluster.Client(node, cluster.Credentials["unknown"]);
+        using var bootstrap = AccessCluster.Client(node, AccessCluster.Bearer(AccessCluster.Bootstrap));
+        using var admin = AccessCluster.Client(node, cluster.Credentials["admin"]);
+        Assert.Equal(HttpStatusCode.OK, (await bootstrap.GetAsync(new Uri("/v1/tokens", UriKind.Relative))).StatusCode);
+        for (var i = 0; i < 3; i++)
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, (await stranger.GetAsync(new Uri("/v1/tokens", UriKind.Relative))).StatusCode);
+        }
+
+        using var guessed = await bootstrap.GetAsync(new Uri("/v1/tokens", UriKind.Relative));
+        using var ready = await bootstrap.GetAsync(new Uri("/readyz", UriKind.Relative));
+
+        Assert.Equal(HttpStatusCode.TooManyRequests, guessed.StatusCode);
+        Assert.Equal(HttpStatusCode.TooManyRequests, ready.StatusCode);
+        // A registry token from the same address still works.
+        Assert.Equal(HttpStatusCode.OK, (await admin.GetAsync(new Uri("/v1/tokens", UriKind.Relative))).StatusCode);
+    }
+
+    [Fact]
     public async Task FailedAuthenticationsFromOneIpv6NetworkAreCountedTogether()
     {
         await using var node = cluster.Start(new()
