@@ -19,8 +19,9 @@ internal static class TokenCommand
     public static async Task<int> RunAsync(
         IConfiguration configuration, IReadOnlyList<string> args, ILoggerFactory loggers, TextWriter output, TextWriter error, CancellationToken cancellationToken)
     {
-        if (Parse(args, DateTimeOffset.UtcNow) is not { } spec)
+        if (Parse(args, DateTimeOffset.UtcNow, out var wrong) is not { } spec)
         {
+            await error.WriteLineAsync($"tokens: {wrong}");
             await error.WriteLineAsync(Usage);
             return 2;
         }
@@ -46,11 +47,13 @@ internal static class TokenCommand
         return 0;
     }
 
-    /// <summary>The token asked for, or null when the arguments are not a valid <c>create</c>.</summary>
-    internal static TokenSpec? Parse(IReadOnlyList<string> args, DateTimeOffset now)
+    /// <summary>The token asked for, or null with what is wrong when the arguments are not a valid <c>create</c>.</summary>
+    internal static TokenSpec? Parse(IReadOnlyList<string> args, DateTimeOffset now, out string? error)
     {
+        error = null;
         if (args.Count == 0 || args[0] != "create")
         {
+            error = "the only command is 'tokens create'";
             return null;
         }
 
@@ -61,20 +64,41 @@ internal static class TokenCommand
         List<string>? collecting = null;
         for (var i = 1; i < args.Count; i++)
         {
-            switch (args[i])
+            var argument = args[i];
+            // An option is never taken for a pattern: a mistyped one, or one whose value is wrong, must not end up
+            // as a pattern of the token (a permanent token made where a time-limited one was asked for).
+            if (!argument.StartsWith("--", StringComparison.Ordinal))
+            {
+                if (collecting is null || !Grant.IsPattern(argument))
+                {
+                    error = collecting is null
+                        ? $"'{argument}' follows no option that takes it"
+                        : $"'{argument}' is not an application pattern (letters, digits, '.', '_' and '-', or a prefix ending in '*')";
+                    return null;
+                }
+
+                collecting.Add(argument);
+                continue;
+            }
+
+            collecting = null;
+            switch (argument)
             {
                 case "--description" when i + 1 < args.Count:
                     description = args[++i];
-                    collecting = null;
                     break;
                 case "--admin":
                     admin = true;
-                    collecting = null;
                     break;
-                case "--expires" when i + 1 < args.Count && Rfc3339.TryParse(args[i + 1], out var at) && at > now:
+                case "--expires":
+                    if (i + 1 >= args.Count || !Rfc3339.TryParse(args[i + 1], out var at) || at <= now)
+                    {
+                        error = $"--expires needs a time to come in RFC 3339, such as {now.AddDays(90):yyyy-MM-dd}T00:00:00Z";
+                        return null;
+                    }
+
                     expires = at.ToUniversalTime();
                     i++;
-                    collecting = null;
                     break;
                 case "--register":
                     collecting = register;
@@ -82,14 +106,18 @@ internal static class TokenCommand
                 case "--subscribe":
                     collecting = subscribe;
                     break;
-                case var pattern when collecting is not null && Grant.IsPattern(pattern):
-                    collecting.Add(pattern);
-                    break;
                 default:
+                    error = $"unknown option '{argument}'";
                     return null;
             }
         }
 
-        return string.IsNullOrWhiteSpace(description) ? null : new TokenSpec(description, [.. register], [.. subscribe], admin, expires);
+        if (string.IsNullOrWhiteSpace(description))
+        {
+            error = "--description is required";
+            return null;
+        }
+
+        return new TokenSpec(description, [.. register], [.. subscribe], admin, expires);
     }
 }

@@ -49,13 +49,19 @@ public sealed class ServerBinaryTests(AccessCluster cluster)
         Assert.Equal(new DateTime(2099, 1, 1, 0, 0, 0, DateTimeKind.Utc), row.GetDateTime(3));
     }
 
-    [Fact]
-    public async Task TheTokensCommandExplainsItsUsage()
+    [Theory]
+    [InlineData("--description is required", "--admin")]
+    // Before, the date and the option were both taken for register patterns: a token that never expires.
+    [InlineData("--expires needs a time to come in RFC 3339", "--description", "ci", "--register", "payments", "--expires", "2099-01-01")]
+    [InlineData("unknown option '--subscibe'", "--description", "ci", "--register", "payments", "--subscibe", "*")]
+    public async Task TheTokensCommandSaysWhatIsWrongAndCreatesNothing(string reason, params string[] arguments)
     {
-        var (exitCode, output) = await RunAsync(cluster.ConnectionString, "tokens", "create", "--admin");
+        var (exitCode, output) = await RunAsync(cluster.ConnectionString, ["tokens", "create", .. arguments]);
 
-        Assert.Equal(2, exitCode);
+        Assert.True(exitCode == 2, output);
+        Assert.Contains($"tokens: {reason}", output, StringComparison.Ordinal);
         Assert.Contains("usage: tokens create --description", output, StringComparison.Ordinal);
+        Assert.DoesNotContain("rgt_", output, StringComparison.Ordinal);
     }
 
     [Fact]
