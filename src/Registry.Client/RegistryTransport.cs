@@ -121,14 +121,22 @@ internal sealed partial class RegistryTransport
     public async Task<DrainResult?> DrainAsync(ProviderInstance provider, int seconds, TimeSpan timeout, CancellationToken cancellationToken)
     {
         var body = JsonSerializer.SerializeToUtf8Bytes(provider, ClientJson.Default.ProviderInstance);
-        using var response = await SendAsync(HttpMethod.Post, string.Create(CultureInfo.InvariantCulture, $"v1/unregister?drain={seconds}"), body, null, timeout, cancellationToken).ConfigureAwait(false);
-        if (response.StatusCode == HttpStatusCode.NotFound)
+        // What a drain answers depends on the node that removed the instance. Once a node may have taken it (no answer
+        // in time, a proxy's 502 or 504), the next would answer 404 (removed already) as if nobody had watched it, after
+        // holding it for a whole drain again: the drain fails instead, and the caller unregisters plainly.
+        var (response, _, _) = await SendToAnyAsync(
+            HttpMethod.Post, string.Create(CultureInfo.InvariantCulture, $"v1/unregister?drain={seconds}"), body, null, timeout,
+            HttpCompletionOption.ResponseContentRead, cancellationToken, stopOnceTaken: true).ConfigureAwait(false);
+        using (response)
         {
-            return null;
-        }
+            if (response.StatusCode == HttpStatusCode.NotFound)
+            {
+                return null;
+            }
 
-        await EnsureSuccessAsync(response, "drain", timeout, cancellationToken).ConfigureAwait(false);
-        return await ReadAsync(response, ClientJson.Default.DrainResult, cancellationToken).ConfigureAwait(false);
+            await EnsureSuccessAsync(response, "drain", timeout, cancellationToken).ConfigureAwait(false);
+            return await ReadAsync(response, ClientJson.Default.DrainResult, cancellationToken).ConfigureAwait(false);
+        }
     }
 
     /// <summary>
@@ -193,10 +201,11 @@ internal sealed partial class RegistryTransport
     /// Sends to each node in turn until one answers; the answer, the index of the node that gave it, and how many
     /// earlier nodes may have taken the request without answering it (a timeout, a connection broken once made, a
     /// proxy's 502 or 504): such a node may still act on it. The count goes on the exception when none answers.
+    /// With <paramref name="stopOnceTaken"/>, no further node is tried once one may have taken the request.
     /// </summary>
     private async Task<(HttpResponseMessage Response, int Server, int Unanswered)> SendToAnyAsync(
         HttpMethod method, string path, byte[]? body, string? ifNoneMatch, TimeSpan timeout, HttpCompletionOption completion,
-        CancellationToken cancellationToken)
+        CancellationToken cancellationToken, bool stopOnceTaken = false)
     {
         var token = await TokenAsync(timeout, cancellationToken).ConfigureAwait(false);
         Exception? last = null;
@@ -205,7 +214,7 @@ internal sealed partial class RegistryTransport
         RegistryProblem? lastProblem = null;
         TimeSpan? retryAfter = null;
         var first = Volatile.Read(ref _preferred);
-        for (var i = 0; i < _servers.Length; i++)
+        for (var i = 0; i < _servers.Length && !(stopOnceTaken && unanswered > 0); i++)
         {
             var index = (first + i) % _servers.Length;
             var server = _servers[index];

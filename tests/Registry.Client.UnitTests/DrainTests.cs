@@ -66,6 +66,25 @@ public sealed class DrainTests : ScriptedTest
     }
 
     [Fact]
+    public async Task ADrainANodeMayHaveTakenIsNotSentToTheNextNodeButFailsAndUnregistersPlainly()
+    {
+        // A's proxy gives up on the drain (A may have removed the instance); B, sharing the database, no longer knows it.
+        Handler.Respond = (r, _) => Task.FromResult(r.Path switch
+        {
+            "/v1/unregister" when r.Uri.Query.Length > 0 && r.Uri.Host == Scripted.ServerA.Host => new HttpResponseMessage(HttpStatusCode.GatewayTimeout),
+            "/v1/unregister" => Scripted.Problem(HttpStatusCode.NotFound, "Instance not registered"),
+            _ => Scripted.Lease(30, Clock.GetUtcNow()),
+        });
+        var lease = await NewClient(null, Scripted.ServerA, Scripted.ServerB).RegisterAsync(Instance());
+
+        // Not "nobody watched it" from B: whether consumers heard is not known.
+        await Assert.ThrowsAsync<RegistryUnavailableException>(() => lease.DrainAsync(TimeSpan.FromSeconds(5)));
+
+        Assert.Equal(["registry-a ?drain=5", "registry-a "], Handler.Sent.Where(r => r.Path == "/v1/unregister").Select(r => $"{r.Uri.Host} {r.Uri.Query}"));
+        Assert.False(lease.IsRegistered);
+    }
+
+    [Fact]
     public async Task ADrainCutByTheHostsShutdownTokenStillUnregistersPlainly()
     {
         // The host's shutdown timeout ran out while consumers were being waited for: they may not all have heard,
