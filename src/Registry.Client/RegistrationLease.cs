@@ -363,16 +363,20 @@ public sealed partial class RegistrationLease : IAsyncDisposable
         var stopped = false;
         try
         {
-            bool mayBeRegistered;
+            var mayBeRegistered = false;
+            var holding = false;
             if (Mode.Kind == RegistrationKind.Session)
             {
                 lock (_gate)
                 {
-                    _draining = true;
+                    // Between sessions (its node stopped), an open in flight would register the instance again behind the
+                    // drain's removal: then the loop stops first, as in the other modes.
+                    holding = _draining = _registered;
                     mayBeRegistered = _mayBeRegistered;
                 }
             }
-            else
+
+            if (!holding)
             {
                 mayBeRegistered = await StopLoopAsync().ConfigureAwait(false);
                 stopped = true;

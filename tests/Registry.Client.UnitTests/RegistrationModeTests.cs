@@ -196,6 +196,50 @@ public sealed class RegistrationModeTests : ScriptedTest
         Assert.Equal(1, Handler.Count("/v1/sessions"));
     }
 
+    [Fact]
+    public async Task DrainingASessionLeaseBetweenSessionsCancelsTheOpenInFlightBeforeTheDrain()
+    {
+        // A's node stopped; the lease is opening its session again on B when the host begins to stop. Were that open
+        // to go on, its commit after the drain's removal would register the instance again.
+        var reopening = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var open = CancellationToken.None;
+        bool? openCancelledWhenTheDrainArrived = null;
+        var stream = Sessions(r =>
+        {
+            if (r.Path != "/v1/unregister" || r.Uri.Query.Length == 0)
+            {
+                return null;
+            }
+
+            openCancelledWhenTheDrainArrived = open.IsCancellationRequested;
+            return Scripted.Json(HttpStatusCode.OK, """{"delivered":3,"pending":0,"nodes":1,"complete":true}""");
+        });
+        var sessions = Handler.Respond;
+        Handler.Respond = (r, ct) =>
+        {
+            if (r.Path == "/v1/sessions" && r.Uri.Host == Scripted.ServerB.Host)
+            {
+                open = ct;
+                reopening.TrySetResult();
+                return Scripted.HeldAsync(ct);
+            }
+
+            return sessions(r, ct);
+        };
+        var lease = await NewClient(null, Scripted.ServerA, Scripted.ServerB).RegisterAsync(Instance(), RegistrationMode.Session);
+        stream.Current.Writer.Complete();
+        await Eventually(() => lease.State == RegistryConnectionState.Unavailable);
+        await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(10));
+        await reopening.Task.WaitAsync(Scripted.Patience);
+
+        var result = await lease.DrainAsync(TimeSpan.FromSeconds(5));
+
+        Assert.True(openCancelledWhenTheDrainArrived);
+        Assert.Equal((3, true), (result.Delivered, result.Removed));
+        Assert.Equal(2, Handler.Count("/v1/sessions"));
+        await lease.DisposeAsync();
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
