@@ -241,6 +241,35 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         Assert.DoesNotContain("web", await services.Content.ReadAsStringAsync(), StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("[fd00:ec2::23]:80", "cloud metadata")] // EKS Pod Identity over IPv6
+    [InlineData("168.63.129.16:80", "cloud metadata")] // Azure's WireServer
+    [InlineData("169.254.170.23:80", "cloud metadata")] // EKS Pod Identity
+    [InlineData("[64:ff9b::a9fe:a9fe]:80", "carries 169.254.169.254")] // NAT64 of the metadata endpoint
+    [InlineData("[2002:7f00:1::]:80", "carries 127.0.0.1")] // 6to4 of loopback
+    [InlineData("[::7f00:1]:80", "carries 127.0.0.1")] // IPv4-compatible loopback
+    public async Task SensitiveAddressesStayRefusedWhenBroadNetworksAndLinkLocalAreAllowed(string addr, string reason)
+    {
+        await using var node = new RegistryNode(await Cluster.CreateDatabaseAsync(), new Dictionary<string, string?>
+        {
+            ["Registry:Probes:AllowedNetworks:0"] = "0.0.0.0/0",
+            ["Registry:Probes:AllowedNetworks:1"] = "::/0",
+            ["Registry:Probes:AllowedNetworks:2"] = "169.254.0.0/16",
+            ["Registry:Probes:AllowedNetworks:3"] = "fd00::/8",
+        });
+        using var client = node.CreateClient();
+
+        var refused = await RefusedAsync(client, "/v1/register?probe=tcp", Http.Provider("web", addr));
+
+        Assert.Contains(reason, refused, StringComparison.Ordinal);
+        // What those networks do open: NAT64 of a private address, a link-local neighbour.
+        foreach (var open in new[] { "[64:ff9b::a00:1]:80", "169.254.10.1:80" })
+        {
+            using var accepted = await client.PostJsonAsync("/v1/register?probe=tcp&probeInterval=60", Http.Provider("web", open));
+            Assert.Equal(HttpStatusCode.Created, accepted.StatusCode);
+        }
+    }
+
     [Fact]
     public async Task RegisteringAgainWithoutAProbeTurnsProbingOff()
     {

@@ -26,9 +26,21 @@ internal sealed class ProbeNetworks(IOptions<ProbeOptions> options, ProbeHostRes
         ("link-local", IPNetwork.Parse("fe80::/10")),
         ("cloud metadata", IPNetwork.Parse("169.254.169.254/32")),
         ("cloud metadata", IPNetwork.Parse("169.254.170.2/32")),
+        ("cloud metadata", IPNetwork.Parse("169.254.170.23/32")),
         ("cloud metadata", IPNetwork.Parse("100.100.100.200/32")),
+        ("cloud metadata", IPNetwork.Parse("168.63.129.16/32")),
         ("cloud metadata", IPNetwork.Parse("fd00:ec2::254/128")),
+        ("cloud metadata", IPNetwork.Parse("fd00:ec2::23/128")),
     ];
+
+    /// <summary>NAT64's well-known prefix: its last 32 bits are the IPv4 address reached.</summary>
+    private static readonly IPNetwork Nat64 = IPNetwork.Parse("64:ff9b::/96");
+
+    /// <summary>6to4: bits 16 to 47 are the IPv4 address of the relay reached.</summary>
+    private static readonly IPNetwork SixToFour = IPNetwork.Parse("2002::/16");
+
+    /// <summary>The deprecated IPv4-compatible form (<c>::a.b.c.d</c>).</summary>
+    private static readonly IPNetwork Ipv4Compatible = IPNetwork.Parse("::/96");
 
     private readonly IPNetwork[] _allowed = [.. options.Value.AllowedNetworks.Select(Network.Parse)];
 
@@ -43,6 +55,18 @@ internal sealed class ProbeNetworks(IOptions<ProbeOptions> options, ProbeHostRes
             address = address.MapToIPv4();
         }
 
+        // Where the network translates, an IPv4 address carried inside an IPv6 one is the host reached: it is held to
+        // the same sensitive ranges (the IPv6 address itself must still lie in an allowed network).
+        var refusal = SensitiveRefusal(address) ?? (Embedded(address) is { } carried && SensitiveRefusal(carried) is { } inner
+            ? $"{address} carries {inner}"
+            : null);
+        return refusal ?? (_allowed.Any(n => n.Contains(address))
+            ? null
+            : $"{address} is outside Registry:Probes:AllowedNetworks ({string.Join(", ", _allowed)})");
+    }
+
+    private string? SensitiveRefusal(IPAddress address)
+    {
         foreach (var (name, range) in Sensitive)
         {
             if (range.Contains(address) && !_allowed.Any(n => n.Contains(address) && n.PrefixLength >= range.PrefixLength && range.Contains(n.BaseAddress)))
@@ -51,9 +75,22 @@ internal sealed class ProbeNetworks(IOptions<ProbeOptions> options, ProbeHostRes
             }
         }
 
-        return _allowed.Any(n => n.Contains(address))
-            ? null
-            : $"{address} is outside Registry:Probes:AllowedNetworks ({string.Join(", ", _allowed)})";
+        return null;
+    }
+
+    /// <summary>The IPv4 address an IPv6 address of NAT64, 6to4 or the IPv4-compatible form carries; null for any other.</summary>
+    private static IPAddress? Embedded(IPAddress address)
+    {
+        if (address.AddressFamily != AddressFamily.InterNetworkV6)
+        {
+            return null;
+        }
+
+        Span<byte> bytes = stackalloc byte[16];
+        address.TryWriteBytes(bytes, out _);
+        return Nat64.Contains(address) || Ipv4Compatible.Contains(address) ? new IPAddress(bytes[12..])
+            : SixToFour.Contains(address) ? new IPAddress(bytes[2..6])
+            : null;
     }
 
     /// <summary>
