@@ -137,6 +137,29 @@ public sealed class ProbeConnectionTests(RegistryCluster cluster) : RegistryTest
         Assert.Contains("loopback", await refused.Content.ReadAsStringAsync(), StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task ARegistrationWhoseNameDoesNotResolveInTimeIsRefusedNotHeld()
+    {
+        await using var registry = new RegistryNode(await Cluster.CreateDatabaseAsync(), Probing(allowed: "127.0.0.1/32"));
+        await using var node = registry.WithWebHostBuilder(b => b.ConfigureTestServices(s => s.AddSingleton<ProbeHostResolver>(new SilentResolver())));
+        using var client = node.CreateClient();
+
+        using var refused = await client.PostJsonAsync("/v1/register?probe=tcp", Http.Provider("web", "silent.probe.test:80")).WaitAsync(TimeSpan.FromSeconds(15));
+
+        Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
+        Assert.Contains("silent.probe.test did not resolve within", await refused.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+    }
+
+    /// <summary>A DNS server that never answers.</summary>
+    private sealed class SilentResolver : ProbeHostResolver
+    {
+        public override async Task<IPAddress[]> ResolveAsync(string host, CancellationToken cancellationToken)
+        {
+            await Task.Delay(Timeout.Infinite, cancellationToken);
+            return [];
+        }
+    }
+
     /// <summary>A DNS name whose answer the test changes, as a rebinding attacker's would.</summary>
     private sealed class SwitchingResolver(string name, IPAddress answer) : ProbeHostResolver
     {

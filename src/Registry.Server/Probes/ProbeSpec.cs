@@ -76,8 +76,21 @@ internal sealed class ProbeRequests(ProbeNetworks networks, IOptions<ProbeOption
     public long LeaseSeconds(ProbeSpec spec) => 2L * (options.Value.FailuresToEvict + 1) * spec.IntervalSeconds;
 
     /// <summary>Null when a probe may reach the host of <paramref name="addr"/>; otherwise the rule it breaks.</summary>
-    public async Task<string?> RefusalAsync(string addr, CancellationToken cancellationToken) =>
-        (await networks.ResolveAsync(ProbeAddress.Host(addr), cancellationToken)).Refusal;
+    public async Task<string?> RefusalAsync(string addr, CancellationToken cancellationToken)
+    {
+        // A name whose DNS server does not answer must not hold the registration for as long as the resolver retries.
+        var host = ProbeAddress.Host(addr);
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        deadline.CancelAfter(TimeSpan.FromSeconds(options.Value.TimeoutSeconds));
+        try
+        {
+            return (await networks.ResolveAsync(host, deadline.Token)).Refusal;
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            return $"{host} did not resolve within {options.Value.TimeoutSeconds} s (Registry:Probes:TimeoutSeconds)";
+        }
+    }
 
     private string? PathProblem(string path)
     {
