@@ -62,7 +62,8 @@ internal static class SubscriptionApi
         RegistryState state,
         RegistryMetrics metrics,
         IOptions<LimitsOptions> limits,
-        ApplicationAccess access)
+        ApplicationAccess access,
+        TokenCache tokens)
     {
         var (json, tooLarge) = await body.ReadAsync(http.Request, http.RequestAborted);
         if (tooLarge is not null)
@@ -85,7 +86,7 @@ internal static class SubscriptionApi
             return denied;
         }
 
-        return await HoldAsync(http, poll, entries, heldVersion, waitSeconds, notModifiedOnTimeout: false, state, metrics, limits.Value);
+        return await HoldAsync(http, poll, entries, heldVersion, waitSeconds, notModifiedOnTimeout: false, state, metrics, limits.Value, tokens);
     }
 
     /// <summary>Admin sees every application; any other credential the ones it may subscribe to.</summary>
@@ -108,7 +109,8 @@ internal static class SubscriptionApi
         RegistryState state,
         RegistryMetrics metrics,
         IOptions<LimitsOptions> limits,
-        ApplicationAccess access)
+        ApplicationAccess access,
+        TokenCache tokens)
     {
         var errors = new Errors();
         reader.CheckName(application, "application", errors);
@@ -151,18 +153,24 @@ internal static class SubscriptionApi
         }
 
         var entries = new[] { new SubscriptionEntry(application, protocol, Meta.From(pairs)) };
-        return await HoldAsync(http, poll, entries, heldVersion, waitSeconds, notModifiedOnTimeout: conditional is not null, state, metrics, limits.Value);
+        return await HoldAsync(http, poll, entries, heldVersion, waitSeconds, notModifiedOnTimeout: conditional is not null, state, metrics, limits.Value, tokens);
     }
 
-    /// <summary>Answers the poll, holding it while the caller's version is current; 429 at a node's limits.</summary>
+    /// <summary>
+    /// Answers the poll, holding it while the caller's version is current; 429 at a node's limits; 401 when the
+    /// registry token it is held with is revoked meanwhile (revocations take effect within a second, on held polls too).
+    /// </summary>
     private static async Task<Results<AnswerResult, EmptyHttpResult, ValidationProblem, ProblemHttpResult>> HoldAsync(
         HttpContext http, LongPoll poll, IReadOnlyList<SubscriptionEntry> entries, string? heldVersion, long? waitSeconds,
-        bool notModifiedOnTimeout, RegistryState state, RegistryMetrics metrics, LimitsOptions limits)
+        bool notModifiedOnTimeout, RegistryState state, RegistryMetrics metrics, LimitsOptions limits, TokenCache tokens)
     {
+        // Only a stored token can be revoked: an Open node's callers, the bootstrap token and JWTs pay nothing for this.
+        var revoked = CredentialIdentity.Of(http.User) is { Stored: true } grant ? tokens.Revocation(grant) : CancellationToken.None;
+        using var held = revoked.CanBeCanceled ? CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted, revoked) : null;
         PollOutcome outcome;
         try
         {
-            outcome = await poll.PollAsync(entries, heldVersion, waitSeconds, ParkingLot.ClientOf(http), http.RequestAborted);
+            outcome = await poll.PollAsync(entries, heldVersion, waitSeconds, ParkingLot.ClientOf(http), held?.Token ?? http.RequestAborted);
         }
         catch (TooManySubscriptionsException e)
         {
@@ -176,10 +184,20 @@ internal static class SubscriptionApi
 
         return outcome.End switch
         {
+            PollEnd.ClientGone when revoked.IsCancellationRequested && !http.RequestAborted.IsCancellationRequested => Revoked(http),
             PollEnd.ClientGone => TypedResults.Empty,
             PollEnd.Refused => Problems.TooMany(http, limits.RetryAfterSeconds, ParkingLot.Full),
             _ => Answer(outcome, notModifiedOnTimeout, state, metrics, poll.Writers),
         };
+    }
+
+    private static ProblemHttpResult Revoked(HttpContext http)
+    {
+        http.Response.Headers.WWWAuthenticate = "Bearer";
+        return TypedResults.Problem(
+            statusCode: StatusCodes.Status401Unauthorized,
+            title: "Authentication required",
+            detail: "The registry token this poll was held with has been revoked.");
     }
 
     private static AnswerResult Answer(PollOutcome outcome, bool notModifiedOnTimeout, RegistryState state, RegistryMetrics metrics, AnswerWriters writers)

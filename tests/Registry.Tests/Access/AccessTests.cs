@@ -91,6 +91,30 @@ public sealed class AccessTests(AccessCluster cluster)
     }
 
     [Fact]
+    public async Task RevokingTheTokenAPollIsHeldWithAnswersIt401WithinASecond()
+    {
+        var (id, secret) = await cluster.CreateTokenAsync("""{"description":"poll holder","subscribe":["payments"]}""");
+        using var holder = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(secret));
+        var subscription = Http.Subscription(Http.Entry("payments"));
+        var (_, version, _) = await holder.SubscribeAsync(subscription);
+        using var parked = MeterWatch.Node(cluster.NodeA, "registry.polls.parked");
+        var poll = holder.PostJsonAsync($"/v1/subscribe?version={version}&wait=30", subscription);
+        await parked.WaitForAsync(1);
+
+        using (var admin = AccessCluster.Client(cluster.NodeB, AccessCluster.Bearer(AccessCluster.Bootstrap)))
+        {
+            Assert.Equal(HttpStatusCode.NoContent, (await admin.DeleteAsync(new Uri($"/v1/tokens/{id}", UriKind.Relative))).StatusCode);
+        }
+
+        var revoked = Stopwatch.StartNew();
+        using var answer = await poll.WaitAsync(TimeSpan.FromSeconds(10));
+        // Not the next change (or the timeout's answer) to a credential that no longer exists.
+        Assert.True(revoked.Elapsed < TimeSpan.FromSeconds(1.5), $"the poll was still held {revoked.ElapsedMilliseconds} ms after its token was revoked");
+        Assert.Equal(HttpStatusCode.Unauthorized, answer.StatusCode);
+        Assert.Equal("application/problem+json", answer.Content.Headers.ContentType?.MediaType);
+    }
+
+    [Fact]
     public async Task ASessionOpenedWithAJwtClosesWhenTheJwtExpires()
     {
         await using var node = cluster.Start(new() { ["Registry:Auth:Jwt:ClockSkew"] = "00:00:00" });
