@@ -148,7 +148,18 @@ public sealed class DiscoveryTests : ScriptedTest
         _forbidden.Add("web");
         var (factory, _) = NewFactory();
 
-        Assert.Empty(await ResolveAsync(factory, "http://web"));
+        Assert.True(ServiceEndpointQuery.TryParse("http://web", out var query));
+        Assert.True(factory.TryCreateProvider(query, out var provider));
+        await using (provider)
+        {
+            var refused = new Builder();
+            await provider.PopulateAsync(refused, CancellationToken.None).AsTask().WaitAsync(Scripted.Patience);
+            Assert.Empty(refused.Endpoints);
+            // Asked again after a poll's wait, not at once: a token already fired would have every request for the
+            // name resolve, and subscribe, again.
+            Assert.DoesNotContain(refused.Tokens, t => t.HasChanged);
+        }
+
         _forbidden.Clear();
         var endpoints = await ResolveAsync(factory, "http://web");
 

@@ -108,7 +108,7 @@ internal sealed partial class RegistryServiceEndpointProvider : IServiceEndpoint
         }
 
         // Taken before reading the endpoints, so a change between the two is not missed.
-        endpoints.AddChangeToken(watch.GetChangeToken());
+        var changed = watch.GetChangeToken();
         try
         {
             await watch.FirstAnswer.WaitAsync(_options.DiscoveryTimeout, _time, cancellationToken).ConfigureAwait(false);
@@ -116,17 +116,21 @@ internal sealed partial class RegistryServiceEndpointProvider : IServiceEndpoint
         catch (TimeoutException)
         {
             // Nothing known yet: resolve nothing now; the change token refreshes when the first answer arrives.
+            endpoints.AddChangeToken(changed);
             return;
         }
 
         if (watch.Failure is { } failure)
         {
+            // Asked again after a poll's wait only: the refusal fired the watch's token, which would have every request
+            // for the name resolve, and subscribe, again at once.
             LogRefused(_logger, _query.ServiceName, failure.Message);
             await ForgetAsync(watch).ConfigureAwait(false);
             endpoints.AddChangeToken(Later());
             return;
         }
 
+        endpoints.AddChangeToken(changed);
         foreach (var endpoint in Select(watch.Endpoints ?? []))
         {
             endpoints.Endpoints.Add(endpoint);
