@@ -250,6 +250,13 @@ internal sealed partial class RegistryTransport
                 LogServerFailed(_logger, server, e.Message);
                 continue;
             }
+            catch (OperationCanceledException e) when (!cancellationToken.IsCancellationRequested && !timeoutSource.IsCancellationRequested && e.InnerException is TimeoutException)
+            {
+                // The handler's ConnectTimeout (it cancels from inside, before this request's deadline): nothing was sent.
+                last = new TimeoutException($"{server} could not be connected to: {e.InnerException.Message}", e);
+                LogServerFailed(_logger, server, last.Message);
+                continue;
+            }
             catch (OperationCanceledException e) when (!cancellationToken.IsCancellationRequested)
             {
                 last = new TimeoutException($"{server} did not answer within {timeout}.", e);

@@ -85,6 +85,21 @@ public sealed class DrainTests : ScriptedTest
     }
 
     [Fact]
+    public async Task ADrainGoesOnToTheNextNodeWhenTheLastCouldNotBeConnectedTo()
+    {
+        // A is black-holed: SocketsHttpHandler's ConnectTimeout cancels the attempt from inside, before anything is sent.
+        Handler.Respond = (r, _) => r.Path == "/v1/unregister" && r.Uri.Host == Scripted.ServerA.Host
+            ? throw new TaskCanceledException("connect", new TimeoutException("A connection could not be established within the configured ConnectTimeout."))
+            : Task.FromResult(r.Path == "/v1/unregister" ? Scripted.Json(HttpStatusCode.OK, Drained) : Scripted.Lease(30, Clock.GetUtcNow()));
+        var lease = await NewClient(null, Scripted.ServerA, Scripted.ServerB).RegisterAsync(Instance());
+
+        var result = await lease.DrainAsync(TimeSpan.FromSeconds(5));
+
+        Assert.Equal((7, true), (result.Delivered, result.Removed));
+        Assert.Equal(["registry-a ?drain=5", "registry-b ?drain=5"], Handler.Sent.Where(r => r.Path == "/v1/unregister").Select(r => $"{r.Uri.Host} {r.Uri.Query}"));
+    }
+
+    [Fact]
     public async Task ADrainCutByTheHostsShutdownTokenStillUnregistersPlainly()
     {
         // The host's shutdown timeout ran out while consumers were being waited for: they may not all have heard,
