@@ -19,12 +19,12 @@ internal sealed class AnswerCache(string path, TimeProvider time, ILogger logger
 
     private const string FilePrefix = "registry-subscription-";
 
-    private DateTimeOffset? _writtenAt;
+    private DateTimeOffset? _triedAt;
 
     public string Path { get; } = path;
 
-    /// <summary>Whether the file is due to be written even though the answer has not changed: not yet by this subscription, or <see cref="RefreshEvery"/> ago.</summary>
-    public bool Due => _writtenAt is not { } at || time.GetUtcNow() - at >= RefreshEvery;
+    /// <summary>Whether the file is due to be written even though the answer has not changed: not yet tried by this subscription, or <see cref="RefreshEvery"/> ago.</summary>
+    public bool Due => _triedAt is not { } at || time.GetUtcNow() - at >= RefreshEvery;
 
     /// <summary>One file per distinct subscription, named by a hash of its canonical body.</summary>
     public static string PathFor(string directory, byte[] subscriptionBody) =>
@@ -118,13 +118,17 @@ internal sealed class AnswerCache(string path, TimeProvider time, ILogger logger
             var bytes = JsonSerializer.SerializeToUtf8Bytes(new CacheDocument(CacheDocument.CurrentFormat, subscription, answer, knownAt), ClientJson.Default.CacheDocument);
             await File.WriteAllBytesAsync(temporary, bytes, cancellationToken).ConfigureAwait(false);
             File.Move(temporary, Path, overwrite: true);
-            _writtenAt = time.GetUtcNow();
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+#pragma warning disable CA1031 // A file the subscription cannot write (a full or read-only disk, a bad path) must not end it.
+        catch (Exception e) when (e is not OperationCanceledException)
+#pragma warning restore CA1031
         {
             Log.CacheWriteFailed(logger, Path, e.Message);
             TryDelete(temporary);
         }
+
+        // Tried again with the next new answer, else after RefreshEvery: not on every poll, each with its warning.
+        _triedAt = time.GetUtcNow();
     }
 
     private static void TryDelete(string file)
@@ -133,9 +137,10 @@ internal sealed class AnswerCache(string path, TimeProvider time, ILogger logger
         {
             File.Delete(file);
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+#pragma warning disable CA1031 // Nothing more to do: the next write uses another temporary name.
+        catch (Exception)
+#pragma warning restore CA1031
         {
-            // Nothing more to do: the next write uses another temporary name.
         }
     }
 }

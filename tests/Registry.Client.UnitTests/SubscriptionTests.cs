@@ -306,6 +306,32 @@ public sealed class SubscriptionTests : ScriptedTest
     }
 
     [Fact]
+    public async Task ACacheFileThatCannotBeWrittenIsTriedAgainOnlyWithANewAnswerOrAfterTheRefreshNotOnEveryPoll()
+    {
+        // The cache directory's place is taken by a file: every write fails.
+        var blocked = Path.GetTempFileName();
+        Handler.Respond = (_, _) => Task.FromResult(Scripted.Answer("v1", ("provider_test", "http", "10.0.0.1:80")));
+        try
+        {
+            await using var subscription = await NewClient(o => o.CacheDirectory = blocked).SubscribeAsync(new SubscriptionEntry("provider_test"));
+            await subscription.WaitForFirstAnswerAsync().WaitAsync(Scripted.Patience);
+
+            // Five unchanged answers (each followed by the pause of an unchanged answer at once).
+            for (var i = 0; i < 5; i++)
+            {
+                Clock.Advance(await Clock.NextTimerAsync(d => d == TimeSpan.FromSeconds(1)));
+            }
+
+            Assert.Single(Logs.Entries, e => e.Level == LogLevel.Warning && e.Message.StartsWith("Could not write the cache file", StringComparison.Ordinal));
+            Assert.Equal(RegistryConnectionState.Connected, subscription.State);
+        }
+        finally
+        {
+            File.Delete(blocked);
+        }
+    }
+
+    [Fact]
     public async Task AfterAFailoverAStaleNodesOlderAnswerIsLeftUntilANodeAnswersCurrently()
     {
         // A serves v2; then A dies, and B, cut off from the database two minutes ago (before A answered), still holds v1.
