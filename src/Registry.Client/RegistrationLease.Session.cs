@@ -62,10 +62,10 @@ public sealed partial class RegistrationLease
             OpensInDoubt(_session.Unanswered);
 
             var first = await NextEventOrFailAsync(cancellationToken).ConfigureAwait(false);
-            if (first.Name != "lease" || JsonSerializer.Deserialize(first.Data, ClientJson.Default.LeaseDocument) is not { Ttl: >= 1 } lease)
+            if (first.Name != "lease" || LeaseOf(first.Data) is not { Ttl: >= 1 } lease)
             {
                 FailSession();
-                throw new RegistryUnavailableException($"The session's stream did not start with its lease but with '{first.Name}'.");
+                throw new RegistryUnavailableException($"The session's stream did not start with its lease but with '{first.Name}' ({first.Data.Length} characters).");
             }
 
             Accept(lease);
@@ -129,6 +129,19 @@ public sealed partial class RegistrationLease
         // Unregistered or evicted by other means while this process lives: open it again.
         Log.SessionEnded(_logger, Instance, reason);
         return Backoff.Jitter(_retryBaseDelay / 2, _retryBaseDelay);
+    }
+
+    /// <summary>The lease event's document; null when it is not one (what a proxy garbled must not leave the stream open).</summary>
+    private static LeaseDocument? LeaseOf(string data)
+    {
+        try
+        {
+            return JsonSerializer.Deserialize(data, ClientJson.Default.LeaseDocument);
+        }
+        catch (JsonException)
+        {
+            return null;
+        }
     }
 
     /// <summary>The next event of the open session; a stream that ends, stalls past the idle timeout or breaks fails the session.</summary>

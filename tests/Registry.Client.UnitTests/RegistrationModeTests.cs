@@ -58,6 +58,27 @@ public sealed class RegistrationModeTests : ScriptedTest
     }
 
     [Fact]
+    public async Task ASessionWhoseLeaseEventIsNotJsonIsClosedAndOpenedOnTheNextServer()
+    {
+        Sessions();
+        var sessions = Handler.Respond;
+        var garbled = Channel.CreateUnbounded<string>();
+        var garbledClosed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        garbled.Writer.TryWrite("event: lease\ndata: {\"ttl\": 15,\n\n");
+        Handler.Respond = (r, ct) => r.Path == "/v1/sessions" && r.Uri.Host == Scripted.ServerA.Host
+            ? Task.FromResult(new HttpResponseMessage(HttpStatusCode.OK) { Content = new StreamContent(new ChannelStream(garbled.Reader, garbledClosed, () => { })) })
+            : sessions(r, ct);
+
+        // The first attempt fails: the lease comes back unregistered and tries again after its backoff, elsewhere.
+        await using var lease = await NewClient(null, Scripted.ServerA, Scripted.ServerB).RegisterAsync(Instance(), RegistrationMode.Session);
+        await garbledClosed.Task.WaitAsync(Scripted.Patience);
+        await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(10));
+
+        await Eventually(() => lease.IsRegistered);
+        Assert.Equal(["registry-a", "registry-b"], Handler.Sent.Where(r => r.Path == "/v1/sessions").Select(r => r.Uri.Host));
+    }
+
+    [Fact]
     public async Task ASessionRefusedWithAnErrorWhoseBodyStallsIsOpenedOnTheNextServer()
     {
         Sessions();
