@@ -52,6 +52,14 @@ public sealed class AccessOptions
     /// </summary>
     public TimeSpan ForgetExpiredAfter { get; set; } = TimeSpan.FromDays(7);
 
+    /// <summary>The longest description a token may be created with, in characters (Unicode code points).</summary>
+    [Range(1, 4096)]
+    public int MaxTokenDescriptionLength { get; set; } = 256;
+
+    /// <summary>The most patterns a token may hold in each of <c>register</c> and <c>subscribe</c> (every node keeps them all in memory).</summary>
+    [Range(1, 1024)]
+    public int MaxTokenPatterns { get; set; } = 64;
+
     /// <summary>JWTs from an identity provider, accepted besides registry tokens when <see cref="JwtOptions.Issuer"/> is set.</summary>
     public JwtOptions Jwt { get; set; } = new();
 }

@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.Extensions.Options;
 using Npgsql;
 using Registry.Edge;
 using Registry.Model;
@@ -76,9 +77,6 @@ internal static partial class Rfc3339
 /// <summary>Creating, listing and revoking registry tokens (admin scope).</summary>
 internal static partial class TokenApi
 {
-    private const int MaxDescriptionLength = 256;
-    private const int MaxPatterns = 64;
-
     public static IEndpointRouteBuilder MapTokens(this IEndpointRouteBuilder endpoints)
     {
         var group = endpoints.MapGroup("/v1/tokens").WithTags("Tokens")
@@ -115,7 +113,7 @@ internal static partial class TokenApi
 
     private static async Task<Results<Created<TokenDocument>, ValidationProblem, ProblemHttpResult>> Create(
         HttpContext http, RequestBody body, RegistryDatabase database, TokenCache cache, AuditLog audit, TimeProvider time,
-        ILoggerFactory loggers, CancellationToken cancellationToken)
+        IOptions<AccessOptions> options, ILoggerFactory loggers, CancellationToken cancellationToken)
     {
         var (json, tooLarge) = await body.ReadAsync(http.Request, cancellationToken);
         if (tooLarge is not null)
@@ -124,7 +122,7 @@ internal static partial class TokenApi
         }
 
         var errors = new Dictionary<string, string[]>(StringComparer.Ordinal);
-        var spec = Read(json, time.GetUtcNow(), errors);
+        var spec = Read(json, time.GetUtcNow(), options.Value, errors);
         if (spec is null)
         {
             return TypedResults.ValidationProblem(errors, detail: string.Join("; ", errors.Select(e => $"{e.Key}: {e.Value[0]}")), title: "The request is invalid");
@@ -154,7 +152,9 @@ internal static partial class TokenApi
         HttpContext http, string id, RegistryDatabase database, TokenCache cache, AuditLog audit,
         ILoggerFactory loggers, CancellationToken cancellationToken)
     {
-        if (!await TokenStore.DeleteAsync(database.DataSource, id, cancellationToken))
+        // Only an id this registry could have given is looked up: anything else (one too long for the announcement
+        // that would carry it, say) is not a token either, and must not reach the database as a statement that fails.
+        if (!RegistryTokens.IsId(id) || !await TokenStore.DeleteAsync(database.DataSource, id, cancellationToken))
         {
             return TypedResults.Problem(statusCode: StatusCodes.Status404NotFound, title: "Token not found", detail: $"There is no token {id}.");
         }
@@ -199,7 +199,7 @@ internal static partial class TokenApi
     };
 
     /// <summary>Reads the creation body strictly: unknown fields, nulls and wrong types are errors, each named.</summary>
-    internal static TokenSpec? Read(ReadOnlyMemory<byte> json, DateTimeOffset now, Dictionary<string, string[]> errors)
+    internal static TokenSpec? Read(ReadOnlyMemory<byte> json, DateTimeOffset now, AccessOptions limits, Dictionary<string, string[]> errors)
     {
         JsonDocument document;
         try
@@ -224,6 +224,7 @@ internal static partial class TokenApi
             string[] register = [], subscribe = [];
             var admin = false;
             DateTimeOffset? expires = null;
+            var given = new HashSet<string>(StringComparer.Ordinal);
             foreach (var member in document.RootElement.EnumerateObject())
             {
                 // The parser takes a lone surrogate escape ("\ud800") or bytes that are not UTF-8;
@@ -239,6 +240,14 @@ internal static partial class TokenApi
                     continue;
                 }
 
+                // Strict like the other request documents: a proxy or an audit tool that reads the first "admin" must
+                // not see another token than the one made from the last.
+                if (!given.Add(name))
+                {
+                    errors[name] = ["is given more than once"];
+                    continue;
+                }
+
                 var value = member.Value;
                 try
                 {
@@ -246,17 +255,17 @@ internal static partial class TokenApi
                     {
                         case "description" when value.ValueKind == JsonValueKind.String:
                             description = value.GetString()!;
-                            if (description.Length is 0 or > MaxDescriptionLength || description.Any(char.IsControl))
+                            if (description.Length == 0 || description.EnumerateRunes().Count() > limits.MaxTokenDescriptionLength || description.Any(char.IsControl))
                             {
-                                errors["description"] = [$"must be 1 to {MaxDescriptionLength} characters without control characters"];
+                                errors["description"] = [$"must be 1 to {limits.MaxTokenDescriptionLength} characters without control characters"];
                             }
 
                             break;
                         case "register" or "subscribe" when value.ValueKind == JsonValueKind.Array:
                             var patterns = value.EnumerateArray().Select(p => p.ValueKind == JsonValueKind.String ? p.GetString()! : "").ToArray();
-                            if (patterns.Length > MaxPatterns || !patterns.All(Grant.IsPattern))
+                            if (patterns.Length > limits.MaxTokenPatterns || !patterns.All(Grant.IsPattern))
                             {
-                                errors[name] = [$"must be at most {MaxPatterns} patterns, each an application name, a name prefix ending in '*', or '*'"];
+                                errors[name] = [$"must be at most {limits.MaxTokenPatterns} patterns, each an application name, a name prefix ending in '*', or '*'"];
                             }
 
                             if (name == "register")

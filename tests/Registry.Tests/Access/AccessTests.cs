@@ -572,6 +572,10 @@ public sealed class AccessTests(AccessCluster cluster)
             ("""{"description":"x","expires":"2020-01-01T00:00:00Z"}""", "expires"),
             ("""{"description":"x","expires":"tomorrow"}""", "expires"),
             ("""{"description":"x","colour":"blue"}""", "colour"),
+            // Read by one tool as a plain token and by another as an admin one.
+            ("""{"description":"x","admin":false,"admin":true}""", "admin"),
+            ($$"""{"description":"{{new string('d', 257)}}"}""", "description"),
+            ($$"""{"description":"x","subscribe":[{{string.Join(",", Enumerable.Range(0, 65).Select(i => $"\"app{i}\""))}}]}""", "subscribe"),
             ("""{"description":null}""", "description"),
             ("""[1,2]""", "body"),
             ("""{"description":""", "body"),
@@ -587,6 +591,12 @@ public sealed class AccessTests(AccessCluster cluster)
             await AssertNamesFieldAsync(response, body, field);
         }
 
+        // The description's length is counted in characters, not UTF-16 units: 256 emoji fit.
+        using (var emoji = await admin.PostJsonAsync("/v1/tokens", $$"""{"description":"{{string.Concat(Enumerable.Repeat("\ud83d\ude80", 256))}}"}"""))
+        {
+            Assert.Equal(HttpStatusCode.Created, emoji.StatusCode);
+        }
+
         // Bytes that are not UTF-8, in a value and in a member name.
         foreach (var (before, after, field) in new[] { ("{\"description\":\"", "\"}", "description"), ("{\"", "\":1}", "body") })
         {
@@ -595,6 +605,19 @@ public sealed class AccessTests(AccessCluster cluster)
             content.Headers.ContentType = new("application/json");
             using var response = await admin.PostAsync(new Uri("/v1/tokens", UriKind.Relative), content);
             await AssertNamesFieldAsync(response, $"{before}<FF>{after}", field);
+        }
+    }
+
+    [Fact]
+    public async Task RevokingAnIdNoTokenCouldHaveIsNotFound()
+    {
+        using var admin = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(AccessCluster.Bootstrap));
+        // Longer than a notification may carry: before, the failing statement was answered as the database being down.
+        foreach (var id in new[] { new string('a', 8050), "tok_" + new string('a', 8046), "tok_short", "tok_AAAAAAAAAAAAAAA%21" })
+        {
+            using var response = await admin.DeleteAsync(new Uri($"/v1/tokens/{id}", UriKind.Relative));
+            Assert.True(response.StatusCode == HttpStatusCode.NotFound, $"{id[..Math.Min(20, id.Length)]}…: {(int)response.StatusCode} {await response.Content.ReadAsStringAsync()}");
+            Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
         }
     }
 
