@@ -171,6 +171,12 @@ public sealed class ApiDocumentTests(RegistryCluster cluster) : RegistryTest(clu
         Assert.Equal("10.0.0.1:80", (string?)Assert.Single(body["endpoints"]!.AsArray())!["addr"]);
         Assert.True(JsonNode.DeepEquals(viaSubscribe, body));
         Assert.Equal($"\"{(string?)body["version"]}\"", response.Headers.ETag?.Tag);
+
+        // Meta keys are case-sensitive, in a query too: two keys, not one given twice.
+        await Client.PostJsonAsync("/v1/register", Http.Provider("app", "10.0.0.4:80", """{"idc":"sh","Idc":"bj"}"""));
+        using var cased = await Client.GetAsync("/v1/services/app?meta.idc=sh&meta.Idc=bj");
+        Assert.Equal(HttpStatusCode.OK, cased.StatusCode);
+        Assert.Equal("10.0.0.4:80", (string?)Assert.Single((await cased.ReadJsonAsync())["endpoints"]!.AsArray())!["addr"]);
     }
 
     [Fact]

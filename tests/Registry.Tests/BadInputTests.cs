@@ -141,6 +141,9 @@ public sealed class BadInputTests(RegistryCluster cluster) : RegistryTest(cluste
     [InlineData("/v1/services/app?protocol=HTTP")]
     [InlineData("/v1/services/app?wait=-3")]
     [InlineData("/v1/services/app?meta.=x")]
+    [InlineData("/v1/services/app?meta.idc=sh&meta.idc=bj")]
+    // Not silently unfiltered.
+    [InlineData("/v1/services/app?Meta.idc=sh")]
     public async Task BadQueriesOnTheServiceGetAreBadRequests(string path)
     {
         using var response = await Client.GetAsync(path);

@@ -1,5 +1,6 @@
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.AspNetCore.Mvc;
+using Microsoft.AspNetCore.WebUtilities;
 using Microsoft.Extensions.Options;
 using Microsoft.Net.Http.Headers;
 using Registry.Access;
@@ -119,22 +120,33 @@ internal static class SubscriptionApi
             reader.CheckProtocol(protocol, "protocol", errors);
         }
 
-        var pairs = new List<KeyValuePair<string, string>>();
-        foreach (var (name, values) in http.Request.Query)
+        // Read from the query string itself: Request.Query folds names' case, and meta keys are case-sensitive.
+        var given = new Dictionary<string, List<string>>(StringComparer.Ordinal);
+        foreach (var pair in new QueryStringEnumerable(http.Request.QueryString.Value))
         {
-            if (!name.StartsWith("meta.", StringComparison.Ordinal))
+            var name = pair.DecodeName().ToString();
+            if (name.StartsWith("meta.", StringComparison.Ordinal))
             {
-                continue;
+                (given.TryGetValue(name, out var values) ? values : given[name] = []).Add(pair.DecodeValue().ToString());
             }
+            else if (name.StartsWith("meta.", StringComparison.OrdinalIgnoreCase))
+            {
+                // Otherwise ignored like any unknown parameter, and the filter silently not applied.
+                errors.Add(name, "is not a parameter: a meta filter is written meta.KEY, in lower case");
+            }
+        }
 
+        var pairs = new List<KeyValuePair<string, string>>();
+        foreach (var (name, values) in given)
+        {
             var key = name["meta.".Length..];
             if (values.Count != 1)
             {
                 errors.Add(name, "must be given once");
             }
-            else if (reader.CheckMetaPair(key, values[0] ?? "", name, errors))
+            else if (reader.CheckMetaPair(key, values[0], name, errors))
             {
-                pairs.Add(new(key, values[0] ?? ""));
+                pairs.Add(new(key, values[0]));
             }
         }
 
