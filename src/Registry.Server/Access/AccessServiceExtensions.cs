@@ -9,7 +9,8 @@ using Registry.Telemetry;
 namespace Registry.Access;
 
 /// <summary>The node's access mode, decided once at start.</summary>
-internal sealed record AccessState(AccessMode Mode, string Reason);
+/// <summary>How the node authenticates, why, and whether it listens only on loopback (what guards an Open node from browsers; see <see cref="OpenNodeGuard"/>).</summary>
+internal sealed record AccessState(AccessMode Mode, string Reason, bool LoopbackOnly = false);
 
 /// <summary>A node that must authenticate could authenticate nobody; the message says how to fix it.</summary>
 public sealed class AccessConfigurationException(string message) : Exception(message);
@@ -76,6 +77,12 @@ internal static class AccessServiceExtensions
 
     public static WebApplication UseRegistryAccess(this WebApplication app)
     {
+        var access = app.Services.GetRequiredService<AccessState>();
+        if (access.Mode == AccessMode.Open)
+        {
+            app.Use((http, next) => OpenNodeGuard.Refusal(http.Request, access.LoopbackOnly) is { } refused ? refused.ExecuteAsync(http) : next(http));
+        }
+
         app.UseAuthentication();
         // After authentication, so a request is limited per credential when it has one (see
         // PerClientRateLimitPolicy); before authorization and the endpoints, so a flood costs
@@ -95,12 +102,12 @@ internal static class AccessServiceExtensions
         if (!string.IsNullOrEmpty(configured))
         {
             return Enum.TryParse<AccessMode>(configured, ignoreCase: true, out var mode) && Enum.IsDefined(mode)
-                ? new AccessState(mode, "Registry:Auth:Mode says so")
+                ? new AccessState(mode, "Registry:Auth:Mode says so", ListensOnlyOnLoopback(configuration))
                 : throw new AccessConfigurationException($"Registry:Auth:Mode is '{configured}'; it must be Required or Open.");
         }
 
         return embeddedDatabase && ListensOnlyOnLoopback(configuration)
-            ? new AccessState(AccessMode.Open, "this node runs its own embedded PostgreSQL and listens only on loopback")
+            ? new AccessState(AccessMode.Open, "this node runs its own embedded PostgreSQL and listens only on loopback", LoopbackOnly: true)
             : new AccessState(AccessMode.Required, "the default");
     }
 

@@ -1,0 +1,44 @@
+using System.Net;
+
+namespace Registry.Access;
+
+/// <summary>
+/// What stands in for credentials on an Open node against the browsers on its machine. A page from another origin may
+/// not call it: a cross-site form or fetch needs no preflight to POST, and would register and unregister through a
+/// developer's browser. And a node that listens only on loopback answers only requests addressed to a loopback name:
+/// a page whose own name its DNS server points at 127.0.0.1 (DNS rebinding) is same-origin for the browser.
+/// Clients other than browsers send no <c>Origin</c> and use the address they connect to, and pass.
+/// </summary>
+internal static class OpenNodeGuard
+{
+    public static IResult? Refusal(HttpRequest request, bool loopbackOnly)
+    {
+        if (loopbackOnly && !IsLoopbackName(request.Host.Host))
+        {
+            return TypedResults.Problem(
+                statusCode: StatusCodes.Status400BadRequest,
+                title: "Host not allowed",
+                detail: $"Host: this Open node listens only on loopback and answers requests addressed to localhost, 127.0.0.1 or [::1], not '{request.Host.Host}'.");
+        }
+
+        if (request.Headers.Origin is [{ } origin] && !SameOrigin(origin, request))
+        {
+            return TypedResults.Problem(
+                statusCode: StatusCodes.Status403Forbidden,
+                title: "Cross-origin call refused",
+                detail: $"Origin: a page from {origin} may not call this node, which runs Open (without credentials).");
+        }
+
+        return null;
+    }
+
+    private static bool IsLoopbackName(string host) =>
+        host.Equals("localhost", StringComparison.OrdinalIgnoreCase)
+        || (IPAddress.TryParse(host.Trim('[', ']'), out var address) && IPAddress.IsLoopback(address));
+
+    /// <summary>Whether the page's origin is this node as the request addressed it (the Swagger UI it serves).</summary>
+    private static bool SameOrigin(string origin, HttpRequest request) =>
+        Uri.TryCreate(origin, UriKind.Absolute, out var page)
+        && page.DnsSafeHost.Equals(request.Host.Host.Trim('[', ']'), StringComparison.OrdinalIgnoreCase)
+        && page.Port == (request.Host.Port ?? (request.IsHttps ? 443 : 80));
+}

@@ -1,0 +1,41 @@
+using System.Net;
+using Registry.Tests.Infrastructure;
+
+namespace Registry.Tests.Access;
+
+/// <summary>An Open node has no credential to stop a browser: what stands in for one.</summary>
+public sealed class OpenNodeGuardTests(RegistryCluster cluster) : RegistryTest(cluster)
+{
+    [Theory]
+    // A page elsewhere posting (text/plain needs no preflight) through a developer's browser.
+    [InlineData("http://evil.example", "localhost", HttpStatusCode.Forbidden)]
+    [InlineData("null", "localhost", HttpStatusCode.Forbidden)]
+    [InlineData("http://localhost:8080", "localhost", HttpStatusCode.Forbidden)]
+    // A page whose name was pointed at 127.0.0.1 (DNS rebinding): same-origin for the browser, not for the node.
+    [InlineData("http://evil.example", "evil.example", HttpStatusCode.BadRequest)]
+    [InlineData(null, "evil.example", HttpStatusCode.BadRequest)]
+    // The Swagger UI the node serves, and clients that are not browsers.
+    [InlineData("http://localhost", "localhost", HttpStatusCode.Created)]
+    [InlineData("http://127.0.0.1", "127.0.0.1", HttpStatusCode.Created)]
+    [InlineData(null, "[::1]", HttpStatusCode.Created)]
+    public async Task ABrowserPageFromElsewhereCannotCallALoopbackOpenNode(string? origin, string host, HttpStatusCode expected)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/register")
+        {
+            Content = new StringContent(Http.Provider("guarded", "10.0.0.1:80"), System.Text.Encoding.UTF8, "text/plain"),
+        };
+        request.Headers.Host = host;
+        if (origin is not null)
+        {
+            request.Headers.Add("Origin", origin);
+        }
+
+        using var response = await Client.SendAsync(request);
+
+        Assert.True(response.StatusCode == expected, $"{(int)response.StatusCode} {await response.Content.ReadAsStringAsync()}");
+        if (expected != HttpStatusCode.Created)
+        {
+            Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+        }
+    }
+}
