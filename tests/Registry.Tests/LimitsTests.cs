@@ -252,6 +252,40 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
     }
 
     [Fact]
+    public async Task ANewDistinctSubscriptionPastTheNodesSizeLimitIs429()
+    {
+        // Two subscriptions of 64 providers with long meta fit; a third does not, however few there are.
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:Limits:MaxSubscriptionCharacters"] = "80000",
+        });
+        using var client = node.CreateClient();
+        using var parked = ParkedPolls.On(node);
+        using var stop = new CancellationTokenSource();
+        var meta = $$"""{"note":"{{new string('m', 500)}}"}""";
+        string Big(int n) => Http.Subscription([.. Enumerable.Range(0, 64).Select(i => Http.Entry($"big-{n}-{i}", "http", meta))]);
+        var held = new List<Task<(int, string?, System.Text.Json.Nodes.JsonNode?)>>();
+        for (var n = 0; n < 2; n++)
+        {
+            var (status, version, _) = await client.SubscribeAsync(Big(n));
+            Assert.Equal(200, status);
+            held.Add(client.SubscribeAsync(Big(n), version, wait: 30, stop.Token));
+        }
+
+        await parked.WaitForAsync(2);
+        var (refused, _, body) = await client.SubscribeAsync(Big(2));
+        var (small, _, _) = await client.SubscribeAsync(Http.Subscription(Http.Entry("small")));
+
+        Assert.Equal(429, refused);
+        Assert.Contains("MaxSubscriptionCharacters", (string?)body!["detail"], StringComparison.Ordinal);
+        Assert.Equal(200, small);
+        await stop.CancelAsync();
+        await parked.WaitForNoneAsync();
+        Assert.Equal(200, (await client.SubscribeAsync(Big(2))).Item1);
+    }
+
+    [Fact]
     public async Task ASubscriptionNobodyHoldsGoesAfterItsIdleTimeWhileAHeldOrRecentlyReadOneStays()
     {
         // Names read once (a job's, a deploy's) whose applications never change again: before,

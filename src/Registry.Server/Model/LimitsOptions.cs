@@ -49,6 +49,13 @@ public sealed class LimitsOptions
     [Range(1, 10_000_000)]
     public int MaxSubscriptions { get; set; } = 10_000;
 
+    /// <summary>
+    /// Most characters the distinct subscriptions a node holds may name together (providers, protocols, meta pairs);
+    /// a new one beyond it is 429. Each character costs about 6 bytes (held three times, in UTF-16).
+    /// </summary>
+    [Range(1_000, 1_000_000_000)]
+    public long MaxSubscriptionCharacters { get; set; } = 16_000_000;
+
     /// <summary>The Retry-After sent with a 429 for one of the limits above, in seconds.</summary>
     [Range(1, 3600)]
     public int RetryAfterSeconds { get; set; } = 5;

@@ -224,6 +224,10 @@ internal sealed class SubscriptionHub
     private readonly RegistryMetrics _metrics;
     private readonly TimeProvider _time;
     private readonly int _maxViews;
+    private readonly long _maxCharacters;
+
+    /// <summary>The characters of the keys of the views held: what they name, each held about three times (key, slot keys, entries).</summary>
+    private long _characters;
     private readonly long _keepIdleTicks;
     private readonly IChangeWitness[] _witnesses;
     private readonly Lock _gate = new();
@@ -252,6 +256,7 @@ internal sealed class SubscriptionHub
         _metrics = metrics;
         _time = time;
         _maxViews = limits.Value.MaxSubscriptions;
+        _maxCharacters = limits.Value.MaxSubscriptionCharacters;
         _keepIdleTicks = (long)(options.Value.KeepIdleFor.TotalSeconds * time.TimestampFrequency);
         // Parked polls are released when the node stops (LongPoll spreads their answers).
         lifetime.ApplicationStopping.Register(InterruptAll);
@@ -299,7 +304,8 @@ internal sealed class SubscriptionHub
                 return view;
             }
 
-            if (_views.Count >= _maxViews)
+            // Bounded by count and by size: a subscription may name 64 providers with 64 long meta pairs each.
+            if (_views.Count >= _maxViews || _characters + key.Length > _maxCharacters)
             {
                 DropIdleViews();
                 if (_views.Count >= _maxViews)
@@ -307,6 +313,14 @@ internal sealed class SubscriptionHub
                     _metrics.LimitReached("subscriptions");
                     throw new TooManySubscriptionsException(
                         $"This node holds {_views.Count} distinct subscriptions, its limit (Registry:Limits:MaxSubscriptions); retry shortly or on another node.");
+                }
+
+                if (_characters + key.Length > _maxCharacters)
+                {
+                    _metrics.LimitReached("subscription_characters");
+                    throw new TooManySubscriptionsException(
+                        $"The distinct subscriptions this node holds name {_characters} characters, and this one {key.Length} more than its limit " +
+                        "allows (Registry:Limits:MaxSubscriptionCharacters); retry shortly or on another node.");
                 }
             }
 
@@ -336,6 +350,7 @@ internal sealed class SubscriptionHub
             }
 
             _views.Add(key, view);
+            _characters += key.Length;
             foreach (var slot in slots)
             {
                 slot.Views.Add(view);
@@ -543,6 +558,7 @@ internal sealed class SubscriptionHub
     private void Remove(SubscriptionView view)
     {
         _views.Remove(view.Key);
+        _characters -= view.Key.Length;
         if (view.IdleEntry.List is not null)
         {
             _idle.Remove(view.IdleEntry);
