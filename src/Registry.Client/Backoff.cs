@@ -8,6 +8,9 @@ namespace Registry.Client;
 /// </summary>
 internal sealed class Backoff(TimeSpan baseDelay, TimeSpan maxDelay)
 {
+    /// <summary>The longest a <c>Retry-After</c> is honoured for (or the cap of the backoff, if longer).</summary>
+    public static readonly TimeSpan LongestRetryAfter = TimeSpan.FromMinutes(5);
+
     private int _failures;
 
     /// <summary>The failures since the last success.</summary>
@@ -28,7 +31,9 @@ internal sealed class Backoff(TimeSpan baseDelay, TimeSpan maxDelay)
         // max(backoff, Retry-After): a Retry-After of 0 or a date in the past must not turn backoff into a busy loop.
         if (error is RegistryUnavailableException { RetryAfter: { } after } && after > delay)
         {
-            delay = Jitter(after, after * 1.2);
+            // A proxy's Retry-After of an hour (or a date years ahead) must not silence the loop for that long.
+            var longest = maxDelay > LongestRetryAfter ? maxDelay : LongestRetryAfter;
+            delay = after < longest ? Jitter(after, after * 1.2) : longest;
         }
 
         if (ceiling is { } limit && delay > limit)

@@ -51,6 +51,16 @@ public sealed class BackoffTests : ScriptedTest
     }
 
     [Fact]
+    public void ARetryAfterIsHonouredForAtMostFiveMinutes()
+    {
+        var backoff = new Backoff(TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(30));
+
+        Assert.Equal(TimeSpan.FromMinutes(5), backoff.Next(AskingFor(TimeSpan.FromHours(1))));
+        // Past what Task.Delay takes (49.7 days): before, the loop's delay threw instead of waiting.
+        Assert.Equal(TimeSpan.FromMinutes(5), backoff.Next(AskingFor(TimeSpan.FromDays(365))));
+    }
+
+    [Fact]
     public void ARetryAfterLongerThanTheBackoffWinsWithUpToAFifthOfJitter()
     {
         var backoff = new Backoff(TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(5));
