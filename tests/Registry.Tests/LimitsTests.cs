@@ -217,72 +217,45 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
         Assert.Equal(200, status);
     }
 
-    [Fact]
-    public async Task ANewDistinctSubscriptionPastTheNodesLimitIs429WhileKnownOnesAreServed()
+    [Theory]
+    // Three one-provider subscriptions fill the count.
+    [InlineData("MaxSubscriptions", 3, 3, 0)]
+    // Two of 64 providers with long meta fill the size (a third would not fit, however few there are).
+    [InlineData("MaxSubscriptionCharacters", 80_000, 2, 500)]
+    public async Task ANewDistinctSubscriptionPastTheNodesLimitIs429WhileKnownOnesAreServed(string limit, int value, int held, int metaLength)
     {
         var database = await Cluster.CreateDatabaseAsync();
         await using var node = new RegistryNode(database, new Dictionary<string, string?>
         {
-            ["Registry:Limits:MaxSubscriptions"] = "3",
+            [$"Registry:Limits:{limit}"] = value.ToString(System.Globalization.CultureInfo.InvariantCulture),
         });
         using var client = node.CreateClient();
         using var parked = ParkedPolls.On(node);
         using var stop = new CancellationTokenSource();
-        var held = new List<Task<(int, string?, System.Text.Json.Nodes.JsonNode?)>>();
-        for (var i = 0; i < 3; i++)
+        var meta = metaLength == 0 ? null : $$"""{"note":"{{new string('m', metaLength)}}"}""";
+        string Distinct(int n) => metaLength == 0
+            ? Http.Subscription(Http.Entry($"app-{n}"))
+            : Http.Subscription([.. Enumerable.Range(0, 64).Select(i => Http.Entry($"app-{n}-{i}", "http", meta))]);
+        var polls = new List<Task<(int, string?, System.Text.Json.Nodes.JsonNode?)>>();
+        for (var n = 0; n < held; n++)
         {
-            var subscription = Http.Subscription(Http.Entry($"app-{i}"));
-            var (_, version, _) = await client.SubscribeAsync(subscription);
-            held.Add(client.SubscribeAsync(subscription, version, wait: 30, stop.Token));
+            var (_, version, _) = await client.SubscribeAsync(Distinct(n));
+            polls.Add(client.SubscribeAsync(Distinct(n), version, wait: 30, stop.Token));
         }
 
-        await parked.WaitForAsync(3);
-        var (refused, _, body) = await client.SubscribeAsync(Http.Subscription(Http.Entry("app-3")));
-        var (known, _, _) = await client.SubscribeAsync(Http.Subscription(Http.Entry("app-0")));
+        await parked.WaitForAsync(held);
+        var (refused, _, body) = await client.SubscribeAsync(Distinct(held));
+        var (known, _, _) = await client.SubscribeAsync(Distinct(0));
 
         Assert.Equal(429, refused);
-        Assert.Contains("MaxSubscriptions", (string?)body!["detail"], StringComparison.Ordinal);
+        Assert.Contains(limit, (string?)body!["detail"], StringComparison.Ordinal);
         Assert.Equal(200, known);
         await stop.CancelAsync();
         await parked.WaitForNoneAsync();
 
         // Once nobody holds them, idle subscriptions make room for new ones.
-        (refused, _, _) = await client.SubscribeAsync(Http.Subscription(Http.Entry("app-3")));
+        (refused, _, _) = await client.SubscribeAsync(Distinct(held));
         Assert.Equal(200, refused);
-    }
-
-    [Fact]
-    public async Task ANewDistinctSubscriptionPastTheNodesSizeLimitIs429()
-    {
-        // Two subscriptions of 64 providers with long meta fit; a third does not, however few there are.
-        var database = await Cluster.CreateDatabaseAsync();
-        await using var node = new RegistryNode(database, new Dictionary<string, string?>
-        {
-            ["Registry:Limits:MaxSubscriptionCharacters"] = "80000",
-        });
-        using var client = node.CreateClient();
-        using var parked = ParkedPolls.On(node);
-        using var stop = new CancellationTokenSource();
-        var meta = $$"""{"note":"{{new string('m', 500)}}"}""";
-        string Big(int n) => Http.Subscription([.. Enumerable.Range(0, 64).Select(i => Http.Entry($"big-{n}-{i}", "http", meta))]);
-        var held = new List<Task<(int, string?, System.Text.Json.Nodes.JsonNode?)>>();
-        for (var n = 0; n < 2; n++)
-        {
-            var (status, version, _) = await client.SubscribeAsync(Big(n));
-            Assert.Equal(200, status);
-            held.Add(client.SubscribeAsync(Big(n), version, wait: 30, stop.Token));
-        }
-
-        await parked.WaitForAsync(2);
-        var (refused, _, body) = await client.SubscribeAsync(Big(2));
-        var (small, _, _) = await client.SubscribeAsync(Http.Subscription(Http.Entry("small")));
-
-        Assert.Equal(429, refused);
-        Assert.Contains("MaxSubscriptionCharacters", (string?)body!["detail"], StringComparison.Ordinal);
-        Assert.Equal(200, small);
-        await stop.CancelAsync();
-        await parked.WaitForNoneAsync();
-        Assert.Equal(200, (await client.SubscribeAsync(Big(2))).Item1);
     }
 
     [Fact]
