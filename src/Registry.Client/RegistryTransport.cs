@@ -198,6 +198,13 @@ internal sealed partial class RegistryTransport
         (await SendToAnyAsync(method, path, body, ifNoneMatch, timeout, completion, cancellationToken).ConfigureAwait(false)).Response;
 
     /// <summary>
+    /// Whether SocketsHttpHandler's ConnectTimeout cancelled the request: a TimeoutException of its own inside. An
+    /// HttpClient.Timeout (an app's client) also puts a TimeoutException there, around the cancellation of a request
+    /// that may have been sent.
+    /// </summary>
+    private static bool IsConnectTimeout(OperationCanceledException e) => e.InnerException is TimeoutException { InnerException: not OperationCanceledException };
+
+    /// <summary>
     /// Sends to each node in turn until one answers; the answer, the index of the node that gave it, and how many
     /// earlier nodes may have taken the request without answering it (a timeout, a connection broken once made, a
     /// proxy's 502 or 504): such a node may still act on it. The count goes on the exception when none answers.
@@ -250,10 +257,10 @@ internal sealed partial class RegistryTransport
                 LogServerFailed(_logger, server, e.Message);
                 continue;
             }
-            catch (OperationCanceledException e) when (!cancellationToken.IsCancellationRequested && !timeoutSource.IsCancellationRequested && e.InnerException is TimeoutException)
+            catch (OperationCanceledException e) when (!cancellationToken.IsCancellationRequested && !timeoutSource.IsCancellationRequested && IsConnectTimeout(e))
             {
                 // The handler's ConnectTimeout (it cancels from inside, before this request's deadline): nothing was sent.
-                last = new TimeoutException($"{server} could not be connected to: {e.InnerException.Message}", e);
+                last = new TimeoutException($"{server} could not be connected to: {e.InnerException!.Message}", e);
                 LogServerFailed(_logger, server, last.Message);
                 continue;
             }

@@ -84,19 +84,46 @@ public sealed class DrainTests : ScriptedTest
         Assert.False(lease.IsRegistered);
     }
 
-    [Fact]
-    public async Task ADrainGoesOnToTheNextNodeWhenTheLastCouldNotBeConnectedTo()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task ADrainGoesOnToTheNextNodeOnlyWhenTheLastCouldNotBeConnectedTo(bool connectTimeout)
     {
-        // A is black-holed: SocketsHttpHandler's ConnectTimeout cancels the attempt from inside, before anything is sent.
-        Handler.Respond = (r, _) => r.Path == "/v1/unregister" && r.Uri.Host == Scripted.ServerA.Host
-            ? throw new TaskCanceledException("connect", new TimeoutException("A connection could not be established within the configured ConnectTimeout."))
+        // What the runtime really throws: SocketsHttpHandler's ConnectTimeout cancels from inside before anything is sent;
+        // an HttpClient.Timeout (an app's client) is the same exception type around a request that may have been taken.
+        var thrown = await ThrownByAsync(connectTimeout
+            ? new HttpClient(new SocketsHttpHandler { ConnectTimeout = TimeSpan.FromMilliseconds(50), ConnectCallback = NeverConnectAsync }) { Timeout = Timeout.InfiniteTimeSpan }
+            : new HttpClient(new SocketsHttpHandler { ConnectCallback = NeverConnectAsync }) { Timeout = TimeSpan.FromMilliseconds(50) });
+        Handler.Respond = (r, _) => r.Path == "/v1/unregister" && r.Uri.Query.Length > 0 && r.Uri.Host == Scripted.ServerA.Host
+            ? throw thrown
             : Task.FromResult(r.Path == "/v1/unregister" ? Scripted.Json(HttpStatusCode.OK, Drained) : Scripted.Lease(30, Clock.GetUtcNow()));
         var lease = await NewClient(null, Scripted.ServerA, Scripted.ServerB).RegisterAsync(Instance());
 
-        var result = await lease.DrainAsync(TimeSpan.FromSeconds(5));
+        if (connectTimeout)
+        {
+            var result = await lease.DrainAsync(TimeSpan.FromSeconds(5));
+            Assert.Equal((7, true), (result.Delivered, result.Removed));
+            Assert.Equal(["registry-a ?drain=5", "registry-b ?drain=5"], Handler.Sent.Where(r => r.Path == "/v1/unregister").Select(r => $"{r.Uri.Host} {r.Uri.Query}"));
+        }
+        else
+        {
+            await Assert.ThrowsAsync<RegistryUnavailableException>(() => lease.DrainAsync(TimeSpan.FromSeconds(5)));
+            Assert.Equal(["registry-a ?drain=5", "registry-a "], Handler.Sent.Where(r => r.Path == "/v1/unregister").Select(r => $"{r.Uri.Host} {r.Uri.Query}"));
+        }
 
-        Assert.Equal((7, true), (result.Delivered, result.Removed));
-        Assert.Equal(["registry-a ?drain=5", "registry-b ?drain=5"], Handler.Sent.Where(r => r.Path == "/v1/unregister").Select(r => $"{r.Uri.Host} {r.Uri.Query}"));
+        static async ValueTask<Stream> NeverConnectAsync(SocketsHttpConnectionContext context, CancellationToken cancellationToken)
+        {
+            await Task.Delay(Timeout.Infinite, cancellationToken);
+            throw new InvalidOperationException("unreachable");
+        }
+
+        static async Task<Exception> ThrownByAsync(HttpClient client)
+        {
+            using (client)
+            {
+                return await Assert.ThrowsAnyAsync<OperationCanceledException>(() => client.GetAsync(new Uri("http://registry-a:5080/")));
+            }
+        }
     }
 
     [Fact]
