@@ -150,14 +150,12 @@ public sealed class ProbeConnectionTests(RegistryCluster cluster) : RegistryTest
         Assert.Contains("silent.probe.test did not resolve within", await refused.Content.ReadAsStringAsync(), StringComparison.Ordinal);
     }
 
-    /// <summary>A DNS server that never answers.</summary>
+    /// <summary>A DNS server that never answers, under a lookup that does not stop when asked (a blocking getaddrinfo).</summary>
     private sealed class SilentResolver : ProbeHostResolver
     {
-        public override async Task<IPAddress[]> ResolveAsync(string host, CancellationToken cancellationToken)
-        {
-            await Task.Delay(Timeout.Infinite, cancellationToken);
-            return [];
-        }
+        private readonly TaskCompletionSource<IPAddress[]> _never = new();
+
+        public override Task<IPAddress[]> ResolveAsync(string host, CancellationToken cancellationToken) => _never.Task;
     }
 
     /// <summary>A DNS name whose answer the test changes, as a rebinding attacker's would.</summary>

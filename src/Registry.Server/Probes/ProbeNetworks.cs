@@ -108,7 +108,8 @@ internal sealed class ProbeNetworks(IOptions<ProbeOptions> options, ProbeHostRes
         {
             try
             {
-                addresses = await resolver.ResolveAsync(host, cancellationToken);
+                // Waited for only as long as the caller may: a blocking getaddrinfo underneath need not stop when asked.
+                addresses = await resolver.ResolveAsync(host, cancellationToken).WaitAsync(cancellationToken);
             }
             catch (SocketException e)
             {
