@@ -21,12 +21,14 @@ internal static class OpenNodeGuard
                 detail: $"Host: this Open node listens only on loopback and answers requests addressed to localhost, 127.0.0.1 or [::1], not '{request.Host.Host}'.");
         }
 
-        if (request.Headers.Origin is [{ } origin] && !SameOrigin(origin, request))
+        // A browser's own word (no page can set it) settles it first: a proxy may have changed the Host the page used.
+        var origins = request.Headers.Origin;
+        if (origins.Count > 0 && request.Headers["Sec-Fetch-Site"] != "same-origin" && (origins.Count > 1 || !SameOrigin(origins[0]!, request)))
         {
             return TypedResults.Problem(
                 statusCode: StatusCodes.Status403Forbidden,
                 title: "Cross-origin call refused",
-                detail: $"Origin: a page from {origin} may not call this node, which runs Open (without credentials).");
+                detail: $"Origin: a page from {origins} may not call this node, which runs Open (without credentials).");
         }
 
         return null;
@@ -37,8 +39,16 @@ internal static class OpenNodeGuard
         || (IPAddress.TryParse(host.Trim('[', ']'), out var address) && IPAddress.IsLoopback(address));
 
     /// <summary>Whether the page's origin is this node as the request addressed it (the Swagger UI it serves).</summary>
-    private static bool SameOrigin(string origin, HttpRequest request) =>
-        Uri.TryCreate(origin, UriKind.Absolute, out var page)
-        && page.DnsSafeHost.Equals(request.Host.Host.Trim('[', ']'), StringComparison.OrdinalIgnoreCase)
-        && page.Port == (request.Host.Port ?? (request.IsHttps ? 443 : 80));
+    private static bool SameOrigin(string origin, HttpRequest request)
+    {
+        if (!Uri.TryCreate(origin, UriKind.Absolute, out var page) || page.Port != (request.Host.Port ?? (request.IsHttps ? 443 : 80)))
+        {
+            return false;
+        }
+
+        var host = request.Host.Host.Trim('[', ']');
+        return IPAddress.TryParse(page.DnsSafeHost, out var pageAddress) && IPAddress.TryParse(host, out var address)
+            ? pageAddress.Equals(address)
+            : page.DnsSafeHost.Equals(host, StringComparison.OrdinalIgnoreCase);
+    }
 }

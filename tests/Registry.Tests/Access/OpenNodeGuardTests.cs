@@ -11,14 +11,18 @@ public sealed class OpenNodeGuardTests(RegistryCluster cluster) : RegistryTest(c
     [InlineData("http://evil.example", "localhost", HttpStatusCode.Forbidden)]
     [InlineData("null", "localhost", HttpStatusCode.Forbidden)]
     [InlineData("http://localhost:8080", "localhost", HttpStatusCode.Forbidden)]
+    [InlineData("http://evil.example", "localhost", HttpStatusCode.Forbidden, "cross-site")]
+    [InlineData("http://localhost, http://evil.example", "localhost", HttpStatusCode.Forbidden)]
     // A page whose name was pointed at 127.0.0.1 (DNS rebinding): same-origin for the browser, not for the node.
-    [InlineData("http://evil.example", "evil.example", HttpStatusCode.BadRequest)]
+    [InlineData("http://evil.example", "evil.example", HttpStatusCode.BadRequest, "same-origin")]
     [InlineData(null, "evil.example", HttpStatusCode.BadRequest)]
-    // The Swagger UI the node serves, and clients that are not browsers.
+    // The Swagger UI the node serves (also through a proxy that dropped the port), and clients that are not browsers.
     [InlineData("http://localhost", "localhost", HttpStatusCode.Created)]
+    [InlineData("http://localhost:5080", "localhost", HttpStatusCode.Created, "same-origin")]
     [InlineData("http://127.0.0.1", "127.0.0.1", HttpStatusCode.Created)]
+    [InlineData("http://[::1]", "[::1]", HttpStatusCode.Created)]
     [InlineData(null, "[::1]", HttpStatusCode.Created)]
-    public async Task ABrowserPageFromElsewhereCannotCallALoopbackOpenNode(string? origin, string host, HttpStatusCode expected)
+    public async Task ABrowserPageFromElsewhereCannotCallALoopbackOpenNode(string? origin, string host, HttpStatusCode expected, string? fetchSite = null)
     {
         using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/register")
         {
@@ -27,7 +31,12 @@ public sealed class OpenNodeGuardTests(RegistryCluster cluster) : RegistryTest(c
         request.Headers.Host = host;
         if (origin is not null)
         {
-            request.Headers.Add("Origin", origin);
+            request.Headers.TryAddWithoutValidation("Origin", origin.Split(", "));
+        }
+
+        if (fetchSite is not null)
+        {
+            request.Headers.Add("Sec-Fetch-Site", fetchSite);
         }
 
         using var response = await Client.SendAsync(request);
