@@ -31,9 +31,10 @@ internal sealed class Backoff(TimeSpan baseDelay, TimeSpan maxDelay)
         // max(backoff, Retry-After): a Retry-After of 0 or a date in the past must not turn backoff into a busy loop.
         if (error is RegistryUnavailableException { RetryAfter: { } after } && after > delay)
         {
-            // A proxy's Retry-After of an hour (or a date years ahead) must not silence the loop for that long.
+            // A proxy's Retry-After of an hour (or a date years ahead) must not silence the loop for that long; capped, a
+            // fleet still spreads out.
             var longest = maxDelay > LongestRetryAfter ? maxDelay : LongestRetryAfter;
-            delay = after < longest ? Jitter(after, after * 1.2) : longest;
+            delay = after * 1.2 <= longest ? Jitter(after, after * 1.2) : Jitter(longest / 1.2, longest);
         }
 
         if (ceiling is { } limit && delay > limit)

@@ -55,9 +55,10 @@ public sealed class BackoffTests : ScriptedTest
     {
         var backoff = new Backoff(TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(30));
 
-        Assert.Equal(TimeSpan.FromMinutes(5), backoff.Next(AskingFor(TimeSpan.FromHours(1))));
+        Assert.InRange(backoff.Next(AskingFor(TimeSpan.FromHours(1))), TimeSpan.FromMinutes(5) / 1.2, TimeSpan.FromMinutes(5));
+        Assert.InRange(backoff.Next(AskingFor(TimeSpan.FromMinutes(4.9))), TimeSpan.FromMinutes(5) / 1.2, TimeSpan.FromMinutes(5));
         // Past what Task.Delay takes (49.7 days): before, the loop's delay threw instead of waiting.
-        Assert.Equal(TimeSpan.FromMinutes(5), backoff.Next(AskingFor(TimeSpan.FromDays(365))));
+        Assert.InRange(backoff.Next(AskingFor(TimeSpan.FromDays(365))), TimeSpan.FromMinutes(5) / 1.2, TimeSpan.FromMinutes(5));
     }
 
     [Fact]
