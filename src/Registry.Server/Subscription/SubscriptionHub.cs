@@ -307,6 +307,14 @@ internal sealed class SubscriptionHub
             // Bounded by count and by size: a subscription may name 64 providers with 64 long meta pairs each.
             if (_views.Count >= _maxViews || _characters + key.Length > _maxCharacters)
             {
+                // One that alone passes the size would never fit: no idle view is dropped for it.
+                if (key.Length > _maxCharacters)
+                {
+                    _metrics.LimitReached("subscription_characters");
+                    throw new TooManySubscriptionsException(
+                        $"This subscription alone names {key.Length} characters, more than this node's limit (Registry:Limits:MaxSubscriptionCharacters).");
+                }
+
                 DropIdleViews();
                 if (_views.Count >= _maxViews)
                 {
@@ -557,7 +565,11 @@ internal sealed class SubscriptionHub
     /// <summary>Drops a view nobody holds (and the fragments only it included); under the lock.</summary>
     private void Remove(SubscriptionView view)
     {
-        _views.Remove(view.Key);
+        if (!_views.Remove(view.Key))
+        {
+            return;
+        }
+
         _characters -= view.Key.Length;
         if (view.IdleEntry.List is not null)
         {

@@ -93,9 +93,10 @@ public sealed class AccessTests(AccessCluster cluster)
     [Fact]
     public async Task RevokingTheTokenAPollIsHeldWithAnswersIt401WithinASecond()
     {
-        var (id, secret) = await cluster.CreateTokenAsync("""{"description":"poll holder","subscribe":["payments"]}""");
+        // An application of its own: an instance of another test's expiring meanwhile would answer the poll.
+        var (id, secret) = await cluster.CreateTokenAsync("""{"description":"poll holder","subscribe":["held-poll"]}""");
         using var holder = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(secret));
-        var subscription = Http.Subscription(Http.Entry("payments"));
+        var subscription = Http.Subscription(Http.Entry("held-poll"));
         var (_, version, _) = await holder.SubscribeAsync(subscription);
         using var parked = MeterWatch.Node(cluster.NodeA, "registry.polls.parked");
         var poll = holder.PostJsonAsync($"/v1/subscribe?version={version}&wait=30", subscription);
