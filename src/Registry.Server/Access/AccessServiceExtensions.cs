@@ -8,7 +8,6 @@ using Registry.Telemetry;
 
 namespace Registry.Access;
 
-/// <summary>The node's access mode, decided once at start.</summary>
 /// <summary>How the node authenticates, why, and whether it listens only on loopback (what guards an Open node from browsers; see <see cref="OpenNodeGuard"/>).</summary>
 internal sealed record AccessState(AccessMode Mode, string Reason, bool LoopbackOnly = false);
 
