@@ -243,6 +243,7 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
 
     [Theory]
     [InlineData("[fd00:ec2::23]:80", "cloud metadata")] // EKS Pod Identity over IPv6
+    [InlineData("[fd20:ce::254]:80", "cloud metadata")] // GCP's metadata server over IPv6
     [InlineData("168.63.129.16:80", "cloud metadata")] // Azure's WireServer
     [InlineData("169.254.170.23:80", "cloud metadata")] // EKS Pod Identity
     [InlineData("[64:ff9b::a9fe:a9fe]:80", "carries 169.254.169.254")] // NAT64 of the metadata endpoint

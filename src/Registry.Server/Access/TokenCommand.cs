@@ -84,9 +84,12 @@ internal static class TokenCommand
             collecting = null;
             switch (argument)
             {
-                case "--description" when i + 1 < args.Count:
+                case "--description" when i + 1 < args.Count && !args[i + 1].StartsWith("--", StringComparison.Ordinal):
                     description = args[++i];
                     break;
+                case "--description":
+                    error = "--description needs a text (an option follows it)";
+                    return null;
                 case "--admin":
                     admin = true;
                     break;

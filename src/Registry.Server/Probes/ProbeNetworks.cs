@@ -31,6 +31,7 @@ internal sealed class ProbeNetworks(IOptions<ProbeOptions> options, ProbeHostRes
         ("cloud metadata", IPNetwork.Parse("168.63.129.16/32")),
         ("cloud metadata", IPNetwork.Parse("fd00:ec2::254/128")),
         ("cloud metadata", IPNetwork.Parse("fd00:ec2::23/128")),
+        ("cloud metadata", IPNetwork.Parse("fd20:ce::254/128")),
     ];
 
     /// <summary>NAT64's well-known prefix: its last 32 bits are the IPv4 address reached.</summary>

@@ -51,6 +51,7 @@ public sealed class ServerBinaryTests(AccessCluster cluster)
 
     [Theory]
     [InlineData("--description is required", "--admin")]
+    [InlineData("--description needs a text", "--description", "--admin")]
     // Before, the date and the option were both taken for register patterns: a token that never expires.
     [InlineData("--expires needs a time to come in RFC 3339", "--description", "ci", "--register", "payments", "--expires", "2099-01-01")]
     [InlineData("unknown option '--subscibe'", "--description", "ci", "--register", "payments", "--subscibe", "*")]
