@@ -138,24 +138,43 @@ public sealed class ProbeConnectionTests(RegistryCluster cluster) : RegistryTest
     }
 
     [Fact]
-    public async Task ARegistrationWhoseNameDoesNotResolveInTimeIsRefusedNotHeld()
+    public async Task NamesOnASilentDnsServerAreRefusedInTimeAndHoldNoMoreLookupsThanAllowed()
     {
-        await using var registry = new RegistryNode(await Cluster.CreateDatabaseAsync(), Probing(allowed: "127.0.0.1/32"));
-        await using var node = registry.WithWebHostBuilder(b => b.ConfigureTestServices(s => s.AddSingleton<ProbeHostResolver>(new SilentResolver())));
+        // Each lookup of a silent server holds a thread until the resolver gives up, whether or not anyone still waits.
+        var silent = new SilentResolver();
+        var settings = Probing(allowed: "127.0.0.1/32");
+        settings["Registry:Probes:MaxConcurrentLookups"] = "2";
+        await using var registry = new RegistryNode(await Cluster.CreateDatabaseAsync(), settings);
+        await using var node = registry.WithWebHostBuilder(b => b.ConfigureTestServices(s => s.AddSingleton<ProbeHostResolver>(silent)));
         using var client = node.CreateClient();
 
-        using var refused = await client.PostJsonAsync("/v1/register?probe=tcp", Http.Provider("web", "silent.probe.test:80")).WaitAsync(TimeSpan.FromSeconds(15));
+        var registrations = Enumerable.Range(0, 3).Select(i => client.PostJsonAsync("/v1/register?probe=tcp", Http.Provider("web", $"silent-{i}.probe.test:80"))).ToList();
+        var refused = await Task.WhenAll(registrations).WaitAsync(TimeSpan.FromSeconds(15));
 
-        Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
-        Assert.Contains("silent.probe.test did not resolve within", await refused.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        foreach (var response in refused)
+        {
+            Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+            Assert.Contains(".probe.test did not resolve within", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+            response.Dispose();
+        }
+
+        Assert.Equal(2, silent.Lookups);
     }
 
     /// <summary>A DNS server that never answers, under a lookup that does not stop when asked (a blocking getaddrinfo).</summary>
     private sealed class SilentResolver : ProbeHostResolver
     {
         private readonly TaskCompletionSource<IPAddress[]> _never = new();
+        private int _lookups;
 
-        public override Task<IPAddress[]> ResolveAsync(string host, CancellationToken cancellationToken) => _never.Task;
+        /// <summary>How many lookups were started.</summary>
+        public int Lookups => Volatile.Read(ref _lookups);
+
+        public override Task<IPAddress[]> ResolveAsync(string host, CancellationToken cancellationToken)
+        {
+            Interlocked.Increment(ref _lookups);
+            return _never.Task;
+        }
     }
 
     /// <summary>A DNS name whose answer the test changes, as a rebinding attacker's would.</summary>

@@ -13,7 +13,7 @@ namespace Registry.Probes;
 /// network lies inside that range. A DNS name is resolved at registration and again at every
 /// probe (its answer may change), and only the addresses it gives that pass are used.
 /// </summary>
-internal sealed class ProbeNetworks(IOptions<ProbeOptions> options, ProbeHostResolver resolver)
+internal sealed class ProbeNetworks(IOptions<ProbeOptions> options, ProbeHostResolver resolver) : IDisposable
 {
     /// <summary>Ranges refused unless listed explicitly, innermost last (a metadata address is also link-local).</summary>
     private static readonly (string Name, IPNetwork Range)[] Sensitive =
@@ -44,6 +44,9 @@ internal sealed class ProbeNetworks(IOptions<ProbeOptions> options, ProbeHostRes
     private static readonly IPNetwork Ipv4Compatible = IPNetwork.Parse("::/96");
 
     private readonly IPNetwork[] _allowed = [.. options.Value.AllowedNetworks.Select(Network.Parse)];
+
+    /// <summary>Turns at a lookup: taken before it starts, given back when it ends, not when its caller stops waiting.</summary>
+    private readonly SemaphoreSlim _lookups = new(options.Value.MaxConcurrentLookups);
 
     /// <summary>Whether probing is on at all.</summary>
     public bool Enabled => _allowed.Length > 0;
@@ -109,8 +112,28 @@ internal sealed class ProbeNetworks(IOptions<ProbeOptions> options, ProbeHostRes
         {
             try
             {
-                // Waited for only as long as the caller may: a blocking getaddrinfo underneath need not stop when asked.
-                addresses = await resolver.ResolveAsync(host, cancellationToken).WaitAsync(cancellationToken);
+                // Waited for only as long as the caller may: a blocking getaddrinfo underneath need not stop when asked,
+                // and holds its turn (and its thread) until it ends.
+                await _lookups.WaitAsync(cancellationToken);
+                Task<IPAddress[]> lookup;
+                try
+                {
+                    lookup = resolver.ResolveAsync(host, cancellationToken);
+                }
+                catch
+                {
+                    _lookups.Release();
+                    throw;
+                }
+
+                _ = lookup.ContinueWith(
+                    static (ended, turns) =>
+                    {
+                        _ = ended.Exception; // observed, also when nobody waits for it any more
+                        ((SemaphoreSlim)turns!).Release();
+                    },
+                    _lookups, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+                addresses = await lookup.WaitAsync(cancellationToken);
             }
             catch (SocketException e)
             {
@@ -130,4 +153,6 @@ internal sealed class ProbeNetworks(IOptions<ProbeOptions> options, ProbeHostRes
             ? (allowed, null)
             : ([], literal is not null ? Refusal(literal) : $"{host} resolves to {Refusal(addresses[0])}");
     }
+
+    public void Dispose() => _lookups.Dispose();
 }

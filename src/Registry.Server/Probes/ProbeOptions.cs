@@ -25,6 +25,15 @@ public sealed class ProbeOptions
     [Range(1, 100_000)]
     public int MaxConcurrent { get; set; } = 256;
 
+    /// <summary>
+    /// Most DNS lookups of probed names one node runs at once. On Linux a lookup blocks a thread for as long as the DNS
+    /// server takes to answer (or the resolver to give up), whether or not the probe still waits for it: without a
+    /// bound, names on a silent DNS server would take the node's threads. A lookup waiting for its turn past the
+    /// probe's timeout fails the probe (or the registration).
+    /// </summary>
+    [Range(1, 1024)]
+    public int MaxConcurrentLookups { get; set; } = 16;
+
     /// <summary>Interval when a registration gives no <c>probeInterval</c>, in seconds.</summary>
     [Range(1, 86_400)]
     public int DefaultIntervalSeconds { get; set; } = 10;
