@@ -45,7 +45,8 @@ internal static class SubscriptionApi
             .WithSummary("Get one application's instances, long-polling for changes")
             .WithDescription("The one-provider subscription for curl and runbooks: filter with `protocol` and `meta.KEY=VALUE` " +
                 "parameters; `version` and `wait` hold as for subscribe. As a conditional GET, `If-None-Match: \"<version>\"` " +
-                "holds the same way and answers 304 with no body when the wait runs out unchanged. An unknown application is an empty answer.")
+                "holds the same way and answers 304 with no body when the wait runs out unchanged (one tag: of a list, only the first counts; `*` is ignored). " +
+                "Meta keys are case-sensitive (`meta.idc` and `meta.Idc` are two filters). An unknown application is an empty answer.")
             .Produces<AnswerDocument>(StatusCodes.Status200OK)
             .Produces(StatusCodes.Status304NotModified)
             .ProducesValidationProblem();
