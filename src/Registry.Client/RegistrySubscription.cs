@@ -234,19 +234,14 @@ public sealed class RegistrySubscription : IAsyncDisposable
 
                 // A node cut off from the database answers from memory as of when it was cut off. After a failover to
                 // it, its answer may be older than the one held: taking it would bring back endpoints since gone, until
-                // it caught up. It is left, and the next poll starts at the next server: an outage, backed off (a stale
-                // node answers such a poll at once: a fleet must not spin on it), told once, and seen in State.
+                // it caught up. It is left, and the next poll starts at the next server: an outage like any other (below),
+                // backed off (a stale node answers such a poll at once: a fleet must not spin on it), told once, and seen in State.
                 var datesFrom = TimestampAgo(staleAge ?? TimeSpan.Zero);
                 if (staleAge is not null && _knownAt > datesFrom && !string.Equals(answer.Version, sentVersion, StringComparison.Ordinal))
                 {
-                    var left = new RegistryUnavailableException(string.Create(CultureInfo.InvariantCulture,
-                        $"A registry node cut off from its database answered {answer.Version} from memory {staleAge.Value.TotalSeconds:0} s old, older than the answer held; trying the next node."));
                     _transport.Avoid(server);
-                    delay = _backoff.Next(left);
-                    _outage.Failed(left, _backoff.Failures, delay);
-                    SetState(RegistryConnectionState.Unavailable, left);
-                    await KeepCacheFreshAsync().ConfigureAwait(false);
-                    continue;
+                    throw new RegistryUnavailableException(string.Create(CultureInfo.InvariantCulture,
+                        $"A registry node cut off from its database answered {answer.Version} from memory {staleAge.Value.TotalSeconds:0} s old, older than the answer held; trying the next node."));
                 }
 
                 _backoff.Reset();
