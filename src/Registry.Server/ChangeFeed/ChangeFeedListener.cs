@@ -34,6 +34,9 @@ internal sealed partial class ChangeFeedListener : BackgroundService
     private NpgsqlConnection? _connection;
     private readonly RegistryState _state;
 
+    /// <summary>When the listening connection last showed it was alive (a notification, an idle check answered, its start); only the listening loop touches it.</summary>
+    private DateTimeOffset _aliveAt;
+
     public ChangeFeedListener(
         RegistryDatabase database,
         RegistryLoader loader,
@@ -71,9 +74,6 @@ internal sealed partial class ChangeFeedListener : BackgroundService
     }
 
     /// <summary>Whether the node is listening now (so its snapshot is current).</summary>
-    /// <summary>When the listening connection last showed it was alive (a notification, an idle check answered, its start); only the listening loop touches it.</summary>
-    private DateTimeOffset _aliveAt;
-
     public bool IsListening => _state.StaleSince is null && _connection is not null;
 
     /// <summary>Since when the feed has been down, if it is.</summary>

@@ -225,9 +225,6 @@ internal sealed class SubscriptionHub
     private readonly TimeProvider _time;
     private readonly int _maxViews;
     private readonly long _maxCharacters;
-
-    /// <summary>The characters of the keys of the views held: what they name, each held about three times (key, slot keys, entries).</summary>
-    private long _characters;
     private readonly long _keepIdleTicks;
     private readonly IChangeWitness[] _witnesses;
     private readonly Lock _gate = new();
@@ -241,6 +238,9 @@ internal sealed class SubscriptionHub
     /// neither allocates), and the oldest is first.
     /// </summary>
     private readonly LinkedList<SubscriptionView> _idle = new();
+
+    /// <summary>The characters of the keys of the views held: what they name, each held about three times (key, slot keys, entries).</summary>
+    private long _characters;
 
     /// <summary>The change applied and not yet recomposed: its applications, fragments, and the signal of its end.</summary>
     private readonly HashSet<string> _changed = new(StringComparer.Ordinal);
@@ -575,6 +575,7 @@ internal sealed class SubscriptionHub
         {
             _idle.Remove(view.IdleEntry);
         }
+
         foreach (var slot in view.Slots)
         {
             if (slot.Views.Remove(view) && slot.Views.Count == 0)
