@@ -170,6 +170,69 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
     }
 
     /// <summary>
+    /// A node that dies in the middle of a sweep, with no FIN reaching the database, leaves its
+    /// session idle in the sweep's transaction, holding the cluster's sweep lock. PostgreSQL ends
+    /// that session after the idle-in-transaction timeout, and another node sweeps again; before,
+    /// it held the lock until the server's TCP keepalive gave up (two hours by default).
+    /// </summary>
+    [Fact]
+    public async Task ANodeThatDiesInTheMiddleOfASweepHoldsTheSweepLockOnlyForTheIdleInTransactionTimeout()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var proxy = new TcpProxy(database);
+        var settings = new Dictionary<string, string?>
+        {
+            ["Registry:Database:IdleInTransactionTimeoutSeconds"] = "1",
+            ["Registry:Leases:SweepInterval"] = "00:00:00.200",
+            ["Registry:Leases:LivenessInterval"] = "00:00:00.250",
+        };
+        await using var dying = new RegistryNode(proxy.ConnectionString, settings);
+        _ = dying.Server; // started: the schema is in place
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        // A node row old enough to be forgotten, locked: the sweep waits for it while it holds the sweep lock.
+        await using (var stale = new NpgsqlCommand("INSERT INTO nodes (id, started_at, last_seen_at) VALUES ('gone', now() - interval '2 days', now() - interval '2 days')", connection))
+        {
+            await stale.ExecuteNonQueryAsync();
+        }
+
+        await using var holder = await connection.BeginTransactionAsync();
+        await using (var hold = new NpgsqlCommand("SELECT 1 FROM nodes WHERE id = 'gone' FOR UPDATE", connection, holder))
+        {
+            await hold.ExecuteNonQueryAsync();
+        }
+
+        using (var client = dying.CreateClient())
+        using (var registered = await client.PostJsonAsync("/v1/register?ttl=1", Instance("app", 0)))
+        {
+            Assert.Equal(HttpStatusCode.Created, registered.StatusCode);
+        }
+
+        // The lease runs out, the node sweeps, takes the lock and waits for the locked row.
+        await using var observer = new NpgsqlConnection(database);
+        await observer.OpenAsync();
+        await using (var waiting = new NpgsqlCommand(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'registry' AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM nodes%'", observer))
+        {
+            var deadline = Stopwatch.StartNew();
+            // Nothing signals a session's wait for a lock but the catalog: read it until it shows.
+            while ((long)(await waiting.ExecuteScalarAsync())! == 0)
+            {
+                Assert.True(deadline.Elapsed < TimeSpan.FromSeconds(30), "the node never swept");
+                await Task.Delay(50);
+            }
+        }
+
+        // The node's route dies; its statement then goes through, and its session waits, idle in the transaction.
+        proxy.Stall();
+        await holder.CommitAsync();
+        await using var sweeping = new RegistryNode(database, settings);
+        using var evicted = MeterWatch.Node(sweeping, "registry.evictions");
+        await evicted.WaitForAsync(1, TimeSpan.FromSeconds(30));
+        await proxy.CutAsync();
+    }
+
+    /// <summary>
     /// Leaves <paramref name="application"/>'s lease two seconds in the database, as another
     /// writer would, and waits until <paramref name="node"/> has loaded it: a heartbeat's renewal
     /// is then due, and answered with a new expiry not yet written.

@@ -15,6 +15,16 @@ public sealed class DatabaseOptions
     public int CommandTimeoutSeconds { get; set; } = 30;
 
     /// <summary>
+    /// Seconds one of the node's sessions may sit idle inside a transaction before PostgreSQL ends it
+    /// (<c>idle_in_transaction_session_timeout</c>, unless the connection string's Options set it). A sweep holds
+    /// the cluster's sweep lock across a few statements: were its node to die between them with no FIN reaching
+    /// the database (power lost, route gone), its session would keep that lock, and every node would stop
+    /// evicting, until the server's TCP keepalive gave up (two hours by default).
+    /// </summary>
+    [Range(1, 3600)]
+    public int IdleInTransactionTimeoutSeconds { get; set; } = 30;
+
+    /// <summary>
     /// Most connections in each of the node's two pools (statements planned per run, and those
     /// planned once), unless the connection string sets <c>Maximum Pool Size</c>. The change feed's
     /// one LISTEN connection is outside both.

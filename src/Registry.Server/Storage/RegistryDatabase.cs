@@ -144,6 +144,11 @@ internal sealed class RegistryDatabase(
             pooled.ApplicationName = "registry";
         }
 
+        if (pooled.Options?.Contains("idle_in_transaction_session_timeout", StringComparison.Ordinal) != true)
+        {
+            pooled.Options = $"{pooled.Options} -c idle_in_transaction_session_timeout={options.IdleInTransactionTimeoutSeconds * 1000}".TrimStart();
+        }
+
         sessionOptions = null;
         if (pooled.MaxAutoPrepare > 0 && pooled.Options?.Contains("plan_cache_mode", StringComparison.Ordinal) != true)
         {
