@@ -116,7 +116,6 @@ internal sealed partial class WriteBatcher(
         {
             while (await reader.WaitToReadAsync(stoppingToken))
             {
-                batch.Clear();
                 keys.Clear();
                 // A second write to an instance ends the batch: each write is answered with the
                 // revision and lease of its own row (a session holds on to it), and a batch writes
@@ -129,6 +128,8 @@ internal sealed partial class WriteBatcher(
 
                 metrics.WritesQueued(-batch.Count);
                 await ExecuteBatchAsync(batch, stoppingToken);
+                // Answered (or being acknowledged): a stop while waiting for the next fails none of these.
+                batch.Clear();
             }
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
