@@ -81,6 +81,54 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
     }
 
     /// <summary>
+    /// A heartbeat that comes after its lease ran out, and after the node's last mark, is held
+    /// back by no sweeper: a sweep may evict the instance before the node's next flush writes the
+    /// renewal. Its provider must not be told an expiry that no row holds (before, it got 200,
+    /// the instance went, and it learnt only at its next heartbeat); it hears 404 and registers
+    /// again, or, had the flush come first, the expiry the database now holds.
+    /// </summary>
+    [Fact]
+    public async Task AHeartbeatAfterTheLeaseRanOutIsNotAnsweredWithAnExpiryNoRowHolds()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        // Renewals are written (and the node marks) every 4 s; a lease is evicted 8 s after it ran out.
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:Leases:RenewalInterval"] = "00:00:04",
+            ["Registry:Leases:GraceGap"] = "00:00:08",
+            ["Registry:Leases:SweepInterval"] = "00:00:00.200",
+        });
+        using var client = node.CreateClient();
+        using var marks = MeterWatch.Node(node, "registry.liveness.marks");
+        using var evicted = MeterWatch.Node(node, "registry.evictions");
+        using (var registered = await client.PostJsonAsync("/v1/register?ttl=30", Instance("late", 0)))
+        {
+            Assert.Equal(HttpStatusCode.Created, registered.StatusCode);
+        }
+
+        // Just after a mark, the lease is made to have run out 6.5 s ago: evictable in 1.5 s, the next flush in 4.
+        await marks.WaitForAsync(marks.Total + 1, TimeSpan.FromSeconds(10));
+        await ShortenLeaseAsync(node, client, connection, "late", TimeSpan.FromSeconds(-6.5));
+        using var heartbeat = await client.PostJsonAsync("/v1/heartbeat", Instance("late", 0));
+        await marks.WaitForAsync(marks.Total + 1, TimeSpan.FromSeconds(10)); // the flush after it
+        Assert.Equal(1, evicted.Total);
+        await using var read = new NpgsqlCommand("SELECT expires_at FROM instances WHERE application = 'late'", connection);
+        var stored = (DateTime?)await read.ExecuteScalarAsync();
+        if (heartbeat.StatusCode == HttpStatusCode.OK)
+        {
+            var promised = DateTimeOffset.Parse((string)(await heartbeat.ReadJsonAsync())["expires"]!, CultureInfo.InvariantCulture);
+            Assert.True(stored >= promised.UtcDateTime.AddSeconds(-1), $"answered 200 until {promised:O}; the database holds {stored?.ToString("O") ?? "no row"}");
+        }
+        else
+        {
+            Assert.Equal(HttpStatusCode.NotFound, heartbeat.StatusCode);
+            Assert.Null(stored);
+        }
+    }
+
+    /// <summary>
     /// A node stopped cleanly (a rolling deploy) writes the renewals it promised and had not yet
     /// written; dropped, they would leave the database with an earlier expiry, and another
     /// node's sweeper would evict the instance before the expiry its provider was told.
@@ -233,11 +281,12 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
     }
 
     /// <summary>
-    /// Leaves <paramref name="application"/>'s lease two seconds in the database, as another
-    /// writer would, and waits until <paramref name="node"/> has loaded it: a heartbeat's renewal
-    /// is then due, and answered with a new expiry not yet written.
+    /// Leaves <paramref name="application"/>'s lease <paramref name="left"/> (two seconds unless
+    /// given; negative: run out that long ago) in the database, as another writer would, and waits
+    /// until <paramref name="node"/> has loaded it: a heartbeat's renewal is then due, and answered
+    /// with a new expiry not yet written.
     /// </summary>
-    private static async Task ShortenLeaseAsync(RegistryNode node, HttpClient client, NpgsqlConnection connection, string application)
+    private static async Task ShortenLeaseAsync(RegistryNode node, HttpClient client, NpgsqlConnection connection, string application, TimeSpan? left = null)
     {
         var subscription = Http.Subscription(Http.Entry(application));
         var (_, version, _) = await client.SubscribeAsync(subscription);
@@ -247,10 +296,11 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
         await using var shorten = new NpgsqlCommand(
             """
             UPDATE instances SET meta = '{"v":"short"}', revision = nextval('instance_revision'),
-                   expires_at = clock_timestamp() + interval '2 seconds' WHERE application = @application;
+                   expires_at = clock_timestamp() + @left WHERE application = @application;
             SELECT pg_notify('registry_changes', @application);
             """, connection);
         shorten.Parameters.AddWithValue("application", application);
+        shorten.Parameters.AddWithValue("left", left ?? TimeSpan.FromSeconds(2));
         await shorten.ExecuteNonQueryAsync();
         await poll.WaitAsync(TimeSpan.FromSeconds(10));
     }

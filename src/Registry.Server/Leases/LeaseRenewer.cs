@@ -40,6 +40,9 @@ internal sealed partial class LeaseRenewer(
     /// </summary>
     private readonly ConcurrentDictionary<InstanceKey, (long Revision, DateTimeOffset ExpiresAt)> _written = new();
 
+    /// <summary>Heartbeats of leases run out as far as this node knows, waiting for the flush that writes their key.</summary>
+    private readonly ConcurrentDictionary<InstanceKey, TaskCompletionSource<HeartbeatRenewal>> _awaited = new();
+
     private readonly RenewalRule _rule = new(options, time);
 
     private bool _failing;
@@ -48,11 +51,32 @@ internal sealed partial class LeaseRenewer(
     /// Renews a known instance's lease: the expiry to report, or null when this node cannot
     /// record renewals now (answer 503, so the provider tries another node).
     /// </summary>
-    public DateTimeOffset? Renew(Instance instance)
+    public DateTimeOffset? Renew(Instance instance) => Renew(instance, out _);
+
+    /// <summary>
+    /// Renews a heartbeat's lease as <see cref="Renew(Instance)"/> does, except that a lease already run out as far
+    /// as this node knows is answered only once its renewal is written. The sweepers hold back a lease this node may
+    /// have promised to renew only while it ran out after the node's last mark; one that ran out before may be
+    /// evicted before the next flush, and its provider must then hear that it is gone (and register again), not an
+    /// expiry that no row holds. A lease that other nodes renewed looks run out here too: that heartbeat waits for
+    /// the next flush (at most a <see cref="LeaseOptions.RenewalInterval"/>) and costs no statement of its own.
+    /// </summary>
+    public async Task<HeartbeatRenewal> RenewHeartbeatAsync(Instance instance, CancellationToken cancellationToken)
     {
+        if (Renew(instance, out var written) is not { } expiresAt)
+        {
+            return new HeartbeatRenewal(RenewalOutcome.Refused, default);
+        }
+
+        return written is null ? new HeartbeatRenewal(RenewalOutcome.Renewed, expiresAt) : await written.WaitAsync(cancellationToken);
+    }
+
+    private DateTimeOffset? Renew(Instance instance, out Task<HeartbeatRenewal>? written)
+    {
+        written = null;
         var ttl = TimeSpan.FromSeconds(instance.TtlSeconds);
-        var known = _written.TryGetValue(instance.Key, out var written) && written.Revision == instance.Revision && written.ExpiresAt > instance.ExpiresAt
-            ? written.ExpiresAt
+        var known = _written.TryGetValue(instance.Key, out var last) && last.Revision == instance.Revision && last.ExpiresAt > instance.ExpiresAt
+            ? last.ExpiresAt
             : instance.ExpiresAt;
         var now = clock.UtcNow;
         // What is reported when the write is skipped is what the database holds.
@@ -64,6 +88,12 @@ internal sealed partial class LeaseRenewer(
         if (!_rule.CanRecord(ttl))
         {
             return null;
+        }
+
+        if (known <= now)
+        {
+            // Before the key is gathered: the flush that writes it finds the waiter.
+            written = _awaited.GetOrAdd(instance.Key, static _ => new(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
         }
 
         _pending.TryAdd(instance.Key, 0);
@@ -145,7 +175,10 @@ internal sealed partial class LeaseRenewer(
             await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
             if (keys.Length > 0)
             {
-                await WriteWithRetryAsync(connection, keys, cancellationToken);
+                var renewed = await WriteWithRetryAsync(connection, keys, cancellationToken);
+                Answer(keys, key => renewed.TryGetValue(key, out var expiresAt)
+                    ? new HeartbeatRenewal(RenewalOutcome.Renewed, expiresAt)
+                    : new HeartbeatRenewal(RenewalOutcome.Gone, default));
             }
 
             // After the renewals: a mark then says that every renewal this node gathered before
@@ -171,6 +204,8 @@ internal sealed partial class LeaseRenewer(
                 _pending.TryAdd(key, 0);
             }
 
+            // A waiting heartbeat is answered 503 like one that comes while the node cannot write.
+            Answer(keys, _ => new HeartbeatRenewal(RenewalOutcome.Refused, default));
             if (e is OperationCanceledException)
             {
                 throw;
@@ -186,19 +221,35 @@ internal sealed partial class LeaseRenewer(
         }
     }
 
+    /// <summary>Answers the heartbeats waiting for <paramref name="keys"/>' write.</summary>
+    private void Answer(InstanceKey[] keys, Func<InstanceKey, HeartbeatRenewal> outcome)
+    {
+        if (_awaited.IsEmpty)
+        {
+            return;
+        }
+
+        foreach (var key in keys)
+        {
+            if (_awaited.TryRemove(key, out var waiting))
+            {
+                waiting.TrySetResult(outcome(key));
+            }
+        }
+    }
+
     /// <summary>
     /// A renewal batch chosen as a deadlock victim wrote nothing (its statement is its whole
     /// transaction): it is written again at once, not left for the next interval as if the
     /// database were unreachable.
     /// </summary>
-    private async Task WriteWithRetryAsync(NpgsqlConnection connection, InstanceKey[] keys, CancellationToken cancellationToken)
+    private async Task<Dictionary<InstanceKey, DateTimeOffset>> WriteWithRetryAsync(NpgsqlConnection connection, InstanceKey[] keys, CancellationToken cancellationToken)
     {
         for (var attempt = 1; ; attempt++)
         {
             try
             {
-                await WriteAsync(connection, keys, cancellationToken);
-                return;
+                return await WriteAsync(connection, keys, cancellationToken);
             }
             catch (PostgresException e) when (e.SqlState is PostgresErrorCodes.DeadlockDetected or PostgresErrorCodes.SerializationFailure && attempt < MaxAttempts)
             {
@@ -207,7 +258,8 @@ internal sealed partial class LeaseRenewer(
         }
     }
 
-    private async Task WriteAsync(NpgsqlConnection connection, InstanceKey[] keys, CancellationToken cancellationToken)
+    /// <summary>Writes the renewals; returns the rows renewed, with their new expiries (a key with no row is not among them).</summary>
+    private async Task<Dictionary<InstanceKey, DateTimeOffset>> WriteAsync(NpgsqlConnection connection, InstanceKey[] keys, CancellationToken cancellationToken)
     {
         await using var command = new NpgsqlCommand(
             """
@@ -228,19 +280,21 @@ internal sealed partial class LeaseRenewer(
             RETURNING i.application, i.protocol, i.addr, i.expires_at, clock_timestamp(), i.revision
             """, connection);
         InstanceKeys.AddParameters(command.Parameters, keys);
-        var renewed = 0;
+        var renewed = new Dictionary<InstanceKey, DateTimeOffset>(keys.Length);
         await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
         {
             while (await reader.ReadAsync(cancellationToken))
             {
                 var key = new InstanceKey(reader.GetString(0), reader.GetString(1), reader.GetString(2));
-                _written[key] = (reader.GetInt64(5), new DateTimeOffset(reader.GetDateTime(3), TimeSpan.Zero));
+                var expiresAt = new DateTimeOffset(reader.GetDateTime(3), TimeSpan.Zero);
+                _written[key] = (reader.GetInt64(5), expiresAt);
                 clock.Observe(new DateTimeOffset(reader.GetDateTime(4), TimeSpan.Zero));
-                renewed++;
+                renewed[key] = expiresAt;
             }
         }
 
-        metrics.HeartbeatsWritten(renewed);
+        metrics.HeartbeatsWritten(renewed.Count);
+        return renewed;
     }
 
     private void Prune()
@@ -264,3 +318,19 @@ internal sealed partial class LeaseRenewer(
     [LoggerMessage(Level = LogLevel.Information, Message = "Recording lease renewals again")]
     private static partial void LogRecovered(ILogger logger);
 }
+
+/// <summary>How a heartbeat's renewal went.</summary>
+internal enum RenewalOutcome
+{
+    /// <summary>Renewed, or to be written with the next flush: answer 200 with the expiry.</summary>
+    Renewed,
+
+    /// <summary>This node cannot record renewals now: answer 503.</summary>
+    Refused,
+
+    /// <summary>No row held the lease when its renewal was written (evicted or unregistered meanwhile): answer 404.</summary>
+    Gone,
+}
+
+/// <summary>A heartbeat's renewal: its outcome and, when renewed, the expiry to report.</summary>
+internal readonly record struct HeartbeatRenewal(RenewalOutcome Outcome, DateTimeOffset ExpiresAt);

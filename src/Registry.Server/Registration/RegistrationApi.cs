@@ -49,6 +49,8 @@ internal static class RegistrationApi
             .WithSummary("Renew an instance's lease")
             .WithDescription("Renews the lease of (application, protocol, addr) with the TTL granted at registration. `meta` may be " +
                 "omitted and is never applied. 404 means the instance is not registered (never was, unregistered, or expired): register again. " +
+                "A heartbeat for a lease that has already run out is answered once its renewal is written (within the node's renewal " +
+                "interval, 250 ms by default), with 404 if the instance was evicted meanwhile. " +
                 "503 means this node has not been able to record renewals for a while: heartbeat through another node.")
             .Accepts<ProviderDocument>("application/json", "*/*")
             .Produces<LeaseDocument>(StatusCodes.Status200OK)
@@ -173,18 +175,20 @@ internal static class RegistrationApi
             return Problems.NotRegistered(provider.Key);
         }
 
-        if (renewer.Renew(instance) is { } expiresAt)
+        var renewal = await renewer.RenewHeartbeatAsync(instance, cancellationToken);
+        switch (renewal.Outcome)
         {
-            metrics.HeartbeatReceived(known: true);
+            case RenewalOutcome.Refused:
+                metrics.HeartbeatRefused();
+                return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds,
+                    "This node cannot record lease renewals now (the database is unreachable from it); heartbeat through another node.");
+            case RenewalOutcome.Gone:
+                metrics.HeartbeatReceived(known: false);
+                return Problems.NotRegistered(provider.Key);
+            default:
+                metrics.HeartbeatReceived(known: true);
+                return new LeaseResult(StatusCodes.Status200OK, Lease(instance.Key, instance.Meta, instance.TtlSeconds, renewal.ExpiresAt));
         }
-        else
-        {
-            metrics.HeartbeatRefused();
-            return Problems.Unavailable(http, writeOptions.Value.RetryAfterSeconds,
-                "This node cannot record lease renewals now (the database is unreachable from it); heartbeat through another node.");
-        }
-
-        return new LeaseResult(StatusCodes.Status200OK, Lease(instance.Key, instance.Meta, instance.TtlSeconds, expiresAt));
     }
 
     private static async Task<Results<NoContent, Ok<DrainDocument>, ValidationProblem, ProblemHttpResult>> Unregister(
