@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net;
 using Npgsql;
 using Registry.ChangeFeed;
@@ -93,6 +94,126 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
         var (_, now, answer) = await client.SubscribeAsync(subscription);
         Assert.Equal("2", (string?)answer!["endpoints"]![0]!["meta"]!["v"]);
         Assert.Equal(later, now);
+    }
+
+    /// <summary>
+    /// The node's read of its own batch's rows fails (a cancelled statement, a pooled connection
+    /// ended by an administrator) while its next batch to the same row is announced; the failed
+    /// request is queued again, behind that later notification. Applying both batches' own rows
+    /// in queue order would leave memory at the older one (v1 while the database holds v2) until
+    /// the next change or consistency check: a request queued again is read afresh instead.
+    /// </summary>
+    [Fact]
+    public async Task AnOwnNotificationQueuedAgainAfterAFailedReadDoesNotTakeTheNodeBehindALaterBatch()
+    {
+        await using var own = await OwnNode.StartAsync(Cluster, "late");
+        var (client, subscription, loader, connection) = (own.Client, own.Subscription, own.Loader, own.Connection);
+        using var notifications = MeterWatch.Node(own.Node, "registry.changefeed.notifications");
+        var first = loader.Expect();
+        var v1 = await UpdateLateAsync(connection, "1");
+        var second = loader.Expect();
+        var v2 = await UpdateLateAsync(connection, "2");
+
+        // The first batch's notification comes before the batch is settled: its rows are read, and the read waits.
+        await using var locker = new NpgsqlConnection(own.Database);
+        await locker.OpenAsync();
+        await using var locked = await locker.BeginTransactionAsync();
+        await ExecuteAsync(locker, locked, "LOCK TABLE instances IN ACCESS EXCLUSIVE MODE");
+        await ExecuteAsync(connection, null, $"SELECT pg_notify('registry_changes', 'late {first.Tag}' || chr(10) || 'http 1.1.1.1:80')");
+        var read = await BlockedLoaderQueryAsync(own.Database, "%JOIN unnest%");
+
+        // Both batches settle, the second's notification queues, and the read fails.
+        loader.Settled(first, ChangesOf(v1));
+        loader.Settled(second, ChangesOf(v2));
+        await ExecuteAsync(connection, null, $"SELECT pg_notify('registry_changes', 'late {second.Tag}' || chr(10) || 'http 1.1.1.1:80')");
+        await notifications.WaitForAsync(2);
+        await ExecuteAsync(connection, null, $"SELECT pg_cancel_backend({read})");
+        await locked.RollbackAsync();
+        await Task.WhenAll(first.Applied.Task, second.Applied.Task).WaitAsync(TimeSpan.FromSeconds(10));
+
+        var (_, _, answer) = await client.SubscribeAsync(subscription);
+        Assert.Equal("2", (string?)answer!["endpoints"]![0]!["meta"]!["v"]);
+    }
+
+    /// <summary>
+    /// A change the loader has applied is published before its next query, which may wait as long
+    /// as the database does (here a lock; a failover, a stall): reads and polls of the changed
+    /// application are answered from memory meanwhile. Before, they waited for the unrelated query.
+    /// </summary>
+    [Fact]
+    public async Task AnAppliedChangeIsServedWhileTheLoaderWaitsOnAQueryAboutAnotherApplication()
+    {
+        await using var own = await OwnNode.StartAsync(Cluster, "late");
+        var (client, subscription, version, loader, connection) = (own.Client, own.Subscription, own.Version, own.Loader, own.Connection);
+        using var notifications = MeterWatch.Node(own.Node, "registry.changefeed.notifications");
+        using var parked = ParkedPolls.On(own.Node);
+        var poll = client.SubscribeAsync(subscription, version, wait: 50);
+        await parked.WaitForAsync(1);
+        var batch = loader.Expect();
+        loader.Settled(batch, ChangesOf(await UpdateLateAsync(connection, "1")));
+
+        // The loader waits on a read of another application; the batch's notification queues behind it, with a third application's.
+        await using var locker = new NpgsqlConnection(own.Database);
+        await locker.OpenAsync();
+        await using var locked = await locker.BeginTransactionAsync();
+        await ExecuteAsync(locker, locked, "LOCK TABLE instances IN ACCESS EXCLUSIVE MODE");
+        await ExecuteAsync(connection, null, "SELECT pg_notify('registry_changes', 'blocker')");
+        var blocked = await BlockedLoaderQueryAsync(own.Database, "%ANY(%");
+        await ExecuteAsync(connection, null, $"SELECT pg_notify('registry_changes', 'late {batch.Tag}' || chr(10) || 'http 1.1.1.1:80'); SELECT pg_notify('registry_changes', 'other')");
+        await notifications.WaitForAsync(3);
+
+        // That read fails; the next pass applies the batch's rows, then waits on the two reads:
+        // the parked consumer is answered, and a read is served from memory, while it waits.
+        await ExecuteAsync(connection, null, $"SELECT pg_cancel_backend({blocked})");
+        var (_, _, woken) = await poll.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal("1", (string?)woken!["endpoints"]![0]!["meta"]!["v"]);
+        var (_, _, answer) = await client.SubscribeAsync(subscription).WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal("1", (string?)answer!["endpoints"]![0]!["meta"]!["v"]);
+        await BlockedLoaderQueryAsync(own.Database, "%ANY(%");
+        await locked.RollbackAsync();
+    }
+
+    /// <summary>Changes the instance of "late" as a batch of the node's would; returns the row as the batch's statement would.</summary>
+    private static async Task<Instance> UpdateLateAsync(NpgsqlConnection connection, string v)
+    {
+        await using var update = new NpgsqlCommand(
+            """
+            UPDATE instances SET meta = jsonb_build_object('v', @v), revision = nextval('instance_revision')
+             WHERE application = 'late' AND addr = '1.1.1.1:80' RETURNING ttl_seconds, expires_at, revision
+            """, connection);
+        update.Parameters.AddWithValue("v", v);
+        await using var reader = await update.ExecuteReaderAsync();
+        Assert.True(await reader.ReadAsync());
+        return new Instance(new InstanceKey("late", "http", "1.1.1.1:80"), Meta.From([new("v", v)]), reader.GetInt32(0), reader.GetFieldValue<DateTimeOffset>(1), reader.GetInt64(2));
+    }
+
+    private static Dictionary<string, Changes> ChangesOf(Instance row)
+    {
+        var changes = new Changes();
+        changes.Add(row.Key, row);
+        return new Dictionary<string, Changes> { [row.Key.Application] = changes };
+    }
+
+    /// <summary>The backend of the node's query like <paramref name="like"/>, once it waits for a lock.</summary>
+    private static async Task<int> BlockedLoaderQueryAsync(string database, string like)
+    {
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        await using var find = new NpgsqlCommand(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE @like AND pid <> pg_backend_pid()", connection);
+        find.Parameters.AddWithValue("like", like);
+        var deadline = Stopwatch.StartNew();
+        // Nothing signals a session's wait for a lock but the catalog: read it until it shows.
+        while (true)
+        {
+            if (await find.ExecuteScalarAsync() is int pid)
+            {
+                return pid;
+            }
+
+            Assert.True(deadline.Elapsed < TimeSpan.FromSeconds(20), $"no query like {like} waited for the lock");
+            await Task.Delay(50);
+        }
     }
 
     /// <summary>
@@ -424,13 +545,16 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
     /// <summary>A node over a database of its own, one instance of an application registered and read once, and a connection to that database.</summary>
     private sealed class OwnNode : IAsyncDisposable
     {
-        private OwnNode(RegistryNode node, NpgsqlConnection connection, string subscription)
+        private OwnNode(string database, RegistryNode node, NpgsqlConnection connection, string subscription)
         {
+            Database = database;
             Node = node;
             Client = node.CreateClient();
             Connection = connection;
             Subscription = subscription;
         }
+
+        public string Database { get; }
 
         public RegistryNode Node { get; }
 
@@ -450,7 +574,7 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
             var database = await cluster.CreateDatabaseAsync();
             var connection = new NpgsqlConnection(database);
             await connection.OpenAsync();
-            var own = new OwnNode(new RegistryNode(database), connection, Http.Subscription(Http.Entry(application)));
+            var own = new OwnNode(database, new RegistryNode(database), connection, Http.Subscription(Http.Entry(application)));
             await RegisterAsync(own.Client, application, "1.1.1.1:80", """{"v":"0"}""");
             own.Version = (await own.Client.SubscribeAsync(own.Subscription)).Version!;
             return own;

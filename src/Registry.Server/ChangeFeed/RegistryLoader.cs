@@ -70,6 +70,9 @@ internal sealed partial class RegistryLoader(
         public static readonly Reload Bookkeeping = new(null, [], null);
 
         public bool Everything => Application is null && Keys is null;
+
+        /// <summary>Queued again after its read failed: behind notifications that came meanwhile, so never applied from a batch's own rows.</summary>
+        public bool Retried { get; init; }
     }
 
     /// <summary>Schedules what a notification announces; never blocks, never throws.</summary>
@@ -212,11 +215,13 @@ internal sealed partial class RegistryLoader(
         {
             if (request.Keys is not null && owners.GetValueOrDefault(request) is { } commit && commit.For(request.Application!) is { } changes)
             {
-                if (ReadSince(request.Application!, commit.ReadsApplied))
+                if (request.Retried || ReadSince(request.Application!, commit.ReadsApplied))
                 {
                     // A read applied since the batch ran may hold a later write to these rows
                     // (another node's, or this node's next batch): the batch's own rows would
-                    // take memory back to an older state. Read them afresh instead.
+                    // take memory back to an older state. Read them afresh instead. So with a
+                    // notification queued again after a failed read: a later batch's own rows,
+                    // queued before it now, would be applied first.
                     keys.UnionWith(changes.Keys);
                     reads.Add(request);
                 }
@@ -252,11 +257,13 @@ internal sealed partial class RegistryLoader(
                 Merge(supplied.Select(s => (s.Application, (IReadOnlyCollection<InstanceKey>)s.Changes.Keys, s.Changes.Rows.ToArray())));
                 if (applications.Count > 0)
                 {
+                    Publish();
                     await LoadApplicationsAsync(applications.ToArray(), cancellationToken);
                 }
 
                 if (keys.Count > 0)
                 {
+                    Publish();
                     await LoadInstancesAsync(keys.ToArray(), cancellationToken);
                 }
             }
@@ -281,7 +288,7 @@ internal sealed partial class RegistryLoader(
 
                 if (!all)
                 {
-                    _requests.Writer.TryWrite(request with { Done = null });
+                    _requests.Writer.TryWrite(request with { Done = null, Retried = true });
                 }
             }
         }
@@ -289,8 +296,7 @@ internal sealed partial class RegistryLoader(
         {
             // The loop ends (the node is stopping): what was applied is still recomposed and its
             // consumers woken, so no read or parked poll waits for it.
-            hub.Recompose(_wakes);
-            Wake();
+            Publish();
             throw;
         }
 
@@ -309,13 +315,23 @@ internal sealed partial class RegistryLoader(
 
         // After the writes are answered: the answers they changed are recomposed while their
         // replies go out, and the consumers' answers are queued after them.
-        hub.Recompose(_wakes);
-        Wake();
+        Publish();
 
         if (failure is not null)
         {
             await Task.Delay(TimeSpan.FromMilliseconds(500), time, cancellationToken);
         }
+    }
+
+    /// <summary>
+    /// Publishes what is applied before the next query: a read or poll of a changed application waits for its
+    /// recomposed answer (<see cref="SubscriptionView.FreshAsync"/>), and must not wait for a query about other
+    /// rows, which takes as long as the database does (a lock, a failover: up to the statement timeout).
+    /// </summary>
+    private void Publish()
+    {
+        hub.Recompose(_wakes);
+        Wake();
     }
 
     private bool ReadSince(string application, long reads) => _allReadAt > reads || _readAt.GetValueOrDefault(application) > reads;
