@@ -109,6 +109,70 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
         await waiting.WaitUntilAsync(total => total == 0);
     }
 
+    /// <summary>
+    /// Selections written differently share what they match: 500 subscriptions each naming the
+    /// big provider twice, once with a filter of its own that matches nothing, select all its
+    /// instances through 500 different selections. Before, each held its own serialised copy of the
+    /// application (0.9 MB: 470 MiB for the 500), one client's requests enough to exhaust a node;
+    /// now they share its segments, when they are made and when a change serialises them again.
+    /// </summary>
+    [Fact]
+    public async Task FiveHundredDifferentSelectionsOfTheSameInstancesCostLittleMoreThanOne()
+    {
+        const int Subscriptions = 500;
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database);
+        using var client = node.CreateClient();
+        await InsertBigApplicationAsync(database, "big", 2000);
+        await node.ReloadAsync();
+        static string Subscription(int i) => Http.Subscription(Http.Entry("big"), Http.Entry("big", meta: $$"""{"nonce":"{{i}}"}"""));
+        // Answers are read through one small buffer: the test's heap, measured with the node's, keeps none of them.
+        var drain = new byte[16 * 1024];
+        async Task<string> SubscribeAsync(int i, string? version = null)
+        {
+            var path = version is null ? "/v1/subscribe" : $"/v1/subscribe?version={Uri.EscapeDataString(version)}&wait=30";
+            using var response = await client.PostAsync(path, Http.Json(Subscription(i)));
+            response.EnsureSuccessStatusCode();
+            await using var body = await response.Content.ReadAsStreamAsync();
+            while (await body.ReadAsync(drain) > 0)
+            {
+            }
+
+            return response.Headers.ETag!.Tag.Trim('"');
+        }
+
+        var versions = new string[Subscriptions];
+        versions[0] = await SubscribeAsync(0);
+        var before = GC.GetTotalMemory(forceFullCollection: true);
+        for (var i = 1; i < Subscriptions; i++)
+        {
+            versions[i] = await SubscribeAsync(i);
+        }
+
+        var grown = GC.GetTotalMemory(forceFullCollection: true) - before;
+        Assert.True(grown < 8 * 1024 * 1024, $"{Subscriptions - 1} more selections of the same instances took {grown / 1024 / 1024.0:F1} MiB");
+
+        // Parked on all of them, every instance changes: each selection is recomposed of new segments.
+        using var parked = ParkedPolls.On(node);
+        var polls = Enumerable.Range(0, Subscriptions).Select(i => SubscribeAsync(i, versions[i])).ToArray();
+        await parked.WaitForAsync(Subscriptions, TimeSpan.FromSeconds(30));
+        await using (var connection = new NpgsqlConnection(database))
+        {
+            await connection.OpenAsync();
+            await using var change = new NpgsqlCommand(
+                """
+                UPDATE instances SET meta = meta || '{"v":"2"}', revision = nextval('instance_revision') WHERE application = 'big';
+                SELECT pg_notify('registry_changes', 'big');
+                """, connection);
+            await change.ExecuteNonQueryAsync();
+        }
+
+        var answered = await Task.WhenAll(polls).WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.All(answered.Zip(versions), pair => Assert.NotEqual(pair.Second, pair.First));
+        grown = GC.GetTotalMemory(forceFullCollection: true) - before;
+        Assert.True(grown < 8 * 1024 * 1024, $"recomposed after a change, {Subscriptions - 1} more selections of the same instances held {grown / 1024 / 1024.0:F1} MiB");
+    }
+
     private static async Task InsertBigApplicationAsync(string database, string application, int instances)
     {
         await using var connection = new NpgsqlConnection(database);

@@ -84,8 +84,11 @@ internal sealed class Fragment
     /// snapshot's order. A segment that <paramref name="previous"/> already holds with the same
     /// instances at the same revisions (so with the same meta) is taken from it rather than
     /// serialised again: one registration to an application of thousands costs one segment.
+    /// Segments of <paramref name="donor"/> (another selection of the same application) are taken
+    /// the same way, so selections written differently that match the same instances share their
+    /// bytes, however many there are.
     /// </summary>
-    public static Fragment Compute(ApplicationSnapshot? snapshot, IReadOnlyList<SubscriptionEntry> entries, Fragment? previous = null)
+    public static Fragment Compute(ApplicationSnapshot? snapshot, IReadOnlyList<SubscriptionEntry> entries, Fragment? previous = null, Fragment? donor = null)
     {
         if (snapshot is null)
         {
@@ -109,24 +112,27 @@ internal sealed class Fragment
         }
 
         var before = (previous ?? Empty)._segments;
+        var offered = (donor ?? Empty)._segments;
         var segments = new List<Segment>(before.Length + 1);
         var all = CollectionsMarshal.AsSpan(instances);
         ArrayBufferWriter<byte>? buffer = null;
-        var reused = 0;
-        var p = 0;
+        var (reused, donated) = (0, 0);
+        var (p, d) = (0, 0);
         for (var start = 0; start < all.Length;)
         {
-            // Both are in key order: walk the previous segments alongside.
-            while (p < before.Length && ApplicationSnapshot.Compare(before[p].First, all[start].Key) < 0)
+            if (Reuse(before, ref p, all[start..]) is { } kept)
             {
-                p++;
+                start += kept.Count;
+                segments.Add(kept);
+                reused++;
+                continue;
             }
 
-            if (p < before.Length && before[p].Continues(all[start..]))
+            if (Reuse(offered, ref d, all[start..]) is { } shared)
             {
-                start += before[p].Count;
-                segments.Add(before[p++]);
-                reused++;
+                start += shared.Count;
+                segments.Add(shared);
+                donated++;
                 continue;
             }
 
@@ -140,7 +146,23 @@ internal sealed class Fragment
             start = end;
         }
 
-        return reused == before.Length && reused == segments.Count ? previous! : new Fragment([.. segments], instances.Count);
+        return reused == before.Length && reused == segments.Count ? previous!
+            : donated == offered.Length && donated == segments.Count ? donor!
+            : new Fragment([.. segments], instances.Count);
+    }
+
+    /// <summary>
+    /// The segment of <paramref name="segments"/> that <paramref name="rest"/> begins with, if any. Both are in key
+    /// order: <paramref name="next"/> walks the segments alongside the instances.
+    /// </summary>
+    private static Segment? Reuse(Segment[] segments, ref int next, ReadOnlySpan<Instance> rest)
+    {
+        while (next < segments.Length && ApplicationSnapshot.Compare(segments[next].First, rest[0].Key) < 0)
+        {
+            next++;
+        }
+
+        return next < segments.Length && segments[next].Continues(rest) ? segments[next++] : null;
     }
 
     /// <summary>Whether the entry selects the instance (its protocol, and its meta as a subset).</summary>

@@ -338,12 +338,15 @@ internal sealed class SubscriptionHub
                 if (!_slots.TryGetValue(slotKeys[i], out var slot))
                 {
                     var (application, slotEntries) = groups[i];
-                    slot = new FragmentSlot(slotKeys[i], application, slotEntries, Fragment.Compute(_state.Get(application), slotEntries));
-                    _slots.Add(slot.Key, slot);
                     if (!_byApplication.TryGetValue(application, out var applicationSlots))
                     {
                         _byApplication[application] = applicationSlots = [];
                     }
+
+                    // Another selection's segments of the same instances are shared, not serialised again.
+                    var donor = applicationSlots.MaxBy(other => other.Current.Count)?.Current;
+                    slot = new FragmentSlot(slotKeys[i], application, slotEntries, Fragment.Compute(_state.Get(application), slotEntries, donor: donor));
+                    _slots.Add(slot.Key, slot);
 
                     applicationSlots.Add(slot);
                 }
@@ -471,7 +474,17 @@ internal sealed class SubscriptionHub
             // Outside the lock: the state was replaced before the change was marked, so a view
             // created meanwhile computed its new fragments, or shares a stale one and is
             // recomposed below.
-            var fragments = touched.Select(slot => Fragment.Compute(_state.Get(slot.Application), slot.Entries, slot.Current)).ToArray();
+            var fragments = new Fragment[touched.Length];
+            // Largest first: each application's first new fragment is offered to its other selections, so segments a
+            // change serialised again stay shared between them (or each would keep a copy of its own).
+            var donors = new Dictionary<string, Fragment>(StringComparer.Ordinal);
+            foreach (var i in Enumerable.Range(0, touched.Length).OrderByDescending(i => touched[i].Current.Count))
+            {
+                var slot = touched[i];
+                fragments[i] = Fragment.Compute(_state.Get(slot.Application), slot.Entries, slot.Current, donors.GetValueOrDefault(slot.Application));
+                donors.TryAdd(slot.Application, fragments[i]);
+            }
+
             var affected = new HashSet<SubscriptionView>(ReferenceEqualityComparer.Instance);
             lock (_gate)
             {
