@@ -61,14 +61,15 @@ internal sealed partial class LeaseRenewer(
     /// expiry that no row holds. A lease that other nodes renewed looks run out here too: that heartbeat waits for
     /// the next flush (at most a <see cref="LeaseOptions.RenewalInterval"/>) and costs no statement of its own.
     /// </summary>
-    public async Task<HeartbeatRenewal> RenewHeartbeatAsync(Instance instance, CancellationToken cancellationToken)
+    public ValueTask<HeartbeatRenewal> RenewHeartbeatAsync(Instance instance, CancellationToken cancellationToken)
     {
+        // Synchronous but for the rare lapsed lease: a heartbeat answered from memory allocates no task.
         if (Renew(instance, out var written) is not { } expiresAt)
         {
-            return new HeartbeatRenewal(RenewalOutcome.Refused, default);
+            return ValueTask.FromResult(new HeartbeatRenewal(RenewalOutcome.Refused, default));
         }
 
-        return written is null ? new HeartbeatRenewal(RenewalOutcome.Renewed, expiresAt) : await written.WaitAsync(cancellationToken);
+        return written is null ? ValueTask.FromResult(new HeartbeatRenewal(RenewalOutcome.Renewed, expiresAt)) : new(written.WaitAsync(cancellationToken));
     }
 
     private DateTimeOffset? Renew(Instance instance, out Task<HeartbeatRenewal>? written)
