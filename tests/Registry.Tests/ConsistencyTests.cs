@@ -173,6 +173,47 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
         await locked.RollbackAsync();
     }
 
+    /// <summary>
+    /// A pass that applies a batch's own rows of an application and must also read that application
+    /// (another node's change to it) publishes nothing of it before the read: consumers would get
+    /// this node's batch without the other change, a state the database never held.
+    /// </summary>
+    [Fact]
+    public async Task AnApplicationAlsoToBeReadIsNotPublishedHalfApplied()
+    {
+        await using var own = await OwnNode.StartAsync(Cluster, "late");
+        var (client, subscription, version, loader, connection) = (own.Client, own.Subscription, own.Version, own.Loader, own.Connection);
+        using var notifications = MeterWatch.Node(own.Node, "registry.changefeed.notifications");
+        using var parked = ParkedPolls.On(own.Node);
+        var poll = client.SubscribeAsync(subscription, version, wait: 50);
+        await parked.WaitForAsync(1);
+        var batch = loader.Expect();
+        loader.Settled(batch, ChangesOf(await UpdateLateAsync(connection, "1")));
+        await ExecuteAsync(connection, null, """
+            INSERT INTO instances (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
+            VALUES ('late', 'http', '2.2.2.2:80', '{}', 600, clock_timestamp() + interval '600 seconds', clock_timestamp())
+            """);
+
+        // The loader waits on a read; the batch's notification and another node's of the same application queue behind it.
+        await using var locker = new NpgsqlConnection(own.Database);
+        await locker.OpenAsync();
+        await using var locked = await locker.BeginTransactionAsync();
+        await ExecuteAsync(locker, locked, "LOCK TABLE instances IN ACCESS EXCLUSIVE MODE");
+        await ExecuteAsync(connection, null, "SELECT pg_notify('registry_changes', 'blocker')");
+        var blocked = await BlockedLoaderQueryAsync(own.Database, "%ANY(%");
+        await ExecuteAsync(connection, null, $"SELECT pg_notify('registry_changes', 'late {batch.Tag}' || chr(10) || 'http 1.1.1.1:80'); SELECT pg_notify('registry_changes', 'late' || chr(10) || 'http 2.2.2.2:80')");
+        await notifications.WaitForAsync(3);
+
+        // That read fails; the next pass applies the batch's rows and waits on its reads, the other node's change among them.
+        await ExecuteAsync(connection, null, $"SELECT pg_cancel_backend({blocked})");
+        await BlockedLoaderQueryAsync(own.Database, "%ANY(%");
+        Assert.NotSame(poll, await Task.WhenAny(poll, Task.Delay(TimeSpan.FromMilliseconds(500)))); // nothing half-applied comes meanwhile
+        await locked.RollbackAsync();
+        var (_, _, woken) = await poll.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal(["1.1.1.1:80", "2.2.2.2:80"], woken!["endpoints"]!.AsArray().Select(e => (string?)e!["addr"]));
+        Assert.Equal("1", (string?)woken["endpoints"]![0]!["meta"]!["v"]);
+    }
+
     /// <summary>Changes the instance of "late" as a batch of the node's would; returns the row as the batch's statement would.</summary>
     private static async Task<Instance> UpdateLateAsync(NpgsqlConnection connection, string v)
     {

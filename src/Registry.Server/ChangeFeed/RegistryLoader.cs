@@ -255,15 +255,28 @@ internal sealed partial class RegistryLoader(
                 // Supplied rows first: a query reads the database as it is now, which is at least
                 // as new as every notification already received, so it must be applied last.
                 Merge(supplied.Select(s => (s.Application, (IReadOnlyCollection<InstanceKey>)s.Changes.Keys, s.Changes.Rows.ToArray())));
+                // What is applied is published before each further query (see Publish), unless the query reads an
+                // application a batch's rows changed: its answer would hold a state the database never held (this
+                // node's batch without another node's earlier change the query brings).
+                var merged = supplied.Select(s => s.Application).ToHashSet(StringComparer.Ordinal);
+                var read = keys.Select(k => k.Application).ToHashSet(StringComparer.Ordinal);
                 if (applications.Count > 0)
                 {
-                    Publish();
+                    if (!merged.Overlaps(applications) && !merged.Overlaps(read))
+                    {
+                        Publish();
+                    }
+
                     await LoadApplicationsAsync(applications.ToArray(), cancellationToken);
                 }
 
                 if (keys.Count > 0)
                 {
-                    Publish();
+                    if (!merged.Overlaps(read))
+                    {
+                        Publish();
+                    }
+
                     await LoadInstancesAsync(keys.ToArray(), cancellationToken);
                 }
             }
