@@ -19,10 +19,13 @@ public sealed class DatabaseOptions
     /// (<c>idle_in_transaction_session_timeout</c>, unless the connection string's Options set it). A sweep holds
     /// the cluster's sweep lock across a few statements: were its node to die between them with no FIN reaching
     /// the database (power lost, route gone), its session would keep that lock, and every node would stop
-    /// evicting, until the server's TCP keepalive gave up (two hours by default).
+    /// evicting, until the server's TCP keepalive gave up (two hours by default). The sweep's statements follow each
+    /// other with no pause of the node's, so a few seconds is ample. 0 sends nothing: for a pooler that refuses the
+    /// <c>options</c> startup parameter (PgBouncer without <c>ignore_startup_parameters = options</c>), set it on the
+    /// registry's role instead (<c>ALTER ROLE … SET idle_in_transaction_session_timeout = '10s'</c>).
     /// </summary>
-    [Range(1, 3600)]
-    public int IdleInTransactionTimeoutSeconds { get; set; } = 30;
+    [Range(0, 3600)]
+    public int IdleInTransactionTimeoutSeconds { get; set; } = 10;
 
     /// <summary>
     /// Most connections in each of the node's two pools (statements planned per run, and those

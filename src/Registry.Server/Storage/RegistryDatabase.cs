@@ -144,7 +144,7 @@ internal sealed class RegistryDatabase(
             pooled.ApplicationName = "registry";
         }
 
-        if (pooled.Options?.Contains("idle_in_transaction_session_timeout", StringComparison.Ordinal) != true)
+        if (options.IdleInTransactionTimeoutSeconds > 0 && pooled.Options?.Contains("idle_in_transaction_session_timeout", StringComparison.OrdinalIgnoreCase) != true)
         {
             pooled.Options = $"{pooled.Options} -c idle_in_transaction_session_timeout={options.IdleInTransactionTimeoutSeconds * 1000}".TrimStart();
         }
