@@ -45,34 +45,57 @@ internal sealed partial class LeaseRenewer(
 
     private readonly RenewalRule _rule = new(options, time);
 
+    /// <summary>When (database time, UTC ticks) this node last marked itself alive; see <see cref="MustWait"/>.</summary>
+    private long _markedAt;
+
     private bool _failing;
 
     /// <summary>
     /// Renews a known instance's lease: the expiry to report, or null when this node cannot
     /// record renewals now (answer 503, so the provider tries another node).
     /// </summary>
-    public DateTimeOffset? Renew(Instance instance) => Renew(instance, out _);
+    public DateTimeOffset? Renew(Instance instance) => Renew(instance, wait: false, out _);
 
     /// <summary>
-    /// Renews a heartbeat's lease as <see cref="Renew(Instance)"/> does, except that a lease already run out as far
-    /// as this node knows is answered only once its renewal is written. The sweepers hold back a lease this node may
-    /// have promised to renew only while it ran out after the node's last mark; one that ran out before may be
-    /// evicted before the next flush, and its provider must then hear that it is gone (and register again), not an
-    /// expiry that no row holds. A lease that other nodes renewed looks run out here too: that heartbeat waits for
-    /// the next flush (at most a <see cref="LeaseOptions.RenewalInterval"/>) and costs no statement of its own.
+    /// Renews a heartbeat's lease as <see cref="Renew(Instance)"/> does, except that a lease that may be evicted before
+    /// the next flush (see <see cref="MustWait"/>) is answered only once its renewal is written: its provider must then
+    /// hear that it is gone (404, and register again), not an expiry that no row holds. Such a heartbeat waits at most
+    /// <see cref="RenewalRule.UnrecordedFloor"/> (503 after that) and costs no statement of its own.
     /// </summary>
     public ValueTask<HeartbeatRenewal> RenewHeartbeatAsync(Instance instance, CancellationToken cancellationToken)
     {
-        // Synchronous but for the rare lapsed lease: a heartbeat answered from memory allocates no task.
-        if (Renew(instance, out var written) is not { } expiresAt)
+        // Synchronous but for a lapsed lease: a heartbeat answered from memory allocates no task.
+        if (Renew(instance, wait: true, out var written) is not { } expiresAt)
         {
             return ValueTask.FromResult(new HeartbeatRenewal(RenewalOutcome.Refused, default));
         }
 
-        return written is null ? ValueTask.FromResult(new HeartbeatRenewal(RenewalOutcome.Renewed, expiresAt)) : new(written.WaitAsync(cancellationToken));
+        return written is null ? ValueTask.FromResult(new HeartbeatRenewal(RenewalOutcome.Renewed, expiresAt)) : WaitAsync(written, cancellationToken);
     }
 
-    private DateTimeOffset? Renew(Instance instance, out Task<HeartbeatRenewal>? written)
+    private async ValueTask<HeartbeatRenewal> WaitAsync(Task<HeartbeatRenewal> written, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await written.WaitAsync(RenewalRule.UnrecordedFloor(options.Value), time, cancellationToken);
+        }
+        catch (TimeoutException)
+        {
+            return new HeartbeatRenewal(RenewalOutcome.Refused, default);
+        }
+    }
+
+    /// <summary>
+    /// Whether a renewal of a lease known to end at <paramref name="known"/> may be overtaken by a sweep. The sweepers
+    /// hold back a lease this node may have promised to renew while it ran out after the node's last mark, and a mark
+    /// comes after the node writes what it gathered, with a settle margin of two flushes past the expiry besides. A
+    /// lease that ran out before the last mark, or more than a flush ago (a flush under way may mark without this
+    /// renewal), is held back by neither.
+    /// </summary>
+    private bool MustWait(DateTimeOffset known, DateTimeOffset now) =>
+        known <= new DateTimeOffset(Volatile.Read(ref _markedAt), TimeSpan.Zero) || known <= now - options.Value.RenewalInterval;
+
+    private DateTimeOffset? Renew(Instance instance, bool wait, out Task<HeartbeatRenewal>? written)
     {
         written = null;
         var ttl = TimeSpan.FromSeconds(instance.TtlSeconds);
@@ -91,7 +114,7 @@ internal sealed partial class LeaseRenewer(
             return null;
         }
 
-        if (known <= now)
+        if (wait && MustWait(known, now))
         {
             // Before the key is gathered: the flush that writes it finds the waiter.
             written = _awaited.GetOrAdd(instance.Key, static _ => new(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
@@ -131,6 +154,10 @@ internal sealed partial class LeaseRenewer(
         {
             // The host gave up waiting, or is disposing the data source as it stops.
             LogStopUnwritten(logger, _pending.Count, e);
+        }
+        finally
+        {
+            Answer(_awaited.Keys, _ => new HeartbeatRenewal(RenewalOutcome.Refused, default));
         }
     }
 
@@ -186,7 +213,9 @@ internal sealed partial class LeaseRenewer(
             // the flush began is in the database, which is what the sweeper waits for (Sweeper).
             if (mark)
             {
-                clock.Observe(await grace.SettleAsync(connection, null, mark: true, cancellationToken));
+                var marked = await grace.SettleAsync(connection, null, mark: true, cancellationToken);
+                clock.Observe(marked);
+                Volatile.Write(ref _markedAt, marked.UtcTicks);
             }
 
             // Recorded: what waits now was gathered after this flush began.
@@ -223,7 +252,7 @@ internal sealed partial class LeaseRenewer(
     }
 
     /// <summary>Answers the heartbeats waiting for <paramref name="keys"/>' write.</summary>
-    private void Answer(InstanceKey[] keys, Func<InstanceKey, HeartbeatRenewal> outcome)
+    private void Answer(IEnumerable<InstanceKey> keys, Func<InstanceKey, HeartbeatRenewal> outcome)
     {
         if (_awaited.IsEmpty)
         {

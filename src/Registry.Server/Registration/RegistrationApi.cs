@@ -49,8 +49,8 @@ internal static class RegistrationApi
             .WithSummary("Renew an instance's lease")
             .WithDescription("Renews the lease of (application, protocol, addr) with the TTL granted at registration. `meta` may be " +
                 "omitted and is never applied. 404 means the instance is not registered (never was, unregistered, or expired): register again. " +
-                "A heartbeat for a lease that has already run out is answered once its renewal is written (within the node's renewal " +
-                "interval, 250 ms by default), with 404 if the instance was evicted meanwhile. " +
+                "A heartbeat for a lease that has already run out is answered once its renewal is written (normally within the node's " +
+                "renewal interval, 250 ms by default), with 404 if the instance was evicted meanwhile. " +
                 "503 means this node has not been able to record renewals for a while: heartbeat through another node.")
             .Accepts<ProviderDocument>("application/json", "*/*")
             .Produces<LeaseDocument>(StatusCodes.Status200OK)
