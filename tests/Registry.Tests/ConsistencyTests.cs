@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Net;
+using System.Text.Json.Nodes;
 using Npgsql;
 using Registry.ChangeFeed;
 using Registry.Leases;
@@ -144,33 +145,14 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
     public async Task AnAppliedChangeIsServedWhileTheLoaderWaitsOnAQueryAboutAnotherApplication()
     {
         await using var own = await OwnNode.StartAsync(Cluster, "late");
-        var (client, subscription, version, loader, connection) = (own.Client, own.Subscription, own.Version, own.Loader, own.Connection);
-        using var notifications = MeterWatch.Node(own.Node, "registry.changefeed.notifications");
-        using var parked = ParkedPolls.On(own.Node);
-        var poll = client.SubscribeAsync(subscription, version, wait: 50);
-        await parked.WaitForAsync(1);
-        var batch = loader.Expect();
-        loader.Settled(batch, ChangesOf(await UpdateLateAsync(connection, "1")));
+        await using var held = await HeldLoader.StartAsync(own, "other");
 
-        // The loader waits on a read of another application; the batch's notification queues behind it, with a third application's.
-        await using var locker = new NpgsqlConnection(own.Database);
-        await locker.OpenAsync();
-        await using var locked = await locker.BeginTransactionAsync();
-        await ExecuteAsync(locker, locked, "LOCK TABLE instances IN ACCESS EXCLUSIVE MODE");
-        await ExecuteAsync(connection, null, "SELECT pg_notify('registry_changes', 'blocker')");
-        var blocked = await BlockedLoaderQueryAsync(own.Database, "%ANY(%");
-        await ExecuteAsync(connection, null, $"SELECT pg_notify('registry_changes', 'late {batch.Tag}' || chr(10) || 'http 1.1.1.1:80'); SELECT pg_notify('registry_changes', 'other')");
-        await notifications.WaitForAsync(3);
-
-        // That read fails; the next pass applies the batch's rows, then waits on the two reads:
-        // the parked consumer is answered, and a read is served from memory, while it waits.
-        await ExecuteAsync(connection, null, $"SELECT pg_cancel_backend({blocked})");
-        var (_, _, woken) = await poll.WaitAsync(TimeSpan.FromSeconds(10));
+        // The parked consumer is answered, and a read is served from memory, while the loader waits.
+        var (_, _, woken) = await held.Poll.WaitAsync(TimeSpan.FromSeconds(10));
         Assert.Equal("1", (string?)woken!["endpoints"]![0]!["meta"]!["v"]);
-        var (_, _, answer) = await client.SubscribeAsync(subscription).WaitAsync(TimeSpan.FromSeconds(10));
+        var (_, _, answer) = await own.Client.SubscribeAsync(own.Subscription).WaitAsync(TimeSpan.FromSeconds(10));
         Assert.Equal("1", (string?)answer!["endpoints"]![0]!["meta"]!["v"]);
         await BlockedLoaderQueryAsync(own.Database, "%ANY(%");
-        await locked.RollbackAsync();
     }
 
     /// <summary>
@@ -182,36 +164,65 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
     public async Task AnApplicationAlsoToBeReadIsNotPublishedHalfApplied()
     {
         await using var own = await OwnNode.StartAsync(Cluster, "late");
-        var (client, subscription, version, loader, connection) = (own.Client, own.Subscription, own.Version, own.Loader, own.Connection);
-        using var notifications = MeterWatch.Node(own.Node, "registry.changefeed.notifications");
-        using var parked = ParkedPolls.On(own.Node);
-        var poll = client.SubscribeAsync(subscription, version, wait: 50);
-        await parked.WaitForAsync(1);
-        var batch = loader.Expect();
-        loader.Settled(batch, ChangesOf(await UpdateLateAsync(connection, "1")));
-        await ExecuteAsync(connection, null, """
+        await ExecuteAsync(own.Connection, null, """
             INSERT INTO instances (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
             VALUES ('late', 'http', '2.2.2.2:80', '{}', 600, clock_timestamp() + interval '600 seconds', clock_timestamp())
             """);
+        await using var held = await HeldLoader.StartAsync(own, "late\nhttp 2.2.2.2:80");
 
-        // The loader waits on a read; the batch's notification and another node's of the same application queue behind it.
-        await using var locker = new NpgsqlConnection(own.Database);
-        await locker.OpenAsync();
-        await using var locked = await locker.BeginTransactionAsync();
-        await ExecuteAsync(locker, locked, "LOCK TABLE instances IN ACCESS EXCLUSIVE MODE");
-        await ExecuteAsync(connection, null, "SELECT pg_notify('registry_changes', 'blocker')");
-        var blocked = await BlockedLoaderQueryAsync(own.Database, "%ANY(%");
-        await ExecuteAsync(connection, null, $"SELECT pg_notify('registry_changes', 'late {batch.Tag}' || chr(10) || 'http 1.1.1.1:80'); SELECT pg_notify('registry_changes', 'late' || chr(10) || 'http 2.2.2.2:80')");
-        await notifications.WaitForAsync(3);
-
-        // That read fails; the next pass applies the batch's rows and waits on its reads, the other node's change among them.
-        await ExecuteAsync(connection, null, $"SELECT pg_cancel_backend({blocked})");
         await BlockedLoaderQueryAsync(own.Database, "%ANY(%");
-        Assert.NotSame(poll, await Task.WhenAny(poll, Task.Delay(TimeSpan.FromMilliseconds(500)))); // nothing half-applied comes meanwhile
-        await locked.RollbackAsync();
-        var (_, _, woken) = await poll.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.NotSame(held.Poll, await Task.WhenAny(held.Poll, Task.Delay(TimeSpan.FromMilliseconds(500)))); // nothing half-applied comes meanwhile
+        await held.ReleaseAsync();
+        var (_, _, woken) = await held.Poll.WaitAsync(TimeSpan.FromSeconds(10));
         Assert.Equal(["1.1.1.1:80", "2.2.2.2:80"], woken!["endpoints"]!.AsArray().Select(e => (string?)e!["addr"]));
         Assert.Equal("1", (string?)woken["endpoints"]![0]!["meta"]!["v"]);
+    }
+
+    /// <summary>The node's loader held in a read by a table lock, with a consumer parked on "late" and changes queued behind the read.</summary>
+    private sealed class HeldLoader(NpgsqlConnection locker, NpgsqlTransaction locked, Task<(int Status, string? Version, JsonNode? Body)> poll) : IAsyncDisposable
+    {
+        /// <summary>The consumer parked on "late" before the change.</summary>
+        public Task<(int Status, string? Version, JsonNode? Body)> Poll { get; } = poll;
+
+        /// <summary>
+        /// Parks a consumer on "late" and settles a batch of the node's changing it to v1; holds the loader in a read of
+        /// another application, queues the batch's notification and one of <paramref name="other"/> behind it, and fails
+        /// that read: the next pass applies the batch's rows, then waits on its reads.
+        /// </summary>
+        public static async Task<HeldLoader> StartAsync(OwnNode own, string other)
+        {
+            using var notifications = MeterWatch.Node(own.Node, "registry.changefeed.notifications");
+            using var parked = ParkedPolls.On(own.Node);
+            var poll = own.Client.SubscribeAsync(own.Subscription, own.Version, wait: 50);
+            await parked.WaitForAsync(1);
+            var batch = own.Loader.Expect();
+            own.Loader.Settled(batch, ChangesOf(await UpdateLateAsync(own.Connection, "1")));
+
+            var locker = new NpgsqlConnection(own.Database);
+            await locker.OpenAsync();
+            var locked = await locker.BeginTransactionAsync();
+            await ExecuteAsync(locker, locked, "LOCK TABLE instances IN ACCESS EXCLUSIVE MODE");
+            await ExecuteAsync(own.Connection, null, "SELECT pg_notify('registry_changes', 'blocker')");
+            var blocked = await BlockedLoaderQueryAsync(own.Database, "%ANY(%");
+            await using (var queue = new NpgsqlCommand("SELECT pg_notify('registry_changes', @own); SELECT pg_notify('registry_changes', @other)", own.Connection))
+            {
+                queue.Parameters.AddWithValue("own", $"late {batch.Tag}\nhttp 1.1.1.1:80");
+                queue.Parameters.AddWithValue("other", other);
+                await queue.ExecuteNonQueryAsync();
+            }
+
+            await notifications.WaitForAsync(3);
+            await ExecuteAsync(own.Connection, null, $"SELECT pg_cancel_backend({blocked})");
+            return new HeldLoader(locker, locked, poll);
+        }
+
+        public Task ReleaseAsync() => locked.RollbackAsync();
+
+        public async ValueTask DisposeAsync()
+        {
+            await locked.DisposeAsync();
+            await locker.DisposeAsync();
+        }
     }
 
     /// <summary>Changes the instance of "late" as a batch of the node's would; returns the row as the batch's statement would.</summary>
