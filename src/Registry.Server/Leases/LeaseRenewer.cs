@@ -40,7 +40,7 @@ internal sealed partial class LeaseRenewer(
     /// </summary>
     private readonly ConcurrentDictionary<InstanceKey, (long Revision, DateTimeOffset ExpiresAt)> _written = new();
 
-    /// <summary>Heartbeats of leases run out as far as this node knows, waiting for the flush that writes their key.</summary>
+    /// <summary>Heartbeats waiting for the flush that writes their key (see <see cref="MustWait"/>).</summary>
     private readonly ConcurrentDictionary<InstanceKey, TaskCompletionSource<HeartbeatRenewal>> _awaited = new();
 
     private readonly RenewalRule _rule = new(options, time);
