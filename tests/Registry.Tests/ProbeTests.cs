@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Net;
+using Microsoft.Extensions.Options;
 using Npgsql;
 using Registry.Membership;
 using Registry.Tests.Infrastructure;
@@ -34,6 +35,7 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         var healthy = true;
         target.Answer = _ => (healthy ? 200 : 503, "", TimeSpan.Zero);
 
+        int granted;
         using (var response = await client.PostJsonAsync($"/v1/register?ttl=1&probe=http&probePath=/healthz&probeInterval={Interval}", Http.Provider("web", target.Addr)))
         {
             Assert.Equal(HttpStatusCode.Created, response.StatusCode);
@@ -41,12 +43,17 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
             Assert.Equal("http", (string?)lease["probe"]!["kind"]);
             Assert.Equal("/healthz", (string?)lease["probe"]!["path"]);
             Assert.Equal(Interval, (int)lease["probe"]!["interval"]!);
-            // Long enough that two failed probes (FailuresToEvict - 1) never let it run out, whatever ttl asked for.
-            Assert.Equal(2 * (3 + 1) * Interval, (int)lease["ttl"]!);
+            // Long enough, whatever ttl asked for, that two failed probes (FailuresToEvict - 1) never let it run
+            // out, and that half of it outlasts the move of a dead prober's share: NodeTimeout, two reads of the
+            // live nodes and two intervals (before, 2 × (3 + 1) intervals alone: 8 s, against a 6–7 s move).
+            granted = (int)lease["ttl"]!;
+            var membership = node.Get<IOptions<MembershipOptions>>().Value;
+            Assert.True(granted >= 2 * (3 + 1) * Interval, $"lease {granted} s");
+            Assert.True(granted / 2.0 >= (membership.NodeTimeout + 2 * membership.RefreshInterval).TotalSeconds + 2 * Interval, $"lease {granted} s");
         }
 
-        // Passing probes alone keep it: past its 8 s lease, with no heartbeat.
-        await target.WaitUntilAsync(t => t.Requests.Count >= 10, TimeSpan.FromSeconds(20));
+        // Passing probes alone keep it: past its lease, with no heartbeat.
+        await target.WaitUntilAsync(t => t.Requests.Count >= granted + 2, TimeSpan.FromSeconds(granted + 15));
         Assert.All(target.Requests, r => Assert.Equal("/healthz", r.Path));
         var subscription = Http.Subscription(Http.Entry("web"));
         var (_, version, body) = await client.SubscribeAsync(subscription);

@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Options;
+using Registry.Membership;
 using Registry.Model;
 
 namespace Registry.Probes;
@@ -14,7 +15,7 @@ internal sealed record ProbeSpec(string Kind, string? Path, int IntervalSeconds)
 }
 
 /// <summary>Reads and checks the probe parameters of a registration.</summary>
-internal sealed class ProbeRequests(ProbeNetworks networks, IOptions<ProbeOptions> options)
+internal sealed class ProbeRequests(ProbeNetworks networks, IOptions<ProbeOptions> options, IOptions<MembershipOptions> membership)
 {
     /// <summary>
     /// The probe a registration asks for (null for none), or errors naming the parameter.
@@ -71,9 +72,18 @@ internal sealed class ProbeRequests(ProbeNetworks networks, IOptions<ProbeOption
     /// may remain; that half must outlast <c>FailuresToEvict - 1</c> failed probes (each may take
     /// its whole interval to time out), the next passing one and its write. With a shorter lease
     /// fewer failures than <c>FailuresToEvict</c> let it run out and the sweeper evicts a provider
-    /// that is only briefly slow. It also outlasts a change of prober (within two intervals).
+    /// that is only briefly slow. Half of it also outlasts a change of prober when the probing node
+    /// dies: the others count it gone <see cref="MembershipOptions.NodeTimeout"/> after its last mark
+    /// and confirm that at their next read (two <see cref="MembershipOptions.RefreshInterval"/>s), and
+    /// the new prober's first probe and its write may take two intervals more. With probes every
+    /// second that is 7 s, longer than half of the 8 s lease the first rule gives, and a dead node's
+    /// share could be evicted while healthy.
     /// </summary>
-    public long LeaseSeconds(ProbeSpec spec) => 2L * (options.Value.FailuresToEvict + 1) * spec.IntervalSeconds;
+    public long LeaseSeconds(ProbeSpec spec)
+    {
+        var moving = membership.Value.NodeTimeout + 2 * membership.Value.RefreshInterval + TimeSpan.FromSeconds(2L * spec.IntervalSeconds);
+        return Math.Max(2L * (options.Value.FailuresToEvict + 1) * spec.IntervalSeconds, 2L * (long)Math.Ceiling(moving.TotalSeconds));
+    }
 
     /// <summary>Null when a probe may reach the host of <paramref name="addr"/>; otherwise the rule it breaks.</summary>
     public async Task<string?> RefusalAsync(string addr, CancellationToken cancellationToken)

@@ -31,7 +31,8 @@ internal static class RegistrationApi
                 "an existing one has its meta replaced and its lease renewed and answers 200. The lease lasts `ttl` seconds " +
                 "(clamped to the configured bounds); renew it with heartbeats. Consumers see the change within milliseconds. " +
                 "With `probe` (http, https or tcp) the registry probes the instance itself every `probeInterval` seconds (default 10): " +
-                "passing probes renew the lease (which is then at least 2(FailuresToEvict + 1) intervals long, so fewer failures never let it run out) and after Registry:Probes:FailuresToEvict " +
+                "passing probes renew the lease (which is then at least 2(FailuresToEvict + 1) intervals long, so fewer failures never let it run out, and at least " +
+                "twice the time a dead prober's share takes to move: Registry:Membership:NodeTimeout, two membership reads and two intervals) and after Registry:Probes:FailuresToEvict " +
                 "consecutive failures the instance is evicted; registering again starts that count afresh. `http`/`https` GET `probePath` (default `/`) and pass on a 2xx, never " +
                 "following a redirect; `tcp` passes when a connection opens. The `addr` (a DNS name is resolved) must lie in " +
                 "Registry:Probes:AllowedNetworks; loopback, link-local and cloud-metadata addresses only when listed explicitly. " +
