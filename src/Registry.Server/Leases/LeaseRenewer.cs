@@ -67,10 +67,10 @@ internal sealed partial class LeaseRenewer(
         // Synchronous but for a lapsed lease: a heartbeat answered from memory allocates no task.
         if (Renew(instance, wait: true, out var written) is not { } expiresAt)
         {
-            return ValueTask.FromResult(new HeartbeatRenewal(RenewalOutcome.Refused, default));
+            return ValueTask.FromResult(HeartbeatRenewal.Refused);
         }
 
-        return written is null ? ValueTask.FromResult(new HeartbeatRenewal(RenewalOutcome.Renewed, expiresAt)) : WaitAsync(written, cancellationToken);
+        return written is null ? ValueTask.FromResult(HeartbeatRenewal.Renewed(expiresAt)) : WaitAsync(written, cancellationToken);
     }
 
     private async ValueTask<HeartbeatRenewal> WaitAsync(Task<HeartbeatRenewal> written, CancellationToken cancellationToken)
@@ -81,7 +81,7 @@ internal sealed partial class LeaseRenewer(
         }
         catch (TimeoutException)
         {
-            return new HeartbeatRenewal(RenewalOutcome.Refused, default);
+            return HeartbeatRenewal.Refused;
         }
     }
 
@@ -157,7 +157,7 @@ internal sealed partial class LeaseRenewer(
         }
         finally
         {
-            Answer(_awaited.Keys, _ => new HeartbeatRenewal(RenewalOutcome.Refused, default));
+            Answer(_awaited.Keys, _ => HeartbeatRenewal.Refused);
         }
     }
 
@@ -205,8 +205,8 @@ internal sealed partial class LeaseRenewer(
             {
                 var renewed = await WriteWithRetryAsync(connection, keys, cancellationToken);
                 Answer(keys, key => renewed.TryGetValue(key, out var expiresAt)
-                    ? new HeartbeatRenewal(RenewalOutcome.Renewed, expiresAt)
-                    : new HeartbeatRenewal(RenewalOutcome.Gone, default));
+                    ? HeartbeatRenewal.Renewed(expiresAt)
+                    : HeartbeatRenewal.Gone);
             }
 
             // After the renewals: a mark then says that every renewal this node gathered before
@@ -235,7 +235,7 @@ internal sealed partial class LeaseRenewer(
             }
 
             // A waiting heartbeat is answered 503 like one that comes while the node cannot write.
-            Answer(keys, _ => new HeartbeatRenewal(RenewalOutcome.Refused, default));
+            Answer(keys, _ => HeartbeatRenewal.Refused);
             if (e is OperationCanceledException)
             {
                 throw;
@@ -363,4 +363,11 @@ internal enum RenewalOutcome
 }
 
 /// <summary>A heartbeat's renewal: its outcome and, when renewed, the expiry to report.</summary>
-internal readonly record struct HeartbeatRenewal(RenewalOutcome Outcome, DateTimeOffset ExpiresAt);
+internal readonly record struct HeartbeatRenewal(RenewalOutcome Outcome, DateTimeOffset ExpiresAt)
+{
+    public static readonly HeartbeatRenewal Refused = new(RenewalOutcome.Refused, default);
+
+    public static readonly HeartbeatRenewal Gone = new(RenewalOutcome.Gone, default);
+
+    public static HeartbeatRenewal Renewed(DateTimeOffset expiresAt) => new(RenewalOutcome.Renewed, expiresAt);
+}
