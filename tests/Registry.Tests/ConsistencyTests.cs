@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Net;
 using System.Text.Json.Nodes;
 using Npgsql;
@@ -65,17 +64,7 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
 
         // The node's batch: expected, committed, its notification not yet sent.
         var batch = loader.Expect();
-        var key = new InstanceKey("late", "http", "1.1.1.1:80");
-        Instance row;
-        await using (var update = new NpgsqlCommand("""
-            UPDATE instances SET meta = '{"v":"1"}', revision = nextval('instance_revision')
-             WHERE application = 'late' AND addr = '1.1.1.1:80' RETURNING ttl_seconds, expires_at, revision
-            """, connection))
-        await using (var reader = await update.ExecuteReaderAsync())
-        {
-            Assert.True(await reader.ReadAsync());
-            row = new Instance(key, Meta.From([new("v", "1")]), reader.GetInt32(0), reader.GetFieldValue<DateTimeOffset>(1), reader.GetInt64(2));
-        }
+        var row = await UpdateLateAsync(connection, "1");
 
         // Another node's later write, announced at once: the node reads it.
         await ExecuteAsync(connection, null, """
@@ -86,9 +75,7 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
         Assert.Equal("2", (string?)body!["endpoints"]![0]!["meta"]!["v"]);
 
         // Now the batch's own notification, with the rows its statement returned.
-        var changes = new Changes();
-        changes.Add(key, row);
-        loader.Settled(batch, new Dictionary<string, Changes> { ["late"] = changes });
+        loader.Settled(batch, ChangesOf(row));
         await ExecuteAsync(connection, null, $"SELECT pg_notify('registry_changes', 'late {batch.Tag}' || chr(10) || 'http 1.1.1.1:80')");
         await batch.Applied.Task.WaitAsync(TimeSpan.FromSeconds(10));
 
@@ -121,7 +108,7 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
         await using var locked = await locker.BeginTransactionAsync();
         await ExecuteAsync(locker, locked, "LOCK TABLE instances IN ACCESS EXCLUSIVE MODE");
         await ExecuteAsync(connection, null, $"SELECT pg_notify('registry_changes', 'late {first.Tag}' || chr(10) || 'http 1.1.1.1:80')");
-        var read = await BlockedLoaderQueryAsync(own.Database, "%JOIN unnest%");
+        var read = await Backends.WaitingForALockAsync(own.Database, "%JOIN unnest%");
 
         // Both batches settle, the second's notification queues, and the read fails.
         loader.Settled(first, ChangesOf(v1));
@@ -152,7 +139,7 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
         Assert.Equal("1", (string?)woken!["endpoints"]![0]!["meta"]!["v"]);
         var (_, _, answer) = await own.Client.SubscribeAsync(own.Subscription).WaitAsync(TimeSpan.FromSeconds(10));
         Assert.Equal("1", (string?)answer!["endpoints"]![0]!["meta"]!["v"]);
-        await BlockedLoaderQueryAsync(own.Database, "%ANY(%");
+        await Backends.WaitingForALockAsync(own.Database, "%ANY(%");
     }
 
     /// <summary>
@@ -170,7 +157,7 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
             """);
         await using var held = await HeldLoader.StartAsync(own, "late\nhttp 2.2.2.2:80");
 
-        await BlockedLoaderQueryAsync(own.Database, "%ANY(%");
+        await Backends.WaitingForALockAsync(own.Database, "%ANY(%");
         Assert.NotSame(held.Poll, await Task.WhenAny(held.Poll, Task.Delay(TimeSpan.FromMilliseconds(500)))); // nothing half-applied comes meanwhile
         await held.ReleaseAsync();
         var (_, _, woken) = await held.Poll.WaitAsync(TimeSpan.FromSeconds(10));
@@ -203,7 +190,7 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
             var locked = await locker.BeginTransactionAsync();
             await ExecuteAsync(locker, locked, "LOCK TABLE instances IN ACCESS EXCLUSIVE MODE");
             await ExecuteAsync(own.Connection, null, "SELECT pg_notify('registry_changes', 'blocker')");
-            var blocked = await BlockedLoaderQueryAsync(own.Database, "%ANY(%");
+            var blocked = await Backends.WaitingForALockAsync(own.Database, "%ANY(%");
             await using (var queue = new NpgsqlCommand("SELECT pg_notify('registry_changes', @own); SELECT pg_notify('registry_changes', @other)", own.Connection))
             {
                 queue.Parameters.AddWithValue("own", $"late {batch.Tag}\nhttp 1.1.1.1:80");
@@ -244,28 +231,6 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
         var changes = new Changes();
         changes.Add(row.Key, row);
         return new Dictionary<string, Changes> { [row.Key.Application] = changes };
-    }
-
-    /// <summary>The backend of the node's query like <paramref name="like"/>, once it waits for a lock.</summary>
-    private static async Task<int> BlockedLoaderQueryAsync(string database, string like)
-    {
-        await using var connection = new NpgsqlConnection(database);
-        await connection.OpenAsync();
-        await using var find = new NpgsqlCommand(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE @like AND pid <> pg_backend_pid()", connection);
-        find.Parameters.AddWithValue("like", like);
-        var deadline = Stopwatch.StartNew();
-        // Nothing signals a session's wait for a lock but the catalog: read it until it shows.
-        while (true)
-        {
-            if (await find.ExecuteScalarAsync() is int pid)
-            {
-                return pid;
-            }
-
-            Assert.True(deadline.Elapsed < TimeSpan.FromSeconds(20), $"no query like {like} waited for the lock");
-            await Task.Delay(50);
-        }
     }
 
     /// <summary>

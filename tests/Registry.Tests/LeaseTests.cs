@@ -261,19 +261,7 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
         }
 
         // The lease runs out, the node sweeps, takes the lock and waits for the locked row.
-        await using var observer = new NpgsqlConnection(database);
-        await observer.OpenAsync();
-        await using (var waiting = new NpgsqlCommand(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'registry' AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM nodes%'", observer))
-        {
-            var deadline = Stopwatch.StartNew();
-            // Nothing signals a session's wait for a lock but the catalog: read it until it shows.
-            while ((long)(await waiting.ExecuteScalarAsync())! == 0)
-            {
-                Assert.True(deadline.Elapsed < TimeSpan.FromSeconds(30), "the node never swept");
-                await Task.Delay(50);
-            }
-        }
+        await Backends.WaitingForALockAsync(database, "DELETE FROM nodes%");
 
         // The node's route dies; its statement then goes through, and its session waits, idle in the transaction.
         proxy.Stall();
