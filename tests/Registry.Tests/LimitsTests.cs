@@ -34,31 +34,7 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
 
         await node.ReloadAsync();
         static string Subscription(int i) => Http.Subscription(Http.Entry("big"), Http.Entry($"small-{i}"));
-        var versions = new string?[Subscriptions];
-        // The heap measured is the test process's, client included: the answers are read through
-        // one small buffer, so the client's parsing of 0.9 MB documents (which leaves
-        // multi-megabyte arrays in each thread's ArrayPool cache) is not counted as the node's.
-        var drain = new byte[16 * 1024];
-        async Task<string> SubscribeAsync(int i)
-        {
-            using var response = await client.PostAsync("/v1/subscribe", Http.Json(Subscription(i)));
-            response.EnsureSuccessStatusCode();
-            await using var body = await response.Content.ReadAsStreamAsync();
-            while (await body.ReadAsync(drain) > 0)
-            {
-            }
-
-            return response.Headers.ETag!.Tag.Trim('"');
-        }
-
-        versions[0] = await SubscribeAsync(0);
-        var before = GC.GetTotalMemory(forceFullCollection: true);
-        for (var i = 1; i < Subscriptions; i++)
-        {
-            versions[i] = await SubscribeAsync(i);
-        }
-
-        var grown = GC.GetTotalMemory(forceFullCollection: true) - before;
+        var (versions, grown, _) = await SubscribeAllAsync(Subscriptions, i => SubscribeDrainingAsync(client, Subscription(i)));
         Assert.True(grown < 8 * 1024 * 1024, $"{Subscriptions - 1} more overlapping subscriptions took {grown / 1024 / 1024.0:F1} MiB");
 
         // Parked on all of them, one registration to the big provider answers each with it.
@@ -126,30 +102,8 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
         await InsertBigApplicationAsync(database, "big", 2000);
         await node.ReloadAsync();
         static string Subscription(int i) => Http.Subscription(Http.Entry("big"), Http.Entry("big", meta: $$"""{"nonce":"{{i}}"}"""));
-        // Answers are read through one small buffer: the test's heap, measured with the node's, keeps none of them.
-        var drain = new byte[16 * 1024];
-        async Task<string> SubscribeAsync(int i, string? version = null)
-        {
-            var path = version is null ? "/v1/subscribe" : $"/v1/subscribe?version={Uri.EscapeDataString(version)}&wait=30";
-            using var response = await client.PostAsync(path, Http.Json(Subscription(i)));
-            response.EnsureSuccessStatusCode();
-            await using var body = await response.Content.ReadAsStreamAsync();
-            while (await body.ReadAsync(drain) > 0)
-            {
-            }
-
-            return response.Headers.ETag!.Tag.Trim('"');
-        }
-
-        var versions = new string[Subscriptions];
-        versions[0] = await SubscribeAsync(0);
-        var before = GC.GetTotalMemory(forceFullCollection: true);
-        for (var i = 1; i < Subscriptions; i++)
-        {
-            versions[i] = await SubscribeAsync(i);
-        }
-
-        var grown = GC.GetTotalMemory(forceFullCollection: true) - before;
+        Task<string> SubscribeAsync(int i, string? version = null) => SubscribeDrainingAsync(client, Subscription(i), version);
+        var (versions, grown, before) = await SubscribeAllAsync(Subscriptions, i => SubscribeAsync(i));
         Assert.True(grown < 8 * 1024 * 1024, $"{Subscriptions - 1} more selections of the same instances took {grown / 1024 / 1024.0:F1} MiB");
 
         // Parked on all of them, every instance changes: each selection is recomposed of new segments.
@@ -171,6 +125,42 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
         Assert.All(answered.Zip(versions), pair => Assert.NotEqual(pair.Second, pair.First));
         grown = GC.GetTotalMemory(forceFullCollection: true) - before;
         Assert.True(grown < 8 * 1024 * 1024, $"recomposed after a change, {Subscriptions - 1} more selections of the same instances held {grown / 1024 / 1024.0:F1} MiB");
+    }
+
+    /// <summary>
+    /// Makes <paramref name="count"/> subscriptions; their versions, and how much the heap grew from the second on
+    /// (the first pays for what they all share), measured from the heap after the first (<c>Before</c>, for later measures).
+    /// </summary>
+    private static async Task<(string[] Versions, long Grown, long Before)> SubscribeAllAsync(int count, Func<int, Task<string>> subscribe)
+    {
+        var versions = new string[count];
+        versions[0] = await subscribe(0);
+        var before = GC.GetTotalMemory(forceFullCollection: true);
+        for (var i = 1; i < count; i++)
+        {
+            versions[i] = await subscribe(i);
+        }
+
+        return (versions, GC.GetTotalMemory(forceFullCollection: true) - before, before);
+    }
+
+    /// <summary>
+    /// Subscribes (a poll when <paramref name="version"/> is given) and returns the answer's version. The heap measured
+    /// is the test process's, client included: the answer is read through a small buffer, so the client's parsing of
+    /// 0.9 MB documents (which leaves multi-megabyte arrays in each thread's ArrayPool cache) is not counted as the node's.
+    /// </summary>
+    private static async Task<string> SubscribeDrainingAsync(HttpClient client, string subscription, string? version = null)
+    {
+        var path = version is null ? "/v1/subscribe" : $"/v1/subscribe?version={Uri.EscapeDataString(version)}&wait=30";
+        using var response = await client.PostAsync(path, Http.Json(subscription));
+        response.EnsureSuccessStatusCode();
+        await using var body = await response.Content.ReadAsStreamAsync();
+        var drain = new byte[16 * 1024];
+        while (await body.ReadAsync(drain) > 0)
+        {
+        }
+
+        return response.Headers.ETag!.Tag.Trim('"');
     }
 
     private static async Task InsertBigApplicationAsync(string database, string application, int instances)
