@@ -258,26 +258,29 @@ internal sealed partial class RegistryLoader(
                 // What is applied is published before each further query (see Publish), unless the query reads an
                 // application a batch's rows changed: its answer would hold a state the database never held (this
                 // node's batch without another node's earlier change the query brings).
-                var merged = supplied.Select(s => s.Application).ToHashSet(StringComparer.Ordinal);
-                var read = keys.Select(k => k.Application).ToHashSet(StringComparer.Ordinal);
-                if (applications.Count > 0)
+                if (applications.Count > 0 || keys.Count > 0)
                 {
-                    if (!merged.Overlaps(applications) && !merged.Overlaps(read))
+                    var merged = supplied.Select(s => s.Application).ToHashSet(StringComparer.Ordinal);
+                    var read = keys.Select(k => k.Application).ToHashSet(StringComparer.Ordinal);
+                    if (applications.Count > 0)
                     {
-                        Publish();
+                        if (!merged.Overlaps(applications) && !merged.Overlaps(read))
+                        {
+                            Publish();
+                        }
+
+                        await LoadApplicationsAsync(applications.ToArray(), cancellationToken);
                     }
 
-                    await LoadApplicationsAsync(applications.ToArray(), cancellationToken);
-                }
-
-                if (keys.Count > 0)
-                {
-                    if (!merged.Overlaps(read))
+                    if (keys.Count > 0)
                     {
-                        Publish();
-                    }
+                        if (!merged.Overlaps(read))
+                        {
+                            Publish();
+                        }
 
-                    await LoadInstancesAsync(keys.ToArray(), cancellationToken);
+                        await LoadInstancesAsync(keys.ToArray(), cancellationToken);
+                    }
                 }
             }
         }
