@@ -182,3 +182,21 @@ BEGIN
 END $EF$;
 COMMIT;
 
+START TRANSACTION;
+
+DO $EF$
+BEGIN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261129084202_NodeProbeNetworks') THEN
+    ALTER TABLE nodes ADD probe_networks text[];
+    END IF;
+END $EF$;
+
+DO $EF$
+BEGIN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261129084202_NodeProbeNetworks') THEN
+    INSERT INTO "__EFMigrationsHistory" ("MigrationId", "ProductVersion")
+    VALUES ('20261129084202_NodeProbeNetworks', '10.0.15');
+    END IF;
+END $EF$;
+COMMIT;
+

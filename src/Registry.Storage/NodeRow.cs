@@ -20,6 +20,13 @@ public sealed class NodeRow
     public string? Url { get; set; }
 
     /// <summary>
+    /// The networks the node's probes may reach (its <c>Registry:Probes:AllowedNetworks</c>,
+    /// normalised); null when it does not probe. Probed instances are shared only among the live
+    /// nodes whose networks admit them.
+    /// </summary>
+    public string[]? ProbeNetworks { get; set; }
+
+    /// <summary>
     /// When the node stopped in an orderly way: it is no longer live, though its
     /// <see cref="LastSeenAt"/> stays evidence for the grace rule.
     /// </summary>

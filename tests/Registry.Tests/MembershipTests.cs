@@ -21,13 +21,19 @@ public sealed class MembershipTests(RegistryCluster cluster) : RegistryTest(clus
         listening.UseKestrel(kestrel => kestrel.Listen(IPAddress.Loopback, 0));
         listening.StartServer();
         var address = listening.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.Single().TrimEnd('/');
-        await using var configured = new RegistryNode(database, new Dictionary<string, string?> { ["Registry:Membership:AdvertisedUrl"] = "http://registry-b.example:5080/" });
+        await using var configured = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:Membership:AdvertisedUrl"] = "http://registry-b.example:5080/",
+            ["Registry:Probes:AllowedNetworks:0"] = "10.0.0.0/8",
+            ["Registry:Probes:AllowedNetworks:1"] = "192.168.7.9",
+        });
         using var client = configured.CreateClient();
 
         var nodes = await NodesAsync(client, n => n.Count == 2 && n.All(node => node.Url is not null));
 
-        Assert.Contains(nodes, n => n.Id == listening.Get<NodeIdentity>().Id && n.Url == address);
-        Assert.Contains(nodes, n => n.Id == configured.Get<NodeIdentity>().Id && n.Url == "http://registry-b.example:5080");
+        Assert.Contains(nodes, n => n.Id == listening.Get<NodeIdentity>().Id && n.Url == address && n.ProbeNetworks is null);
+        Assert.Contains(nodes, n => n.Id == configured.Get<NodeIdentity>().Id && n.Url == "http://registry-b.example:5080"
+            && n.ProbeNetworks is ["10.0.0.0/8", "192.168.7.9/32"]);
         Assert.All(nodes, n => Assert.True(n.Started <= n.LastSeen));
         Assert.Equal(nodes.Select(n => n.Id).Order(StringComparer.Ordinal), nodes.Select(n => n.Id));
 
@@ -113,7 +119,7 @@ public sealed class MembershipTests(RegistryCluster cluster) : RegistryTest(clus
         public void Dispose() => _started.Dispose();
     }
 
-    private sealed record NodeEntry(string Id, string? Url, DateTimeOffset Started, DateTimeOffset LastSeen);
+    private sealed record NodeEntry(string Id, string? Url, DateTimeOffset Started, DateTimeOffset LastSeen, string[]? ProbeNetworks);
 
     /// <summary>Nodes mark themselves every liveness interval: look until the list is as expected.</summary>
     private static async Task<List<NodeEntry>> NodesAsync(HttpClient client, Func<List<NodeEntry>, bool> done)
@@ -124,7 +130,8 @@ public sealed class MembershipTests(RegistryCluster cluster) : RegistryTest(clus
             using var response = await client.GetAsync(new Uri("/v1/nodes", UriKind.Relative), deadline.Token);
             response.EnsureSuccessStatusCode();
             var nodes = (await response.ReadJsonAsync())["nodes"]!.AsArray()
-                .Select(n => new NodeEntry((string)n!["id"]!, (string?)n["url"], (DateTimeOffset)n["started"]!, (DateTimeOffset)n["lastSeen"]!))
+                .Select(n => new NodeEntry((string)n!["id"]!, (string?)n["url"], (DateTimeOffset)n["started"]!, (DateTimeOffset)n["lastSeen"]!,
+                    n["probeNetworks"]?.AsArray().Select(a => (string)a!).ToArray()))
                 .ToList();
             if (done(nodes))
             {

@@ -365,6 +365,45 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
     }
 
     [Fact]
+    public async Task NodesThatCannotProbeAnInstanceTakeNoShareOfItAndEvictNothing()
+    {
+        // Three live nodes, one able to probe loopback: one has probing off (a node a rolling
+        // configuration change has not reached), one allows only 10.0.0.0/8. Before, each took a
+        // share of the probed instances; the first never probed its share, the second failed
+        // every probe of its own and ended healthy instances' leases.
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var able = new RegistryNode(database, Probing);
+        await using var off = new RegistryNode(database, new Dictionary<string, string?> { ["Registry:Probes:RefreshInterval"] = "00:00:00.200" });
+        await using var elsewhere = new RegistryNode(database, new Dictionary<string, string?>(Probing) { ["Registry:Probes:AllowedNetworks:0"] = "10.0.0.0/8" });
+        RegistryNode[] nodes = [able, off, elsewhere];
+        foreach (var node in nodes)
+        {
+            _ = node.Server;
+        }
+
+        await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Count == 3)));
+        await using var target = new ProbeTarget();
+        using var client = able.CreateClient();
+        const int instances = 12;
+        for (var i = 0; i < instances; i++)
+        {
+            using var response = await client.PostJsonAsync($"/v1/register?probe=http&probePath=/app{i}&probeInterval={Interval}", Http.Provider($"app{i}", target.Addr));
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+
+        // Each one probed past FailuresToEvict (3) intervals, all by the node that may.
+        await target.WaitUntilAsync(t => Enumerable.Range(0, instances).All(i => t.Requests.Count(r => r.Path == $"/app{i}") >= 5), TimeSpan.FromSeconds(20));
+        var probers = target.Requests.Select(r => r.Node).Distinct().ToList();
+        Assert.Equal(able.Get<NodeIdentity>().Id, Assert.Single(probers));
+        using var services = await client.GetAsync(new Uri("/v1/services", UriKind.Relative));
+        Assert.Equal(instances, (await services.ReadJsonAsync())["services"]!.AsArray().Count);
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        await using var evictions = new NpgsqlCommand("SELECT coalesce(sum(instances), 0)::int FROM evictions", connection);
+        Assert.Equal(0, (int)(await evictions.ExecuteScalarAsync())!);
+    }
+
+    [Fact]
     public async Task ANodeLateToMarkItselfForOneMembershipReadKeepsItsInstances()
     {
         // A node's mark missing from one read of the live nodes (a pause, a slow write) must not

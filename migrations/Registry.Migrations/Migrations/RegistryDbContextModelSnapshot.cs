@@ -129,6 +129,10 @@ namespace Registry.Migrations.Migrations
                         .HasColumnType("timestamptz")
                         .HasColumnName("left_at");
 
+                    b.PrimitiveCollection<string[]>("ProbeNetworks")
+                        .HasColumnType("text[]")
+                        .HasColumnName("probe_networks");
+
                     b.Property<DateTime>("StartedAt")
                         .HasColumnType("timestamptz")
                         .HasColumnName("started_at");

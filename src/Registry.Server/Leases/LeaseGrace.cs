@@ -18,6 +18,7 @@ namespace Registry.Leases;
 internal sealed partial class LeaseGrace(
     NodeIdentity node,
     AdvertisedUrl url,
+    NodeCapabilities capabilities,
     RegistryMetrics metrics,
     IOptions<LeaseOptions> options,
     ILogger<LeaseGrace> logger)
@@ -32,9 +33,10 @@ internal sealed partial class LeaseGrace(
         WITH last AS (SELECT max(last_seen_at) AS at FROM nodes),
         gate AS (SELECT at, coalesce(clock_timestamp() - at > @gap, false) AS owed FROM last),
         marked AS (
-            INSERT INTO nodes (id, url, started_at, last_seen_at)
-            SELECT @node, @url, clock_timestamp(), clock_timestamp() FROM gate WHERE NOT owed AND @mark
-            ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, url = coalesce(excluded.url, nodes.url)
+            INSERT INTO nodes (id, url, probe_networks, started_at, last_seen_at)
+            SELECT @node, @url, @probes, clock_timestamp(), clock_timestamp() FROM gate WHERE NOT owed AND @mark
+            ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, url = coalesce(excluded.url, nodes.url),
+                                           probe_networks = excluded.probe_networks
             RETURNING 1)
         SELECT g.owed, g.at, clock_timestamp(), (SELECT count(*) FROM marked) FROM gate g
         """;
@@ -57,8 +59,9 @@ internal sealed partial class LeaseGrace(
              WHERE i.application = l.application AND i.protocol = l.protocol AND i.addr = l.addr
             RETURNING 1),
         marked AS (
-            INSERT INTO nodes (id, url, started_at, last_seen_at) VALUES (@node, @url, clock_timestamp(), clock_timestamp())
-            ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, url = coalesce(excluded.url, nodes.url)
+            INSERT INTO nodes (id, url, probe_networks, started_at, last_seen_at) VALUES (@node, @url, @probes, clock_timestamp(), clock_timestamp())
+            ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, url = coalesce(excluded.url, nodes.url),
+                                           probe_networks = excluded.probe_networks
             RETURNING 1)
         SELECT (SELECT count(*) FROM extended)::int, (SELECT count(*) FROM marked)
         """;
@@ -79,10 +82,8 @@ internal sealed partial class LeaseGrace(
         await using (var gate = new NpgsqlCommand(MarkStatement, connection, transaction))
         {
             gate.Parameters.AddWithValue("gap", options.Value.GraceGap);
-            gate.Parameters.AddWithValue("node", node.Id);
             gate.Parameters.AddWithValue("mark", mark);
-            // The URL is known once the server listens; until then the row carries none.
-            gate.Parameters.Add(new NpgsqlParameter<string?>("url", url.Value));
+            AddNode(gate);
             await using var reader = await gate.ExecuteReaderAsync(cancellationToken);
             await reader.ReadAsync(cancellationToken);
             owed = reader.GetBoolean(0);
@@ -102,13 +103,24 @@ internal sealed partial class LeaseGrace(
 
         await using var extend = new NpgsqlCommand(ExtendStatement, connection, transaction);
         extend.Parameters.AddWithValue("since", began);
-        extend.Parameters.AddWithValue("node", node.Id);
-        extend.Parameters.Add(new NpgsqlParameter<string?>("url", url.Value));
+        AddNode(extend);
         var extended = (int)(await extend.ExecuteScalarAsync(cancellationToken))!;
         metrics.Swept("grace");
         metrics.LivenessMarked();
         LogExtended(logger, extended, now - began);
         return now;
+    }
+
+    /// <summary>What this node's row says of it.</summary>
+    private void AddNode(NpgsqlCommand command)
+    {
+        command.Parameters.AddWithValue("node", node.Id);
+        // The URL is known once the server listens; until then the row carries none.
+        command.Parameters.Add(new NpgsqlParameter<string?>("url", url.Value));
+        command.Parameters.Add(new NpgsqlParameter<string[]?>("probes", NpgsqlTypes.NpgsqlDbType.Array | NpgsqlTypes.NpgsqlDbType.Text)
+        {
+            TypedValue = capabilities.ProbeNetworks,
+        });
     }
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Grace: no node could record lease renewals for {Gap}; extended the {Instances} leases that were live when that began by their TTL")]

@@ -23,6 +23,13 @@ public sealed class NodeDocument
     /// <summary>When it last reached the database (RFC 3339, UTC).</summary>
     [JsonPropertyName("lastSeen")]
     public required DateTimeOffset LastSeen { get; init; }
+
+    /// <summary>
+    /// The networks its probes may reach (its <c>Registry:Probes:AllowedNetworks</c>); null when it does not
+    /// probe. A probed instance is probed by one of the nodes whose networks admit its address.
+    /// </summary>
+    [JsonPropertyName("probeNetworks")]
+    public required IReadOnlyList<string>? ProbeNetworks { get; init; }
 }
 
 /// <summary>The answer to <c>GET /v1/nodes</c>.</summary>
@@ -45,7 +52,8 @@ internal static class NodesApi
             .WithName("ListNodes")
             .WithSummary("List the live registry nodes")
             .WithDescription("The nodes that have reached the database within Registry:Membership:NodeTimeout and have not stopped: " +
-                "id, advertised URL, start and last mark. Work that one node does for an instance (probing it) is shared among these.")
+                "id, advertised URL, start, last mark and the networks each probes. Work that one node does for an instance (probing it) " +
+                "is shared among those of these able to do it (probing: whose networks admit the instance's address).")
             .Produces<NodesDocument>(StatusCodes.Status200OK)
             .ProducesProblem(StatusCodes.Status503ServiceUnavailable);
         return endpoints;
@@ -57,7 +65,7 @@ internal static class NodesApi
         var nodes = await live.ReadAsync(cancellationToken);
         return TypedResults.Ok(new NodesDocument
         {
-            Nodes = nodes.Select(n => new NodeDocument { Id = n.Id, Url = n.Url, Started = n.Started, LastSeen = n.LastSeen }).ToList(),
+            Nodes = nodes.Select(n => new NodeDocument { Id = n.Id, Url = n.Url, Started = n.Started, LastSeen = n.LastSeen, ProbeNetworks = n.ProbeNetworks }).ToList(),
         });
     }
 }

@@ -51,8 +51,26 @@ internal sealed class ProbeNetworks(IOptions<ProbeOptions> options, ProbeHostRes
     /// <summary>Whether probing is on at all.</summary>
     public bool Enabled => _allowed.Length > 0;
 
+    /// <summary>
+    /// The allowed networks as this node advertises them in <c>nodes</c> (null when probing is
+    /// off), so that probed instances are shared only among the nodes that may reach them.
+    /// </summary>
+    public string[]? Advertised => Enabled ? [.. _allowed.Select(n => n.ToString())] : null;
+
     /// <summary>Null when a probe may reach <paramref name="address"/>; otherwise the rule it breaks, as a sentence.</summary>
-    public string? Refusal(IPAddress address)
+    public string? Refusal(IPAddress address) => Refusal(address, _allowed);
+
+    /// <summary>
+    /// Another node's networks as it advertised them (<see cref="Advertised"/>); an entry this
+    /// node cannot read (a row written by hand) is left out, which only narrows what it is given.
+    /// </summary>
+    public static IPNetwork[] Parse(IEnumerable<string> advertised) =>
+        [.. advertised.Where(Network.IsAddressOrNetwork).Select(Network.Parse)];
+
+    /// <summary>Whether a node whose allowed networks are <paramref name="allowed"/> may probe <paramref name="address"/>: the same rules, its list.</summary>
+    public static bool Admits(IPAddress address, IPNetwork[] allowed) => Refusal(address, allowed) is null;
+
+    private static string? Refusal(IPAddress address, IPNetwork[] allowed)
     {
         if (address.IsIPv4MappedToIPv6)
         {
@@ -61,19 +79,19 @@ internal sealed class ProbeNetworks(IOptions<ProbeOptions> options, ProbeHostRes
 
         // Where the network translates, an IPv4 address carried inside an IPv6 one is the host reached: it is held to
         // the same sensitive ranges (the IPv6 address itself must still lie in an allowed network).
-        var refusal = SensitiveRefusal(address) ?? (Embedded(address) is { } carried && SensitiveRefusal(carried) is { } inner
+        var refusal = SensitiveRefusal(address, allowed) ?? (Embedded(address) is { } carried && SensitiveRefusal(carried, allowed) is { } inner
             ? $"{address} carries {inner}"
             : null);
-        return refusal ?? (_allowed.Any(n => n.Contains(address))
+        return refusal ?? (allowed.Any(n => n.Contains(address))
             ? null
-            : $"{address} is outside Registry:Probes:AllowedNetworks ({string.Join(", ", _allowed)})");
+            : $"{address} is outside Registry:Probes:AllowedNetworks ({string.Join(", ", allowed)})");
     }
 
-    private string? SensitiveRefusal(IPAddress address)
+    private static string? SensitiveRefusal(IPAddress address, IPNetwork[] allowed)
     {
         foreach (var (name, range) in Sensitive)
         {
-            if (range.Contains(address) && !_allowed.Any(n => n.Contains(address) && n.PrefixLength >= range.PrefixLength && range.Contains(n.BaseAddress)))
+            if (range.Contains(address) && !allowed.Any(n => n.Contains(address) && n.PrefixLength >= range.PrefixLength && range.Contains(n.BaseAddress)))
             {
                 return $"{address} is in the {name} range {range}, which probes may reach only when Registry:Probes:AllowedNetworks lists it explicitly";
             }

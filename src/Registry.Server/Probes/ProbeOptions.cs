@@ -9,7 +9,9 @@ public sealed class ProbeOptions
     /// Networks (<c>10.0.0.0/8</c>) or addresses probes may reach. Empty (the default): probing is
     /// off and a probe registration is a 400. Loopback, link-local and cloud-metadata addresses
     /// are refused unless a listed network lies inside their range (<c>127.0.0.0/8</c>,
-    /// <c>169.254.169.254</c>), so <c>0.0.0.0/0</c> alone never opens them.
+    /// <c>169.254.169.254</c>), so <c>0.0.0.0/0</c> alone never opens them. Each node advertises
+    /// its list and takes a share only of the probed instances whose address it admits (those
+    /// named by DNS: of all, so nodes that probe should agree on what such names resolve into).
     /// </summary>
     public string[] AllowedNetworks { get; set; } = [];
 

@@ -1,5 +1,6 @@
 using System.Data;
 using System.Data.Common;
+using System.Net;
 using Microsoft.Extensions.Options;
 using Npgsql;
 using Registry.Leases;
@@ -14,9 +15,9 @@ namespace Registry.Probes;
 /// <summary>
 /// Probes the instances this node owns. Every <see cref="ProbeOptions.RefreshInterval"/> it
 /// reads which instances are probed (a partial index holds only those) and, whenever that or
-/// the live membership changes, keeps those whose rendezvous owner among the live nodes is
-/// this node; so when a node stops or dies its instances move to the others once two of their
-/// reads have missed it (<see cref="ConsiderMembership"/>). Passing probes renew the lease
+/// the live membership changes, keeps those whose rendezvous owner among the live nodes that
+/// probe them (<see cref="Reconcile"/>) is this node; so when a node stops or dies its instances
+/// move to the others once two of their reads have missed it (<see cref="ConsiderMembership"/>). Passing probes renew the lease
 /// through the same coalesced path as heartbeats.
 /// After <see cref="ProbeOptions.FailuresToEvict"/> failures in a row the lease is ended now
 /// and the sweeper evicts the instance like any expired one: within self-preservation's
@@ -53,11 +54,24 @@ internal sealed partial class ProbeScheduler(
     private List<(InstanceKey Key, ProbeSpec Spec)> _probed = [];
     private bool _ownershipStale;
     private MembershipRead? _membership;
-    private string[] _nodes = [];
+    private Member[] _nodes = [];
     // Nodes of _nodes that the last read of the live nodes missed, with when a read first missed them (timestamp ticks).
     private readonly Dictionary<string, long> _missedSince = new(StringComparer.Ordinal);
     private long? _digest;
     private bool _failing;
+
+    /// <summary>A live node as ownership counts it: its id, and the networks it advertised it probes (null: none).</summary>
+    private sealed record Member(string Id, IReadOnlyList<string>? Advertised)
+    {
+        public IPNetwork[]? Networks { get; } = Advertised is null ? null : ProbeNetworks.Parse(Advertised);
+
+        public bool SameAs(Member other) =>
+            Id == other.Id && (Advertised is null ? other.Advertised is null : other.Advertised is not null && Advertised.SequenceEqual(other.Advertised));
+
+        /// <summary>Whether it takes a share of the instance at <paramref name="address"/> (null: a DNS name, checked only at each probe).</summary>
+        public bool Probes(IPAddress? address) =>
+            Networks is { Length: > 0 } networks && (address is null || ProbeNetworks.Admits(address, networks));
+    }
 
     private sealed class Target(InstanceKey key, ProbeSpec spec, ProbeEndpoint endpoint, long due)
     {
@@ -140,21 +154,22 @@ internal sealed partial class ProbeScheduler(
     private void ConsiderMembership(MembershipRead read)
     {
         var now = read.ReadAt;
-        var live = new SortedSet<string>(read.Nodes.Select(n => n.Id), StringComparer.Ordinal);
-        foreach (var id in _nodes)
+        var live = new SortedDictionary<string, Member>(read.Nodes.ToDictionary(n => n.Id, n => new Member(n.Id, n.ProbeNetworks)), StringComparer.Ordinal);
+        foreach (var member in _nodes)
         {
-            if (live.Contains(id))
+            var id = member.Id;
+            if (live.ContainsKey(id))
             {
                 _missedSince.Remove(id);
             }
             else if (!_missedSince.TryGetValue(id, out var since))
             {
                 _missedSince[id] = now;
-                live.Add(id);
+                live.Add(id, member);
             }
             else if (time.GetElapsedTime(since, now) < membership.Value.RefreshInterval * 0.75)
             {
-                live.Add(id);
+                live.Add(id, member);
             }
             else
             {
@@ -162,9 +177,9 @@ internal sealed partial class ProbeScheduler(
             }
         }
 
-        if (!live.SequenceEqual(_nodes))
+        if (live.Count != _nodes.Length || !live.Values.Zip(_nodes).All(pair => pair.First.SameAs(pair.Second)))
         {
-            _nodes = [.. live];
+            _nodes = [.. live.Values];
             _ownershipStale = true;
         }
     }
@@ -224,15 +239,23 @@ internal sealed partial class ProbeScheduler(
         }
     }
 
-    /// <summary>Keeps the targets this node owns among <paramref name="nodes"/>; a target whose probe changed starts afresh.</summary>
-    private void Reconcile(string[] nodes)
+    /// <summary>
+    /// Keeps the targets this node owns among those of <paramref name="nodes"/> that probe them
+    /// (a node with probing off, or whose networks leave the address out, would only fail); a
+    /// target whose probe changed starts afresh.
+    /// </summary>
+    private void Reconcile(Member[] nodes)
     {
         var owned = new Dictionary<InstanceKey, Target>();
         var now = time.GetTimestamp();
+        var probers = new List<string>(nodes.Length);
         foreach (var (key, spec) in _probed)
         {
             var item = $"{key.Application}\n{key.Protocol}\n{key.Addr}";
-            if (Rendezvous.Owner(item, nodes) != node.Id)
+            var address = Literal(key.Addr);
+            probers.Clear();
+            probers.AddRange(nodes.Where(n => n.Probes(address)).Select(n => n.Id));
+            if (Rendezvous.Owner(item, probers) != node.Id)
             {
                 continue;
             }
@@ -253,6 +276,10 @@ internal sealed partial class ProbeScheduler(
         _due = new PriorityQueue<Target, long>(owned.Values.Select(t => (t, t.Due)));
         metrics.ProbesOwned(owned.Count);
     }
+
+    /// <summary>The IP address <paramref name="addr"/> names; null for a DNS name (or an addr registration would not have taken).</summary>
+    private static IPAddress? Literal(string addr) =>
+        addr.LastIndexOf(':') is > 0 and var colon && IPAddress.TryParse(addr.AsSpan(0, colon).Trim("[]"), out var address) ? address : null;
 
     private void StartDue(CancellationToken stoppingToken)
     {

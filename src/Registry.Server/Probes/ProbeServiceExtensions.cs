@@ -18,6 +18,7 @@ internal static class ProbeServiceExtensions
         services.AddSingleton<IValidateOptions<ProbeOptions>, AllowedNetworksValidator>();
         services.AddSingleton<ProbeHostResolver>();
         services.AddSingleton<ProbeNetworks>();
+        services.AddSingleton(provider => new NodeCapabilities(provider.GetRequiredService<ProbeNetworks>().Advertised));
         services.AddSingleton<ProbeRequests>();
         services.AddSingleton<Prober>();
         services.AddHttpClient(Prober.ClientName, (provider, client) =>
