@@ -186,16 +186,23 @@ START TRANSACTION;
 
 DO $EF$
 BEGIN
-    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261129084202_NodeProbeNetworks') THEN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261129085133_NodeProbing') THEN
     ALTER TABLE nodes ADD probe_networks text[];
     END IF;
 END $EF$;
 
 DO $EF$
 BEGIN
-    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261129084202_NodeProbeNetworks') THEN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261129085133_NodeProbing') THEN
+    ALTER TABLE nodes ADD probes_passing real;
+    END IF;
+END $EF$;
+
+DO $EF$
+BEGIN
+    IF NOT EXISTS(SELECT 1 FROM "__EFMigrationsHistory" WHERE "MigrationId" = '20261129085133_NodeProbing') THEN
     INSERT INTO "__EFMigrationsHistory" ("MigrationId", "ProductVersion")
-    VALUES ('20261129084202_NodeProbeNetworks', '10.0.15');
+    VALUES ('20261129085133_NodeProbing', '10.0.15');
     END IF;
 END $EF$;
 COMMIT;

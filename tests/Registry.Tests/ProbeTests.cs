@@ -404,6 +404,75 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
     }
 
     [Fact]
+    public async Task ANodeCutOffFromTheInstancesItProbesLeavesThemToTheOthersAndEvictsNothing()
+    {
+        // The target drops every connection from one of three nodes, as for a node whose route to
+        // the providers is gone while it still reaches the database. Before, that node failed its
+        // share FailuresToEvict times in a row and ended healthy instances' leases.
+        var database = await Cluster.CreateDatabaseAsync();
+        var settings = new Dictionary<string, string?>(Probing)
+        {
+            // Marks and reads of the live nodes fast enough that how the others' probes go is known
+            // before the third failure even when every node starts probing at once (in a running
+            // cluster it has been known all along).
+            ["Registry:Leases:LivenessInterval"] = "00:00:00.100",
+            ["Registry:Membership:RefreshInterval"] = "00:00:00.200",
+            ["Registry:Probes:SuspectSelfMinInstances"] = "4",
+            ["Registry:Probes:SuspectSelfFor"] = "00:00:04",
+        };
+        RegistryNode[] nodes = [new(database, settings), new(database, settings), new(database, settings)];
+        await using var target = new ProbeTarget();
+        try
+        {
+            foreach (var node in nodes)
+            {
+                _ = node.Server;
+            }
+
+            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Count == 3)));
+            var cut = nodes[1].Get<NodeIdentity>().Id;
+            target.CutOff = node => node == cut;
+            using var client = nodes[0].CreateClient();
+            const int instances = 30;
+            for (var i = 0; i < instances; i++)
+            {
+                using var response = await client.PostJsonAsync($"/v1/register?probe=http&probePath=/app{i}&probeInterval={Interval}", Http.Provider($"app{i}", target.Addr));
+                Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+            }
+
+            // It withdraws from probing, as every node's view of the live nodes shows...
+            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Any(m => m.Id == cut && m.ProbeNetworks is null))));
+            Assert.True(cut.Length > 0 && target.Requests.Any(r => r.Node == cut), "the cut-off node never probed");
+
+            // ...and the others probe its share, which passes: nothing was evicted.
+            var moved = DateTimeOffset.UtcNow;
+            await target.WaitUntilAsync(
+                t => Enumerable.Range(0, instances).All(i => t.Requests.Count(r => r.Path == $"/app{i}" && r.At > moved && r.Node != cut) >= 2),
+                TimeSpan.FromSeconds(15));
+            using var services = await client.GetAsync(new Uri("/v1/services", UriKind.Relative));
+            Assert.Equal(instances, (await services.ReadJsonAsync())["services"]!.AsArray().Count);
+            await using var connection = new NpgsqlConnection(database);
+            await connection.OpenAsync();
+            await using var evictions = new NpgsqlCommand("SELECT coalesce(sum(instances), 0)::int FROM evictions", connection);
+            Assert.Equal(0, (int)(await evictions.ExecuteScalarAsync())!);
+
+            // Reachable again, it takes a share again once SuspectSelfFor has passed, and keeps it.
+            target.CutOff = _ => false;
+            var reachable = DateTimeOffset.UtcNow;
+            await target.WaitUntilAsync(t => t.Requests.Count(r => r.Node == cut && r.At > reachable) >= 8, TimeSpan.FromSeconds(15));
+            Assert.Contains(nodes[0].Get<LiveNodes>().Current, m => m.Id == cut && m.ProbeNetworks is not null);
+            Assert.Equal(0, (int)(await evictions.ExecuteScalarAsync())!);
+        }
+        finally
+        {
+            foreach (var node in nodes)
+            {
+                await node.DisposeAsync();
+            }
+        }
+    }
+
+    [Fact]
     public async Task ANodeLateToMarkItselfForOneMembershipReadKeepsItsInstances()
     {
         // A node's mark missing from one read of the live nodes (a pause, a slow write) must not

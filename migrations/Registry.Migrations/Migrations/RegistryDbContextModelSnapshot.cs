@@ -133,6 +133,10 @@ namespace Registry.Migrations.Migrations
                         .HasColumnType("text[]")
                         .HasColumnName("probe_networks");
 
+                    b.Property<float?>("ProbesPassing")
+                        .HasColumnType("real")
+                        .HasColumnName("probes_passing");
+
                     b.Property<DateTime>("StartedAt")
                         .HasColumnType("timestamptz")
                         .HasColumnName("started_at");

@@ -6,7 +6,7 @@ using Registry.Telemetry;
 namespace Registry.Membership;
 
 /// <summary>A live registry node as <c>nodes</c> shows it (<see cref="NodeCapabilities"/> for what it advertises).</summary>
-internal sealed record NodeInfo(string Id, string? Url, DateTimeOffset Started, DateTimeOffset LastSeen, IReadOnlyList<string>? ProbeNetworks);
+internal sealed record NodeInfo(string Id, string? Url, DateTimeOffset Started, DateTimeOffset LastSeen, IReadOnlyList<string>? ProbeNetworks, double? ProbesPassing);
 
 /// <summary>
 /// The live nodes of the cluster: those whose mark in <c>nodes</c> is younger than
@@ -26,7 +26,7 @@ internal sealed partial class LiveNodes(
 {
     private const string LiveStatement =
         """
-        SELECT id, url, started_at, last_seen_at, probe_networks FROM nodes
+        SELECT id, url, started_at, last_seen_at, probe_networks, probes_passing FROM nodes
          WHERE left_at IS NULL AND last_seen_at > clock_timestamp() - @timeout
          ORDER BY id
         """;
@@ -58,7 +58,8 @@ internal sealed partial class LiveNodes(
                     reader.IsDBNull(1) ? null : reader.GetString(1),
                     new DateTimeOffset(reader.GetDateTime(2), TimeSpan.Zero),
                     new DateTimeOffset(reader.GetDateTime(3), TimeSpan.Zero),
-                    reader.IsDBNull(4) ? null : reader.GetFieldValue<string[]>(4)));
+                    reader.IsDBNull(4) ? null : reader.GetFieldValue<string[]>(4),
+                    reader.IsDBNull(5) ? null : reader.GetFloat(5)));
             }
         }
 

@@ -26,10 +26,18 @@ public sealed class NodeDocument
 
     /// <summary>
     /// The networks its probes may reach (its <c>Registry:Probes:AllowedNetworks</c>); null when it does not
-    /// probe. A probed instance is probed by one of the nodes whose networks admit its address.
+    /// probe, or has withdrawn from probing because nearly all its probes failed while another node's passed (it
+    /// suspects itself cut off). A probed instance is probed by one of the nodes whose networks admit its address.
     /// </summary>
     [JsonPropertyName("probeNetworks")]
     public required IReadOnlyList<string>? ProbeNetworks { get; init; }
+
+    /// <summary>
+    /// The fraction (0 to 1) of the instances it probes whose last probe passed; null until it knows the outcome for
+    /// <c>Registry:Probes:SuspectSelfMinInstances</c> of them.
+    /// </summary>
+    [JsonPropertyName("probesPassing")]
+    public required double? ProbesPassing { get; init; }
 }
 
 /// <summary>The answer to <c>GET /v1/nodes</c>.</summary>
@@ -65,7 +73,7 @@ internal static class NodesApi
         var nodes = await live.ReadAsync(cancellationToken);
         return TypedResults.Ok(new NodesDocument
         {
-            Nodes = nodes.Select(n => new NodeDocument { Id = n.Id, Url = n.Url, Started = n.Started, LastSeen = n.LastSeen, ProbeNetworks = n.ProbeNetworks }).ToList(),
+            Nodes = nodes.Select(n => new NodeDocument { Id = n.Id, Url = n.Url, Started = n.Started, LastSeen = n.LastSeen, ProbeNetworks = n.ProbeNetworks, ProbesPassing = n.ProbesPassing }).ToList(),
         });
     }
 }

@@ -23,6 +23,26 @@ public sealed class ProbeOptions
     [Range(1, 1000)]
     public int FailuresToEvict { get; set; } = 3;
 
+    /// <summary>
+    /// A node whose probes pass for less than this fraction of the instances it probes, while
+    /// another live node's pass for at least half of its own, suspects itself rather than its
+    /// targets: it is cut off from them (a route, a firewall, its own network), not they from
+    /// everyone. It then ends no lease and withdraws from probing, so that its share moves to the
+    /// others at their next read of the live nodes, and takes a share again after
+    /// <see cref="SuspectSelfFor"/>. Acts before a lease is ended when <see cref="FailuresToEvict"/>
+    /// is 3 or more (its first failures take about an interval to reach most of its instances).
+    /// 0 turns it off.
+    /// </summary>
+    [Range(0.0, 1.0)]
+    public double SuspectSelfBelow { get; set; } = 0.1;
+
+    /// <summary>Fewest probed instances with an outcome before a node judges its own probes (and advertises how many pass).</summary>
+    [Range(1, 1_000_000)]
+    public int SuspectSelfMinInstances { get; set; } = 10;
+
+    /// <summary>How long a node that suspected itself leaves its share of probing to the others before it takes it again.</summary>
+    public TimeSpan SuspectSelfFor { get; set; } = TimeSpan.FromMinutes(1);
+
     /// <summary>Most probes one node runs at once; the rest wait (and show as lateness).</summary>
     [Range(1, 100_000)]
     public int MaxConcurrent { get; set; } = 256;

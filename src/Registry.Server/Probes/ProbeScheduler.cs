@@ -27,6 +27,7 @@ internal sealed partial class ProbeScheduler(
     RegistryDatabase database,
     LiveNodes live,
     NodeIdentity node,
+    NodeCapabilities capabilities,
     Prober prober,
     RegistryState state,
     LeaseRenewer renewer,
@@ -40,6 +41,9 @@ internal sealed partial class ProbeScheduler(
 {
     /// <summary>How finely probes are started on time; lateness below it is not worth a timer each.</summary>
     private static readonly TimeSpan Tick = TimeSpan.FromMilliseconds(50);
+
+    /// <summary>How often this node judges its own probes (<see cref="JudgeSelf"/>).</summary>
+    private static readonly TimeSpan JudgementInterval = TimeSpan.FromMilliseconds(250);
 
     /// <summary>What the probed instances are (keys and probes), as one number; see <see cref="ReadProbedAsync"/>.</summary>
     private const string DigestStatement = """
@@ -59,6 +63,8 @@ internal sealed partial class ProbeScheduler(
     private readonly Dictionary<string, long> _missedSince = new(StringComparer.Ordinal);
     private long? _digest;
     private bool _failing;
+    // Until when this node has withdrawn from probing (timestamp ticks), while capabilities.Probes says it has.
+    private long _withdrawnUntil;
 
     /// <summary>A live node as ownership counts it: its id, and the networks it advertised it probes (null: none).</summary>
     private sealed record Member(string Id, IReadOnlyList<string>? Advertised)
@@ -87,6 +93,9 @@ internal sealed partial class ProbeScheduler(
         /// <summary>A probe of it is running; set by the loop, cleared by the probe.</summary>
         public volatile bool Running;
 
+        /// <summary>The last probe's outcome: <see cref="Unknown"/>, <see cref="Passed"/> or <see cref="Failed"/>; set by the probe, read by <see cref="JudgeSelf"/>.</summary>
+        public volatile int Outcome;
+
         /// <summary>Consecutive failures; only the running probe touches it.</summary>
         public int Failures { get; set; }
 
@@ -100,6 +109,10 @@ internal sealed partial class ProbeScheduler(
         public bool Ended { get; set; }
     }
 
+    private const int Unknown = 0;
+    private const int Passed = 1;
+    private const int Failed = 2;
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         if (options.Value.AllowedNetworks.Length == 0)
@@ -110,6 +123,7 @@ internal sealed partial class ProbeScheduler(
         using var timer = new PeriodicTimer(Tick, time);
         var refresh = TimeSpan.FromSeconds(0);
         var lastRead = time.GetTimestamp();
+        var lastJudged = lastRead;
         do
         {
             if (time.GetElapsedTime(lastRead) >= refresh)
@@ -135,6 +149,11 @@ internal sealed partial class ProbeScheduler(
             }
 
             StartDue(stoppingToken);
+            if (time.GetElapsedTime(lastJudged) >= JudgementInterval)
+            {
+                lastJudged = time.GetTimestamp();
+                JudgeSelf();
+            }
         }
         while (await timer.WaitForNextTickAsync(stoppingToken));
     }
@@ -277,6 +296,55 @@ internal sealed partial class ProbeScheduler(
         metrics.ProbesOwned(owned.Count);
     }
 
+    /// <summary>
+    /// Judges this node's own probes. The fraction of its instances whose last probe passed goes
+    /// out with its next mark. When it is below <see cref="ProbeOptions.SuspectSelfBelow"/> while
+    /// another live node that probes passes for at least half of its own, what fails is this node,
+    /// not its instances (rendezvous gives every node a like sample of them): a route, a firewall,
+    /// its own network. It then withdraws for <see cref="ProbeOptions.SuspectSelfFor"/>: it ends no
+    /// lease, and its mark advertises no networks, so every node (this one too) moves its share to
+    /// the others at their next read of the live nodes; afterwards it takes a share again, and
+    /// withdraws again within an interval if it is still cut off (before any instance it took has
+    /// failed <see cref="ProbeOptions.FailuresToEvict"/> times). When every node fails alike (the
+    /// instances are down, or the whole registry is cut off) nobody withdraws, and
+    /// self-preservation holds the evictions back as before.
+    /// </summary>
+    private void JudgeSelf()
+    {
+        var known = 0;
+        var passed = 0;
+        foreach (var target in _owned.Values)
+        {
+            var outcome = target.Outcome;
+            known += outcome == Unknown ? 0 : 1;
+            passed += outcome == Passed ? 1 : 0;
+        }
+
+        var settings = options.Value;
+        double? passing = known > 0 && known >= settings.SuspectSelfMinInstances ? (double)passed / known : null;
+        var standing = capabilities.Probes;
+        var withdrawn = standing.Withdrawn;
+        var now = time.GetTimestamp();
+        if (withdrawn && now >= _withdrawnUntil)
+        {
+            withdrawn = false;
+            LogRejoined(logger);
+        }
+        else if (!withdrawn && passing < settings.SuspectSelfBelow
+            && live.Last.Nodes.FirstOrDefault(n => n.Id != node.Id && n.ProbeNetworks is not null && n.ProbesPassing >= 0.5) is { } other)
+        {
+            withdrawn = true;
+            _withdrawnUntil = now + (long)(settings.SuspectSelfFor.TotalSeconds * time.TimestampFrequency);
+            LogWithdrew(logger, passing.Value, known, other.Id, other.ProbesPassing!.Value, settings.SuspectSelfFor);
+        }
+
+        if (standing.Passing != passing || standing.Withdrawn != withdrawn)
+        {
+            capabilities.Probes = new ProbeStanding(passing, withdrawn);
+            metrics.ProbesWithdrawn(withdrawn);
+        }
+    }
+
     /// <summary>The IP address <paramref name="addr"/> names; null for a DNS name (or an addr registration would not have taken).</summary>
     private static IPAddress? Literal(string addr) =>
         addr.LastIndexOf(':') is > 0 and var colon && IPAddress.TryParse(addr.AsSpan(0, colon).Trim("[]"), out var address) ? address : null;
@@ -335,6 +403,7 @@ internal sealed partial class ProbeScheduler(
             }
 
             target.Failures = passed ? 0 : target.Failures + 1;
+            target.Outcome = passed ? Passed : Failed;
             // Counted once the outcome is, so whoever reads the metric sees the count it went into.
             metrics.Probed(target.Spec.Kind, passed, duration);
             if (passed)
@@ -349,10 +418,11 @@ internal sealed partial class ProbeScheduler(
                     renewer.Renew(instance);
                 }
             }
-            else if (target.Failures >= options.Value.FailuresToEvict && !target.Ended && target.Revision is { } counted)
+            else if (target.Failures >= options.Value.FailuresToEvict && !target.Ended && target.Revision is { } counted && !capabilities.Probes.Withdrawn)
             {
                 // Not while this node holds no registration of it: the failures could not be
-                // told apart from a registration it has not applied yet.
+                // told apart from a registration it has not applied yet. Nor while it suspects
+                // itself (JudgeSelf): the failures are then its own.
                 target.Ended = await EndLeaseAsync(target, counted, stoppingToken);
             }
         }
@@ -432,6 +502,12 @@ internal sealed partial class ProbeScheduler(
         _slots.Dispose();
         base.Dispose();
     }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Probes: only {Passing:P0} of the {Instances} instances this node probes pass, while node {Other} passes {OtherPassing:P0} of its own: this node is cut off from them, not they from everyone. It ends no lease and leaves its share to the other nodes for {Period}")]
+    private static partial void LogWithdrew(ILogger logger, double passing, int instances, string other, double otherPassing, TimeSpan period);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Probes: this node takes its share of probing again after withdrawing (it withdraws again if its probes still fail)")]
+    private static partial void LogRejoined(ILogger logger);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot read the probed instances; probing those already known")]
     private static partial void LogReadFailed(ILogger logger, Exception exception);

@@ -14,6 +14,7 @@ internal static class ProbeServiceExtensions
             .Validate(o => o.RefreshInterval > TimeSpan.Zero, "Registry:Probes:RefreshInterval must be positive.")
             .Validate(o => o.ConnectionIdleTimeout >= TimeSpan.Zero, "Registry:Probes:ConnectionIdleTimeout must not be negative.")
             .Validate(o => o.ConnectionLifetime >= TimeSpan.Zero, "Registry:Probes:ConnectionLifetime must not be negative.")
+            .Validate(o => o.SuspectSelfFor > TimeSpan.Zero, "Registry:Probes:SuspectSelfFor must be positive.")
             .ValidateOnStart();
         services.AddSingleton<IValidateOptions<ProbeOptions>, AllowedNetworksValidator>();
         services.AddSingleton<ProbeHostResolver>();

@@ -35,6 +35,7 @@ internal sealed class RegistryMetrics
     private readonly Histogram<double> _probeDuration;
     private readonly Histogram<double> _probeLateness;
     private int _probesOwned;
+    private int _probesWithdrawn;
     private int _views;
     private int _selfPreservation;
 
@@ -71,6 +72,8 @@ internal sealed class RegistryMetrics
         _probeLateness = meter.CreateHistogram<double>("registry.probes.lateness", "ms", "How long after it was due a probe started (a node short of capacity shows here first).",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000] });
         meter.CreateObservableGauge("registry.probes.owned", () => Volatile.Read(ref _probesOwned), "{instance}", "Probed instances this node owns now.");
+        meter.CreateObservableGauge("registry.probes.withdrawn", () => Volatile.Read(ref _probesWithdrawn), "1",
+            "1 while this node, its probes nearly all failing while another node's pass, leaves its share of probing to the others (Registry:Probes:SuspectSelfBelow).");
         meter.CreateObservableGauge("registry.subscriptions.distinct", () => Volatile.Read(ref _views), "{subscription}", "Distinct subscriptions held in memory.");
         meter.CreateObservableGauge("registry.selfpreservation.engaged", () => Volatile.Read(ref _selfPreservation), "1", "1 while self-preservation rate-limits evictions.");
     }
@@ -136,4 +139,6 @@ internal sealed class RegistryMetrics
     public void ProbeEvicted() => _probeEvictions.Add(1);
 
     public void ProbesOwned(int count) => Volatile.Write(ref _probesOwned, count);
+
+    public void ProbesWithdrawn(bool withdrawn) => Volatile.Write(ref _probesWithdrawn, withdrawn ? 1 : 0);
 }

@@ -36,6 +36,12 @@ public sealed class ProbeTarget : IAsyncDisposable
     /// <summary>The <c>addr</c> to register.</summary>
     public string Addr => $"127.0.0.1:{Port}";
 
+    /// <summary>
+    /// Which probing nodes (by id) get no answer: their requests are recorded and their
+    /// connections closed unanswered, as for a node whose route to the provider is gone.
+    /// </summary>
+    public Func<string, bool> CutOff { get; set; } = _ => false;
+
     /// <summary>What to answer a request for a path: status line code, extra header lines, delay before answering.</summary>
     public Func<string, (int Status, string Headers, TimeSpan Delay)> Answer { get; set; } = _ => (200, "", TimeSpan.Zero);
 
@@ -149,6 +155,11 @@ public sealed class ProbeTarget : IAsyncDisposable
         var node = agent.Contains("(node ", StringComparison.Ordinal) ? agent[(agent.IndexOf("(node ", StringComparison.Ordinal) + 6)..].TrimEnd(')') : "";
         _requests.Enqueue(new ProbeRequest(path, node, DateTimeOffset.UtcNow));
         Signal();
+        if (CutOff(node))
+        {
+            return false;
+        }
+
         var (status, headers, delay) = Answer(path);
         if (delay > TimeSpan.Zero)
         {

@@ -5,7 +5,7 @@
 namespace Registry.Migrations.Migrations
 {
     /// <inheritdoc />
-    public partial class NodeProbeNetworks : Migration
+    public partial class NodeProbing : Migration
     {
         /// <inheritdoc />
         protected override void Up(MigrationBuilder migrationBuilder)
@@ -15,6 +15,12 @@ namespace Registry.Migrations.Migrations
                 table: "nodes",
                 type: "text[]",
                 nullable: true);
+
+            migrationBuilder.AddColumn<float>(
+                name: "probes_passing",
+                table: "nodes",
+                type: "real",
+                nullable: true);
         }
 
         /// <inheritdoc />
@@ -22,6 +28,10 @@ namespace Registry.Migrations.Migrations
         {
             migrationBuilder.DropColumn(
                 name: "probe_networks",
+                table: "nodes");
+
+            migrationBuilder.DropColumn(
+                name: "probes_passing",
                 table: "nodes");
         }
     }

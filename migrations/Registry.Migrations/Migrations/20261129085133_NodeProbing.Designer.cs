@@ -12,8 +12,8 @@ using Registry.Storage;
 namespace Registry.Migrations.Migrations
 {
     [DbContext(typeof(RegistryDbContext))]
-    [Migration("20261129084202_NodeProbeNetworks")]
-    partial class NodeProbeNetworks
+    [Migration("20261129085133_NodeProbing")]
+    partial class NodeProbing
     {
         /// <inheritdoc />
         protected override void BuildTargetModel(ModelBuilder modelBuilder)
@@ -135,6 +135,10 @@ namespace Registry.Migrations.Migrations
                     b.PrimitiveCollection<string[]>("ProbeNetworks")
                         .HasColumnType("text[]")
                         .HasColumnName("probe_networks");
+
+                    b.Property<float?>("ProbesPassing")
+                        .HasColumnType("real")
+                        .HasColumnName("probes_passing");
 
                     b.Property<DateTime>("StartedAt")
                         .HasColumnType("timestamptz")
