@@ -21,18 +21,23 @@ public sealed class NodeRow
 
     /// <summary>
     /// The networks the node's probes may reach (its <c>Registry:Probes:AllowedNetworks</c>,
-    /// normalised); null when it does not probe, or has withdrawn from probing because it
-    /// suspects itself cut off from the instances. Probed instances are shared only among the
-    /// live nodes whose networks admit them.
+    /// normalised); null when it does not probe. Probed instances are shared only among the live
+    /// nodes whose networks admit them.
     /// </summary>
     public string[]? ProbeNetworks { get; set; }
 
     /// <summary>
-    /// The fraction of the instances the node probes whose last probe passed; null until it
-    /// knows enough outcomes. A node whose own probes nearly all fail while another's pass
-    /// suspects itself, not its targets.
+    /// The fraction of the node's recent probes that passed, over instances another node could
+    /// probe as well; null until it knows enough outcomes. A node whose own probes nearly all fail
+    /// while another's pass suspects itself, not its targets.
     /// </summary>
     public float? ProbesPassing { get; set; }
+
+    /// <summary>
+    /// The node suspects itself cut off from the instances it probes: its share goes to the other
+    /// nodes able to probe them (it keeps, but ends no lease of, those only it may probe).
+    /// </summary>
+    public bool ProbesWithdrawn { get; set; }
 
     /// <summary>
     /// When the node stopped in an orderly way: it is no longer live, though its

@@ -79,6 +79,7 @@ public sealed class RegistryDbContext(DbContextOptions<RegistryDbContext> option
             node.Property(n => n.Url).HasColumnName("url");
             node.Property(n => n.ProbeNetworks).HasColumnName("probe_networks");
             node.Property(n => n.ProbesPassing).HasColumnName("probes_passing");
+            node.Property(n => n.ProbesWithdrawn).HasColumnName("probes_withdrawn");
             node.Property(n => n.LeftAt).HasColumnName("left_at").HasColumnType("timestamptz");
         });
 

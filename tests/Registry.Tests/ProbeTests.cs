@@ -50,6 +50,13 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
             var membership = node.Get<IOptions<MembershipOptions>>().Value;
             Assert.True(granted >= 2 * (3 + 1) * Interval, $"lease {granted} s");
             Assert.True(granted / 2.0 >= (membership.NodeTimeout + 2 * membership.RefreshInterval).TotalSeconds + 2 * Interval, $"lease {granted} s");
+            // And that of a prober cut off from it: an interval since its last pass, one and a timeout to fail, another
+            // node's mark and a read of it, its own mark and the others' read, the next prober's first probe (before:
+            // 14 s, against 8.75 s).
+            var leases = node.Get<IOptions<Registry.Leases.LeaseOptions>>().Value;
+            Assert.True(
+                granted / 2.0 >= 3 * Interval + 1 + 2 * (leases.LivenessInterval + membership.RefreshInterval).TotalSeconds + 0.5 + leases.RenewalInterval.TotalSeconds,
+                $"lease {granted} s");
         }
 
         // Passing probes alone keep it: past its lease, with no heartbeat.
@@ -406,22 +413,29 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
     [Fact]
     public async Task ANodeCutOffFromTheInstancesItProbesLeavesThemToTheOthersAndEvictsNothing()
     {
-        // The target drops every connection from one of three nodes, as for a node whose route to
-        // the providers is gone while it still reaches the database. Before, that node failed its
-        // share FailuresToEvict times in a row and ended healthy instances' leases.
+        // Once every node probes its share, the target drops every connection from one node, as
+        // for a node whose route to those providers is gone while it still reaches the database.
+        // Before, that node failed its share FailuresToEvict times in a row and ended healthy
+        // instances' leases. It alone may probe the providers on 127.0.0.2, which it still reaches:
+        // those it must go on probing while it leaves the rest to the others.
         var database = await Cluster.CreateDatabaseAsync();
         var settings = new Dictionary<string, string?>(Probing)
         {
-            // Marks and reads of the live nodes fast enough that how the others' probes go is known
-            // before the third failure even when every node starts probing at once (in a running
-            // cluster it has been known all along).
+            ["Registry:Probes:AllowedNetworks:0"] = "127.0.0.1/32",
             ["Registry:Leases:LivenessInterval"] = "00:00:00.100",
             ["Registry:Membership:RefreshInterval"] = "00:00:00.200",
+            ["Registry:Probes:FailuresToEvict"] = "4",
             ["Registry:Probes:SuspectSelfMinInstances"] = "4",
             ["Registry:Probes:SuspectSelfFor"] = "00:00:04",
         };
-        RegistryNode[] nodes = [new(database, settings), new(database, settings), new(database, settings)];
+        RegistryNode[] nodes =
+        [
+            new(database, settings),
+            new(database, settings),
+            new(database, new Dictionary<string, string?>(settings) { ["Registry:Probes:AllowedNetworks:0"] = "127.0.0.0/8" }),
+        ];
         await using var target = new ProbeTarget();
+        await using var onlyItsOwn = new ProbeTarget(IPAddress.Parse("127.0.0.2"));
         try
         {
             foreach (var node in nodes)
@@ -430,27 +444,39 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
             }
 
             await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Count == 3)));
-            var cut = nodes[1].Get<NodeIdentity>().Id;
-            target.CutOff = node => node == cut;
             using var client = nodes[0].CreateClient();
-            const int instances = 30;
+            const int instances = 36;
             for (var i = 0; i < instances; i++)
             {
                 using var response = await client.PostJsonAsync($"/v1/register?probe=http&probePath=/app{i}&probeInterval={Interval}", Http.Provider($"app{i}", target.Addr));
                 Assert.Equal(HttpStatusCode.Created, response.StatusCode);
             }
 
-            // It withdraws from probing, as every node's view of the live nodes shows...
-            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Any(m => m.Id == cut && m.ProbeNetworks is null))));
-            Assert.True(cut.Length > 0 && target.Requests.Any(r => r.Node == cut), "the cut-off node never probed");
+            using var itsClient = nodes[2].CreateClient();
+            const int itsOwn = 4;
+            for (var i = 0; i < itsOwn; i++)
+            {
+                using var response = await itsClient.PostJsonAsync($"/v1/register?probe=http&probePath=/own{i}&probeInterval={Interval}", Http.Provider($"own{i}", onlyItsOwn.Addr));
+                Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+            }
 
-            // ...and the others probe its share, which passes: nothing was evicted.
+            // Every node probes its share, and every node sees that the others' probes pass.
+            await target.WaitUntilAsync(t => Enumerable.Range(0, instances).All(i => t.Requests.Any(r => r.Path == $"/app{i}")), TimeSpan.FromSeconds(20));
+            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current is { Count: 3 } seen && seen.All(m => m.ProbesPassing >= 0.5))));
+            var cut = nodes[2].Get<NodeIdentity>().Id;
+            target.CutOff = node => node == cut;
+
+            // It withdraws, as every node's view of the live nodes shows...
+            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Any(m => m.Id == cut && m.ProbesWithdrawn))));
+
+            // ...and the others probe its share, which passes, while it goes on probing what only it may: nothing was evicted.
             var moved = DateTimeOffset.UtcNow;
             await target.WaitUntilAsync(
                 t => Enumerable.Range(0, instances).All(i => t.Requests.Count(r => r.Path == $"/app{i}" && r.At > moved && r.Node != cut) >= 2),
                 TimeSpan.FromSeconds(15));
+            await onlyItsOwn.WaitUntilAsync(t => Enumerable.Range(0, itsOwn).All(i => t.Requests.Count(r => r.Path == $"/own{i}" && r.At > moved) >= 2), TimeSpan.FromSeconds(5));
             using var services = await client.GetAsync(new Uri("/v1/services", UriKind.Relative));
-            Assert.Equal(instances, (await services.ReadJsonAsync())["services"]!.AsArray().Count);
+            Assert.Equal(instances + itsOwn, (await services.ReadJsonAsync())["services"]!.AsArray().Count);
             await using var connection = new NpgsqlConnection(database);
             await connection.OpenAsync();
             await using var evictions = new NpgsqlCommand("SELECT coalesce(sum(instances), 0)::int FROM evictions", connection);
@@ -458,9 +484,9 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
 
             // Reachable again, it takes a share again once SuspectSelfFor has passed, and keeps it.
             target.CutOff = _ => false;
-            var reachable = DateTimeOffset.UtcNow;
-            await target.WaitUntilAsync(t => t.Requests.Count(r => r.Node == cut && r.At > reachable) >= 8, TimeSpan.FromSeconds(15));
-            Assert.Contains(nodes[0].Get<LiveNodes>().Current, m => m.Id == cut && m.ProbeNetworks is not null);
+            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Any(m => m.Id == cut && !m.ProbesWithdrawn && m.ProbesPassing >= 0.5))));
+            var rejoined = DateTimeOffset.UtcNow;
+            await target.WaitUntilAsync(t => t.Requests.Count(r => r.Node == cut && r.At > rejoined) >= 8, TimeSpan.FromSeconds(15));
             Assert.Equal(0, (int)(await evictions.ExecuteScalarAsync())!);
         }
         finally

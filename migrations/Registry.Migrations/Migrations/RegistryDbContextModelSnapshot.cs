@@ -137,6 +137,10 @@ namespace Registry.Migrations.Migrations
                         .HasColumnType("real")
                         .HasColumnName("probes_passing");
 
+                    b.Property<bool>("ProbesWithdrawn")
+                        .HasColumnType("boolean")
+                        .HasColumnName("probes_withdrawn");
+
                     b.Property<DateTime>("StartedAt")
                         .HasColumnType("timestamptz")
                         .HasColumnName("started_at");

@@ -33,10 +33,11 @@ internal sealed partial class LeaseGrace(
         WITH last AS (SELECT max(last_seen_at) AS at FROM nodes),
         gate AS (SELECT at, coalesce(clock_timestamp() - at > @gap, false) AS owed FROM last),
         marked AS (
-            INSERT INTO nodes (id, url, probe_networks, probes_passing, started_at, last_seen_at)
-            SELECT @node, @url, @probes, @passing, clock_timestamp(), clock_timestamp() FROM gate WHERE NOT owed AND @mark
+            INSERT INTO nodes (id, url, probe_networks, probes_passing, probes_withdrawn, started_at, last_seen_at)
+            SELECT @node, @url, @probes, @passing, @withdrawn, clock_timestamp(), clock_timestamp() FROM gate WHERE NOT owed AND @mark
             ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, url = coalesce(excluded.url, nodes.url),
-                                           probe_networks = excluded.probe_networks, probes_passing = excluded.probes_passing
+                                           probe_networks = excluded.probe_networks, probes_passing = excluded.probes_passing,
+                                           probes_withdrawn = excluded.probes_withdrawn
             RETURNING 1)
         SELECT g.owed, g.at, clock_timestamp(), (SELECT count(*) FROM marked) FROM gate g
         """;
@@ -59,10 +60,11 @@ internal sealed partial class LeaseGrace(
              WHERE i.application = l.application AND i.protocol = l.protocol AND i.addr = l.addr
             RETURNING 1),
         marked AS (
-            INSERT INTO nodes (id, url, probe_networks, probes_passing, started_at, last_seen_at)
-            VALUES (@node, @url, @probes, @passing, clock_timestamp(), clock_timestamp())
+            INSERT INTO nodes (id, url, probe_networks, probes_passing, probes_withdrawn, started_at, last_seen_at)
+            VALUES (@node, @url, @probes, @passing, @withdrawn, clock_timestamp(), clock_timestamp())
             ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, url = coalesce(excluded.url, nodes.url),
-                                           probe_networks = excluded.probe_networks, probes_passing = excluded.probes_passing
+                                           probe_networks = excluded.probe_networks, probes_passing = excluded.probes_passing,
+                                           probes_withdrawn = excluded.probes_withdrawn
             RETURNING 1)
         SELECT (SELECT count(*) FROM extended)::int, (SELECT count(*) FROM marked)
         """;
@@ -121,9 +123,10 @@ internal sealed partial class LeaseGrace(
         var probes = capabilities.Probes;
         command.Parameters.Add(new NpgsqlParameter<string[]?>("probes", NpgsqlTypes.NpgsqlDbType.Array | NpgsqlTypes.NpgsqlDbType.Text)
         {
-            TypedValue = probes.Withdrawn ? null : capabilities.ProbeNetworks,
+            TypedValue = capabilities.ProbeNetworks,
         });
         command.Parameters.Add(new NpgsqlParameter<float?>("passing", NpgsqlTypes.NpgsqlDbType.Real) { TypedValue = (float?)probes.Passing });
+        command.Parameters.Add(new NpgsqlParameter<bool>("withdrawn", probes.Withdrawn));
     }
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Grace: no node could record lease renewals for {Gap}; extended the {Instances} leases that were live when that began by their TTL")]

@@ -6,7 +6,7 @@ using Registry.Telemetry;
 namespace Registry.Membership;
 
 /// <summary>A live registry node as <c>nodes</c> shows it (<see cref="NodeCapabilities"/> for what it advertises).</summary>
-internal sealed record NodeInfo(string Id, string? Url, DateTimeOffset Started, DateTimeOffset LastSeen, IReadOnlyList<string>? ProbeNetworks, double? ProbesPassing);
+internal sealed record NodeInfo(string Id, string? Url, DateTimeOffset Started, DateTimeOffset LastSeen, IReadOnlyList<string>? ProbeNetworks, double? ProbesPassing, bool ProbesWithdrawn);
 
 /// <summary>
 /// The live nodes of the cluster: those whose mark in <c>nodes</c> is younger than
@@ -26,7 +26,7 @@ internal sealed partial class LiveNodes(
 {
     private const string LiveStatement =
         """
-        SELECT id, url, started_at, last_seen_at, probe_networks, probes_passing FROM nodes
+        SELECT id, url, started_at, last_seen_at, probe_networks, probes_passing, probes_withdrawn FROM nodes
          WHERE left_at IS NULL AND last_seen_at > clock_timestamp() - @timeout
          ORDER BY id
         """;
@@ -59,7 +59,8 @@ internal sealed partial class LiveNodes(
                     new DateTimeOffset(reader.GetDateTime(2), TimeSpan.Zero),
                     new DateTimeOffset(reader.GetDateTime(3), TimeSpan.Zero),
                     reader.IsDBNull(4) ? null : reader.GetFieldValue<string[]>(4),
-                    reader.IsDBNull(5) ? null : reader.GetFloat(5)));
+                    reader.IsDBNull(5) ? null : reader.GetFloat(5),
+                    reader.GetBoolean(6)));
             }
         }
 

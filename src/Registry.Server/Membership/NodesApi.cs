@@ -26,18 +26,25 @@ public sealed class NodeDocument
 
     /// <summary>
     /// The networks its probes may reach (its <c>Registry:Probes:AllowedNetworks</c>); null when it does not
-    /// probe, or has withdrawn from probing because nearly all its probes failed while another node's passed (it
-    /// suspects itself cut off). A probed instance is probed by one of the nodes whose networks admit its address.
+    /// probe. A probed instance is probed by one of the nodes whose networks admit its address.
     /// </summary>
     [JsonPropertyName("probeNetworks")]
     public required IReadOnlyList<string>? ProbeNetworks { get; init; }
 
     /// <summary>
-    /// The fraction (0 to 1) of the instances it probes whose last probe passed; null until it knows the outcome for
-    /// <c>Registry:Probes:SuspectSelfMinInstances</c> of them.
+    /// The fraction (0 to 1) of its recent probes that passed, over the instances another node could probe as well;
+    /// null when it does not probe, or knows the outcome for fewer than <c>Registry:Probes:SuspectSelfMinInstances</c>
+    /// of them (as while it has withdrawn).
     /// </summary>
     [JsonPropertyName("probesPassing")]
     public required double? ProbesPassing { get; init; }
+
+    /// <summary>
+    /// True while it suspects itself cut off from the instances it probes (nearly all its probes failed while another
+    /// node's passed): it leaves its share to the other nodes able to probe it, and ends no lease of those only it may probe.
+    /// </summary>
+    [JsonPropertyName("probesWithdrawn")]
+    public required bool ProbesWithdrawn { get; init; }
 }
 
 /// <summary>The answer to <c>GET /v1/nodes</c>.</summary>
@@ -73,7 +80,7 @@ internal static class NodesApi
         var nodes = await live.ReadAsync(cancellationToken);
         return TypedResults.Ok(new NodesDocument
         {
-            Nodes = nodes.Select(n => new NodeDocument { Id = n.Id, Url = n.Url, Started = n.Started, LastSeen = n.LastSeen, ProbeNetworks = n.ProbeNetworks, ProbesPassing = n.ProbesPassing }).ToList(),
+            Nodes = nodes.Select(n => new NodeDocument { Id = n.Id, Url = n.Url, Started = n.Started, LastSeen = n.LastSeen, ProbeNetworks = n.ProbeNetworks, ProbesPassing = n.ProbesPassing, ProbesWithdrawn = n.ProbesWithdrawn }).ToList(),
         });
     }
 }

@@ -24,19 +24,20 @@ public sealed class ProbeOptions
     public int FailuresToEvict { get; set; } = 3;
 
     /// <summary>
-    /// A node whose probes pass for less than this fraction of the instances it probes, while
-    /// another live node's pass for at least half of its own, suspects itself rather than its
-    /// targets: it is cut off from them (a route, a firewall, its own network), not they from
-    /// everyone. It then ends no lease and withdraws from probing, so that its share moves to the
-    /// others at their next read of the live nodes, and takes a share again after
-    /// <see cref="SuspectSelfFor"/>. Acts before a lease is ended when <see cref="FailuresToEvict"/>
-    /// is 3 or more (its first failures take about an interval to reach most of its instances).
-    /// 0 turns it off.
+    /// A node whose recent probes pass for less than this fraction, while another live node's pass
+    /// for at least half of its own, suspects itself rather than its targets: it is cut off from
+    /// them (a route, a firewall, its own network), not they from everyone. For
+    /// <see cref="SuspectSelfFor"/> it then counts no failure and withdraws, so that its share
+    /// moves to the other nodes able to probe it at their next read of the live nodes (what only it
+    /// may probe it goes on probing, ending no lease); then it takes a share again. Judged over the
+    /// instances other nodes could probe as well, and over the last interval of its most often
+    /// probed ones and a probe's timeout: so it comes within about an interval of being cut off,
+    /// before the third failure of its instances probed most often. 0 turns it off.
     /// </summary>
     [Range(0.0, 1.0)]
     public double SuspectSelfBelow { get; set; } = 0.1;
 
-    /// <summary>Fewest probed instances with an outcome before a node judges its own probes (and advertises how many pass).</summary>
+    /// <summary>Fewest recent outcomes before a node judges its own probes (and advertises how many pass); a node with a smaller share does not.</summary>
     [Range(1, 1_000_000)]
     public int SuspectSelfMinInstances { get; set; } = 10;
 

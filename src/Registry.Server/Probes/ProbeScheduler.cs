@@ -36,6 +36,7 @@ internal sealed partial class ProbeScheduler(
     RegistryMetrics metrics,
     IOptions<ProbeOptions> options,
     IOptions<MembershipOptions> membership,
+    IOptions<LeaseOptions> leases,
     TimeProvider time,
     ILogger<ProbeScheduler> logger) : BackgroundService
 {
@@ -43,7 +44,7 @@ internal sealed partial class ProbeScheduler(
     private static readonly TimeSpan Tick = TimeSpan.FromMilliseconds(50);
 
     /// <summary>How often this node judges its own probes (<see cref="JudgeSelf"/>).</summary>
-    private static readonly TimeSpan JudgementInterval = TimeSpan.FromMilliseconds(250);
+    internal static readonly TimeSpan JudgementInterval = TimeSpan.FromMilliseconds(250);
 
     /// <summary>What the probed instances are (keys and probes), as one number; see <see cref="ReadProbedAsync"/>.</summary>
     private const string DigestStatement = """
@@ -65,14 +66,19 @@ internal sealed partial class ProbeScheduler(
     private bool _failing;
     // Until when this node has withdrawn from probing (timestamp ticks), while capabilities.Probes says it has.
     private long _withdrawnUntil;
+    // Since when this node's recent probes have passed less than SuspectSelfBelow (timestamp ticks).
+    private long? _lowSince;
+    // How far back JudgeSelf looks for outcomes (timestamp ticks): enough for one probe of the owned instances probed most often.
+    private long _judgedWindow;
 
-    /// <summary>A live node as ownership counts it: its id, and the networks it advertised it probes (null: none).</summary>
-    private sealed record Member(string Id, IReadOnlyList<string>? Advertised)
+    /// <summary>A live node as ownership counts it: its id, the networks it advertised it probes (null: none), and whether it has withdrawn.</summary>
+    private sealed record Member(string Id, IReadOnlyList<string>? Advertised, bool Withdrawn)
     {
         public IPNetwork[]? Networks { get; } = Advertised is null ? null : ProbeNetworks.Parse(Advertised);
 
         public bool SameAs(Member other) =>
-            Id == other.Id && (Advertised is null ? other.Advertised is null : other.Advertised is not null && Advertised.SequenceEqual(other.Advertised));
+            Id == other.Id && Withdrawn == other.Withdrawn
+            && (Advertised is null ? other.Advertised is null : other.Advertised is not null && Advertised.SequenceEqual(other.Advertised));
 
         /// <summary>Whether it takes a share of the instance at <paramref name="address"/> (null: a DNS name, checked only at each probe).</summary>
         public bool Probes(IPAddress? address) =>
@@ -93,8 +99,14 @@ internal sealed partial class ProbeScheduler(
         /// <summary>A probe of it is running; set by the loop, cleared by the probe.</summary>
         public volatile bool Running;
 
-        /// <summary>The last probe's outcome: <see cref="Unknown"/>, <see cref="Passed"/> or <see cref="Failed"/>; set by the probe, read by <see cref="JudgeSelf"/>.</summary>
-        public volatile int Outcome;
+        /// <summary>Whether the last probe passed; set by the probe before <see cref="OutcomeAt"/>, read by <see cref="JudgeSelf"/>.</summary>
+        public volatile bool LastPassed;
+
+        /// <summary>When the last probe ended (timestamp ticks; 0: none yet); written and read with <see cref="Volatile"/>.</summary>
+        public long OutcomeAt;
+
+        /// <summary>Another node that has not withdrawn could probe it as well (<see cref="JudgeSelf"/> counts only these); only the loop touches it.</summary>
+        public bool Shared { get; set; }
 
         /// <summary>Consecutive failures; only the running probe touches it.</summary>
         public int Failures { get; set; }
@@ -108,10 +120,6 @@ internal sealed partial class ProbeScheduler(
         /// <summary>This node ended its lease after failures (the sweeper evicts it unless self-preservation holds it back).</summary>
         public bool Ended { get; set; }
     }
-
-    private const int Unknown = 0;
-    private const int Passed = 1;
-    private const int Failed = 2;
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -173,7 +181,7 @@ internal sealed partial class ProbeScheduler(
     private void ConsiderMembership(MembershipRead read)
     {
         var now = read.ReadAt;
-        var live = new SortedDictionary<string, Member>(read.Nodes.ToDictionary(n => n.Id, n => new Member(n.Id, n.ProbeNetworks)), StringComparer.Ordinal);
+        var live = new SortedDictionary<string, Member>(read.Nodes.ToDictionary(n => n.Id, n => new Member(n.Id, n.ProbeNetworks, n.ProbesWithdrawn)), StringComparer.Ordinal);
         foreach (var member in _nodes)
         {
             var id = member.Id;
@@ -260,82 +268,111 @@ internal sealed partial class ProbeScheduler(
 
     /// <summary>
     /// Keeps the targets this node owns among those of <paramref name="nodes"/> that probe them
-    /// (a node with probing off, or whose networks leave the address out, would only fail); a
-    /// target whose probe changed starts afresh.
+    /// (a node with probing off, or whose networks leave the address out, would only fail), not
+    /// counting nodes that have withdrawn (<see cref="JudgeSelf"/>) unless only such nodes may
+    /// probe it; a target whose probe changed starts afresh.
     /// </summary>
     private void Reconcile(Member[] nodes)
     {
         var owned = new Dictionary<InstanceKey, Target>();
         var now = time.GetTimestamp();
-        var probers = new List<string>(nodes.Length);
+        var able = new List<string>(nodes.Length);
+        var active = new List<string>(nodes.Length);
+        var window = long.MaxValue;
         foreach (var (key, spec) in _probed)
         {
             var item = $"{key.Application}\n{key.Protocol}\n{key.Addr}";
             var address = Literal(key.Addr);
-            probers.Clear();
-            probers.AddRange(nodes.Where(n => n.Probes(address)).Select(n => n.Id));
-            if (Rendezvous.Owner(item, probers) != node.Id)
+            able.Clear();
+            active.Clear();
+            foreach (var member in nodes)
+            {
+                if (member.Probes(address))
+                {
+                    able.Add(member.Id);
+                    if (!member.Withdrawn)
+                    {
+                        active.Add(member.Id);
+                    }
+                }
+            }
+
+            if (Rendezvous.Owner(item, active.Count > 0 ? active : able) != node.Id)
             {
                 continue;
             }
 
-            if (_owned.TryGetValue(key, out var kept) && kept.Spec == spec)
-            {
-                owned[key] = kept;
-                continue;
-            }
-
-            // The first probe at a point within the interval fixed by the key, so that many
-            // instances taken over at once (a node died) are spread over the interval.
             var interval = Seconds(spec.IntervalSeconds);
-            owned[key] = new Target(key, spec, prober.Endpoint(key.Addr, spec), now + (long)(Rendezvous.Hash(item) % (ulong)Math.Max(1, interval)));
+            if (!_owned.TryGetValue(key, out var target) || target.Spec != spec)
+            {
+                // The first probe at a point within the interval fixed by the key, so that many
+                // instances taken over at once (a node died) are spread over the interval.
+                target = new Target(key, spec, prober.Endpoint(key.Addr, spec), now + (long)(Rendezvous.Hash(item) % (ulong)Math.Max(1, interval)));
+            }
+
+            target.Shared = active.Exists(id => id != node.Id);
+            if (target.Shared)
+            {
+                window = Math.Min(window, interval + Seconds(Math.Min(spec.IntervalSeconds, options.Value.TimeoutSeconds)));
+            }
+
+            owned[key] = target;
         }
 
         _owned = owned;
+        _judgedWindow = window == long.MaxValue ? 0 : window;
         _due = new PriorityQueue<Target, long>(owned.Values.Select(t => (t, t.Due)));
         metrics.ProbesOwned(owned.Count);
     }
 
     /// <summary>
-    /// Judges this node's own probes. The fraction of its instances whose last probe passed goes
-    /// out with its next mark. When it is below <see cref="ProbeOptions.SuspectSelfBelow"/> while
-    /// another live node that probes passes for at least half of its own, what fails is this node,
-    /// not its instances (rendezvous gives every node a like sample of them): a route, a firewall,
-    /// its own network. It then withdraws for <see cref="ProbeOptions.SuspectSelfFor"/>: it ends no
-    /// lease, and its mark advertises no networks, so every node (this one too) moves its share to
-    /// the others at their next read of the live nodes; afterwards it takes a share again, and
-    /// withdraws again within an interval if it is still cut off (before any instance it took has
-    /// failed <see cref="ProbeOptions.FailuresToEvict"/> times). When every node fails alike (the
-    /// instances are down, or the whole registry is cut off) nobody withdraws, and
-    /// self-preservation holds the evictions back as before.
+    /// Judges this node's own probes: the fraction of them that passed, over the last
+    /// <see cref="_judgedWindow"/> and the instances another node could probe as well, goes out
+    /// with its next mark. When it is below <see cref="ProbeOptions.SuspectSelfBelow"/> while
+    /// another node that probes, marked since, passes for at least half of its own, what fails is
+    /// this node, not its instances (rendezvous gives every node a like sample of them): a route, a
+    /// firewall, its own network. It then withdraws for <see cref="ProbeOptions.SuspectSelfFor"/>:
+    /// it counts no failure and ends no lease, and its mark says so, so that every node (this one
+    /// too) moves its share to the others at their next read of the live nodes; it keeps probing,
+    /// and renewing, what only it may probe. Afterwards it takes a share again, and withdraws again
+    /// within an interval if it is still cut off. When every node fails alike (the instances are
+    /// down, or the whole registry is cut off), the others' marks show it too and nobody
+    /// withdraws: self-preservation holds the evictions back as before.
     /// </summary>
     private void JudgeSelf()
     {
+        var now = time.GetTimestamp();
+        var since = now - _judgedWindow;
         var known = 0;
         var passed = 0;
         foreach (var target in _owned.Values)
         {
-            var outcome = target.Outcome;
-            known += outcome == Unknown ? 0 : 1;
-            passed += outcome == Passed ? 1 : 0;
+            if (target.Shared && Volatile.Read(ref target.OutcomeAt) is var at && at != 0 && at >= since)
+            {
+                known++;
+                passed += target.LastPassed ? 1 : 0;
+            }
         }
 
         var settings = options.Value;
         double? passing = known > 0 && known >= settings.SuspectSelfMinInstances ? (double)passed / known : null;
+        _lowSince = passing < settings.SuspectSelfBelow ? _lowSince ?? now : null;
         var standing = capabilities.Probes;
         var withdrawn = standing.Withdrawn;
-        var now = time.GetTimestamp();
+        // Only a mark made after this node's probes began to fail says how the other node's go meanwhile.
+        var read = live.Last;
         if (withdrawn && now >= _withdrawnUntil)
         {
             withdrawn = false;
             LogRejoined(logger);
         }
-        else if (!withdrawn && passing < settings.SuspectSelfBelow
-            && live.Last.Nodes.FirstOrDefault(n => n.Id != node.Id && n.ProbeNetworks is not null && n.ProbesPassing >= 0.5) is { } other)
+        else if (!withdrawn && passing is { } low && _lowSince is { } lowSince
+            && time.GetElapsedTime(lowSince, read.ReadAt) >= leases.Value.LivenessInterval + JudgementInterval
+            && read.Nodes.FirstOrDefault(n => n.Id != node.Id && n.ProbeNetworks is not null && !n.ProbesWithdrawn && n.ProbesPassing >= 0.5) is { } other)
         {
             withdrawn = true;
             _withdrawnUntil = now + (long)(settings.SuspectSelfFor.TotalSeconds * time.TimestampFrequency);
-            LogWithdrew(logger, passing.Value, known, other.Id, other.ProbesPassing!.Value, settings.SuspectSelfFor);
+            LogWithdrew(logger, low, known, other.Id, other.ProbesPassing!.Value, settings.SuspectSelfFor);
         }
 
         if (standing.Passing != passing || standing.Withdrawn != withdrawn)
@@ -402,8 +439,10 @@ internal sealed partial class ProbeScheduler(
                 target.Ended = false;
             }
 
-            target.Failures = passed ? 0 : target.Failures + 1;
-            target.Outcome = passed ? Passed : Failed;
+            // While this node suspects itself, its failures say nothing of the instance.
+            target.Failures = passed ? 0 : capabilities.Probes.Withdrawn ? target.Failures : target.Failures + 1;
+            target.LastPassed = passed;
+            Volatile.Write(ref target.OutcomeAt, time.GetTimestamp());
             // Counted once the outcome is, so whoever reads the metric sees the count it went into.
             metrics.Probed(target.Spec.Kind, passed, duration);
             if (passed)
@@ -503,8 +542,8 @@ internal sealed partial class ProbeScheduler(
         base.Dispose();
     }
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "Probes: only {Passing:P0} of the {Instances} instances this node probes pass, while node {Other} passes {OtherPassing:P0} of its own: this node is cut off from them, not they from everyone. It ends no lease and leaves its share to the other nodes for {Period}")]
-    private static partial void LogWithdrew(ILogger logger, double passing, int instances, string other, double otherPassing, TimeSpan period);
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Probes: only {Passing:P0} of this node's {Probes} recent probes passed, while node {Other} passes {OtherPassing:P0} of its own: this node is cut off from those instances, not they from everyone. For {Period} it counts no failure and leaves its share to the other nodes")]
+    private static partial void LogWithdrew(ILogger logger, double passing, int probes, string other, double otherPassing, TimeSpan period);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Probes: this node takes its share of probing again after withdrawing (it withdraws again if its probes still fail)")]
     private static partial void LogRejoined(ILogger logger);

@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Options;
+using Registry.Leases;
 using Registry.Membership;
 using Registry.Model;
 
@@ -15,7 +16,7 @@ internal sealed record ProbeSpec(string Kind, string? Path, int IntervalSeconds)
 }
 
 /// <summary>Reads and checks the probe parameters of a registration.</summary>
-internal sealed class ProbeRequests(ProbeNetworks networks, IOptions<ProbeOptions> options, IOptions<MembershipOptions> membership)
+internal sealed class ProbeRequests(ProbeNetworks networks, IOptions<ProbeOptions> options, IOptions<MembershipOptions> membership, IOptions<LeaseOptions> leases)
 {
     /// <summary>
     /// The probe a registration asks for (null for none), or errors naming the parameter.
@@ -77,12 +78,21 @@ internal sealed class ProbeRequests(ProbeNetworks networks, IOptions<ProbeOption
     /// and confirm that at their next read (two <see cref="MembershipOptions.RefreshInterval"/>s), and
     /// the new prober's first probe and its write may take two intervals more. With probes every
     /// second that is 7 s, longer than half of the 8 s lease the first rule gives, and a dead node's
-    /// share could be evicted while healthy.
+    /// share could be evicted while healthy. So does a change of prober when the probing node finds
+    /// itself cut off from the instances (ProbeScheduler.JudgeSelf): an interval since the last
+    /// passing probe, one more and a probe's timeout for its probes to fail, a mark of another node
+    /// and a read of it to confirm that the fault is its own, its judgement, its own mark and the
+    /// others' read of it, and the new prober's first probe.
     /// </summary>
     public long LeaseSeconds(ProbeSpec spec)
     {
-        var moving = membership.Value.NodeTimeout + 2 * membership.Value.RefreshInterval + TimeSpan.FromSeconds(2L * spec.IntervalSeconds);
-        return Math.Max(2L * (options.Value.FailuresToEvict + 1) * spec.IntervalSeconds, 2L * (long)Math.Ceiling(moving.TotalSeconds));
+        var interval = TimeSpan.FromSeconds(spec.IntervalSeconds);
+        var (marks, reads) = (leases.Value.LivenessInterval, membership.Value.RefreshInterval);
+        var moving = membership.Value.NodeTimeout + 2 * reads + 2 * interval;
+        var withdrawing = 3 * interval + TimeSpan.FromSeconds(Math.Min(spec.IntervalSeconds, options.Value.TimeoutSeconds))
+            + 2 * marks + 2 * reads + 2 * ProbeScheduler.JudgementInterval + leases.Value.RenewalInterval;
+        var handover = moving > withdrawing ? moving : withdrawing;
+        return Math.Max(2L * (options.Value.FailuresToEvict + 1) * spec.IntervalSeconds, 2L * (long)Math.Ceiling(handover.TotalSeconds));
     }
 
     /// <summary>Null when a probe may reach the host of <paramref name="addr"/>; otherwise the rule it breaks.</summary>

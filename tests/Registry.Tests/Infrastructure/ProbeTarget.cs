@@ -16,7 +16,8 @@ public sealed record ProbeRequest(string Path, string Node, DateTimeOffset At);
 /// </summary>
 public sealed class ProbeTarget : IAsyncDisposable
 {
-    private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+    private readonly IPAddress _address;
+    private readonly TcpListener _listener;
     private readonly ConcurrentDictionary<TcpClient, bool> _open = new();
     private readonly CancellationTokenSource _stop = new();
     private readonly ConcurrentQueue<ProbeRequest> _requests = new();
@@ -24,8 +25,11 @@ public sealed class ProbeTarget : IAsyncDisposable
     private TaskCompletionSource _arrived = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private int _connections;
 
-    public ProbeTarget()
+    /// <summary>Listens on <paramref name="address"/> (127.0.0.1 when not given; Linux answers all of 127.0.0.0/8).</summary>
+    public ProbeTarget(IPAddress? address = null)
     {
+        _address = address ?? IPAddress.Loopback;
+        _listener = new TcpListener(_address, 0);
         _listener.Start();
         Port = ((IPEndPoint)_listener.LocalEndpoint).Port;
         _accepting = AcceptAsync();
@@ -34,7 +38,7 @@ public sealed class ProbeTarget : IAsyncDisposable
     public int Port { get; }
 
     /// <summary>The <c>addr</c> to register.</summary>
-    public string Addr => $"127.0.0.1:{Port}";
+    public string Addr => $"{_address}:{Port}";
 
     /// <summary>
     /// Which probing nodes (by id) get no answer: their requests are recorded and their

@@ -12,7 +12,7 @@ using Registry.Storage;
 namespace Registry.Migrations.Migrations
 {
     [DbContext(typeof(RegistryDbContext))]
-    [Migration("20261129085133_NodeProbing")]
+    [Migration("20261129092255_NodeProbing")]
     partial class NodeProbing
     {
         /// <inheritdoc />
@@ -139,6 +139,10 @@ namespace Registry.Migrations.Migrations
                     b.Property<float?>("ProbesPassing")
                         .HasColumnType("real")
                         .HasColumnName("probes_passing");
+
+                    b.Property<bool>("ProbesWithdrawn")
+                        .HasColumnType("boolean")
+                        .HasColumnName("probes_withdrawn");
 
                     b.Property<DateTime>("StartedAt")
                         .HasColumnType("timestamptz")

@@ -21,6 +21,13 @@ namespace Registry.Migrations.Migrations
                 table: "nodes",
                 type: "real",
                 nullable: true);
+
+            migrationBuilder.AddColumn<bool>(
+                name: "probes_withdrawn",
+                table: "nodes",
+                type: "boolean",
+                nullable: false,
+                defaultValue: false);
         }
 
         /// <inheritdoc />
@@ -32,6 +39,10 @@ namespace Registry.Migrations.Migrations
 
             migrationBuilder.DropColumn(
                 name: "probes_passing",
+                table: "nodes");
+
+            migrationBuilder.DropColumn(
+                name: "probes_withdrawn",
                 table: "nodes");
         }
     }
