@@ -76,10 +76,7 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         // Three failures a second apart (the first may come at once), then one sweep.
         Assert.True(clock.Elapsed >= TimeSpan.FromSeconds(2 * Interval) - TimeSpan.FromMilliseconds(100), $"took only {clock.Elapsed}");
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(3 * Interval + 3), $"took {clock.Elapsed}");
-        await using var connection = new NpgsqlConnection(database);
-        await connection.OpenAsync();
-        await using var evictions = new NpgsqlCommand("SELECT coalesce(sum(instances), 0)::int FROM evictions", connection);
-        Assert.Equal(1, (int)(await evictions.ExecuteScalarAsync())!); // counted for self-preservation
+        Assert.Equal(1, await EvictedAsync(database)); // counted for self-preservation
     }
 
     [Fact]
@@ -106,10 +103,7 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         var (_, after, body) = await client.SubscribeAsync(subscription);
         Assert.Equal(version, after);
         Assert.Single(body!["endpoints"]!.AsArray());
-        await using var connection = new NpgsqlConnection(database);
-        await connection.OpenAsync();
-        await using var evictions = new NpgsqlCommand("SELECT coalesce(sum(instances), 0)::int FROM evictions", connection);
-        Assert.Equal(0, (int)(await evictions.ExecuteScalarAsync())!);
+        Assert.Equal(0, await EvictedAsync(database));
     }
 
     [Fact]
@@ -149,6 +143,25 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         await RegisterProbedAsync(client, target, HttpStatusCode.OK);
 
         await ended.WaitForAsync(2, TimeSpan.FromSeconds(10));
+    }
+
+    /// <summary>Registers <paramref name="count"/> applications <c>{prefix}{i}</c> at the target, each probed over HTTP at <c>/{prefix}{i}</c> every interval.</summary>
+    private static async Task RegisterProbedAppsAsync(HttpClient client, ProbeTarget target, int count, string prefix = "app")
+    {
+        for (var i = 0; i < count; i++)
+        {
+            using var response = await client.PostJsonAsync($"/v1/register?probe=http&probePath=/{prefix}{i}&probeInterval={Interval}", Http.Provider($"{prefix}{i}", target.Addr));
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+    }
+
+    /// <summary>The instances sweeps have evicted (what self-preservation counts).</summary>
+    private static async Task<int> EvictedAsync(string database)
+    {
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        await using var evictions = new NpgsqlCommand("SELECT coalesce(sum(instances), 0)::int FROM evictions", connection);
+        return (int)(await evictions.ExecuteScalarAsync())!;
     }
 
     /// <summary>Registers "web" at the target, probed over HTTP every interval, and expects <paramref name="status"/>.</summary>
@@ -328,11 +341,7 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
             using var views = new MembershipViews(nodes);
             using var client = nodes[0].CreateClient();
             const int instances = 12;
-            for (var i = 0; i < instances; i++)
-            {
-                using var response = await client.PostJsonAsync($"/v1/register?probe=http&probePath=/app{i}&probeInterval={Interval}", Http.Provider($"app{i}", target.Addr));
-                Assert.Equal(HttpStatusCode.Created, response.StatusCode);
-            }
+            await RegisterProbedAppsAsync(client, target, instances);
 
             await target.WaitUntilAsync(t => Enumerable.Range(0, instances).All(i => t.Requests.Count(r => r.Path == $"/app{i}") >= 3), TimeSpan.FromSeconds(20));
             var probers = target.Requests.GroupBy(r => r.Path).ToDictionary(g => g.Key, g => g.Select(r => r.Node).Distinct().ToList());
@@ -392,11 +401,7 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         await using var target = new ProbeTarget();
         using var client = able.CreateClient();
         const int instances = 12;
-        for (var i = 0; i < instances; i++)
-        {
-            using var response = await client.PostJsonAsync($"/v1/register?probe=http&probePath=/app{i}&probeInterval={Interval}", Http.Provider($"app{i}", target.Addr));
-            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
-        }
+        await RegisterProbedAppsAsync(client, target, instances);
 
         // Each one probed past FailuresToEvict (3) intervals, all by the node that may.
         await target.WaitUntilAsync(t => Enumerable.Range(0, instances).All(i => t.Requests.Count(r => r.Path == $"/app{i}") >= 5), TimeSpan.FromSeconds(20));
@@ -404,10 +409,7 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         Assert.Equal(able.Get<NodeIdentity>().Id, Assert.Single(probers));
         using var services = await client.GetAsync(new Uri("/v1/services", UriKind.Relative));
         Assert.Equal(instances, (await services.ReadJsonAsync())["services"]!.AsArray().Count);
-        await using var connection = new NpgsqlConnection(database);
-        await connection.OpenAsync();
-        await using var evictions = new NpgsqlCommand("SELECT coalesce(sum(instances), 0)::int FROM evictions", connection);
-        Assert.Equal(0, (int)(await evictions.ExecuteScalarAsync())!);
+        Assert.Equal(0, await EvictedAsync(database));
     }
 
     [Fact]
@@ -446,19 +448,11 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
             await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Count == 3)));
             using var client = nodes[0].CreateClient();
             const int instances = 36;
-            for (var i = 0; i < instances; i++)
-            {
-                using var response = await client.PostJsonAsync($"/v1/register?probe=http&probePath=/app{i}&probeInterval={Interval}", Http.Provider($"app{i}", target.Addr));
-                Assert.Equal(HttpStatusCode.Created, response.StatusCode);
-            }
+            await RegisterProbedAppsAsync(client, target, instances);
 
             using var itsClient = nodes[2].CreateClient();
             const int itsOwn = 4;
-            for (var i = 0; i < itsOwn; i++)
-            {
-                using var response = await itsClient.PostJsonAsync($"/v1/register?probe=http&probePath=/own{i}&probeInterval={Interval}", Http.Provider($"own{i}", onlyItsOwn.Addr));
-                Assert.Equal(HttpStatusCode.Created, response.StatusCode);
-            }
+            await RegisterProbedAppsAsync(itsClient, onlyItsOwn, itsOwn, "own");
 
             // Every node probes its share, and every node sees that the others' probes pass.
             await target.WaitUntilAsync(t => Enumerable.Range(0, instances).All(i => t.Requests.Any(r => r.Path == $"/app{i}")), TimeSpan.FromSeconds(20));
@@ -477,17 +471,14 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
             await onlyItsOwn.WaitUntilAsync(t => Enumerable.Range(0, itsOwn).All(i => t.Requests.Count(r => r.Path == $"/own{i}" && r.At > moved) >= 2), TimeSpan.FromSeconds(5));
             using var services = await client.GetAsync(new Uri("/v1/services", UriKind.Relative));
             Assert.Equal(instances + itsOwn, (await services.ReadJsonAsync())["services"]!.AsArray().Count);
-            await using var connection = new NpgsqlConnection(database);
-            await connection.OpenAsync();
-            await using var evictions = new NpgsqlCommand("SELECT coalesce(sum(instances), 0)::int FROM evictions", connection);
-            Assert.Equal(0, (int)(await evictions.ExecuteScalarAsync())!);
+            Assert.Equal(0, await EvictedAsync(database));
 
             // Reachable again, it takes a share again once SuspectSelfFor has passed, and keeps it.
             target.CutOff = _ => false;
             await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Any(m => m.Id == cut && !m.ProbesWithdrawn && m.ProbesPassing >= 0.5))));
             var rejoined = DateTimeOffset.UtcNow;
             await target.WaitUntilAsync(t => t.Requests.Count(r => r.Node == cut && r.At > rejoined) >= 8, TimeSpan.FromSeconds(15));
-            Assert.Equal(0, (int)(await evictions.ExecuteScalarAsync())!);
+            Assert.Equal(0, await EvictedAsync(database));
         }
         finally
         {
@@ -528,11 +519,7 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         // Many, because a taken instance is first probed at a point of the interval fixed by its
         // key: with few, none may fall within the moment the other node holds them.
         const int instances = 40;
-        for (var i = 0; i < instances; i++)
-        {
-            using var response = await client.PostJsonAsync($"/v1/register?probe=http&probePath=/app{i}&probeInterval={Interval}", Http.Provider($"app{i}", target.Addr));
-            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
-        }
+        await RegisterProbedAppsAsync(client, target, instances);
 
         await target.WaitUntilAsync(t => Enumerable.Range(0, instances).All(i => t.Requests.Any(r => r.Path == $"/app{i}")), TimeSpan.FromSeconds(20));
         var observer = second.Get<LiveNodes>();

@@ -17,8 +17,9 @@ namespace Registry.Probes;
 /// reads which instances are probed (a partial index holds only those) and, whenever that or
 /// the live membership changes, keeps those whose rendezvous owner among the live nodes that
 /// probe them (<see cref="Reconcile"/>) is this node; so when a node stops or dies its instances
-/// move to the others once two of their reads have missed it (<see cref="ConsiderMembership"/>). Passing probes renew the lease
-/// through the same coalesced path as heartbeats.
+/// move to the others once two of their reads have missed it (<see cref="ConsiderMembership"/>),
+/// and a node that finds itself cut off from them leaves them to the others (<see cref="JudgeSelf"/>).
+/// Passing probes renew the lease through the same coalesced path as heartbeats.
 /// After <see cref="ProbeOptions.FailuresToEvict"/> failures in a row the lease is ended now
 /// and the sweeper evicts the instance like any expired one: within self-preservation's
 /// budget, counted, audited, and with its subscribers woken.
@@ -310,7 +311,7 @@ internal sealed partial class ProbeScheduler(
                 target = new Target(key, spec, prober.Endpoint(key.Addr, spec), now + (long)(Rendezvous.Hash(item) % (ulong)Math.Max(1, interval)));
             }
 
-            target.Shared = active.Exists(id => id != node.Id);
+            target.Shared = active.Count > (active.Contains(node.Id) ? 1 : 0);
             if (target.Shared)
             {
                 window = Math.Min(window, interval + Seconds(Math.Min(spec.IntervalSeconds, options.Value.TimeoutSeconds)));
