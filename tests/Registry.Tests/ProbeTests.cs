@@ -51,11 +51,13 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
             Assert.True(granted >= 2 * (3 + 1) * Interval, $"lease {granted} s");
             Assert.True(granted / 2.0 >= (membership.NodeTimeout + 2 * membership.RefreshInterval).TotalSeconds + 2 * Interval, $"lease {granted} s");
             // And that of a prober cut off from it: an interval since its last pass, one and a timeout to fail, another
-            // node's mark and a read of it, its own mark and the others' read, the next prober's first probe (before:
-            // 14 s, against 8.75 s).
+            // node's mark and a read of it, its own mark and the others' reads (a read apart), the next prober's first
+            // probe and its write, three judgements and a second of slack (before: 14 s, against 11 s).
             var leases = node.Get<IOptions<Registry.Leases.LeaseOptions>>().Value;
+            var timeout = node.Get<IOptions<Registry.Probes.ProbeOptions>>().Value.TimeoutSeconds;
             Assert.True(
-                granted / 2.0 >= 3 * Interval + 1 + 2 * (leases.LivenessInterval + membership.RefreshInterval).TotalSeconds + 0.5 + leases.RenewalInterval.TotalSeconds,
+                granted / 2.0 >= (3 * Interval) + timeout + (2 * leases.LivenessInterval.TotalSeconds) + (3 * membership.RefreshInterval.TotalSeconds)
+                    + 0.75 + leases.RenewalInterval.TotalSeconds + 1,
                 $"lease {granted} s");
         }
 
@@ -421,14 +423,14 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         // instances' leases. It alone may probe the providers on 127.0.0.2, which it still reaches:
         // those it must go on probing while it leaves the rest to the others.
         var database = await Cluster.CreateDatabaseAsync();
+        // Probes every second, marks every second and reads of the live nodes every two: the node learns how the
+        // others' probes go only after its own instances' third failures, and must end no lease meanwhile.
         var settings = new Dictionary<string, string?>(Probing)
         {
             ["Registry:Probes:AllowedNetworks:0"] = "127.0.0.1/32",
-            ["Registry:Leases:LivenessInterval"] = "00:00:00.100",
-            ["Registry:Membership:RefreshInterval"] = "00:00:00.200",
-            ["Registry:Probes:FailuresToEvict"] = "4",
+            ["Registry:Membership:RefreshInterval"] = "00:00:02",
             ["Registry:Probes:SuspectSelfMinInstances"] = "4",
-            ["Registry:Probes:SuspectSelfFor"] = "00:00:04",
+            ["Registry:Probes:SuspectSelfFor"] = "00:00:08",
         };
         RegistryNode[] nodes =
         [
@@ -479,6 +481,57 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
             var rejoined = DateTimeOffset.UtcNow;
             await target.WaitUntilAsync(t => t.Requests.Count(r => r.Node == cut && r.At > rejoined) >= 8, TimeSpan.FromSeconds(15));
             Assert.Equal(0, await EvictedAsync(database));
+        }
+        finally
+        {
+            foreach (var node in nodes)
+            {
+                await node.DisposeAsync();
+            }
+        }
+    }
+
+    [Fact]
+    public async Task WhenEveryNodesProbesFailAlikeNoneWithdrawsAndTheInstancesAreEvicted()
+    {
+        // The providers go down, not a node's route to them: every node's probes fail, none
+        // suspects itself, and their leases end (within self-preservation's budget).
+        var database = await Cluster.CreateDatabaseAsync();
+        var settings = new Dictionary<string, string?>(Probing) { ["Registry:Probes:SuspectSelfMinInstances"] = "4" };
+        RegistryNode[] nodes = [new(database, settings), new(database, settings), new(database, settings)];
+        await using var target = new ProbeTarget();
+        try
+        {
+            foreach (var node in nodes)
+            {
+                _ = node.Server;
+            }
+
+            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Count == 3)));
+            using var client = nodes[0].CreateClient();
+            await RegisterProbedAppsAsync(client, target, 30);
+            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current is { Count: 3 } seen && seen.All(m => m.ProbesPassing >= 0.5))));
+
+            // Whether any node withdraws at any moment: nothing signals it, so look often.
+            using var watching = new CancellationTokenSource();
+            var withdrew = Task.Run(async () =>
+            {
+                while (!watching.IsCancellationRequested && !nodes.Any(n => n.Get<NodeCapabilities>().Probes.Withdrawn))
+                {
+                    await Task.Delay(TimeSpan.FromMilliseconds(20), CancellationToken.None);
+                }
+
+                return !watching.IsCancellationRequested;
+            });
+            target.Answer = _ => (503, "", TimeSpan.Zero);
+            using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+            while (await EvictedAsync(database) == 0)
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(100), deadline.Token);
+            }
+
+            await watching.CancelAsync();
+            Assert.False(await withdrew, "a node withdrew though every node's probes failed alike");
         }
         finally
         {

@@ -33,8 +33,8 @@ public sealed class NodeDocument
 
     /// <summary>
     /// The fraction (0 to 1) of its recent probes that passed, over the instances another node could probe as well;
-    /// null when it does not probe, or knows the outcome for fewer than <c>Registry:Probes:SuspectSelfMinInstances</c>
-    /// of them (as while it has withdrawn).
+    /// null when it does not probe, when no other node could probe its instances, or when it knows the outcome of fewer
+    /// recent probes than <c>Registry:Probes:SuspectSelfMinInstances</c> (as while it has withdrawn).
     /// </summary>
     [JsonPropertyName("probesPassing")]
     public required double? ProbesPassing { get; init; }

@@ -24,15 +24,18 @@ public sealed class ProbeOptions
     public int FailuresToEvict { get; set; } = 3;
 
     /// <summary>
-    /// A node whose recent probes pass for less than this fraction, while another live node's pass
-    /// for at least half of its own, suspects itself rather than its targets: it is cut off from
-    /// them (a route, a firewall, its own network), not they from everyone. For
+    /// A node whose recent probes pass for less than this fraction ends no lease until the other
+    /// nodes' marks made since show how theirs go. If one that could take its instances passes at
+    /// least half of its own, it suspects itself rather than its targets: it is cut off from them
+    /// (a route, a firewall, its own network), not they from everyone. For
     /// <see cref="SuspectSelfFor"/> it then counts no failure and withdraws, so that its share
     /// moves to the other nodes able to probe it at their next read of the live nodes (what only it
-    /// may probe it goes on probing, ending no lease); then it takes a share again. Judged over the
-    /// instances other nodes could probe as well, and over the last interval of its most often
-    /// probed ones and a probe's timeout: so it comes within about an interval of being cut off,
-    /// before the third failure of its instances probed most often. 0 turns it off.
+    /// may probe it goes on probing, ending no lease); then it takes a share again. Otherwise the
+    /// instances are down and it ends their leases as they fail, a mark and a read later than it
+    /// would have. Judged over the instances other nodes could probe as well, and over the shortest
+    /// time in which <see cref="SuspectSelfMinInstances"/> of their probes end (at least one interval
+    /// of those probed most often, at most <see cref="FailuresToEvict"/>), so a node with a smaller
+    /// share does not judge. 0 turns it off.
     /// </summary>
     [Range(0.0, 1.0)]
     public double SuspectSelfBelow { get; set; } = 0.1;

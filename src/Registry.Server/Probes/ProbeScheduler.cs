@@ -69,8 +69,14 @@ internal sealed partial class ProbeScheduler(
     private long _withdrawnUntil;
     // Since when this node's recent probes have passed less than SuspectSelfBelow (timestamp ticks).
     private long? _lowSince;
-    // How far back JudgeSelf looks for outcomes (timestamp ticks): enough for one probe of the owned instances probed most often.
+    // How far back JudgeSelf looks for outcomes (timestamp ticks); see Reconcile.
     private long _judgedWindow;
+    // The other nodes that could probe some instance this node probes: those whose probes it compares with its own.
+    private HashSet<string> _peers = [];
+    // No lease is ended while set: this node has withdrawn, or its probes fail and it does not know yet whether the others' do.
+    private volatile bool _holdEnds;
+    // Changes when this node withdraws or takes a share again: failures counted before do not count after.
+    private volatile int _epoch;
 
     /// <summary>A live node as ownership counts it: its id, the networks it advertised it probes (null: none), and whether it has withdrawn.</summary>
     private sealed record Member(string Id, IReadOnlyList<string>? Advertised, bool Withdrawn)
@@ -111,6 +117,9 @@ internal sealed partial class ProbeScheduler(
 
         /// <summary>Consecutive failures; only the running probe touches it.</summary>
         public int Failures { get; set; }
+
+        /// <summary>The <see cref="_epoch"/> its failures were counted in; only the running probe touches it.</summary>
+        public int Epoch { get; set; }
 
         /// <summary>
         /// The revision of the registration the failures count against, as this node last saw
@@ -279,7 +288,8 @@ internal sealed partial class ProbeScheduler(
         var now = time.GetTimestamp();
         var able = new List<string>(nodes.Length);
         var active = new List<string>(nodes.Length);
-        var window = long.MaxValue;
+        var peers = new HashSet<string>(StringComparer.Ordinal);
+        var intervals = new Dictionary<int, int>();
         foreach (var (key, spec) in _probed)
         {
             var item = $"{key.Application}\n{key.Protocol}\n{key.Addr}";
@@ -314,31 +324,68 @@ internal sealed partial class ProbeScheduler(
             target.Shared = active.Count > (active.Contains(node.Id) ? 1 : 0);
             if (target.Shared)
             {
-                window = Math.Min(window, interval + Seconds(Math.Min(spec.IntervalSeconds, options.Value.TimeoutSeconds)));
+                peers.UnionWith(active);
+                intervals[spec.IntervalSeconds] = intervals.GetValueOrDefault(spec.IntervalSeconds) + 1;
             }
 
             owned[key] = target;
         }
 
         _owned = owned;
-        _judgedWindow = window == long.MaxValue ? 0 : window;
+        peers.Remove(node.Id);
+        _peers = peers;
+        _judgedWindow = JudgedWindow(intervals);
         _due = new PriorityQueue<Target, long>(owned.Values.Select(t => (t, t.Due)));
         metrics.ProbesOwned(owned.Count);
     }
 
     /// <summary>
+    /// How far back <see cref="JudgeSelf"/> looks, given how many shared instances are probed at
+    /// each interval: the shortest time in which <see cref="ProbeOptions.SuspectSelfMinInstances"/>
+    /// of their probes are expected to end, so that those probed most often decide when they are
+    /// enough, and those probed seldom count only once their probe is recent. At least one of the
+    /// shortest intervals, at most <see cref="ProbeOptions.FailuresToEvict"/> of them (fewer probes
+    /// than the minimum by then: no judgement), and a probe's timeout on top. 0 when none is shared.
+    /// </summary>
+    private long JudgedWindow(Dictionary<int, int> intervals)
+    {
+        if (intervals.Count == 0)
+        {
+            return 0;
+        }
+
+        var settings = options.Value;
+        var shortest = intervals.Keys.Min();
+        double Expected(double window) => intervals.Sum(i => i.Value * Math.Min(1, window / i.Key));
+        var (low, high) = ((double)shortest, (double)shortest * settings.FailuresToEvict);
+        if (Expected(low) < settings.SuspectSelfMinInstances)
+        {
+            for (var step = 0; step < 20 && Expected(high) >= settings.SuspectSelfMinInstances; step++)
+            {
+                var middle = (low + high) / 2;
+                (low, high) = Expected(middle) >= settings.SuspectSelfMinInstances ? (low, middle) : (middle, high);
+            }
+
+            low = high;
+        }
+
+        return (long)((low + Math.Min(shortest, settings.TimeoutSeconds)) * time.TimestampFrequency);
+    }
+
+    /// <summary>
     /// Judges this node's own probes: the fraction of them that passed, over the last
     /// <see cref="_judgedWindow"/> and the instances another node could probe as well, goes out
-    /// with its next mark. When it is below <see cref="ProbeOptions.SuspectSelfBelow"/> while
-    /// another node that probes, marked since, passes for at least half of its own, what fails is
-    /// this node, not its instances (rendezvous gives every node a like sample of them): a route, a
+    /// with its next mark. When it falls below <see cref="ProbeOptions.SuspectSelfBelow"/> this node
+    /// ends no lease until a read of the live nodes shows the others' marks made since: if one of
+    /// the nodes that could take its instances passes at least half of its own, what fails is this
+    /// node, not its instances (rendezvous gives every node a like sample of them): a route, a
     /// firewall, its own network. It then withdraws for <see cref="ProbeOptions.SuspectSelfFor"/>:
     /// it counts no failure and ends no lease, and its mark says so, so that every node (this one
     /// too) moves its share to the others at their next read of the live nodes; it keeps probing,
-    /// and renewing, what only it may probe. Afterwards it takes a share again, and withdraws again
-    /// within an interval if it is still cut off. When every node fails alike (the instances are
-    /// down, or the whole registry is cut off), the others' marks show it too and nobody
-    /// withdraws: self-preservation holds the evictions back as before.
+    /// and renewing, what only it may probe. Afterwards it takes a share again with no failure
+    /// counted, and withdraws again if it is still cut off. When the others fail alike (the
+    /// instances are down, or the whole registry is cut off), it ends leases as they fail, about a
+    /// mark and a read later than it would have, and self-preservation holds the evictions back as before.
     /// </summary>
     private void JudgeSelf()
     {
@@ -357,25 +404,35 @@ internal sealed partial class ProbeScheduler(
 
         var settings = options.Value;
         double? passing = known > 0 && known >= settings.SuspectSelfMinInstances ? (double)passed / known : null;
-        _lowSince = passing < settings.SuspectSelfBelow ? _lowSince ?? now : null;
+        if (passing is { } rate)
+        {
+            // Too few outcomes for a moment (a change of share) neither starts nor ends a suspicion.
+            _lowSince = rate < settings.SuspectSelfBelow ? _lowSince ?? now : null;
+        }
+
         var standing = capabilities.Probes;
         var withdrawn = standing.Withdrawn;
-        // Only a mark made after this node's probes began to fail says how the other node's go meanwhile.
+        // Only marks made after this node's probes began to fail say how the others' go meanwhile.
         var read = live.Last;
+        var answered = _lowSince is { } lowSince && time.GetElapsedTime(lowSince, read.ReadAt) >= leases.Value.LivenessInterval + JudgementInterval;
         if (withdrawn && now >= _withdrawnUntil)
         {
             withdrawn = false;
+            _lowSince = null;
+            answered = false;
+            _epoch++;
             LogRejoined(logger);
         }
-        else if (!withdrawn && passing is { } low && _lowSince is { } lowSince
-            && time.GetElapsedTime(lowSince, read.ReadAt) >= leases.Value.LivenessInterval + JudgementInterval
-            && read.Nodes.FirstOrDefault(n => n.Id != node.Id && n.ProbeNetworks is not null && !n.ProbesWithdrawn && n.ProbesPassing >= 0.5) is { } other)
+        else if (!withdrawn && answered
+            && read.Nodes.FirstOrDefault(n => _peers.Contains(n.Id) && n.ProbeNetworks is not null && !n.ProbesWithdrawn && n.ProbesPassing >= 0.5) is { } other)
         {
             withdrawn = true;
             _withdrawnUntil = now + (long)(settings.SuspectSelfFor.TotalSeconds * time.TimestampFrequency);
-            LogWithdrew(logger, low, known, other.Id, other.ProbesPassing!.Value, settings.SuspectSelfFor);
+            _epoch++;
+            LogWithdrew(logger, passing ?? 0, known, other.Id, other.ProbesPassing!.Value, settings.SuspectSelfFor);
         }
 
+        _holdEnds = withdrawn || (_lowSince is not null && !answered);
         if (standing.Passing != passing || standing.Withdrawn != withdrawn)
         {
             capabilities.Probes = new ProbeStanding(passing, withdrawn);
@@ -440,6 +497,13 @@ internal sealed partial class ProbeScheduler(
                 target.Ended = false;
             }
 
+            if (target.Epoch != _epoch)
+            {
+                // Counted before this node withdrew or came back: they may have been its own.
+                target.Epoch = _epoch;
+                target.Failures = 0;
+            }
+
             // While this node suspects itself, its failures say nothing of the instance.
             target.Failures = passed ? 0 : capabilities.Probes.Withdrawn ? target.Failures : target.Failures + 1;
             target.LastPassed = passed;
@@ -458,11 +522,11 @@ internal sealed partial class ProbeScheduler(
                     renewer.Renew(instance);
                 }
             }
-            else if (target.Failures >= options.Value.FailuresToEvict && !target.Ended && target.Revision is { } counted && !capabilities.Probes.Withdrawn)
+            else if (target.Failures >= options.Value.FailuresToEvict && !target.Ended && target.Revision is { } counted && !_holdEnds)
             {
                 // Not while this node holds no registration of it: the failures could not be
                 // told apart from a registration it has not applied yet. Nor while it suspects
-                // itself (JudgeSelf): the failures are then its own.
+                // itself (JudgeSelf): the failures may be its own; the next failure tries again.
                 target.Ended = await EndLeaseAsync(target, counted, stoppingToken);
             }
         }

@@ -79,10 +79,14 @@ internal sealed class ProbeRequests(ProbeNetworks networks, IOptions<ProbeOption
     /// the new prober's first probe and its write may take two intervals more. With probes every
     /// second that is 7 s, longer than half of the 8 s lease the first rule gives, and a dead node's
     /// share could be evicted while healthy. So does a change of prober when the probing node finds
-    /// itself cut off from the instances (ProbeScheduler.JudgeSelf): an interval since the last
-    /// passing probe, one more and a probe's timeout for its probes to fail, a mark of another node
-    /// and a read of it to confirm that the fault is its own, its judgement, its own mark and the
-    /// others' read of it, and the new prober's first probe.
+    /// itself cut off from the instances (ProbeScheduler.JudgeSelf) and judges its own probes over
+    /// an interval: an interval since the last passing probe, one more and a probe's timeout for its
+    /// probes to fail, the judgement, a mark of another node and a read of it to confirm that the
+    /// fault is its own, its judgement, its own mark and the others' read of it (which may come a
+    /// read apart), the new prober's first probe and its write, and a second for the loops' ticks and
+    /// the database. (A node that must look further back for enough probes to judge, its share at
+    /// the shortest interval being small, decides later, and its instances probed most often may
+    /// then run short in that change.)
     /// </summary>
     public long LeaseSeconds(ProbeSpec spec)
     {
@@ -90,7 +94,7 @@ internal sealed class ProbeRequests(ProbeNetworks networks, IOptions<ProbeOption
         var (marks, reads) = (leases.Value.LivenessInterval, membership.Value.RefreshInterval);
         var moving = membership.Value.NodeTimeout + 2 * reads + 2 * interval;
         var withdrawing = 3 * interval + TimeSpan.FromSeconds(Math.Min(spec.IntervalSeconds, options.Value.TimeoutSeconds))
-            + 2 * marks + 2 * reads + 2 * ProbeScheduler.JudgementInterval + leases.Value.RenewalInterval;
+            + 2 * marks + 3 * reads + 3 * ProbeScheduler.JudgementInterval + leases.Value.RenewalInterval + TimeSpan.FromSeconds(1);
         var handover = moving > withdrawing ? moving : withdrawing;
         return Math.Max(2L * (options.Value.FailuresToEvict + 1) * spec.IntervalSeconds, 2L * (long)Math.Ceiling(handover.TotalSeconds));
     }
