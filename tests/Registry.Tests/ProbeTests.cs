@@ -492,6 +492,53 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
     }
 
     [Fact]
+    public async Task ANodeCutOffFromAShareOfMixedIntervalsEndsNoLeaseOfItsInstancesProbedMostOften()
+    {
+        // Most instances are probed every 10 s, a few every second: the node's rate over enough
+        // probes to judge (three of its shortest intervals) falls only after the 1 s instances'
+        // third failures. Those must not be ended meanwhile.
+        var database = await Cluster.CreateDatabaseAsync();
+        RegistryNode[] nodes = [new(database, Probing), new(database, Probing), new(database, Probing)];
+        await using var target = new ProbeTarget();
+        try
+        {
+            foreach (var node in nodes)
+            {
+                _ = node.Server;
+            }
+
+            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Count == 3)));
+            using var client = nodes[0].CreateClient();
+            await RegisterProbedAppsAsync(client, target, 12, "fast");
+            for (var i = 0; i < 60; i++)
+            {
+                using var response = await client.PostJsonAsync($"/v1/register?probe=http&probePath=/slow{i}&probeInterval=10", Http.Provider($"slow{i}", target.Addr));
+                Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+            }
+
+            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current is { Count: 3 } seen && seen.All(m => m.ProbesPassing >= 0.5))));
+            var cut = target.Requests.Where(r => r.Path.StartsWith("/fast", StringComparison.Ordinal))
+                .GroupBy(r => r.Node).MaxBy(g => g.Select(r => r.Path).Distinct().Count())!.Key;
+            target.CutOff = node => node == cut;
+            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Any(m => m.Id == cut && m.ProbesWithdrawn))));
+
+            // Its fast instances, probed by the others now, pass; none was ended.
+            var moved = DateTimeOffset.UtcNow;
+            await target.WaitUntilAsync(
+                t => Enumerable.Range(0, 12).All(i => t.Requests.Count(r => r.Path == $"/fast{i}" && r.At > moved && r.Node != cut) >= 2),
+                TimeSpan.FromSeconds(15));
+            Assert.Equal(0, await EvictedAsync(database));
+        }
+        finally
+        {
+            foreach (var node in nodes)
+            {
+                await node.DisposeAsync();
+            }
+        }
+    }
+
+    [Fact]
     public async Task WhenEveryNodesProbesFailAlikeNoneWithdrawsAndTheInstancesAreEvicted()
     {
         // The providers go down, not a node's route to them: every node's probes fail, none
@@ -512,26 +559,18 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
             await RegisterProbedAppsAsync(client, target, 30);
             await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current is { Count: 3 } seen && seen.All(m => m.ProbesPassing >= 0.5))));
 
-            // Whether any node withdraws at any moment: nothing signals it, so look often.
-            using var watching = new CancellationTokenSource();
-            var withdrew = Task.Run(async () =>
-            {
-                while (!watching.IsCancellationRequested && !nodes.Any(n => n.Get<NodeCapabilities>().Probes.Withdrawn))
-                {
-                    await Task.Delay(TimeSpan.FromMilliseconds(20), CancellationToken.None);
-                }
-
-                return !watching.IsCancellationRequested;
-            });
+            // Whether any node withdraws, until every lease self-preservation lets go has been
+            // ended and evicted: nothing signals either, so look often.
             target.Answer = _ => (503, "", TimeSpan.Zero);
-            using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(20));
-            while (await EvictedAsync(database) == 0)
+            var clock = Stopwatch.StartNew();
+            var evicted = 0;
+            while (clock.Elapsed < TimeSpan.FromSeconds(20) && (evicted = await EvictedAsync(database)) < 4)
             {
-                await Task.Delay(TimeSpan.FromMilliseconds(100), deadline.Token);
+                Assert.DoesNotContain(nodes, n => n.Get<NodeCapabilities>().Probes.Withdrawn);
+                await Task.Delay(TimeSpan.FromMilliseconds(50));
             }
 
-            await watching.CancelAsync();
-            Assert.False(await withdrew, "a node withdrew though every node's probes failed alike");
+            Assert.True(evicted >= 4, $"evicted {evicted} of 30 in {clock.Elapsed}");
         }
         finally
         {

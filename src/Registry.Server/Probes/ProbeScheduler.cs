@@ -31,6 +31,7 @@ internal sealed partial class ProbeScheduler(
     NodeCapabilities capabilities,
     Prober prober,
     RegistryState state,
+    DatabaseClock clock,
     LeaseRenewer renewer,
     SweepSchedule schedule,
     AuditLog audit,
@@ -67,10 +68,15 @@ internal sealed partial class ProbeScheduler(
     private bool _failing;
     // Until when this node has withdrawn from probing (timestamp ticks), while capabilities.Probes says it has.
     private long _withdrawnUntil;
-    // Since when this node's recent probes have passed less than SuspectSelfBelow (timestamp ticks).
-    private long? _lowSince;
+    // Since when (on the database's clock) this node's recent probes have passed less than SuspectSelfBelow.
+    private DateTimeOffset? _lowSince;
+    // Until when (timestamp ticks), after taking a share again, no lease is ended before this node has judged its probes.
+    private long _rejoinHold;
     // How far back JudgeSelf looks for outcomes (timestamp ticks); see Reconcile.
     private long _judgedWindow;
+    // The shortest interval of the shared instances (seconds; 0: none), and one of it and a timeout (timestamp ticks).
+    private int _shortest;
+    private long _shortWindow;
     // The other nodes that could probe some instance this node probes: those whose probes it compares with its own.
     private HashSet<string> _peers = [];
     // No lease is ended while set: this node has withdrawn, or its probes fail and it does not know yet whether the others' do.
@@ -335,6 +341,8 @@ internal sealed partial class ProbeScheduler(
         peers.Remove(node.Id);
         _peers = peers;
         _judgedWindow = JudgedWindow(intervals);
+        _shortest = intervals.Count == 0 ? 0 : intervals.Keys.Min();
+        _shortWindow = Seconds(_shortest + Math.Min(_shortest, options.Value.TimeoutSeconds));
         _due = new PriorityQueue<Target, long>(owned.Values.Select(t => (t, t.Due)));
         metrics.ProbesOwned(owned.Count);
     }
@@ -375,69 +383,94 @@ internal sealed partial class ProbeScheduler(
     /// <summary>
     /// Judges this node's own probes: the fraction of them that passed, over the last
     /// <see cref="_judgedWindow"/> and the instances another node could probe as well, goes out
-    /// with its next mark. When it falls below <see cref="ProbeOptions.SuspectSelfBelow"/> this node
-    /// ends no lease until a read of the live nodes shows the others' marks made since: if one of
-    /// the nodes that could take its instances passes at least half of its own, what fails is this
+    /// with its next mark. When it falls below <see cref="ProbeOptions.SuspectSelfBelow"/> (or the
+    /// last probes of its instances probed most often nearly all fail) this node ends no lease until a read of
+    /// the live nodes shows marks that all the others able to take its instances made since: if one
+    /// of them passes at least half of its own, what fails is this
     /// node, not its instances (rendezvous gives every node a like sample of them): a route, a
     /// firewall, its own network. It then withdraws for <see cref="ProbeOptions.SuspectSelfFor"/>:
     /// it counts no failure and ends no lease, and its mark says so, so that every node (this one
     /// too) moves its share to the others at their next read of the live nodes; it keeps probing,
     /// and renewing, what only it may probe. Afterwards it takes a share again with no failure
-    /// counted, and withdraws again if it is still cut off. When the others fail alike (the
+    /// counted, ends no lease until it has judged its new share (or a mark, two reads and a window
+    /// have passed), and withdraws again if it is still cut off. When the others fail alike (the
     /// instances are down, or the whole registry is cut off), it ends leases as they fail, about a
     /// mark and a read later than it would have, and self-preservation holds the evictions back as before.
     /// </summary>
     private void JudgeSelf()
     {
         var now = time.GetTimestamp();
-        var since = now - _judgedWindow;
-        var known = 0;
-        var passed = 0;
+        var settings = options.Value;
+        var (known, passed) = Outcomes(now - _judgedWindow, 0);
+        double? passing = known > 0 && known >= settings.SuspectSelfMinInstances ? (double)passed / known : null;
+        // The instances probed most often fail FailuresToEvict times before a long window's rate falls: their last
+        // probes failing, however few, already hold the ends back (a needless hold costs only a mark and a read).
+        var (recent, recentPassed) = Outcomes(now - _shortWindow, _shortest);
+        double? recently = recent >= 2 ? (double)recentPassed / recent : null;
+        if (passing < settings.SuspectSelfBelow || recently < settings.SuspectSelfBelow)
+        {
+            _lowSince ??= clock.UtcNow;
+        }
+        else if (passing is not null || recently is not null)
+        {
+            // Too few outcomes for a moment (a change of share) neither starts nor ends a suspicion.
+            _lowSince = null;
+        }
+
+        var standing = capabilities.Probes;
+        var withdrawn = standing.Withdrawn;
+        // Only marks the others made after this node's probes began to fail say how theirs go meanwhile.
+        var peers = live.Last.Nodes.Where(n => _peers.Contains(n.Id) && n.ProbeNetworks is not null && !n.ProbesWithdrawn).ToList();
+        var answered = _lowSince is { } lowSince && peers.All(n => n.LastSeen > lowSince + JudgementInterval);
+        var passingPeer = answered ? peers.FirstOrDefault(n => n.ProbesPassing >= 0.5) : null;
+        if (withdrawn && now >= _withdrawnUntil)
+        {
+            withdrawn = false;
+            _lowSince = null;
+            _epoch++;
+            _rejoinHold = now + (long)((2 * membership.Value.RefreshInterval + leases.Value.LivenessInterval).TotalSeconds * time.TimestampFrequency) + _judgedWindow;
+            LogRejoined(logger);
+        }
+        else if (!withdrawn && passingPeer is { } other && passing is { } low && low < settings.SuspectSelfBelow)
+        {
+            withdrawn = true;
+            _withdrawnUntil = now + (long)(settings.SuspectSelfFor.TotalSeconds * time.TimestampFrequency);
+            _epoch++;
+            LogWithdrew(logger, low, known, other.Id, other.ProbesPassing!.Value, settings.SuspectSelfFor);
+        }
+
+        if (passing is not null)
+        {
+            _rejoinHold = 0;
+        }
+
+        // Held while the others' answer is awaited, and while it points at this node but its own rate has yet to confirm it.
+        _holdEnds = withdrawn || (_lowSince is not null && passingPeer is not null) || (_lowSince is not null && !answered) || now < _rejoinHold;
+        if (standing.Passing != passing || standing.Withdrawn != withdrawn)
+        {
+            capabilities.Probes = new ProbeStanding(passing, withdrawn);
+            metrics.ProbesWithdrawn(withdrawn);
+        }
+    }
+
+    /// <summary>
+    /// Of the shared instances (probed every <paramref name="interval"/> seconds, when not 0) whose last probe ended since
+    /// <paramref name="since"/> (timestamp ticks): how many, and how many passed.
+    /// </summary>
+    private (int Known, int Passed) Outcomes(long since, int interval)
+    {
+        var (known, passed) = (0, 0);
         foreach (var target in _owned.Values)
         {
-            if (target.Shared && Volatile.Read(ref target.OutcomeAt) is var at && at != 0 && at >= since)
+            if (target.Shared && (interval == 0 || target.Spec.IntervalSeconds == interval)
+                && Volatile.Read(ref target.OutcomeAt) is var at && at != 0 && at >= since)
             {
                 known++;
                 passed += target.LastPassed ? 1 : 0;
             }
         }
 
-        var settings = options.Value;
-        double? passing = known > 0 && known >= settings.SuspectSelfMinInstances ? (double)passed / known : null;
-        if (passing is { } rate)
-        {
-            // Too few outcomes for a moment (a change of share) neither starts nor ends a suspicion.
-            _lowSince = rate < settings.SuspectSelfBelow ? _lowSince ?? now : null;
-        }
-
-        var standing = capabilities.Probes;
-        var withdrawn = standing.Withdrawn;
-        // Only marks made after this node's probes began to fail say how the others' go meanwhile.
-        var read = live.Last;
-        var answered = _lowSince is { } lowSince && time.GetElapsedTime(lowSince, read.ReadAt) >= leases.Value.LivenessInterval + JudgementInterval;
-        if (withdrawn && now >= _withdrawnUntil)
-        {
-            withdrawn = false;
-            _lowSince = null;
-            answered = false;
-            _epoch++;
-            LogRejoined(logger);
-        }
-        else if (!withdrawn && answered
-            && read.Nodes.FirstOrDefault(n => _peers.Contains(n.Id) && n.ProbeNetworks is not null && !n.ProbesWithdrawn && n.ProbesPassing >= 0.5) is { } other)
-        {
-            withdrawn = true;
-            _withdrawnUntil = now + (long)(settings.SuspectSelfFor.TotalSeconds * time.TimestampFrequency);
-            _epoch++;
-            LogWithdrew(logger, passing ?? 0, known, other.Id, other.ProbesPassing!.Value, settings.SuspectSelfFor);
-        }
-
-        _holdEnds = withdrawn || (_lowSince is not null && !answered);
-        if (standing.Passing != passing || standing.Withdrawn != withdrawn)
-        {
-            capabilities.Probes = new ProbeStanding(passing, withdrawn);
-            metrics.ProbesWithdrawn(withdrawn);
-        }
+        return (known, passed);
     }
 
     /// <summary>The IP address <paramref name="addr"/> names; null for a DNS name (or an addr registration would not have taken).</summary>
