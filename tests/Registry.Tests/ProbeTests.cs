@@ -432,110 +432,43 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
             ["Registry:Probes:SuspectSelfMinInstances"] = "4",
             ["Registry:Probes:SuspectSelfFor"] = "00:00:08",
         };
-        RegistryNode[] nodes =
-        [
-            new(database, settings),
-            new(database, settings),
-            new(database, new Dictionary<string, string?>(settings) { ["Registry:Probes:AllowedNetworks:0"] = "127.0.0.0/8" }),
-        ];
+        await using var nodes = await ThreeNodes.StartAsync(
+            database, settings, settings, new Dictionary<string, string?>(settings) { ["Registry:Probes:AllowedNetworks:0"] = "127.0.0.0/8" });
         await using var target = new ProbeTarget();
         await using var onlyItsOwn = new ProbeTarget(IPAddress.Parse("127.0.0.2"));
-        try
-        {
-            foreach (var node in nodes)
-            {
-                _ = node.Server;
-            }
+        using var client = nodes[0].CreateClient();
+        const int instances = 36;
+        await RegisterProbedAppsAsync(client, target, instances);
 
-            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Count == 3)));
-            using var client = nodes[0].CreateClient();
-            const int instances = 36;
-            await RegisterProbedAppsAsync(client, target, instances);
+        using var itsClient = nodes[2].CreateClient();
+        const int itsOwn = 4;
+        await RegisterProbedAppsAsync(itsClient, onlyItsOwn, itsOwn, "own");
 
-            using var itsClient = nodes[2].CreateClient();
-            const int itsOwn = 4;
-            await RegisterProbedAppsAsync(itsClient, onlyItsOwn, itsOwn, "own");
+        // Every node probes its share, and every node sees that the others' probes pass.
+        await target.WaitUntilAsync(t => Enumerable.Range(0, instances).All(i => t.Requests.Any(r => r.Path == $"/app{i}")), TimeSpan.FromSeconds(20));
+        await nodes.WaitUntilEachSeesAllProbesPassingAsync();
+        var cut = nodes[2].Get<NodeIdentity>().Id;
+        target.CutOff = node => node == cut;
 
-            // Every node probes its share, and every node sees that the others' probes pass.
-            await target.WaitUntilAsync(t => Enumerable.Range(0, instances).All(i => t.Requests.Any(r => r.Path == $"/app{i}")), TimeSpan.FromSeconds(20));
-            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current is { Count: 3 } seen && seen.All(m => m.ProbesPassing >= 0.5))));
-            var cut = nodes[2].Get<NodeIdentity>().Id;
-            target.CutOff = node => node == cut;
+        // It withdraws, as every node's view of the live nodes shows...
+        await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Any(m => m.Id == cut && m.ProbesWithdrawn))));
 
-            // It withdraws, as every node's view of the live nodes shows...
-            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Any(m => m.Id == cut && m.ProbesWithdrawn))));
+        // ...and the others probe its share, which passes, while it goes on probing what only it may: nothing was evicted.
+        var moved = DateTimeOffset.UtcNow;
+        await target.WaitUntilAsync(
+            t => Enumerable.Range(0, instances).All(i => t.Requests.Count(r => r.Path == $"/app{i}" && r.At > moved && r.Node != cut) >= 2),
+            TimeSpan.FromSeconds(15));
+        await onlyItsOwn.WaitUntilAsync(t => Enumerable.Range(0, itsOwn).All(i => t.Requests.Count(r => r.Path == $"/own{i}" && r.At > moved) >= 2), TimeSpan.FromSeconds(5));
+        using var services = await client.GetAsync(new Uri("/v1/services", UriKind.Relative));
+        Assert.Equal(instances + itsOwn, (await services.ReadJsonAsync())["services"]!.AsArray().Count);
+        Assert.Equal(0, await EvictedAsync(database));
 
-            // ...and the others probe its share, which passes, while it goes on probing what only it may: nothing was evicted.
-            var moved = DateTimeOffset.UtcNow;
-            await target.WaitUntilAsync(
-                t => Enumerable.Range(0, instances).All(i => t.Requests.Count(r => r.Path == $"/app{i}" && r.At > moved && r.Node != cut) >= 2),
-                TimeSpan.FromSeconds(15));
-            await onlyItsOwn.WaitUntilAsync(t => Enumerable.Range(0, itsOwn).All(i => t.Requests.Count(r => r.Path == $"/own{i}" && r.At > moved) >= 2), TimeSpan.FromSeconds(5));
-            using var services = await client.GetAsync(new Uri("/v1/services", UriKind.Relative));
-            Assert.Equal(instances + itsOwn, (await services.ReadJsonAsync())["services"]!.AsArray().Count);
-            Assert.Equal(0, await EvictedAsync(database));
-
-            // Reachable again, it takes a share again once SuspectSelfFor has passed, and keeps it.
-            target.CutOff = _ => false;
-            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Any(m => m.Id == cut && !m.ProbesWithdrawn && m.ProbesPassing >= 0.5))));
-            var rejoined = DateTimeOffset.UtcNow;
-            await target.WaitUntilAsync(t => t.Requests.Count(r => r.Node == cut && r.At > rejoined) >= 8, TimeSpan.FromSeconds(15));
-            Assert.Equal(0, await EvictedAsync(database));
-        }
-        finally
-        {
-            foreach (var node in nodes)
-            {
-                await node.DisposeAsync();
-            }
-        }
-    }
-
-    [Fact]
-    public async Task ANodeCutOffFromAShareOfMixedIntervalsEndsNoLeaseOfItsInstancesProbedMostOften()
-    {
-        // Most instances are probed every 10 s, a few every second: the node's rate over enough
-        // probes to judge (three of its shortest intervals) falls only after the 1 s instances'
-        // third failures. Those must not be ended meanwhile.
-        var database = await Cluster.CreateDatabaseAsync();
-        RegistryNode[] nodes = [new(database, Probing), new(database, Probing), new(database, Probing)];
-        await using var target = new ProbeTarget();
-        try
-        {
-            foreach (var node in nodes)
-            {
-                _ = node.Server;
-            }
-
-            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Count == 3)));
-            using var client = nodes[0].CreateClient();
-            await RegisterProbedAppsAsync(client, target, 12, "fast");
-            for (var i = 0; i < 60; i++)
-            {
-                using var response = await client.PostJsonAsync($"/v1/register?probe=http&probePath=/slow{i}&probeInterval=10", Http.Provider($"slow{i}", target.Addr));
-                Assert.Equal(HttpStatusCode.Created, response.StatusCode);
-            }
-
-            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current is { Count: 3 } seen && seen.All(m => m.ProbesPassing >= 0.5))));
-            var cut = target.Requests.Where(r => r.Path.StartsWith("/fast", StringComparison.Ordinal))
-                .GroupBy(r => r.Node).MaxBy(g => g.Select(r => r.Path).Distinct().Count())!.Key;
-            target.CutOff = node => node == cut;
-            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Any(m => m.Id == cut && m.ProbesWithdrawn))));
-
-            // Its fast instances, probed by the others now, pass; none was ended.
-            var moved = DateTimeOffset.UtcNow;
-            await target.WaitUntilAsync(
-                t => Enumerable.Range(0, 12).All(i => t.Requests.Count(r => r.Path == $"/fast{i}" && r.At > moved && r.Node != cut) >= 2),
-                TimeSpan.FromSeconds(15));
-            Assert.Equal(0, await EvictedAsync(database));
-        }
-        finally
-        {
-            foreach (var node in nodes)
-            {
-                await node.DisposeAsync();
-            }
-        }
+        // Reachable again, it takes a share again once SuspectSelfFor has passed, and keeps it.
+        target.CutOff = _ => false;
+        await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Any(m => m.Id == cut && !m.ProbesWithdrawn && m.ProbesPassing >= 0.5))));
+        var rejoined = DateTimeOffset.UtcNow;
+        await target.WaitUntilAsync(t => t.Requests.Count(r => r.Node == cut && r.At > rejoined) >= 8, TimeSpan.FromSeconds(15));
+        Assert.Equal(0, await EvictedAsync(database));
     }
 
     [Fact]
@@ -545,36 +478,67 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         // suspects itself, and their leases end (within self-preservation's budget).
         var database = await Cluster.CreateDatabaseAsync();
         var settings = new Dictionary<string, string?>(Probing) { ["Registry:Probes:SuspectSelfMinInstances"] = "4" };
-        RegistryNode[] nodes = [new(database, settings), new(database, settings), new(database, settings)];
+        await using var nodes = await ThreeNodes.StartAsync(database, settings, settings, settings);
         await using var target = new ProbeTarget();
-        try
+        using var client = nodes[0].CreateClient();
+        await RegisterProbedAppsAsync(client, target, 30);
+        await nodes.WaitUntilEachSeesAllProbesPassingAsync();
+
+        // Whether any node withdraws, until every lease self-preservation lets go has been
+        // ended and evicted: nothing signals either, so look often.
+        target.Answer = _ => (503, "", TimeSpan.Zero);
+        var clock = Stopwatch.StartNew();
+        var evicted = 0;
+        while (clock.Elapsed < TimeSpan.FromSeconds(20) && (evicted = await EvictedAsync(database)) < 4)
         {
-            foreach (var node in nodes)
+            Assert.DoesNotContain(nodes, n => n.Get<NodeCapabilities>().Probes.Withdrawn);
+            await Task.Delay(TimeSpan.FromMilliseconds(50));
+        }
+
+        Assert.True(evicted >= 4, $"evicted {evicted} of 30 in {clock.Elapsed}");
+    }
+
+    /// <summary>Three nodes on one database, started and each seeing all three live; stopped together.</summary>
+    private sealed class ThreeNodes : IEnumerable<RegistryNode>, IAsyncDisposable
+    {
+        private readonly RegistryNode[] _nodes;
+
+        private ThreeNodes(RegistryNode[] nodes) => _nodes = nodes;
+
+        public RegistryNode this[int index] => _nodes[index];
+
+        public static async Task<ThreeNodes> StartAsync(string database, params IReadOnlyList<Dictionary<string, string?>> settings)
+        {
+            var nodes = new ThreeNodes([.. settings.Select(s => new RegistryNode(database, s))]);
+            foreach (var node in nodes._nodes)
             {
                 _ = node.Server;
             }
 
-            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Count == 3)));
-            using var client = nodes[0].CreateClient();
-            await RegisterProbedAppsAsync(client, target, 30);
-            await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current is { Count: 3 } seen && seen.All(m => m.ProbesPassing >= 0.5))));
-
-            // Whether any node withdraws, until every lease self-preservation lets go has been
-            // ended and evicted: nothing signals either, so look often.
-            target.Answer = _ => (503, "", TimeSpan.Zero);
-            var clock = Stopwatch.StartNew();
-            var evicted = 0;
-            while (clock.Elapsed < TimeSpan.FromSeconds(20) && (evicted = await EvictedAsync(database)) < 4)
+            try
             {
-                Assert.DoesNotContain(nodes, n => n.Get<NodeCapabilities>().Probes.Withdrawn);
-                await Task.Delay(TimeSpan.FromMilliseconds(50));
+                await Task.WhenAll(nodes._nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Count == 3)));
+            }
+            catch
+            {
+                await nodes.DisposeAsync();
+                throw;
             }
 
-            Assert.True(evicted >= 4, $"evicted {evicted} of 30 in {clock.Elapsed}");
+            return nodes;
         }
-        finally
+
+        /// <summary>Until every node sees each of the three pass at least half of its probes (how each judges its own).</summary>
+        public Task WaitUntilEachSeesAllProbesPassingAsync() =>
+            Task.WhenAll(_nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current is { Count: 3 } seen && seen.All(m => m.ProbesPassing >= 0.5))));
+
+        public IEnumerator<RegistryNode> GetEnumerator() => ((IEnumerable<RegistryNode>)_nodes).GetEnumerator();
+
+        System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
+
+        public async ValueTask DisposeAsync()
         {
-            foreach (var node in nodes)
+            foreach (var node in _nodes)
             {
                 await node.DisposeAsync();
             }
