@@ -19,6 +19,9 @@ public sealed class ProbeOptions
     [Range(1, 3600)]
     public int TimeoutSeconds { get; set; } = 2;
 
+    /// <summary>The timeout, in seconds, of a probe made every <paramref name="intervalSeconds"/>.</summary>
+    public int TimeoutFor(int intervalSeconds) => Math.Min(intervalSeconds, TimeoutSeconds);
+
     /// <summary>Consecutive failed probes after which the instance is evicted (through self-preservation's budget).</summary>
     [Range(1, 1000)]
     public int FailuresToEvict { get; set; } = 3;

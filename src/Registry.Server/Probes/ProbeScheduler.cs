@@ -342,7 +342,7 @@ internal sealed partial class ProbeScheduler(
         _peers = peers;
         _judgedWindow = JudgedWindow(intervals);
         _shortest = intervals.Count == 0 ? 0 : intervals.Keys.Min();
-        _shortWindow = Seconds(_shortest + Math.Min(_shortest, options.Value.TimeoutSeconds));
+        _shortWindow = Seconds(_shortest + options.Value.TimeoutFor(_shortest));
         _due = new PriorityQueue<Target, long>(owned.Values.Select(t => (t, t.Due)));
         metrics.ProbesOwned(owned.Count);
     }
@@ -377,7 +377,7 @@ internal sealed partial class ProbeScheduler(
             low = high;
         }
 
-        return (long)((low + Math.Min(shortest, settings.TimeoutSeconds)) * time.TimestampFrequency);
+        return (long)((low + settings.TimeoutFor(shortest)) * time.TimestampFrequency);
     }
 
     /// <summary>
@@ -401,11 +401,10 @@ internal sealed partial class ProbeScheduler(
     {
         var now = time.GetTimestamp();
         var settings = options.Value;
-        var (known, passed) = Outcomes(now - _judgedWindow, 0);
-        double? passing = known > 0 && known >= settings.SuspectSelfMinInstances ? (double)passed / known : null;
-        // The instances probed most often fail FailuresToEvict times before a long window's rate falls: their last
+        // The instances probed most often fail FailuresToEvict times before the judged window's rate falls: their last
         // probes failing, however few, already hold the ends back (a needless hold costs only a mark and a read).
-        var (recent, recentPassed) = Outcomes(now - _shortWindow, _shortest);
+        var (known, passed, recent, recentPassed) = Outcomes(now - _judgedWindow, now - _shortWindow);
+        double? passing = known > 0 && known >= settings.SuspectSelfMinInstances ? (double)passed / known : null;
         double? recently = recent >= 2 ? (double)recentPassed / recent : null;
         if (passing < settings.SuspectSelfBelow || recently < settings.SuspectSelfBelow)
         {
@@ -445,7 +444,7 @@ internal sealed partial class ProbeScheduler(
         }
 
         // Held while the others' answer is awaited, and while it points at this node but its own rate has yet to confirm it.
-        _holdEnds = withdrawn || (_lowSince is not null && passingPeer is not null) || (_lowSince is not null && !answered) || now < _rejoinHold;
+        _holdEnds = withdrawn || (_lowSince is not null && (!answered || passingPeer is not null)) || now < _rejoinHold;
         if (standing.Passing != passing || standing.Withdrawn != withdrawn)
         {
             capabilities.Probes = new ProbeStanding(passing, withdrawn);
@@ -454,23 +453,34 @@ internal sealed partial class ProbeScheduler(
     }
 
     /// <summary>
-    /// Of the shared instances (probed every <paramref name="interval"/> seconds, when not 0) whose last probe ended since
-    /// <paramref name="since"/> (timestamp ticks): how many, and how many passed.
+    /// Of the shared instances whose last probe ended since <paramref name="since"/> (timestamp ticks), how many, and how
+    /// many passed; and the same of those probed most often whose last probe ended since <paramref name="recentSince"/>.
     /// </summary>
-    private (int Known, int Passed) Outcomes(long since, int interval)
+    private (int Known, int Passed, int Recent, int RecentPassed) Outcomes(long since, long recentSince)
     {
-        var (known, passed) = (0, 0);
+        var (known, passed, recent, recentPassed) = (0, 0, 0, 0);
         foreach (var target in _owned.Values)
         {
-            if (target.Shared && (interval == 0 || target.Spec.IntervalSeconds == interval)
-                && Volatile.Read(ref target.OutcomeAt) is var at && at != 0 && at >= since)
+            if (!target.Shared || Volatile.Read(ref target.OutcomeAt) is var at && at == 0)
+            {
+                continue;
+            }
+
+            var pass = target.LastPassed ? 1 : 0;
+            if (at >= since)
             {
                 known++;
-                passed += target.LastPassed ? 1 : 0;
+                passed += pass;
+            }
+
+            if (at >= recentSince && target.Spec.IntervalSeconds == _shortest)
+            {
+                recent++;
+                recentPassed += pass;
             }
         }
 
-        return (known, passed);
+        return (known, passed, recent, recentPassed);
     }
 
     /// <summary>The IP address <paramref name="addr"/> names; null for a DNS name (or an addr registration would not have taken).</summary>
@@ -517,7 +527,7 @@ internal sealed partial class ProbeScheduler(
         try
         {
             var started = time.GetTimestamp();
-            var timeout = TimeSpan.FromSeconds(Math.Min(target.Spec.IntervalSeconds, options.Value.TimeoutSeconds));
+            var timeout = TimeSpan.FromSeconds(options.Value.TimeoutFor(target.Spec.IntervalSeconds));
             var passed = await prober.ProbeAsync(target.Endpoint, timeout, stoppingToken);
             var duration = time.GetElapsedTime(started);
             var instance = state.Find(target.Key);

@@ -93,7 +93,7 @@ internal sealed class ProbeRequests(ProbeNetworks networks, IOptions<ProbeOption
         var interval = TimeSpan.FromSeconds(spec.IntervalSeconds);
         var (marks, reads) = (leases.Value.LivenessInterval, membership.Value.RefreshInterval);
         var moving = membership.Value.NodeTimeout + 2 * reads + 2 * interval;
-        var withdrawing = 3 * interval + TimeSpan.FromSeconds(Math.Min(spec.IntervalSeconds, options.Value.TimeoutSeconds))
+        var withdrawing = 3 * interval + TimeSpan.FromSeconds(options.Value.TimeoutFor(spec.IntervalSeconds))
             + 2 * marks + 3 * reads + 3 * ProbeScheduler.JudgementInterval + leases.Value.RenewalInterval + TimeSpan.FromSeconds(1);
         var handover = moving > withdrawing ? moving : withdrawing;
         return Math.Max(2L * (options.Value.FailuresToEvict + 1) * spec.IntervalSeconds, 2L * (long)Math.Ceiling(handover.TotalSeconds));
