@@ -437,7 +437,7 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         await using var target = new ProbeTarget();
         await using var onlyItsOwn = new ProbeTarget(IPAddress.Parse("127.0.0.2"));
         using var client = nodes[0].CreateClient();
-        const int instances = 36;
+        const int instances = 48;
         await RegisterProbedAppsAsync(client, target, instances);
 
         using var itsClient = nodes[2].CreateClient();
@@ -481,7 +481,8 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         await using var nodes = await ThreeNodes.StartAsync(database, settings, settings, settings);
         await using var target = new ProbeTarget();
         using var client = nodes[0].CreateClient();
-        await RegisterProbedAppsAsync(client, target, 30);
+        // Enough that every node's share holds SuspectSelfMinInstances, whatever ids rendezvous is given.
+        await RegisterProbedAppsAsync(client, target, 60);
         await nodes.WaitUntilEachSeesAllProbesPassingAsync();
 
         // Whether any node withdraws, until every lease self-preservation lets go has been
@@ -495,7 +496,7 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
             await Task.Delay(TimeSpan.FromMilliseconds(50));
         }
 
-        Assert.True(evicted >= 4, $"evicted {evicted} of 30 in {clock.Elapsed}");
+        Assert.True(evicted >= 4, $"evicted {evicted} of 60 in {clock.Elapsed}");
     }
 
     /// <summary>Three nodes on one database, started and each seeing all three live; stopped together.</summary>
