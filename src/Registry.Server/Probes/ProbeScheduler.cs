@@ -81,6 +81,10 @@ internal sealed partial class ProbeScheduler(
     private HashSet<string> _peers = [];
     // No lease is ended while set: this node has withdrawn, or its probes fail and it does not know yet whether the others' do.
     private volatile bool _holdEnds;
+    // Completed by the loop after the next JudgeSelf (swapped for a new one before it judges); see HoldsEndsAsync.
+    private TaskCompletionSource _judged = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    // A probe waits for a judgement: the loop judges at its next tick rather than at the next JudgementInterval.
+    private volatile bool _judgementWanted;
     // Changes when this node withdraws or takes a share again: failures counted before do not count after.
     private volatile int _epoch;
 
@@ -173,10 +177,14 @@ internal sealed partial class ProbeScheduler(
             }
 
             StartDue(stoppingToken);
-            if (time.GetElapsedTime(lastJudged) >= JudgementInterval)
+            if (_judgementWanted || time.GetElapsedTime(lastJudged) >= JudgementInterval)
             {
                 lastJudged = time.GetTimestamp();
+                _judgementWanted = false;
+                // Swapped before judging: whoever waits on the one completed below wrote its outcome before it took it, so this judgement counts it.
+                var judged = Interlocked.Exchange(ref _judged, new(TaskCreationOptions.RunContinuationsAsynchronously));
                 JudgeSelf();
+                judged.SetResult();
             }
         }
         while (await timer.WaitForNextTickAsync(stoppingToken));
@@ -453,6 +461,23 @@ internal sealed partial class ProbeScheduler(
     }
 
     /// <summary>
+    /// Whether this node holds lease ends back, as judged after the caller's outcome was recorded: a lease is ended
+    /// on a failure only once <see cref="JudgeSelf"/> has counted that failure with every other outcome it has, so
+    /// that when all of this node's probes begin to fail at once, the failure that would end the first lease is
+    /// one of those that start the suspicion, however late the loop runs. Costs a tick (at most 50 ms) per end.
+    /// </summary>
+    private async Task<bool> HoldsEndsAsync(CancellationToken cancellationToken)
+    {
+        // A full fence between the outcome's write and this read, as the loop has one between its swap and its reads
+        // of outcomes: whichever comes first, the judgement that completes this task counts the outcome.
+        Interlocked.MemoryBarrier();
+        var judged = Volatile.Read(ref _judged).Task;
+        _judgementWanted = true;
+        await judged.WaitAsync(cancellationToken);
+        return _holdEnds;
+    }
+
+    /// <summary>
     /// Of the shared instances whose last probe ended since <paramref name="since"/> (timestamp ticks), how many, and how
     /// many passed; and the same of those probed most often whose last probe ended since <paramref name="recentSince"/>.
     /// </summary>
@@ -565,7 +590,7 @@ internal sealed partial class ProbeScheduler(
                     renewer.Renew(instance);
                 }
             }
-            else if (target.Failures >= options.Value.FailuresToEvict && !target.Ended && target.Revision is { } counted && !_holdEnds)
+            else if (target.Failures >= options.Value.FailuresToEvict && !target.Ended && target.Revision is { } counted && !await HoldsEndsAsync(stoppingToken))
             {
                 // Not while this node holds no registration of it: the failures could not be
                 // told apart from a registration it has not applied yet. Nor while it suspects
