@@ -261,7 +261,9 @@ public sealed partial class RegistrationLease : IAsyncDisposable
 
     /// <summary>
     /// While a lease may still be alive, the next attempt must come well before it runs out, whatever a
-    /// <c>Retry-After</c> asked: half the time left, so there is room for one more try after it.
+    /// <c>Retry-After</c> asked: half the time left, so there is room for one more try after it. Once it has run out
+    /// as far as this client knows (an outage longer than the TTL), at the heartbeat's own pace: soon enough to renew it
+    /// within the grace the registry gives leases after an outage, and no faster than a fleet heartbeats anyway.
     /// </summary>
     private TimeSpan? RenewalCeiling()
     {
@@ -273,7 +275,7 @@ public sealed partial class RegistrationLease : IAsyncDisposable
             }
 
             var left = _ttl - _time.GetElapsedTime(renewedAt);
-            return left > TimeSpan.Zero ? left / 2 : _retryBaseDelay;
+            return left > TimeSpan.Zero ? left / 2 : _ttl / 3;
         }
     }
 

@@ -79,11 +79,14 @@ public sealed class BackoffTests : ScriptedTest
     }
 
     [Fact]
-    public void TheCallersCeilingBoundsEvenARetryAfterButNeverGoesBelowTheBaseDelay()
+    public void TheCallersCeilingBoundsEvenARetryAfterLessUpToAFifthButNeverGoesBelowTheBaseDelay()
     {
         var backoff = new Backoff(TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(30));
 
-        Assert.Equal(TimeSpan.FromSeconds(7), backoff.Next(AskingFor(TimeSpan.FromHours(1)), ceiling: TimeSpan.FromSeconds(7)));
+        var clipped = Enumerable.Range(0, 50).Select(_ => backoff.Next(AskingFor(TimeSpan.FromHours(1)), ceiling: TimeSpan.FromSeconds(7))).ToList();
+        Assert.All(clipped, d => Assert.InRange(d, TimeSpan.FromSeconds(5.6), TimeSpan.FromSeconds(7)));
+        Assert.True(clipped.Distinct().Count() > 1, "every clipped delay was the same");
+        Assert.InRange(backoff.Next(AskingFor(TimeSpan.FromHours(1)), ceiling: TimeSpan.FromSeconds(1.1)), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1.1));
         Assert.Equal(TimeSpan.FromSeconds(1), backoff.Next(AskingFor(TimeSpan.FromHours(1)), ceiling: TimeSpan.FromMilliseconds(10)));
     }
 

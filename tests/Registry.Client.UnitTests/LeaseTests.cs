@@ -172,6 +172,35 @@ public sealed class LeaseTests : ScriptedTest
     }
 
     [Fact]
+    public async Task HeartbeatsFailingPastTheLeasesEndRetryAtTheHeartbeatPaceNotEverySecond()
+    {
+        // A database outage longer than the TTL: every node answers 503 with Retry-After: 2, as the registry does.
+        Handler.Respond = (r, _) => Task.FromResult(r.Path == "/v1/register"
+            ? Scripted.Lease(30, Clock.GetUtcNow())
+            : Scripted.Unavailable(new RetryConditionHeaderValue(TimeSpan.FromSeconds(2))));
+        await using var lease = await NewClient().RegisterAsync(Instance());
+
+        var passed = TimeSpan.Zero;
+        var lapsed = new List<TimeSpan>();
+        while (lapsed.Count < 6)
+        {
+            var delay = await Clock.PassNextDelayAsync(TimeSpan.FromMinutes(1));
+            if (passed >= TimeSpan.FromSeconds(30))
+            {
+                lapsed.Add(delay);
+            }
+
+            passed += delay;
+        }
+
+        // Before: exactly the 1 s base delay, for the whole outage, from every instance of the fleet at once. Now the
+        // backoff as for any outage, never under the Retry-After, and at most the heartbeat's own pace (a third of the
+        // TTL), so the lease is renewed as soon as the registry can take it again.
+        Assert.All(lapsed, d => Assert.InRange(d, TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(10)));
+        Assert.True(lapsed.Distinct().Count() > 1, "every retry waited exactly the same");
+    }
+
+    [Fact]
     public async Task ARefusedLeaseRetriesAtAJitteredPaceNotInLockstep()
     {
         Handler.Respond = (_, _) => Task.FromResult(Scripted.Problem(HttpStatusCode.Forbidden, "Forbidden", ""","detail":"The credential may not register provider_test.","application":"provider_test","scope":"register" """));
