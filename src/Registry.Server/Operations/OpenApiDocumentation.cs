@@ -178,7 +178,7 @@ internal static class OpenApiDocumentation
         ("GetWatchers", "429") => "This node holds as many parked requests as it may for this " +
             "client or in all, or the client exceeded its rate limit; retry after `Retry-After` seconds, or on another node.",
         ("Subscribe", "401") or ("GetService", "401") => "No valid credential (missing, malformed, unknown, expired or revoked); " +
-            "`WWW-Authenticate: Bearer`. Also the answer to a held poll whose registry token is revoked meanwhile. Repeated failures from one address answer 429.",
+            "`WWW-Authenticate: Bearer`. Also the answer to a held poll whose registry token is revoked, or whose credential expires, meanwhile. Repeated failures from one address answer 429.",
         ("Subscribe", "200") or ("GetService", "200") => "The answer: the matching instances and their version. Also the answer when the wait ran out unchanged. `ETag` carries the version.",
         ("GetService", "304") => "With `If-None-Match`: the wait ran out and the answer is unchanged. No body.",
         ("ListServices", "200") => "The applications registered now, sorted by name, with their number of instances.",

@@ -49,6 +49,17 @@ internal sealed class LongPoll(
     /// <summary>Whose turn it is to write a large answer (taken with the poll, so shutdown's last answers need no service look-up).</summary>
     public AnswerWriters Writers => writers;
 
+    /// <summary>
+    /// A source cancelled when a credential that expires at <paramref name="expires"/> does, for a poll held with it;
+    /// null when no hold lasts that long (so a credential that lives for hours, as most do, costs a poll no timer).
+    /// </summary>
+    public CancellationTokenSource? Expiring(DateTimeOffset expires)
+    {
+        var left = expires - time.GetUtcNow();
+        var longest = TimeSpan.FromSeconds(_options.MaxWaitSeconds) * (1 + 1.0 / _options.JitterDivisor);
+        return left <= longest ? new CancellationTokenSource(left > TimeSpan.Zero ? left : TimeSpan.Zero, time) : null;
+    }
+
     /// <summary>The hold for a requested wait: defaulted, clamped to the cap, plus up to wait/16 of jitter.</summary>
     public TimeSpan HoldFor(long? waitSeconds)
     {

@@ -171,15 +171,20 @@ internal static class SubscriptionApi
 
     /// <summary>
     /// Answers the poll, holding it while the caller's version is current; 429 at a node's limits; 401 when the
-    /// registry token it is held with is revoked meanwhile (revocations take effect within a second, on held polls too).
+    /// registry token it is held with is revoked meanwhile (revocations take effect within a second, on held polls too),
+    /// or when its credential (a registry token or a JWT) expires meanwhile, as a session closes then.
     /// </summary>
     private static async Task<Results<AnswerResult, EmptyHttpResult, ValidationProblem, ProblemHttpResult>> HoldAsync(
         HttpContext http, LongPoll poll, IReadOnlyList<SubscriptionEntry> entries, string? heldVersion, long? waitSeconds,
         bool notModifiedOnTimeout, RegistryState state, RegistryMetrics metrics, LimitsOptions limits, TokenCache tokens)
     {
         // Only a stored token can be revoked: an Open node's callers, the bootstrap token and JWTs pay nothing for this.
-        var revoked = CredentialIdentity.Of(http.User) is { Stored: true } grant ? tokens.Revocation(grant) : CancellationToken.None;
-        using var held = revoked.CanBeCanceled ? CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted, revoked) : null;
+        var grant = CredentialIdentity.Of(http.User);
+        var revoked = grant is { Stored: true } ? tokens.Revocation(grant) : CancellationToken.None;
+        using var expiring = grant is not null ? poll.Expiring(grant.Expires) : null;
+        using var held = revoked.CanBeCanceled || expiring is not null
+            ? CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted, revoked, expiring?.Token ?? CancellationToken.None)
+            : null;
         PollOutcome outcome;
         try
         {
@@ -197,20 +202,21 @@ internal static class SubscriptionApi
 
         return outcome.End switch
         {
-            PollEnd.ClientGone when revoked.IsCancellationRequested && !http.RequestAborted.IsCancellationRequested => Revoked(http),
+            PollEnd.ClientGone when !http.RequestAborted.IsCancellationRequested && revoked.IsCancellationRequested => Unauthorized(http, "has been revoked"),
+            PollEnd.ClientGone when !http.RequestAborted.IsCancellationRequested && expiring?.IsCancellationRequested == true => Unauthorized(http, "has expired"),
             PollEnd.ClientGone => TypedResults.Empty,
             PollEnd.Refused => Problems.TooMany(http, limits.RetryAfterSeconds, ParkingLot.Full),
             _ => Answer(outcome, notModifiedOnTimeout, state, metrics, poll.Writers),
         };
     }
 
-    private static ProblemHttpResult Revoked(HttpContext http)
+    private static ProblemHttpResult Unauthorized(HttpContext http, string what)
     {
         http.Response.Headers.WWWAuthenticate = "Bearer";
         return TypedResults.Problem(
             statusCode: StatusCodes.Status401Unauthorized,
             title: "Authentication required",
-            detail: "The registry token this poll was held with has been revoked.");
+            detail: $"The credential this poll was held with {what}.");
     }
 
     private static AnswerResult Answer(PollOutcome outcome, bool notModifiedOnTimeout, RegistryState state, RegistryMetrics metrics, AnswerWriters writers)

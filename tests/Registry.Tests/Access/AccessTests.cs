@@ -116,6 +116,27 @@ public sealed class AccessTests(AccessCluster cluster)
     }
 
     [Fact]
+    public async Task APollHeldWithATokenThatExpiresMeanwhileIsAnswered401WhenItExpires()
+    {
+        var expires = DateTimeOffset.UtcNow.AddSeconds(3);
+        var (_, secret) = await cluster.CreateTokenAsync(
+            $$"""{"description":"expiring poll holder","subscribe":["expiring-poll"],"expires":"{{expires.UtcDateTime:O}}"}""");
+        using var holder = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(secret));
+        var subscription = Http.Subscription(Http.Entry("expiring-poll"));
+        var (_, version, _) = await holder.SubscribeAsync(subscription);
+        using var parked = MeterWatch.Node(cluster.NodeA, "registry.polls.parked");
+        var poll = holder.PostJsonAsync($"/v1/subscribe?version={version}&wait=30", subscription);
+        await parked.WaitForAsync(1);
+
+        // Not the timeout's answer, half a minute later, to a credential that stopped being valid.
+        using var answer = await poll.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.InRange(DateTimeOffset.UtcNow, expires, expires.AddSeconds(2));
+        Assert.Equal(HttpStatusCode.Unauthorized, answer.StatusCode);
+        Assert.Equal("application/problem+json", answer.Content.Headers.ContentType?.MediaType);
+        Assert.Contains("has expired", (string?)(await answer.ReadJsonAsync())["detail"], StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task ASessionOpenedWithAJwtClosesWhenTheJwtExpires()
     {
         await using var node = cluster.Start(new() { ["Registry:Auth:Jwt:ClockSkew"] = "00:00:00" });
