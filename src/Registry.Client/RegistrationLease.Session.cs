@@ -181,16 +181,25 @@ public sealed partial class RegistrationLease
         }
     }
 
+    /// <summary>
+    /// How long the open session's stream may stay silent: <see cref="RegistryClientOptions.SessionIdleTimeout"/>, or three of
+    /// the keep-alive intervals its node announced if that is longer (a registry configured with keep-alives 20 s or more
+    /// apart would otherwise have every healthy session cut, its instance removed and opened again, every 20 s).
+    /// </summary>
+    private TimeSpan SessionIdleTimeout =>
+        _session?.KeepAlive is { } keepAlive && keepAlive * 3 > _sessionIdleTimeout ? keepAlive * 3 : _sessionIdleTimeout;
+
     /// <summary>Reads one server-sent event, skipping keep-alive comments; null at the end of the stream.</summary>
     private async Task<(string Name, string Data)?> NextEventAsync(StreamReader reader, CancellationToken cancellationToken)
     {
+        var idleTimeout = SessionIdleTimeout;
         using var idle = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         string? name = null;
         var data = new StringBuilder();
         while (true)
         {
             // Keep-alives come every few seconds: silence this long means the node or the path to it is gone.
-            idle.CancelAfter(_sessionIdleTimeout);
+            idle.CancelAfter(idleTimeout);
             string? line;
             try
             {
@@ -198,7 +207,7 @@ public sealed partial class RegistrationLease
             }
             catch (OperationCanceledException e) when (!cancellationToken.IsCancellationRequested)
             {
-                throw new TimeoutException($"Nothing came on the session's stream for {_sessionIdleTimeout}.", e);
+                throw new TimeoutException($"Nothing came on the session's stream for {idleTimeout}.", e);
             }
 
             if (line is null)

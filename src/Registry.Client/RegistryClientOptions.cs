@@ -33,7 +33,8 @@ public sealed class RegistryClientOptions
     /// <summary>
     /// For <see cref="RegistrationMode.Session"/>: how long a session's stream may stay silent before the client takes
     /// its node (or the path to it) for gone and opens the session elsewhere. The registry sends a keep-alive every
-    /// <c>Registry:Sessions:KeepAliveSeconds</c> (5 s by default); keep this a few of those. Default 20 s.
+    /// <c>Registry:Sessions:KeepAliveSeconds</c> (5 s by default) and says so in the stream's <c>X-Registry-Keep-Alive</c>
+    /// header; three of those are allowed when that is longer. Default 20 s.
     /// </summary>
     public TimeSpan SessionIdleTimeout { get; set; } = TimeSpan.FromSeconds(20);
 

@@ -68,7 +68,7 @@ internal sealed partial class RegistryTransport
         {
             await EnsureSuccessAsync(response, "open session", timeout, cancellationToken).ConfigureAwait(false);
             var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
-            return new SessionConnection(response, stream, server, unanswered);
+            return new SessionConnection(response, stream, server, unanswered, KeepAliveOf(response));
         }
         catch
         {
@@ -76,6 +76,13 @@ internal sealed partial class RegistryTransport
             throw;
         }
     }
+
+    /// <summary>Every how long the node says its session's stream carries a keep-alive (<c>X-Registry-Keep-Alive</c>, seconds); null when it does not say.</summary>
+    private static TimeSpan? KeepAliveOf(HttpResponseMessage response) =>
+        response.Headers.TryGetValues("X-Registry-Keep-Alive", out var values)
+        && int.TryParse(values.FirstOrDefault(), NumberStyles.None, CultureInfo.InvariantCulture, out var seconds) && seconds is > 0 and <= 86_400
+            ? TimeSpan.FromSeconds(seconds)
+            : null;
 
     /// <summary>Makes the next request start at the server after <paramref name="server"/> (whose session failed), unless another already moved on.</summary>
     public void Avoid(int server)
@@ -454,8 +461,11 @@ internal sealed partial class RegistryTransport
 }
 
 /// <summary>An open session's response: its event stream, and which server holds it.</summary>
-internal sealed class SessionConnection(HttpResponseMessage response, Stream body, int server, int unanswered) : IDisposable
+internal sealed class SessionConnection(HttpResponseMessage response, Stream body, int server, int unanswered, TimeSpan? keepAlive) : IDisposable
 {
+    /// <summary>Every how long its node sends a keep-alive, as it said; null when it did not.</summary>
+    public TimeSpan? KeepAlive { get; } = keepAlive;
+
     public StreamReader Reader { get; } = new(body);
 
     /// <summary>The index of the server that holds it.</summary>

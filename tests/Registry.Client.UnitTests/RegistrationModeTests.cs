@@ -104,6 +104,35 @@ public sealed class RegistrationModeTests : ScriptedTest
     }
 
     [Fact]
+    public async Task ASilentSessionIsGivenUpAfterSessionIdleTimeoutAndOpenedAgain()
+    {
+        var stream = Sessions();
+        await using var lease = await NewClient(o => o.SessionIdleTimeout = TimeSpan.FromMilliseconds(300)).RegisterAsync(Instance(), RegistrationMode.Session);
+
+        // Nothing comes (a half-open connection): the idle timeout runs on the system's clock.
+        await stream.Closed.Task.WaitAsync(Scripted.Patience);
+        await Eventually(() => lease.State == RegistryConnectionState.Unavailable);
+        Assert.IsType<TimeoutException>(lease.LastError?.InnerException);
+        await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(10));
+        await Handler.NextAsync(r => r.Path == "/v1/sessions" && r != Handler.Sent[0]);
+    }
+
+    [Fact]
+    public async Task ASessionWaitsForThreeOfTheKeepAliveIntervalsItsNodeAnnouncesWhenThatIsLongerThanSessionIdleTimeout()
+    {
+        // A registry sending keep-alives every second, a client giving up after 0.3 s of silence: before, every healthy
+        // session was cut (and its instance removed by the node) 0.3 s after each keep-alive.
+        var stream = Sessions(keepAliveSeconds: 1);
+        var opened = System.Diagnostics.Stopwatch.StartNew();
+        await using var lease = await NewClient(o => o.SessionIdleTimeout = TimeSpan.FromMilliseconds(300)).RegisterAsync(Instance(), RegistrationMode.Session);
+
+        // Silence from the lease event on: given up after three seconds, not 0.3.
+        await stream.Closed.Task.WaitAsync(Scripted.Patience);
+        Assert.InRange(opened.Elapsed, TimeSpan.FromSeconds(2.9), Scripted.Patience);
+        Assert.IsType<TimeoutException>(lease.LastError?.InnerException);
+    }
+
+    [Fact]
     public async Task ASessionEndedAsReplacedStopsAndSaysSo()
     {
         var stream = Sessions();
@@ -345,7 +374,7 @@ public sealed class RegistrationModeTests : ScriptedTest
     /// Answers every session with a stream the test writes (<see cref="SessionStreams.Current"/>), starting with its lease
     /// event; other calls by <paramref name="other"/> when it answers, else as a registry would.
     /// </summary>
-    private SessionStreams Sessions(Func<SentRequest, HttpResponseMessage?>? other = null)
+    private SessionStreams Sessions(Func<SentRequest, HttpResponseMessage?>? other = null, int? keepAliveSeconds = null)
     {
         var streams = new SessionStreams();
         Handler.Respond = (r, ct) =>
@@ -363,6 +392,11 @@ public sealed class RegistrationModeTests : ScriptedTest
                 Content = new StreamContent(new ChannelStream(channel.Reader, streams.Closed, streams.Wait)),
             };
             response.Content.Headers.ContentType = new("text/event-stream");
+            if (keepAliveSeconds is { } seconds)
+            {
+                response.Headers.Add("X-Registry-Keep-Alive", seconds.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            }
+
             return Task.FromResult(response);
         };
         return streams;

@@ -24,6 +24,8 @@ public sealed class SessionTests(RegistryCluster cluster) : RegistryTest(cluster
         await using var session = await SessionReader.StartAsync(Client, Provider, ttl: 10);
 
         Assert.Equal("text/event-stream", session.Response.Content.Headers.ContentType?.MediaType);
+        // KeepAliveSeconds is 1 in the test settings: the stream says how often something comes.
+        Assert.Equal(["1"], session.Response.Headers.GetValues("X-Registry-Keep-Alive"));
         var lease = await session.ReadAsync();
         Assert.Equal("lease", lease?.Name);
         var document = JsonNode.Parse(lease!.Value.Data)!;

@@ -5,6 +5,7 @@ using Microsoft.Extensions.Options;
 using Microsoft.OpenApi;
 using Registry.Leases;
 using Registry.Model;
+using Registry.Sessions;
 using Registry.Subscription;
 using Swashbuckle.AspNetCore.SwaggerGen;
 
@@ -374,6 +375,17 @@ internal static class OpenApiDocumentation
                 response.Headers["Age"] = new OpenApiHeader
                 {
                     Description = "With `X-Registry-Stale`: whole seconds since the node last knew the database's state (rounded down).",
+                    Schema = new OpenApiSchema { Type = JsonSchemaType.Integer },
+                };
+            }
+
+            if (status == "200" && id == "OpenSession")
+            {
+                response.Headers ??= new Dictionary<string, IOpenApiHeader>();
+                response.Headers[SessionKeeper.KeepAliveHeader] = new OpenApiHeader
+                {
+                    Description = "Seconds between the stream's keep-alive comments (Registry:Sessions:KeepAliveSeconds): a client that hears " +
+                        "nothing for a few of them can take the connection for lost and open the session again.",
                     Schema = new OpenApiSchema { Type = JsonSchemaType.Integer },
                 };
             }

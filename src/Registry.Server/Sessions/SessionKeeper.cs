@@ -41,6 +41,9 @@ internal sealed partial class SessionKeeper(
     TimeProvider time,
     ILogger<SessionKeeper> logger)
 {
+    /// <summary>The response header that says every how many seconds a keep-alive comment comes.</summary>
+    public const string KeepAliveHeader = "X-Registry-Keep-Alive";
+
     private static readonly byte[] KeepAlive = ": keep-alive\n\n"u8.ToArray();
     private static readonly byte[] CredentialEnded = ": closed: the credential that opened this session was revoked or has expired\n\n"u8.ToArray();
 
@@ -71,6 +74,8 @@ internal sealed partial class SessionKeeper(
             response.Headers.CacheControl = "no-cache";
             // nginx: pass the stream through as it is written.
             response.Headers["X-Accel-Buffering"] = "no";
+            // How often something comes: a client tells a silent path (a half-open connection) from a quiet stream by it.
+            response.Headers[KeepAliveHeader] = options.Value.KeepAliveSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
             var lease = RegistrationApi.Lease(key, provider.Meta, ttlSeconds, registered.ExpiresAt);
             var first = Encoding.UTF8.GetBytes($"event: lease\ndata: {JsonSerializer.Serialize(lease, json.Value.SerializerOptions)}\n\n");
             end = await WriteAsync(response, first, stop.Token)
