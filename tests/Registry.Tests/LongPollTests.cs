@@ -155,6 +155,53 @@ public sealed class LongPollTests(RegistryCluster cluster) : RegistryTest(cluste
         Assert.Empty(await response.Content.ReadAsByteArrayAsync());
     }
 
+    [Theory]
+    [InlineData("\"older\", W/\"{0}\"")]
+    [InlineData("*")]
+    public async Task AConditionalGetHoldsWhenAnyOfItsTagsIsCurrentOrOnStar(string header)
+    {
+        // RFC 9110: If-None-Match holds a list of entity tags (a cache that kept several answers sends them all) or "*".
+        await RegisterAsync("app", "10.0.0.1:80");
+        using var first = await Client.GetAsync("/v1/services/app");
+        var version = first.Headers.ETag!.Tag.Trim('"');
+
+        using var request = new HttpRequestMessage(HttpMethod.Get, "/v1/services/app?wait=1");
+        request.Headers.TryAddWithoutValidation("If-None-Match", string.Format(System.Globalization.CultureInfo.InvariantCulture, header, version));
+        var clock = Stopwatch.StartNew();
+        using var response = await Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.NotModified, response.StatusCode);
+        Assert.True(clock.Elapsed >= TimeSpan.FromMilliseconds(950));
+        Assert.Equal(first.Headers.ETag, response.Headers.ETag);
+    }
+
+    [Fact]
+    public async Task AConditionalGetWhoseTagsAreNoneCurrentIsAnsweredAtOnce()
+    {
+        await RegisterAsync("app", "10.0.0.1:80");
+        using var request = new HttpRequestMessage(HttpMethod.Get, "/v1/services/app?wait=30");
+        request.Headers.TryAddWithoutValidation("If-None-Match", "\"older\", \"oldest\"");
+        var clock = Stopwatch.StartNew();
+        using var response = await Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(5));
+    }
+
+    [Theory]
+    [InlineData("not-a-tag")]
+    [InlineData("\"v1\" \"v2\"")]
+    public async Task AnIfNoneMatchThatIsNotAListOfEntityTagsIsRefusedNamingTheHeader(string header)
+    {
+        await RegisterAsync("app", "10.0.0.1:80");
+        using var request = new HttpRequestMessage(HttpMethod.Get, "/v1/services/app?wait=30");
+        request.Headers.TryAddWithoutValidation("If-None-Match", header);
+        using var response = await Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.NotNull((await response.ReadJsonAsync())["errors"]!["If-None-Match"]);
+    }
+
     [Fact]
     public async Task AConditionalGetWakesWithTheNewAnswer()
     {

@@ -37,7 +37,7 @@ internal sealed class RequestReader(IOptions<LimitsOptions> limits)
     public bool CheckMetaCount(int count, string field, Errors errors) => _rules.MetaCount(count, field, errors);
 
     /// <summary>Checks a <c>version</c> given in a query.</summary>
-    public string? CheckVersion(string? value, Errors errors) => _rules.Version(value, errors);
+    public string? CheckVersion(string? value, Errors errors, string field = "version") => _rules.Version(value, errors, field);
 
     private static bool TryBind<T>(ReadOnlyMemory<byte> body, JsonTypeInfo<T> type, Errors errors, out T? document)
     {

@@ -114,14 +114,14 @@ internal sealed class RequestRules(LimitsOptions limits)
         Check(field, count > limits.MaxMetaPairs ? $"has {count} pairs; at most {limits.MaxMetaPairs} are allowed" : null, errors);
 
     /// <summary>A <c>version</c> given in a query or an <c>If-None-Match</c> header; null stays null.</summary>
-    public string? Version(string? text, Errors errors)
+    public string? Version(string? text, Errors errors, string field = "version")
     {
         if (text is null)
         {
             return null;
         }
 
-        return Report(text, "version", LengthProblem(text, limits.MaxVersionLength) ?? ControlProblem(text), errors);
+        return Report(text, field, LengthProblem(text, limits.MaxVersionLength) ?? ControlProblem(text), errors);
     }
 
     /// <summary>Why <paramref name="addr"/> is not <c>host:port</c>, or null when it is.</summary>

@@ -273,7 +273,8 @@ internal static class OpenApiDocumentation
                 {
                     Name = "If-None-Match",
                     In = ParameterLocation.Header,
-                    Description = "`\"<version>\"`: a conditional GET (RFC 9110). Held like `version`; answers 304 with no body when the wait runs out unchanged.",
+                    Description = "`\"<version>\"`: a conditional GET (RFC 9110). Held like `version`; answers 304 with no body when the wait runs out unchanged. " +
+                        "A list of tags holds while any of them is current; `*` holds on whatever is current.",
                     Schema = new OpenApiSchema { Type = JsonSchemaType.String },
                 });
                 operation.Description += " Example: `?protocol=http&meta.idc=shanghai&meta.tag=read` (subset match, case-sensitive). " +

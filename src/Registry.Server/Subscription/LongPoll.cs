@@ -27,6 +27,28 @@ internal enum PollEnd
     Refused,
 }
 
+/// <summary>
+/// The versions a poll is held on while one of them is current: a query's <c>version</c>, or the entity tags of an
+/// <c>If-None-Match</c> (RFC 9110: any of them; <c>*</c> whatever is current).
+/// </summary>
+internal sealed class HeldVersions
+{
+    private readonly string[] _versions;
+
+    private HeldVersions(string[] versions) => _versions = versions;
+
+    /// <summary><c>If-None-Match: *</c>: held on whatever version is current.</summary>
+    public static HeldVersions Any { get; } = new([]);
+
+    /// <summary>Held on <paramref name="version"/>; null (answer at once) when there is none.</summary>
+    public static HeldVersions? Of(string? version) => version is null ? null : new([version]);
+
+    /// <summary>Held on any of <paramref name="versions"/>.</summary>
+    public static HeldVersions Of(IEnumerable<string> versions) => new([.. versions]);
+
+    public bool Holds(string current) => ReferenceEquals(this, Any) || Array.IndexOf(_versions, current) >= 0;
+}
+
 /// <summary>The answer to write and why; <see cref="Consumer"/> is set when the poll parked, to be finished once written.</summary>
 internal readonly record struct PollOutcome(Answer Answer, PollEnd End, ParkedConsumer? Consumer = null);
 
@@ -70,7 +92,7 @@ internal sealed class LongPoll(
 
     /// <exception cref="TooManySubscriptionsException">The subscription is new and the node holds as many as it may.</exception>
     public async Task<PollOutcome> PollAsync(
-        IReadOnlyList<SubscriptionEntry> entries, string? version, long? waitSeconds, string client, CancellationToken requestAborted)
+        IReadOnlyList<SubscriptionEntry> entries, HeldVersions? held, long? waitSeconds, string client, CancellationToken requestAborted)
     {
         var view = hub.Acquire(entries);
         try
@@ -86,10 +108,13 @@ internal sealed class LongPoll(
                 return new(view.Current, PollEnd.ClientGone);
             }
 
-            if (version is null || !string.Equals(version, answer.Version, StringComparison.Ordinal))
+            if (held is null || !held.Holds(answer.Version))
             {
                 return new(answer, PollEnd.Immediate);
             }
+
+            // From here on held on the one that is current.
+            var version = answer.Version;
 
             var hold = HoldFor(waitSeconds);
             if (hold <= TimeSpan.Zero)

@@ -45,7 +45,8 @@ internal static class SubscriptionApi
             .WithSummary("Get one application's instances, long-polling for changes")
             .WithDescription("The one-provider subscription for curl and runbooks: filter with `protocol` and `meta.KEY=VALUE` " +
                 "parameters; `version` and `wait` hold as for subscribe. As a conditional GET, `If-None-Match: \"<version>\"` " +
-                "holds the same way and answers 304 with no body when the wait runs out unchanged (one tag: of a list, only the first counts; `*` is ignored). " +
+                "holds the same way and answers 304 with no body when the wait runs out unchanged; with a list of tags it holds while any of them is current, " +
+                "with `*` on whatever is current (RFC 9110); a header that is not `*` or a list of quoted tags is a 400. " +
                 "Meta keys are case-sensitive (`meta.idc` and `meta.Idc` are two filters). An unknown application is an empty answer.")
             .Produces<AnswerDocument>(StatusCodes.Status200OK)
             .Produces(StatusCodes.Status304NotModified)
@@ -88,7 +89,7 @@ internal static class SubscriptionApi
             return denied;
         }
 
-        return await HoldAsync(http, poll, entries, heldVersion, waitSeconds, notModifiedOnTimeout: false, state, metrics, limits.Value, tokens);
+        return await HoldAsync(http, poll, entries, HeldVersions.Of(heldVersion), waitSeconds, notModifiedOnTimeout: false, state, metrics, limits.Value, tokens);
     }
 
     /// <summary>Admin sees every application; any other credential the ones it may subscribe to.</summary>
@@ -152,8 +153,8 @@ internal static class SubscriptionApi
         }
 
         reader.CheckMetaCount(pairs.Count, "meta", errors);
-        var conditional = EntityTag(http.Request.Headers.IfNoneMatch);
-        var heldVersion = reader.CheckVersion(conditional ?? version, errors);
+        var conditional = EntityTags(http.Request.Headers.IfNoneMatch, reader, errors);
+        var held = conditional ?? HeldVersions.Of(reader.CheckVersion(version, errors));
         var waitSeconds = QueryNumber.Read(wait, "wait", 0, errors);
         if (errors.Any)
         {
@@ -166,7 +167,7 @@ internal static class SubscriptionApi
         }
 
         var entries = new[] { new SubscriptionEntry(application, protocol, Meta.From(pairs)) };
-        return await HoldAsync(http, poll, entries, heldVersion, waitSeconds, notModifiedOnTimeout: conditional is not null, state, metrics, limits.Value, tokens);
+        return await HoldAsync(http, poll, entries, held, waitSeconds, notModifiedOnTimeout: conditional is not null, state, metrics, limits.Value, tokens);
     }
 
     /// <summary>
@@ -175,20 +176,20 @@ internal static class SubscriptionApi
     /// or when its credential (a registry token or a JWT) expires meanwhile, as a session closes then.
     /// </summary>
     private static async Task<Results<AnswerResult, EmptyHttpResult, ValidationProblem, ProblemHttpResult>> HoldAsync(
-        HttpContext http, LongPoll poll, IReadOnlyList<SubscriptionEntry> entries, string? heldVersion, long? waitSeconds,
+        HttpContext http, LongPoll poll, IReadOnlyList<SubscriptionEntry> entries, HeldVersions? held, long? waitSeconds,
         bool notModifiedOnTimeout, RegistryState state, RegistryMetrics metrics, LimitsOptions limits, TokenCache tokens)
     {
         // Only a stored token can be revoked: an Open node's callers, the bootstrap token and JWTs pay nothing for this.
         var grant = CredentialIdentity.Of(http.User);
         var revoked = grant is { Stored: true } ? tokens.Revocation(grant) : CancellationToken.None;
         using var expiring = grant is not null ? poll.Expiring(grant.Expires) : null;
-        using var held = revoked.CanBeCanceled || expiring is not null
+        using var ending = revoked.CanBeCanceled || expiring is not null
             ? CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted, revoked, expiring?.Token ?? CancellationToken.None)
             : null;
         PollOutcome outcome;
         try
         {
-            outcome = await poll.PollAsync(entries, heldVersion, waitSeconds, ParkingLot.ClientOf(http), held?.Token ?? http.RequestAborted);
+            outcome = await poll.PollAsync(entries, held, waitSeconds, ParkingLot.ClientOf(http), ending?.Token ?? http.RequestAborted);
         }
         catch (TooManySubscriptionsException e)
         {
@@ -230,16 +231,29 @@ internal static class SubscriptionApi
         return new AnswerResult(outcome.Answer, notModified, state.StaleSince, writers, outcome.Consumer);
     }
 
-    /// <summary>The first entity tag of If-None-Match, unquoted (weak tags compare the same for GET).</summary>
-    private static string? EntityTag(Microsoft.Extensions.Primitives.StringValues header)
+    /// <summary>
+    /// The entity tags of If-None-Match, unquoted (weak tags compare the same for GET), each checked as a version;
+    /// <c>*</c> holds on whatever is current. Null without the header; a header that is not a list of tags is a 400.
+    /// </summary>
+    private static HeldVersions? EntityTags(Microsoft.Extensions.Primitives.StringValues header, RequestReader reader, Errors errors)
     {
-        if (header.Count == 0 || !EntityTagHeaderValue.TryParseList(header, out var tags) || tags.Count == 0 || tags[0].Tag.Length < 2)
+        if (header.Count == 0)
         {
             return null;
         }
 
-        var tag = tags[0].Tag.Value!;
-        return tag[1..^1];
+        if (!EntityTagHeaderValue.TryParseStrictList(header, out var tags) || tags.Count == 0)
+        {
+            errors.Add("If-None-Match", "must be * or a list of entity tags, each a version in double quotes");
+            return null;
+        }
+
+        if (tags.Any(t => t.Equals(EntityTagHeaderValue.Any)))
+        {
+            return HeldVersions.Any;
+        }
+
+        return HeldVersions.Of(tags.Select(t => reader.CheckVersion(t.Tag.Value![1..^1], errors, "If-None-Match") ?? ""));
     }
 }
 
