@@ -313,6 +313,84 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
     }
 
     [Fact]
+    public async Task SubscriptionsSelectingDifferentInstancesPastTheNodesByteLimitAre429WhileSharedOnesCountOnce()
+    {
+        // Per-instance meta lets each subscription select a different few instances: their endpoints are serialised
+        // for each, and nothing but a byte limit bounds what they keep (MaxSubscriptions times the largest selection).
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, new Dictionary<string, string?> { ["Registry:Limits:MaxSubscriptionBytes"] = "20000" });
+        using var client = node.CreateClient();
+        var pad = new string('p', 500);
+        for (var i = 0; i < 60; i++)
+        {
+            using var response = await client.PostJsonAsync("/v1/register", Http.Provider("big", $"10.0.0.{i}:80", $$"""{"group":"g{{i % 6}}","pad":"{{pad}}"}"""));
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+
+        using var parked = ParkedPolls.On(node);
+        using var stop = new CancellationTokenSource();
+        var polls = new List<Task<(int, string?, System.Text.Json.Nodes.JsonNode?)>>();
+        async Task<(int Status, System.Text.Json.Nodes.JsonNode? Body)> HoldAsync(string subscription)
+        {
+            var (status, version, body) = await client.SubscribeAsync(subscription);
+            if (status == 200)
+            {
+                polls.Add(client.SubscribeAsync(subscription, version, wait: 30, stop.Token));
+                await parked.WaitForAsync(polls.Count);
+            }
+
+            return (status, body);
+        }
+
+        string Group(int group, string? other = null) => Http.Subscription(
+            [Http.Entry("big", null, $$"""{"group":"g{{group}}"}"""), .. other is null ? Array.Empty<string>() : [Http.Entry(other)]]);
+
+        // Twenty distinct subscriptions that all select the same ten instances (about 6 KB): held once, all taken.
+        for (var k = 0; k < 20; k++)
+        {
+            Assert.Equal(200, (await HoldAsync(Group(0, $"other-{k}"))).Status);
+        }
+
+        // Each other group is 6 KB more: the limit refuses one before the sixth.
+        var refused = false;
+        for (var group = 1; group < 6 && !refused; group++)
+        {
+            var (status, body) = await HoldAsync(Group(group));
+            if (status != 200)
+            {
+                Assert.Equal(429, status);
+                Assert.Contains("MaxSubscriptionBytes", (string?)body!["detail"], StringComparison.Ordinal);
+                refused = true;
+            }
+        }
+
+        Assert.True(refused, "every group was taken: nothing bounds the bytes distinct selections keep");
+        Assert.Equal(200, (await client.SubscribeAsync(Group(0, "other-0"))).Item1);
+
+        // A change recomposes the shared selection; once nobody holds them, the next change drops the idle
+        // subscriptions, and what they kept is counted off to the last byte.
+        using (await client.PostJsonAsync("/v1/register", Http.Provider("big", "10.0.0.0:80", $$"""{"group":"g0","pad":"changed"}""")))
+        {
+        }
+
+        await stop.CancelAsync();
+        await parked.WaitForNoneAsync();
+        Assert.True(MeterWatch.Read(node, "registry.subscriptions.bytes") > 0);
+        using (await client.PostJsonAsync("/v1/register", Http.Provider("big", "10.0.0.1:80", $$"""{"group":"g1","pad":"changed"}""")))
+        {
+        }
+
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (MeterWatch.Read(node, "registry.subscriptions.distinct") > 0 && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(20);
+        }
+
+        Assert.Equal(0, MeterWatch.Read(node, "registry.subscriptions.distinct"));
+        Assert.Equal(0, MeterWatch.Read(node, "registry.subscriptions.bytes"));
+    }
+
+    [Fact]
     public async Task ASubscriptionNobodyHoldsGoesAfterItsIdleTimeWhileAHeldOrRecentlyReadOneStays()
     {
         // Names read once (a job's, a deploy's) whose applications never change again: before,

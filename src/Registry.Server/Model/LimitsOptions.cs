@@ -56,6 +56,13 @@ public sealed class LimitsOptions
     [Range(1_000, 1_000_000_000)]
     public long MaxSubscriptionCharacters { get; set; } = 16_000_000;
 
+    /// <summary>
+    /// Most bytes of serialised endpoints the distinct subscriptions a node holds may keep together, each run of
+    /// endpoints counted once however many subscriptions share it; a new subscription while they keep more is 429.
+    /// </summary>
+    [Range(10_000, 1L << 40)]
+    public long MaxSubscriptionBytes { get; set; } = 512L * 1024 * 1024;
+
     /// <summary>The Retry-After sent with a 429 for one of the limits above, in seconds.</summary>
     [Range(1, 3600)]
     public int RetryAfterSeconds { get; set; } = 5;

@@ -80,6 +80,33 @@ internal sealed class Fragment
     public byte[] Hash { get; }
 
     /// <summary>
+    /// Counts this fragment as kept by one more holder: adds to <paramref name="bytes"/> the segments no holder kept
+    /// until now, so a segment shared by many fragments is counted once. Under the caller's lock, as <see cref="Release"/>.
+    /// </summary>
+    public void Hold(ref long bytes)
+    {
+        foreach (var segment in _segments)
+        {
+            if (segment.Holders++ == 0)
+            {
+                bytes += segment.Bytes.Length;
+            }
+        }
+    }
+
+    /// <summary>Undoes one <see cref="Hold"/>: takes from <paramref name="bytes"/> the segments no holder keeps any more.</summary>
+    public void Release(ref long bytes)
+    {
+        foreach (var segment in _segments)
+        {
+            if (--segment.Holders == 0)
+            {
+                bytes -= segment.Bytes.Length;
+            }
+        }
+    }
+
+    /// <summary>
     /// The snapshot's instances that match any of the entries (all for one provider), in the
     /// snapshot's order. A segment that <paramref name="previous"/> already holds with the same
     /// instances at the same revisions (so with the same meta) is taken from it rather than
@@ -207,6 +234,9 @@ internal sealed class Fragment
         public byte[] Bytes { get; } = bytes;
 
         public byte[] Hash { get; } = SHA256.HashData(bytes);
+
+        /// <summary>How many held fragments include it (see <see cref="Hold"/>); guarded by the subscription hub's lock.</summary>
+        public int Holders { get; set; }
 
         public InstanceKey First => instances[0].Key;
 

@@ -225,6 +225,7 @@ internal sealed class SubscriptionHub
     private readonly TimeProvider _time;
     private readonly int _maxViews;
     private readonly long _maxCharacters;
+    private readonly long _maxBytes;
     private readonly long _keepIdleTicks;
     private readonly IChangeWitness[] _witnesses;
     private readonly Lock _gate = new();
@@ -242,6 +243,9 @@ internal sealed class SubscriptionHub
     /// <summary>The characters of the keys of the views held: what they name, each held about three times (key, slot keys, entries).</summary>
     private long _characters;
 
+    /// <summary>The bytes of the segments the held fragments keep, each counted once (see <see cref="Fragment.Hold"/>).</summary>
+    private long _bytes;
+
     /// <summary>The change applied and not yet recomposed: its applications, fragments, and the signal of its end.</summary>
     private readonly HashSet<string> _changed = new(StringComparer.Ordinal);
     private readonly HashSet<FragmentSlot> _stale = new(ReferenceEqualityComparer.Instance);
@@ -257,6 +261,7 @@ internal sealed class SubscriptionHub
         _time = time;
         _maxViews = limits.Value.MaxSubscriptions;
         _maxCharacters = limits.Value.MaxSubscriptionCharacters;
+        _maxBytes = limits.Value.MaxSubscriptionBytes;
         _keepIdleTicks = (long)(options.Value.KeepIdleFor.TotalSeconds * time.TimestampFrequency);
         // Parked polls are released when the node stops (LongPoll spreads their answers).
         lifetime.ApplicationStopping.Register(InterruptAll);
@@ -304,8 +309,9 @@ internal sealed class SubscriptionHub
                 return view;
             }
 
-            // Bounded by count and by size: a subscription may name 64 providers with 64 long meta pairs each.
-            if (_views.Count >= _maxViews || _characters + key.Length > _maxCharacters)
+            // Bounded by count and by size: a subscription may name 64 providers with 64 long meta pairs each, and
+            // select a different few of the instances of each (by per-instance meta), which no other subscription shares.
+            if (_views.Count >= _maxViews || _characters + key.Length > _maxCharacters || _bytes >= _maxBytes)
             {
                 // One that alone passes the size would never fit: no idle view is dropped for it.
                 if (key.Length > _maxCharacters)
@@ -330,6 +336,15 @@ internal sealed class SubscriptionHub
                         $"The distinct subscriptions this node holds name {_characters} characters, and this one {key.Length} more than its limit " +
                         "allows (Registry:Limits:MaxSubscriptionCharacters); retry shortly or on another node.");
                 }
+
+                // Checked before the new one is computed: the bytes held pass the limit by one subscription at most.
+                if (_bytes >= _maxBytes)
+                {
+                    _metrics.LimitReached("subscription_bytes");
+                    throw new TooManySubscriptionsException(
+                        $"The distinct subscriptions this node holds keep {_bytes} bytes of endpoints, its limit " +
+                        "(Registry:Limits:MaxSubscriptionBytes); retry shortly or on another node.");
+                }
             }
 
             var slots = new FragmentSlot[groups.Length];
@@ -346,6 +361,7 @@ internal sealed class SubscriptionHub
                     // Another selection's segments of the same instances are shared, not serialised again.
                     var donor = applicationSlots.MaxBy(other => other.Current.Count)?.Current;
                     slot = new FragmentSlot(slotKeys[i], application, slotEntries, Fragment.Compute(_state.Get(application), slotEntries, donor: donor));
+                    slot.Current.Hold(ref _bytes);
                     _slots.Add(slot.Key, slot);
 
                     applicationSlots.Add(slot);
@@ -368,6 +384,7 @@ internal sealed class SubscriptionHub
             }
 
             _metrics.SubscriptionViews(_views.Count);
+            _metrics.SubscriptionBytes(_bytes);
             return view;
         }
     }
@@ -490,9 +507,19 @@ internal sealed class SubscriptionHub
             {
                 for (var i = 0; i < touched.Length; i++)
                 {
-                    touched[i].Current = fragments[i];
-                    affected.UnionWith(touched[i].Views);
+                    var slot = touched[i];
+                    if (ReferenceEquals(_slots.GetValueOrDefault(slot.Key), slot))
+                    {
+                        // Held before the old one is let go: the segments they share stay counted.
+                        fragments[i].Hold(ref _bytes);
+                        slot.Current.Release(ref _bytes);
+                    }
+
+                    slot.Current = fragments[i];
+                    affected.UnionWith(slot.Views);
                 }
+
+                _metrics.SubscriptionBytes(_bytes);
 
                 _stale.Clear();
                 _recomposed = null;
@@ -594,6 +621,8 @@ internal sealed class SubscriptionHub
             if (slot.Views.Remove(view) && slot.Views.Count == 0)
             {
                 _slots.Remove(slot.Key);
+                slot.Current.Release(ref _bytes);
+                _metrics.SubscriptionBytes(_bytes);
                 if (_byApplication.TryGetValue(slot.Application, out var slots) && slots.Remove(slot) && slots.Count == 0)
                 {
                     _byApplication.Remove(slot.Application);

@@ -37,6 +37,7 @@ internal sealed class RegistryMetrics
     private int _probesOwned;
     private int _probesWithdrawn;
     private int _views;
+    private long _viewBytes;
     private int _selfPreservation;
 
     public RegistryMetrics(IMeterFactory meters, string meterName = MeterName)
@@ -63,7 +64,7 @@ internal sealed class RegistryMetrics
         _writeBatches = meter.CreateCounter<long>("registry.writes.batches", "{transaction}", "Group-committed write transactions.");
         _writesQueued = meter.CreateUpDownCounter<long>("registry.writes.queued", "{write}", "Registrations and unregistrations waiting for a batch to take them.");
         _sweeps = meter.CreateCounter<long>("registry.sweeps", "{sweep}", "Sweeper rounds, by outcome (idle: nothing can have expired, so no statement; locked_out; swept), and grace: leases extended after the cluster could not record renewals.");
-        _limitsReached = meter.CreateCounter<long>("registry.limits.rejections", "{request}", "Requests refused with 429 at a node's limit, by limit (parked, parked_per_client, subscriptions, subscription_characters).");
+        _limitsReached = meter.CreateCounter<long>("registry.limits.rejections", "{request}", "Requests refused with 429 at a node's limit, by limit (parked, parked_per_client, subscriptions, subscription_characters, subscription_bytes).");
         _livenessMarks = meter.CreateCounter<long>("registry.liveness.marks", "{mark}", "Times this node marked itself alive in the database (the grace rule reads the newest mark of any node).");
         _probes = meter.CreateCounter<long>("registry.probes", "{probe}", "Probes this node ran, by kind (http, https, tcp) and result (passed, failed).");
         _probeEvictions = meter.CreateCounter<long>("registry.probes.evictions", "{instance}", "Instances whose probes failed Registry:Probes:FailuresToEvict times in a row, handed to the sweeper for eviction.");
@@ -75,6 +76,8 @@ internal sealed class RegistryMetrics
         meter.CreateObservableGauge("registry.probes.withdrawn", () => Volatile.Read(ref _probesWithdrawn), "1",
             "1 while this node, its probes nearly all failing while another node's pass, leaves its share of probing to the others (Registry:Probes:SuspectSelfBelow).");
         meter.CreateObservableGauge("registry.subscriptions.distinct", () => Volatile.Read(ref _views), "{subscription}", "Distinct subscriptions held in memory.");
+        meter.CreateObservableGauge("registry.subscriptions.bytes", () => Volatile.Read(ref _viewBytes), "By",
+            "Serialised endpoints the distinct subscriptions keep, each run counted once however many share it (Registry:Limits:MaxSubscriptionBytes).");
         meter.CreateObservableGauge("registry.selfpreservation.engaged", () => Volatile.Read(ref _selfPreservation), "1", "1 while self-preservation rate-limits evictions.");
     }
 
@@ -125,6 +128,8 @@ internal sealed class RegistryMetrics
     public void Swept(string outcome) => _sweeps.Add(1, new KeyValuePair<string, object?>("outcome", outcome));
 
     public void SubscriptionViews(int count) => Volatile.Write(ref _views, count);
+
+    public void SubscriptionBytes(long bytes) => Volatile.Write(ref _viewBytes, bytes);
 
     public void SelfPreservation(bool engaged) => Volatile.Write(ref _selfPreservation, engaged ? 1 : 0);
 
