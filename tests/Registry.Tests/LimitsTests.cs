@@ -216,6 +216,57 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
     }
 
     [Fact]
+    public async Task WritesWaitingPastAClientsShareAre429WhileTheNodeTakesOthers()
+    {
+        // One client looping writes (of one instance: each then commits a batch of its own) would otherwise fill the
+        // node's write queue, and every other client's registrations would be refused with 503.
+        await using var node = new RegistryNode(Cluster.ConnectionString, new Dictionary<string, string?>
+        {
+            ["Registry:Limits:MaxWritesPerClient"] = "2",
+            ["Registry:Limits:RetryAfterSeconds"] = "7",
+            ["Registry:Network:TrustedProxies:0"] = "127.0.0.1",
+        });
+        node.UseKestrel(0);
+        node.StartServer();
+        // The test is the proxy hop, forwarding for two clients.
+        using var client = node.CreateClient();
+        client.DefaultRequestHeaders.Add("X-Forwarded-For", "203.0.113.1");
+        using var other = node.CreateClient();
+        other.DefaultRequestHeaders.Add("X-Forwarded-For", "203.0.113.2");
+        Task<HttpResponseMessage> waiting;
+        Task<HttpResponseMessage> others;
+        await using (var stall = await StalledWriter.StartAsync(Cluster, node, client))
+        {
+            // The stalled write is the client's first; a second waits in the queue.
+            waiting = client.PostJsonAsync("/v1/register", Http.Provider("share", "10.0.0.1:80"));
+            await stall.Queued.WaitForAsync(1);
+
+            foreach (var path in new[] { "/v1/register", "/v1/unregister", "/v1/sessions" })
+            {
+                using var refused = await client.PostJsonAsync(path, Http.Provider("share", "10.0.0.2:80"));
+                Assert.Equal(HttpStatusCode.TooManyRequests, refused.StatusCode);
+                Assert.Equal(TimeSpan.FromSeconds(7), refused.Headers.RetryAfter?.Delta);
+                Assert.Contains("MaxWritesPerClient", (string?)(await refused.ReadJsonAsync())["detail"], StringComparison.Ordinal);
+            }
+
+            // Another client's write is taken meanwhile.
+            others = other.PostJsonAsync("/v1/register", Http.Provider("share", "10.0.0.3:80"));
+            await stall.Queued.WaitForAsync(2);
+            await stall.ReleaseAsync();
+        }
+
+        foreach (var answer in new[] { waiting, others })
+        {
+            using var answered = await answer.WaitAsync(TimeSpan.FromSeconds(10));
+            Assert.Equal(HttpStatusCode.Created, answered.StatusCode);
+        }
+
+        // Answered, its writes no longer count.
+        using var next = await client.PostJsonAsync("/v1/register", Http.Provider("share", "10.0.0.2:80"));
+        Assert.Equal(HttpStatusCode.Created, next.StatusCode);
+    }
+
+    [Fact]
     public async Task AskingWhoWatchesIsHeldAsAParkedRequestAndRefusedPastTheClientsLimit()
     {
         var database = await Cluster.CreateDatabaseAsync();

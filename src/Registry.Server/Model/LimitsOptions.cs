@@ -45,6 +45,13 @@ public sealed class LimitsOptions
     [Range(1, 10_000_000)]
     public int MaxParked { get; set; } = 50_000;
 
+    /// <summary>
+    /// Most registrations, unregistrations and session opens one client (remote address and credential) may have
+    /// waiting for their batch on a node; beyond it 429. The node's own bound is Registry:Writes:MaxQueueLength.
+    /// </summary>
+    [Range(1, 10_000_000)]
+    public int MaxWritesPerClient { get; set; } = 1_000;
+
     /// <summary>Most distinct subscriptions a node holds; a new one beyond it is 429.</summary>
     [Range(1, 10_000_000)]
     public int MaxSubscriptions { get; set; } = 10_000;

@@ -92,6 +92,7 @@ internal static class RegistrationApi
         ProbeRequests probes,
         IOptions<LeaseOptions> leases,
         IOptions<WriteOptions> writeOptions,
+        IOptions<LimitsOptions> limits,
         ApplicationAccess access,
         AuditLog audit,
         CancellationToken cancellationToken)
@@ -126,7 +127,11 @@ internal static class RegistrationApi
         WriteResult result;
         try
         {
-            result = await writes.SubmitAsync(new RegisterCommand(provider, granted, probeSpec));
+            result = await writes.SubmitAsync(new RegisterCommand(provider, granted, probeSpec), ParkingLot.ClientOf(http));
+        }
+        catch (TooManyWritesException e)
+        {
+            return Problems.TooMany(http, limits.Value.RetryAfterSeconds, e.Message);
         }
         catch (WriteUnavailableException e)
         {
@@ -233,7 +238,7 @@ internal static class RegistrationApi
 
         if (drainSeconds is not { } seconds)
         {
-            return await RemoveAsync(http, provider.Key, writes, writeOptions.Value, audit) ?? (Results<NoContent, Ok<DrainDocument>, ValidationProblem, ProblemHttpResult>)TypedResults.NoContent();
+            return await RemoveAsync(http, provider.Key, writes, writeOptions.Value, limits.Value, audit) ?? (Results<NoContent, Ok<DrainDocument>, ValidationProblem, ProblemHttpResult>)TypedResults.NoContent();
         }
 
         // The wait is a held request like a parked poll; refused before anything is removed.
@@ -258,7 +263,7 @@ internal static class RegistrationApi
 
             using (pending)
             {
-                if (await RemoveAsync(http, provider.Key, writes, writeOptions.Value, audit) is { } refused)
+                if (await RemoveAsync(http, provider.Key, writes, writeOptions.Value, limits.Value, audit) is { } refused)
                 {
                     return refused;
                 }
@@ -273,11 +278,12 @@ internal static class RegistrationApi
     }
 
     /// <summary>Removes the instance; a problem when it was not registered or the database cannot take the write.</summary>
-    private static async Task<ProblemHttpResult?> RemoveAsync(HttpContext http, InstanceKey key, WriteBatcher writes, WriteOptions writeOptions, AuditLog audit)
+    private static async Task<ProblemHttpResult?> RemoveAsync(
+        HttpContext http, InstanceKey key, WriteBatcher writes, WriteOptions writeOptions, LimitsOptions limits, AuditLog audit)
     {
         try
         {
-            var result = await writes.SubmitAsync(new UnregisterCommand(key));
+            var result = await writes.SubmitAsync(new UnregisterCommand(key), ParkingLot.ClientOf(http));
             if (result.Status != WriteStatus.Removed)
             {
                 return Problems.NotRegistered(key);
@@ -285,6 +291,10 @@ internal static class RegistrationApi
 
             audit.Unregistered(CredentialIdentity.IdOf(http.User), key);
             return null;
+        }
+        catch (TooManyWritesException e)
+        {
+            return Problems.TooMany(http, limits.RetryAfterSeconds, e.Message);
         }
         catch (WriteUnavailableException e)
         {

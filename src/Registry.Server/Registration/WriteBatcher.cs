@@ -4,6 +4,7 @@ using System.Threading.Channels;
 using Microsoft.Extensions.Options;
 using Npgsql;
 using Registry.ChangeFeed;
+using Registry.Edge;
 using Registry.Leases;
 using Registry.Model;
 using Registry.Probes;
@@ -63,6 +64,9 @@ internal sealed class UnregisterCommand(InstanceKey key, long? expectedRevision 
 /// <summary>The database could not take a write (or the node is overloaded or stopping): answer 503.</summary>
 internal sealed class WriteUnavailableException(string message, Exception? inner = null) : Exception(message, inner);
 
+/// <summary>The client has as many writes waiting on this node as it may (<see cref="LimitsOptions.MaxWritesPerClient"/>): answer 429.</summary>
+internal sealed class TooManyWritesException(string message) : Exception(message);
+
 /// <summary>
 /// Group commit. Commits that notify serialise on PostgreSQL's notification-queue lock, so
 /// the writes that arrive together share one transaction: multi-row statements and one
@@ -79,15 +83,42 @@ internal sealed partial class WriteBatcher(
     LeaseRenewer renewer,
     RegistryMetrics metrics,
     IOptions<WriteOptions> options,
+    IOptions<LimitsOptions> limits,
     ILogger<WriteBatcher> logger) : BackgroundService
 {
     private const int MaxAttempts = 3;
+
+    // The queue's own bound is the total: this one keeps a client from filling it (one looping client would otherwise
+    // have every other client's writes refused, and writes of one instance over and over commit a batch each).
+    private readonly ClientShares _queued = new(limits.Value.MaxWritesPerClient, int.MaxValue);
 
     /// <summary>How long an acknowledgement waits for the batch's own notifications before reloading its rows itself.</summary>
     private static readonly TimeSpan OwnNotificationWait = TimeSpan.FromSeconds(1);
 
     private readonly Channel<WriteCommand> _queue = Channel.CreateBounded<WriteCommand>(
         new BoundedChannelOptions(options.Value.MaxQueueLength) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
+
+    /// <summary>Queues a write of <paramref name="client"/> (the remote address and credential of ParkingLot.ClientOf), counted against its share until answered.</summary>
+    /// <exception cref="TooManyWritesException">The client has as many writes waiting as it may.</exception>
+    /// <exception cref="WriteUnavailableException">The database cannot take it now.</exception>
+    public async Task<WriteResult> SubmitAsync(WriteCommand command, string client)
+    {
+        if (_queued.TryEnter(client) is not null)
+        {
+            metrics.LimitReached("writes_per_client");
+            throw new TooManyWritesException(
+                "This client has as many registrations and unregistrations waiting on this node as it may (Registry:Limits:MaxWritesPerClient); retry shortly.");
+        }
+
+        try
+        {
+            return await SubmitAsync(command);
+        }
+        finally
+        {
+            _queued.Leave(client);
+        }
+    }
 
     /// <summary>
     /// Queues a write; the task completes once its batch has committed. A client that leaves

@@ -89,8 +89,13 @@ internal static class SessionApi
         var (provider, granted) = request;
         try
         {
-            var registered = await writes.SubmitAsync(new RegisterCommand(provider, granted, session: true));
+            var registered = await writes.SubmitAsync(new RegisterCommand(provider, granted, session: true), client);
             return new SessionStream(keeper, parking, client, provider, granted, registered);
+        }
+        catch (TooManyWritesException e)
+        {
+            parking.Leave(client);
+            return Problems.TooMany(http, limits.Value.RetryAfterSeconds, e.Message);
         }
         catch (WriteUnavailableException e)
         {

@@ -1,5 +1,5 @@
-using System.Runtime.InteropServices;
 using Microsoft.Extensions.Options;
+using Registry.Edge;
 using Registry.Model;
 using Registry.Telemetry;
 
@@ -14,59 +14,28 @@ namespace Registry.Subscription;
 /// </summary>
 internal sealed class ParkingLot(IOptions<LimitsOptions> limits, RegistryMetrics metrics)
 {
-    private readonly Lock _gate = new();
-    private readonly Dictionary<string, int> _perClient = new(StringComparer.Ordinal);
-    private int _total;
+    private readonly ClientShares _places = new(limits.Value.MaxParkedPerClient, limits.Value.MaxParked);
 
     /// <summary>The detail of the 429 that <see cref="TryEnter"/> refusing calls for.</summary>
     public const string Full = "This node holds as many parked requests as it may for this client or in all (Registry:Limits:MaxParkedPerClient, MaxParked); retry shortly or on another node.";
 
     /// <summary>Requests held now.</summary>
-    public int Total
-    {
-        get
-        {
-            lock (_gate)
-            {
-                return _total;
-            }
-        }
-    }
+    public int Total => _places.Total;
 
     /// <summary>Takes a place for the client; false (and counted) when a limit is reached.</summary>
     public bool TryEnter(string client)
     {
-        string? refused;
-        lock (_gate)
+        if (_places.TryEnter(client) is not { } refused)
         {
-            var held = _perClient.GetValueOrDefault(client);
-            refused = _total >= limits.Value.MaxParked ? "parked"
-                : held >= limits.Value.MaxParkedPerClient ? "parked_per_client"
-                : null;
-            if (refused is null)
-            {
-                _perClient[client] = held + 1;
-                _total++;
-                return true;
-            }
+            return true;
         }
 
-        metrics.LimitReached(refused);
+        metrics.LimitReached(refused == ShareLimit.Total ? "parked" : "parked_per_client");
         return false;
     }
 
     /// <summary>Gives the client's place back.</summary>
-    public void Leave(string client)
-    {
-        lock (_gate)
-        {
-            _total--;
-            if (--CollectionsMarshal.GetValueRefOrNullRef(_perClient, client) == 0)
-            {
-                _perClient.Remove(client);
-            }
-        }
-    }
+    public void Leave(string client) => _places.Leave(client);
 
     /// <summary>
     /// The client a request comes from: its remote address (after forwarded headers from the
