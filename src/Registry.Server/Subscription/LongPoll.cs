@@ -79,7 +79,8 @@ internal sealed class LongPoll(
     {
         var left = expires - time.GetUtcNow();
         var longest = TimeSpan.FromSeconds(_options.MaxWaitSeconds) * (1 + 1.0 / _options.JitterDivisor);
-        return left <= longest ? new CancellationTokenSource(left > TimeSpan.Zero ? left : TimeSpan.Zero, time) : null;
+        // Whole milliseconds rounded up, as timers count them: never before the credential has expired.
+        return left <= longest ? new CancellationTokenSource(left > TimeSpan.Zero ? TimeSpan.FromMilliseconds(Math.Ceiling(left.TotalMilliseconds)) : TimeSpan.Zero, time) : null;
     }
 
     /// <summary>The hold for a requested wait: defaulted, clamped to the cap, plus up to wait/16 of jitter.</summary>
