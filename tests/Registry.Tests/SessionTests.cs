@@ -284,6 +284,67 @@ public sealed class SessionTests(RegistryCluster cluster) : RegistryTest(cluster
         Assert.True(errors.ContainsKey("addr") && errors.ContainsKey("ttl"), errors.ToJsonString());
     }
 
+    [Fact]
+    public async Task ASessionWhoseRegistrationNeverReachedMemoryEndsAsEvictedOnceItsLeaseRunsOut()
+    {
+        // The session's write commits, but the node can read nothing back: its change feed and its pooled reads are cut
+        // off from the database, and only the writer's own connection is left. So the session is answered before memory
+        // has shown its registration, and its row then goes (evicted elsewhere) before memory ever catches up.
+        var database = await Cluster.CreateDatabaseAsync();
+        var name = new NpgsqlConnectionStringBuilder(database).Database!;
+        await using var node = new RegistryNode(database);
+        using var client = node.CreateClient();
+        // Registrations go through a data source of their own: one of its connections is left idle in its pool.
+        using (var warm = await client.PostJsonAsync("/v1/register", Http.Provider("warm", "10.0.0.9:80")))
+        {
+            warm.EnsureSuccessStatusCode();
+        }
+
+        await using var admin = await Cluster.OpenAsync();
+        await using var inside = new NpgsqlConnection(database);
+        await inside.OpenAsync();
+        await ExecuteAsync(admin, $"ALTER DATABASE {name} ALLOW_CONNECTIONS false");
+        try
+        {
+            await ExecuteAsync(admin, $"""
+                SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = '{name}' AND pid <> {inside.ProcessID} AND query NOT LIKE '%WITH proposed AS MATERIALIZED%'
+                """);
+            var feed = node.Services.GetRequiredService<Registry.ChangeFeed.ChangeFeedListener>();
+            var deadline = Stopwatch.StartNew();
+            while (feed.IsListening)
+            {
+                Assert.True(deadline.Elapsed < TimeSpan.FromSeconds(10), "the change feed never noticed its connection was gone");
+                await Task.Delay(10);
+            }
+
+            await using var session = await SessionReader.StartAsync(client, Http.Provider("app", "10.0.0.1:80"), ttl: 2);
+            Assert.Equal("lease", (await session.ReadAsync(TimeSpan.FromSeconds(30)))?.Name);
+            await ExecuteAsync(inside, "DELETE FROM instances WHERE addr = '10.0.0.1:80'");
+            await ExecuteAsync(admin, $"ALTER DATABASE {name} ALLOW_CONNECTIONS true");
+
+            // Before: keep-alives for as long as the connection lasted, with no instance behind them.
+            var reading = Stopwatch.StartNew();
+            (string Name, string Data)? ended = null;
+            while (ended is null && reading.Elapsed < TimeSpan.FromSeconds(15) && await session.ReadAsync() is { } next)
+            {
+                ended = next.Name == ":" ? null : next;
+            }
+
+            Assert.Equal(("ended", """{"reason":"evicted"}"""), ended);
+        }
+        finally
+        {
+            await ExecuteAsync(admin, $"ALTER DATABASE {name} ALLOW_CONNECTIONS true");
+        }
+    }
+
+    private static async Task ExecuteAsync(NpgsqlConnection connection, string sql)
+    {
+        await using var command = new NpgsqlCommand(sql, connection);
+        await command.ExecuteNonQueryAsync();
+    }
+
     /// <summary>Holds a session with <c>curl -N</c> in a process of its own, as a provider would.</summary>
     private static Process StartCurlSession(RegistryNode node, string provider)
     {

@@ -152,13 +152,10 @@ internal sealed partial class SessionKeeper(
 
             if (watch.Fate.IsCompleted)
             {
-                var end = watch.Fate.Result == InstanceFate.Replaced ? SessionEnd.Replaced
+                return await EndedAsync(response, watch.Fate.Result == InstanceFate.Replaced ? SessionEnd.Replaced
                     // Gone before the lease this node renewed ran out: someone unregistered it.
                     : clock.UtcNow >= expiresAt ? SessionEnd.Evicted
-                    : SessionEnd.Unregistered;
-                var ended = Encoding.UTF8.GetBytes($"event: ended\ndata: {{\"reason\":\"{SessionMetrics.Reason(end)}\"}}\n\n");
-                await WriteAsync(response, ended, stop);
-                return end;
+                    : SessionEnd.Unregistered, stop);
             }
 
             if (stop.IsCancellationRequested)
@@ -181,6 +178,14 @@ internal sealed partial class SessionKeeper(
 
                     expiresAt = renewed;
                 }
+                else if (clock.UtcNow >= expiresAt)
+                {
+                    // Memory has never shown this registration (it was answered before memory caught up, and the
+                    // database could not be read back then: the watch takes no absence for a removal until it has
+                    // seen the instance), and nothing has renewed its lease, which has run out: whatever became of
+                    // its row, no instance stands behind this session any more. Said as what it amounts to.
+                    return await EndedAsync(response, SessionEnd.Evicted, stop);
+                }
             }
 
             if (now >= nextKeepAlive)
@@ -192,6 +197,14 @@ internal sealed partial class SessionKeeper(
                 }
             }
         }
+    }
+
+    /// <summary>Writes the <c>ended</c> event of <paramref name="end"/>; returns it.</summary>
+    private static async Task<SessionEnd> EndedAsync(HttpResponse response, SessionEnd end, CancellationToken stop)
+    {
+        var ended = Encoding.UTF8.GetBytes($"event: ended\ndata: {{\"reason\":\"{SessionMetrics.Reason(end)}\"}}\n\n");
+        await WriteAsync(response, ended, stop);
+        return end;
     }
 
     /// <summary>
