@@ -176,6 +176,33 @@ public sealed class LongPollTests(RegistryCluster cluster) : RegistryTest(cluste
     }
 
     [Fact]
+    public async Task AConditionalGetWokenOntoAnotherOfItsTagsIsAnsweredNotModified()
+    {
+        // Versions come from content: B is "app" with a second instance, and A again once it goes.
+        await RegisterAsync("app", "10.0.0.1:80");
+        using (var a = await Client.GetAsync("/v1/services/app"))
+        {
+            await RegisterAsync("app", "10.0.0.2:80");
+            using var b = await Client.GetAsync("/v1/services/app");
+            using (await Client.PostJsonAsync("/v1/unregister", Http.Provider("app", "10.0.0.2:80")))
+            {
+            }
+
+            using var parked = ParkedPolls.On(Node);
+            using var request = new HttpRequestMessage(HttpMethod.Get, "/v1/services/app?wait=30");
+            request.Headers.TryAddWithoutValidation("If-None-Match", $"{a.Headers.ETag}, {b.Headers.ETag}");
+            var poll = Client.SendAsync(request);
+            await parked.WaitForAsync(1);
+            await RegisterAsync("app", "10.0.0.2:80");
+
+            // The caller said it has B too: not its body again (before: 200 with it).
+            using var response = await poll.WaitAsync(TimeSpan.FromSeconds(10));
+            Assert.Equal(HttpStatusCode.NotModified, response.StatusCode);
+            Assert.Equal(b.Headers.ETag, response.Headers.ETag);
+        }
+    }
+
+    [Fact]
     public async Task AConditionalGetWhoseTagsAreNoneCurrentIsAnsweredAtOnce()
     {
         await RegisterAsync("app", "10.0.0.1:80");

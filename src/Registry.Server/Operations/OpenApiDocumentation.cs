@@ -385,7 +385,7 @@ internal static class OpenApiDocumentation
                 response.Headers ??= new Dictionary<string, IOpenApiHeader>();
                 response.Headers[SessionKeeper.KeepAliveHeader] = new OpenApiHeader
                 {
-                    Description = "Seconds between the stream's keep-alive comments (Registry:Sessions:KeepAliveSeconds): a client that hears " +
+                    Description = "Seconds between the stream's keep-alive comments (Registry:Sessions:KeepAliveSeconds, or a third of `ttl` if shorter): a client that hears " +
                         "nothing for a few of them can take the connection for lost and open the session again.",
                     Schema = new OpenApiSchema { Type = JsonSchemaType.Integer },
                 };

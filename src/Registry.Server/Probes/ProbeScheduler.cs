@@ -183,8 +183,15 @@ internal sealed partial class ProbeScheduler(
                 _judgementWanted = false;
                 // Swapped before judging: whoever waits on the one completed below wrote its outcome before it took it, so this judgement counts it.
                 var judged = Interlocked.Exchange(ref _judged, new(TaskCreationOptions.RunContinuationsAsynchronously));
-                JudgeSelf();
-                judged.SetResult();
+                try
+                {
+                    JudgeSelf();
+                }
+                finally
+                {
+                    // Never left waiting, should judging throw: the host then stops, and they with it.
+                    judged.SetResult();
+                }
             }
         }
         while (await timer.WaitForNextTickAsync(stoppingToken));

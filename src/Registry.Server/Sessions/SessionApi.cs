@@ -31,7 +31,7 @@ internal static class SessionApi
             .WithSummary("Register an instance for as long as this connection stays open")
             .WithDescription("Registers the instance (replacing an existing registration of the same triple) and keeps the response open " +
                 "as `text/event-stream`: first `event: lease` with the lease document as data, then a `:` comment every " +
-                "Registry:Sessions:KeepAliveSeconds (default 5), which the response header `X-Registry-Keep-Alive` states. The node renews the lease while the connection is open; when it closes " +
+                "Registry:Sessions:KeepAliveSeconds (default 5; a third of `ttl` if that is shorter), which the response header `X-Registry-Keep-Alive` states. The node renews the lease while the connection is open; when it closes " +
                 "the instance is removed within a second and its consumers are woken. If the instance is unregistered or evicted, the " +
                 "stream ends with `event: ended` and `data: {\"reason\":\"unregistered\"}` (or `evicted`). Any later registration " +
                 "of the same triple replaces the session, even with identical meta: another session (a provider reconnecting through " +

@@ -75,7 +75,7 @@ internal sealed partial class SessionKeeper(
             // nginx: pass the stream through as it is written.
             response.Headers["X-Accel-Buffering"] = "no";
             // How often something comes: a client tells a silent path (a half-open connection) from a quiet stream by it.
-            response.Headers[KeepAliveHeader] = options.Value.KeepAliveSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            response.Headers[KeepAliveHeader] = KeepAliveSeconds(ttlSeconds).ToString(System.Globalization.CultureInfo.InvariantCulture);
             var lease = RegistrationApi.Lease(key, provider.Meta, ttlSeconds, registered.ExpiresAt);
             var first = Encoding.UTF8.GetBytes($"event: lease\ndata: {JsonSerializer.Serialize(lease, json.Value.SerializerOptions)}\n\n");
             end = await WriteAsync(response, first, stop.Token)
@@ -128,7 +128,7 @@ internal sealed partial class SessionKeeper(
     private async Task<SessionEnd> KeepAsync(
         HttpResponse response, InstanceWatch watch, int ttlSeconds, DateTimeOffset expiresAt, DateTimeOffset credentialExpires, CancellationToken stop)
     {
-        var keepAlive = TimeSpan.FromSeconds(options.Value.KeepAliveSeconds);
+        var keepAlive = TimeSpan.FromSeconds(KeepAliveSeconds(ttlSeconds));
         // Renew (Renew decides whether the batch needs it) well within the lease, however short.
         var renewEvery = TimeSpan.FromTicks(Math.Min(keepAlive.Ticks, TimeSpan.FromSeconds(ttlSeconds).Ticks / 4));
         var nextKeepAlive = time.GetTimestamp() + Ticks(keepAlive);
@@ -178,13 +178,16 @@ internal sealed partial class SessionKeeper(
 
                     expiresAt = renewed;
                 }
-                else if (clock.UtcNow >= expiresAt)
+                else if (clock.UtcNow >= expiresAt - TimeSpan.FromSeconds(ttlSeconds) / 2)
                 {
-                    // Memory has never shown this registration (it was answered before memory caught up, and the
+                    // Memory has not shown this registration (it was answered before memory caught up, and the
                     // database could not be read back then: the watch takes no absence for a removal until it has
-                    // seen the instance), and nothing has renewed its lease, which has run out: whatever became of
-                    // its row, no instance stands behind this session any more. Said as what it amounts to.
-                    return await EndedAsync(response, SessionEnd.Evicted, stop);
+                    // seen the instance), so nothing renews its lease, and half of it has passed. This node cannot
+                    // keep it: release the stream, the lease running on, so that the provider opens its session
+                    // again (on another node first) before the lease runs out, whether its row is still there or
+                    // was evicted meanwhile, when memory would never show it and the session would stay open for good.
+                    LogNotInMemory(logger, watch.Key.Application, watch.Key.Protocol, watch.Key.Addr);
+                    return SessionEnd.Released;
                 }
             }
 
@@ -198,6 +201,12 @@ internal sealed partial class SessionKeeper(
             }
         }
     }
+
+    /// <summary>
+    /// Seconds between a session's keep-alives: <see cref="SessionOptions.KeepAliveSeconds"/>, or a third of its TTL if
+    /// shorter (at least 1), so that a client that hears nothing for three of them gives up before its lease runs out.
+    /// </summary>
+    private int KeepAliveSeconds(int ttlSeconds) => Math.Min(options.Value.KeepAliveSeconds, Math.Max(1, ttlSeconds / 3));
 
     /// <summary>Writes the <c>ended</c> event of <paramref name="end"/>; returns it.</summary>
     private static async Task<SessionEnd> EndedAsync(HttpResponse response, SessionEnd end, CancellationToken stop)
@@ -224,7 +233,7 @@ internal sealed partial class SessionKeeper(
         }
 
         const int IpProtocolTcp = 6, TcpUserTimeout = 18;
-        var timeout = TimeSpan.FromSeconds(Math.Max(ttlSeconds, 2 * options.Value.KeepAliveSeconds));
+        var timeout = TimeSpan.FromSeconds(Math.Max(ttlSeconds, 2 * KeepAliveSeconds(ttlSeconds)));
         try
         {
             socket.SetRawSocketOption(IpProtocolTcp, TcpUserTimeout, BitConverter.GetBytes((uint)timeout.TotalMilliseconds));
@@ -263,6 +272,9 @@ internal sealed partial class SessionKeeper(
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Closing the session of {Application} {Protocol} {Addr}: this node cannot record lease renewals now; the provider should reopen it on another node")]
     private static partial void LogUnrecorded(ILogger logger, string application, string protocol, string addr);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Closing the session of {Application} {Protocol} {Addr}: this node's memory has not shown its registration for half its lease (the database could not be read back); the provider should reopen it on another node")]
+    private static partial void LogNotInMemory(ILogger logger, string application, string protocol, string addr);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "The closed session of {Application} {Protocol} {Addr} could not be removed ({Reason}); it goes when its lease runs out")]
     private static partial void LogRemoveFailed(ILogger logger, string application, string protocol, string addr, string reason);

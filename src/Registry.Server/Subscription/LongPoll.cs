@@ -46,7 +46,10 @@ internal sealed class HeldVersions
     /// <summary>Held on any of <paramref name="versions"/>.</summary>
     public static HeldVersions Of(IEnumerable<string> versions) => new([.. versions]);
 
-    public bool Holds(string current) => ReferenceEquals(this, Any) || Array.IndexOf(_versions, current) >= 0;
+    public bool Holds(string current) => ReferenceEquals(this, Any) || Lists(current);
+
+    /// <summary>Whether <paramref name="version"/> is one of those named (not merely current, as for <c>*</c>).</summary>
+    public bool Lists(string version) => Array.IndexOf(_versions, version) >= 0;
 }
 
 /// <summary>The answer to write and why; <see cref="Consumer"/> is set when the poll parked, to be finished once written.</summary>

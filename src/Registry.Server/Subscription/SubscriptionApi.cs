@@ -207,7 +207,7 @@ internal static class SubscriptionApi
             PollEnd.ClientGone when !http.RequestAborted.IsCancellationRequested && expiring?.IsCancellationRequested == true => Unauthorized(http, "has expired"),
             PollEnd.ClientGone => TypedResults.Empty,
             PollEnd.Refused => Problems.TooMany(http, limits.RetryAfterSeconds, ParkingLot.Full),
-            _ => Answer(outcome, notModifiedOnTimeout, state, metrics, poll.Writers),
+            _ => Answer(outcome, notModifiedOnTimeout ? held : null, state, metrics, poll.Writers),
         };
     }
 
@@ -220,14 +220,19 @@ internal static class SubscriptionApi
             detail: $"The credential this poll was held with {what}.");
     }
 
-    private static AnswerResult Answer(PollOutcome outcome, bool notModifiedOnTimeout, RegistryState state, RegistryMetrics metrics, AnswerWriters writers)
+    /// <summary>
+    /// The answer to write: with <paramref name="conditional"/> (a conditional GET's tags) 304 when the wait ran out, and
+    /// when the answer moved to another of the versions the caller named (it said it has that one too).
+    /// </summary>
+    private static AnswerResult Answer(PollOutcome outcome, HeldVersions? conditional, RegistryState state, RegistryMetrics metrics, AnswerWriters writers)
     {
         if (outcome.End is PollEnd.Changed or PollEnd.TimedOut or PollEnd.Shutdown)
         {
             metrics.PollCompleted(outcome.End.ToString().ToLowerInvariant());
         }
 
-        var notModified = notModifiedOnTimeout && outcome.End is PollEnd.TimedOut or PollEnd.Shutdown;
+        var notModified = conditional is not null
+            && (outcome.End is PollEnd.TimedOut or PollEnd.Shutdown || (outcome.End is PollEnd.Changed && conditional.Lists(outcome.Answer.Version)));
         return new AnswerResult(outcome.Answer, notModified, state.StaleSince, writers, outcome.Consumer);
     }
 
