@@ -4,7 +4,8 @@ namespace Registry.Client;
 /// The delays of a background loop between failed attempts: exponential from the base delay up to a cap,
 /// each drawn at random from its upper half (so a fleet does not come back in step, yet no delay collapses
 /// towards zero), and never shorter than what a <c>Retry-After</c> asked for — but never past a ceiling the
-/// caller sets (a lease must be renewed before it runs out, whatever a server asked), less up to a fifth of it.
+/// caller sets (a lease must be renewed before it runs out, whatever a server asked), less up to a fifth of it,
+/// and never under the base delay (up to a fifth above it).
 /// </summary>
 internal sealed class Backoff(TimeSpan baseDelay, TimeSpan maxDelay)
 {
@@ -40,7 +41,7 @@ internal sealed class Backoff(TimeSpan baseDelay, TimeSpan maxDelay)
         if (ceiling is { } limit && delay > limit)
         {
             // Jittered as well: clients whose leases share a deadline would otherwise all come back at one instant.
-            delay = limit <= baseDelay ? baseDelay : Jitter(limit * 0.8 > baseDelay ? limit * 0.8 : baseDelay, limit);
+            delay = limit <= baseDelay ? Jitter(baseDelay, baseDelay * 1.2) : Jitter(limit * 0.8 > baseDelay ? limit * 0.8 : baseDelay, limit);
         }
 
         return delay;

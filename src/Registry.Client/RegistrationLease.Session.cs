@@ -20,6 +20,8 @@ public sealed partial class RegistrationLease
 
     private readonly TimeSpan _sessionIdleTimeout;
     private SessionConnection? _session;
+    /// <summary>When the open session was opened (a <see cref="TimeProvider.GetTimestamp"/>).</summary>
+    private long _sessionOpenedAt;
     // Opens that nodes took without answering, not yet accounted for by a 'replaced', and when the last one was sent.
     private int _opensInDoubt;
     /// <summary>When the last open in doubt was counted (a <see cref="TimeProvider.GetTimestamp"/>: a wall clock's step moves nothing).</summary>
@@ -69,12 +71,16 @@ public sealed partial class RegistrationLease
             }
 
             Accept(lease);
-            Succeeded();
+            // The backoff starts over only once the session has lasted (see FailSession): a node or proxy that takes
+            // sessions and drops them at once would otherwise have them opened again every second, for ever.
+            _sessionOpenedAt = _time.GetTimestamp();
+            Succeeded(resetBackoff: false);
             // Read on at once: the next step holds the session.
             return TimeSpan.Zero;
         }
 
         var ended = await NextEventOrFailAsync(cancellationToken).ConfigureAwait(false);
+        SessionLasted();
         CloseSession();
         lock (_gate)
         {
@@ -246,9 +252,13 @@ public sealed partial class RegistrationLease
         }
     }
 
-    /// <summary>Closes a session that failed and makes the next attempt start at another server.</summary>
+    /// <summary>
+    /// Closes a session that failed and makes the next attempt start at another server: at once (the backoff starts
+    /// over) when the session had lasted, after the growing backoff when it failed sooner.
+    /// </summary>
     private void FailSession()
     {
+        SessionLasted();
         if (_session is { } session)
         {
             _transport.Avoid(session.Server);
@@ -265,5 +275,15 @@ public sealed partial class RegistrationLease
     {
         _session?.Dispose();
         _session = null;
+        _sessionOpenedAt = 0;
+    }
+
+    /// <summary>Starts the backoff over if the open session has lasted the idle timeout since its lease came (it worked).</summary>
+    private void SessionLasted()
+    {
+        if (_sessionOpenedAt != 0 && _time.GetElapsedTime(_sessionOpenedAt) >= _sessionIdleTimeout)
+        {
+            _backoff.Reset();
+        }
     }
 }

@@ -245,9 +245,13 @@ public sealed partial class RegistrationLease : IAsyncDisposable
         return NextHeartbeat();
     }
 
-    private void Succeeded()
+    private void Succeeded(bool resetBackoff = true)
     {
-        _backoff.Reset();
+        if (resetBackoff)
+        {
+            _backoff.Reset();
+        }
+
         _outage.Reached();
         SetState(RegistryConnectionState.Connected, null);
     }

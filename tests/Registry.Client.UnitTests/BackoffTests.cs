@@ -87,7 +87,9 @@ public sealed class BackoffTests : ScriptedTest
         Assert.All(clipped, d => Assert.InRange(d, TimeSpan.FromSeconds(5.6), TimeSpan.FromSeconds(7)));
         Assert.True(clipped.Distinct().Count() > 1, "every clipped delay was the same");
         Assert.InRange(backoff.Next(AskingFor(TimeSpan.FromHours(1)), ceiling: TimeSpan.FromSeconds(1.1)), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1.1));
-        Assert.Equal(TimeSpan.FromSeconds(1), backoff.Next(AskingFor(TimeSpan.FromHours(1)), ceiling: TimeSpan.FromMilliseconds(10)));
+        var floored = Enumerable.Range(0, 50).Select(_ => backoff.Next(AskingFor(TimeSpan.FromHours(1)), ceiling: TimeSpan.FromMilliseconds(10))).ToList();
+        Assert.All(floored, d => Assert.InRange(d, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1.2)));
+        Assert.True(floored.Distinct().Count() > 1, "every delay at the base was the same");
     }
 
     [Fact]

@@ -104,6 +104,32 @@ public sealed class RegistrationModeTests : ScriptedTest
     }
 
     [Fact]
+    public async Task SessionsDroppedRightAfterTheirLeaseAreOpenedAgainAfterAGrowingBackoffAndAtOnceAfterOneThatLasted()
+    {
+        // A node or proxy that takes each session and cuts its stream at once.
+        var stream = Sessions();
+        await using var lease = await NewClient().RegisterAsync(Instance(), RegistrationMode.Session);
+        var delays = new List<TimeSpan>();
+        for (var i = 0; i < 5; i++)
+        {
+            var opens = Handler.Count("/v1/sessions");
+            stream.Current.Writer.Complete();
+            await Eventually(() => lease.State == RegistryConnectionState.Unavailable);
+            delays.Add(await Clock.PassNextDelayAsync(TimeSpan.FromMinutes(1)));
+            await Eventually(() => Handler.Count("/v1/sessions") == opens + 1 && lease.IsRegistered);
+        }
+
+        // Before: every delay was half to one RetryBaseDelay (1 s), since each open started the backoff over.
+        Assert.True(delays[4] >= TimeSpan.FromSeconds(4), $"delays {string.Join(", ", delays)}");
+
+        // A session that lasted (the idle timeout, 20 s) is opened again at once when its node goes.
+        Clock.Advance(TimeSpan.FromSeconds(21));
+        stream.Current.Writer.Complete();
+        await Eventually(() => lease.State == RegistryConnectionState.Unavailable);
+        Assert.InRange(await Clock.PassNextDelayAsync(TimeSpan.FromMinutes(1)), TimeSpan.FromSeconds(0.5), TimeSpan.FromSeconds(1));
+    }
+
+    [Fact]
     public async Task ASilentSessionIsGivenUpAfterSessionIdleTimeoutAndOpenedAgain()
     {
         var stream = Sessions();
