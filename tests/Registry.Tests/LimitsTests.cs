@@ -417,6 +417,8 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
 
         Assert.True(refused, "every group was taken: nothing bounds the bytes distinct selections keep");
         Assert.Equal(200, (await client.SubscribeAsync(Group(0, "other-0"))).Item1);
+        // A new combination of selections already held keeps no byte more: taken at the limit.
+        Assert.Equal(200, (await HoldAsync(Http.Subscription(Http.Entry("big", null, """{"group":"g0"}"""), Http.Entry("other-0"), Http.Entry("other-1")))).Status);
 
         // A change recomposes the shared selection; once nobody holds them, the next change drops the idle
         // subscriptions, and what they kept is counted off to the last byte.

@@ -337,8 +337,9 @@ internal sealed class SubscriptionHub
                         "allows (Registry:Limits:MaxSubscriptionCharacters); retry shortly or on another node.");
                 }
 
-                // Checked before the new one is computed: the bytes held pass the limit by one subscription at most.
-                if (_bytes >= _maxBytes)
+                // Checked before the new one is computed: the bytes held pass the limit by one subscription at most. One
+                // made only of selections already held (another combination of them) keeps no byte more.
+                if (_bytes >= _maxBytes && slotKeys.Any(k => !_slots.ContainsKey(k)))
                 {
                     _metrics.LimitReached("subscription_bytes");
                     throw new TooManySubscriptionsException(
