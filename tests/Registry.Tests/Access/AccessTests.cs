@@ -96,11 +96,7 @@ public sealed class AccessTests(AccessCluster cluster)
         // An application of its own: an instance of another test's expiring meanwhile would answer the poll.
         var (id, secret) = await cluster.CreateTokenAsync("""{"description":"poll holder","subscribe":["held-poll"]}""");
         using var holder = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(secret));
-        var subscription = Http.Subscription(Http.Entry("held-poll"));
-        var (_, version, _) = await holder.SubscribeAsync(subscription);
-        using var parked = MeterWatch.Node(cluster.NodeA, "registry.polls.parked");
-        var poll = holder.PostJsonAsync($"/v1/subscribe?version={version}&wait=30", subscription);
-        await parked.WaitForAsync(1);
+        var poll = await ParkAsync(holder, "held-poll");
 
         using (var admin = AccessCluster.Client(cluster.NodeB, AccessCluster.Bearer(AccessCluster.Bootstrap)))
         {
@@ -122,11 +118,7 @@ public sealed class AccessTests(AccessCluster cluster)
         var (_, secret) = await cluster.CreateTokenAsync(
             $$"""{"description":"expiring poll holder","subscribe":["expiring-poll"],"expires":"{{expires.UtcDateTime:O}}"}""");
         using var holder = AccessCluster.Client(cluster.NodeA, AccessCluster.Bearer(secret));
-        var subscription = Http.Subscription(Http.Entry("expiring-poll"));
-        var (_, version, _) = await holder.SubscribeAsync(subscription);
-        using var parked = MeterWatch.Node(cluster.NodeA, "registry.polls.parked");
-        var poll = holder.PostJsonAsync($"/v1/subscribe?version={version}&wait=30", subscription);
-        await parked.WaitForAsync(1);
+        var poll = await ParkAsync(holder, "expiring-poll");
 
         // Not the timeout's answer, half a minute later, to a credential that stopped being valid.
         using var answer = await poll.WaitAsync(TimeSpan.FromSeconds(10));
@@ -152,6 +144,17 @@ public sealed class AccessTests(AccessCluster cluster)
         // exp is in whole seconds: up to one before the time asked for.
         Assert.InRange(DateTime.UtcNow, expires.AddSeconds(-1), expires.AddSeconds(2));
         Assert.Equal(CredentialEnded, last);
+    }
+
+    /// <summary>A poll of <paramref name="application"/> at its current version, parked on node A (wait 30 s).</summary>
+    private async Task<Task<HttpResponseMessage>> ParkAsync(HttpClient holder, string application)
+    {
+        var subscription = Http.Subscription(Http.Entry(application));
+        var (_, version, _) = await holder.SubscribeAsync(subscription);
+        using var parked = MeterWatch.Node(cluster.NodeA, "registry.polls.parked");
+        var poll = holder.PostJsonAsync($"/v1/subscribe?version={version}&wait=30", subscription);
+        await parked.WaitForAsync(1);
+        return poll;
     }
 
     /// <summary>Reads a session's stream until it ends (within 10 s): the last comment it carried.</summary>
