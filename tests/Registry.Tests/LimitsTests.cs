@@ -505,6 +505,26 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
     }
 
     [Fact]
+    public async Task AnIPv6ClientCountsAsItsSlash64ForPerClientLimits()
+    {
+        // A host is given a /64 and may send from any address in it: each address its own client would multiply its share.
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:Limits:MaxParkedPerClient"] = "1",
+            ["Registry:Network:TrustedProxies:0"] = "127.0.0.1",
+        });
+        node.UseKestrel(0);
+        node.StartServer();
+
+        var oneHost = await TwoClientsEachParkingOnceAsync(node, "2001:db8:1:2::10", "2001:db8:1:2:ffff::20");
+        var twoHosts = await TwoClientsEachParkingOnceAsync(node, "2001:db8:1:2::10", "2001:db8:1:3::10");
+
+        Assert.Equal("200 429", oneHost);
+        Assert.Equal("200 200", twoHosts);
+    }
+
+    [Fact]
     public async Task PerClientLimitsSeeTheClientBehindTwoTrustedProxiesAndStopAtTheFirstUntrustedHop()
     {
         var database = await Cluster.CreateDatabaseAsync();

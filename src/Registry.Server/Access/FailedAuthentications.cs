@@ -1,9 +1,9 @@
 using System.Net;
-using System.Net.Sockets;
 using System.Threading.RateLimiting;
 using Microsoft.AspNetCore.Authentication;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.Extensions.Options;
+using Registry.Edge;
 
 namespace Registry.Access;
 
@@ -56,32 +56,7 @@ internal sealed class FailedAuthentications : IDisposable
         _limiter?.GetStatistics(CountedUnder(http.Connection.RemoteIpAddress)) is { CurrentAvailablePermits: 0 };
 
     /// <summary>An IPv4 address as itself, an IPv6 address as its network (<c>2001:db8:1:2::/64</c>).</summary>
-    private string CountedUnder(IPAddress? address)
-    {
-        if (address is null)
-        {
-            return "unknown";
-        }
-
-        if (address.IsIPv4MappedToIPv6)
-        {
-            address = address.MapToIPv4();
-        }
-
-        if (address.AddressFamily != AddressFamily.InterNetworkV6)
-        {
-            return address.ToString();
-        }
-
-        Span<byte> bytes = stackalloc byte[16];
-        address.TryWriteBytes(bytes, out _);
-        for (var bit = _prefixLengthIpv6; bit < 128; bit++)
-        {
-            bytes[bit / 8] &= (byte)~(0x80 >> (bit % 8));
-        }
-
-        return $"{new IPAddress(bytes)}/{_prefixLengthIpv6}";
-    }
+    private string CountedUnder(IPAddress? address) => Network.CountedAs(address, _prefixLengthIpv6);
 
     /// <summary>The answer to an address over its limit: 429 with Retry-After.</summary>
     public static ProblemHttpResult TooMany(HttpContext http, int retryAfterSeconds)

@@ -22,6 +22,13 @@ public sealed class NetworkOptions
     /// </summary>
     [System.ComponentModel.DataAnnotations.Range(0, 65_536)]
     public int RetainedBufferMegabytes { get; set; } = 64;
+
+    /// <summary>
+    /// An IPv6 client counts for the per-client limits (parked requests, writes) as its network of this
+    /// many bits: a host is given a /64 and may send from any address in it. 128: each address alone.
+    /// </summary>
+    [System.ComponentModel.DataAnnotations.Range(0, 128)]
+    public int ClientPrefixLengthIpv6 { get; set; } = 64;
 }
 
 /// <summary>
@@ -31,6 +38,37 @@ public sealed class NetworkOptions
 /// </summary>
 internal static class Network
 {
+    /// <summary>
+    /// What a client address counts as: an IPv4 address (or an IPv6-mapped one) as itself, an IPv6 address as its
+    /// network of <paramref name="prefixLengthIpv6"/> bits (<c>2001:db8:1:2::/64</c>); <c>unknown</c> for none.
+    /// </summary>
+    public static string CountedAs(System.Net.IPAddress? address, int prefixLengthIpv6)
+    {
+        if (address is null)
+        {
+            return "unknown";
+        }
+
+        if (address.IsIPv4MappedToIPv6)
+        {
+            address = address.MapToIPv4();
+        }
+
+        if (address.AddressFamily != System.Net.Sockets.AddressFamily.InterNetworkV6 || prefixLengthIpv6 >= 128)
+        {
+            return address.ToString();
+        }
+
+        Span<byte> bytes = stackalloc byte[16];
+        address.TryWriteBytes(bytes, out _);
+        for (var bit = prefixLengthIpv6; bit < 128; bit++)
+        {
+            bytes[bit / 8] &= (byte)~(0x80 >> (bit % 8));
+        }
+
+        return $"{new System.Net.IPAddress(bytes)}/{prefixLengthIpv6}";
+    }
+
     public static IServiceCollection AddRegistryNetwork(this IServiceCollection services)
     {
         services.AddOptions<NetworkOptions>().BindConfiguration("Registry:Network").ValidateDataAnnotations().ValidateOnStart();

@@ -42,5 +42,6 @@ internal sealed class ParkingLot(IOptions<LimitsOptions> limits, RegistryMetrics
     /// configured trusted proxies) and the id of its credential, when it has one.
     /// </summary>
     public static string ClientOf(HttpContext http) =>
-        $"{http.Connection.RemoteIpAddress}|{http.User.FindFirst(System.Security.Claims.ClaimTypes.NameIdentifier)?.Value}";
+        $"{Network.CountedAs(http.Connection.RemoteIpAddress, http.RequestServices.GetRequiredService<IOptions<NetworkOptions>>().Value.ClientPrefixLengthIpv6)}" +
+        $"|{http.User.FindFirst(System.Security.Claims.ClaimTypes.NameIdentifier)?.Value}";
 }
