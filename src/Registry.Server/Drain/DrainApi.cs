@@ -42,6 +42,7 @@ internal static class DrainApi
         DrainCoordinator coordinator,
         IOptions<DrainOptions> options,
         ParkingLot parking,
+        Clients clients,
         IOptions<LimitsOptions> limits,
         CancellationToken cancellationToken)
     {
@@ -59,7 +60,7 @@ internal static class DrainApi
 
         // Held until every node answers (up to WatchersWait), and each costs every node a look-up and a notification:
         // counted as a parked request, so no client can hold the pool's connections with them.
-        var client = ParkingLot.ClientOf(http);
+        var client = clients.Of(http);
         if (!parking.TryEnter(client))
         {
             return Problems.TooMany(http, limits.Value.RetryAfterSeconds, ParkingLot.Full);

@@ -3,8 +3,7 @@ namespace Registry.Edge;
 /// <summary>
 /// Counts what each client holds of one of a node's resources, and all clients together, so that
 /// no client takes more than its share: <see cref="TryEnter"/> refuses past either limit. A client
-/// is the remote address together with the credential's id (ParkingLot.ClientOf), so a fleet
-/// sharing one token from many hosts is many clients.
+/// is what <see cref="Clients"/> counts a request as.
 /// </summary>
 internal sealed class ClientShares(int perClient, int total)
 {

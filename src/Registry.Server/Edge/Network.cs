@@ -75,6 +75,7 @@ internal static class Network
         // Registered after Kestrel's own, so Kestrel's transport takes this one.
         services.AddSingleton<Microsoft.AspNetCore.Connections.IMemoryPoolFactory<byte>, RetainingBufferPoolFactory>();
         services.AddSingleton<IValidateOptions<NetworkOptions>, NetworkOptionsValidator>();
+        services.AddSingleton<Clients>();
         services.AddOptions<ForwardedHeadersOptions>().Configure<IOptions<NetworkOptions>>((forwarded, network) =>
         {
             // With no proxy listed the framework would believe anyone: then no header at all.

@@ -95,6 +95,7 @@ internal static class RegistrationApi
         IOptions<LimitsOptions> limits,
         ApplicationAccess access,
         AuditLog audit,
+        Clients clients,
         CancellationToken cancellationToken)
     {
         var (registering, invalid, refused) = await RegistrationRequest.ReadAsync(
@@ -127,7 +128,7 @@ internal static class RegistrationApi
         WriteResult result;
         try
         {
-            result = await writes.SubmitAsync(new RegisterCommand(provider, granted, probeSpec), ParkingLot.ClientOf(http));
+            result = await writes.SubmitAsync(new RegisterCommand(provider, granted, probeSpec), clients.Of(http));
         }
         catch (TooManyWritesException e)
         {
@@ -210,6 +211,7 @@ internal static class RegistrationApi
         AuditLog audit,
         DrainCoordinator drains,
         ParkingLot parking,
+        Clients clients,
         CancellationToken cancellationToken)
     {
         var (json, tooLarge) = await body.ReadAsync(http.Request, cancellationToken);
@@ -238,11 +240,11 @@ internal static class RegistrationApi
 
         if (drainSeconds is not { } seconds)
         {
-            return await RemoveAsync(http, provider.Key, writes, writeOptions.Value, limits.Value, audit) ?? (Results<NoContent, Ok<DrainDocument>, ValidationProblem, ProblemHttpResult>)TypedResults.NoContent();
+            return await RemoveAsync(http, clients.Of(http), provider.Key, writes, writeOptions.Value, limits.Value, audit) ?? (Results<NoContent, Ok<DrainDocument>, ValidationProblem, ProblemHttpResult>)TypedResults.NoContent();
         }
 
         // The wait is a held request like a parked poll; refused before anything is removed.
-        var client = ParkingLot.ClientOf(http);
+        var client = clients.Of(http);
         if (!parking.TryEnter(client))
         {
             return Problems.TooMany(http, limits.Value.RetryAfterSeconds, ParkingLot.Full);
@@ -263,7 +265,7 @@ internal static class RegistrationApi
 
             using (pending)
             {
-                if (await RemoveAsync(http, provider.Key, writes, writeOptions.Value, limits.Value, audit) is { } refused)
+                if (await RemoveAsync(http, client, provider.Key, writes, writeOptions.Value, limits.Value, audit) is { } refused)
                 {
                     return refused;
                 }
@@ -279,11 +281,11 @@ internal static class RegistrationApi
 
     /// <summary>Removes the instance; a problem when it was not registered or the database cannot take the write.</summary>
     private static async Task<ProblemHttpResult?> RemoveAsync(
-        HttpContext http, InstanceKey key, WriteBatcher writes, WriteOptions writeOptions, LimitsOptions limits, AuditLog audit)
+        HttpContext http, string client, InstanceKey key, WriteBatcher writes, WriteOptions writeOptions, LimitsOptions limits, AuditLog audit)
     {
         try
         {
-            var result = await writes.SubmitAsync(new UnregisterCommand(key), ParkingLot.ClientOf(http));
+            var result = await writes.SubmitAsync(new UnregisterCommand(key), client);
             if (result.Status != WriteStatus.Removed)
             {
                 return Problems.NotRegistered(key);

@@ -98,7 +98,7 @@ internal sealed partial class WriteBatcher(
     private readonly Channel<WriteCommand> _queue = Channel.CreateBounded<WriteCommand>(
         new BoundedChannelOptions(options.Value.MaxQueueLength) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
 
-    /// <summary>Queues a write of <paramref name="client"/> (the remote address and credential of ParkingLot.ClientOf), counted against its share until answered.</summary>
+    /// <summary>Queues a write of <paramref name="client"/> (as <see cref="Clients"/> counts it), counted against its share until answered.</summary>
     /// <exception cref="TooManyWritesException">The client has as many writes waiting as it may.</exception>
     /// <exception cref="WriteUnavailableException">The database cannot take it now.</exception>
     public async Task<WriteResult> SubmitAsync(WriteCommand command, string client)

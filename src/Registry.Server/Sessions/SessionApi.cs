@@ -63,6 +63,7 @@ internal static class SessionApi
         RequestReader reader,
         WriteBatcher writes,
         ParkingLot parking,
+        Clients clients,
         SessionKeeper keeper,
         IOptions<LeaseOptions> leases,
         IOptions<SessionOptions> sessions,
@@ -79,7 +80,7 @@ internal static class SessionApi
         }
 
         // A session is a held request like a parked poll: it takes a place before it registers anything.
-        var client = ParkingLot.ClientOf(http);
+        var client = clients.Of(http);
         if (!parking.TryEnter(client))
         {
             return Problems.TooMany(http, limits.Value.RetryAfterSeconds,

@@ -31,25 +31,31 @@ internal enum PollEnd
 /// The versions a poll is held on while one of them is current: a query's <c>version</c>, or the entity tags of an
 /// <c>If-None-Match</c> (RFC 9110: any of them; <c>*</c> whatever is current).
 /// </summary>
-internal sealed class HeldVersions
+internal readonly struct HeldVersions
 {
-    private readonly string[] _versions;
+    // One version (a poll's ?version=, the common case) needs no array.
+    private readonly string? _one;
+    private readonly string[]? _many;
 
-    private HeldVersions(string[] versions) => _versions = versions;
+    private HeldVersions(string? one, string[]? many)
+    {
+        _one = one;
+        _many = many;
+    }
 
     /// <summary><c>If-None-Match: *</c>: held on whatever version is current.</summary>
-    public static HeldVersions Any { get; } = new([]);
+    public static HeldVersions Any => default;
 
     /// <summary>Held on <paramref name="version"/>; null (answer at once) when there is none.</summary>
-    public static HeldVersions? Of(string? version) => version is null ? null : new([version]);
+    public static HeldVersions? Of(string? version) => version is null ? null : new(version, null);
 
     /// <summary>Held on any of <paramref name="versions"/>.</summary>
-    public static HeldVersions Of(IEnumerable<string> versions) => new([.. versions]);
+    public static HeldVersions Of(IEnumerable<string> versions) => new(null, [.. versions]);
 
-    public bool Holds(string current) => ReferenceEquals(this, Any) || Lists(current);
+    public bool Holds(string current) => (_one is null && _many is null) || Lists(current);
 
     /// <summary>Whether <paramref name="version"/> is one of those named (not merely current, as for <c>*</c>).</summary>
-    public bool Lists(string version) => Array.IndexOf(_versions, version) >= 0;
+    public bool Lists(string version) => _one is not null ? _one == version : _many is not null && Array.IndexOf(_many, version) >= 0;
 }
 
 /// <summary>The answer to write and why; <see cref="Consumer"/> is set when the poll parked, to be finished once written.</summary>
@@ -112,7 +118,7 @@ internal sealed class LongPoll(
                 return new(view.Current, PollEnd.ClientGone);
             }
 
-            if (held is null || !held.Holds(answer.Version))
+            if (held is not { } versions || !versions.Holds(answer.Version))
             {
                 return new(answer, PollEnd.Immediate);
             }

@@ -8,9 +8,8 @@ namespace Registry.Subscription;
 /// <summary>
 /// Counts the requests a node holds open (parked polls), per client and in all, so that no
 /// client can exhaust a node: beyond <see cref="LimitsOptions.MaxParkedPerClient"/> or
-/// <see cref="LimitsOptions.MaxParked"/> a request is refused (429) instead of held. A client
-/// is the remote address together with the credential's id, so a fleet sharing one token
-/// from many hosts is many clients.
+/// <see cref="LimitsOptions.MaxParked"/> a request is refused (429) instead of held. A client is
+/// what <see cref="Clients"/> counts a request as.
 /// </summary>
 internal sealed class ParkingLot(IOptions<LimitsOptions> limits, RegistryMetrics metrics)
 {
@@ -36,12 +35,4 @@ internal sealed class ParkingLot(IOptions<LimitsOptions> limits, RegistryMetrics
 
     /// <summary>Gives the client's place back.</summary>
     public void Leave(string client) => _places.Leave(client);
-
-    /// <summary>
-    /// The client a request comes from: its remote address (after forwarded headers from the
-    /// configured trusted proxies) and the id of its credential, when it has one.
-    /// </summary>
-    public static string ClientOf(HttpContext http) =>
-        $"{Network.CountedAs(http.Connection.RemoteIpAddress, http.RequestServices.GetRequiredService<IOptions<NetworkOptions>>().Value.ClientPrefixLengthIpv6)}" +
-        $"|{http.User.FindFirst(System.Security.Claims.ClaimTypes.NameIdentifier)?.Value}";
 }

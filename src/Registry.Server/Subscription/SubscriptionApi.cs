@@ -66,7 +66,8 @@ internal static class SubscriptionApi
         RegistryMetrics metrics,
         IOptions<LimitsOptions> limits,
         ApplicationAccess access,
-        TokenCache tokens)
+        TokenCache tokens,
+        Clients clients)
     {
         var (json, tooLarge) = await body.ReadAsync(http.Request, http.RequestAborted);
         if (tooLarge is not null)
@@ -89,7 +90,7 @@ internal static class SubscriptionApi
             return denied;
         }
 
-        return await HoldAsync(http, poll, entries, HeldVersions.Of(heldVersion), waitSeconds, notModifiedOnTimeout: false, state, metrics, limits.Value, tokens);
+        return await HoldAsync(http, poll, entries, HeldVersions.Of(heldVersion), waitSeconds, notModifiedOnTimeout: false, state, metrics, limits.Value, tokens, clients);
     }
 
     /// <summary>Admin sees every application; any other credential the ones it may subscribe to.</summary>
@@ -113,7 +114,8 @@ internal static class SubscriptionApi
         RegistryMetrics metrics,
         IOptions<LimitsOptions> limits,
         ApplicationAccess access,
-        TokenCache tokens)
+        TokenCache tokens,
+        Clients clients)
     {
         var errors = new Errors();
         reader.CheckName(application, "application", errors);
@@ -167,7 +169,7 @@ internal static class SubscriptionApi
         }
 
         var entries = new[] { new SubscriptionEntry(application, protocol, Meta.From(pairs)) };
-        return await HoldAsync(http, poll, entries, held, waitSeconds, notModifiedOnTimeout: conditional is not null, state, metrics, limits.Value, tokens);
+        return await HoldAsync(http, poll, entries, held, waitSeconds, notModifiedOnTimeout: conditional is not null, state, metrics, limits.Value, tokens, clients);
     }
 
     /// <summary>
@@ -177,7 +179,7 @@ internal static class SubscriptionApi
     /// </summary>
     private static async Task<Results<AnswerResult, EmptyHttpResult, ValidationProblem, ProblemHttpResult>> HoldAsync(
         HttpContext http, LongPoll poll, IReadOnlyList<SubscriptionEntry> entries, HeldVersions? held, long? waitSeconds,
-        bool notModifiedOnTimeout, RegistryState state, RegistryMetrics metrics, LimitsOptions limits, TokenCache tokens)
+        bool notModifiedOnTimeout, RegistryState state, RegistryMetrics metrics, LimitsOptions limits, TokenCache tokens, Clients clients)
     {
         // Only a stored token can be revoked: an Open node's callers, the bootstrap token and JWTs pay nothing for this.
         var grant = CredentialIdentity.Of(http.User);
@@ -189,7 +191,7 @@ internal static class SubscriptionApi
         PollOutcome outcome;
         try
         {
-            outcome = await poll.PollAsync(entries, held, waitSeconds, ParkingLot.ClientOf(http), ending?.Token ?? http.RequestAborted);
+            outcome = await poll.PollAsync(entries, held, waitSeconds, clients.Of(http), ending?.Token ?? http.RequestAborted);
         }
         catch (TooManySubscriptionsException e)
         {
@@ -231,8 +233,8 @@ internal static class SubscriptionApi
             metrics.PollCompleted(outcome.End.ToString().ToLowerInvariant());
         }
 
-        var notModified = conditional is not null
-            && (outcome.End is PollEnd.TimedOut or PollEnd.Shutdown || (outcome.End is PollEnd.Changed && conditional.Lists(outcome.Answer.Version)));
+        var notModified = conditional is { } tags
+            && (outcome.End is PollEnd.TimedOut or PollEnd.Shutdown || (outcome.End is PollEnd.Changed && tags.Lists(outcome.Answer.Version)));
         return new AnswerResult(outcome.Answer, notModified, state.StaleSince, writers, outcome.Consumer);
     }
 
