@@ -147,6 +147,58 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         await ended.WaitForAsync(2, TimeSpan.FromSeconds(10));
     }
 
+    [Fact]
+    public async Task ALeaseEndedByProbesIsWrittenAgainByTheNodeThatTakesItOverWhenItsProbesPass()
+    {
+        // Self-preservation holds the ended lease back (one instance of one), the target recovers
+        // and its prober stops. The node that takes the instance over knows only the expiry of the
+        // registration, far off (ending a lease changes nothing the change feed carries): its
+        // passing probes must write the lease anyway, or it stays ended and the sweeper evicts a
+        // healthy instance once the hold is released.
+        var settings = new Dictionary<string, string?>(Probing) { ["Registry:Leases:SelfPreservationMinInstances"] = "0" };
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var first = new RegistryNode(database, settings);
+        await using var second = new RegistryNode(database, settings);
+        RegistryNode[] nodes = [first, second];
+        await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Count == 2)));
+        await using var target = new ProbeTarget();
+        target.Answer = _ => (503, "", TimeSpan.Zero);
+        using var client = first.CreateClient();
+        // A long lease: half of it, when a renewal would be written anyway, is a minute away.
+        using (var response = await client.PostJsonAsync($"/v1/register?ttl=120&probe=http&probeInterval={Interval}", Http.Provider("web", target.Addr)))
+        {
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+
+        await target.WaitUntilAsync(t => t.Requests.Count >= 1, TimeSpan.FromSeconds(10));
+        var prober = nodes.Single(n => n.Get<NodeIdentity>().Id == target.Requests[0].Node);
+        var heir = nodes.Single(n => n != prober);
+        using (var ended = MeterWatch.Node(prober, "registry.probes.evictions"))
+        {
+            await ended.WaitForAsync(1, TimeSpan.FromSeconds(10));
+        }
+
+        Assert.False(await LeaseRunsAsync(database), "the lease was not ended");
+        using var written = MeterWatch.Node(heir, "registry.heartbeats.written");
+        target.Answer = _ => (200, "", TimeSpan.Zero);
+        await prober.DisposeAsync();
+
+        var heirId = heir.Get<NodeIdentity>().Id;
+        await target.WaitUntilAsync(t => t.Requests.Count(r => r.Node == heirId) >= 2, TimeSpan.FromSeconds(15));
+        await written.WaitForAsync(1, TimeSpan.FromSeconds(5));
+        Assert.True(await LeaseRunsAsync(database), "the lease is still ended");
+        Assert.Equal(0, await EvictedAsync(database));
+    }
+
+    /// <summary>Whether the lease of the one instance runs in the database now.</summary>
+    private static async Task<bool> LeaseRunsAsync(string database)
+    {
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        await using var command = new NpgsqlCommand("SELECT expires_at > now() FROM instances", connection);
+        return (bool)(await command.ExecuteScalarAsync())!;
+    }
+
     /// <summary>Registers <paramref name="count"/> applications <c>{prefix}{i}</c> at the target, each probed over HTTP at <c>/{prefix}{i}</c> every interval.</summary>
     private static async Task RegisterProbedAppsAsync(HttpClient client, ProbeTarget target, int count, string prefix = "app")
     {

@@ -54,7 +54,14 @@ internal sealed partial class LeaseRenewer(
     /// Renews a known instance's lease: the expiry to report, or null when this node cannot
     /// record renewals now (answer 503, so the provider tries another node).
     /// </summary>
-    public DateTimeOffset? Renew(Instance instance) => Renew(instance, wait: false, out _);
+    public DateTimeOffset? Renew(Instance instance) => Renew(instance, wait: false, force: false, out _);
+
+    /// <summary>
+    /// Renews as <see cref="Renew(Instance)"/> does, but writes the renewal even while memory says the lease has long
+    /// to run: for a prober that has just taken an instance over, whose lease another node may have ended (a probe's
+    /// end changes nothing the change feed carries, so no node's memory hears of it).
+    /// </summary>
+    public DateTimeOffset? RenewWritten(Instance instance) => Renew(instance, wait: false, force: true, out _);
 
     /// <summary>
     /// Renews a heartbeat's lease as <see cref="Renew(Instance)"/> does, except that a lease that may be evicted before
@@ -65,7 +72,7 @@ internal sealed partial class LeaseRenewer(
     public ValueTask<HeartbeatRenewal> RenewHeartbeatAsync(Instance instance, CancellationToken cancellationToken)
     {
         // Synchronous but for a lapsed lease: a heartbeat answered from memory allocates no task.
-        if (Renew(instance, wait: true, out var written) is not { } expiresAt)
+        if (Renew(instance, wait: true, force: false, out var written) is not { } expiresAt)
         {
             return ValueTask.FromResult(HeartbeatRenewal.Refused);
         }
@@ -95,7 +102,7 @@ internal sealed partial class LeaseRenewer(
     private bool MustWait(DateTimeOffset known, DateTimeOffset now) =>
         known <= new DateTimeOffset(Volatile.Read(ref _markedAt), TimeSpan.Zero) || known <= now - options.Value.RenewalInterval;
 
-    private DateTimeOffset? Renew(Instance instance, bool wait, out Task<HeartbeatRenewal>? written)
+    private DateTimeOffset? Renew(Instance instance, bool wait, bool force, out Task<HeartbeatRenewal>? written)
     {
         written = null;
         var ttl = TimeSpan.FromSeconds(instance.TtlSeconds);
@@ -104,7 +111,7 @@ internal sealed partial class LeaseRenewer(
             : instance.ExpiresAt;
         var now = clock.UtcNow;
         // What is reported when the write is skipped is what the database holds.
-        if (!_rule.WriteDue(known, now, ttl))
+        if (!force && !_rule.WriteDue(known, now, ttl))
         {
             return known;
         }

@@ -139,6 +139,9 @@ internal sealed partial class ProbeScheduler(
 
         /// <summary>This node ended its lease after failures (the sweeper evicts it unless self-preservation holds it back).</summary>
         public bool Ended { get; set; }
+
+        /// <summary>A passing probe of this node has had the lease written since it took the instance over; only the running probe touches it.</summary>
+        public bool Written { get; set; }
     }
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -590,11 +593,14 @@ internal sealed partial class ProbeScheduler(
                 if (target.Ended)
                 {
                     target.Ended = !await ReviveAsync(target.Key, stoppingToken);
+                    target.Written = !target.Ended;
                 }
                 else if (instance is not null)
                 {
-                    // Null when this node cannot record renewals now; the next pass tries again.
-                    renewer.Renew(instance);
+                    // Null when this node cannot record renewals now; the next pass tries again. The first pass of an
+                    // instance this node has taken over is written whatever memory says: the node that probed it
+                    // before may have ended its lease, which no node's memory hears of.
+                    target.Written = (target.Written ? renewer.Renew(instance) : renewer.RenewWritten(instance)) is not null;
                 }
             }
             else if (target.Failures >= options.Value.FailuresToEvict && !target.Ended && target.Revision is { } counted && !await HoldsEndsAsync(stoppingToken))
