@@ -2,6 +2,7 @@ using Registry;
 using Registry.Access;
 using Registry.Drain;
 using Registry.Membership;
+using Registry.Model;
 using Registry.Operations;
 using Registry.Registration;
 using Registry.Postgres;
@@ -29,14 +30,16 @@ try
     var app = builder.Build();
     app.UseRegistry();
     app.UseRegistryAccess();
-    app.MapRegistration();
-    app.MapSessions();
-    app.MapSubscription();
-    app.MapDrain();
-    app.MapOperations();
+    // Every endpoint: a query parameter it binds, given twice, is a 400 rather than both values joined.
+    var api = app.MapGroup("").RequireSingleQueryValues();
+    api.MapRegistration();
+    api.MapSessions();
+    api.MapSubscription();
+    api.MapDrain();
+    api.MapOperations();
     app.MapMetrics();
-    app.MapTokens();
-    app.MapNodes();
+    api.MapTokens();
+    api.MapNodes();
     await app.RunAsync();
 }
 catch (Exception e) when (e is LocalPostgresException or Npgsql.NpgsqlException or Microsoft.Extensions.Options.OptionsValidationException or AccessConfigurationException)

@@ -50,6 +50,10 @@ public sealed class BadInputTests(RegistryCluster cluster) : RegistryTest(cluste
         { "/v1/register?ttl=-5", Good, "ttl" },
         { "/v1/register?ttl=abc", Good, "ttl" },
         { "/v1/register?ttl=1.5", Good, "ttl" },
+        // Given twice, a parameter would be bound as both values joined by a comma: a probe of "/a,/b".
+        { "/v1/register?probe=http&probePath=/a&probePath=/b", Good, "probePath" },
+        { "/v1/register?ttl=10&TTL=20", Good, "ttl" },
+        { "/v1/unregister?drain=5&drain=5", Good, "drain" },
         { "/v1/heartbeat", """{"application":"app","protocol":"http"}""", "addr" },
         { "/v1/unregister", """{"application":"app","addr":"10.0.0.1:80"}""", "protocol" },
     };
@@ -70,6 +74,8 @@ public sealed class BadInputTests(RegistryCluster cluster) : RegistryTest(cluste
         { "/v1/subscribe?wait=-1", """{"subscribes":[{"provider":"a"}]}""", "wait" },
         { "/v1/subscribe?wait=soon", """{"subscribes":[{"provider":"a"}]}""", "wait" },
         { "/v1/subscribe?version=" + new string('v', 129), """{"subscribes":[{"provider":"a"}]}""", "version" },
+        // "V,V" would never be current: every poll answered at once, a client looping hot.
+        { "/v1/subscribe?version=V&version=V", """{"subscribes":[{"provider":"a"}]}""", "version" },
     };
 
     [Theory]
@@ -142,6 +148,7 @@ public sealed class BadInputTests(RegistryCluster cluster) : RegistryTest(cluste
     [InlineData("/v1/services/app?wait=-3")]
     [InlineData("/v1/services/app?meta.=x")]
     [InlineData("/v1/services/app?meta.idc=sh&meta.idc=bj")]
+    [InlineData("/v1/services/app?protocol=http&protocol=grpc")]
     // Not silently unfiltered.
     [InlineData("/v1/services/app?Meta.idc=sh")]
     public async Task BadQueriesOnTheServiceGetAreBadRequests(string path)
