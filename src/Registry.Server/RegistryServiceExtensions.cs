@@ -114,6 +114,8 @@ internal static class RegistryServiceExtensions
         services.AddRegistryProbes();
 
         services.ConfigureHttpJsonOptions(json => json.SerializerOptions.Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping);
+        // Ahead of the framework's writer: it declines a request whose Accept names no JSON type.
+        services.AddSingleton<IProblemDetailsWriter, ProblemWriterForAnyAccept>();
         services.AddProblemDetails();
         services.AddExceptionHandler<DatabaseUnavailableHandler>();
         services.AddRegistryRateLimiting();

@@ -169,6 +169,21 @@ public sealed class BadInputTests(RegistryCluster cluster) : RegistryTest(cluste
     }
 
     [Theory]
+    [InlineData("text/html")]
+    [InlineData("text/event-stream")]
+    public async Task TheFrameworksOwnAnswersAreProblemDocumentsWhateverTheAcceptHeader(string accept)
+    {
+        using var missing = new HttpRequestMessage(HttpMethod.Get, "/v1/nothing") { Headers = { { "Accept", accept } } };
+        using var wrongMethod = new HttpRequestMessage(HttpMethod.Get, "/v1/register") { Headers = { { "Accept", accept } } };
+
+        using var missingResponse = await Client.SendAsync(missing);
+        using var wrongMethodResponse = await Client.SendAsync(wrongMethod);
+
+        await AssertProblemAsync(missingResponse, HttpStatusCode.NotFound, null);
+        await AssertProblemAsync(wrongMethodResponse, HttpStatusCode.MethodNotAllowed, null);
+    }
+
+    [Theory]
     [InlineData("""{"application":"app","protocol":"http","addr":"[::1]:8080"}""")]
     [InlineData("""{"application":"app","protocol":"http","addr":"my-host.example.com:443"}""")]
     [InlineData("""{"application":"a.b_c-D9","protocol":"h2+tls.v-1","addr":"localhost:1"}""")]

@@ -1,4 +1,8 @@
 using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.AspNetCore.Http.Json;
+using Microsoft.AspNetCore.WebUtilities;
+using Microsoft.Extensions.Options;
+using Microsoft.Net.Http.Headers;
 
 namespace Registry.Model;
 
@@ -30,5 +34,34 @@ internal static class Problems
     {
         http.Response.Headers.RetryAfter = retryAfterSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
         return TypedResults.Problem(statusCode: StatusCodes.Status503ServiceUnavailable, title: "Service unavailable", detail: detail);
+    }
+}
+
+/// <summary>
+/// Writes the problem documents of requests whose <c>Accept</c> names no JSON type (a browser's
+/// <c>text/html</c>, an event-stream client's <c>text/event-stream</c>), which the framework's
+/// writer declines: its own 404, 405 and exception answers were then <c>text/plain</c> or empty.
+/// The API has one error format, and RFC 9110 lets a server answer in it whatever was asked for.
+/// Registered ahead of the framework's writer, which still writes every other problem.
+/// </summary>
+internal sealed class ProblemWriterForAnyAccept(IOptions<JsonOptions> json, IOptions<ProblemDetailsOptions> options) : IProblemDetailsWriter
+{
+    private static readonly MediaTypeHeaderValue Json = new("application/json");
+    private static readonly MediaTypeHeaderValue ProblemJson = new("application/problem+json");
+
+    public bool CanWrite(ProblemDetailsContext context)
+    {
+        var accept = context.HttpContext.Request.GetTypedHeaders().Accept;
+        return accept.Count > 0 && !accept.Any(range => Json.IsSubsetOf(range) || ProblemJson.IsSubsetOf(range));
+    }
+
+    public ValueTask WriteAsync(ProblemDetailsContext context)
+    {
+        var problem = context.ProblemDetails;
+        var response = context.HttpContext.Response;
+        problem.Status ??= response.StatusCode;
+        problem.Title ??= ReasonPhrases.GetReasonPhrase(problem.Status.Value);
+        options.Value.CustomizeProblemDetails?.Invoke(context);
+        return new ValueTask(response.WriteAsJsonAsync(problem, json.Value.SerializerOptions.GetTypeInfo(problem.GetType()), "application/problem+json"));
     }
 }
