@@ -202,6 +202,22 @@ public sealed class ApiDocumentTests(RegistryCluster cluster) : RegistryTest(clu
     }
 
     [Fact]
+    public async Task HealthAndReadinessAnswerHeadAndMetricsOnlyGetAndHead()
+    {
+        // Load balancers and uptime checkers often probe with HEAD.
+        using var health = await Client.SendAsync(new HttpRequestMessage(HttpMethod.Head, "/healthz"));
+        using var ready = await Client.SendAsync(new HttpRequestMessage(HttpMethod.Head, "/readyz"));
+        using var metrics = await Client.SendAsync(new HttpRequestMessage(HttpMethod.Head, "/metrics"));
+        using var deleteMetrics = await Client.SendAsync(new HttpRequestMessage(HttpMethod.Delete, "/metrics"));
+
+        Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+        Assert.Equal(HttpStatusCode.OK, ready.StatusCode);
+        Assert.Equal(HttpStatusCode.OK, metrics.StatusCode);
+        Assert.Equal(HttpStatusCode.MethodNotAllowed, deleteMetrics.StatusCode);
+        Assert.Equal("application/problem+json", deleteMetrics.Content.Headers.ContentType?.MediaType);
+    }
+
+    [Fact]
     public async Task TheOpenApiDocumentIsBuiltOnceHoweverOftenItIsAsked()
     {
         // Anyone may ask for it, before authentication and the rate limiter: building it each

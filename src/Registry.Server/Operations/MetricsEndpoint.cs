@@ -37,7 +37,9 @@ internal static class MetricsEndpoint
     public static IEndpointRouteBuilder MapMetrics(this IEndpointRouteBuilder endpoints)
     {
         // Open unless Registry:Auth:ProtectMetrics (the policy decides at each scrape).
-        endpoints.MapPrometheusScrapingEndpoint(Path).RequireAuthorization(Registry.Access.AccessPolicies.Metrics);
+        endpoints.MapPrometheusScrapingEndpoint(Path).RequireAuthorization(Registry.Access.AccessPolicies.Metrics)
+            // The exporter maps every method: anything but a read is a 405 like elsewhere.
+            .WithMetadata(new HttpMethodMetadata([HttpMethods.Get, HttpMethods.Head]));
         return endpoints;
     }
 }

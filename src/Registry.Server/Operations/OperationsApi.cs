@@ -27,7 +27,7 @@ internal static class OperationsApi
     {
         var group = endpoints.MapGroup("").WithTags("Operations");
 
-        group.MapGet("/healthz", () => TypedResults.Ok(new Liveness("alive")))
+        group.MapGet("/healthz", Alive)
             .WithName("Health")
             .WithSummary("Is the process alive")
             .WithDescription("200 while the process serves HTTP; it checks nothing else, so an orchestrator restarts only a wedged process.");
@@ -45,6 +45,10 @@ internal static class OperationsApi
             .ProducesProblem(StatusCodes.Status429TooManyRequests)
             .Produces<Readiness>(StatusCodes.Status503ServiceUnavailable);
 
+        // HEAD as well, as load balancers and uptime checkers often ask; left out of the document, which has one operation each.
+        group.MapMethods("/healthz", [HttpMethods.Head], Alive).ExcludeFromDescription();
+        group.MapMethods("/readyz", [HttpMethods.Head], Ready).AddEndpointFilter<CountFailedAuthentication>().ExcludeFromDescription();
+
         // For the Swagger UI and any tool; open to all, like the UI itself.
         endpoints.MapMethods(CachedOpenApiDocuments.Route, [HttpMethods.Get, HttpMethods.Head], (string documentName, CachedOpenApiDocuments documents) =>
                 documents.Json(documentName) is { } json
@@ -54,6 +58,8 @@ internal static class OperationsApi
 
         return endpoints;
     }
+
+    private static Ok<Liveness> Alive() => TypedResults.Ok(new Liveness("alive"));
 
     private static async Task<JsonHttpResult<Readiness>> Ready(HttpContext http, HealthCheckService health, SelfPreservation selfPreservation)
     {
