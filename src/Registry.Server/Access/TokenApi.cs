@@ -208,7 +208,7 @@ internal static partial class TokenApi
         }
         catch (JsonException e)
         {
-            errors["body"] = [$"is not valid JSON ({e.Message})"];
+            errors["$"] = [JsonProblem.NotJson(e)];
             return null;
         }
 
@@ -216,7 +216,7 @@ internal static partial class TokenApi
         {
             if (document.RootElement.ValueKind != JsonValueKind.Object)
             {
-                errors["body"] = ["must be a JSON object"];
+                errors["$"] = ["must be a JSON object"];
                 return null;
             }
 
@@ -236,7 +236,7 @@ internal static partial class TokenApi
                 }
                 catch (InvalidOperationException)
                 {
-                    errors["body"] = ["holds a member name that is not valid UTF-8 or Unicode text"];
+                    errors["$"] = [JsonProblem.UnreadableName];
                     continue;
                 }
 

@@ -139,9 +139,9 @@ internal static class JsonProblem
         return (field, $"cannot be read as {expected}");
     }
 
-    private const string UnreadableName = "holds a member name that is not valid UTF-8 or Unicode text";
+    internal const string UnreadableName = "holds a member name that is not valid UTF-8 or Unicode text";
 
-    private static string NotJson(JsonException e) =>
+    internal static string NotJson(JsonException e) =>
         $"is not valid JSON (line {e.LineNumber + 1}, byte {e.BytePositionInLine + 1})";
 
     private static JsonTypeInfo? Member(JsonTypeInfo type, string name) => type.Kind switch
