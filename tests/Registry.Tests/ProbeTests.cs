@@ -524,6 +524,38 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
     }
 
     [Fact]
+    public async Task ANodeCutOffFromAShareOfMixedIntervalsEndsNoLeaseOfItsInstancesProbedMostOften()
+    {
+        // Most instances are probed every 10 s, a few every second: the node's rate over enough
+        // probes to judge (three of its shortest intervals) falls only after the 1 s instances'
+        // third failures. Those must not be ended meanwhile.
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var nodes = await ThreeNodes.StartAsync(database, Probing, Probing, Probing);
+        await using var target = new ProbeTarget();
+        using var client = nodes[0].CreateClient();
+        await RegisterProbedAppsAsync(client, target, 12, "fast");
+        for (var i = 0; i < 60; i++)
+        {
+            using var response = await client.PostJsonAsync($"/v1/register?probe=http&probePath=/slow{i}&probeInterval=10", Http.Provider($"slow{i}", target.Addr));
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+
+        await nodes.WaitUntilEachSeesAllProbesPassingAsync();
+        // The node probing the most fast instances (at least 4 of the 12).
+        var cut = target.Requests.Where(r => r.Path.StartsWith("/fast", StringComparison.Ordinal))
+            .GroupBy(r => r.Node).MaxBy(g => g.Select(r => r.Path).Distinct().Count())!.Key;
+        target.CutOff = node => node == cut;
+        await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Any(m => m.Id == cut && m.ProbesWithdrawn))));
+
+        // Its fast instances, probed by the others now, pass; none was ended.
+        var moved = DateTimeOffset.UtcNow;
+        await target.WaitUntilAsync(
+            t => Enumerable.Range(0, 12).All(i => t.Requests.Count(r => r.Path == $"/fast{i}" && r.At > moved && r.Node != cut) >= 2),
+            TimeSpan.FromSeconds(15));
+        Assert.Equal(0, await EvictedAsync(database));
+    }
+
+    [Fact]
     public async Task WhenEveryNodesProbesFailAlikeNoneWithdrawsAndTheInstancesAreEvicted()
     {
         // The providers go down, not a node's route to them: every node's probes fail, none

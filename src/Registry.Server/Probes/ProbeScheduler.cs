@@ -414,6 +414,8 @@ internal sealed partial class ProbeScheduler(
     /// have passed), and withdraws again if it is still cut off. When the others fail alike (the
     /// instances are down, or the whole registry is cut off), it ends leases as they fail, about a
     /// mark and a read later than it would have, and self-preservation holds the evictions back as before.
+    /// A peer with too few outcomes to judge says neither: while no peer has a rate to tell, it holds
+    /// the ends, and leases its probes no longer renew run out as heartbeat leases do.
     /// </summary>
     private void JudgeSelf()
     {
@@ -440,6 +442,10 @@ internal sealed partial class ProbeScheduler(
         var peers = live.Last.Nodes.Where(n => _peers.Contains(n.Id) && n.ProbeNetworks is not null && !n.ProbesWithdrawn).ToList();
         var answered = _lowSince is { } lowSince && peers.All(n => n.LastSeen > lowSince + JudgementInterval);
         var passingPeer = answered ? peers.FirstOrDefault(n => n.ProbesPassing >= 0.5) : null;
+        // The others fail alike only when one of them says so. A peer with too few outcomes to judge publishes no rate:
+        // taken for failing, it had a cut-off node end the leases of its instances probed most often whenever the
+        // others' shares were small (or a larger one's count dipped below the minimum at that mark).
+        var othersFailToo = answered && passingPeer is null && (peers.Count == 0 || peers.Any(n => n.ProbesPassing < 0.5));
         if (withdrawn && now >= _withdrawnUntil)
         {
             withdrawn = false;
@@ -462,7 +468,7 @@ internal sealed partial class ProbeScheduler(
         }
 
         // Held while the others' answer is awaited, and while it points at this node but its own rate has yet to confirm it.
-        _holdEnds = withdrawn || (_lowSince is not null && (!answered || passingPeer is not null)) || now < _rejoinHold;
+        _holdEnds = withdrawn || (_lowSince is not null && !othersFailToo) || now < _rejoinHold;
         if (standing.Passing != passing || standing.Withdrawn != withdrawn)
         {
             capabilities.Probes = new ProbeStanding(passing, withdrawn);
