@@ -13,6 +13,49 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
     private static string Instance(string application, int i) => Http.Provider(application, $"10.0.{i / 250}.{i % 250 + 1}:80");
 
     [Fact]
+    public async Task ALeaseReloadedShorterThanThisNodeWroteIsWrittenAtTheNextHeartbeat()
+    {
+        // A failover to a replica that missed the last writes leaves a row whose expiry is earlier than this node wrote,
+        // under the same revision, and the change feed reconnects and reloads it. What the node remembers writing must
+        // not outrank the reloaded row: heartbeats would be answered from that memory, nothing written, until the lease
+        // ran out in the database and the instance was evicted while its provider kept heartbeating.
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database);
+        using var client = node.CreateClient();
+        using (var response = await client.PostJsonAsync("/v1/register?ttl=20", Instance("app", 0)))
+        {
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+
+        using var reloads = MeterWatch.Node(node, "registry.changefeed.reloads", "scope", "all");
+        using var written = MeterWatch.Node(node, "registry.heartbeats.written");
+        await using (var connection = new NpgsqlConnection(database))
+        {
+            await connection.OpenAsync();
+            await using var restored = new NpgsqlCommand("UPDATE instances SET expires_at = now() + interval '2 seconds'", connection);
+            Assert.Equal(1, await restored.ExecuteNonQueryAsync());
+            await using var kill = new NpgsqlCommand(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = @name AND datname = current_database()", connection);
+            kill.Parameters.AddWithValue("name", Registry.Storage.RegistryDatabase.ChangeFeedApplicationName);
+            Assert.Equal(1L, await kill.ExecuteScalarAsync());
+        }
+
+        await reloads.WaitForAsync(1, TimeSpan.FromSeconds(15));
+        using (var heartbeat = await client.PostJsonAsync("/v1/heartbeat", Instance("app", 0)))
+        {
+            Assert.Equal(HttpStatusCode.OK, heartbeat.StatusCode);
+        }
+
+        await written.WaitForAsync(1, TimeSpan.FromSeconds(5));
+        await using (var connection = new NpgsqlConnection(database))
+        {
+            await connection.OpenAsync();
+            await using var left = new NpgsqlCommand("SELECT expires_at > now() + interval '10 seconds' FROM instances", connection);
+            Assert.True((bool)(await left.ExecuteScalarAsync())!);
+        }
+    }
+
+    [Fact]
     public async Task HeartbeatsEveryThirdOfTheTtlKeepAnInstanceAliveAcrossFiveTtls()
     {
         using (var response = await Client.PostJsonAsync("/v1/register?ttl=1", Instance("app", 0)))

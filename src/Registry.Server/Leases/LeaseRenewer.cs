@@ -21,6 +21,7 @@ namespace Registry.Leases;
 /// </summary>
 internal sealed partial class LeaseRenewer(
     RegistryDatabase database,
+    RegistryState state,
     DatabaseClock clock,
     LeaseGrace grace,
     RegistryMetrics metrics,
@@ -36,9 +37,11 @@ internal sealed partial class LeaseRenewer(
     /// The expiry this node last wrote or committed for an instance, with the row's revision
     /// then. It is a lower bound of the database's expiry only while the row keeps that
     /// revision: a registration elsewhere with another TTL changes the revision (and the
-    /// change feed brings the row), and then the row as loaded is what counts.
+    /// change feed brings the row), and then the row as loaded is what counts. And only until
+    /// memory is loaded whole again (<see cref="RegistryState.FullLoads"/>): the feed reconnects
+    /// after a failover too, and the database it reads then may not hold what this node wrote.
     /// </summary>
-    private readonly ConcurrentDictionary<InstanceKey, (long Revision, DateTimeOffset ExpiresAt)> _written = new();
+    private readonly ConcurrentDictionary<InstanceKey, (long Revision, DateTimeOffset ExpiresAt, long Loads)> _written = new();
 
     /// <summary>Heartbeats waiting for the flush that writes their key (see <see cref="MustWait"/>).</summary>
     private readonly ConcurrentDictionary<InstanceKey, TaskCompletionSource<HeartbeatRenewal>> _awaited = new();
@@ -106,7 +109,7 @@ internal sealed partial class LeaseRenewer(
     {
         written = null;
         var ttl = TimeSpan.FromSeconds(instance.TtlSeconds);
-        var known = _written.TryGetValue(instance.Key, out var last) && last.Revision == instance.Revision && last.ExpiresAt > instance.ExpiresAt
+        var known = _written.TryGetValue(instance.Key, out var last) && last.Revision == instance.Revision && last.Loads == state.FullLoads && last.ExpiresAt > instance.ExpiresAt
             ? last.ExpiresAt
             : instance.ExpiresAt;
         var now = clock.UtcNow;
@@ -133,7 +136,7 @@ internal sealed partial class LeaseRenewer(
     }
 
     /// <summary>Records an expiry committed by a registration.</summary>
-    public void Committed(InstanceKey key, long revision, DateTimeOffset expiresAt) => _written[key] = (revision, expiresAt);
+    public void Committed(InstanceKey key, long revision, DateTimeOffset expiresAt) => _written[key] = (revision, expiresAt, state.FullLoads);
 
     /// <summary>Marks the node alive before it takes requests, settling any grace the cluster owes.</summary>
     public override async Task StartAsync(CancellationToken cancellationToken)
@@ -324,7 +327,7 @@ internal sealed partial class LeaseRenewer(
             {
                 var key = new InstanceKey(reader.GetString(0), reader.GetString(1), reader.GetString(2));
                 var expiresAt = new DateTimeOffset(reader.GetDateTime(3), TimeSpan.Zero);
-                _written[key] = (reader.GetInt64(5), expiresAt);
+                _written[key] = (reader.GetInt64(5), expiresAt, state.FullLoads);
                 clock.Observe(new DateTimeOffset(reader.GetDateTime(4), TimeSpan.Zero));
                 renewed[key] = expiresAt;
             }

@@ -16,6 +16,8 @@ internal sealed class RegistryState
     /// <summary>UTC ticks of <see cref="StaleSince"/>, 0 for none (a long, so it is read and written whole).</summary>
     private long _staleSinceTicks;
 
+    private long _fullLoads;
+
     /// <summary>
     /// Since when this picture may lag the database (the change feed is down and reconnecting),
     /// or null while it follows every change; reads say so to their callers.
@@ -25,6 +27,12 @@ internal sealed class RegistryState
         get => Interlocked.Read(ref _staleSinceTicks) is var ticks and not 0 ? new DateTimeOffset(ticks, TimeSpan.Zero) : null;
         set => Interlocked.Exchange(ref _staleSinceTicks, value?.UtcTicks ?? 0);
     }
+
+    /// <summary>
+    /// How many full loads have replaced everything. What the node learned beside the change feed (the expiries its own
+    /// renewals wrote) counts only within one: the database a full load reads may have lost it (a failover).
+    /// </summary>
+    public long FullLoads => Interlocked.Read(ref _fullLoads);
 
     /// <summary>All applications with at least one instance, sorted by name (ordinal).</summary>
     public ImmutableSortedDictionary<string, ApplicationSnapshot> Applications => Volatile.Read(ref _applications);
@@ -67,6 +75,7 @@ internal sealed class RegistryState
         }
 
         Volatile.Write(ref _applications, builder.ToImmutable());
+        Interlocked.Increment(ref _fullLoads);
         Watches.ChangedAll(this);
     }
 }
