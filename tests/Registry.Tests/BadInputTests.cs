@@ -196,6 +196,18 @@ public sealed class BadInputTests(RegistryCluster cluster) : RegistryTest(cluste
     }
 
     [Fact]
+    public async Task ADocumentBehindAUtf8ByteOrderMarkIsRead()
+    {
+        // PowerShell's Out-File writes one; curl -d @file sends it.
+        using var content = new ByteArrayContent([0xEF, 0xBB, 0xBF, .. Encoding.UTF8.GetBytes(Good)]);
+        content.Headers.ContentType = new("application/json");
+
+        using var response = await Client.PostAsync("/v1/register", content);
+
+        Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+    }
+
+    [Fact]
     public async Task AFormEncodedContentTypeIsReadAsJsonForCurlUsers()
     {
         using var response = await Client.PostAsync("/v1/register", new StringContent(Good, Encoding.UTF8, "application/x-www-form-urlencoded"));

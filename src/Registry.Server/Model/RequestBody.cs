@@ -7,6 +7,8 @@ namespace Registry.Model;
 /// <summary>Reads a request body within the configured limit; past it, 413.</summary>
 internal sealed class RequestBody(IOptions<LimitsOptions> limits)
 {
+    private static ReadOnlySpan<byte> Utf8Bom => [0xEF, 0xBB, 0xBF];
+
     public async Task<(ReadOnlyMemory<byte> Body, ProblemHttpResult? TooLarge)> ReadAsync(HttpRequest request, CancellationToken cancellationToken)
     {
         var limit = limits.Value.MaxBodyBytes;
@@ -34,7 +36,10 @@ internal sealed class RequestBody(IOptions<LimitsOptions> limits)
             reader.AdvanceTo(read.Buffer.End);
             if (read.IsCompleted)
             {
-                return (body.WrittenMemory, null);
+                // A byte order mark, as Windows tools write before UTF-8 (PowerShell's Out-File), is not part of the
+                // document: RFC 8259 lets a reader ignore it, and it would be "not valid JSON (line 1, byte 1)".
+                var written = body.WrittenMemory;
+                return (written.Span.StartsWith(Utf8Bom) ? written[Utf8Bom.Length..] : written, null);
             }
         }
     }
