@@ -180,6 +180,7 @@ internal static class RegistryServiceExtensions
         services.AddSingletonHostedService<ChangeFeedListener>();
         services.AddSingletonHostedService<LeaseRenewer>();
         services.AddSingletonHostedService<LiveNodes>();
+        services.AddSingleton<IChangeFeedChannel>(provider => provider.GetRequiredService<LiveNodes>());
         services.AddSingletonHostedService<WriteBatcher>();
         services.AddHostedService<Sweeper>();
         return services;

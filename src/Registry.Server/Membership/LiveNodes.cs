@@ -13,8 +13,10 @@ internal sealed record NodeInfo(string Id, string? Url, DateTimeOffset Started, 
 /// <see cref="MembershipOptions.NodeTimeout"/> and that have not left. Read again every
 /// <see cref="MembershipOptions.RefreshInterval"/> (one small query), so asking costs nothing;
 /// while the database cannot be read the last answer stands. A node that stops in an orderly
-/// way says so (<c>left_at</c>), so the others take over its work at their next read instead
-/// of waiting for it to time out; its row stays, as evidence for the grace rule.
+/// way says so (<c>left_at</c>), so the others take over its work instead of waiting for it to
+/// time out; its row stays, as evidence for the grace rule. Joining and leaving are announced on
+/// <see cref="ChannelName"/>, and every other node reads the live nodes again at once: a stopped
+/// node's probes move within the interval their first probes are spread over, not a refresh later.
 /// </summary>
 internal sealed partial class LiveNodes(
     RegistryDatabase database,
@@ -22,17 +24,38 @@ internal sealed partial class LiveNodes(
     RegistryMetrics metrics,
     IOptions<MembershipOptions> options,
     TimeProvider time,
-    ILogger<LiveNodes> logger) : BackgroundService
+    ILogger<LiveNodes> logger) : BackgroundService, IChangeFeedChannel
 {
+    /// <summary>Where nodes announce that they joined or left (the payload is the node's id).</summary>
+    public const string ChannelName = "registry_nodes";
+
     private const string LiveStatement =
         """
-        SELECT id, url, started_at, last_seen_at, probe_networks, probes_passing, probes_withdrawn FROM nodes
-         WHERE left_at IS NULL AND last_seen_at > clock_timestamp() - @timeout
+        SELECT id, url, started_at, last_seen_at, probe_networks, probes_passing, probes_withdrawn, left_at IS NOT NULL FROM nodes
+         WHERE last_seen_at > clock_timestamp() - @timeout
          ORDER BY id
         """;
 
-    private volatile MembershipRead _last = new([], 0);
+    private volatile MembershipRead _last = new([], 0, []);
     private bool _failing;
+
+    /// <summary>One read at a time, so a read that started later is never overwritten by an earlier one.</summary>
+    private readonly SemaphoreSlim _reading = new(1, 1);
+    private CancellationToken _stopping;
+
+    public string Channel => ChannelName;
+
+    /// <summary>Nothing to load: the periodic read covers what was announced while the feed was down.</summary>
+    public Task ReloadAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    /// <summary>Another node joined or left: read the live nodes now, off the feed's reading path.</summary>
+    public void Notified(string payload)
+    {
+        if (payload != node.Id)
+        {
+            ThreadPool.QueueUserWorkItem(static nodes => _ = nodes.RefreshAsync(nodes._stopping), this, preferLocal: false);
+        }
+    }
 
     /// <summary>The live nodes as last read, ordered by id.</summary>
     public IReadOnlyList<NodeInfo> Current => _last.Nodes;
@@ -49,10 +72,17 @@ internal sealed partial class LiveNodes(
         command.CommandText = LiveStatement;
         command.Parameters.Add(new Npgsql.NpgsqlParameter("timeout", options.Value.NodeTimeout));
         var nodes = new List<NodeInfo>();
+        var left = new List<string>();
         await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
         {
             while (await reader.ReadAsync(cancellationToken))
             {
+                if (reader.GetBoolean(7))
+                {
+                    left.Add(reader.GetString(0));
+                    continue;
+                }
+
                 nodes.Add(new NodeInfo(
                     reader.GetString(0),
                     reader.IsDBNull(1) ? null : reader.GetString(1),
@@ -64,7 +94,7 @@ internal sealed partial class LiveNodes(
             }
         }
 
-        _last = new MembershipRead([.. nodes], readAt);
+        _last = new MembershipRead([.. nodes], readAt, left);
         return _last.Nodes;
     }
 
@@ -72,11 +102,28 @@ internal sealed partial class LiveNodes(
     public override async Task StartAsync(CancellationToken cancellationToken)
     {
         await RefreshAsync(cancellationToken);
+        try
+        {
+            // After the node's first mark (LeaseRenewer starts first): whoever reads on this finds it.
+            await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
+            await using var command = connection.CreateCommand();
+            command.CommandText = "SELECT pg_notify(@channel, @node)";
+            command.Parameters.Add(new Npgsql.NpgsqlParameter("channel", ChannelName));
+            command.Parameters.Add(new Npgsql.NpgsqlParameter("node", node.Id));
+            await command.ExecuteNonQueryAsync(cancellationToken);
+        }
+        catch (DbException e)
+        {
+            // The others find it at their next periodic read.
+            LogAnnounceFailed(logger, e);
+        }
+
         await base.StartAsync(cancellationToken);
     }
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
+        _stopping = stoppingToken;
         using var timer = new PeriodicTimer(options.Value.RefreshInterval, time);
         while (await timer.WaitForNextTickAsync(stoppingToken))
         {
@@ -92,8 +139,13 @@ internal sealed partial class LiveNodes(
         {
             await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
             await using var command = connection.CreateCommand();
-            command.CommandText = "UPDATE nodes SET left_at = clock_timestamp() WHERE id = @node";
+            command.CommandText =
+                """
+                WITH leaving AS (UPDATE nodes SET left_at = clock_timestamp() WHERE id = @node RETURNING id)
+                SELECT pg_notify(@channel, id) FROM leaving
+                """;
             command.Parameters.Add(new Npgsql.NpgsqlParameter("node", node.Id));
+            command.Parameters.Add(new Npgsql.NpgsqlParameter("channel", ChannelName));
             await command.ExecuteNonQueryAsync(cancellationToken);
         }
         catch (Exception e) when (e is DbException or OperationCanceledException or ObjectDisposedException)
@@ -108,6 +160,15 @@ internal sealed partial class LiveNodes(
     {
         try
         {
+            await _reading.WaitAsync(cancellationToken);
+        }
+        catch (OperationCanceledException)
+        {
+            return; // stopping
+        }
+
+        try
+        {
             await ReadAsync(cancellationToken);
             _failing = false;
         }
@@ -120,14 +181,34 @@ internal sealed partial class LiveNodes(
                 LogFailing(logger, e);
             }
         }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // Stopping.
+        }
+        finally
+        {
+            _reading.Release();
+        }
+    }
+
+    public override void Dispose()
+    {
+        base.Dispose();
+        _reading.Dispose();
     }
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot read the live nodes; keeping the last known membership")]
     private static partial void LogFailing(ILogger logger, Exception exception);
 
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Could not announce that this node joined the cluster; the others find it at their next read")]
+    private static partial void LogAnnounceFailed(ILogger logger, Exception exception);
+
     [LoggerMessage(Level = LogLevel.Warning, Message = "Could not record that this node leaves the cluster; the others notice when its liveness mark grows old")]
     private static partial void LogLeaveFailed(ILogger logger, Exception exception);
 }
 
-/// <summary>One read of the live nodes: who, and when it was asked (timestamp ticks of the node's clock).</summary>
-internal sealed record MembershipRead(IReadOnlyList<NodeInfo> Nodes, long ReadAt);
+/// <summary>
+/// One read of the live nodes: who, when it was asked (timestamp ticks of the node's clock), and which nodes have left
+/// in an orderly way since their last mark (gone for sure, not merely late).
+/// </summary>
+internal sealed record MembershipRead(IReadOnlyList<NodeInfo> Nodes, long ReadAt, IReadOnlyList<string> Left);

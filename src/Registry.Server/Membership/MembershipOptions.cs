@@ -18,7 +18,10 @@ public sealed class MembershipOptions
     /// </summary>
     public TimeSpan NodeTimeout { get; set; } = TimeSpan.FromSeconds(3);
 
-    /// <summary>How often a node reads the live nodes again (one small query); keep it at most the liveness interval.</summary>
+    /// <summary>
+    /// How often a node reads the live nodes again (one small query); keep it at most the liveness interval. Joining
+    /// and orderly leaving are announced and read at once; this is how soon a node that died is noticed.
+    /// </summary>
     public TimeSpan RefreshInterval { get; set; } = TimeSpan.FromSeconds(1);
 
     /// <summary>

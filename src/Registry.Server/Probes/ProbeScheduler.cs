@@ -16,8 +16,9 @@ namespace Registry.Probes;
 /// Probes the instances this node owns. Every <see cref="ProbeOptions.RefreshInterval"/> it
 /// reads which instances are probed (a partial index holds only those) and, whenever that or
 /// the live membership changes, keeps those whose rendezvous owner among the live nodes that
-/// probe them (<see cref="Reconcile"/>) is this node; so when a node stops or dies its instances
-/// move to the others once two of their reads have missed it (<see cref="ConsiderMembership"/>),
+/// probe them (<see cref="Reconcile"/>) is this node; so when a node dies its instances move to
+/// the others once two of their reads have missed it (<see cref="ConsiderMembership"/>), and when
+/// it stops, at their read of its leaving (which it announces, <see cref="LiveNodes"/>),
 /// and a node that finds itself cut off from them leaves them to the others (<see cref="JudgeSelf"/>).
 /// Passing probes renew the lease through the same coalesced path as heartbeats.
 /// After <see cref="ProbeOptions.FailuresToEvict"/> failures in a row the lease is ended now
@@ -219,8 +220,9 @@ internal sealed partial class ProbeScheduler(
         foreach (var member in _nodes)
         {
             var id = member.Id;
-            if (live.ContainsKey(id))
+            if (live.ContainsKey(id) || read.Left.Contains(id))
             {
+                // Seen, or said it left: no second read to wait for.
                 _missedSince.Remove(id);
             }
             else if (!_missedSince.TryGetValue(id, out var since))
