@@ -559,6 +559,42 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
     }
 
     [Fact]
+    public async Task InASmallClusterWhereNoNodeHasARateDeadInstancesAreStillEvictedAfterTheirFailures()
+    {
+        // Two nodes, six instances: no share reaches SuspectSelfMinInstances, so no node publishes
+        // a rate. When they all die, a node whose recent probes all fail suspects itself and no peer
+        // can tell it otherwise: it waits a mark, two reads and a window for an answer, then ends
+        // the leases, rather than leaving dead instances listed until their long leases run out.
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var first = new RegistryNode(database, Probing);
+        await using var second = new RegistryNode(database, Probing);
+        RegistryNode[] nodes = [first, second];
+        await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Count == 2)));
+        await using var target = new ProbeTarget();
+        using var client = first.CreateClient();
+        const int instances = 6;
+        for (var i = 0; i < instances; i++)
+        {
+            using var response = await client.PostJsonAsync($"/v1/register?ttl=120&probe=http&probePath=/app{i}&probeInterval={Interval}", Http.Provider($"app{i}", target.Addr));
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+
+        await target.WaitUntilAsync(t => Enumerable.Range(0, instances).All(i => t.Requests.Count(r => r.Path == $"/app{i}") >= 2), TimeSpan.FromSeconds(20));
+        var subscription = Http.Subscription([.. Enumerable.Range(0, instances).Select(i => Http.Entry($"app{i}"))]);
+        var (_, version, body) = await client.SubscribeAsync(subscription);
+        Assert.Equal(instances, body!["endpoints"]!.AsArray().Count);
+
+        target.Answer = _ => (503, "", TimeSpan.Zero);
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(25));
+        while (body!["endpoints"]!.AsArray().Count > 0)
+        {
+            (_, version, body) = await client.SubscribeAsync(subscription, version, wait: 30).WaitAsync(deadline.Token);
+        }
+
+        Assert.Equal(instances, await EvictedAsync(database));
+    }
+
+    [Fact]
     public async Task WhenEveryNodesProbesFailAlikeNoneWithdrawsAndTheInstancesAreEvicted()
     {
         // The providers go down, not a node's route to them: every node's probes fail, none

@@ -208,8 +208,8 @@ internal sealed partial class ProbeScheduler(
     /// in it marks late, this one included), or a slow database write. Taking its instances at once
     /// would have two nodes probe them until it is seen again; so they move only when a read most
     /// of a membership refresh later still misses that same node (two reads that each missed a
-    /// different node have missed nobody twice). That costs a stopped or dead node's share one
-    /// more read before it moves. This node follows the same rule for itself, so that every node
+    /// different node have missed nobody twice). That costs a dead node's share one more read
+    /// before it moves; a node that stopped says it left, and its share moves at once. This node follows the same rule for itself, so that every node
     /// reading the same table comes to the same ownership. Times are when the reads were made,
     /// not when this loop got to them.
     /// </summary>
@@ -367,6 +367,10 @@ internal sealed partial class ProbeScheduler(
         metrics.ProbesOwned(owned.Count);
     }
 
+    /// <summary>A mark, two reads of the live nodes and a judged window: how long the others' answer to a change may take.</summary>
+    private TimeSpan AnswerWait =>
+        (2 * membership.Value.RefreshInterval) + leases.Value.LivenessInterval + TimeSpan.FromSeconds((double)_judgedWindow / time.TimestampFrequency);
+
     /// <summary>
     /// How far back <see cref="JudgeSelf"/> looks, given how many shared instances are probed at
     /// each interval: the shortest time in which <see cref="ProbeOptions.SuspectSelfMinInstances"/>
@@ -417,7 +421,7 @@ internal sealed partial class ProbeScheduler(
     /// instances are down, or the whole registry is cut off), it ends leases as they fail, about a
     /// mark and a read later than it would have, and self-preservation holds the evictions back as before.
     /// A peer with too few outcomes to judge says neither: while no peer has a rate to tell, it holds
-    /// the ends, and leases its probes no longer renew run out as heartbeat leases do.
+    /// the ends for a mark, two reads and a window, in case one comes.
     /// </summary>
     private void JudgeSelf()
     {
@@ -444,16 +448,18 @@ internal sealed partial class ProbeScheduler(
         var peers = live.Last.Nodes.Where(n => _peers.Contains(n.Id) && n.ProbeNetworks is not null && !n.ProbesWithdrawn).ToList();
         var answered = _lowSince is { } lowSince && peers.All(n => n.LastSeen > lowSince + JudgementInterval);
         var passingPeer = answered ? peers.FirstOrDefault(n => n.ProbesPassing >= 0.5) : null;
-        // The others fail alike only when one of them says so. A peer with too few outcomes to judge publishes no rate:
-        // taken for failing, it had a cut-off node end the leases of its instances probed most often whenever the
-        // others' shares were small (or a larger one's count dipped below the minimum at that mark).
-        var othersFailToo = answered && passingPeer is null && (peers.Count == 0 || peers.Any(n => n.ProbesPassing < 0.5));
+        // The others fail alike when one of them says so, or when none has said anything for a mark, two reads and a
+        // window. A peer with too few outcomes to judge publishes no rate: taken for failing at once, it had a cut-off node
+        // end the leases of its instances probed most often whenever a peer's count dipped below the minimum at a mark.
+        // Waited for without end, it would keep a small cluster's dead instances listed until their leases ran out.
+        var othersFailToo = answered && passingPeer is null
+            && (peers.Count == 0 || peers.Any(n => n.ProbesPassing < 0.5) || clock.UtcNow - _lowSince > AnswerWait);
         if (withdrawn && now >= _withdrawnUntil)
         {
             withdrawn = false;
             _lowSince = null;
             _epoch++;
-            _rejoinHold = now + (long)((2 * membership.Value.RefreshInterval + leases.Value.LivenessInterval).TotalSeconds * time.TimestampFrequency) + _judgedWindow;
+            _rejoinHold = now + (long)(AnswerWait.TotalSeconds * time.TimestampFrequency);
             LogRejoined(logger);
         }
         else if (!withdrawn && passingPeer is { } other && passing is { } low && low < settings.SuspectSelfBelow)
