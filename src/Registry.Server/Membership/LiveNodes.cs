@@ -39,21 +39,46 @@ internal sealed partial class LiveNodes(
     private volatile MembershipRead _last = new([], 0, []);
     private bool _failing;
 
-    /// <summary>One read at a time, so a read that started later is never overwritten by an earlier one.</summary>
+    /// <summary>One read at a time, so a read that started later is never overwritten by one that started earlier.</summary>
     private readonly SemaphoreSlim _reading = new(1, 1);
-    private CancellationToken _stopping;
+
+    /// <summary>Cancelled when the node stops: ends the reads announcements asked for (never disposed, so a late one can still look).</summary>
+    private readonly CancellationTokenSource _stopping = new();
+
+    /// <summary>1 while a read asked for by announcements is queued and has not begun: more announcements meanwhile need no other.</summary>
+    private int _readWanted;
 
     public string Channel => ChannelName;
 
-    /// <summary>Nothing to load: the periodic read covers what was announced while the feed was down.</summary>
-    public Task ReloadAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+    /// <summary>The feed is listening again: what was announced while it was down is read now.</summary>
+    public Task ReloadAsync(CancellationToken cancellationToken)
+    {
+        ReadSoon();
+        return Task.CompletedTask;
+    }
 
     /// <summary>Another node joined or left: read the live nodes now, off the feed's reading path.</summary>
     public void Notified(string payload)
     {
         if (payload != node.Id)
         {
-            ThreadPool.QueueUserWorkItem(static nodes => _ = nodes.RefreshAsync(nodes._stopping), this, preferLocal: false);
+            ReadSoon();
+        }
+    }
+
+    private void ReadSoon()
+    {
+        if (Interlocked.Exchange(ref _readWanted, 1) == 0)
+        {
+            ThreadPool.QueueUserWorkItem(
+                static nodes =>
+                {
+                    // Begun: an announcement from here on asks for a read after this one.
+                    Volatile.Write(ref nodes._readWanted, 0);
+                    _ = nodes.ReadAnnouncedAsync();
+                },
+                this,
+                preferLocal: false);
         }
     }
 
@@ -65,6 +90,19 @@ internal sealed partial class LiveNodes(
 
     /// <summary>Reads the live nodes now (for <c>GET /v1/nodes</c>), and keeps the answer.</summary>
     public async Task<IReadOnlyList<NodeInfo>> ReadAsync(CancellationToken cancellationToken)
+    {
+        await _reading.WaitAsync(cancellationToken);
+        try
+        {
+            return await ReadAloneAsync(cancellationToken);
+        }
+        finally
+        {
+            _reading.Release();
+        }
+    }
+
+    private async Task<IReadOnlyList<NodeInfo>> ReadAloneAsync(CancellationToken cancellationToken)
     {
         await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
         var readAt = time.GetTimestamp();
@@ -123,7 +161,6 @@ internal sealed partial class LiveNodes(
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        _stopping = stoppingToken;
         using var timer = new PeriodicTimer(options.Value.RefreshInterval, time);
         while (await timer.WaitForNextTickAsync(stoppingToken))
         {
@@ -131,9 +168,10 @@ internal sealed partial class LiveNodes(
         }
     }
 
-    /// <summary>Leaves the cluster: the others stop counting this node at their next read.</summary>
+    /// <summary>Leaves the cluster, and says so: the others stop counting this node at once.</summary>
     public override async Task StopAsync(CancellationToken cancellationToken)
     {
+        await _stopping.CancelAsync();
         await base.StopAsync(cancellationToken);
         try
         {
@@ -160,15 +198,6 @@ internal sealed partial class LiveNodes(
     {
         try
         {
-            await _reading.WaitAsync(cancellationToken);
-        }
-        catch (OperationCanceledException)
-        {
-            return; // stopping
-        }
-
-        try
-        {
             await ReadAsync(cancellationToken);
             _failing = false;
         }
@@ -185,16 +214,19 @@ internal sealed partial class LiveNodes(
         {
             // Stopping.
         }
-        finally
-        {
-            _reading.Release();
-        }
     }
 
-    public override void Dispose()
+    /// <summary>A read an announcement asked for: whatever it meets once the node stops (a disposed data source) is let go.</summary>
+    private async Task ReadAnnouncedAsync()
     {
-        base.Dispose();
-        _reading.Dispose();
+        try
+        {
+            await RefreshAsync(_stopping.Token);
+        }
+        catch (ObjectDisposedException) when (_stopping.IsCancellationRequested)
+        {
+            // Stopped.
+        }
     }
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot read the live nodes; keeping the last known membership")]
