@@ -74,8 +74,9 @@ internal sealed class RegistryState
             builder[snapshot.Application] = snapshot;
         }
 
-        Volatile.Write(ref _applications, builder.ToImmutable());
+        // Counted first: what was remembered before it must not outrank a row of the new picture for a moment.
         Interlocked.Increment(ref _fullLoads);
+        Volatile.Write(ref _applications, builder.ToImmutable());
         Watches.ChangedAll(this);
     }
 }
