@@ -114,7 +114,7 @@ internal static class RegistryServiceExtensions
         services.AddRegistryProbes();
 
         services.ConfigureHttpJsonOptions(json => json.SerializerOptions.Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping);
-        // Ahead of the framework's writer: it declines a request whose Accept names no JSON type.
+        // For a request whose Accept names no JSON type, which the framework's writer declines.
         services.AddSingleton<IProblemDetailsWriter, ProblemWriterForAnyAccept>();
         services.AddProblemDetails();
         services.AddExceptionHandler<DatabaseUnavailableHandler>();

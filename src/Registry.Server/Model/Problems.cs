@@ -42,7 +42,8 @@ internal static class Problems
 /// <c>text/html</c>, an event-stream client's <c>text/event-stream</c>), which the framework's
 /// writer declines: its own 404, 405 and exception answers were then <c>text/plain</c> or empty.
 /// The API has one error format, and RFC 9110 lets a server answer in it whatever was asked for.
-/// Registered ahead of the framework's writer, which still writes every other problem.
+/// Every other problem is written by the framework's writer, as before (these lack only its
+/// <c>type</c> link, which RFC 9457 then reads as <c>about:blank</c>).
 /// </summary>
 internal sealed class ProblemWriterForAnyAccept(IOptions<JsonOptions> json, IOptions<ProblemDetailsOptions> options) : IProblemDetailsWriter
 {
@@ -61,6 +62,8 @@ internal sealed class ProblemWriterForAnyAccept(IOptions<JsonOptions> json, IOpt
         var response = context.HttpContext.Response;
         problem.Status ??= response.StatusCode;
         problem.Title ??= ReasonPhrases.GetReasonPhrase(problem.Status.Value);
+        // As the framework's writer adds it, so a log line can be found from the answer.
+        problem.Extensions.TryAdd("traceId", System.Diagnostics.Activity.Current?.Id ?? context.HttpContext.TraceIdentifier);
         options.Value.CustomizeProblemDetails?.Invoke(context);
         return new ValueTask(response.WriteAsJsonAsync(problem, json.Value.SerializerOptions.GetTypeInfo(problem.GetType()), "application/problem+json"));
     }

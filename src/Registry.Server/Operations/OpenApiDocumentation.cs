@@ -34,7 +34,7 @@ internal static class OpenApiDocumentation
                 Version = DocumentName,
                 Description = "A service registry: providers register `(application, protocol, addr, meta)` under a lease and renew it " +
                     "with heartbeats; consumers subscribe and learn of every change by HTTP long polling. Any node answers any call; " +
-                    "PostgreSQL is the one source of truth. Errors are `application/problem+json` (RFC 9457); a query parameter given more than once is a 400 naming it.",
+                    "PostgreSQL is the one source of truth. Errors are `application/problem+json` (RFC 9457); a query parameter an operation takes, given more than once, is a 400 naming it.",
             });
 
             // The liveness body is an anonymous type; give its schema a name a reader understands.
