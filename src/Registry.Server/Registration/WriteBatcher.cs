@@ -78,6 +78,7 @@ internal sealed class TooManyWritesException(string message) : Exception(message
 internal sealed partial class WriteBatcher(
     RegistryDatabase database,
     RegistryLoader loader,
+    RegistryState state,
     ChangeFeedListener feed,
     TimeProvider time,
     LeaseRenewer renewer,
@@ -273,9 +274,17 @@ internal sealed partial class WriteBatcher(
 
     /// <summary>
     /// Waits until memory reflects the batch: normally through the batch's own notifications
-    /// (so its rows are loaded once on this node, not twice), else by reloading them directly.
+    /// (so its rows are loaded once on this node, not twice), else by reloading them directly;
+    /// and rows it left unchanged that memory does not hold as written are reloaded directly.
     /// </summary>
     private async Task ReflectAsync(Committed committed, CancellationToken cancellationToken)
+    {
+        var unseen = loader.ReloadAsync(committed.Unseen);
+        await ReflectChangedAsync(committed, cancellationToken);
+        await unseen.WaitAsync(cancellationToken);
+    }
+
+    private async Task ReflectChangedAsync(Committed committed, CancellationToken cancellationToken)
     {
         if (committed.Own is { } own && feed.IsListening)
         {
@@ -298,7 +307,14 @@ internal sealed partial class WriteBatcher(
         await loader.ReloadAsync(committed.Changed).WaitAsync(cancellationToken);
     }
 
-    private sealed record Committed(WriteStatus[] Statuses, Dictionary<InstanceKey, (long Revision, DateTimeOffset ExpiresAt)> Leases, InstanceKey[] Changed, OwnCommit? Own);
+    /// <summary>
+    /// A committed batch: each request's status, the leases written, the rows whose content changed, and the
+    /// rows it registered again unchanged (no revision drawn, nobody notified) that memory does not hold at the
+    /// revision written (<c>Unseen</c>: another node's change to them is still on its way here, or was lost
+    /// with a connection), and the batch's own notifications to wait for.
+    /// </summary>
+    private sealed record Committed(
+        WriteStatus[] Statuses, Dictionary<InstanceKey, (long Revision, DateTimeOffset ExpiresAt)> Leases, InstanceKey[] Changed, InstanceKey[] Unseen, OwnCommit? Own);
 
     /// <summary>
     /// Commits the batch as one statement in its own implicit transaction: one round trip, no
@@ -340,7 +356,11 @@ internal sealed partial class WriteBatcher(
         }).ToArray();
 
         var changed = written.Changes.Values.SelectMany(c => c.Keys).ToArray();
-        return new Committed(statuses, written.Leases, changed, changed.Length > 0 ? own : null);
+        var unseen = upserts
+            .Where(c => written.Leases.TryGetValue(c.Key, out var lease) && state.Find(c.Key)?.Revision != lease.Revision && Array.IndexOf(changed, c.Key) < 0)
+            .Select(c => c.Key)
+            .ToArray();
+        return new Committed(statuses, written.Leases, changed, unseen, changed.Length > 0 ? own : null);
     }
 
     private static readonly string UpsertStatement = Statement(deletes: false);
