@@ -157,13 +157,10 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         // healthy instance once the hold is released.
         var settings = new Dictionary<string, string?>(Probing) { ["Registry:Leases:SelfPreservationMinInstances"] = "0" };
         var database = await Cluster.CreateDatabaseAsync();
-        await using var first = new RegistryNode(database, settings);
-        await using var second = new RegistryNode(database, settings);
-        RegistryNode[] nodes = [first, second];
-        await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Count == 2)));
+        await using var nodes = await StartedNodes.StartAsync(database, settings, settings);
         await using var target = new ProbeTarget();
         target.Answer = _ => (503, "", TimeSpan.Zero);
-        using var client = first.CreateClient();
+        using var client = nodes[0].CreateClient();
         // A long lease: half of it, when a renewal would be written anyway, is a minute away.
         using (var response = await client.PostJsonAsync($"/v1/register?ttl=120&probe=http&probeInterval={Interval}", Http.Provider("web", target.Addr)))
         {
@@ -377,7 +374,7 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
     }
 
     [Fact]
-    public async Task WithThreeNodesEachInstanceIsProbedByExactlyOneAndAStoppedNodesShareMovesWithinTwoIntervals()
+    public async Task WithStartedNodesEachInstanceIsProbedByExactlyOneAndAStoppedNodesShareMovesWithinTwoIntervals()
     {
         var database = await Cluster.CreateDatabaseAsync();
         var nodes = new List<RegistryNode>();
@@ -487,7 +484,7 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
             ["Registry:Probes:SuspectSelfMinInstances"] = "4",
             ["Registry:Probes:SuspectSelfFor"] = "00:00:08",
         };
-        await using var nodes = await ThreeNodes.StartAsync(
+        await using var nodes = await StartedNodes.StartAsync(
             database, settings, settings, new Dictionary<string, string?>(settings) { ["Registry:Probes:AllowedNetworks:0"] = "127.0.0.0/8" });
         await using var target = new ProbeTarget();
         await using var onlyItsOwn = new ProbeTarget(IPAddress.Parse("127.0.0.2"));
@@ -533,7 +530,7 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         // probes to judge (three of its shortest intervals) falls only after the 1 s instances'
         // third failures. Those must not be ended meanwhile.
         var database = await Cluster.CreateDatabaseAsync();
-        await using var nodes = await ThreeNodes.StartAsync(database, Probing, Probing, Probing);
+        await using var nodes = await StartedNodes.StartAsync(database, Probing, Probing, Probing);
         await using var target = new ProbeTarget();
         using var client = nodes[0].CreateClient();
         await RegisterProbedAppsAsync(client, target, 12, "fast");
@@ -566,12 +563,9 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         // can tell it otherwise: it waits a mark, two reads and a window for an answer, then ends
         // the leases, rather than leaving dead instances listed until their long leases run out.
         var database = await Cluster.CreateDatabaseAsync();
-        await using var first = new RegistryNode(database, Probing);
-        await using var second = new RegistryNode(database, Probing);
-        RegistryNode[] nodes = [first, second];
-        await Task.WhenAll(nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Count == 2)));
+        await using var nodes = await StartedNodes.StartAsync(database, Probing, Probing);
         await using var target = new ProbeTarget();
-        using var client = first.CreateClient();
+        using var client = nodes[0].CreateClient();
         const int instances = 6;
         for (var i = 0; i < instances; i++)
         {
@@ -601,7 +595,7 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         // suspects itself, and their leases end (within self-preservation's budget).
         var database = await Cluster.CreateDatabaseAsync();
         var settings = new Dictionary<string, string?>(Probing) { ["Registry:Probes:SuspectSelfMinInstances"] = "4" };
-        await using var nodes = await ThreeNodes.StartAsync(database, settings, settings, settings);
+        await using var nodes = await StartedNodes.StartAsync(database, settings, settings, settings);
         await using var target = new ProbeTarget();
         using var client = nodes[0].CreateClient();
         // Enough that every node's share holds SuspectSelfMinInstances, whatever ids rendezvous is given.
@@ -622,18 +616,18 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         Assert.True(evicted >= 4, $"evicted {evicted} of 60 in {clock.Elapsed}");
     }
 
-    /// <summary>Three nodes on one database, started and each seeing all three live; stopped together.</summary>
-    private sealed class ThreeNodes : IEnumerable<RegistryNode>, IAsyncDisposable
+    /// <summary>Nodes on one database, started and each seeing all of them live; stopped together.</summary>
+    private sealed class StartedNodes : IEnumerable<RegistryNode>, IAsyncDisposable
     {
         private readonly RegistryNode[] _nodes;
 
-        private ThreeNodes(RegistryNode[] nodes) => _nodes = nodes;
+        private StartedNodes(RegistryNode[] nodes) => _nodes = nodes;
 
         public RegistryNode this[int index] => _nodes[index];
 
-        public static async Task<ThreeNodes> StartAsync(string database, params IReadOnlyList<Dictionary<string, string?>> settings)
+        public static async Task<StartedNodes> StartAsync(string database, params IReadOnlyList<Dictionary<string, string?>> settings)
         {
-            var nodes = new ThreeNodes([.. settings.Select(s => new RegistryNode(database, s))]);
+            var nodes = new StartedNodes([.. settings.Select(s => new RegistryNode(database, s))]);
             foreach (var node in nodes._nodes)
             {
                 _ = node.Server;
@@ -641,7 +635,7 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
 
             try
             {
-                await Task.WhenAll(nodes._nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Count == 3)));
+                await Task.WhenAll(nodes._nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current.Count == nodes._nodes.Length)));
             }
             catch
             {
@@ -652,9 +646,9 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
             return nodes;
         }
 
-        /// <summary>Until every node sees each of the three pass at least half of its probes (how each judges its own).</summary>
+        /// <summary>Until every node sees each of them pass at least half of its probes (how each judges its own).</summary>
         public Task WaitUntilEachSeesAllProbesPassingAsync() =>
-            Task.WhenAll(_nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current is { Count: 3 } seen && seen.All(m => m.ProbesPassing >= 0.5))));
+            Task.WhenAll(_nodes.Select(n => WaitAsync(() => n.Get<LiveNodes>().Current is { } seen && seen.Count == _nodes.Length && seen.All(m => m.ProbesPassing >= 0.5))));
 
         public IEnumerator<RegistryNode> GetEnumerator() => ((IEnumerable<RegistryNode>)_nodes).GetEnumerator();
 
