@@ -30,6 +30,7 @@ try
     var app = builder.Build();
     app.UseRegistry();
     app.UseRegistryAccess();
+    app.UseSingleQueryValues();
     // Every endpoint: a query parameter it binds, given twice, is a 400 rather than both values joined.
     var api = app.MapGroup("").RequireSingleQueryValues();
     api.MapRegistration();
