@@ -209,9 +209,9 @@ internal sealed partial class ProbeScheduler(
     /// would have two nodes probe them until it is seen again; so they move only when a read most
     /// of a membership refresh later still misses that same node (two reads that each missed a
     /// different node have missed nobody twice). That costs a dead node's share one more read
-    /// before it moves; a node that stopped says it left, and its share moves at once. This node follows the same rule for itself, so that every node
-    /// reading the same table comes to the same ownership. Times are when the reads were made,
-    /// not when this loop got to them.
+    /// before it moves; a node that stopped says it left, and its share moves at once. This node
+    /// follows the same rule for itself, so that every node reading the same table comes to the
+    /// same ownership. Times are when the reads were made, not when this loop got to them.
     /// </summary>
     private void ConsiderMembership(MembershipRead read)
     {

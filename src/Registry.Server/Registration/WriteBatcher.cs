@@ -356,10 +356,7 @@ internal sealed partial class WriteBatcher(
         }).ToArray();
 
         var changed = written.Changes.Values.SelectMany(c => c.Keys).ToArray();
-        var unseen = upserts
-            .Where(c => written.Leases.TryGetValue(c.Key, out var lease) && state.Find(c.Key)?.Revision != lease.Revision && Array.IndexOf(changed, c.Key) < 0)
-            .Select(c => c.Key)
-            .ToArray();
+        var unseen = written.Unchanged?.Where(key => state.Find(key)?.Revision != written.Leases[key].Revision).ToArray() ?? [];
         return new Committed(statuses, written.Leases, changed, unseen, changed.Length > 0 ? own : null);
     }
 
@@ -426,8 +423,12 @@ internal sealed partial class WriteBatcher(
           FROM rows r CROSS JOIN (SELECT count(*) FROM notified) AS n
         """;
 
+    /// <summary>What the statement said of each row: whether it existed, the lease written, what changed, and which registrations changed nothing.</summary>
     private sealed record Written(
-        Dictionary<InstanceKey, bool> ExistedBefore, Dictionary<InstanceKey, (long Revision, DateTimeOffset ExpiresAt)> Leases, Dictionary<string, Changes> Changes);
+        Dictionary<InstanceKey, bool> ExistedBefore,
+        Dictionary<InstanceKey, (long Revision, DateTimeOffset ExpiresAt)> Leases,
+        Dictionary<string, Changes> Changes,
+        List<InstanceKey>? Unchanged);
 
     private static async Task<Written> WriteAsync(
         NpgsqlConnection connection, RegisterCommand[] upserts, UnregisterCommand[] deletes, string tag, CancellationToken cancellationToken)
@@ -452,6 +453,7 @@ internal sealed partial class WriteBatcher(
         var existed = new Dictionary<InstanceKey, bool>();
         var leases = new Dictionary<InstanceKey, (long Revision, DateTimeOffset ExpiresAt)>();
         var changes = new Dictionary<string, Changes>(StringComparer.Ordinal);
+        List<InstanceKey>? unchanged = null;
         var sent = upserts.ToDictionary(c => c.Key);
         await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
         {
@@ -480,6 +482,10 @@ internal sealed partial class WriteBatcher(
 
                     application.Add(key, row);
                 }
+                else if (upserted)
+                {
+                    (unchanged ??= []).Add(key);
+                }
             }
 
             // The implicit transaction commits at the end of the statement: only once the reader
@@ -487,7 +493,7 @@ internal sealed partial class WriteBatcher(
             await reader.CloseAsync();
         }
 
-        return new Written(existed, leases, changes);
+        return new Written(existed, leases, changes, unchanged);
     }
 
     [LoggerMessage(Level = LogLevel.Error, Message = "A committed batch could not be loaded into memory; answering it anyway (the consistency check catches up)")]
