@@ -350,7 +350,6 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
             ["Registry:ChangeFeed:ConsistencyCheckInterval"] = "01:00:00",
         });
         using var client = node.CreateClient();
-        await RegisterAsync(client, "other", "9.9.9.9:80", "{}");
         await using (var connection = new NpgsqlConnection(database))
         {
             await connection.OpenAsync();
