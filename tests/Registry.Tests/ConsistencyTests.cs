@@ -165,6 +165,32 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
         Assert.Equal("1", (string?)woken["endpoints"]![0]!["meta"]!["v"]);
     }
 
+    /// <summary>
+    /// As above, and that read fails (a cancelled statement, a connection ended): the failed pass publishes nothing
+    /// of the application either. Before, it had applied the batch's rows ahead of the read and published them at
+    /// its end, without the other change, until its retry read the application 500 ms later.
+    /// </summary>
+    [Fact]
+    public async Task AnApplicationWhoseReadFailsIsNotPublishedHalfApplied()
+    {
+        await using var own = await OwnNode.StartAsync(Cluster, "late");
+        await ExecuteAsync(own.Connection, null, """
+            INSERT INTO instances (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
+            VALUES ('late', 'http', '2.2.2.2:80', '{}', 600, clock_timestamp() + interval '600 seconds', clock_timestamp())
+            """);
+        await using var held = await HeldLoader.StartAsync(own, "late\nhttp 2.2.2.2:80");
+        using var failures = MeterWatch.Node(own.Node, "registry.database.errors", "operation", "reload");
+
+        await ExecuteAsync(own.Connection, null, $"SELECT pg_cancel_backend({await Backends.WaitingForALockAsync(own.Database, "%ANY(%")})");
+        await failures.WaitForAsync(1);
+        // The failed pass has published what it applied; its retry waits 500 ms, then on the lock again.
+        Assert.NotSame(held.Poll, await Task.WhenAny(held.Poll, Task.Delay(TimeSpan.FromMilliseconds(400))));
+        await held.ReleaseAsync();
+        var (_, _, woken) = await held.Poll.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal(["1.1.1.1:80", "2.2.2.2:80"], woken!["endpoints"]!.AsArray().Select(e => (string?)e!["addr"]));
+        Assert.Equal("1", (string?)woken["endpoints"]![0]!["meta"]!["v"]);
+    }
+
     /// <summary>The node's loader held in a read by a table lock, with a consumer parked on "late" and changes queued behind the read.</summary>
     private sealed class HeldLoader(NpgsqlConnection locker, NpgsqlTransaction locked, Task<(int Status, string? Version, JsonNode? Body)> poll) : IAsyncDisposable
     {

@@ -206,8 +206,10 @@ internal sealed partial class RegistryLoader(
         var owners = Owners(batch);
 
         // This node's own notifications bring rows it already holds (the batch returned them);
-        // the rest are read afresh.
-        var supplied = new List<(string Application, Changes Changes)>();
+        // the rest are read afresh. So are a batch's rows of an application this pass reads anyway:
+        // applied before the read, they would stand without the change the read brings (another
+        // node's, earlier) if the read failed, a state the database never held.
+        var supplied = new List<(Reload Request, Changes Changes)>();
         var reads = new List<Reload>();
         var applications = new HashSet<string>(StringComparer.Ordinal);
         var keys = new HashSet<InstanceKey>();
@@ -227,7 +229,7 @@ internal sealed partial class RegistryLoader(
                 }
                 else
                 {
-                    supplied.Add((request.Application!, changes));
+                    supplied.Add((request, changes));
                 }
             }
             else if (request is { Keys: null, Application: { } application })
@@ -242,6 +244,14 @@ internal sealed partial class RegistryLoader(
             }
         }
 
+        var read = keys.Select(k => k.Application).Concat(applications).ToHashSet(StringComparer.Ordinal);
+        foreach (var (request, changes) in supplied.Where(s => read.Contains(s.Request.Application!)))
+        {
+            keys.UnionWith(changes.Keys);
+            reads.Add(request);
+        }
+
+        supplied.RemoveAll(s => read.Contains(s.Request.Application!));
         keys.RemoveWhere(k => applications.Contains(k.Application));
         Exception? failure = null;
         try
@@ -253,34 +263,19 @@ internal sealed partial class RegistryLoader(
             else
             {
                 // Supplied rows first: a query reads the database as it is now, which is at least
-                // as new as every notification already received, so it must be applied last.
-                Merge(supplied.Select(s => (s.Application, (IReadOnlyCollection<InstanceKey>)s.Changes.Keys, s.Changes.Rows.ToArray())));
-                // What is applied is published before each further query (see Publish), unless the query reads an
-                // application a batch's rows changed: its answer would hold a state the database never held (this
-                // node's batch without another node's earlier change the query brings).
-                if (applications.Count > 0 || keys.Count > 0)
+                // as new as every notification already received, so it must be applied last. They
+                // are published before each query (see Publish): no query reads their applications.
+                Merge(supplied.Select(s => (s.Request.Application!, (IReadOnlyCollection<InstanceKey>)s.Changes.Keys, s.Changes.Rows.ToArray())));
+                if (applications.Count > 0)
                 {
-                    var merged = supplied.Select(s => s.Application).ToHashSet(StringComparer.Ordinal);
-                    var read = keys.Select(k => k.Application).ToHashSet(StringComparer.Ordinal);
-                    if (applications.Count > 0)
-                    {
-                        if (!merged.Overlaps(applications) && !merged.Overlaps(read))
-                        {
-                            Publish();
-                        }
+                    Publish();
+                    await LoadApplicationsAsync(applications.ToArray(), cancellationToken);
+                }
 
-                        await LoadApplicationsAsync(applications.ToArray(), cancellationToken);
-                    }
-
-                    if (keys.Count > 0)
-                    {
-                        if (!merged.Overlaps(read))
-                        {
-                            Publish();
-                        }
-
-                        await LoadInstancesAsync(keys.ToArray(), cancellationToken);
-                    }
+                if (keys.Count > 0)
+                {
+                    Publish();
+                    await LoadInstancesAsync(keys.ToArray(), cancellationToken);
                 }
             }
         }
