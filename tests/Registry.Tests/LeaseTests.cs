@@ -55,6 +55,58 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
         }
     }
 
+    /// <summary>
+    /// The row of an instance is gone and its notification lost: the renewal a heartbeat brings finds no row. Before,
+    /// memory went on listing the instance and answering its heartbeats 200 (each renewal finding no row, the provider
+    /// never told to register again) until the consistency check; now the renewal announces the instance, and every
+    /// node reads it again.
+    /// </summary>
+    [Fact]
+    public async Task ARenewalThatFindsNoRowTakesTheInstanceOutOfMemory()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:ChangeFeed:ConsistencyCheckInterval"] = "01:00:00",
+            ["Registry:Leases:SweepInterval"] = "01:00:00",
+        });
+        using var client = node.CreateClient();
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        // A lease past half its TTL: a heartbeat's renewal is written.
+        await using (var insert = new NpgsqlCommand(
+            """
+            INSERT INTO instances (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
+            VALUES ('app', 'http', '10.0.0.1:80', '{}', 60, clock_timestamp() + interval '20 seconds', clock_timestamp())
+            """, connection))
+        {
+            await insert.ExecuteNonQueryAsync();
+        }
+
+        await node.ReloadAsync();
+        var subscription = Http.Subscription(Http.Entry("app"));
+        var (_, version, _) = await client.SubscribeAsync(subscription);
+        using var parked = ParkedPolls.On(node);
+        var poll = client.SubscribeAsync(subscription, version, wait: 20);
+        await parked.WaitForAsync(1);
+        await using (var delete = new NpgsqlCommand("DELETE FROM instances", connection))
+        {
+            Assert.Equal(1, await delete.ExecuteNonQueryAsync());
+        }
+
+        using (var heartbeat = await client.PostJsonAsync("/v1/heartbeat", Instance("app", 0)))
+        {
+            Assert.Equal(HttpStatusCode.OK, heartbeat.StatusCode); // from memory: the renewal is written after
+        }
+
+        var (_, _, body) = await poll.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Empty(body!["endpoints"]!.AsArray());
+        using (var heartbeat = await client.PostJsonAsync("/v1/heartbeat", Instance("app", 0)))
+        {
+            Assert.Equal(HttpStatusCode.NotFound, heartbeat.StatusCode);
+        }
+    }
+
     [Fact]
     public async Task HeartbeatsEveryThirdOfTheTtlKeepAnInstanceAliveAcrossFiveTtls()
     {

@@ -217,6 +217,7 @@ internal sealed partial class LeaseRenewer(
                 Answer(keys, key => renewed.TryGetValue(key, out var expiresAt)
                     ? HeartbeatRenewal.Renewed(expiresAt)
                     : HeartbeatRenewal.Gone);
+                await AnnounceLostAsync(connection, keys.Where(key => !renewed.ContainsKey(key) && state.Find(key) is not null), cancellationToken);
             }
 
             // After the renewals: a mark then says that every renewal this node gathered before
@@ -335,6 +336,25 @@ internal sealed partial class LeaseRenewer(
 
         metrics.HeartbeatsWritten(renewed.Count);
         return renewed;
+    }
+
+    /// <summary>
+    /// Announces instances that memory holds and the database does not (their renewal found no row), as a change to
+    /// them: every node reads them again. Their removal's notification was lost, or is still on its way; without this,
+    /// memory would go on listing them, and answering their heartbeats 200 with an expiry no row holds (their providers
+    /// never registering again), until the consistency check.
+    /// </summary>
+    private static async Task AnnounceLostAsync(NpgsqlConnection connection, IEnumerable<InstanceKey> lost, CancellationToken cancellationToken)
+    {
+        var payloads = lost.GroupBy(key => key.Application, StringComparer.Ordinal).Select(keys => Announcement.Payload(keys.Key, keys)).ToArray();
+        if (payloads.Length == 0)
+        {
+            return;
+        }
+
+        await using var command = new NpgsqlCommand($"SELECT count(pg_notify('{Schema.ChangeChannel}', p)) FROM unnest(@payloads) AS p", connection);
+        command.Parameters.Add(new NpgsqlParameter<string[]>("payloads", payloads));
+        await command.ExecuteScalarAsync(cancellationToken);
     }
 
     private void Prune()

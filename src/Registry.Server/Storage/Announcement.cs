@@ -44,6 +44,18 @@ internal static class Announcement
         return (application, tag, keys.ToArray());
     }
 
+    /// <summary>The payload that announces <paramref name="keys"/> (all of one application), untagged; the application alone when they do not fit.</summary>
+    public static string Payload(string application, IEnumerable<InstanceKey> keys)
+    {
+        var payload = new System.Text.StringBuilder(application);
+        foreach (var key in keys)
+        {
+            payload.Append('\n').Append(key.Protocol).Append(' ').Append(key.Addr);
+        }
+
+        return System.Text.Encoding.UTF8.GetByteCount(payload.ToString()) <= MaxPayloadBytes ? payload.ToString() : application;
+    }
+
     /// <summary>
     /// The SQL that announces one application's change: <c>pg_notify</c> with the payload built
     /// from the SQL expressions given (<paramref name="keys"/> is the lines of the changed
