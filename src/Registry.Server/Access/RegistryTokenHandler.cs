@@ -35,7 +35,7 @@ internal sealed class RegistryTokenHandler(
 
         if (Bearer.Token(header) is not { } token)
         {
-            return Task.FromResult(AuthenticateResult.Fail("the Authorization header is not 'Bearer <token>'"));
+            return Task.FromResult(failures.Failed(Context, "the Authorization header is not 'Bearer <token>'"));
         }
 
         var result = tokens.Check(token, out var grant) switch
@@ -44,10 +44,11 @@ internal sealed class RegistryTokenHandler(
             // its failed-authentication limit a right guess of it gets the same 429 as a wrong one, so the limit slows
             // guessing rather than only answering wrong guesses differently. Registry tokens still pass: a client that
             // shares its address with a misconfigured one is not locked out.
-            TokenCheck.Valid when !grant!.Stored && failures.IsOverLimit(Context) => AuthenticateResult.Fail("too many failed authentications from this address"),
+            TokenCheck.Valid when !grant!.Stored && failures.IsOverLimit(Context, out var retryAfter) =>
+                AuthenticateResult.Fail(new CountedFailure("too many failed authentications from this address", retryAfter)),
             TokenCheck.Valid => Success(grant!),
-            TokenCheck.Expired => AuthenticateResult.Fail("the bearer token has expired"),
-            _ => AuthenticateResult.Fail("the bearer token is unknown or revoked"),
+            TokenCheck.Expired => failures.Failed(Context, "the bearer token has expired"),
+            _ => failures.Failed(Context, "the bearer token is unknown or revoked"),
         };
         return Task.FromResult(result);
     }
@@ -60,7 +61,7 @@ internal sealed class RegistryTokenHandler(
         var reason = outcome.Failure is { } failure
             ? failure is Microsoft.IdentityModel.Tokens.SecurityTokenException ? $"the JWT is not valid ({failure.GetType().Name})" : failure.Message
             : "no bearer token was sent";
-        if (!failures.TryRecord(Context, out var retryAfter))
+        if (!failures.MayAnswer(Context, outcome.Failure, out var retryAfter))
         {
             await FailedAuthentications.TooMany(Context, retryAfter).ExecuteAsync(Context);
             return;

@@ -272,6 +272,34 @@ public sealed class AccessTests(AccessCluster cluster)
         Assert.Equal(HttpStatusCode.OK, (await admin.GetAsync(new Uri("/v1/tokens", UriKind.Relative))).StatusCode);
     }
 
+    /// <summary>
+    /// With per-client rate limiting on, wrong guesses past the address's bucket are turned away before the challenge
+    /// that counted failures: before, they were never counted, and the right bootstrap token (its own bucket) passed
+    /// among them, so the limit no longer slowed guessing. Failures are now counted as they fail.
+    /// </summary>
+    [Fact]
+    public async Task GuessesTurnedAwayByTheRateLimiterStillCountAsFailedAuthentications()
+    {
+        await using var node = cluster.Start(new()
+        {
+            ["Registry:Auth:MaxFailuresPerMinute"] = "3",
+            ["Registry:RateLimit:PermitsPerSecond"] = "1",
+            ["Registry:RateLimit:Burst"] = "1",
+        });
+        using var stranger = AccessCluster.Client(node, cluster.Credentials["unknown"]);
+        using var bootstrap = AccessCluster.Client(node, AccessCluster.Bearer(AccessCluster.Bootstrap));
+        var statuses = new List<HttpStatusCode>();
+        for (var i = 0; i < 6; i++)
+        {
+            statuses.Add((await stranger.GetAsync(new Uri("/v1/tokens", UriKind.Relative))).StatusCode);
+        }
+
+        using var guessed = await bootstrap.GetAsync(new Uri("/v1/tokens", UriKind.Relative));
+
+        Assert.All(statuses.Skip(1), s => Assert.Equal(HttpStatusCode.TooManyRequests, s));
+        Assert.Equal(HttpStatusCode.TooManyRequests, guessed.StatusCode);
+    }
+
     [Fact]
     public async Task FailedAuthenticationsFromOneIpv6NetworkAreCountedTogether()
     {
