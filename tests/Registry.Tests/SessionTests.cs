@@ -107,6 +107,53 @@ public sealed class SessionTests(RegistryCluster cluster) : RegistryTest(cluster
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(1), $"took {clock.Elapsed}");
     }
 
+    /// <summary>
+    /// Many sessions close at once (a fleet scaled down) while the write queue is full: before, a removal that found no
+    /// room was dropped, and its instance stayed listed until its lease ran out. Now it waits for room.
+    /// </summary>
+    [Fact]
+    public async Task ClosedSessionsAreRemovedWhenTheWriteQueueIsFullForAMoment()
+    {
+        await using var nodes = await KestrelNodes.StartAsync(Cluster, 1, new() { ["Registry:Writes:MaxQueueLength"] = "1" });
+        using var client = nodes.Client(0);
+        var sessions = new List<SessionReader>();
+        for (var i = 1; i <= 4; i++)
+        {
+            var session = await SessionReader.StartAsync(client, Http.Provider("app", $"10.0.0.{i}:80"), ttl: 60);
+            Assert.Equal("lease", (await session.ReadAsync())?.Name);
+            sessions.Add(session);
+        }
+
+        var (_, version, _) = await client.SubscribeAsync(Subscription);
+        await using var locker = new NpgsqlConnection(nodes.ConnectionString);
+        await locker.OpenAsync();
+        await using var locked = await locker.BeginTransactionAsync();
+        await using (var lockTable = new NpgsqlCommand("LOCK TABLE instances IN ACCESS EXCLUSIVE MODE", locker, locked))
+        {
+            await lockTable.ExecuteNonQueryAsync();
+        }
+
+        // The first removal's batch waits for the lock, the second fills the queue, the other two find no room.
+        foreach (var session in sessions)
+        {
+            await session.DisposeAsync();
+        }
+
+        await Backends.WaitingForALockAsync(nodes.ConnectionString, "WITH proposed%"); // the write batch's statement
+        await locked.RollbackAsync();
+        while (true)
+        {
+            var (_, after, answer) = await client.SubscribeAsync(Subscription, version, wait: 10).WaitAsync(TimeSpan.FromSeconds(15));
+            Assert.NotEqual(version, after); // a poll that times out: the rest were never removed
+            if (answer!["endpoints"]!.AsArray().Count == 0)
+            {
+                break;
+            }
+
+            version = after;
+        }
+    }
+
     [Fact]
     public async Task ASessionWhoseProcessIsKilledDisappearsForAConsumerOnAnotherNodeWithinTwoSeconds()
     {

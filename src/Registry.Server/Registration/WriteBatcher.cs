@@ -138,6 +138,31 @@ internal sealed partial class WriteBatcher(
         return command.Done.Task;
     }
 
+    /// <summary>
+    /// Queues a write as <see cref="SubmitAsync(WriteCommand)"/> does, but waits up to <paramref name="wait"/> for room
+    /// in a full queue rather than failing at once: for a write that has no client to retry it (a closed session's
+    /// removal; a fleet scaled down closes thousands at once, and the queue drains in moments).
+    /// </summary>
+    /// <exception cref="WriteUnavailableException">No room came in time, or the database cannot take it now.</exception>
+    public async Task<WriteResult> SubmitWhenRoomAsync(WriteCommand command, TimeSpan wait)
+    {
+        if (!_queue.Writer.TryWrite(command))
+        {
+            using var deadline = new CancellationTokenSource(wait, time);
+            try
+            {
+                await _queue.Writer.WriteAsync(command, deadline.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                throw new WriteUnavailableException($"The registry had too many writes queued for {wait.TotalSeconds:0.#} s.");
+            }
+        }
+
+        metrics.WritesQueued(1);
+        return await command.Done.Task;
+    }
+
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         var reader = _queue.Reader;

@@ -117,7 +117,7 @@ internal sealed partial class SessionKeeper(
         // even with the same meta) has another revision, which the database checks in the same statement.
         if (end == SessionEnd.Closed)
         {
-            await RemoveAsync(key, registered.Revision);
+            await RemoveAsync(key, registered.Revision, ttlSeconds);
         }
 
         metrics.Ended(end);
@@ -253,13 +253,14 @@ internal sealed partial class SessionKeeper(
 
     /// <summary>
     /// Removes the instance of a closed session while it still holds the revision the session
-    /// registered, through the write batch (one NOTIFY per batch, consumers woken).
+    /// registered, through the write batch (one NOTIFY per batch, consumers woken). A full write
+    /// queue is waited out for as long as the lease would have run anyway.
     /// </summary>
-    private async Task RemoveAsync(InstanceKey key, long revision)
+    private async Task RemoveAsync(InstanceKey key, long revision, int ttlSeconds)
     {
         try
         {
-            await writes.SubmitAsync(new UnregisterCommand(key, revision));
+            await writes.SubmitWhenRoomAsync(new UnregisterCommand(key, revision), TimeSpan.FromSeconds(ttlSeconds));
         }
         catch (WriteUnavailableException e)
         {
