@@ -241,6 +241,42 @@ public sealed class BadInputTests(RegistryCluster cluster) : RegistryTest(cluste
         Assert.Equal(HttpStatusCode.OK, health.StatusCode); // operations endpoints are never limited
     }
 
+    /// <summary>
+    /// A host given a /64 had a fresh bucket for each address it sent from, so the rate limit did not apply to it;
+    /// addresses of one IPv6 network now share one bucket, as every other per-client limit counts them.
+    /// </summary>
+    [Fact]
+    public async Task TheRateLimitCountsAnIpv6NetworkAsOneClient()
+    {
+        await using var node = new RegistryNode(Cluster.ConnectionString, new Dictionary<string, string?>
+        {
+            ["Registry:RateLimit:PermitsPerSecond"] = "1",
+            ["Registry:RateLimit:Burst"] = "2",
+            // The test is the proxy: it names the client address of each request.
+            ["Registry:Network:TrustedProxies:0"] = "127.0.0.1",
+        });
+        node.UseKestrel(0);
+        node.StartServer();
+        using var client = node.CreateClient();
+
+        var statuses = new List<HttpStatusCode>();
+        for (var i = 1; i <= 3; i++)
+        {
+            statuses.Add(await GetForAsync($"2001:db8:1:2::{i:x}"));
+        }
+
+        Assert.Equal([HttpStatusCode.OK, HttpStatusCode.OK, HttpStatusCode.TooManyRequests], statuses);
+        Assert.Equal(HttpStatusCode.OK, await GetForAsync("2001:db8:1:3::1")); // another network
+
+        async Task<HttpStatusCode> GetForAsync(string address)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Get, "/v1/services");
+            request.Headers.Add("X-Forwarded-For", address);
+            using var response = await client.SendAsync(request);
+            return response.StatusCode;
+        }
+    }
+
     [Fact]
     public async Task TheRateLimitCountsEachCredentialOnItsOwnFromOneAddress()
     {

@@ -9,7 +9,7 @@ namespace Registry.Edge;
 /// A token bucket per credential (or, without one, per client address) in front of the
 /// <c>/v1</c> API, for registries shared by teams that may loop too fast. Rejections are 429 problem documents with Retry-After.
 /// </summary>
-internal sealed class PerClientRateLimitPolicy(IOptions<RateLimitOptions> options) : IRateLimiterPolicy<string>
+internal sealed class PerClientRateLimitPolicy(IOptions<RateLimitOptions> options, IOptions<NetworkOptions> network) : IRateLimiterPolicy<string>
 {
     public const string Name = "per-client";
 
@@ -34,10 +34,11 @@ internal sealed class PerClientRateLimitPolicy(IOptions<RateLimitOptions> option
         }
 
         // Per credential when there is one (a team's token, wherever it calls from), else
-        // per client address (after forwarded headers from trusted proxies).
+        // per client address (after forwarded headers from trusted proxies; an IPv6 address as
+        // its network, as every per-client limit counts it: a host is often given a whole /64).
         var partition = httpContext.User.FindFirst(System.Security.Claims.ClaimTypes.NameIdentifier)?.Value is { } credential
             ? "credential:" + credential
-            : "address:" + (httpContext.Connection.RemoteIpAddress?.ToString() ?? "unknown");
+            : "address:" + Network.CountedAs(httpContext.Connection.RemoteIpAddress, network.Value.ClientPrefixLengthIpv6);
         return RateLimitPartition.GetTokenBucketLimiter(partition, _ => new TokenBucketRateLimiterOptions
         {
             TokenLimit = settings.Burst,
