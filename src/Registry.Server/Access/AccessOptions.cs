@@ -79,7 +79,7 @@ public sealed class JwtOptions
     /// <summary>A file holding the issuer's JSON Web Key Set (read again every <see cref="JwksRefreshInterval"/>).</summary>
     public string? JwksFile { get; set; }
 
-    /// <summary>How often the key set is fetched again.</summary>
+    /// <summary>How often the key set is fetched again; at least 5 minutes.</summary>
     public TimeSpan JwksRefreshInterval { get; set; } = TimeSpan.FromMinutes(5);
 
     /// <summary>The claim naming the credential in logs (<c>jwt:&lt;value&gt;</c>).</summary>
@@ -94,7 +94,7 @@ public sealed class JwtOptions
     /// <summary>The boolean claim granting the admin scope.</summary>
     public string AdminClaim { get; set; } = "registry_admin";
 
-    /// <summary>Clock skew tolerated on <c>exp</c> and <c>nbf</c>.</summary>
+    /// <summary>Clock skew tolerated on <c>exp</c> and <c>nbf</c>; 0 to 1 hour.</summary>
     public TimeSpan ClockSkew { get; set; } = TimeSpan.FromSeconds(30);
 
     internal bool Enabled => !string.IsNullOrWhiteSpace(Issuer);

@@ -87,6 +87,24 @@ public sealed class ServerBinaryTests(AccessCluster cluster)
         }
     }
 
+    /// <summary>
+    /// JWT settings the JWT library refuses: before, the node started, and every JWT was answered 500 once the library
+    /// first read them. The node now refuses to start, naming the setting.
+    /// </summary>
+    [Theory]
+    [InlineData("Registry:Auth:Jwt:JwksRefreshInterval", "00:01:00")]
+    [InlineData("Registry:Auth:Jwt:ClockSkew", "-00:00:01")]
+    [InlineData("Registry:Auth:Jwt:ClockSkew", "3650.00:00:00")]
+    public async Task JwtSettingsTheJwtLibraryRefusesStopTheNodeAtStart(string setting, string value)
+    {
+        var (exitCode, output) = await RunAsync(cluster.ConnectionString, "--urls", "http://127.0.0.1:0",
+            "--Registry:Auth:Jwt:Issuer=https://issuer.example", "--Registry:Auth:Jwt:Audience=registry",
+            "--Registry:Auth:Jwt:JwksUrl=https://issuer.example/jwks.json", $"--{setting}={value}");
+
+        Assert.True(exitCode == 1, output);
+        Assert.Contains($"{setting} must be", output, StringComparison.Ordinal);
+    }
+
     private static async Task<(int ExitCode, string Output)> RunAsync(string connectionString, params string[] arguments)
     {
         var start = new ProcessStartInfo("dotnet")
