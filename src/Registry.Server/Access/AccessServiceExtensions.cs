@@ -8,8 +8,11 @@ using Registry.Telemetry;
 
 namespace Registry.Access;
 
-/// <summary>How the node authenticates, why, and whether it listens only on loopback (what guards an Open node from browsers; see <see cref="OpenNodeGuard"/>).</summary>
-internal sealed record AccessState(AccessMode Mode, string Reason, bool LoopbackOnly = false);
+/// <summary>
+/// How the node authenticates, why, whether it listens only on loopback, and whether it is Open only because nothing
+/// was configured, for clients on its own machine alone (what guards an Open node; see <see cref="OpenNodeGuard"/>).
+/// </summary>
+internal sealed record AccessState(AccessMode Mode, string Reason, bool LoopbackOnly = false, bool ForThisMachineOnly = false);
 
 /// <summary>A node that must authenticate could authenticate nobody; the message says how to fix it.</summary>
 public sealed class AccessConfigurationException(string message) : Exception(message);
@@ -82,7 +85,7 @@ internal static class AccessServiceExtensions
         var access = app.Services.GetRequiredService<AccessState>();
         if (access.Mode == AccessMode.Open)
         {
-            app.Use((http, next) => OpenNodeGuard.Refusal(http.Request, access.LoopbackOnly) is { } refused ? refused.ExecuteAsync(http) : next(http));
+            app.Use((http, next) => OpenNodeGuard.Refusal(http.Request, access) is { } refused ? refused.ExecuteAsync(http) : next(http));
         }
 
         app.UseAuthentication();
@@ -109,7 +112,7 @@ internal static class AccessServiceExtensions
         }
 
         return embeddedDatabase && ListensOnlyOnLoopback(configuration)
-            ? new AccessState(AccessMode.Open, "this node runs its own embedded PostgreSQL and listens only on loopback", LoopbackOnly: true)
+            ? new AccessState(AccessMode.Open, "this node runs its own embedded PostgreSQL and listens only on loopback", LoopbackOnly: true, ForThisMachineOnly: true)
             : new AccessState(AccessMode.Required, "the default");
     }
 

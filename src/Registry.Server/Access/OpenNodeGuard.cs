@@ -7,13 +7,27 @@ namespace Registry.Access;
 /// not call it: a cross-site form or fetch needs no preflight to POST, and would register and unregister through a
 /// developer's browser. And a node that listens only on loopback answers only requests addressed to a loopback name:
 /// a page whose own name its DNS server points at 127.0.0.1 (DNS rebinding) is same-origin for the browser.
-/// Clients other than browsers send no <c>Origin</c> and use the address they connect to, and pass.
+/// Clients other than browsers send no <c>Origin</c> and use the address they connect to, and pass. A node Open only
+/// because nothing was configured (the one-command start) answers no proxy either: one on its machine (nginx for TLS,
+/// say) would make it reachable from anywhere, without credentials, while every request still came from loopback.
 /// </summary>
 internal static class OpenNodeGuard
 {
-    public static IResult? Refusal(HttpRequest request, bool loopbackOnly)
+    /// <summary>Headers a proxy adds to what it forwards.</summary>
+    private static readonly string[] ProxyHeaders = ["Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-IP", "Via"];
+
+    public static IResult? Refusal(HttpRequest request, AccessState access)
     {
-        if (loopbackOnly && !IsLoopbackName(request.Host.Host))
+        if (access.ForThisMachineOnly && ProxyHeaders.FirstOrDefault(request.Headers.ContainsKey) is { } forwarded)
+        {
+            return TypedResults.Problem(
+                statusCode: StatusCodes.Status400BadRequest,
+                title: "Forwarded request refused",
+                detail: $"{forwarded}: this node runs Open only for clients on its own machine (nothing configured it otherwise) and answers no proxy; " +
+                    "behind a proxy, set Registry:Auth:Mode (Required, with a credential).");
+        }
+
+        if (access.LoopbackOnly && !IsLoopbackName(request.Host.Host))
         {
             return TypedResults.Problem(
                 statusCode: StatusCodes.Status400BadRequest,

@@ -39,16 +39,18 @@ public sealed class AccessModeTests
     }
 
     [Theory]
-    [InlineData(null, true, "http://localhost:5080", AccessMode.Open)]
-    [InlineData(null, false, "http://localhost:5080", AccessMode.Required)]
-    [InlineData(null, true, "http://0.0.0.0:5080", AccessMode.Required)]
-    [InlineData("Required", true, "http://localhost:5080", AccessMode.Required)]
-    [InlineData("open", false, "http://0.0.0.0:5080", AccessMode.Open)]
-    public void TheModeIsRequiredUnlessConfiguredOrAnEmbeddedLoopbackStart(string? mode, bool embedded, string urls, AccessMode expected)
+    [InlineData(null, true, "http://localhost:5080", AccessMode.Open, true)]
+    [InlineData(null, false, "http://localhost:5080", AccessMode.Required, false)]
+    [InlineData(null, true, "http://0.0.0.0:5080", AccessMode.Required, false)]
+    [InlineData("Required", true, "http://localhost:5080", AccessMode.Required, false)]
+    [InlineData("open", false, "http://0.0.0.0:5080", AccessMode.Open, false)]
+    [InlineData("Open", true, "http://localhost:5080", AccessMode.Open, false)]
+    public void TheModeIsRequiredUnlessConfiguredOrAnEmbeddedLoopbackStart(string? mode, bool embedded, string urls, AccessMode expected, bool forThisMachineOnly)
     {
         var state = AccessServiceExtensions.DecideMode(Configuration(new() { ["Registry:Auth:Mode"] = mode, ["urls"] = urls }), embedded);
 
         Assert.Equal(expected, state.Mode);
+        Assert.Equal(forThisMachineOnly, state.ForThisMachineOnly);
     }
 
     [Fact]

@@ -1,4 +1,8 @@
 using System.Net;
+using Microsoft.AspNetCore.TestHost;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Registry.Access;
 using Registry.Tests.Infrastructure;
 
 namespace Registry.Tests.Access;
@@ -46,5 +50,30 @@ public sealed class OpenNodeGuardTests(RegistryCluster cluster) : RegistryTest(c
         {
             Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
         }
+    }
+
+    /// <summary>
+    /// A proxy on the machine of a node Open by default (the one-command start, on its embedded PostgreSQL) sends from
+    /// loopback with a loopback Host: before, the node answered it, and so anyone who reached the proxy, without
+    /// credentials. What a proxy adds gives it away. (The node here is Open as that start decides it.)
+    /// </summary>
+    [Theory]
+    [InlineData("X-Forwarded-For", "203.0.113.7")]
+    [InlineData("X-Real-IP", "203.0.113.7")]
+    [InlineData("Forwarded", "for=203.0.113.7")]
+    [InlineData("Via", "1.1 nginx")]
+    public async Task ALoopbackOpenNodeAnswersNoProxy(string header, string value)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/tokens") { Content = Http.Json("""{"description":"x","admin":true}""") };
+        request.Headers.Host = "localhost:5080";
+        request.Headers.TryAddWithoutValidation(header, value);
+
+        await using var node = new RegistryNode(Cluster.ConnectionString);
+        using var byDefault = node.WithWebHostBuilder(host => host.ConfigureTestServices(services => services.AddSingleton(
+            AccessServiceExtensions.DecideMode(new ConfigurationBuilder().AddInMemoryCollection([new("urls", "http://localhost:5080")]).Build(), embeddedDatabase: true))));
+        using var response = await byDefault.CreateClient().SendAsync(request);
+
+        Assert.True(response.StatusCode == HttpStatusCode.BadRequest, $"{(int)response.StatusCode} {await response.Content.ReadAsStringAsync()}");
+        Assert.Contains(header, (string?)(await response.ReadJsonAsync())["detail"], StringComparison.Ordinal);
     }
 }
