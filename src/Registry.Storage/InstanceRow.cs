@@ -47,4 +47,11 @@ public sealed class InstanceRow
 
     /// <summary>Seconds between probes.</summary>
     public int? ProbeIntervalSeconds { get; set; }
+
+    /// <summary>
+    /// The id of the registry token that asked for the probe: once it is revoked or has expired, the instance is no
+    /// longer probed and its lease ends (only a valid credential keeps an instance registered). Null for credentials
+    /// that cannot be revoked (the bootstrap token, a JWT, an Open node's callers).
+    /// </summary>
+    public string? ProbeCredential { get; set; }
 }

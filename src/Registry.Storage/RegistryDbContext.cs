@@ -48,6 +48,7 @@ public sealed class RegistryDbContext(DbContextOptions<RegistryDbContext> option
             instance.Property(i => i.ProbeKind).HasColumnName("probe_kind");
             instance.Property(i => i.ProbePath).HasColumnName("probe_path");
             instance.Property(i => i.ProbeIntervalSeconds).HasColumnName("probe_interval_seconds");
+            instance.Property(i => i.ProbeCredential).HasColumnName("probe_credential").UseCollation("C");
             // The probe schedulers read only the probed rows.
             instance.HasIndex(i => i.ProbeKind).HasFilter("probe_kind IS NOT NULL");
         });

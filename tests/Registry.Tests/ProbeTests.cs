@@ -248,6 +248,46 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         Assert.Empty(gone!["endpoints"]!.AsArray());
     }
 
+    /// <summary>
+    /// A probe registered with a registry token, which is then revoked (leaked, say): before, passing probes kept the
+    /// instance registered for as long as its port answered, with nothing checking a credential. Only a valid
+    /// credential keeps an instance registered: it is probed no more and its lease ends.
+    /// </summary>
+    [Fact]
+    public async Task AProbedInstanceGoesWhenTheTokenThatRegisteredItIsRevoked()
+    {
+        var bootstrap = "bootstrap-" + Guid.NewGuid().ToString("N");
+        await using var node = new RegistryNode(await Cluster.CreateDatabaseAsync(), new Dictionary<string, string?>(Probing)
+        {
+            ["Registry:Auth:Mode"] = "Required",
+            ["Registry:Auth:BootstrapToken"] = bootstrap,
+        });
+        using var admin = node.CreateClient();
+        admin.DefaultRequestHeaders.Authorization = new("Bearer", bootstrap);
+        using var created = await admin.PostJsonAsync("/v1/tokens", """{"description":"db deploys","register":["db"]}""");
+        var token = await created.ReadJsonAsync();
+        using var deployer = node.CreateClient();
+        deployer.DefaultRequestHeaders.Authorization = new("Bearer", (string)token["token"]!);
+        await using var target = new ProbeTarget();
+        using (var response = await deployer.PostJsonAsync($"/v1/register?probe=tcp&probeInterval={Interval}", Http.Provider("db", target.Addr, protocol: "tcp")))
+        {
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+
+        await target.WaitUntilAsync(t => t.Connections >= 2, TimeSpan.FromSeconds(10));
+        var subscription = Http.Subscription(Http.Entry("db"));
+        var (_, version, _) = await admin.SubscribeAsync(subscription);
+
+        using (var revoked = await admin.DeleteAsync(new Uri($"/v1/tokens/{(string)token["id"]!}", UriKind.Relative)))
+        {
+            Assert.Equal(HttpStatusCode.NoContent, revoked.StatusCode);
+        }
+
+        var (_, after, gone) = await admin.SubscribeAsync(subscription, version, wait: 30).WaitAsync(TimeSpan.FromSeconds(15));
+        Assert.NotEqual(version, after);
+        Assert.Empty(gone!["endpoints"]!.AsArray());
+    }
+
     [Fact]
     public async Task ATargetThatRedirectsOrAnswersSlowlyFailsAndTheRedirectIsNeverFollowed()
     {

@@ -72,6 +72,11 @@ namespace Registry.Migrations.Migrations
                         .HasColumnType("jsonb")
                         .HasColumnName("meta");
 
+                    b.Property<string>("ProbeCredential")
+                        .HasColumnType("text")
+                        .HasColumnName("probe_credential")
+                        .UseCollation("C");
+
                     b.Property<int?>("ProbeIntervalSeconds")
                         .HasColumnType("integer")
                         .HasColumnName("probe_interval_seconds");

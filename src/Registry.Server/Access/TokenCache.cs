@@ -37,7 +37,8 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
     private readonly SemaphoreSlim _reloadWanted = new(0, 1);
     private readonly SemaphoreSlim _reloading = new(1, 1);
     private volatile FrozenDictionary<string, Entry> _tokens = FrozenDictionary<string, Entry>.Empty;
-    private volatile FrozenDictionary<string, CancellationToken> _revocations = FrozenDictionary<string, CancellationToken>.Empty;
+    /// <summary>The tokens by id: their revocations and expiries.</summary>
+    private volatile FrozenDictionary<string, Entry> _byId = FrozenDictionary<string, Entry>.Empty;
 
     /// <summary>When the first loaded token is due to be forgotten (ticks, UTC); <see cref="long.MaxValue"/> for none.</summary>
     private long _forgetDueTicks = long.MaxValue;
@@ -98,8 +99,11 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
     /// </summary>
     public CancellationToken Revocation(Grant grant) =>
         !grant.Stored ? CancellationToken.None
-        : _revocations.TryGetValue(grant.Id, out var revoked) ? revoked
+        : _byId.TryGetValue(grant.Id, out var entry) ? entry.Revoked.Token
         : new CancellationToken(canceled: true);
+
+    /// <summary>Whether the registry token <paramref name="id"/> is still valid: not revoked, not expired.</summary>
+    public bool Holds(string id) => _byId.TryGetValue(id, out var entry) && entry.Grant.Expires > _time.GetUtcNow();
 
     /// <summary>When this node last accepted each token it has accepted since it loaded it, by id.</summary>
     public Dictionary<string, DateTimeOffset> LastUsedHere() =>
@@ -135,7 +139,7 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
             }
 
             // Revocations first: a token accepted from the new set already has its own.
-            _revocations = loaded.Values.ToFrozenDictionary(e => e.Grant.Id, e => e.Revoked.Token, StringComparer.Ordinal);
+            _byId = loaded.Values.ToFrozenDictionary(e => e.Grant.Id, StringComparer.Ordinal);
             _tokens = loaded.ToFrozenDictionary(StringComparer.Ordinal);
             Interlocked.Exchange(ref _forgetDueTicks, loaded.Values.Select(e => ForgetDueTicks(e.Grant.Expires)).DefaultIfEmpty(long.MaxValue).Min());
             foreach (var (key, gone) in previous)

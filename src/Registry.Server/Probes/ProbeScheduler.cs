@@ -3,6 +3,7 @@ using System.Data.Common;
 using System.Net;
 using Microsoft.Extensions.Options;
 using Npgsql;
+using Registry.Access;
 using Registry.Leases;
 using Registry.Membership;
 using Registry.Model;
@@ -35,6 +36,7 @@ internal sealed partial class ProbeScheduler(
     DatabaseClock clock,
     LeaseRenewer renewer,
     SweepSchedule schedule,
+    TokenCache tokens,
     AuditLog audit,
     RegistryMetrics metrics,
     IOptions<ProbeOptions> options,
@@ -51,7 +53,7 @@ internal sealed partial class ProbeScheduler(
 
     /// <summary>What the probed instances are (keys and probes), as one number; see <see cref="ReadProbedAsync"/>.</summary>
     private const string DigestStatement = """
-        SELECT coalesce(bit_xor(hashtextextended(concat_ws(E'\n', application, protocol, addr, probe_kind, probe_path, probe_interval_seconds), 0)), 0)
+        SELECT coalesce(bit_xor(hashtextextended(concat_ws(E'\n', application, protocol, addr, probe_kind, probe_path, probe_interval_seconds, probe_credential), 0)), 0)
           FROM instances WHERE probe_kind IS NOT NULL
         """;
 
@@ -271,7 +273,7 @@ internal sealed partial class ProbeScheduler(
             }
 
             await using var command = new NpgsqlCommand(
-                "SELECT application, protocol, addr, probe_kind, probe_path, probe_interval_seconds FROM instances WHERE probe_kind IS NOT NULL",
+                "SELECT application, protocol, addr, probe_kind, probe_path, probe_interval_seconds, probe_credential FROM instances WHERE probe_kind IS NOT NULL",
                 connection,
                 transaction);
             var probed = new List<(InstanceKey, ProbeSpec)>(_probed.Count);
@@ -281,7 +283,7 @@ internal sealed partial class ProbeScheduler(
                 {
                     probed.Add((
                         new InstanceKey(reader.GetString(0), reader.GetString(1), reader.GetString(2)),
-                        new ProbeSpec(reader.GetString(3), reader.IsDBNull(4) ? null : reader.GetString(4), reader.GetInt32(5))));
+                        new ProbeSpec(reader.GetString(3), reader.IsDBNull(4) ? null : reader.GetString(4), reader.GetInt32(5), reader.IsDBNull(6) ? null : reader.GetString(6))));
                 }
             }
 
@@ -575,6 +577,12 @@ internal sealed partial class ProbeScheduler(
     {
         try
         {
+            if (target.Spec.Credential is { } credential && !tokens.Holds(credential))
+            {
+                await EndForCredentialAsync(target, credential, stoppingToken);
+                return;
+            }
+
             var started = time.GetTimestamp();
             var timeout = TimeSpan.FromSeconds(options.Value.TimeoutFor(target.Spec.IntervalSeconds));
             var passed = await prober.ProbeAsync(target.Endpoint, timeout, stoppingToken);
@@ -622,7 +630,12 @@ internal sealed partial class ProbeScheduler(
                 // Not while this node holds no registration of it: the failures could not be
                 // told apart from a registration it has not applied yet. Nor while it suspects
                 // itself (JudgeSelf): the failures may be its own; the next failure tries again.
-                target.Ended = await EndLeaseAsync(target, counted, stoppingToken);
+                target.Ended = await EndLeaseAsync(target.Key, counted, stoppingToken);
+                if (target.Ended)
+                {
+                    metrics.ProbeEvicted();
+                    audit.ProbeFailed(target.Key, target.Failures, node.Id);
+                }
             }
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
@@ -642,13 +655,27 @@ internal sealed partial class ProbeScheduler(
     }
 
     /// <summary>
+    /// The registry token that asked for the probe is revoked or has expired: only a valid credential keeps an instance
+    /// registered (a session closes, heartbeats are refused). The instance is probed no more on its behalf, and its
+    /// lease ends as after failed probes; registering it again with a valid credential starts afresh.
+    /// </summary>
+    private async Task EndForCredentialAsync(Target target, string credential, CancellationToken cancellationToken)
+    {
+        if (!target.Ended && state.Find(target.Key) is { } instance && await EndLeaseAsync(target.Key, instance.Revision, cancellationToken))
+        {
+            target.Ended = true;
+            LogCredentialEnded(logger, target.Key.Application, target.Key.Addr, credential);
+        }
+    }
+
+    /// <summary>
     /// Ends the lease now rather than deleting the row: the sweeper then evicts it with every
     /// other expired lease, so probe evictions share self-preservation's budget, its count in
     /// <c>evictions</c>, its audit and its notifications. Only while the instance is still probed
     /// and still the registration the failures were counted against: a registration that came
     /// after them, and that this node has not applied yet, starts a count of its own.
     /// </summary>
-    private async Task<bool> EndLeaseAsync(Target target, long revision, CancellationToken cancellationToken)
+    private async Task<bool> EndLeaseAsync(InstanceKey key, long revision, CancellationToken cancellationToken)
     {
         await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
         await using var command = new NpgsqlCommand(
@@ -658,7 +685,7 @@ internal sealed partial class ProbeScheduler(
                AND revision = @revision
             RETURNING expires_at
             """, connection);
-        AddKey(command, target.Key);
+        AddKey(command, key);
         command.Parameters.Add(new NpgsqlParameter<long>("revision", revision));
         if (await command.ExecuteScalarAsync(cancellationToken) is not DateTime ended)
         {
@@ -666,8 +693,6 @@ internal sealed partial class ProbeScheduler(
         }
 
         schedule.Consider(new DateTimeOffset(ended, TimeSpan.Zero));
-        metrics.ProbeEvicted();
-        audit.ProbeFailed(target.Key, target.Failures, node.Id);
         return true;
     }
 
@@ -707,6 +732,9 @@ internal sealed partial class ProbeScheduler(
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Probes: this node takes its share of probing again after withdrawing (it withdraws again if its probes still fail)")]
     private static partial void LogRejoined(ILogger logger);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Probes: {Application} {Addr} was registered for probing with token {Credential}, which is revoked or has expired; it is probed no more and its lease is ended")]
+    private static partial void LogCredentialEnded(ILogger logger, string application, string addr, string credential);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot read the probed instances; probing those already known")]
     private static partial void LogReadFailed(ILogger logger, Exception exception);

@@ -5,8 +5,11 @@ using Registry.Model;
 
 namespace Registry.Probes;
 
-/// <summary>How one instance is probed: <c>http</c>, <c>https</c> or <c>tcp</c>; the path for the first two; every so many seconds.</summary>
-internal sealed record ProbeSpec(string Kind, string? Path, int IntervalSeconds)
+/// <summary>
+/// How one instance is probed: <c>http</c>, <c>https</c> or <c>tcp</c>; the path for the first two; every so many
+/// seconds; for as long as the registry token that asked for it (<paramref name="Credential"/>, its id) is valid.
+/// </summary>
+internal sealed record ProbeSpec(string Kind, string? Path, int IntervalSeconds, string? Credential = null)
 {
     public const string Http = "http";
     public const string Https = "https";

@@ -36,7 +36,8 @@ internal static class RegistrationApi
                 "consecutive failures the instance is evicted; registering again starts that count afresh. `http`/`https` GET `probePath` (default `/`) and pass on a 2xx, never " +
                 "following a redirect; `tcp` passes when a connection opens. The `addr` (a DNS name is resolved) must lie in " +
                 "Registry:Probes:AllowedNetworks; loopback, link-local and cloud-metadata addresses only when listed explicitly. " +
-                "Registering again without `probe` turns probing off. Registering an instance that a session holds takes it over, " +
+                "Registering again without `probe` turns probing off. A probe asked for with a registry token lasts as long as the token: " +
+                "once it is revoked or has expired, the instance is probed no more and its lease ends. Registering an instance that a session holds takes it over, " +
                 "even with the same meta: the session ends with `replaced` and its connection closing no longer removes the instance.")
             .Accepts<ProviderDocument>("application/json", "*/*")
             .Produces<LeaseDocument>(StatusCodes.Status201Created)
@@ -123,6 +124,11 @@ internal static class RegistrationApi
 
             // Long enough that fewer failed probes than FailuresToEvict never let it run out.
             granted = Math.Max(granted, (int)Math.Min(probes.LeaseSeconds(probeSpec), leases.Value.MaxTtlSeconds));
+            // Probed for as long as a registry token that asked for it holds (see ProbeScheduler).
+            if (CredentialIdentity.Of(http.User) is { Stored: true } credential)
+            {
+                probeSpec = probeSpec with { Credential = credential.Id };
+            }
         }
 
         WriteResult result;

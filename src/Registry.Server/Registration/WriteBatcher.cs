@@ -402,14 +402,14 @@ internal sealed partial class WriteBatcher(
     private static string Statement(bool deletes) => $"""
         WITH proposed AS MATERIALIZED (
             SELECT u.application, u.protocol, u.addr, u.meta::jsonb AS meta, u.ttl, u.session, u.probe_kind, u.probe_path, u.probe_interval,
-                   nextval('instance_revision') AS revision
-              FROM unnest(@applications, @protocols, @addrs, @metas, @ttls, @sessions, @probe_kinds, @probe_paths, @probe_intervals)
-                   AS u(application, protocol, addr, meta, ttl, session, probe_kind, probe_path, probe_interval)),
+                   u.probe_credential, nextval('instance_revision') AS revision
+              FROM unnest(@applications, @protocols, @addrs, @metas, @ttls, @sessions, @probe_kinds, @probe_paths, @probe_intervals, @probe_credentials)
+                   AS u(application, protocol, addr, meta, ttl, session, probe_kind, probe_path, probe_interval, probe_credential)),
         upserted AS (
             INSERT INTO instances AS i (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at, revision,
-                                        session_held, probe_kind, probe_path, probe_interval_seconds)
+                                        session_held, probe_kind, probe_path, probe_interval_seconds, probe_credential)
             SELECT p.application, p.protocol, p.addr, p.meta, p.ttl, clock_timestamp() + p.ttl * interval '1 second', clock_timestamp(), p.revision,
-                   p.session, p.probe_kind, p.probe_path, p.probe_interval
+                   p.session, p.probe_kind, p.probe_path, p.probe_interval, p.probe_credential
               FROM proposed p
              ORDER BY p.application, p.protocol, p.addr
             ON CONFLICT (application, protocol, addr) DO UPDATE
@@ -420,6 +420,7 @@ internal sealed partial class WriteBatcher(
                    probe_kind = excluded.probe_kind,
                    probe_path = excluded.probe_path,
                    probe_interval_seconds = excluded.probe_interval_seconds,
+                   probe_credential = excluded.probe_credential,
                    session_held = excluded.session_held,
                    revision = CASE WHEN NOT i.session_held AND NOT excluded.session_held AND excluded.probe_kind IS NULL
                                         AND i.meta = excluded.meta AND i.ttl_seconds = excluded.ttl_seconds
@@ -467,6 +468,7 @@ internal sealed partial class WriteBatcher(
         command.Parameters.Add(new NpgsqlParameter<string?[]>("probe_kinds", upserts.Select(c => c.Probe?.Kind).ToArray()));
         command.Parameters.Add(new NpgsqlParameter<string?[]>("probe_paths", upserts.Select(c => c.Probe?.Path).ToArray()));
         command.Parameters.Add(new NpgsqlParameter<int?[]>("probe_intervals", upserts.Select(c => c.Probe?.IntervalSeconds).ToArray()));
+        command.Parameters.Add(new NpgsqlParameter<string?[]>("probe_credentials", upserts.Select(c => c.Probe?.Credential).ToArray()));
         if (deletes.Length > 0)
         {
             InstanceKeys.AddParameters(command.Parameters, deletes.Select(c => c.Key).ToArray(), "gone_");
