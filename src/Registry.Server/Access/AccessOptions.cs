@@ -60,6 +60,13 @@ public sealed class AccessOptions
     [Range(1, 1024)]
     public int MaxTokenPatterns { get; set; } = 64;
 
+    /// <summary>
+    /// The most registry tokens the API creates (every node holds them all, and reloads them all at each change);
+    /// beyond it creation answers 409. The <c>tokens create</c> command, the operator's own way in, is not limited.
+    /// </summary>
+    [Range(1, 1_000_000)]
+    public int MaxTokens { get; set; } = 10_000;
+
     /// <summary>JWTs from an identity provider, accepted besides registry tokens when <see cref="JwtOptions.Issuer"/> is set.</summary>
     public JwtOptions Jwt { get; set; } = new();
 }

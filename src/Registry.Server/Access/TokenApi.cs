@@ -93,6 +93,7 @@ internal static partial class TokenApi
             .Accepts<TokenRequest>("application/json")
             .Produces<TokenDocument>(StatusCodes.Status201Created)
             .ProducesValidationProblem()
+            .ProducesProblem(StatusCodes.Status409Conflict)
             .ProducesProblem(StatusCodes.Status413PayloadTooLarge);
 
         group.MapGet("", List)
@@ -129,7 +130,15 @@ internal static partial class TokenApi
         }
 
         // A database out of reach is the 503 with Retry-After of DatabaseUnavailableHandler.
-        var (token, secret) = await TokenStore.CreateAsync(database.DataSource, spec, cancellationToken);
+        if (await TokenStore.CreateAsync(database.DataSource, spec, options.Value.MaxTokens, cancellationToken) is not var (token, secret))
+        {
+            return TypedResults.Problem(
+                statusCode: StatusCodes.Status409Conflict,
+                title: "Too many tokens",
+                detail: $"This registry holds {options.Value.MaxTokens} tokens (Registry:Auth:MaxTokens), each loaded by every node: revoke those no longer used " +
+                    "(GET /v1/tokens shows when each was last used), or give tokens made per deploy an expiry.");
+        }
+
         // Committed: from here the secret exists only in this answer, so the caller gets it whatever follows.
         audit.TokenCreated(CredentialIdentity.IdOf(http.User), token.Id, token.Admin, token.Register, token.Subscribe);
         await ReloadAsync(cache, loggers, token.Id, cancellationToken);
@@ -255,17 +264,17 @@ internal static partial class TokenApi
                     {
                         case "description" when value.ValueKind == JsonValueKind.String:
                             description = value.GetString()!;
-                            if (description.Length == 0 || description.EnumerateRunes().Count() > limits.MaxTokenDescriptionLength || description.Any(char.IsControl))
+                            if (TokenSpec.DescriptionProblem(description, limits) is { } wrongDescription)
                             {
-                                errors["description"] = [$"must be 1 to {limits.MaxTokenDescriptionLength} characters without control characters"];
+                                errors["description"] = [wrongDescription];
                             }
 
                             break;
                         case "register" or "subscribe" when value.ValueKind == JsonValueKind.Array:
                             var patterns = value.EnumerateArray().Select(p => p.ValueKind == JsonValueKind.String ? p.GetString()! : "").ToArray();
-                            if (patterns.Length > limits.MaxTokenPatterns || !patterns.All(Grant.IsPattern))
+                            if (TokenSpec.PatternsProblem(patterns, limits) is { } wrongPatterns)
                             {
-                                errors[name] = [$"must be at most {limits.MaxTokenPatterns} patterns, each an application name, a name prefix ending in '*', or '*'"];
+                                errors[name] = [wrongPatterns];
                             }
 
                             if (name == "register")

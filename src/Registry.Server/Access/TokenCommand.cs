@@ -19,7 +19,8 @@ internal static class TokenCommand
     public static async Task<int> RunAsync(
         IConfiguration configuration, IReadOnlyList<string> args, ILoggerFactory loggers, TextWriter output, TextWriter error, CancellationToken cancellationToken)
     {
-        if (Parse(args, DateTimeOffset.UtcNow, out var wrong) is not { } spec)
+        var limits = configuration.GetSection("Registry:Auth").Get<AccessOptions>() ?? new AccessOptions();
+        if (Parse(args, DateTimeOffset.UtcNow, limits, out var wrong) is not { } spec)
         {
             await error.WriteLineAsync($"tokens: {wrong}");
             await error.WriteLineAsync(Usage);
@@ -40,7 +41,7 @@ internal static class TokenCommand
         }
 
         await using var database = NpgsqlDataSource.Create(connectionString);
-        var (token, secret) = await TokenStore.CreateAsync(database, spec, cancellationToken);
+        var (token, secret) = (await TokenStore.CreateAsync(database, spec, maxTokens: null, cancellationToken))!.Value;
         AuditLog.TokenCreatedOffline(loggers, token.Id, token.Admin, token.Register, token.Subscribe);
         await output.WriteLineAsync($"Created {token.Id} ({token.Description}). Its secret, shown only now:");
         await output.WriteLineAsync(secret);
@@ -48,7 +49,7 @@ internal static class TokenCommand
     }
 
     /// <summary>The token asked for, or null with what is wrong when the arguments are not a valid <c>create</c>.</summary>
-    internal static TokenSpec? Parse(IReadOnlyList<string> args, DateTimeOffset now, out string? error)
+    internal static TokenSpec? Parse(IReadOnlyList<string> args, DateTimeOffset now, AccessOptions limits, out string? error)
     {
         error = null;
         if (args.Count == 0 || args[0] != "create")
@@ -118,6 +119,16 @@ internal static class TokenCommand
         if (string.IsNullOrWhiteSpace(description))
         {
             error = "--description is required";
+            return null;
+        }
+
+        // The API's rules: every node holds what a token names, and logs and listings show its description.
+        error = TokenSpec.DescriptionProblem(description, limits) is { } wrongDescription ? $"--description {wrongDescription}"
+            : TokenSpec.PatternsProblem(register, limits) is { } wrongRegister ? $"--register {wrongRegister}"
+            : TokenSpec.PatternsProblem(subscribe, limits) is { } wrongSubscribe ? $"--subscribe {wrongSubscribe}"
+            : null;
+        if (error is not null)
+        {
             return null;
         }
 

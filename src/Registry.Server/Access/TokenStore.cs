@@ -5,7 +5,20 @@ using Registry.Storage;
 namespace Registry.Access;
 
 /// <summary>What a token may do and until when, as asked for at creation.</summary>
-internal sealed record TokenSpec(string Description, string[] Register, string[] Subscribe, bool Admin, DateTimeOffset? Expires);
+internal sealed record TokenSpec(string Description, string[] Register, string[] Subscribe, bool Admin, DateTimeOffset? Expires)
+{
+    /// <summary>What is wrong with a description (the API's and the command's rule), or null.</summary>
+    public static string? DescriptionProblem(string description, AccessOptions limits) =>
+        description.Length == 0 || description.EnumerateRunes().Count() > limits.MaxTokenDescriptionLength || description.Any(char.IsControl)
+            ? $"must be 1 to {limits.MaxTokenDescriptionLength} characters without control characters"
+            : null;
+
+    /// <summary>What is wrong with a list of patterns (the API's and the command's rule), or null.</summary>
+    public static string? PatternsProblem(IReadOnlyCollection<string> patterns, AccessOptions limits) =>
+        patterns.Count > limits.MaxTokenPatterns || !patterns.All(Grant.IsPattern)
+            ? $"must be at most {limits.MaxTokenPatterns} patterns, each an application name, a name prefix ending in '*', or '*'"
+            : null;
+}
 
 /// <summary>A stored token: everything but the secret (the hash stays in the store and the cache).</summary>
 internal sealed record StoredToken(string Id, string Description, string[] Register, string[] Subscribe, bool Admin,
@@ -17,25 +30,36 @@ internal sealed record StoredToken(string Id, string Description, string[] Regis
 /// </summary>
 internal static class TokenStore
 {
-    public static async Task<(StoredToken Token, string Secret)> CreateAsync(NpgsqlDataSource database, TokenSpec spec, CancellationToken cancellationToken)
+    /// <summary>
+    /// Creates the token, unless the store already holds <paramref name="maxTokens"/> (null: no limit, for the
+    /// operator's command); null then. Concurrent creations may pass the limit by the few that count at once.
+    /// </summary>
+    public static async Task<(StoredToken Token, string Secret)?> CreateAsync(NpgsqlDataSource database, TokenSpec spec, int? maxTokens, CancellationToken cancellationToken)
     {
         var (id, secret) = RegistryTokens.Create();
-        await using var batch = database.CreateBatch();
-        batch.BatchCommands.Add(Command($"""
-            INSERT INTO {Schema.TokensTable} (id, hash, description, register, subscribe, admin, created_at, expires_at)
-            VALUES (@id, @hash, @description, @register, @subscribe, @admin, now(), @expires)
-            RETURNING created_at
-            """,
-            new NpgsqlParameter("id", id),
-            new NpgsqlParameter("hash", RegistryTokens.Hash(secret)),
-            new NpgsqlParameter("description", spec.Description),
-            new NpgsqlParameter("register", spec.Register),
-            new NpgsqlParameter("subscribe", spec.Subscribe),
-            new NpgsqlParameter("admin", spec.Admin),
-            new NpgsqlParameter("expires", NpgsqlDbType.TimestampTz) { Value = (object?)spec.Expires?.UtcDateTime ?? DBNull.Value }));
-        batch.BatchCommands.Add(Notify(id));
-        // One batch is one implicit transaction: the row and the announcement commit together.
-        var created = (DateTime)(await batch.ExecuteScalarAsync(cancellationToken))!;
+        // One statement: the row and its announcement commit together, and nothing is announced when no row is made.
+        await using var command = database.CreateCommand($"""
+            WITH created AS (
+                INSERT INTO {Schema.TokensTable} (id, hash, description, register, subscribe, admin, created_at, expires_at)
+                SELECT @id, @hash, @description, @register, @subscribe, @admin, now(), @expires
+                 WHERE @max IS NULL OR (SELECT count(*) FROM {Schema.TokensTable}) < @max
+                RETURNING created_at)
+            SELECT created_at, pg_notify(@channel, @id) FROM created
+            """);
+        command.Parameters.Add(new NpgsqlParameter("id", id));
+        command.Parameters.Add(new NpgsqlParameter("hash", RegistryTokens.Hash(secret)));
+        command.Parameters.Add(new NpgsqlParameter("description", spec.Description));
+        command.Parameters.Add(new NpgsqlParameter("register", spec.Register));
+        command.Parameters.Add(new NpgsqlParameter("subscribe", spec.Subscribe));
+        command.Parameters.Add(new NpgsqlParameter("admin", spec.Admin));
+        command.Parameters.Add(new NpgsqlParameter("expires", NpgsqlDbType.TimestampTz) { Value = (object?)spec.Expires?.UtcDateTime ?? DBNull.Value });
+        command.Parameters.Add(new NpgsqlParameter("max", NpgsqlDbType.Bigint) { Value = (object?)maxTokens ?? DBNull.Value });
+        command.Parameters.Add(new NpgsqlParameter("channel", Schema.TokenChannel));
+        if (await command.ExecuteScalarAsync(cancellationToken) is not DateTime created)
+        {
+            return null;
+        }
+
         return (new StoredToken(id, spec.Description, spec.Register, spec.Subscribe, spec.Admin, Utc(created), spec.Expires, null), secret);
     }
 

@@ -273,6 +273,39 @@ public sealed class AccessTests(AccessCluster cluster)
     }
 
     /// <summary>
+    /// Every node holds every token and reloads them all at each change: before, tokens made per deploy without an
+    /// expiry piled up without bound. Creation now stops at Registry:Auth:MaxTokens, with a 409 saying what to do.
+    /// </summary>
+    [Fact]
+    public async Task TokenCreationStopsAtTheConfiguredMostTokens()
+    {
+        await using var node = cluster.Start(new() { ["Registry:Auth:MaxTokens"] = "2" }, database: await cluster.CreateDatabaseAsync());
+        using var admin = AccessCluster.Client(node, AccessCluster.Bearer(AccessCluster.Bootstrap));
+        async Task<HttpResponseMessage> CreateAsync(int i) => await admin.PostJsonAsync("/v1/tokens", $$"""{"description":"deploy {{i}}","register":["payments"]}""");
+
+        using var first = await CreateAsync(1);
+        using var second = await CreateAsync(2);
+        using var third = await CreateAsync(3);
+        Assert.Equal(HttpStatusCode.Created, first.StatusCode);
+        Assert.Equal(HttpStatusCode.Created, second.StatusCode);
+        Assert.Equal(HttpStatusCode.Conflict, third.StatusCode);
+        Assert.Equal("application/problem+json", third.Content.Headers.ContentType?.MediaType);
+        Assert.Contains("Registry:Auth:MaxTokens", (string?)(await third.ReadJsonAsync())["detail"], StringComparison.Ordinal);
+        using (var listed = await admin.GetAsync(new Uri("/v1/tokens", UriKind.Relative)))
+        {
+            Assert.Equal(2, (await listed.ReadJsonAsync())["tokens"]!.AsArray().Count);
+        }
+
+        using (var revoked = await admin.DeleteAsync(new Uri($"/v1/tokens/{(string)(await first.ReadJsonAsync())["id"]!}", UriKind.Relative)))
+        {
+            Assert.Equal(HttpStatusCode.NoContent, revoked.StatusCode);
+        }
+
+        using var fourth = await CreateAsync(4);
+        Assert.Equal(HttpStatusCode.Created, fourth.StatusCode);
+    }
+
+    /// <summary>
     /// With per-client rate limiting on, wrong guesses past the address's bucket are turned away before the challenge
     /// that counted failures: before, they were never counted, and the right bootstrap token (its own bucket) passed
     /// among them, so the limit no longer slowed guessing. Failures are now counted as they fail.

@@ -55,6 +55,8 @@ public sealed class ServerBinaryTests(AccessCluster cluster)
     // Before, the date and the option were both taken for register patterns: a token that never expires.
     [InlineData("--expires needs a time to come in RFC 3339", "--description", "ci", "--register", "payments", "--expires", "2099-01-01")]
     [InlineData("unknown option '--subscibe'", "--description", "ci", "--register", "payments", "--subscibe", "*")]
+    // The API's rules, which the command skipped before: a description fit for logs and listings.
+    [InlineData("--description must be 1 to 256 characters without control characters", "--description", "ci\nforged log line", "--admin")]
     public async Task TheTokensCommandSaysWhatIsWrongAndCreatesNothing(string reason, params string[] arguments)
     {
         var (exitCode, output) = await RunAsync(cluster.ConnectionString, ["tokens", "create", .. arguments]);
