@@ -89,6 +89,18 @@ public sealed class BadInputTests(RegistryCluster cluster) : RegistryTest(cluste
         await AssertProblemAsync(response, HttpStatusCode.BadRequest, field);
     }
 
+    /// <summary>A malformed <c>version</c> is a 400 with If-None-Match too (which wins when both are good); before, it was not looked at.</summary>
+    [Fact]
+    public async Task AMalformedVersionIsABadRequestBesideIfNoneMatch()
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Get, "/v1/services/a?version=" + new string('v', 129));
+        request.Headers.TryAddWithoutValidation("If-None-Match", "\"x\"");
+
+        using var response = await Client.SendAsync(request).WaitAsync(TimeSpan.FromSeconds(10));
+
+        await AssertProblemAsync(response, HttpStatusCode.BadRequest, "version");
+    }
+
     public static TheoryData<string, byte[], string> NotUtf8 => new()
     {
         { "/v1/subscribe", [.. "{\"subscribes\":[{\"provider\":\"a\",\"meta\":{\""u8, 0xff, .. "\":\"x\"}}]}"u8], "subscribes[0].meta" },

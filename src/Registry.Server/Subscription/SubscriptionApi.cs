@@ -156,7 +156,9 @@ internal static class SubscriptionApi
 
         reader.CheckMetaCount(pairs.Count, "meta", errors);
         var conditional = EntityTags(http.Request.Headers.IfNoneMatch, reader, errors);
-        var held = conditional ?? HeldVersions.Of(reader.CheckVersion(version, errors));
+        // Checked even when If-None-Match, which wins, is given: a malformed parameter is a 400 either way.
+        var asked = reader.CheckVersion(version, errors);
+        var held = conditional ?? HeldVersions.Of(asked);
         var waitSeconds = QueryNumber.Read(wait, "wait", 0, errors);
         if (errors.Any)
         {

@@ -46,5 +46,7 @@ internal sealed class SubscriptionOptionsValidator : IValidateOptions<Subscripti
     public ValidateOptionsResult Validate(string? name, SubscriptionOptions options) =>
         options.DefaultWaitSeconds > options.MaxWaitSeconds ? ValidateOptionsResult.Fail("Registry:Subscriptions needs DefaultWaitSeconds <= MaxWaitSeconds.")
         : options.KeepIdleFor < TimeSpan.Zero || options.KeepIdleFor > TimeSpan.FromDays(1) ? ValidateOptionsResult.Fail("Registry:Subscriptions:KeepIdleFor must be between 0 and 1 day.")
+        : options.ShutdownSpread < TimeSpan.Zero || options.ShutdownSpread > TimeSpan.FromMinutes(10) ? ValidateOptionsResult.Fail("Registry:Subscriptions:ShutdownSpread must be between 0 and 10 minutes.")
+        : options.SlowReaderYield <= TimeSpan.Zero || options.SlowReaderYield > TimeSpan.FromSeconds(10) ? ValidateOptionsResult.Fail("Registry:Subscriptions:SlowReaderYield must be more than 0 and at most 10 seconds.")
         : ValidateOptionsResult.Success;
 }

@@ -90,14 +90,17 @@ public sealed class ServerBinaryTests(AccessCluster cluster)
     }
 
     /// <summary>
-    /// JWT settings the JWT library refuses: before, the node started, and every JWT was answered 500 once the library
-    /// first read them. The node now refuses to start, naming the setting.
+    /// Settings out of range stop the node at start, naming the setting. Before, the node started with them: the JWT
+    /// library refused its two only at the first JWT (every JWT then answered 500); a negative shutdown spread answered
+    /// every parked poll 500 at shutdown; a slow-reader yield of zero or less failed every large answer partway.
     /// </summary>
     [Theory]
     [InlineData("Registry:Auth:Jwt:JwksRefreshInterval", "00:01:00")]
     [InlineData("Registry:Auth:Jwt:ClockSkew", "-00:00:01")]
     [InlineData("Registry:Auth:Jwt:ClockSkew", "3650.00:00:00")]
-    public async Task JwtSettingsTheJwtLibraryRefusesStopTheNodeAtStart(string setting, string value)
+    [InlineData("Registry:Subscriptions:ShutdownSpread", "-00:00:01")]
+    [InlineData("Registry:Subscriptions:SlowReaderYield", "00:00:00")]
+    public async Task SettingsOutOfRangeStopTheNodeAtStart(string setting, string value)
     {
         var (exitCode, output) = await RunAsync(cluster.ConnectionString, "--urls", "http://127.0.0.1:0",
             "--Registry:Auth:Jwt:Issuer=https://issuer.example", "--Registry:Auth:Jwt:Audience=registry",
