@@ -244,6 +244,13 @@ public sealed class RegistrySubscription : IAsyncDisposable
                         $"A registry node cut off from its database answered {answer.Version} from memory {staleAge.Value.TotalSeconds:0} s old, older than the answer held; trying the next node."));
                 }
 
+                // Taken, but the next poll starts at the next node: this one hears of no change made through the
+                // others while it is cut off, and a consumer with no writes of its own has nothing else to move it.
+                if (staleAge is not null)
+                {
+                    _transport.Avoid(server);
+                }
+
                 _backoff.Reset();
                 _outage.Reached();
                 SetState(RegistryConnectionState.Connected, null);

@@ -331,6 +331,41 @@ public sealed class SubscriptionTests : ScriptedTest
         }
     }
 
+    /// <summary>
+    /// A node cut off from its database answers from memory, and holds polls like any other: before, a stale answer no
+    /// older than the one held was taken and the next poll went to the same node, so a consumer without writes of its
+    /// own never heard of a change made through the other nodes for as long as the cut lasted.
+    /// </summary>
+    [Fact]
+    public async Task AfterAStaleAnswerTheNextPollStartsAtTheNextNode()
+    {
+        Handler.Respond = (r, ct) =>
+        {
+            var polling = r.Uri.Query.Contains("version", StringComparison.Ordinal);
+            if (r.Uri.Host == Scripted.ServerA.Host)
+            {
+                if (polling)
+                {
+                    return Scripted.HeldAsync(ct);
+                }
+
+                var stale = Scripted.Answer("v1", ("provider_test", "http", "10.0.0.1:80"));
+                stale.Headers.Add("X-Registry-Stale", "true");
+                stale.Headers.Age = TimeSpan.FromSeconds(5);
+                return Task.FromResult(stale);
+            }
+
+            return r.Uri.Query.Contains("version=v2", StringComparison.Ordinal)
+                ? Scripted.HeldAsync(ct)
+                : Task.FromResult(Scripted.Answer("v2", ("provider_test", "http", "10.0.0.2:80")));
+        };
+        await using var subscription = await NewClient(null, Scripted.ServerA, Scripted.ServerB).SubscribeAsync(new SubscriptionEntry("provider_test"));
+        await subscription.WaitForFirstAnswerAsync().WaitAsync(Scripted.Patience);
+
+        await Handler.NextAsync(r => r.Uri.Host == Scripted.ServerB.Host && r.Uri.Query.Contains("version=v2", StringComparison.Ordinal));
+        Assert.Equal("10.0.0.2:80", Assert.Single(subscription.Current!.Endpoints).Addr);
+    }
+
     [Fact]
     public async Task AfterAFailoverAStaleNodesOlderAnswerIsLeftUntilANodeAnswersCurrently()
     {
