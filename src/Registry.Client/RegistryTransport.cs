@@ -317,6 +317,8 @@ internal sealed partial class RegistryTransport
             }
 
             Volatile.Write(ref _preferred, index);
+            // Which node answered, for a body that turns out unreadable (see ReadAsync).
+            response.RequestMessage ??= request;
             return (response, index, unanswered);
         }
 
@@ -414,7 +416,7 @@ internal sealed partial class RegistryTransport
     }
 
     /// <summary>A lease document with a TTL: a 2xx without one is not the registry's, and heartbeats timed by it would not wait.</summary>
-    private static async Task<LeaseDocument> ReadLeaseAsync(HttpResponseMessage response, CancellationToken cancellationToken)
+    private async Task<LeaseDocument> ReadLeaseAsync(HttpResponseMessage response, CancellationToken cancellationToken)
     {
         var lease = await ReadAsync(response, ClientJson.Default.LeaseDocument, cancellationToken).ConfigureAwait(false);
         return lease.Ttl >= 1
@@ -438,7 +440,7 @@ internal sealed partial class RegistryTransport
         return message.ToString();
     }
 
-    private static async Task<T> ReadAsync<T>(HttpResponseMessage response, JsonTypeInfo<T> type, CancellationToken cancellationToken)
+    private async Task<T> ReadAsync<T>(HttpResponseMessage response, JsonTypeInfo<T> type, CancellationToken cancellationToken)
     {
         try
         {
@@ -451,7 +453,13 @@ internal sealed partial class RegistryTransport
         }
         catch (Exception e) when (e is JsonException or ArgumentException)
         {
-            // Something that is not the registry (a proxy's error page) answered 2xx: transient, try again later.
+            // Something that is not the registry (a proxy's error page) answered 2xx: transient, try again later, at
+            // the next node: this one would answer the same, and every loop would otherwise start at it again.
+            if (response.RequestMessage?.RequestUri is { } answered && Array.FindIndex(_servers, server => server.IsBaseOf(answered)) is var index and >= 0)
+            {
+                Avoid(index);
+            }
+
             throw new RegistryUnavailableException($"The registry's answer could not be read: {e.Message}", null, e);
         }
     }

@@ -366,6 +366,26 @@ public sealed class SubscriptionTests : ScriptedTest
         Assert.Equal("10.0.0.2:80", Assert.Single(subscription.Current!.Endpoints).Addr);
     }
 
+    /// <summary>
+    /// A node's address answers 2xx with something that is not the registry (a default backend's page): before, it
+    /// stayed the preferred server, and every retry started at it again, never reaching the next one.
+    /// </summary>
+    [Fact]
+    public async Task AnUnreadableAnswerSendsTheRetryToTheNextNode()
+    {
+        Handler.Respond = (r, ct) => r.Uri.Host == Scripted.ServerA.Host
+            ? Task.FromResult(Scripted.Json(HttpStatusCode.OK, "<html>down for maintenance</html>", "text/html"))
+            : r.Uri.Query.Contains("version=v2", StringComparison.Ordinal)
+                ? Scripted.HeldAsync(ct)
+                : Task.FromResult(Scripted.Answer("v2", ("provider_test", "http", "10.0.0.2:80")));
+        await using var subscription = await NewClient(null, Scripted.ServerA, Scripted.ServerB).SubscribeAsync(new SubscriptionEntry("provider_test"));
+
+        var backoff = await Clock.NextTimerAsync(d => d > TimeSpan.Zero && d <= TimeSpan.FromSeconds(1) && !Scripted.IsRequestTimeout(d));
+        Clock.Advance(backoff);
+        await subscription.WaitForFirstAnswerAsync().WaitAsync(Scripted.Patience);
+        Assert.Equal("10.0.0.2:80", Assert.Single(subscription.Current!.Endpoints).Addr);
+    }
+
     [Fact]
     public async Task AfterAFailoverAStaleNodesOlderAnswerIsLeftUntilANodeAnswersCurrently()
     {
