@@ -219,6 +219,7 @@ public sealed class RegistrySubscription : IAsyncDisposable
     private async Task RunAsync(CancellationToken stop)
     {
         var delay = TimeSpan.Zero;
+        var askedAgainAfter401 = false;
         while (true)
         {
             try
@@ -251,6 +252,7 @@ public sealed class RegistrySubscription : IAsyncDisposable
                     _transport.Avoid(server);
                 }
 
+                askedAgainAfter401 = false;
                 _backoff.Reset();
                 _outage.Reached();
                 SetState(RegistryConnectionState.Connected, null);
@@ -271,6 +273,14 @@ public sealed class RegistrySubscription : IAsyncDisposable
             catch (OperationCanceledException) when (stop.IsCancellationRequested)
             {
                 return;
+            }
+            catch (RegistryAccessDeniedException e) when (e.IsAuthenticationFailure && Current is not null && !askedAgainAfter401)
+            {
+                // A poll held with a token that was revoked or expired meanwhile (a rotation: the token provider may give
+                // the new one already). Asked again at once, once: a second 401 in a row is the end, as below.
+                Log.Refused(_logger, "subscribe (asking again with the credential as it is now)", e);
+                askedAgainAfter401 = true;
+                delay = TimeSpan.Zero;
             }
             catch (RegistryClientException e)
             {

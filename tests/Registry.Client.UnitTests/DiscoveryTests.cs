@@ -224,6 +224,42 @@ public sealed class DiscoveryTests : ScriptedTest
         }
     }
 
+    /// <summary>
+    /// A shared subscription refused 401 (the credential, revoked for good): before, the pool split it into one
+    /// subscription per application, as for a 403 naming none, each refused alike, and the groups never merged again.
+    /// </summary>
+    [Fact]
+    public async Task ASubscriptionRefused401IsNotSplitIntoOnePerApplication()
+    {
+        _registered["a"] = [("http", "10.0.0.1:80")];
+        _registered["b"] = [("http", "10.0.0.2:80")];
+        var registry = Handler.Respond;
+        var revoked = false;
+        Handler.Respond = (r, ct) => revoked && r.Path == "/v1/subscribe"
+            ? Task.FromResult(Scripted.Problem(HttpStatusCode.Unauthorized, "Unauthorized", ""","detail":"The token has been revoked." """))
+            : registry(r, ct);
+        var (_, client) = NewFactory();
+        var a = client.Discovery.Acquire("a");
+        var b = client.Discovery.Acquire("b");
+        await Task.WhenAll(a.FirstAnswer, b.FirstAnswer).WaitAsync(Scripted.Patience);
+        await Handler.NextAsync(r => r.Uri.Query.Length > 0 && r.Body.Contains("\"a\"", StringComparison.Ordinal) && r.Body.Contains("\"b\"", StringComparison.Ordinal));
+
+        var changed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        a.GetChangeToken().RegisterChangeCallback(_ => changed.TrySetResult(), null);
+        revoked = true;
+        var sentBefore = Handler.Sent.Count;
+        Clock.Advance(TimeSpan.FromSeconds(41.875)); // the held poll's timeout; then asked again, and refused twice
+        await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(1));
+        await Handler.NextAsync(r => r.Uri.Query.Length > 0);
+        await Handler.NextAsync(r => r.Uri.Query.Length > 0);
+        await changed.Task.WaitAsync(Scripted.Patience);
+        Assert.IsType<RegistryAccessDeniedException>(a.Failure);
+
+        Assert.DoesNotContain(Handler.Sent.Skip(sentBefore), r => r.Path == "/v1/subscribe"
+            && System.Text.Json.JsonDocument.Parse(r.Body).RootElement.GetProperty("subscribes").GetArrayLength() == 1);
+        Assert.Equal(0, client.Discovery.GroupCount);
+    }
+
     [Fact]
     public async Task AChangeCallbackThatWaitsForAnotherResolutionDoesNotStopThePool()
     {

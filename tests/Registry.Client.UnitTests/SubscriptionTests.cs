@@ -180,6 +180,28 @@ public sealed class SubscriptionTests : ScriptedTest
         Assert.Equal(RegistryConnectionState.Refused, subscription.State);
     }
 
+    /// <summary>
+    /// A poll held with a token that is revoked during the hold (a rotation: the app's token provider already gives the
+    /// new one) is answered 401. Before, that ended the subscription for good; it is now asked again at once, once.
+    /// </summary>
+    [Fact]
+    public async Task A401ToAHeldPollIsAskedAgainOnceWithTheCredentialAsItIsNow()
+    {
+        var token = "rgt_old";
+        var revoked = new TaskCompletionSource<HttpResponseMessage>(TaskCreationOptions.RunContinuationsAsynchronously);
+        Handler.Respond = (r, ct) => !r.Uri.Query.Contains("version", StringComparison.Ordinal)
+            ? Task.FromResult(Scripted.Answer("v1", ("provider_test", "http", "10.0.0.1:80")))
+            : r.Authorization == "Bearer rgt_old" ? revoked.Task : Scripted.HeldAsync(ct);
+        await using var subscription = await NewClient(o => o.TokenProvider = _ => ValueTask.FromResult<string?>(token)).SubscribeAsync(new SubscriptionEntry("provider_test"));
+        await Handler.NextAsync(r => r.Uri.Query.Contains("version=v1", StringComparison.Ordinal));
+
+        // Rotated: the provider gives the new token, and the poll held with the old one is answered 401.
+        token = "rgt_new";
+        revoked.SetResult(Scripted.Problem(HttpStatusCode.Unauthorized, "Unauthorized", ""","detail":"The token has been revoked." """));
+        await Handler.NextAsync(r => r.Authorization == "Bearer rgt_new" && r.Uri.Query.Contains("version=v1", StringComparison.Ordinal));
+        Assert.NotEqual(RegistryConnectionState.Refused, subscription.State);
+    }
+
     [Theory]
     [InlineData(HttpStatusCode.RequestTimeout, "text/html", "<html>408 Request Time-out</html>")]
     [InlineData(HttpStatusCode.NotFound, "text/html", "<html>404 Not Found</html>")]

@@ -360,7 +360,8 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
                 }
 
                 var watches = group.Applications.Values.ToList();
-                if (watches.Count > 1)
+                // A 401 is the credential's, whatever the applications: each on its own would be refused alike.
+                if (watches.Count > 1 && error is not RegistryAccessDeniedException { IsAuthenticationFailure: true })
                 {
                     // The registry refuses a subscription whole when one provider is forbidden; not knowing which, give each
                     // application its own, so one forbidden name does not take its neighbours down.
