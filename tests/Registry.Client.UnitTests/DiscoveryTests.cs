@@ -89,6 +89,30 @@ public sealed class DiscoveryTests : ScriptedTest
         Assert.Equal(["10.0.0.1:5000"], grpc.Select(e => e.EndPoint.ToString()));
     }
 
+    /// <summary>
+    /// Application names are case-sensitive (Eureka spells them in capitals), but a URI's host comes lowercased: before,
+    /// http://PAYMENT-SERVICE was taken for an application the registry does not list, and resolved to nothing (and,
+    /// with the name among DiscoveryApplications, subscribed to the lowercased name: an empty answer for ever).
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task ANameInCapitalsIsResolvedAsTheRegistrySpellsIt(bool listedInOptions)
+    {
+        _registered["PAYMENT-SERVICE"] = [("http", "10.0.0.1:80")];
+        var (factory, _) = NewFactory(o =>
+        {
+            if (listedInOptions)
+            {
+                o.DiscoveryApplications.Add("PAYMENT-SERVICE");
+            }
+        });
+
+        var endpoint = Assert.Single(await ResolveAsync(factory, "http://PAYMENT-SERVICE"));
+
+        Assert.Equal("10.0.0.1:80", endpoint.EndPoint.ToString());
+    }
+
     [Fact]
     public async Task TheHostNameFeatureCarriesTheServiceNameWhenAskedFor()
     {

@@ -43,18 +43,21 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
     }
 
     /// <summary>
-    /// Whether the registry lists <paramref name="application"/> as registered now: <see langword="null"/> when it
-    /// cannot say (unreachable, or a credential that may not list every application). The list is fetched at most
-    /// once per <see cref="RegistryClientOptions.RetryBaseDelay"/> however many names are asked about.
+    /// Whether the registry lists an application named <paramref name="name"/> as registered now, and its spelling
+    /// there: service discovery's names come from URIs, whose hosts .NET lowercases, while application names are
+    /// case-sensitive (<c>PAYMENT-SERVICE</c>, as Eureka spells them). A name listed in another case, and only in
+    /// one, is that application. <see langword="null"/> (and the name as given) when the registry cannot say
+    /// (unreachable, or a credential that may not list every application). The list is fetched at most once per
+    /// <see cref="RegistryClientOptions.RetryBaseDelay"/> however many names are asked about.
     /// </summary>
-    public async Task<bool?> IsRegisteredAsync(string application, CancellationToken cancellationToken)
+    public async Task<(bool? Listed, string Application)> LookUpAsync(string name, CancellationToken cancellationToken)
     {
         Task<HashSet<string>?> directory;
         lock (_gate)
         {
-            if (_watches.ContainsKey(application))
+            if (_watches.ContainsKey(name))
             {
-                return true;
+                return (true, name);
             }
 
             if (_directory is null || (_directory.IsCompleted && time.GetElapsedTime(_directoryAt) > options.RetryBaseDelay))
@@ -67,7 +70,13 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
         }
 
         var names = await directory.WaitAsync(cancellationToken).ConfigureAwait(false);
-        return names?.Contains(application);
+        if (names is null || names.Contains(name))
+        {
+            return (names is null ? null : true, name);
+        }
+
+        var spelled = names.Where(n => string.Equals(n, name, StringComparison.OrdinalIgnoreCase)).Take(2).ToList();
+        return spelled.Count == 1 ? (true, spelled[0]) : (false, name);
     }
 
     private async Task<HashSet<string>?> ListAsync()

@@ -42,9 +42,10 @@ internal sealed class RegistryServiceEndpointProviderFactory(
         return true;
     }
 
+    // Without regard to case: the name comes from a URI's host, which .NET lowercases (see DiscoveryPool.LookUpAsync).
     private static bool Matches(string pattern, string name) =>
         pattern == "*"
-        || (pattern.EndsWith('*') ? name.StartsWith(pattern[..^1], StringComparison.Ordinal) : string.Equals(pattern, name, StringComparison.Ordinal));
+        || (pattern.EndsWith('*') ? name.StartsWith(pattern[..^1], StringComparison.OrdinalIgnoreCase) : string.Equals(pattern, name, StringComparison.OrdinalIgnoreCase));
 
     // The registry's name rule: ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$
     private static bool IsApplicationName(string name) =>
@@ -154,12 +155,13 @@ internal sealed partial class RegistryServiceEndpointProvider : IServiceEndpoint
 
             // Only a name the registry lists is watched; when the registry cannot say (down, or a credential that may not
             // list everything), subscribing is how to find out, and a cached answer may be all there is.
-            if (_checkRegistered && await _pool.IsRegisteredAsync(_query.ServiceName, cancellationToken).ConfigureAwait(false) == false)
+            var (listed, application) = await _pool.LookUpAsync(_query.ServiceName, cancellationToken).ConfigureAwait(false);
+            if (_checkRegistered && listed == false)
             {
                 return null;
             }
 
-            return _watch = _pool.Acquire(_query.ServiceName);
+            return _watch = _pool.Acquire(application);
         }
         finally
         {
