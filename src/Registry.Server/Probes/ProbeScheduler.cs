@@ -145,6 +145,9 @@ internal sealed partial class ProbeScheduler(
 
         /// <summary>A passing probe of this node has had the lease written since it took the instance over; only the running probe touches it.</summary>
         public bool Written { get; set; }
+
+        /// <summary>The token that asked for the probe is gone: this node ended the lease and probes it no more; only the running probe touches it.</summary>
+        public bool CredentialEnded { get; set; }
     }
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -577,9 +580,8 @@ internal sealed partial class ProbeScheduler(
     {
         try
         {
-            if (target.Spec.Credential is { } credential && !tokens.Holds(credential))
+            if (target.CredentialEnded || (target.Spec.Credential is { } credential && !tokens.Holds(credential) && await EndForCredentialAsync(target, credential, stoppingToken)))
             {
-                await EndForCredentialAsync(target, credential, stoppingToken);
                 return;
             }
 
@@ -655,17 +657,22 @@ internal sealed partial class ProbeScheduler(
     }
 
     /// <summary>
-    /// The registry token that asked for the probe is revoked or has expired: only a valid credential keeps an instance
-    /// registered (a session closes, heartbeats are refused). The instance is probed no more on its behalf, and its
-    /// lease ends as after failed probes; registering it again with a valid credential starts afresh.
+    /// The registry token that asked for the probe is revoked or has expired, as this node's token cache says: only a
+    /// valid credential keeps an instance registered (a session closes, heartbeats are refused). The database has the
+    /// last word: the lease ends, as after failed probes, only while the registration is still the one that token asked
+    /// for and the token is gone there too (a cache that lags, or a registration made since with another credential,
+    /// ends nothing). Then the instance is probed no more; registering it again with a valid credential starts afresh.
     /// </summary>
-    private async Task EndForCredentialAsync(Target target, string credential, CancellationToken cancellationToken)
+    private async Task<bool> EndForCredentialAsync(Target target, string credential, CancellationToken cancellationToken)
     {
-        if (!target.Ended && state.Find(target.Key) is { } instance && await EndLeaseAsync(target.Key, instance.Revision, cancellationToken))
+        if (state.Find(target.Key) is not { } instance || !await EndLeaseAsync(target.Key, instance.Revision, cancellationToken, credential))
         {
-            target.Ended = true;
-            LogCredentialEnded(logger, target.Key.Application, target.Key.Addr, credential);
+            return false;
         }
+
+        target.CredentialEnded = true;
+        LogCredentialEnded(logger, target.Key.Application, target.Key.Addr, credential);
+        return true;
     }
 
     /// <summary>
@@ -673,20 +680,24 @@ internal sealed partial class ProbeScheduler(
     /// other expired lease, so probe evictions share self-preservation's budget, its count in
     /// <c>evictions</c>, its audit and its notifications. Only while the instance is still probed
     /// and still the registration the failures were counted against: a registration that came
-    /// after them, and that this node has not applied yet, starts a count of its own.
+    /// after them, and that this node has not applied yet, starts a count of its own. With a
+    /// <c>credential</c>, only while the probe was asked for with that token, and the token is revoked or expired.
     /// </summary>
-    private async Task<bool> EndLeaseAsync(InstanceKey key, long revision, CancellationToken cancellationToken)
+    private async Task<bool> EndLeaseAsync(InstanceKey key, long revision, CancellationToken cancellationToken, string? credential = null)
     {
         await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
         await using var command = new NpgsqlCommand(
-            """
-            UPDATE instances SET expires_at = clock_timestamp() - interval '1 millisecond'
+            $"""
+            UPDATE instances i SET expires_at = clock_timestamp() - interval '1 millisecond'
              WHERE application = @application AND protocol = @protocol AND addr = @addr AND probe_kind IS NOT NULL
                AND revision = @revision
+               AND (@credential IS NULL OR (i.probe_credential = @credential AND NOT EXISTS (
+                    SELECT 1 FROM {Schema.TokensTable} t WHERE t.id = @credential AND (t.expires_at IS NULL OR t.expires_at > now()))))
             RETURNING expires_at
             """, connection);
         AddKey(command, key);
         command.Parameters.Add(new NpgsqlParameter<long>("revision", revision));
+        command.Parameters.Add(new NpgsqlParameter("credential", NpgsqlTypes.NpgsqlDbType.Text) { Value = (object?)credential ?? DBNull.Value });
         if (await command.ExecuteScalarAsync(cancellationToken) is not DateTime ended)
         {
             return false; // unregistered, no longer probed, or registered again meanwhile
