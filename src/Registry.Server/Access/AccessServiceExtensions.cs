@@ -37,8 +37,8 @@ internal static class AccessServiceExtensions
             .Validate(o => !o.Jwt.Enabled || string.IsNullOrWhiteSpace(o.Jwt.JwksUrl) || o.Jwt.JwksUrl.StartsWith("https://", StringComparison.OrdinalIgnoreCase),
                 "Registry:Auth:Jwt:JwksUrl must be an https URL.")
             // The JWT library refuses these only when the first JWT comes, which would answer every JWT 500.
-            .Validate(o => o.Jwt.JwksRefreshInterval >= TimeSpan.FromMinutes(5), "Registry:Auth:Jwt:JwksRefreshInterval must be at least 5 minutes (the least the JWT library takes).")
-            .Validate(o => o.Jwt.ClockSkew >= TimeSpan.Zero && o.Jwt.ClockSkew <= TimeSpan.FromHours(1), "Registry:Auth:Jwt:ClockSkew must be between 0 and 1 hour.")
+            .Validate(o => !o.Jwt.Enabled || o.Jwt.JwksRefreshInterval >= TimeSpan.FromMinutes(5), "Registry:Auth:Jwt:JwksRefreshInterval must be at least 5 minutes (the least the JWT library takes).")
+            .Validate(o => !o.Jwt.Enabled || (o.Jwt.ClockSkew >= TimeSpan.Zero && o.Jwt.ClockSkew <= TimeSpan.FromHours(1)), "Registry:Auth:Jwt:ClockSkew must be between 0 and 1 hour.")
             .ValidateOnStart();
 
         services.AddSingleton(DecideMode(builder.Configuration, embeddedDatabase));

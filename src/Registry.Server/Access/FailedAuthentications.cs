@@ -39,8 +39,8 @@ internal sealed class FailedAuthentications : IDisposable
     public bool IsOverLimit(HttpContext http, out int retryAfterSeconds) => !Attempt(http, permits: 0, out retryAfterSeconds);
 
     /// <summary>
-    /// A failed authentication, counted as it fails: the challenge that answers it, or a rate limiter that turns it
-    /// away before the challenge, must not count it again, nor leave it uncounted (a right guess of the bootstrap
+    /// A failed authentication, counted as it fails: the challenge that answers it must not count it again, and a rate
+    /// limiter that turns it away before the challenge must not leave it uncounted (a right guess of the bootstrap
     /// token among uncounted wrong ones would pass).
     /// </summary>
     public AuthenticateResult Failed(HttpContext http, string reason) =>

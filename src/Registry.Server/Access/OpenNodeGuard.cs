@@ -13,8 +13,13 @@ namespace Registry.Access;
 /// </summary>
 internal static class OpenNodeGuard
 {
-    /// <summary>Headers a proxy adds to what it forwards.</summary>
-    private static readonly string[] ProxyHeaders = ["Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-IP", "Via"];
+    /// <summary>
+    /// Headers a proxy adds to what it forwards (most add one; a bare nginx <c>proxy_pass</c> adds none, which no
+    /// header check can tell from a client on the machine), and those the forwarded-headers middleware leaves in the
+    /// place of the ones it took from a trusted proxy.
+    /// </summary>
+    private static readonly string[] ProxyHeaders =
+        ["Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-IP", "Via", "X-Original-For", "X-Original-Host", "X-Original-Proto"];
 
     public static IResult? Refusal(HttpRequest request, AccessState access)
     {

@@ -35,7 +35,7 @@ internal sealed class RegistryTokenHandler(
 
         if (Bearer.Token(header) is not { } token)
         {
-            return Task.FromResult(failures.Failed(Context, "the Authorization header is not 'Bearer <token>'"));
+            return Task.FromResult(Failed("the Authorization header is not 'Bearer <token>'"));
         }
 
         var result = tokens.Check(token, out var grant) switch
@@ -47,8 +47,8 @@ internal sealed class RegistryTokenHandler(
             TokenCheck.Valid when !grant!.Stored && failures.IsOverLimit(Context, out var retryAfter) =>
                 AuthenticateResult.Fail(new CountedFailure("too many failed authentications from this address", retryAfter)),
             TokenCheck.Valid => Success(grant!),
-            TokenCheck.Expired => failures.Failed(Context, "the bearer token has expired"),
-            _ => failures.Failed(Context, "the bearer token is unknown or revoked"),
+            TokenCheck.Expired => Failed("the bearer token has expired"),
+            _ => Failed("the bearer token is unknown or revoked"),
         };
         return Task.FromResult(result);
     }
@@ -76,6 +76,17 @@ internal sealed class RegistryTokenHandler(
 
     protected override Task HandleForbiddenAsync(AuthenticationProperties properties) =>
         AccessProblems.Forbidden(Scope.Admin, application: null).ExecuteAsync(Context);
+
+    /// <summary>
+    /// A failed authentication. Counted now where the rate limiter may turn the request away before the challenge that
+    /// would count it (the <c>/v1</c> API); elsewhere it counts where it is answered, by the challenge or by
+    /// <see cref="CountFailedAuthentication"/>, so a stale token sent to an endpoint that never answers 401 (an uptime
+    /// check of <c>/healthz</c>) does not spend its address's failures.
+    /// </summary>
+    private AuthenticateResult Failed(string reason) =>
+        Context.GetEndpoint()?.Metadata.GetMetadata<Microsoft.AspNetCore.RateLimiting.EnableRateLimitingAttribute>() is not null
+            ? failures.Failed(Context, reason)
+            : AuthenticateResult.Fail(reason);
 
     private AuthenticateResult Success(Grant grant) => AuthenticateResult.Success(new AuthenticationTicket(principals.Of(grant), SchemeName));
 }

@@ -333,6 +333,26 @@ public sealed class AccessTests(AccessCluster cluster)
         Assert.Equal(HttpStatusCode.TooManyRequests, guessed.StatusCode);
     }
 
+    /// <summary>
+    /// A stale token sent where nothing answers 401 (an uptime check of /healthz) is refused nowhere, and spends none
+    /// of its address's failures: the bootstrap token from that host still passes.
+    /// </summary>
+    [Fact]
+    public async Task AStaleTokenSentWhereNothingAnswers401SpendsNoFailures()
+    {
+        await using var node = cluster.Start(new() { ["Registry:Auth:MaxFailuresPerMinute"] = "3" });
+        using var stranger = AccessCluster.Client(node, cluster.Credentials["unknown"]);
+        using var bootstrap = AccessCluster.Client(node, AccessCluster.Bearer(AccessCluster.Bootstrap));
+        for (var i = 0; i < 5; i++)
+        {
+            using var health = await stranger.GetAsync(new Uri("/healthz", UriKind.Relative));
+            Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+        }
+
+        using var tokens = await bootstrap.GetAsync(new Uri("/v1/tokens", UriKind.Relative));
+        Assert.Equal(HttpStatusCode.OK, tokens.StatusCode);
+    }
+
     [Fact]
     public async Task FailedAuthenticationsFromOneIpv6NetworkAreCountedTogether()
     {
