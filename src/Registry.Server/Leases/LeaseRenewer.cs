@@ -13,7 +13,7 @@ namespace Registry.Leases;
 /// Coalesces heartbeats. A heartbeat is answered from memory; the renewal is written only
 /// when less than half of the lease is left, and the renewals gathered during one
 /// <see cref="LeaseOptions.RenewalInterval"/> go to the database as one statement, which
-/// never notifies. The database write rate is bounded by the interval, not by providers.
+/// notifies nobody (only renewals that find no row are announced, see <see cref="AnnounceLostAsync"/>). The database write rate is bounded by the interval, not by providers.
 /// A heartbeat is answered <c>200</c> only while the node can record it: once a renewal has
 /// waited unrecorded for <see cref="LeaseOptions.UnrecordedShare"/> of the lease, the node
 /// refuses heartbeats, so the provider fails over to a node that can before its lease runs
@@ -208,6 +208,7 @@ internal sealed partial class LeaseRenewer(
             _pending.TryRemove(key, out _);
         }
 
+        InstanceKey[] lost = [];
         try
         {
             await using var connection = await database.DataSource.OpenConnectionAsync(cancellationToken);
@@ -217,7 +218,7 @@ internal sealed partial class LeaseRenewer(
                 Answer(keys, key => renewed.TryGetValue(key, out var expiresAt)
                     ? HeartbeatRenewal.Renewed(expiresAt)
                     : HeartbeatRenewal.Gone);
-                await AnnounceLostAsync(connection, keys.Where(key => !renewed.ContainsKey(key) && state.Find(key) is not null), cancellationToken);
+                lost = [.. keys.Where(key => !renewed.ContainsKey(key) && state.Find(key) is not null)];
             }
 
             // After the renewals: a mark then says that every renewal this node gathered before
@@ -235,6 +236,11 @@ internal sealed partial class LeaseRenewer(
             {
                 _failing = false;
                 LogRecovered(logger);
+            }
+
+            if (lost.Length > 0)
+            {
+                await AnnounceLostAsync(connection, lost, cancellationToken);
             }
         }
         catch (Exception e) when (e is DbException or OperationCanceledException)
@@ -344,17 +350,21 @@ internal sealed partial class LeaseRenewer(
     /// memory would go on listing them, and answering their heartbeats 200 with an expiry no row holds (their providers
     /// never registering again), until the consistency check.
     /// </summary>
-    private static async Task AnnounceLostAsync(NpgsqlConnection connection, IEnumerable<InstanceKey> lost, CancellationToken cancellationToken)
+    /// <remarks>After the renewals are recorded and the node marked: a failure here costs the announcement alone (logged; the consistency check still finds them).</remarks>
+    private async Task AnnounceLostAsync(NpgsqlConnection connection, InstanceKey[] lost, CancellationToken cancellationToken)
     {
         var payloads = lost.GroupBy(key => key.Application, StringComparer.Ordinal).Select(keys => Announcement.Payload(keys.Key, keys)).ToArray();
-        if (payloads.Length == 0)
+        try
         {
-            return;
+            await using var command = new NpgsqlCommand($"SELECT count(pg_notify('{Schema.ChangeChannel}', p)) FROM unnest(@payloads) AS p", connection);
+            command.Parameters.Add(new NpgsqlParameter<string[]>("payloads", payloads));
+            await command.ExecuteScalarAsync(cancellationToken);
         }
-
-        await using var command = new NpgsqlCommand($"SELECT count(pg_notify('{Schema.ChangeChannel}', p)) FROM unnest(@payloads) AS p", connection);
-        command.Parameters.Add(new NpgsqlParameter<string[]>("payloads", payloads));
-        await command.ExecuteScalarAsync(cancellationToken);
+        catch (DbException e)
+        {
+            metrics.DatabaseError("renewal_announcement");
+            LogAnnounceFailed(logger, lost.Length, e);
+        }
     }
 
     private void Prune()
@@ -374,6 +384,9 @@ internal sealed partial class LeaseRenewer(
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Stopped with {Count} lease renewals unwritten; those providers' leases may end before the expiry they were told")]
     private static partial void LogStopUnwritten(ILogger logger, int count, Exception exception);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Could not announce {Count} instances whose renewal found no row; the consistency check will find them")]
+    private static partial void LogAnnounceFailed(ILogger logger, int count, Exception exception);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Recording lease renewals again")]
     private static partial void LogRecovered(ILogger logger);

@@ -157,6 +157,10 @@ internal sealed partial class WriteBatcher(
             {
                 throw new WriteUnavailableException($"The registry had too many writes queued for {wait.TotalSeconds:0.#} s.");
             }
+            catch (ChannelClosedException)
+            {
+                throw new WriteUnavailableException("The registry node is shutting down; retry on another node.");
+            }
         }
 
         metrics.WritesQueued(1);
@@ -191,6 +195,8 @@ internal sealed partial class WriteBatcher(
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
         {
+            // Nothing more is taken (a write waiting for room would otherwise wait for an answer nobody gives).
+            _queue.Writer.TryComplete();
             while (reader.TryRead(out var command))
             {
                 metrics.WritesQueued(-1);
