@@ -95,11 +95,15 @@ public sealed class DiscoveryTests : ScriptedTest
     /// with the name among DiscoveryApplications, subscribed to the lowercased name: an empty answer for ever).
     /// </summary>
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public async Task ANameInCapitalsIsResolvedAsTheRegistrySpellsIt(bool listedInOptions)
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    // Listed exactly in DiscoveryApplications, the name is watched as listed even when the registry cannot list its applications.
+    [InlineData(true, true)]
+    public async Task ANameInCapitalsIsResolvedAsTheRegistrySpellsIt(bool listedInOptions, bool directoryDown)
     {
         _registered["PAYMENT-SERVICE"] = [("http", "10.0.0.1:80")];
+        var registry = Handler.Respond;
+        Handler.Respond = (r, ct) => directoryDown && r.Path == "/v1/services" ? Task.FromResult(Scripted.Unavailable(null)) : registry(r, ct);
         var (factory, _) = NewFactory(o =>
         {
             if (listedInOptions)

@@ -38,7 +38,9 @@ internal sealed class RegistryServiceEndpointProviderFactory(
             return false;
         }
 
-        provider = new RegistryServiceEndpointProvider(client.Discovery, query, discoveryOptions.Value, options, checkRegistered: !listed, time, _logger);
+        // A name listed exactly is watched as the list spells it, without asking the registry (which may be down).
+        var spelled = options.DiscoveryApplications.FirstOrDefault(pattern => !pattern.EndsWith('*') && string.Equals(pattern, name, StringComparison.OrdinalIgnoreCase));
+        provider = new RegistryServiceEndpointProvider(client.Discovery, query, discoveryOptions.Value, options, checkRegistered: !listed, spelled, time, _logger);
         return true;
     }
 
@@ -67,6 +69,7 @@ internal sealed partial class RegistryServiceEndpointProvider : IServiceEndpoint
     private readonly ServiceEndpointQuery _query;
     private readonly RegistryClientOptions _options;
     private readonly bool _checkRegistered;
+    private readonly string? _spelled;
     private readonly TimeProvider _time;
     private readonly ILogger _logger;
     private readonly string[] _schemes;
@@ -75,12 +78,14 @@ internal sealed partial class RegistryServiceEndpointProvider : IServiceEndpoint
     private ApplicationWatch? _watch;
 
     public RegistryServiceEndpointProvider(
-        DiscoveryPool pool, ServiceEndpointQuery query, ServiceDiscoveryOptions discovery, RegistryClientOptions options, bool checkRegistered, TimeProvider time, ILogger logger)
+        DiscoveryPool pool, ServiceEndpointQuery query, ServiceDiscoveryOptions discovery, RegistryClientOptions options, bool checkRegistered, string? spelled,
+        TimeProvider time, ILogger logger)
     {
         _pool = pool;
         _query = query;
         _options = options;
         _checkRegistered = checkRegistered;
+        _spelled = spelled;
         _time = time;
         _logger = logger;
         _anyScheme = discovery.AllowAllSchemes && query.IncludedSchemes.Count == 0;
@@ -155,10 +160,14 @@ internal sealed partial class RegistryServiceEndpointProvider : IServiceEndpoint
 
             // Only a name the registry lists is watched; when the registry cannot say (down, or a credential that may not
             // list everything), subscribing is how to find out, and a cached answer may be all there is.
-            var (listed, application) = await _pool.LookUpAsync(_query.ServiceName, cancellationToken).ConfigureAwait(false);
-            if (_checkRegistered && listed == false)
+            var application = _spelled;
+            if (application is null)
             {
-                return null;
+                (var listed, application) = await _pool.LookUpAsync(_query.ServiceName, cancellationToken).ConfigureAwait(false);
+                if (_checkRegistered && listed == false)
+                {
+                    return null;
+                }
             }
 
             return _watch = _pool.Acquire(application);
