@@ -151,11 +151,7 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
     public async Task AnApplicationAlsoToBeReadIsNotPublishedHalfApplied()
     {
         await using var own = await OwnNode.StartAsync(Cluster, "late");
-        await ExecuteAsync(own.Connection, null, """
-            INSERT INTO instances (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
-            VALUES ('late', 'http', '2.2.2.2:80', '{}', 600, clock_timestamp() + interval '600 seconds', clock_timestamp())
-            """);
-        await using var held = await HeldLoader.StartAsync(own, "late\nhttp 2.2.2.2:80");
+        await using var held = await HeldLoader.WithAnotherChangeToLateAsync(own);
 
         await Backends.WaitingForALockAsync(own.Database, "%ANY(%");
         Assert.NotSame(held.Poll, await Task.WhenAny(held.Poll, Task.Delay(TimeSpan.FromMilliseconds(500)))); // nothing half-applied comes meanwhile
@@ -174,11 +170,7 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
     public async Task AnApplicationWhoseReadFailsIsNotPublishedHalfApplied()
     {
         await using var own = await OwnNode.StartAsync(Cluster, "late");
-        await ExecuteAsync(own.Connection, null, """
-            INSERT INTO instances (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
-            VALUES ('late', 'http', '2.2.2.2:80', '{}', 600, clock_timestamp() + interval '600 seconds', clock_timestamp())
-            """);
-        await using var held = await HeldLoader.StartAsync(own, "late\nhttp 2.2.2.2:80");
+        await using var held = await HeldLoader.WithAnotherChangeToLateAsync(own);
         using var failures = MeterWatch.Node(own.Node, "registry.database.errors", "operation", "reload");
 
         await ExecuteAsync(own.Connection, null, $"SELECT pg_cancel_backend({await Backends.WaitingForALockAsync(own.Database, "%ANY(%")})");
@@ -227,6 +219,16 @@ public sealed class ConsistencyTests(RegistryCluster cluster) : RegistryTest(clu
             await notifications.WaitForAsync(3);
             await ExecuteAsync(own.Connection, null, $"SELECT pg_cancel_backend({blocked})");
             return new HeldLoader(locker, locked, poll);
+        }
+
+        /// <summary>As <see cref="StartAsync"/>, the other change another node's new instance of "late" (2.2.2.2:80), committed unannounced until then.</summary>
+        public static async Task<HeldLoader> WithAnotherChangeToLateAsync(OwnNode own)
+        {
+            await ExecuteAsync(own.Connection, null, """
+                INSERT INTO instances (application, protocol, addr, meta, ttl_seconds, expires_at, registered_at)
+                VALUES ('late', 'http', '2.2.2.2:80', '{}', 600, clock_timestamp() + interval '600 seconds', clock_timestamp())
+                """);
+            return await StartAsync(own, "late\nhttp 2.2.2.2:80");
         }
 
         public Task ReleaseAsync() => locked.RollbackAsync();
