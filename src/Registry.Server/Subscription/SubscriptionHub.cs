@@ -188,12 +188,15 @@ internal sealed class SubscriptionView
         {
             parked = [];
             _recomposed = null;
-            if (answer.Version == _answer.Version)
+            var moved = answer.Version != _answer.Version;
+            // Taken even when its version did not move (the same bytes, serialised again after a TTL or holder changed):
+            // its fragments are the ones counted in the node's bytes, the old answer's were let go.
+            _answer = answer;
+            if (!moved)
             {
                 return null;
             }
 
-            _answer = answer;
             var wake = _changed;
             _changed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             if (listParked)
@@ -292,6 +295,12 @@ internal sealed class SubscriptionHub
             key = string.Join('\u0005', slotKeys);
         }
 
+        // The fragments of selections no view holds yet are computed outside the lock (as Recompose computes them): on a
+        // large application that is a scan and a serialisation, and every poll, release and change waits for this lock.
+        var missing = new bool[groups.Length];
+        var seen = new ApplicationSnapshot?[groups.Length];
+        var donors = new Fragment?[groups.Length];
+        var computed = new Fragment?[groups.Length];
         lock (_gate)
         {
             if (_idle.First is not null)
@@ -299,14 +308,9 @@ internal sealed class SubscriptionHub
                 DropLongIdleViews(_time.GetTimestamp());
             }
 
-            if (_views.TryGetValue(key, out var view))
+            if (Held(key) is { } held)
             {
-                if (view.References++ == 0)
-                {
-                    _idle.Remove(view.IdleEntry);
-                }
-
-                return view;
+                return held;
             }
 
             // Bounded by count and by size: a subscription may name 64 providers with 64 long meta pairs each, and
@@ -337,8 +341,8 @@ internal sealed class SubscriptionHub
                         "allows (Registry:Limits:MaxSubscriptionCharacters); retry shortly or on another node.");
                 }
 
-                // Checked before the new one is computed: the bytes held pass the limit by one subscription at most. One
-                // made only of selections already held (another combination of them) keeps no byte more.
+                // Checked before the new one is computed: the bytes held pass the limit by the subscriptions being made at
+                // that moment at most. One made only of selections already held (another combination of them) keeps no byte more.
                 if (_bytes >= _maxBytes && slotKeys.Any(k => !_slots.ContainsKey(k)))
                 {
                     _metrics.LimitReached("subscription_bytes");
@@ -346,6 +350,34 @@ internal sealed class SubscriptionHub
                         $"The distinct subscriptions this node holds keep {_bytes} bytes of endpoints, its limit " +
                         "(Registry:Limits:MaxSubscriptionBytes); retry shortly or on another node.");
                 }
+            }
+
+            for (var i = 0; i < groups.Length; i++)
+            {
+                if (!_slots.ContainsKey(slotKeys[i]))
+                {
+                    missing[i] = true;
+                    seen[i] = _state.Get(groups[i].Application);
+                    // Another selection's segments of the same instances are shared, not serialised again.
+                    donors[i] = _byApplication.GetValueOrDefault(groups[i].Application)?.MaxBy(other => other.Current.Count)?.Current;
+                }
+            }
+        }
+
+        for (var i = 0; i < groups.Length; i++)
+        {
+            if (missing[i])
+            {
+                computed[i] = Fragment.Compute(seen[i], groups[i].Entries, donor: donors[i]);
+            }
+        }
+
+        lock (_gate)
+        {
+            // Another request may have made it meanwhile.
+            if (Held(key) is { } held)
+            {
+                return held;
             }
 
             var slots = new FragmentSlot[groups.Length];
@@ -359,9 +391,11 @@ internal sealed class SubscriptionHub
                         _byApplication[application] = applicationSlots = [];
                     }
 
-                    // Another selection's segments of the same instances are shared, not serialised again.
-                    var donor = applicationSlots.MaxBy(other => other.Current.Count)?.Current;
-                    slot = new FragmentSlot(slotKeys[i], application, slotEntries, Fragment.Compute(_state.Get(application), slotEntries, donor: donor));
+                    // Computed from the state as it is still (a change since would have replaced the snapshot), or again now.
+                    var fragment = computed[i] is { } early && ReferenceEquals(seen[i], _state.Get(application))
+                        ? early
+                        : Fragment.Compute(_state.Get(application), slotEntries, donor: applicationSlots.MaxBy(other => other.Current.Count)?.Current);
+                    slot = new FragmentSlot(slotKeys[i], application, slotEntries, fragment);
                     slot.Current.Hold(ref _bytes);
                     _slots.Add(slot.Key, slot);
 
@@ -371,7 +405,7 @@ internal sealed class SubscriptionHub
                 slots[i] = slot;
             }
 
-            view = new SubscriptionView(key, slots) { References = 1 };
+            var view = new SubscriptionView(key, slots) { References = 1 };
             if (_recomposed is not null && slots.Any(_stale.Contains))
             {
                 view.MarkStale(_recomposed.Task);
@@ -388,6 +422,22 @@ internal sealed class SubscriptionHub
             _metrics.SubscriptionBytes(_bytes);
             return view;
         }
+    }
+
+    /// <summary>The view of <paramref name="key"/>, if there is one, with one holder more; under the lock.</summary>
+    private SubscriptionView? Held(string key)
+    {
+        if (!_views.TryGetValue(key, out var view))
+        {
+            return null;
+        }
+
+        if (view.References++ == 0)
+        {
+            _idle.Remove(view.IdleEntry);
+        }
+
+        return view;
     }
 
     public void Release(SubscriptionView view)
@@ -595,11 +645,16 @@ internal sealed class SubscriptionHub
         }
     }
 
+    /// <summary>
+    /// Drops every view nobody holds; under the lock. They are the idle list (a view goes on it when its last holder
+    /// lets go, and off it when it is held again or dropped), so a node whose views are all held, at its limit, pays
+    /// nothing here for each subscription it refuses, rather than a look at every view.
+    /// </summary>
     private void DropIdleViews()
     {
-        foreach (var view in _views.Values.Where(v => v.References == 0).ToArray())
+        while (_idle.First is { } oldest)
         {
-            Remove(view);
+            Remove(oldest.Value);
         }
     }
 
