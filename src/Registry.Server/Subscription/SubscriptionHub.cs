@@ -249,6 +249,11 @@ internal sealed class SubscriptionHub
     /// <summary>The bytes of the segments the held fragments keep, each counted once (see <see cref="Fragment.Hold"/>).</summary>
     private long _bytes;
 
+    /// <summary>Views being made outside the lock (see <see cref="Acquire"/>), and their keys' characters: counted against the limits as if held.</summary>
+    private int _makingViews;
+
+    private long _makingCharacters;
+
     /// <summary>The change applied and not yet recomposed: its applications, fragments, and the signal of its end.</summary>
     private readonly HashSet<string> _changed = new(StringComparer.Ordinal);
     private readonly HashSet<FragmentSlot> _stale = new(ReferenceEqualityComparer.Instance);
@@ -315,7 +320,7 @@ internal sealed class SubscriptionHub
 
             // Bounded by count and by size: a subscription may name 64 providers with 64 long meta pairs each, and
             // select a different few of the instances of each (by per-instance meta), which no other subscription shares.
-            if (_views.Count >= _maxViews || _characters + key.Length > _maxCharacters || _bytes >= _maxBytes)
+            if (_views.Count + _makingViews >= _maxViews || _characters + _makingCharacters + key.Length > _maxCharacters || _bytes >= _maxBytes)
             {
                 // One that alone passes the size would never fit: no idle view is dropped for it.
                 if (key.Length > _maxCharacters)
@@ -326,14 +331,14 @@ internal sealed class SubscriptionHub
                 }
 
                 DropIdleViews();
-                if (_views.Count >= _maxViews)
+                if (_views.Count + _makingViews >= _maxViews)
                 {
                     _metrics.LimitReached("subscriptions");
                     throw new TooManySubscriptionsException(
                         $"This node holds {_views.Count} distinct subscriptions, its limit (Registry:Limits:MaxSubscriptions); retry shortly or on another node.");
                 }
 
-                if (_characters + key.Length > _maxCharacters)
+                if (_characters + _makingCharacters + key.Length > _maxCharacters)
                 {
                     _metrics.LimitReached("subscription_characters");
                     throw new TooManySubscriptionsException(
@@ -362,66 +367,110 @@ internal sealed class SubscriptionHub
                     donors[i] = _byApplication.GetValueOrDefault(groups[i].Application)?.MaxBy(other => other.Current.Count)?.Current;
                 }
             }
+
+            // Counted against the limits while it is made, so requests made at once cannot pass them together.
+            _makingViews++;
+            _makingCharacters += key.Length;
         }
 
-        for (var i = 0; i < groups.Length; i++)
+        var making = true;
+        try
         {
-            if (missing[i])
-            {
-                computed[i] = Fragment.Compute(seen[i], groups[i].Entries, donor: donors[i]);
-            }
-        }
-
-        lock (_gate)
-        {
-            // Another request may have made it meanwhile.
-            if (Held(key) is { } held)
-            {
-                return held;
-            }
-
-            var slots = new FragmentSlot[groups.Length];
             for (var i = 0; i < groups.Length; i++)
             {
-                if (!_slots.TryGetValue(slotKeys[i], out var slot))
+                if (missing[i])
                 {
-                    var (application, slotEntries) = groups[i];
-                    if (!_byApplication.TryGetValue(application, out var applicationSlots))
-                    {
-                        _byApplication[application] = applicationSlots = [];
-                    }
+                    computed[i] = Fragment.Compute(seen[i], groups[i].Entries, donor: donors[i]);
+                }
+            }
 
-                    // Computed from the state as it is still (a change since would have replaced the snapshot), or again now.
-                    var fragment = computed[i] is { } early && ReferenceEquals(seen[i], _state.Get(application))
-                        ? early
-                        : Fragment.Compute(_state.Get(application), slotEntries, donor: applicationSlots.MaxBy(other => other.Current.Count)?.Current);
-                    slot = new FragmentSlot(slotKeys[i], application, slotEntries, fragment);
-                    slot.Current.Hold(ref _bytes);
-                    _slots.Add(slot.Key, slot);
+            lock (_gate)
+            {
+                making = false;
+                _makingViews--;
+                _makingCharacters -= key.Length;
+                return Made(key, groups, slotKeys, seen, computed);
+            }
+        }
+        finally
+        {
+            // A computation that threw: no longer being made.
+            if (making)
+            {
+                lock (_gate)
+                {
+                    _makingViews--;
+                    _makingCharacters -= key.Length;
+                }
+            }
+        }
+    }
 
-                    applicationSlots.Add(slot);
+    /// <summary>
+    /// The view of <paramref name="key"/>: another request's made meanwhile, or a new one of the slots held and of new
+    /// ones (each from its fragment computed outside the lock, if the application's snapshot is still the one it was
+    /// computed from; else again now, from that fragment); under the lock. Computes before it changes anything, so a
+    /// computation that throws leaves no slot behind.
+    /// </summary>
+    private SubscriptionView Made(string key, (string Application, SubscriptionEntry[] Entries)[] groups, string[] slotKeys,
+        ApplicationSnapshot?[] seen, Fragment?[] computed)
+    {
+        if (Held(key) is { } held)
+        {
+            return held;
+        }
+
+        var fragments = new Fragment?[groups.Length];
+        for (var i = 0; i < groups.Length; i++)
+        {
+            if (!_slots.ContainsKey(slotKeys[i]))
+            {
+                var (application, slotEntries) = groups[i];
+                var now = _state.Get(application);
+                fragments[i] = computed[i] is { } early && ReferenceEquals(seen[i], now)
+                    ? early
+                    : Fragment.Compute(now, slotEntries, previous: computed[i],
+                        donor: _byApplication.GetValueOrDefault(application)?.MaxBy(other => other.Current.Count)?.Current);
+            }
+        }
+
+        var slots = new FragmentSlot[groups.Length];
+        for (var i = 0; i < groups.Length; i++)
+        {
+            if (!_slots.TryGetValue(slotKeys[i], out var slot))
+            {
+                var (application, slotEntries) = groups[i];
+                if (!_byApplication.TryGetValue(application, out var applicationSlots))
+                {
+                    _byApplication[application] = applicationSlots = [];
                 }
 
-                slots[i] = slot;
+                slot = new FragmentSlot(slotKeys[i], application, slotEntries, fragments[i]!);
+                slot.Current.Hold(ref _bytes);
+                _slots.Add(slot.Key, slot);
+
+                applicationSlots.Add(slot);
             }
 
-            var view = new SubscriptionView(key, slots) { References = 1 };
-            if (_recomposed is not null && slots.Any(_stale.Contains))
-            {
-                view.MarkStale(_recomposed.Task);
-            }
-
-            _views.Add(key, view);
-            _characters += key.Length;
-            foreach (var slot in slots)
-            {
-                slot.Views.Add(view);
-            }
-
-            _metrics.SubscriptionViews(_views.Count);
-            _metrics.SubscriptionBytes(_bytes);
-            return view;
+            slots[i] = slot;
         }
+
+        var view = new SubscriptionView(key, slots) { References = 1 };
+        if (_recomposed is not null && slots.Any(_stale.Contains))
+        {
+            view.MarkStale(_recomposed.Task);
+        }
+
+        _views.Add(key, view);
+        _characters += key.Length;
+        foreach (var slot in slots)
+        {
+            slot.Views.Add(view);
+        }
+
+        _metrics.SubscriptionViews(_views.Count);
+        _metrics.SubscriptionBytes(_bytes);
+        return view;
     }
 
     /// <summary>The view of <paramref name="key"/>, if there is one, with one holder more; under the lock.</summary>
@@ -654,6 +703,7 @@ internal sealed class SubscriptionHub
     {
         while (_idle.First is { } oldest)
         {
+            _idle.RemoveFirst();
             Remove(oldest.Value);
         }
     }
