@@ -302,10 +302,9 @@ internal sealed class SubscriptionHub
 
         // The fragments of selections no view holds yet are computed outside the lock (as Recompose computes them): on a
         // large application that is a scan and a serialisation, and every poll, release and change waits for this lock.
-        var missing = new bool[groups.Length];
-        var seen = new ApplicationSnapshot?[groups.Length];
-        var donors = new Fragment?[groups.Length];
-        var computed = new Fragment?[groups.Length];
+        bool[] missing;
+        ApplicationSnapshot?[] seen;
+        Fragment?[] donors;
         lock (_gate)
         {
             if (_idle.First is not null)
@@ -317,6 +316,9 @@ internal sealed class SubscriptionHub
             {
                 return held;
             }
+
+            // Only for a view to make: every poll of one already held passes through here.
+            (missing, seen, donors) = (new bool[groups.Length], new ApplicationSnapshot?[groups.Length], new Fragment?[groups.Length]);
 
             // Bounded by count and by size: a subscription may name 64 providers with 64 long meta pairs each, and
             // select a different few of the instances of each (by per-instance meta), which no other subscription shares.
@@ -373,6 +375,7 @@ internal sealed class SubscriptionHub
             _makingCharacters += key.Length;
         }
 
+        var computed = new Fragment?[groups.Length];
         var making = true;
         try
         {
