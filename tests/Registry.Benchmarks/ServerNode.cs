@@ -66,6 +66,7 @@ internal sealed class ServerNode : IAsyncDisposable
         // default, against one client hogging a node) would refuse the fan-out's ten thousand.
         start.Environment["Registry__Limits__MaxParkedPerClient"] = "1000000";
         start.Environment["Registry__Limits__MaxParked"] = "1000000";
+        start.Environment["Registry__Network__MaxConnectionsPerClient"] = "1000000";
         // Measured without credentials unless the caller's environment turns authentication on.
         start.Environment["Registry__Auth__Mode"] = "Open";
         foreach (var (key, value) in environment)

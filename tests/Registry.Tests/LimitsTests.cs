@@ -1,4 +1,5 @@
 using System.Net;
+using System.Net.Sockets;
 using Npgsql;
 using Registry.Tests.Infrastructure;
 
@@ -614,6 +615,102 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
 
         Assert.True(answered >= 100, $"only {answered} checks answered");
         Assert.InRange(statements.Total, 1, Math.Ceiling(clock.Elapsed.TotalSeconds) + 1);
+    }
+
+    /// <summary>
+    /// Kestrel's connection limit is the node's: one client opening connections and sending nothing could hold all
+    /// of them. Past its own limit a client's new connection is closed before anything is read, while its open ones
+    /// and other clients are served, and one it closes makes room again (before, every connection was taken).
+    /// </summary>
+    [Fact]
+    public async Task AClientsConnectionsPastItsLimitAreClosedWhileItsOpenOnesAndOtherClientsAreServed()
+    {
+        await using var node = new RegistryNode(Cluster.ConnectionString, new Dictionary<string, string?> { ["Registry:Network:MaxConnectionsPerClient"] = "2" });
+        node.UseKestrel(0);
+        node.StartServer();
+        var port = node.CreateClient().BaseAddress!.Port;
+        using var open = MeterWatch.Node(node, "kestrel.active_connections");
+
+        // Each answered once, so both are counted before the next one comes.
+        using var first = await ConnectAsync(port, IPAddress.Loopback);
+        using var second = await ConnectAsync(port, IPAddress.Loopback);
+        var answered = new[] { await AskAsync(first), await AskAsync(second) };
+        using var third = await ConnectAsync(port, IPAddress.Loopback);
+        var thirdClosed = await ClosedByServerAsync(third);
+        using var otherClient = await ConnectAsync(port, IPAddress.Parse("127.0.0.2"));
+        var otherAnswered = await AskAsync(otherClient);
+        var firstAgain = await AskAsync(first);
+
+        second.Dispose();
+        await open.WaitUntilAsync(connections => connections <= 2); // first and otherClient
+        using var fourth = await ConnectAsync(port, IPAddress.Loopback);
+        var fourthAnswered = await AskAsync(fourth);
+
+        Assert.Equal(["HTTP/1.1 200 OK", "HTTP/1.1 200 OK"], answered);
+        Assert.True(thirdClosed);
+        Assert.Equal("HTTP/1.1 200 OK", otherAnswered);
+        Assert.Equal("HTTP/1.1 200 OK", firstAgain);
+        Assert.Equal("HTTP/1.1 200 OK", fourthAnswered);
+    }
+
+    /// <summary>Many clients come through a load balancer: its connections are not limited as one client's.</summary>
+    [Fact]
+    public async Task ATrustedProxysConnectionsAreNotLimited()
+    {
+        await using var node = new RegistryNode(Cluster.ConnectionString, new Dictionary<string, string?>
+        {
+            ["Registry:Network:MaxConnectionsPerClient"] = "1",
+            ["Registry:Network:TrustedProxies:0"] = "127.0.0.1",
+        });
+        node.UseKestrel(0);
+        node.StartServer();
+        var port = node.CreateClient().BaseAddress!.Port;
+
+        using var first = await ConnectAsync(port, IPAddress.Loopback);
+        using var second = await ConnectAsync(port, IPAddress.Loopback);
+
+        Assert.Equal("HTTP/1.1 200 OK", await AskAsync(first));
+        Assert.Equal("HTTP/1.1 200 OK", await AskAsync(second));
+    }
+
+    private static async Task<Socket> ConnectAsync(int port, IPAddress from)
+    {
+        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp);
+        socket.Bind(new IPEndPoint(from, 0));
+        await socket.ConnectAsync(new IPEndPoint(IPAddress.Loopback, port));
+        return socket;
+    }
+
+    /// <summary>The status line of HEAD /healthz on a kept-alive connection (no body follows the headers).</summary>
+    private static async Task<string> AskAsync(Socket socket)
+    {
+        await socket.SendAsync("HEAD /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"u8.ToArray());
+        var received = new List<byte>();
+        var buffer = new byte[1024];
+        while (!System.Text.Encoding.ASCII.GetString([.. received]).Contains("\r\n\r\n", StringComparison.Ordinal))
+        {
+            var read = await socket.ReceiveAsync(buffer.AsMemory()).AsTask().WaitAsync(TimeSpan.FromSeconds(10));
+            if (read == 0)
+            {
+                return "closed";
+            }
+
+            received.AddRange(buffer.AsSpan(0, read));
+        }
+
+        return System.Text.Encoding.ASCII.GetString([.. received]).Split("\r\n")[0];
+    }
+
+    private static async Task<bool> ClosedByServerAsync(Socket socket)
+    {
+        try
+        {
+            return await socket.ReceiveAsync(new byte[1].AsMemory()).AsTask().WaitAsync(TimeSpan.FromSeconds(10)) == 0;
+        }
+        catch (SocketException)
+        {
+            return true; // reset
+        }
     }
 
     [Fact]

@@ -29,6 +29,14 @@ public sealed class NetworkOptions
     /// </summary>
     [System.ComponentModel.DataAnnotations.Range(0, 128)]
     public int ClientPrefixLengthIpv6 { get; set; } = 64;
+
+    /// <summary>
+    /// Connections one client address (an IPv6 one as its network) may hold open at once; beyond it, a new one is
+    /// closed at once. The trusted proxies are not limited. A parked poll holds a connection (HTTP/1.1): keep this
+    /// above <see cref="Model.LimitsOptions.MaxParkedPerClient"/> for the clients that park many.
+    /// </summary>
+    [System.ComponentModel.DataAnnotations.Range(1, 10_000_000)]
+    public int MaxConnectionsPerClient { get; set; } = 2_000;
 }
 
 /// <summary>
@@ -76,6 +84,9 @@ internal static class Network
         services.AddSingleton<Microsoft.AspNetCore.Connections.IMemoryPoolFactory<byte>, RetainingBufferPoolFactory>();
         services.AddSingleton<IValidateOptions<NetworkOptions>, NetworkOptionsValidator>();
         services.AddSingleton<Clients>();
+        services.AddSingleton<ClientConnections>();
+        services.AddOptions<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>().Configure<ClientConnections>(
+            (kestrel, connections) => kestrel.ConfigureEndpointDefaults(listen => listen.Use(connections.Limit)));
         services.AddOptions<ForwardedHeadersOptions>().Configure<IOptions<NetworkOptions>>((forwarded, network) =>
         {
             // With no proxy listed the framework would believe anyone: then no header at all.
