@@ -2,6 +2,7 @@ using System.Data.Common;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.Extensions.Options;
 using Registry.Access;
+using Registry.ChangeFeed;
 using Registry.Edge;
 using Registry.Model;
 using Registry.Subscription;
@@ -11,6 +12,13 @@ namespace Registry.Drain;
 /// <summary>Who watches an application: what operators call before and during a rollout.</summary>
 internal static class DrainApi
 {
+    /// <summary>
+    /// Why a node whose change feed is down takes no drain or watchers question: the nodes' answers, its own among them,
+    /// come back only through its feed, so it would answer "nobody watches" or wait out a drain that another node could
+    /// confirm at once.
+    /// </summary>
+    public const string FeedDown = "This node cannot hear the nodes' answers now (its change feed is reconnecting to the database); ask through another node.";
+
     public static IEndpointRouteBuilder MapDrain(this IEndpointRouteBuilder endpoints)
     {
         var group = endpoints.MapGroup("/v1").WithTags("Consumers")
@@ -25,7 +33,8 @@ internal static class DrainApi
                 "parked on subscriptions that include the application, and which version of their answer each holds, so an " +
                 "operator can see who still holds an old version. Nodes that do not answer within `Registry:Drain:WatchersWait` " +
                 "(1 s by default) are left out. A parked consumer on a subscription naming several providers holds the version of its whole answer. " +
-                "The question is held like a parked poll and counted with them: `429` with `Retry-After` beyond `Registry:Limits:MaxParkedPerClient` or `MaxParked`.")
+                "The question is held like a parked poll and counted with them: `429` with `Retry-After` beyond `Registry:Limits:MaxParkedPerClient` or `MaxParked`. " +
+                "`503` with `Retry-After` while this node's change feed is down (the answers come back through it): ask another node.")
             .Produces<WatchersDocument>(StatusCodes.Status200OK)
             .ProducesValidationProblem()
             .ProducesProblem(StatusCodes.Status429TooManyRequests)
@@ -44,6 +53,7 @@ internal static class DrainApi
         ParkingLot parking,
         Clients clients,
         IOptions<LimitsOptions> limits,
+        ChangeFeedListener feed,
         CancellationToken cancellationToken)
     {
         var errors = new Errors();
@@ -56,6 +66,11 @@ internal static class DrainApi
         if (await access.DenyAsync(http.User, Scope.Subscribe, application) is { } denied)
         {
             return denied;
+        }
+
+        if (!feed.IsListening)
+        {
+            return Problems.Unavailable(http, options.Value.RetryAfterSeconds, FeedDown);
         }
 
         // Held until every node answers (up to WatchersWait), and each costs every node a look-up and a notification:

@@ -3,6 +3,7 @@ using Microsoft.AspNetCore.Mvc;
 using Microsoft.Extensions.Options;
 using System.Data.Common;
 using Registry.Access;
+using Registry.ChangeFeed;
 using Registry.Drain;
 using Registry.Edge;
 using Registry.Leases;
@@ -69,7 +70,8 @@ internal static class RegistrationApi
                 "subscription that included the instance has been sent an answer without it, or until `drain` runs out: 200 with " +
                 "`delivered`, `pending` (answers not yet taken by the consumer's connection), `nodes` (live nodes that reported) and " +
                 "`complete` (false on timeout). A node that dies meanwhile stops being waited for. Call it from a provider's " +
-                "shutdown hook, then stop serving. The wait counts as a parked request for the limits.")
+                "shutdown hook, then stop serving. The wait counts as a parked request for the limits. A drain asked of a node whose " +
+                "change feed is down (the nodes' reports come back through it) is `503` with `Retry-After` and removes nothing: ask another node.")
             .Accepts<ProviderDocument>("application/json", "*/*")
             .Produces(StatusCodes.Status204NoContent)
             .Produces<DrainDocument>(StatusCodes.Status200OK)
@@ -218,6 +220,7 @@ internal static class RegistrationApi
         DrainCoordinator drains,
         ParkingLot parking,
         Clients clients,
+        ChangeFeedListener feed,
         CancellationToken cancellationToken)
     {
         var (json, tooLarge) = await body.ReadAsync(http.Request, cancellationToken);
@@ -247,6 +250,11 @@ internal static class RegistrationApi
         if (drainSeconds is not { } seconds)
         {
             return await RemoveAsync(http, clients.Of(http), provider.Key, writes, writeOptions.Value, limits.Value, audit) ?? (Results<NoContent, Ok<DrainDocument>, ValidationProblem, ProblemHttpResult>)TypedResults.NoContent();
+        }
+
+        if (!feed.IsListening)
+        {
+            return Problems.Unavailable(http, drainOptions.Value.RetryAfterSeconds, DrainApi.FeedDown);
         }
 
         // The wait is a held request like a parked poll; refused before anything is removed.

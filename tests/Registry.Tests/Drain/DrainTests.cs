@@ -1,6 +1,8 @@
 using System.Diagnostics;
 using System.Net;
 using System.Text.Json.Nodes;
+using Npgsql;
+using Registry.Storage;
 using Registry.Tests.Infrastructure;
 
 namespace Registry.Tests.Drain;
@@ -267,6 +269,52 @@ public sealed class DrainTests(RegistryCluster cluster) : RegistryTest(cluster)
 
         Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
         Assert.NotNull((await response.ReadJsonAsync())["errors"]!["application"]);
+    }
+
+    /// <summary>
+    /// The nodes' answers, a node's own among them, come back only through its change feed: a node whose feed is down
+    /// refuses both questions with 503 and removes nothing. Before, the watchers were 200 with no node at all ("nobody
+    /// watches"), and a drain removed the instance and waited out its whole time for reports that could not arrive.
+    /// </summary>
+    [Fact]
+    public async Task ANodeWhoseChangeFeedIsDownRefusesDrainsAndWatchersWith503()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database);
+        using var client = node.CreateClient();
+        using (var registered = await client.PostJsonAsync("/v1/register", Http.Provider("app", Leaving)))
+        {
+            registered.EnsureSuccessStatusCode();
+        }
+
+        // The feed is cut, and its reconnection waits at the full load it must finish before it listens again.
+        await using var locker = new NpgsqlConnection(database);
+        await locker.OpenAsync();
+        await using var locked = await locker.BeginTransactionAsync();
+        await using (var lockTable = new NpgsqlCommand("LOCK TABLE instances IN ACCESS EXCLUSIVE MODE", locker, locked))
+        await using (var kill = new NpgsqlCommand("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = @name AND datname = current_database()", locker, locked))
+        {
+            await lockTable.ExecuteNonQueryAsync();
+            kill.Parameters.AddWithValue("name", RegistryDatabase.ChangeFeedApplicationName);
+            Assert.Equal(1L, await kill.ExecuteScalarAsync());
+        }
+
+        await Backends.WaitingForALockAsync(database, "SELECT i.application, i.protocol, i.addr, i.meta::text%");
+        using var watchers = await client.GetAsync(new Uri("/v1/services/app/watchers", UriKind.Relative));
+        using var drain = await client.PostJsonAsync("/v1/unregister?drain=5", Http.Provider("app", Leaving));
+        await locked.RollbackAsync();
+
+        foreach (var refused in new[] { watchers, drain })
+        {
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, refused.StatusCode);
+            Assert.Equal("application/problem+json", refused.Content.Headers.ContentType?.MediaType);
+            Assert.NotNull(refused.Headers.RetryAfter);
+        }
+
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        await using var count = new NpgsqlCommand("SELECT count(*) FROM instances", connection);
+        Assert.Equal(1L, await count.ExecuteScalarAsync());
     }
 
     private async Task RegisterAsync(string addr, string meta)
