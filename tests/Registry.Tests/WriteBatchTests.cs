@@ -12,7 +12,7 @@ public sealed class WriteBatchTests(RegistryCluster cluster) : RegistryTest(clus
 {
     /// <summary>
     /// Writes queued together commit together, except that a batch writes each instance once: a
-    /// second write to one starts the next batch, so each is answered with its own status and
+    /// second write to one is set aside for the next batch, so each is answered with its own status and
     /// its own lease, in arrival order.
     /// </summary>
     [Fact]
@@ -33,7 +33,7 @@ public sealed class WriteBatchTests(RegistryCluster cluster) : RegistryTest(clus
         var (answers, batches, bodies) = await QueueBehindAStalledBatchAsync(writes.Select(w => (w.Path, w.Body)).ToArray());
 
         Assert.Equal(writes.Select(w => w.Alone), answers);
-        // The stalled one, then one per write to the same instance, the last with batch-2's too.
+        // The stalled one, then one per write to the same instance, the first with batch-2's too.
         Assert.Equal(6, batches);
         foreach (var body in bodies.Where((_, i) => answers[i] is HttpStatusCode.OK or HttpStatusCode.Created))
         {
@@ -48,8 +48,33 @@ public sealed class WriteBatchTests(RegistryCluster cluster) : RegistryTest(clus
         // One notification per batch that changed the application (the registration, the removal,
         // the new meta; not the identical re-registration), naming the changed instance.
         await notifications.WaitForAsync("batch-2");
+        await notifications.WaitUntilAsync("batch", count => count >= 3);
         Assert.Equal(Enumerable.Repeat("batch\nhttp 10.0.0.2:80", 3), notifications.Payloads("batch"));
         Assert.Equal(["batch-2\nhttp 10.0.0.3:80"], notifications.Payloads("batch-2"));
+    }
+
+    /// <summary>
+    /// One client writing one instance over and over (a batch each, since a batch writes an instance once) holds no
+    /// other instance's write behind its own: that one is taken with the first of them. Before, the second write to
+    /// the instance ended the batch, and the other write waited for every one of them, a commit each.
+    /// </summary>
+    [Fact]
+    public async Task WritesToOneInstanceOverAndOverHoldNoOtherInstancesWriteBehindThem()
+    {
+        await using var notifications = await NotificationListener.StartAsync(Cluster.ConnectionString);
+        var writes = Enumerable.Range(0, 8)
+            .Select(i => ("/v1/register", Http.Provider("busy", "10.0.0.2:80", $$"""{"v":"{{i}}"}""")))
+            .Append(("/v1/register", Http.Provider("other", "10.0.0.3:80")))
+            .ToArray();
+
+        var (answers, batches, _) = await QueueBehindAStalledBatchAsync(writes);
+
+        Assert.All(answers, status => Assert.True(status is HttpStatusCode.OK or HttpStatusCode.Created, $"{status}"));
+        Assert.Equal(9, batches); // the stalled one, then one per write to busy
+        await notifications.WaitUntilAsync("busy", count => count >= 8);
+        await notifications.WaitForAsync("other");
+        var order = notifications.Applications().Where(application => application is "busy" or "other").ToList();
+        Assert.InRange(order.IndexOf("other"), 0, 1);
     }
 
     [Fact]

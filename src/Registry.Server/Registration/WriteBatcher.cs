@@ -72,7 +72,8 @@ internal sealed class TooManyWritesException(string message) : Exception(message
 /// the writes that arrive together share one transaction: multi-row statements and one
 /// <c>pg_notify</c> per changed application. Each request is answered after its batch has
 /// committed, with the status and lease it would have had alone: a batch writes each instance
-/// once, so writes to the same instance go in successive batches, in their arrival order. An identical re-registration renews the lease and notifies nobody
+/// once, so writes to the same instance go in successive batches, in their arrival order, while
+/// other instances' writes are taken around them. An identical re-registration renews the lease and notifies nobody
 /// (unless a session is involved: see <see cref="RegisterCommand.Session"/>).
 /// </summary>
 internal sealed partial class WriteBatcher(
@@ -90,11 +91,14 @@ internal sealed partial class WriteBatcher(
     private const int MaxAttempts = 3;
 
     // The queue's own bound is the total: this one keeps a client from filling it (one looping client would otherwise
-    // have every other client's writes refused, and writes of one instance over and over commit a batch each).
+    // have every other client's writes refused).
     private readonly ClientShares _queued = new(limits.Value.MaxWritesPerClient, int.MaxValue);
 
     /// <summary>How long an acknowledgement waits for the batch's own notifications before reloading its rows itself.</summary>
     private static readonly TimeSpan OwnNotificationWait = TimeSpan.FromSeconds(1);
+
+    /// <summary>Writes taken from the queue and set aside for a later batch, in arrival order; only the batch loop touches it.</summary>
+    private readonly List<WriteCommand> _setAside = [];
 
     private readonly Channel<WriteCommand> _queue = Channel.CreateBounded<WriteCommand>(
         new BoundedChannelOptions(options.Value.MaxQueueLength) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
@@ -175,16 +179,33 @@ internal sealed partial class WriteBatcher(
         var keys = new HashSet<InstanceKey>();
         try
         {
-            while (await reader.WaitToReadAsync(stoppingToken))
+            while (_setAside.Count > 0 || await reader.WaitToReadAsync(stoppingToken))
             {
                 keys.Clear();
-                // A second write to an instance ends the batch: each write is answered with the
-                // revision and lease of its own row (a session holds on to it), and a batch writes
-                // only one row per instance. Arrival order is kept, since batches commit in turn.
-                while (batch.Count < options.Value.MaxBatchSize && reader.TryPeek(out var command) && keys.Add(command.Key))
+                // A batch writes only one row per instance: each write is answered with the revision and lease of its
+                // own row (a session holds on to it). A second write to an instance is set aside for the next batch,
+                // and so is every later one to it, so each instance's writes keep their arrival order (batches commit
+                // in turn), while the other instances' writes go on being taken: one client writing one instance
+                // over and over holds nobody else's write more than a batch. What is set aside is taken first next
+                // time; it is bounded by the queue's own length (the clients' shares count it until it is answered).
+                var kept = 0;
+                for (var i = 0; i < _setAside.Count; i++)
                 {
-                    reader.TryRead(out _);
-                    batch.Add(command);
+                    var command = _setAside[i];
+                    if (batch.Count < options.Value.MaxBatchSize && keys.Add(command.Key))
+                    {
+                        batch.Add(command);
+                    }
+                    else
+                    {
+                        _setAside[kept++] = command;
+                    }
+                }
+
+                _setAside.RemoveRange(kept, _setAside.Count - kept);
+                while (batch.Count < options.Value.MaxBatchSize && _setAside.Count < options.Value.MaxQueueLength && reader.TryRead(out var command))
+                {
+                    (keys.Add(command.Key) ? batch : _setAside).Add(command);
                 }
 
                 metrics.WritesQueued(-batch.Count);
@@ -197,6 +218,8 @@ internal sealed partial class WriteBatcher(
         {
             // Nothing more is taken (a write waiting for room would otherwise wait for an answer nobody gives).
             _queue.Writer.TryComplete();
+            metrics.WritesQueued(-_setAside.Count);
+            batch.AddRange(_setAside);
             while (reader.TryRead(out var command))
             {
                 metrics.WritesQueued(-1);
@@ -251,6 +274,9 @@ internal sealed partial class WriteBatcher(
 
     private void FailQueued(WriteUnavailableException exception)
     {
+        metrics.WritesQueued(-_setAside.Count);
+        Fail(_setAside, exception);
+        _setAside.Clear();
         while (_queue.Reader.TryRead(out var command))
         {
             metrics.WritesQueued(-1);

@@ -41,6 +41,9 @@ public sealed class NotificationListener : IAsyncDisposable
     /// <summary>The payloads received for the application, in order, without the tag a node's own batch adds to the first line.</summary>
     public string[] Payloads(string application) => _payloads.Where(p => ApplicationOf(p) == application).Select(Untagged).ToArray();
 
+    /// <summary>The applications of the notifications received, in the order they came (the order their transactions committed).</summary>
+    public string[] Applications() => _payloads.Select(ApplicationOf).ToArray();
+
     /// <summary>The tags of the application's notifications, in order (null for an untagged one, such as a sweep's).</summary>
     public string?[] Tags(string application) =>
         _payloads.Where(p => ApplicationOf(p) == application).Select(p => p.Split('\n')[0].Split(' ') is [_, var tag] ? tag : null).ToArray();
