@@ -51,7 +51,8 @@ internal sealed class DrainChannel(
                 });
                 break;
             case "watchers":
-                coordinator.Watched(words[1], words[2], words[3] == "1", DrainMessages.Versions(words.Length == 5 ? words[4] : "").ToArray());
+                // Every node hears every answer: only the asker parses it.
+                coordinator.Watched(words[1], words[2], words[3] == "1", words.Length == 5 ? words[4] : "");
                 break;
         }
     }

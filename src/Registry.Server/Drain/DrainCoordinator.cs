@@ -84,10 +84,11 @@ internal sealed class DrainCoordinator(
     }
 
     /// <summary>A part of a node's watchers for a question this node asked; runs on the change feed's reading path.</summary>
-    public void Watched(string id, string reporter, bool more, IEnumerable<(string Version, int Count)> versions)
+    public void Watched(string id, string reporter, bool more, string versionList)
     {
         if (_watches.TryGetValue(id, out var gathering))
         {
+            var versions = DrainMessages.Versions(versionList).ToArray();
             gathering.Set(reporter, before =>
             {
                 var merged = before.Versions ?? new Dictionary<string, int>(StringComparer.Ordinal);
