@@ -297,6 +297,48 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
         Assert.Equal(HttpStatusCode.OK, answered.StatusCode);
     }
 
+    /// <summary>
+    /// A drain or watchers question is quick when nobody watches, and costs every node a notification to read and an
+    /// answer that every node hears: a client looping on them is held to a rate (before, only to the parked limits,
+    /// which a quick question never reaches). A drain refused is refused before anything is removed.
+    /// </summary>
+    [Fact]
+    public async Task DrainAndWatchersQuestionsPastAClientsRateAre429AndRemoveNothing()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:Drain:MaxQuestionsPerSecondPerClient"] = "1",
+        });
+        using var client = node.CreateClient();
+        var addrs = new[] { "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80" };
+        foreach (var addr in addrs)
+        {
+            using var registered = await client.PostJsonAsync("/v1/register", Http.Provider("app", addr));
+            registered.EnsureSuccessStatusCode();
+        }
+
+        // One a second: of three asked at once, one at least is refused (two only if the bucket refills between them).
+        var watchers = await Task.WhenAll(Enumerable.Range(0, 3).Select(_ => client.GetAsync("/v1/services/app/watchers")));
+        var drains = await Task.WhenAll(addrs.Select(addr => client.PostJsonAsync("/v1/unregister?drain=5", Http.Provider("app", addr))));
+
+        foreach (var answers in new[] { watchers, drains })
+        {
+            var refused = answers.Where(r => r.StatusCode == HttpStatusCode.TooManyRequests).ToList();
+            Assert.NotEmpty(refused);
+            Assert.All(refused, r => Assert.NotNull(r.Headers.RetryAfter));
+            Assert.Contains("MaxQuestionsPerSecondPerClient", (string?)(await refused[0].ReadJsonAsync())["detail"], StringComparison.Ordinal);
+            Assert.All(answers.Except(refused), r => Assert.Equal(HttpStatusCode.OK, r.StatusCode));
+        }
+
+        var (_, _, body) = await client.SubscribeAsync(Http.Subscription(Http.Entry("app")));
+        Assert.Equal(drains.Count(r => r.StatusCode == HttpStatusCode.TooManyRequests), body!["endpoints"]!.AsArray().Count);
+        foreach (var response in watchers.Concat(drains))
+        {
+            response.Dispose();
+        }
+    }
+
     [Fact]
     public async Task ANodeHoldsNoMoreParkedPollsThanItsLimitWhateverTheClients()
     {

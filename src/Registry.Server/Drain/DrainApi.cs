@@ -34,6 +34,7 @@ internal static class DrainApi
                 "operator can see who still holds an old version. Nodes that do not answer within `Registry:Drain:WatchersWait` " +
                 "(1 s by default) are left out. A parked consumer on a subscription naming several providers holds the version of its whole answer. " +
                 "The question is held like a parked poll and counted with them: `429` with `Retry-After` beyond `Registry:Limits:MaxParkedPerClient` or `MaxParked`. " +
+                "`429` with `Retry-After` beyond `Registry:Drain:MaxQuestionsPerSecondPerClient` drain and watchers questions a second (20). " +
                 "`503` with `Retry-After` while this node's change feed is down (the answers come back through it): ask another node.")
             .Produces<WatchersDocument>(StatusCodes.Status200OK)
             .ProducesValidationProblem()
@@ -54,6 +55,7 @@ internal static class DrainApi
         Clients clients,
         IOptions<LimitsOptions> limits,
         ChangeFeedListener feed,
+        DrainQuestions questions,
         CancellationToken cancellationToken)
     {
         var errors = new Errors();
@@ -74,8 +76,13 @@ internal static class DrainApi
         }
 
         // Held until every node answers (up to WatchersWait), and each costs every node a look-up and a notification:
-        // counted as a parked request, so no client can hold the pool's connections with them.
+        // counted as a parked request, so no client can hold the pool's connections with them, and limited in rate.
         var client = clients.Of(http);
+        if (!questions.TryAsk(client))
+        {
+            return Problems.TooMany(http, 1, DrainQuestions.TooMany);
+        }
+
         if (!parking.TryEnter(client))
         {
             return Problems.TooMany(http, limits.Value.RetryAfterSeconds, ParkingLot.Full);

@@ -18,6 +18,13 @@ public sealed class DrainOptions
     /// <summary>How long the watchers view waits for the live nodes to answer; the nodes that answered by then are shown.</summary>
     public TimeSpan WatchersWait { get; set; } = TimeSpan.FromSeconds(1);
 
+    /// <summary>
+    /// Drain and watchers questions one client (its address, an IPv6 one as its network, and credential) may ask a
+    /// second; beyond, 429. Each costs every live node a notification, a look-up and an answer.
+    /// </summary>
+    [Range(1, 1_000_000)]
+    public int MaxQuestionsPerSecondPerClient { get; set; } = 20;
+
     /// <summary>The Retry-After sent with a 503 when the database cannot carry a question to the nodes, in seconds.</summary>
     [Range(1, 3600)]
     public int RetryAfterSeconds { get; set; } = 2;

@@ -14,6 +14,7 @@ internal static class DrainServiceExtensions
         services.AddSingleton<DrainTracker>();
         services.AddSingleton<IChangeWitness>(provider => provider.GetRequiredService<DrainTracker>());
         services.AddSingleton<DrainCoordinator>();
+        services.AddSingleton<DrainQuestions>();
         services.AddSingleton<IChangeFeedChannel, DrainChannel>();
         services.AddSingleton<DrainMessenger>();
         services.AddHostedService(provider => provider.GetRequiredService<DrainMessenger>());

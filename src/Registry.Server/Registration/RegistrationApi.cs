@@ -70,7 +70,8 @@ internal static class RegistrationApi
                 "subscription that included the instance has been sent an answer without it, or until `drain` runs out: 200 with " +
                 "`delivered`, `pending` (answers not yet taken by the consumer's connection), `nodes` (live nodes that reported) and " +
                 "`complete` (false on timeout). A node that dies meanwhile stops being waited for. Call it from a provider's " +
-                "shutdown hook, then stop serving. The wait counts as a parked request for the limits. A drain asked of a node whose " +
+                "shutdown hook, then stop serving. The wait counts as a parked request for the limits, and the question as one of " +
+                "`Registry:Drain:MaxQuestionsPerSecondPerClient` (`429` beyond). A drain asked of a node whose " +
                 "change feed is down (the nodes' reports come back through it) is `503` with `Retry-After` and removes nothing: ask another node.")
             .Accepts<ProviderDocument>("application/json", "*/*")
             .Produces(StatusCodes.Status204NoContent)
@@ -221,6 +222,7 @@ internal static class RegistrationApi
         ParkingLot parking,
         Clients clients,
         ChangeFeedListener feed,
+        DrainQuestions questions,
         CancellationToken cancellationToken)
     {
         var (json, tooLarge) = await body.ReadAsync(http.Request, cancellationToken);
@@ -257,8 +259,13 @@ internal static class RegistrationApi
             return Problems.Unavailable(http, drainOptions.Value.RetryAfterSeconds, DrainApi.FeedDown);
         }
 
-        // The wait is a held request like a parked poll; refused before anything is removed.
+        // The wait is a held request like a parked poll, and a question to every node; refused before anything is removed.
         var client = clients.Of(http);
+        if (!questions.TryAsk(client))
+        {
+            return Problems.TooMany(http, 1, DrainQuestions.TooMany);
+        }
+
         if (!parking.TryEnter(client))
         {
             return Problems.TooMany(http, limits.Value.RetryAfterSeconds, ParkingLot.Full);
