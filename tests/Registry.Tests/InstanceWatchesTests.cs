@@ -21,5 +21,45 @@ public sealed class InstanceWatchesTests
         Assert.Equal(0, state.Watches.Applications);
     }
 
+    /// <summary>
+    /// A watch's first check reads the state outside any lock; the loader may replace the state (the instance
+    /// unregistered elsewhere) and check the watch before that first check is applied. The removal, seen first, is
+    /// not taken for one while the watch has not yet seen its registration in memory; the late first check then shows
+    /// it did, so the removal is. Before, the late check only marked the registration seen, and the session never
+    /// heard it was unregistered (its stream ended later as if released).
+    /// </summary>
+    [Fact]
+    public async Task ARemovalCheckedBeforeALateFirstCheckThatShowsTheRegistrationSettlesTheWatch()
+    {
+        var key = Key("app");
+        var registered = new Instance(key, Meta.Empty, 10, DateTimeOffset.UtcNow.AddSeconds(10), Revision: 5);
+        var state = new RegistryState();
+        state.Replace([new ApplicationSnapshot("app", [registered])]);
+        var shownAtFirst = state.Sequence;
+        using var watch = state.Watches.Watch(key, 5, caughtUp: false, new RegistryState()); // its first look found nothing yet
+
+        state.Replace([new ApplicationSnapshot("app", [])]); // the loader: removed, checked at once
+        Assert.False(watch.Fate.IsCompleted);
+        watch.Check(shownAtFirst, registered); // the first check, read before the removal, applied after it
+
+        Assert.True(watch.Fate.IsCompletedSuccessfully);
+        Assert.Equal(InstanceFate.Removed, await watch.Fate);
+    }
+
+    /// <summary>A check of an older state never undoes what a newer one showed (here: the registration, still there).</summary>
+    [Fact]
+    public void ALateCheckOfAnOlderStateDoesNotSettleAWatchTheNewerStateKeeps()
+    {
+        var key = Key("app");
+        var registered = new Instance(key, Meta.Empty, 10, DateTimeOffset.UtcNow.AddSeconds(10), Revision: 5);
+        var state = new RegistryState();
+        using var watch = state.Watches.Watch(key, 5, caughtUp: false, state);
+
+        state.Replace([new ApplicationSnapshot("app", [registered])]);
+        watch.Check(0, null); // what the empty state showed, applied late
+
+        Assert.False(watch.Fate.IsCompleted);
+    }
+
     private static InstanceKey Key(string application) => new(application, "http", "10.0.0.1:80");
 }

@@ -30,6 +30,10 @@ internal sealed class InstanceWatch : IDisposable
     private readonly Lock _gate = new();
     private bool _seen;
 
+    /// <summary>The newest state checked against (<see cref="RegistryState.Sequence"/>), and what it showed.</summary>
+    private long _checked = -1;
+    private Instance? _latest;
+
     internal InstanceWatch(InstanceWatches owner, InstanceKey key, long revision, bool caughtUp)
     {
         _owner = owner;
@@ -43,25 +47,47 @@ internal sealed class InstanceWatch : IDisposable
     /// <summary>Completes with what became of the instance; never while it stays as registered.</summary>
     public Task<InstanceFate> Fate => _fate.Task;
 
-    internal void Check(Instance? now)
+    /// <summary>
+    /// Checks what the state numbered <paramref name="sequence"/> shows. Checks may arrive out of order: the watch's
+    /// first one reads the state outside any lock, and the loader may replace it and check first. What an older
+    /// state showed can still tell that memory had caught up with the registration (then the newest is judged again,
+    /// and an absence in it is a removal); it never undoes what a newer one showed.
+    /// </summary>
+    internal void Check(long sequence, Instance? now)
     {
         lock (_gate)
         {
-            if (now is null)
+            if (sequence >= _checked)
             {
-                if (_seen)
-                {
-                    _fate.TrySetResult(InstanceFate.Removed);
-                }
+                _checked = sequence;
+                _latest = now;
+                Settle(now);
             }
-            else if (now.Revision > _revision || (_seen && now.Revision != _revision))
-            {
-                _fate.TrySetResult(InstanceFate.Replaced);
-            }
-            else if (now.Revision == _revision)
+            else if (!_seen && now is not null && now.Revision == _revision)
             {
                 _seen = true;
+                Settle(_latest);
             }
+        }
+    }
+
+    /// <summary>Under the gate: settles on what the newest state checked shows.</summary>
+    private void Settle(Instance? now)
+    {
+        if (now is null)
+        {
+            if (_seen)
+            {
+                _fate.TrySetResult(InstanceFate.Removed);
+            }
+        }
+        else if (now.Revision > _revision || (_seen && now.Revision != _revision))
+        {
+            _fate.TrySetResult(InstanceFate.Replaced);
+        }
+        else if (now.Revision == _revision)
+        {
+            _seen = true;
         }
     }
 
@@ -103,8 +129,10 @@ internal sealed class InstanceWatches
             }
         }
 
-        // After it is listed: a swap from now on checks it too, so no change falls between.
-        watch.Check(state.Find(key));
+        // After it is listed: a swap from now on checks it too, so no change falls between. The number is read before
+        // the state, so it is never newer than what is read.
+        var sequence = state.Sequence;
+        watch.Check(sequence, state.Find(key));
         return watch;
     }
 
@@ -128,7 +156,7 @@ internal sealed class InstanceWatches
     }
 
     /// <summary>Checks the watches of the applications whose snapshots were just replaced.</summary>
-    internal void Changed(IEnumerable<string> applications, RegistryState state)
+    internal void Changed(IEnumerable<string> applications, RegistryState state, long sequence)
     {
         if (_byApplication.IsEmpty)
         {
@@ -142,14 +170,14 @@ internal sealed class InstanceWatches
                 var snapshot = state.Get(application);
                 foreach (var watch in set.Watches.Keys)
                 {
-                    watch.Check(snapshot?.Find(watch.Key));
+                    watch.Check(sequence, snapshot?.Find(watch.Key));
                 }
             }
         }
     }
 
     /// <summary>Checks every watch (after the whole state was replaced).</summary>
-    internal void ChangedAll(RegistryState state) => Changed(_byApplication.Keys, state);
+    internal void ChangedAll(RegistryState state, long sequence) => Changed(_byApplication.Keys, state, sequence);
 
     /// <summary>One application's watches; retired (under <see cref="Gate"/>) when it empties and leaves the map.</summary>
     private sealed class WatchSet

@@ -18,6 +18,8 @@ internal sealed class RegistryState
 
     private long _fullLoads;
 
+    private long _sequence;
+
     /// <summary>
     /// Since when this picture may lag the database (the change feed is down and reconnecting),
     /// or null while it follows every change; reads say so to their callers.
@@ -42,6 +44,9 @@ internal sealed class RegistryState
 
     public Instance? Find(InstanceKey key) => Get(key.Application)?.Find(key);
 
+    /// <summary>How many times the state has been replaced; counted after each swap (so it is never ahead of what is read after it).</summary>
+    public long Sequence => Interlocked.Read(ref _sequence);
+
     /// <summary>The instances held registrations (sessions) watch; checked after every swap.</summary>
     public InstanceWatches Watches { get; } = new();
 
@@ -62,7 +67,7 @@ internal sealed class RegistryState
         }
 
         Volatile.Write(ref _applications, builder.ToImmutable());
-        Watches.Changed(snapshots.Select(s => s.Application), this);
+        Watches.Changed(snapshots.Select(s => s.Application), this, Interlocked.Increment(ref _sequence));
     }
 
     /// <summary>Replaces everything (after a full load).</summary>
@@ -77,6 +82,6 @@ internal sealed class RegistryState
         // Counted first: what was remembered before it must not outrank a row of the new picture for a moment.
         Interlocked.Increment(ref _fullLoads);
         Volatile.Write(ref _applications, builder.ToImmutable());
-        Watches.ChangedAll(this);
+        Watches.ChangedAll(this, Interlocked.Increment(ref _sequence));
     }
 }
