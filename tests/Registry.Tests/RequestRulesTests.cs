@@ -71,6 +71,7 @@ public sealed class RequestRulesTests
     [InlineData(":80", "must be host:port")]
     [InlineData("10.0.0.1:", "must be host:port")]
     [InlineData("10.0.0.1:0", "the port must be a number from 1 to 65535")]
+    [InlineData("10.0.0.1:00", "the port must be a number from 1 to 65535")]
     [InlineData("10.0.0.1:65536", "the port must be a number from 1 to 65535")]
     [InlineData("10.0.0.1:+80", "the port must be a number from 1 to 65535")]
     [InlineData("10.0.0.256:80", "must be host:port")]
@@ -78,6 +79,10 @@ public sealed class RequestRulesTests
     [InlineData("::1:80", "an IPv6 address must be in brackets")]
     [InlineData("[zz]:80", "the host in brackets must be an IPv6 address")]
     [InlineData("[fe80::1%eth0]:80", "the host in brackets must be an IPv6 address")]
+    [InlineData("[[::1]:99]:8080", "the host in brackets must be an IPv6 address")]
+    [InlineData("[[::1]]:8080", "the host in brackets must be an IPv6 address")]
+    [InlineData("[::1]:080", "without leading zeros")]
+    [InlineData("10.0.0.1:0080", "without leading zeros")]
     [InlineData("host name:80", "must be host:port")]
     [InlineData("-host:80", "must be host:port")]
     public void AnAddrIsHostColonPort(string addr, string? reason)

@@ -142,11 +142,18 @@ internal sealed class RequestRules(LimitsOptions limits)
             return "the port must be a number from 1 to 65535";
         }
 
+        // Else "h:0080" would be a second instance of "h:80", which an unregistration of "h:80" leaves behind.
+        if (port[0] == '0')
+        {
+            return "the port must be written without leading zeros";
+        }
+
         if (host[0] == '[')
         {
+            // IPAddress.TryParse takes "[::1]:99" and "[::1]" too: nothing but the address may be inside the brackets.
             return host.Length > 2 && host[^1] == ']'
+                && host.AsSpan(1, host.Length - 2).IndexOfAny('[', ']', '%') < 0
                 && IPAddress.TryParse(host.AsSpan(1, host.Length - 2), out var v6) && v6.AddressFamily == AddressFamily.InterNetworkV6
-                && !host.Contains('%', StringComparison.Ordinal)
                 ? null
                 : "the host in brackets must be an IPv6 address";
         }
