@@ -63,11 +63,15 @@ internal sealed class Grant(string id, IReadOnlyList<string> register, IReadOnly
         return false;
     }
 
-    /// <summary>Whether <paramref name="pattern"/> is a name, a name prefix followed by <c>*</c>, or <c>*</c>.</summary>
+    /// <summary>
+    /// Whether <paramref name="pattern"/> is a name, a name prefix followed by <c>*</c>, or <c>*</c>. Any name the
+    /// registry can be set to take (<see cref="Model.LimitsOptions.LongestApplicationLength"/>): the configured limit
+    /// may be raised after a token is made, and a pattern longer than the names taken simply matches none.
+    /// </summary>
     public static bool IsPattern(string pattern)
     {
         var name = pattern.EndsWith('*') ? pattern[..^1] : pattern;
-        return name.Length == 0 ? pattern == "*" : name.Length <= 128 && name.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or '-');
+        return name.Length == 0 ? pattern == "*" : name.Length <= Model.LimitsOptions.LongestApplicationLength && name.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or '-');
     }
 }
 

@@ -10,8 +10,11 @@ public sealed class LimitsOptions
     public int MaxBodyBytes { get; set; } = 64 * 1024;
 
     /// <summary>Most characters in an application (or provider) name.</summary>
-    [Range(1, 1024)]
+    [Range(1, LongestApplicationLength)]
     public int MaxApplicationLength { get; set; } = 128;
+
+    /// <summary>The most <see cref="MaxApplicationLength"/> may be set to (what a token's pattern may name, whatever it is set to).</summary>
+    public const int LongestApplicationLength = 1024;
 
     /// <summary>Most characters in a protocol.</summary>
     [Range(1, 256)]

@@ -306,6 +306,23 @@ public sealed class AccessTests(AccessCluster cluster)
     }
 
     /// <summary>
+    /// Application names may be made longer than the default 128 (Registry:Limits:MaxApplicationLength): a token may
+    /// name them too (before, any pattern over 128 characters was 400, and a JWT claim naming one was dropped).
+    /// </summary>
+    [Fact]
+    public async Task ATokenMayNameAnApplicationAsLongAsTheRegistryTakes()
+    {
+        await using var node = cluster.Start(new() { ["Registry:Limits:MaxApplicationLength"] = "200" }, database: await cluster.CreateDatabaseAsync());
+        var application = new string('a', 150);
+
+        var (_, secret) = await cluster.CreateTokenAsync($$"""{"description":"long names","register":["{{application}}"]}""", node);
+        using var provider = AccessCluster.Client(node, AccessCluster.Bearer(secret));
+        using var registered = await provider.PostJsonAsync("/v1/register", Http.Provider(application, "10.0.0.1:80"));
+
+        Assert.Equal(HttpStatusCode.Created, registered.StatusCode);
+    }
+
+    /// <summary>
     /// With per-client rate limiting on, wrong guesses past the address's bucket are turned away before the challenge
     /// that counted failures: before, they were never counted, and the right bootstrap token (its own bucket) passed
     /// among them, so the limit no longer slowed guessing. Failures are now counted as they fail.
