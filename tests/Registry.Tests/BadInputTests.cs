@@ -90,6 +90,17 @@ public sealed class BadInputTests(RegistryCluster cluster) : RegistryTest(cluste
     }
 
     /// <summary>A malformed <c>version</c> is a 400 with If-None-Match too (which wins when both are good); before, it was not looked at.</summary>
+    /// <summary>One 400 names every field wrong: the probe's parameters too (before, they were read only once the rest passed).</summary>
+    [Fact]
+    public async Task ARegistrationNamesItsBadProbeParametersBesideTheRestInOneAnswer()
+    {
+        using var response = await Client.PostJsonAsync("/v1/register?ttl=0&probe=ftp", """{"application":"","protocol":"http","addr":"10.0.0.1:80"}""");
+
+        await AssertProblemAsync(response, HttpStatusCode.BadRequest, "probe");
+        var errors = (await response.ReadJsonAsync())["errors"]!.AsObject();
+        Assert.Equal(["application", "probe", "ttl"], errors.Select(e => e.Key).Order(StringComparer.Ordinal));
+    }
+
     [Fact]
     public async Task AMalformedVersionIsABadRequestBesideIfNoneMatch()
     {

@@ -102,21 +102,17 @@ internal static class RegistrationApi
         Clients clients,
         CancellationToken cancellationToken)
     {
+        // The probe's parameters are read first, so one 400 names every field wrong, before authorization.
+        var errors = new Errors();
+        var probeSpec = probes.Read(probe, probePath, probeInterval, errors);
         var (registering, invalid, refused) = await RegistrationRequest.ReadAsync(
-            http, ttl, leases.Value.DefaultTtlSeconds, body, reader, leases.Value, access, cancellationToken);
+            http, ttl, leases.Value.DefaultTtlSeconds, body, reader, leases.Value, access, errors, cancellationToken);
         if (registering is not { } request)
         {
             return invalid is not null ? invalid : refused!;
         }
 
         var (provider, granted) = request;
-        var errors = new Errors();
-        var probeSpec = probes.Read(probe, probePath, probeInterval, errors);
-        if (errors.Any)
-        {
-            return Problems.Invalid(errors);
-        }
-
         if (probeSpec is not null)
         {
             if (await probes.RefusalAsync(provider.Key.Addr, cancellationToken) is { } refusal)

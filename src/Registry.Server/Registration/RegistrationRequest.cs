@@ -12,12 +12,13 @@ internal readonly record struct Registering(Provider Provider, int TtlSeconds);
 internal static class RegistrationRequest
 {
     /// <summary>
-    /// The registration, or why not: a 400 naming each field (<c>ttl</c> and the body), or a 413 or 403. A TTL
-    /// absent takes <paramref name="defaultTtlSeconds"/>; any is clamped to the lease bounds.
+    /// The registration, or why not: a 400 naming each field (<c>ttl</c>, the body, and whatever the caller found
+    /// wrong already in <paramref name="errors"/>), all before authorization, or a 413 or 403. A TTL absent takes
+    /// <paramref name="defaultTtlSeconds"/>; any is clamped to the lease bounds.
     /// </summary>
     public static async Task<(Registering? Registering, ValidationProblem? Invalid, ProblemHttpResult? Refused)> ReadAsync(
         HttpContext http, string? ttl, int defaultTtlSeconds, RequestBody body, RequestReader reader, LeaseOptions leases, ApplicationAccess access,
-        CancellationToken cancellationToken)
+        Errors errors, CancellationToken cancellationToken)
     {
         var (json, tooLarge) = await body.ReadAsync(http.Request, cancellationToken);
         if (tooLarge is not null)
@@ -25,7 +26,6 @@ internal static class RegistrationRequest
             return (null, null, tooLarge);
         }
 
-        var errors = new Errors();
         var requestedTtl = QueryNumber.Read(ttl, "ttl", 1, errors);
         var provider = reader.ReadProvider(json, errors);
         if (provider is null || errors.Any)

@@ -73,7 +73,7 @@ internal static class SessionApi
         CancellationToken cancellationToken)
     {
         var (registering, invalid, refused) = await RegistrationRequest.ReadAsync(
-            http, ttl, sessions.Value.DefaultTtlSeconds, body, reader, leases.Value, access, cancellationToken);
+            http, ttl, sessions.Value.DefaultTtlSeconds, body, reader, leases.Value, access, new Errors(), cancellationToken);
         if (registering is not { } request)
         {
             return invalid is not null ? invalid : refused!;
