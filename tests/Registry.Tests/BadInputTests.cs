@@ -191,6 +191,32 @@ public sealed class BadInputTests(RegistryCluster cluster) : RegistryTest(cluste
         await AssertProblemAsync(wrongMethod, HttpStatusCode.MethodNotAllowed, null);
     }
 
+    /// <summary>
+    /// HEAD answers as GET does, without the body (RFC 9110 §9.3.2): a cheap "has it changed?" with the ETag, as on
+    /// the health and metrics routes. Before, the API's GET routes answered it 405.
+    /// </summary>
+    [Theory]
+    [InlineData("/v1/services")]
+    [InlineData("/v1/services/a")]
+    [InlineData("/v1/nodes")]
+    [InlineData("/v1/tokens")]
+    public async Task HeadAnswersAsGetDoesWithoutTheBody(string path)
+    {
+        // Over a socket: Kestrel, not the in-memory test server, leaves out a HEAD answer's body.
+        await using var node = new RegistryNode(Cluster.ConnectionString);
+        node.UseKestrel(0);
+        node.StartServer();
+        using var client = node.CreateClient();
+
+        using var get = await client.GetAsync(path);
+        using var head = await client.SendAsync(new HttpRequestMessage(HttpMethod.Head, path));
+
+        Assert.NotEqual(HttpStatusCode.MethodNotAllowed, get.StatusCode);
+        Assert.Equal(get.StatusCode, head.StatusCode);
+        Assert.Equal(get.Headers.ETag, head.Headers.ETag);
+        Assert.Empty(await head.Content.ReadAsByteArrayAsync());
+    }
+
     [Theory]
     [InlineData("text/html")]
     [InlineData("text/event-stream")]

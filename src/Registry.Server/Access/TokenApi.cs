@@ -101,6 +101,7 @@ internal static partial class TokenApi
             .WithSummary("List the registry tokens")
             .WithDescription("Every token with its scopes, creation, expiry and last use; never a secret or a hash.")
             .Produces<TokensDocument>(StatusCodes.Status200OK);
+        group.MapMethods("", [HttpMethods.Head], List).ExcludeFromDescription();
 
         group.MapDelete("/{id}", Revoke)
             .WithName("RevokeToken")

@@ -60,10 +60,12 @@ internal static class NodesApi
 {
     public static IEndpointRouteBuilder MapNodes(this IEndpointRouteBuilder endpoints)
     {
-        endpoints.MapGet("/v1/nodes", List).WithTags("Nodes")
+        var nodes = endpoints.MapGroup("/v1/nodes").WithTags("Nodes")
             .RequireAuthorization(AccessPolicies.Admin)
             .RequireRateLimiting(RateLimiting.PolicyName)
-            .ProducesProblem(StatusCodes.Status429TooManyRequests)
+            .ProducesProblem(StatusCodes.Status429TooManyRequests);
+        nodes.MapMethods("", [HttpMethods.Head], List).ExcludeFromDescription();
+        nodes.MapGet("", List)
             .WithName("ListNodes")
             .WithSummary("List the live registry nodes")
             .WithDescription("The nodes that have reached the database within Registry:Membership:NodeTimeout and have not stopped: " +

@@ -52,6 +52,10 @@ internal static class SubscriptionApi
             .Produces(StatusCodes.Status304NotModified)
             .ProducesValidationProblem();
 
+        // HEAD answers as GET does, without the body (RFC 9110): the headers alone (ETag, a 304) are what it is for.
+        group.MapMethods("/services", [HttpMethods.Head], ListServices).ExcludeFromDescription();
+        group.MapMethods("/services/{application}", [HttpMethods.Head], GetService).ExcludeFromDescription();
+
         return endpoints;
     }
 
