@@ -129,10 +129,9 @@ internal sealed class InstanceWatches
             }
         }
 
-        // After it is listed: a swap from now on checks it too, so no change falls between. The number is read before
-        // the state, so it is never newer than what is read.
-        var sequence = state.Sequence;
-        watch.Check(sequence, state.Find(key));
+        // After it is listed: a swap from now on checks it too, so no change falls between.
+        var (sequence, now) = state.FindNumbered(key);
+        watch.Check(sequence, now);
         return watch;
     }
 

@@ -10,15 +10,13 @@ namespace Registry.State;
 /// </summary>
 internal sealed class RegistryState
 {
-    private ImmutableSortedDictionary<string, ApplicationSnapshot> _applications =
-        ImmutableSortedDictionary.Create<string, ApplicationSnapshot>(StringComparer.Ordinal);
+    /// <summary>The applications and the number of the replacement that made them, swapped together.</summary>
+    private Picture _picture = new(ImmutableSortedDictionary.Create<string, ApplicationSnapshot>(StringComparer.Ordinal), 0);
 
     /// <summary>UTC ticks of <see cref="StaleSince"/>, 0 for none (a long, so it is read and written whole).</summary>
     private long _staleSinceTicks;
 
     private long _fullLoads;
-
-    private long _sequence;
 
     /// <summary>
     /// Since when this picture may lag the database (the change feed is down and reconnecting),
@@ -37,15 +35,22 @@ internal sealed class RegistryState
     public long FullLoads => Interlocked.Read(ref _fullLoads);
 
     /// <summary>All applications with at least one instance, sorted by name (ordinal).</summary>
-    public ImmutableSortedDictionary<string, ApplicationSnapshot> Applications => Volatile.Read(ref _applications);
+    public ImmutableSortedDictionary<string, ApplicationSnapshot> Applications => Volatile.Read(ref _picture).Applications;
 
     public ApplicationSnapshot? Get(string application) =>
         Applications.TryGetValue(application, out var snapshot) ? snapshot : null;
 
     public Instance? Find(InstanceKey key) => Get(key.Application)?.Find(key);
 
-    /// <summary>How many times the state has been replaced; counted after each swap (so it is never ahead of what is read after it).</summary>
-    public long Sequence => Interlocked.Read(ref _sequence);
+    /// <summary>How many times the state has been replaced.</summary>
+    public long Sequence => Volatile.Read(ref _picture).Sequence;
+
+    /// <summary>The instance, and the number of the state it was read from (read together: see <see cref="InstanceWatch"/>).</summary>
+    public (long Sequence, Instance? Instance) FindNumbered(InstanceKey key)
+    {
+        var picture = Volatile.Read(ref _picture);
+        return (picture.Sequence, picture.Applications.TryGetValue(key.Application, out var snapshot) ? snapshot.Find(key) : null);
+    }
 
     /// <summary>The instances held registrations (sessions) watch; checked after every swap.</summary>
     public InstanceWatches Watches { get; } = new();
@@ -66,8 +71,9 @@ internal sealed class RegistryState
             }
         }
 
-        Volatile.Write(ref _applications, builder.ToImmutable());
-        Watches.Changed(snapshots.Select(s => s.Application), this, Interlocked.Increment(ref _sequence));
+        var sequence = _picture.Sequence + 1;
+        Volatile.Write(ref _picture, new Picture(builder.ToImmutable(), sequence));
+        Watches.Changed(snapshots.Select(s => s.Application), this, sequence);
     }
 
     /// <summary>Replaces everything (after a full load).</summary>
@@ -81,7 +87,10 @@ internal sealed class RegistryState
 
         // Counted first: what was remembered before it must not outrank a row of the new picture for a moment.
         Interlocked.Increment(ref _fullLoads);
-        Volatile.Write(ref _applications, builder.ToImmutable());
-        Watches.ChangedAll(this, Interlocked.Increment(ref _sequence));
+        var sequence = _picture.Sequence + 1;
+        Volatile.Write(ref _picture, new Picture(builder.ToImmutable(), sequence));
+        Watches.ChangedAll(this, sequence);
     }
+
+    private sealed record Picture(ImmutableSortedDictionary<string, ApplicationSnapshot> Applications, long Sequence);
 }
