@@ -97,8 +97,7 @@ internal sealed partial class WriteBatcher(
     /// <summary>How long an acknowledgement waits for the batch's own notifications before reloading its rows itself.</summary>
     private static readonly TimeSpan OwnNotificationWait = TimeSpan.FromSeconds(1);
 
-    /// <summary>Writes taken from the queue and set aside for a later batch, in arrival order; only the batch loop touches it.</summary>
-    private readonly List<WriteCommand> _setAside = [];
+    private readonly SetAsideWrites _setAside = new();
 
     private readonly Channel<WriteCommand> _queue = Channel.CreateBounded<WriteCommand>(
         new BoundedChannelOptions(options.Value.MaxQueueLength) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
@@ -183,29 +182,22 @@ internal sealed partial class WriteBatcher(
             {
                 keys.Clear();
                 // A batch writes only one row per instance: each write is answered with the revision and lease of its
-                // own row (a session holds on to it). A second write to an instance is set aside for the next batch,
+                // own row (a session holds on to it). A second write to an instance is set aside for a later batch,
                 // and so is every later one to it, so each instance's writes keep their arrival order (batches commit
                 // in turn), while the other instances' writes go on being taken: one client writing one instance
-                // over and over holds nobody else's write more than a batch. What is set aside is taken first next
-                // time; it is bounded by the queue's own length (the clients' shares count it until it is answered).
-                var kept = 0;
-                for (var i = 0; i < _setAside.Count; i++)
+                // over and over holds nobody else's write more than a batch. What is set aside is taken first, one
+                // write an instance; it is bounded by the queue's own length (the clients' shares count it until answered).
+                _setAside.TakeInto(batch, keys, options.Value.MaxBatchSize);
+                while (batch.Count < options.Value.MaxBatchSize && _setAside.Count < options.Value.MaxQueueLength && reader.TryRead(out var command))
                 {
-                    var command = _setAside[i];
-                    if (batch.Count < options.Value.MaxBatchSize && keys.Add(command.Key))
+                    if (_setAside.Holds(command.Key) || !keys.Add(command.Key))
                     {
-                        batch.Add(command);
+                        _setAside.Add(command);
                     }
                     else
                     {
-                        _setAside[kept++] = command;
+                        batch.Add(command);
                     }
-                }
-
-                _setAside.RemoveRange(kept, _setAside.Count - kept);
-                while (batch.Count < options.Value.MaxBatchSize && _setAside.Count < options.Value.MaxQueueLength && reader.TryRead(out var command))
-                {
-                    (keys.Add(command.Key) ? batch : _setAside).Add(command);
                 }
 
                 metrics.WritesQueued(-batch.Count);
@@ -219,7 +211,7 @@ internal sealed partial class WriteBatcher(
             // Nothing more is taken (a write waiting for room would otherwise wait for an answer nobody gives).
             _queue.Writer.TryComplete();
             metrics.WritesQueued(-_setAside.Count);
-            batch.AddRange(_setAside);
+            batch.AddRange(_setAside.TakeAll());
             while (reader.TryRead(out var command))
             {
                 metrics.WritesQueued(-1);
@@ -275,8 +267,7 @@ internal sealed partial class WriteBatcher(
     private void FailQueued(WriteUnavailableException exception)
     {
         metrics.WritesQueued(-_setAside.Count);
-        Fail(_setAside, exception);
-        _setAside.Clear();
+        Fail(_setAside.TakeAll(), exception);
         while (_queue.Reader.TryRead(out var command))
         {
             metrics.WritesQueued(-1);

@@ -9,7 +9,10 @@ public sealed class WriteOptions
     [Range(1, 10_000)]
     public int MaxBatchSize { get; set; } = 500;
 
-    /// <summary>Most writes waiting for a batch; beyond it writes answer 503 with Retry-After.</summary>
+    /// <summary>
+    /// Most writes waiting for a batch; beyond it writes answer 503 with Retry-After. Writes to an instance already in
+    /// the batch being made wait apart for a later one, up to as many again.
+    /// </summary>
     [Range(1, 1_000_000)]
     public int MaxQueueLength { get; set; } = 20_000;
 
