@@ -78,11 +78,6 @@ internal static class DrainApi
         // Held until every node answers (up to WatchersWait), and each costs every node a look-up and a notification:
         // counted as a parked request, so no client can hold the pool's connections with them, and limited in rate.
         var client = clients.Of(http);
-        if (!questions.TryAsk(client))
-        {
-            return Problems.TooMany(http, 1, DrainQuestions.TooMany);
-        }
-
         if (!parking.TryEnter(client))
         {
             return Problems.TooMany(http, limits.Value.RetryAfterSeconds, ParkingLot.Full);
@@ -90,6 +85,11 @@ internal static class DrainApi
 
         try
         {
+            if (questions.Refuse(http, client) is { } tooMany)
+            {
+                return tooMany;
+            }
+
             return TypedResults.Ok(await coordinator.WatchersAsync(application, cancellationToken));
         }
         catch (DbException)

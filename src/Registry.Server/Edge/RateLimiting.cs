@@ -16,7 +16,7 @@ internal sealed class PerClientRateLimitPolicy(IOptions<RateLimitOptions> option
     public Func<OnRejectedContext, CancellationToken, ValueTask>? OnRejected { get; } = async (context, cancellationToken) =>
     {
         var http = context.HttpContext;
-        var retryAfter = context.Lease.TryGetMetadata(MetadataName.RetryAfter, out var wait) ? Math.Max(1, (int)Math.Ceiling(wait.TotalSeconds)) : 1;
+        var retryAfter = RetryAfterSeconds(context.Lease);
         http.Response.StatusCode = StatusCodes.Status429TooManyRequests;
         http.Response.Headers.RetryAfter = retryAfter.ToString(CultureInfo.InvariantCulture);
         await TypedResults.Problem(
@@ -39,15 +39,22 @@ internal sealed class PerClientRateLimitPolicy(IOptions<RateLimitOptions> option
         var partition = httpContext.User.FindFirst(System.Security.Claims.ClaimTypes.NameIdentifier)?.Value is { } credential
             ? "credential:" + credential
             : "address:" + Network.CountedAs(httpContext.Connection.RemoteIpAddress, network.Value.ClientPrefixLengthIpv6);
-        return RateLimitPartition.GetTokenBucketLimiter(partition, _ => new TokenBucketRateLimiterOptions
-        {
-            TokenLimit = settings.Burst,
-            TokensPerPeriod = settings.PermitsPerSecond,
-            ReplenishmentPeriod = TimeSpan.FromSeconds(1),
-            QueueLimit = 0,
-            AutoReplenishment = true,
-        });
+        return RateLimitPartition.GetTokenBucketLimiter(partition, _ => Bucket(settings.PermitsPerSecond, settings.Burst));
     }
+
+    /// <summary>A bucket of <paramref name="burst"/> permits refilled with <paramref name="perSecond"/> a second; no queue.</summary>
+    public static TokenBucketRateLimiterOptions Bucket(int perSecond, int burst) => new()
+    {
+        TokenLimit = burst,
+        TokensPerPeriod = perSecond,
+        ReplenishmentPeriod = TimeSpan.FromSeconds(1),
+        QueueLimit = 0,
+        AutoReplenishment = true,
+    };
+
+    /// <summary>Whole seconds until a refused lease's bucket has a permit again (at least 1).</summary>
+    public static int RetryAfterSeconds(RateLimitLease lease) =>
+        lease.TryGetMetadata(MetadataName.RetryAfter, out var wait) ? Math.Max(1, (int)Math.Ceiling(wait.TotalSeconds)) : 1;
 }
 
 /// <summary>Registers the rate limiter with its one policy.</summary>

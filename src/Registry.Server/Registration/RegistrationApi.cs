@@ -257,11 +257,6 @@ internal static class RegistrationApi
 
         // The wait is a held request like a parked poll, and a question to every node; refused before anything is removed.
         var client = clients.Of(http);
-        if (!questions.TryAsk(client))
-        {
-            return Problems.TooMany(http, 1, DrainQuestions.TooMany);
-        }
-
         if (!parking.TryEnter(client))
         {
             return Problems.TooMany(http, limits.Value.RetryAfterSeconds, ParkingLot.Full);
@@ -269,6 +264,11 @@ internal static class RegistrationApi
 
         try
         {
+            if (questions.Refuse(http, client) is { } tooMany)
+            {
+                return tooMany;
+            }
+
             // Asked before the removal is written, so every node hears the question first.
             DrainCoordinator.PendingDrain pending;
             try
