@@ -89,7 +89,6 @@ public sealed class BadInputTests(RegistryCluster cluster) : RegistryTest(cluste
         await AssertProblemAsync(response, HttpStatusCode.BadRequest, field);
     }
 
-    /// <summary>A malformed <c>version</c> is a 400 with If-None-Match too (which wins when both are good); before, it was not looked at.</summary>
     /// <summary>One 400 names every field wrong: the probe's parameters too (before, they were read only once the rest passed).</summary>
     [Fact]
     public async Task ARegistrationNamesItsBadProbeParametersBesideTheRestInOneAnswer()
@@ -101,6 +100,7 @@ public sealed class BadInputTests(RegistryCluster cluster) : RegistryTest(cluste
         Assert.Equal(["application", "probe", "ttl"], errors.Select(e => e.Key).Order(StringComparer.Ordinal));
     }
 
+    /// <summary>A malformed <c>version</c> is a 400 with If-None-Match too (which wins when both are good); before, it was not looked at.</summary>
     [Fact]
     public async Task AMalformedVersionIsABadRequestBesideIfNoneMatch()
     {
