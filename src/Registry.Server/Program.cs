@@ -43,7 +43,8 @@ try
     api.MapNodes();
     await app.RunAsync();
 }
-catch (Exception e) when (e is LocalPostgresException or Npgsql.NpgsqlException or Microsoft.Extensions.Options.OptionsValidationException or AccessConfigurationException)
+catch (Exception e) when (e is LocalPostgresException or Npgsql.NpgsqlException or Microsoft.Extensions.Options.OptionsValidationException or AccessConfigurationException
+    || StartupFailure.IsUnreadableSetting(e))
 {
     logger.LogCritical("The registry cannot start: {Reason}", StartupFailure.Explain(e));
     Environment.ExitCode = 1;

@@ -110,7 +110,26 @@ public sealed class ServerBinaryTests(AccessCluster cluster)
         Assert.Contains($"{setting} must be", output, StringComparison.Ordinal);
     }
 
-    private static async Task<(int ExitCode, string Output)> RunAsync(string connectionString, params string[] arguments)
+    /// <summary>
+    /// A setting that cannot be read as its type stops the node with one line naming it, and the tokens command alike.
+    /// Before, the binder's exception went unhandled: a stack trace, and the runtime's abort.
+    /// </summary>
+    [Theory]
+    [InlineData("Registry:Limits:MaxBodyBytes", "--urls", "http://127.0.0.1:0")]
+    [InlineData("Registry:Auth:MaxTokenPatterns", "tokens", "create", "--description", "ci")]
+    public async Task ASettingThatCannotBeReadStopsTheProcessNamingIt(string setting, params string[] arguments)
+    {
+        var (exitCode, output) = await RunAsync(cluster.ConnectionString, new Dictionary<string, string> { [setting.Replace(":", "__", StringComparison.Ordinal)] = "many" }, arguments);
+
+        Assert.True(exitCode == 1, output);
+        Assert.Contains($"'{setting}'", output, StringComparison.Ordinal);
+        Assert.DoesNotContain("Unhandled exception", output, StringComparison.Ordinal);
+    }
+
+    private static Task<(int ExitCode, string Output)> RunAsync(string connectionString, params string[] arguments) =>
+        RunAsync(connectionString, new Dictionary<string, string>(), arguments);
+
+    private static async Task<(int ExitCode, string Output)> RunAsync(string connectionString, Dictionary<string, string> environment, params string[] arguments)
     {
         var start = new ProcessStartInfo("dotnet")
         {
@@ -127,6 +146,11 @@ public sealed class ServerBinaryTests(AccessCluster cluster)
 
         start.Environment["ConnectionStrings__Registry"] = connectionString;
         start.Environment["ASPNETCORE_ENVIRONMENT"] = "Production";
+        foreach (var (name, value) in environment)
+        {
+            start.Environment[name] = value;
+        }
+
         using var process = Process.Start(start)!;
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(90));
         var output = process.StandardOutput.ReadToEndAsync(timeout.Token);
