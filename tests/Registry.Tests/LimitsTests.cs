@@ -695,15 +695,22 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
         Assert.Equal("HTTP/1.1 200 OK", fourthAnswered);
     }
 
-    /// <summary>Many clients come through a load balancer: its connections are not limited as one client's.</summary>
-    [Fact]
-    public async Task ATrustedProxysConnectionsAreNotLimited()
+    /// <summary>
+    /// Many clients come through a load balancer: its connections are not limited as one client's. And the limit may
+    /// be turned off (0), where many clients share an address without a proxy (a NAT gateway).
+    /// </summary>
+    [Theory]
+    [InlineData("1", "127.0.0.1")]
+    [InlineData("0", null)]
+    public async Task ATrustedProxysConnectionsAreNotLimitedNorAnyWithTheLimitOff(string limit, string? proxy)
     {
-        await using var node = new RegistryNode(Cluster.ConnectionString, new Dictionary<string, string?>
+        var settings = new Dictionary<string, string?> { ["Registry:Network:MaxConnectionsPerClient"] = limit };
+        if (proxy is not null)
         {
-            ["Registry:Network:MaxConnectionsPerClient"] = "1",
-            ["Registry:Network:TrustedProxies:0"] = "127.0.0.1",
-        });
+            settings["Registry:Network:TrustedProxies:0"] = proxy;
+        }
+
+        await using var node = new RegistryNode(Cluster.ConnectionString, settings);
         node.UseKestrel(0);
         node.StartServer();
         var port = node.CreateClient().BaseAddress!.Port;

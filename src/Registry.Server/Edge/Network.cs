@@ -33,9 +33,10 @@ public sealed class NetworkOptions
     /// <summary>
     /// Connections one client address (an IPv6 one as its network) may hold open at once; beyond it, a new one is
     /// closed at once. The trusted proxies are not limited. A parked poll holds a connection (HTTP/1.1): keep this
-    /// above <see cref="Model.LimitsOptions.MaxParkedPerClient"/> for the clients that park many.
+    /// above <see cref="Model.LimitsOptions.MaxParkedPerClient"/> for the clients that park many, and raise it where
+    /// many clients share one address (a NAT gateway). 0: no limit.
     /// </summary>
-    [System.ComponentModel.DataAnnotations.Range(1, 10_000_000)]
+    [System.ComponentModel.DataAnnotations.Range(0, 10_000_000)]
     public int MaxConnectionsPerClient { get; set; } = 2_000;
 }
 
@@ -85,8 +86,14 @@ internal static class Network
         services.AddSingleton<IValidateOptions<NetworkOptions>, NetworkOptionsValidator>();
         services.AddSingleton<Clients>();
         services.AddSingleton<ClientConnections>();
-        services.AddOptions<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>().Configure<ClientConnections>(
-            (kestrel, connections) => kestrel.ConfigureEndpointDefaults(listen => listen.Use(connections.Limit)));
+        services.AddOptions<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>().Configure<ClientConnections, IOptions<NetworkOptions>>(
+            (kestrel, connections, network) =>
+            {
+                if (network.Value.MaxConnectionsPerClient > 0)
+                {
+                    kestrel.ConfigureEndpointDefaults(listen => listen.Use(connections.Limit));
+                }
+            });
         services.AddOptions<ForwardedHeadersOptions>().Configure<IOptions<NetworkOptions>>((forwarded, network) =>
         {
             // With no proxy listed the framework would believe anyone: then no header at all.
