@@ -46,6 +46,14 @@ public sealed class RegistryClientOptions
     public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(3);
 
     /// <summary>
+    /// Silence on a connection after which the operating system asks whether the node is still there (TCP keep-alive;
+    /// set on the client's own <see cref="HttpClient"/> with dependency injection). A node whose host crashed or whose
+    /// network was cut sends nothing: its held polls are then given up about 3 s after this, rather than after their
+    /// whole wait, and the next node is asked. Whole seconds; default 5 s; zero leaves keep-alive off.
+    /// </summary>
+    public TimeSpan TcpKeepAlive { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>
     /// A registry token (<c>rgt_…</c>) sent as <c>Authorization: Bearer</c> on every request. For a token that
     /// rotates (a mounted secret, a projected service-account JWT) use <see cref="TokenProvider"/> instead.
     /// Never logged.
@@ -135,6 +143,11 @@ internal sealed class RegistryClientOptionsValidator : IValidateOptions<Registry
         }
 
         Positive(options.ConnectTimeout, nameof(options.ConnectTimeout), errors);
+        if (options.TcpKeepAlive < TimeSpan.Zero || options.TcpKeepAlive.Ticks % TimeSpan.TicksPerSecond != 0)
+        {
+            errors.Add("TcpKeepAlive: must be zero (off) or a whole number of seconds.");
+        }
+
         Positive(options.DiscoveryRetention, nameof(options.DiscoveryRetention), errors);
         Positive(options.SessionIdleTimeout, nameof(options.SessionIdleTimeout), errors);
         if (options.Token is not null && options.TokenProvider is not null)

@@ -37,9 +37,14 @@ public static class RegistryClientServiceCollectionExtensions
         // Timeouts are the client's own, per request: the wait plus a margin for a long poll, RequestTimeout for the rest.
         // One fixed HttpClient.Timeout cannot fit both, and must never be the one that cuts a poll.
         services.AddHttpClient(HttpClientName, http => http.Timeout = Timeout.InfiniteTimeSpan)
-            .ConfigurePrimaryHttpMessageHandler(provider => new SocketsHttpHandler
+            .ConfigurePrimaryHttpMessageHandler(provider =>
             {
-                ConnectTimeout = provider.GetRequiredService<IOptions<RegistryClientOptions>>().Value.ConnectTimeout,
+                var options = provider.GetRequiredService<IOptions<RegistryClientOptions>>().Value;
+                return new SocketsHttpHandler
+                {
+                    ConnectTimeout = options.ConnectTimeout,
+                    ConnectCallback = options.TcpKeepAlive > TimeSpan.Zero ? TcpKeepAlive.Connect(options.TcpKeepAlive) : null,
+                };
             })
             // What an app configures for every client (ConfigureHttpClientDefaults runs before any named client's
             // configuration, whatever the order of the calls) does not fit this one: a standard resilience handler's

@@ -83,6 +83,56 @@ public sealed class HostingTests(ClientFixture fixture) : ClientTest(fixture)
         Assert.Equal(["127.0.0.1:9101", "127.0.0.1:9102"], endpoints.Endpoints.Select(e => e.EndPoint.ToString()));
     }
 
+    /// <summary>
+    /// A long poll is silent for its whole wait, and a node whose host crashed or whose network was cut sends nothing,
+    /// not even a reset. The client from the container turns TCP keep-alive on, so the kernel notices: its keep-alive
+    /// timer runs on a held poll's connection (Linux lists it in /proc/net/tcp as timer 2). Before, no timer ran, and
+    /// such a node cost each held poll its whole wait and margin before the next node was asked.
+    /// </summary>
+    [Fact]
+    public async Task AHeldPollsConnectionHasTheKernelsKeepAliveTimer()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return; // the kernel's table is Linux's
+        }
+
+        var before = ConnectionsTo(Fixture.Node.Port);
+        var services = new ServiceCollection();
+        services.AddLogging();
+        services.AddRegistryClient(o => Configure(o));
+        await using var provider = services.BuildServiceProvider();
+
+        await using var subscription = await provider.GetRequiredService<RegistryClient>().SubscribeAsync(new SubscriptionEntry(UniqueName()));
+        await subscription.WaitForAsync(_ => true);
+        // The next poll is sent at once; until it is acknowledged the retransmission timer (1) shows instead. Nothing
+        // signals the kernel's timers but its table: read it until that has passed.
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var opened = Opened();
+        while (opened.Any(c => c.Timer == 1) && clock.Elapsed < Patience)
+        {
+            await Task.Delay(20);
+            opened = Opened();
+        }
+
+        Assert.NotEmpty(opened);
+        Assert.All(opened, c => Assert.Equal(2, c.Timer));
+
+        List<(int LocalPort, int Timer)> Opened() => ConnectionsTo(Fixture.Node.Port).ExceptBy(before.Select(c => c.LocalPort), c => c.LocalPort).ToList();
+    }
+
+    private static readonly string[] KernelTables = ["/proc/net/tcp", "/proc/net/tcp6"];
+
+    /// <summary>This machine's established TCP connections to <paramref name="port"/>: their local ports, and the kernel timer pending on each.</summary>
+    private static List<(int LocalPort, int Timer)> ConnectionsTo(int port) =>
+        KernelTables.SelectMany(File.ReadLines)
+            .Select(line => line.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            .Where(fields => fields.Length > 5 && fields[1] != "local_address" && fields[3] == "01" && PortOf(fields[2]) == port)
+            .Select(fields => (PortOf(fields[1]), Convert.ToInt32(fields[5].Split(':')[0], 16)))
+            .ToList();
+
+    private static int PortOf(string address) => Convert.ToInt32(address[(address.LastIndexOf(':') + 1)..], 16);
+
     private void Configure(RegistryClientOptions options)
     {
         var fast = FastOptions([Fixture.Node.Url]);
