@@ -7,11 +7,12 @@ using Registry.Subscription;
 namespace Registry.Drain;
 
 /// <summary>
-/// The drain channel on the change feed's connection: questions to this node and answers to
-/// the questions it asked. A question lost while the connection was down is not asked again
-/// (its asker times out), so there is nothing to reload.
+/// A drain channel on the change feed's connection: the shared one (questions to every node, and the answers of nodes
+/// that answer there), or this node's own (the answers to its questions, <see cref="DrainMessages.ReplyChannelOf"/>).
+/// A question lost while the connection was down is not asked again (its asker times out), so there is nothing to reload.
 /// </summary>
 internal sealed class DrainChannel(
+    string channel,
     DrainTracker tracker,
     DrainCoordinator coordinator,
     DrainMessenger messenger,
@@ -19,7 +20,7 @@ internal sealed class DrainChannel(
     SubscriptionHub hub,
     NodeIdentity node) : IChangeFeedChannel
 {
-    public string Channel => DrainMessenger.Channel;
+    public string Channel => channel;
 
     public Task ReloadAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
@@ -44,14 +45,15 @@ internal sealed class DrainChannel(
                 var (id, application) = (words[1], words[2]);
                 ThreadPool.QueueUserWorkItem(_ =>
                 {
+                    var replies = DrainMessages.ReplyChannel(id);
                     foreach (var part in DrainMessages.Watchers(id, node.Id, hub.Watchers(application)))
                     {
-                        messenger.Post(part);
+                        messenger.Post(replies, part);
                     }
                 });
                 break;
             case "watchers":
-                // Every node hears every answer: only the asker parses it.
+                // An answer on the shared channel (from a node that answers there) reaches every node: only the asker parses it.
                 coordinator.Watched(words[1], words[2], words[3] == "1", words.Length == 5 ? words[4] : "");
                 break;
         }

@@ -164,7 +164,8 @@ internal sealed class DrainCoordinator(
         }
     }
 
-    private static string NewId() => Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8));
+    /// <summary>A question's id; it names this node, so the answers come to its own channel (<see cref="DrainMessages.ReplyChannel"/>).</summary>
+    private string NewId() => $"{node.Id}.{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8))}";
 
     /// <summary>A drain asked and not yet answered; disposing it stops gathering.</summary>
     internal sealed class PendingDrain(

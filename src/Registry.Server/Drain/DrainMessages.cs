@@ -10,10 +10,28 @@ namespace Registry.Drain;
 /// <c>report ID NODE DELIVERED PENDING</c> (a node's counts for it),
 /// <c>watch ID APPLICATION</c> (the watchers question) and
 /// <c>watchers ID NODE MORE VERSION=COUNT;…</c> (a node's answer, in parts when long; MORE is 1
-/// on every part but the last).
+/// on every part but the last). Questions go on the shared channel; answers on the asker's own.
 /// </summary>
 internal static class DrainMessages
 {
+    private static readonly System.Buffers.SearchValues<char> NodeIdCharacters = System.Buffers.SearchValues.Create("0123456789abcdef");
+
+    /// <summary>
+    /// The channel a node hears the answers to its own questions on, beside the shared one that every node hears the
+    /// questions on: an answer goes to the asker alone, not to every node (a question to N nodes would otherwise cost
+    /// N² deliveries, each read on a change feed).
+    /// </summary>
+    public static string ReplyChannelOf(string node) => $"{DrainMessenger.Channel}_{node}";
+
+    /// <summary>
+    /// Where the answers to question <paramref name="id"/> go: its asker's own channel when the id names it
+    /// (<c>NODE.RANDOM</c>), else the shared channel (the question of a node that does not listen on one of its own).
+    /// </summary>
+    public static string ReplyChannel(string id) =>
+        id.IndexOf('.', StringComparison.Ordinal) is > 0 and <= 32 and var dot && !id.AsSpan(0, dot).ContainsAnyExcept(NodeIdCharacters)
+            ? ReplyChannelOf(id[..dot])
+            : DrainMessenger.Channel;
+
     public static string Ask(string id, int seconds, InstanceKey key) =>
         string.Create(CultureInfo.InvariantCulture, $"ask {id} {seconds} {key.Application} {key.Protocol} {key.Addr}");
 

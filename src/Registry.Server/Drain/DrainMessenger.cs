@@ -13,7 +13,7 @@ namespace Registry.Drain;
 /// </summary>
 internal sealed partial class DrainMessenger(RegistryDatabase database, RegistryMetrics metrics, ILogger<DrainMessenger> logger) : BackgroundService
 {
-    /// <summary>The NOTIFY channel of drain questions and answers, beside the registry's own.</summary>
+    /// <summary>The NOTIFY channel of drain questions, beside the registry's own; each node hears the answers to its own on <see cref="DrainMessages.ReplyChannelOf"/>.</summary>
     public const string Channel = "registry_drain";
 
     /// <summary>Below PostgreSQL's 8,000-byte payload limit, with room to spare.</summary>
@@ -21,10 +21,11 @@ internal sealed partial class DrainMessenger(RegistryDatabase database, Registry
 
     private const int MaxBurst = 200;
 
-    private readonly System.Threading.Channels.Channel<string> _queue = System.Threading.Channels.Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleReader = true });
+    private readonly System.Threading.Channels.Channel<(string Channel, string Payload)> _queue =
+        System.Threading.Channels.Channel.CreateUnbounded<(string Channel, string Payload)>(new UnboundedChannelOptions { SingleReader = true });
 
-    /// <summary>Queues a report or an answer; never blocks.</summary>
-    public void Post(string payload) => _queue.Writer.TryWrite(payload);
+    /// <summary>Queues a report or an answer to <paramref name="channel"/>; never blocks.</summary>
+    public void Post(string channel, string payload) => _queue.Writer.TryWrite((channel, payload));
 
     /// <summary>Sends a question now; returns the database's clock when it was sent.</summary>
     /// <exception cref="DbException">The database cannot take it.</exception>
@@ -40,7 +41,7 @@ internal sealed partial class DrainMessenger(RegistryDatabase database, Registry
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         var reader = _queue.Reader;
-        var burst = new List<string>(MaxBurst);
+        var burst = new List<(string Channel, string Payload)>(MaxBurst);
         try
         {
             while (await reader.WaitToReadAsync(stoppingToken))
@@ -53,10 +54,11 @@ internal sealed partial class DrainMessenger(RegistryDatabase database, Registry
 
                 try
                 {
-                    // unnest keeps the array's order, so a node's reports arrive in the order posted.
+                    // unnest keeps the arrays' order, so a node's reports arrive in the order posted.
                     await using var command = database.DataSource.CreateCommand(
-                        $"SELECT count(pg_notify('{Channel}', p)) FROM unnest(@payloads) AS p");
-                    command.Parameters.Add(new NpgsqlParameter<string[]>("payloads", burst.ToArray()));
+                        "SELECT count(pg_notify(c, p)) FROM unnest(@channels, @payloads) AS m(c, p)");
+                    command.Parameters.Add(new NpgsqlParameter<string[]>("channels", burst.Select(m => m.Channel).ToArray()));
+                    command.Parameters.Add(new NpgsqlParameter<string[]>("payloads", burst.Select(m => m.Payload).ToArray()));
                     await command.ExecuteNonQueryAsync(stoppingToken);
                 }
                 catch (DbException e)

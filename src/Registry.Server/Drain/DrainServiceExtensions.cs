@@ -15,7 +15,9 @@ internal static class DrainServiceExtensions
         services.AddSingleton<IChangeWitness>(provider => provider.GetRequiredService<DrainTracker>());
         services.AddSingleton<DrainCoordinator>();
         services.AddSingleton<DrainQuestions>();
-        services.AddSingleton<IChangeFeedChannel, DrainChannel>();
+        services.AddSingleton<IChangeFeedChannel>(provider => ActivatorUtilities.CreateInstance<DrainChannel>(provider, DrainMessenger.Channel));
+        services.AddSingleton<IChangeFeedChannel>(provider =>
+            ActivatorUtilities.CreateInstance<DrainChannel>(provider, DrainMessages.ReplyChannelOf(provider.GetRequiredService<Membership.NodeIdentity>().Id)));
         services.AddSingleton<DrainMessenger>();
         services.AddHostedService(provider => provider.GetRequiredService<DrainMessenger>());
         return services;

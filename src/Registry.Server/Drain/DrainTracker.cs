@@ -170,7 +170,7 @@ internal sealed class DrainTracker(
             return;
         }
 
-        messenger.Post(DrainMessages.Report(interest.Id, node.Id, interest.Delivered, interest.Pending));
+        messenger.Post(DrainMessages.ReplyChannel(interest.Id), DrainMessages.Report(interest.Id, node.Id, interest.Delivered, interest.Pending));
         if (interest.Pending == 0)
         {
             interest.Done = true;

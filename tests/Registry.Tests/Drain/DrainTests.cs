@@ -237,6 +237,35 @@ public sealed class DrainTests(RegistryCluster cluster) : RegistryTest(cluster)
         Assert.All(polls, p => Assert.False(p.IsCompleted));
     }
 
+    /// <summary>
+    /// A question goes to every node, each answer only to the asker: on the shared channel, which every node reads on
+    /// its change feed, only questions pass (before, every answer did: a question to N nodes cost N² deliveries).
+    /// </summary>
+    [Fact]
+    public async Task AnswersGoToTheAskingNodeAloneNotToEveryNode()
+    {
+        await RegisterAsync(Leaving, "{}");
+        using var nodeB = Cluster.NodeB.CreateClient();
+        await DrainNodes.WaitUntilMarkedAsync(Cluster, 2);
+        await using var shared = await NotificationListener.StartAsync(Cluster.ConnectionString, "registry_drain");
+        using var parked = ParkedPolls.On(Cluster.NodeB);
+        var version = await VersionOfAsync(nodeB, Everyone);
+        var poll = DrainNodes.PollAsync(nodeB, Everyone, version);
+        await parked.WaitForAsync(1);
+
+        using var watchers = await Client.GetAsync(new Uri("/v1/services/app/watchers", UriKind.Relative));
+        var watched = await watchers.ReadJsonAsync();
+        using var drained = await Client.PostJsonAsync("/v1/unregister?drain=10", Http.Provider("app", Leaving));
+        var drain = await drained.ReadJsonAsync();
+        await poll;
+
+        Assert.Equal(2, watched["nodes"]!.AsArray().Count);
+        Assert.Equal("""{"delivered":1,"pending":0,"nodes":2,"complete":true}""", drain.ToJsonString());
+        await shared.WaitForAsync("ask");
+        Assert.Equal(1, shared.Count("watch"));
+        Assert.Equal(0, shared.Count("watchers") + shared.Count("report"));
+    }
+
     [Theory]
     [InlineData("0", "must be at least 1")]
     [InlineData("61", "must be at most 60 seconds")]
