@@ -154,6 +154,40 @@ public sealed class SessionTests(RegistryCluster cluster) : RegistryTest(cluster
         }
     }
 
+    /// <summary>
+    /// A closed session's removal whose write fails (here a statement timeout behind a row lock; a connection reset or a
+    /// failover alike) is tried again: nobody else removes the instance. Before, it was dropped after one failure, and
+    /// the instance stayed listed until its lease ran out (a minute here; up to a day as sessions may ask).
+    /// </summary>
+    [Fact]
+    public async Task AClosedSessionsRemovalThatFailsIsTriedAgain()
+    {
+        await using var nodes = await KestrelNodes.StartAsync(Cluster, 1, new() { ["Registry:Database:CommandTimeoutSeconds"] = "1" });
+        using var client = nodes.Client(0);
+        await using var session = await SessionReader.StartAsync(client, Http.Provider("app", "10.0.0.1:80"), ttl: 60);
+        Assert.Equal("lease", (await session.ReadAsync())?.Name);
+        var (_, version, _) = await client.SubscribeAsync(Subscription);
+        using var failedWrites = MeterWatch.Node(nodes[0], "registry.database.errors", "operation", "write");
+
+        await using var locker = new NpgsqlConnection(nodes.ConnectionString);
+        await locker.OpenAsync();
+        await using (var locked = await locker.BeginTransactionAsync())
+        {
+            await using (var lockRow = new NpgsqlCommand("SELECT 1 FROM instances WHERE application = 'app' FOR UPDATE", locker, locked))
+            {
+                await lockRow.ExecuteNonQueryAsync();
+            }
+
+            await session.DisposeAsync();
+            await failedWrites.WaitForAsync(1); // the removal's batch waited for the row past its statement timeout
+            await locked.RollbackAsync();
+        }
+
+        var (_, after, answer) = await client.SubscribeAsync(Subscription, version, wait: 10).WaitAsync(TimeSpan.FromSeconds(15));
+        Assert.NotEqual(version, after); // a poll that times out: the removal was never tried again
+        Assert.Empty(answer!["endpoints"]!.AsArray());
+    }
+
     [Fact]
     public async Task ASessionWhoseProcessIsKilledDisappearsForAConsumerOnAnotherNodeWithinTwoSeconds()
     {

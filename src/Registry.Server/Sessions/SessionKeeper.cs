@@ -44,6 +44,9 @@ internal sealed partial class SessionKeeper(
     /// <summary>The response header that says every how many seconds a keep-alive comment comes.</summary>
     public const string KeepAliveHeader = "X-Registry-Keep-Alive";
 
+    /// <summary>The first and the longest wait between attempts to remove a closed session's instance.</summary>
+    private static readonly TimeSpan RemoveRetryFirst = TimeSpan.FromMilliseconds(100), RemoveRetryMost = TimeSpan.FromSeconds(2);
+
     private static readonly byte[] KeepAlive = ": keep-alive\n\n"u8.ToArray();
     private static readonly byte[] CredentialEnded = ": closed: the credential that opened this session was revoked or has expired\n\n"u8.ToArray();
 
@@ -254,18 +257,44 @@ internal sealed partial class SessionKeeper(
     /// <summary>
     /// Removes the instance of a closed session while it still holds the revision the session
     /// registered, through the write batch (one NOTIFY per batch, consumers woken). A full write
-    /// queue is waited out for as long as the lease would have run anyway.
+    /// queue is waited out, and a failed write (a statement timeout, a connection reset, a failover)
+    /// tried again, for as long as the lease would have run anyway: nobody else will remove it, and
+    /// the revision keeps a later registration safe from every attempt. Not once the node stops.
     /// </summary>
     private async Task RemoveAsync(InstanceKey key, long revision, int ttlSeconds)
     {
-        try
+        var giveUpAt = time.GetTimestamp() + Ticks(TimeSpan.FromSeconds(ttlSeconds));
+        var delay = RemoveRetryFirst;
+        while (true)
         {
-            await writes.SubmitWhenRoomAsync(new UnregisterCommand(key, revision), TimeSpan.FromSeconds(ttlSeconds));
-        }
-        catch (WriteUnavailableException e)
-        {
-            // Its lease runs out on its own (no renewal joins the batch any more).
-            LogRemoveFailed(logger, key.Application, key.Protocol, key.Addr, e.Message);
+            var left = TimeSpan.FromSeconds((double)(giveUpAt - time.GetTimestamp()) / time.TimestampFrequency);
+            try
+            {
+                await writes.SubmitWhenRoomAsync(new UnregisterCommand(key, revision), left > TimeSpan.Zero ? left : TimeSpan.Zero);
+                return;
+            }
+            catch (WriteUnavailableException e) when (left > delay && !lifetime.ApplicationStopping.IsCancellationRequested)
+            {
+                LogRemoveRetried(logger, key.Application, key.Protocol, key.Addr, e.Message, delay);
+            }
+            catch (WriteUnavailableException e)
+            {
+                // Its lease runs out on its own (no renewal joins the batch any more).
+                LogRemoveFailed(logger, key.Application, key.Protocol, key.Addr, e.Message);
+                return;
+            }
+
+            try
+            {
+                await Task.Delay(delay, time, lifetime.ApplicationStopping);
+            }
+            catch (OperationCanceledException)
+            {
+                LogRemoveFailed(logger, key.Application, key.Protocol, key.Addr, "the node is stopping");
+                return;
+            }
+
+            delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, RemoveRetryMost.Ticks));
         }
     }
 
@@ -276,6 +305,9 @@ internal sealed partial class SessionKeeper(
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Closing the session of {Application} {Protocol} {Addr}: this node's memory has not shown its registration for half its lease (the database could not be read back); the provider should reopen it on another node")]
     private static partial void LogNotInMemory(ILogger logger, string application, string protocol, string addr);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "The closed session of {Application} {Protocol} {Addr} could not be removed yet ({Reason}); trying again in {Delay}")]
+    private static partial void LogRemoveRetried(ILogger logger, string application, string protocol, string addr, string reason, TimeSpan delay);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "The closed session of {Application} {Protocol} {Addr} could not be removed ({Reason}); it goes when its lease runs out")]
     private static partial void LogRemoveFailed(ILogger logger, string application, string protocol, string addr, string reason);
