@@ -61,5 +61,22 @@ public sealed class InstanceWatchesTests
         Assert.False(watch.Fate.IsCompleted);
     }
 
+    /// <summary>A late first check that shows a later registration in the registration's place settles the watch as replaced, whatever the newer state shows.</summary>
+    [Fact]
+    public async Task ALateFirstCheckShowingALaterRegistrationSettlesTheWatchAsReplaced()
+    {
+        var key = Key("app");
+        var later = new Instance(key, Meta.Empty, 10, DateTimeOffset.UtcNow.AddSeconds(10), Revision: 7);
+        var state = new RegistryState();
+        state.Replace([new ApplicationSnapshot("app", [later])]);
+        var shownAtFirst = state.Sequence;
+        using var watch = state.Watches.Watch(key, 5, caughtUp: false, new RegistryState());
+
+        state.Replace([new ApplicationSnapshot("app", [])]);
+        watch.Check(shownAtFirst, later);
+
+        Assert.Equal(InstanceFate.Replaced, await watch.Fate.WaitAsync(TimeSpan.FromSeconds(1)));
+    }
+
     private static InstanceKey Key(string application) => new(application, "http", "10.0.0.1:80");
 }

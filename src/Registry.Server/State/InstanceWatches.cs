@@ -51,7 +51,7 @@ internal sealed class InstanceWatch : IDisposable
     /// Checks what the state numbered <paramref name="sequence"/> shows. Checks may arrive out of order: the watch's
     /// first one reads the state outside any lock, and the loader may replace it and check first. What an older
     /// state showed can still tell that memory had caught up with the registration (then the newest is judged again,
-    /// and an absence in it is a removal); it never undoes what a newer one showed.
+    /// and an absence in it is a removal), or that a later write took its place; it never undoes what a newer one showed.
     /// </summary>
     internal void Check(long sequence, Instance? now)
     {
@@ -67,6 +67,10 @@ internal sealed class InstanceWatch : IDisposable
             {
                 _seen = true;
                 Settle(_latest);
+            }
+            else if (now is not null && now.Revision > _revision)
+            {
+                _fate.TrySetResult(InstanceFate.Replaced); // a later write, whatever came of it since
             }
         }
     }
