@@ -176,6 +176,78 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
     }
 
     /// <summary>
+    /// A node's mark tells the sweepers that every renewal it gathered before the mark's time is written. A flush
+    /// writes what was gathered when it began, then marks: the mark must say when it began. A heartbeat answered
+    /// while a flush was stalled, for a lease that ran out meanwhile, waits for the next flush; before, the stalled
+    /// flush's mark was stamped when it ended, after that expiry, and a sweep evicted the instance while the next
+    /// flush waited, though its provider had been promised the lease (here the next flush waits for a locked row).
+    /// </summary>
+    [Fact]
+    public async Task AHeartbeatAnsweredWhileAFlushStalledIsNotEvictedOnThatFlushsMark()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:Leases:LivenessInterval"] = "00:00:00.100", // every flush marks
+            ["Registry:Leases:GraceGap"] = "00:00:30", // no grace while the flushes wait
+        });
+        using var client = node.CreateClient();
+        using var evicted = MeterWatch.Node(node, "registry.evictions");
+        using var sweeps = MeterWatch.Node(node, "registry.sweeps", "outcome", "swept");
+        // Rows are locked in key order: y before k before x.
+        string y = Instance("app", 0), k = Instance("app", 1), x = Instance("app", 2);
+        foreach (var instance in new[] { y, k, x })
+        {
+            using var registered = await client.PostJsonAsync("/v1/register?ttl=10", instance);
+            registered.EnsureSuccessStatusCode();
+        }
+
+        // Due for renewal (within half their TTL), k running out first.
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        var subscription = Http.Subscription(Http.Entry("app"));
+        var (_, version, _) = await client.SubscribeAsync(subscription);
+        await using (var shorten = new NpgsqlCommand(
+            """
+            UPDATE instances SET meta = '{"v":"due"}', revision = nextval('instance_revision'),
+                   expires_at = clock_timestamp() + CASE addr WHEN '10.0.0.2:80' THEN interval '1.5 seconds' ELSE interval '4 seconds' END;
+            SELECT pg_notify('registry_changes', 'app');
+            """, connection))
+        {
+            await shorten.ExecuteNonQueryAsync();
+        }
+
+        await client.SubscribeAsync(subscription, version, wait: 10).WaitAsync(TimeSpan.FromSeconds(15));
+        var kExpires = await ScalarAsync<DateTime>(connection, "SELECT expires_at FROM instances WHERE addr = '10.0.0.2:80'");
+
+        // A flush stalls on x; k and y are renewed meanwhile and answered at once.
+        await using var lockX = await LockAsync(database, "10.0.0.3:80");
+        Assert.Equal(HttpStatusCode.OK, await HeartbeatAsync(x));
+        await Backends.WaitingForALockAsync(database, "WITH due%");
+        await using var lockY = await LockAsync(database, "10.0.0.1:80");
+        Assert.Equal(HttpStatusCode.OK, await HeartbeatAsync(k));
+        Assert.Equal(HttpStatusCode.OK, await HeartbeatAsync(y));
+
+        // k runs out in the database (and the sweepers' settle margin passes); then the stalled flush ends and marks,
+        // and the next one, with k, waits for y.
+        var untilRunOut = kExpires - await ScalarAsync<DateTime>(connection, "SELECT clock_timestamp()") + TimeSpan.FromMilliseconds(400);
+        await Task.Delay(untilRunOut > TimeSpan.Zero ? untilRunOut : TimeSpan.Zero);
+        await lockX.Transaction.RollbackAsync();
+        await Backends.WaitingForALockAsync(database, "WITH due%");
+        var swept = sweeps.Total;
+        await sweeps.WaitForAsync(swept + 3);
+
+        Assert.Equal(0, evicted.Total);
+        await lockY.Transaction.RollbackAsync();
+
+        async Task<HttpStatusCode> HeartbeatAsync(string instance)
+        {
+            using var response = await client.PostJsonAsync("/v1/heartbeat", instance);
+            return response.StatusCode;
+        }
+    }
+
+    /// <summary>
     /// A heartbeat that comes after its lease ran out, and after the node's last mark, is held
     /// back by no sweeper: a sweep may evict the instance before the node's next flush writes the
     /// renewal. Its provider must not be told an expiry that no row holds (before, it got 200,
@@ -635,5 +707,32 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
         // Five sweeper rounds with 100 polls parked, and not one statement.
         Assert.Equal(0, statements.Total);
         Assert.All(polls, p => Assert.False(p.IsCompleted));
+    }
+
+    private static async Task<T> ScalarAsync<T>(NpgsqlConnection connection, string sql)
+    {
+        await using var command = new NpgsqlCommand(sql, connection);
+        return (T)(await command.ExecuteScalarAsync())!;
+    }
+
+    /// <summary>A row of <c>app</c> locked by a transaction of the test's own until it ends.</summary>
+    private static async Task<RowLock> LockAsync(string database, string addr)
+    {
+        var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        var transaction = await connection.BeginTransactionAsync();
+        await using var command = new NpgsqlCommand("SELECT 1 FROM instances WHERE application = 'app' AND addr = @addr FOR UPDATE", connection, transaction);
+        command.Parameters.AddWithValue("addr", addr);
+        await command.ExecuteNonQueryAsync();
+        return new RowLock(connection, transaction);
+    }
+
+    private sealed record RowLock(NpgsqlConnection Connection, NpgsqlTransaction Transaction) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync()
+        {
+            await Transaction.DisposeAsync();
+            await Connection.DisposeAsync();
+        }
     }
 }

@@ -34,8 +34,8 @@ internal sealed partial class LeaseGrace(
         gate AS (SELECT at, coalesce(clock_timestamp() - at > @gap, false) AS owed FROM last),
         marked AS (
             INSERT INTO nodes (id, url, probe_networks, probes_passing, probes_withdrawn, started_at, last_seen_at)
-            SELECT @node, @url, @probes, @passing, @withdrawn, clock_timestamp(), clock_timestamp() FROM gate WHERE NOT owed AND @mark
-            ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, url = coalesce(excluded.url, nodes.url),
+            SELECT @node, @url, @probes, @passing, @withdrawn, clock_timestamp(), clock_timestamp() - @behind FROM gate WHERE NOT owed AND @mark
+            ON CONFLICT (id) DO UPDATE SET last_seen_at = greatest(nodes.last_seen_at, excluded.last_seen_at), url = coalesce(excluded.url, nodes.url),
                                            probe_networks = excluded.probe_networks, probes_passing = excluded.probes_passing,
                                            probes_withdrawn = excluded.probes_withdrawn
             RETURNING 1)
@@ -61,8 +61,8 @@ internal sealed partial class LeaseGrace(
             RETURNING 1),
         marked AS (
             INSERT INTO nodes (id, url, probe_networks, probes_passing, probes_withdrawn, started_at, last_seen_at)
-            VALUES (@node, @url, @probes, @passing, @withdrawn, clock_timestamp(), clock_timestamp())
-            ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, url = coalesce(excluded.url, nodes.url),
+            VALUES (@node, @url, @probes, @passing, @withdrawn, clock_timestamp(), clock_timestamp() - @behind)
+            ON CONFLICT (id) DO UPDATE SET last_seen_at = greatest(nodes.last_seen_at, excluded.last_seen_at), url = coalesce(excluded.url, nodes.url),
                                            probe_networks = excluded.probe_networks, probes_passing = excluded.probes_passing,
                                            probes_withdrawn = excluded.probes_withdrawn
             RETURNING 1)
@@ -76,8 +76,11 @@ internal sealed partial class LeaseGrace(
     /// transaction, so no sweep can run between a gap and its grace. A sweep does not mark: the
     /// mark would hold this node's row for as long as the sweep runs, and the liveness mark,
     /// and the renewals behind it, would wait for it. Returns the database's clock.
+    /// The mark is stamped <paramref name="behind"/> before the database's clock: when the flush whose renewals it
+    /// vouches for began, not when it ended (a renewal gathered meanwhile is not written yet).
     /// </summary>
-    public async Task<DateTimeOffset> SettleAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, bool mark, CancellationToken cancellationToken)
+    public async Task<DateTimeOffset> SettleAsync(
+        NpgsqlConnection connection, NpgsqlTransaction? transaction, bool mark, CancellationToken cancellationToken, TimeSpan behind = default)
     {
         bool owed;
         DateTimeOffset? since;
@@ -86,7 +89,7 @@ internal sealed partial class LeaseGrace(
         {
             gate.Parameters.AddWithValue("gap", options.Value.GraceGap);
             gate.Parameters.AddWithValue("mark", mark);
-            AddNode(gate);
+            AddNode(gate, behind);
             await using var reader = await gate.ExecuteReaderAsync(cancellationToken);
             await reader.ReadAsync(cancellationToken);
             owed = reader.GetBoolean(0);
@@ -106,7 +109,7 @@ internal sealed partial class LeaseGrace(
 
         await using var extend = new NpgsqlCommand(ExtendStatement, connection, transaction);
         extend.Parameters.AddWithValue("since", began);
-        AddNode(extend);
+        AddNode(extend, behind);
         var extended = (int)(await extend.ExecuteScalarAsync(cancellationToken))!;
         metrics.Swept("grace");
         metrics.LivenessMarked();
@@ -115,8 +118,9 @@ internal sealed partial class LeaseGrace(
     }
 
     /// <summary>What this node's row says of it.</summary>
-    private void AddNode(NpgsqlCommand command)
+    private void AddNode(NpgsqlCommand command, TimeSpan behind)
     {
+        command.Parameters.AddWithValue("behind", behind);
         command.Parameters.AddWithValue("node", node.Id);
         // The URL is known once the server listens; until then the row carries none.
         command.Parameters.Add(new NpgsqlParameter<string?>("url", url.Value));
