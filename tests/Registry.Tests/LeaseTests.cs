@@ -202,31 +202,17 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
             registered.EnsureSuccessStatusCode();
         }
 
-        // Due for renewal (within half their TTL), k running out first.
         await using var connection = new NpgsqlConnection(database);
         await connection.OpenAsync();
-        var subscription = Http.Subscription(Http.Entry("app"));
-        var (_, version, _) = await client.SubscribeAsync(subscription);
-        await using (var shorten = new NpgsqlCommand(
-            """
-            UPDATE instances SET meta = '{"v":"due"}', revision = nextval('instance_revision'),
-                   expires_at = clock_timestamp() + CASE addr WHEN '10.0.0.2:80' THEN interval '1.5 seconds' ELSE interval '4 seconds' END;
-            SELECT pg_notify('registry_changes', 'app');
-            """, connection))
-        {
-            await shorten.ExecuteNonQueryAsync();
-        }
-
-        await client.SubscribeAsync(subscription, version, wait: 10).WaitAsync(TimeSpan.FromSeconds(15));
-        var kExpires = await ScalarAsync<DateTime>(connection, "SELECT expires_at FROM instances WHERE addr = '10.0.0.2:80'");
+        var kExpires = await ShortenAsync(client, connection, TimeSpan.FromSeconds(4));
 
         // A flush stalls on x; k and y are renewed meanwhile and answered at once.
         await using var lockX = await LockAsync(database, "10.0.0.3:80");
-        Assert.Equal(HttpStatusCode.OK, await HeartbeatAsync(x));
+        Assert.Equal(HttpStatusCode.OK, await HeartbeatAsync(client, x));
         await Backends.WaitingForALockAsync(database, "WITH due%");
         await using var lockY = await LockAsync(database, "10.0.0.1:80");
-        Assert.Equal(HttpStatusCode.OK, await HeartbeatAsync(k));
-        Assert.Equal(HttpStatusCode.OK, await HeartbeatAsync(y));
+        Assert.Equal(HttpStatusCode.OK, await HeartbeatAsync(client, k));
+        Assert.Equal(HttpStatusCode.OK, await HeartbeatAsync(client, y));
 
         // k runs out in the database (and the sweepers' settle margin passes); then the stalled flush ends and marks,
         // and the next one, with k, waits for y.
@@ -239,12 +225,53 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
 
         Assert.Equal(0, evicted.Total);
         await lockY.Transaction.RollbackAsync();
+    }
 
-        async Task<HttpStatusCode> HeartbeatAsync(string instance)
+    /// <summary>
+    /// When the cluster owes a grace (no node marked for the grace gap), a sweep must not run before a node has written
+    /// what it promised: the sweep's grace used to extend the leases and mark its node, and that mark released the
+    /// sweepers' hold on a renewal the node had answered and not yet written (its flush waiting on a locked row); the
+    /// same sweep then evicted that instance. Now a sweep waits while a grace is owed; the first node to write its
+    /// renewals extends the leases and marks.
+    /// </summary>
+    [Fact]
+    public async Task ASweepWhileAGraceIsOwedDoesNotEvictARenewalItsNodePromised()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        var settings = new Dictionary<string, string?> { ["Registry:Leases:LivenessInterval"] = "00:00:00.100" };
+        await using var node = new RegistryNode(database, settings);
+        await using var other = new RegistryNode(database, settings);
+        _ = other.Server; // marks every 100 ms until it stops
+        using var client = node.CreateClient();
+        using var evicted = MeterWatch.Node(node, "registry.evictions");
+        using var waited = MeterWatch.Node(node, "registry.sweeps", "outcome", "grace_owed");
+        string k = Instance("app", 1), x = Instance("app", 2);
+        foreach (var instance in new[] { k, x })
         {
-            using var response = await client.PostJsonAsync("/v1/heartbeat", instance);
-            return response.StatusCode;
+            using var registered = await client.PostJsonAsync("/v1/register?ttl=10", instance);
+            registered.EnsureSuccessStatusCode();
         }
+
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        // x runs out with k, before the grace's start: the grace does not wait for x's lock either.
+        var kExpires = await ShortenAsync(client, connection, TimeSpan.FromSeconds(1.6));
+
+        // This node's flush stalls on x (it marks no more); k is renewed meanwhile and answered at once.
+        await using var lockX = await LockAsync(database, "10.0.0.3:80");
+        Assert.Equal(HttpStatusCode.OK, await HeartbeatAsync(client, x));
+        await Backends.WaitingForALockAsync(database, "WITH due%");
+        Assert.Equal(HttpStatusCode.OK, await HeartbeatAsync(client, k));
+
+        // k runs out while the other node still marks, then that node stops: after the grace gap (2 s) a grace is owed,
+        // which does not cover k (it ran out before the last mark); only this node's hold keeps it.
+        var untilRunOut = kExpires - await ScalarAsync<DateTime>(connection, "SELECT clock_timestamp()") + TimeSpan.FromMilliseconds(400);
+        await Task.Delay(untilRunOut > TimeSpan.Zero ? untilRunOut : TimeSpan.Zero);
+        await other.DisposeAsync();
+        await Task.WhenAny(waited.WaitForAsync(2, TimeSpan.FromSeconds(15)), evicted.WaitForAsync(1, TimeSpan.FromSeconds(15)));
+
+        Assert.Equal(0, evicted.Total);
+        await lockX.Transaction.RollbackAsync();
     }
 
     /// <summary>
@@ -734,5 +761,31 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
             await Transaction.DisposeAsync();
             await Connection.DisposeAsync();
         }
+    }
+
+    /// <summary>Makes the instances of <c>app</c> due for renewal (within half their TTL), 10.0.0.2:80 running out in 1.5 s and the others in <paramref name="others"/>; returns when the first does.</summary>
+    private static async Task<DateTime> ShortenAsync(HttpClient client, NpgsqlConnection connection, TimeSpan others)
+    {
+        var subscription = Http.Subscription(Http.Entry("app"));
+        var (_, version, _) = await client.SubscribeAsync(subscription);
+        await using (var shorten = new NpgsqlCommand(
+            """
+            UPDATE instances SET meta = '{"v":"due"}', revision = nextval('instance_revision'),
+                   expires_at = clock_timestamp() + CASE addr WHEN '10.0.0.2:80' THEN interval '1.5 seconds' ELSE @others END;
+            SELECT pg_notify('registry_changes', 'app');
+            """, connection))
+        {
+            shorten.Parameters.AddWithValue("others", others);
+            await shorten.ExecuteNonQueryAsync();
+        }
+
+        await client.SubscribeAsync(subscription, version, wait: 10).WaitAsync(TimeSpan.FromSeconds(15));
+        return await ScalarAsync<DateTime>(connection, "SELECT expires_at FROM instances WHERE addr = '10.0.0.2:80'");
+    }
+
+    private static async Task<HttpStatusCode> HeartbeatAsync(HttpClient client, string instance)
+    {
+        using var response = await client.PostJsonAsync("/v1/heartbeat", instance);
+        return response.StatusCode;
     }
 }

@@ -70,44 +70,23 @@ internal sealed partial class LeaseGrace(
         """;
 
     /// <summary>
-    /// Marks this node as able to record (when <paramref name="mark"/>), first extending the
-    /// leases when the cluster owes a grace period (which marks it in any case). Runs every
-    /// <see cref="LeaseOptions.LivenessInterval"/>, and at the start of every sweep in its
-    /// transaction, so no sweep can run between a gap and its grace. A sweep does not mark: the
-    /// mark would hold this node's row for as long as the sweep runs, and the liveness mark,
-    /// and the renewals behind it, would wait for it. Returns the database's clock.
-    /// The mark is stamped <paramref name="behind"/> before the database's clock: when the flush whose renewals it
-    /// vouches for began, not when it ended (a renewal gathered meanwhile is not written yet).
+    /// Marks this node as able to record, first extending the leases when the cluster owes a grace period (which
+    /// marks it in any case). Runs every <see cref="LeaseOptions.LivenessInterval"/>, after the node's renewals are
+    /// written: only a node that has written what it promised may mark, since its mark releases the sweepers' hold on
+    /// the leases it may have renewed (a sweep does not mark, and waits while a grace is owed: see <see cref="OwedAsync"/>).
+    /// Returns the database's clock. The mark is stamped <paramref name="behind"/> before the database's clock: when
+    /// the flush whose renewals it vouches for began, not when it ended (a renewal gathered meanwhile is not written yet).
     /// </summary>
-    public async Task<DateTimeOffset> SettleAsync(
-        NpgsqlConnection connection, NpgsqlTransaction? transaction, bool mark, CancellationToken cancellationToken, TimeSpan behind = default)
+    public async Task<DateTimeOffset> SettleAsync(NpgsqlConnection connection, TimeSpan behind, CancellationToken cancellationToken)
     {
-        bool owed;
-        DateTimeOffset? since;
-        DateTimeOffset now;
-        await using (var gate = new NpgsqlCommand(MarkStatement, connection, transaction))
-        {
-            gate.Parameters.AddWithValue("gap", options.Value.GraceGap);
-            gate.Parameters.AddWithValue("mark", mark);
-            AddNode(gate, behind);
-            await using var reader = await gate.ExecuteReaderAsync(cancellationToken);
-            await reader.ReadAsync(cancellationToken);
-            owed = reader.GetBoolean(0);
-            since = reader.IsDBNull(1) ? null : new DateTimeOffset(reader.GetDateTime(1), TimeSpan.Zero);
-            now = new DateTimeOffset(reader.GetDateTime(2), TimeSpan.Zero);
-        }
-
+        var (owed, since, now) = await GateAsync(connection, null, mark: true, behind, cancellationToken);
         if (!owed || since is not { } began)
         {
-            if (mark)
-            {
-                metrics.LivenessMarked();
-            }
-
+            metrics.LivenessMarked();
             return now;
         }
 
-        await using var extend = new NpgsqlCommand(ExtendStatement, connection, transaction);
+        await using var extend = new NpgsqlCommand(ExtendStatement, connection);
         extend.Parameters.AddWithValue("since", began);
         AddNode(extend, behind);
         var extended = (int)(await extend.ExecuteScalarAsync(cancellationToken))!;
@@ -115,6 +94,31 @@ internal sealed partial class LeaseGrace(
         metrics.LivenessMarked();
         LogExtended(logger, extended, now - began);
         return now;
+    }
+
+    /// <summary>
+    /// Whether the cluster owes a grace period now (no node marked for <see cref="LeaseOptions.GraceGap"/>), and the
+    /// database's clock; marks nothing. A sweep that finds one owed waits: the grace is extended by the first node to
+    /// write its renewals and mark, and a sweep before it could evict a lease a node promised and has not written.
+    /// </summary>
+    public async Task<(bool Owed, DateTimeOffset Now)> OwedAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken)
+    {
+        var (owed, _, now) = await GateAsync(connection, transaction, mark: false, TimeSpan.Zero, cancellationToken);
+        return (owed, now);
+    }
+
+    private async Task<(bool Owed, DateTimeOffset? Since, DateTimeOffset Now)> GateAsync(
+        NpgsqlConnection connection, NpgsqlTransaction? transaction, bool mark, TimeSpan behind, CancellationToken cancellationToken)
+    {
+        await using var gate = new NpgsqlCommand(MarkStatement, connection, transaction);
+        gate.Parameters.AddWithValue("gap", options.Value.GraceGap);
+        gate.Parameters.AddWithValue("mark", mark);
+        AddNode(gate, behind);
+        await using var reader = await gate.ExecuteReaderAsync(cancellationToken);
+        await reader.ReadAsync(cancellationToken);
+        return (reader.GetBoolean(0),
+            reader.IsDBNull(1) ? null : new DateTimeOffset(reader.GetDateTime(1), TimeSpan.Zero),
+            new DateTimeOffset(reader.GetDateTime(2), TimeSpan.Zero));
     }
 
     /// <summary>What this node's row says of it.</summary>

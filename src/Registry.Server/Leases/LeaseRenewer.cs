@@ -227,7 +227,7 @@ internal sealed partial class LeaseRenewer(
             if (mark)
             {
                 var behind = time.GetElapsedTime(started);
-                var now = await grace.SettleAsync(connection, null, mark: true, cancellationToken, behind);
+                var now = await grace.SettleAsync(connection, behind, cancellationToken);
                 clock.Observe(now);
                 Volatile.Write(ref _markedAt, (now - behind).UtcTicks);
             }

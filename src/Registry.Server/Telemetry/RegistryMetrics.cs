@@ -63,7 +63,7 @@ internal sealed class RegistryMetrics
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250] });
         _writeBatches = meter.CreateCounter<long>("registry.writes.batches", "{transaction}", "Group-committed write transactions.");
         _writesQueued = meter.CreateUpDownCounter<long>("registry.writes.queued", "{write}", "Registrations and unregistrations waiting for a batch to take them.");
-        _sweeps = meter.CreateCounter<long>("registry.sweeps", "{sweep}", "Sweeper rounds, by outcome (idle: nothing can have expired, so no statement; locked_out; swept), and grace: leases extended after the cluster could not record renewals.");
+        _sweeps = meter.CreateCounter<long>("registry.sweeps", "{sweep}", "Sweeper rounds, by outcome (idle: nothing can have expired, so no statement; locked_out; grace_owed: waiting for a node to write its renewals and extend the leases; swept), and grace: leases extended after the cluster could not record renewals.");
         _limitsReached = meter.CreateCounter<long>("registry.limits.rejections", "{request}", "Requests refused with 429 at a node's limit, by limit (parked, parked_per_client, writes_per_client, subscriptions, subscription_characters, subscription_bytes, drain_questions_per_client), and connections closed at once past a client's (connections_per_client).");
         _livenessMarks = meter.CreateCounter<long>("registry.liveness.marks", "{mark}", "Times this node marked itself alive in the database (the grace rule reads the newest mark of any node).");
         _probes = meter.CreateCounter<long>("registry.probes", "{probe}", "Probes this node ran, by kind (http, https, tcp) and result (passed, failed).");
