@@ -11,9 +11,9 @@ namespace Registry.Leases;
 /// Evicts expired leases. Every node runs it; a transaction-scoped advisory lock lets one
 /// sweep at a time, but correctness does not depend on it: the delete re-checks expiry
 /// under <c>FOR UPDATE SKIP LOCKED</c> at the time the sweep counted, in bounded batches, and
-/// announces each affected application once in the same transaction. Each sweep first
-/// settles the cluster's grace (<see cref="LeaseGrace"/>) in its transaction, and counts its
-/// evictions where every node's sweeps see them (self-preservation's budget).
+/// announces each affected application once in the same transaction. No sweep runs while the
+/// cluster owes a grace (<see cref="LeaseGrace"/>): the first node to write its renewals settles
+/// it. Each counts its evictions where every node's sweeps see them (self-preservation's budget).
 /// </summary>
 internal sealed partial class Sweeper(
     RegistryDatabase database,
@@ -131,8 +131,8 @@ internal sealed partial class Sweeper(
         if (expired == 0)
         {
             // Still forget old nodes, or a cluster that never evicts keeps every node it ever ran.
-            // Only nodes: the evictions' rows are another table's locks to wait for while this
-            // transaction may hold its node's mark (after a grace; a reset deleting both tables would deadlock).
+            // Only nodes: the evictions' rows are another table's locks to wait for (a reset deleting both tables
+            // would deadlock).
             await ForgetNodesAsync(connection, transaction, cancellationToken);
             await transaction.CommitAsync(cancellationToken);
             selfPreservation.Budget(live, 0, recentlyEvicted);
