@@ -223,13 +223,11 @@ internal sealed partial class LeaseRenewer(
 
             // After the renewals: a mark then says that every renewal this node gathered before
             // the flush began is in the database, which is what the sweeper waits for (Sweeper).
-            // Stamped when the flush began: one gathered while it ran (however long it stalled) is not.
             if (mark)
             {
-                var behind = time.GetElapsedTime(started);
-                var now = await grace.SettleAsync(connection, behind, cancellationToken);
-                clock.Observe(now);
-                Volatile.Write(ref _markedAt, (now - behind).UtcTicks);
+                var marked = await grace.SettleAsync(connection, cancellationToken);
+                clock.Observe(marked);
+                Volatile.Write(ref _markedAt, marked.UtcTicks);
             }
 
             // Recorded: what waits now was gathered after this flush began.
