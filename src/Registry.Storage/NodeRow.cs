@@ -16,6 +16,14 @@ public sealed class NodeRow
     /// <summary>When the node last reached the database, on the database clock.</summary>
     public DateTime LastSeenAt { get; set; }
 
+    /// <summary>
+    /// Every lease renewal the node promised before this time is written (the start of the flush that wrote them, on
+    /// the database clock); the sweepers hold back the leases that ran out after it. Later than a mark's own time by
+    /// nothing but a flush's duration, and kept apart from <see cref="LastSeenAt"/> (liveness, membership and the
+    /// grace rule), which a slow flush must not age. Null until the node's first flush marks.
+    /// </summary>
+    public DateTime? VouchedAt { get; set; }
+
     /// <summary>The base URL other nodes and operators reach it at (null until it knows where it listens).</summary>
     public string? Url { get; set; }
 

@@ -77,6 +77,7 @@ public sealed class RegistryDbContext(DbContextOptions<RegistryDbContext> option
             node.Property(n => n.Id).HasColumnName("id").UseCollation("C");
             node.Property(n => n.StartedAt).HasColumnName("started_at").HasColumnType("timestamptz");
             node.Property(n => n.LastSeenAt).HasColumnName("last_seen_at").HasColumnType("timestamptz");
+            node.Property(n => n.VouchedAt).HasColumnName("vouched_at").HasColumnType("timestamptz");
             node.Property(n => n.Url).HasColumnName("url");
             node.Property(n => n.ProbeNetworks).HasColumnName("probe_networks");
             node.Property(n => n.ProbesPassing).HasColumnName("probes_passing");

@@ -176,6 +176,59 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
     }
 
     /// <summary>
+    /// A node's mark tells the sweepers that every renewal it gathered before some time is written. A flush writes
+    /// what was gathered when it began, then marks: it vouches for its start. A heartbeat answered while a flush
+    /// stalled, for a lease that ran out meanwhile, waits for the next flush; before, the stalled flush's mark vouched
+    /// for its end, after that expiry, and a sweep evicted the instance while the next flush waited, though its
+    /// provider had been promised the lease (here the next flush waits for a locked row).
+    /// </summary>
+    [Fact]
+    public async Task AHeartbeatAnsweredWhileAFlushStalledIsNotEvictedOnThatFlushsMark()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, new Dictionary<string, string?>
+        {
+            ["Registry:Leases:LivenessInterval"] = "00:00:00.100", // every flush marks
+            ["Registry:Leases:GraceGap"] = "00:00:30", // no grace while the flushes wait
+        });
+        using var client = node.CreateClient();
+        using var evicted = MeterWatch.Node(node, "registry.evictions");
+        using var sweeps = MeterWatch.Node(node, "registry.sweeps", "outcome", "swept");
+        // Rows are locked in key order: y before k before x.
+        string y = Instance("app", 0), k = Instance("app", 1), x = Instance("app", 2);
+        foreach (var instance in new[] { y, k, x })
+        {
+            using var registered = await client.PostJsonAsync("/v1/register?ttl=10", instance);
+            registered.EnsureSuccessStatusCode();
+        }
+
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        var kExpires = await ShortenAsync(client, connection, TimeSpan.FromSeconds(4.5));
+
+        // A flush stalls on x; k and y are renewed meanwhile and answered at once.
+        await using var lockX = await LockAsync(database, "10.0.0.3:80");
+        Assert.Equal(HttpStatusCode.OK, await HeartbeatAsync(client, x));
+        await Backends.WaitingForALockAsync(database, "WITH due%");
+        await using var lockY = await LockAsync(database, "10.0.0.1:80");
+        Assert.Equal(HttpStatusCode.OK, await HeartbeatAsync(client, k));
+        Assert.Equal(HttpStatusCode.OK, await HeartbeatAsync(client, y));
+
+        // k runs out in the database (and the sweepers' settle margin passes); then the stalled flush ends and marks,
+        // and the next one, with k, waits for y.
+        var untilRunOut = kExpires - await ScalarAsync<DateTime>(connection, "SELECT clock_timestamp()") + TimeSpan.FromMilliseconds(400);
+        await Task.Delay(untilRunOut > TimeSpan.Zero ? untilRunOut : TimeSpan.Zero);
+        await lockX.Transaction.RollbackAsync();
+        await Backends.WaitingForALockAsync(database, "WITH due%");
+        var swept = sweeps.Total;
+        await sweeps.WaitForAsync(swept + 3);
+
+        Assert.Equal(0, evicted.Total);
+        Assert.Equal(3L, await ScalarAsync<long>(connection, "SELECT count(*) FROM instances"));
+        await lockY.Transaction.RollbackAsync();
+    }
+
+    /// <summary>
     /// When the cluster owes a grace (no node marked for the grace gap), a sweep must not run before a node has written
     /// what it promised: the sweep's grace used to extend the leases and mark its node, and that mark released the
     /// sweepers' hold on a renewal the node had answered and not yet written (its flush waiting on a locked row); the

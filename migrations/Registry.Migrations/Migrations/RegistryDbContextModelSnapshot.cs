@@ -154,6 +154,10 @@ namespace Registry.Migrations.Migrations
                         .HasColumnType("text")
                         .HasColumnName("url");
 
+                    b.Property<DateTime?>("VouchedAt")
+                        .HasColumnType("timestamptz")
+                        .HasColumnName("vouched_at");
+
                     b.HasKey("Id");
 
                     b.ToTable("nodes", (string)null);

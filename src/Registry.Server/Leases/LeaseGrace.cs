@@ -33,9 +33,11 @@ internal sealed partial class LeaseGrace(
         WITH last AS (SELECT max(last_seen_at) AS at FROM nodes),
         gate AS (SELECT at, coalesce(clock_timestamp() - at > @gap, false) AS owed FROM last),
         marked AS (
-            INSERT INTO nodes (id, url, probe_networks, probes_passing, probes_withdrawn, started_at, last_seen_at)
-            SELECT @node, @url, @probes, @passing, @withdrawn, clock_timestamp(), clock_timestamp() FROM gate WHERE NOT owed AND @mark
-            ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, url = coalesce(excluded.url, nodes.url),
+            INSERT INTO nodes (id, url, probe_networks, probes_passing, probes_withdrawn, started_at, last_seen_at, vouched_at)
+            SELECT @node, @url, @probes, @passing, @withdrawn, clock_timestamp(), clock_timestamp(), clock_timestamp() - @behind
+              FROM gate WHERE NOT owed AND @mark
+            ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, vouched_at = greatest(nodes.vouched_at, excluded.vouched_at),
+                                           url = coalesce(excluded.url, nodes.url),
                                            probe_networks = excluded.probe_networks, probes_passing = excluded.probes_passing,
                                            probes_withdrawn = excluded.probes_withdrawn
             RETURNING 1)
@@ -60,9 +62,10 @@ internal sealed partial class LeaseGrace(
              WHERE i.application = l.application AND i.protocol = l.protocol AND i.addr = l.addr
             RETURNING 1),
         marked AS (
-            INSERT INTO nodes (id, url, probe_networks, probes_passing, probes_withdrawn, started_at, last_seen_at)
-            VALUES (@node, @url, @probes, @passing, @withdrawn, clock_timestamp(), clock_timestamp())
-            ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, url = coalesce(excluded.url, nodes.url),
+            INSERT INTO nodes (id, url, probe_networks, probes_passing, probes_withdrawn, started_at, last_seen_at, vouched_at)
+            VALUES (@node, @url, @probes, @passing, @withdrawn, clock_timestamp(), clock_timestamp(), clock_timestamp() - @behind)
+            ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, vouched_at = greatest(nodes.vouched_at, excluded.vouched_at),
+                                           url = coalesce(excluded.url, nodes.url),
                                            probe_networks = excluded.probe_networks, probes_passing = excluded.probes_passing,
                                            probes_withdrawn = excluded.probes_withdrawn
             RETURNING 1)
@@ -74,11 +77,13 @@ internal sealed partial class LeaseGrace(
     /// marks it in any case). Runs every <see cref="LeaseOptions.LivenessInterval"/>, after the node's renewals are
     /// written: only a node that has written what it promised may mark, since its mark releases the sweepers' hold on
     /// the leases it may have renewed (a sweep does not mark, and waits while a grace is owed: see <see cref="OwedAsync"/>).
-    /// Returns the database's clock.
+    /// Returns the database's clock. What the mark vouches for (<c>vouched_at</c>: every renewal gathered before it is
+    /// written) is <paramref name="behind"/> earlier: the start of the flush that wrote them, not its end, since a
+    /// renewal gathered while it ran (however long it stalled) waits for the next one.
     /// </summary>
-    public async Task<DateTimeOffset> SettleAsync(NpgsqlConnection connection, CancellationToken cancellationToken)
+    public async Task<DateTimeOffset> SettleAsync(NpgsqlConnection connection, TimeSpan behind, CancellationToken cancellationToken)
     {
-        var (owed, since, now) = await GateAsync(connection, null, mark: true, cancellationToken);
+        var (owed, since, now) = await GateAsync(connection, null, mark: true, behind, cancellationToken);
         if (!owed || since is not { } began)
         {
             metrics.LivenessMarked();
@@ -87,7 +92,7 @@ internal sealed partial class LeaseGrace(
 
         await using var extend = new NpgsqlCommand(ExtendStatement, connection);
         extend.Parameters.AddWithValue("since", began);
-        AddNode(extend);
+        AddNode(extend, behind);
         var extended = (int)(await extend.ExecuteScalarAsync(cancellationToken))!;
         metrics.Swept("grace");
         metrics.LivenessMarked();
@@ -102,17 +107,17 @@ internal sealed partial class LeaseGrace(
     /// </summary>
     public async Task<(bool Owed, DateTimeOffset Now)> OwedAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, CancellationToken cancellationToken)
     {
-        var (owed, _, now) = await GateAsync(connection, transaction, mark: false, cancellationToken);
+        var (owed, _, now) = await GateAsync(connection, transaction, mark: false, TimeSpan.Zero, cancellationToken);
         return (owed, now);
     }
 
     private async Task<(bool Owed, DateTimeOffset? Since, DateTimeOffset Now)> GateAsync(
-        NpgsqlConnection connection, NpgsqlTransaction? transaction, bool mark, CancellationToken cancellationToken)
+        NpgsqlConnection connection, NpgsqlTransaction? transaction, bool mark, TimeSpan behind, CancellationToken cancellationToken)
     {
         await using var gate = new NpgsqlCommand(MarkStatement, connection, transaction);
         gate.Parameters.AddWithValue("gap", options.Value.GraceGap);
         gate.Parameters.AddWithValue("mark", mark);
-        AddNode(gate);
+        AddNode(gate, behind);
         await using var reader = await gate.ExecuteReaderAsync(cancellationToken);
         await reader.ReadAsync(cancellationToken);
         return (reader.GetBoolean(0),
@@ -121,8 +126,9 @@ internal sealed partial class LeaseGrace(
     }
 
     /// <summary>What this node's row says of it.</summary>
-    private void AddNode(NpgsqlCommand command)
+    private void AddNode(NpgsqlCommand command, TimeSpan behind)
     {
+        command.Parameters.AddWithValue("behind", behind);
         command.Parameters.AddWithValue("node", node.Id);
         // The URL is known once the server listens; until then the row carries none.
         command.Parameters.Add(new NpgsqlParameter<string?>("url", url.Value));

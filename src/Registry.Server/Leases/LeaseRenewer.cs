@@ -222,12 +222,14 @@ internal sealed partial class LeaseRenewer(
             }
 
             // After the renewals: a mark then says that every renewal this node gathered before
-            // the flush began is in the database, which is what the sweeper waits for (Sweeper).
+            // the flush began is in the database, which is what the sweeper waits for (Sweeper):
+            // vouched for as of the flush's start, since one gathered while it ran is not.
             if (mark)
             {
-                var marked = await grace.SettleAsync(connection, cancellationToken);
-                clock.Observe(marked);
-                Volatile.Write(ref _markedAt, marked.UtcTicks);
+                var behind = time.GetElapsedTime(started);
+                var now = await grace.SettleAsync(connection, behind, cancellationToken);
+                clock.Observe(now);
+                Volatile.Write(ref _markedAt, (now - behind).UtcTicks);
             }
 
             // Recorded: what waits now was gathered after this flush began.

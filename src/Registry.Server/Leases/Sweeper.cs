@@ -227,8 +227,9 @@ internal sealed partial class Sweeper(
     /// <summary>
     /// Whether the lease of <c>i</c> may be evicted at <paramref name="now"/>: it ran out a settle
     /// margin ago, and no node may still hold a renewal of it that it promised and has not
-    /// written. A node marks after writing what it gathered, so a lease that ran out before a
-    /// node's last mark holds nothing of that node's back. A node not seen since, or gone
+    /// written. A node marks after writing what it gathered, vouching (<c>vouched_at</c>) for what it
+    /// had gathered when that write began, so a lease that ran out before that holds nothing of that
+    /// node's back (<c>last_seen_at</c> for a node of an earlier version). A node not seen since, or gone
     /// without a last mark (killed, cut off from the database), may have promised renewals
     /// until it knew it could not write them (<see cref="RenewalRule.CanRecord"/>), each for a
     /// TTL: the lease waits for that, or for the node's next mark. A node that left after its
@@ -241,10 +242,10 @@ internal sealed partial class Sweeper(
         i.expires_at < {now} - @settle
         AND NOT EXISTS (
             SELECT 1 FROM nodes n
-             WHERE n.last_seen_at <= i.expires_at
+             WHERE coalesce(n.vouched_at, n.last_seen_at) <= i.expires_at
                AND n.last_seen_at > {now} - CASE WHEN i.session_held OR i.probe_kind IS NOT NULL THEN @recent
                    ELSE greatest(@recent, make_interval(secs => greatest(i.ttl_seconds * @share, @floor) + i.ttl_seconds) + @after) END
-               AND (n.left_at IS NULL OR n.left_at > n.last_seen_at))
+               AND (n.left_at IS NULL OR n.left_at > coalesce(n.vouched_at, n.last_seen_at)))
         """;
 
     private void AddEvictableParameters(NpgsqlParameterCollection parameters)
