@@ -198,13 +198,13 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
         string y = Instance("app", 0), k = Instance("app", 1), x = Instance("app", 2);
         foreach (var instance in new[] { y, k, x })
         {
-            using var registered = await client.PostJsonAsync("/v1/register?ttl=10", instance);
+            using var registered = await client.PostJsonAsync("/v1/register?ttl=20", instance);
             registered.EnsureSuccessStatusCode();
         }
 
         await using var connection = new NpgsqlConnection(database);
         await connection.OpenAsync();
-        var kExpires = await ShortenAsync(client, connection, TimeSpan.FromSeconds(4.5));
+        var kExpires = await ShortenAsync(client, connection, TimeSpan.FromSeconds(6.5));
 
         // A flush stalls on x; k and y are renewed meanwhile and answered at once.
         await using var lockX = await LockAsync(database, "10.0.0.3:80");
@@ -249,15 +249,14 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
         string k = Instance("app", 1), x = Instance("app", 2);
         foreach (var instance in new[] { k, x })
         {
-            using var registered = await client.PostJsonAsync("/v1/register?ttl=10", instance);
+            using var registered = await client.PostJsonAsync("/v1/register?ttl=20", instance);
             registered.EnsureSuccessStatusCode();
         }
 
         await using var connection = new NpgsqlConnection(database);
         await connection.OpenAsync();
-        // x runs out with k, before the grace's start: the grace does not wait for x's lock either. Time enough for a
-        // loaded machine to come to k's heartbeat before k runs out.
-        var kExpires = await ShortenAsync(client, connection, TimeSpan.FromSeconds(3.1));
+        // x runs out with k, before the grace's start: the grace does not wait for x's lock either.
+        var kExpires = await ShortenAsync(client, connection, TimeSpan.FromSeconds(5.1));
 
         // This node's flush stalls on x (it marks no more); k is renewed meanwhile and answered at once.
         await using var lockX = await LockAsync(database, "10.0.0.3:80");
@@ -767,7 +766,11 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
         }
     }
 
-    /// <summary>Makes the instances of <c>app</c> due for renewal (within half their TTL), 10.0.0.2:80 running out in 3 s and the others in <paramref name="others"/>; returns when the first does.</summary>
+    /// <summary>
+    /// Makes the instances of <c>app</c> (TTL 20 s) due for renewal (within half their TTL), 10.0.0.2:80 running out in
+    /// 5 s (time enough for a loaded machine to reach its heartbeat first) and the others in <paramref name="others"/>;
+    /// returns when the first does.
+    /// </summary>
     private static async Task<DateTime> ShortenAsync(HttpClient client, NpgsqlConnection connection, TimeSpan others)
     {
         var subscription = Http.Subscription(Http.Entry("app"));
@@ -775,7 +778,7 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
         await using (var shorten = new NpgsqlCommand(
             """
             UPDATE instances SET meta = '{"v":"due"}', revision = nextval('instance_revision'),
-                   expires_at = clock_timestamp() + CASE addr WHEN '10.0.0.2:80' THEN interval '3 seconds' ELSE @others END;
+                   expires_at = clock_timestamp() + CASE addr WHEN '10.0.0.2:80' THEN interval '5 seconds' ELSE @others END;
             SELECT pg_notify('registry_changes', 'app');
             """, connection))
         {

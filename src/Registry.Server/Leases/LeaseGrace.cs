@@ -63,7 +63,7 @@ internal sealed partial class LeaseGrace(
             RETURNING 1),
         marked AS (
             INSERT INTO nodes (id, url, probe_networks, probes_passing, probes_withdrawn, started_at, last_seen_at, vouched_at)
-            VALUES (@node, @url, @probes, @passing, @withdrawn, clock_timestamp(), clock_timestamp(), clock_timestamp() - @behind)
+            VALUES (@node, @url, @probes, @passing, @withdrawn, clock_timestamp(), clock_timestamp(), @vouched)
             ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, vouched_at = greatest(nodes.vouched_at, excluded.vouched_at),
                                            url = coalesce(excluded.url, nodes.url),
                                            probe_networks = excluded.probe_networks, probes_passing = excluded.probes_passing,
@@ -92,7 +92,9 @@ internal sealed partial class LeaseGrace(
 
         await using var extend = new NpgsqlCommand(ExtendStatement, connection);
         extend.Parameters.AddWithValue("since", began);
-        AddNode(extend, behind);
+        // As of the gate's clock, not the extension's, which comes after its row locks: renewals gathered meanwhile are not written.
+        extend.Parameters.AddWithValue("vouched", now - behind);
+        AddNode(extend);
         var extended = (int)(await extend.ExecuteScalarAsync(cancellationToken))!;
         metrics.Swept("grace");
         metrics.LivenessMarked();
@@ -117,7 +119,8 @@ internal sealed partial class LeaseGrace(
         await using var gate = new NpgsqlCommand(MarkStatement, connection, transaction);
         gate.Parameters.AddWithValue("gap", options.Value.GraceGap);
         gate.Parameters.AddWithValue("mark", mark);
-        AddNode(gate, behind);
+        gate.Parameters.AddWithValue("behind", behind);
+        AddNode(gate);
         await using var reader = await gate.ExecuteReaderAsync(cancellationToken);
         await reader.ReadAsync(cancellationToken);
         return (reader.GetBoolean(0),
@@ -126,9 +129,8 @@ internal sealed partial class LeaseGrace(
     }
 
     /// <summary>What this node's row says of it.</summary>
-    private void AddNode(NpgsqlCommand command, TimeSpan behind)
+    private void AddNode(NpgsqlCommand command)
     {
-        command.Parameters.AddWithValue("behind", behind);
         command.Parameters.AddWithValue("node", node.Id);
         // The URL is known once the server listens; until then the row carries none.
         command.Parameters.Add(new NpgsqlParameter<string?>("url", url.Value));
