@@ -17,7 +17,7 @@ internal sealed class SetAsideWrites
     public int Count { get; private set; }
 
     /// <summary>Whether a write to <paramref name="key"/> waits here (so a later one must wait behind it).</summary>
-    public bool Holds(InstanceKey key) => _byInstance.ContainsKey(key);
+    public bool Holds(InstanceKey key) => Count > 0 && _byInstance.ContainsKey(key);
 
     public void Add(WriteCommand command)
     {

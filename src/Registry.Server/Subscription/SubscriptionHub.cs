@@ -365,8 +365,7 @@ internal sealed class SubscriptionHub
                 {
                     missing[i] = true;
                     seen[i] = _state.Get(groups[i].Application);
-                    // Another selection's segments of the same instances are shared, not serialised again.
-                    donors[i] = _byApplication.GetValueOrDefault(groups[i].Application)?.MaxBy(other => other.Current.Count)?.Current;
+                    donors[i] = Donor(groups[i].Application);
                 }
             }
 
@@ -376,7 +375,6 @@ internal sealed class SubscriptionHub
         }
 
         var computed = new Fragment?[groups.Length];
-        var making = true;
         try
         {
             for (var i = 0; i < groups.Length; i++)
@@ -386,28 +384,34 @@ internal sealed class SubscriptionHub
                     computed[i] = Fragment.Compute(seen[i], groups[i].Entries, donor: donors[i]);
                 }
             }
-
+        }
+        catch
+        {
             lock (_gate)
             {
-                making = false;
-                _makingViews--;
-                _makingCharacters -= key.Length;
-                return Made(key, groups, slotKeys, seen, computed);
+                DoneMaking(key);
             }
+
+            throw;
         }
-        finally
+
+        lock (_gate)
         {
-            // A computation that threw: no longer being made.
-            if (making)
-            {
-                lock (_gate)
-                {
-                    _makingViews--;
-                    _makingCharacters -= key.Length;
-                }
-            }
+            DoneMaking(key);
+            return Made(key, groups, slotKeys, seen, computed);
         }
     }
+
+    /// <summary>A view of <paramref name="key"/> is no longer being made (made, or given up); under the lock.</summary>
+    private void DoneMaking(string key)
+    {
+        _makingViews--;
+        _makingCharacters -= key.Length;
+    }
+
+    /// <summary>Another selection's fragment of the application, whose segments of the same instances a new one shares rather than serialising them again; under the lock.</summary>
+    private Fragment? Donor(string application) =>
+        _byApplication.GetValueOrDefault(application)?.MaxBy(other => other.Current.Count)?.Current;
 
     /// <summary>
     /// The view of <paramref name="key"/>: another request's made meanwhile, or a new one of the slots held and of new
@@ -432,8 +436,7 @@ internal sealed class SubscriptionHub
                 var now = _state.Get(application);
                 fragments[i] = computed[i] is { } early && ReferenceEquals(seen[i], now)
                     ? early
-                    : Fragment.Compute(now, slotEntries, previous: computed[i],
-                        donor: _byApplication.GetValueOrDefault(application)?.MaxBy(other => other.Current.Count)?.Current);
+                    : Fragment.Compute(now, slotEntries, previous: computed[i], donor: Donor(application));
             }
         }
 
@@ -706,7 +709,6 @@ internal sealed class SubscriptionHub
     {
         while (_idle.First is { } oldest)
         {
-            _idle.RemoveFirst();
             Remove(oldest.Value);
         }
     }
