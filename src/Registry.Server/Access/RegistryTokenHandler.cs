@@ -23,22 +23,20 @@ internal sealed class RegistryTokenHandler(
 {
     public const string SchemeName = "RegistryToken";
 
-    protected override Task<AuthenticateResult> HandleAuthenticateAsync()
+    protected override async Task<AuthenticateResult> HandleAuthenticateAsync()
     {
         var header = Request.Headers.Authorization;
         if (header.Count == 0)
         {
-            return Task.FromResult(access.Mode == AccessMode.Open
-                ? Success(Grant.Anonymous)
-                : AuthenticateResult.NoResult());
+            return access.Mode == AccessMode.Open ? Success(Grant.Anonymous) : AuthenticateResult.NoResult();
         }
 
         if (Bearer.Token(header) is not { } token)
         {
-            return Task.FromResult(Failed("the Authorization header is not 'Bearer <token>'"));
+            return Failed("the Authorization header is not 'Bearer <token>'");
         }
 
-        var result = tokens.Check(token, out var grant) switch
+        return tokens.Check(token, out var grant) switch
         {
             // Registry tokens cannot be guessed; the bootstrap token is a secret an operator chose. From an address past
             // its failed-authentication limit a right guess of it gets the same 429 as a wrong one, so the limit slows
@@ -46,11 +44,10 @@ internal sealed class RegistryTokenHandler(
             // shares its address with a misconfigured one is not locked out.
             TokenCheck.Valid when !grant!.Stored && failures.IsOverLimit(Context, out var retryAfter) =>
                 AuthenticateResult.Fail(new CountedFailure("too many failed authentications from this address", retryAfter)),
-            TokenCheck.Valid => Success(grant!),
+            TokenCheck.Valid => await tokens.StandsAsync(grant!, Context.RequestAborted) ? Success(grant!) : Failed("the bearer token is unknown or revoked"),
             TokenCheck.Expired => Failed("the bearer token has expired"),
             _ => Failed("the bearer token is unknown or revoked"),
         };
-        return Task.FromResult(result);
     }
 
     protected override async Task HandleChallengeAsync(AuthenticationProperties properties)

@@ -1,8 +1,10 @@
+using System.Collections.Concurrent;
 using System.Collections.Frozen;
 using System.Data.Common;
 using System.Security.Cryptography;
 using System.Text;
 using Microsoft.Extensions.Options;
+using Registry.State;
 using Registry.Storage;
 using Registry.Telemetry;
 
@@ -23,11 +25,16 @@ internal enum TokenCheck
 /// token was last used is kept here and written for all tokens at once every
 /// <see cref="AccessOptions.LastUsedFlushInterval"/>; with that write, tokens expired for
 /// <see cref="AccessOptions.ForgetExpiredAfter"/> are deleted (by whichever node sees it due
-/// first), so tokens made with an expiry, one per deploy or job, do not pile up.
+/// first), so tokens made with an expiry, one per deploy or job, do not pile up. While the change
+/// feed is down no revocation is heard, so a token is then confirmed in the database (<see cref="StandsAsync"/>).
 /// </summary>
 internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
 {
+    /// <summary>How long a token confirmed in the database while the change feed is down stands before it is asked again (and how long an answer is waited for).</summary>
+    private static readonly TimeSpan ConfirmedFor = TimeSpan.FromSeconds(1);
+
     private readonly RegistryDatabase _database;
+    private readonly RegistryState _state;
     private readonly TimeProvider _time;
     private readonly AuditLog _audit;
     private readonly AccessOptions _options;
@@ -40,12 +47,16 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
     /// <summary>The tokens by id: their revocations and expiries.</summary>
     private volatile FrozenDictionary<string, Entry> _byId = FrozenDictionary<string, Entry>.Empty;
 
+    /// <summary>The database's last word on each token asked while the change feed was down, by id (one per token, so no more than the tokens).</summary>
+    private readonly ConcurrentDictionary<string, Task<(bool Stands, long At)>> _confirmations = new(StringComparer.Ordinal);
+
     /// <summary>When the first loaded token is due to be forgotten (ticks, UTC); <see cref="long.MaxValue"/> for none.</summary>
     private long _forgetDueTicks = long.MaxValue;
 
-    public TokenCache(RegistryDatabase database, TimeProvider time, AuditLog audit, IOptions<AccessOptions> options, ILogger<TokenCache> logger)
+    public TokenCache(RegistryDatabase database, RegistryState state, TimeProvider time, AuditLog audit, IOptions<AccessOptions> options, ILogger<TokenCache> logger)
     {
         _database = database;
+        _state = state;
         _time = time;
         _audit = audit;
         _options = options.Value;
@@ -90,6 +101,53 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
         Interlocked.Exchange(ref entry.LastUsedTicks, now.UtcTicks);
         grant = entry.Grant;
         return TokenCheck.Valid;
+    }
+
+    /// <summary>
+    /// Whether a token <see cref="Check"/> accepted still stands. While the change feed is up, it does: a revocation
+    /// on any node reaches this cache within a second. While it is down (for as long as the node knows it: a connection
+    /// that died silently is noticed within the feed's idle check), the cache hears of none, so a registry token is
+    /// confirmed in the database, at most once a second per token, every request meanwhile sharing the answer. When the
+    /// database cannot answer either, the token stands as last loaded, as Consul's ACL <c>extend-cache</c> does: what it
+    /// then authorizes is an answer from memory, or a write that needs the database anyway. A token found revoked
+    /// reloads the cache, which ends what it holds open.
+    /// </summary>
+    public async ValueTask<bool> StandsAsync(Grant grant, CancellationToken cancellationToken)
+    {
+        if (!grant.Stored || _state.StaleSince is null)
+        {
+            return true;
+        }
+
+        var asked = _confirmations.GetValueOrDefault(grant.Id);
+        if (asked is null || (asked.IsCompleted && _time.GetElapsedTime(asked.Result.At) > ConfirmedFor))
+        {
+            // Two requests may both ask at once; either answer is as good.
+            asked = ConfirmAsync(grant.Id);
+            _confirmations[grant.Id] = asked;
+        }
+
+        return (await asked.WaitAsync(cancellationToken)).Stands;
+    }
+
+    private async Task<(bool Stands, long At)> ConfirmAsync(string id)
+    {
+        bool stands;
+        try
+        {
+            using var timeout = new CancellationTokenSource(ConfirmedFor, _time);
+            stands = await TokenStore.ExistsAsync(_database.DataSource, id, timeout.Token);
+            if (!stands)
+            {
+                Notified(id);
+            }
+        }
+        catch (Exception e) when (e is DbException or OperationCanceledException)
+        {
+            stands = true;
+        }
+
+        return (stands, _time.GetTimestamp());
     }
 
     /// <summary>

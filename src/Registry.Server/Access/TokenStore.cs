@@ -91,6 +91,14 @@ internal static class TokenStore
         return tokens;
     }
 
+    /// <summary>Whether the token <paramref name="id"/> is still stored (not revoked; its expiry is the cache's to check).</summary>
+    public static async Task<bool> ExistsAsync(NpgsqlDataSource database, string id, CancellationToken cancellationToken)
+    {
+        await using var command = database.CreateCommand($"SELECT EXISTS (SELECT 1 FROM {Schema.TokensTable} WHERE id = @id)");
+        command.Parameters.Add(new NpgsqlParameter("id", id));
+        return (bool)(await command.ExecuteScalarAsync(cancellationToken))!;
+    }
+
     /// <summary>What a node's cache needs of every token.</summary>
     public static async Task<List<(byte[] Hash, Grant Grant)>> LoadAsync(NpgsqlDataSource database, CancellationToken cancellationToken)
     {

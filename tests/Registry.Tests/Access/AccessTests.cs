@@ -461,6 +461,62 @@ public sealed class AccessTests(AccessCluster cluster)
     }
 
     [Fact]
+    public async Task ATokenRevokedWhileANodesChangeFeedIsDownIsRefusedThereAndOneTheDatabaseCannotConfirmStands()
+    {
+        var database = await cluster.CreateDatabaseAsync();
+        await using var node = cluster.Start([], database: database);
+        var (revokedId, revoked) = await cluster.CreateTokenAsync("""{"description":"revoked on another node","subscribe":["*"],"admin":true}""", node);
+        var (_, kept) = await cluster.CreateTokenAsync("""{"description":"kept","subscribe":["*"]}""", node);
+        var (_, unconfirmed) = await cluster.CreateTokenAsync("""{"description":"asked while the database cannot answer","subscribe":["*"]}""", node);
+        using var revokedClient = AccessCluster.Client(node, AccessCluster.Bearer(revoked));
+        using var keptClient = AccessCluster.Client(node, AccessCluster.Bearer(kept));
+        using var unconfirmedClient = AccessCluster.Client(node, AccessCluster.Bearer(unconfirmed));
+        var services = new Uri("/v1/services", UriKind.Relative);
+        Assert.Equal(HttpStatusCode.OK, (await revokedClient.GetAsync(services)).StatusCode);
+
+        // The feed is cut, and its reconnection waits at the full load it must finish before it listens again (its
+        // tokens already reloaded): whatever is announced meanwhile waits too.
+        await using var locker = new NpgsqlConnection(database);
+        await locker.OpenAsync();
+        await using var locked = await locker.BeginTransactionAsync();
+        await using (var lockTable = new NpgsqlCommand("LOCK TABLE instances IN ACCESS EXCLUSIVE MODE", locker, locked))
+        await using (var kill = new NpgsqlCommand("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = @name AND datname = current_database()", locker, locked))
+        {
+            await lockTable.ExecuteNonQueryAsync();
+            kill.Parameters.AddWithValue("name", Registry.Storage.RegistryDatabase.ChangeFeedApplicationName);
+            Assert.Equal(1L, await kill.ExecuteScalarAsync());
+        }
+
+        await Backends.WaitingForALockAsync(database, "SELECT i.application, i.protocol, i.addr, i.meta::text%");
+        await using (var revoke = new NpgsqlConnection(database))
+        {
+            // As another node's DELETE /v1/tokens/{id} does.
+            await revoke.OpenAsync();
+            await using var delete = new NpgsqlCommand("DELETE FROM tokens WHERE id = @id; SELECT pg_notify('registry_tokens', @id)", revoke);
+            delete.Parameters.AddWithValue("id", revokedId);
+            await delete.ExecuteNonQueryAsync();
+        }
+
+        using (var read = await revokedClient.GetAsync(services))
+        using (var minted = await revokedClient.PostJsonAsync("/v1/tokens", """{"description":"minted with a revoked token","admin":true}"""))
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, read.StatusCode);
+            Assert.Equal(HttpStatusCode.Unauthorized, minted.StatusCode);
+        }
+
+        Assert.Equal(HttpStatusCode.OK, (await keptClient.GetAsync(services)).StatusCode);
+
+        // Nor can the database answer now: a token the cache holds still serves what the node has in memory.
+        await using (var lockTokens = new NpgsqlCommand("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE", locker, locked))
+        {
+            await lockTokens.ExecuteNonQueryAsync();
+        }
+
+        Assert.Equal(HttpStatusCode.OK, (await unconfirmedClient.GetAsync(services)).StatusCode);
+        await locked.RollbackAsync();
+    }
+
+    [Fact]
     public async Task ATokenWhoseCreationCommittedIsAnsweredWithItsSecretEvenIfTheNodeCannotReloadItsTokens()
     {
         // In the INSERT's own transaction a trigger puts a view in front of the tokens table, in the
