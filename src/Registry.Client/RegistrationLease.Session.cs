@@ -26,6 +26,8 @@ public sealed partial class RegistrationLease
     private int _opensInDoubt;
     /// <summary>When the last open in doubt was counted (a <see cref="TimeProvider.GetTimestamp"/>: a wall clock's step moves nothing).</summary>
     private long _lastOpenInDoubtAt;
+    /// <summary>When the last session's stream broke (a <see cref="TimeProvider.GetTimestamp"/>), until a lease is granted again; under the gate.</summary>
+    private long? _brokenAt;
 
     private async Task<TimeSpan> SessionStepAsync(CancellationToken cancellationToken)
     {
@@ -268,6 +270,7 @@ public sealed partial class RegistrationLease
         lock (_gate)
         {
             _registered = false;
+            _brokenAt = _time.GetTimestamp();
         }
     }
 

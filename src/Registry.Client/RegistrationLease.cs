@@ -175,12 +175,22 @@ public sealed partial class RegistrationLease : IAsyncDisposable
                 // A refusal (400, 401, 403) is not transient, but the process still wants to be found and a token may be
                 // rotated: say so loudly and try again much later, at a jittered pace so a fleet does not retry in step.
                 delay = Backoff.Jitter(_retryMaxDelay * 0.8, _retryMaxDelay * 1.2);
-                Log.RefusedRetrying(_logger, "register", delay, e);
-                SetState(RegistryConnectionState.Refused, e);
                 lock (_gate)
                 {
-                    _registered = false;
+                    // A heartbeat's 401 (a rotation: the new token not yet on that node, the old one revoked a moment
+                    // early) leaves the lease running: asked again within it, as a heartbeat, it is not lost meanwhile.
+                    if (e is RegistryAccessDeniedException { IsAuthenticationFailure: true } && LeaseLeftLocked() is { } left && left > TimeSpan.Zero)
+                    {
+                        delay = left / 2 < delay ? left / 2 : delay;
+                    }
+                    else
+                    {
+                        _registered = false;
+                    }
                 }
+
+                Log.RefusedRetrying(_logger, "register", delay, e);
+                SetState(RegistryConnectionState.Refused, e);
             }
 #pragma warning disable CA1031 // The loop must outlive anything a handler or the network throws; it is logged and retried.
             catch (Exception e)
@@ -273,15 +283,25 @@ public sealed partial class RegistrationLease : IAsyncDisposable
     {
         lock (_gate)
         {
-            if (!_registered || _renewedAt is not { } renewedAt)
+            return LeaseLeftLocked() switch
             {
-                return null;
-            }
-
-            var left = _ttl - _time.GetElapsedTime(renewedAt);
-            return left > TimeSpan.Zero ? left / 2 : _ttl / 3;
+                null => null,
+                { } left when left > TimeSpan.Zero => left / 2,
+                // A broken session's lease is gone by now: nothing to hurry for.
+                _ => _registered ? _ttl / 3 : null,
+            };
         }
     }
+
+    /// <summary>
+    /// How long the lease has left as far as this client knows (negative once run out), under the gate; null when it
+    /// is known gone or was never granted. A session's stream that broke leaves its lease running at its node until
+    /// the TTL (a node that died), so the next open must come within it too.
+    /// </summary>
+    private TimeSpan? LeaseLeftLocked() =>
+        _registered && _renewedAt is { } renewedAt ? _ttl - _time.GetElapsedTime(renewedAt)
+        : _brokenAt is { } brokenAt ? _ttl - _time.GetElapsedTime(brokenAt)
+        : null;
 
     private void SetState(RegistryConnectionState state, Exception? error)
     {
@@ -313,6 +333,7 @@ public sealed partial class RegistrationLease : IAsyncDisposable
             _ttl = TimeSpan.FromSeconds(lease.Ttl);
             _expiresAt = lease.Expires;
             _renewedAt = _time.GetTimestamp();
+            _brokenAt = null;
         }
 
         if (!quiet)

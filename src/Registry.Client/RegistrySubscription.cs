@@ -20,6 +20,9 @@ public sealed class RegistrySubscription : IAsyncDisposable
     private readonly SubscriptionDocument _document;
     private readonly byte[] _body;
     private readonly TimeSpan _wait;
+    /// <summary>How long a token created or revoked on one registry node takes to reach every node (the API's "within 1 s").</summary>
+    private static readonly TimeSpan TokenPropagation = TimeSpan.FromSeconds(1);
+
     private readonly TimeSpan _pause;
     private readonly AnswerCache? _cache;
     private readonly TimeProvider _time;
@@ -219,7 +222,7 @@ public sealed class RegistrySubscription : IAsyncDisposable
     private async Task RunAsync(CancellationToken stop)
     {
         var delay = TimeSpan.Zero;
-        var askedAgainAfter401 = false;
+        var unauthorized = 0;
         while (true)
         {
             try
@@ -252,7 +255,7 @@ public sealed class RegistrySubscription : IAsyncDisposable
                     _transport.Avoid(server);
                 }
 
-                askedAgainAfter401 = false;
+                unauthorized = 0;
                 _backoff.Reset();
                 _outage.Reached();
                 SetState(RegistryConnectionState.Connected, null);
@@ -274,13 +277,15 @@ public sealed class RegistrySubscription : IAsyncDisposable
             {
                 return;
             }
-            catch (RegistryAccessDeniedException e) when (e.IsAuthenticationFailure && Current is not null && !askedAgainAfter401)
+            catch (RegistryAccessDeniedException e) when (e.IsAuthenticationFailure && unauthorized < (Current is null ? 1 : 2))
             {
-                // A poll held with a token that was revoked or expired meanwhile (a rotation: the token provider may give
-                // the new one already). Asked again at once, once: a second 401 in a row is the end, as below.
+                // A credential this node does not know yet or no more. A poll held with a token that was revoked or expired
+                // meanwhile (a rotation: the token provider may give the new one already) is asked again at once; then, or
+                // for a first poll, once more after the second a new token takes to reach every node. A 401 after that is
+                // the end, as below.
                 Log.Refused(_logger, "subscribe (asking again with the credential as it is now)", e);
-                askedAgainAfter401 = true;
-                delay = TimeSpan.Zero;
+                delay = unauthorized == 0 && Current is not null ? TimeSpan.Zero : Backoff.Jitter(TokenPropagation, TokenPropagation * 1.5);
+                unauthorized++;
             }
             catch (RegistryClientException e)
             {

@@ -276,9 +276,11 @@ public sealed class DiscoveryTests : ScriptedTest
         a.GetChangeToken().RegisterChangeCallback(_ => changed.TrySetResult(), null);
         revoked = true;
         var sentBefore = Handler.Sent.Count;
-        Clock.Advance(TimeSpan.FromSeconds(41.875)); // the held poll's timeout; then asked again, and refused twice
+        Clock.Advance(TimeSpan.FromSeconds(41.875)); // the held poll's timeout; then asked again, and refused three times
         await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(1));
         await Handler.NextAsync(r => r.Uri.Query.Length > 0);
+        await Handler.NextAsync(r => r.Uri.Query.Length > 0);
+        await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(1.5));
         await Handler.NextAsync(r => r.Uri.Query.Length > 0);
         await changed.Task.WaitAsync(Scripted.Patience);
         Assert.IsType<RegistryAccessDeniedException>(a.Failure);

@@ -171,6 +171,30 @@ public sealed class LeaseTests : ScriptedTest
         Assert.True(retryIn >= TimeSpan.FromSeconds(0.5));
     }
 
+    /// <summary>
+    /// A heartbeat answered 401 in a token rotation (the new token not yet on that node, or the old one revoked a moment
+    /// before the app's file changed). Before, the lease took it for a refusal of the registration: it waited
+    /// RetryMaxDelay (24-36 s) and registered again, after its 30 s lease had run out.
+    /// </summary>
+    [Fact]
+    public async Task AHeartbeatAnswered401IsAskedAgainWithinTheLease()
+    {
+        var unauthorized = true;
+        Handler.Respond = (r, _) => Task.FromResult(r.Path == "/v1/register" ? Scripted.Lease(30, Clock.GetUtcNow())
+            : unauthorized ? Scripted.Problem(HttpStatusCode.Unauthorized, "Unauthorized", ""","detail":"The token has been revoked." """)
+            : Scripted.Lease(30, Clock.GetUtcNow()));
+        await using var lease = await NewClient().RegisterAsync(Instance());
+
+        var heartbeatIn = await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(10));
+        await Eventually(() => lease.State == RegistryConnectionState.Refused);
+        unauthorized = false;
+        var retryIn = await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(40));
+        await Eventually(() => lease.State == RegistryConnectionState.Connected);
+
+        Assert.True(retryIn <= (TimeSpan.FromSeconds(30) - heartbeatIn) / 2, $"retry in {retryIn} after a heartbeat at {heartbeatIn}");
+        Assert.Equal(["/v1/register", "/v1/heartbeat", "/v1/heartbeat"], Handler.Sent.Select(r => r.Path));
+    }
+
     [Fact]
     public async Task HeartbeatsFailingPastTheLeasesEndRetryAtTheHeartbeatPaceNotEverySecond()
     {

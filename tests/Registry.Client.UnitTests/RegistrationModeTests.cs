@@ -1,3 +1,4 @@
+using System.Net.Http.Headers;
 using System.Net;
 using System.Text;
 using System.Threading.Channels;
@@ -350,6 +351,32 @@ public sealed class RegistrationModeTests : ScriptedTest
 
         await Handler.NextAsync(r => r.Path == "/v1/sessions" && r != Handler.Sent[0]);
         await Eventually(() => lease.IsRegistered && Handler.Count("/v1/sessions") == 2);
+    }
+
+    /// <summary>
+    /// The session's node died (its lease runs on there for the TTL, 15 s), and the open sent to another is answered
+    /// 503 with a long Retry-After (a proxy in front of a restarting pool). Before, the broken session counted as no
+    /// lease at all: the next open waited the whole two minutes, long after the instance was gone.
+    /// </summary>
+    [Fact]
+    public async Task AnOpenAfterASessionBrokeIsRetriedWithinItsLeaseWhateverTheRetryAfter()
+    {
+        var refuse = false;
+        var stream = Sessions(r => null);
+        var sessions = Handler.Respond;
+        Handler.Respond = (r, ct) => refuse && r.Path == "/v1/sessions"
+            ? Task.FromResult(Scripted.Unavailable(new RetryConditionHeaderValue(TimeSpan.FromMinutes(2))))
+            : sessions(r, ct);
+        await using var lease = await NewClient().RegisterAsync(Instance(), RegistrationMode.Session);
+        refuse = true;
+
+        stream.Current.Writer.Complete();
+        await Eventually(() => lease.State == RegistryConnectionState.Unavailable);
+        var reopenIn = await Clock.PassNextDelayAsync(TimeSpan.FromMinutes(3));
+        await Handler.NextAsync(r => r.Path == "/v1/sessions" && r != Handler.Sent[0]);
+        var retryIn = await Clock.NextTimerAsync(d => !Scripted.IsRequestTimeout(d));
+
+        Assert.True(reopenIn + retryIn <= TimeSpan.FromSeconds(15), $"reopened in {reopenIn}, then retried in {retryIn}");
     }
 
     [Fact]

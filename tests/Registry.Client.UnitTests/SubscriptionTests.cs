@@ -162,19 +162,25 @@ public sealed class SubscriptionTests : ScriptedTest
         await subscription.DisposeAsync();
     }
 
+    /// <summary>
+    /// A 401 is asked once more, a second later, at the same node (a token made on another node takes up to a second to
+    /// reach this one: before, a discovery pool's new subscription that polled within it ended for good), then ends the
+    /// subscription: it is neither failed over nor retried as an outage.
+    /// </summary>
     [Fact]
-    public async Task A401IsNeitherFailedOverNorRetriedAsAnOutage()
+    public async Task A401IsAskedOnceMoreASecondLaterThenEndsTheSubscription()
     {
         Handler.Respond = (_, _) => Task.FromResult(Scripted.Problem(HttpStatusCode.Unauthorized, "Unauthorized", ""","detail":"The token is unknown, expired or revoked." """));
         await using var subscription = await NewClient(o => o.Token = "rgt_secret-that-must-not-leak", Scripted.ServerA, Scripted.ServerB)
             .SubscribeAsync(new SubscriptionEntry("provider_test"));
 
+        Assert.InRange(await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(2)), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1.5));
         var error = await Assert.ThrowsAsync<RegistryAccessDeniedException>(() => subscription.WaitForFirstAnswerAsync().WaitAsync(Scripted.Patience));
 
         Assert.True(error.IsAuthenticationFailure);
         Assert.Equal("The token is unknown, expired or revoked.", error.Problem!.Detail);
-        Assert.Single(Handler.Sent);
-        Assert.Equal(Scripted.ServerA.Host, Handler.Sent[0].Uri.Host);
+        Assert.Equal(2, Handler.Sent.Count);
+        Assert.All(Handler.Sent, sent => Assert.Equal(Scripted.ServerA.Host, sent.Uri.Host));
         Assert.DoesNotContain("rgt_secret", error.Message, StringComparison.Ordinal);
         Assert.DoesNotContain(Logs.Entries, e => e.Message.Contains("rgt_secret", StringComparison.Ordinal) || (e.Exception?.ToString().Contains("rgt_secret", StringComparison.Ordinal) ?? false));
         Assert.Equal(RegistryConnectionState.Refused, subscription.State);
