@@ -260,7 +260,8 @@ internal sealed partial class RegistryTransport
             catch (HttpRequestException e)
             {
                 last = e;
-                unanswered += e.HttpRequestError == HttpRequestError.ConnectionError ? 0 : 1;
+                // Not connected, the name not resolved, the TLS handshake failed: nothing was sent.
+                unanswered += e.HttpRequestError is HttpRequestError.ConnectionError or HttpRequestError.NameResolutionError or HttpRequestError.SecureConnectionError ? 0 : 1;
                 LogServerFailed(_logger, server, e.Message);
                 continue;
             }

@@ -126,6 +126,27 @@ public sealed class DrainTests : ScriptedTest
         }
     }
 
+    /// <summary>
+    /// A node whose name does not resolve (a StatefulSet pod restarting) or whose TLS handshake fails was sent nothing.
+    /// Before, only a refused connection counted so: the drain stopped at the first node, failed, and only a plain
+    /// unregister was sent.
+    /// </summary>
+    [Theory]
+    [InlineData(HttpRequestError.NameResolutionError)]
+    [InlineData(HttpRequestError.SecureConnectionError)]
+    public async Task ADrainGoesOnToTheNextNodeWhenTheLastWasSentNothing(HttpRequestError error)
+    {
+        Handler.Respond = (r, _) => r.Path == "/v1/unregister" && r.Uri.Host == Scripted.ServerA.Host
+            ? throw new HttpRequestException(error, $"registry-a: {error}")
+            : Task.FromResult(r.Path == "/v1/unregister" ? Scripted.Json(HttpStatusCode.OK, Drained) : Scripted.Lease(30, Clock.GetUtcNow()));
+        var lease = await NewClient(null, Scripted.ServerA, Scripted.ServerB).RegisterAsync(Instance());
+
+        var result = await lease.DrainAsync(TimeSpan.FromSeconds(5));
+
+        Assert.Equal((7, true), (result.Delivered, result.Removed));
+        Assert.Equal(["registry-a ?drain=5", "registry-b ?drain=5"], Handler.Sent.Where(r => r.Path == "/v1/unregister").Select(r => $"{r.Uri.Host} {r.Uri.Query}"));
+    }
+
     [Fact]
     public async Task ADrainCutByTheHostsShutdownTokenStillUnregistersPlainly()
     {
