@@ -365,8 +365,6 @@ internal sealed partial class RegistryTransport
         }
         catch (OperationCanceledException e) when (timeoutSource.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
         {
-            // A provider that ignores its token is left to finish on its own; what it throws then is observed here.
-            _ = call?.ContinueWith(static t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
             throw new RegistryUnavailableException(
                 string.Create(CultureInfo.InvariantCulture, $"The token provider did not answer within {timeout.TotalSeconds:0.###} s."), e);
         }
@@ -374,6 +372,15 @@ internal sealed partial class RegistryTransport
         {
             // A token file mid-rotation, an identity provider that is down: transient, retried with backoff.
             throw new RegistryUnavailableException($"The token provider failed: {e.Message}", e);
+        }
+        finally
+        {
+            // A provider that ignores its token is left to finish on its own (timed out, or its caller gave up); what it
+            // throws then is observed here.
+            if (call is { IsCompleted: false })
+            {
+                _ = call.ContinueWith(static t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            }
         }
     }
 

@@ -90,6 +90,82 @@ public sealed class ClientTests : ScriptedTest
         Assert.Empty(Handler.Sent);
     }
 
+    /// <summary>
+    /// A token provider that heeds no token and fails after its caller gave up (a lease or subscription disposed, a
+    /// request cancelled). Before, only a provider that outlived the request timeout was observed.
+    /// </summary>
+    [Fact]
+    public async Task ATokenProviderThatFailsAfterItsCallerGaveUpLeavesNoUnobservedTaskException()
+    {
+        const string Detail = "failed-after-its-caller-gave-up";
+        var unobserved = new List<Exception>();
+        EventHandler<UnobservedTaskExceptionEventArgs> record = (_, e) =>
+        {
+            if (e.Exception.InnerExceptions.Any(x => x.Message.Contains(Detail, StringComparison.Ordinal)))
+            {
+                lock (unobserved)
+                {
+                    unobserved.Add(e.Exception);
+                }
+            }
+        };
+        TaskScheduler.UnobservedTaskException += record;
+        try
+        {
+            var (release, provided) = await GiveUpAsync(configure => NewClient(configure));
+            release.SetResult();
+            using var deadline = new CancellationTokenSource(Scripted.Patience);
+            // Collected once it has failed, and finalized: nothing else says when.
+            while (IsAlive(provided))
+            {
+                GC.Collect();
+                GC.WaitForPendingFinalizers();
+                await Task.Delay(10, deadline.Token);
+            }
+
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+            Assert.Empty(unobserved);
+        }
+        finally
+        {
+            TaskScheduler.UnobservedTaskException -= record;
+        }
+
+        // Apart, so nothing on the test's frame keeps the provider's task alive when the collector runs.
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+        static async Task<(TaskCompletionSource Release, WeakReference<Task<string?>> Provided)> GiveUpAsync(Func<Action<RegistryClientOptions>, RegistryClient> newClient)
+        {
+            var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var asked = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            // The client (kept by the test's base) keeps its provider: it holds the task only weakly.
+            var provided = new WeakReference<Task<string?>>(Task.FromResult<string?>(null));
+            var client = newClient(o => o.TokenProvider = _ =>
+            {
+                var failing = FailLaterAsync(release.Task);
+                provided.SetTarget(failing);
+                asked.TrySetResult();
+                return new ValueTask<string?>(failing);
+            });
+            using var giveUp = new CancellationTokenSource();
+            var call = client.GetServiceAsync("provider_test", cancellationToken: giveUp.Token);
+            await asked.Task;
+            await giveUp.CancelAsync();
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => call);
+            return (release, provided);
+        }
+
+        // Apart too: a Debug build keeps even a discarded out variable on the test's frame.
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+        static bool IsAlive(WeakReference<Task<string?>> provided) => provided.TryGetTarget(out _);
+
+        static async Task<string?> FailLaterAsync(Task release)
+        {
+            await release;
+            throw new IOException(Detail);
+        }
+    }
+
     [Fact]
     public async Task GetServiceAsksOnceAndAnswersNullWhenTheVersionHeldIsCurrent()
     {
