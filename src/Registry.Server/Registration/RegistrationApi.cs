@@ -38,7 +38,8 @@ internal static class RegistrationApi
                 "following a redirect; `tcp` passes when a connection opens. The `addr` (a DNS name is resolved) must lie in " +
                 "Registry:Probes:AllowedNetworks; loopback, link-local and cloud-metadata addresses only when listed explicitly. " +
                 "Registering again without `probe` turns probing off. A probe asked for with a registry token lasts as long as the token: " +
-                "once it is revoked or has expired, the instance is probed no more and its lease ends. Registering an instance that a session holds takes it over, " +
+                "once it is revoked or has expired, the instance is probed no more and its lease ends; a JWT, whose expiry nothing would follow " +
+                "once the request is answered, may not ask for probing (403). Registering an instance that a session holds takes it over, " +
                 "even with the same meta: the session ends with `replaced` and its connection closing no longer removes the instance.")
             .Accepts<ProviderDocument>("application/json", "*/*")
             .Produces<LeaseDocument>(StatusCodes.Status201Created)
@@ -115,6 +116,16 @@ internal static class RegistrationApi
         var (provider, granted) = request;
         if (probeSpec is not null)
         {
+            if (CredentialIdentity.Of(http.User) is { Stored: false } expiring && expiring.Expires != DateTimeOffset.MaxValue)
+            {
+                // A probe outlives the request and ends with the registry token that asked for it; nothing follows a JWT's
+                // expiry once the request is answered, so one would keep the instance registered past its credential.
+                return TypedResults.Problem(
+                    statusCode: StatusCodes.Status403Forbidden,
+                    title: "Forbidden",
+                    detail: "Probing lasts as long as the registry token that asks for it, and this credential expires on its own (a JWT): ask for probing with a registry token.");
+            }
+
             if (await probes.RefusalAsync(provider.Key.Addr, cancellationToken) is { } refusal)
             {
                 errors.Add("addr", refusal);

@@ -516,6 +516,35 @@ public sealed class AccessTests(AccessCluster cluster)
         await locked.RollbackAsync();
     }
 
+    /// <summary>
+    /// A probe outlives the request that asks for it and ends with its registry token (revoked or expired). Before, one
+    /// asked for with a JWT was kept by passing probes long after the JWT expired: nothing followed its expiry.
+    /// </summary>
+    [Fact]
+    public async Task ProbingIsRefusedToAJwtWhoseExpiryNothingWouldFollow()
+    {
+        await using var node = cluster.Start(new() { ["Registry:Probes:AllowedNetworks:0"] = "127.0.0.0/8" }, database: await cluster.CreateDatabaseAsync());
+        var (_, token) = await cluster.CreateTokenAsync("""{"description":"db deploys","register":["db"]}""", node);
+        var jwt = cluster.Jwt(new() { ["sub"] = "system:serviceaccount:db:api", ["registry_register"] = new JsonArray("db") });
+        const string Probed = "/v1/register?probe=tcp&probeInterval=5";
+        var provider = Http.Provider("db", "127.0.0.1:5432", protocol: "tcp");
+
+        using (var client = AccessCluster.Client(node, AccessCluster.Bearer(jwt)))
+        using (var refused = await client.PostJsonAsync(Probed, provider))
+        using (var heartbeatKind = await client.PostJsonAsync("/v1/register", provider))
+        {
+            Assert.Equal(HttpStatusCode.Forbidden, refused.StatusCode);
+            Assert.Contains("registry token", (string)(await refused.ReadJsonAsync())["detail"]!, StringComparison.Ordinal);
+            Assert.Equal(HttpStatusCode.Created, heartbeatKind.StatusCode);
+        }
+
+        using (var client = AccessCluster.Client(node, AccessCluster.Bearer(token)))
+        using (var probed = await client.PostJsonAsync(Probed, provider))
+        {
+            Assert.Equal(HttpStatusCode.OK, probed.StatusCode);
+        }
+    }
+
     [Fact]
     public async Task ATokenWhoseCreationCommittedIsAnsweredWithItsSecretEvenIfTheNodeCannotReloadItsTokens()
     {
