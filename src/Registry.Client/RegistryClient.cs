@@ -104,7 +104,15 @@ public sealed class RegistryClient : IRegistryClient, IAsyncDisposable, IDisposa
     /// <see cref="RegistryClientOptions.CacheDirectory"/> holds one; await <see cref="RegistrySubscription.WaitForFirstAnswerAsync"/>
     /// for the first answer. Dispose the subscription to stop it.
     /// </summary>
-    public async Task<RegistrySubscription> SubscribeAsync(IEnumerable<SubscriptionEntry> subscribes, CancellationToken cancellationToken = default)
+    public Task<RegistrySubscription> SubscribeAsync(IEnumerable<SubscriptionEntry> subscribes, CancellationToken cancellationToken = default) =>
+        SubscribeAsync(subscribes, knownAt: null, cancellationToken);
+
+    /// <summary>
+    /// Starts a subscription that takes over from one it replaces, which knew the registry's state up to
+    /// <paramref name="knownAt"/> (see <see cref="RegistrySubscription.KnownAt"/>): a stale node's older answer is
+    /// no more taken by the new one than it was by the old.
+    /// </summary>
+    internal async Task<RegistrySubscription> SubscribeAsync(IEnumerable<SubscriptionEntry> subscribes, long? knownAt, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(subscribes);
         var entries = subscribes.ToArray();
@@ -121,7 +129,7 @@ public sealed class RegistryClient : IRegistryClient, IAsyncDisposable, IDisposa
         var subscription = new RegistrySubscription(_transport, document, body, _options, cache, _time, _loggers.CreateLogger<RegistrySubscription>());
         try
         {
-            await subscription.StartAsync(cancellationToken).ConfigureAwait(false);
+            await subscription.StartAsync(knownAt, cancellationToken).ConfigureAwait(false);
         }
         catch
         {

@@ -204,15 +204,22 @@ public sealed class RegistrySubscription : IAsyncDisposable
         }
     }
 
-    internal async Task StartAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// Up to when the answer held is known to be the registry's (a timestamp of the client's clock); read once the
+    /// subscription is disposed, by the one that replaces it.
+    /// </summary>
+    internal long? KnownAt => _knownAt;
+
+    internal async Task StartAsync(long? knownAt, CancellationToken cancellationToken)
     {
+        _knownAt = knownAt;
         if (_cache is not null && await _cache.TryLoadAsync(_body, cancellationToken).ConfigureAwait(false) is { } cached)
         {
             Accept(cached.Answer);
             // A restart during a failover must not take a stale node's answer older than the file's either.
-            if (cached.KnownAt is { } knownAt)
+            if (cached.KnownAt is { } fileKnownAt && TimestampAgo(_time.GetUtcNow() - fileKnownAt) is var fromFile && !(_knownAt > fromFile))
             {
-                _knownAt = TimestampAgo(_time.GetUtcNow() - knownAt);
+                _knownAt = fromFile;
             }
         }
 

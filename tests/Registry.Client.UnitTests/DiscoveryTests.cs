@@ -436,6 +436,47 @@ public sealed class DiscoveryTests : ScriptedTest
         }
     }
 
+    /// <summary>
+    /// Node A serves a; then A dies, and node B, cut off from the database since before A answered, still holds older
+    /// endpoints. A subscription refuses such an answer; before, one that replaced it when the group regrouped (b
+    /// resolved for the first time) knew nothing and took it, and a's watch went back to endpoints since gone.
+    /// </summary>
+    [Fact]
+    public async Task ARegroupedSubscriptionTakesNoStaleNodesAnswerOlderThanWhatItsGroupKnew()
+    {
+        var cutOff = Clock.GetUtcNow() - TimeSpan.FromMinutes(2);
+        var failedOver = false;
+        Handler.Respond = (r, ct) =>
+        {
+            if (r.Uri.Host == Scripted.ServerA.Host)
+            {
+                return failedOver ? throw new HttpRequestException("Connection refused")
+                    : r.Uri.Query.Length > 0 ? Scripted.HeldAsync(ct)
+                    : Task.FromResult(Scripted.Answer("current", ("a", "http", "10.0.0.2:80")));
+            }
+
+            var stale = Scripted.Answer("cut-off", ("a", "http", "10.0.0.1:80"), ("b", "http", "10.0.0.3:80"));
+            stale.Headers.Add("X-Registry-Stale", "true");
+            stale.Headers.Age = Clock.GetUtcNow() - cutOff;
+            return Task.FromResult(stale);
+        };
+        var client = NewClient(null, Scripted.ServerA, Scripted.ServerB);
+        await using (client)
+        {
+            var a = client.Discovery.Acquire("a");
+            await a.FirstAnswer.WaitAsync(Scripted.Patience);
+            await Handler.NextAsync(r => r.Uri.Host == Scripted.ServerA.Host && r.Uri.Query.Length > 0);
+
+            failedOver = true;
+            client.Discovery.Acquire("b");
+            await Handler.NextAsync(r => r.Uri.Host == Scripted.ServerB.Host);
+            // Left, and backed off as an outage.
+            await Clock.NextTimerAsync(d => d > TimeSpan.Zero && d <= TimeSpan.FromSeconds(1) && !Scripted.IsRequestTimeout(d));
+
+            Assert.Equal("10.0.0.2:80", Assert.Single(a.Endpoints!).Addr);
+        }
+    }
+
     private sealed class Builder : IServiceEndpointBuilder
     {
         public IList<ServiceEndpoint> Endpoints { get; } = [];

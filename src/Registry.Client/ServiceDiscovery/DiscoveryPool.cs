@@ -210,9 +210,13 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
                 }
             }
 
+            long? knownAt = null;
             if (old is not null)
             {
                 await old.DisposeAsync().ConfigureAwait(false);
+                // What it knew stands for its replacement: after a failover to a stale node, its older answer must not
+                // bring back the endpoints since gone.
+                knownAt = old.KnownAt;
             }
 
             if (entries.Length == 0)
@@ -223,7 +227,7 @@ internal sealed partial class DiscoveryPool(RegistryClient client, RegistryTrans
             RegistrySubscription subscription;
             try
             {
-                subscription = await client.SubscribeAsync(entries, _disposed.Token).ConfigureAwait(false);
+                subscription = await client.SubscribeAsync(entries, knownAt, _disposed.Token).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (_disposed.IsCancellationRequested)
             {
