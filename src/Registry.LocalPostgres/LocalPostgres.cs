@@ -31,11 +31,15 @@ public sealed class LocalPostgres : IAsyncDisposable
 
     private readonly PostgresBinaries _binaries;
 
-    private LocalPostgres(PostgresBinaries binaries, string dataDirectory, int port)
+    /// <summary>Held open (locked) for this object's life: one process at a time runs the cluster in its folder.</summary>
+    private readonly FileStream _lock;
+
+    private LocalPostgres(PostgresBinaries binaries, string dataDirectory, int port, FileStream held)
     {
         _binaries = binaries;
         DataDirectory = dataDirectory;
         Port = port;
+        _lock = held;
     }
 
     /// <summary>The folder holding the cluster.</summary>
@@ -56,17 +60,146 @@ public sealed class LocalPostgres : IAsyncDisposable
     /// </summary>
     public static async Task<LocalPostgres> StartAsync(string dataDirectory, string? binDirectory, bool durable, CancellationToken cancellationToken)
     {
-        var binaries = PostgresBinaries.Find(binDirectory);
         dataDirectory = Path.GetFullPath(dataDirectory);
-        Directory.CreateDirectory(dataDirectory);
-        await PostgresBinaries.HandOverAsync(dataDirectory, cancellationToken);
-        var postgres = new LocalPostgres(binaries, dataDirectory, PostgresBinaries.FreePort());
-        var passwordFile = Path.Combine(dataDirectory, PasswordFileName);
+        var held = Lock(dataDirectory);
+        try
+        {
+            if (new DirectoryInfo(dataDirectory) is { Exists: true, LinkTarget: { } target })
+            {
+                // A folder in the shared temporary folder that someone else may have made: never followed elsewhere.
+                throw new LocalPostgresException($"The embedded PostgreSQL's folder {dataDirectory} is a symbolic link (to {target}); give Registry:Database:LocalDataDirectory a folder of its own.");
+            }
+
+            var binaries = PostgresBinaries.Find(binDirectory, MajorVersionIn(dataDirectory));
+            if (!Directory.Exists(dataDirectory))
+            {
+                // Only a folder made here is handed over: one that was there already keeps its owner, and PostgreSQL
+                // refuses to run in it unless that owner is the user it runs as (a folder planted in /tmp stays foreign).
+                Directory.CreateDirectory(dataDirectory);
+                await PostgresBinaries.HandOverAsync(dataDirectory, cancellationToken);
+            }
+
+            var postgres = new LocalPostgres(binaries, dataDirectory, PostgresBinaries.FreePort(), held);
+            try
+            {
+                await postgres.StartServerAsync(durable, cancellationToken);
+            }
+            catch
+            {
+                await postgres.StopAsync(tolerateFailure: true, CancellationToken.None);
+                throw;
+            }
+
+            return postgres;
+        }
+        catch
+        {
+            await held.DisposeAsync();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Stops and deletes the clusters that test runs left in the temporary folder when their process died (a crash, a
+    /// hang the test host killed): folders named <c>PREFIX-PID-…</c> whose process is gone. <c>pg_ctl</c> detaches the
+    /// server from the process that started it, so nothing else ever stops them. A folder whose process lives is left.
+    /// </summary>
+    public static async Task StopAbandonedAsync(string prefix, CancellationToken cancellationToken)
+    {
+        foreach (var folder in Directory.EnumerateDirectories(Path.GetTempPath(), prefix + "*"))
+        {
+            var name = Path.GetFileName(folder)[prefix.Length..];
+            if (!int.TryParse(name[..Math.Max(0, name.IndexOf('-', StringComparison.Ordinal))], out var pid) || Lives(pid))
+            {
+                continue;
+            }
+
+            try
+            {
+                await PostgresBinaries.Find().RunAsync("pg_ctl", ["-D", folder, "-m", "immediate", "-w", "-t", "60", "stop"], cancellationToken);
+            }
+            catch (LocalPostgresException)
+            {
+                // Not running (or another run's clean-up got there first).
+            }
+
+            try
+            {
+                Directory.Delete(folder, recursive: true);
+                File.Delete(folder + ".lock");
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                // Left for the system's temporary-folder cleanup.
+            }
+        }
+
+        static bool Lives(int pid)
+        {
+            try
+            {
+                using var process = System.Diagnostics.Process.GetProcessById(pid);
+                return !process.HasExited;
+            }
+            catch (ArgumentException)
+            {
+                return false;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Locks <c>FOLDER.lock</c> beside the folder (initdb wants the folder itself empty) for as long as this object
+    /// lives; the kernel lets go of it when the process dies. A second registry started on the same folder would
+    /// otherwise take the first one's server for a killed run's, stop it and start its own.
+    /// </summary>
+    private static FileStream Lock(string dataDirectory)
+    {
+        var path = dataDirectory.TrimEnd(Path.DirectorySeparatorChar) + ".lock";
+        try
+        {
+            var options = new FileStreamOptions { Mode = FileMode.OpenOrCreate, Access = FileAccess.ReadWrite, Share = FileShare.None };
+            if (!OperatingSystem.IsWindows())
+            {
+                options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+            }
+
+            return new FileStream(path, options);
+        }
+        catch (IOException e)
+        {
+            throw new LocalPostgresException(
+                $"Another registry on this machine runs its embedded PostgreSQL in {dataDirectory} (it holds {path}): give this one a " +
+                "folder of its own with Registry:Database:LocalDataDirectory, or point both at one database with ConnectionStrings__Registry.", e);
+        }
+        catch (UnauthorizedAccessException e)
+        {
+            throw new LocalPostgresException($"Cannot lock {path} for the embedded PostgreSQL in {dataDirectory}: {e.Message}", e);
+        }
+    }
+
+    /// <summary>The major version of the cluster in the folder (its PG_VERSION), so the binaries that made it run it; null for none.</summary>
+    private static int? MajorVersionIn(string dataDirectory)
+    {
+        try
+        {
+            return int.TryParse(File.ReadAllText(Path.Combine(dataDirectory, "PG_VERSION")).Trim(), out var major) ? major : null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>Creates the cluster if the folder holds none, and starts it.</summary>
+    private async Task StartServerAsync(bool durable, CancellationToken cancellationToken)
+    {
+        var passwordFile = Path.Combine(DataDirectory, PasswordFileName);
         string? password = null;
-        if (!File.Exists(Path.Combine(dataDirectory, "PG_VERSION")))
+        if (!File.Exists(Path.Combine(DataDirectory, "PG_VERSION")))
         {
             password = NewPassword();
-            await postgres.InitAsync(password, durable, cancellationToken);
+            await InitAsync(password, durable, cancellationToken);
             WriteSecret(passwordFile, password);
         }
         else if (File.Exists(passwordFile))
@@ -74,33 +207,31 @@ public sealed class LocalPostgres : IAsyncDisposable
             password = (await File.ReadAllTextAsync(passwordFile, cancellationToken)).Trim();
         }
 
-        // A cluster left running by a process that was killed: stop it, then start afresh.
-        if (File.Exists(Path.Combine(dataDirectory, "postmaster.pid")))
+        // A cluster left running by a process that was killed (this one holds the folder's lock): stop it, then start afresh.
+        if (File.Exists(Path.Combine(DataDirectory, "postmaster.pid")))
         {
-            await postgres.StopAsync(tolerateFailure: true, cancellationToken);
+            await StopAsync(tolerateFailure: true, cancellationToken);
         }
 
-        var settings = $"-p {postgres.Port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{dataDirectory}' -c max_connections=300"
+        var settings = $"-p {Port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{DataDirectory}' -c max_connections=300"
             + (durable ? "" : " -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
-        await postgres._binaries.RunAsync("pg_ctl", ["-D", dataDirectory, "-l", Path.Combine(dataDirectory, "server.log"), "-w", "-t", "60", "-o", settings, "start"], cancellationToken);
-        postgres.ConnectionString = postgres.ConnectionStringWith(password);
+        await _binaries.RunAsync("pg_ctl", ["-D", DataDirectory, "-l", Path.Combine(DataDirectory, "server.log"), "-w", "-t", "60", "-o", settings, "start"], cancellationToken);
+        ConnectionString = ConnectionStringWith(password);
         if (password is null)
         {
             // A cluster made by an older registry, with trust: give the role a password, then require it.
             password = NewPassword();
-            await using (var connection = new NpgsqlConnection(postgres.ConnectionString))
+            await using (var connection = new NpgsqlConnection(ConnectionString))
             {
                 await connection.OpenAsync(cancellationToken);
                 await using var alter = new NpgsqlCommand($"ALTER ROLE {User} PASSWORD '{password}'; SELECT pg_reload_conf()", connection);
-                await File.WriteAllTextAsync(Path.Combine(dataDirectory, "pg_hba.conf"), HostBasedAuthentication, cancellationToken);
+                await File.WriteAllTextAsync(Path.Combine(DataDirectory, "pg_hba.conf"), HostBasedAuthentication, cancellationToken);
                 await alter.ExecuteNonQueryAsync(cancellationToken);
             }
 
             WriteSecret(passwordFile, password);
-            postgres.ConnectionString = postgres.ConnectionStringWith(password);
+            ConnectionString = ConnectionStringWith(password);
         }
-
-        return postgres;
     }
 
     private string ConnectionStringWith(string? password) => new NpgsqlConnectionStringBuilder
@@ -151,8 +282,12 @@ public sealed class LocalPostgres : IAsyncDisposable
         writer.Write(secret);
     }
 
-    /// <summary>Stops the cluster (fast shutdown: sessions are closed, data is kept).</summary>
-    public async ValueTask DisposeAsync() => await StopAsync(tolerateFailure: true, CancellationToken.None);
+    /// <summary>Stops the cluster (fast shutdown: sessions are closed, data is kept), then lets go of its folder.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync(tolerateFailure: true, CancellationToken.None);
+        await _lock.DisposeAsync();
+    }
 
     private async Task StopAsync(bool tolerateFailure, CancellationToken cancellationToken)
     {

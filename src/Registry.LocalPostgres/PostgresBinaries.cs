@@ -24,10 +24,11 @@ public sealed class PostgresBinaries
     public static bool AsPostgresUser => Environment.UserName == "root";
 
     /// <summary>
-    /// The configured folder, else the newest <c>/usr/lib/postgresql/*/bin</c>, else the first
+    /// The configured folder, else <c>/usr/lib/postgresql/*/bin</c> of <paramref name="major"/> (the version a
+    /// cluster was made by: a newer server refuses its folder) or else the newest, else the first
     /// folder on PATH that holds initdb and pg_ctl.
     /// </summary>
-    public static PostgresBinaries Find(string? configured = null)
+    public static PostgresBinaries Find(string? configured = null, int? major = null)
     {
         static bool HasServer(string folder) =>
             File.Exists(Path.Combine(folder, "initdb")) && File.Exists(Path.Combine(folder, "pg_ctl"));
@@ -42,7 +43,10 @@ public sealed class PostgresBinaries
         var candidates = System.IO.Directory.Exists("/usr/lib/postgresql")
             ? System.IO.Directory.GetDirectories("/usr/lib/postgresql")
                 .Select(v => Path.Combine(v, "bin"))
-                .OrderByDescending(v => int.TryParse(Path.GetFileName(Path.GetDirectoryName(v)), out var major) ? major : 0)
+                .Select(v => (Folder: v, Major: int.TryParse(Path.GetFileName(Path.GetDirectoryName(v)), out var version) ? version : 0))
+                .OrderByDescending(v => v.Major == major)
+                .ThenByDescending(v => v.Major)
+                .Select(v => v.Folder)
             : Enumerable.Empty<string>();
         var path = (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries);
         return candidates.Concat(path).FirstOrDefault(HasServer) is { } found

@@ -40,6 +40,7 @@ public sealed class PostgresServer : IAsyncDisposable
     /// <summary>Creates and starts a fresh server in a new temporary folder.</summary>
     public static async Task<PostgresServer> StartNewAsync(CancellationToken cancellationToken)
     {
+        await LocalPostgres.StopAbandonedAsync(FolderPrefix, cancellationToken);
         var folder = NewFolder("primary");
         var server = new PostgresServer(PostgresBinaries.Find(), folder, PostgresBinaries.FreePort(), ownsFolder: true);
         await server.PrepareFolderAsync(cancellationToken);
@@ -106,7 +107,10 @@ public sealed class PostgresServer : IAsyncDisposable
     }
 
     private static string NewFolder(string role) =>
-        Path.Combine(Path.GetTempPath(), $"registry-fault-{Environment.ProcessId}-{role}-{Guid.NewGuid():N}"[..48]);
+        Path.Combine(Path.GetTempPath(), $"{FolderPrefix}{Environment.ProcessId}-{role}-{Guid.NewGuid():N}"[..48]);
+
+    /// <summary>How the servers' folders begin; then the test process's id.</summary>
+    private const string FolderPrefix = "registry-fault-";
 
     private async Task PrepareFolderAsync(CancellationToken cancellationToken)
     {

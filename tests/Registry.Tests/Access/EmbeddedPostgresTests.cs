@@ -31,6 +31,102 @@ public sealed class EmbeddedPostgresTests
         }
 
         Directory.Delete(folder, recursive: true);
+        File.Delete(folder + ".lock");
+    }
+
+    /// <summary>
+    /// Two registries started on one machine with the default folder. Before, the second took the first one's running
+    /// server for a killed run's, stopped it and started its own: the first was left without a database.
+    /// </summary>
+    [Fact]
+    public async Task ASecondStartOnTheSameFolderIsRefusedAndTheFirstKeepsItsDatabase()
+    {
+        var folder = Path.Combine(Path.GetTempPath(), $"registry-embedded-{Guid.NewGuid():N}"[..36]);
+        await using (var first = await LocalPostgres.StartAsync(folder, null, durable: false, CancellationToken.None))
+        {
+            var refused = await Assert.ThrowsAsync<LocalPostgresException>(() => LocalPostgres.StartAsync(folder, null, durable: false, CancellationToken.None));
+
+            Assert.Contains("Registry:Database:LocalDataDirectory", refused.Message, StringComparison.Ordinal);
+            await OpenAsync(first.ConnectionString);
+        }
+
+        // Once the first has stopped, the folder is free again.
+        await using (var again = await LocalPostgres.StartAsync(folder, null, durable: false, CancellationToken.None))
+        {
+            await OpenAsync(again.ConnectionString);
+        }
+
+        Directory.Delete(folder, recursive: true);
+        File.Delete(folder + ".lock");
+    }
+
+    /// <summary>
+    /// The default folder lies in the shared temporary folder, where anyone may have made it first. Before, a root
+    /// registry handed whatever it found there to the postgres user and ran it: a cluster (and password) planted by
+    /// another user, or, through a symbolic link, another cluster of the machine.
+    /// </summary>
+    [Fact]
+    public async Task AFolderSomeoneElseMadeIsNeitherFollowedNorTakenOver()
+    {
+        var target = Directory.CreateTempSubdirectory("registry-elsewhere-").FullName;
+        var link = Path.Combine(Path.GetTempPath(), $"registry-embedded-{Guid.NewGuid():N}"[..36]);
+        Directory.CreateSymbolicLink(link, target);
+        try
+        {
+            var followed = await Assert.ThrowsAsync<LocalPostgresException>(() => LocalPostgres.StartAsync(link, null, durable: false, CancellationToken.None));
+            Assert.Contains("symbolic link", followed.Message, StringComparison.Ordinal);
+            Assert.Empty(Directory.EnumerateFileSystemEntries(target));
+        }
+        finally
+        {
+            Directory.Delete(link);
+            File.Delete(link + ".lock");
+        }
+
+        if (!PostgresBinaries.AsPostgresUser)
+        {
+            return; // Only root hands folders over.
+        }
+
+        // Made by another user (nobody) before the registry's first start.
+        await RunAsync("chown", "nobody", target);
+        await Assert.ThrowsAsync<LocalPostgresException>(() => LocalPostgres.StartAsync(target, null, durable: false, CancellationToken.None));
+        Assert.Equal("nobody", await RunAsync("stat", "-c", "%U", target));
+        Directory.Delete(target, recursive: true);
+        File.Delete(target + ".lock");
+    }
+
+    /// <summary>
+    /// A test run whose process died (a crash, a hang the test host killed) leaves its cluster running: pg_ctl detaches
+    /// it. Before, nothing ever stopped one; the next run now does, and leaves the clusters of live runs alone.
+    /// </summary>
+    [Fact]
+    public async Task TheClusterOfATestRunWhoseProcessDiedIsStoppedAndDeletedByTheNext()
+    {
+        using (var exited = System.Diagnostics.Process.Start("true")!)
+        {
+            await exited.WaitForExitAsync();
+            var folder = Path.Combine(Path.GetTempPath(), $"{Infrastructure.TestDatabase.LocalPrefix}{exited.Id}-{Guid.NewGuid():N}"[..40]);
+            await using var abandoned = await LocalPostgres.StartAsync(folder, null, durable: false, CancellationToken.None);
+
+            await LocalPostgres.StopAbandonedAsync(Infrastructure.TestDatabase.LocalPrefix, CancellationToken.None);
+
+            Assert.False(Directory.Exists(folder));
+            await Assert.ThrowsAnyAsync<NpgsqlException>(() => OpenAsync(new NpgsqlConnectionStringBuilder(abandoned.ConnectionString) { Pooling = false }.ConnectionString));
+        }
+
+        // This run's own cluster (its folder names a live process) still serves.
+        await using var database = await Infrastructure.TestDatabase.StartAsync();
+        await OpenAsync(database.ConnectionString);
+    }
+
+    private static async Task<string> RunAsync(string program, params string[] arguments)
+    {
+        using var process = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo(program, arguments) { RedirectStandardOutput = true })!;
+        var output = await process.StandardOutput.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        Assert.Equal(0, process.ExitCode);
+        return output.Trim();
     }
 
     private static async Task OpenAsync(string connectionString)

@@ -13,6 +13,9 @@ public sealed class TestDatabase : IAsyncDisposable
 {
     public const string EnvironmentVariable = "REGISTRY_TEST_CONNECTION_STRING";
 
+    /// <summary>How the folders of the local clusters begin; then the test process's id.</summary>
+    public const string LocalPrefix = "registry-tests-";
+
     private readonly IAsyncDisposable? _owned;
 
     private TestDatabase(string connectionString, string source, IAsyncDisposable? owned)
@@ -45,10 +48,11 @@ public sealed class TestDatabase : IAsyncDisposable
             return new TestDatabase(container.GetConnectionString(), "Testcontainers", container);
         }
 
-        var folder = Path.Combine(Path.GetTempPath(), $"registry-tests-{Environment.ProcessId}-{Guid.NewGuid():N}"[..40]);
+        var folder = Path.Combine(Path.GetTempPath(), $"{LocalPrefix}{Environment.ProcessId}-{Guid.NewGuid():N}"[..40]);
         LocalPostgres local;
         try
         {
+            await LocalPostgres.StopAbandonedAsync(LocalPrefix, CancellationToken.None);
             local = await LocalPostgres.StartAsync(folder, null, durable: false, CancellationToken.None);
         }
         catch (LocalPostgresException e)
@@ -126,6 +130,7 @@ public sealed class TestDatabase : IAsyncDisposable
             try
             {
                 Directory.Delete(folder, recursive: true);
+                File.Delete(folder + ".lock");
             }
             catch (IOException)
             {
