@@ -288,6 +288,77 @@ public sealed class ProbeTests(RegistryCluster cluster) : RegistryTest(cluster)
         Assert.Empty(gone!["endpoints"]!.AsArray());
     }
 
+    /// <summary>
+    /// The probed instances are read every RefreshInterval. Before, that read ran in the scheduling loop itself: one held
+    /// at a lock (an operator's ALTER TABLE on instances), or by a database that does not answer, started no probe of
+    /// the node's share until it returned, up to the command timeout each time.
+    /// </summary>
+    [Fact]
+    public async Task AReadOfTheProbedInstancesHeldAtALockStopsNoProbe()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var node = new RegistryNode(database, Probing);
+        using var client = node.CreateClient();
+        await using var target = new ProbeTarget();
+        using (var response = await client.PostJsonAsync($"/v1/register?probe=tcp&probeInterval={Interval}", Http.Provider("db", target.Addr, protocol: "tcp")))
+        {
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+
+        await target.WaitUntilAsync(t => t.Connections >= 2, TimeSpan.FromSeconds(10));
+        await using var locker = new NpgsqlConnection(database);
+        await locker.OpenAsync();
+        await using var locked = await locker.BeginTransactionAsync();
+        await using (var lockTable = new NpgsqlCommand("LOCK TABLE instances IN ACCESS EXCLUSIVE MODE", locker, locked))
+        {
+            await lockTable.ExecuteNonQueryAsync();
+        }
+
+        await Backends.WaitingForALockAsync(database, "SELECT coalesce(bit_xor(hashtextextended%");
+        var held = target.Connections;
+        await target.WaitUntilAsync(t => t.Connections >= held + 3, TimeSpan.FromSeconds(3 * Interval + 5));
+        await locked.RollbackAsync();
+    }
+
+    /// <summary>
+    /// A node cut off from the database cannot mark itself, so the others count it gone after NodeTimeout and probe its
+    /// share. Before, it went on probing that share beside them for as long as the cut lasted, on the last membership
+    /// it had read (and could write none of it).
+    /// </summary>
+    [Fact]
+    public async Task ANodeCutOffFromTheDatabaseStopsProbingOnceTheOthersCountItGone()
+    {
+        var database = await Cluster.CreateDatabaseAsync();
+        await using var proxy = new TcpProxy(database);
+        await using var node = new RegistryNode(proxy.ConnectionString, Probing);
+        using var client = node.CreateClient();
+        await using var target = new ProbeTarget();
+        using (var response = await client.PostJsonAsync($"/v1/register?probe=tcp&probeInterval={Interval}", Http.Provider("db", target.Addr, protocol: "tcp")))
+        {
+            Assert.Equal(HttpStatusCode.Created, response.StatusCode);
+        }
+
+        await target.WaitUntilAsync(t => t.Connections >= 2, TimeSpan.FromSeconds(10));
+        await proxy.CutAsync();
+
+        // Its membership reads fail from now on: past a refresh and NodeTimeout (1 s + 3 s), it owns nothing.
+        var membership = node.Get<IOptions<MembershipOptions>>().Value;
+        var quietFor = TimeSpan.FromSeconds(2.5 * Interval);
+        var deadline = Stopwatch.StartNew();
+        var (seen, since) = (target.Connections, Stopwatch.StartNew());
+        while (since.Elapsed < quietFor)
+        {
+            Assert.True(
+                deadline.Elapsed < membership.RefreshInterval + membership.NodeTimeout + quietFor + TimeSpan.FromSeconds(5),
+                $"still probed {deadline.Elapsed} after the cut ({target.Connections} connections)");
+            await Task.Delay(100);
+            if (target.Connections != seen)
+            {
+                (seen, since) = (target.Connections, Stopwatch.StartNew());
+            }
+        }
+    }
+
     [Fact]
     public async Task ATargetThatRedirectsOrAnswersSlowlyFailsAndTheRedirectIsNeverFollowed()
     {

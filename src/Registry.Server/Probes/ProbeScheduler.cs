@@ -58,7 +58,10 @@ internal sealed partial class ProbeScheduler(
         """;
 
     private readonly SemaphoreSlim _slots = new(options.Value.MaxConcurrent, options.Value.MaxConcurrent);
-    private Dictionary<InstanceKey, Target> _owned = [];
+    /// <summary>The targets this node owns; a new dictionary for each reconcile, never changed once published.</summary>
+    private volatile Dictionary<InstanceKey, Target> _owned = [];
+    /// <summary>Membership reads failing for <see cref="MembershipOptions.NodeTimeout"/>: to the others this node is gone, so it owns nothing.</summary>
+    private bool _cutOff;
     // The owned targets by when they are next due, so a tick visits only the due ones.
     private PriorityQueue<Target, long> _due = new();
     private List<(InstanceKey Key, ProbeSpec Spec)> _probed = [];
@@ -161,13 +164,28 @@ internal sealed partial class ProbeScheduler(
         var refresh = TimeSpan.FromSeconds(0);
         var lastRead = time.GetTimestamp();
         var lastJudged = lastRead;
+        // Read beside the loop, not in it: a read held at a lock (an operator's ALTER TABLE) or by a database that does
+        // not answer must not stop the probes this node owns, nor its membership and its judgement of itself.
+        Task<ProbedRead?>? reading = null;
         do
         {
-            if (time.GetElapsedTime(lastRead) >= refresh)
+            if (reading is null && time.GetElapsedTime(lastRead) >= refresh)
             {
+                reading = ReadProbedAsync(_digest, stoppingToken);
+            }
+
+            if (reading is { IsCompleted: true })
+            {
+                if (await reading is { } probed)
+                {
+                    _probed = probed.Probed;
+                    _digest = probed.Digest;
+                    _ownershipStale = true;
+                }
+
+                reading = null;
                 lastRead = time.GetTimestamp();
                 refresh = options.Value.RefreshInterval;
-                await ReadProbedAsync(stoppingToken);
             }
 
             // Ownership is recomputed only when what is probed or which nodes are live changed
@@ -179,10 +197,18 @@ internal sealed partial class ProbeScheduler(
                 ConsiderMembership(read);
             }
 
+            // A node that cannot read who is live cannot mark either: the others count it gone after NodeTimeout and take
+            // its share. It stops probing that share then, rather than probe beside them for as long as it is cut off.
+            if ((time.GetElapsedTime(live.Last.ReadAt) > membership.Value.RefreshInterval + membership.Value.NodeTimeout) != _cutOff)
+            {
+                _cutOff = !_cutOff;
+                _ownershipStale = true;
+            }
+
             if (_ownershipStale)
             {
                 _ownershipStale = false;
-                Reconcile(_nodes);
+                Reconcile(_cutOff ? [] : _nodes);
             }
 
             StartDue(stoppingToken);
@@ -256,8 +282,9 @@ internal sealed partial class ProbeScheduler(
     /// Reads the probed instances, but only when they changed since the last read: a digest of
     /// them (order-free, so that rows moved by lease renewals do not count) is compared first,
     /// in the same snapshot, so an unchanged set of 10,000 costs one row rather than 10,000.
+    /// Null when they are as <paramref name="known"/> says, or cannot be read.
     /// </summary>
-    private async Task ReadProbedAsync(CancellationToken cancellationToken)
+    private async Task<ProbedRead?> ReadProbedAsync(long? known, CancellationToken cancellationToken)
     {
         try
         {
@@ -269,17 +296,17 @@ internal sealed partial class ProbeScheduler(
                 digest = (long)(await digestCommand.ExecuteScalarAsync(cancellationToken))!;
             }
 
-            if (digest == _digest)
+            _failing = false;
+            if (digest == known)
             {
-                _failing = false;
-                return;
+                return null;
             }
 
             await using var command = new NpgsqlCommand(
                 "SELECT application, protocol, addr, probe_kind, probe_path, probe_interval_seconds, probe_credential FROM instances WHERE probe_kind IS NOT NULL",
                 connection,
                 transaction);
-            var probed = new List<(InstanceKey, ProbeSpec)>(_probed.Count);
+            var probed = new List<(InstanceKey, ProbeSpec)>();
             await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
             {
                 while (await reader.ReadAsync(cancellationToken))
@@ -290,10 +317,7 @@ internal sealed partial class ProbeScheduler(
                 }
             }
 
-            _probed = probed;
-            _digest = digest;
-            _ownershipStale = true;
-            _failing = false;
+            return new ProbedRead(digest, probed);
         }
         catch (DbException e)
         {
@@ -304,8 +328,17 @@ internal sealed partial class ProbeScheduler(
                 _failing = true;
                 LogReadFailed(logger, e);
             }
+
+            return null;
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            return null; // stopping
         }
     }
+
+    /// <summary>The probed instances as read, and their digest.</summary>
+    private sealed record ProbedRead(long Digest, List<(InstanceKey Key, ProbeSpec Spec)> Probed);
 
     /// <summary>
     /// Keeps the targets this node owns among those of <paramref name="nodes"/> that probe them
@@ -563,8 +596,9 @@ internal sealed partial class ProbeScheduler(
             _due.Dequeue();
             metrics.ProbeLate(time.GetElapsedTime(target.Due, now));
             var interval = Seconds(target.Spec.IntervalSeconds);
-            // Keep the cadence; after a long stall start again from now rather than in a burst.
-            target.Due = target.Due + interval > now ? target.Due + interval : now + interval;
+            // Keep the cadence and its phase (spread over the interval by the key, see Reconcile): after a long stall the
+            // periods missed are skipped, rather than every overdue target taking the same next time for good.
+            target.Due += ((Math.Max(0, now - target.Due) / interval) + 1) * interval;
             target.Running = true;
             _due.Enqueue(target, target.Due);
             _ = RunAsync(target, stoppingToken);
@@ -612,6 +646,13 @@ internal sealed partial class ProbeScheduler(
             Volatile.Write(ref target.OutcomeAt, time.GetTimestamp());
             // Counted once the outcome is, so whoever reads the metric sees the count it went into.
             metrics.Probed(target.Spec.Kind, passed, duration);
+            if (!ReferenceEquals(_owned.GetValueOrDefault(target.Key), target))
+            {
+                // Moved to another node (or dropped) while this probe ran: its outcome is the new owner's to judge. A late
+                // end here would undo the lease the new owner's first pass wrote, which no memory would hear of.
+                return;
+            }
+
             if (passed)
             {
                 if (target.Ended)
