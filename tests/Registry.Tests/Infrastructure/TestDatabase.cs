@@ -44,8 +44,17 @@ public sealed class TestDatabase : IAsyncDisposable
         if (DockerAnswers())
         {
             var container = new PostgreSqlBuilder("postgres:16-alpine").Build();
-            await container.StartAsync();
-            return new TestDatabase(container.GetConnectionString(), "Testcontainers", container);
+            try
+            {
+                await container.StartAsync();
+                return new TestDatabase(container.GetConnectionString(), "Testcontainers", container);
+            }
+#pragma warning disable CA1031 // A socket this user may not use, an engine that is down: the local cluster serves instead.
+            catch (Exception) when (LocalPostgresInstalled())
+#pragma warning restore CA1031
+            {
+                await container.DisposeAsync();
+            }
         }
 
         var folder = Path.Combine(Path.GetTempPath(), $"{LocalPrefix}{Environment.ProcessId}-{Guid.NewGuid():N}"[..40]);
@@ -70,6 +79,19 @@ public sealed class TestDatabase : IAsyncDisposable
         if (_owned is not null)
         {
             await _owned.DisposeAsync();
+        }
+    }
+
+    private static bool LocalPostgresInstalled()
+    {
+        try
+        {
+            PostgresBinaries.Find();
+            return true;
+        }
+        catch (LocalPostgresException)
+        {
+            return false;
         }
     }
 
