@@ -238,7 +238,7 @@ public sealed partial class RegistrationLease : IAsyncDisposable
             return Mode.Kind == RegistrationKind.Probe ? Timeout.InfiniteTimeSpan : NextHeartbeat();
         }
 
-        var renewed = await _transport.HeartbeatAsync(Instance, _requestTimeout, cancellationToken).ConfigureAwait(false);
+        var renewed = await _transport.HeartbeatAsync(Instance, HeartbeatTimeout, cancellationToken).ConfigureAwait(false);
         Succeeded();
         if (renewed is null)
         {
@@ -314,6 +314,12 @@ public sealed partial class RegistrationLease : IAsyncDisposable
             }
         }
     }
+
+    /// <summary>
+    /// How long a heartbeat waits for each node: <see cref="RegistryClientOptions.RequestTimeout"/>, but no more than a
+    /// third of the TTL, so that a node that hangs leaves the next one time to renew a short lease (3 s, say) before it runs out.
+    /// </summary>
+    private TimeSpan HeartbeatTimeout => Ttl / 3 is var third && third < _requestTimeout ? third : _requestTimeout;
 
     /// <summary>About a third of the TTL, less up to a fifth of that at random, so a fleet's heartbeats spread out.</summary>
     private TimeSpan NextHeartbeat() => Backoff.Jitter(Ttl / 3 * 0.8, Ttl / 3);

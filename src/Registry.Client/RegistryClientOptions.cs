@@ -20,7 +20,7 @@ public sealed class RegistryClientOptions
     /// <summary>How long the registry may hold a long poll when nothing changes: 1 to 55 s (the registry's cap). Default 30 s.</summary>
     public TimeSpan PollWait { get; set; } = TimeSpan.FromSeconds(30);
 
-    /// <summary>Most time one register, heartbeat or unregister request may take on one node before the next is tried. Default 5 s.</summary>
+    /// <summary>Most time one register, heartbeat or unregister request may take on one node before the next is tried (a heartbeat: no more than a third of the TTL). Default 5 s.</summary>
     public TimeSpan RequestTimeout { get; set; } = TimeSpan.FromSeconds(5);
 
     /// <summary>

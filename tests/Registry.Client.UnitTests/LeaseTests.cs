@@ -195,6 +195,27 @@ public sealed class LeaseTests : ScriptedTest
         Assert.Equal(["/v1/register", "/v1/heartbeat", "/v1/heartbeat"], Handler.Sent.Select(r => r.Path));
     }
 
+    /// <summary>
+    /// A 3 s lease whose heartbeat goes first to a node that hangs. Before, the heartbeat waited the whole request timeout
+    /// (5 s) for it: the lease ran out before the next node was asked.
+    /// </summary>
+    [Fact]
+    public async Task AHeartbeatWaitsForAHangingNodeNoMoreThanAThirdOfTheTtl()
+    {
+        Handler.Respond = (r, ct) => r.Path == "/v1/heartbeat" && r.Uri.Host == Scripted.ServerA.Host
+            ? Scripted.HeldAsync(ct)
+            : Task.FromResult(Scripted.Lease(3, Clock.GetUtcNow()));
+        await using var lease = await NewClient(o => o.Ttl = TimeSpan.FromSeconds(3), Scripted.ServerA, Scripted.ServerB).RegisterAsync(Instance());
+
+        var heartbeatIn = await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(1));
+        await Handler.NextAsync(r => r.Path == "/v1/heartbeat" && r.Uri.Host == Scripted.ServerA.Host);
+        var waited = await Clock.NextTimerAsync(d => d > TimeSpan.Zero);
+        Clock.Advance(waited);
+        await Handler.NextAsync(r => r.Path == "/v1/heartbeat" && r.Uri.Host == Scripted.ServerB.Host);
+
+        Assert.True(heartbeatIn + waited < TimeSpan.FromSeconds(3), $"heartbeat at {heartbeatIn}, then waited {waited} for the hanging node");
+    }
+
     [Fact]
     public async Task HeartbeatsFailingPastTheLeasesEndRetryAtTheHeartbeatPaceNotEverySecond()
     {
@@ -240,7 +261,10 @@ public sealed class LeaseTests : ScriptedTest
         await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(1));
         for (var i = 0; i < 4; i++)
         {
-            delays.Add(await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(40)));
+            // Past the heartbeat's own timeout (a third of the 3 s TTL).
+            var delay = await Clock.NextTimerAsync(d => d > TimeSpan.FromSeconds(1) && d <= TimeSpan.FromSeconds(40) && !Scripted.IsRequestTimeout(d));
+            Clock.Advance(delay);
+            delays.Add(delay);
         }
 
         Assert.Equal(RegistryConnectionState.Refused, lease.State);
