@@ -60,8 +60,11 @@ public sealed class LocalPostgres : IAsyncDisposable
     /// </summary>
     public static async Task<LocalPostgres> StartAsync(string dataDirectory, string? binDirectory, bool durable, CancellationToken cancellationToken)
     {
-        dataDirectory = Path.GetFullPath(dataDirectory);
-        var held = Lock(dataDirectory);
+        // Without a trailing separator: readlink("link/") follows the link, and the link would pass for a folder.
+        dataDirectory = Path.TrimEndingDirectorySeparator(Path.GetFullPath(dataDirectory));
+        var held = Lock(dataDirectory) ?? throw new LocalPostgresException(
+            $"Another registry on this machine runs its embedded PostgreSQL in {dataDirectory} (it holds {LockFile(dataDirectory)}): give this " +
+            "one a folder of its own with Registry:Database:LocalDataDirectory, or point both at one database with ConnectionStrings__Registry.");
         try
         {
             if (new DirectoryInfo(dataDirectory) is { Exists: true, LinkTarget: { } target })
@@ -71,12 +74,13 @@ public sealed class LocalPostgres : IAsyncDisposable
             }
 
             var binaries = PostgresBinaries.Find(binDirectory, MajorVersionIn(dataDirectory));
-            if (!Directory.Exists(dataDirectory))
+            if (!Directory.Exists(dataDirectory) || !Directory.EnumerateFileSystemEntries(dataDirectory).Any())
             {
-                // Only a folder made here is handed over: one that was there already keeps its owner, and PostgreSQL
-                // refuses to run in it unless that owner is the user it runs as (a folder planted in /tmp stays foreign).
+                // Only a folder made here, or an empty one (an operator's, a mount point), is handed over, and only the
+                // folder itself: one that holds anything keeps its owner, and PostgreSQL refuses to run in it unless that
+                // owner is the user it runs as (a cluster planted in /tmp by another user stays theirs, and is not run).
                 Directory.CreateDirectory(dataDirectory);
-                await PostgresBinaries.HandOverAsync(dataDirectory, cancellationToken);
+                await PostgresBinaries.HandOverAsync(dataDirectory, cancellationToken, recursive: false);
             }
 
             var postgres = new LocalPostgres(binaries, dataDirectory, PostgresBinaries.FreePort(), held);
@@ -101,8 +105,10 @@ public sealed class LocalPostgres : IAsyncDisposable
 
     /// <summary>
     /// Stops and deletes the clusters that test runs left in the temporary folder when their process died (a crash, a
-    /// hang the test host killed): folders named <c>PREFIX-PID-…</c> whose process is gone. <c>pg_ctl</c> detaches the
-    /// server from the process that started it, so nothing else ever stops them. A folder whose process lives is left.
+    /// hang the test host killed): folders named <c>PREFIX-PID-…</c> whose process is gone and whose lock nobody holds
+    /// (a run in another container that shares the folder has another process's id). <c>pg_ctl</c> detaches the server
+    /// from the process that started it, so nothing else ever stops them. Only a server whose command line names the
+    /// folder is stopped: a <c>postmaster.pid</c> planted there must not have another process signalled.
     /// </summary>
     public static async Task StopAbandonedAsync(string prefix, CancellationToken cancellationToken)
     {
@@ -114,23 +120,44 @@ public sealed class LocalPostgres : IAsyncDisposable
                 continue;
             }
 
+            FileStream? held;
             try
             {
-                await PostgresBinaries.Find().RunAsync("pg_ctl", ["-D", folder, "-m", "immediate", "-w", "-t", "60", "stop"], cancellationToken);
+                held = Lock(folder);
             }
             catch (LocalPostgresException)
             {
-                // Not running (or another run's clean-up got there first).
+                continue;
             }
 
-            try
+            if (held is null)
             {
-                Directory.Delete(folder, recursive: true);
-                File.Delete(folder + ".lock");
+                continue; // a live run's
             }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+
+            await using (held)
             {
-                // Left for the system's temporary-folder cleanup.
+                if (ServerOf(folder))
+                {
+                    try
+                    {
+                        await PostgresBinaries.Find().RunAsync("pg_ctl", ["-D", folder, "-m", "immediate", "-w", "-t", "60", "stop"], cancellationToken);
+                    }
+                    catch (LocalPostgresException)
+                    {
+                        // Gone meanwhile.
+                    }
+                }
+
+                try
+                {
+                    Directory.Delete(folder, recursive: true);
+                    File.Delete(LockFile(folder));
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    // Left for the system's temporary-folder cleanup.
+                }
             }
         }
 
@@ -146,18 +173,37 @@ public sealed class LocalPostgres : IAsyncDisposable
                 return false;
             }
         }
+
+        // Whether the postmaster.pid's process is a server started on this folder (its command line says so).
+        static bool ServerOf(string folder)
+        {
+            try
+            {
+                var pidFile = File.ReadLines(Path.Combine(folder, "postmaster.pid")).FirstOrDefault();
+                return int.TryParse(pidFile, out var postmaster)
+                    && File.ReadAllText($"/proc/{postmaster}/cmdline").Split('\0').Contains(folder, StringComparer.Ordinal);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                return false;
+            }
+        }
     }
 
+    private static string LockFile(string dataDirectory) => dataDirectory + ".lock";
+
     /// <summary>
-    /// Locks <c>FOLDER.lock</c> beside the folder (initdb wants the folder itself empty) for as long as this object
-    /// lives; the kernel lets go of it when the process dies. A second registry started on the same folder would
-    /// otherwise take the first one's server for a killed run's, stop it and start its own.
+    /// Locks <c>FOLDER.lock</c> beside the folder (initdb wants the folder itself empty) for as long as the stream is
+    /// open; the kernel lets go of it when the process dies. Null when another process holds it. A second registry
+    /// started on the same folder would otherwise take the first one's server for a killed run's, stop it and start
+    /// its own.
     /// </summary>
-    private static FileStream Lock(string dataDirectory)
+    private static FileStream? Lock(string dataDirectory)
     {
-        var path = dataDirectory.TrimEnd(Path.DirectorySeparatorChar) + ".lock";
+        var path = LockFile(dataDirectory);
         try
         {
+            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
             var options = new FileStreamOptions { Mode = FileMode.OpenOrCreate, Access = FileAccess.ReadWrite, Share = FileShare.None };
             if (!OperatingSystem.IsWindows())
             {
@@ -166,17 +212,21 @@ public sealed class LocalPostgres : IAsyncDisposable
 
             return new FileStream(path, options);
         }
-        catch (IOException e)
+        catch (IOException e) when (e.HResult is SharingViolation or WouldBlockLinux or WouldBlockMac)
         {
-            throw new LocalPostgresException(
-                $"Another registry on this machine runs its embedded PostgreSQL in {dataDirectory} (it holds {path}): give this one a " +
-                "folder of its own with Registry:Database:LocalDataDirectory, or point both at one database with ConnectionStrings__Registry.", e);
+            return null;
         }
-        catch (UnauthorizedAccessException e)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new LocalPostgresException($"Cannot lock {path} for the embedded PostgreSQL in {dataDirectory}: {e.Message}", e);
         }
     }
+
+    // The HResult of the IOException that says another process holds the lock: Windows' ERROR_SHARING_VIOLATION, else
+    // flock's EWOULDBLOCK as the errno itself (11 on Linux, 35 on macOS).
+    private const int SharingViolation = unchecked((int)0x80070020);
+    private const int WouldBlockLinux = 11;
+    private const int WouldBlockMac = 35;
 
     /// <summary>The major version of the cluster in the folder (its PG_VERSION), so the binaries that made it run it; null for none.</summary>
     private static int? MajorVersionIn(string dataDirectory)

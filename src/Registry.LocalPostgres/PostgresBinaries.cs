@@ -64,12 +64,15 @@ public sealed class PostgresBinaries
         return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 
-    /// <summary>Gives <paramref name="folder"/> to the user the binaries run as (mode 0700), when that is not this process's user.</summary>
-    public static async Task HandOverAsync(string folder, CancellationToken cancellationToken)
+    /// <summary>
+    /// Gives <paramref name="folder"/> (and, <paramref name="recursive"/>, what it holds) to the user the binaries run as
+    /// (mode 0700), when that is not this process's user.
+    /// </summary>
+    public static async Task HandOverAsync(string folder, CancellationToken cancellationToken, bool recursive = true)
     {
         if (AsPostgresUser)
         {
-            await RunProcessAsync("chown", ["-R", "postgres:postgres", folder], cancellationToken);
+            await RunProcessAsync("chown", [.. recursive ? ["-R"] : Array.Empty<string>(), "postgres:postgres", folder], cancellationToken);
             await RunProcessAsync("chmod", ["0700", folder], cancellationToken);
         }
     }

@@ -73,9 +73,13 @@ public sealed class EmbeddedPostgresTests
         Directory.CreateSymbolicLink(link, target);
         try
         {
-            var followed = await Assert.ThrowsAsync<LocalPostgresException>(() => LocalPostgres.StartAsync(link, null, durable: false, CancellationToken.None));
-            Assert.Contains("symbolic link", followed.Message, StringComparison.Ordinal);
-            Assert.Empty(Directory.EnumerateFileSystemEntries(target));
+            // Also when named with a trailing separator, which would follow the link when its target is read.
+            foreach (var named in new[] { link, link + "/" })
+            {
+                var followed = await Assert.ThrowsAsync<LocalPostgresException>(() => LocalPostgres.StartAsync(named, null, durable: false, CancellationToken.None));
+                Assert.Contains("symbolic link", followed.Message, StringComparison.Ordinal);
+                Assert.Empty(Directory.EnumerateFileSystemEntries(target));
+            }
         }
         finally
         {
@@ -88,8 +92,9 @@ public sealed class EmbeddedPostgresTests
             return; // Only root hands folders over.
         }
 
-        // Made by another user (nobody) before the registry's first start.
-        await RunAsync("chown", "nobody", target);
+        // Made by another user (nobody) before the registry's first start, and not empty.
+        await File.WriteAllTextAsync(Path.Combine(target, "PG_VERSION"), "16");
+        await RunAsync("chown", "-R", "nobody", target);
         await Assert.ThrowsAsync<LocalPostgresException>(() => LocalPostgres.StartAsync(target, null, durable: false, CancellationToken.None));
         Assert.Equal("nobody", await RunAsync("stat", "-c", "%U", target));
         Directory.Delete(target, recursive: true);
@@ -98,26 +103,41 @@ public sealed class EmbeddedPostgresTests
 
     /// <summary>
     /// A test run whose process died (a crash, a hang the test host killed) leaves its cluster running: pg_ctl detaches
-    /// it. Before, nothing ever stopped one; the next run now does, and leaves the clusters of live runs alone.
+    /// it. Before, nothing ever stopped one; the next run now does. It leaves alone a cluster whose lock is held, though
+    /// its folder names a process that is gone here (a run in another container sharing the temporary folder).
     /// </summary>
     [Fact]
     public async Task TheClusterOfATestRunWhoseProcessDiedIsStoppedAndDeletedByTheNext()
     {
+        int gone;
         using (var exited = System.Diagnostics.Process.Start("true")!)
         {
             await exited.WaitForExitAsync();
-            var folder = Path.Combine(Path.GetTempPath(), $"{Infrastructure.TestDatabase.LocalPrefix}{exited.Id}-{Guid.NewGuid():N}"[..40]);
-            await using var abandoned = await LocalPostgres.StartAsync(folder, null, durable: false, CancellationToken.None);
-
-            await LocalPostgres.StopAbandonedAsync(Infrastructure.TestDatabase.LocalPrefix, CancellationToken.None);
-
-            Assert.False(Directory.Exists(folder));
-            await Assert.ThrowsAnyAsync<NpgsqlException>(() => OpenAsync(new NpgsqlConnectionStringBuilder(abandoned.ConnectionString) { Pooling = false }.ConnectionString));
+            gone = exited.Id;
         }
 
-        // This run's own cluster (its folder names a live process) still serves.
-        await using var database = await Infrastructure.TestDatabase.StartAsync();
-        await OpenAsync(database.ConnectionString);
+        string Folder() => Path.Combine(Path.GetTempPath(), $"{Infrastructure.TestDatabase.LocalPrefix}{gone}-{Guid.NewGuid():N}"[..40]);
+
+        // Left by a run that died: the server runs on, and nobody holds the folder's lock.
+        var abandoned = Folder();
+        var binaries = PostgresBinaries.Find();
+        Directory.CreateDirectory(abandoned);
+        await PostgresBinaries.HandOverAsync(abandoned, CancellationToken.None);
+        await binaries.RunAsync("initdb", ["-D", abandoned, "-U", "registry", "--auth=reject", "--no-sync", "--locale=C", "--encoding=UTF8"], CancellationToken.None);
+        var port = PostgresBinaries.FreePort();
+        await binaries.RunAsync("pg_ctl", ["-D", abandoned, "-l", Path.Combine(abandoned, "server.log"), "-w", "-o", $"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{abandoned}'", "start"], CancellationToken.None);
+        var other = Folder();
+        await using var otherRun = await LocalPostgres.StartAsync(other, null, durable: false, CancellationToken.None);
+
+        await LocalPostgres.StopAbandonedAsync(Infrastructure.TestDatabase.LocalPrefix, CancellationToken.None);
+
+        Assert.False(Directory.Exists(abandoned));
+        await Assert.ThrowsAnyAsync<System.Net.Sockets.SocketException>(async () =>
+        {
+            using var client = new System.Net.Sockets.TcpClient();
+            await client.ConnectAsync(System.Net.IPAddress.Loopback, port);
+        });
+        await OpenAsync(otherRun.ConnectionString);
     }
 
     private static async Task<string> RunAsync(string program, params string[] arguments)
