@@ -178,10 +178,12 @@ public sealed partial class RegistrationLease : IAsyncDisposable
                 lock (_gate)
                 {
                     // A heartbeat's 401 (a rotation: the new token not yet on that node, the old one revoked a moment
-                    // early) leaves the lease running: asked again within it, as a heartbeat, it is not lost meanwhile.
+                    // early) leaves the lease running: asked again within it, as a heartbeat, it is not lost meanwhile;
+                    // no sooner than RetryBaseDelay, so a token revoked for good is not asked ever faster to the end.
                     if (e is RegistryAccessDeniedException { IsAuthenticationFailure: true } && LeaseLeftLocked() is { } left && left > TimeSpan.Zero)
                     {
-                        delay = left / 2 < delay ? left / 2 : delay;
+                        var within = left / 2 > _retryBaseDelay ? left / 2 : _retryBaseDelay;
+                        delay = within < delay ? within : delay;
                     }
                     else
                     {

@@ -377,7 +377,8 @@ internal sealed partial class RegistryTransport
         {
             // A provider that ignores its token is left to finish on its own (timed out, or its caller gave up); what it
             // throws then is observed here.
-            if (call is { IsCompleted: false })
+            // Attached to a call that has failed meanwhile too (the observer then runs at once).
+            if (call is { IsCompletedSuccessfully: false })
             {
                 _ = call.ContinueWith(static t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
             }

@@ -216,6 +216,35 @@ public sealed class LeaseTests : ScriptedTest
         Assert.True(heartbeatIn + waited < TimeSpan.FromSeconds(3), $"heartbeat at {heartbeatIn}, then waited {waited} for the hanging node");
     }
 
+    /// <summary>
+    /// A token revoked for good: each heartbeat's 401 is asked again within half of what the lease has left, but never
+    /// sooner than RetryBaseDelay (before that floor, ever faster, the last ones milliseconds apart), and once the lease
+    /// has run out at the refusal's own pace.
+    /// </summary>
+    [Fact]
+    public async Task AHeartbeatAnswered401ForGoodIsNotAskedEverFasterToTheLeasesEnd()
+    {
+        Handler.Respond = (r, _) => Task.FromResult(r.Path == "/v1/register" && !Handler.Sent.Any(s => s.Path == "/v1/heartbeat")
+            ? Scripted.Lease(30, Clock.GetUtcNow())
+            : Scripted.Problem(HttpStatusCode.Unauthorized, "Unauthorized", ""","detail":"The token has been revoked." """));
+        await using var lease = await NewClient().RegisterAsync(Instance());
+
+        var passed = await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(10));
+        var delays = new List<TimeSpan>();
+        // At most 20: asked ever faster, they would never pass the lease's end.
+        while (passed < TimeSpan.FromSeconds(30) && delays.Count < 20)
+        {
+            // Bounded: a delay that reaches zero no longer waits on the clock at all.
+            var delay = await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(40)).WaitAsync(Scripted.Patience);
+            delays.Add(delay);
+            passed += delay;
+        }
+
+        Assert.All(delays, d => Assert.True(d >= TimeSpan.FromSeconds(1), $"delays {string.Join(", ", delays)}"));
+        Assert.InRange(delays.Count, 2, 8);
+        Assert.InRange(await Clock.PassNextDelayAsync(TimeSpan.FromSeconds(40)), TimeSpan.FromSeconds(24), TimeSpan.FromSeconds(36));
+    }
+
     [Fact]
     public async Task HeartbeatsFailingPastTheLeasesEndRetryAtTheHeartbeatPaceNotEverySecond()
     {
