@@ -47,7 +47,7 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
     /// <summary>The tokens by id: their revocations and expiries.</summary>
     private volatile FrozenDictionary<string, Entry> _byId = FrozenDictionary<string, Entry>.Empty;
 
-    /// <summary>The database's last word on each token asked while the change feed was down, by id (one per token, so no more than the tokens).</summary>
+    /// <summary>The database's last word on each token asked while the change feed was down, by id; a reload keeps only the tokens it loaded.</summary>
     private readonly ConcurrentDictionary<string, Task<(bool Stands, long At)>> _confirmations = new(StringComparer.Ordinal);
 
     /// <summary>When the first loaded token is due to be forgotten (ticks, UTC); <see cref="long.MaxValue"/> for none.</summary>
@@ -120,14 +120,22 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
         }
 
         var asked = _confirmations.GetValueOrDefault(grant.Id);
-        if (asked is null || (asked.IsCompleted && _time.GetElapsedTime(asked.Result.At) > ConfirmedFor))
+        if (asked is null || (asked.IsCompleted && (!asked.IsCompletedSuccessfully || _time.GetElapsedTime(asked.Result.At) > ConfirmedFor)))
         {
             // Two requests may both ask at once; either answer is as good.
             asked = ConfirmAsync(grant.Id);
             _confirmations[grant.Id] = asked;
         }
 
-        return (await asked.WaitAsync(cancellationToken)).Stands;
+        try
+        {
+            // The statement's own cancellation may take longer than its timeout (a cancel request to a database that is not there).
+            return (await asked.WaitAsync(ConfirmedFor, _time, cancellationToken)).Stands;
+        }
+        catch (TimeoutException)
+        {
+            return true;
+        }
     }
 
     private async Task<(bool Stands, long At)> ConfirmAsync(string id)
@@ -198,6 +206,11 @@ internal sealed partial class TokenCache : BackgroundService, IChangeFeedChannel
 
             // Revocations first: a token accepted from the new set already has its own.
             _byId = loaded.Values.ToFrozenDictionary(e => e.Grant.Id, StringComparer.Ordinal);
+            foreach (var id in _confirmations.Keys.Where(id => !_byId.ContainsKey(id)))
+            {
+                _confirmations.TryRemove(id, out _);
+            }
+
             _tokens = loaded.ToFrozenDictionary(StringComparer.Ordinal);
             Interlocked.Exchange(ref _forgetDueTicks, loaded.Values.Select(e => ForgetDueTicks(e.Grant.Expires)).DefaultIfEmpty(long.MaxValue).Min());
             foreach (var (key, gone) in previous)

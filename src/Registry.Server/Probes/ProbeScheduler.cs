@@ -58,6 +58,13 @@ internal sealed partial class ProbeScheduler(
         """;
 
     private readonly SemaphoreSlim _slots = new(options.Value.MaxConcurrent, options.Value.MaxConcurrent);
+    /// <summary>
+    /// The read of the probed instances under way, beside the loop rather than in it: one held at a lock (an operator's
+    /// ALTER TABLE) or by a database that does not answer must not stop the probes this node owns, nor its membership
+    /// and its judgement of itself. Only the loop touches it (and the stop, once the loop has ended).
+    /// </summary>
+    private Task<ProbedRead?>? _reading;
+
     /// <summary>The targets this node owns; a new dictionary for each reconcile, never changed once published.</summary>
     private volatile Dictionary<InstanceKey, Target> _owned = [];
     /// <summary>Membership reads failing for <see cref="MembershipOptions.NodeTimeout"/>: to the others this node is gone, so it owns nothing.</summary>
@@ -164,26 +171,23 @@ internal sealed partial class ProbeScheduler(
         var refresh = TimeSpan.FromSeconds(0);
         var lastRead = time.GetTimestamp();
         var lastJudged = lastRead;
-        // Read beside the loop, not in it: a read held at a lock (an operator's ALTER TABLE) or by a database that does
-        // not answer must not stop the probes this node owns, nor its membership and its judgement of itself.
-        Task<ProbedRead?>? reading = null;
         do
         {
-            if (reading is null && time.GetElapsedTime(lastRead) >= refresh)
+            if (_reading is null && time.GetElapsedTime(lastRead) >= refresh)
             {
-                reading = ReadProbedAsync(_digest, stoppingToken);
+                _reading = ReadProbedAsync(_digest, stoppingToken);
             }
 
-            if (reading is { IsCompleted: true })
+            if (_reading is { IsCompleted: true })
             {
-                if (await reading is { } probed)
+                if (await _reading is { } probed)
                 {
                     _probed = probed.Probed;
                     _digest = probed.Digest;
                     _ownershipStale = true;
                 }
 
-                reading = null;
+                _reading = null;
                 lastRead = time.GetTimestamp();
                 refresh = options.Value.RefreshInterval;
             }
@@ -230,6 +234,16 @@ internal sealed partial class ProbeScheduler(
             }
         }
         while (await timer.WaitForNextTickAsync(stoppingToken));
+    }
+
+    public override async Task StopAsync(CancellationToken cancellationToken)
+    {
+        await base.StopAsync(cancellationToken);
+        // A read still in flight ends with the loop's token; it is awaited so none outlives the data source it uses.
+        if (_reading is { } reading)
+        {
+            await ((Task)reading).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        }
     }
 
     /// <summary>
@@ -668,8 +682,10 @@ internal sealed partial class ProbeScheduler(
                     target.Written = (target.Written ? renewer.Renew(instance) : renewer.RenewWritten(instance)) is not null;
                 }
             }
-            else if (target.Failures >= options.Value.FailuresToEvict && !target.Ended && target.Revision is { } counted && !await HoldsEndsAsync(stoppingToken))
+            else if (target.Failures >= options.Value.FailuresToEvict && !target.Ended && target.Revision is { } counted && !await HoldsEndsAsync(stoppingToken)
+                && ReferenceEquals(_owned.GetValueOrDefault(target.Key), target))
             {
+                // (Still this node's after the wait for a judgement, which follows a reconcile that may have moved it.)
                 // Not while this node holds no registration of it: the failures could not be
                 // told apart from a registration it has not applied yet. Nor while it suspects
                 // itself (JudgeSelf): the failures may be its own; the next failure tries again.
