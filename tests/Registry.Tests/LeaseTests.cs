@@ -61,6 +61,34 @@ public sealed class LeaseTests(RegistryCluster cluster) : RegistryTest(cluster)
     /// never told to register again) until the consistency check; now the renewal announces the instance, and every
     /// node reads it again.
     /// </summary>
+    /// <summary>
+    /// The node remembers each expiry it wrote, so that heartbeats within it need no write. Before, only the expiry's
+    /// passing forgot one: registering with a day's TTL and unregistering, over and over on fresh addresses, left an
+    /// entry for a day per two writes. The periodic prune now also forgets what memory no longer holds.
+    /// </summary>
+    [Fact]
+    public async Task ExpiriesOfUnregisteredInstancesAreNotRememberedUntilTheyRunOut()
+    {
+        await using var node = new RegistryNode(await Cluster.CreateDatabaseAsync());
+        using var client = node.CreateClient();
+        for (var i = 0; i < 5; i++)
+        {
+            using var registered = await client.PostJsonAsync("/v1/register?ttl=3600", Instance("app", i));
+            Assert.Equal(HttpStatusCode.Created, registered.StatusCode);
+        }
+
+        for (var i = 0; i < 3; i++)
+        {
+            using var unregistered = await client.PostJsonAsync("/v1/unregister", Instance("app", i));
+            Assert.Equal(HttpStatusCode.NoContent, unregistered.StatusCode);
+        }
+
+        var renewer = node.Get<Registry.Leases.LeaseRenewer>();
+        renewer.Prune();
+
+        Assert.Equal(2, renewer.Remembered);
+    }
+
     [Fact]
     public async Task ARenewalThatFindsNoRowTakesTheInstanceOutOfMemory()
     {

@@ -369,17 +369,25 @@ internal sealed partial class LeaseRenewer(
         }
     }
 
-    private void Prune()
+    /// <summary>
+    /// Forgets the expiries that say nothing any more: run out, or of an instance memory no longer holds (unregistered,
+    /// evicted; a heartbeat finds none to renew). Before, only expiry did: a client registering with a day's TTL and
+    /// unregistering on fresh addresses left an entry for a day per pair of writes.
+    /// </summary>
+    internal void Prune()
     {
         var horizon = clock.UtcNow;
         foreach (var (key, expires) in _written)
         {
-            if (expires.ExpiresAt < horizon)
+            if (expires.ExpiresAt < horizon || state.Find(key) is null)
             {
                 _written.TryRemove(key, out _);
             }
         }
     }
+
+    /// <summary>How many expiries this node remembers having written (what <see cref="Prune"/> bounds).</summary>
+    internal int Remembered => _written.Count;
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Cannot record {Count} lease renewals: the database is unreachable; retrying every interval; heartbeats are refused once a renewal has waited too long")]
     private static partial void LogFailing(ILogger logger, int count, Exception exception);
