@@ -151,6 +151,26 @@ public sealed class BadInputTests(RegistryCluster cluster) : RegistryTest(cluste
         await AssertProblemAsync(response, HttpStatusCode.BadRequest, "subscribes");
     }
 
+    /// <summary>
+    /// Every change to an application matches each meta pair of each subscription on it against each of its instances,
+    /// on the one loop that applies changes. Before, a subscription could select on 64 entries of 64 pairs each.
+    /// </summary>
+    [Fact]
+    public async Task ASubscriptionSelectingOnMoreMetaPairsInAllThanAllowedIsABadRequest()
+    {
+        static string Subscription(int entries) => Http.Subscription([.. Enumerable.Range(0, entries).Select(e =>
+            Http.Entry("app", meta: "{" + string.Join(",", Enumerable.Range(0, 64).Select(i => $"\"k{i}\":\"v{e}\"")) + "}"))]);
+
+        using (var allowed = await Client.PostJsonAsync("/v1/subscribe", Subscription(4)))
+        {
+            Assert.Equal(HttpStatusCode.OK, allowed.StatusCode);
+        }
+
+        using var response = await Client.PostJsonAsync("/v1/subscribe", Subscription(5));
+
+        await AssertProblemAsync(response, HttpStatusCode.BadRequest, "subscribes");
+    }
+
     [Fact]
     public async Task AnOversizedBodyIsPayloadTooLarge()
     {

@@ -36,6 +36,13 @@ public sealed class LimitsOptions
     [Range(1, 10_000)]
     public int MaxSubscribes { get; set; } = 64;
 
+    /// <summary>
+    /// Most meta pairs a subscription selects on, all its entries together: every change to an application matches
+    /// each of them against each of its instances, on the one loop that applies changes.
+    /// </summary>
+    [Range(0, 100_000)]
+    public int MaxSubscriptionMetaPairs { get; set; } = 256;
+
     /// <summary>Most characters in a <c>version</c> query parameter.</summary>
     [Range(1, 4096)]
     public int MaxVersionLength { get; set; } = 128;

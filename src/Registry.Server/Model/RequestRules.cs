@@ -72,6 +72,11 @@ internal sealed class RequestRules(LimitsOptions limits)
             }
         }
 
+        if (!errors.Any && entries.Sum(e => e.Meta.Count) is var pairs && pairs > limits.MaxSubscriptionMetaPairs)
+        {
+            errors.Add("subscribes", $"select on {pairs} meta pairs in all; at most {limits.MaxSubscriptionMetaPairs} are allowed");
+        }
+
         return errors.Any ? null : entries;
     }
 
