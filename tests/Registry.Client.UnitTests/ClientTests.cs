@@ -98,39 +98,21 @@ public sealed class ClientTests : ScriptedTest
     public async Task ATokenProviderThatFailsAfterItsCallerGaveUpLeavesNoUnobservedTaskException()
     {
         const string Detail = "failed-after-its-caller-gave-up";
-        var unobserved = new List<Exception>();
-        EventHandler<UnobservedTaskExceptionEventArgs> record = (_, e) =>
+        using var unobserved = new UnobservedExceptions(Detail);
+        var (release, provided) = await GiveUpAsync(configure => NewClient(configure));
+        release.SetResult();
+        using var deadline = new CancellationTokenSource(Scripted.Patience);
+        // Collected once it has failed, and finalized: nothing else says when.
+        while (IsAlive(provided))
         {
-            if (e.Exception.InnerExceptions.Any(x => x.Message.Contains(Detail, StringComparison.Ordinal)))
-            {
-                lock (unobserved)
-                {
-                    unobserved.Add(e.Exception);
-                }
-            }
-        };
-        TaskScheduler.UnobservedTaskException += record;
-        try
-        {
-            var (release, provided) = await GiveUpAsync(configure => NewClient(configure));
-            release.SetResult();
-            using var deadline = new CancellationTokenSource(Scripted.Patience);
-            // Collected once it has failed, and finalized: nothing else says when.
-            while (IsAlive(provided))
-            {
-                GC.Collect();
-                GC.WaitForPendingFinalizers();
-                await Task.Delay(10, deadline.Token);
-            }
-
             GC.Collect();
             GC.WaitForPendingFinalizers();
-            Assert.Empty(unobserved);
+            await Task.Delay(10, deadline.Token);
         }
-        finally
-        {
-            TaskScheduler.UnobservedTaskException -= record;
-        }
+
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        Assert.Empty(unobserved.Seen);
 
         // Apart, so nothing on the test's frame keeps the provider's task alive when the collector runs.
         [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]

@@ -94,32 +94,14 @@ public sealed class SubscriptionTests : ScriptedTest
     public async Task ARefusalNobodyAwaitedLeavesNoUnobservedTaskException()
     {
         const string Detail = "refused-and-never-awaited";
-        var unobserved = new List<Exception>();
-        EventHandler<UnobservedTaskExceptionEventArgs> record = (_, e) =>
-        {
-            if (e.Exception.InnerExceptions.Any(x => x.Message.Contains(Detail, StringComparison.Ordinal)))
-            {
-                lock (unobserved)
-                {
-                    unobserved.Add(e.Exception);
-                }
-            }
-        };
-        TaskScheduler.UnobservedTaskException += record;
-        try
-        {
-            Handler.Respond = (_, _) => Task.FromResult(Scripted.Problem(HttpStatusCode.Forbidden, "Forbidden", $$""","detail":"{{Detail}}" """));
-            await RefuseAndForgetAsync(NewClient());
-            GC.Collect();
-            GC.WaitForPendingFinalizers();
-            GC.Collect();
+        using var unobserved = new UnobservedExceptions(Detail);
+        Handler.Respond = (_, _) => Task.FromResult(Scripted.Problem(HttpStatusCode.Forbidden, "Forbidden", $$""","detail":"{{Detail}}" """));
+        await RefuseAndForgetAsync(NewClient());
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
 
-            Assert.Empty(unobserved);
-        }
-        finally
-        {
-            TaskScheduler.UnobservedTaskException -= record;
-        }
+        Assert.Empty(unobserved.Seen);
 
         // Apart, so nothing on this frame keeps the subscription's tasks alive when the collector runs.
         [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]

@@ -474,20 +474,9 @@ public sealed class AccessTests(AccessCluster cluster)
         var services = new Uri("/v1/services", UriKind.Relative);
         Assert.Equal(HttpStatusCode.OK, (await revokedClient.GetAsync(services)).StatusCode);
 
-        // The feed is cut, and its reconnection waits at the full load it must finish before it listens again (its
-        // tokens already reloaded): whatever is announced meanwhile waits too.
-        await using var locker = new NpgsqlConnection(database);
-        await locker.OpenAsync();
-        await using var locked = await locker.BeginTransactionAsync();
-        await using (var lockTable = new NpgsqlCommand("LOCK TABLE instances IN ACCESS EXCLUSIVE MODE", locker, locked))
-        await using (var kill = new NpgsqlCommand("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = @name AND datname = current_database()", locker, locked))
-        {
-            await lockTable.ExecuteNonQueryAsync();
-            kill.Parameters.AddWithValue("name", Registry.Storage.RegistryDatabase.ChangeFeedApplicationName);
-            Assert.Equal(1L, await kill.ExecuteScalarAsync());
-        }
-
-        await Backends.WaitingForALockAsync(database, "SELECT i.application, i.protocol, i.addr, i.meta::text%");
+        // The feed is cut, and its reconnection waits at the full load (its tokens already reloaded): whatever is
+        // announced meanwhile waits too.
+        await using var held = await HeldFeed.CutAsync(database);
         await using (var revoke = new NpgsqlConnection(database))
         {
             // As another node's DELETE /v1/tokens/{id} does.
@@ -507,13 +496,13 @@ public sealed class AccessTests(AccessCluster cluster)
         Assert.Equal(HttpStatusCode.OK, (await keptClient.GetAsync(services)).StatusCode);
 
         // Nor can the database answer now: a token the cache holds still serves what the node has in memory.
-        await using (var lockTokens = new NpgsqlCommand("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE", locker, locked))
+        await using (var lockTokens = new NpgsqlCommand("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE", held.Connection, held.Transaction))
         {
             await lockTokens.ExecuteNonQueryAsync();
         }
 
         Assert.Equal(HttpStatusCode.OK, (await unconfirmedClient.GetAsync(services)).StatusCode);
-        await locked.RollbackAsync();
+        await held.ReleaseAsync();
     }
 
     /// <summary>

@@ -317,21 +317,10 @@ public sealed class DrainTests(RegistryCluster cluster) : RegistryTest(cluster)
         }
 
         // The feed is cut, and its reconnection waits at the full load it must finish before it listens again.
-        await using var locker = new NpgsqlConnection(database);
-        await locker.OpenAsync();
-        await using var locked = await locker.BeginTransactionAsync();
-        await using (var lockTable = new NpgsqlCommand("LOCK TABLE instances IN ACCESS EXCLUSIVE MODE", locker, locked))
-        await using (var kill = new NpgsqlCommand("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = @name AND datname = current_database()", locker, locked))
-        {
-            await lockTable.ExecuteNonQueryAsync();
-            kill.Parameters.AddWithValue("name", RegistryDatabase.ChangeFeedApplicationName);
-            Assert.Equal(1L, await kill.ExecuteScalarAsync());
-        }
-
-        await Backends.WaitingForALockAsync(database, "SELECT i.application, i.protocol, i.addr, i.meta::text%");
+        await using var held = await HeldFeed.CutAsync(database);
         using var watchers = await client.GetAsync(new Uri("/v1/services/app/watchers", UriKind.Relative));
         using var drain = await client.PostJsonAsync("/v1/unregister?drain=5", Http.Provider("app", Leaving));
-        await locked.RollbackAsync();
+        await held.ReleaseAsync();
 
         foreach (var refused in new[] { watchers, drain })
         {
