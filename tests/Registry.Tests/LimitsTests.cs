@@ -216,6 +216,48 @@ public sealed class LimitsTests(RegistryCluster cluster) : RegistryTest(cluster)
         await parked.WaitForNoneAsync();
     }
 
+    /// <summary>
+    /// A view is kept while a parked poll holds it, and the node holds MaxSubscriptionCharacters of them in all. Before,
+    /// one client parking a few hundred distinct long subscriptions filled that, and every client's new subscriptions
+    /// were refused. Each client's distinct subscriptions held parked now count against a share of their own; polls of
+    /// one subscription count it once.
+    /// </summary>
+    [Fact]
+    public async Task DistinctSubscriptionsPastAClientsShareOfCharactersAre429()
+    {
+        await using var node = new RegistryNode(await Cluster.CreateDatabaseAsync(), new Dictionary<string, string?>
+        {
+            ["Registry:Limits:MaxSubscriptionCharactersPerClient"] = "150",
+        });
+        using var client = node.CreateClient();
+        using var refusals = MeterWatch.Node(node, "registry.limits.rejections", "limit", "subscription_characters_per_client");
+        string Selecting(char zone) => Http.Subscription(Http.Entry("app", meta: $$"""{"zone":"{{new string(zone, 80)}}"}"""));
+        var (first, second) = (Selecting('a'), Selecting('b'));
+        var (_, firstVersion, _) = await client.SubscribeAsync(first);
+        var (_, secondVersion, _) = await client.SubscribeAsync(second);
+        using var parked = ParkedPolls.On(node);
+        using var stop = new CancellationTokenSource();
+
+        var held = Enumerable.Range(0, 3).Select(_ => client.SubscribeAsync(first, firstVersion, wait: 30, stop.Token)).ToArray();
+        await parked.WaitForAsync(3);
+        using (var refused = await client.PostJsonAsync($"/v1/subscribe?version={secondVersion}&wait=30", second))
+        {
+            Assert.Equal(HttpStatusCode.TooManyRequests, refused.StatusCode);
+            Assert.Contains("MaxSubscriptionCharactersPerClient", (string?)(await refused.ReadJsonAsync())["detail"], StringComparison.Ordinal);
+        }
+
+        Assert.Equal(1, refusals.Total);
+        await stop.CancelAsync();
+        await parked.WaitForNoneAsync();
+
+        // Let go, the share is the client's again.
+        using var again = new CancellationTokenSource();
+        var other = client.SubscribeAsync(second, secondVersion, wait: 30, again.Token);
+        await parked.WaitForAsync(1);
+        await again.CancelAsync();
+        await parked.WaitForNoneAsync();
+    }
+
     [Fact]
     public async Task WritesWaitingPastAClientsShareAre429WhileTheNodeTakesOthers()
     {

@@ -23,35 +23,35 @@ internal sealed class ClientShares(int perClient, int total)
         }
     }
 
-    /// <summary>Takes a share for the client: null when taken, else which limit refused it.</summary>
-    public ShareLimit? TryEnter(string client)
+    /// <summary>Takes <paramref name="weight"/> (at least 1) for the client: null when taken, else which limit refused it.</summary>
+    public ShareLimit? TryEnter(string client, int weight = 1)
     {
         lock (_gate)
         {
             var held = _perClient.GetValueOrDefault(client);
-            if (_total >= total)
+            if (_total > total - weight)
             {
                 return ShareLimit.Total;
             }
 
-            if (held >= perClient)
+            if (held > perClient - weight)
             {
                 return ShareLimit.PerClient;
             }
 
-            _perClient[client] = held + 1;
-            _total++;
+            _perClient[client] = held + weight;
+            _total += weight;
             return null;
         }
     }
 
-    /// <summary>Gives the client's share back.</summary>
-    public void Leave(string client)
+    /// <summary>Gives back what the client took.</summary>
+    public void Leave(string client, int weight = 1)
     {
         lock (_gate)
         {
-            _total--;
-            if (--System.Runtime.InteropServices.CollectionsMarshal.GetValueRefOrNullRef(_perClient, client) == 0)
+            _total -= weight;
+            if ((System.Runtime.InteropServices.CollectionsMarshal.GetValueRefOrNullRef(_perClient, client) -= weight) == 0)
             {
                 _perClient.Remove(client);
             }

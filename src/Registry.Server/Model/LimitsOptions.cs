@@ -37,6 +37,13 @@ public sealed class LimitsOptions
     public int MaxSubscribes { get; set; } = 64;
 
     /// <summary>
+    /// Most characters the distinct subscriptions one client's parked polls hold may name together (a view is kept while
+    /// a poll holds it), so that no client alone fills <see cref="MaxSubscriptionCharacters"/>.
+    /// </summary>
+    [Range(1, int.MaxValue)]
+    public int MaxSubscriptionCharactersPerClient { get; set; } = 1_000_000;
+
+    /// <summary>
     /// Most meta pairs a subscription selects on, all its entries together: every change to an application matches
     /// each of them against each of its instances, on the one loop that applies changes.
     /// </summary>

@@ -132,7 +132,7 @@ internal sealed class LongPoll(
                 return new(answer, PollEnd.TimedOut);
             }
 
-            if (!parking.TryEnter(client))
+            if (!parking.TryEnter(client, view.Key))
             {
                 return new(answer, PollEnd.Refused);
             }
@@ -143,7 +143,7 @@ internal sealed class LongPoll(
             }
             finally
             {
-                parking.Leave(client);
+                parking.Leave(client, view.Key);
             }
         }
         finally
