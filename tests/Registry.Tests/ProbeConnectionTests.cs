@@ -161,17 +161,54 @@ public sealed class ProbeConnectionTests(RegistryCluster cluster) : RegistryTest
         Assert.Equal(2, silent.Lookups);
     }
 
+    /// <summary>
+    /// Names registered on a DNS server that never answers hold their lookups' turns until the resolver gives up. Before,
+    /// registrations and probes shared those turns: a flood of such registrations left none for the probes of the
+    /// instances already registered by name, which then failed (and their instances were evicted).
+    /// </summary>
+    [Fact]
+    public async Task RegistrationsOnASilentDnsServerHoldNoLookupAProbeNeeds()
+    {
+        await using var target = new ProbeTarget();
+        var resolver = new SilentResolver { Answers = { ["db.probe.test"] = IPAddress.Loopback } };
+        var settings = Probing(allowed: "127.0.0.1/32");
+        settings["Registry:Probes:MaxConcurrentLookups"] = "2";
+        await using var registry = new RegistryNode(await Cluster.CreateDatabaseAsync(), settings);
+        await using var node = registry.WithWebHostBuilder(b => b.ConfigureTestServices(s => s.AddSingleton<ProbeHostResolver>(resolver)));
+        using var client = node.CreateClient();
+        var port = target.Addr[(target.Addr.LastIndexOf(':') + 1)..];
+        using (var registered = await client.PostJsonAsync("/v1/register?probe=tcp&probeInterval=1", Http.Provider("db", $"db.probe.test:{port}", protocol: "tcp")))
+        {
+            Assert.Equal(HttpStatusCode.Created, registered.StatusCode);
+        }
+
+        await target.WaitUntilAsync(t => t.Connections >= 1, TimeSpan.FromSeconds(10));
+        var flood = await Task.WhenAll(Enumerable.Range(0, 3).Select(i => client.PostJsonAsync("/v1/register?probe=tcp", Http.Provider("web", $"silent-{i}.probe.test:80"))));
+        Assert.All(flood, response => Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode));
+
+        var before = target.Connections;
+        await target.WaitUntilAsync(t => t.Connections >= before + 2, TimeSpan.FromSeconds(10));
+    }
+
     /// <summary>A DNS server that never answers, under a lookup that does not stop when asked (a blocking getaddrinfo).</summary>
     private sealed class SilentResolver : ProbeHostResolver
     {
         private readonly TaskCompletionSource<IPAddress[]> _never = new();
         private int _lookups;
 
-        /// <summary>How many lookups were started.</summary>
+        /// <summary>The names that do resolve, and to what; none by default.</summary>
+        public Dictionary<string, IPAddress> Answers { get; } = new(StringComparer.Ordinal);
+
+        /// <summary>How many lookups of silent names were started.</summary>
         public int Lookups => Volatile.Read(ref _lookups);
 
         public override Task<IPAddress[]> ResolveAsync(string host, CancellationToken cancellationToken)
         {
+            if (Answers.TryGetValue(host, out var answer))
+            {
+                return Task.FromResult<IPAddress[]>([answer]);
+            }
+
             Interlocked.Increment(ref _lookups);
             return _never.Task;
         }

@@ -48,6 +48,12 @@ internal sealed class ProbeNetworks(IOptions<ProbeOptions> options, ProbeHostRes
     /// <summary>Turns at a lookup: taken before it starts, given back when it ends, not when its caller stops waiting.</summary>
     private readonly SemaphoreSlim _lookups = new(options.Value.MaxConcurrentLookups);
 
+    /// <summary>
+    /// The registrations' own turns: names registered on a DNS server that never answers (by one client, or a zone
+    /// gone dark) hold these, never the turns the probes of the instances already registered need.
+    /// </summary>
+    private readonly SemaphoreSlim _registrationLookups = new(options.Value.MaxConcurrentLookups);
+
     /// <summary>Whether probing is on at all.</summary>
     public bool Enabled => _allowed.Length > 0;
 
@@ -119,8 +125,9 @@ internal sealed class ProbeNetworks(IOptions<ProbeOptions> options, ProbeHostRes
     /// The addresses of <paramref name="host"/> that a probe may connect to; when none may, the
     /// refusal names the rule the first one breaks.
     /// </summary>
-    public async Task<(IPAddress[] Addresses, string? Refusal)> ResolveAsync(string host, CancellationToken cancellationToken)
+    public async Task<(IPAddress[] Addresses, string? Refusal)> ResolveAsync(string host, CancellationToken cancellationToken, bool registering = false)
     {
+        var turns = registering ? _registrationLookups : _lookups;
         IPAddress[] addresses;
         if (IPAddress.TryParse(host.Trim('[', ']'), out var literal))
         {
@@ -132,7 +139,7 @@ internal sealed class ProbeNetworks(IOptions<ProbeOptions> options, ProbeHostRes
             {
                 // Waited for only as long as the caller may: a blocking getaddrinfo underneath need not stop when asked,
                 // and holds its turn (and its thread) until it ends.
-                await _lookups.WaitAsync(cancellationToken);
+                await turns.WaitAsync(cancellationToken);
                 Task<IPAddress[]> lookup;
                 try
                 {
@@ -140,7 +147,7 @@ internal sealed class ProbeNetworks(IOptions<ProbeOptions> options, ProbeHostRes
                 }
                 catch
                 {
-                    _lookups.Release();
+                    turns.Release();
                     throw;
                 }
 
@@ -150,7 +157,7 @@ internal sealed class ProbeNetworks(IOptions<ProbeOptions> options, ProbeHostRes
                         _ = ended.Exception; // observed, also when nobody waits for it any more
                         ((SemaphoreSlim)turns!).Release();
                     },
-                    _lookups, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+                    turns, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
                 addresses = await lookup.WaitAsync(cancellationToken);
             }
             catch (SocketException e)

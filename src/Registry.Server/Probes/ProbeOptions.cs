@@ -58,7 +58,8 @@ public sealed class ProbeOptions
     /// Most DNS lookups of probed names one node runs at once. On Linux a lookup blocks a thread for as long as the DNS
     /// server takes to answer (or the resolver to give up), whether or not the probe still waits for it: without a
     /// bound, names on a silent DNS server would take the node's threads. A lookup waiting for its turn past the
-    /// probe's timeout fails the probe (or the registration).
+    /// probe's timeout fails the probe (or the registration). Registrations and probes have this many each, so that names
+    /// registered on a DNS server that never answers cannot hold the turns the probes of registered instances need.
     /// </summary>
     [Range(1, 1024)]
     public int MaxConcurrentLookups { get; set; } = 16;

@@ -111,7 +111,7 @@ internal sealed class ProbeRequests(ProbeNetworks networks, IOptions<ProbeOption
         deadline.CancelAfter(TimeSpan.FromSeconds(options.Value.TimeoutSeconds));
         try
         {
-            return (await networks.ResolveAsync(host, deadline.Token)).Refusal;
+            return (await networks.ResolveAsync(host, deadline.Token, registering: true)).Refusal;
         }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
         {
