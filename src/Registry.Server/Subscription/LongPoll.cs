@@ -132,7 +132,7 @@ internal sealed class LongPoll(
                 return new(answer, PollEnd.TimedOut);
             }
 
-            if (!parking.TryEnter(client, view.Key))
+            if (!parking.TryEnter(client, view))
             {
                 return new(answer, PollEnd.Refused);
             }
@@ -143,7 +143,7 @@ internal sealed class LongPoll(
             }
             finally
             {
-                parking.Leave(client, view.Key);
+                parking.Leave(client, view);
             }
         }
         finally

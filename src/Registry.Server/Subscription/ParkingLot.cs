@@ -21,8 +21,11 @@ internal sealed class ParkingLot(IOptions<LimitsOptions> limits, RegistryMetrics
     /// </summary>
     private readonly ClientShares _characters = new(limits.Value.MaxSubscriptionCharactersPerClient, int.MaxValue);
 
-    /// <summary>How many of each client's parked polls hold each view: its characters count once per client.</summary>
-    private readonly Dictionary<(string Client, string View), int> _holding = [];
+    /// <summary>
+    /// How many of each client's parked polls hold each view: its characters count once per client. Keyed by the view
+    /// itself, not its key (a held view is the one every poll of its subscription gets, and a key may be long to hash).
+    /// </summary>
+    private readonly Dictionary<(string Client, SubscriptionView View), int> _holding = [];
     private readonly Lock _gate = new();
 
     /// <summary>The detail of the 429 that <see cref="TryEnter"/> refusing calls for.</summary>
@@ -34,10 +37,10 @@ internal sealed class ParkingLot(IOptions<LimitsOptions> limits, RegistryMetrics
     public int Total => _places.Total;
 
     /// <summary>
-    /// Takes a place for the client, and for a poll that holds <paramref name="view"/> (its key) the characters of a view
-    /// the client's parked polls do not hold yet; false (and counted) when a limit is reached.
+    /// Takes a place for the client, and for a poll that holds <paramref name="view"/> the characters of a view the
+    /// client's parked polls do not hold yet; false (and counted) when a limit is reached.
     /// </summary>
-    public bool TryEnter(string client, string? view = null)
+    public bool TryEnter(string client, SubscriptionView? view = null)
     {
         if (_places.TryEnter(client) is { } refused)
         {
@@ -50,7 +53,7 @@ internal sealed class ParkingLot(IOptions<LimitsOptions> limits, RegistryMetrics
             lock (_gate)
             {
                 var holding = _holding.GetValueOrDefault((client, view));
-                if (holding == 0 && _characters.TryEnter(client, Math.Max(1, view.Length)) is not null)
+                if (holding == 0 && _characters.TryEnter(client, Characters(view)) is not null)
                 {
                     _places.Leave(client);
                     metrics.LimitReached("subscription_characters_per_client");
@@ -65,7 +68,7 @@ internal sealed class ParkingLot(IOptions<LimitsOptions> limits, RegistryMetrics
     }
 
     /// <summary>Gives back what <see cref="TryEnter"/> took.</summary>
-    public void Leave(string client, string? view = null)
+    public void Leave(string client, SubscriptionView? view = null)
     {
         _places.Leave(client);
         if (view is not null)
@@ -75,9 +78,11 @@ internal sealed class ParkingLot(IOptions<LimitsOptions> limits, RegistryMetrics
                 if (--System.Runtime.InteropServices.CollectionsMarshal.GetValueRefOrNullRef(_holding, (client, view)) == 0)
                 {
                     _holding.Remove((client, view));
-                    _characters.Leave(client, Math.Max(1, view.Length));
+                    _characters.Leave(client, Characters(view));
                 }
             }
         }
     }
+
+    private static int Characters(SubscriptionView view) => Math.Max(1, view.Key.Length);
 }
